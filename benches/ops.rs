@@ -1,0 +1,144 @@
+//! Fused ops vs the same computation as eager tch ops vs a plain copy of the op's floor bytes,
+//! on CPU (always) and CUDA (where a GPU exists), for features of 1, 16 and 256 MiB (f32 NCHW
+//! [N, 256, 32, 32]). Throughput is reported against the op's byte floor (SPEC-level traffic), so
+//! criterion's GB/s for the three variants compare directly; `scripts/bench-table.py` turns the
+//! results into the BENCHMARKS.md table with the two ratios.
+//!
+//! Env: FEATJND_BENCH_MAX_MIB caps the sizes (default 256), FEATJND_BENCH_DEVICES=cpu,cuda.
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use featjnd::ops::{self, Noise, QuantizeOptions};
+use featjnd::{Layout, NoiseKind, Reduce, Strategy};
+use std::time::Duration;
+use tch::{Device, Kind, Tensor};
+
+const BUDGET: f64 = 0.01;
+
+fn devices() -> Vec<Device> {
+    let want = std::env::var("FEATJND_BENCH_DEVICES").unwrap_or_else(|_| "cpu,cuda".into());
+    let mut v = Vec::new();
+    if want.contains("cpu") {
+        v.push(Device::Cpu);
+    }
+    if want.contains("cuda") {
+        featjnd::cuda::load_torch_cuda();
+        match featjnd::cuda::available() {
+            Ok(()) if tch::Cuda::is_available() => v.push(Device::Cuda(0)),
+            Ok(()) => eprintln!("bench: libtorch sees no CUDA; GPU benches skipped"),
+            Err(e) => eprintln!("bench: GPU benches skipped: {e}"),
+        }
+    }
+    v
+}
+
+fn sizes_mib() -> Vec<usize> {
+    let max: usize = std::env::var("FEATJND_BENCH_MAX_MIB").ok().and_then(|s| s.parse().ok()).unwrap_or(256);
+    [1usize, 16, 256].into_iter().filter(|&m| m <= max).collect()
+}
+
+fn sync(d: Device) {
+    if let Device::Cuda(i) = d {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// The eager-tch JND step allocation + quantize + dequantize + per-token SSE (what users write).
+fn eager_quantize(x: &Tensor, j: &Tensor) -> (Tensor, Tensor, Tensor) {
+    let jt = j.mean_dim(1, true, Kind::Float);
+    let t = jt.numel() as f64;
+    let alpha = (jt.square().sum(Kind::Float).reciprocal() * (12.0 * BUDGET * t)).sqrt();
+    let step = jt * alpha;
+    let q = (x / &step).round().clamp(-127.0, 127.0);
+    let recon = &q * &step;
+    let sse = (x - &recon).square().sum_dim_intlist(1, false, Kind::Float);
+    (q.to_kind(Kind::Int8), recon, sse)
+}
+
+/// The eager-tch matched-NRMSE perturbation (stores the noise, as users do).
+fn eager_perturb(x: &Tensor, j: &Tensor, r: f64) -> Tensor {
+    let n = x.size()[0];
+    let e = j * x.randn_like();
+    let nx = x.reshape([n, -1]).norm_scalaropt_dim(2, [1], false);
+    let ne = e.reshape([n, -1]).norm_scalaropt_dim(2, [1], false);
+    let s = (nx / ne * r).reshape([n, 1, 1, 1]);
+    x + s * e
+}
+
+fn bench(c: &mut Criterion) {
+    for d in devices() {
+        let dn = if d == Device::Cpu { "cpu" } else { "cuda" };
+        for mib in sizes_mib() {
+            let n = (mib as i64 * (1 << 20) / 4) / (256 * 32 * 32);
+            let numel = n * 256 * 32 * 32;
+            tch::manual_seed(1);
+            let x = Tensor::randn([n, 256, 32, 32], (Kind::Float, d));
+            let j = Tensor::rand([n, 256, 32, 32], (Kind::Float, d)) + 0.1;
+            let opts = QuantizeOptions { histogram: false, ..Default::default() };
+
+            // Quantize chain: floor = read J, read x, write x̂ (4 B each) + write symbol (1 B).
+            let qbytes = 13 * numel as u64;
+            let mut g = c.benchmark_group(format!("quantize_jnd_{dn}"));
+            g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(if mib >= 256 { 6 } else { 2 }));
+            g.throughput(Throughput::Bytes(qbytes));
+            g.bench_with_input(BenchmarkId::new("fused", mib), &mib, |b, _| {
+                b.iter(|| {
+                    let r = ops::quantize_with_jnd(&x, &j, Layout::Nchw, 1, Reduce::Mean, BUDGET, Strategy::Jnd, &opts).unwrap();
+                    sync(d);
+                    r
+                })
+            });
+            g.bench_with_input(BenchmarkId::new("eager_tch", mib), &mib, |b, _| {
+                b.iter(|| {
+                    let r = eager_quantize(&x, &j);
+                    sync(d);
+                    r
+                })
+            });
+            let src = Tensor::empty([(qbytes / 2) as i64], (Kind::Uint8, d)).fill_(1);
+            let mut dst = src.empty_like();
+            g.bench_with_input(BenchmarkId::new("copy_floor", mib), &mib, |b, _| {
+                b.iter(|| {
+                    dst.copy_(&src);
+                    sync(d);
+                })
+            });
+            g.finish();
+            drop((src, dst));
+
+            // Perturbation: floor = x and J read twice, x' written (20 B per element).
+            let pbytes = 20 * numel as u64;
+            let mut g = c.benchmark_group(format!("perturb_{dn}"));
+            g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(if mib >= 256 { 8 } else { 2 }));
+            g.throughput(Throughput::Bytes(pbytes));
+            for kind in [NoiseKind::Gaussian, NoiseKind::Uniform] {
+                let spec = Noise { kind, seed: 3, stream: 0 };
+                let name = if kind == NoiseKind::Gaussian { "fused_gaussian" } else { "fused_uniform" };
+                g.bench_with_input(BenchmarkId::new(name, mib), &mib, |b, _| {
+                    b.iter(|| {
+                        let r = ops::perturb(&x, Some(&j), 0.1, spec).unwrap();
+                        sync(d);
+                        r
+                    })
+                });
+            }
+            g.bench_with_input(BenchmarkId::new("eager_tch", mib), &mib, |b, _| {
+                b.iter(|| {
+                    let r = eager_perturb(&x, &j, 0.1);
+                    sync(d);
+                    r
+                })
+            });
+            let src = Tensor::empty([(pbytes / 2) as i64], (Kind::Uint8, d)).fill_(1);
+            let mut dst = src.empty_like();
+            g.bench_with_input(BenchmarkId::new("copy_floor", mib), &mib, |b, _| {
+                b.iter(|| {
+                    dst.copy_(&src);
+                    sync(d);
+                })
+            });
+            g.finish();
+        }
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,168 @@
+// Shared device helpers for the featjnd kernels: dtype conversions (no CUDA headers needed),
+// exact f32 arithmetic without contraction, warp/block reductions, Philox4x32-10 (SPEC §5).
+// NVRTC compiles each .cu with this file prepended (see src/cuda/compile.rs); no #include needed.
+#pragma once
+
+#define FJ_BLOCK 256
+#define FJ_WARPS (FJ_BLOCK / 32)
+
+typedef unsigned short fj_f16;   // IEEE binary16 bits
+typedef unsigned short fj_bf16;  // bfloat16 bits
+typedef unsigned long long u64;
+typedef unsigned int u32;
+
+// ---- dtype conversions: widen exactly, narrow round-to-nearest-even (SPEC §1) ----
+struct F32 {
+    typedef float T;
+    static __device__ __forceinline__ float load(T v) { return v; }
+    static __device__ __forceinline__ T store(float v) { return v; }
+};
+struct F16 {
+    typedef fj_f16 T;
+    static __device__ __forceinline__ float load(T v) {
+        float f;
+        asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v));
+        return f;
+    }
+    static __device__ __forceinline__ T store(float v) {
+        T h;
+        asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+        return h;
+    }
+};
+struct BF16 {
+    typedef fj_bf16 T;
+    static __device__ __forceinline__ float load(T v) { return __uint_as_float(((u32)v) << 16); }
+    static __device__ __forceinline__ T store(float v) {
+        T h;
+        asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(v));
+        return h;
+    }
+};
+
+// A feature element is finite iff its f32 widening is (f16/bf16 Inf/NaN widen to Inf/NaN).
+__device__ __forceinline__ bool fj_finite(float v) { return isfinite(v); }
+
+// ---- reductions ----
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ double warp_sum_d(double v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_min(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fminf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ u64 warp_min_u64(u64 v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        u64 w = __shfl_xor_sync(0xffffffffu, v, o);
+        v = w < v ? w : v;
+    }
+    return v;
+}
+// Block-wide sum of one double per thread; result valid in thread 0. blockDim.x == FJ_BLOCK.
+__device__ __forceinline__ double block_sum_d(double v) {
+    __shared__ double part[FJ_WARPS];
+    v = warp_sum_d(v);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();  // `part` may still be read by a previous call
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    double s = 0.0;
+    if (warp == 0) {
+        s = lane < FJ_WARPS ? part[lane] : 0.0;
+        s = warp_sum_d(s);
+    }
+    return s;
+}
+// Records the smallest offending flat index (one atomic per warp at most).
+__device__ __forceinline__ void report_bad(u64* bad, u64 idx_or_max) {
+    u64 m = warp_min_u64(idx_or_max);
+    if ((threadIdx.x & 31) == 0 && m != ~0ull && bad) atomicMin(bad, m);
+}
+
+// ---- fast division by a runtime constant (unsigned 32-bit, n < 2^31) ----
+struct FastDiv {
+    u32 d, m, s;
+};
+__device__ __forceinline__ FastDiv fastdiv_make(u32 d) {
+    FastDiv f;
+    f.d = d;
+    u32 s = 0;
+    while ((1ull << s) < d) ++s;
+    f.s = s;
+    f.m = (u32)((((1ull << s) - d) << 32) / d + 1);
+    return f;
+}
+__device__ __forceinline__ u32 fastdiv(u32 n, FastDiv f) {
+    return (__umulhi(n, f.m) + n) >> f.s;
+}
+
+// ---- Philox4x32-10 (Random123), SPEC §5 ----
+struct U4 {
+    u32 x, y, z, w;
+};
+__device__ __forceinline__ U4 philox4x32_10(U4 c, u32 k0, u32 k1) {
+#pragma unroll
+    for (int r = 0; r < 10; ++r) {
+        const u32 hi0 = __umulhi(0xD2511F53u, c.x), lo0 = 0xD2511F53u * c.x;
+        const u32 hi1 = __umulhi(0xCD9E8D57u, c.z), lo1 = 0xCD9E8D57u * c.z;
+        U4 n;
+        n.x = hi1 ^ c.y ^ k0;
+        n.y = lo1;
+        n.z = hi0 ^ c.w ^ k1;
+        n.w = lo0;
+        c = n;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+    return c;
+}
+// The 4 random words of block g (elements 4g..4g+3) for a seed and stream.
+__device__ __forceinline__ U4 philox_block(u64 g, u64 seed, u32 stream) {
+    U4 c;
+    c.x = (u32)g;
+    c.y = (u32)(g >> 32);
+    c.z = stream;
+    c.w = 0;
+    return philox4x32_10(c, (u32)seed, (u32)(seed >> 32));
+}
+__device__ __forceinline__ float u01(u32 r) { return __fmul_rn((float)(r >> 8), 5.9604644775390625e-8f); }
+// Unit-variance uniform noise: (2u - 1) * sqrt(3), each step one f32 operation.
+__device__ __forceinline__ float uniform_noise(u32 r) {
+    return __fmul_rn(__fsub_rn(__fmul_rn(2.0f, u01(r)), 1.0f), 1.7320508075688772f);
+}
+// Box-Muller on a pair of words; writes the cos and sin variates.
+__device__ __forceinline__ void box_muller(u32 r0, u32 r1, float* z0, float* z1) {
+    const float u1 = __fadd_rn(u01(r0), 2.98023223876953125e-8f);
+    const float u2 = u01(r1);
+    const float rad = __fsqrt_rn(__fmul_rn(-2.0f, logf(u1)));
+    const float th = __fmul_rn(6.2831853071795864769f, u2);
+    float s, c;
+    sincosf(th, &s, &c);
+    *z0 = __fmul_rn(rad, c);
+    *z1 = __fmul_rn(rad, s);
+}
+// The four noise values of block g.
+__device__ __forceinline__ void noise4(u64 g, u64 seed, u32 stream, u32 kind, float xi[4]) {
+    const U4 r = philox_block(g, seed, stream);
+    if (kind == FJ_NOISE_UNIFORM) {
+        xi[0] = uniform_noise(r.x);
+        xi[1] = uniform_noise(r.y);
+        xi[2] = uniform_noise(r.z);
+        xi[3] = uniform_noise(r.w);
+    } else {
+        box_muller(r.x, r.y, &xi[0], &xi[1]);
+        box_muller(r.z, r.w, &xi[2], &xi[3]);
+    }
+}
+
+// Instantiate a templated kernel body for the three dtypes: NAME_f32, NAME_f16, NAME_bf16.
+#define FJ_FOR_DTYPES(MACRO) MACRO(f32, F32) MACRO(f16, F16) MACRO(bf16, BF16)

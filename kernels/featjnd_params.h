@@ -1,0 +1,108 @@
+/* Kernel parameter structs of featjnd: the one definition, read by NVRTC (the kernels include it)
+ * and by bindgen (build.rs turns it into Rust). Plain C, fixed-width fields, no headers: NVRTC has
+ * no system include path, so the fixed-width types are defined here for the device side.
+ * Pointers travel as 64-bit integers (device or host addresses); 0 means "absent".
+ * See ../shared/SPEC.md for the meaning of every field. */
+#ifndef FEATJND_PARAMS_H
+#define FEATJND_PARAMS_H
+
+#ifdef __CUDACC_RTC__
+typedef unsigned int uint32_t;
+typedef int int32_t;
+typedef unsigned long long uint64_t;
+#else
+#include <stdint.h>
+#endif
+
+/* Layout of a feature tensor (SPEC §1). */
+enum { FJ_LAYOUT_NCHW = 0, FJ_LAYOUT_NTC = 1 };
+/* Element dtype. */
+enum { FJ_DTYPE_F32 = 0, FJ_DTYPE_F16 = 1, FJ_DTYPE_BF16 = 2 };
+/* Token reduction (SPEC §2). */
+enum { FJ_REDUCE_MEAN = 0, FJ_REDUCE_RMS = 1, FJ_REDUCE_MIN = 2 };
+/* Step strategy (SPEC §3). */
+enum { FJ_STRATEGY_UNIFORM = 0, FJ_STRATEGY_JND = 1, FJ_STRATEGY_PERMUTED = 2 };
+/* Noise kind (SPEC §5). */
+enum { FJ_NOISE_GAUSSIAN = 0, FJ_NOISE_UNIFORM = 1 };
+
+/* How a tensor splits into tokens (SPEC §1). For NTC: n = N, c = C, h = T, w = 1, patch = 1.
+ * tokens = number of tokens T (all samples), k = elements per token. */
+typedef struct FjTokenGeom {
+    uint32_t layout;
+    uint32_t n, c, h, w;
+    uint32_t patch;
+    uint32_t tokens;
+    uint32_t k;
+} FjTokenGeom;
+
+/* token_stats.cu: j_t = reduce(J over token t); optionally accumulates sum_t j_t^2 (f64). */
+typedef struct FjTokenStatsParams {
+    FjTokenGeom geom;
+    uint64_t jnd;          /* const elem*: J, shape of x */
+    uint64_t token_tol;    /* float*: j_t, T values */
+    uint64_t sum_sq;       /* double*: += sum_t j_t^2 (zeroed by the caller); 0 = skip */
+    uint64_t bad_index;    /* unsigned long long*: atomicMin of the first non-finite or <= 0 J index */
+    uint32_t reduce;
+    uint32_t pad0;
+} FjTokenStatsParams;
+
+/* step_alloc.cu: steps_t from token tolerances and a budget, no host round-trip.
+ * scale = sqrt(12 D) (Uniform) or sqrt(12 D T / sum_sq) (Jnd, Permuted), times beta, in f64,
+ * rounded once to f32; step_t = scale_f32 * j_{perm(t)} (one f32 multiply). */
+typedef struct FjStepAllocParams {
+    uint64_t token_tol;    /* const float*: j_t */
+    uint64_t sum_sq;       /* const double*: sum_t j_t^2 (device) */
+    uint64_t perm;         /* const uint32_t*: pi(t) for Permuted, else 0 */
+    uint64_t steps;        /* float*: out, T values */
+    double budget;         /* D > 0 */
+    double beta;           /* common factor of the measured budget (1 = nominal) */
+    uint32_t tokens;
+    uint32_t strategy;
+} FjStepAllocParams;
+
+/* quantize.cu: fused quantize / dequantize (SPEC §4). Every output is optional (0 = skip). */
+typedef struct FjQuantizeParams {
+    FjTokenGeom geom;
+    uint64_t x;            /* const elem* */
+    uint64_t steps;        /* const float*: step_t */
+    uint64_t symbols;      /* int8_t* (bits 8) or int16_t* (bits 16) */
+    uint64_t recon;        /* elem*: may equal x (in place) */
+    uint64_t token_sse;    /* float*: e_t */
+    uint64_t total_sse;    /* double*: += sum of e_t (measured MSE without a host pass) */
+    uint64_t clamp_count;  /* unsigned long long*: += clamped elements */
+    uint64_t histogram;    /* unsigned long long*: 255 bins (b=8) or 511 + 1 overflow (b=16) */
+    uint64_t bad_index;    /* unsigned long long*: atomicMin of the first non-finite x index */
+    uint32_t bits;         /* 8 or 16 */
+    uint32_t pad0;
+} FjQuantizeParams;
+
+/* perturb.cu: x' = x + s_n * J ⊙ xi with s_n = r ||x_n|| / ||J_n ⊙ xi_n|| (SPEC §6). */
+typedef struct FjPerturbParams {
+    uint64_t x;            /* const elem* */
+    uint64_t jnd;          /* const elem*: 0 means J == 1 */
+    uint64_t out;          /* elem*: x' (may equal x) */
+    uint64_t norms;        /* double*: 2 per sample: sum x^2, sum (J xi)^2 (zeroed by the caller) */
+    uint64_t scales;       /* float*: s_n per sample (pass 2 writes it) */
+    uint64_t bad_index;    /* unsigned long long*: atomicMin of the first non-finite x index */
+    uint64_t bad_jnd;      /* unsigned long long*: atomicMin of the first non-finite or <= 0 J index */
+    uint64_t numel;        /* all elements */
+    uint64_t sample_len;   /* elements per sample */
+    uint64_t seed;
+    double nrmse;          /* r >= 0 */
+    uint32_t samples;
+    uint32_t stream;
+    uint32_t noise;        /* FJ_NOISE_* */
+    uint32_t pad0;
+} FjPerturbParams;
+
+/* perturb.cu: materialise noise xi (tests and tools; the perturbation never stores it). */
+typedef struct FjNoiseParams {
+    uint64_t out;          /* float* */
+    uint64_t numel;
+    uint64_t offset;       /* flat index of out[0] */
+    uint64_t seed;
+    uint32_t stream;
+    uint32_t noise;
+} FjNoiseParams;
+
+#endif /* FEATJND_PARAMS_H */

@@ -1,0 +1,162 @@
+// Perturbation at a matched per-sample NRMSE (SPEC §6) and noise materialisation (SPEC §5).
+// The noise is never stored: pass 1 generates xi from Philox counters and reduces ||x_n||^2 and
+// ||J_n ⊙ xi_n||^2 into f64 per sample; pass 2 regenerates the same xi and writes
+// x' = x + s_n (J ⊙ xi) with s_n = r ||x_n|| / ||J_n ⊙ xi_n||. A block covers one chunk of one
+// sample; a thread takes whole Philox blocks (4 flat elements) with one vector load where aligned.
+
+#define FJ_PT_ITEMS 4
+#define FJ_PT_CHUNK (FJ_BLOCK * 4 * FJ_PT_ITEMS)
+
+template <class D>
+__device__ __forceinline__ void load4p(const typename D::T* x, u64 i, float v[4]);
+template <>
+__device__ __forceinline__ void load4p<F32>(const float* x, u64 i, float v[4]) {
+    const float4 a = *(const float4*)(x + i);
+    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+}
+template <class D>
+__device__ __forceinline__ void load4p(const typename D::T* x, u64 i, float v[4]) {
+    const uint2 a = *(const uint2*)(x + i);
+    v[0] = D::load((typename D::T)(a.x & 0xffff)); v[1] = D::load((typename D::T)(a.x >> 16));
+    v[2] = D::load((typename D::T)(a.y & 0xffff)); v[3] = D::load((typename D::T)(a.y >> 16));
+}
+template <class D>
+__device__ __forceinline__ void store4p(typename D::T* x, u64 i, const float v[4]);
+template <>
+__device__ __forceinline__ void store4p<F32>(float* x, u64 i, const float v[4]) {
+    *(float4*)(x + i) = make_float4(v[0], v[1], v[2], v[3]);
+}
+template <class D>
+__device__ __forceinline__ void store4p(typename D::T* x, u64 i, const float v[4]) {
+    uint2 a;
+    a.x = (u32)D::store(v[0]) | ((u32)D::store(v[1]) << 16);
+    a.y = (u32)D::store(v[2]) | ((u32)D::store(v[3]) << 16);
+    *(uint2*)(x + i) = a;
+}
+
+// Loads the 4 elements of Philox block g that lie in [lo, hi) (others read as 0 / J = 1).
+template <class D>
+__device__ __forceinline__ void load_group(const FjPerturbParams& p, u64 g, u64 lo, u64 hi, bool vec,
+                                           float v[4], float j[4], bool in[4]) {
+    const typename D::T* x = (const typename D::T*)p.x;
+    const typename D::T* jp = (const typename D::T*)p.jnd;
+    const u64 i0 = 4 * g;
+    if (vec && i0 >= lo && i0 + 4 <= hi) {
+        load4p<D>(x, i0, v);
+        if (jp) load4p<D>(jp, i0, j);
+        else j[0] = j[1] = j[2] = j[3] = 1.0f;
+#pragma unroll
+        for (int l = 0; l < 4; ++l) in[l] = true;
+        return;
+    }
+#pragma unroll
+    for (int l = 0; l < 4; ++l) {
+        const u64 i = i0 + l;
+        in[l] = i >= lo && i < hi;
+        v[l] = in[l] ? D::load(x[i]) : 0.0f;
+        j[l] = (in[l] && jp) ? D::load(jp[i]) : 1.0f;
+    }
+}
+
+// Block -> (sample, chunk); the groups of this thread overlap [lo, hi).
+struct Span {
+    u32 n;
+    u64 lo, hi, g0, g1;
+};
+__device__ __forceinline__ Span span_of(const FjPerturbParams& p) {
+    const u64 bps = (p.sample_len + FJ_PT_CHUNK - 1) / FJ_PT_CHUNK;
+    Span s;
+    s.n = (u32)(blockIdx.x / bps);
+    const u64 c = blockIdx.x % bps;
+    const u64 start = (u64)s.n * p.sample_len;
+    s.lo = start + c * FJ_PT_CHUNK;
+    s.hi = min(start + p.sample_len, s.lo + FJ_PT_CHUNK);
+    s.g0 = s.lo / 4;
+    s.g1 = (s.hi + 3) / 4;
+    return s;
+}
+
+template <class D>
+__device__ void perturb_norms(const FjPerturbParams& p) {
+    const Span s = span_of(p);
+    const bool vec = (p.x % 16 == 0) && (p.jnd % 16 == 0);
+    float sx = 0.0f, sj = 0.0f;
+    u64 badx = ~0ull, badj = ~0ull;
+    for (u64 g = s.g0 + threadIdx.x; g < s.g1; g += blockDim.x) {
+        float v[4], j[4], xi[4];
+        bool in[4];
+        load_group<D>(p, g, s.lo, s.hi, vec, v, j, in);
+        noise4(g, p.seed, p.stream, p.noise, xi);
+#pragma unroll
+        for (int l = 0; l < 4; ++l) {
+            if (!in[l]) continue;
+            const u64 i = 4 * g + l;
+            if (!fj_finite(v[l])) badx = i < badx ? i : badx;
+            if (!(j[l] > 0.0f) || !fj_finite(j[l])) badj = i < badj ? i : badj;
+            const float e = __fmul_rn(j[l], xi[l]);
+            sx = __fadd_rn(sx, __fmul_rn(v[l], v[l]));
+            sj = __fadd_rn(sj, __fmul_rn(e, e));
+        }
+    }
+    report_bad((u64*)p.bad_index, badx);
+    report_bad((u64*)p.bad_jnd, badj);
+    const double bx = block_sum_d((double)sx);
+    const double bj = block_sum_d((double)sj);
+    if (threadIdx.x == 0) {
+        atomicAdd((double*)p.norms + 2 * s.n, bx);
+        atomicAdd((double*)p.norms + 2 * s.n + 1, bj);
+    }
+}
+
+// s_n from the two sums: 0 for an all-zero sample (returned unchanged).
+__device__ __forceinline__ float scale_of(const FjPerturbParams& p, u32 n) {
+    const double sx = ((const double*)p.norms)[2 * n], sj = ((const double*)p.norms)[2 * n + 1];
+    if (!(sx > 0.0) || !(sj > 0.0)) return 0.0f;
+    return (float)(p.nrmse * sqrt(sx) / sqrt(sj));
+}
+
+template <class D>
+__device__ void perturb_apply(const FjPerturbParams& p) {
+    // Pass 1 found a bad x or J: write nothing (the in-place input stays intact, no host sync).
+    if ((p.bad_index && *(const u64*)p.bad_index != ~0ull) || (p.bad_jnd && *(const u64*)p.bad_jnd != ~0ull)) return;
+    const Span s = span_of(p);
+    const float sc = scale_of(p, s.n);
+    if (threadIdx.x == 0 && s.lo == (u64)s.n * p.sample_len && p.scales) ((float*)p.scales)[s.n] = sc;
+    const bool vec = (p.x % 16 == 0) && (p.jnd % 16 == 0) && (p.out % 16 == 0);
+    typename D::T* out = (typename D::T*)p.out;
+    for (u64 g = s.g0 + threadIdx.x; g < s.g1; g += blockDim.x) {
+        float v[4], j[4], xi[4], o[4];
+        bool in[4];
+        load_group<D>(p, g, s.lo, s.hi, vec, v, j, in);
+        noise4(g, p.seed, p.stream, p.noise, xi);
+#pragma unroll
+        for (int l = 0; l < 4; ++l) o[l] = sc == 0.0f ? v[l] : __fadd_rn(v[l], __fmul_rn(sc, __fmul_rn(j[l], xi[l])));
+        if (vec && in[0] && in[3]) {
+            store4p<D>(out, 4 * g, o);
+        } else {
+#pragma unroll
+            for (int l = 0; l < 4; ++l)
+                if (in[l]) out[4 * g + l] = D::store(o[l]);
+        }
+    }
+}
+
+#define FJ_PERTURB(NAME, D)                                                                  \
+    extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                                  \
+        fj_perturb_norms_##NAME(const FjPerturbParams p) { perturb_norms<D>(p); }           \
+    extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                                  \
+        fj_perturb_apply_##NAME(const FjPerturbParams p) { perturb_apply<D>(p); }
+FJ_FOR_DTYPES(FJ_PERTURB)
+
+extern "C" __global__ void __launch_bounds__(FJ_BLOCK) fj_noise(const FjNoiseParams p) {
+    const u64 g0 = p.offset / 4, g1 = (p.offset + p.numel + 3) / 4;
+    const u64 g = g0 + (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (g >= g1) return;
+    float xi[4];
+    noise4(g, p.seed, p.stream, p.noise, xi);
+#pragma unroll
+    for (int l = 0; l < 4; ++l) {
+        const u64 i = 4 * g + l;
+        if (i >= p.offset && i < p.offset + p.numel) ((float*)p.out)[i - p.offset] = xi[l];
+    }
+}

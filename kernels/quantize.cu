@@ -1,0 +1,208 @@
+// Fused per-token quantize / dequantize (SPEC §4): symbols, reconstruction (in place allowed),
+// per-token squared error, clamp count, symbol histogram, and the non-finite check, in one pass.
+// Bit-identity with the CPU: inv = 1/step by one IEEE division, then exactly two f32 multiplies,
+// rint (ties to even), no contraction (__fmul_rn; the module is also compiled with --fmad=false).
+// NCHW: one thread per token (coalesced across neighbouring patches). NTC: one warp per token,
+// 16-byte vector loads when the row is aligned, scalar otherwise.
+
+#define FJ_HIST_BINS 512
+
+struct QState {
+    float sse;
+    u32 clamped;
+    u64 bad;
+};
+
+// Quantizes one value; returns the symbol (integer-valued float, never -0).
+__device__ __forceinline__ float quant1(float v, float inv, float qmax, QState& st, u64 idx) {
+    if (!fj_finite(v)) st.bad = idx < st.bad ? idx : st.bad;
+    float r = rintf(__fmul_rn(v, inv));
+    if (r > qmax || r < -qmax) {
+        st.clamped += 1;
+        r = fmaxf(-qmax, fminf(qmax, r));
+    }
+    return __fadd_rn(r, 0.0f);
+}
+
+__device__ __forceinline__ void hist_add(u32* sh, float q, u32 bits, bool live) {
+    int bin;
+    if (bits == 8) bin = (int)q + 127;
+    else bin = fabsf(q) <= 255.0f ? (int)q + 255 : 511;
+    // Warp-aggregated: most symbols are near 0, so many lanes hit the same bin.
+    const u32 active = __activemask();
+    const u32 key = live ? (u32)bin : 0xffffffffu;
+    const u32 peers = __match_any_sync(active, key);
+    const int leader = __ffs(peers) - 1;
+    if (live && (int)(threadIdx.x & 31) == leader) atomicAdd(&sh[bin], (u32)__popc(peers));
+}
+
+// One element end to end: quantize, write symbol and reconstruction, accumulate error.
+template <class D>
+__device__ __forceinline__ void quant_elem(const FjQuantizeParams& p, u64 idx, float v, float inv,
+                                           float step, float qmax, QState& st, u32* sh, bool hist) {
+    const float q = quant1(v, inv, qmax, st, idx);
+    const float xh = __fmul_rn(q, step);
+    if (p.symbols) {
+        if (p.bits == 8) ((signed char*)p.symbols)[idx] = (signed char)(int)q;
+        else ((short*)p.symbols)[idx] = (short)(int)q;
+    }
+    if (p.recon) ((typename D::T*)p.recon)[idx] = D::store(xh);
+    const float d = __fsub_rn(v, xh);
+    st.sse = __fadd_rn(st.sse, __fmul_rn(d, d));
+    if (hist) hist_add(sh, q, p.bits, true);
+}
+
+__device__ __forceinline__ void hist_init(u32* sh) {
+    for (u32 i = threadIdx.x; i < FJ_HIST_BINS; i += blockDim.x) sh[i] = 0;
+    __syncthreads();
+}
+
+// Block epilogue: per-token error, totals, histogram flush.
+__device__ __forceinline__ void finish_block(const FjQuantizeParams& p, u32* sh, bool hist, bool owner,
+                                             u32 t, QState st) {
+    if (owner && p.token_sse) ((float*)p.token_sse)[t] = st.sse;
+    report_bad((u64*)p.bad_index, st.bad);
+    if (p.total_sse) {
+        const double s = block_sum_d(owner ? (double)st.sse : 0.0);
+        if (threadIdx.x == 0) atomicAdd((double*)p.total_sse, s);
+    }
+    if (p.clamp_count) {
+        const double c = block_sum_d((double)st.clamped);
+        if (threadIdx.x == 0 && c > 0.0) atomicAdd((u64*)p.clamp_count, (u64)c);
+    }
+    if (hist) {
+        __syncthreads();
+        const u32 nb = p.bits == 8 ? 255u : 512u;
+        for (u32 i = threadIdx.x; i < nb; i += blockDim.x)
+            if (sh[i]) atomicAdd(&((u64*)p.histogram)[i], (u64)sh[i]);
+    }
+}
+
+template <class D>
+__device__ void quantize_nchw(const FjQuantizeParams& p) {
+    __shared__ u32 sh[FJ_HIST_BINS];
+    const bool hist = p.histogram != 0;
+    if (hist) hist_init(sh);
+    const FjTokenGeom g = p.geom;
+    const u32 t = blockIdx.x * blockDim.x + threadIdx.x;
+    const bool live = t < g.tokens;
+    const float qmax = p.bits == 8 ? 127.0f : 32767.0f;
+    QState st = {0.0f, 0u, ~0ull};
+    if (live) {
+        const typename D::T* x = (const typename D::T*)p.x;
+        const float step = ((const float*)p.steps)[t];
+        const float inv = __fdiv_rn(1.0f, step);
+        const u32 wp = g.w / g.patch, hp = g.h / g.patch;
+        const u32 tw = t % wp, th = (t / wp) % hp, n = t / (wp * hp);
+        const u64 plane = (u64)g.h * g.w;
+        u64 base = (u64)n * g.c * plane + (u64)th * g.patch * g.w + (u64)tw * g.patch;
+#pragma unroll 4
+        for (u32 c = 0; c < g.c; ++c) {
+            for (u32 r = 0; r < g.patch; ++r)
+                for (u32 q = 0; q < g.patch; ++q) {
+                    const u64 idx = base + (u64)r * g.w + q;
+                    quant_elem<D>(p, idx, D::load(x[idx]), inv, step, qmax, st, sh, hist);
+                }
+            base += plane;
+        }
+    }
+    finish_block(p, sh, hist, live, t, st);
+}
+
+// Loads 4 consecutive elements with one 16-byte (f32) or 8-byte (f16/bf16) load.
+template <class D>
+__device__ __forceinline__ void load4(const typename D::T* x, u64 i, float v[4]);
+template <>
+__device__ __forceinline__ void load4<F32>(const float* x, u64 i, float v[4]) {
+    const float4 a = *(const float4*)(x + i);
+    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+}
+template <class D>
+__device__ __forceinline__ void load4(const typename D::T* x, u64 i, float v[4]) {
+    const uint2 a = *(const uint2*)(x + i);
+    v[0] = D::load((typename D::T)(a.x & 0xffff)); v[1] = D::load((typename D::T)(a.x >> 16));
+    v[2] = D::load((typename D::T)(a.y & 0xffff)); v[3] = D::load((typename D::T)(a.y >> 16));
+}
+template <class D>
+__device__ __forceinline__ void store4(typename D::T* x, u64 i, const float v[4]);
+template <>
+__device__ __forceinline__ void store4<F32>(float* x, u64 i, const float v[4]) {
+    *(float4*)(x + i) = make_float4(v[0], v[1], v[2], v[3]);
+}
+template <class D>
+__device__ __forceinline__ void store4(typename D::T* x, u64 i, const float v[4]) {
+    uint2 a;
+    a.x = (u32)D::store(v[0]) | ((u32)D::store(v[1]) << 16);
+    a.y = (u32)D::store(v[2]) | ((u32)D::store(v[3]) << 16);
+    *(uint2*)(x + i) = a;
+}
+
+template <class D>
+__device__ void quantize_ntc(const FjQuantizeParams& p) {
+    __shared__ u32 sh[FJ_HIST_BINS];
+    const bool hist = p.histogram != 0;
+    if (hist) hist_init(sh);
+    const FjTokenGeom g = p.geom;
+    const u32 lane = threadIdx.x & 31;
+    const u32 t = blockIdx.x * FJ_WARPS + (threadIdx.x >> 5);
+    const bool live = t < g.tokens;
+    const float qmax = p.bits == 8 ? 127.0f : 32767.0f;
+    QState st = {0.0f, 0u, ~0ull};
+    if (live) {
+        const typename D::T* x = (const typename D::T*)p.x;
+        const float step = ((const float*)p.steps)[t];
+        const float inv = __fdiv_rn(1.0f, step);
+        const u64 base = (u64)t * g.k;
+        const u32 esz = sizeof(typename D::T);
+        // Vector path: rows of a multiple of 4 elements with every buffer 4-element aligned.
+        const bool vec = (g.k % 4 == 0) && ((p.x | p.recon) % (4 * esz) == 0) &&
+                         (p.symbols % (p.bits / 2) == 0);
+        u32 e = 0;
+        if (vec) {
+            for (; e + 4 <= g.k; e += 128) {
+                const u32 ee = e + lane * 4;
+                if (ee < g.k) {
+                    float v[4], xh[4];
+                    float qs[4];
+                    load4<D>(x, base + ee, v);
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        qs[i] = quant1(v[i], inv, qmax, st, base + ee + i);
+                        xh[i] = __fmul_rn(qs[i], step);
+                        const float d = __fsub_rn(v[i], xh[i]);
+                        st.sse = __fadd_rn(st.sse, __fmul_rn(d, d));
+                    }
+                    if (p.recon) store4<D>((typename D::T*)p.recon, base + ee, xh);
+                    if (p.symbols) {
+                        if (p.bits == 8) {
+                            const u32 w = ((u32)(unsigned char)(signed char)(int)qs[0]) |
+                                          ((u32)(unsigned char)(signed char)(int)qs[1] << 8) |
+                                          ((u32)(unsigned char)(signed char)(int)qs[2] << 16) |
+                                          ((u32)(unsigned char)(signed char)(int)qs[3] << 24);
+                            *(u32*)((signed char*)p.symbols + base + ee) = w;
+                        } else {
+                            uint2 w;
+                            w.x = (u32)(unsigned short)(short)(int)qs[0] | ((u32)(unsigned short)(short)(int)qs[1] << 16);
+                            w.y = (u32)(unsigned short)(short)(int)qs[2] | ((u32)(unsigned short)(short)(int)qs[3] << 16);
+                            *(uint2*)((short*)p.symbols + base + ee) = w;
+                        }
+                    }
+                    if (hist)
+                        for (int i = 0; i < 4; ++i) hist_add(sh, qs[i], p.bits, true);
+                }
+            }
+        } else {
+            for (e = lane; e < g.k; e += 32)
+                quant_elem<D>(p, base + e, D::load(x[base + e]), inv, step, qmax, st, sh, hist);
+        }
+    }
+    st.sse = warp_sum(st.sse);
+    finish_block(p, sh, hist, live && lane == 0, t, st);
+}
+
+#define FJ_QUANTIZE(NAME, D)                                                              \
+    extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                               \
+        fj_quantize_nchw_##NAME(const FjQuantizeParams p) { quantize_nchw<D>(p); }       \
+    extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                               \
+        fj_quantize_ntc_##NAME(const FjQuantizeParams p) { quantize_ntc<D>(p); }
+FJ_FOR_DTYPES(FJ_QUANTIZE)

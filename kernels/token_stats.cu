@@ -1,0 +1,74 @@
+// Token tolerance j_t = reduce(J over the K elements of token t) (SPEC §2), fused with the
+// validation of J (finite, > 0) and the device-side sum_t j_t^2 the Jnd step allocation needs.
+// NCHW: one thread per token; neighbouring threads hold neighbouring patches, so each warp load
+// covers 32*p contiguous elements of a row (coalesced for every p). NTC: one warp per token row.
+
+template <class D>
+__device__ __forceinline__ void acc_elem(float v, u64 idx, u32 reduce, float& a, u64& bad) {
+    if (!(v > 0.0f) || !fj_finite(v)) bad = idx < bad ? idx : bad;
+    if (reduce == FJ_REDUCE_MIN) a = fminf(a, v);
+    else if (reduce == FJ_REDUCE_RMS) a = __fadd_rn(a, __fmul_rn(v, v));
+    else a = __fadd_rn(a, v);
+}
+
+__device__ __forceinline__ float finish(float a, u32 reduce, u32 k) {
+    if (reduce == FJ_REDUCE_MIN) return a;
+    const float m = __fdiv_rn(a, (float)k);
+    return reduce == FJ_REDUCE_RMS ? __fsqrt_rn(m) : m;
+}
+
+__device__ __forceinline__ void emit(const FjTokenStatsParams& p, u32 t, bool live, float jt, u64 bad) {
+    if (live) ((float*)p.token_tol)[t] = jt;
+    report_bad((u64*)p.bad_index, bad);
+    if (p.sum_sq) {
+        const double s = block_sum_d(live ? (double)jt * (double)jt : 0.0);
+        if (threadIdx.x == 0) atomicAdd((double*)p.sum_sq, s);
+    }
+}
+
+template <class D>
+__device__ void token_stats_nchw(const FjTokenStatsParams& p) {
+    const FjTokenGeom g = p.geom;
+    const u32 t = blockIdx.x * blockDim.x + threadIdx.x;
+    const bool live = t < g.tokens;
+    float a = p.reduce == FJ_REDUCE_MIN ? __int_as_float(0x7f800000) : 0.0f;
+    u64 bad = ~0ull;
+    if (live) {
+        const typename D::T* j = (const typename D::T*)p.jnd;
+        const u32 wp = g.w / g.patch, hp = g.h / g.patch;
+        const u32 tw = t % wp, th = (t / wp) % hp, n = t / (wp * hp);
+        const u64 plane = (u64)g.h * g.w;
+        u64 base = (u64)n * g.c * plane + (u64)th * g.patch * g.w + (u64)tw * g.patch;
+        for (u32 c = 0; c < g.c; ++c, base += plane)
+            for (u32 r = 0; r < g.patch; ++r)
+                for (u32 q = 0; q < g.patch; ++q) {
+                    const u64 idx = base + (u64)r * g.w + q;
+                    acc_elem<D>(D::load(j[idx]), idx, p.reduce, a, bad);
+                }
+    }
+    emit(p, t, live, finish(a, p.reduce, g.k), bad);
+}
+
+template <class D>
+__device__ void token_stats_ntc(const FjTokenStatsParams& p) {
+    const FjTokenGeom g = p.geom;
+    const u32 lane = threadIdx.x & 31;
+    const u32 t = blockIdx.x * FJ_WARPS + (threadIdx.x >> 5);
+    const bool live = t < g.tokens;
+    float a = p.reduce == FJ_REDUCE_MIN ? __int_as_float(0x7f800000) : 0.0f;
+    u64 bad = ~0ull;
+    if (live) {
+        const typename D::T* j = (const typename D::T*)p.jnd;
+        const u64 base = (u64)t * g.k;
+        for (u32 e = lane; e < g.k; e += 32) acc_elem<D>(D::load(j[base + e]), base + e, p.reduce, a, bad);
+    }
+    a = p.reduce == FJ_REDUCE_MIN ? warp_min(a) : warp_sum(a);
+    emit(p, t, live && lane == 0, finish(a, p.reduce, g.k), bad);
+}
+
+#define FJ_TOKEN_STATS(NAME, D)                                                       \
+    extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                           \
+        fj_token_stats_nchw_##NAME(const FjTokenStatsParams p) { token_stats_nchw<D>(p); } \
+    extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                           \
+        fj_token_stats_ntc_##NAME(const FjTokenStatsParams p) { token_stats_ntc<D>(p); }
+FJ_FOR_DTYPES(FJ_TOKEN_STATS)

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The one prepared GPU check (DESIGN §6), run on the device machine from the repo root with the
+# binaries of scripts/build-gpu-bins.sh carried in .gpu/. In a few minutes: GPU-vs-CPU tests,
+# compute-sanitizer memcheck on them, GPU benchmarks (with the D2D copy floor), a table at the end.
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu-check}; mkdir -p "$OUT"
+tl=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__)+"/lib")')
+nv=$(python3 -c 'import nvidia,os;print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null)/nvidia/cu13/lib
+export LD_LIBRARY_PATH="$tl:$nv:${LD_LIBRARY_PATH:-}"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
+echo "== GPU tests"; start=$(date +%s)
+.gpu/gpu-tests --test-threads=1 --nocapture 2>&1 | tee "$OUT/gpu-tests.log" | grep -E "^test |test result|SKIP|panicked" ; tr=${PIPESTATUS[0]}
+echo "gpu tests: rc=$tr in $(( $(date +%s) - start )) s"
+echo "== compute-sanitizer memcheck (all GPU tests but the 4 GiB one)"; start=$(date +%s)
+cs=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n1)
+if [ -n "$cs" ]; then
+  "$cs" --tool memcheck --leak-check no --print-limit 20 --error-exitcode 9 .gpu/gpu-tests --test-threads=1 --skip index_past_2_pow_31 > "$OUT/memcheck.log" 2>&1; mr=$?
+  grep -E "ERROR SUMMARY|test result" "$OUT/memcheck.log"; echo "memcheck: rc=$mr in $(( $(date +%s) - start )) s"
+else mr=127; echo "compute-sanitizer not found"; fi
+echo "== GPU benchmarks"; start=$(date +%s)
+FEATJND_BENCH_DEVICES=cuda CRITERION_HOME="$PWD/target/criterion" .gpu/ops-bench --bench --noplot > "$OUT/bench.log" 2>&1; br=$?
+echo "bench: rc=$br in $(( $(date +%s) - start )) s"
+python3 .gpu/bench-table.py target/criterion | tee "$OUT/bench-table.md"
+echo "== summary: tests rc=$tr, memcheck rc=$mr, bench rc=$br"
+[ "$tr" = 0 ] && [ "$mr" = 0 ] && [ "$br" = 0 ]

@@ -1,0 +1,149 @@
+//! CPU perturbation at a matched per-sample NRMSE (SPEC §6). Two passes over chunks of each
+//! sample; the noise is regenerated from its Philox counters in pass 2, never stored.
+use rayon::prelude::*;
+
+use super::{first_bad, widen, SyncPtr};
+use crate::error::{Error, Result};
+use crate::geom::NoiseKind;
+use crate::{philox, Element};
+
+/// Elements per chunk (a multiple of 4: chunks start on Philox blocks within a sample).
+const CHUNK: usize = 8192;
+
+/// Which noise, from which counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct NoiseSpec {
+    pub kind: NoiseKind,
+    pub seed: u64,
+    pub stream: u32,
+}
+
+/// What a perturbation did, per sample.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PerturbReport {
+    /// `s_n` (0 for a sample returned unchanged).
+    pub scales: Vec<f32>,
+    /// Samples with `‖x_n‖ = 0`, returned unchanged.
+    pub zero_samples: Vec<usize>,
+}
+
+pub(crate) fn check_args<E>(x_len: usize, jnd: Option<&[E]>, samples: usize, nrmse: f64) -> Result<()> {
+    if x_len == 0 || samples == 0 {
+        return Err(Error::Empty("feature"));
+    }
+    if x_len % samples != 0 {
+        return Err(Error::Shape(format!("{x_len} elements do not split into {samples} samples")));
+    }
+    if let Some(j) = jnd {
+        if j.len() != x_len {
+            return Err(Error::Shape(format!("J has {} elements, x {x_len}", j.len())));
+        }
+    }
+    if !(nrmse.is_finite() && nrmse >= 0.0) {
+        return Err(Error::Nrmse(nrmse));
+    }
+    Ok(())
+}
+
+/// `out = x + s_n · J ⊙ ξ` with `s_n` chosen so that every sample's NRMSE is `nrmse`.
+/// `jnd = None` means `J ≡ 1` (the unstructured baseline).
+pub fn perturb<E: Element>(x: &[E], jnd: Option<&[E]>, samples: usize, nrmse: f64, noise: NoiseSpec, out: &mut [E]) -> Result<PerturbReport> {
+    check_args(x.len(), jnd, samples, nrmse)?;
+    if out.len() != x.len() {
+        return Err(Error::Shape(format!("output has {} elements, x {}", out.len(), x.len())));
+    }
+    run(SyncPtr(x.as_ptr() as *mut E), jnd, samples, x.len(), nrmse, noise, SyncPtr(out.as_mut_ptr()))
+}
+
+/// In-place variant. The finiteness checks run in pass 1, before anything is written.
+pub fn perturb_in_place<E: Element>(x: &mut [E], jnd: Option<&[E]>, samples: usize, nrmse: f64, noise: NoiseSpec) -> Result<PerturbReport> {
+    check_args(x.len(), jnd, samples, nrmse)?;
+    let p = SyncPtr(x.as_mut_ptr());
+    run(p, jnd, samples, x.len(), nrmse, noise, p)
+}
+
+fn run<E: Element>(x: SyncPtr<E>, jnd: Option<&[E]>, samples: usize, numel: usize, nrmse: f64, noise: NoiseSpec, out: SyncPtr<E>) -> Result<PerturbReport> {
+    let len = numel / samples;
+    let per = len.div_ceil(CHUNK);
+    let chunk = |c: usize| -> (usize, usize, usize) {
+        let (n, i) = (c / per, c % per);
+        let lo = n * len + i * CHUNK;
+        (n, lo, (lo + CHUNK).min((n + 1) * len))
+    };
+    let xs = |lo: usize, hi: usize| -> &[E] { unsafe { std::slice::from_raw_parts(x.get().add(lo), hi - lo) } };
+    let scratch = || (vec![0.0f32; CHUNK], vec![0.0f32; CHUNK], vec![0.0f32; CHUNK]);
+    let bad_j = |v: f32| !(v.is_finite() && v > 0.0);
+
+    // Pass 1: per-chunk sums of x² and (J ξ)², plus the first bad index of x and of J.
+    let parts: Vec<(f64, f64, usize, usize)> = (0..samples * per)
+        .into_par_iter()
+        .map_init(scratch, |(sx, sj, xi), c| {
+            let (_, lo, hi) = chunk(c);
+            let m = hi - lo;
+            let xv = widen(xs(lo, hi), sx);
+            philox::fill(&mut xi[..m], lo as u64, noise.seed, noise.stream, noise.kind);
+            let (mut badx, mut badj) = (usize::MAX, usize::MAX);
+            if xv.iter().map(|v| !v.is_finite() as u32).sum::<u32>() > 0 {
+                badx = lo + first_bad(xv, |v| !v.is_finite()).unwrap();
+            }
+            let e = &mut xi[..m];
+            if let Some(j) = jnd {
+                let jv = widen(&j[lo..hi], sj);
+                if jv.iter().map(|&v| bad_j(v) as u32).sum::<u32>() > 0 {
+                    badj = lo + first_bad(jv, bad_j).unwrap();
+                }
+                e.iter_mut().zip(jv).for_each(|(e, &j)| *e *= j);
+            }
+            e.iter_mut().for_each(|e| *e *= *e);
+            let qx = super::sum_lanes(&sx_sq(xv, &mut sj[..m]));
+            (qx as f64, super::sum_lanes(e) as f64, badx, badj)
+        })
+        .collect();
+    let (mut badx, mut badj) = (usize::MAX, usize::MAX);
+    let mut sums = vec![(0.0f64, 0.0f64); samples];
+    for (c, &(a, b, bx, bj)) in parts.iter().enumerate() {
+        sums[c / per].0 += a;
+        sums[c / per].1 += b;
+        badx = badx.min(bx);
+        badj = badj.min(bj);
+    }
+    if badx != usize::MAX {
+        return Err(Error::NonFinite { index: badx, value: xs(badx, badx + 1)[0].to_f32() });
+    }
+    if badj != usize::MAX {
+        return Err(Error::Jnd { index: badj, value: jnd.unwrap()[badj].to_f32() });
+    }
+    let scales: Vec<f32> = sums
+        .iter()
+        .map(|&(a, b)| if a > 0.0 && b > 0.0 { (nrmse * a.sqrt() / b.sqrt()) as f32 } else { 0.0 })
+        .collect();
+
+    // Pass 2: regenerate ξ and write x + s·(J·ξ).
+    (0..samples * per).into_par_iter().for_each_init(scratch, |(sx, sj, xi), c| {
+        let (n, lo, hi) = chunk(c);
+        let m = hi - lo;
+        let s = scales[n];
+        E::widen(xs(lo, hi), &mut sx[..m]);
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(lo), m) };
+        if s == 0.0 {
+            E::narrow(&sx[..m], dst);
+            return;
+        }
+        philox::fill(&mut xi[..m], lo as u64, noise.seed, noise.stream, noise.kind);
+        if let Some(j) = jnd {
+            let jv = widen(&j[lo..hi], sj);
+            xi[..m].iter_mut().zip(jv).for_each(|(e, &j)| *e *= j);
+        }
+        sx[..m].iter_mut().zip(&xi[..m]).for_each(|(v, &e)| *v += s * e);
+        E::narrow(&sx[..m], dst);
+    });
+    let zero_samples = sums.iter().enumerate().filter(|(_, s)| !(s.0 > 0.0)).map(|(i, _)| i).collect();
+    Ok(PerturbReport { scales, zero_samples })
+}
+
+/// Squares of `x` into `buf` (returns it).
+#[inline]
+fn sx_sq<'a>(x: &[f32], buf: &'a mut [f32]) -> &'a [f32] {
+    buf.iter_mut().zip(x).for_each(|(b, &v)| *b = v * v);
+    buf
+}

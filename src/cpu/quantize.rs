@@ -1,0 +1,305 @@
+//! CPU fused quantize / dequantize (SPEC §4), bit-identical with `kernels/quantize.cu`.
+//!
+//! Per element: `q = rint(x · inv_t)` (ties to even), clamped to ±Q, `x̂ = q · Δ_t`, with
+//! `inv_t = 1/Δ_t` (one f32 division per token) and plain f32 multiplies (Rust never contracts to
+//! FMA). Rounding uses the 1.5·2^23 trick on a value pre-clamped to ±(Q+1): exact ties-to-even for
+//! |v| < 2^22, no libm call, and it vectorises on baseline x86-64.
+use rayon::prelude::*;
+
+use super::{first_bad, Bands, SyncPtr};
+use crate::error::{Error, Result};
+use crate::geom::{Bits, Layout, TokenGrid};
+use crate::Element;
+
+/// Where the symbols go.
+pub enum Symbols<'a> {
+    None,
+    I8(&'a mut [i8]),
+    I16(&'a mut [i16]),
+}
+
+/// Optional outputs of an out-of-place quantization.
+pub struct QuantOut<'a, E> {
+    pub symbols: Symbols<'a>,
+    /// Reconstruction `x̂` (dtype of `x`).
+    pub recon: Option<&'a mut [E]>,
+    /// Per-token sum of squared error `e_t`.
+    pub token_sse: Option<&'a mut [f32]>,
+    /// Count a symbol histogram.
+    pub histogram: bool,
+}
+
+impl<E> Default for QuantOut<'_, E> {
+    fn default() -> Self {
+        QuantOut { symbols: Symbols::None, recon: None, token_sse: None, histogram: false }
+    }
+}
+
+/// Totals of one quantization.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantStats {
+    /// Elements whose symbol was clamped to ±Q.
+    pub clamped: u64,
+    /// `Σ_t e_t` (f64 sum of the f32 token errors).
+    pub total_sse: f64,
+    /// Symbol histogram (`Bits::hist_bins` bins) when asked for.
+    pub histogram: Option<Vec<u64>>,
+}
+
+impl QuantStats {
+    /// Measured MSE per element.
+    pub fn mse(&self, numel: usize) -> f64 {
+        self.total_sse / numel as f64
+    }
+}
+
+const ROUND_MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
+
+/// Step source of a row: one per element (NCHW rows cross tokens) or one for the row (NTC).
+trait StepAt: Copy {
+    fn at(&self, i: usize) -> f32;
+}
+impl StepAt for f32 {
+    #[inline(always)]
+    fn at(&self, _: usize) -> f32 {
+        *self
+    }
+}
+impl StepAt for &[f32] {
+    #[inline(always)]
+    fn at(&self, i: usize) -> f32 {
+        self[i]
+    }
+}
+
+/// The element loop. Writes symbols (as integer-valued f32) to `q`, `x̂` to `xh`, adds `(x−x̂)²`
+/// to `sse`; returns (clamped, non-finite) counts.
+#[inline(always)]
+fn quant_row<S: StepAt>(x: &[f32], inv: S, step: S, qmax: f32, q: &mut [f32], xh: &mut [f32], sse: &mut [f32]) -> (u32, u32) {
+    let n = x.len();
+    let (q, xh, sse) = (&mut q[..n], &mut xh[..n], &mut sse[..n]);
+    let (mut cl, mut nf) = (0u32, 0u32);
+    for i in 0..n {
+        let v = x[i];
+        nf += (!v.is_finite()) as u32;
+        let s = (v * inv.at(i)).clamp(-(qmax + 1.0), qmax + 1.0);
+        let r = (s + ROUND_MAGIC) - ROUND_MAGIC;
+        cl += (r.abs() > qmax) as u32;
+        let r = r.clamp(-qmax, qmax);
+        let y = r * step.at(i);
+        q[i] = r;
+        xh[i] = y;
+        let d = v - y;
+        sse[i] += d * d;
+    }
+    (cl, nf)
+}
+
+#[derive(Clone, Copy)]
+enum SymPtr {
+    None,
+    I8(SyncPtr<i8>),
+    I16(SyncPtr<i16>),
+}
+
+/// Raw form shared by the in-place and out-of-place entry points.
+struct Raw<E> {
+    x: SyncPtr<E>,
+    recon: Option<SyncPtr<E>>,
+    sym: SymPtr,
+    sse: Option<SyncPtr<f32>>,
+    hist: bool,
+}
+
+fn check_steps(steps: &[f32], grid: &TokenGrid) -> Result<()> {
+    if steps.len() != grid.tokens() {
+        return Err(Error::Shape(format!("{} steps for {} tokens", steps.len(), grid.tokens())));
+    }
+    match steps.iter().position(|&d| !(d.is_finite() && d > 0.0 && (1.0 / d).is_finite())) {
+        Some(t) => Err(Error::Arg(format!("step Δ[{t}] = {} must be finite and > 0 (and 1/Δ finite)", steps[t]))),
+        None => Ok(()),
+    }
+}
+
+/// Out-of-place quantization: `x` is never written.
+pub fn quantize<E: Element>(x: &[E], grid: &TokenGrid, steps: &[f32], bits: Bits, out: QuantOut<'_, E>) -> Result<QuantStats> {
+    if x.len() != grid.numel() {
+        return Err(Error::Shape(format!("x has {} elements, the grid {}", x.len(), grid.numel())));
+    }
+    let n = x.len();
+    let sym = match out.symbols {
+        Symbols::None => SymPtr::None,
+        Symbols::I8(s) if bits == Bits::B8 && s.len() == n => SymPtr::I8(SyncPtr(s.as_mut_ptr())),
+        Symbols::I16(s) if bits == Bits::B16 && s.len() == n => SymPtr::I16(SyncPtr(s.as_mut_ptr())),
+        _ => return Err(Error::Shape(format!("symbols must be {n} values of i{} for {}-bit symbols", bits.bits(), bits.bits()))),
+    };
+    if out.recon.as_ref().is_some_and(|r| r.len() != n) {
+        return Err(Error::Shape(format!("reconstruction must have {n} elements")));
+    }
+    if out.token_sse.as_ref().is_some_and(|s| s.len() != grid.tokens()) {
+        return Err(Error::Shape(format!("token_sse must have {} values", grid.tokens())));
+    }
+    check_steps(steps, grid)?;
+    let raw = Raw {
+        x: SyncPtr(x.as_ptr() as *mut E),
+        recon: out.recon.map(|r| SyncPtr(r.as_mut_ptr())),
+        sym,
+        sse: out.token_sse.map(|s| SyncPtr(s.as_mut_ptr())),
+        hist: out.histogram,
+    };
+    run(raw, grid, steps, bits)
+}
+
+/// In-place quantization: `x` becomes its reconstruction. If `x` holds a non-finite value the
+/// call returns [`Error::NonFinite`] and `x` is unspecified (the check runs in the same pass).
+pub fn quantize_in_place<E: Element>(
+    x: &mut [E],
+    grid: &TokenGrid,
+    steps: &[f32],
+    bits: Bits,
+    symbols: Symbols<'_>,
+    token_sse: Option<&mut [f32]>,
+    histogram: bool,
+) -> Result<QuantStats> {
+    let p = SyncPtr(x.as_mut_ptr());
+    let n = x.len();
+    if n != grid.numel() {
+        return Err(Error::Shape(format!("x has {n} elements, the grid {}", grid.numel())));
+    }
+    let sym = match symbols {
+        Symbols::None => SymPtr::None,
+        Symbols::I8(s) if bits == Bits::B8 && s.len() == n => SymPtr::I8(SyncPtr(s.as_mut_ptr())),
+        Symbols::I16(s) if bits == Bits::B16 && s.len() == n => SymPtr::I16(SyncPtr(s.as_mut_ptr())),
+        _ => return Err(Error::Shape(format!("symbols must be {n} values of i{} for {}-bit symbols", bits.bits(), bits.bits()))),
+    };
+    if token_sse.as_ref().is_some_and(|s| s.len() != grid.tokens()) {
+        return Err(Error::Shape(format!("token_sse must have {} values", grid.tokens())));
+    }
+    check_steps(steps, grid)?;
+    let raw = Raw { x: p, recon: Some(p), sym, sse: token_sse.map(|s| SyncPtr(s.as_mut_ptr())), hist: histogram };
+    run(raw, grid, steps, bits)
+}
+
+struct Acc {
+    clamped: u64,
+    sse: f64,
+    bad: usize,
+    hist: Vec<u64>,
+}
+
+struct Scratch {
+    x: Vec<f32>,
+    q: Vec<f32>,
+    xh: Vec<f32>,
+    sse: Vec<f32>,
+    inv: Vec<f32>,
+    step: Vec<f32>,
+}
+
+fn run<E: Element>(raw: Raw<E>, grid: &TokenGrid, steps: &[f32], bits: Bits) -> Result<QuantStats> {
+    let bands = Bands::new(*grid);
+    let (n, k, p) = (grid.numel(), grid.k(), grid.patch);
+    let qmax = bits.qmax();
+    let rl = bands.row_len();
+    let nbins = if raw.hist { bits.hist_bins() } else { 0 };
+    let raw = &raw;
+    let acc = (0..bands.count)
+        .into_par_iter()
+        .with_min_len(bands.min_len())
+        .fold(
+            || {
+                let v = || vec![0.0f32; rl];
+                (Acc { clamped: 0, sse: 0.0, bad: usize::MAX, hist: vec![0; nbins] }, Scratch { x: v(), q: v(), xh: v(), sse: v(), inv: v(), step: v() })
+            },
+            |(mut acc, mut s), b| {
+                let (t0, nt) = bands.token_range(b);
+                let nchw = grid.shape.layout == Layout::Nchw;
+                if nchw {
+                    for w in 0..rl {
+                        let d = steps[t0 + w / p];
+                        s.step[w] = d;
+                        s.inv[w] = 1.0 / d;
+                    }
+                    s.sse.fill(0.0);
+                }
+                bands.for_rows(b, |off, i| {
+                    let len = if nchw { rl } else { k };
+                    // SAFETY: rows of distinct bands are disjoint; `x` may alias `recon` (in place):
+                    // the row is read into scratch (or fully read by quant_row) before it is written.
+                    let xs: &[E] = unsafe { std::slice::from_raw_parts(raw.x.0.add(off), len) };
+                    let xv: &[f32] = if E::as_f32_slice(xs).is_some() && raw.recon.is_none() {
+                        E::as_f32_slice(xs).unwrap()
+                    } else {
+                        E::widen(xs, &mut s.x[..len]);
+                        &s.x[..len]
+                    };
+                    let (cl, nf) = if nchw {
+                        quant_row(xv, &s.inv[..], &s.step[..], qmax, &mut s.q, &mut s.xh, &mut s.sse)
+                    } else {
+                        let d = steps[t0 + i];
+                        s.sse[..len].fill(0.0);
+                        let r = quant_row(xv, 1.0 / d, d, qmax, &mut s.q, &mut s.xh, &mut s.sse);
+                        let e = super::sum_lanes(&s.sse[..len]);
+                        if let Some(sp) = raw.sse {
+                            unsafe { *sp.0.add(t0 + i) = e };
+                        }
+                        acc.sse += e as f64;
+                        r
+                    };
+                    acc.clamped += cl as u64;
+                    if nf > 0 {
+                        acc.bad = acc.bad.min(off + first_bad(xv, |v| !v.is_finite()).unwrap());
+                    }
+                    if let Some(r) = raw.recon {
+                        let dst = unsafe { std::slice::from_raw_parts_mut(r.0.add(off), len) };
+                        E::narrow(&s.xh[..len], dst);
+                    }
+                    match raw.sym {
+                        SymPtr::None => {}
+                        SymPtr::I8(sp) => {
+                            let dst = unsafe { std::slice::from_raw_parts_mut(sp.0.add(off), len) };
+                            dst.iter_mut().zip(&s.q[..len]).for_each(|(d, &q)| *d = q as i8);
+                        }
+                        SymPtr::I16(sp) => {
+                            let dst = unsafe { std::slice::from_raw_parts_mut(sp.0.add(off), len) };
+                            dst.iter_mut().zip(&s.q[..len]).for_each(|(d, &q)| *d = q as i16);
+                        }
+                    }
+                    if raw.hist {
+                        for &q in &s.q[..len] {
+                            acc.hist[bits.bin(q as i32)] += 1;
+                        }
+                    }
+                });
+                if nchw {
+                    for tw in 0..nt {
+                        let e: f32 = s.sse[tw * p..tw * p + p].iter().sum();
+                        if let Some(sp) = raw.sse {
+                            unsafe { *sp.0.add(t0 + tw) = e };
+                        }
+                        acc.sse += e as f64;
+                    }
+                }
+                (acc, s)
+            },
+        )
+        .map(|(a, _)| a)
+        .reduce(
+            || Acc { clamped: 0, sse: 0.0, bad: usize::MAX, hist: vec![0; nbins] },
+            |mut a, b| {
+                a.clamped += b.clamped;
+                a.sse += b.sse;
+                a.bad = a.bad.min(b.bad);
+                a.hist.iter_mut().zip(&b.hist).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    if acc.bad != usize::MAX {
+        // Out of place, x is intact; in place, the element may already be overwritten: report
+        // the index and a NaN placeholder rather than read an unspecified buffer.
+        let value = if raw.recon.is_some_and(|r| r.0 == raw.x.0) { f32::NAN } else { unsafe { (*raw.x.0.add(acc.bad)).to_f32() } };
+        return Err(Error::NonFinite { index: acc.bad, value });
+    }
+    let _ = n;
+    Ok(QuantStats { clamped: acc.clamped, total_sse: acc.sse, histogram: raw.hist.then_some(acc.hist) })
+}

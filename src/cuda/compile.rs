@@ -1,0 +1,92 @@
+//! NVRTC compilation of the kernels in `kernels/`. Each `.cu` is compiled with the parameter header
+//! and `common.cuh` pasted in front (the kernels need no include path and no CUDA headers), without
+//! fast-math, with `--fmad=false` (bit-identity with the CPU) and `-lineinfo` (Nsight).
+use std::ffi::{CStr, CString};
+
+use crate::error::{Error, Result};
+
+/// The header every kernel (and bindgen) reads.
+pub const PARAMS_H: &str = include_str!("../../kernels/featjnd_params.h");
+/// Shared device helpers.
+pub const COMMON_CUH: &str = include_str!("../../kernels/common.cuh");
+/// The kernel files: (name, source).
+pub const KERNELS: &[(&str, &str)] = &[
+    ("token_stats.cu", include_str!("../../kernels/token_stats.cu")),
+    ("step_alloc.cu", include_str!("../../kernels/step_alloc.cu")),
+    ("quantize.cu", include_str!("../../kernels/quantize.cu")),
+    ("perturb.cu", include_str!("../../kernels/perturb.cu")),
+];
+
+/// One compiled kernel file.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub name: &'static str,
+    pub ptx: String,
+    /// The NVRTC log (empty when clean; warnings land here).
+    pub log: String,
+}
+
+/// The full translation unit NVRTC sees for one kernel file.
+pub fn translation_unit(src: &str) -> String {
+    let common = COMMON_CUH.replace("#pragma once", "");
+    format!("{PARAMS_H}\n{common}\n{src}\n")
+}
+
+/// Options: no fast-math, no FMA contraction, line info for Nsight.
+pub fn options(arch: &str) -> Vec<String> {
+    vec![
+        format!("--gpu-architecture={arch}"),
+        "--fmad=false".into(),
+        "--prec-div=true".into(),
+        "--prec-sqrt=true".into(),
+        "--ftz=false".into(),
+        "-lineinfo".into(),
+        "--std=c++17".into(),
+    ]
+}
+
+/// Is NVRTC loadable here? (cudarc panics on first use otherwise.)
+pub fn nvrtc_present() -> bool {
+    // libnvrtc dlopens its builtins by soname with its own (empty) search path; load them first
+    // through ours (the rpath to .deps), so a plain `cargo test` needs no LD_LIBRARY_PATH.
+    for name in ["libnvrtc-builtins.so.13.0", "libnvrtc-builtins.so.13.1", "libnvrtc-builtins.so"] {
+        let c = std::ffi::CString::new(name).unwrap();
+        if !unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) }.is_null() {
+            break;
+        }
+    }
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// Compiles one kernel file to PTX for `arch` (e.g. `compute_90`).
+pub fn compile(name: &'static str, src: &str, arch: &str) -> Result<Compiled> {
+    use cudarc::nvrtc::result as nv;
+    if !nvrtc_present() {
+        return Err(Error::CudaUnavailable(
+            "libnvrtc.so not found (install it: scripts/setup.sh puts NVRTC 13.0 under .deps/; or set LD_LIBRARY_PATH)".into(),
+        ));
+    }
+    let tu = CString::new(translation_unit(src)).map_err(|e| Error::Nvrtc { kernel: name.into(), log: e.to_string() })?;
+    let cname = CString::new(name).unwrap();
+    let prog = nv::create_program(&tu, Some(&cname)).map_err(|e| Error::Nvrtc { kernel: name.into(), log: format!("{e:?}") })?;
+    let opts = options(arch);
+    let res = unsafe { nv::compile_program(prog, &opts) };
+    let log = unsafe { nv::get_program_log(prog) }
+        .map(|raw| unsafe { CStr::from_ptr(raw.as_ptr()) }.to_string_lossy().trim().to_string())
+        .unwrap_or_default();
+    let out = match res {
+        Err(e) => Err(Error::Nvrtc { kernel: name.into(), log: format!("{e:?} with {opts:?}:\n{log}") }),
+        Ok(()) => unsafe { nv::get_ptx(prog) }
+            .map_err(|e| Error::Nvrtc { kernel: name.into(), log: format!("{e:?}") })
+            .map(|raw| Compiled { name, ptx: unsafe { CStr::from_ptr(raw.as_ptr()) }.to_string_lossy().into_owned(), log }),
+    };
+    unsafe {
+        let _ = nv::destroy_program(prog);
+    }
+    out
+}
+
+/// Compiles every kernel file for `arch`.
+pub fn compile_all(arch: &str) -> Result<Vec<Compiled>> {
+    KERNELS.iter().map(|(n, s)| compile(n, s, arch)).collect()
+}

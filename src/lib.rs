@@ -1,0 +1,27 @@
+//! featjnd: task-aligned just-noticeable differences for deep features.
+//!
+//! The kernel library implements the ops of `SPEC.md` (token tolerance, step allocation, fused
+//! quantize/dequantize, Philox noise, matched-NRMSE perturbation) three times over:
+//! * [`cpu`]: fast, multi-threaded, streaming CPU implementations on plain slices;
+//! * [`cuda`]: CUDA C kernels in `kernels/`, compiled at run time by NVRTC;
+//! * [`reference`]: slow, obviously-correct versions that the tests compare against.
+//!
+//! [`ops`] is the public tensor API: it takes `tch::Tensor`s (CPU or CUDA, f32/f16/bf16, zero-copy)
+//! and dispatches on the tensor's device.
+
+pub mod cpu;
+pub mod cuda;
+pub mod element;
+pub mod error;
+pub mod geom;
+pub mod io;
+pub mod ops;
+pub mod params;
+pub mod philox;
+pub mod rate;
+pub mod reference;
+pub mod steps;
+
+pub use element::{Dtype, Element};
+pub use error::{Error, Result};
+pub use geom::{Bits, Layout, NoiseKind, Reduce, Shape, Strategy, TokenGrid};

@@ -1,0 +1,321 @@
+//! The public tensor API: every op of SPEC.md on `tch::Tensor`s (CPU or CUDA; f32, f16, bf16;
+//! contiguous; zero-copy), dispatching on the tensor's device. CPU tensors run [`crate::cpu`];
+//! CUDA tensors run the NVRTC kernels on torch's current stream.
+
+mod cuda_ops;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::cpu::{self, perturb::NoiseSpec, PerturbReport, QuantOut, Symbols};
+use crate::element::Dtype;
+use crate::error::{Error, Result};
+use crate::geom::{Bits, Layout, Reduce, Shape, Strategy, TokenGrid};
+use crate::rate::Rate;
+use crate::steps::{self, Measured};
+
+pub use crate::cpu::perturb::NoiseSpec as Noise;
+
+/// Runs `$body` with `E` bound to the element type of `$dtype`.
+macro_rules! with_elem {
+    ($dtype:expr, $E:ident => $body:expr) => {
+        match $dtype {
+            Dtype::F32 => {
+                type $E = f32;
+                $body
+            }
+            Dtype::F16 => {
+                type $E = half::f16;
+                $body
+            }
+            Dtype::Bf16 => {
+                type $E = half::bf16;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_elem;
+
+/// Checks a tensor is usable as feature data and returns its dtype.
+pub(crate) fn check_tensor(t: &Tensor, name: &'static str) -> Result<Dtype> {
+    if !t.defined() {
+        return Err(Error::Arg(format!("{name} is an undefined tensor")));
+    }
+    let d = Dtype::from_kind(t.kind())?;
+    if !t.is_contiguous() {
+        return Err(Error::NonContiguous(name));
+    }
+    if t.numel() == 0 {
+        return Err(Error::Empty(name));
+    }
+    Ok(d)
+}
+
+pub(crate) fn same_device(a: &Tensor, an: &str, b: &Tensor, bn: &str) -> Result<()> {
+    if a.device() != b.device() {
+        return Err(Error::MixedDevices(format!("{an} is on {:?}, {bn} on {:?}", a.device(), b.device())));
+    }
+    Ok(())
+}
+
+/// The token grid of a feature tensor.
+pub fn grid_of(x: &Tensor, layout: Layout, patch: usize) -> Result<TokenGrid> {
+    TokenGrid::new(Shape::from_sizes(layout, &x.size())?, patch)
+}
+
+/// A CPU tensor's data as a slice (zero-copy).
+pub(crate) fn slice<E>(t: &Tensor) -> &[E] {
+    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const E, t.numel()) }
+}
+#[allow(clippy::mut_from_ref)]
+pub(crate) fn slice_mut<E>(t: &Tensor) -> &mut [E] {
+    unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut E, t.numel()) }
+}
+
+fn cuda_ordinal(d: Device) -> Option<usize> {
+    match d {
+        Device::Cuda(i) => Some(i),
+        _ => None,
+    }
+}
+
+fn check_device(t: &Tensor, name: &str) -> Result<()> {
+    match t.device() {
+        Device::Cpu | Device::Cuda(_) => Ok(()),
+        other => Err(Error::Arg(format!("{name} is on {other:?}: featjnd runs on CPU or CUDA"))),
+    }
+}
+
+/// Token tolerance `j_t` (SPEC §2) of a tolerance map `J`: an f32 tensor of `T` values on `J`'s device.
+pub fn token_tolerance(jnd: &Tensor, layout: Layout, patch: usize, reduce: Reduce) -> Result<Tensor> {
+    let dt = check_tensor(jnd, "J")?;
+    check_device(jnd, "J")?;
+    let grid = grid_of(jnd, layout, patch)?;
+    if let Some(o) = cuda_ordinal(jnd.device()) {
+        return cuda_ops::token_tolerance(o, jnd, dt, &grid, reduce).map(|(t, _)| t);
+    }
+    let v = with_elem!(dt, E => cpu::token_tolerance::<E>(slice(jnd), &grid, reduce))?;
+    Ok(Tensor::from_slice(&v))
+}
+
+/// Nominal steps `Δ_t` for budget `D` from token tolerances (SPEC §3), on `jt`'s device.
+/// On CUDA the Jnd normaliser `Σ j²` is reduced on the device (no host round-trip).
+pub fn allocate_steps(jt: &Tensor, budget: f64, strategy: Strategy) -> Result<Tensor> {
+    allocate_steps_scaled(jt, budget, strategy, 1.0)
+}
+
+/// Steps with every step scaled by a common factor `beta`.
+pub fn allocate_steps_scaled(jt: &Tensor, budget: f64, strategy: Strategy, beta: f64) -> Result<Tensor> {
+    steps::check_budget(budget)?;
+    if !jt.defined() || jt.kind() != Kind::Float || jt.dim() != 1 || !jt.is_contiguous() {
+        return Err(Error::Arg("token tolerances must be a contiguous 1-D f32 tensor".into()));
+    }
+    if jt.numel() == 0 {
+        return Err(Error::Empty("token tolerances"));
+    }
+    check_device(jt, "token tolerances")?;
+    if let Some(o) = cuda_ordinal(jt.device()) {
+        return cuda_ops::allocate_steps(o, jt, budget, strategy, beta, None);
+    }
+    let mut out = vec![0.0f32; jt.numel()];
+    steps::allocate_into(slice(jt), budget, strategy, beta, &mut out)?;
+    Ok(Tensor::from_slice(&out))
+}
+
+/// What [`quantize`] should produce.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuantizeOptions {
+    pub bits: Bits,
+    pub symbols: bool,
+    pub recon: bool,
+    pub token_sse: bool,
+    pub histogram: bool,
+}
+
+impl Default for QuantizeOptions {
+    fn default() -> Self {
+        QuantizeOptions { bits: Bits::B8, symbols: true, recon: true, token_sse: true, histogram: true }
+    }
+}
+
+/// Outputs of a quantization. Tensors live on the input's device.
+#[derive(Debug)]
+pub struct Quantized {
+    /// `i8` (b = 8) or `i16` (b = 16), shape of `x`.
+    pub symbols: Option<Tensor>,
+    /// Reconstruction in `x`'s dtype (absent for the in-place call: `x` is it).
+    pub recon: Option<Tensor>,
+    /// Per-token squared error `e_t` (f32, `T` values).
+    pub token_sse: Option<Tensor>,
+    pub clamped: u64,
+    /// `Σ e_t`.
+    pub total_sse: f64,
+    /// Measured MSE per element.
+    pub mse: f64,
+    pub histogram: Option<Vec<u64>>,
+    /// Entropy and bits per element (when the histogram was counted).
+    pub rate: Option<Rate>,
+}
+
+fn check_steps_tensor(x: &Tensor, steps: &Tensor, grid: &TokenGrid) -> Result<()> {
+    same_device(x, "x", steps, "steps")?;
+    if steps.kind() != Kind::Float || steps.numel() != grid.tokens() || !steps.is_contiguous() {
+        return Err(Error::Shape(format!("steps must be a contiguous f32 tensor of {} values (one per token)", grid.tokens())));
+    }
+    Ok(())
+}
+
+/// Fused quantize / dequantize of `x` with per-token steps (SPEC §4), out of place.
+pub fn quantize(x: &Tensor, layout: Layout, patch: usize, steps: &Tensor, opts: &QuantizeOptions) -> Result<Quantized> {
+    quantize_impl(x, layout, patch, steps, opts, false)
+}
+
+/// In place: `x` becomes its reconstruction. If `x` holds a non-finite value the call returns
+/// [`Error::NonFinite`] and `x`'s contents are unspecified (the check runs in the same pass).
+pub fn quantize_(x: &mut Tensor, layout: Layout, patch: usize, steps: &Tensor, opts: &QuantizeOptions) -> Result<Quantized> {
+    quantize_impl(x, layout, patch, steps, opts, true)
+}
+
+fn quantize_impl(x: &Tensor, layout: Layout, patch: usize, steps: &Tensor, opts: &QuantizeOptions, in_place: bool) -> Result<Quantized> {
+    let dt = check_tensor(x, "x")?;
+    check_device(x, "x")?;
+    let grid = grid_of(x, layout, patch)?;
+    check_steps_tensor(x, steps, &grid)?;
+    let mut q = if let Some(o) = cuda_ordinal(x.device()) {
+        cuda_ops::quantize(o, x, dt, &grid, steps, opts, in_place, None)?
+    } else {
+        quantize_cpu(x, dt, &grid, steps, opts, in_place)?
+    };
+    q.mse = q.total_sse / grid.numel() as f64;
+    q.rate = q.histogram.as_ref().map(|h| Rate::from_histogram(h, grid.tokens(), grid.k()));
+    Ok(q)
+}
+
+fn quantize_cpu(x: &Tensor, dt: Dtype, grid: &TokenGrid, steps: &Tensor, opts: &QuantizeOptions, in_place: bool) -> Result<Quantized> {
+    let sizes = x.size();
+    let sym_kind = if opts.bits == Bits::B8 { Kind::Int8 } else { Kind::Int16 };
+    let symbols = opts.symbols.then(|| Tensor::empty(sizes.as_slice(), (sym_kind, Device::Cpu)));
+    let recon = (opts.recon && !in_place).then(|| Tensor::empty(sizes.as_slice(), (x.kind(), Device::Cpu)));
+    let token_sse = opts.token_sse.then(|| Tensor::empty([grid.tokens() as i64], (Kind::Float, Device::Cpu)));
+    let sym = || match (&symbols, opts.bits) {
+        (None, _) => Symbols::None,
+        (Some(s), Bits::B8) => Symbols::I8(slice_mut(s)),
+        (Some(s), Bits::B16) => Symbols::I16(slice_mut(s)),
+    };
+    let st: &[f32] = slice(steps);
+    let stats = with_elem!(dt, E => {
+        if in_place {
+            cpu::quantize_in_place::<E>(slice_mut(x), grid, st, opts.bits, sym(), token_sse.as_ref().map(slice_mut), opts.histogram)
+        } else {
+            let out = QuantOut { symbols: sym(), recon: recon.as_ref().map(slice_mut::<E>), token_sse: token_sse.as_ref().map(slice_mut), histogram: opts.histogram };
+            cpu::quantize::<E>(slice(x), grid, st, opts.bits, out)
+        }
+    })?;
+    Ok(Quantized { symbols, recon, token_sse, clamped: stats.clamped, total_sse: stats.total_sse, mse: 0.0, histogram: stats.histogram, rate: None })
+}
+
+/// Steps whose **measured** quantize–dequantize MSE equals `D` within 1e-3 relative (SPEC §3):
+/// the nominal steps times a common `β` found by bisection. Returns the steps and the match.
+pub fn allocate_steps_measured(
+    x: &Tensor,
+    layout: Layout,
+    patch: usize,
+    jt: &Tensor,
+    budget: f64,
+    strategy: Strategy,
+    bits: Bits,
+) -> Result<(Tensor, Measured)> {
+    check_tensor(x, "x")?;
+    same_device(x, "x", jt, "token tolerances")?;
+    let probe = QuantizeOptions { bits, symbols: false, recon: false, token_sse: false, histogram: false };
+    let m = steps::bisect_beta(budget, |beta| {
+        let s = allocate_steps_scaled(jt, budget, strategy, beta)?;
+        Ok(quantize(x, layout, patch, &s, &probe)?.mse)
+    })?;
+    Ok((allocate_steps_scaled(jt, budget, strategy, m.beta)?, m))
+}
+
+/// The whole JND-guided chain on one device: `J → j_t → Δ_t → quantize`, fused so that on CUDA
+/// nothing returns to the host until the final statistics (one sync at the end).
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_with_jnd(
+    x: &Tensor,
+    jnd: &Tensor,
+    layout: Layout,
+    patch: usize,
+    reduce: Reduce,
+    budget: f64,
+    strategy: Strategy,
+    opts: &QuantizeOptions,
+) -> Result<(Tensor, Quantized)> {
+    check_tensor(x, "x")?;
+    same_device(x, "x", jnd, "J")?;
+    if x.size() != jnd.size() {
+        return Err(Error::Shape(format!("x is {:?}, J is {:?}", x.size(), jnd.size())));
+    }
+    if let Some(o) = cuda_ordinal(x.device()) {
+        let dj = check_tensor(jnd, "J")?;
+        steps::check_budget(budget)?;
+        let grid = grid_of(x, layout, patch)?;
+        let (jt, sum_sq) = cuda_ops::token_tolerance(o, jnd, dj, &grid, reduce)?;
+        let st = cuda_ops::allocate_steps(o, &jt, budget, strategy, 1.0, Some(&sum_sq))?;
+        let dt = check_tensor(x, "x")?;
+        let mut q = cuda_ops::quantize(o, x, dt, &grid, &st, opts, false, None)?;
+        q.mse = q.total_sse / grid.numel() as f64;
+        q.rate = q.histogram.as_ref().map(|h| Rate::from_histogram(h, grid.tokens(), grid.k()));
+        return Ok((st, q));
+    }
+    let jt = token_tolerance(jnd, layout, patch, reduce)?;
+    let st = allocate_steps(&jt, budget, strategy)?;
+    let q = quantize(x, layout, patch, &st, opts)?;
+    Ok((st, q))
+}
+
+/// Perturbation at a matched per-sample NRMSE (SPEC §6): `x + s_n · J ⊙ ξ`, `J = None` for `J ≡ 1`.
+/// The sample axis is the first dimension.
+pub fn perturb(x: &Tensor, jnd: Option<&Tensor>, nrmse: f64, noise: NoiseSpec) -> Result<(Tensor, PerturbReport)> {
+    let out = x.empty_like();
+    let r = perturb_impl(x, jnd, nrmse, noise, Some(&out))?;
+    Ok((out, r))
+}
+
+/// In-place perturbation (validation runs in pass 1, before anything is written).
+pub fn perturb_(x: &mut Tensor, jnd: Option<&Tensor>, nrmse: f64, noise: NoiseSpec) -> Result<PerturbReport> {
+    perturb_impl(x, jnd, nrmse, noise, None)
+}
+
+fn perturb_impl(x: &Tensor, jnd: Option<&Tensor>, nrmse: f64, noise: NoiseSpec, out: Option<&Tensor>) -> Result<PerturbReport> {
+    let dt = check_tensor(x, "x")?;
+    check_device(x, "x")?;
+    if x.dim() < 1 {
+        return Err(Error::Shape("x needs a sample dimension".into()));
+    }
+    if let Some(j) = jnd {
+        let dj = check_tensor(j, "J")?;
+        same_device(x, "x", j, "J")?;
+        if j.size() != x.size() {
+            return Err(Error::Shape(format!("x is {:?}, J is {:?}", x.size(), j.size())));
+        }
+        if dj != dt {
+            return Err(Error::Dtype(format!("x is {}, J is {}: they must match", dt.name(), dj.name())));
+        }
+    }
+    let samples = x.size()[0] as usize;
+    if let Some(o) = cuda_ordinal(x.device()) {
+        return cuda_ops::perturb(o, x, jnd, dt, samples, nrmse, noise, out);
+    }
+    with_elem!(dt, E => match out {
+        Some(o) => cpu::perturb::<E>(slice(x), jnd.map(slice::<E>), samples, nrmse, noise, slice_mut(o)),
+        None => cpu::perturb_in_place::<E>(slice_mut(x), jnd.map(slice::<E>), samples, nrmse, noise),
+    })
+}
+
+/// The noise `ξ` of flat elements `offset .. offset + numel` (SPEC §5) as an f32 tensor on `device`.
+pub fn noise(numel: usize, offset: u64, noise: NoiseSpec, device: Device) -> Result<Tensor> {
+    if let Some(o) = cuda_ordinal(device) {
+        return cuda_ops::noise(o, numel, offset, noise);
+    }
+    let mut v = vec![0.0f32; numel];
+    crate::philox::fill(&mut v, offset, noise.seed, noise.stream, noise.kind);
+    Ok(Tensor::from_slice(&v))
+}

@@ -1,0 +1,38 @@
+//! Every kernel in kernels/ compiles to PTX through NVRTC (no GPU needed) for sm_80 and sm_90,
+//! with an empty log: any NVRTC error or warning fails the test.
+use featjnd::cuda::compile;
+
+#[test]
+fn every_kernel_compiles_cleanly_for_sm80_and_sm90() {
+    assert!(compile::nvrtc_present(), "libnvrtc not found: run scripts/setup.sh (CI installs it)");
+    for arch in ["compute_80", "compute_90"] {
+        for c in compile::compile_all(arch).unwrap_or_else(|e| panic!("{arch}: {e}")) {
+            assert!(c.log.is_empty(), "{} for {arch}: NVRTC said:\n{}", c.name, c.log);
+            assert!(c.ptx.contains(".entry"), "{} for {arch}: no kernel entry in the PTX", c.name);
+            // -lineinfo must reach the PTX (Nsight source view).
+            assert!(c.ptx.contains(".loc"), "{} for {arch}: no line info", c.name);
+        }
+    }
+}
+
+#[test]
+fn kernel_names_match_what_the_launchers_ask_for() {
+    let all = compile::compile_all("compute_90").unwrap();
+    let ptx: String = all.iter().map(|c| c.ptx.as_str()).collect();
+    for dt in ["f32", "f16", "bf16"] {
+        for k in ["fj_token_stats_nchw_", "fj_token_stats_ntc_", "fj_quantize_nchw_", "fj_quantize_ntc_", "fj_perturb_norms_", "fj_perturb_apply_"] {
+            assert!(ptx.contains(&format!(".entry {k}{dt}(")), "missing kernel {k}{dt}");
+        }
+    }
+    for k in ["fj_step_alloc", "fj_noise"] {
+        assert!(ptx.contains(&format!(".entry {k}(")), "missing kernel {k}");
+    }
+}
+
+#[test]
+fn fast_math_and_fma_are_off() {
+    let o = compile::options("compute_90");
+    assert!(o.contains(&"--fmad=false".to_string()));
+    assert!(!o.iter().any(|s| s.contains("fast-math") || s.contains("fast_math")));
+    assert!(o.contains(&"-lineinfo".to_string()));
+}
