@@ -7,6 +7,7 @@ OUT=${OUT:-/tmp/gpu-check}; mkdir -p "$OUT"
 tl=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__)+"/lib")')
 nv=$(python3 -c 'import nvidia,os;print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null)/nvidia/cu13/lib
 export LD_LIBRARY_PATH="$tl:$nv:${LD_LIBRARY_PATH:-}"
+ldd .gpu/gpu-tests | grep "not found" && echo "missing libraries above"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 echo "== GPU tests"; start=$(date +%s)
 .gpu/gpu-tests --test-threads=1 --nocapture 2>&1 | tee "$OUT/gpu-tests.log" | grep -E "^test |test result|SKIP|panicked" ; tr=${PIPESTATUS[0]}
