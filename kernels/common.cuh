@@ -82,11 +82,14 @@ __device__ __forceinline__ double block_sum_d(double v) {
     }
     return s;
 }
-// Records the smallest offending flat index (one atomic per warp at most).
+// Records the smallest offending flat index (one atomic per warp at most). The cell starts at 0
+// and holds ~index: atomicMax of ~index keeps the smallest index, and a zeroed buffer means "none",
+// so one memset initialises every statistic of an op.
 __device__ __forceinline__ void report_bad(u64* bad, u64 idx_or_max) {
     u64 m = warp_min_u64(idx_or_max);
-    if ((threadIdx.x & 31) == 0 && m != ~0ull && bad) atomicMin(bad, m);
+    if ((threadIdx.x & 31) == 0 && m != ~0ull && bad) atomicMax(bad, ~m);
 }
+__device__ __forceinline__ bool bad_seen(u64 cell) { return cell && *(const u64*)cell != 0ull; }
 
 // ---- fast division by a runtime constant (unsigned 32-bit, n < 2^31) ----
 struct FastDiv {

@@ -2,6 +2,8 @@
  * and by bindgen (build.rs turns it into Rust). Plain C, fixed-width fields, no headers: NVRTC has
  * no system include path, so the fixed-width types are defined here for the device side.
  * Pointers travel as 64-bit integers (device or host addresses); 0 means "absent".
+ * A "bad" cell is a zero-initialised u64 that receives ~index of the first offending element
+ * (atomicMax), so 0 means none and all statistics of an op start from one memset.
  * See ../shared/SPEC.md for the meaning of every field. */
 #ifndef FEATJND_PARAMS_H
 #define FEATJND_PARAMS_H
@@ -41,7 +43,7 @@ typedef struct FjTokenStatsParams {
     uint64_t jnd;          /* const elem*: J, shape of x */
     uint64_t token_tol;    /* float*: j_t, T values */
     uint64_t sum_sq;       /* double*: += sum_t j_t^2 (zeroed by the caller); 0 = skip */
-    uint64_t bad_index;    /* unsigned long long*: atomicMin of the first non-finite or <= 0 J index */
+    uint64_t bad_index;    /* unsigned long long*: bad cell: first non-finite or <= 0 J */
     uint32_t reduce;
     uint32_t pad0;
 } FjTokenStatsParams;
@@ -71,7 +73,7 @@ typedef struct FjQuantizeParams {
     uint64_t total_sse;    /* double*: += sum of e_t (measured MSE without a host pass) */
     uint64_t clamp_count;  /* unsigned long long*: += clamped elements */
     uint64_t histogram;    /* unsigned long long*: 255 bins (b=8) or 511 + 1 overflow (b=16) */
-    uint64_t bad_index;    /* unsigned long long*: atomicMin of the first non-finite x index */
+    uint64_t bad_index;    /* unsigned long long*: bad cell: first non-finite x */
     uint32_t bits;         /* 8 or 16 */
     uint32_t pad0;
 } FjQuantizeParams;
@@ -83,8 +85,8 @@ typedef struct FjPerturbParams {
     uint64_t out;          /* elem*: x' (may equal x) */
     uint64_t norms;        /* double*: 2 per sample: sum x^2, sum (J xi)^2 (zeroed by the caller) */
     uint64_t scales;       /* float*: s_n per sample (pass 2 writes it) */
-    uint64_t bad_index;    /* unsigned long long*: atomicMin of the first non-finite x index */
-    uint64_t bad_jnd;      /* unsigned long long*: atomicMin of the first non-finite or <= 0 J index */
+    uint64_t bad_index;    /* unsigned long long*: bad cell: first non-finite x */
+    uint64_t bad_jnd;      /* unsigned long long*: bad cell: first non-finite or <= 0 J */
     uint64_t numel;        /* all elements */
     uint64_t sample_len;   /* elements per sample */
     uint64_t seed;

@@ -76,26 +76,36 @@ __device__ __forceinline__ Span span_of(const FjPerturbParams& p) {
     return s;
 }
 
+// Every thread takes FJ_PT_ITEMS Philox blocks per round and issues all their loads before any
+// noise math, so the memory system sees several requests in flight per thread.
 template <class D>
 __device__ void perturb_norms(const FjPerturbParams& p) {
     const Span s = span_of(p);
     const bool vec = (p.x % 16 == 0) && (p.jnd % 16 == 0);
     float sx = 0.0f, sj = 0.0f;
     u64 badx = ~0ull, badj = ~0ull;
-    for (u64 g = s.g0 + threadIdx.x; g < s.g1; g += blockDim.x) {
-        float v[4], j[4], xi[4];
-        bool in[4];
-        load_group<D>(p, g, s.lo, s.hi, vec, v, j, in);
-        noise4(g, p.seed, p.stream, p.noise, xi);
+    for (u64 gb = s.g0 + threadIdx.x; gb < s.g1; gb += FJ_PT_ITEMS * blockDim.x) {
+        float v[FJ_PT_ITEMS][4], j[FJ_PT_ITEMS][4];
+        bool in[FJ_PT_ITEMS][4];
 #pragma unroll
-        for (int l = 0; l < 4; ++l) {
-            if (!in[l]) continue;
-            const u64 i = 4 * g + l;
-            if (!fj_finite(v[l])) badx = i < badx ? i : badx;
-            if (!(j[l] > 0.0f) || !fj_finite(j[l])) badj = i < badj ? i : badj;
-            const float e = __fmul_rn(j[l], xi[l]);
-            sx = __fadd_rn(sx, __fmul_rn(v[l], v[l]));
-            sj = __fadd_rn(sj, __fmul_rn(e, e));
+        for (int k = 0; k < FJ_PT_ITEMS; ++k)
+            load_group<D>(p, gb + k * blockDim.x, s.lo, s.hi, vec, v[k], j[k], in[k]);
+#pragma unroll
+        for (int k = 0; k < FJ_PT_ITEMS; ++k) {
+            const u64 g = gb + k * blockDim.x;
+            if (g >= s.g1) continue;
+            float xi[4];
+            noise4(g, p.seed, p.stream, p.noise, xi);
+#pragma unroll
+            for (int l = 0; l < 4; ++l) {
+                if (!in[k][l]) continue;
+                const u64 i = 4 * g + l;
+                if (!fj_finite(v[k][l])) badx = i < badx ? i : badx;
+                if (!(j[k][l] > 0.0f) || !fj_finite(j[k][l])) badj = i < badj ? i : badj;
+                const float e = __fmul_rn(j[k][l], xi[l]);
+                sx = __fadd_rn(sx, __fmul_rn(v[k][l], v[k][l]));
+                sj = __fadd_rn(sj, __fmul_rn(e, e));
+            }
         }
     }
     report_bad((u64*)p.bad_index, badx);
@@ -118,25 +128,34 @@ __device__ __forceinline__ float scale_of(const FjPerturbParams& p, u32 n) {
 template <class D>
 __device__ void perturb_apply(const FjPerturbParams& p) {
     // Pass 1 found a bad x or J: write nothing (the in-place input stays intact, no host sync).
-    if ((p.bad_index && *(const u64*)p.bad_index != ~0ull) || (p.bad_jnd && *(const u64*)p.bad_jnd != ~0ull)) return;
+    if (bad_seen(p.bad_index) || bad_seen(p.bad_jnd)) return;
     const Span s = span_of(p);
     const float sc = scale_of(p, s.n);
     if (threadIdx.x == 0 && s.lo == (u64)s.n * p.sample_len && p.scales) ((float*)p.scales)[s.n] = sc;
     const bool vec = (p.x % 16 == 0) && (p.jnd % 16 == 0) && (p.out % 16 == 0);
     typename D::T* out = (typename D::T*)p.out;
-    for (u64 g = s.g0 + threadIdx.x; g < s.g1; g += blockDim.x) {
-        float v[4], j[4], xi[4], o[4];
-        bool in[4];
-        load_group<D>(p, g, s.lo, s.hi, vec, v, j, in);
-        noise4(g, p.seed, p.stream, p.noise, xi);
+    for (u64 gb = s.g0 + threadIdx.x; gb < s.g1; gb += FJ_PT_ITEMS * blockDim.x) {
+        float v[FJ_PT_ITEMS][4], j[FJ_PT_ITEMS][4];
+        bool in[FJ_PT_ITEMS][4];
 #pragma unroll
-        for (int l = 0; l < 4; ++l) o[l] = sc == 0.0f ? v[l] : __fadd_rn(v[l], __fmul_rn(sc, __fmul_rn(j[l], xi[l])));
-        if (vec && in[0] && in[3]) {
-            store4p<D>(out, 4 * g, o);
-        } else {
+        for (int k = 0; k < FJ_PT_ITEMS; ++k)
+            load_group<D>(p, gb + k * blockDim.x, s.lo, s.hi, vec, v[k], j[k], in[k]);
+#pragma unroll
+        for (int k = 0; k < FJ_PT_ITEMS; ++k) {
+            const u64 g = gb + k * blockDim.x;
+            if (g >= s.g1) continue;
+            float xi[4], o[4];
+            noise4(g, p.seed, p.stream, p.noise, xi);
 #pragma unroll
             for (int l = 0; l < 4; ++l)
-                if (in[l]) out[4 * g + l] = D::store(o[l]);
+                o[l] = sc == 0.0f ? v[k][l] : __fadd_rn(v[k][l], __fmul_rn(sc, __fmul_rn(j[k][l], xi[l])));
+            if (vec && in[k][0] && in[k][3]) {
+                store4p<D>(out, 4 * g, o);
+            } else {
+#pragma unroll
+                for (int l = 0; l < 4; ++l)
+                    if (in[k][l]) out[4 * g + l] = D::store(o[l]);
+            }
         }
     }
 }

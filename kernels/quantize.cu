@@ -78,13 +78,17 @@ __device__ __forceinline__ void finish_block(const FjQuantizeParams& p, u32* sh,
     }
 }
 
+// NCHW: a block owns 32 consecutive tokens (one per lane) and splits the channels over its warps,
+// so even few, deep tokens fill the GPU; partial errors are summed in a fixed warp order.
 template <class D>
 __device__ void quantize_nchw(const FjQuantizeParams& p) {
     __shared__ u32 sh[FJ_HIST_BINS];
+    __shared__ float part[FJ_WARPS][32];
     const bool hist = p.histogram != 0;
     if (hist) hist_init(sh);
     const FjTokenGeom g = p.geom;
-    const u32 t = blockIdx.x * blockDim.x + threadIdx.x;
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const u32 t = blockIdx.x * 32 + lane;
     const bool live = t < g.tokens;
     const float qmax = p.bits == 8 ? 127.0f : 32767.0f;
     QState st = {0.0f, 0u, ~0ull};
@@ -95,18 +99,23 @@ __device__ void quantize_nchw(const FjQuantizeParams& p) {
         const u32 wp = g.w / g.patch, hp = g.h / g.patch;
         const u32 tw = t % wp, th = (t / wp) % hp, n = t / (wp * hp);
         const u64 plane = (u64)g.h * g.w;
-        u64 base = (u64)n * g.c * plane + (u64)th * g.patch * g.w + (u64)tw * g.patch;
+        u64 base = ((u64)n * g.c + warp) * plane + (u64)th * g.patch * g.w + (u64)tw * g.patch;
 #pragma unroll 4
-        for (u32 c = 0; c < g.c; ++c) {
+        for (u32 c = warp; c < g.c; c += FJ_WARPS, base += FJ_WARPS * plane)
             for (u32 r = 0; r < g.patch; ++r)
                 for (u32 q = 0; q < g.patch; ++q) {
                     const u64 idx = base + (u64)r * g.w + q;
                     quant_elem<D>(p, idx, D::load(x[idx]), inv, step, qmax, st, sh, hist);
                 }
-            base += plane;
-        }
     }
-    finish_block(p, sh, hist, live, t, st);
+    part[warp][lane] = st.sse;
+    __syncthreads();
+    if (warp == 0) {
+        float e = part[0][lane];
+        for (int w = 1; w < FJ_WARPS; ++w) e = __fadd_rn(e, part[w][lane]);
+        st.sse = e;
+    }
+    finish_block(p, sh, hist, live && warp == 0, t, st);
 }
 
 // Loads 4 consecutive elements with one 16-byte (f32) or 8-byte (f16/bf16) load.

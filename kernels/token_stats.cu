@@ -1,7 +1,8 @@
 // Token tolerance j_t = reduce(J over the K elements of token t) (SPEC §2), fused with the
 // validation of J (finite, > 0) and the device-side sum_t j_t^2 the Jnd step allocation needs.
-// NCHW: one thread per token; neighbouring threads hold neighbouring patches, so each warp load
-// covers 32*p contiguous elements of a row (coalesced for every p). NTC: one warp per token row.
+// NCHW: a lane per token and the channels split over the block's warps; neighbouring lanes hold
+// neighbouring patches, so each warp load covers 32*p contiguous elements of a row (coalesced for
+// every p). NTC: one warp per token row.
 
 template <class D>
 __device__ __forceinline__ void acc_elem(float v, u64 idx, u32 reduce, float& a, u64& bad) {
@@ -26,27 +27,39 @@ __device__ __forceinline__ void emit(const FjTokenStatsParams& p, u32 t, bool li
     }
 }
 
+// NCHW: a block owns 32 consecutive tokens (one per lane) and splits the channels over its warps;
+// the partial reductions meet in shared memory and are combined in a fixed warp order.
 template <class D>
 __device__ void token_stats_nchw(const FjTokenStatsParams& p) {
+    __shared__ float part[FJ_WARPS][32];
     const FjTokenGeom g = p.geom;
-    const u32 t = blockIdx.x * blockDim.x + threadIdx.x;
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const u32 t = blockIdx.x * 32 + lane;
     const bool live = t < g.tokens;
-    float a = p.reduce == FJ_REDUCE_MIN ? __int_as_float(0x7f800000) : 0.0f;
+    const bool is_min = p.reduce == FJ_REDUCE_MIN;
+    float a = is_min ? __int_as_float(0x7f800000) : 0.0f;
     u64 bad = ~0ull;
     if (live) {
         const typename D::T* j = (const typename D::T*)p.jnd;
         const u32 wp = g.w / g.patch, hp = g.h / g.patch;
         const u32 tw = t % wp, th = (t / wp) % hp, n = t / (wp * hp);
         const u64 plane = (u64)g.h * g.w;
-        u64 base = (u64)n * g.c * plane + (u64)th * g.patch * g.w + (u64)tw * g.patch;
-        for (u32 c = 0; c < g.c; ++c, base += plane)
+        u64 base = ((u64)n * g.c + warp) * plane + (u64)th * g.patch * g.w + (u64)tw * g.patch;
+#pragma unroll 4
+        for (u32 c = warp; c < g.c; c += FJ_WARPS, base += FJ_WARPS * plane)
             for (u32 r = 0; r < g.patch; ++r)
                 for (u32 q = 0; q < g.patch; ++q) {
                     const u64 idx = base + (u64)r * g.w + q;
                     acc_elem<D>(D::load(j[idx]), idx, p.reduce, a, bad);
                 }
     }
-    emit(p, t, live, finish(a, p.reduce, g.k), bad);
+    part[warp][lane] = a;
+    __syncthreads();
+    if (warp == 0) {
+        a = part[0][lane];
+        for (int w = 1; w < FJ_WARPS; ++w) a = is_min ? fminf(a, part[w][lane]) : __fadd_rn(a, part[w][lane]);
+    }
+    emit(p, t, live && warp == 0, finish(a, p.reduce, g.k), bad);
 }
 
 template <class D>

@@ -34,7 +34,8 @@ fn go<P: DeviceRepr>(dev: &Device, file: &'static str, name: &str, p: &P, blocks
 
 fn layout_blocks(geom: &FjTokenGeom) -> (&'static str, u64) {
     if geom.layout == FJ_LAYOUT_NCHW {
-        ("nchw", (geom.tokens as u64).div_ceil(BLOCK as u64))
+        // 32 tokens per block, channels split over the warps.
+        ("nchw", (geom.tokens as u64).div_ceil(32))
     } else {
         ("ntc", (geom.tokens as u64).div_ceil(WARPS as u64))
     }

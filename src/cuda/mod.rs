@@ -26,8 +26,13 @@ pub fn load_torch_cuda() -> bool {
 }
 use std::ffi::CString;
 
-/// Why the CUDA path cannot run here, or `Ok` if it can.
+/// Why the CUDA path cannot run here, or `Ok` if it can (probed once per process).
 pub fn available() -> Result<()> {
+    static PROBE: OnceLock<Result<()>> = OnceLock::new();
+    PROBE.get_or_init(probe).clone()
+}
+
+fn probe() -> Result<()> {
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         return Err(Error::CudaUnavailable("no CUDA driver (libcuda.so) on this machine".into()));
     }
@@ -47,6 +52,7 @@ pub struct Device {
     pub ctx: Arc<CudaContext>,
     pub arch: String,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
 }
 
 impl Device {
@@ -62,13 +68,22 @@ impl Device {
         // We pass raw pointers only: cudarc's per-buffer event tracking has nothing to track.
         unsafe { ctx.disable_event_tracking() };
         let (maj, min) = ctx.compute_capability().map_err(cuda_err)?;
-        let d = Arc::new(Device { ctx, arch: format!("compute_{maj}{min}"), modules: Mutex::new(HashMap::new()) });
+        let d = Arc::new(Device { ctx, arch: format!("compute_{maj}{min}"), modules: Mutex::new(HashMap::new()), functions: Mutex::new(HashMap::new()) });
         map.insert(ordinal, d.clone());
         Ok(d)
     }
 
-    /// A kernel function, compiling its file on first use.
+    /// A kernel function, compiling its file on first use (both cached).
     pub fn function(&self, file: &'static str, name: &str) -> Result<CudaFunction> {
+        if let Some(f) = self.functions.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
+            return Ok(f.clone());
+        }
+        let f = self.load(file, name)?;
+        self.functions.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), f.clone());
+        Ok(f)
+    }
+
+    fn load(&self, file: &'static str, name: &str) -> Result<CudaFunction> {
         let mut mods = self.modules.lock().unwrap_or_else(|e| e.into_inner());
         let module = match mods.get(file) {
             Some(m) => m.clone(),

@@ -1,32 +1,45 @@
-//! The CUDA side of [`super`]: buffers are torch tensors on the same device (stream-ordered by
-//! torch's caching allocator), kernels run on torch's current stream, and results come back to the
-//! host only where an op returns host values (statistics, errors): one sync at the end of an op.
+//! The CUDA side of [`super`]. Outputs are torch tensors on the same device; kernels run on torch's
+//! current stream. Every statistic an op returns to the host (first bad index, clamp count, error
+//! sums, histogram, norms, scales) lives in one zero-initialised i64 buffer ([`Stats`]): one memset
+//! before, one device-to-host copy after: a single sync per op, and none inside the fused
+//! J → j_t → Δ_t → quantize chain.
 use tch::{Device as TDevice, Kind, Tensor};
 
-use super::{with_elem, Quantized, QuantizeOptions};
+use super::{Quantized, QuantizeOptions};
 use crate::cpu::{perturb::NoiseSpec, PerturbReport};
 use crate::cuda::{launch, Device};
 use crate::element::Dtype;
 use crate::error::{Error, Result};
 use crate::geom::{Bits, NoiseKind, Reduce, Strategy, TokenGrid};
 use crate::params::*;
-use crate::{philox, Element};
+use crate::philox;
 
 fn ptr(t: &Tensor) -> u64 {
     t.data_ptr() as u64
 }
 
-/// A u64 "first bad index" cell, initialised to u64::MAX (all ones).
-fn bad_cell(o: usize) -> Tensor {
-    Tensor::full([1], -1i64, (Kind::Int64, TDevice::Cuda(o)))
+/// Zeroed device statistics, 8 bytes a slot.
+struct Stats(Tensor);
+
+impl Stats {
+    fn new(o: usize, slots: usize) -> Self {
+        Stats(Tensor::zeros([slots as i64], (Kind::Int64, TDevice::Cuda(o))))
+    }
+    fn slot(&self, i: usize) -> u64 {
+        ptr(&self.0) + 8 * i as u64
+    }
+    /// One device-to-host copy (waits for the stream).
+    fn read(&self) -> Result<Vec<i64>> {
+        Vec::<i64>::try_from(self.0.to_device(TDevice::Cpu)).map_err(|e| Error::Cuda(e.to_string()))
+    }
 }
 
-fn read_bad(bad: &Tensor) -> Option<usize> {
-    let v = bad.to_device(TDevice::Cpu).int64_value(&[0]);
-    (v != -1).then_some(v as usize)
+/// A bad cell holds `!index` (0 = none).
+fn bad_of(v: i64) -> Option<usize> {
+    (v != 0).then_some(!(v as u64) as usize)
 }
 
-/// Reads element `i` of a CUDA tensor as f32 (for error messages).
+/// Element `i` of a CUDA tensor as f32 (error messages only).
 fn value_at(t: &Tensor, i: usize) -> f32 {
     t.flatten(0, -1).get(i as i64).to_kind(Kind::Float).double_value(&[]) as f32
 }
@@ -38,18 +51,16 @@ fn noise_code(k: NoiseKind) -> u32 {
     }
 }
 
-/// Enqueues the token-stats kernel; returns `(j_t, Σ j_t², bad cell)` without syncing.
-pub(super) fn token_tolerance_async(o: usize, jnd: &Tensor, dt: Dtype, grid: &TokenGrid, reduce: Reduce) -> Result<(Tensor, Tensor, Tensor)> {
+/// Enqueues the token-stats kernel: `j_t` out, `Σ j_t²` into `sum_slot`, first bad J into `bad_slot`.
+fn token_stats(o: usize, jnd: &Tensor, dt: Dtype, grid: &TokenGrid, reduce: Reduce, sum_slot: u64, bad_slot: u64) -> Result<Tensor> {
     let dev = Device::get(o)?;
     let jt = Tensor::empty([grid.tokens() as i64], (Kind::Float, TDevice::Cuda(o)));
-    let sum = Tensor::zeros([1], (Kind::Double, TDevice::Cuda(o)));
-    let bad = bad_cell(o);
     let p = FjTokenStatsParams {
         geom: grid.to_params(),
         jnd: ptr(jnd),
         token_tol: ptr(&jt),
-        sum_sq: ptr(&sum),
-        bad_index: ptr(&bad),
+        sum_sq: sum_slot,
+        bad_index: bad_slot,
         reduce: match reduce {
             Reduce::Mean => FJ_REDUCE_MEAN,
             Reduce::Rms => FJ_REDUCE_RMS,
@@ -58,36 +69,28 @@ pub(super) fn token_tolerance_async(o: usize, jnd: &Tensor, dt: Dtype, grid: &To
         pad0: 0,
     };
     launch::token_stats(&dev, dt, &p, &dev.torch_stream())?;
-    Ok((jt, sum, bad))
+    Ok(jt)
 }
 
-fn check_jnd(bad: &Tensor, jnd: &Tensor) -> Result<()> {
-    match read_bad(bad) {
-        Some(index) => Err(Error::Jnd { index, value: value_at(jnd, index) }),
-        None => Ok(()),
+pub(super) fn token_tolerance(o: usize, jnd: &Tensor, dt: Dtype, grid: &TokenGrid, reduce: Reduce) -> Result<Tensor> {
+    let stats = Stats::new(o, 1);
+    let jt = token_stats(o, jnd, dt, grid, reduce, 0, stats.slot(0))?;
+    if let Some(index) = bad_of(stats.read()?[0]) {
+        return Err(Error::Jnd { index, value: value_at(jnd, index) });
     }
+    Ok(jt)
 }
 
-pub(super) fn token_tolerance(o: usize, jnd: &Tensor, dt: Dtype, grid: &TokenGrid, reduce: Reduce) -> Result<(Tensor, Tensor)> {
-    let (jt, sum, bad) = token_tolerance_async(o, jnd, dt, grid, reduce)?;
-    check_jnd(&bad, jnd)?;
-    Ok((jt, sum))
-}
-
-/// Steps on the device. `sum_sq` (device f64) comes from the token-stats kernel when fused; else
-/// it is reduced here by torch on the device. Never syncs.
-pub(super) fn allocate_steps(o: usize, jt: &Tensor, budget: f64, strategy: Strategy, beta: f64, sum_sq: Option<&Tensor>) -> Result<Tensor> {
+/// Enqueues the step allocation. `sum_slot` is a device f64 `Σ j²` (from the token-stats kernel
+/// when fused); without it torch reduces it on the device. Never syncs.
+pub(super) fn allocate_steps(o: usize, jt: &Tensor, budget: f64, strategy: Strategy, beta: f64, sum_slot: Option<u64>) -> Result<Tensor> {
     let dev = Device::get(o)?;
     let t = jt.numel();
-    let owned;
-    let sum = match sum_sq {
-        Some(s) => s,
-        None => {
-            owned = jt.to_kind(Kind::Double).square().sum(Kind::Double).reshape([1]);
-            &owned
-        }
+    let owned = match sum_slot {
+        Some(_) => None,
+        None => Some(jt.to_kind(Kind::Double).square().sum(Kind::Double)),
     };
-    // The permutation depends only on (T, seed): computed on the host, uploaded once.
+    // The permutation depends only on (T, seed): made on the host, uploaded once.
     let perm = match strategy {
         Strategy::Permuted { seed } => {
             let p: Vec<i32> = philox::permutation(t, seed).into_iter().map(|v| v as i32).collect();
@@ -98,7 +101,7 @@ pub(super) fn allocate_steps(o: usize, jt: &Tensor, budget: f64, strategy: Strat
     let steps = Tensor::empty([t as i64], (Kind::Float, TDevice::Cuda(o)));
     let p = FjStepAllocParams {
         token_tol: ptr(jt),
-        sum_sq: ptr(sum),
+        sum_sq: sum_slot.unwrap_or_else(|| ptr(owned.as_ref().unwrap())),
         perm: perm.as_ref().map_or(0, ptr),
         steps: ptr(&steps),
         budget,
@@ -114,8 +117,31 @@ pub(super) fn allocate_steps(o: usize, jt: &Tensor, budget: f64, strategy: Strat
     Ok(steps)
 }
 
+// Slots of a quantization's statistics.
+const Q_BAD_X: usize = 0;
+const Q_CLAMP: usize = 1;
+const Q_SSE: usize = 2;
+const Q_BAD_J: usize = 3;
+const Q_SUM_SQ: usize = 4;
+const Q_HIST: usize = 5;
+
+/// The fused chain: `J → j_t → Δ_t → quantize`, one sync at the end.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn quantize(o: usize, x: &Tensor, dt: Dtype, grid: &TokenGrid, steps: &Tensor, opts: &QuantizeOptions, in_place: bool, _pending_jnd: Option<(&Tensor, &Tensor)>) -> Result<Quantized> {
+pub(super) fn quantize_with_jnd(o: usize, x: &Tensor, dt: Dtype, jnd: &Tensor, dj: Dtype, grid: &TokenGrid, reduce: Reduce, budget: f64, strategy: Strategy, opts: &QuantizeOptions) -> Result<(Tensor, Quantized)> {
+    let stats = Stats::new(o, Q_HIST + opts.bits.hist_bins());
+    let jt = token_stats(o, jnd, dj, grid, reduce, stats.slot(Q_SUM_SQ), stats.slot(Q_BAD_J))?;
+    let steps = allocate_steps(o, &jt, budget, strategy, 1.0, Some(stats.slot(Q_SUM_SQ)))?;
+    let q = quantize_with(o, x, dt, grid, &steps, opts, false, &stats, Some(jnd))?;
+    Ok((steps, q))
+}
+
+pub(super) fn quantize(o: usize, x: &Tensor, dt: Dtype, grid: &TokenGrid, steps: &Tensor, opts: &QuantizeOptions, in_place: bool) -> Result<Quantized> {
+    let stats = Stats::new(o, Q_HIST + if opts.histogram { opts.bits.hist_bins() } else { 0 });
+    quantize_with(o, x, dt, grid, steps, opts, in_place, &stats, None)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn quantize_with(o: usize, x: &Tensor, dt: Dtype, grid: &TokenGrid, steps: &Tensor, opts: &QuantizeOptions, in_place: bool, stats: &Stats, jnd: Option<&Tensor>) -> Result<Quantized> {
     let dev = Device::get(o)?;
     let d = TDevice::Cuda(o);
     let sizes = x.size();
@@ -123,10 +149,6 @@ pub(super) fn quantize(o: usize, x: &Tensor, dt: Dtype, grid: &TokenGrid, steps:
     let symbols = opts.symbols.then(|| Tensor::empty(sizes.as_slice(), (sym_kind, d)));
     let recon = (opts.recon && !in_place).then(|| Tensor::empty(sizes.as_slice(), (x.kind(), d)));
     let token_sse = opts.token_sse.then(|| Tensor::empty([grid.tokens() as i64], (Kind::Float, d)));
-    let total = Tensor::zeros([1], (Kind::Double, d));
-    let clamp = Tensor::zeros([1], (Kind::Int64, d));
-    let hist = opts.histogram.then(|| Tensor::zeros([opts.bits.hist_bins() as i64], (Kind::Int64, d)));
-    let bad = bad_cell(o);
     let p = FjQuantizeParams {
         geom: grid.to_params(),
         x: ptr(x),
@@ -134,22 +156,33 @@ pub(super) fn quantize(o: usize, x: &Tensor, dt: Dtype, grid: &TokenGrid, steps:
         symbols: symbols.as_ref().map_or(0, ptr),
         recon: if in_place { ptr(x) } else { recon.as_ref().map_or(0, ptr) },
         token_sse: token_sse.as_ref().map_or(0, ptr),
-        total_sse: ptr(&total),
-        clamp_count: ptr(&clamp),
-        histogram: hist.as_ref().map_or(0, ptr),
-        bad_index: ptr(&bad),
+        total_sse: stats.slot(Q_SSE),
+        clamp_count: stats.slot(Q_CLAMP),
+        histogram: if opts.histogram { stats.slot(Q_HIST) } else { 0 },
+        bad_index: stats.slot(Q_BAD_X),
         bits: opts.bits.bits(),
         pad0: 0,
     };
     launch::quantize(&dev, dt, &p, &dev.torch_stream())?;
-    if let Some(index) = read_bad(&bad) {
+    let s = stats.read()?;
+    if let (Some(j), Some(index)) = (jnd, bad_of(s[Q_BAD_J])) {
+        return Err(Error::Jnd { index, value: value_at(j, index) });
+    }
+    if let Some(index) = bad_of(s[Q_BAD_X]) {
         let value = if in_place { f32::NAN } else { value_at(x, index) };
         return Err(Error::NonFinite { index, value });
     }
-    let total_sse = total.to_device(TDevice::Cpu).double_value(&[0]);
-    let clamped = clamp.to_device(TDevice::Cpu).int64_value(&[0]) as u64;
-    let histogram = hist.map(|h| Vec::<i64>::try_from(h.to_device(TDevice::Cpu)).unwrap_or_default().into_iter().map(|v| v as u64).collect());
-    Ok(Quantized { symbols, recon, token_sse, clamped, total_sse, mse: 0.0, histogram, rate: None })
+    let histogram = opts.histogram.then(|| s[Q_HIST..Q_HIST + opts.bits.hist_bins()].iter().map(|&v| v as u64).collect());
+    Ok(Quantized {
+        symbols,
+        recon,
+        token_sse,
+        clamped: s[Q_CLAMP] as u64,
+        total_sse: f64::from_bits(s[Q_SSE] as u64),
+        mse: 0.0,
+        histogram,
+        rate: None,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -158,19 +191,17 @@ pub(super) fn perturb(o: usize, x: &Tensor, jnd: Option<&Tensor>, dt: Dtype, sam
         return Err(Error::Nrmse(nrmse));
     }
     let dev = Device::get(o)?;
-    let d = TDevice::Cuda(o);
-    let norms = Tensor::zeros([2 * samples as i64], (Kind::Double, d));
-    let scales = Tensor::zeros([samples as i64], (Kind::Float, d));
-    let (badx, badj) = (bad_cell(o), bad_cell(o));
+    // Slots: bad x, bad J, then (Σx², Σ(Jξ)²) per sample, then the f32 scales packed two a slot.
+    let stats = Stats::new(o, 2 + 2 * samples + samples.div_ceil(2));
     let numel = x.numel() as u64;
     let p = FjPerturbParams {
         x: ptr(x),
         jnd: jnd.map_or(0, ptr),
         out: out.map_or(ptr(x), ptr),
-        norms: ptr(&norms),
-        scales: ptr(&scales),
-        bad_index: ptr(&badx),
-        bad_jnd: ptr(&badj),
+        norms: stats.slot(2),
+        scales: stats.slot(2 + 2 * samples),
+        bad_index: stats.slot(0),
+        bad_jnd: stats.slot(1),
         numel,
         sample_len: numel / samples as u64,
         seed: noise.seed,
@@ -183,15 +214,16 @@ pub(super) fn perturb(o: usize, x: &Tensor, jnd: Option<&Tensor>, dt: Dtype, sam
     let s = dev.torch_stream();
     launch::perturb_norms(&dev, dt, &p, &s)?;
     launch::perturb_apply(&dev, dt, &p, &s)?;
-    if let Some(index) = read_bad(&badx) {
+    let v = stats.read()?;
+    if let Some(index) = bad_of(v[0]) {
         return Err(Error::NonFinite { index, value: value_at(x, index) });
     }
-    if let Some(index) = read_bad(&badj) {
+    if let Some(index) = bad_of(v[1]) {
         return Err(Error::Jnd { index, value: value_at(jnd.unwrap(), index) });
     }
-    let n: Vec<f64> = Vec::try_from(norms.to_device(TDevice::Cpu)).map_err(|e: tch::TchError| Error::Cuda(e.to_string()))?;
-    let scales: Vec<f32> = Vec::try_from(scales.to_device(TDevice::Cpu)).map_err(|e: tch::TchError| Error::Cuda(e.to_string()))?;
-    let zero_samples = (0..samples).filter(|&i| !(n[2 * i] > 0.0)).collect();
+    let packed = &v[2 + 2 * samples..];
+    let scales = (0..samples).map(|i| f32::from_bits((packed[i / 2] as u64 >> (32 * (i % 2))) as u32)).collect();
+    let zero_samples = (0..samples).filter(|&i| !(f64::from_bits(v[2 + 2 * i] as u64) > 0.0)).collect();
     Ok(PerturbReport { scales, zero_samples })
 }
 
@@ -205,8 +237,3 @@ pub(super) fn noise(o: usize, numel: usize, offset: u64, noise: NoiseSpec) -> Re
     launch::noise(&dev, &p, &dev.torch_stream())?;
     Ok(out)
 }
-
-#[allow(dead_code)]
-fn _elem_used<E: Element>() {}
-#[allow(unused_imports)]
-use with_elem as _;

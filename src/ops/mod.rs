@@ -34,7 +34,6 @@ macro_rules! with_elem {
         }
     };
 }
-pub(crate) use with_elem;
 
 /// Checks a tensor is usable as feature data and returns its dtype.
 pub(crate) fn check_tensor(t: &Tensor, name: &'static str) -> Result<Dtype> {
@@ -92,7 +91,7 @@ pub fn token_tolerance(jnd: &Tensor, layout: Layout, patch: usize, reduce: Reduc
     check_device(jnd, "J")?;
     let grid = grid_of(jnd, layout, patch)?;
     if let Some(o) = cuda_ordinal(jnd.device()) {
-        return cuda_ops::token_tolerance(o, jnd, dt, &grid, reduce).map(|(t, _)| t);
+        return cuda_ops::token_tolerance(o, jnd, dt, &grid, reduce);
     }
     let v = with_elem!(dt, E => cpu::token_tolerance::<E>(slice(jnd), &grid, reduce))?;
     Ok(Tensor::from_slice(&v))
@@ -182,7 +181,7 @@ fn quantize_impl(x: &Tensor, layout: Layout, patch: usize, steps: &Tensor, opts:
     let grid = grid_of(x, layout, patch)?;
     check_steps_tensor(x, steps, &grid)?;
     let mut q = if let Some(o) = cuda_ordinal(x.device()) {
-        cuda_ops::quantize(o, x, dt, &grid, steps, opts, in_place, None)?
+        cuda_ops::quantize(o, x, dt, &grid, steps, opts, in_place)?
     } else {
         quantize_cpu(x, dt, &grid, steps, opts, in_place)?
     };
@@ -254,13 +253,10 @@ pub fn quantize_with_jnd(
         return Err(Error::Shape(format!("x is {:?}, J is {:?}", x.size(), jnd.size())));
     }
     if let Some(o) = cuda_ordinal(x.device()) {
-        let dj = check_tensor(jnd, "J")?;
+        let (dt, dj) = (check_tensor(x, "x")?, check_tensor(jnd, "J")?);
         steps::check_budget(budget)?;
         let grid = grid_of(x, layout, patch)?;
-        let (jt, sum_sq) = cuda_ops::token_tolerance(o, jnd, dj, &grid, reduce)?;
-        let st = cuda_ops::allocate_steps(o, &jt, budget, strategy, 1.0, Some(&sum_sq))?;
-        let dt = check_tensor(x, "x")?;
-        let mut q = cuda_ops::quantize(o, x, dt, &grid, &st, opts, false, None)?;
+        let (st, mut q) = cuda_ops::quantize_with_jnd(o, x, dt, jnd, dj, &grid, reduce, budget, strategy, opts)?;
         q.mse = q.total_sse / grid.numel() as f64;
         q.rate = q.histogram.as_ref().map(|h| Rate::from_histogram(h, grid.tokens(), grid.k()));
         return Ok((st, q));
