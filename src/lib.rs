@@ -13,6 +13,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod element;
 pub mod error;
+pub mod fastmath;
 pub mod geom;
 pub mod io;
 pub mod ops;

@@ -68,3 +68,21 @@ fn permutation_is_a_permutation_and_seeded() {
     }
     assert_ne!(philox::permutation(1025, 1), philox::permutation(1025, 2));
 }
+
+#[test]
+fn fastmath_matches_libm() {
+    use featjnd::fastmath;
+    for i in 1..200_000u32 {
+        let x = i as f64 / 200_000.0;
+        let (a, b) = (fastmath::ln(x), x.ln());
+        assert!((a - b).abs() <= 1e-13 * b.abs().max(1e-3), "ln({x}) = {a} vs {b}");
+        let th = x * std::f64::consts::TAU;
+        let (c, s) = fastmath::cos_sin(th);
+        assert!((c - th.cos()).abs() <= 1e-15 && (s - th.sin()).abs() <= 1e-15, "cos/sin({th})");
+    }
+    // Near the zeros of cos, relative accuracy still holds (what the 1e-5 GPU comparison needs).
+    let th = std::f32::consts::FRAC_PI_2 as f64;
+    let (c, _) = fastmath::cos_sin(th);
+    assert!((c - th.cos()).abs() <= 1e-8 * th.cos().abs(), "{c} vs {}", th.cos());
+    assert_eq!(fastmath::ln(1.0), 0.0);
+}

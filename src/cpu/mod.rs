@@ -31,16 +31,23 @@ impl<T> SyncPtr<T> {
 /// Elements a rayon task should cover at least (amortises scheduling).
 pub(crate) const TASK_ELEMS: usize = 1 << 16;
 
-/// The bands of a grid: how many, and how many tokens each holds (the last NTC band may be short).
+/// The bands of a grid. NCHW: a band is `rows` consecutive token rows of one sample, visited
+/// as one contiguous segment of `rows·p·W` elements per channel (long enough to vectorise and
+/// amortise per-segment work). NTC: a run of whole tokens, one segment of `K` per token.
 #[derive(Clone, Copy)]
 pub(crate) struct Bands {
     pub grid: TokenGrid,
     pub count: usize,
-    /// Tokens per band.
-    pub tokens: usize,
-    /// Elements per band (full band).
+    /// NCHW: token rows per band; NTC: tokens per band.
+    pub per: usize,
+    /// NCHW: bands per sample.
+    per_sample: usize,
+    /// Elements per full band.
     pub elems: usize,
 }
+
+/// Aim for segments of about this many elements.
+const SEGMENT: usize = 2048;
 
 impl Bands {
     pub fn new(grid: TokenGrid) -> Self {
@@ -48,13 +55,15 @@ impl Bands {
         match grid.shape.layout {
             Layout::Nchw => {
                 let p = grid.patch;
-                Bands { grid, count: n * (h / p), tokens: w / p, elems: c * p * w }
+                let hp = h / p;
+                let per = (SEGMENT / (p * w)).clamp(1, hp);
+                let per_sample = hp.div_ceil(per);
+                Bands { grid, count: n * per_sample, per, per_sample, elems: c * per * p * w }
             }
             Layout::Ntc => {
                 let k = grid.k().max(1);
                 let per = (4096 / k).max(1);
-                let t = grid.tokens();
-                Bands { grid, count: t.div_ceil(per), tokens: per, elems: per * k }
+                Bands { grid, count: grid.tokens().div_ceil(per), per, per_sample: 0, elems: per * k }
             }
         }
     }
@@ -62,42 +71,73 @@ impl Bands {
     pub fn min_len(&self) -> usize {
         (TASK_ELEMS / self.elems.max(1)).max(1)
     }
-    /// Length of the scratch rows a band needs.
-    pub fn row_len(&self) -> usize {
+    /// Length of the longest segment (scratch size).
+    pub fn seg_len(&self) -> usize {
         match self.grid.shape.layout {
-            Layout::Nchw => self.grid.shape.dims[3],
+            Layout::Nchw => self.per * self.grid.patch * self.grid.shape.dims[3],
             Layout::Ntc => self.grid.k(),
         }
     }
+    /// NCHW: (sample, first token row, token rows) of band `b`.
+    fn nchw_rows(&self, b: usize) -> (usize, usize, usize) {
+        let hp = self.grid.shape.dims[2] / self.grid.patch;
+        let (n, i) = (b / self.per_sample, b % self.per_sample);
+        let th0 = i * self.per;
+        (n, th0, self.per.min(hp - th0))
+    }
     /// First token and token count of band `b`.
     pub fn token_range(&self, b: usize) -> (usize, usize) {
-        let t0 = b * self.tokens;
-        (t0, self.tokens.min(self.grid.tokens() - t0))
+        match self.grid.shape.layout {
+            Layout::Nchw => {
+                let [_, _, h, w] = self.grid.shape.dims;
+                let (p, (n, th0, rows)) = (self.grid.patch, self.nchw_rows(b));
+                ((n * (h / p) + th0) * (w / p), rows * (w / p))
+            }
+            Layout::Ntc => {
+                let t0 = b * self.per;
+                (t0, self.per.min(self.grid.tokens() - t0))
+            }
+        }
     }
-    /// Calls `f(flat_offset)` for every row of band `b`, in memory order within a channel.
-    /// NCHW rows have `W` elements, element `w` in token `t0 + w/p`; NTC rows are whole tokens.
+    /// NCHW: the band-local token of every element of a segment (same for all channels).
+    pub fn local_tokens(&self, b: usize, out: &mut Vec<u32>) {
+        let [_, _, _, w] = self.grid.shape.dims;
+        let p = self.grid.patch;
+        let (_, _, rows) = self.nchw_rows(b);
+        out.clear();
+        out.extend((0..rows * p * w).map(|e| ((e / (p * w)) * (w / p) + (e % w) / p) as u32));
+    }
+    /// Calls `f(flat_offset, len, i)` for every segment of band `b`: NCHW, one per channel
+    /// (`i` = 0); NTC, one per token (`i` = token index within the band).
     #[inline]
-    pub fn for_rows(&self, b: usize, mut f: impl FnMut(usize, usize)) {
+    pub fn for_segments(&self, b: usize, mut f: impl FnMut(usize, usize, usize)) {
         let [_, c, h, w] = self.grid.shape.dims;
         match self.grid.shape.layout {
             Layout::Nchw => {
                 let p = self.grid.patch;
-                let (n, th) = (b / (h / p), b % (h / p));
+                let (n, th0, rows) = self.nchw_rows(b);
+                let len = rows * p * w;
                 for ch in 0..c {
-                    for r in 0..p {
-                        f(((n * c + ch) * h + th * p + r) * w, 0);
-                    }
+                    f(((n * c + ch) * h + th0 * p) * w, len, 0);
                 }
             }
             Layout::Ntc => {
                 let (t0, nt) = self.token_range(b);
                 let k = self.grid.k();
                 for i in 0..nt {
-                    f((t0 + i) * k, i);
+                    f((t0 + i) * k, k, i);
                 }
             }
         }
     }
+}
+
+/// Does this CPU have AVX2? (Probed once; hot loops have an AVX2 build chosen at run time.)
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn has_avx2() -> bool {
+    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX2.get_or_init(|| std::is_x86_feature_detected!("avx2"))
 }
 
 /// Sum of a slice with 8 independent f32 accumulators (vectorises; order: lanes, then lanes summed).

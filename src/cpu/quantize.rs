@@ -58,17 +58,27 @@ const ROUND_MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
 /// Step source of a row: one per element (NCHW rows cross tokens) or one for the row (NTC).
 trait StepAt: Copy {
     fn at(&self, i: usize) -> f32;
+    /// Re-slices to exactly `n` (lets the compiler drop bounds checks and vectorise).
+    fn prefix(self, n: usize) -> Self;
 }
 impl StepAt for f32 {
     #[inline(always)]
     fn at(&self, _: usize) -> f32 {
         *self
     }
+    #[inline(always)]
+    fn prefix(self, _: usize) -> Self {
+        self
+    }
 }
 impl StepAt for &[f32] {
     #[inline(always)]
     fn at(&self, i: usize) -> f32 {
         self[i]
+    }
+    #[inline(always)]
+    fn prefix(self, n: usize) -> Self {
+        &self[..n]
     }
 }
 
@@ -78,6 +88,7 @@ impl StepAt for &[f32] {
 fn quant_row<S: StepAt>(x: &[f32], inv: S, step: S, qmax: f32, q: &mut [f32], xh: &mut [f32], sse: &mut [f32]) -> (u32, u32) {
     let n = x.len();
     let (q, xh, sse) = (&mut q[..n], &mut xh[..n], &mut sse[..n]);
+    let (inv, step) = (inv.prefix(n), step.prefix(n));
     let (mut cl, mut nf) = (0u32, 0u32);
     for i in 0..n {
         let v = x[i];
@@ -93,6 +104,23 @@ fn quant_row<S: StepAt>(x: &[f32], inv: S, step: S, qmax: f32, q: &mut [f32], xh
         sse[i] += d * d;
     }
     (cl, nf)
+}
+
+/// `quant_row` compiled for AVX2 (8 lanes), chosen at run time; bit-identical (no FMA: Rust never
+/// contracts, and the AVX2 build does the same IEEE operations).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quant_row_avx2<S: StepAt>(x: &[f32], inv: S, step: S, qmax: f32, q: &mut [f32], xh: &mut [f32], sse: &mut [f32]) -> (u32, u32) {
+    quant_row(x, inv, step, qmax, q, xh, sse)
+}
+
+#[inline]
+fn quant_row_best<S: StepAt>(x: &[f32], inv: S, step: S, qmax: f32, q: &mut [f32], xh: &mut [f32], sse: &mut [f32]) -> (u32, u32) {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx2() {
+        return unsafe { quant_row_avx2(x, inv, step, qmax, q, xh, sse) };
+    }
+    quant_row(x, inv, step, qmax, q, xh, sse)
 }
 
 #[derive(Clone, Copy)]
@@ -194,54 +222,69 @@ struct Scratch {
     sse: Vec<f32>,
     inv: Vec<f32>,
     step: Vec<f32>,
+    tok: Vec<u32>,
+    tsse: Vec<f32>,
 }
 
 fn run<E: Element>(raw: Raw<E>, grid: &TokenGrid, steps: &[f32], bits: Bits) -> Result<QuantStats> {
     let bands = Bands::new(*grid);
-    let (n, k, p) = (grid.numel(), grid.k(), grid.patch);
     let qmax = bits.qmax();
-    let rl = bands.row_len();
+    let sl = bands.seg_len();
+    let nchw = grid.shape.layout == Layout::Nchw;
     let nbins = if raw.hist { bits.hist_bins() } else { 0 };
     let raw = &raw;
+    let new_acc = || Acc { clamped: 0, sse: 0.0, bad: usize::MAX, hist: vec![0; nbins] };
     let acc = (0..bands.count)
         .into_par_iter()
         .with_min_len(bands.min_len())
         .fold(
             || {
-                let v = || vec![0.0f32; rl];
-                (Acc { clamped: 0, sse: 0.0, bad: usize::MAX, hist: vec![0; nbins] }, Scratch { x: v(), q: v(), xh: v(), sse: v(), inv: v(), step: v() })
+                let v = || vec![0.0f32; sl];
+                (new_acc(), Scratch { x: v(), q: v(), xh: v(), sse: v(), inv: v(), step: v(), tok: Vec::new(), tsse: Vec::new() })
             },
             |(mut acc, mut s), b| {
                 let (t0, nt) = bands.token_range(b);
-                let nchw = grid.shape.layout == Layout::Nchw;
                 if nchw {
-                    for w in 0..rl {
-                        let d = steps[t0 + w / p];
-                        s.step[w] = d;
-                        s.inv[w] = 1.0 / d;
+                    // Per-element steps of the segment, shared by every channel of the band.
+                    bands.local_tokens(b, &mut s.tok);
+                    for (e, &lt) in s.tok.iter().enumerate() {
+                        let d = steps[t0 + lt as usize];
+                        s.step[e] = d;
+                        s.inv[e] = 1.0 / d;
                     }
-                    s.sse.fill(0.0);
+                    s.sse[..s.tok.len()].fill(0.0);
                 }
-                bands.for_rows(b, |off, i| {
-                    let len = if nchw { rl } else { k };
-                    // SAFETY: rows of distinct bands are disjoint; `x` may alias `recon` (in place):
-                    // the row is read into scratch (or fully read by quant_row) before it is written.
-                    let xs: &[E] = unsafe { std::slice::from_raw_parts(raw.x.0.add(off), len) };
-                    let xv: &[f32] = if E::as_f32_slice(xs).is_some() && raw.recon.is_none() {
-                        E::as_f32_slice(xs).unwrap()
-                    } else {
-                        E::widen(xs, &mut s.x[..len]);
-                        &s.x[..len]
+                bands.for_segments(b, |off, len, i| {
+                    // SAFETY: segments of distinct bands are disjoint; `x` may alias `recon` (in
+                    // place), so it is then copied to scratch before anything is written.
+                    let xs: &[E] = unsafe { std::slice::from_raw_parts(raw.x.get().add(off), len) };
+                    let in_place = raw.recon.is_some_and(|r| r.get() == raw.x.get());
+                    let xv: &[f32] = match E::as_f32_slice(xs) {
+                        Some(v) if !in_place => v,
+                        _ => {
+                            E::widen(xs, &mut s.x[..len]);
+                            &s.x[..len]
+                        }
+                    };
+                    // f32 out of place: x̂ goes straight into the output.
+                    let direct: Option<&mut [f32]> = match raw.recon {
+                        Some(r) if !in_place => E::as_f32_slice_mut(unsafe { std::slice::from_raw_parts_mut(r.get().add(off), len) }),
+                        _ => None,
+                    };
+                    let wrote_direct = direct.is_some();
+                    let xh: &mut [f32] = match direct {
+                        Some(d) => d,
+                        None => &mut s.xh[..len],
                     };
                     let (cl, nf) = if nchw {
-                        quant_row(xv, &s.inv[..], &s.step[..], qmax, &mut s.q, &mut s.xh, &mut s.sse)
+                        quant_row_best(xv, &s.inv[..len], &s.step[..len], qmax, &mut s.q, xh, &mut s.sse)
                     } else {
                         let d = steps[t0 + i];
                         s.sse[..len].fill(0.0);
-                        let r = quant_row(xv, 1.0 / d, d, qmax, &mut s.q, &mut s.xh, &mut s.sse);
+                        let r = quant_row_best(xv, 1.0 / d, d, qmax, &mut s.q, xh, &mut s.sse);
                         let e = super::sum_lanes(&s.sse[..len]);
                         if let Some(sp) = raw.sse {
-                            unsafe { *sp.0.add(t0 + i) = e };
+                            unsafe { *sp.get().add(t0 + i) = e };
                         }
                         acc.sse += e as f64;
                         r
@@ -250,18 +293,17 @@ fn run<E: Element>(raw: Raw<E>, grid: &TokenGrid, steps: &[f32], bits: Bits) -> 
                     if nf > 0 {
                         acc.bad = acc.bad.min(off + first_bad(xv, |v| !v.is_finite()).unwrap());
                     }
-                    if let Some(r) = raw.recon {
-                        let dst = unsafe { std::slice::from_raw_parts_mut(r.0.add(off), len) };
-                        E::narrow(&s.xh[..len], dst);
+                    if let (Some(r), false) = (raw.recon, wrote_direct) {
+                        E::narrow(&s.xh[..len], unsafe { std::slice::from_raw_parts_mut(r.get().add(off), len) });
                     }
                     match raw.sym {
                         SymPtr::None => {}
                         SymPtr::I8(sp) => {
-                            let dst = unsafe { std::slice::from_raw_parts_mut(sp.0.add(off), len) };
+                            let dst = unsafe { std::slice::from_raw_parts_mut(sp.get().add(off), len) };
                             dst.iter_mut().zip(&s.q[..len]).for_each(|(d, &q)| *d = q as i8);
                         }
                         SymPtr::I16(sp) => {
-                            let dst = unsafe { std::slice::from_raw_parts_mut(sp.0.add(off), len) };
+                            let dst = unsafe { std::slice::from_raw_parts_mut(sp.get().add(off), len) };
                             dst.iter_mut().zip(&s.q[..len]).for_each(|(d, &q)| *d = q as i16);
                         }
                     }
@@ -272,10 +314,14 @@ fn run<E: Element>(raw: Raw<E>, grid: &TokenGrid, steps: &[f32], bits: Bits) -> 
                     }
                 });
                 if nchw {
-                    for tw in 0..nt {
-                        let e: f32 = s.sse[tw * p..tw * p + p].iter().sum();
+                    s.tsse.clear();
+                    s.tsse.resize(nt, 0.0);
+                    for (e, &lt) in s.tok.iter().enumerate() {
+                        s.tsse[lt as usize] += s.sse[e];
+                    }
+                    for (k, &e) in s.tsse.iter().enumerate() {
                         if let Some(sp) = raw.sse {
-                            unsafe { *sp.0.add(t0 + tw) = e };
+                            unsafe { *sp.get().add(t0 + k) = e };
                         }
                         acc.sse += e as f64;
                     }
@@ -284,22 +330,18 @@ fn run<E: Element>(raw: Raw<E>, grid: &TokenGrid, steps: &[f32], bits: Bits) -> 
             },
         )
         .map(|(a, _)| a)
-        .reduce(
-            || Acc { clamped: 0, sse: 0.0, bad: usize::MAX, hist: vec![0; nbins] },
-            |mut a, b| {
-                a.clamped += b.clamped;
-                a.sse += b.sse;
-                a.bad = a.bad.min(b.bad);
-                a.hist.iter_mut().zip(&b.hist).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
+        .reduce(new_acc, |mut a, b| {
+            a.clamped += b.clamped;
+            a.sse += b.sse;
+            a.bad = a.bad.min(b.bad);
+            a.hist.iter_mut().zip(&b.hist).for_each(|(x, y)| *x += y);
+            a
+        });
     if acc.bad != usize::MAX {
         // Out of place, x is intact; in place, the element may already be overwritten: report
         // the index and a NaN placeholder rather than read an unspecified buffer.
-        let value = if raw.recon.is_some_and(|r| r.0 == raw.x.0) { f32::NAN } else { unsafe { (*raw.x.0.add(acc.bad)).to_f32() } };
+        let value = if raw.recon.is_some_and(|r| r.get() == raw.x.get()) { f32::NAN } else { unsafe { (*raw.x.get().add(acc.bad)).to_f32() } };
         return Err(Error::NonFinite { index: acc.bad, value });
     }
-    let _ = n;
     Ok(QuantStats { clamped: acc.clamped, total_sse: acc.sse, histogram: raw.hist.then_some(acc.hist) })
 }

@@ -10,6 +10,18 @@ fn bad_j(v: f32) -> bool {
     !(v.is_finite() && v > 0.0)
 }
 
+/// Accumulates one segment into per-position accumulators; returns the count of bad values.
+#[inline(always)]
+fn accumulate(acc: &mut [f32], v: &[f32], reduce: Reduce) -> u32 {
+    let acc = &mut acc[..v.len()];
+    match reduce {
+        Reduce::Mean => acc.iter_mut().zip(v).for_each(|(a, &x)| *a += x),
+        Reduce::Rms => acc.iter_mut().zip(v).for_each(|(a, &x)| *a += x * x),
+        Reduce::Min => acc.iter_mut().zip(v).for_each(|(a, &x)| *a = a.min(x)),
+    }
+    v.iter().map(|&x| bad_j(x) as u32).sum()
+}
+
 /// `j_t = reduce(J over token t)` for every token; errors on the first non-finite or non-positive J.
 pub fn token_tolerance<E: Element>(jnd: &[E], grid: &TokenGrid, reduce: Reduce) -> Result<Vec<f32>> {
     if jnd.len() != grid.numel() {
@@ -18,66 +30,62 @@ pub fn token_tolerance<E: Element>(jnd: &[E], grid: &TokenGrid, reduce: Reduce) 
     let mut out = vec![0.0f32; grid.tokens()];
     let bands = Bands::new(*grid);
     let optr = SyncPtr(out.as_mut_ptr());
-    let (k, p) = (grid.k(), grid.patch);
+    let k = grid.k();
+    let sl = bands.seg_len();
+    let init = if reduce == Reduce::Min { f32::INFINITY } else { 0.0 };
+    let finish = |a: f32| match reduce {
+        Reduce::Min => a,
+        Reduce::Mean => a / k as f32,
+        Reduce::Rms => (a / k as f32).sqrt(),
+    };
     let first = (0..bands.count)
         .into_par_iter()
         .with_min_len(bands.min_len())
         .fold(
-            || (usize::MAX, vec![0.0f32; bands.row_len()], vec![0.0f32; bands.row_len()]),
-            |(mut bad, mut acc, mut scr), b| {
+            || (usize::MAX, vec![0.0f32; sl], vec![0.0f32; sl], Vec::<u32>::new(), Vec::<f32>::new()),
+            |(mut bad, mut acc, mut scr, mut tok, mut tacc), b| {
                 let (t0, nt) = bands.token_range(b);
                 let o = optr;
-                let finish = |a: f32| match reduce {
-                    Reduce::Min => a,
-                    Reduce::Mean => a / k as f32,
-                    Reduce::Rms => (a / k as f32).sqrt(),
-                };
                 match grid.shape.layout {
                     Layout::Nchw => {
-                        acc.fill(if reduce == Reduce::Min { f32::INFINITY } else { 0.0 });
-                        bands.for_rows(b, |off, _| {
-                            let v = widen(&jnd[off..off + acc.len()], &mut scr);
-                            let mut nbad = 0u32;
-                            match reduce {
-                                Reduce::Mean => acc.iter_mut().zip(v).for_each(|(a, &x)| *a += x),
-                                Reduce::Rms => acc.iter_mut().zip(v).for_each(|(a, &x)| *a += x * x),
-                                Reduce::Min => acc.iter_mut().zip(v).for_each(|(a, &x)| *a = a.min(x)),
-                            }
-                            v.iter().for_each(|&x| nbad += bad_j(x) as u32);
-                            if nbad > 0 {
+                        acc.fill(init);
+                        bands.for_segments(b, |off, len, _| {
+                            let v = widen(&jnd[off..off + len], &mut scr);
+                            if accumulate(&mut acc, v, reduce) > 0 {
                                 bad = bad.min(off + first_bad(v, bad_j).unwrap());
                             }
                         });
-                        for tw in 0..nt {
-                            let s = &acc[tw * p..tw * p + p];
-                            let a = if reduce == Reduce::Min {
-                                s.iter().fold(f32::INFINITY, |m, &x| m.min(x))
-                            } else {
-                                s.iter().sum()
-                            };
-                            unsafe { *o.0.add(t0 + tw) = finish(a) };
+                        bands.local_tokens(b, &mut tok);
+                        tacc.clear();
+                        tacc.resize(nt, init);
+                        for (e, &lt) in tok.iter().enumerate() {
+                            let t = &mut tacc[lt as usize];
+                            *t = if reduce == Reduce::Min { t.min(acc[e]) } else { *t + acc[e] };
+                        }
+                        for (i, &a) in tacc.iter().enumerate() {
+                            unsafe { *o.get().add(t0 + i) = finish(a) };
                         }
                     }
-                    Layout::Ntc => bands.for_rows(b, |off, i| {
-                        let v = widen(&jnd[off..off + k], &mut scr);
+                    Layout::Ntc => bands.for_segments(b, |off, len, i| {
+                        let v = widen(&jnd[off..off + len], &mut scr);
                         let a = match reduce {
                             Reduce::Mean => sum_lanes(v),
                             Reduce::Rms => {
-                                acc.iter_mut().zip(v).for_each(|(a, &x)| *a = x * x);
-                                sum_lanes(&acc)
+                                acc[..len].iter_mut().zip(v).for_each(|(a, &x)| *a = x * x);
+                                sum_lanes(&acc[..len])
                             }
                             Reduce::Min => v.iter().fold(f32::INFINITY, |m, &x| m.min(x)),
                         };
                         if v.iter().map(|&x| bad_j(x) as u32).sum::<u32>() > 0 {
                             bad = bad.min(off + first_bad(v, bad_j).unwrap());
                         }
-                        unsafe { *o.0.add(t0 + i) = finish(a) };
+                        unsafe { *o.get().add(t0 + i) = finish(a) };
                     }),
                 }
-                (bad, acc, scr)
+                (bad, acc, scr, tok, tacc)
             },
         )
-        .map(|(bad, _, _)| bad)
+        .map(|(bad, ..)| bad)
         .min()
         .unwrap_or(usize::MAX);
     if first != usize::MAX {
