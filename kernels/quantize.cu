@@ -6,6 +6,8 @@
 // 16-byte vector loads when the row is aligned, scalar otherwise.
 
 #define FJ_HIST_BINS 512
+#define FJ_QN_BATCH 8
+#define FJ_QT_BATCH 4
 
 struct QState {
     float sse;
@@ -99,14 +101,26 @@ __device__ void quantize_nchw(const FjQuantizeParams& p) {
         const u32 wp = g.w / g.patch, hp = g.h / g.patch;
         const u32 tw = t % wp, th = (t / wp) % hp, n = t / (wp * hp);
         const u64 plane = (u64)g.h * g.w;
-        u64 base = ((u64)n * g.c + warp) * plane + (u64)th * g.patch * g.w + (u64)tw * g.patch;
-#pragma unroll 4
-        for (u32 c = warp; c < g.c; c += FJ_WARPS, base += FJ_WARPS * plane)
-            for (u32 r = 0; r < g.patch; ++r)
-                for (u32 q = 0; q < g.patch; ++q) {
-                    const u64 idx = base + (u64)r * g.w + q;
-                    quant_elem<D>(p, idx, D::load(x[idx]), inv, step, qmax, st, sh, hist);
+        const u64 base = ((u64)n * g.c + warp) * plane + (u64)th * g.patch * g.w + (u64)tw * g.patch;
+        // FJ_QN_BATCH channels' loads are issued before any store: x and the outputs may alias
+        // (in place), so without the batch the compiler must serialise load -> store -> load.
+        for (u32 r = 0; r < g.patch; ++r)
+            for (u32 q = 0; q < g.patch; ++q) {
+                const u64 pos = base + (u64)r * g.w + q;
+                for (u32 c = warp; c < g.c; c += FJ_WARPS * FJ_QN_BATCH) {
+                    float v[FJ_QN_BATCH];
+#pragma unroll
+                    for (int b = 0; b < FJ_QN_BATCH; ++b) {
+                        const u32 cc = c + b * FJ_WARPS;
+                        v[b] = cc < g.c ? D::load(x[pos + (u64)(cc - warp) * plane]) : 0.0f;
+                    }
+#pragma unroll
+                    for (int b = 0; b < FJ_QN_BATCH; ++b) {
+                        const u32 cc = c + b * FJ_WARPS;
+                        if (cc < g.c) quant_elem<D>(p, pos + (u64)(cc - warp) * plane, v[b], inv, step, qmax, st, sh, hist);
+                    }
                 }
+            }
     }
     part[warp][lane] = st.sse;
     __syncthreads();
@@ -168,17 +182,24 @@ __device__ void quantize_ntc(const FjQuantizeParams& p) {
                          (p.symbols % (p.bits / 2) == 0);
         u32 e = 0;
         if (vec) {
-            for (; e + 4 <= g.k; e += 128) {
-                const u32 ee = e + lane * 4;
-                if (ee < g.k) {
-                    float v[4], xh[4];
-                    float qs[4];
-                    load4<D>(x, base + ee, v);
+            // Up to FJ_QT_BATCH 16-byte loads per lane in flight before the first store.
+            for (; e < g.k; e += 128 * FJ_QT_BATCH) {
+                float v[FJ_QT_BATCH][4];
+#pragma unroll
+                for (int b = 0; b < FJ_QT_BATCH; ++b) {
+                    const u32 ee = e + b * 128 + lane * 4;
+                    if (ee < g.k) load4<D>(x, base + ee, v[b]);
+                }
+#pragma unroll
+                for (int b = 0; b < FJ_QT_BATCH; ++b) {
+                    const u32 ee = e + b * 128 + lane * 4;
+                    if (ee >= g.k) continue;
+                    float xh[4], qs[4];
 #pragma unroll
                     for (int i = 0; i < 4; ++i) {
-                        qs[i] = quant1(v[i], inv, qmax, st, base + ee + i);
+                        qs[i] = quant1(v[b][i], inv, qmax, st, base + ee + i);
                         xh[i] = __fmul_rn(qs[i], step);
-                        const float d = __fsub_rn(v[i], xh[i]);
+                        const float d = __fsub_rn(v[b][i], xh[i]);
                         st.sse = __fadd_rn(st.sse, __fmul_rn(d, d));
                     }
                     if (p.recon) store4<D>((typename D::T*)p.recon, base + ee, xh);

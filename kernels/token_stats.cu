@@ -44,14 +44,24 @@ __device__ void token_stats_nchw(const FjTokenStatsParams& p) {
         const u32 wp = g.w / g.patch, hp = g.h / g.patch;
         const u32 tw = t % wp, th = (t / wp) % hp, n = t / (wp * hp);
         const u64 plane = (u64)g.h * g.w;
-        u64 base = ((u64)n * g.c + warp) * plane + (u64)th * g.patch * g.w + (u64)tw * g.patch;
-#pragma unroll 4
-        for (u32 c = warp; c < g.c; c += FJ_WARPS, base += FJ_WARPS * plane)
-            for (u32 r = 0; r < g.patch; ++r)
-                for (u32 q = 0; q < g.patch; ++q) {
-                    const u64 idx = base + (u64)r * g.w + q;
-                    acc_elem<D>(D::load(j[idx]), idx, p.reduce, a, bad);
+        const u64 base = ((u64)n * g.c + warp) * plane + (u64)th * g.patch * g.w + (u64)tw * g.patch;
+        for (u32 r = 0; r < g.patch; ++r)
+            for (u32 q = 0; q < g.patch; ++q) {
+                const u64 pos = base + (u64)r * g.w + q;
+                for (u32 c = warp; c < g.c; c += FJ_WARPS * 8) {
+                    float v[8];
+#pragma unroll
+                    for (int b = 0; b < 8; ++b) {
+                        const u32 cc = c + b * FJ_WARPS;
+                        v[b] = cc < g.c ? D::load(j[pos + (u64)(cc - warp) * plane]) : 0.0f;
+                    }
+#pragma unroll
+                    for (int b = 0; b < 8; ++b) {
+                        const u32 cc = c + b * FJ_WARPS;
+                        if (cc < g.c) acc_elem<D>(v[b], pos + (u64)(cc - warp) * plane, p.reduce, a, bad);
+                    }
                 }
+            }
     }
     part[warp][lane] = a;
     __syncthreads();

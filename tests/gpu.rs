@@ -236,7 +236,7 @@ fn index_past_2_pow_31() {
     let (t, k) = (2_097_169i64, 1025i64); // T*K = 2^31 + 2,114,577
     let x = Tensor::ones([1, t, k], (Kind::Half, d)) * 1.3;
     let steps = Tensor::full([t], 0.25, (Kind::Float, d));
-    let _ = x.get(0).get(t - 1).get(k - 2).fill_(-2.6);
+    let _ = x.get(0).get(t - 1).get(k - 2).fill_(-2.6); // indices < 2^31: `get` is fine here
     let opts = QuantizeOptions { bits: Bits::B8, symbols: true, recon: false, token_sse: true, histogram: true };
     let q = ops::quantize(&x, Layout::Ntc, 1, &steps, &opts).unwrap();
     let sym = q.symbols.unwrap();
@@ -246,10 +246,11 @@ fn index_past_2_pow_31() {
     assert_eq!(h.iter().sum::<u64>(), (t * k) as u64);
     drop(x);
     let x = Tensor::ones([1, t * k], (Kind::Half, d));
-    let _ = x.get(0).get(t * k - 1).fill_(f64::NAN);
-    // Where torch itself put the NaN (separates a torch indexing problem from ours).
+    // tch's `get` truncates indices to 32 bits (a NaN set with it lands at t*k - 1 - 2^32 + ...):
+    // set the last element through `narrow`, which takes a 64-bit start.
+    let _ = x.narrow(1, t * k - 1, 1).fill_(f64::NAN);
     let torch_at = x.isnan().flatten(0, -1).nonzero().view([-1]);
-    println!("torch sees NaN at {:?}", Vec::<i64>::try_from(torch_at.to_device(Device::Cpu)).unwrap());
+    assert_eq!(Vec::<i64>::try_from(torch_at.to_device(Device::Cpu)).unwrap(), vec![t * k - 1]);
     match ops::perturb(&x, None, 0.1, Noise::default()) {
         Err(featjnd::Error::NonFinite { index, .. }) => assert_eq!(index as i64, t * k - 1),
         other => panic!("expected NonFinite past 2^31, got {other:?}"),

@@ -1,0 +1,159 @@
+//! Every bad input of SPEC §7 gets its typed error, through the tensor API (one test each).
+use featjnd::ops::{self, Noise, QuantizeOptions};
+use featjnd::{Error, Layout, Reduce, Strategy};
+use tch::{Device, Kind, Tensor};
+
+fn x4() -> Tensor {
+    tch::manual_seed(3);
+    Tensor::randn([2, 3, 4, 4], (Kind::Float, Device::Cpu))
+}
+fn j4() -> Tensor {
+    Tensor::rand([2, 3, 4, 4], (Kind::Float, Device::Cpu)) + 0.1
+}
+fn steps(x: &Tensor) -> Tensor {
+    let jt = ops::token_tolerance(&j4(), Layout::Nchw, 1, Reduce::Mean).unwrap();
+    let _ = x;
+    ops::allocate_steps(&jt, 0.01, Strategy::Jnd).unwrap()
+}
+fn q(x: &Tensor, st: &Tensor) -> featjnd::Result<ops::Quantized> {
+    ops::quantize(x, Layout::Nchw, 1, st, &QuantizeOptions::default())
+}
+
+#[test]
+fn shape_mismatch_between_x_and_j() {
+    let r = ops::quantize_with_jnd(&x4(), &Tensor::rand([2, 3, 4, 5], (Kind::Float, Device::Cpu)), Layout::Nchw, 1, Reduce::Mean, 0.1, Strategy::Jnd, &QuantizeOptions::default());
+    assert!(matches!(r, Err(Error::Shape(_))), "{r:?}");
+    let r = ops::perturb(&x4(), Some(&Tensor::ones([2, 3, 4, 5], (Kind::Float, Device::Cpu))), 0.1, Noise::default());
+    assert!(matches!(r, Err(Error::Shape(_))), "{r:?}");
+}
+
+#[test]
+fn steps_of_the_wrong_length() {
+    let r = q(&x4(), &Tensor::ones([5], (Kind::Float, Device::Cpu)));
+    assert!(matches!(r, Err(Error::Shape(_))), "{r:?}");
+}
+
+#[test]
+fn wrong_rank_for_the_layout() {
+    let r = ops::token_tolerance(&Tensor::ones([2, 3, 4], (Kind::Float, Device::Cpu)), Layout::Nchw, 1, Reduce::Mean);
+    assert!(matches!(r, Err(Error::Shape(_))), "{r:?}");
+}
+
+#[test]
+fn unsupported_dtype() {
+    let x = x4().to_kind(Kind::Double);
+    assert!(matches!(q(&x, &steps(&x)), Err(Error::Dtype(_))));
+    let r = ops::token_tolerance(&j4().to_kind(Kind::Int), Layout::Nchw, 1, Reduce::Mean);
+    assert!(matches!(r, Err(Error::Dtype(_))), "{r:?}");
+}
+
+#[test]
+fn mixed_dtypes_in_perturb() {
+    let r = ops::perturb(&x4(), Some(&j4().to_kind(Kind::Half)), 0.1, Noise::default());
+    assert!(matches!(r, Err(Error::Dtype(_))), "{r:?}");
+}
+
+#[test]
+fn non_contiguous_input() {
+    let x = x4().transpose(2, 3);
+    assert!(matches!(q(&x, &steps(&x)), Err(Error::NonContiguous("x"))));
+}
+
+#[test]
+fn patch_not_dividing() {
+    let r = ops::token_tolerance(&j4(), Layout::Nchw, 3, Reduce::Mean);
+    assert!(matches!(r, Err(Error::Patch { patch: 3, h: 4, w: 4 })), "{r:?}");
+}
+
+#[test]
+fn empty_tensors() {
+    let e = Tensor::ones([0, 3, 4, 4], (Kind::Float, Device::Cpu));
+    assert!(matches!(ops::token_tolerance(&e, Layout::Nchw, 1, Reduce::Mean), Err(Error::Empty(_))));
+    assert!(matches!(ops::perturb(&e, None, 0.1, Noise::default()), Err(Error::Empty(_))));
+}
+
+#[test]
+fn bad_budget() {
+    let jt = ops::token_tolerance(&j4(), Layout::Nchw, 1, Reduce::Mean).unwrap();
+    for d in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let r = ops::allocate_steps(&jt, d, Strategy::Jnd);
+        assert!(matches!(r, Err(Error::Budget(_))), "D = {d}: {r:?}");
+    }
+}
+
+#[test]
+fn negative_or_nan_nrmse() {
+    for r in [-0.1, f64::NAN] {
+        let res = ops::perturb(&x4(), None, r, Noise::default());
+        assert!(matches!(res, Err(Error::Nrmse(_))), "r = {r}: {res:?}");
+    }
+}
+
+#[test]
+fn non_positive_or_non_finite_j_names_the_first_index() {
+    for (bad, at) in [(0.0, 17i64), (-1.0, 5), (f64::NAN, 40), (f64::INFINITY, 91)] {
+        let j = j4();
+        let _ = j.view([-1]).narrow(0, at, 1).fill_(bad);
+        let _ = j.view([-1]).narrow(0, at + 3, 1).fill_(bad); // a later one is not reported
+        match ops::token_tolerance(&j, Layout::Nchw, 1, Reduce::Mean) {
+            Err(Error::Jnd { index, .. }) => assert_eq!(index as i64, at, "J = {bad}"),
+            other => panic!("J = {bad}: {other:?}"),
+        }
+        match ops::perturb(&x4(), Some(&j), 0.1, Noise::default()) {
+            Err(Error::Jnd { index, .. }) => assert_eq!(index as i64, at, "J = {bad} in perturb"),
+            other => panic!("perturb J = {bad}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn non_finite_x_names_the_first_index_and_leaves_input_untouched() {
+    for (bad, at) in [(f64::NAN, 33i64), (f64::INFINITY, 0), (f64::NEG_INFINITY, 95)] {
+        let x = x4();
+        let _ = x.view([-1]).narrow(0, at, 1).fill_(bad);
+        let before = x.copy();
+        let st = steps(&x);
+        match q(&x, &st) {
+            Err(Error::NonFinite { index, value }) => {
+                assert_eq!(index as i64, at);
+                assert!(!value.is_finite());
+            }
+            other => panic!("x = {bad}: {other:?}"),
+        }
+        // Out of place: the input is untouched.
+        assert!(x.isnan().eq_tensor(&before.isnan()).all().int64_value(&[]) == 1);
+        assert!(x.nan_to_num(0.0, None, None).equal(&before.nan_to_num(0.0, None, None)));
+        match ops::perturb(&x, None, 0.1, Noise::default()) {
+            Err(Error::NonFinite { index, .. }) => assert_eq!(index as i64, at),
+            other => panic!("perturb x = {bad}: {other:?}"),
+        }
+        // In place perturbation validates in pass 1: nothing is written.
+        let mut xi = x.copy();
+        assert!(ops::perturb_(&mut xi, None, 0.1, Noise::default()).is_err());
+        assert!(xi.nan_to_num(0.0, None, None).equal(&before.nan_to_num(0.0, None, None)));
+    }
+}
+
+#[test]
+fn cuda_path_without_a_gpu_is_a_clear_error() {
+    featjnd::cuda::load_torch_cuda();
+    match featjnd::cuda::available() {
+        Err(Error::CudaUnavailable(msg)) => {
+            assert!(!msg.is_empty());
+            let r = ops::noise(8, 0, Noise::default(), Device::Cuda(0));
+            assert!(matches!(r, Err(Error::CudaUnavailable(_))), "{r:?}");
+            // The CPU path stays available.
+            assert!(ops::noise(8, 0, Noise::default(), Device::Cpu).is_ok());
+        }
+        Err(other) => panic!("unexpected error kind: {other:?}"),
+        Ok(()) => println!("a GPU is present here: the no-GPU error path is not exercised"),
+    }
+}
+
+#[test]
+fn measured_budget_out_of_reach() {
+    let x = x4();
+    let jt = ops::token_tolerance(&j4(), Layout::Nchw, 1, Reduce::Mean).unwrap();
+    let r = ops::allocate_steps_measured(&x, Layout::Nchw, 1, &jt, 1e6, Strategy::Jnd, featjnd::Bits::B8);
+    assert!(matches!(r, Err(Error::Unreachable { .. })), "{r:?}");
+}
