@@ -79,7 +79,20 @@ fn bench(c: &mut Criterion) {
             let mut g = c.benchmark_group(format!("quantize_jnd_{dn}"));
             g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(if mib >= 256 { 6 } else { 2 }));
             g.throughput(Throughput::Bytes(qbytes));
+            // Outputs reused across iterations, as a serving loop would (fresh large CPU tensors
+            // pay page faults on first touch); `fused_alloc` allocates them every call.
+            let sym = Tensor::empty([n, 256, 32, 32], (Kind::Int8, d));
+            let rec = x.empty_like();
+            let sse = Tensor::empty([n * 32 * 32], (Kind::Float, d));
+            let bufs = ops::QuantizeBuffers { symbols: Some(&sym), recon: Some(&rec), token_sse: Some(&sse) };
             g.bench_with_input(BenchmarkId::new("fused", mib), &mib, |b, _| {
+                b.iter(|| {
+                    let r = ops::quantize_with_jnd_into(&x, &j, Layout::Nchw, 1, Reduce::Mean, BUDGET, Strategy::Jnd, &opts, &bufs).unwrap();
+                    sync(d);
+                    r
+                })
+            });
+            g.bench_with_input(BenchmarkId::new("fused_alloc", mib), &mib, |b, _| {
                 b.iter(|| {
                     let r = ops::quantize_with_jnd(&x, &j, Layout::Nchw, 1, Reduce::Mean, BUDGET, Strategy::Jnd, &opts).unwrap();
                     sync(d);
@@ -109,17 +122,25 @@ fn bench(c: &mut Criterion) {
             let mut g = c.benchmark_group(format!("perturb_{dn}"));
             g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(if mib >= 256 { 8 } else { 2 }));
             g.throughput(Throughput::Bytes(pbytes));
+            let out = x.empty_like();
             for kind in [NoiseKind::Gaussian, NoiseKind::Uniform] {
                 let spec = Noise { kind, seed: 3, stream: 0 };
                 let name = if kind == NoiseKind::Gaussian { "fused_gaussian" } else { "fused_uniform" };
                 g.bench_with_input(BenchmarkId::new(name, mib), &mib, |b, _| {
                     b.iter(|| {
-                        let r = ops::perturb(&x, Some(&j), 0.1, spec).unwrap();
+                        let r = ops::perturb_into(&x, Some(&j), 0.1, spec, &out).unwrap();
                         sync(d);
                         r
                     })
                 });
             }
+            g.bench_with_input(BenchmarkId::new("fused_gaussian_alloc", mib), &mib, |b, _| {
+                b.iter(|| {
+                    let r = ops::perturb(&x, Some(&j), 0.1, Noise { kind: NoiseKind::Gaussian, seed: 3, stream: 0 }).unwrap();
+                    sync(d);
+                    r
+                })
+            });
             g.bench_with_input(BenchmarkId::new("eager_tch", mib), &mib, |b, _| {
                 b.iter(|| {
                     let r = eager_perturb(&x, &j, 0.1);

@@ -5,12 +5,12 @@
 //! J → j_t → Δ_t → quantize chain.
 use tch::{Device as TDevice, Kind, Tensor};
 
-use super::{Quantized, QuantizeOptions};
+use super::{Outs, Quantized, QuantizeOptions};
 use crate::cpu::{perturb::NoiseSpec, PerturbReport};
 use crate::cuda::{launch, Device};
 use crate::element::Dtype;
 use crate::error::{Error, Result};
-use crate::geom::{Bits, NoiseKind, Reduce, Strategy, TokenGrid};
+use crate::geom::{NoiseKind, Reduce, Strategy, TokenGrid};
 use crate::params::*;
 use crate::philox;
 
@@ -127,28 +127,24 @@ const Q_HIST: usize = 5;
 
 /// The fused chain: `J → j_t → Δ_t → quantize`, one sync at the end.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn quantize_with_jnd(o: usize, x: &Tensor, dt: Dtype, jnd: &Tensor, dj: Dtype, grid: &TokenGrid, reduce: Reduce, budget: f64, strategy: Strategy, opts: &QuantizeOptions) -> Result<(Tensor, Quantized)> {
+pub(super) fn quantize_with_jnd(o: usize, x: &Tensor, dt: Dtype, jnd: &Tensor, dj: Dtype, grid: &TokenGrid, reduce: Reduce, budget: f64, strategy: Strategy, opts: &QuantizeOptions, outs: Outs) -> Result<(Tensor, Quantized)> {
     let stats = Stats::new(o, Q_HIST + opts.bits.hist_bins());
     let jt = token_stats(o, jnd, dj, grid, reduce, stats.slot(Q_SUM_SQ), stats.slot(Q_BAD_J))?;
     let steps = allocate_steps(o, &jt, budget, strategy, 1.0, Some(stats.slot(Q_SUM_SQ)))?;
-    let q = quantize_with(o, x, dt, grid, &steps, opts, false, &stats, Some(jnd))?;
+    let q = quantize_with(o, x, dt, grid, &steps, opts, false, &stats, Some(jnd), outs)?;
     Ok((steps, q))
 }
 
-pub(super) fn quantize(o: usize, x: &Tensor, dt: Dtype, grid: &TokenGrid, steps: &Tensor, opts: &QuantizeOptions, in_place: bool) -> Result<Quantized> {
+#[allow(clippy::too_many_arguments)]
+pub(super) fn quantize(o: usize, x: &Tensor, dt: Dtype, grid: &TokenGrid, steps: &Tensor, opts: &QuantizeOptions, in_place: bool, outs: Outs) -> Result<Quantized> {
     let stats = Stats::new(o, Q_HIST + if opts.histogram { opts.bits.hist_bins() } else { 0 });
-    quantize_with(o, x, dt, grid, steps, opts, in_place, &stats, None)
+    quantize_with(o, x, dt, grid, steps, opts, in_place, &stats, None, outs)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn quantize_with(o: usize, x: &Tensor, dt: Dtype, grid: &TokenGrid, steps: &Tensor, opts: &QuantizeOptions, in_place: bool, stats: &Stats, jnd: Option<&Tensor>) -> Result<Quantized> {
+fn quantize_with(o: usize, x: &Tensor, dt: Dtype, grid: &TokenGrid, steps: &Tensor, opts: &QuantizeOptions, in_place: bool, stats: &Stats, jnd: Option<&Tensor>, outs: Outs) -> Result<Quantized> {
     let dev = Device::get(o)?;
-    let d = TDevice::Cuda(o);
-    let sizes = x.size();
-    let sym_kind = if opts.bits == Bits::B8 { Kind::Int8 } else { Kind::Int16 };
-    let symbols = opts.symbols.then(|| Tensor::empty(sizes.as_slice(), (sym_kind, d)));
-    let recon = (opts.recon && !in_place).then(|| Tensor::empty(sizes.as_slice(), (x.kind(), d)));
-    let token_sse = opts.token_sse.then(|| Tensor::empty([grid.tokens() as i64], (Kind::Float, d)));
+    let Outs { symbols, recon, token_sse } = outs;
     let p = FjQuantizeParams {
         geom: grid.to_params(),
         x: ptr(x),

@@ -164,38 +164,82 @@ fn check_steps_tensor(x: &Tensor, steps: &Tensor, grid: &TokenGrid) -> Result<()
     Ok(())
 }
 
+/// Caller-owned output tensors, for loops that reuse buffers: a fresh large CPU allocation costs
+/// page faults that can take longer than the op itself. Each must match what the op would make
+/// (device of `x`; symbols `i8`/`i16` and reconstruction shaped like `x`; `T` f32 token errors).
+#[derive(Default, Clone, Copy)]
+pub struct QuantizeBuffers<'a> {
+    pub symbols: Option<&'a Tensor>,
+    pub recon: Option<&'a Tensor>,
+    pub token_sse: Option<&'a Tensor>,
+}
+
+/// The output tensors of one quantization (given or freshly allocated).
+pub(crate) struct Outs {
+    pub symbols: Option<Tensor>,
+    pub recon: Option<Tensor>,
+    pub token_sse: Option<Tensor>,
+}
+
+fn out_tensor(given: Option<&Tensor>, name: &str, sizes: &[i64], kind: Kind, device: Device) -> Result<Tensor> {
+    match given {
+        None => Ok(Tensor::empty(sizes, (kind, device))),
+        Some(t) => {
+            if t.device() != device {
+                return Err(Error::MixedDevices(format!("{name} buffer is on {:?}, x on {device:?}", t.device())));
+            }
+            if t.kind() != kind || t.size() != sizes || !t.is_contiguous() {
+                return Err(Error::Shape(format!("{name} buffer must be a contiguous {kind:?} tensor of {sizes:?}, got {:?} {:?}", t.kind(), t.size())));
+            }
+            Ok(t.shallow_clone())
+        }
+    }
+}
+
+fn prepare_outs(x: &Tensor, grid: &TokenGrid, opts: &QuantizeOptions, in_place: bool, bufs: &QuantizeBuffers) -> Result<Outs> {
+    let (sizes, d) = (x.size(), x.device());
+    let sym_kind = if opts.bits == Bits::B8 { Kind::Int8 } else { Kind::Int16 };
+    Ok(Outs {
+        symbols: if opts.symbols { Some(out_tensor(bufs.symbols, "symbols", &sizes, sym_kind, d)?) } else { None },
+        recon: if opts.recon && !in_place { Some(out_tensor(bufs.recon, "reconstruction", &sizes, x.kind(), d)?) } else { None },
+        token_sse: if opts.token_sse { Some(out_tensor(bufs.token_sse, "token_sse", &[grid.tokens() as i64], Kind::Float, d)?) } else { None },
+    })
+}
+
 /// Fused quantize / dequantize of `x` with per-token steps (SPEC §4), out of place.
 pub fn quantize(x: &Tensor, layout: Layout, patch: usize, steps: &Tensor, opts: &QuantizeOptions) -> Result<Quantized> {
-    quantize_impl(x, layout, patch, steps, opts, false)
+    quantize_impl(x, layout, patch, steps, opts, false, &QuantizeBuffers::default())
+}
+
+/// [`quantize`] into caller-owned buffers (those left `None` are allocated).
+pub fn quantize_into(x: &Tensor, layout: Layout, patch: usize, steps: &Tensor, opts: &QuantizeOptions, bufs: &QuantizeBuffers) -> Result<Quantized> {
+    quantize_impl(x, layout, patch, steps, opts, false, bufs)
 }
 
 /// In place: `x` becomes its reconstruction. If `x` holds a non-finite value the call returns
 /// [`Error::NonFinite`] and `x`'s contents are unspecified (the check runs in the same pass).
 pub fn quantize_(x: &mut Tensor, layout: Layout, patch: usize, steps: &Tensor, opts: &QuantizeOptions) -> Result<Quantized> {
-    quantize_impl(x, layout, patch, steps, opts, true)
+    quantize_impl(x, layout, patch, steps, opts, true, &QuantizeBuffers::default())
 }
 
-fn quantize_impl(x: &Tensor, layout: Layout, patch: usize, steps: &Tensor, opts: &QuantizeOptions, in_place: bool) -> Result<Quantized> {
+fn quantize_impl(x: &Tensor, layout: Layout, patch: usize, steps: &Tensor, opts: &QuantizeOptions, in_place: bool, bufs: &QuantizeBuffers) -> Result<Quantized> {
     let dt = check_tensor(x, "x")?;
     check_device(x, "x")?;
     let grid = grid_of(x, layout, patch)?;
     check_steps_tensor(x, steps, &grid)?;
+    let outs = prepare_outs(x, &grid, opts, in_place, bufs)?;
     let mut q = if let Some(o) = cuda_ordinal(x.device()) {
-        cuda_ops::quantize(o, x, dt, &grid, steps, opts, in_place)?
+        cuda_ops::quantize(o, x, dt, &grid, steps, opts, in_place, outs)?
     } else {
-        quantize_cpu(x, dt, &grid, steps, opts, in_place)?
+        quantize_cpu(x, dt, &grid, steps, opts, in_place, outs)?
     };
     q.mse = q.total_sse / grid.numel() as f64;
     q.rate = q.histogram.as_ref().map(|h| Rate::from_histogram(h, grid.tokens(), grid.k()));
     Ok(q)
 }
 
-fn quantize_cpu(x: &Tensor, dt: Dtype, grid: &TokenGrid, steps: &Tensor, opts: &QuantizeOptions, in_place: bool) -> Result<Quantized> {
-    let sizes = x.size();
-    let sym_kind = if opts.bits == Bits::B8 { Kind::Int8 } else { Kind::Int16 };
-    let symbols = opts.symbols.then(|| Tensor::empty(sizes.as_slice(), (sym_kind, Device::Cpu)));
-    let recon = (opts.recon && !in_place).then(|| Tensor::empty(sizes.as_slice(), (x.kind(), Device::Cpu)));
-    let token_sse = opts.token_sse.then(|| Tensor::empty([grid.tokens() as i64], (Kind::Float, Device::Cpu)));
+fn quantize_cpu(x: &Tensor, dt: Dtype, grid: &TokenGrid, steps: &Tensor, opts: &QuantizeOptions, in_place: bool, outs: Outs) -> Result<Quantized> {
+    let Outs { symbols, recon, token_sse } = outs;
     let sym = || match (&symbols, opts.bits) {
         (None, _) => Symbols::None,
         (Some(s), Bits::B8) => Symbols::I8(slice_mut(s)),
@@ -247,6 +291,22 @@ pub fn quantize_with_jnd(
     strategy: Strategy,
     opts: &QuantizeOptions,
 ) -> Result<(Tensor, Quantized)> {
+    quantize_with_jnd_into(x, jnd, layout, patch, reduce, budget, strategy, opts, &QuantizeBuffers::default())
+}
+
+/// [`quantize_with_jnd`] into caller-owned buffers.
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_with_jnd_into(
+    x: &Tensor,
+    jnd: &Tensor,
+    layout: Layout,
+    patch: usize,
+    reduce: Reduce,
+    budget: f64,
+    strategy: Strategy,
+    opts: &QuantizeOptions,
+    bufs: &QuantizeBuffers,
+) -> Result<(Tensor, Quantized)> {
     check_tensor(x, "x")?;
     same_device(x, "x", jnd, "J")?;
     if x.size() != jnd.size() {
@@ -256,14 +316,15 @@ pub fn quantize_with_jnd(
         let (dt, dj) = (check_tensor(x, "x")?, check_tensor(jnd, "J")?);
         steps::check_budget(budget)?;
         let grid = grid_of(x, layout, patch)?;
-        let (st, mut q) = cuda_ops::quantize_with_jnd(o, x, dt, jnd, dj, &grid, reduce, budget, strategy, opts)?;
+        let outs = prepare_outs(x, &grid, opts, false, bufs)?;
+        let (st, mut q) = cuda_ops::quantize_with_jnd(o, x, dt, jnd, dj, &grid, reduce, budget, strategy, opts, outs)?;
         q.mse = q.total_sse / grid.numel() as f64;
         q.rate = q.histogram.as_ref().map(|h| Rate::from_histogram(h, grid.tokens(), grid.k()));
         return Ok((st, q));
     }
     let jt = token_tolerance(jnd, layout, patch, reduce)?;
     let st = allocate_steps(&jt, budget, strategy)?;
-    let q = quantize(x, layout, patch, &st, opts)?;
+    let q = quantize_into(x, layout, patch, &st, opts, bufs)?;
     Ok((st, q))
 }
 
@@ -273,6 +334,13 @@ pub fn perturb(x: &Tensor, jnd: Option<&Tensor>, nrmse: f64, noise: NoiseSpec) -
     let out = x.empty_like();
     let r = perturb_impl(x, jnd, nrmse, noise, Some(&out))?;
     Ok((out, r))
+}
+
+/// [`perturb`] into a caller-owned output (same shape, dtype and device as `x`).
+pub fn perturb_into(x: &Tensor, jnd: Option<&Tensor>, nrmse: f64, noise: NoiseSpec, out: &Tensor) -> Result<PerturbReport> {
+    check_tensor(x, "x")?;
+    let _ = out_tensor(Some(out), "output", &x.size(), x.kind(), x.device())?;
+    perturb_impl(x, jnd, nrmse, noise, Some(out))
 }
 
 /// In-place perturbation (validation runs in pass 1, before anything is written).
