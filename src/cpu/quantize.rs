@@ -54,6 +54,7 @@ impl QuantStats {
 }
 
 const ROUND_MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
+const MAGIC_BITS: i32 = 0x4B40_0000; // bits of ROUND_MAGIC
 
 /// Step source of a row: one per element (NCHW rows cross tokens) or one for the row (NTC).
 trait StepAt: Copy {
@@ -82,23 +83,25 @@ impl StepAt for &[f32] {
     }
 }
 
-/// The element loop. Writes symbols (as integer-valued f32) to `q`, `x̂` to `xh`, adds `(x−x̂)²`
-/// to `sse`; returns (clamped, non-finite) counts.
+/// The element loop. Writes symbols to `q`, `x̂` to `xh`, adds `(x−x̂)²` to `sse`; returns
+/// (clamped, non-finite) counts. The integer symbol is read from the bits of `s + 1.5·2^23`
+/// (its low mantissa bits hold `q`), so no float-to-int conversion is needed.
 #[inline(always)]
-fn quant_row<S: StepAt>(x: &[f32], inv: S, step: S, qmax: f32, q: &mut [f32], xh: &mut [f32], sse: &mut [f32]) -> (u32, u32) {
+fn quant_row<S: StepAt>(x: &[f32], inv: S, step: S, qmax: f32, q: &mut [i32], xh: &mut [f32], sse: &mut [f32]) -> (u32, u32) {
     let n = x.len();
     let (q, xh, sse) = (&mut q[..n], &mut xh[..n], &mut sse[..n]);
     let (inv, step) = (inv.prefix(n), step.prefix(n));
     let (mut cl, mut nf) = (0u32, 0u32);
     for i in 0..n {
         let v = x[i];
-        nf += (!v.is_finite()) as u32;
+        nf += !(v.abs() < f32::INFINITY) as u32; // NaN and ±Inf
         let s = (v * inv.at(i)).clamp(-(qmax + 1.0), qmax + 1.0);
-        let r = (s + ROUND_MAGIC) - ROUND_MAGIC;
+        let t = s + ROUND_MAGIC;
+        let r = t - ROUND_MAGIC;
         cl += (r.abs() > qmax) as u32;
         let r = r.clamp(-qmax, qmax);
         let y = r * step.at(i);
-        q[i] = r;
+        q[i] = ((t.to_bits() as i32) - MAGIC_BITS).clamp(-(qmax as i32), qmax as i32);
         xh[i] = y;
         let d = v - y;
         sse[i] += d * d;
@@ -110,17 +113,40 @@ fn quant_row<S: StepAt>(x: &[f32], inv: S, step: S, qmax: f32, q: &mut [f32], xh
 /// contracts, and the AVX2 build does the same IEEE operations).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn quant_row_avx2<S: StepAt>(x: &[f32], inv: S, step: S, qmax: f32, q: &mut [f32], xh: &mut [f32], sse: &mut [f32]) -> (u32, u32) {
+unsafe fn quant_row_avx2<S: StepAt>(x: &[f32], inv: S, step: S, qmax: f32, q: &mut [i32], xh: &mut [f32], sse: &mut [f32]) -> (u32, u32) {
     quant_row(x, inv, step, qmax, q, xh, sse)
 }
 
 #[inline]
-fn quant_row_best<S: StepAt>(x: &[f32], inv: S, step: S, qmax: f32, q: &mut [f32], xh: &mut [f32], sse: &mut [f32]) -> (u32, u32) {
+fn quant_row_best<S: StepAt>(x: &[f32], inv: S, step: S, qmax: f32, q: &mut [i32], xh: &mut [f32], sse: &mut [f32]) -> (u32, u32) {
     #[cfg(target_arch = "x86_64")]
     if super::has_avx2() {
         return unsafe { quant_row_avx2(x, inv, step, qmax, q, xh, sse) };
     }
     quant_row(x, inv, step, qmax, q, xh, sse)
+}
+
+/// Symbols from the row of clamped integers (in range, so the casts are exact).
+#[inline(always)]
+fn narrow_symbols<S: Copy>(q: &[i32], dst: &mut [S], cast: impl Fn(i32) -> S) {
+    for (d, &v) in dst.iter_mut().zip(q) {
+        *d = cast(v);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn narrow_symbols_avx2<S: Copy>(q: &[i32], dst: &mut [S], cast: impl Fn(i32) -> S) {
+    narrow_symbols(q, dst, cast)
+}
+
+#[inline]
+fn narrow_symbols_best<S: Copy>(q: &[i32], dst: &mut [S], cast: impl Fn(i32) -> S) {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx2() {
+        return unsafe { narrow_symbols_avx2(q, dst, cast) };
+    }
+    narrow_symbols(q, dst, cast)
 }
 
 #[derive(Clone, Copy)]
@@ -217,7 +243,7 @@ struct Acc {
 
 struct Scratch {
     x: Vec<f32>,
-    q: Vec<f32>,
+    q: Vec<i32>,
     xh: Vec<f32>,
     sse: Vec<f32>,
     inv: Vec<f32>,
@@ -240,7 +266,7 @@ fn run<E: Element>(raw: Raw<E>, grid: &TokenGrid, steps: &[f32], bits: Bits) -> 
         .fold(
             || {
                 let v = || vec![0.0f32; sl];
-                (new_acc(), Scratch { x: v(), q: v(), xh: v(), sse: v(), inv: v(), step: v(), tok: Vec::new(), tsse: Vec::new() })
+                (new_acc(), Scratch { x: v(), q: vec![0; sl], xh: v(), sse: v(), inv: v(), step: v(), tok: Vec::new(), tsse: Vec::new() })
             },
             |(mut acc, mut s), b| {
                 let (t0, nt) = bands.token_range(b);
@@ -300,16 +326,16 @@ fn run<E: Element>(raw: Raw<E>, grid: &TokenGrid, steps: &[f32], bits: Bits) -> 
                         SymPtr::None => {}
                         SymPtr::I8(sp) => {
                             let dst = unsafe { std::slice::from_raw_parts_mut(sp.get().add(off), len) };
-                            dst.iter_mut().zip(&s.q[..len]).for_each(|(d, &q)| *d = q as i8);
+                            narrow_symbols_best(&s.q[..len], dst, |v| v as i8);
                         }
                         SymPtr::I16(sp) => {
                             let dst = unsafe { std::slice::from_raw_parts_mut(sp.get().add(off), len) };
-                            dst.iter_mut().zip(&s.q[..len]).for_each(|(d, &q)| *d = q as i16);
+                            narrow_symbols_best(&s.q[..len], dst, |v| v as i16);
                         }
                     }
                     if raw.hist {
                         for &q in &s.q[..len] {
-                            acc.hist[bits.bin(q as i32)] += 1;
+                            acc.hist[bits.bin(q)] += 1;
                         }
                     }
                 });

@@ -6,20 +6,47 @@ use crate::error::{Error, Result};
 use crate::geom::{Layout, Reduce, TokenGrid};
 use crate::Element;
 
+/// Not finite or not > 0 (two float compares: NaN fails both).
+#[inline(always)]
 fn bad_j(v: f32) -> bool {
-    !(v.is_finite() && v > 0.0)
+    !(v > 0.0 && v < f32::INFINITY)
 }
 
-/// Accumulates one segment into per-position accumulators; returns the count of bad values.
+/// Accumulates one segment into per-position accumulators and counts bad values, in one pass.
 #[inline(always)]
 fn accumulate(acc: &mut [f32], v: &[f32], reduce: Reduce) -> u32 {
     let acc = &mut acc[..v.len()];
+    let mut nbad = 0u32;
     match reduce {
-        Reduce::Mean => acc.iter_mut().zip(v).for_each(|(a, &x)| *a += x),
-        Reduce::Rms => acc.iter_mut().zip(v).for_each(|(a, &x)| *a += x * x),
-        Reduce::Min => acc.iter_mut().zip(v).for_each(|(a, &x)| *a = a.min(x)),
+        Reduce::Mean => acc.iter_mut().zip(v).for_each(|(a, &x)| {
+            *a += x;
+            nbad += bad_j(x) as u32;
+        }),
+        Reduce::Rms => acc.iter_mut().zip(v).for_each(|(a, &x)| {
+            *a += x * x;
+            nbad += bad_j(x) as u32;
+        }),
+        Reduce::Min => acc.iter_mut().zip(v).for_each(|(a, &x)| {
+            *a = a.min(x);
+            nbad += bad_j(x) as u32;
+        }),
     }
-    v.iter().map(|&x| bad_j(x) as u32).sum()
+    nbad
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn accumulate_avx2(acc: &mut [f32], v: &[f32], reduce: Reduce) -> u32 {
+    accumulate(acc, v, reduce)
+}
+
+#[inline]
+fn accumulate_best(acc: &mut [f32], v: &[f32], reduce: Reduce) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx2() {
+        return unsafe { accumulate_avx2(acc, v, reduce) };
+    }
+    accumulate(acc, v, reduce)
 }
 
 /// `j_t = reduce(J over token t)` for every token; errors on the first non-finite or non-positive J.
@@ -51,7 +78,7 @@ pub fn token_tolerance<E: Element>(jnd: &[E], grid: &TokenGrid, reduce: Reduce) 
                         acc.fill(init);
                         bands.for_segments(b, |off, len, _| {
                             let v = widen(&jnd[off..off + len], &mut scr);
-                            if accumulate(&mut acc, v, reduce) > 0 {
+                            if accumulate_best(&mut acc, v, reduce) > 0 {
                                 bad = bad.min(off + first_bad(v, bad_j).unwrap());
                             }
                         });
