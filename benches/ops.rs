@@ -63,6 +63,18 @@ fn eager_perturb(x: &Tensor, j: &Tensor, r: f64) -> Tensor {
     x + s * e
 }
 
+/// The memory floor: a plain copy moving `bytes` (read + write) on the device.
+fn copy_floor(g: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>, d: Device, mib: usize, bytes: u64) {
+    let src = Tensor::empty([(bytes / 2) as i64], (Kind::Uint8, d)).fill_(1);
+    let mut dst = src.empty_like();
+    g.bench_with_input(BenchmarkId::new("copy_floor", mib), &mib, |b, _| {
+        b.iter(|| {
+            dst.copy_(&src);
+            sync(d);
+        })
+    });
+}
+
 fn bench(c: &mut Criterion) {
     for d in devices() {
         let dn = if d == Device::Cpu { "cpu" } else { "cuda" };
@@ -106,16 +118,8 @@ fn bench(c: &mut Criterion) {
                     r
                 })
             });
-            let src = Tensor::empty([(qbytes / 2) as i64], (Kind::Uint8, d)).fill_(1);
-            let mut dst = src.empty_like();
-            g.bench_with_input(BenchmarkId::new("copy_floor", mib), &mib, |b, _| {
-                b.iter(|| {
-                    dst.copy_(&src);
-                    sync(d);
-                })
-            });
+            copy_floor(&mut g, d, mib, qbytes);
             g.finish();
-            drop((src, dst));
 
             // Perturbation: floor = x and J read twice, x' written (20 B per element).
             let pbytes = 20 * numel as u64;
@@ -148,14 +152,7 @@ fn bench(c: &mut Criterion) {
                     r
                 })
             });
-            let src = Tensor::empty([(pbytes / 2) as i64], (Kind::Uint8, d)).fill_(1);
-            let mut dst = src.empty_like();
-            g.bench_with_input(BenchmarkId::new("copy_floor", mib), &mib, |b, _| {
-                b.iter(|| {
-                    dst.copy_(&src);
-                    sync(d);
-                })
-            });
+            copy_floor(&mut g, d, mib, pbytes);
             g.finish();
         }
     }

@@ -12,12 +12,12 @@ fn main() {
     let opts = QuantizeOptions { histogram: false, ..Default::default() };
     let t = std::time::Instant::now();
     for _ in 0..10 {
-        ops::quantize_with_jnd_into(&x, &j, Layout::Nchw, 1, Reduce::Mean, 0.01, Strategy::Jnd, &opts, &bufs).unwrap();
+        let _ = ops::quantize_with_jnd_into(&x, &j, Layout::Nchw, 1, Reduce::Mean, 0.01, Strategy::Jnd, &opts, &bufs).unwrap();
     }
     println!("{:.2} ms per call", t.elapsed().as_secs_f64() * 100.0);
     let t = std::time::Instant::now();
     for _ in 0..10 {
-        ops::token_tolerance(&j, Layout::Nchw, 1, Reduce::Mean).unwrap();
+        let _ = ops::token_tolerance(&j, Layout::Nchw, 1, Reduce::Mean).unwrap();
     }
     println!("token_tolerance alone: {:.2} ms per call", t.elapsed().as_secs_f64() * 100.0);
     let t = std::time::Instant::now();

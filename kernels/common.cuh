@@ -40,8 +40,44 @@ struct BF16 {
     }
 };
 
+// Loads 4 consecutive elements with one 16-byte (f32) or 8-byte (f16/bf16) load.
+template <class D>
+__device__ __forceinline__ void load4(const typename D::T* x, u64 i, float v[4]);
+template <>
+__device__ __forceinline__ void load4<F32>(const float* x, u64 i, float v[4]) {
+    const float4 a = *(const float4*)(x + i);
+    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+}
+template <class D>
+__device__ __forceinline__ void load4(const typename D::T* x, u64 i, float v[4]) {
+    const uint2 a = *(const uint2*)(x + i);
+    v[0] = D::load((typename D::T)(a.x & 0xffff)); v[1] = D::load((typename D::T)(a.x >> 16));
+    v[2] = D::load((typename D::T)(a.y & 0xffff)); v[3] = D::load((typename D::T)(a.y >> 16));
+}
+template <class D>
+__device__ __forceinline__ void store4(typename D::T* x, u64 i, const float v[4]);
+template <>
+__device__ __forceinline__ void store4<F32>(float* x, u64 i, const float v[4]) {
+    *(float4*)(x + i) = make_float4(v[0], v[1], v[2], v[3]);
+}
+template <class D>
+__device__ __forceinline__ void store4(typename D::T* x, u64 i, const float v[4]) {
+    uint2 a;
+    a.x = (u32)D::store(v[0]) | ((u32)D::store(v[1]) << 16);
+    a.y = (u32)D::store(v[2]) | ((u32)D::store(v[3]) << 16);
+    *(uint2*)(x + i) = a;
+}
+
 // A feature element is finite iff its f32 widening is (f16/bf16 Inf/NaN widen to Inf/NaN).
 __device__ __forceinline__ bool fj_finite(float v) { return isfinite(v); }
+
+// NCHW, a lane per token with the channels split over the block's warps: the flat index of
+// token t's first element (patch corner) in channel c0.
+__device__ __forceinline__ u64 nchw_token_base(const FjTokenGeom& g, u32 t, u32 c0) {
+    const u32 wp = g.w / g.patch, hp = g.h / g.patch;
+    const u32 tw = t % wp, th = (t / wp) % hp, n = t / (wp * hp);
+    return ((u64)n * g.c + c0) * ((u64)g.h * g.w) + (u64)th * g.patch * g.w + (u64)tw * g.patch;
+}
 
 // ---- reductions ----
 __device__ __forceinline__ float warp_sum(float v) {

@@ -7,33 +7,6 @@
 #define FJ_PT_ITEMS 4
 #define FJ_PT_CHUNK (FJ_BLOCK * 4 * FJ_PT_ITEMS)
 
-template <class D>
-__device__ __forceinline__ void load4p(const typename D::T* x, u64 i, float v[4]);
-template <>
-__device__ __forceinline__ void load4p<F32>(const float* x, u64 i, float v[4]) {
-    const float4 a = *(const float4*)(x + i);
-    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
-}
-template <class D>
-__device__ __forceinline__ void load4p(const typename D::T* x, u64 i, float v[4]) {
-    const uint2 a = *(const uint2*)(x + i);
-    v[0] = D::load((typename D::T)(a.x & 0xffff)); v[1] = D::load((typename D::T)(a.x >> 16));
-    v[2] = D::load((typename D::T)(a.y & 0xffff)); v[3] = D::load((typename D::T)(a.y >> 16));
-}
-template <class D>
-__device__ __forceinline__ void store4p(typename D::T* x, u64 i, const float v[4]);
-template <>
-__device__ __forceinline__ void store4p<F32>(float* x, u64 i, const float v[4]) {
-    *(float4*)(x + i) = make_float4(v[0], v[1], v[2], v[3]);
-}
-template <class D>
-__device__ __forceinline__ void store4p(typename D::T* x, u64 i, const float v[4]) {
-    uint2 a;
-    a.x = (u32)D::store(v[0]) | ((u32)D::store(v[1]) << 16);
-    a.y = (u32)D::store(v[2]) | ((u32)D::store(v[3]) << 16);
-    *(uint2*)(x + i) = a;
-}
-
 // Loads the 4 elements of Philox block g that lie in [lo, hi) (others read as 0 / J = 1).
 template <class D>
 __device__ __forceinline__ void load_group(const FjPerturbParams& p, u64 g, u64 lo, u64 hi, bool vec,
@@ -42,8 +15,8 @@ __device__ __forceinline__ void load_group(const FjPerturbParams& p, u64 g, u64 
     const typename D::T* jp = (const typename D::T*)p.jnd;
     const u64 i0 = 4 * g;
     if (vec && i0 >= lo && i0 + 4 <= hi) {
-        load4p<D>(x, i0, v);
-        if (jp) load4p<D>(jp, i0, j);
+        load4<D>(x, i0, v);
+        if (jp) load4<D>(jp, i0, j);
         else j[0] = j[1] = j[2] = j[3] = 1.0f;
 #pragma unroll
         for (int l = 0; l < 4; ++l) in[l] = true;
@@ -56,6 +29,14 @@ __device__ __forceinline__ void load_group(const FjPerturbParams& p, u64 g, u64 
         v[l] = in[l] ? D::load(x[i]) : 0.0f;
         j[l] = (in[l] && jp) ? D::load(jp[i]) : 1.0f;
     }
+}
+
+// Loads FJ_PT_ITEMS Philox blocks (gb, gb + blockDim.x, ...) before any math uses them.
+template <class D>
+__device__ __forceinline__ void load_items(const FjPerturbParams& p, u64 gb, u64 lo, u64 hi, bool vec,
+                                           float v[FJ_PT_ITEMS][4], float j[FJ_PT_ITEMS][4], bool in[FJ_PT_ITEMS][4]) {
+#pragma unroll
+    for (int k = 0; k < FJ_PT_ITEMS; ++k) load_group<D>(p, gb + k * blockDim.x, lo, hi, vec, v[k], j[k], in[k]);
 }
 
 // Block -> (sample, chunk); the groups of this thread overlap [lo, hi).
@@ -87,9 +68,7 @@ __device__ void perturb_norms(const FjPerturbParams& p) {
     for (u64 gb = s.g0 + threadIdx.x; gb < s.g1; gb += FJ_PT_ITEMS * blockDim.x) {
         float v[FJ_PT_ITEMS][4], j[FJ_PT_ITEMS][4];
         bool in[FJ_PT_ITEMS][4];
-#pragma unroll
-        for (int k = 0; k < FJ_PT_ITEMS; ++k)
-            load_group<D>(p, gb + k * blockDim.x, s.lo, s.hi, vec, v[k], j[k], in[k]);
+        load_items<D>(p, gb, s.lo, s.hi, vec, v, j, in);
 #pragma unroll
         for (int k = 0; k < FJ_PT_ITEMS; ++k) {
             const u64 g = gb + k * blockDim.x;
@@ -137,9 +116,7 @@ __device__ void perturb_apply(const FjPerturbParams& p) {
     for (u64 gb = s.g0 + threadIdx.x; gb < s.g1; gb += FJ_PT_ITEMS * blockDim.x) {
         float v[FJ_PT_ITEMS][4], j[FJ_PT_ITEMS][4];
         bool in[FJ_PT_ITEMS][4];
-#pragma unroll
-        for (int k = 0; k < FJ_PT_ITEMS; ++k)
-            load_group<D>(p, gb + k * blockDim.x, s.lo, s.hi, vec, v[k], j[k], in[k]);
+        load_items<D>(p, gb, s.lo, s.hi, vec, v, j, in);
 #pragma unroll
         for (int k = 0; k < FJ_PT_ITEMS; ++k) {
             const u64 g = gb + k * blockDim.x;
@@ -150,7 +127,7 @@ __device__ void perturb_apply(const FjPerturbParams& p) {
             for (int l = 0; l < 4; ++l)
                 o[l] = sc == 0.0f ? v[k][l] : __fadd_rn(v[k][l], __fmul_rn(sc, __fmul_rn(j[k][l], xi[l])));
             if (vec && in[k][0] && in[k][3]) {
-                store4p<D>(out, 4 * g, o);
+                store4<D>(out, 4 * g, o);
             } else {
 #pragma unroll
                 for (int l = 0; l < 4; ++l)

@@ -98,10 +98,8 @@ __device__ void quantize_nchw(const FjQuantizeParams& p) {
         const typename D::T* x = (const typename D::T*)p.x;
         const float step = ((const float*)p.steps)[t];
         const float inv = __fdiv_rn(1.0f, step);
-        const u32 wp = g.w / g.patch, hp = g.h / g.patch;
-        const u32 tw = t % wp, th = (t / wp) % hp, n = t / (wp * hp);
         const u64 plane = (u64)g.h * g.w;
-        const u64 base = ((u64)n * g.c + warp) * plane + (u64)th * g.patch * g.w + (u64)tw * g.patch;
+        const u64 base = nchw_token_base(g, t, warp);
         // FJ_QN_BATCH channels' loads are issued before any store: x and the outputs may alias
         // (in place), so without the batch the compiler must serialise load -> store -> load.
         for (u32 r = 0; r < g.patch; ++r)
@@ -130,34 +128,6 @@ __device__ void quantize_nchw(const FjQuantizeParams& p) {
         st.sse = e;
     }
     finish_block(p, sh, hist, live && warp == 0, t, st);
-}
-
-// Loads 4 consecutive elements with one 16-byte (f32) or 8-byte (f16/bf16) load.
-template <class D>
-__device__ __forceinline__ void load4(const typename D::T* x, u64 i, float v[4]);
-template <>
-__device__ __forceinline__ void load4<F32>(const float* x, u64 i, float v[4]) {
-    const float4 a = *(const float4*)(x + i);
-    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
-}
-template <class D>
-__device__ __forceinline__ void load4(const typename D::T* x, u64 i, float v[4]) {
-    const uint2 a = *(const uint2*)(x + i);
-    v[0] = D::load((typename D::T)(a.x & 0xffff)); v[1] = D::load((typename D::T)(a.x >> 16));
-    v[2] = D::load((typename D::T)(a.y & 0xffff)); v[3] = D::load((typename D::T)(a.y >> 16));
-}
-template <class D>
-__device__ __forceinline__ void store4(typename D::T* x, u64 i, const float v[4]);
-template <>
-__device__ __forceinline__ void store4<F32>(float* x, u64 i, const float v[4]) {
-    *(float4*)(x + i) = make_float4(v[0], v[1], v[2], v[3]);
-}
-template <class D>
-__device__ __forceinline__ void store4(typename D::T* x, u64 i, const float v[4]) {
-    uint2 a;
-    a.x = (u32)D::store(v[0]) | ((u32)D::store(v[1]) << 16);
-    a.y = (u32)D::store(v[2]) | ((u32)D::store(v[3]) << 16);
-    *(uint2*)(x + i) = a;
 }
 
 template <class D>

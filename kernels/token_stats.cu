@@ -41,10 +41,8 @@ __device__ void token_stats_nchw(const FjTokenStatsParams& p) {
     u64 bad = ~0ull;
     if (live) {
         const typename D::T* j = (const typename D::T*)p.jnd;
-        const u32 wp = g.w / g.patch, hp = g.h / g.patch;
-        const u32 tw = t % wp, th = (t / wp) % hp, n = t / (wp * hp);
         const u64 plane = (u64)g.h * g.w;
-        const u64 base = ((u64)n * g.c + warp) * plane + (u64)th * g.patch * g.w + (u64)tw * g.patch;
+        const u64 base = nchw_token_base(g, t, warp);
         for (u32 r = 0; r < g.patch; ++r)
             for (u32 q = 0; q < g.patch; ++q) {
                 const u64 pos = base + (u64)r * g.w + q;

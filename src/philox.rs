@@ -186,7 +186,7 @@ fn noise32(g0: u64, seed: u64, stream: u32, kind: NoiseKind, out: &mut [f32]) {
 fn fill_impl(out: &mut [f32], offset: u64, seed: u64, stream: u32, kind: NoiseKind) {
     let mut i = 0usize;
     // Leading partial block.
-    if offset % 4 != 0 {
+    if !offset.is_multiple_of(4) {
         let xi = noise4(offset / 4, seed, stream, kind);
         for &v in &xi[(offset % 4) as usize..] {
             if i < out.len() {

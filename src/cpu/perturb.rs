@@ -31,7 +31,7 @@ pub(crate) fn check_args<E>(x_len: usize, jnd: Option<&[E]>, samples: usize, nrm
     if x_len == 0 || samples == 0 {
         return Err(Error::Empty("feature"));
     }
-    if x_len % samples != 0 {
+    if !x_len.is_multiple_of(samples) {
         return Err(Error::Shape(format!("{x_len} elements do not split into {samples} samples")));
     }
     if let Some(j) = jnd {
@@ -95,7 +95,7 @@ fn run<E: Element>(x: SyncPtr<E>, jnd: Option<&[E]>, samples: usize, numel: usiz
                 e.iter_mut().zip(jv).for_each(|(e, &j)| *e *= j);
             }
             e.iter_mut().for_each(|e| *e *= *e);
-            let qx = super::sum_lanes(&sx_sq(xv, &mut sj[..m]));
+            let qx = super::sum_lanes(sx_sq(xv, &mut sj[..m]));
             (qx as f64, super::sum_lanes(e) as f64, badx, badj)
         })
         .collect();

@@ -79,7 +79,7 @@ pub fn noise_at(i: u64, seed: u64, stream: u32, kind: NoiseKind) -> f32 {
             // The angle is the f32 product 2π·u2 (SPEC §5 computes it in f32); the rest in f64.
             let rad = (-2.0 * (u1 as f64).ln()).sqrt();
             let th = (std::f32::consts::TAU * u2) as f64;
-            (if lane % 2 == 0 { rad * th.cos() } else { rad * th.sin() }) as f32
+            (if lane.is_multiple_of(2) { rad * th.cos() } else { rad * th.sin() }) as f32
         }
     }
 }
