@@ -12,6 +12,7 @@
 // `!(a > b)` on floats is deliberate throughout: it is true for NaN, which is what the checks want.
 #![allow(clippy::neg_cmp_op_on_partial_ord, clippy::needless_range_loop)]
 
+pub mod capi;
 pub mod cpu;
 pub mod cuda;
 pub mod element;
