@@ -152,7 +152,7 @@ fn bad_arguments_give_a_status_a_message_and_write_nothing() {
         // Option struct with an impossible size; budget out of range.
         let q = FjQuantizeOptions { size: 2, bits: 8, patch: 1, pad0: 0, symbols: null_mut(), recon: null_mut(), token_sse: null_mut(), histogram: null_mut() };
         assert_eq!(fj_quantize(c, &fx, out.as_ptr(), &q, null_mut(), null_mut()), FJ_ERR_ARG);
-        let jt = vec![1.0f32; 16];
+        let jt = [1.0f32; 16];
         assert_eq!(fj_allocate_steps(c, jt.as_ptr(), 16, -1.0, FJ_JND, 0, out.as_mut_ptr()), FJ_ERR_BUDGET);
         assert_eq!(fj_allocate_steps(c, jt.as_ptr(), 0, 1.0, FJ_JND, 0, out.as_mut_ptr()), FJ_ERR_SHAPE);
         assert!(out.iter().all(|&v| v == 7.0), "an error wrote to the output");
@@ -176,7 +176,7 @@ fn non_finite_x_in_quantize_and_perturb() {
     let mut x = data(64, 4);
     x[37] = f32::NAN;
     let fx = feat(&x, [1, 4, 4, 4]);
-    let st = vec![0.5f32; 16];
+    let st = [0.5f32; 16];
     let q = FjQuantizeOptions { size: std::mem::size_of::<FjQuantizeOptions>() as u32, bits: 8, patch: 1, pad0: 0, symbols: null_mut(), recon: null_mut(), token_sse: null_mut(), histogram: null_mut() };
     unsafe {
         assert_eq!(fj_quantize(c, &fx, st.as_ptr(), &q, null_mut(), null_mut()), FJ_ERR_NONFINITE);
