@@ -20,6 +20,7 @@ pub mod error;
 pub mod fastmath;
 pub mod geom;
 pub mod io;
+pub mod nvtx;
 pub mod ops;
 pub mod params;
 pub mod philox;

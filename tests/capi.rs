@@ -32,6 +32,14 @@ fn lib_dir() -> PathBuf {
 
 #[test]
 fn c_example_builds_and_runs() {
+    // `cargo test` links the tests against the rlib only: build the cdylib with the same profile
+    // (cheap: everything else is already compiled), so a fresh clone and a stale .so both work.
+    let st = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--lib", "--profile", "test", "--manifest-path"])
+        .arg(manifest().join("Cargo.toml"))
+        .status()
+        .expect("running cargo");
+    assert!(st.success(), "cargo build --lib failed");
     let dir = lib_dir();
     assert!(dir.join("libfeatjnd.so").exists(), "no libfeatjnd.so in {}", dir.display());
     let tmp = tempfile::tempdir().unwrap();

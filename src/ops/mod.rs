@@ -87,6 +87,7 @@ fn check_device(t: &Tensor, name: &str) -> Result<()> {
 
 /// Token tolerance `j_t` (SPEC §2) of a tolerance map `J`: an f32 tensor of `T` values on `J`'s device.
 pub fn token_tolerance(jnd: &Tensor, layout: Layout, patch: usize, reduce: Reduce) -> Result<Tensor> {
+    let _range = crate::nvtx::range("featjnd::token_tolerance");
     let dt = check_tensor(jnd, "J")?;
     check_device(jnd, "J")?;
     let grid = grid_of(jnd, layout, patch)?;
@@ -105,6 +106,7 @@ pub fn allocate_steps(jt: &Tensor, budget: f64, strategy: Strategy) -> Result<Te
 
 /// Steps with every step scaled by a common factor `beta`.
 pub fn allocate_steps_scaled(jt: &Tensor, budget: f64, strategy: Strategy, beta: f64) -> Result<Tensor> {
+    let _range = crate::nvtx::range("featjnd::allocate_steps");
     steps::check_budget(budget)?;
     if !jt.defined() || jt.kind() != Kind::Float || jt.dim() != 1 || !jt.is_contiguous() {
         return Err(Error::Arg("token tolerances must be a contiguous 1-D f32 tensor".into()));
@@ -223,6 +225,7 @@ pub fn quantize_(x: &mut Tensor, layout: Layout, patch: usize, steps: &Tensor, o
 }
 
 fn quantize_impl(x: &Tensor, layout: Layout, patch: usize, steps: &Tensor, opts: &QuantizeOptions, in_place: bool, bufs: &QuantizeBuffers) -> Result<Quantized> {
+    let _range = crate::nvtx::range("featjnd::quantize");
     let dt = check_tensor(x, "x")?;
     check_device(x, "x")?;
     let grid = grid_of(x, layout, patch)?;
@@ -268,6 +271,7 @@ pub fn allocate_steps_measured(
     strategy: Strategy,
     bits: Bits,
 ) -> Result<(Tensor, Measured)> {
+    let _range = crate::nvtx::range("featjnd::allocate_steps_measured");
     check_tensor(x, "x")?;
     same_device(x, "x", jt, "token tolerances")?;
     let probe = QuantizeOptions { bits, symbols: false, recon: false, token_sse: false, histogram: false };
@@ -307,6 +311,7 @@ pub fn quantize_with_jnd_into(
     opts: &QuantizeOptions,
     bufs: &QuantizeBuffers,
 ) -> Result<(Tensor, Quantized)> {
+    let _range = crate::nvtx::range("featjnd::quantize_with_jnd");
     check_tensor(x, "x")?;
     same_device(x, "x", jnd, "J")?;
     if x.size() != jnd.size() {
@@ -349,6 +354,7 @@ pub fn perturb_(x: &mut Tensor, jnd: Option<&Tensor>, nrmse: f64, noise: NoiseSp
 }
 
 fn perturb_impl(x: &Tensor, jnd: Option<&Tensor>, nrmse: f64, noise: NoiseSpec, out: Option<&Tensor>) -> Result<PerturbReport> {
+    let _range = crate::nvtx::range("featjnd::perturb");
     let dt = check_tensor(x, "x")?;
     check_device(x, "x")?;
     if x.dim() < 1 {
@@ -376,6 +382,7 @@ fn perturb_impl(x: &Tensor, jnd: Option<&Tensor>, nrmse: f64, noise: NoiseSpec, 
 
 /// The noise `ξ` of flat elements `offset .. offset + numel` (SPEC §5) as an f32 tensor on `device`.
 pub fn noise(numel: usize, offset: u64, noise: NoiseSpec, device: Device) -> Result<Tensor> {
+    let _range = crate::nvtx::range("featjnd::noise");
     if let Some(o) = cuda_ordinal(device) {
         return cuda_ops::noise(o, numel, offset, noise);
     }
