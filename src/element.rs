@@ -112,3 +112,25 @@ macro_rules! half_element {
 }
 half_element!(f16, Dtype::F16);
 half_element!(bf16, Dtype::Bf16);
+
+/// Runs `$body` with `$E` bound to the element type of a [`Dtype`] (one monomorphised copy per
+/// dtype; the single place where runtime dtypes meet the generic code).
+macro_rules! with_elem {
+    ($dtype:expr, $E:ident => $body:expr) => {
+        match $dtype {
+            $crate::Dtype::F32 => {
+                type $E = f32;
+                $body
+            }
+            $crate::Dtype::F16 => {
+                type $E = half::f16;
+                $body
+            }
+            $crate::Dtype::Bf16 => {
+                type $E = half::bf16;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_elem;

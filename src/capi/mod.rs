@@ -18,12 +18,11 @@ use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use half::{bf16, f16};
-
 use crate::cpu::{self, perturb::NoiseSpec, QuantOut, Symbols};
 use crate::error::Error;
 use crate::geom::{Bits, NoiseKind, Reduce, Shape, Strategy, TokenGrid};
 use crate::rate::Rate;
+use crate::element::with_elem;
 use crate::{steps, Dtype};
 
 /// Success.
@@ -292,25 +291,6 @@ unsafe fn slice<'a, E>(p: *const c_void, n: usize) -> &'a [E] {
 }
 unsafe fn slice_mut<'a, E>(p: *mut c_void, n: usize) -> &'a mut [E] {
     std::slice::from_raw_parts_mut(p as *mut E, n)
-}
-
-macro_rules! with_elem {
-    ($dt:expr, $E:ident => $body:expr) => {
-        match $dt {
-            Dtype::F32 => {
-                type $E = f32;
-                $body
-            }
-            Dtype::F16 => {
-                type $E = f16;
-                $body
-            }
-            Dtype::Bf16 => {
-                type $E = bf16;
-                $body
-            }
-        }
-    };
 }
 
 /// The library version, e.g. "0.1.0" (static string).

@@ -15,25 +15,7 @@ use crate::steps::{self, Measured};
 
 pub use crate::cpu::perturb::NoiseSpec as Noise;
 
-/// Runs `$body` with `E` bound to the element type of `$dtype`.
-macro_rules! with_elem {
-    ($dtype:expr, $E:ident => $body:expr) => {
-        match $dtype {
-            Dtype::F32 => {
-                type $E = f32;
-                $body
-            }
-            Dtype::F16 => {
-                type $E = half::f16;
-                $body
-            }
-            Dtype::Bf16 => {
-                type $E = half::bf16;
-                $body
-            }
-        }
-    };
-}
+use crate::element::with_elem;
 
 /// Checks a tensor is usable as feature data and returns its dtype.
 pub(crate) fn check_tensor(t: &Tensor, name: &'static str) -> Result<Dtype> {
