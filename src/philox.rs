@@ -156,10 +156,15 @@ fn noise32(g0: u64, seed: u64, stream: u32, kind: NoiseKind, out: &mut [f32]) {
     let out = &mut out[..4 * LANES];
     match kind {
         NoiseKind::Uniform => {
-            for b in 0..LANES {
-                for l in 0..4 {
-                    out[4 * b + l] = uniform_noise(w[l][b]);
+            // Convert word-major (contiguous, vectorises), then interleave to element order.
+            let mut u = [[0.0f32; LANES]; 4];
+            for l in 0..4 {
+                for b in 0..LANES {
+                    u[l][b] = uniform_noise(w[l][b]);
                 }
+            }
+            for b in 0..LANES {
+                out[4 * b..4 * b + 4].copy_from_slice(&[u[0][b], u[1][b], u[2][b], u[3][b]]);
             }
         }
         NoiseKind::Gaussian => {
