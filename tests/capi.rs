@@ -147,6 +147,10 @@ fn bad_arguments_give_a_status_a_message_and_write_nothing() {
         assert_eq!(fj_token_tolerance(c, &fx, 1, 9, out.as_mut_ptr(), 16, null_mut()), FJ_ERR_ARG);
         let bad_dtype = FjFeature { dtype: 7, ..feat(&x, [1, 4, 4, 4]) };
         assert_eq!(fj_token_tolerance(c, &bad_dtype, 1, FJ_MEAN, out.as_mut_ptr(), 16, null_mut()), FJ_ERR_DTYPE);
+        // Dims whose product overflows.
+        let huge = feat(&x, [u64::MAX / 2, 4, 4, 4]);
+        assert_eq!(fj_token_tolerance(c, &huge, 1, FJ_MEAN, out.as_mut_ptr(), 16, null_mut()), FJ_ERR_SHAPE);
+        assert!(err().contains("overflow"), "{}", err());
         // Misaligned pointer.
         let bytes = vec![0u8; 64 * 4 + 4];
         let mis = FjFeature { dtype: FJ_F32, layout: FJ_NCHW, dims: [1, 4, 4, 4], data: bytes.as_ptr().add(1) as *const _ };

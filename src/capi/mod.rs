@@ -245,6 +245,12 @@ unsafe fn feature(f: *const FjFeature, what: &str) -> R<(Dtype, Shape)> {
     nonnull(f, what)?;
     let f = &*f;
     let dt = dtype_of(f.dtype)?;
+    // The element count must fit in memory before anything multiplies it (no wrap-around).
+    let used = if f.layout == FJ_NTC { &f.dims[..3] } else { &f.dims[..] };
+    let bytes = used.iter().try_fold(dt.size() as u64, |a, &d| a.checked_mul(d));
+    if bytes.is_none_or(|b| b > isize::MAX as u64) {
+        return fail(FJ_ERR_SHAPE, format!("{what}: dims {:?} overflow the address space", f.dims));
+    }
     let d = f.dims.map(|v| v as usize);
     let shape = match f.layout {
         FJ_NCHW => Shape::nchw(d[0], d[1], d[2], d[3]),
