@@ -256,3 +256,18 @@ fn index_past_2_pow_31() {
         other => panic!("expected NonFinite past 2^31, got {other:?}"),
     }
 }
+
+/// SPEC §7 mixed devices (only testable where a GPU exists). Added after the last GPU session:
+/// not yet run on a GPU.
+#[test]
+fn mixed_devices_are_a_typed_error() {
+    let Some(d) = gpu() else { return };
+    let x = feature(&[1, 4, 4, 4], Kind::Float, 9);
+    let j = jnd(&[1, 4, 4, 4], Kind::Float, 9);
+    let jt = ops::token_tolerance(&j, Layout::Nchw, 1, Reduce::Mean).unwrap();
+    let st = ops::allocate_steps(&jt, 0.01, Strategy::Jnd).unwrap();
+    let r = ops::quantize(&x.to_device(d), Layout::Nchw, 1, &st, &QuantizeOptions::default());
+    assert!(matches!(r, Err(featjnd::Error::MixedDevices(_))), "{r:?}");
+    let r = ops::perturb(&x.to_device(d), Some(&j), 0.1, Noise::default());
+    assert!(matches!(r, Err(featjnd::Error::MixedDevices(_))), "{r:?}");
+}
