@@ -157,3 +157,9 @@ fn measured_budget_out_of_reach() {
     let r = ops::allocate_steps_measured(&x, Layout::Nchw, 1, &jt, 1e6, Strategy::Jnd, featjnd::Bits::B8);
     assert!(matches!(r, Err(Error::Unreachable { .. })), "{r:?}");
 }
+
+#[test]
+fn impossible_noise_size_is_an_error() {
+    let r = ops::noise(usize::MAX / 2, 0, Noise::default(), Device::Cpu);
+    assert!(matches!(r, Err(Error::Arg(_))), "{r:?}");
+}

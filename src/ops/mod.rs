@@ -368,7 +368,10 @@ pub fn noise(numel: usize, offset: u64, noise: NoiseSpec, device: Device) -> Res
     if let Some(o) = cuda_ordinal(device) {
         return cuda_ops::noise(o, numel, offset, noise);
     }
-    let mut v = vec![0.0f32; numel];
+    // An impossible size is an error, not an allocation abort.
+    let mut v: Vec<f32> = Vec::new();
+    v.try_reserve_exact(numel).map_err(|e| Error::Arg(format!("noise of {numel} elements: {e}")))?;
+    v.resize(numel, 0.0);
     crate::philox::fill(&mut v, offset, noise.seed, noise.stream, noise.kind);
     Ok(Tensor::from_slice(&v))
 }
