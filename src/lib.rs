@@ -13,6 +13,7 @@
 #![allow(clippy::neg_cmp_op_on_partial_ord, clippy::needless_range_loop)]
 
 pub mod capi;
+pub mod coco;
 pub mod cpu;
 pub mod cuda;
 pub mod element;

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
 use featjnd::ops::{self, Noise, QuantizeOptions, Quantized};
-use featjnd::{io, steps, Bits, Error, Layout, NoiseKind, Reduce, Result, Strategy};
+use featjnd::{coco, io, steps, Bits, Error, Layout, NoiseKind, Reduce, Result, Strategy};
 
 #[derive(Parser)]
 #[command(name = "featjnd", version, about = "Task-aligned JND kernels: token-wise quantization and matched-strength perturbation")]
@@ -24,6 +24,8 @@ enum Top {
         #[command(subcommand)]
         op: Op,
     },
+    /// Evaluate COCO detections against COCO ground truth: the 12 pycocotools COCOeval numbers.
+    EvalCoco(EvalCocoArgs),
 }
 
 #[derive(Subcommand)]
@@ -184,6 +186,28 @@ struct NoiseArgs {
     dev: DeviceOpt,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum IouTypeArg {
+    Bbox,
+    /// Not implemented yet.
+    Segm,
+}
+
+#[derive(Args)]
+struct EvalCocoArgs {
+    /// Ground truth: a COCO instances JSON (images, categories, annotations).
+    #[arg(long)]
+    gt: PathBuf,
+    /// Detections: a JSON list of {image_id, category_id, bbox, score}.
+    #[arg(long)]
+    dt: PathBuf,
+    #[arg(long, value_enum, default_value_t = IouTypeArg::Bbox)]
+    iou_type: IouTypeArg,
+    /// Print the 12 numbers as JSON instead of the pycocotools table.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Args)]
 struct DemoArgs {
     #[arg(long)]
@@ -203,7 +227,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let Top::Ops { op } = cli.cmd;
+    let op = match cli.cmd {
+        Top::Ops { op } => op,
+        Top::EvalCoco(a) => return eval_coco(a),
+    };
     match op {
         Op::Tokens(a) => tokens(a),
         Op::Quantize(a) => quantize(a),
@@ -531,5 +558,21 @@ fn demo(a: DemoArgs) -> Result<()> {
     let report = json!({ "shape": x.size(), "budget": budget, "mean_square": ms, "quantize": rows, "perturb": perturbs });
     write_json(&a.out.join("demo.json"), &report)?;
     println!("\nwrote x.npy, jnd.npy, perturbed_*.npy and demo.json to {}", a.out.display());
+    Ok(())
+}
+
+// ---------- eval-coco ----------
+
+fn eval_coco(a: EvalCocoArgs) -> Result<()> {
+    let iou_type = match a.iou_type {
+        IouTypeArg::Bbox => coco::IouType::Bbox,
+        IouTypeArg::Segm => coco::IouType::Segm,
+    };
+    let stats = coco::evaluate_files(&a.gt, &a.dt, iou_type)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&stats).map_err(|e| Error::Io(e.to_string()))?);
+    } else {
+        print!("{}", stats.summary());
+    }
     Ok(())
 }
