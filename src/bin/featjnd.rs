@@ -189,7 +189,7 @@ struct NoiseArgs {
 #[derive(Clone, Copy, ValueEnum)]
 enum IouTypeArg {
     Bbox,
-    /// Not implemented yet.
+    /// Mask IoU (polygon or RLE segmentations).
     Segm,
 }
 
@@ -198,7 +198,8 @@ struct EvalCocoArgs {
     /// Ground truth: a COCO instances JSON (images, categories, annotations).
     #[arg(long)]
     gt: PathBuf,
-    /// Detections: a JSON list of {image_id, category_id, bbox, score}.
+    /// Detections: a JSON list of {image_id, category_id, bbox, score} (segm: with a segmentation,
+    /// an RLE or polygons; if the first has a bbox, areas come from the boxes, as in pycocotools).
     #[arg(long)]
     dt: PathBuf,
     #[arg(long, value_enum, default_value_t = IouTypeArg::Bbox)]

@@ -1,13 +1,16 @@
-//! COCO-style detection evaluation that reproduces pycocotools' `COCOeval` for `iouType="bbox"`.
+//! COCO-style detection evaluation that reproduces pycocotools' `COCOeval` for `iouType="bbox"` and
+//! `"segm"`.
 //!
 //! The steps follow COCOeval: group ground truth (GT) and detections per (image, category), compute
 //! their IoU matrix, match per area range and IoU threshold (`evaluateImg`), accumulate precision at
 //! 101 recall points and the final recall (`accumulate`), and reduce to the 12 [`Stats`] (`summarize`).
 //!
-//! Only box IoU exists. Matching and accumulation see nothing but an IoU matrix, crowd flags and
-//! areas, so segm can be added later as an [`IouType::Segm`] arm of `iou_matrix`: decode the
-//! RLE/polygon masks, compute mask IoU (crowd GT: intersection / detection area, as for boxes) and
-//! take detection areas from the masks instead of `w*h`.
+//! Matching and accumulation see nothing but an IoU matrix, crowd flags and areas. For segm the IoU
+//! is that of masks (polygons or RLE, see [`rle`]; crowd GT: intersection / detection area), and a
+//! detection's area follows `COCO.loadRes`: if the first detection has a non-empty `bbox`, every
+//! detection's area is its box's `w*h` (and one without a `segmentation` gets its box as mask);
+//! otherwise every detection needs a `segmentation` and its area is the mask's. GT areas are always
+//! the `area` field.
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
@@ -15,9 +18,15 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use serde::de::Error as _;
+use serde_json::Value;
+
 use crate::{Error, Result};
 
-/// A COCO ground-truth file. Fields the evaluation does not use (segmentation, names, ...) are skipped.
+pub mod rle;
+pub use rle::Rle;
+
+/// A COCO ground-truth file. Fields the evaluation does not use (names, ...) are skipped.
 #[derive(Debug, Clone, Deserialize)]
 pub struct GroundTruth {
     pub images: Vec<Image>,
@@ -30,6 +39,9 @@ pub struct GroundTruth {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Image {
     pub id: i64,
+    /// The mask size of polygons (segm only).
+    pub height: Option<u64>,
+    pub width: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -42,8 +54,13 @@ pub struct GtAnnotation {
     pub id: i64,
     pub image_id: i64,
     pub category_id: i64,
-    /// `[x, y, w, h]`.
-    pub bbox: [f64; 4],
+    /// `[x, y, w, h]`; needed for bbox evaluation only.
+    #[serde(default, deserialize_with = "opt_box")]
+    pub bbox: Option<[f64; 4]>,
+    /// Polygons `[[x1, y1, x2, y2, ...], ...]` or an RLE `{"size": [h, w], "counts": ...}` with
+    /// counts as a list or a compressed string; needed for segm evaluation only.
+    #[serde(default)]
+    pub segmentation: Option<Value>,
     /// Used for the area ranges (for COCO it is the mask area, not `w*h`).
     pub area: f64,
     #[serde(default, deserialize_with = "flag")]
@@ -58,9 +75,22 @@ pub struct GtAnnotation {
 pub struct Detection {
     pub image_id: i64,
     pub category_id: i64,
-    /// `[x, y, w, h]`.
-    pub bbox: [f64; 4],
+    /// `[x, y, w, h]`; an empty list counts as absent. Needed for bbox evaluation.
+    #[serde(default, deserialize_with = "opt_box")]
+    pub bbox: Option<[f64; 4]>,
+    /// As for [`GtAnnotation::segmentation`]; for segm evaluation.
+    #[serde(default)]
+    pub segmentation: Option<Value>,
     pub score: f64,
+}
+
+/// A box: absent, `null` and `[]` are None, otherwise exactly 4 numbers.
+fn opt_box<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<[f64; 4]>, D::Error> {
+    match Option::<Vec<f64>>::deserialize(d)? {
+        None => Ok(None),
+        Some(v) if v.is_empty() => Ok(None),
+        Some(v) => <[f64; 4]>::try_from(v).map(Some).map_err(|v| D::Error::custom(format!("bbox has {} numbers, not 4", v.len()))),
+    }
 }
 
 /// A COCO 0/1 flag: files write it as an integer or as a bool.
@@ -82,7 +112,7 @@ fn flag<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<bool, D::Error> 
 pub enum IouType {
     #[default]
     Bbox,
-    /// Mask IoU: not implemented yet (see the module docs).
+    /// Mask IoU (see the module docs).
     Segm,
 }
 
@@ -208,24 +238,27 @@ pub fn parse_gt(text: &str) -> Result<GroundTruth> {
     serde_json::from_str(text).map_err(|e| Error::Arg(format!("invalid COCO ground truth: {e}")))
 }
 
-/// Parses a detection JSON text: a list of `{image_id, category_id, bbox, score}`.
+/// Parses a detection JSON text: a list of `{image_id, category_id, bbox and/or segmentation, score}`.
 pub fn parse_dt(text: &str) -> Result<Vec<Detection>> {
-    serde_json::from_str(text).map_err(|e| Error::Arg(format!("invalid COCO detections (expected a list of {{image_id, category_id, bbox, score}}): {e}")))
+    serde_json::from_str(text).map_err(|e| {
+        Error::Arg(format!("invalid COCO detections (expected a list of {{image_id, category_id, bbox and/or segmentation, score}}): {e}"))
+    })
 }
 
-fn with_path(path: &Path, e: Error) -> Error {
+/// An argument error's message prefixed with `what`: the file or item it is about.
+fn within(what: impl std::fmt::Display, e: Error) -> Error {
     match e {
-        Error::Arg(m) => Error::Arg(format!("{}: {m}", path.display())),
+        Error::Arg(m) => Error::Arg(format!("{what}: {m}")),
         e => e,
     }
 }
 
 pub fn load_gt(path: &Path) -> Result<GroundTruth> {
-    parse_gt(&read(path)?).map_err(|e| with_path(path, e))
+    parse_gt(&read(path)?).map_err(|e| within(path.display(), e))
 }
 
 pub fn load_dt(path: &Path) -> Result<Vec<Detection>> {
-    parse_dt(&read(path)?).map_err(|e| with_path(path, e))
+    parse_dt(&read(path)?).map_err(|e| within(path.display(), e))
 }
 
 fn check_box(what: &str, b: &[f64; 4]) -> Result<()> {
@@ -236,12 +269,18 @@ fn check_box(what: &str, b: &[f64; 4]) -> Result<()> {
 }
 
 /// What pycocotools would reject or silently mangle: unknown images, duplicate GT ids, bad boxes.
-fn validate(gt: &GroundTruth, dets: &[Detection]) -> Result<()> {
+/// Boxes are needed for bbox evaluation only; masks are checked when they are decoded.
+fn validate(gt: &GroundTruth, dets: &[Detection], iou_type: IouType) -> Result<()> {
     let images: HashSet<i64> = gt.images.iter().map(|i| i.id).collect();
+    let need_box = |what: &str, b: &Option<[f64; 4]>| match b {
+        Some(b) => check_box(what, b),
+        None if iou_type == IouType::Bbox => Err(Error::Arg(format!("{what}: no bbox"))),
+        None => Ok(()),
+    };
     let mut ids = HashSet::new();
     for a in &gt.annotations {
         let what = format!("ground-truth annotation id {}", a.id);
-        check_box(&what, &a.bbox)?;
+        need_box(&what, &a.bbox)?;
         if !(a.area >= 0.0) || !a.area.is_finite() {
             return Err(Error::Arg(format!("{what}: area {} must be finite and >= 0", a.area)));
         }
@@ -254,7 +293,7 @@ fn validate(gt: &GroundTruth, dets: &[Detection]) -> Result<()> {
     }
     for (n, d) in dets.iter().enumerate() {
         let what = format!("detection #{n}");
-        check_box(&what, &d.bbox)?;
+        need_box(&what, &d.bbox)?;
         if !d.score.is_finite() {
             return Err(Error::Arg(format!("{what}: score {} must be finite", d.score)));
         }
@@ -265,19 +304,93 @@ fn validate(gt: &GroundTruth, dets: &[Detection]) -> Result<()> {
     Ok(())
 }
 
+// ---------- masks (segm) ----------
+
+/// Decodes a segmentation as pycocotools' `COCO.annToRLE`: polygons (merged into one mask, sized by
+/// the image), or an RLE with its own size and counts as a list or a compressed string. A polygon
+/// needs at least 3 points (pycocotools fails on fewer: given 4 numbers it tries to read boxes).
+pub fn decode_segmentation(seg: &Value, image: &Image) -> Result<Rle> {
+    let number = |v: &Value| v.as_f64().ok_or_else(|| Error::Arg(format!("{v} is not a number")));
+    match seg {
+        Value::Array(parts) => {
+            let (Some(h), Some(w)) = (image.height, image.width) else {
+                return Err(Error::Arg(format!("polygons need the height and width of image {}", image.id)));
+            };
+            let parts: Vec<Vec<f64>> = parts
+                .iter()
+                .map(|p| match p {
+                    Value::Array(xy) => xy.iter().map(number).collect(),
+                    _ => Err(Error::Arg(format!("polygon {p} is not a list of numbers"))),
+                })
+                .collect::<Result<_>>()?;
+            let masks: Vec<Rle> = parts.iter().map(|p| Rle::from_polygon(p, h, w)).collect::<Result<_>>()?;
+            Rle::union(&masks)
+        }
+        Value::Object(o) => {
+            let size = o.get("size").and_then(Value::as_array).and_then(|s| match &s[..] {
+                [h, w] => Some((h.as_u64()?, w.as_u64()?)),
+                _ => None,
+            });
+            let Some((h, w)) = size else {
+                return Err(Error::Arg("an RLE needs \"size\": [height, width]".into()));
+            };
+            match o.get("counts") {
+                Some(Value::String(s)) => Rle::from_compressed(h, w, s),
+                Some(Value::Array(c)) => {
+                    let run = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
+                    let counts = c.iter().map(|v| run(v).ok_or_else(|| Error::Arg(format!("RLE count {v} is not in 0..2^32"))));
+                    Rle::new(h, w, counts.collect::<Result<_>>()?)
+                }
+                _ => Err(Error::Arg("an RLE needs \"counts\": a list or a compressed string".into())),
+            }
+        }
+        _ => Err(Error::Arg(format!("a segmentation is a list of polygons or an RLE object, not {seg}"))),
+    }
+}
+
+/// The masks of all GTs and detections, and the detections' areas (see the module docs).
+struct Masks {
+    gt: Vec<Rle>,
+    dt: Vec<Rle>,
+    dt_area: Vec<f64>,
+}
+
+fn masks(gt: &GroundTruth, dets: &[Detection]) -> Result<Masks> {
+    let images: HashMap<i64, &Image> = gt.images.iter().map(|i| (i.id, i)).collect();
+    let decode = |what: &str, seg: Option<&Value>, image_id: i64| {
+        let seg = seg.ok_or_else(|| Error::Arg(format!("{what}: no segmentation")))?;
+        decode_segmentation(seg, images[&image_id]).map_err(|e| within(what, e))
+    };
+    let gt_masks = gt
+        .annotations
+        .iter()
+        .map(|a| decode(&format!("ground-truth annotation id {}", a.id), a.segmentation.as_ref(), a.image_id))
+        .collect::<Result<_>>()?;
+    let by_box = dets.first().is_some_and(|d| d.bbox.is_some());
+    let (mut dt, mut dt_area) = (Vec::with_capacity(dets.len()), Vec::with_capacity(dets.len()));
+    for (n, d) in dets.iter().enumerate() {
+        let what = format!("detection #{n}");
+        let mask = match (by_box, d.bbox, &d.segmentation) {
+            (true, None, _) => return Err(Error::Arg(format!("{what}: no bbox (the first detection has one)"))),
+            (true, Some([x, y, w, h]), None) => {
+                decode(&what, Some(&Value::from(vec![vec![x, y, x, y + h, x + w, y + h, x + w, y]])), d.image_id)?
+            }
+            _ => decode(&what, d.segmentation.as_ref(), d.image_id)?,
+        };
+        dt_area.push(match d.bbox {
+            Some(b) if by_box => b[2] * b[3],
+            _ => mask.area() as f64,
+        });
+        dt.push(mask);
+    }
+    Ok(Masks { gt: gt_masks, dt, dt_area })
+}
+
 // ---------- evaluation ----------
 
 /// Loads both files and evaluates them.
 pub fn evaluate_files(gt: &Path, dt: &Path, iou_type: IouType) -> Result<Stats> {
-    supported(iou_type)?;
     evaluate(&load_gt(gt)?, &load_dt(dt)?, iou_type)
-}
-
-fn supported(iou_type: IouType) -> Result<()> {
-    match iou_type {
-        IouType::Bbox => Ok(()),
-        IouType::Segm => Err(Error::Arg("iou type segm is not implemented yet (only bbox)".into())),
-    }
 }
 
 /// Score descending; ties equal, so a stable sort keeps file order (numpy's mergesort on -score).
@@ -285,19 +398,30 @@ fn by_score(a: f64, b: f64) -> Ordering {
     b.partial_cmp(&a).unwrap_or(Ordering::Equal)
 }
 
-/// GT and detections of one (image, category), detections best first and cut to 100.
+/// GT and detections of one (image, category) as indices into the inputs, detections best first
+/// and cut to 100.
 #[derive(Default)]
-struct Cell<'a> {
-    gts: Vec<&'a GtAnnotation>,
-    dts: Vec<&'a Detection>,
+struct Cell {
+    gts: Vec<usize>,
+    dts: Vec<usize>,
     /// `ious[d][g]`, GT in file order.
     ious: Vec<Vec<f64>>,
 }
 
+/// What `evaluate_image` needs of the inputs.
+struct Inputs<'a> {
+    gt: &'a [GtAnnotation],
+    dt_score: Vec<f64>,
+    dt_area: Vec<f64>,
+}
+
 /// Runs COCOeval (evaluate, accumulate, summarize) with the default parameters.
 pub fn evaluate(gt: &GroundTruth, dets: &[Detection], iou_type: IouType) -> Result<Stats> {
-    supported(iou_type)?;
-    validate(gt, dets)?;
+    validate(gt, dets, iou_type)?;
+    let masks = match iou_type {
+        IouType::Bbox => None,
+        IouType::Segm => Some(masks(gt, dets)?),
+    };
     let imgs: BTreeSet<i64> = gt.images.iter().map(|i| i.id).collect();
     let cats: BTreeSet<i64> = gt.categories.iter().map(|c| c.id).collect();
     let img_ix: HashMap<i64, usize> = imgs.iter().enumerate().map(|(n, &id)| (id, n)).collect();
@@ -306,21 +430,45 @@ pub fn evaluate(gt: &GroundTruth, dets: &[Detection], iou_type: IouType) -> Resu
     // Keyed (category, image) so that a category's cells come out in image-id order. Validation
     // made every image id known; unknown categories are dropped, as pycocotools does.
     let mut cells: BTreeMap<(usize, usize), Cell> = BTreeMap::new();
-    for a in &gt.annotations {
+    for (n, a) in gt.annotations.iter().enumerate() {
         if let Some(&k) = cat_ix.get(&a.category_id) {
-            cells.entry((k, img_ix[&a.image_id])).or_default().gts.push(a);
+            cells.entry((k, img_ix[&a.image_id])).or_default().gts.push(n);
         }
     }
-    for d in dets {
+    for (n, d) in dets.iter().enumerate() {
         if let Some(&k) = cat_ix.get(&d.category_id) {
-            cells.entry((k, img_ix[&d.image_id])).or_default().dts.push(d);
+            cells.entry((k, img_ix[&d.image_id])).or_default().dts.push(n);
         }
     }
     for c in cells.values_mut() {
-        c.dts.sort_by(|a, b| by_score(a.score, b.score));
+        c.dts.sort_by(|&a, &b| by_score(dets[a].score, dets[b].score));
         c.dts.truncate(MAX_DETS[2]);
-        c.ious = iou_matrix(iou_type, &c.dts, &c.gts);
+        c.ious = c
+            .dts
+            .iter()
+            .map(|&d| {
+                c.gts
+                    .iter()
+                    .map(|&g| {
+                        let crowd = gt.annotations[g].iscrowd;
+                        match &masks {
+                            // validate() made the boxes present.
+                            None => box_iou(&dets[d].bbox.unwrap(), &gt.annotations[g].bbox.unwrap(), crowd),
+                            Some(m) => Rle::iou(&m.dt[d], &m.gt[g], crowd),
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
     }
+    let inputs = Inputs {
+        gt: &gt.annotations,
+        dt_score: dets.iter().map(|d| d.score).collect(),
+        dt_area: match masks {
+            Some(m) => m.dt_area,
+            None => dets.iter().map(|d| d.bbox.map_or(0.0, |b| b[2] * b[3])).collect(),
+        },
+    };
 
     let thresholds = linspace::<T>(0.5, 0.95);
     let (na, nm) = (AREA_RANGES.len(), MAX_DETS.len());
@@ -328,20 +476,13 @@ pub fn evaluate(gt: &GroundTruth, dets: &[Detection], iou_type: IouType) -> Resu
     for k in 0..cats.len() {
         let mine: Vec<&Cell> = cells.range((k, 0)..(k + 1, 0)).map(|(_, c)| c).collect();
         for (a, &range) in AREA_RANGES.iter().enumerate() {
-            let evals: Vec<ImageEval> = mine.iter().map(|c| evaluate_image(c, range, &thresholds)).collect();
+            let evals: Vec<ImageEval> = mine.iter().map(|c| evaluate_image(c, &inputs, range, &thresholds)).collect();
             for (m, &max_det) in MAX_DETS.iter().enumerate() {
                 curves[(k * na + a) * nm + m] = accumulate(&evals, max_det);
             }
         }
     }
     Ok(summarize(&curves, cats.len()))
-}
-
-fn iou_matrix(iou_type: IouType, dts: &[&Detection], gts: &[&GtAnnotation]) -> Vec<Vec<f64>> {
-    match iou_type {
-        IouType::Bbox => dts.iter().map(|d| gts.iter().map(|g| box_iou(&d.bbox, &g.bbox, g.iscrowd)).collect()).collect(),
-        IouType::Segm => unreachable!("rejected by supported()"),
-    }
 }
 
 /// pycocotools' `bbIou` on `[x, y, w, h]` (no +1 on widths). Against a crowd GT the union is the
@@ -369,12 +510,13 @@ struct ImageEval {
     n_gt: usize,
 }
 
-fn evaluate_image(c: &Cell, (lo, hi): (f64, f64), thresholds: &[f64; T]) -> ImageEval {
+fn evaluate_image(c: &Cell, inp: &Inputs, (lo, hi): (f64, f64), thresholds: &[f64; T]) -> ImageEval {
     let outside = |area: f64| area < lo || area > hi;
+    let gts: Vec<&GtAnnotation> = c.gts.iter().map(|&g| &inp.gt[g]).collect();
     // Regular GTs first, ignored ones last (stable), so a regular match is never given up for them.
-    let mut order: Vec<usize> = (0..c.gts.len()).collect();
-    order.sort_by_key(|&g| c.gts[g].iscrowd || outside(c.gts[g].area));
-    let ignored_gt: Vec<bool> = order.iter().map(|&g| c.gts[g].iscrowd || outside(c.gts[g].area)).collect();
+    let mut order: Vec<usize> = (0..gts.len()).collect();
+    order.sort_by_key(|&g| gts[g].iscrowd || outside(gts[g].area));
+    let ignored_gt: Vec<bool> = order.iter().map(|&g| gts[g].iscrowd || outside(gts[g].area)).collect();
 
     let nd = c.dts.len();
     let (mut matched, mut ignored) = (vec![[false; T]; nd], vec![[false; T]; nd]);
@@ -385,7 +527,7 @@ fn evaluate_image(c: &Cell, (lo, hi): (f64, f64), thresholds: &[f64; T]) -> Imag
             let mut m: Option<usize> = None;
             for (p, &g) in order.iter().enumerate() {
                 // A crowd GT can absorb any number of detections.
-                if taken[p] && !c.gts[g].iscrowd {
+                if taken[p] && !gts[g].iscrowd {
                     continue;
                 }
                 if m.is_some_and(|m| !ignored_gt[m]) && ignored_gt[p] {
@@ -402,20 +544,20 @@ fn evaluate_image(c: &Cell, (lo, hi): (f64, f64), thresholds: &[f64; T]) -> Imag
                 ignored[d][t] = ignored_gt[p];
                 // pycocotools records the GT id and later tests it against 0, so a match to a GT
                 // with id 0 counts as unmatched there; reproduce that.
-                matched[d][t] = c.gts[order[p]].id != 0;
+                matched[d][t] = gts[order[p]].id != 0;
             }
         }
     }
     // Unmatched detections outside the area range are not false positives of that range.
     for d in 0..nd {
-        if outside(c.dts[d].bbox[2] * c.dts[d].bbox[3]) {
+        if outside(inp.dt_area[c.dts[d]]) {
             for t in 0..T {
                 ignored[d][t] |= !matched[d][t];
             }
         }
     }
     ImageEval {
-        scores: c.dts.iter().map(|d| d.score).collect(),
+        scores: c.dts.iter().map(|&d| inp.dt_score[d]).collect(),
         matched,
         ignored,
         n_gt: ignored_gt.iter().filter(|&&i| !i).count(),
@@ -551,9 +693,7 @@ mod tests {
     #[test]
     fn iou_type_parses() {
         assert_eq!("bbox".parse::<IouType>().unwrap(), IouType::Bbox);
+        assert_eq!("segm".parse::<IouType>().unwrap(), IouType::Segm);
         assert!("keypoints".parse::<IouType>().is_err());
-        let gt = parse_gt(r#"{"images":[],"categories":[]}"#).unwrap();
-        let e = evaluate(&gt, &[], IouType::Segm).unwrap_err();
-        assert!(e.to_string().contains("not implemented"), "{e}");
     }
 }
