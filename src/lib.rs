@@ -16,6 +16,7 @@ pub mod capi;
 pub mod coco;
 pub mod cpu;
 pub mod cuda;
+pub mod data;
 pub mod element;
 pub mod error;
 pub mod fastmath;

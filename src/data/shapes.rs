@@ -1,0 +1,1 @@
+//! Procedural shapes scenes (filled in by the shapes work).
