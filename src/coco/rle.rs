@@ -108,7 +108,7 @@ impl Rle {
     /// crossing down (column-major runs). Needs at least 3 points and finite coordinates.
     pub fn from_polygon(xy: &[f64], h: u64, w: u64) -> Result<Rle> {
         let n = pixels(h, w)?;
-        if xy.len() < 6 || xy.len() % 2 != 0 {
+        if xy.len() < 6 || !xy.len().is_multiple_of(2) {
             return Err(bad(format!("a polygon needs at least 3 points (an even number >= 6 of coordinates), not {} numbers", xy.len())));
         }
         if let Some(v) = xy.iter().find(|v| !(v.abs() <= MAX_COORD)) {
