@@ -462,7 +462,7 @@ pub fn generate(seed: u64, index: u64, cfg: &SceneConfig) -> Scene {
             texture: p.texture,
         });
     }
-    let mut boxes = vec![(usize::MAX, usize::MAX, 0usize, 0usize); objects.len()];
+    let mut boxes = vec![super::Extent::EMPTY; objects.len()];
     let mut image = vec![0f32; 3 * h * w];
     for y in 0..h {
         for x in 0..w {
@@ -483,8 +483,7 @@ pub fn generate(seed: u64, index: u64, cfg: &SceneConfig) -> Scene {
                     let o = &mut objects[label[k as usize] as usize];
                     o.mask[q] = 1;
                     o.area += 1;
-                    let b = &mut boxes[label[k as usize] as usize];
-                    *b = (b.0.min(x), b.1.min(y), b.2.max(x), b.3.max(y));
+                    boxes[label[k as usize] as usize].add(x, y);
                     shade(&o.color, &o.texture, px, py)
                 }
             };
@@ -493,8 +492,8 @@ pub fn generate(seed: u64, index: u64, cfg: &SceneConfig) -> Scene {
             }
         }
     }
-    for (o, &(x0, y0, x1, y1)) in objects.iter_mut().zip(&boxes) {
-        o.bbox = [x0 as f32, y0 as f32, (x1 - x0 + 1) as f32, (y1 - y0 + 1) as f32];
+    for (o, b) in objects.iter_mut().zip(&boxes) {
+        o.bbox = b.xywh();
     }
     Scene { seed, index, height: h, width: w, image, objects, background: bg.color }
 }

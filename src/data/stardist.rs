@@ -111,25 +111,18 @@ impl Nuclei {
                 area: 0,
             })
             .collect();
-        let mut extent = vec![(usize::MAX, usize::MAX, 0usize, 0usize); ids.len()];
+        let mut extent = vec![super::Extent::EMPTY; ids.len()];
         for (i, &l) in labels.iter().enumerate() {
             if l == 0 {
                 continue;
             }
             let k = ids.binary_search(&l).expect("label collected above");
-            let (y, x) = (i / width, i % width);
-            let e = &mut extent[k];
-            *e = (e.0.min(x), e.1.min(y), e.2.max(x), e.3.max(y));
+            extent[k].add(i % width, i / width);
             nuclei[k].mask[i] = 1;
             nuclei[k].area += 1;
         }
-        for (o, &(x0, y0, x1, y1)) in nuclei.iter_mut().zip(&extent) {
-            o.bbox = [
-                x0 as f32,
-                y0 as f32,
-                (x1 - x0 + 1) as f32,
-                (y1 - y0 + 1) as f32,
-            ];
+        for (o, e) in nuclei.iter_mut().zip(&extent) {
+            o.bbox = e.xywh();
         }
         Ok(Nuclei {
             height,
