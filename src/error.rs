@@ -38,6 +38,10 @@ pub enum Error {
     Nvrtc { kernel: String, log: String },
     #[error("{0}")]
     Io(String),
+    #[error("checkpoint {path}: {why}")]
+    Checkpoint { path: String, why: String },
+    #[error("model: {0}")]
+    Model(String),
 }
 
 impl From<std::io::Error> for Error {

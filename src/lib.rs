@@ -22,6 +22,7 @@ pub mod error;
 pub mod fastmath;
 pub mod geom;
 pub mod io;
+pub mod model;
 pub mod nvtx;
 pub mod ops;
 pub mod params;

@@ -163,6 +163,7 @@ impl From<Error> for Fail {
             Error::Unreachable { .. } => FJ_ERR_UNREACHABLE,
             Error::CudaUnavailable(_) | Error::Cuda(_) | Error::Nvrtc { .. } | Error::MixedDevices(_) => FJ_ERR_DEVICE,
             Error::NonContiguous(_) | Error::Arg(_) | Error::Io(_) => FJ_ERR_ARG,
+            Error::Checkpoint { .. } | Error::Model(_) => FJ_ERR_ARG,
         };
         Fail(code, e.to_string())
     }
