@@ -13,12 +13,14 @@
 #![allow(clippy::neg_cmp_op_on_partial_ord, clippy::needless_range_loop)]
 
 pub mod capi;
+pub mod cli;
 pub mod coco;
 pub mod cpu;
 pub mod cuda;
 pub mod data;
 pub mod element;
 pub mod error;
+pub mod eval;
 pub mod fastmath;
 pub mod geom;
 pub mod io;
@@ -30,6 +32,7 @@ pub mod philox;
 pub mod rate;
 pub mod reference;
 pub mod steps;
+pub mod train;
 
 pub use element::{Dtype, Element};
 pub use error::{Error, Result};

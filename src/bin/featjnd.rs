@@ -26,6 +26,8 @@ enum Top {
     },
     /// Evaluate COCO detections against COCO ground truth: the 12 pycocotools COCOeval numbers.
     EvalCoco(EvalCocoArgs),
+    /// Train a bundled task model (progress bar; checkpoint as safetensors + JSON metadata).
+    TrainTask(featjnd::cli::train_task::TrainTaskArgs),
 }
 
 #[derive(Subcommand)]
@@ -231,6 +233,7 @@ fn run(cli: Cli) -> Result<()> {
     let op = match cli.cmd {
         Top::Ops { op } => op,
         Top::EvalCoco(a) => return eval_coco(a),
+        Top::TrainTask(a) => return print_json(featjnd::cli::train_task::run(&a)?),
     };
     match op {
         Op::Tokens(a) => tokens(a),
@@ -242,6 +245,11 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 // ---------- helpers ----------
+
+fn print_json(v: Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    Ok(())
+}
 
 fn device(d: DeviceArg) -> Result<Device> {
     if d == DeviceArg::Cpu {

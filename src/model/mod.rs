@@ -6,6 +6,7 @@
 //! `tail(head(x, s), s)` equals `forward(x)` for every split `s` (checked by the tests).
 
 pub mod checkpoint;
+pub mod detector;
 pub mod layers;
 pub mod mobilenet_v2;
 pub mod resnet;

@@ -24,7 +24,7 @@ pub struct ResNetConfig {
 
 impl Default for ResNetConfig {
     fn default() -> Self {
-        ResNetConfig { widths: [16, 32, 64], blocks: [2, 2, 2], classes: 10 }
+        ResNetConfig { widths: [16, 32, 64], blocks: [1, 1, 1], classes: 10 }
     }
 }
 

@@ -1,0 +1,4 @@
+//! Task metrics: classification numbers here; COCO box/mask AP in [`crate::coco`].
+
+pub mod classify;
+pub mod detect;
