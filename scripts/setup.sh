@@ -13,6 +13,9 @@ stamp="$deps/.installed-v1"
 need_apt=()
 dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(libclang-dev)
 dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || need_apt+=(dataset-fashion-mnist)
+# Plots (plotters' ttf backend): fontconfig to find fonts, DejaVu as the font.
+dpkg -s libfontconfig-dev >/dev/null 2>&1 || need_apt+=(libfontconfig-dev)
+dpkg -s fonts-dejavu-core >/dev/null 2>&1 || need_apt+=(fonts-dejavu-core)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo

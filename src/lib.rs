@@ -20,6 +20,7 @@ pub mod cuda;
 pub mod data;
 pub mod element;
 pub mod error;
+pub mod estimator;
 pub mod eval;
 pub mod fastmath;
 pub mod geom;
@@ -32,6 +33,7 @@ pub mod philox;
 pub mod rate;
 pub mod reference;
 pub mod steps;
+pub mod study;
 pub mod train;
 
 pub use element::{Dtype, Element};

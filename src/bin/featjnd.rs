@@ -28,6 +28,10 @@ enum Top {
     EvalCoco(EvalCocoArgs),
     /// Train a bundled task model (progress bar; checkpoint as safetensors + JSON metadata).
     TrainTask(featjnd::cli::train_task::TrainTaskArgs),
+    /// Train the FeatJND estimator of a task model at a split point.
+    TrainJnd(featjnd::cli::study::TrainJndArgs),
+    /// The main job: estimators, matched-NRMSE study, attribution pictures -> report folder.
+    Run(featjnd::cli::study::RunArgs),
 }
 
 #[derive(Subcommand)]
@@ -234,6 +238,8 @@ fn run(cli: Cli) -> Result<()> {
         Top::Ops { op } => op,
         Top::EvalCoco(a) => return eval_coco(a),
         Top::TrainTask(a) => return print_json(featjnd::cli::train_task::run(&a)?),
+        Top::TrainJnd(a) => return print_json(featjnd::cli::study::train(&a)?),
+        Top::Run(a) => return print_json(featjnd::cli::study::run(&a)?),
     };
     match op {
         Op::Tokens(a) => tokens(a),

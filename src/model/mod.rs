@@ -10,6 +10,7 @@ pub mod detector;
 pub mod layers;
 pub mod mobilenet_v2;
 pub mod resnet;
+pub mod torchscript;
 
 use crate::{Error, Result};
 use tch::Tensor;

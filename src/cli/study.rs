@@ -1,0 +1,92 @@
+//! `featjnd run` (the main job) and `featjnd train-jnd`.
+
+use crate::estimator::train::JndTrain;
+use crate::study::run::{estimator_path, jnd_defaults, run as run_study, train_jnd, RunConfig};
+use crate::study::tasks::TaskId;
+use crate::Result;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Report folder (report.md, summary.json, PNGs).
+    #[arg(long, default_value = "out/report")]
+    pub out: PathBuf,
+    /// Tasks to run (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub tasks: Vec<TaskId>,
+    /// Smoke-test mode: tiny held-out sets, two NRMSE levels, one seed, 15-step estimators when
+    /// none is committed or cached.
+    #[arg(long)]
+    pub quick: bool,
+    #[arg(long, default_value = "models")]
+    pub models: PathBuf,
+    #[arg(long, default_value = ".cache/featjnd")]
+    pub cache: PathBuf,
+    /// Estimator training steps when one has to be trained.
+    #[arg(long)]
+    pub jnd_steps: Option<usize>,
+    /// Train the estimators again even if committed or cached ones exist.
+    #[arg(long)]
+    pub retrain: bool,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn run(a: &RunArgs) -> Result<serde_json::Value> {
+    let cfg = RunConfig {
+        out: a.out.clone(),
+        models: a.models.clone(),
+        cache: a.cache.clone(),
+        tasks: if a.tasks.is_empty() { TaskId::ALL.to_vec() } else { a.tasks.clone() },
+        quick: a.quick,
+        device: super::parse_device(&a.device)?,
+        quiet: a.quiet,
+        jnd_steps: a.jnd_steps.or(if a.quick { Some(15) } else { None }),
+        retrain: a.retrain,
+    };
+    let s = run_study(&cfg)?;
+    Ok(serde_json::json!({"report": a.out.join("report.md"), "seconds": s["seconds"]}))
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrainJndArgs {
+    #[arg(long, value_enum)]
+    pub task: TaskId,
+    /// Split point (see the task's model).
+    #[arg(long)]
+    pub split: String,
+    /// Output checkpoint (default models/jnd/<task>-<split>.safetensors).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, default_value = "models")]
+    pub models: PathBuf,
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long)]
+    pub eps: Option<f64>,
+    #[arg(long)]
+    pub tau: Option<f64>,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn train(a: &TrainJndArgs) -> Result<serde_json::Value> {
+    let d = jnd_defaults(a.task);
+    let t = JndTrain {
+        steps: a.steps.unwrap_or(d.steps),
+        eps: a.eps.unwrap_or(d.eps),
+        tau: a.tau.unwrap_or(d.tau),
+        seed: a.seed,
+        quiet: a.quiet,
+        ..d
+    };
+    let out = a.out.clone().unwrap_or_else(|| estimator_path(&a.models, a.task, &a.split));
+    let meta = train_jnd(a.task, &a.split, &a.models, &out, &t, super::parse_device(&a.device)?)?;
+    Ok(serde_json::json!({"checkpoint": out, "metrics": meta.metrics}))
+}

@@ -1,0 +1,156 @@
+//! The FeatJND estimator `G_θ` (DESIGN §1): for each feature tensor of a split point, a small
+//! convolutional network on the channel-standardised feature whose output, through a softplus
+//! plus a floor, is the tolerance map `J > 0` of the same shape, in the feature's own units
+//! (multiplied by the channel's standard deviation).
+//!
+//! The channel statistics are measured once on clean features before training and stored with
+//! the weights, so `J` is a function of the feature alone.
+
+pub mod discrepancy;
+pub mod train;
+
+use crate::model::checkpoint::{self, Meta};
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tch::nn::{self, VarStore};
+use tch::{Device, Kind, Tensor};
+
+pub const ARCH: &str = "featjnd-estimator";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EstimatorConfig {
+    /// Channels of each feature tensor of the split.
+    pub channels: Vec<i64>,
+    /// Hidden width of each level's network.
+    pub hidden: i64,
+    /// `J ≥ floor · std_c`.
+    pub floor: f64,
+    /// `J` at initialisation, in channel standard deviations.
+    pub init: f64,
+    /// The task model and split this estimator belongs to.
+    pub model: String,
+    pub split: String,
+}
+
+struct Level {
+    mean: Tensor,
+    std: Tensor,
+    c1: nn::Conv2D,
+    c2: nn::Conv2D,
+    c3: nn::Conv2D,
+}
+
+pub struct JndEstimator {
+    pub vs: VarStore,
+    pub config: EstimatorConfig,
+    levels: Vec<Level>,
+}
+
+fn conv(p: nn::Path, i: i64, o: i64, k: i64) -> nn::Conv2D {
+    nn::conv2d(p, i, o, k, nn::ConvConfig { padding: k / 2, ..Default::default() })
+}
+
+impl JndEstimator {
+    pub fn new(config: EstimatorConfig, device: Device) -> JndEstimator {
+        let vs = VarStore::new(device);
+        let r = vs.root();
+        let h = config.hidden;
+        // softplus(b) = init: the map starts flat at `init` standard deviations.
+        let b0 = (config.init.exp() - 1.0).ln();
+        let levels = config
+            .channels
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                let p = &r / "level" / i;
+                let mut c3 = conv(&p / "out", h, c, 1);
+                tch::no_grad(|| {
+                    let _ = c3.ws.normal_(0.0, 0.01);
+                    if let Some(b) = c3.bs.as_mut() {
+                        let _ = b.fill_(b0);
+                    }
+                });
+                Level {
+                    mean: p.zeros_no_train("mean", &[c]),
+                    std: p.ones_no_train("std", &[c]),
+                    c1: conv(&p / "c1", c, h, 3),
+                    c2: conv(&p / "c2", h, h, 3),
+                    c3,
+                }
+            })
+            .collect();
+        JndEstimator { vs, config, levels }
+    }
+
+    /// Sets each level's channel mean and standard deviation from clean features (a batch list
+    /// per level, `[B, C, H, W]` each).
+    pub fn calibrate(&mut self, feats: &[Tensor]) -> Result<()> {
+        self.check(feats)?;
+        tch::no_grad(|| {
+            for (l, f) in self.levels.iter_mut().zip(feats) {
+                let f = f.to_kind(Kind::Float).transpose(0, 1).reshape([f.size()[1], -1]);
+                l.mean.copy_(&f.mean_dim(1, false, Kind::Float));
+                // A dead channel (constant) gets std 1e-3 of the mean channel's, never 0.
+                let s = f.std_dim(1, false, false);
+                let floor = s.mean(Kind::Float).clamp_min(1e-12) * 1e-3;
+                l.std.copy_(&s.maximum(&floor));
+            }
+        });
+        Ok(())
+    }
+
+    fn check(&self, feats: &[Tensor]) -> Result<()> {
+        if feats.len() != self.levels.len() {
+            return Err(Error::Model(format!(
+                "estimator for {} tensor(s) got {}",
+                self.levels.len(),
+                feats.len()
+            )));
+        }
+        for (f, &c) in feats.iter().zip(&self.config.channels) {
+            if f.dim() != 4 || f.size()[1] != c {
+                return Err(Error::Shape(format!("estimator level wants [B, {c}, H, W], got {:?}", f.size())));
+            }
+        }
+        Ok(())
+    }
+
+    /// `(J, log(J / std_c))` per level. The second is the reward term of the loss (unit-free, so
+    /// levels and channels of different scales count alike).
+    pub fn forward_log(&self, feats: &[Tensor]) -> Result<Vec<(Tensor, Tensor)>> {
+        self.check(feats)?;
+        Ok(self
+            .levels
+            .iter()
+            .zip(feats)
+            .map(|(l, f)| {
+                let (m, s) = (l.mean.view([1, -1, 1, 1]), l.std.view([1, -1, 1, 1]));
+                let z = ((f - &m) / &s).apply(&l.c1).relu().apply(&l.c2).relu().apply(&l.c3);
+                let unit = z.softplus() + self.config.floor;
+                (&unit * &s, unit.log())
+            })
+            .collect())
+    }
+
+    /// The tolerance maps `J` (same shapes as `feats`).
+    pub fn forward(&self, feats: &[Tensor]) -> Result<Vec<Tensor>> {
+        Ok(self.forward_log(feats)?.into_iter().map(|(j, _)| j).collect())
+    }
+
+    pub fn save(&self, meta: &Meta, path: &Path) -> Result<()> {
+        checkpoint::save(&self.vs, meta, path)
+    }
+
+    /// Loads an estimator checkpoint (its config is in the metadata).
+    pub fn load(path: &Path, device: Device) -> Result<(JndEstimator, Meta)> {
+        let meta = checkpoint::read_meta(path)?;
+        let config: EstimatorConfig = serde_json::from_value(meta.config.clone()).map_err(|e| Error::Checkpoint {
+            path: path.display().to_string(),
+            why: format!("bad estimator config: {e}"),
+        })?;
+        let mut est = JndEstimator::new(config, device);
+        let meta = checkpoint::load(&mut est.vs, ARCH, path)?;
+        Ok((est, meta))
+    }
+}

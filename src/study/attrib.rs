@@ -1,0 +1,201 @@
+//! Attribution pictures (issue 4): for a sample image, the gradient-based attributions at the
+//! split point (Grad-CAM and |gradient × input|, both channel-aggregated), the channel-aggregated
+//! inverse tolerance `mean_c(std_c / J_c)` (high where FeatJND says the task is sensitive), and the
+//! energy `mean_c δ²` of one FeatJND noise draw, side by side with colour bars. Also the Spearman
+//! rank correlation of each attribution with `1/J` over positions, the number behind the picture.
+//!
+//! For a multi-level split (FPN) the finest level is shown. The attribution target is the clean
+//! top-1 logit (classification) or the sum of the heat-map logits at the confident detections
+//! (score ≥ 0.3; the strongest peak when there is none).
+
+use super::tasks::Task;
+use crate::estimator::JndEstimator;
+use crate::model::TaskKind;
+use crate::ops::{self, Noise};
+use crate::{Error, Result};
+use plotters::prelude::*;
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+/// The maps of one sample, each `[h, w]` on the CPU.
+pub struct Maps {
+    pub image: Tensor,
+    pub gradcam: Tensor,
+    pub grad_input: Tensor,
+    pub inv_j: Tensor,
+    pub noise_energy: Tensor,
+    pub rho_gradcam: f64,
+    pub rho_grad_input: f64,
+}
+
+/// Ranks of `v` (average ranks for ties).
+fn ranks(v: &[f64]) -> Vec<f64> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+    let mut r = vec![0.0; v.len()];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
+            j += 1;
+        }
+        let avg = (i + j) as f64 / 2.0;
+        for k in i..=j {
+            r[idx[k]] = avg;
+        }
+        i = j + 1;
+    }
+    r
+}
+
+/// Spearman's rank correlation (NaN when either input is constant).
+pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    let (ra, rb) = (ranks(a), ranks(b));
+    let n = ra.len() as f64;
+    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (x, y) in ra.iter().zip(&rb) {
+        sab += (x - ma) * (y - mb);
+        saa += (x - ma).powi(2);
+        sbb += (y - mb).powi(2);
+    }
+    sab / (saa * sbb).sqrt()
+}
+
+fn flat(t: &Tensor) -> Vec<f64> {
+    let t = t.to_kind(Kind::Double).to_device(tch::Device::Cpu).contiguous().view([-1]);
+    Vec::<f64>::try_from(&t).unwrap_or_default()
+}
+
+/// Computes the maps of `x` (`[C, H, W]`) at `split`.
+pub fn maps(task: &Task, split: &str, est: &JndEstimator, x: &Tensor, nrmse: f64) -> Result<Maps> {
+    let model = task.model.as_ref();
+    let device = task.eval[0].device();
+    let xb = x.unsqueeze(0).to_device(device);
+    let feats = tch::no_grad(|| model.head(&xb, split))?;
+    let f0 = feats[0].detach().set_requires_grad(true);
+    let mut inputs = vec![f0.shallow_clone()];
+    inputs.extend(feats[1..].iter().map(|f| f.detach()));
+    let out = model.tail(&inputs, split)?;
+    let target = match model.task() {
+        TaskKind::Classification => {
+            let k = out[0].argmax(-1, false).int64_value(&[0]);
+            out[0].get(0).get(k)
+        }
+        TaskKind::DetectionSegmentation => {
+            let heat = out[0].get(0);
+            let p = heat.sigmoid();
+            let peaks = p.unsqueeze(0).max_pool2d([3, 3], [1, 1], [1, 1], [1, 1], false).squeeze_dim(0);
+            let keep = p.eq_tensor(&peaks).logical_and(&p.ge(0.3)).to_kind(Kind::Float);
+            if keep.sum(Kind::Float).double_value(&[]) > 0.0 {
+                (heat * keep).sum(Kind::Float)
+            } else {
+                heat.max()
+            }
+        }
+    };
+    let g = Tensor::run_backward(&[target], &[&f0], false, false)
+        .pop()
+        .ok_or_else(|| Error::Model("no gradient at the split point".into()))?
+        .get(0);
+    let f = f0.detach().get(0);
+    let w = g.mean_dim([1i64, 2].as_slice(), true, Kind::Float);
+    let gradcam = (&w * &f).sum_dim_intlist(0, false, Kind::Float).relu();
+    let grad_input = (&g * &f).abs().sum_dim_intlist(0, false, Kind::Float);
+    let (j, inv_j) = tch::no_grad(|| -> Result<(Tensor, Tensor)> {
+        let maps = est.forward_log(&feats)?;
+        let (j, lj) = &maps[0];
+        // std/J = 1/unit: the unit-free inverse tolerance.
+        Ok((j.shallow_clone(), (lj.neg().exp()).get(0).mean_dim(0, false, Kind::Float)))
+    })?;
+    let fb = feats[0].contiguous();
+    let (pert, _) = ops::perturb(&fb, Some(&j.to_kind(fb.kind()).contiguous()), nrmse, Noise { seed: 1, ..Default::default() })?;
+    let noise_energy = (pert - &fb).square().get(0).mean_dim(0, false, Kind::Float);
+    let (a, b, c) = (flat(&gradcam), flat(&grad_input), flat(&inv_j));
+    Ok(Maps {
+        image: x.to_device(tch::Device::Cpu),
+        rho_gradcam: spearman(&a, &c),
+        rho_grad_input: spearman(&b, &c),
+        gradcam: gradcam.to_device(tch::Device::Cpu),
+        grad_input: grad_input.to_device(tch::Device::Cpu),
+        inv_j: inv_j.to_device(tch::Device::Cpu),
+        noise_energy: noise_energy.to_device(tch::Device::Cpu),
+    })
+}
+
+/// A perceptually ordered dark-blue → teal → yellow colour map (viridis-like control points).
+pub fn colormap(t: f64) -> RGBColor {
+    const P: [(f64, f64, f64); 5] =
+        [(68.0, 1.0, 84.0), (59.0, 82.0, 139.0), (33.0, 145.0, 140.0), (94.0, 201.0, 98.0), (253.0, 231.0, 37.0)];
+    let t = if t.is_finite() { t.clamp(0.0, 1.0) } else { 0.0 } * 4.0;
+    let i = (t.floor() as usize).min(3);
+    let u = t - i as f64;
+    let l = |a: f64, b: f64| (a + (b - a) * u).round() as u8;
+    RGBColor(l(P[i].0, P[i + 1].0), l(P[i].1, P[i + 1].1), l(P[i].2, P[i + 1].2))
+}
+
+fn perr<E: std::fmt::Display>(e: E) -> Error {
+    Error::Io(format!("attribution panel: {e}"))
+}
+
+/// Writes the panel: image, Grad-CAM, |grad × input|, 1/J, FeatJND noise energy.
+pub fn panel(path: &Path, title: &str, m: &Maps) -> Result<()> {
+    const TILE: i32 = 200;
+    let tiles: [(&str, &Tensor); 4] =
+        [("Grad-CAM", &m.gradcam), ("|grad x input|", &m.grad_input), ("1/J (std/J)", &m.inv_j), ("FeatJND noise energy", &m.noise_energy)];
+    let width = (TILE + 20) * 5 + 20;
+    let root = BitMapBackend::new(path, (width as u32, (TILE + 110) as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(perr)?;
+    let style = ("sans-serif", 15).into_font();
+    root.draw(&Text::new(
+        format!("{title}   Spearman(1/J, Grad-CAM) = {:.2}, (1/J, |g x f|) = {:.2}", m.rho_gradcam, m.rho_grad_input),
+        (10, 6),
+        ("sans-serif", 16).into_font(),
+    ))
+    .map_err(perr)?;
+    // The image (grey or RGB) in the first tile.
+    let img = m.image.to_kind(Kind::Float).clamp(0.0, 1.0);
+    let (c, h, w) = img.size3()?;
+    let vals = flat(&img);
+    let (x0, y0) = (20, 50);
+    root.draw(&Text::new("input", (x0, 30), style.clone())).map_err(perr)?;
+    let sx = TILE as f64 / w as f64;
+    let sy = TILE as f64 / h as f64;
+    for y in 0..h {
+        for x in 0..w {
+            let px = |ch: i64| (vals[((ch.min(c - 1) * h + y) * w + x) as usize] * 255.0).round() as u8;
+            let col = RGBColor(px(0), px(1), px(2));
+            let (ax, ay) = (x0 + (x as f64 * sx) as i32, y0 + (y as f64 * sy) as i32);
+            let (bx, by) = (x0 + ((x + 1) as f64 * sx).ceil() as i32, y0 + ((y + 1) as f64 * sy).ceil() as i32);
+            root.draw(&Rectangle::new([(ax, ay), (bx, by)], col.filled())).map_err(perr)?;
+        }
+    }
+    for (k, (name, t)) in tiles.iter().enumerate() {
+        let x0 = 20 + (k as i32 + 1) * (TILE + 20);
+        root.draw(&Text::new(*name, (x0, 30), style.clone())).map_err(perr)?;
+        let (h, w) = (t.size()[0], t.size()[1]);
+        let v = flat(t);
+        let (lo, hi) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+        let span = (hi - lo).max(1e-30);
+        let (sx, sy) = (TILE as f64 / w as f64, TILE as f64 / h as f64);
+        for y in 0..h {
+            for x in 0..w {
+                let col = colormap((v[(y * w + x) as usize] - lo) / span);
+                let (ax, ay) = (x0 + (x as f64 * sx) as i32, y0 + (y as f64 * sy) as i32);
+                let (bx, by) = (x0 + ((x + 1) as f64 * sx).ceil() as i32, y0 + ((y + 1) as f64 * sy).ceil() as i32);
+                root.draw(&Rectangle::new([(ax, ay), (bx, by)], col.filled())).map_err(perr)?;
+            }
+        }
+        // Colour bar under the tile, with its range.
+        let by = y0 + TILE + 8;
+        for i in 0..TILE {
+            let col = colormap(i as f64 / (TILE - 1) as f64);
+            root.draw(&Rectangle::new([(x0 + i, by), (x0 + i + 1, by + 12)], col.filled())).map_err(perr)?;
+        }
+        let small = ("sans-serif", 12).into_font();
+        root.draw(&Text::new(format!("{lo:.3e}"), (x0, by + 16), small.clone())).map_err(perr)?;
+        root.draw(&Text::new(format!("{hi:.3e}"), (x0 + TILE - 62, by + 16), small)).map_err(perr)?;
+    }
+    root.present().map_err(perr)?;
+    Ok(())
+}

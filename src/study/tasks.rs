@@ -1,0 +1,236 @@
+//! The bundled tasks of the studies: a split model, held-out inputs and how to score the model's
+//! outputs on them, and a stream of training inputs for the estimator.
+//!
+//! * `fmnist`: the Fashion-MNIST ResNet (test images; top-1 against labels, agreement, KL).
+//! * `shapes`: the shapes detector (held-out scenes; box and mask AP, AP50).
+//! * `mobilenet`: torchvision's MobileNetV2 on scikit-image photos (centre crops plus random
+//!   crops and flips; no labels, so agreement with the clean top-1 and the KL to the clean output).
+
+use crate::coco::GroundTruth;
+use crate::data::fashion_mnist::{FashionMnist, Split};
+use crate::data::photos::{self, Augment};
+use crate::data::shapes::{Scene, SceneConfig};
+use crate::eval::classify::ClassStats;
+use crate::eval::detect::{decode, ground_truth, score, to_coco, DecodeParams};
+use crate::model::checkpoint;
+use crate::model::detector::{DetConfig, ShapesDetector};
+use crate::model::mobilenet_v2::MobileNetV2;
+use crate::model::resnet::{FmnistResNet, ResNetConfig};
+use crate::model::SplitModel;
+use crate::train::detect::{images, scenes, HELD_OUT_BASE};
+use crate::train::SplitMix;
+use crate::{Error, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskId {
+    Fmnist,
+    Shapes,
+    Mobilenet,
+}
+
+impl TaskId {
+    pub const ALL: [TaskId; 3] = [TaskId::Fmnist, TaskId::Shapes, TaskId::Mobilenet];
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskId::Fmnist => "fmnist",
+            TaskId::Shapes => "shapes",
+            TaskId::Mobilenet => "mobilenet",
+        }
+    }
+    /// The metrics the studies plot, each read as "higher is better", first = headline.
+    pub fn metrics(self) -> &'static [&'static str] {
+        match self {
+            TaskId::Fmnist => &["top1", "agreement"],
+            TaskId::Shapes => &["box_ap50", "mask_ap50", "box_ap", "mask_ap"],
+            TaskId::Mobilenet => &["agreement", "top5_agreement"],
+        }
+    }
+}
+
+/// How held-out outputs are scored.
+pub enum Scorer {
+    /// Classification with labels per batch.
+    Labels(Vec<Tensor>),
+    /// Classification without labels.
+    Unlabelled,
+    /// Detection + instance segmentation on scenes (ground truth built once).
+    Scenes { gt: Box<GroundTruth>, h: usize, w: usize },
+}
+
+impl Scorer {
+    /// Metrics of the outputs (per batch) against the clean outputs (per batch).
+    pub fn score(&self, outs: &[Vec<Tensor>], clean: &[Vec<Tensor>]) -> Result<BTreeMap<String, f64>> {
+        let mut m = BTreeMap::new();
+        match self {
+            Scorer::Labels(_) | Scorer::Unlabelled => {
+                let mut st = ClassStats::default();
+                let mut top5 = 0i64;
+                for (i, (o, c)) in outs.iter().zip(clean).enumerate() {
+                    let labels = match self {
+                        Scorer::Labels(l) => Some(&l[i]),
+                        _ => None,
+                    };
+                    st.add(&o[0], labels, Some(&c[0]));
+                    top5 += crate::eval::classify::topk_correct(&o[0], &c[0].argmax(-1, false), 5);
+                }
+                if matches!(self, Scorer::Labels(_)) {
+                    m.insert("top1".into(), st.top1());
+                    m.insert("top5".into(), st.top5());
+                }
+                m.insert("agreement".into(), st.agreement());
+                m.insert("top5_agreement".into(), top5 as f64 / st.n.max(1) as f64);
+                m.insert("kl".into(), st.kl());
+            }
+            Scorer::Scenes { gt, h, w } => {
+                let mut dets = Vec::new();
+                for o in outs {
+                    dets.extend(decode(o, *h, *w, DecodeParams::default())?);
+                }
+                let (b, s) = score(gt, &to_coco(&dets, *h, *w))?;
+                m.insert("box_ap".into(), b.ap);
+                m.insert("box_ap50".into(), b.ap50);
+                m.insert("mask_ap".into(), s.ap);
+                m.insert("mask_ap50".into(), s.ap50);
+            }
+        }
+        Ok(m)
+    }
+}
+
+/// Batches of estimator-training inputs, one per step.
+pub type BatchFn = Box<dyn FnMut(usize) -> Result<Tensor>>;
+
+pub struct Task {
+    pub id: TaskId,
+    pub model: Box<dyn SplitModel>,
+    /// Held-out input batches (on the task's device).
+    pub eval: Vec<Tensor>,
+    pub scorer: Scorer,
+    /// Sample inputs for pictures, `[3 or 1, H, W]` in `[0, 1]`, with a name.
+    pub samples: Vec<(String, Tensor)>,
+    pub train: BatchFn,
+}
+
+/// Sizes of the held-out sets and batches.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Sizes {
+    pub fmnist_eval: usize,
+    pub shapes_eval: usize,
+    /// Random crops per photo (plus its centre crop).
+    pub photo_crops: usize,
+}
+
+impl Sizes {
+    pub const DEFAULT: Sizes = Sizes { fmnist_eval: 1000, shapes_eval: 100, photo_crops: 2 };
+    pub const QUICK: Sizes = Sizes { fmnist_eval: 200, shapes_eval: 16, photo_crops: 0 };
+}
+
+/// The committed checkpoint of a trained task model.
+pub fn checkpoint_path(models: &Path, id: TaskId) -> PathBuf {
+    match id {
+        TaskId::Fmnist => models.join("fmnist-resnet.safetensors"),
+        TaskId::Shapes => models.join("shapes-det.safetensors"),
+        TaskId::Mobilenet => crate::model::mobilenet_v2::default_weights(),
+    }
+}
+
+fn missing(path: &Path, id: TaskId) -> Error {
+    let how = match id {
+        TaskId::Mobilenet => "run scripts/setup.sh (it converts the torchvision weights)".to_string(),
+        _ => format!("train it with `featjnd train-task --task {}`", id.name()),
+    };
+    Error::Io(format!("{} model {} not found: {how}", id.name(), path.display()))
+}
+
+/// Builds task `id` with its checkpoint from `models`.
+pub fn build(id: TaskId, models: &Path, sizes: Sizes, device: Device) -> Result<Task> {
+    let path = checkpoint_path(models, id);
+    if !path.is_file() {
+        return Err(missing(&path, id));
+    }
+    match id {
+        TaskId::Fmnist => {
+            let meta = checkpoint::read_meta(&path)?;
+            let cfg: ResNetConfig = serde_json::from_value(meta.config)
+                .map_err(|e| Error::Checkpoint { path: path.display().to_string(), why: e.to_string() })?;
+            let mut m = FmnistResNet::new(cfg, device);
+            checkpoint::load(&mut m.vs, crate::model::resnet::ARCH, &path)?;
+            m.vs.freeze();
+            let test = FashionMnist::load(Split::Test)?;
+            let train = FashionMnist::load(Split::Train)?;
+            let n = sizes.fmnist_eval.min(test.n);
+            let (mut eval, mut labels) = (Vec::new(), Vec::new());
+            for s in (0..n).step_by(250) {
+                let idx: Vec<usize> = (s..(s + 250).min(n)).collect();
+                let (x, y) = test.batch(&idx);
+                eval.push(x.to_device(device));
+                labels.push(y);
+            }
+            let samples = (0..4).map(|i| (format!("test{i}"), test.batch(&[i]).0.squeeze_dim(0))).collect();
+            let train_fn: BatchFn = Box::new(move |step| {
+                let mut rng = SplitMix(0xF00D ^ step as u64);
+                let idx: Vec<usize> = (0..64).map(|_| rng.below(train.n as u64) as usize).collect();
+                Ok(train.batch(&idx).0.to_device(device))
+            });
+            Ok(Task { id, model: Box::new(m), eval, scorer: Scorer::Labels(labels), samples, train: train_fn })
+        }
+        TaskId::Shapes => {
+            let meta = checkpoint::read_meta(&path)?;
+            let cfg: DetConfig = serde_json::from_value(meta.config)
+                .map_err(|e| Error::Checkpoint { path: path.display().to_string(), why: e.to_string() })?;
+            let mut m = ShapesDetector::new(cfg, device);
+            checkpoint::load(&mut m.vs, crate::model::detector::ARCH, &path)?;
+            m.vs.freeze();
+            let sc_cfg = SceneConfig::default();
+            // Held-out scenes of another seed than training's (and than the training-time check).
+            let held: Vec<Scene> = scenes(meta.data_seed + 7, HELD_OUT_BASE, sizes.shapes_eval, &sc_cfg);
+            let gt = Box::new(ground_truth(&held)?);
+            let (h, w) = (held[0].height, held[0].width);
+            let eval = held.chunks(25).map(|c| images(c).to_device(device)).collect();
+            let samples = held.iter().take(4).map(|s| (format!("scene{}", s.index - HELD_OUT_BASE), s.to_tensor())).collect();
+            let seed = meta.data_seed + 13;
+            let train_fn: BatchFn = Box::new(move |step| {
+                Ok(images(&scenes(seed, (step * 8) as u64, 8, &sc_cfg)).to_device(device))
+            });
+            Ok(Task { id, model: Box::new(m), eval, scorer: Scorer::Scenes { gt, h, w }, samples, train: train_fn })
+        }
+        TaskId::Mobilenet => {
+            let m = MobileNetV2::load(&path, device)?;
+            let set = photos::load_dir(&photos::default_dir())?;
+            // Milder crops than torchvision's training default (area ≥ 25%), so the objects stay in view.
+            let aug = Augment { scale: (0.25, 1.0), ..Augment::default() };
+            // Held-out: every photo's centre crop and `photo_crops` random crops (seed 1);
+            // training: random crops of seed 2. Unlabelled, so no leakage of labels; the photos
+            // are shared, which the report says.
+            let mut xs = Vec::new();
+            for p in &set.photos {
+                xs.push(p.eval_tensor()?);
+                for k in 0..sizes.photo_crops {
+                    xs.push(aug.apply(&p.image, 1, k as u64)?);
+                }
+            }
+            let eval = xs.chunks(16).map(|c| Tensor::stack(c, 0).to_device(device)).collect();
+            let samples = set
+                .photos
+                .iter()
+                .filter(|p| ["chelsea", "coffee", "motorcycle_left", "astronaut"].contains(&p.name.as_str()))
+                .map(|p| Ok((p.name.clone(), p.eval_tensor()?)))
+                .collect::<Result<Vec<_>>>()?;
+            let imgs: Vec<_> = set.photos.iter().map(|p| p.image.clone()).collect();
+            let train_fn: BatchFn = Box::new(move |step| {
+                let xs = (0..8)
+                    .map(|k| {
+                        let i = (step * 8 + k) % imgs.len();
+                        aug.apply(&imgs[i], 2, (step * 8 + k) as u64)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::stack(&xs, 0).to_device(device))
+            });
+            Ok(Task { id, model: Box::new(m), eval, scorer: Scorer::Unlabelled, samples, train: train_fn })
+        }
+    }
+}
