@@ -33,7 +33,8 @@
 //!     "std": [0.229, 0.224, 0.225]
 //!   },
 //!   "head": "head.pt",
-//!   "tail": "tail.pt"
+//!   "tail": "tail.pt",
+//!   "description": "resnet50 weights=IMAGENET1K_V2 split=layer2 ..."
 //! }
 //! ```
 //!
@@ -52,7 +53,8 @@
 //!   `normalized_inside: false` and `mean`/`std` given, [`TorchScriptPair::head`] computes
 //!   `(x - mean[c]) / std[c]` per channel before calling `head.pt`, so callers still pass `range`.
 //! * `head`, `tail`: file names relative to the sidecar's directory (defaults `head.pt`,
-//!   `tail.pt`); used by [`TorchScriptPair::load_dir`] only.
+//!   `tail.pt`); used by [`TorchScriptPair::load_dir`] only. `description`: free text
+//!   (provenance), not interpreted.
 //!
 //! Unknown fields are rejected (a typo should not silently become a default).
 
@@ -91,6 +93,9 @@ pub struct SplitSpec {
     pub head: String,
     #[serde(default = "default_tail")]
     pub tail: String,
+    /// Free text (provenance: source model, weights, exporter versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 /// The input convention of a pair (sidecar field `input`).
@@ -149,6 +154,7 @@ impl Default for SplitSpec {
             input: InputSpec::default(),
             head: default_head(),
             tail: default_tail(),
+            description: None,
         }
     }
 }
@@ -256,7 +262,11 @@ impl TorchScriptPair {
 
     /// Loads two explicit files; a `split.json` in the head's directory is used when present
     /// (its `head`/`tail` names are then ignored).
-    pub fn load_paths(head: impl AsRef<Path>, tail: impl AsRef<Path>, device: Device) -> Result<TorchScriptPair> {
+    pub fn load_paths(
+        head: impl AsRef<Path>,
+        tail: impl AsRef<Path>,
+        device: Device,
+    ) -> Result<TorchScriptPair> {
         let head = head.as_ref();
         let sidecar = head.parent().map(|p| p.join(SIDECAR));
         let spec = match sidecar {
@@ -312,7 +322,7 @@ impl TorchScriptPair {
     fn check_device(&self, t: &Tensor, what: &str) -> Result<()> {
         if t.device() != self.device {
             return Err(Error::Model(format!(
-                "torchscript {}: {what} is on {:?} but the modules were loaded on {:?}",
+                "{} (TorchScript): {what} is on {:?} but the modules were loaded on {:?}",
                 self.spec.arch,
                 t.device(),
                 self.device
@@ -337,7 +347,7 @@ impl SplitModel for TorchScriptPair {
         self.check_split(split)?;
         if x.dim() != 4 {
             return Err(Error::Model(format!(
-                "torchscript {}: input must be [B, C, H, W], got {:?}",
+                "{} (TorchScript): input must be [B, C, H, W], got {:?}",
                 self.spec.arch,
                 x.size()
             )));
@@ -348,7 +358,7 @@ impl SplitModel for TorchScriptPair {
                 let c = mean.size()[1];
                 if x.size()[1] != c {
                     return Err(Error::Model(format!(
-                        "torchscript {}: input has {} channels, input.mean/std have {c}",
+                        "{} (TorchScript): input has {} channels, input.mean/std have {c}",
                         self.spec.arch,
                         x.size()[1]
                     )));
@@ -363,9 +373,13 @@ impl SplitModel for TorchScriptPair {
             .map_err(|e| torch_error(&self.head_path, "head forward", e))?;
         let (feats, keys) = tensors_with_keys(out, "head output")?;
         if let Some(n) = self.spec.num_features {
-            expect_feats(&feats, n, split).map_err(|e| {
-                Error::Model(format!("torchscript head {} returned the wrong count: {e}", self.head_path.display()))
-            })?;
+            if feats.len() != n {
+                return Err(Error::Model(format!(
+                    "torchscript head {} returned {} tensor(s), the sidecar's num_features is {n}",
+                    self.head_path.display(),
+                    feats.len()
+                )));
+            }
         }
         if let (Some(keys), Some(names)) = (keys, &self.spec.feature_names) {
             if &keys != names {
@@ -393,10 +407,7 @@ impl SplitModel for TorchScriptPair {
         let out = self.tail.forward_is(&args).map_err(|e| {
             torch_error(
                 &self.tail_path,
-                &format!(
-                    "tail forward with {} feature tensor(s) as positional arguments",
-                    feats.len()
-                ),
+                &format!("tail forward with {} feature tensor(s) as positional arguments", feats.len()),
                 e,
             )
         })?;
