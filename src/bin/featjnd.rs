@@ -32,6 +32,8 @@ enum Top {
     TrainJnd(featjnd::cli::study::TrainJndArgs),
     /// The main job: estimators, matched-NRMSE study, attribution pictures -> report folder.
     Run(featjnd::cli::study::RunArgs),
+    /// The token-wise quantization study alone (same options as `run`; report in --out).
+    EvalQuant(featjnd::cli::study::RunArgs),
 }
 
 #[derive(Subcommand)]
@@ -240,6 +242,10 @@ fn run(cli: Cli) -> Result<()> {
         Top::TrainTask(a) => return print_json(featjnd::cli::train_task::run(&a)?),
         Top::TrainJnd(a) => return print_json(featjnd::cli::study::train(&a)?),
         Top::Run(a) => return print_json(featjnd::cli::study::run(&a)?),
+        Top::EvalQuant(mut a) => {
+            a.quant_only = true;
+            return print_json(featjnd::cli::study::run(&a)?);
+        }
     };
     match op {
         Op::Tokens(a) => tokens(a),

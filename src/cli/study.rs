@@ -28,6 +28,12 @@ pub struct RunArgs {
     /// Train the estimators again even if committed or cached ones exist.
     #[arg(long)]
     pub retrain: bool,
+    /// Only the token-wise quantization study (what `featjnd eval-quant` runs).
+    #[arg(long, conflicts_with = "perturb_only")]
+    pub quant_only: bool,
+    /// Only the matched-NRMSE study and the attribution pictures.
+    #[arg(long)]
+    pub perturb_only: bool,
     #[arg(long, default_value = "cpu")]
     pub device: String,
     #[arg(long)]
@@ -45,6 +51,8 @@ pub fn run(a: &RunArgs) -> Result<serde_json::Value> {
         quiet: a.quiet,
         jnd_steps: a.jnd_steps.or(if a.quick { Some(15) } else { None }),
         retrain: a.retrain,
+        perturb: !a.quant_only,
+        quant: !a.perturb_only,
     };
     let s = run_study(&cfg)?;
     Ok(serde_json::json!({"report": a.out.join("report.md"), "seconds": s["seconds"]}))

@@ -4,5 +4,6 @@
 pub mod attrib;
 pub mod perturb;
 pub mod plot;
+pub mod quant;
 pub mod run;
 pub mod tasks;

@@ -5,6 +5,8 @@
 use super::attrib;
 use super::perturb::{run_split, NoiseShape, SplitCurves};
 use super::plot::{line_chart, Series};
+use super::quant::{self, QConfig, QStrategy};
+use crate::Reduce;
 use super::tasks::{build, Sizes, Task, TaskId};
 use crate::estimator::train::{train_estimator, JndTrain, LogPoint};
 use crate::estimator::JndEstimator;
@@ -30,6 +32,9 @@ pub struct RunConfig {
     pub jnd_steps: Option<usize>,
     /// Train estimators even when a committed or cached one exists.
     pub retrain: bool,
+    /// Which parts run: the matched-NRMSE study with attribution, the quantization study.
+    pub perturb: bool,
+    pub quant: bool,
 }
 
 impl RunConfig {
@@ -46,6 +51,31 @@ impl RunConfig {
         } else {
             vec![1, 2, 3]
         }
+    }
+    pub fn budgets(&self) -> Vec<f64> {
+        if self.quick {
+            vec![0.01, 0.1]
+        } else {
+            vec![0.003, 0.01, 0.03, 0.1, 0.3]
+        }
+    }
+    pub fn quant_configs(&self) -> Vec<QConfig> {
+        use QStrategy::*;
+        if self.quick {
+            return vec![
+                QConfig { patch: 1, measured: true, strategies: vec![Jnd(Reduce::Mean), Permuted(1), Uniform, Absmax] },
+                QConfig { patch: 1, measured: false, strategies: vec![Jnd(Reduce::Mean)] },
+            ];
+        }
+        vec![
+            QConfig {
+                patch: 1,
+                measured: true,
+                strategies: vec![Jnd(Reduce::Mean), Jnd(Reduce::Rms), Jnd(Reduce::Min), Permuted(1), Permuted(2), Uniform, Absmax],
+            },
+            QConfig { patch: 1, measured: false, strategies: vec![Jnd(Reduce::Mean), Permuted(1), Uniform, Absmax] },
+            QConfig { patch: 2, measured: true, strategies: vec![Jnd(Reduce::Mean), Permuted(1), Uniform] },
+        ]
     }
     pub fn sizes(&self) -> Sizes {
         if self.quick {
@@ -130,6 +160,7 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
     )
     .ok();
     let mut goal_rows = Vec::new();
+    let mut goal_rows_q = Vec::new();
     for &id in &cfg.tasks {
         let mut task = match build(id, &cfg.models, cfg.sizes(), cfg.device) {
             Ok(t) => t,
@@ -143,7 +174,6 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
         let mut task_json = serde_json::Map::new();
         for split in task.model.split_points() {
             let (est, meta, log, from) = estimator(&mut task, &split, cfg)?;
-            let curves = run_split(&task, &split, &est, &levels, &seeds, &NoiseShape::ALL, cfg.quiet)?;
             writeln!(report, "### Split `{split}`\n").ok();
             writeln!(
                 report,
@@ -156,6 +186,9 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
                 meta.metrics.get("final_log_j").copied().unwrap_or(f64::NAN),
             )
             .ok();
+            let mut split_json = json!({});
+            if cfg.perturb {
+            let curves = run_split(&task, &split, &est, &levels, &seeds, &NoiseShape::ALL, cfg.quiet)?;
             // Curves, one PNG per metric.
             for &metric in id.metrics() {
                 let series: Vec<Series> = NoiseShape::ALL
@@ -221,12 +254,16 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
                 .map(|a| format!("{} {:.2}/{:.2}", a["sample"].as_str().unwrap_or(""), a["spearman_gradcam"].as_f64().unwrap_or(f64::NAN), a["spearman_grad_input"].as_f64().unwrap_or(f64::NAN)))
                 .collect();
             writeln!(report, "Spearman ρ of 1/J with Grad-CAM / |grad×input| over positions: {}.\n", rho.join(", ")).ok();
-            let mut split_json = serde_json::to_value(&curves).unwrap_or_default();
+            split_json = serde_json::to_value(&curves).unwrap_or_default();
+            split_json["attribution"] = Value::Array(attr);
+            }
+            if cfg.quant {
+                split_json["quant"] = quant_section(&mut report, &mut goal_rows_q, &task, &split, &est, cfg)?;
+            }
             split_json["estimator"] = json!({"path": from, "metrics": meta.metrics, "trained_now": log.is_some()});
             if let Some(log) = &log {
                 split_json["estimator"]["log"] = serde_json::to_value(log.iter().step_by((log.len() / 50).max(1)).collect::<Vec<_>>()).unwrap_or_default();
             }
-            split_json["attribution"] = Value::Array(attr);
             task_json.insert(split.clone(), split_json);
         }
         summary.insert(id.name().into(), Value::Object(task_json));
@@ -238,6 +275,17 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
         writeln!(head, "{r}").ok();
     }
     writeln!(head).ok();
+    if cfg.quant {
+        writeln!(head, "## Quantization goals: at equal measured MSE JND-guided is best; at equal task metric ≥ 20% fewer bits than uniform\n").ok();
+        writeln!(head, "| task | split | metric | budgets where `jnd` ≥ every other strategy (measured, p=1) | bit saving of `jnd` vs `uniform-step` at uniform's metric levels |\n|---|---|---|---|---|").ok();
+        for r in &goal_rows_q {
+            writeln!(head, "{r}").ok();
+        }
+        writeln!(head).ok();
+    }
+    if !cfg.perturb {
+        head = head[head.find("## Quantization").unwrap_or(0)..].to_string();
+    }
     let idx = report.find("## ").unwrap_or(report.len());
     report.insert_str(idx, &head);
     writeln!(report, "\nWall time: {:.0} s.", t0.elapsed().as_secs_f64()).ok();
@@ -249,6 +297,92 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
     checkpoint::write_atomic(&cfg.out.join("report.md"), report.as_bytes())?;
     checkpoint::write_atomic(&cfg.out.join("summary.json"), serde_json::to_string_pretty(&summary).unwrap_or_default().as_bytes())?;
     Ok(summary)
+}
+
+/// The quantization part of one split: sweep, plots, table, goal rows; returns its JSON.
+fn quant_section(
+    report: &mut String,
+    goal_rows: &mut Vec<String>,
+    task: &Task,
+    split: &str,
+    est: &JndEstimator,
+    cfg: &RunConfig,
+) -> Result<Value> {
+    let id = task.id;
+    let budgets = cfg.budgets();
+    let (clean, points) = quant::run_split(task, split, est, &budgets, &cfg.quant_configs(), cfg.quiet)?;
+    let names = ["jnd", "permuted", "uniform-step", "absmax"];
+    writeln!(report, "#### Token-wise quantization at `{split}`\n").ok();
+    for &metric in &id.metrics()[..1] {
+        for (by_bits, xlabel) in [(false, "relative budget d = D / mean(x²)"), (true, "bits per feature element (entropy + 16 bits/token)")] {
+            let series: Vec<Series> = names
+                .iter()
+                .filter_map(|n| {
+                    let c = quant::curve(&points, n, 1, true, metric);
+                    (!c.is_empty()).then(|| Series {
+                        name: n.to_string(),
+                        x: c.iter().map(|p| if by_bits { p.4 } else { p.0.log10() }).collect(),
+                        y: c.iter().map(|p| p.1).collect(),
+                        lo: c.iter().map(|p| p.2).collect(),
+                        hi: c.iter().map(|p| p.3).collect(),
+                    })
+                })
+                .collect();
+            let tag = if by_bits { "bits" } else { "budget" };
+            let png = cfg.out.join(format!("quant-{}-{split}-{metric}-{tag}.png", id.name()));
+            let xl = if by_bits { xlabel.to_string() } else { format!("log10 {xlabel}") };
+            line_chart(&png, &format!("{} / {split}: {metric}, token-wise quantization (p=1, measured MSE)", id.name()), &xl, metric, &series)?;
+            writeln!(report, "![quant {metric} {tag}]({})\n", rel(&png, &cfg.out)).ok();
+        }
+        writeln!(report, "`{metric}` (clean {:.4}) per point; MSEs relative to mean(x²); permuted: mean over seeds.\n", clean[metric]).ok();
+        writeln!(report, "| p | match | strategy | d | nominal MSE | measured MSE | bits/elem | {metric} |\n|---|---|---|---|---|---|---|---|").ok();
+        for p in &points {
+            writeln!(
+                report,
+                "| {} | {} | {}{} | {} | {:.4} | {:.4} | {:.3} | {:.4} |",
+                p.patch,
+                if p.measured_match { "measured" } else { "nominal" },
+                p.strategy,
+                p.seed.map(|s| format!(" (seed {s})")).unwrap_or_default(),
+                p.budget,
+                p.nominal_mse,
+                p.measured_mse,
+                p.bits_per_element,
+                p.metrics[metric]
+            )
+            .ok();
+        }
+        writeln!(report).ok();
+        // Goals.
+        let jnd = quant::curve(&points, "jnd", 1, true, metric);
+        let others: Vec<_> = ["jnd-rms", "jnd-min", "permuted", "uniform-step", "absmax"]
+            .iter()
+            .map(|n| quant::curve(&points, n, 1, true, metric))
+            .filter(|c| !c.is_empty())
+            .collect();
+        let wins = jnd
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| others.iter().all(|c| p.1 >= c[*i].1))
+            .map(|(_, p)| p.0.to_string())
+            .collect::<Vec<_>>();
+        let uni = quant::curve(&points, "uniform-step", 1, true, metric);
+        let savings: Vec<String> = uni
+            .iter()
+            .map(|u| match quant::bits_at(&jnd, u.1) {
+                Some(b) => format!("{:.0}% at {metric}={:.3}", 100.0 * (1.0 - b / u.4), u.1),
+                None => format!("never reaches {metric}={:.3}", u.1),
+            })
+            .collect();
+        goal_rows.push(format!(
+            "| {} | {split} | {metric} | {} of {} | {} |",
+            id.name(),
+            if wins.is_empty() { "none".to_string() } else { wins.join(", ") },
+            jnd.len(),
+            savings.join("; ")
+        ));
+    }
+    Ok(json!({"clean": clean, "points": points}))
 }
 
 /// Trains one estimator (`featjnd train-jnd`) and writes it to `out`.
