@@ -15,6 +15,7 @@
 pub mod capi;
 pub mod cli;
 pub mod coco;
+pub mod codec;
 pub mod cpu;
 pub mod cuda;
 pub mod data;

@@ -184,7 +184,7 @@ pub fn decode(table: &Table, payload: &[u8], n: usize, mut put: impl FnMut(usize
         (0..n).for_each(|i| put(i, 0));
         return Ok(());
     }
-    if payload.len() % 4 != 0 {
+    if !payload.len().is_multiple_of(4) {
         return Err(err(format!("payload of {} bytes is not a whole number of 32-bit words", payload.len())));
     }
     let words: Vec<u32> = payload.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
@@ -231,5 +231,26 @@ mod tests {
         decode(&t, &p, idx.len(), |i, s| back[i] = s).unwrap();
         assert_eq!(back, idx);
         assert!(decode(&t, &p, idx.len() - 1, |_, _| {}).is_err());
+        // (Decoding *more* symbols than were coded is not detectable: an empty ANS coder keeps
+        // yielding index 0. The count comes from the checksummed header.)
+    }
+
+    #[test]
+    fn bad_tables_are_errors() {
+        let t = Table::from_counts(&[(-3, 5u64), (0, 1000), (2, 1), (7, 40)]).unwrap();
+        let b = t.to_bytes();
+        assert!(Table::from_bytes(&b, 3, 127).is_err()); // trailing bytes
+        assert!(Table::from_bytes(&b, 5, 127).is_err()); // runs out
+        assert!(Table::from_bytes(&b, 4, 6).is_err()); // symbol 7 outside ±6
+        assert!(Table::from_bytes(&b, 0, 127).is_err());
+        assert!(Table::from_bytes(&b, 256, 127).is_err());
+        let mut bad = t.clone();
+        bad.freqs[0] += 1; // sum 2^24 + 1
+        assert!(Table::from_bytes(&bad.to_bytes(), 4, 127).is_err());
+        let one = Table::from_counts(&[(5, 9)]).unwrap();
+        assert_eq!(one.freqs, vec![TOTAL]);
+        assert_eq!(Table::from_bytes(&one.to_bytes(), 1, 127).unwrap(), one);
+        assert!(Table::from_bytes(&[0x01, 0x80, 0x80, 0x80, 0x80, 0x10], 1, 127).is_err()); // 6-byte varint
+        assert!(Table::from_counts(&[(1, 1), (0, 1)]).is_err());
     }
 }

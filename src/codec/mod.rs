@@ -157,7 +157,7 @@ fn pow2(e: i32) -> f64 {
 /// with a finite reciprocal). The encoder and the decoder both go through this function.
 pub fn step_value(h: u16, e: i32) -> Option<f32> {
     let v = f16::from_bits(h);
-    if !(v.is_finite() && v > f16::ZERO) || !(-200..=200).contains(&e) {
+    if !v.is_finite() || v <= f16::ZERO || !(-200..=200).contains(&e) {
         return None;
     }
     let s = (v.to_f64() * pow2(e)) as f32;
@@ -322,6 +322,19 @@ pub fn encode(x: &Tensor, steps: &Tensor, layout: Layout, patch: usize, bits: Bi
     Ok(Encoded { bytes: b, steps: steps_t, symbols, recon, clamped: q.clamped, mse: q.total_sse / grid.numel() as f64, sections, rate })
 }
 
+/// Why a file's sections could not be located: it ends too early (`short`), or a field is
+/// impossible.
+struct LocateError {
+    short: bool,
+    msg: String,
+}
+
+type Located<T> = std::result::Result<T, LocateError>;
+
+fn bad(msg: String) -> LocateError {
+    LocateError { short: false, msg }
+}
+
 /// A little-endian reader over a byte slice that names the section it is in when bytes run out.
 struct Reader<'a> {
     b: &'a [u8],
@@ -329,39 +342,43 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+    fn take(&mut self, n: usize, what: &str) -> Located<&'a [u8]> {
         match self.pos.checked_add(n).filter(|&end| end <= self.b.len()) {
             Some(end) => {
                 let s = &self.b[self.pos..end];
                 self.pos = end;
                 Ok(s)
             }
-            None => Err(err(format!("truncated: the {what} ({n} bytes at offset {}) runs past the end of the {}-byte file", self.pos, self.b.len()))),
+            None => Err(LocateError {
+                short: true,
+                msg: format!("the {what} ({n} bytes at offset {}) runs past the end of the {}-byte file", self.pos, self.b.len()),
+            }),
         }
     }
-    fn u8(&mut self, what: &str) -> Result<u8> {
+    fn u8(&mut self, what: &str) -> Located<u8> {
         Ok(self.take(1, what)?[0])
     }
-    fn u16(&mut self, what: &str) -> Result<u16> {
+    fn u16(&mut self, what: &str) -> Located<u16> {
         let s = self.take(2, what)?;
         Ok(u16::from_le_bytes([s[0], s[1]]))
     }
-    fn u32(&mut self, what: &str) -> Result<u32> {
+    fn u32(&mut self, what: &str) -> Located<u32> {
         let s = self.take(4, what)?;
-        Ok(u32::from_le_bytes(s.try_into().unwrap_or([0; 4])))
+        Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
     }
-    fn u64(&mut self, what: &str) -> Result<u64> {
+    fn u64(&mut self, what: &str) -> Located<u64> {
         let s = self.take(8, what)?;
-        Ok(u64::from_le_bytes(s.try_into().unwrap_or([0; 8])))
+        let mut a = [0u8; 8];
+        a.copy_from_slice(s);
+        Ok(u64::from_le_bytes(a))
     }
 }
 
 /// The raw fields of a file, located but not yet interpreted.
 struct Raw<'a> {
     dtype: u8,
-    layout: u8,
+    layout: Layout,
     bits: u8,
-    ndim: u8,
     step_exp: i16,
     patch: u32,
     tokens: u64,
@@ -376,34 +393,42 @@ struct Raw<'a> {
 
 /// Locates every section, checking each length against the bytes that are there. `body` is the
 /// file without its CRC.
-fn locate(body: &[u8]) -> Result<Raw<'_>> {
+fn locate(body: &[u8]) -> Located<Raw<'_>> {
     let mut r = Reader { b: body, pos: 6 };
     let dtype = r.u8("dtype")?;
-    let layout = r.u8("layout")?;
+    let layout = match r.u8("layout")? {
+        0 => Layout::Nchw,
+        1 => Layout::Ntc,
+        l => return Err(bad(format!("header: unknown layout code {l}"))),
+    };
     let bits = r.u8("bits")?;
-    let ndim = r.u8("ndim")?;
+    let nd = r.u8("ndim")?;
+    if nd as usize != ndim(layout) {
+        return Err(bad(format!("header: {nd} dimensions for layout {layout:?} (needs {})", ndim(layout))));
+    }
     let step_exp = r.u16("step exponent")? as i16;
     let patch = r.u32("patch")?;
     let tokens = r.u64("token count")?;
     let elements = r.u64("element count")?;
     let alphabet = r.u32("alphabet size")?;
     let table_len = r.u32("table length")? as usize;
-    if !(3..=4).contains(&ndim) {
-        return Err(err(format!("header: {ndim} dimensions (3 or 4)")));
-    }
-    let dims = (0..ndim).map(|_| r.u64("dimensions")).collect::<Result<Vec<_>>>()?;
+    let dims = (0..nd).map(|_| r.u64("dimensions")).collect::<Located<Vec<_>>>()?;
     let header = r.pos;
     let table = r.take(table_len, "frequency table")?;
-    let steps_len = usize::try_from(tokens).ok().and_then(|t| t.checked_mul(2)).ok_or_else(|| err(format!("header: {tokens} tokens")))?;
+    let steps_len = usize::try_from(tokens)
+        .ok()
+        .and_then(|t| t.checked_mul(2))
+        .ok_or_else(|| LocateError { short: true, msg: format!("the steps of {tokens} tokens cannot fit in the file") })?;
     let steps = r.take(steps_len, "steps")?;
     let payload_len = r.u64("payload length")?;
-    let payload_len = usize::try_from(payload_len).map_err(|_| err(format!("payload length {payload_len}")))?;
+    let payload_len = usize::try_from(payload_len)
+        .map_err(|_| LocateError { short: true, msg: format!("a payload of {payload_len} bytes cannot fit in the file") })?;
     let payload = r.take(payload_len, "payload")?;
     if r.pos != body.len() {
-        return Err(err(format!("{} bytes after the payload", body.len() - r.pos)));
+        return Err(bad(format!("{} bytes after the payload", body.len() - r.pos)));
     }
     let sections = Sections { header, table: table_len, steps: steps_len, payload: 8 + payload_len, crc: 4 };
-    Ok(Raw { dtype, layout, bits, ndim, step_exp, patch, tokens, elements, alphabet, dims, table, steps, payload, sections })
+    Ok(Raw { dtype, layout, bits, step_exp, patch, tokens, elements, alphabet, dims, table, steps, payload, sections })
 }
 
 /// Checks magic, version and checksum, and locates the sections. The error of a file whose CRC
@@ -431,16 +456,15 @@ fn open(bytes: &[u8]) -> Result<Raw<'_>> {
     let stored = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
     let computed = crc32fast::hash(body);
     if stored != computed {
-        // Diagnose from the (untrusted) header: is the file shorter than it says?
+        // Diagnose from the (untrusted) header: does it describe more bytes than there are?
         let hint = match locate(bytes) {
-            Err(e) if e.to_string().contains("truncated") => ", the file looks truncated".to_string(),
+            Err(LocateError { short: true, msg }) => format!("; the file looks truncated: {msg}"),
             _ => String::new(),
         };
-        return Err(err(format!(
-            "checksum mismatch (stored {stored:08x}, computed {computed:08x}): the file is corrupted or truncated{hint}"
-        )));
+        return Err(err(format!("checksum mismatch (stored {stored:08x}, computed {computed:08x}): the file is corrupted or truncated{hint}")));
     }
-    locate(body)
+    // The checksum holds, so a structure that does not fit is a file written wrong, not damaged.
+    locate(body).map_err(|e| err(format!("inconsistent header: {}", e.msg)))
 }
 
 /// Interprets located fields: every header value is checked against the others.
@@ -451,19 +475,12 @@ fn validate(raw: &Raw) -> Result<(Dtype, Layout, Bits, TokenGrid, i32)> {
         2 => Dtype::Bf16,
         d => return Err(err(format!("header: unknown dtype code {d}"))),
     };
-    let layout = match raw.layout {
-        0 => Layout::Nchw,
-        1 => Layout::Ntc,
-        l => return Err(err(format!("header: unknown layout code {l}"))),
-    };
+    let layout = raw.layout;
     let bits = match raw.bits {
         8 => Bits::B8,
         16 => Bits::B16,
         b => return Err(err(format!("header: {b}-bit symbols (8 or 16)"))),
     };
-    if raw.ndim as usize != ndim(layout) {
-        return Err(err(format!("header: {} dimensions for layout {layout:?}", raw.ndim)));
-    }
     let mut numel = 1u64;
     for &d in &raw.dims {
         numel = numel.checked_mul(d).filter(|&n| n <= i64::MAX as u64).ok_or_else(|| err(format!("header: dimensions {:?} overflow", raw.dims)))?;
