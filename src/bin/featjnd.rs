@@ -28,6 +28,12 @@ enum Top {
     EvalCoco(EvalCocoArgs),
     /// Train a bundled task model (progress bar; checkpoint as safetensors + JSON metadata).
     TrainTask(featjnd::cli::train_task::TrainTaskArgs),
+    /// Shapes detector on real images (DeepForest, stardist): zero-shot, fine-tune, held-out AP.
+    EvalReal(featjnd::cli::real::EvalRealArgs),
+    /// Encode a feature into a .fjq file (token-wise quantization + entropy coding); prints a JSON summary.
+    Encode(featjnd::cli::codec::EncodeArgs),
+    /// Decode a .fjq file to its reconstruction; prints a JSON summary.
+    Decode(featjnd::cli::codec::DecodeArgs),
     /// Train the FeatJND estimator of a task model at a split point.
     TrainJnd(featjnd::cli::study::TrainJndArgs),
     /// The main job: estimators, matched-NRMSE study, attribution pictures -> report folder.
@@ -240,6 +246,9 @@ fn run(cli: Cli) -> Result<()> {
         Top::Ops { op } => op,
         Top::EvalCoco(a) => return eval_coco(a),
         Top::TrainTask(a) => return print_json(featjnd::cli::train_task::run(&a)?),
+        Top::EvalReal(a) => return print_json(featjnd::cli::real::run(&a)?),
+        Top::Encode(a) => return print_json(featjnd::cli::codec::encode(&a)?),
+        Top::Decode(a) => return print_json(featjnd::cli::codec::decode(&a)?),
         Top::TrainJnd(a) => return print_json(featjnd::cli::study::train(&a)?),
         Top::Run(a) => return print_json(featjnd::cli::study::run(&a)?),
         Top::EvalQuant(mut a) => {

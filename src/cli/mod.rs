@@ -1,6 +1,8 @@
 //! Commands of the `featjnd` tool that drive the tch pipeline (training, studies). They live in the
 //! library so that tests can call them directly; `src/bin/featjnd.rs` only parses and dispatches.
 
+pub mod codec;
+pub mod real;
 pub mod study;
 pub mod train_task;
 

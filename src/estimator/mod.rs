@@ -3,6 +3,10 @@
 //! plus a floor, is the tolerance map `J > 0` of the same shape, in the feature's own units
 //! (multiplied by the channel's standard deviation).
 //!
+//! Per level: 1×1 conv `C → h`, ReLU, 3×3 conv `h → h`, ReLU, 1×1 conv `h → C`. With `h = 8`
+//! that is `2·C·h + 9·h²` multiply-adds per position, a few per cent of the backbones here
+//! (issue 4 asks for ≤ 10% of the forward time; `featjnd run` measures and reports it).
+//!
 //! The channel statistics are measured once on clean features before training and stored with
 //! the weights, so `J` is a function of the feature alone.
 
@@ -74,7 +78,7 @@ impl JndEstimator {
                 Level {
                     mean: p.zeros_no_train("mean", &[c]),
                     std: p.ones_no_train("std", &[c]),
-                    c1: conv(&p / "c1", c, h, 3),
+                    c1: conv(&p / "c1", c, h, 1),
                     c2: conv(&p / "c2", h, h, 3),
                     c3,
                 }

@@ -44,7 +44,7 @@ impl Default for JndTrain {
             tau: 0.005,
             dual_lr: 20.0,
             lambda0: 1.0,
-            hidden: 32,
+            hidden: 8,
             floor: 1e-3,
             init: 0.05,
             noise: NoiseKind::Gaussian,

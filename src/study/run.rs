@@ -175,6 +175,15 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
         for split in task.model.split_points() {
             let (est, meta, log, from) = estimator(&mut task, &split, cfg)?;
             writeln!(report, "### Split `{split}`\n").ok();
+            let (t_model, t_est) = estimator_cost(&task, &split, &est)?;
+            writeln!(
+                report,
+                "Estimator cost: {:.1} ms per held-out pass vs {:.1} ms for the whole model ({:.1}% of the backbone's forward time; best of 3, this machine).\n",
+                t_est * 1e3,
+                t_model * 1e3,
+                100.0 * t_est / t_model
+            )
+            .ok();
             writeln!(
                 report,
                 "Estimator `{}`: final E[max(0, D−ε)] = {:.4} against τ = {} (ε = {}), λ = {:.2}, mean log(J/std) = {:.2}.\n",
@@ -260,7 +269,8 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
             if cfg.quant {
                 split_json["quant"] = quant_section(&mut report, &mut goal_rows_q, &task, &split, &est, cfg)?;
             }
-            split_json["estimator"] = json!({"path": from, "metrics": meta.metrics, "trained_now": log.is_some()});
+            split_json["estimator"] = json!({"path": from, "metrics": meta.metrics, "trained_now": log.is_some(),
+                "seconds_per_pass": t_est, "model_seconds_per_pass": t_model, "cost_fraction": t_est / t_model});
             if let Some(log) = &log {
                 split_json["estimator"]["log"] = serde_json::to_value(log.iter().step_by((log.len() / 50).max(1)).collect::<Vec<_>>()).unwrap_or_default();
             }
@@ -297,6 +307,28 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
     checkpoint::write_atomic(&cfg.out.join("report.md"), report.as_bytes())?;
     checkpoint::write_atomic(&cfg.out.join("summary.json"), serde_json::to_string_pretty(&summary).unwrap_or_default().as_bytes())?;
     Ok(summary)
+}
+
+/// Seconds for one pass over the held-out batches of the whole model, and of the estimator on the
+/// split-point features (best of three, features computed outside the timing).
+fn estimator_cost(task: &Task, split: &str, est: &JndEstimator) -> Result<(f64, f64)> {
+    tch::no_grad(|| -> Result<(f64, f64)> {
+        let feats: Vec<_> = task.eval.iter().map(|x| task.model.head(x, split)).collect::<Result<_>>()?;
+        let (mut tm, mut te) = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            for x in &task.eval {
+                let _ = task.model.forward(x)?;
+            }
+            tm = tm.min(t.elapsed().as_secs_f64());
+            let t = std::time::Instant::now();
+            for f in &feats {
+                let _ = est.forward(f)?;
+            }
+            te = te.min(t.elapsed().as_secs_f64());
+        }
+        Ok((tm, te))
+    })
 }
 
 /// The quantization part of one split: sweep, plots, table, goal rows; returns its JSON.

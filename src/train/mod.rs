@@ -2,6 +2,7 @@
 
 pub mod classify;
 pub mod detect;
+pub mod real;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
