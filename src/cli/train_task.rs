@@ -36,6 +36,12 @@ pub struct TrainTaskArgs {
     /// Evaluate on this many held-out samples only (smoke tests).
     #[arg(long)]
     pub eval_limit: Option<usize>,
+    /// Continue from this checkpoint (shapes): its weights are the starting point.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Peak learning rate (default: the task's).
+    #[arg(long)]
+    pub lr: Option<f64>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// No progress bar.
@@ -63,6 +69,7 @@ pub fn run(a: &TrainTaskArgs) -> Result<serde_json::Value> {
                 data_seed: a.data_seed,
                 max_steps: a.max_steps,
                 test_limit: a.eval_limit,
+                lr: a.lr.unwrap_or(d.lr),
                 quiet: a.quiet,
                 ..d
             };
@@ -76,6 +83,8 @@ pub fn run(a: &TrainTaskArgs) -> Result<serde_json::Value> {
                 train_seed: a.seed,
                 data_seed: a.data_seed,
                 eval_scenes: a.eval_limit.unwrap_or(d.eval_scenes),
+                init: a.init.clone(),
+                lr: a.lr.unwrap_or(d.lr),
                 quiet: a.quiet,
                 ..d
             };

@@ -24,12 +24,14 @@ pub struct DetTrain {
     pub train_seed: u64,
     pub data_seed: u64,
     pub eval_scenes: usize,
+    /// Start from this checkpoint's weights (continued training) instead of a fresh network.
+    pub init: Option<std::path::PathBuf>,
     pub quiet: bool,
 }
 
 impl Default for DetTrain {
     fn default() -> Self {
-        DetTrain { steps: 2000, batch: 16, lr: 2e-3, train_seed: 1, data_seed: 1, eval_scenes: 200, quiet: false }
+        DetTrain { steps: 2000, batch: 16, lr: 2e-3, train_seed: 1, data_seed: 1, eval_scenes: 200, init: None, quiet: false }
     }
 }
 
@@ -169,7 +171,10 @@ pub fn evaluate(model: &ShapesDetector, data_seed: u64, n: usize, device: Device
 /// Trains a fresh detector; returns it with checkpoint metadata (held-out AP filled in).
 pub fn train_shapes(cfg: &DetTrain, model_cfg: DetConfig, device: Device) -> Result<(ShapesDetector, Meta)> {
     tch::manual_seed(cfg.train_seed as i64);
-    let model = ShapesDetector::new(model_cfg.clone(), device);
+    let mut model = ShapesDetector::new(model_cfg.clone(), device);
+    if let Some(p) = &cfg.init {
+        crate::model::checkpoint::load(&mut model.vs, ARCH, p)?;
+    }
     let mut opt = nn::AdamW::default().build(&model.vs, cfg.lr)?;
     opt.set_weight_decay(1e-4);
     let scene_cfg = SceneConfig::default();
@@ -177,7 +182,9 @@ pub fn train_shapes(cfg: &DetTrain, model_cfg: DetConfig, device: Device) -> Res
     let mut pb = Progress::new(cfg.steps as u64, "shapes", cfg.quiet);
     let mut avg = [f64::NAN; 4];
     for step in 0..cfg.steps {
-        let batch = scenes(cfg.data_seed, (step * cfg.batch) as u64, cfg.batch, &scene_cfg);
+        // A continued run draws scenes after the ones its starting checkpoint has seen.
+        let first = if cfg.init.is_some() { 1u64 << 32 } else { 0 };
+        let batch = scenes(cfg.data_seed, first + (step * cfg.batch) as u64, cfg.batch, &scene_cfg);
         let t = targets(&batch, classes);
         let t = Targets {
             heat: t.heat.to_device(device),
@@ -208,5 +215,12 @@ pub fn train_shapes(cfg: &DetTrain, model_cfg: DetConfig, device: Device) -> Res
     }
     meta.metrics.insert("eval_scenes".into(), cfg.eval_scenes as f64);
     meta.metrics.insert("train_steps".into(), cfg.steps as f64);
+    let prior = match &cfg.init {
+        Some(p) => crate::model::checkpoint::read_meta(p)?.metrics.get("total_train_steps").or(None).copied().unwrap_or_else(|| {
+            crate::model::checkpoint::read_meta(p).ok().and_then(|m| m.metrics.get("train_steps").copied()).unwrap_or(0.0)
+        }),
+        None => 0.0,
+    };
+    meta.metrics.insert("total_train_steps".into(), prior + cfg.steps as f64);
     Ok((model, meta))
 }
