@@ -55,7 +55,7 @@ impl Default for JndTrain {
 }
 
 /// One logged step of training.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct LogPoint {
     pub step: usize,
     /// `E[max(0, D_t − ε)]` on the step's batch.

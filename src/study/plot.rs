@@ -20,6 +20,8 @@ pub fn color(name: &str) -> RGBColor {
         "gaussian" | "uniform-step" => RGBColor(31, 119, 180),
         "uniform" | "permuted" => RGBColor(44, 160, 44),
         "magnitude" | "absmax" => RGBColor(148, 103, 189),
+        "tau" | "log J" => RGBColor(0, 0, 0),
+        "hinge" | "lambda" => RGBColor(214, 39, 40),
         _ => RGBColor(100, 100, 100),
     }
 }

@@ -42,14 +42,14 @@ impl RunConfig {
         if self.quick {
             vec![0.1, 0.5]
         } else {
-            vec![0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0]
+            vec![0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0]
         }
     }
     pub fn seeds(&self) -> Vec<u64> {
         if self.quick {
             vec![1]
         } else {
-            vec![1, 2, 3]
+            vec![1, 2]
         }
     }
     pub fn budgets(&self) -> Vec<f64> {
@@ -90,9 +90,9 @@ impl RunConfig {
 pub fn jnd_defaults(id: TaskId) -> JndTrain {
     let d = JndTrain::default();
     match id {
-        TaskId::Fmnist => JndTrain { steps: 400, ..d },
-        TaskId::Shapes => JndTrain { steps: 300, ..d },
-        TaskId::Mobilenet => JndTrain { steps: 200, ..d },
+        TaskId::Fmnist => JndTrain { steps: 200, ..d },
+        TaskId::Shapes => JndTrain { steps: 150, ..d },
+        TaskId::Mobilenet => JndTrain { steps: 120, ..d },
     }
 }
 
@@ -114,7 +114,7 @@ pub fn estimator(
         for p in [&committed, &cached] {
             if p.is_file() {
                 let (e, m) = JndEstimator::load(p, cfg.device)?;
-                return Ok((e, m, None, p.clone()));
+                return Ok((e, m, load_log(p), p.clone()));
             }
         }
     }
@@ -126,7 +126,56 @@ pub fn estimator(
     let (est, mut meta, log) = train_estimator(task.model.as_ref(), split, &mut task.train, &t)?;
     meta.command = crate::cli::command_line();
     est.save(&meta, &cached)?;
+    save_log(&cached, &log)?;
     Ok((est, meta, Some(log), cached))
+}
+
+/// The training log sits beside the estimator checkpoint as `<name>.log.json`.
+fn log_path(ckpt: &Path) -> PathBuf {
+    ckpt.with_extension("log.json")
+}
+
+fn save_log(ckpt: &Path, log: &[LogPoint]) -> Result<()> {
+    checkpoint::write_atomic(&log_path(ckpt), serde_json::to_string(log).unwrap_or_default().as_bytes())
+}
+
+fn load_log(ckpt: &Path) -> Option<Vec<LogPoint>> {
+    let text = std::fs::read_to_string(log_path(ckpt)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Plots the constraint `E[max(0, D−ε)]` (EMA over 10 steps) against τ, and λ, over training.
+fn plot_log(out: &Path, name: &str, log: &[LogPoint], tau: f64) -> Result<(PathBuf, PathBuf)> {
+    let mut ema = Vec::with_capacity(log.len());
+    let mut e = log.first().map(|p| p.hinge).unwrap_or(0.0);
+    for p in log {
+        e = 0.9 * e + 0.1 * p.hinge;
+        ema.push(e);
+    }
+    let x: Vec<f64> = log.iter().map(|p| p.step as f64).collect();
+    let a = out.join(format!("jnd-constraint-{name}.png"));
+    line_chart(
+        &a,
+        &format!("{name}: constraint E[max(0, D-eps)] (EMA) vs tau"),
+        "step",
+        "hinge",
+        &[
+            Series { name: "hinge".into(), x: x.clone(), y: ema, lo: vec![], hi: vec![] },
+            Series { name: "tau".into(), x: x.clone(), y: vec![tau; x.len()], lo: vec![], hi: vec![] },
+        ],
+    )?;
+    let b = out.join(format!("jnd-lambda-{name}.png"));
+    line_chart(
+        &b,
+        &format!("{name}: multiplier lambda and mean log(J/std)"),
+        "step",
+        "value",
+        &[
+            Series { name: "lambda".into(), x: x.clone(), y: log.iter().map(|p| p.lambda).collect(), lo: vec![], hi: vec![] },
+            Series { name: "log J".into(), x, y: log.iter().map(|p| p.log_j).collect(), lo: vec![], hi: vec![] },
+        ],
+    )?;
+    Ok((a, b))
 }
 
 fn rel(path: &Path, base: &Path) -> String {
@@ -175,6 +224,11 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
         for split in task.model.split_points() {
             let (est, meta, log, from) = estimator(&mut task, &split, cfg)?;
             writeln!(report, "### Split `{split}`\n").ok();
+            if let Some(log) = &log {
+                let tau = meta.metrics.get("tau").copied().unwrap_or(0.0);
+                let (a, b) = plot_log(&cfg.out, &format!("{}-{split}", id.name()), log, tau)?;
+                writeln!(report, "![constraint]({}) ![lambda]({})\n", rel(&a, &cfg.out), rel(&b, &cfg.out)).ok();
+            }
             let (t_model, t_est) = estimator_cost(&task, &split, &est)?;
             writeln!(
                 report,
@@ -269,7 +323,7 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
             if cfg.quant {
                 split_json["quant"] = quant_section(&mut report, &mut goal_rows_q, &task, &split, &est, cfg)?;
             }
-            split_json["estimator"] = json!({"path": from, "metrics": meta.metrics, "trained_now": log.is_some(),
+            split_json["estimator"] = json!({"path": from, "metrics": meta.metrics, "log_points": log.as_ref().map(|l| l.len()).unwrap_or(0),
                 "seconds_per_pass": t_est, "model_seconds_per_pass": t_model, "cost_fraction": t_est / t_model});
             if let Some(log) = &log {
                 split_json["estimator"]["log"] = serde_json::to_value(log.iter().step_by((log.len() / 50).max(1)).collect::<Vec<_>>()).unwrap_or_default();
@@ -423,8 +477,9 @@ pub fn train_jnd(id: TaskId, split: &str, models: &Path, out: &Path, t: &JndTrai
     if !task.model.split_points().iter().any(|s| s == split) {
         return Err(crate::model::unknown_split(task.model.as_ref(), split));
     }
-    let (est, mut meta, _) = train_estimator(task.model.as_ref(), split, &mut task.train, t)?;
+    let (est, mut meta, log) = train_estimator(task.model.as_ref(), split, &mut task.train, t)?;
     meta.command = crate::cli::command_line();
     est.save(&meta, out)?;
+    save_log(out, &log)?;
     Ok(meta)
 }
