@@ -49,7 +49,7 @@ impl RunConfig {
         if self.quick {
             vec![1]
         } else {
-            vec![1, 2]
+            vec![1, 2, 3]
         }
     }
     pub fn budgets(&self) -> Vec<f64> {

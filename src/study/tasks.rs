@@ -125,7 +125,7 @@ pub struct Sizes {
 }
 
 impl Sizes {
-    pub const DEFAULT: Sizes = Sizes { fmnist_eval: 500, shapes_eval: 50, photo_crops: 1 };
+    pub const DEFAULT: Sizes = Sizes { fmnist_eval: 1000, shapes_eval: 100, photo_crops: 3 };
     pub const QUICK: Sizes = Sizes { fmnist_eval: 200, shapes_eval: 16, photo_crops: 0 };
 }
 
