@@ -20,7 +20,11 @@ fn main() {
         }
         let dt = t.elapsed().as_secs_f64() / 5.0;
         let t = std::time::Instant::now();
-        tch::no_grad(|| { for _ in 0..5 { m.forward_t(&x, false); } });
+        tch::no_grad(|| {
+            for _ in 0..5 {
+                let _ = m.forward_t(&x, false);
+            }
+        });
         println!("{widths:?} {blocks:?}: train step {:.0} ms, eval fwd {:.0} ms (batch 128)", dt * 1e3, t.elapsed().as_secs_f64() / 5.0 * 1e3);
     }
 }

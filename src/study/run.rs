@@ -227,7 +227,7 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
             if let Some(log) = &log {
                 let tau = meta.metrics.get("tau").copied().unwrap_or(0.0);
                 let (a, b) = plot_log(&cfg.out, &format!("{}-{split}", id.name()), log, tau)?;
-                writeln!(report, "![constraint]({}) ![lambda]({})\n", rel(&a, &cfg.out), rel(&b, &cfg.out)).ok();
+                writeln!(report, "![constraint]({})\n\n![lambda]({})\n", rel(&a, &cfg.out), rel(&b, &cfg.out)).ok();
             }
             let (t_model, t_est) = estimator_cost(&task, &split, &est)?;
             writeln!(
