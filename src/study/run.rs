@@ -208,12 +208,14 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
         if cfg.quick { "quick (smoke test: tiny sets, numbers not meaningful)" } else { "full" }
     )
     .ok();
+    let mut skipped = Vec::new();
     let mut goal_rows = Vec::new();
     let mut goal_rows_q = Vec::new();
     for &id in &cfg.tasks {
         let mut task = match build(id, &cfg.models, cfg.sizes(), cfg.device) {
             Ok(t) => t,
             Err(e) => {
+                skipped.push(format!("{}: {e}", id.name()));
                 writeln!(report, "## {}\n\nSkipped: {e}\n", id.name()).ok();
                 summary.insert(id.name().into(), json!({"skipped": e.to_string()}));
                 continue;
@@ -331,6 +333,9 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
             task_json.insert(split.clone(), split_json);
         }
         summary.insert(id.name().into(), Value::Object(task_json));
+    }
+    if skipped.len() == cfg.tasks.len() {
+        return Err(Error::Io(format!("no task could run: {}", skipped.join("; "))));
     }
     let mut head = String::new();
     writeln!(head, "## The goal: where Gaussian noise costs ≥ 10 points, FeatJND costs ≤ 2.5\n").ok();
