@@ -109,16 +109,7 @@ pub fn run_split(
     quiet: bool,
 ) -> Result<SplitCurves> {
     let model = task.model.as_ref();
-    let (feats, jnds, clean) = tch::no_grad(|| -> Result<_> {
-        let (mut fs, mut js, mut cs) = (Vec::new(), Vec::new(), Vec::new());
-        for x in &task.eval {
-            let f = model.head(x, split)?;
-            js.push(est.forward(&f)?);
-            cs.push(model.tail(&f, split)?);
-            fs.push(f);
-        }
-        Ok((fs, js, cs))
-    })?;
+    let (feats, jnds, clean) = super::held_out_features(task, split, est)?;
     let clean_metrics = task.scorer.score(&clean, &clean)?;
     let mut curves = BTreeMap::new();
     let mut pb = Progress::new((shapes.len() * levels.len() * seeds.len()) as u64, &format!("{} {split}", task.id.name()), quiet);

@@ -109,16 +109,7 @@ pub struct QConfig {
 /// Runs the sweep on `task` at `split` (estimator `est`), relative budgets `budgets`.
 pub fn run_split(task: &Task, split: &str, est: &JndEstimator, budgets: &[f64], configs: &[QConfig], quiet: bool) -> Result<(BTreeMap<String, f64>, Vec<QPoint>)> {
     let model = task.model.as_ref();
-    let (feats, jnds, clean) = tch::no_grad(|| -> Result<_> {
-        let (mut fs, mut js, mut cs) = (Vec::new(), Vec::new(), Vec::new());
-        for x in &task.eval {
-            let f = model.head(x, split)?;
-            js.push(est.forward(&f)?);
-            cs.push(model.tail(&f, split)?);
-            fs.push(f);
-        }
-        Ok((fs, js, cs))
-    })?;
+    let (feats, jnds, clean) = super::held_out_features(task, split, est)?;
     let clean_metrics = task.scorer.score(&clean, &clean)?;
     let total: usize = configs.iter().map(|c| c.strategies.len()).sum::<usize>() * budgets.len();
     let mut pb = Progress::new(total as u64, &format!("quant {} {split}", task.id.name()), quiet);
