@@ -16,7 +16,7 @@ pub struct EvalRealArgs {
     /// Fine-tuning steps (batch 8); 0 evaluates zero-shot only.
     #[arg(long, default_value_t = 200)]
     pub steps: usize,
-    /// Fine-tuned checkpoint to write (default models/<dataset>-det.safetensors).
+    /// Fine-tuned checkpoint to write (default out/real/<dataset>-det.safetensors; models/ holds only the committed checkpoints).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Also write the JSON report to this file.
@@ -35,7 +35,7 @@ pub struct EvalRealArgs {
 }
 
 pub fn default_out(dataset: RealDataset) -> PathBuf {
-    PathBuf::from(format!("models/{}-det.safetensors", dataset.name()))
+    PathBuf::from(format!("out/real/{}-det.safetensors", dataset.name()))
 }
 
 pub fn run(a: &EvalRealArgs) -> Result<serde_json::Value> {
