@@ -142,6 +142,25 @@ pub fn loss(out: &[Tensor], t: &Targets) -> (Tensor, [f64; 4]) {
     (focal + l_box + l_fg + l_vote, parts)
 }
 
+/// One optimiser step on `batch` at learning rate `lr`: targets, forward in training mode, loss,
+/// backward with the gradient norm clipped at 5. Returns the four loss parts.
+pub fn train_step(model: &ShapesDetector, opt: &mut nn::Optimizer, batch: &[Scene], classes: usize, lr: f64, device: Device) -> [f64; 4] {
+    let t = targets(batch, classes);
+    let t = Targets {
+        heat: t.heat.to_device(device),
+        bx: t.bx.to_device(device),
+        box_w: t.box_w.to_device(device),
+        fg: t.fg.to_device(device),
+        vote: t.vote.to_device(device),
+        vote_w: t.vote_w.to_device(device),
+    };
+    opt.set_lr(lr);
+    let out = model.forward_t(&images(batch).to_device(device), true);
+    let (l, parts) = loss(&out, &t);
+    opt.backward_step_clip(&l, 5.0);
+    parts
+}
+
 /// Scenes `start..start+n` of `seed`, generated in parallel.
 pub fn scenes(seed: u64, start: u64, n: usize, cfg: &SceneConfig) -> Vec<Scene> {
     (0..n as u64).into_par_iter().map(|i| generate(seed, start + i, cfg)).collect()
@@ -185,19 +204,7 @@ pub fn train_shapes(cfg: &DetTrain, model_cfg: DetConfig, device: Device) -> Res
         // A continued run draws scenes after the ones its starting checkpoint has seen.
         let first = if cfg.init.is_some() { 1u64 << 32 } else { 0 };
         let batch = scenes(cfg.data_seed, first + (step * cfg.batch) as u64, cfg.batch, &scene_cfg);
-        let t = targets(&batch, classes);
-        let t = Targets {
-            heat: t.heat.to_device(device),
-            bx: t.bx.to_device(device),
-            box_w: t.box_w.to_device(device),
-            fg: t.fg.to_device(device),
-            vote: t.vote.to_device(device),
-            vote_w: t.vote_w.to_device(device),
-        };
-        opt.set_lr(cosine_lr(cfg.lr, step, cfg.steps, cfg.steps / 30));
-        let out = model.forward_t(&images(&batch).to_device(device), true);
-        let (l, parts) = loss(&out, &t);
-        opt.backward_step_clip(&l, 5.0);
+        let parts = train_step(&model, &mut opt, &batch, classes, cosine_lr(cfg.lr, step, cfg.steps, cfg.steps / 30), device);
         for (a, p) in avg.iter_mut().zip(parts) {
             *a = if a.is_nan() { p } else { 0.98 * *a + 0.02 * p };
         }

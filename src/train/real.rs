@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 use tch::nn::OptimizerConfig;
 use tch::{nn, Device, Kind, Tensor};
 
-use super::detect::{images, loss, targets, Targets};
+use super::detect::{images, targets, train_step};
 use super::{cosine_lr, Progress, SplitMix};
 use crate::coco::Stats;
 use crate::data::shapes::{Object, Scene, ShapeClass, Texture};
@@ -496,19 +496,7 @@ pub fn finetune_on(
         let batch: Vec<Scene> =
             (0..opts.batch).map(|i| data.sample(&mut rng, (step * opts.batch + i) as u64).0).collect();
         seen += batch.iter().map(|s| s.objects.len()).sum::<usize>();
-        let t = targets(&batch, classes);
-        let t = Targets {
-            heat: t.heat.to_device(device),
-            bx: t.bx.to_device(device),
-            box_w: t.box_w.to_device(device),
-            fg: t.fg.to_device(device),
-            vote: t.vote.to_device(device),
-            vote_w: t.vote_w.to_device(device),
-        };
-        opt.set_lr(cosine_lr(opts.lr, step, opts.steps, warm));
-        let out = model.forward_t(&images(&batch).to_device(device), true);
-        let (l, parts) = loss(&out, &t);
-        opt.backward_step_clip(&l, 5.0);
+        let parts = train_step(&model, &mut opt, &batch, classes, cosine_lr(opts.lr, step, opts.steps, warm), device);
         for (a, p) in avg.iter_mut().zip(parts) {
             *a = if a.is_nan() { p } else { 0.9 * *a + 0.1 * p };
         }
