@@ -9,8 +9,8 @@ use tch::Device;
 
 fn main() {
     let path = std::env::args().nth(1).unwrap_or("models/shapes-det.safetensors".into());
-    let meta = checkpoint::read_meta(path.as_ref()).unwrap();
-    let mut m = ShapesDetector::new(serde_json::from_value::<DetConfig>(meta.config).unwrap(), Device::Cpu);
+    let (meta, cfg): (_, DetConfig) = checkpoint::read_config(path.as_ref()).unwrap();
+    let mut m = ShapesDetector::new(cfg, Device::Cpu);
     checkpoint::load(&mut m.vs, ARCH, path.as_ref()).unwrap();
     let mut held = scenes(meta.data_seed, HELD_OUT_BASE, 100, &SceneConfig::default());
     let mut dets = Vec::new();

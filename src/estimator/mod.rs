@@ -148,11 +148,7 @@ impl JndEstimator {
 
     /// Loads an estimator checkpoint (its config is in the metadata).
     pub fn load(path: &Path, device: Device) -> Result<(JndEstimator, Meta)> {
-        let meta = checkpoint::read_meta(path)?;
-        let config: EstimatorConfig = serde_json::from_value(meta.config.clone()).map_err(|e| Error::Checkpoint {
-            path: path.display().to_string(),
-            why: format!("bad estimator config: {e}"),
-        })?;
+        let (_, config): (_, EstimatorConfig) = checkpoint::read_config(path)?;
         let mut est = JndEstimator::new(config, device);
         let meta = checkpoint::load(&mut est.vs, ARCH, path)?;
         Ok((est, meta))

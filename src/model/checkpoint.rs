@@ -108,6 +108,14 @@ pub fn read_meta(path: &Path) -> Result<Meta> {
     meta_of(path, &bytes)
 }
 
+/// Reads the metadata and parses its architecture config (to build the network before [`load`]).
+pub fn read_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result<(Meta, T)> {
+    let meta = read_meta(path)?;
+    let config = serde_json::from_value(meta.config.clone())
+        .map_err(|e| err(path, format!("bad {} config: {e}", meta.arch)))?;
+    Ok((meta, config))
+}
+
 fn meta_of(path: &Path, bytes: &[u8]) -> Result<Meta> {
     let (_, md) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| err(path, format!("not a valid safetensors file ({e})")))?;

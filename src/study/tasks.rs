@@ -154,9 +154,7 @@ pub fn build(id: TaskId, models: &Path, sizes: Sizes, device: Device) -> Result<
     }
     match id {
         TaskId::Fmnist => {
-            let meta = checkpoint::read_meta(&path)?;
-            let cfg: ResNetConfig = serde_json::from_value(meta.config)
-                .map_err(|e| Error::Checkpoint { path: path.display().to_string(), why: e.to_string() })?;
+            let (_, cfg): (_, ResNetConfig) = checkpoint::read_config(&path)?;
             let mut m = FmnistResNet::new(cfg, device);
             checkpoint::load(&mut m.vs, crate::model::resnet::ARCH, &path)?;
             m.vs.freeze();
@@ -179,9 +177,7 @@ pub fn build(id: TaskId, models: &Path, sizes: Sizes, device: Device) -> Result<
             Ok(Task { id, model: Box::new(m), eval, scorer: Scorer::Labels(labels), samples, train: train_fn })
         }
         TaskId::Shapes => {
-            let meta = checkpoint::read_meta(&path)?;
-            let cfg: DetConfig = serde_json::from_value(meta.config)
-                .map_err(|e| Error::Checkpoint { path: path.display().to_string(), why: e.to_string() })?;
+            let (meta, cfg): (_, DetConfig) = checkpoint::read_config(&path)?;
             let mut m = ShapesDetector::new(cfg, device);
             checkpoint::load(&mut m.vs, crate::model::detector::ARCH, &path)?;
             m.vs.freeze();

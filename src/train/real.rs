@@ -472,9 +472,7 @@ pub fn finetune_on(
         return Err(Error::Arg("batch must be at least 1".into()));
     }
     let t0 = Instant::now();
-    let base_meta = checkpoint::read_meta(base_checkpoint)?;
-    let cfg: DetConfig = serde_json::from_value(base_meta.config.clone())
-        .map_err(|e| Error::Checkpoint { path: base_checkpoint.display().to_string(), why: e.to_string() })?;
+    let (base_meta, cfg): (_, DetConfig) = checkpoint::read_config(base_checkpoint)?;
     tch::manual_seed(opts.seed as i64);
     let mut model = ShapesDetector::new(cfg.clone(), device);
     checkpoint::load(&mut model.vs, ARCH, base_checkpoint)?;
