@@ -78,14 +78,14 @@ typedef struct FjContext FjContext;
 // Options of `fj_context_create`. Zero-initialise, set `size = sizeof(FjContextOptions)`.
 typedef struct FjContextOptions {
   uint32_t size;
-  // -1: CPU. >= 0: a CUDA ordinal (not built yet). A struct that ends before this field
-  // (an older caller) means -1.
+  // -1: CPU (host pointers). >= 0: a CUDA ordinal (device pointers, the caller's stream).
+  // A struct that ends before this field (an older caller) means -1.
   int32_t device;
   // CPU worker threads for this context; 0 = the process-wide pool.
   uint32_t num_threads;
 } FjContextOptions;
 
-// A dense, contiguous feature in host memory.
+// A dense, contiguous feature: host memory for a CPU context, device memory for a CUDA one.
 typedef struct FjFeature {
   // `FJ_F32`, `FJ_F16` or `FJ_BF16`.
   uint32_t dtype;

@@ -30,43 +30,66 @@ fn lib_dir() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().to_path_buf()
 }
 
-#[test]
-fn c_example_builds_and_runs() {
-    // `cargo test` links the tests against the rlib only: build the cdylib with the same profile
-    // (cheap: everything else is already compiled), so a fresh clone and a stale .so both work.
+/// Builds the library with the test profile (`cargo test` links the tests against the rlib only),
+/// so a fresh clone and a stale .so/.a both work; cheap, everything else is already compiled.
+fn build_lib() -> PathBuf {
     let st = std::process::Command::new(env!("CARGO"))
         .args(["build", "--lib", "--profile", "test", "--manifest-path"])
         .arg(manifest().join("Cargo.toml"))
         .status()
         .expect("running cargo");
     assert!(st.success(), "cargo build --lib failed");
-    let dir = lib_dir();
-    assert!(dir.join("libfeatjnd.so").exists(), "no libfeatjnd.so in {}", dir.display());
+    lib_dir()
+}
+
+/// Compiles examples/c/quantize.c with `link` arguments, runs it and checks its output.
+fn build_and_run_example(link: &[String]) {
     let tmp = tempfile::tempdir().unwrap();
     let exe = tmp.path().join("quantize");
-    let libtorch = std::env::var("LIBTORCH").map(|p| Path::new(&p).join("lib")).unwrap_or_default();
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let st = std::process::Command::new(&cc)
         .arg(manifest().join("examples/c/quantize.c"))
-        .arg("-std=c99")
-        .arg("-Wall")
-        .arg("-Werror")
+        .args(["-std=c99", "-Wall", "-Werror"])
         .arg(format!("-I{}", manifest().join("include").display()))
-        .arg(format!("-L{}", dir.display()))
-        .arg("-lfeatjnd")
-        .arg("-lm")
-        .arg(format!("-Wl,-rpath,{}", dir.display()))
-        .arg(format!("-Wl,-rpath,{}", libtorch.display()))
+        .args(link)
         .arg("-o")
         .arg(&exe)
         .status()
         .expect("running the C compiler");
-    assert!(st.success(), "{cc} failed to build examples/c/quantize.c (if FEATJND_BLESS was set, the header was being rewritten: run again)");
+    assert!(st.success(), "{cc} failed to build examples/c/quantize.c with {link:?} (if FEATJND_BLESS was set, the header was being rewritten: run again)");
     let out = std::process::Command::new(&exe).arg("0.02").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "the C example failed: {text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("0 mismatches"), "{text}");
     assert!(text.contains("null feature -> status 1: x is null"), "{text}");
+}
+
+fn libtorch_lib() -> PathBuf {
+    std::env::var("LIBTORCH").map(|p| Path::new(&p).join("lib")).unwrap_or_default()
+}
+
+#[test]
+fn c_example_builds_and_runs() {
+    let dir = build_lib();
+    assert!(dir.join("libfeatjnd.so").exists(), "no libfeatjnd.so in {}", dir.display());
+    let rpath = |p: &Path| format!("-Wl,-rpath,{}", p.display());
+    build_and_run_example(&[format!("-L{}", dir.display()), "-lfeatjnd".into(), "-lm".into(), rpath(&dir), rpath(&libtorch_lib())]);
+}
+
+#[test]
+fn c_example_links_the_static_library() {
+    let dir = build_lib();
+    let a = dir.join("libfeatjnd.a");
+    assert!(a.exists(), "no libfeatjnd.a in {}", dir.display());
+    // The system libraries the archive needs: what `cargo rustc --crate-type staticlib -- --print
+    // native-static-libs` lists (libtorch through tch, fontconfig/freetype through plotters),
+    // linked as needed as cargo does: libtorch_cpu and libc10 only (featjnd loads libtorch_cuda at
+    // run time where it exists; linking it would pull in every CUDA library it names).
+    let lt = libtorch_lib();
+    let mut link = vec![a.display().to_string(), format!("-L{}", lt.display()), format!("-Wl,-rpath,{}", lt.display()), "-Wl,--as-needed".into()];
+    let libs = "-lfontconfig -lfreetype -lstdc++ -ltorch_cpu -lc10 -lgomp -ldl -lgcc_s -lutil -lrt -lpthread -lm";
+    link.extend(libs.split(' ').map(String::from));
+    build_and_run_example(&link);
 }
 
 fn err() -> String {
@@ -155,8 +178,9 @@ fn bad_arguments_give_a_status_a_message_and_write_nothing() {
         let bytes = vec![0u8; 64 * 4 + 4];
         let mis = FjFeature { dtype: FJ_F32, layout: FJ_NCHW, dims: [1, 4, 4, 4], data: bytes.as_ptr().add(1) as *const _ };
         assert_eq!(fj_token_tolerance(c, &mis, 1, FJ_MEAN, out.as_mut_ptr(), 16, null_mut()), FJ_ERR_ALIGN);
-        // A CUDA stream on the host-only build.
-        assert_eq!(fj_token_tolerance(c, &fx, 1, FJ_MEAN, out.as_mut_ptr(), 16, 8 as *mut _), FJ_ERR_DEVICE);
+        // A CUDA stream for a CPU context.
+        assert_eq!(fj_token_tolerance(c, &fx, 1, FJ_MEAN, out.as_mut_ptr(), 16, 8 as *mut _), FJ_ERR_ARG);
+        assert!(err().contains("CPU context"), "{}", err());
         // Non-positive J names its index.
         assert_eq!(fj_token_tolerance(c, &fx, 1, FJ_MEAN, out.as_mut_ptr(), 16, null_mut()), FJ_ERR_JND);
         assert!(err().contains("J["), "{}", err());
@@ -168,10 +192,17 @@ fn bad_arguments_give_a_status_a_message_and_write_nothing() {
         assert_eq!(fj_allocate_steps(c, jt.as_ptr(), 16, -1.0, FJ_JND, 0, out.as_mut_ptr()), FJ_ERR_BUDGET);
         assert_eq!(fj_allocate_steps(c, jt.as_ptr(), 0, 1.0, FJ_JND, 0, out.as_mut_ptr()), FJ_ERR_SHAPE);
         assert!(out.iter().all(|&v| v == 7.0), "an error wrote to the output");
-        // A device context is refused clearly.
-        let o = FjContextOptions { size: std::mem::size_of::<FjContextOptions>() as u32, device: 0, num_threads: 0 };
+        // A device context without a GPU is refused clearly (tests/gpu.rs covers it with one);
+        // a device ordinal below -1 is an argument error.
+        let mut o = FjContextOptions { size: std::mem::size_of::<FjContextOptions>() as u32, device: 0, num_threads: 0 };
         let mut d = null_mut();
-        assert_eq!(fj_context_create(&o, &mut d), FJ_ERR_DEVICE);
+        if let Err(why) = featjnd::cuda::available() {
+            assert_eq!(fj_context_create(&o, &mut d), FJ_ERR_DEVICE);
+            assert!(err().contains(&why.to_string()), "{} / {why}", err());
+            assert!(d.is_null());
+        }
+        o.device = -2;
+        assert_eq!(fj_context_create(&o, &mut d), FJ_ERR_ARG);
         assert!(d.is_null());
         // Success clears the message.
         let mut t = 0;

@@ -9,9 +9,11 @@
 //! may be shared by any number of threads; each call is independent (the last-error string is
 //! per thread).
 //!
-//! Status of this layer: the CPU path on host pointers. Contexts for a CUDA device are refused with
-//! `FJ_ERR_DEVICE` until the raw-device-pointer path is built (the `stream` arguments are already
-//! in the signatures for it).
+//! Two paths, chosen when the context is created: a CPU context takes host pointers (and a null
+//! stream); a CUDA context (`FjContextOptions::device` >= 0) takes device pointers of its device
+//! for every array and runs on the caller's `stream` ([`device`]); result structs stay on the host.
+//! The CUDA path's kernels are those of the tensor API, so results match the CPU path as SPEC
+//! says (quantization bit for bit).
 #![allow(clippy::missing_safety_doc)]
 
 use std::cell::RefCell;
@@ -24,6 +26,8 @@ use crate::geom::{Bits, NoiseKind, Reduce, Shape, Strategy, TokenGrid};
 use crate::rate::Rate;
 use crate::element::with_elem;
 use crate::{steps, Dtype};
+
+mod device;
 
 /// Success.
 pub const FJ_OK: i32 = 0;
@@ -72,20 +76,22 @@ pub const FJ_UNIFORM_NOISE: u32 = 1;
 /// Opaque context.
 pub struct FjContext {
     pool: Option<rayon::ThreadPool>,
+    /// Set for a CUDA context.
+    gpu: Option<device::Gpu>,
 }
 
 /// Options of `fj_context_create`. Zero-initialise, set `size = sizeof(FjContextOptions)`.
 #[repr(C)]
 pub struct FjContextOptions {
     pub size: u32,
-    /// -1: CPU. >= 0: a CUDA ordinal (not built yet). A struct that ends before this field
-    /// (an older caller) means -1.
+    /// -1: CPU (host pointers). >= 0: a CUDA ordinal (device pointers, the caller's stream).
+    /// A struct that ends before this field (an older caller) means -1.
     pub device: i32,
     /// CPU worker threads for this context; 0 = the process-wide pool.
     pub num_threads: u32,
 }
 
-/// A dense, contiguous feature in host memory.
+/// A dense, contiguous feature: host memory for a CPU context, device memory for a CUDA one.
 #[repr(C)]
 pub struct FjFeature {
     /// `FJ_F32`, `FJ_F16` or `FJ_BF16`.
@@ -286,9 +292,10 @@ fn in_pool<T: Send>(ctx: &FjContext, f: impl FnOnce() -> T + Send) -> T {
     }
 }
 
-fn host_only(stream: *mut c_void) -> R<()> {
-    if !stream.is_null() {
-        return fail(FJ_ERR_DEVICE, "a CUDA stream was passed, but this build's C ABI runs on host pointers only (pass NULL)");
+/// A CPU context takes no stream.
+fn check_stream(ctx: &FjContext, stream: *mut c_void) -> R<()> {
+    if ctx.gpu.is_none() && !stream.is_null() {
+        return fail(FJ_ERR_ARG, "a CUDA stream was passed to a CPU context (pass NULL, or create the context with device >= 0)");
     }
     Ok(())
 }
@@ -320,15 +327,16 @@ pub unsafe extern "C" fn fj_context_create(opts: *const FjContextOptions, out: *
         nonnull(out, "out")?;
         let o = if opts.is_null() { FjContextOptions::default() } else { read_opts(opts, "opts")? };
         let device = o.device; // stays -1 when an older caller's struct stops before it
-        if device >= 0 {
-            return fail(FJ_ERR_DEVICE, format!("device {device}: the CUDA path of the C ABI is not built yet (use -1 for the CPU)"));
+        if device < -1 {
+            return fail(FJ_ERR_ARG, format!("opts->device {device} (use -1 for the CPU or a CUDA ordinal)"));
         }
+        let gpu = if device >= 0 { Some(device::Gpu::new(device as usize)?) } else { None };
         let pool = if o.num_threads > 0 {
             Some(rayon::ThreadPoolBuilder::new().num_threads(o.num_threads as usize).build().map_err(|e| Fail(FJ_ERR_ARG, e.to_string()))?)
         } else {
             None
         };
-        *out = Box::into_raw(Box::new(FjContext { pool }));
+        *out = Box::into_raw(Box::new(FjContext { pool, gpu }));
         Ok(())
     })
 }
@@ -367,7 +375,7 @@ pub unsafe extern "C" fn fj_token_count(x: *const FjFeature, patch: u32, out_tok
 pub unsafe extern "C" fn fj_token_tolerance(ctx: *const FjContext, jnd: *const FjFeature, patch: u32, reduce: u32, out: *mut f32, out_len: u64, stream: *mut c_void) -> i32 {
     guard(|| {
         let c = ctx_ref(ctx)?;
-        host_only(stream)?;
+        check_stream(c, stream)?;
         let (dt, shape) = feature(jnd, "jnd")?;
         let g = TokenGrid::new(shape, patch.max(1) as usize)?;
         let reduce = reduce_of(reduce)?;
@@ -377,6 +385,9 @@ pub unsafe extern "C" fn fj_token_tolerance(ctx: *const FjContext, jnd: *const F
             return fail(FJ_ERR_SHAPE, format!("out_len is {out_len}, the feature has {} tokens", g.tokens()));
         }
         let data = (*jnd).data;
+        if let Some(gpu) = &c.gpu {
+            return gpu.token_tolerance(data, dt, &g, reduce, out, stream);
+        }
         let v = with_elem!(dt, E => {
             let j: &[E] = slice(data, g.numel());
             in_pool(c, || cpu::token_tolerance::<E>(j, &g, reduce))
@@ -390,7 +401,7 @@ pub unsafe extern "C" fn fj_token_tolerance(ctx: *const FjContext, jnd: *const F
 #[no_mangle]
 pub unsafe extern "C" fn fj_allocate_steps(ctx: *const FjContext, token_tol: *const f32, tokens: u64, budget: f64, strategy: u32, seed: u64, steps_out: *mut f32) -> i32 {
     guard(|| {
-        ctx_ref(ctx)?;
+        let c = ctx_ref(ctx)?;
         nonnull(token_tol, "token_tol")?;
         nonnull(steps_out, "steps_out")?;
         aligned(token_tol as *const c_void, 4, "token_tol")?;
@@ -404,6 +415,9 @@ pub unsafe extern "C" fn fj_allocate_steps(ctx: *const FjContext, token_tol: *co
             FJ_PERMUTED => Strategy::Permuted { seed },
             c => return fail(FJ_ERR_ARG, format!("strategy {c} (use FJ_UNIFORM, FJ_JND or FJ_PERMUTED)")),
         };
+        if let Some(gpu) = &c.gpu {
+            return gpu.allocate_steps(token_tol, tokens as usize, budget, s, steps_out);
+        }
         let jt = std::slice::from_raw_parts(token_tol, tokens as usize);
         let v = steps::allocate(jt, budget, s)?;
         std::ptr::copy_nonoverlapping(v.as_ptr(), steps_out, v.len());
@@ -418,7 +432,7 @@ pub unsafe extern "C" fn fj_allocate_steps(ctx: *const FjContext, token_tol: *co
 pub unsafe extern "C" fn fj_quantize(ctx: *const FjContext, x: *const FjFeature, steps: *const f32, opts: *const FjQuantizeOptions, result: *mut FjQuantizeResult, stream: *mut c_void) -> i32 {
     guard(|| {
         let c = ctx_ref(ctx)?;
-        host_only(stream)?;
+        check_stream(c, stream)?;
         let (dt, shape) = feature(x, "x")?;
         let o = read_opts(opts, "opts")?;
         nonnull(steps, "steps")?;
@@ -443,8 +457,13 @@ pub unsafe extern "C" fn fj_quantize(ctx: *const FjContext, x: *const FjFeature,
         if !o.histogram.is_null() {
             aligned(o.histogram as *const c_void, 8, "opts->histogram")?;
         }
-        let st = std::slice::from_raw_parts(steps, g.tokens());
         let xd = (*x).data;
+        if let Some(gpu) = &c.gpu {
+            let p = device::QuantPtrs { x: xd as u64, steps: steps as u64, symbols: o.symbols as u64, recon: o.recon as u64, token_sse: o.token_sse as u64 };
+            let q = gpu.quantize(dt, &g, &p, bits, o.histogram, stream)?;
+            return finish_quantize(&g, q.clamped, q.total_sse, q.histogram.as_deref(), std::ptr::null_mut(), result);
+        }
+        let st = std::slice::from_raw_parts(steps, g.tokens());
         let in_place = std::ptr::eq(o.recon as *const c_void, xd);
         let sym = match (o.symbols.is_null(), bits) {
             (true, _) => Symbols::None,
@@ -463,18 +482,25 @@ pub unsafe extern "C" fn fj_quantize(ctx: *const FjContext, x: *const FjFeature,
                 in_pool(c, || cpu::quantize::<E>(xs, &g, st, bits, QuantOut { symbols: sym, recon, token_sse: sse, histogram: hist }))
             }
         })?;
-        let mut r = FjQuantizeResult { clamped: stats.clamped, total_sse: stats.total_sse, mse: stats.total_sse / n as f64, ..Default::default() };
-        if let Some(h) = &stats.histogram {
-            std::ptr::copy_nonoverlapping(h.as_ptr(), o.histogram, h.len());
-            let rate = Rate::from_histogram(h, g.tokens(), g.k());
-            r.entropy_bits = rate.entropy_bits;
-            r.bits_per_element = rate.bits_per_element;
-        }
-        if !result.is_null() {
-            *result = r;
-        }
-        Ok(())
+        finish_quantize(&g, stats.clamped, stats.total_sse, stats.histogram.as_deref(), o.histogram, result)
     })
+}
+
+/// Fills the result struct (and copies a host histogram out when `hist_out` is set).
+unsafe fn finish_quantize(g: &TokenGrid, clamped: u64, total_sse: f64, hist: Option<&[u64]>, hist_out: *mut u64, result: *mut FjQuantizeResult) -> R<()> {
+    let mut r = FjQuantizeResult { clamped, total_sse, mse: total_sse / g.numel() as f64, ..Default::default() };
+    if let Some(h) = hist {
+        if !hist_out.is_null() {
+            std::ptr::copy_nonoverlapping(h.as_ptr(), hist_out, h.len());
+        }
+        let rate = Rate::from_histogram(h, g.tokens(), g.k());
+        r.entropy_bits = rate.entropy_bits;
+        r.bits_per_element = rate.bits_per_element;
+    }
+    if !result.is_null() {
+        *result = r;
+    }
+    Ok(())
 }
 
 /// Perturbation at a matched per-sample NRMSE (SPEC §6): `out = x + s_n·J⊙ξ`; `jnd` may be null
@@ -484,7 +510,7 @@ pub unsafe extern "C" fn fj_quantize(ctx: *const FjContext, x: *const FjFeature,
 pub unsafe extern "C" fn fj_perturb(ctx: *const FjContext, x: *const FjFeature, jnd: *const FjFeature, nrmse: f64, opts: *const FjPerturbOptions, out: *mut c_void, stream: *mut c_void) -> i32 {
     guard(|| {
         let c = ctx_ref(ctx)?;
-        host_only(stream)?;
+        check_stream(c, stream)?;
         let (dt, shape) = feature(x, "x")?;
         let o = if opts.is_null() { FjPerturbOptions::default() } else { read_opts(opts, "opts")? };
         nonnull(out, "out")?;
@@ -507,6 +533,10 @@ pub unsafe extern "C" fn fj_perturb(ctx: *const FjContext, x: *const FjFeature, 
         let spec = NoiseSpec { kind, seed: o.seed, stream: o.stream };
         let samples = shape.samples();
         let xd = (*x).data;
+        if let Some(gpu) = &c.gpu {
+            gpu.perturb(dt, xd, jd.unwrap_or(std::ptr::null()), out, n, samples, nrmse, spec, o.scales, stream)?;
+            return Ok(());
+        }
         let rep = with_elem!(dt, E => {
             let j: Option<&[E]> = jd.map(|p| slice::<E>(p, n));
             if std::ptr::eq(out as *const c_void, xd) {

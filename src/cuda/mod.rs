@@ -5,6 +5,7 @@
 
 pub mod compile;
 pub mod launch;
+pub mod raw;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
