@@ -247,7 +247,7 @@ pub fn save_npy_i16(path: &Path, shape: &[usize], v: &[i16]) -> Result<()> {
 const NPY_MAGIC: &[u8] = b"\x93NUMPY";
 
 /// Parses a whole `.npy` file (errors are plain strings; the caller adds the path).
-fn parse_npy(b: &[u8]) -> std::result::Result<Array, String> {
+pub fn parse_npy(b: &[u8]) -> std::result::Result<Array, String> {
     if b.len() < 10 || &b[..6] != NPY_MAGIC {
         return Err("not an .npy file (bad magic or too short)".into());
     }
@@ -417,7 +417,8 @@ fn npy_bytes(a: &Array) -> std::result::Result<Vec<u8>, String> {
 
 // ---------- safetensors ----------
 
-fn parse_safetensors(b: &[u8], name: Option<&str>) -> std::result::Result<Array, String> {
+/// Parses safetensors bytes; `name` picks a tensor (public for the fuzz targets).
+pub fn parse_safetensors(b: &[u8], name: Option<&str>) -> std::result::Result<Array, String> {
     let st = safetensors::SafeTensors::deserialize(b).map_err(|e| format!("not a valid safetensors file: {e}"))?;
     let mut names = st.names();
     names.sort();

@@ -1,0 +1,15 @@
+//! The COCO ground-truth and detection readers (JSON with RLE and polygon masks) and, when both
+//! parse, the evaluator on them.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    // "<gt json>\0<dt json>": both halves are fuzzed; an input without the separator is a GT file.
+    let (gt, dt) = text.split_once('\0').unwrap_or((text, "[]"));
+    let Ok(gt) = featjnd::coco::parse_gt(gt) else { return };
+    let Ok(dt) = featjnd::coco::parse_dt(dt) else { return };
+    for iou in [featjnd::coco::IouType::Bbox, featjnd::coco::IouType::Segm] {
+        let _ = featjnd::coco::evaluate(&gt, &dt, iou);
+    }
+});
