@@ -12,14 +12,15 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 echo "== GPU tests"; start=$(date +%s)
 .gpu/gpu-tests --test-threads=1 --nocapture 2>&1 | tee "$OUT/gpu-tests.log" | grep -E "^test |test result|SKIP|panicked" ; tr=${PIPESTATUS[0]}
 echo "gpu tests: rc=$tr in $(( $(date +%s) - start )) s"
-echo "== compute-sanitizer memcheck (all GPU tests but the 4 GiB one)"; start=$(date +%s)
+echo "== compute-sanitizer memcheck (GPU tests matching '${FEATJND_MEMCHECK_FILTER:-}', but the 4 GiB one)"; start=$(date +%s)
 cs=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n1)
 if [ -n "$cs" ]; then
-  "$cs" --tool memcheck --leak-check no --print-limit 20 --error-exitcode 9 .gpu/gpu-tests --test-threads=1 --skip index_past_2_pow_31 > "$OUT/memcheck.log" 2>&1; mr=$?
+  timeout "${FEATJND_MEMCHECK_SECONDS:-600}" "$cs" --tool memcheck --leak-check no --print-limit 20 --error-exitcode 9 .gpu/gpu-tests --test-threads=1 ${FEATJND_MEMCHECK_FILTER:-} --skip index_past_2_pow_31 > "$OUT/memcheck.log" 2>&1; mr=$?
   grep -E "ERROR SUMMARY|test result" "$OUT/memcheck.log"; echo "memcheck: rc=$mr in $(( $(date +%s) - start )) s"
 else mr=127; echo "compute-sanitizer not found"; fi
 echo "== GPU benchmarks"; start=$(date +%s)
-FEATJND_BENCH_DEVICES=cuda CRITERION_HOME="$PWD/target/criterion" .gpu/ops-bench --bench --noplot > "$OUT/bench.log" 2>&1; br=$?
+# FEATJND_BENCH_FILTER (a criterion filter, e.g. "/256") and FEATJND_BENCH_ARGS shorten the run.
+FEATJND_BENCH_DEVICES=cuda CRITERION_HOME="$PWD/target/criterion" .gpu/ops-bench --bench --noplot ${FEATJND_BENCH_ARGS:-} ${FEATJND_BENCH_FILTER:-} > "$OUT/bench.log" 2>&1; br=$?
 echo "bench: rc=$br in $(( $(date +%s) - start )) s"
 python3 .gpu/bench-table.py target/criterion | tee "$OUT/bench-table.md"
 echo "== summary: tests rc=$tr, memcheck rc=$mr, bench rc=$br"

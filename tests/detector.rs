@@ -65,3 +65,37 @@ fn a_few_steps_lower_the_loss() {
     assert!(last.is_finite() && t.heat.max().double_value(&[]) == 1.0);
     let _ = Kind::Float;
 }
+
+#[test]
+fn masks_stay_inside_their_boxes_when_clipped() {
+    // Oracle outputs with the boxes shrunk by a third: with box_margin 0 every mask pixel must lie
+    // inside its (shrunk) box; without the clip, the masks spill out of them.
+    let sc = scenes(12, 0, 6, &SceneConfig::default());
+    let t = targets(&sc, 6);
+    let mut out = oracle(&t);
+    out[1] = Tensor::cat(&[out[1].narrow(1, 0, 2) + (2.0f64 / 3.0).ln(), out[1].narrow(1, 2, 2)], 1);
+    let outside = |p: DecodeParams| -> usize {
+        let dets = decode(&out, 128, 128, p).unwrap();
+        let mut n = 0;
+        for d in dets.iter().flatten() {
+            let [x0, y0, w, h] = d.bbox;
+            for (q, &m) in d.mask.iter().enumerate() {
+                let (x, y) = ((q % 128) as f32 + 0.5, (q / 128) as f32 + 0.5);
+                n += (m == 1 && !(x >= x0 && x <= x0 + w && y >= y0 && y <= y0 + h)) as usize;
+            }
+        }
+        n
+    };
+    assert_eq!(outside(DecodeParams { box_margin: 0.0, ..DecodeParams::default() }), 0);
+    assert!(outside(DecodeParams { box_margin: f32::INFINITY, ..DecodeParams::default() }) > 0);
+}
+
+#[test]
+fn a_time_limit_ends_training_early_and_is_recorded() {
+    use featjnd::train::detect::{train_shapes, DetTrain};
+    let cfg = DetTrain { steps: 100_000, batch: 2, eval_scenes: 4, time_limit: Some(1.0), quiet: true, ..DetTrain::default() };
+    let (_, meta) = train_shapes(&cfg, DetConfig::default(), Device::Cpu).unwrap();
+    let steps = meta.metrics["train_steps"];
+    assert!((1.0..100_000.0).contains(&steps), "train_steps {steps}");
+    assert_eq!(meta.metrics["batch"], 2.0);
+}

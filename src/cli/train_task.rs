@@ -39,6 +39,13 @@ pub struct TrainTaskArgs {
     /// Continue from this checkpoint (shapes): its weights are the starting point.
     #[arg(long)]
     pub init: Option<PathBuf>,
+    /// Scenes per step (shapes; default 16).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Stop after this many seconds of training (shapes): the learning-rate schedule runs on the
+    /// clock and the steps done are recorded (such a run is not bit-reproducible).
+    #[arg(long)]
+    pub time_limit: Option<f64>,
     /// Peak learning rate (default: the task's).
     #[arg(long)]
     pub lr: Option<f64>,
@@ -84,9 +91,10 @@ pub fn run(a: &TrainTaskArgs) -> Result<serde_json::Value> {
                 data_seed: a.data_seed,
                 eval_scenes: a.eval_limit.unwrap_or(d.eval_scenes),
                 init: a.init.clone(),
+                batch: a.batch.unwrap_or(d.batch),
+                time_limit: a.time_limit,
                 lr: a.lr.unwrap_or(d.lr),
                 quiet: a.quiet,
-                ..d
             };
             let (m, meta) = train_shapes(&cfg, DetConfig::default(), device)?;
             (m.vs, meta)

@@ -18,11 +18,17 @@ pub struct DecodeParams {
     pub max_dets: i64,
     pub score_min: f32,
     pub group_min: f32,
+    /// Foreground logit above which a pixel joins a mask.
+    pub fg_logit: f32,
+    /// A mask stays inside its predicted box grown by this many pixels (`f32::INFINITY`: no clip).
+    pub box_margin: f32,
 }
 
 impl Default for DecodeParams {
     fn default() -> Self {
-        DecodeParams { max_dets: 100, score_min: 0.01, group_min: 0.3 }
+        // fg_logit and box_margin: chosen on validation scenes, not the held-out ones
+        // (`cargo run --release --example det_decode_tune`).
+        DecodeParams { max_dets: 100, score_min: 0.01, group_min: 0.4, fg_logit: -0.5, box_margin: 0.0 }
     }
 }
 
@@ -94,7 +100,7 @@ pub fn decode(outputs: &[Tensor], h: usize, w: usize, p: DecodeParams) -> Result
         for y in 0..h {
             for x in 0..w {
                 let q = y * w + x;
-                if fg[q] > 0.0 {
+                if fg[q] > p.fg_logit {
                     let v = (x as f32 + 0.5 + VOTE_UNIT as f32 * vx[q], y as f32 + 0.5 + VOTE_UNIT as f32 * vy[q]);
                     let near = confident
                         .iter()
@@ -106,10 +112,16 @@ pub fn decode(outputs: &[Tensor], h: usize, w: usize, p: DecodeParams) -> Result
         }
         for (d, det) in dets.iter_mut().enumerate() {
             let (cx, cy, cap) = centres[d];
+            let [bx0, by0, bw, bh] = det.bbox;
+            let m = p.box_margin;
+            let inside = |q: usize| {
+                let (x, y) = ((q % w) as f32 + 0.5, (q / w) as f32 + 0.5);
+                x >= bx0 - m && x <= bx0 + bw + m && y >= by0 - m && y <= by0 + bh + m
+            };
             let mut mask = vec![0u8; h * w];
             for &(q, v, near) in &votes {
                 let dist = (v.0 - cx).powi(2) + (v.1 - cy).powi(2);
-                if dist <= near && dist <= cap * cap {
+                if dist <= near && dist <= cap * cap && inside(q) {
                     mask[q] = 1;
                 }
             }

@@ -15,12 +15,17 @@ use tch::{nn, Device, Kind, Tensor};
 
 /// Scene indices of held-out scenes start here (same seed stream as training, disjoint indices).
 pub const HELD_OUT_BASE: u64 = 1 << 40;
+/// First scene index of the validation scenes (decoder settings are chosen on these).
+pub const VALIDATION_BASE: u64 = 1 << 41;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DetTrain {
     pub steps: usize,
     pub batch: usize,
     pub lr: f64,
+    /// Wall-clock limit in seconds: the cosine schedule then runs on the clock (it reaches zero when
+    /// time is up, or at `steps`, whichever comes first) and the steps done go into the metadata.
+    pub time_limit: Option<f64>,
     pub train_seed: u64,
     pub data_seed: u64,
     pub eval_scenes: usize,
@@ -31,7 +36,7 @@ pub struct DetTrain {
 
 impl Default for DetTrain {
     fn default() -> Self {
-        DetTrain { steps: 2000, batch: 16, lr: 2e-3, train_seed: 1, data_seed: 1, eval_scenes: 200, init: None, quiet: false }
+        DetTrain { steps: 2000, batch: 16, lr: 2e-3, train_seed: 1, data_seed: 1, eval_scenes: 200, init: None, quiet: false, time_limit: None }
     }
 }
 
@@ -173,18 +178,33 @@ pub fn images(scenes: &[Scene]) -> Tensor {
 
 /// Box and mask AP of `model` on the held-out scenes of `data_seed`.
 pub fn evaluate(model: &ShapesDetector, data_seed: u64, n: usize, device: Device) -> Result<(crate::coco::Stats, crate::coco::Stats)> {
-    let cfg = SceneConfig::default();
-    let held = scenes(data_seed, HELD_OUT_BASE, n, &cfg);
-    let (h, w) = (held[0].height, held[0].width);
-    let mut dets = Vec::with_capacity(n);
-    tch::no_grad(|| -> Result<()> {
-        for chunk in held.chunks(32) {
-            let out = model.forward_t(&images(chunk).to_device(device), false);
-            dets.extend(decode(&out, h, w, DecodeParams::default())?);
-        }
-        Ok(())
-    })?;
-    score(&ground_truth(&held)?, &to_coco(&dets, h, w))
+    let outs = outputs(model, data_seed, HELD_OUT_BASE, n, device)?;
+    score_outputs(&outs, DecodeParams::default())
+}
+
+/// The scenes `base..base+n` of `data_seed` with the detector's outputs (on the CPU), in chunks.
+pub fn outputs(model: &ShapesDetector, data_seed: u64, base: u64, n: usize, device: Device) -> Result<Vec<(Vec<Scene>, Vec<Tensor>)>> {
+    let held = scenes(data_seed, base, n, &SceneConfig::default());
+    tch::no_grad(|| {
+        held.chunks(32)
+            .map(|chunk| {
+                let out = model.forward_t(&images(chunk).to_device(device), false);
+                Ok((chunk.to_vec(), out.iter().map(|t| t.to_device(Device::Cpu)).collect()))
+            })
+            .collect()
+    })
+}
+
+/// Box and mask AP of decoded outputs.
+pub fn score_outputs(outs: &[(Vec<Scene>, Vec<Tensor>)], p: DecodeParams) -> Result<(crate::coco::Stats, crate::coco::Stats)> {
+    let (mut all, mut dets) = (Vec::new(), Vec::new());
+    for (chunk, out) in outs {
+        let (h, w) = (chunk[0].height, chunk[0].width);
+        dets.extend(decode(out, h, w, p)?);
+        all.extend(chunk.iter().cloned());
+    }
+    let (h, w) = (all[0].height, all[0].width);
+    score(&ground_truth(&all)?, &to_coco(&dets, h, w))
 }
 
 /// Trains a fresh detector; returns it with checkpoint metadata (held-out AP filled in).
@@ -200,17 +220,29 @@ pub fn train_shapes(cfg: &DetTrain, model_cfg: DetConfig, device: Device) -> Res
     let classes = model_cfg.classes as usize;
     let mut pb = Progress::new(cfg.steps as u64, "shapes", cfg.quiet);
     let mut avg = [f64::NAN; 4];
+    let (t0, mut done) = (std::time::Instant::now(), 0usize);
     for step in 0..cfg.steps {
+        let at = match cfg.time_limit {
+            Some(tl) => step.max((t0.elapsed().as_secs_f64() / tl * cfg.steps as f64) as usize),
+            None => step,
+        };
+        if at >= cfg.steps {
+            break;
+        }
         // A continued run draws scenes after the ones its starting checkpoint has seen.
         let first = if cfg.init.is_some() { 1u64 << 32 } else { 0 };
         let batch = scenes(cfg.data_seed, first + (step * cfg.batch) as u64, cfg.batch, &scene_cfg);
-        let parts = train_step(&model, &mut opt, &batch, classes, cosine_lr(cfg.lr, step, cfg.steps, cfg.steps / 30), device);
+        let parts = train_step(&model, &mut opt, &batch, classes, cosine_lr(cfg.lr, at, cfg.steps, cfg.steps / 30), device);
+        done += 1;
         for (a, p) in avg.iter_mut().zip(parts) {
             *a = if a.is_nan() { p } else { 0.98 * *a + 0.02 * p };
         }
         pb.step(format!("heat {:.3} box {:.3} fg {:.3} vote {:.3}", avg[0], avg[1], avg[2], avg[3]));
     }
     pb.finish();
+    if cfg.time_limit.is_some() && !cfg.quiet {
+        eprintln!("shapes: {done} steps in {:.0} s (time limit)", t0.elapsed().as_secs_f64());
+    }
     let (bbox, segm) = evaluate(&model, cfg.data_seed, cfg.eval_scenes, device)?;
     let mut meta = Meta::new(ARCH, serde_json::to_value(&model_cfg).unwrap_or_default(), SPLITS.map(String::from).to_vec());
     meta.train_seed = cfg.train_seed;
@@ -221,13 +253,14 @@ pub fn train_shapes(cfg: &DetTrain, model_cfg: DetConfig, device: Device) -> Res
         meta.metrics.insert(format!("{name}_ap75"), s.ap75);
     }
     meta.metrics.insert("eval_scenes".into(), cfg.eval_scenes as f64);
-    meta.metrics.insert("train_steps".into(), cfg.steps as f64);
+    meta.metrics.insert("train_steps".into(), done as f64);
+    meta.metrics.insert("batch".into(), cfg.batch as f64);
     let prior = match &cfg.init {
         Some(p) => crate::model::checkpoint::read_meta(p)?.metrics.get("total_train_steps").or(None).copied().unwrap_or_else(|| {
             crate::model::checkpoint::read_meta(p).ok().and_then(|m| m.metrics.get("train_steps").copied()).unwrap_or(0.0)
         }),
         None => 0.0,
     };
-    meta.metrics.insert("total_train_steps".into(), prior + cfg.steps as f64);
+    meta.metrics.insert("total_train_steps".into(), prior + done as f64);
     Ok((model, meta))
 }
