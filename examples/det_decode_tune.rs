@@ -5,7 +5,7 @@
 use featjnd::eval::detect::DecodeParams;
 use featjnd::model::checkpoint;
 use featjnd::model::detector::{DetConfig, ShapesDetector, ARCH};
-use featjnd::train::detect::{outputs, score_outputs, HELD_OUT_BASE, VALIDATION_BASE};
+use featjnd::train::detect::{outputs, HELD_OUT_BASE, VALIDATION_BASE};
 use tch::Device;
 
 fn main() -> featjnd::Result<()> {
@@ -22,7 +22,7 @@ fn main() -> featjnd::Result<()> {
         for box_margin in [f32::INFINITY, 2.0, 0.0] {
             for group_min in [0.3f32, 0.4, 0.5, 0.6] {
                 let p = DecodeParams { fg_logit, box_margin, group_min, ..DecodeParams::default() };
-                let (b, m) = score_outputs(&val, p)?;
+                let (b, m) = val.score(p)?;
                 println!("  {fg_logit:5.1} {box_margin:5.1} {group_min:4.1} -> {:.4} {:.4} {:.4}", b.ap50, m.ap50, m.ap);
                 // Mask AP@[.5:.95] decides; AP50 alone would favour sloppy masks.
                 if m.ap > best.0 {
@@ -35,7 +35,7 @@ fn main() -> featjnd::Result<()> {
     println!("chosen on validation: fg_logit {} box_margin {} group_min {}", p.fg_logit, p.box_margin, p.group_min);
     let held = outputs(&model, meta.data_seed, HELD_OUT_BASE, n, Device::Cpu)?;
     for (name, p) in [("default", DecodeParams::default()), ("chosen", p)] {
-        let (b, m) = score_outputs(&held, p)?;
+        let (b, m) = held.score(p)?;
         println!("held-out ({n} scenes), {name}: box AP50 {:.4} AP {:.4}; mask AP50 {:.4} AP {:.4}", b.ap50, b.ap, m.ap50, m.ap);
     }
     Ok(())

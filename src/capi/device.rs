@@ -116,8 +116,7 @@ impl Gpu {
     /// trip through the host, where the SPEC §3 reference allocates them.
     pub fn allocate_steps(&self, token_tol: *const f32, tokens: usize, budget: f64, strategy: Strategy, steps_out: *mut f32) -> R<()> {
         self.check(token_tol as *const c_void, tokens * 4, "token_tol")?;
-        self.check(steps_out as *const c_void, tokens * 4, "steps_out")?;
-        self.dev.ctx.bind_to_thread().map_err(dev_err)?;
+        self.check(steps_out as *const c_void, tokens * 4, "steps_out")?; // also binds the context
         let mut jt = vec![0f32; tokens];
         unsafe { cu::memcpy_dtoh_sync(&mut jt, token_tol as u64) }.map_err(dev_err)?;
         let v = steps::allocate(&jt, budget, strategy)?;

@@ -178,33 +178,39 @@ pub fn images(scenes: &[Scene]) -> Tensor {
 
 /// Box and mask AP of `model` on the held-out scenes of `data_seed`.
 pub fn evaluate(model: &ShapesDetector, data_seed: u64, n: usize, device: Device) -> Result<(crate::coco::Stats, crate::coco::Stats)> {
-    let outs = outputs(model, data_seed, HELD_OUT_BASE, n, device)?;
-    score_outputs(&outs, DecodeParams::default())
+    outputs(model, data_seed, HELD_OUT_BASE, n, device)?.score(DecodeParams::default())
 }
 
-/// The scenes `base..base+n` of `data_seed` with the detector's outputs (on the CPU), in chunks.
-pub fn outputs(model: &ShapesDetector, data_seed: u64, base: u64, n: usize, device: Device) -> Result<Vec<(Vec<Scene>, Vec<Tensor>)>> {
-    let held = scenes(data_seed, base, n, &SceneConfig::default());
-    tch::no_grad(|| {
-        held.chunks(32)
-            .map(|chunk| {
-                let out = model.forward_t(&images(chunk).to_device(device), false);
-                Ok((chunk.to_vec(), out.iter().map(|t| t.to_device(Device::Cpu)).collect()))
-            })
-            .collect()
-    })
+/// The detector's raw outputs on a set of scenes with their ground truth, so decoder settings can
+/// be scored many times without running the network or rebuilding the ground truth again.
+pub struct SceneOutputs {
+    gt: crate::coco::GroundTruth,
+    size: (usize, usize),
+    /// Outputs (on the CPU) of consecutive chunks of the scenes.
+    chunks: Vec<Vec<Tensor>>,
 }
 
-/// Box and mask AP of decoded outputs.
-pub fn score_outputs(outs: &[(Vec<Scene>, Vec<Tensor>)], p: DecodeParams) -> Result<(crate::coco::Stats, crate::coco::Stats)> {
-    let (mut all, mut dets) = (Vec::new(), Vec::new());
-    for (chunk, out) in outs {
-        let (h, w) = (chunk[0].height, chunk[0].width);
-        dets.extend(decode(out, h, w, p)?);
-        all.extend(chunk.iter().cloned());
+impl SceneOutputs {
+    /// Box and mask AP of the outputs decoded with `p`.
+    pub fn score(&self, p: DecodeParams) -> Result<(crate::coco::Stats, crate::coco::Stats)> {
+        let (h, w) = self.size;
+        let mut dets = Vec::new();
+        for out in &self.chunks {
+            dets.extend(decode(out, h, w, p)?);
+        }
+        score(&self.gt, &to_coco(&dets, h, w))
     }
-    let (h, w) = (all[0].height, all[0].width);
-    score(&ground_truth(&all)?, &to_coco(&dets, h, w))
+}
+
+/// Runs `model` on the scenes `base..base+n` of `data_seed`, in chunks.
+pub fn outputs(model: &ShapesDetector, data_seed: u64, base: u64, n: usize, device: Device) -> Result<SceneOutputs> {
+    let held = scenes(data_seed, base, n, &SceneConfig::default());
+    let chunks = tch::no_grad(|| {
+        held.chunks(32)
+            .map(|chunk| model.forward_t(&images(chunk).to_device(device), false).iter().map(|t| t.to_device(Device::Cpu)).collect())
+            .collect()
+    });
+    Ok(SceneOutputs { gt: ground_truth(&held)?, size: (held[0].height, held[0].width), chunks })
 }
 
 /// Trains a fresh detector; returns it with checkpoint metadata (held-out AP filled in).
