@@ -1,5 +1,6 @@
 //! Generates the Rust kernel-parameter structs from kernels/featjnd_params.h (bindgen), so each
-//! struct exists exactly once, and sets an rpath to libtorch so binaries run without LD_LIBRARY_PATH.
+//! struct exists exactly once, and (with the `torch` feature) sets an rpath to libtorch so tests and
+//! benches run without LD_LIBRARY_PATH.
 use std::{env, path::PathBuf};
 
 fn main() {
@@ -18,6 +19,16 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("params.rs");
     bindings.write_to_file(out).expect("writing params.rs");
 
+    // Only with the `torch` feature do this crate's tests and benches link libtorch; the lean
+    // build (and the C ABI built on it) gets no rpath into a libtorch it does not use.
+    if env::var_os("CARGO_FEATURE_TORCH").is_some() {
+        rpath_to_libtorch();
+    }
+}
+
+/// An rpath to the pinned libtorch (`$LIBTORCH/lib`, set by `.cargo/config.toml`), so tests and
+/// benches run without LD_LIBRARY_PATH.
+fn rpath_to_libtorch() {
     if let Ok(lt) = env::var("LIBTORCH") {
         let lib = PathBuf::from(lt).join("lib");
         let lib = lib.canonicalize().unwrap_or(lib);

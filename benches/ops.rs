@@ -6,8 +6,8 @@
 //!
 //! Env: FEATJND_BENCH_MAX_MIB caps the sizes (default 256), FEATJND_BENCH_DEVICES=cpu,cuda.
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use featjnd::ops::{self, Noise, QuantizeOptions};
-use featjnd::{Layout, NoiseKind, Reduce, Strategy};
+use featjnd_kernels::ops::{self, Noise, QuantizeOptions};
+use featjnd_kernels::{Layout, NoiseKind, Reduce, Strategy};
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
 
@@ -20,8 +20,8 @@ fn devices() -> Vec<Device> {
         v.push(Device::Cpu);
     }
     if want.contains("cuda") {
-        featjnd::cuda::load_torch_cuda();
-        match featjnd::cuda::available() {
+        featjnd_kernels::cuda::load_torch_cuda();
+        match featjnd_kernels::cuda::available() {
             Ok(()) if tch::Cuda::is_available() => v.push(Device::Cuda(0)),
             Ok(()) => eprintln!("bench: libtorch sees no CUDA; GPU benches skipped"),
             Err(e) => eprintln!("bench: GPU benches skipped: {e}"),

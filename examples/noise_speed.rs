@@ -1,5 +1,5 @@
 //! Times the CPU noise generator alone (a quick probe behind the perturbation benchmark).
-use featjnd::{philox, NoiseKind};
+use featjnd_kernels::{philox, NoiseKind};
 fn main() {
     let mut v = vec![0.0f32; 1 << 22];
     for kind in [NoiseKind::Uniform, NoiseKind::Gaussian] {

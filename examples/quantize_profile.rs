@@ -1,7 +1,7 @@
 //! A fixed CPU workload for profilers (perf, callgrind): the fused JND chain on an f32 NCHW
 //! [64, 256, 32, 32] feature (64 MiB) with reused output buffers, 10 times.
-use featjnd::ops::{self, QuantizeBuffers, QuantizeOptions};
-use featjnd::{Layout, Reduce, Strategy};
+use featjnd_kernels::ops::{self, QuantizeBuffers, QuantizeOptions};
+use featjnd_kernels::{Layout, Reduce, Strategy};
 use tch::{Device, Kind, Tensor};
 
 fn main() {

@@ -164,12 +164,12 @@ __device__ __forceinline__ U4 philox4x32_10(U4 c, u32 k0, u32 k1) {
     }
     return c;
 }
-// The 4 random words of block g (elements 4g..4g+3) for a seed and stream.
-__device__ __forceinline__ U4 philox_block(u64 g, u64 seed, u32 stream) {
+// The 4 random words of block g (elements 4g..4g+3) for a seed and subsequence (the third counter word).
+__device__ __forceinline__ U4 philox_block(u64 g, u64 seed, u32 subsequence) {
     U4 c;
     c.x = (u32)g;
     c.y = (u32)(g >> 32);
-    c.z = stream;
+    c.z = subsequence;
     c.w = 0;
     return philox4x32_10(c, (u32)seed, (u32)(seed >> 32));
 }
@@ -190,8 +190,8 @@ __device__ __forceinline__ void box_muller(u32 r0, u32 r1, float* z0, float* z1)
     *z1 = __fmul_rn(rad, s);
 }
 // The four noise values of block g.
-__device__ __forceinline__ void noise4(u64 g, u64 seed, u32 stream, u32 kind, float xi[4]) {
-    const U4 r = philox_block(g, seed, stream);
+__device__ __forceinline__ void noise4(u64 g, u64 seed, u32 subsequence, u32 kind, float xi[4]) {
+    const U4 r = philox_block(g, seed, subsequence);
     if (kind == FJ_NOISE_UNIFORM) {
         xi[0] = uniform_noise(r.x);
         xi[1] = uniform_noise(r.y);

@@ -92,7 +92,7 @@ typedef struct FjPerturbParams {
     uint64_t seed;
     double nrmse;          /* r >= 0 */
     uint32_t samples;
-    uint32_t stream;
+    uint32_t subsequence;
     uint32_t noise;        /* FJ_NOISE_* */
     uint32_t pad0;
 } FjPerturbParams;
@@ -103,7 +103,7 @@ typedef struct FjNoiseParams {
     uint64_t numel;
     uint64_t offset;       /* flat index of out[0] */
     uint64_t seed;
-    uint32_t stream;
+    uint32_t subsequence;
     uint32_t noise;
 } FjNoiseParams;
 

@@ -74,7 +74,7 @@ __device__ void perturb_norms(const FjPerturbParams& p) {
             const u64 g = gb + k * blockDim.x;
             if (g >= s.g1) continue;
             float xi[4];
-            noise4(g, p.seed, p.stream, p.noise, xi);
+            noise4(g, p.seed, p.subsequence, p.noise, xi);
 #pragma unroll
             for (int l = 0; l < 4; ++l) {
                 if (!in[k][l]) continue;
@@ -122,7 +122,7 @@ __device__ void perturb_apply(const FjPerturbParams& p) {
             const u64 g = gb + k * blockDim.x;
             if (g >= s.g1) continue;
             float xi[4], o[4];
-            noise4(g, p.seed, p.stream, p.noise, xi);
+            noise4(g, p.seed, p.subsequence, p.noise, xi);
 #pragma unroll
             for (int l = 0; l < 4; ++l)
                 o[l] = sc == 0.0f ? v[k][l] : __fadd_rn(v[k][l], __fmul_rn(sc, __fmul_rn(j[k][l], xi[l])));
@@ -149,7 +149,7 @@ extern "C" __global__ void __launch_bounds__(FJ_BLOCK) fj_noise(const FjNoisePar
     const u64 g = g0 + (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (g >= g1) return;
     float xi[4];
-    noise4(g, p.seed, p.stream, p.noise, xi);
+    noise4(g, p.seed, p.subsequence, p.noise, xi);
 #pragma unroll
     for (int l = 0; l < 4; ++l) {
         const u64 i = 4 * g + l;

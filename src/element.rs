@@ -24,6 +24,7 @@ impl Dtype {
             Dtype::Bf16 => "bf16",
         }
     }
+    #[cfg(feature = "torch")]
     pub fn to_kind(self) -> tch::Kind {
         match self {
             Dtype::F32 => tch::Kind::Float,
@@ -31,6 +32,7 @@ impl Dtype {
             Dtype::Bf16 => tch::Kind::BFloat16,
         }
     }
+    #[cfg(feature = "torch")]
     pub fn from_kind(k: tch::Kind) -> crate::Result<Self> {
         match k {
             tch::Kind::Float => Ok(Dtype::F32),
@@ -115,6 +117,8 @@ half_element!(bf16, Dtype::Bf16);
 
 /// Runs `$body` with `$E` bound to the element type of a [`Dtype`] (one monomorphised copy per
 /// dtype; the single place where runtime dtypes meet the generic code).
+#[macro_export]
+#[doc(hidden)]
 macro_rules! with_elem {
     ($dtype:expr, $E:ident => $body:expr) => {
         match $dtype {
@@ -123,14 +127,14 @@ macro_rules! with_elem {
                 $body
             }
             $crate::Dtype::F16 => {
-                type $E = half::f16;
+                type $E = $crate::__half::f16;
                 $body
             }
             $crate::Dtype::Bf16 => {
-                type $E = half::bf16;
+                type $E = $crate::__half::bf16;
                 $body
             }
         }
     };
 }
-pub(crate) use with_elem;
+pub use crate::with_elem;

@@ -42,6 +42,9 @@ pub enum Error {
     Checkpoint { path: String, why: String },
     #[error("model: {0}")]
     Model(String),
+    /// An error libtorch reported (allocation failure, a failed op), with its message.
+    #[error("libtorch: {0}")]
+    Torch(String),
 }
 
 impl From<std::io::Error> for Error {
@@ -50,8 +53,9 @@ impl From<std::io::Error> for Error {
     }
 }
 
+#[cfg(feature = "torch")]
 impl From<tch::TchError> for Error {
     fn from(e: tch::TchError) -> Self {
-        Error::Arg(format!("libtorch: {e}"))
+        Error::Torch(e.to_string())
     }
 }

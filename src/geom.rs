@@ -13,18 +13,18 @@ pub enum Layout {
 
 /// A validated feature shape: its layout and dimensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shape {
+pub struct FeatureShape {
     pub layout: Layout,
     /// NCHW: `[N, C, H, W]`; NTC: `[N, T, C, 1]`.
     pub dims: [usize; 4],
 }
 
-impl Shape {
+impl FeatureShape {
     pub fn nchw(n: usize, c: usize, h: usize, w: usize) -> Self {
-        Shape { layout: Layout::Nchw, dims: [n, c, h, w] }
+        FeatureShape { layout: Layout::Nchw, dims: [n, c, h, w] }
     }
     pub fn ntc(n: usize, t: usize, c: usize) -> Self {
-        Shape { layout: Layout::Ntc, dims: [n, t, c, 1] }
+        FeatureShape { layout: Layout::Ntc, dims: [n, t, c, 1] }
     }
     /// From a tensor's sizes and a layout (4 dims for NCHW, 3 for NTC).
     pub fn from_sizes(layout: Layout, sizes: &[i64]) -> Result<Self> {
@@ -37,8 +37,8 @@ impl Shape {
         }
         let d: Vec<usize> = sizes.iter().map(|&s| s as usize).collect();
         Ok(match layout {
-            Layout::Nchw => Shape::nchw(d[0], d[1], d[2], d[3]),
-            Layout::Ntc => Shape::ntc(d[0], d[1], d[2]),
+            Layout::Nchw => FeatureShape::nchw(d[0], d[1], d[2], d[3]),
+            Layout::Ntc => FeatureShape::ntc(d[0], d[1], d[2]),
         })
     }
     pub fn numel(&self) -> usize {
@@ -61,13 +61,13 @@ impl Shape {
 /// How a feature splits into tokens: one quantization step per token (SPEC §1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenGrid {
-    pub shape: Shape,
+    pub shape: FeatureShape,
     pub patch: usize,
 }
 
 impl TokenGrid {
     /// Validates the patch size (NCHW: must divide H and W; NTC: must be 1) and sizes.
-    pub fn new(shape: Shape, patch: usize) -> Result<Self> {
+    pub fn new(shape: FeatureShape, patch: usize) -> Result<Self> {
         if shape.numel() == 0 {
             return Err(Error::Empty("feature"));
         }

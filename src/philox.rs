@@ -28,10 +28,10 @@ pub fn key_of(seed: u64) -> [u32; 2] {
     [seed as u32, (seed >> 32) as u32]
 }
 
-/// The 4 words of Philox block `g` (flat elements `4g..4g+3`) for a seed and stream.
+/// The 4 words of Philox block `g` (flat elements `4g..4g+3`) for a seed and subsequence (the third counter word).
 #[inline(always)]
-pub fn block(g: u64, seed: u64, stream: u32) -> [u32; 4] {
-    philox4x32_10([g as u32, (g >> 32) as u32, stream, 0], key_of(seed))
+pub fn block(g: u64, seed: u64, subsequence: u32) -> [u32; 4] {
+    philox4x32_10([g as u32, (g >> 32) as u32, subsequence, 0], key_of(seed))
 }
 
 /// `u = (r >> 8) · 2^-24` in `[0, 1)`, exact in f32.
@@ -49,13 +49,13 @@ pub fn uniform_noise(r: u32) -> f32 {
 /// Box–Muller on a pair of words: `(sqrt(−2 ln u1)·cos(2πu2), sqrt(−2 ln u1)·sin(2πu2))`.
 #[inline(always)]
 pub fn box_muller(r0: u32, r1: u32) -> (f32, f32) {
-    crate::fastmath::box_muller(u01(r0) + 1.0 / 33_554_432.0, u01(r1))
+    crate::boxmuller::box_muller(u01(r0) + 1.0 / 33_554_432.0, u01(r1))
 }
 
 /// The four noise values of block `g`.
 #[inline(always)]
-pub fn noise4(g: u64, seed: u64, stream: u32, kind: NoiseKind) -> [f32; 4] {
-    let r = block(g, seed, stream);
+pub fn noise4(g: u64, seed: u64, subsequence: u32, kind: NoiseKind) -> [f32; 4] {
+    let r = block(g, seed, subsequence);
     match kind {
         NoiseKind::Uniform => r.map(uniform_noise),
         NoiseKind::Gaussian => {
@@ -72,14 +72,14 @@ const LANES: usize = 8;
 /// Philox4x32-10 for blocks `g0 .. g0+8`: `w[word][block]`. The same rounds as [`philox4x32_10`],
 /// laid out so the compiler maps each round onto SIMD multiplies.
 #[inline(always)]
-fn blocks8(g0: u64, seed: u64, stream: u32) -> [[u32; LANES]; 4] {
+fn blocks8(g0: u64, seed: u64, subsequence: u32) -> [[u32; LANES]; 4] {
     let [mut k0, mut k1] = key_of(seed);
     let mut c = [[0u32; LANES]; 4];
     for b in 0..LANES {
         let g = g0 + b as u64;
         c[0][b] = g as u32;
         c[1][b] = (g >> 32) as u32;
-        c[2][b] = stream;
+        c[2][b] = subsequence;
     }
     for _ in 0..10 {
         let mut n = [[0u32; LANES]; 4];
@@ -102,7 +102,7 @@ fn blocks8(g0: u64, seed: u64, stream: u32) -> [[u32; LANES]; 4] {
 /// products of a round in four multiplies. Bit-identical to the scalar rounds.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn blocks8_avx2(g0: u64, seed: u64, stream: u32) -> [[u32; LANES]; 4] {
+fn blocks8_avx2(g0: u64, seed: u64, subsequence: u32) -> [[u32; LANES]; 4] {
     use std::arch::x86_64::*;
     let [k0, k1] = key_of(seed);
     let mut lo = [0u32; LANES];
@@ -112,15 +112,16 @@ unsafe fn blocks8_avx2(g0: u64, seed: u64, stream: u32) -> [[u32; LANES]; 4] {
         lo[b] = g as u32;
         hi[b] = (g >> 32) as u32;
     }
-    let mut c0 = _mm256_loadu_si256(lo.as_ptr() as *const __m256i);
-    let mut c1 = _mm256_loadu_si256(hi.as_ptr() as *const __m256i);
-    let mut c2 = _mm256_set1_epi32(stream as i32);
+    // SAFETY: `lo` and `hi` are 8 u32 = 32 bytes each, exactly one unaligned 256-bit load.
+    let (mut c0, mut c1) = unsafe { (_mm256_loadu_si256(lo.as_ptr() as *const __m256i), _mm256_loadu_si256(hi.as_ptr() as *const __m256i)) };
+    let mut c2 = _mm256_set1_epi32(subsequence as i32);
     let mut c3 = _mm256_setzero_si256();
     let (m0, m1) = (_mm256_set1_epi32(M0 as i32), _mm256_set1_epi32(M1 as i32));
     let (mut kk0, mut kk1) = (k0, k1);
     // (lo, hi) 32-bit halves of a * m for all 8 lanes.
-    #[inline(always)]
-    unsafe fn mulhilo(a: __m256i, m: __m256i) -> (__m256i, __m256i) {
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn mulhilo(a: __m256i, m: __m256i) -> (__m256i, __m256i) {
         let even = _mm256_mul_epu32(a, m);
         let odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
         let lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0b1010_1010);
@@ -141,18 +142,20 @@ unsafe fn blocks8_avx2(g0: u64, seed: u64, stream: u32) -> [[u32; LANES]; 4] {
     }
     let mut w = [[0u32; LANES]; 4];
     for (i, v) in [c0, c1, c2, c3].into_iter().enumerate() {
-        _mm256_storeu_si256(w[i].as_mut_ptr() as *mut __m256i, v);
+        // SAFETY: `w[i]` is 8 u32 = 32 bytes, exactly one unaligned 256-bit store.
+        unsafe { _mm256_storeu_si256(w[i].as_mut_ptr() as *mut __m256i, v) };
     }
     w
 }
 
 /// Noise of 32 consecutive elements starting at block `g0` (element `4·g0`).
 #[inline(always)]
-fn noise32(g0: u64, seed: u64, stream: u32, kind: NoiseKind, out: &mut [f32]) {
+fn noise32(g0: u64, seed: u64, subsequence: u32, kind: NoiseKind, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    let w = if crate::cpu::has_avx2() { unsafe { blocks8_avx2(g0, seed, stream) } } else { blocks8(g0, seed, stream) };
+    // SAFETY: `has_avx2` checked at run time that this CPU executes AVX2 instructions.
+    let w = if crate::cpu::has_avx2() { unsafe { blocks8_avx2(g0, seed, subsequence) } } else { blocks8(g0, seed, subsequence) };
     #[cfg(not(target_arch = "x86_64"))]
-    let w = blocks8(g0, seed, stream);
+    let w = blocks8(g0, seed, subsequence);
     let out = &mut out[..4 * LANES];
     match kind {
         NoiseKind::Uniform => {
@@ -176,7 +179,7 @@ fn noise32(g0: u64, seed: u64, stream: u32, kind: NoiseKind, out: &mut [f32]) {
                 c[2 * b + 1] = u01(w[3][b]);
             }
             let mut z = [[0.0f32; 2]; 2 * LANES];
-            crate::fastmath::box_muller_batch(&a, &c, &mut z);
+            crate::boxmuller::box_muller_batch(&a, &c, &mut z);
             for b in 0..LANES {
                 out[4 * b] = z[2 * b][0];
                 out[4 * b + 1] = z[2 * b][1];
@@ -188,11 +191,11 @@ fn noise32(g0: u64, seed: u64, stream: u32, kind: NoiseKind, out: &mut [f32]) {
 }
 
 #[inline(always)]
-fn fill_impl(out: &mut [f32], offset: u64, seed: u64, stream: u32, kind: NoiseKind) {
+fn fill_impl(out: &mut [f32], offset: u64, seed: u64, subsequence: u32, kind: NoiseKind) {
     let mut i = 0usize;
     // Leading partial block.
     if !offset.is_multiple_of(4) {
-        let xi = noise4(offset / 4, seed, stream, kind);
+        let xi = noise4(offset / 4, seed, subsequence, kind);
         for &v in &xi[(offset % 4) as usize..] {
             if i < out.len() {
                 out[i] = v;
@@ -202,12 +205,12 @@ fn fill_impl(out: &mut [f32], offset: u64, seed: u64, stream: u32, kind: NoiseKi
     }
     let mut g = (offset + i as u64) / 4;
     while i + 4 * LANES <= out.len() {
-        noise32(g, seed, stream, kind, &mut out[i..]);
+        noise32(g, seed, subsequence, kind, &mut out[i..]);
         i += 4 * LANES;
         g += LANES as u64;
     }
     while i < out.len() {
-        let xi = noise4(g, seed, stream, kind);
+        let xi = noise4(g, seed, subsequence, kind);
         let m = (out.len() - i).min(4);
         out[i..i + m].copy_from_slice(&xi[..m]);
         i += m;
@@ -217,19 +220,20 @@ fn fill_impl(out: &mut [f32], offset: u64, seed: u64, stream: u32, kind: NoiseKi
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn fill_avx2(out: &mut [f32], offset: u64, seed: u64, stream: u32, kind: NoiseKind) {
-    fill_impl(out, offset, seed, stream, kind)
+fn fill_avx2(out: &mut [f32], offset: u64, seed: u64, subsequence: u32, kind: NoiseKind) {
+    fill_impl(out, offset, seed, subsequence, kind)
 }
 
 /// Writes the noise of flat elements `offset .. offset + out.len()` into `out` (batched Philox,
 /// an AVX2 build chosen at run time; the uniform noise is bit-identical to [`noise4`], the
 /// Gaussian within a few f32 ulps of it).
-pub fn fill(out: &mut [f32], offset: u64, seed: u64, stream: u32, kind: NoiseKind) {
+pub fn fill(out: &mut [f32], offset: u64, seed: u64, subsequence: u32, kind: NoiseKind) {
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::has_avx2() {
-        return unsafe { fill_avx2(out, offset, seed, stream, kind) };
+        // SAFETY: `has_avx2` checked at run time that this CPU executes AVX2 instructions.
+        return unsafe { fill_avx2(out, offset, seed, subsequence, kind) };
     }
-    fill_impl(out, offset, seed, stream, kind)
+    fill_impl(out, offset, seed, subsequence, kind)
 }
 
 /// Fisher–Yates permutation of `0..t` for the `Permuted{seed}` strategy (SPEC §3): for

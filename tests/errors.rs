@@ -1,6 +1,6 @@
 //! Every bad input of SPEC §7 gets its typed error, through the tensor API (one test each).
-use featjnd::ops::{self, Noise, QuantizeOptions};
-use featjnd::{Error, Layout, Reduce, Strategy};
+use featjnd_kernels::ops::{self, Noise, QuantizeOptions};
+use featjnd_kernels::{Error, Layout, Reduce, Strategy};
 use tch::{Device, Kind, Tensor};
 
 fn x4() -> Tensor {
@@ -15,7 +15,7 @@ fn steps(x: &Tensor) -> Tensor {
     let _ = x;
     ops::allocate_steps(&jt, 0.01, Strategy::Jnd).unwrap()
 }
-fn q(x: &Tensor, st: &Tensor) -> featjnd::Result<ops::Quantized> {
+fn q(x: &Tensor, st: &Tensor) -> featjnd_kernels::Result<ops::Quantized> {
     ops::quantize(x, Layout::Nchw, 1, st, &QuantizeOptions::default())
 }
 
@@ -136,8 +136,8 @@ fn non_finite_x_names_the_first_index_and_leaves_input_untouched() {
 
 #[test]
 fn cuda_path_without_a_gpu_is_a_clear_error() {
-    featjnd::cuda::load_torch_cuda();
-    match featjnd::cuda::available() {
+    featjnd_kernels::cuda::load_torch_cuda();
+    match featjnd_kernels::cuda::available() {
         Err(Error::CudaUnavailable(msg)) => {
             assert!(!msg.is_empty());
             let r = ops::noise(8, 0, Noise::default(), Device::Cuda(0));
@@ -154,7 +154,7 @@ fn cuda_path_without_a_gpu_is_a_clear_error() {
 fn measured_budget_out_of_reach() {
     let x = x4();
     let jt = ops::token_tolerance(&j4(), Layout::Nchw, 1, Reduce::Mean).unwrap();
-    let r = ops::allocate_steps_measured(&x, Layout::Nchw, 1, &jt, 1e6, Strategy::Jnd, featjnd::Bits::B8);
+    let r = ops::allocate_steps_measured(&x, Layout::Nchw, 1, &jt, 1e6, Strategy::Jnd, featjnd_kernels::Bits::B8);
     assert!(matches!(r, Err(Error::Unreachable { .. })), "{r:?}");
 }
 

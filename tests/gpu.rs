@@ -1,77 +1,19 @@
 //! GPU vs CPU: every CUDA kernel against the CPU path on the same inputs (bit-identical where SPEC
 //! says so). Each test prints why it skips where no usable GPU exists (CI has none).
-use featjnd::ops::{self, Noise, QuantizeOptions};
-use featjnd::{Bits, Layout, NoiseKind, Reduce, Strategy};
+use featjnd_kernels::ops::{self, Noise, QuantizeOptions};
+use featjnd_kernels::{Bits, Layout, NoiseKind, Reduce, Strategy};
 use tch::{Device, Kind, Tensor};
 
-fn gpu() -> Option<Device> {
-    featjnd::cuda::load_torch_cuda();
-    if let Err(e) = featjnd::cuda::available() {
-        println!("SKIP (no GPU): {e}");
-        return None;
-    }
-    if !tch::Cuda::is_available() {
-        println!("SKIP (no GPU): libtorch sees no CUDA (libtorch_cuda.so not loadable)");
-        return None;
-    }
-    Some(Device::Cuda(0))
-}
-
-const KINDS: [Kind; 3] = [Kind::Float, Kind::Half, Kind::BFloat16];
-
-/// Shapes with awkward sizes: (layout, sizes, patch).
-fn shapes() -> Vec<(Layout, Vec<i64>, usize)> {
-    vec![
-        (Layout::Nchw, vec![1, 1, 1, 1], 1),
-        (Layout::Nchw, vec![2, 7, 5, 3], 1),
-        (Layout::Nchw, vec![3, 17, 6, 10], 2),
-        (Layout::Nchw, vec![1, 64, 28, 28], 4),
-        (Layout::Nchw, vec![2, 256, 14, 14], 1),
-        (Layout::Ntc, vec![1, 1, 1], 1),
-        (Layout::Ntc, vec![2, 7, 17], 1),
-        (Layout::Ntc, vec![3, 33, 1025], 1),
-        (Layout::Ntc, vec![2, 50, 768], 1),
-        (Layout::Ntc, vec![1, 3, 5137], 1),
-    ]
-}
-
-fn feature(sizes: &[i64], kind: Kind, seed: i64) -> Tensor {
-    tch::manual_seed(seed);
-    (Tensor::randn(sizes, (Kind::Float, Device::Cpu)) * 3.0).to_kind(kind)
-}
-fn jnd(sizes: &[i64], kind: Kind, seed: i64) -> Tensor {
-    tch::manual_seed(seed + 1000);
-    (Tensor::rand(sizes, (Kind::Float, Device::Cpu)) * 2.0 + 0.05).to_kind(kind)
-}
-
-fn bits_eq(a: &Tensor, b: &Tensor, what: &str) {
-    let a = a.to_device(Device::Cpu).contiguous();
-    let b = b.to_device(Device::Cpu).contiguous();
-    assert_eq!(a.size(), b.size(), "{what}: sizes");
-    // Compare the raw bits (f16/bf16 compared as i16, f32 as i32).
-    let view = |t: &Tensor| match t.kind() {
-        Kind::Float => t.view_dtype(Kind::Int),
-        Kind::Half | Kind::BFloat16 => t.view_dtype(Kind::Int16),
-        _ => t.shallow_clone(),
-    };
-    let ne = view(&a).ne_tensor(&view(&b)).sum(Kind::Int64).int64_value(&[]);
-    assert_eq!(ne, 0, "{what}: {ne} elements differ bitwise");
-}
-
-fn close(a: &Tensor, b: &Tensor, rel: f64, abs: f64, what: &str) {
-    let a = a.to_device(Device::Cpu).to_kind(Kind::Double);
-    let b = b.to_device(Device::Cpu).to_kind(Kind::Double);
-    let err = (&a - &b).abs() - (b.abs() * rel + abs);
-    let worst = err.max().double_value(&[]);
-    assert!(worst <= 0.0, "{what}: off by {worst} beyond rel {rel} + abs {abs}");
-}
+#[path = "common/gpu.rs"]
+mod gpu_common;
+use gpu_common::*;
 
 #[test]
 fn noise_gpu_matches_cpu() {
     let Some(d) = gpu() else { return };
     for (numel, offset) in [(1usize, 0u64), (7, 3), (1025, 6), (100_003, 1 << 33)] {
         for kind in [NoiseKind::Uniform, NoiseKind::Gaussian] {
-            let spec = Noise { kind, seed: 0xfeed_beef_1234, stream: 3 };
+            let spec = Noise { kind, seed: 0xfeed_beef_1234, subsequence: 3 };
             let g = ops::noise(numel, offset, spec, d).unwrap();
             let c = ops::noise(numel, offset, spec, Device::Cpu).unwrap();
             match kind {
@@ -181,7 +123,7 @@ fn perturb_gpu_matches_cpu() {
             let j = jnd(&sizes, kind, 500 + i as i64);
             for noise in [NoiseKind::Uniform, NoiseKind::Gaussian] {
                 for jv in [None, Some(&j)] {
-                    let spec = Noise { kind: noise, seed: 11 + i as u64, stream: 2 };
+                    let spec = Noise { kind: noise, seed: 11 + i as u64, subsequence: 2 };
                     let (oc, rc) = ops::perturb(&x, jv, 0.3, spec).unwrap();
                     let jg = jv.map(|t| t.to_device(d));
                     let (og, rg) = ops::perturb(&x.to_device(d), jg.as_ref(), 0.3, spec).unwrap();
@@ -212,19 +154,19 @@ fn gpu_errors_name_the_first_bad_index() {
     let st = ops::allocate_steps(&jt, 0.01, Strategy::Jnd).unwrap().to_device(d);
     let xg = x.to_device(d);
     match ops::quantize(&xg, Layout::Nchw, 1, &st, &QuantizeOptions::default()) {
-        Err(featjnd::Error::NonFinite { index, .. }) => assert_eq!(index, want),
+        Err(featjnd_kernels::Error::NonFinite { index, .. }) => assert_eq!(index, want),
         other => panic!("expected NonFinite, got {other:?}"),
     }
     let jg = j.to_device(d);
     let _ = jg.get(0).get(2).get(1).get(1).fill_(0.0);
     match ops::token_tolerance(&jg, Layout::Nchw, 1, Reduce::Mean) {
-        Err(featjnd::Error::Jnd { index, .. }) => assert_eq!(index, ((2) * 6 + 1) * 6 + 1),
+        Err(featjnd_kernels::Error::Jnd { index, .. }) => assert_eq!(index, ((2) * 6 + 1) * 6 + 1),
         other => panic!("expected Jnd, got {other:?}"),
     }
     // In-place perturbation with a bad x leaves x untouched.
     let mut xp = xg.copy();
     let before = xp.copy();
-    assert!(matches!(ops::perturb_(&mut xp, None, 0.1, Noise::default()), Err(featjnd::Error::NonFinite { .. })));
+    assert!(matches!(ops::perturb_(&mut xp, None, 0.1, Noise::default()), Err(featjnd_kernels::Error::NonFinite { .. })));
     let same = xp.isnan().logical_and(&before.isnan()).logical_or(&xp.eq_tensor(&before)).all().int64_value(&[]);
     assert_eq!(same, 1, "in-place perturb wrote despite a bad x");
 }
@@ -252,7 +194,7 @@ fn index_past_2_pow_31() {
     let torch_at = x.isnan().flatten(0, -1).nonzero().view([-1]);
     assert_eq!(Vec::<i64>::try_from(torch_at.to_device(Device::Cpu)).unwrap(), vec![t * k - 1]);
     match ops::perturb(&x, None, 0.1, Noise::default()) {
-        Err(featjnd::Error::NonFinite { index, .. }) => assert_eq!(index as i64, t * k - 1),
+        Err(featjnd_kernels::Error::NonFinite { index, .. }) => assert_eq!(index as i64, t * k - 1),
         other => panic!("expected NonFinite past 2^31, got {other:?}"),
     }
 }
@@ -267,171 +209,7 @@ fn mixed_devices_are_a_typed_error() {
     let jt = ops::token_tolerance(&j, Layout::Nchw, 1, Reduce::Mean).unwrap();
     let st = ops::allocate_steps(&jt, 0.01, Strategy::Jnd).unwrap();
     let r = ops::quantize(&x.to_device(d), Layout::Nchw, 1, &st, &QuantizeOptions::default());
-    assert!(matches!(r, Err(featjnd::Error::MixedDevices(_))), "{r:?}");
+    assert!(matches!(r, Err(featjnd_kernels::Error::MixedDevices(_))), "{r:?}");
     let r = ops::perturb(&x.to_device(d), Some(&j), 0.1, Noise::default());
-    assert!(matches!(r, Err(featjnd::Error::MixedDevices(_))), "{r:?}");
-}
-
-// ---- The C ABI on device pointers (a CUDA context) against a CPU context on the same data. ----
-
-mod capi_device {
-    use super::*;
-    use featjnd::capi::*;
-    use std::ffi::{c_void, CStr};
-    use std::ptr::{null, null_mut};
-
-    fn err() -> String {
-        unsafe { CStr::from_ptr(fj_last_error()) }.to_string_lossy().into_owned()
-    }
-    fn context(device: i32) -> *mut FjContext {
-        let o = FjContextOptions { size: std::mem::size_of::<FjContextOptions>() as u32, device, num_threads: 0 };
-        let mut c = null_mut();
-        assert_eq!(unsafe { fj_context_create(&o, &mut c) }, FJ_OK, "{}", err());
-        c
-    }
-    fn code(k: Kind) -> u32 {
-        match k {
-            Kind::Float => FJ_F32,
-            Kind::Half => FJ_F16,
-            _ => FJ_BF16,
-        }
-    }
-    fn feat(t: &Tensor, layout: Layout) -> FjFeature {
-        let s = t.size();
-        let (l, dims) = match layout {
-            Layout::Nchw => (FJ_NCHW, [s[0] as u64, s[1] as u64, s[2] as u64, s[3] as u64]),
-            Layout::Ntc => (FJ_NTC, [s[0] as u64, s[1] as u64, s[2] as u64, 0]),
-        };
-        FjFeature { dtype: code(t.kind()), layout: l, dims, data: t.data_ptr() as *const c_void }
-    }
-    fn p<T>(t: &Tensor) -> *mut T {
-        t.data_ptr() as *mut T
-    }
-
-    /// Token tolerances and steps through one context; outputs are tensors on `dev`.
-    fn tolerances_and_steps(c: *const FjContext, j: &Tensor, layout: Layout, patch: usize, dev: Device, stream: *mut c_void) -> (Tensor, Tensor) {
-        let fj = feat(j, layout);
-        let mut t = 0u64;
-        unsafe {
-            assert_eq!(fj_token_count(&fj, patch as u32, &mut t), FJ_OK);
-            let jt = Tensor::zeros([t as i64], (Kind::Float, dev));
-            let steps = Tensor::zeros([t as i64], (Kind::Float, dev));
-            tch::Cuda::synchronize(0);
-            assert_eq!(fj_token_tolerance(c, &fj, patch as u32, FJ_MEAN, p(&jt), t, stream), FJ_OK, "{}", err());
-            assert_eq!(fj_allocate_steps(c, p(&jt), t, 0.01, FJ_JND, 0, p(&steps)), FJ_OK, "{}", err());
-            (jt.to_device(Device::Cpu), steps.to_device(Device::Cpu))
-        }
-    }
-
-    /// The fused quantization with given steps: symbols, reconstruction, token errors, histogram
-    /// (on the host) and the result struct.
-    fn quantize(c: *const FjContext, x: &Tensor, steps: &Tensor, layout: Layout, patch: usize, dev: Device, stream: *mut c_void) -> (Vec<Tensor>, FjQuantizeResult) {
-        let steps = steps.to_device(dev);
-        let sym = Tensor::zeros(x.size(), (Kind::Int8, dev));
-        let rec = Tensor::zeros(x.size(), (x.kind(), dev));
-        let sse = Tensor::zeros([steps.numel() as i64], (Kind::Float, dev));
-        let hist = Tensor::zeros([255], (Kind::Int64, dev));
-        tch::Cuda::synchronize(0);
-        let o = FjQuantizeOptions { size: std::mem::size_of::<FjQuantizeOptions>() as u32, bits: 8, patch: patch as u32, pad0: 0, symbols: p(&sym), recon: p(&rec), token_sse: p(&sse), histogram: p(&hist) };
-        let mut r = FjQuantizeResult::default();
-        assert_eq!(unsafe { fj_quantize(c, &feat(x, layout), p(&steps), &o, &mut r, stream) }, FJ_OK, "{}", err());
-        (vec![sym, rec, sse, hist].into_iter().map(|t| t.to_device(Device::Cpu)).collect(), r)
-    }
-
-    #[test]
-    fn c_abi_on_device_pointers_matches_the_cpu_context() {
-        let Some(d) = gpu() else { return };
-        let (cpu, gpu_ctx) = (context(-1), context(0));
-        // One non-default stream (the caller's) and the legacy default stream (NULL).
-        let dev = featjnd::cuda::Device::get(0).unwrap();
-        let own = dev.ctx.new_stream().unwrap();
-        for (i, (layout, sizes, patch)) in shapes().into_iter().enumerate().filter(|(i, _)| i % 2 == 1 || *i == 0) {
-            for kind in KINDS {
-                let (x, j) = (feature(&sizes, kind, 900 + i as i64), jnd(&sizes, kind, 900 + i as i64));
-                let (xd, jd) = (x.to_device(d), j.to_device(d));
-                let (jc, sc) = tolerances_and_steps(cpu, &j, layout, patch, Device::Cpu, null_mut());
-                let (hc, rc) = quantize(cpu, &x, &sc, layout, patch, Device::Cpu, null_mut());
-                for stream in [null_mut(), own.cu_stream() as *mut c_void] {
-                    let what = format!("{sizes:?} {kind:?} patch {patch} stream {stream:p}");
-                    // Token reductions run in another order on the device: equal to rounding.
-                    let (jg, sg) = tolerances_and_steps(gpu_ctx, &jd, layout, patch, d, stream);
-                    close(&jg, &jc, 1e-5, 0.0, &format!("token tolerance {what}"));
-                    close(&sg, &sc, 1e-4, 0.0, &format!("steps {what}"));
-                    // Given the same steps, quantization is bit-identical (SPEC §4).
-                    let (hg, rg) = quantize(gpu_ctx, &xd, &sc, layout, patch, d, stream);
-                    for (k, name) in [(0, "symbols"), (1, "reconstruction"), (3, "histogram")] {
-                        bits_eq(&hg[k], &hc[k], &format!("{name} {what}"));
-                    }
-                    close(&hg[2], &hc[2], 1e-4, 1e-30, &format!("token sse {what}"));
-                    assert_eq!(rg.clamped, rc.clamped, "{what}");
-                    assert!((rg.total_sse - rc.total_sse).abs() <= 1e-4 * rc.total_sse, "{what}");
-                    assert_eq!(rg.entropy_bits, rc.entropy_bits, "{what}");
-                }
-                // Perturbation: out of place with scales, on the caller's stream.
-                let samples = sizes[0] as usize;
-                let o = FjPerturbOptions { size: std::mem::size_of::<FjPerturbOptions>() as u32, noise: FJ_GAUSSIAN, seed: 5, stream: 3, pad0: 0, scales: null_mut() };
-                let (oc, og) = (Tensor::zeros(x.size(), (kind, Device::Cpu)), Tensor::zeros(x.size(), (kind, d)));
-                let (sc, sg) = (Tensor::zeros([samples as i64], (Kind::Float, Device::Cpu)), Tensor::zeros([samples as i64], (Kind::Float, d)));
-                tch::Cuda::synchronize(0);
-                unsafe {
-                    let oc_opts = FjPerturbOptions { scales: p(&sc), ..o };
-                    assert_eq!(fj_perturb(cpu, &feat(&x, layout), &feat(&j, layout), 0.3, &oc_opts, p(&oc), null_mut()), FJ_OK, "{}", err());
-                    let og_opts = FjPerturbOptions { scales: p(&sg), ..o };
-                    assert_eq!(fj_perturb(gpu_ctx, &feat(&xd, layout), &feat(&jd, layout), 0.3, &og_opts, p(&og), own.cu_stream() as *mut c_void), FJ_OK, "{}", err());
-                }
-                let tol = if kind == Kind::Float { 1e-5 } else { 1e-2 };
-                let scale = x.to_kind(Kind::Double).abs().max().double_value(&[]);
-                close(&og, &oc, tol, tol * scale, &format!("perturb {sizes:?} {kind:?}"));
-                close(&sg, &sc, 1e-5, 0.0, &format!("scales {sizes:?} {kind:?}"));
-            }
-        }
-        unsafe {
-            fj_context_destroy(cpu);
-            fj_context_destroy(gpu_ctx);
-        }
-    }
-
-    #[test]
-    fn c_abi_device_context_rejects_host_pointers_short_buffers_and_bad_values() {
-        let Some(d) = gpu() else { return };
-        let c = context(0);
-        let x = feature(&[2, 4, 4, 4], Kind::Float, 77);
-        let xd = x.to_device(d);
-        let out = Tensor::full([32], 7.0, (Kind::Float, d));
-        unsafe {
-            // Host memory given to a device context.
-            let host = feat(&x, Layout::Nchw);
-            assert_eq!(fj_token_tolerance(c, &host, 1, FJ_MEAN, p(&out), 32, null_mut()), FJ_ERR_ARG);
-            assert!(err().contains("not CUDA device memory"), "{}", err());
-            // A device buffer shorter than its dims say (a plain cuMemAlloc of 16 floats: torch's
-            // caching allocator would hide it inside a larger block).
-            let dev = featjnd::cuda::Device::get(0).unwrap();
-            dev.ctx.bind_to_thread().unwrap();
-            let short = cudarc::driver::result::malloc_sync(64).unwrap();
-            let mut f = feat(&xd, Layout::Nchw);
-            f.data = short as *const c_void;
-            assert_eq!(fj_token_tolerance(c, &f, 1, FJ_MEAN, p(&out), 32, null_mut()), FJ_ERR_ARG);
-            assert!(err().contains("needs 512 bytes"), "{}", err());
-            cudarc::driver::result::free_sync(short).unwrap();
-            // J <= 0 names its index; nothing but the op's own output is touched.
-            let bad_j = xd.abs() + 0.5;
-            let _ = bad_j.flatten(0, -1).narrow(0, 37, 1).fill_(-1.0);
-            assert_eq!(fj_token_tolerance(c, &feat(&bad_j, Layout::Nchw), 1, FJ_MEAN, p(&out), 32, null_mut()), FJ_ERR_JND);
-            assert!(err().contains("37"), "{}", err());
-            // A NaN in x: quantize reports its index.
-            let steps = Tensor::full([32], 0.1, (Kind::Float, d));
-            let xn = xd.copy();
-            let _ = xn.flatten(0, -1).narrow(0, 101, 1).fill_(f64::NAN);
-            let sym = Tensor::zeros([2, 4, 4, 4], (Kind::Int8, d));
-            let o = FjQuantizeOptions { size: std::mem::size_of::<FjQuantizeOptions>() as u32, bits: 8, patch: 1, pad0: 0, symbols: p(&sym), recon: null_mut(), token_sse: null_mut(), histogram: null_mut() };
-            tch::Cuda::synchronize(0);
-            assert_eq!(fj_quantize(c, &feat(&xn, Layout::Nchw), p(&steps), &o, null_mut(), null_mut()), FJ_ERR_NONFINITE);
-            assert!(err().contains("101"), "{}", err());
-            // Host steps for a device context.
-            let hs = [0.1f32; 32];
-            assert_eq!(fj_quantize(c, &feat(&xd, Layout::Nchw), hs.as_ptr(), &o, null_mut(), null_mut()), FJ_ERR_ARG);
-            assert_eq!(fj_perturb(c, &feat(&xd, Layout::Nchw), null(), -1.0, null(), p(&xd), null_mut()), FJ_ERR_BUDGET);
-            fj_context_destroy(c);
-        }
-    }
+    assert!(matches!(r, Err(featjnd_kernels::Error::MixedDevices(_))), "{r:?}");
 }

@@ -1,6 +1,6 @@
 //! Every kernel in kernels/ compiles to PTX through NVRTC (no GPU needed) for sm_80 and sm_90,
 //! with an empty log: any NVRTC error or warning fails the test.
-use featjnd::cuda::compile;
+use featjnd_kernels::cuda::compile;
 
 #[test]
 fn every_kernel_compiles_cleanly_for_sm80_and_sm90() {
@@ -40,6 +40,6 @@ fn fast_math_and_fma_are_off() {
 #[test]
 fn nvtx_ranges_are_harmless_without_the_library() {
     // CI has no libnvToolsExt: ranges must be no-ops, never a panic.
-    let r = featjnd::nvtx::range("featjnd::test");
+    let r = featjnd_kernels::nvtx::range("featjnd_kernels::test");
     drop(r);
 }

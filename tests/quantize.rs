@@ -2,8 +2,8 @@
 //! reconstructions), and the properties of a uniform scalar quantizer.
 mod common;
 use common::*;
-use featjnd::cpu::{self, QuantOut, Symbols};
-use featjnd::{reference, steps, Bits, Element, Reduce, Strategy, TokenGrid};
+use featjnd_kernels::cpu::{self, QuantOut, Symbols};
+use featjnd_kernels::{reference, steps, Bits, Element, Reduce, Strategy, TokenGrid};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
@@ -41,12 +41,12 @@ fn check<E: Element>(grid: &TokenGrid, seed: u64, budget: f64, bits: Bits) -> Re
         let err = (x[i].to_f32() as f64 - r.recon[i].to_f32() as f64).abs();
         if sym[i].abs() < qmax {
             // the reconstruction is narrowed to E: allow its rounding on top of Δ/2
-            let narrow = (r.recon[i].to_f32() as f64).abs() * if E::DTYPE == featjnd::Dtype::F32 { 1e-7 } else { 8e-3 };
+            let narrow = (r.recon[i].to_f32() as f64).abs() * if E::DTYPE == featjnd_kernels::Dtype::F32 { 1e-7 } else { 8e-3 };
             prop_assert!(err <= d / 2.0 * (1.0 + 1e-6) + narrow, "|x−x̂| = {} > Δ/2 = {}", err, d / 2.0);
         }
     }
     // Quantizing x̂ again returns x̂ (where narrowing to E keeps x̂ within Δ/2 of q·Δ).
-    if E::DTYPE == featjnd::Dtype::F32 || bits == Bits::B8 {
+    if E::DTYPE == featjnd_kernels::Dtype::F32 || bits == Bits::B8 {
         let mut again = vec![E::from_f32(0.0); n];
         cpu::quantize(&recon, grid, &st, bits, QuantOut { recon: Some(&mut again), ..Default::default() }).unwrap();
         prop_assert!(again == recon, "requantizing x̂ changed it");
@@ -70,7 +70,7 @@ proptest! {
 #[test]
 fn ties_round_to_even() {
     // Step 0.25: x = k·0.125 hits every half-integer x/Δ exactly.
-    let g = TokenGrid::new(featjnd::Shape::ntc(1, 1, 4001), 1).unwrap();
+    let g = TokenGrid::new(featjnd_kernels::FeatureShape::ntc(1, 1, 4001), 1).unwrap();
     let x: Vec<f32> = (-2000..=2000).map(|k| k as f32 * 0.125).collect();
     let mut sym = vec![0i16; x.len()];
     let mut recon = vec![0.0f32; x.len()];
@@ -88,7 +88,7 @@ fn ties_round_to_even() {
 
 #[test]
 fn clamping_counts_and_histogram_bins() {
-    let g = TokenGrid::new(featjnd::Shape::ntc(1, 2, 4), 1).unwrap();
+    let g = TokenGrid::new(featjnd_kernels::FeatureShape::ntc(1, 2, 4), 1).unwrap();
     let x = [1000.0f32, -1000.0, 0.2, 3.0, 300.0, -300.0, 0.0, 255.4];
     let mut s = vec![0i16; 8];
     let st = cpu::quantize(&x, &g, &[1.0, 1.0], Bits::B16, QuantOut { symbols: Symbols::I16(&mut s), histogram: true, ..Default::default() }).unwrap();

@@ -2,8 +2,8 @@
 //! and the measured budget within 1e-3.
 mod common;
 use common::*;
-use featjnd::cpu::{self, QuantOut};
-use featjnd::{steps, Bits, Reduce, Strategy};
+use featjnd_kernels::cpu::{self, QuantOut};
+use featjnd_kernels::{steps, Bits, Reduce, Strategy};
 use proptest::prelude::*;
 
 proptest! {
@@ -50,7 +50,7 @@ proptest! {
         let budget = frac * energy;
         for s in [Strategy::Uniform, Strategy::Jnd, Strategy::Permuted { seed: 3 }] {
             let mut st = vec![0.0f32; jt.len()];
-            let measure = |beta: f64, st: &mut Vec<f32>| -> featjnd::Result<f64> {
+            let measure = |beta: f64, st: &mut Vec<f32>| -> featjnd_kernels::Result<f64> {
                 steps::allocate_into(&jt, budget, s, beta, st)?;
                 Ok(cpu::quantize(&x, &grid, st, Bits::B16, QuantOut::default())?.mse(x.len()))
             };
@@ -60,7 +60,7 @@ proptest! {
                     prop_assert!((again / budget - 1.0).abs() <= 1e-3, "{:?}: measured {} for D {}", s, again, budget);
                 }
                 // Tiny tensors: the MSE is piecewise and can jump over D; that must be reported, not hidden.
-                Err(featjnd::Error::Unreachable { .. }) => prop_assert!(grid.numel() < 64, "unreachable on {} elements", grid.numel()),
+                Err(featjnd_kernels::Error::Unreachable { .. }) => prop_assert!(grid.numel() < 64, "unreachable on {} elements", grid.numel()),
                 Err(e) => return Err(TestCaseError::fail(e.to_string())),
             }
         }
@@ -70,7 +70,7 @@ use proptest::test_runner::TestCaseError;
 
 #[test]
 fn budget_above_energy_is_unreachable() {
-    let g = featjnd::TokenGrid::new(featjnd::Shape::ntc(1, 4, 16), 1).unwrap();
+    let g = featjnd_kernels::TokenGrid::new(featjnd_kernels::FeatureShape::ntc(1, 4, 16), 1).unwrap();
     let x = randn(64, 1, 1.0);
     let jt = vec![1.0f32; 4];
     let r = steps::bisect_beta(100.0, |b| {
@@ -78,5 +78,5 @@ fn budget_above_energy_is_unreachable() {
         let _ = &jt;
         Ok(cpu::quantize(&x, &g, &st, Bits::B8, QuantOut::default())?.mse(64))
     });
-    assert!(matches!(r, Err(featjnd::Error::Unreachable { .. })), "{r:?}");
+    assert!(matches!(r, Err(featjnd_kernels::Error::Unreachable { .. })), "{r:?}");
 }

@@ -1,7 +1,7 @@
 //! Token tolerance (SPEC §2): the fast CPU path against the reference over random grids and dtypes.
 mod common;
 use common::*;
-use featjnd::{cpu, reference, Element, Reduce, TokenGrid};
+use featjnd_kernels::{cpu, reference, Element, Reduce, TokenGrid};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
@@ -34,7 +34,7 @@ proptest! {
 fn known_answer_nchw_patch2() {
     // [1, 2, 2, 4] with p = 2: two tokens of K = 8.
     let j: Vec<f32> = (1..=16).map(|v| v as f32).collect();
-    let g = TokenGrid::new(featjnd::Shape::nchw(1, 2, 2, 4), 2).unwrap();
+    let g = TokenGrid::new(featjnd_kernels::FeatureShape::nchw(1, 2, 2, 4), 2).unwrap();
     let t = cpu::token_tolerance(&j, &g, Reduce::Mean).unwrap();
     // token 0: channel 0 {1,2,5,6}, channel 1 {9,10,13,14} -> 60/8
     assert_eq!(t, vec![7.5, 9.5]);

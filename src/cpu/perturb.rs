@@ -15,7 +15,7 @@ const CHUNK: usize = 8192;
 pub struct NoiseSpec {
     pub kind: NoiseKind,
     pub seed: u64,
-    pub stream: u32,
+    pub subsequence: u32,
 }
 
 /// What a perturbation did, per sample.
@@ -81,7 +81,7 @@ fn run<E: Element>(x: SyncPtr<E>, jnd: Option<&[E]>, samples: usize, numel: usiz
             let (_, lo, hi) = chunk(c);
             let m = hi - lo;
             let xv = widen(xs(lo, hi), sx);
-            philox::fill(&mut xi[..m], lo as u64, noise.seed, noise.stream, noise.kind);
+            philox::fill(&mut xi[..m], lo as u64, noise.seed, noise.subsequence, noise.kind);
             let (mut badx, mut badj) = (usize::MAX, usize::MAX);
             if xv.iter().map(|v| !v.is_finite() as u32).sum::<u32>() > 0 {
                 badx = lo + first_bad(xv, |v| !v.is_finite()).unwrap();
@@ -129,7 +129,7 @@ fn run<E: Element>(x: SyncPtr<E>, jnd: Option<&[E]>, samples: usize, numel: usiz
             E::narrow(&sx[..m], dst);
             return;
         }
-        philox::fill(&mut xi[..m], lo as u64, noise.seed, noise.stream, noise.kind);
+        philox::fill(&mut xi[..m], lo as u64, noise.seed, noise.subsequence, noise.kind);
         if let Some(j) = jnd {
             let jv = widen(&j[lo..hi], sj);
             xi[..m].iter_mut().zip(jv).for_each(|(e, &j)| *e *= j);

@@ -10,11 +10,14 @@ pub mod raw;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+#[cfg(feature = "torch")]
+use cudarc::driver::CudaStream;
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
 use cudarc::nvrtc::Ptx;
 
 use crate::error::{Error, Result};
 
+#[cfg(feature = "torch")]
 /// Loads libtorch's CUDA half so that tch sees CUDA (DESIGN §4). Fails cleanly where CUDA
 /// libraries are missing. Idempotent.
 pub fn load_torch_cuda() -> bool {
@@ -25,6 +28,7 @@ pub fn load_torch_cuda() -> bool {
         !h.is_null()
     })
 }
+#[cfg(feature = "torch")]
 use std::ffi::CString;
 
 /// Why the CUDA path cannot run here, or `Ok` if it can (probed once per process).
@@ -99,6 +103,7 @@ impl Device {
         module.load_function(name).map_err(cuda_err)
     }
 
+    #[cfg(feature = "torch")]
     /// Torch's current CUDA stream on this device, so our kernels are ordered with its work
     /// (falls back to the legacy default stream where libtorch_cuda does not export it).
     pub fn torch_stream(&self) -> Arc<CudaStream> {
@@ -111,6 +116,7 @@ pub(crate) fn cuda_err(e: impl std::fmt::Debug) -> Error {
     Error::Cuda(format!("{e:?}"))
 }
 
+#[cfg(feature = "torch")]
 /// `aoti_torch_get_current_cuda_stream` from libtorch_cuda (C shim), looked up at run time.
 fn torch_current_stream(device: i32) -> Option<*mut std::ffi::c_void> {
     type GetStream = unsafe extern "C" fn(i32, *mut *mut std::ffi::c_void) -> i32;

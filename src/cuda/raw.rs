@@ -157,7 +157,7 @@ pub fn perturb(dev: &Device, dt: Dtype, x: u64, jnd: u64, out: u64, numel: usize
         seed: noise.seed,
         nrmse,
         samples: samples as u32,
-        stream: noise.stream,
+        subsequence: noise.subsequence,
         noise: noise_code(noise.kind),
         pad0: 0,
     };
@@ -175,6 +175,6 @@ pub fn decode_perturb(v: &[i64], samples: usize) -> (Option<usize>, Option<usize
 
 /// Enqueues the noise kernel: `numel` f32 values of `ξ` from flat index `offset` into `out`.
 pub fn noise(dev: &Device, out: u64, numel: usize, offset: u64, noise: NoiseSpec, stream: &CudaStream) -> Result<()> {
-    let p = FjNoiseParams { out, numel: numel as u64, offset, seed: noise.seed, stream: noise.stream, noise: noise_code(noise.kind) };
+    let p = FjNoiseParams { out, numel: numel as u64, offset, seed: noise.seed, subsequence: noise.subsequence, noise: noise_code(noise.kind) };
     launch::noise(dev, &p, stream)
 }

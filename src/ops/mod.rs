@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 use crate::cpu::{self, perturb::NoiseSpec, PerturbReport, QuantOut, Symbols};
 use crate::element::Dtype;
 use crate::error::{Error, Result};
-use crate::geom::{Bits, Layout, Reduce, Shape, Strategy, TokenGrid};
+use crate::geom::{Bits, Layout, Reduce, FeatureShape, Strategy, TokenGrid};
 use crate::rate::Rate;
 use crate::steps::{self, Measured};
 
@@ -41,7 +41,7 @@ pub(crate) fn same_device(a: &Tensor, an: &str, b: &Tensor, bn: &str) -> Result<
 
 /// The token grid of a feature tensor.
 pub fn grid_of(x: &Tensor, layout: Layout, patch: usize) -> Result<TokenGrid> {
-    TokenGrid::new(Shape::from_sizes(layout, &x.size())?, patch)
+    TokenGrid::new(FeatureShape::from_sizes(layout, &x.size())?, patch)
 }
 
 /// A CPU tensor's data as a slice (zero-copy).
@@ -372,6 +372,6 @@ pub fn noise(numel: usize, offset: u64, noise: NoiseSpec, device: Device) -> Res
     let mut v: Vec<f32> = Vec::new();
     v.try_reserve_exact(numel).map_err(|e| Error::Arg(format!("noise of {numel} elements: {e}")))?;
     v.resize(numel, 0.0);
-    crate::philox::fill(&mut v, offset, noise.seed, noise.stream, noise.kind);
+    crate::philox::fill(&mut v, offset, noise.seed, noise.subsequence, noise.kind);
     Ok(Tensor::from_slice(&v))
 }

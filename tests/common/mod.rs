@@ -1,14 +1,14 @@
 //! Shared test helpers: random features from fresh seeds, awkward shapes, dtype sweeps.
 #![allow(dead_code)]
-use featjnd::{philox, Element, NoiseKind, Shape, TokenGrid};
+use featjnd_kernels::{philox, Element, NoiseKind, FeatureShape, TokenGrid};
 use proptest::prelude::*;
 
 /// Random grids with odd sizes: NCHW with patch 1–4 and NTC with C up to 1025.
 pub fn grids() -> impl Strategy<Value = TokenGrid> {
     let nchw = (1usize..3, prop::sample::select(vec![1usize, 2, 7, 17, 33]), 1usize..5, 1usize..6, 1usize..4)
-        .prop_map(|(n, c, hh, ww, p)| TokenGrid::new(Shape::nchw(n, c, hh * p, ww * p), p).unwrap());
+        .prop_map(|(n, c, hh, ww, p)| TokenGrid::new(FeatureShape::nchw(n, c, hh * p, ww * p), p).unwrap());
     let ntc = (1usize..3, 1usize..9, prop::sample::select(vec![1usize, 7, 17, 64, 1025]))
-        .prop_map(|(n, t, c)| TokenGrid::new(Shape::ntc(n, t, c), 1).unwrap());
+        .prop_map(|(n, t, c)| TokenGrid::new(FeatureShape::ntc(n, t, c), 1).unwrap());
     prop_oneof![nchw, ntc]
 }
 

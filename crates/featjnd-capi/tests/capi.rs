@@ -1,0 +1,287 @@
+//! The C ABI: the checked-in header is current, the C example builds and runs with the system C
+//! compiler, bad arguments give a status and a message with nothing written, and contexts work from
+//! several threads (each its own, and one shared).
+use featjnd::*;
+use std::ffi::CStr;
+use std::path::{Path, PathBuf};
+use std::ptr::{null, null_mut};
+
+fn manifest() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn header_is_current() {
+    let cfg = cbindgen::Config::from_file(manifest().join("cbindgen.toml")).unwrap();
+    let mut out = Vec::new();
+    // Only the C ABI module is parsed: nothing else of the crate leaks into the header.
+    cbindgen::Builder::new().with_src(manifest().join("src/capi/mod.rs")).with_config(cfg).generate().expect("cbindgen").write(&mut out);
+    let path = manifest().join("include/featjnd.h");
+    if std::env::var_os("FEATJND_BLESS").is_some() {
+        std::fs::write(&path, &out).unwrap();
+    }
+    let have = std::fs::read(&path).unwrap_or_default();
+    assert!(have == out, "include/featjnd.h is stale: run `FEATJND_BLESS=1 cargo test --test capi header_is_current`");
+}
+
+/// The directory holding libfeatjnd.so (next to target/<profile>/deps/<this test>).
+fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+/// Builds the library with the test profile (`cargo test` links the tests against the rlib only),
+/// so a fresh clone and a stale .so/.a both work; cheap, everything else is already compiled.
+fn build_lib() -> PathBuf {
+    let st = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--lib", "--profile", "test", "--manifest-path"])
+        .arg(manifest().join("Cargo.toml"))
+        .status()
+        .expect("running cargo");
+    assert!(st.success(), "cargo build --lib failed");
+    lib_dir()
+}
+
+/// Compiles examples/c/quantize.c with `link` arguments, runs it and checks its output.
+fn build_and_run_example(link: &[String]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("quantize");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let st = std::process::Command::new(&cc)
+        .arg(manifest().join("examples/c/quantize.c"))
+        .args(["-std=c99", "-Wall", "-Werror"])
+        .arg(format!("-I{}", manifest().join("include").display()))
+        .args(link)
+        .arg("-o")
+        .arg(&exe)
+        .status()
+        .expect("running the C compiler");
+    assert!(st.success(), "{cc} failed to build examples/c/quantize.c with {link:?} (if FEATJND_BLESS was set, the header was being rewritten: run again)");
+    let out = std::process::Command::new(&exe).arg("0.02").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the C example failed: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("0 mismatches"), "{text}");
+    assert!(text.contains("null feature -> status 1: x is null"), "{text}");
+}
+
+fn libtorch_lib() -> PathBuf {
+    std::env::var("LIBTORCH").map(|p| Path::new(&p).join("lib")).unwrap_or_default()
+}
+
+#[test]
+fn c_example_builds_and_runs() {
+    let dir = build_lib();
+    assert!(dir.join("libfeatjnd.so").exists(), "no libfeatjnd.so in {}", dir.display());
+    let rpath = |p: &Path| format!("-Wl,-rpath,{}", p.display());
+    build_and_run_example(&[format!("-L{}", dir.display()), "-lfeatjnd".into(), "-lm".into(), rpath(&dir), rpath(&libtorch_lib())]);
+}
+
+#[test]
+fn c_example_links_the_static_library() {
+    let dir = build_lib();
+    let a = dir.join("libfeatjnd.a");
+    assert!(a.exists(), "no libfeatjnd.a in {}", dir.display());
+    // The system libraries the archive needs: what `cargo rustc --crate-type staticlib -- --print
+    // native-static-libs` lists (libtorch through tch, fontconfig/freetype through plotters),
+    // linked as needed as cargo does: libtorch_cpu and libc10 only (featjnd loads libtorch_cuda at
+    // run time where it exists; linking it would pull in every CUDA library it names).
+    let lt = libtorch_lib();
+    let mut link = vec![a.display().to_string(), format!("-L{}", lt.display()), format!("-Wl,-rpath,{}", lt.display()), "-Wl,--as-needed".into()];
+    let libs = "-lfontconfig -lfreetype -lstdc++ -ltorch_cpu -lc10 -lgomp -ldl -lgcc_s -lutil -lrt -lpthread -lm";
+    link.extend(libs.split(' ').map(String::from));
+    build_and_run_example(&link);
+}
+
+fn err() -> String {
+    unsafe { CStr::from_ptr(fj_last_error()) }.to_string_lossy().into_owned()
+}
+
+fn ctx(threads: u32) -> *mut FjContext {
+    let o = FjContextOptions { size: std::mem::size_of::<FjContextOptions>() as u32, device: -1, num_threads: threads };
+    let mut c = null_mut();
+    assert_eq!(unsafe { fj_context_create(&o, &mut c) }, FJ_OK, "{}", err());
+    c
+}
+
+fn data(n: usize, seed: u32) -> Vec<f32> {
+    let mut v = vec![0.0f32; n];
+    featjnd_kernels::philox::fill(&mut v, 0, seed as u64, 0, featjnd_kernels::NoiseKind::Gaussian);
+    v
+}
+
+fn feat(v: &[f32], dims: [u64; 4]) -> FjFeature {
+    FjFeature { dtype: FJ_F32, layout: FJ_NCHW, dims, data: v.as_ptr() as *const _ }
+}
+
+/// Runs the whole chain on host memory and returns (symbols, recon, mse).
+fn chain(c: *const FjContext, x: &[f32], j: &[f32], dims: [u64; 4]) -> (Vec<i8>, Vec<f32>, f64) {
+    let (fx, fj) = (feat(x, dims), feat(j, dims));
+    let mut t = 0u64;
+    unsafe {
+        assert_eq!(fj_token_count(&fx, 1, &mut t), FJ_OK);
+        let mut jt = vec![0.0f32; t as usize];
+        let mut st = vec![0.0f32; t as usize];
+        assert_eq!(fj_token_tolerance(c, &fj, 1, FJ_MEAN, jt.as_mut_ptr(), t, null_mut()), FJ_OK, "{}", err());
+        assert_eq!(fj_allocate_steps(c, jt.as_ptr(), t, 0.01, FJ_JND, 0, st.as_mut_ptr()), FJ_OK, "{}", err());
+        let mut sym = vec![0i8; x.len()];
+        let mut rec = vec![0.0f32; x.len()];
+        let o = FjQuantizeOptions { size: std::mem::size_of::<FjQuantizeOptions>() as u32, bits: 8, patch: 1, pad0: 0, symbols: sym.as_mut_ptr() as *mut _, recon: rec.as_mut_ptr() as *mut _, token_sse: null_mut(), histogram: null_mut() };
+        let mut r = FjQuantizeResult::default();
+        assert_eq!(fj_quantize(c, &fx, st.as_ptr(), &o, &mut r, null_mut()), FJ_OK, "{}", err());
+        (sym, rec, r.mse)
+    }
+}
+
+#[test]
+fn c_abi_matches_the_rust_api() {
+    let dims = [2u64, 7, 5, 6];
+    let n = 2 * 7 * 5 * 6;
+    let (x, j) = (data(n, 1), data(n, 2).iter().map(|v| v.abs() + 0.05).collect::<Vec<_>>());
+    let c = ctx(0);
+    let (sym, rec, mse) = chain(c, &x, &j, dims);
+    let g = featjnd_kernels::TokenGrid::new(featjnd_kernels::FeatureShape::nchw(2, 7, 5, 6), 1).unwrap();
+    let jt = featjnd_kernels::cpu::token_tolerance(&j, &g, featjnd_kernels::Reduce::Mean).unwrap();
+    let st = featjnd_kernels::steps::allocate(&jt, 0.01, featjnd_kernels::Strategy::Jnd).unwrap();
+    let r = featjnd_kernels::reference::quantize(&x, &g, &st, featjnd_kernels::Bits::B8);
+    assert_eq!(sym.iter().map(|&v| v as i32).collect::<Vec<_>>(), r.symbols);
+    assert_eq!(rec, r.recon);
+    assert!((mse - r.token_sse.iter().sum::<f64>() / n as f64).abs() < 1e-6 * mse);
+    unsafe { fj_context_destroy(c) };
+}
+
+#[test]
+fn bad_arguments_give_a_status_a_message_and_write_nothing() {
+    let c = ctx(0);
+    let x = data(64, 3);
+    let mut out = vec![7.0f32; 16];
+    let fx = feat(&x, [1, 4, 4, 4]);
+    unsafe {
+        // Null pointers.
+        assert_eq!(fj_token_tolerance(null(), &fx, 1, FJ_MEAN, out.as_mut_ptr(), 16, null_mut()), FJ_ERR_NULL);
+        assert!(err().contains("ctx is null"));
+        assert_eq!(fj_token_tolerance(c, null(), 1, FJ_MEAN, out.as_mut_ptr(), 16, null_mut()), FJ_ERR_NULL);
+        assert_eq!(fj_token_tolerance(c, &fx, 1, FJ_MEAN, null_mut(), 16, null_mut()), FJ_ERR_NULL);
+        // Zero sizes, bad shapes, bad enums, bad dtype.
+        let empty = feat(&x, [1, 0, 4, 4]);
+        assert_eq!(fj_token_tolerance(c, &empty, 1, FJ_MEAN, out.as_mut_ptr(), 16, null_mut()), FJ_ERR_SHAPE);
+        assert_eq!(fj_token_tolerance(c, &fx, 1, FJ_MEAN, out.as_mut_ptr(), 15, null_mut()), FJ_ERR_SHAPE);
+        assert!(err().contains("16 tokens"), "{}", err());
+        assert_eq!(fj_token_tolerance(c, &fx, 3, FJ_MEAN, out.as_mut_ptr(), 16, null_mut()), FJ_ERR_SHAPE);
+        assert_eq!(fj_token_tolerance(c, &fx, 1, 9, out.as_mut_ptr(), 16, null_mut()), FJ_ERR_ARG);
+        let bad_dtype = FjFeature { dtype: 7, ..feat(&x, [1, 4, 4, 4]) };
+        assert_eq!(fj_token_tolerance(c, &bad_dtype, 1, FJ_MEAN, out.as_mut_ptr(), 16, null_mut()), FJ_ERR_DTYPE);
+        // Dims whose product overflows.
+        let huge = feat(&x, [u64::MAX / 2, 4, 4, 4]);
+        assert_eq!(fj_token_tolerance(c, &huge, 1, FJ_MEAN, out.as_mut_ptr(), 16, null_mut()), FJ_ERR_SHAPE);
+        assert!(err().contains("overflow"), "{}", err());
+        // Misaligned pointer.
+        let bytes = vec![0u8; 64 * 4 + 4];
+        let mis = FjFeature { dtype: FJ_F32, layout: FJ_NCHW, dims: [1, 4, 4, 4], data: bytes.as_ptr().add(1) as *const _ };
+        assert_eq!(fj_token_tolerance(c, &mis, 1, FJ_MEAN, out.as_mut_ptr(), 16, null_mut()), FJ_ERR_ALIGN);
+        // A CUDA stream for a CPU context.
+        assert_eq!(fj_token_tolerance(c, &fx, 1, FJ_MEAN, out.as_mut_ptr(), 16, 8 as *mut _), FJ_ERR_ARG);
+        assert!(err().contains("CPU context"), "{}", err());
+        // Non-positive J names its index.
+        assert_eq!(fj_token_tolerance(c, &fx, 1, FJ_MEAN, out.as_mut_ptr(), 16, null_mut()), FJ_ERR_JND);
+        assert!(err().contains("J["), "{}", err());
+        assert!(out.iter().all(|&v| v == 7.0), "an error wrote to the output");
+        // Option struct with an impossible size; budget out of range.
+        let q = FjQuantizeOptions { size: 2, bits: 8, patch: 1, pad0: 0, symbols: null_mut(), recon: null_mut(), token_sse: null_mut(), histogram: null_mut() };
+        assert_eq!(fj_quantize(c, &fx, out.as_ptr(), &q, null_mut(), null_mut()), FJ_ERR_ARG);
+        let jt = [1.0f32; 16];
+        assert_eq!(fj_allocate_steps(c, jt.as_ptr(), 16, -1.0, FJ_JND, 0, out.as_mut_ptr()), FJ_ERR_BUDGET);
+        assert_eq!(fj_allocate_steps(c, jt.as_ptr(), 0, 1.0, FJ_JND, 0, out.as_mut_ptr()), FJ_ERR_SHAPE);
+        assert!(out.iter().all(|&v| v == 7.0), "an error wrote to the output");
+        // A device context without a GPU is refused clearly (tests/gpu.rs covers it with one);
+        // a device ordinal below -1 is an argument error.
+        let mut o = FjContextOptions { size: std::mem::size_of::<FjContextOptions>() as u32, device: 0, num_threads: 0 };
+        let mut d = null_mut();
+        if let Err(why) = featjnd_kernels::cuda::available() {
+            assert_eq!(fj_context_create(&o, &mut d), FJ_ERR_DEVICE);
+            assert!(err().contains(&why.to_string()), "{} / {why}", err());
+            assert!(d.is_null());
+        }
+        o.device = -2;
+        assert_eq!(fj_context_create(&o, &mut d), FJ_ERR_ARG);
+        assert!(d.is_null());
+        // Success clears the message.
+        let mut t = 0;
+        assert_eq!(fj_token_count(&fx, 1, &mut t), FJ_OK);
+        assert_eq!(err(), "");
+        fj_context_destroy(c);
+        fj_context_destroy(null_mut());
+    }
+}
+
+#[test]
+fn non_finite_x_in_quantize_and_perturb() {
+    let c = ctx(0);
+    let mut x = data(64, 4);
+    x[37] = f32::NAN;
+    let fx = feat(&x, [1, 4, 4, 4]);
+    let st = [0.5f32; 16];
+    let q = FjQuantizeOptions { size: std::mem::size_of::<FjQuantizeOptions>() as u32, bits: 8, patch: 1, pad0: 0, symbols: null_mut(), recon: null_mut(), token_sse: null_mut(), histogram: null_mut() };
+    unsafe {
+        assert_eq!(fj_quantize(c, &fx, st.as_ptr(), &q, null_mut(), null_mut()), FJ_ERR_NONFINITE);
+        assert!(err().contains("x[37]"), "{}", err());
+        let mut o = vec![0.0f32; 64];
+        assert_eq!(fj_perturb(c, &fx, null(), 0.1, null(), o.as_mut_ptr() as *mut _, null_mut()), FJ_ERR_NONFINITE);
+        // In place: nothing written.
+        let before = x.clone();
+        assert_eq!(fj_perturb(c, &fx, null(), 0.1, null(), x.as_mut_ptr() as *mut _, null_mut()), FJ_ERR_NONFINITE);
+        assert!(x.iter().zip(&before).all(|(a, b)| a.to_bits() == b.to_bits()));
+        fj_context_destroy(c);
+    }
+}
+
+#[test]
+fn perturb_matches_the_requested_nrmse() {
+    let c = ctx(1);
+    let x = data(3 * 100, 5);
+    let fx = FjFeature { dtype: FJ_F32, layout: FJ_NTC, dims: [3, 10, 10, 0], data: x.as_ptr() as *const _ };
+    let mut out = vec![0.0f32; 300];
+    let mut scales = [0.0f32; 3];
+    let o = FjPerturbOptions { size: std::mem::size_of::<FjPerturbOptions>() as u32, noise: FJ_UNIFORM_NOISE, seed: 9, subsequence: 1, pad0: 0, scales: scales.as_mut_ptr() };
+    unsafe {
+        assert_eq!(fj_perturb(c, &fx, null(), 0.25, &o, out.as_mut_ptr() as *mut _, null_mut()), FJ_OK, "{}", err());
+        fj_context_destroy(c);
+    }
+    for (s, &scale) in scales.iter().enumerate() {
+        let r = s * 100..(s + 1) * 100;
+        let d: f64 = r.clone().map(|i| ((out[i] - x[i]) as f64).powi(2)).sum::<f64>().sqrt();
+        let e: f64 = r.map(|i| (x[i] as f64).powi(2)).sum::<f64>().sqrt();
+        assert!((d / e / 0.25 - 1.0).abs() < 1e-5, "sample {s}: {}", d / e);
+        assert!(scale > 0.0);
+    }
+}
+
+#[test]
+fn contexts_are_thread_safe() {
+    let dims = [4u64, 16, 8, 8];
+    let n = 4 * 16 * 8 * 8;
+    let (x, j) = (data(n, 6), data(n, 7).iter().map(|v| v.abs() + 0.1).collect::<Vec<_>>());
+    let want = chain(ctx(1), &x, &j, dims);
+    struct Shared(*mut FjContext);
+    unsafe impl Send for Shared {}
+    unsafe impl Sync for Shared {}
+    let shared = Shared(ctx(2));
+    std::thread::scope(|s| {
+        for t in 0..6 {
+            let (x, j, want, shared) = (&x, &j, &want, &shared);
+            s.spawn(move || {
+                for _ in 0..5 {
+                    // Half the threads bring their own context, half share one.
+                    let own = (t % 2 == 0).then(|| ctx(1));
+                    let c = own.unwrap_or(shared.0);
+                    let got = chain(c, x, j, dims);
+                    assert_eq!(got.0, want.0);
+                    assert_eq!(got.1, want.1);
+                    if let Some(o) = own {
+                        unsafe { fj_context_destroy(o) };
+                    }
+                }
+            });
+        }
+    });
+    unsafe { fj_context_destroy(shared.0) };
+}

@@ -1,0 +1,113 @@
+//! The study machinery: every noise shape lands on the requested per-sample NRMSE (measured on the
+//! produced perturbations), rank correlation, and a quick `featjnd run` that writes a complete
+//! report (files exist, JSON parses, numbers finite).
+
+use featjnd_research::study::attrib::spearman;
+use featjnd_research::study::perturb::{perturb_levels, NoiseShape};
+use tch::{Device, Kind, Tensor};
+
+#[test]
+fn every_shape_matches_the_requested_nrmse_per_sample_and_level() {
+    tch::manual_seed(21);
+    // Odd sizes, a ReLU level with exact zeros, and a level of a very different scale.
+    let feats = vec![
+        Tensor::randn([3, 7, 5, 3], (Kind::Float, Device::Cpu)).relu(),
+        Tensor::randn([3, 2, 17, 1], (Kind::Float, Device::Cpu)) * 1e3,
+    ];
+    let jnd: Vec<Tensor> = feats.iter().map(|f| f.rand_like() + 0.01).collect();
+    for shape in NoiseShape::ALL {
+        for r in [0.05, 0.3, 1.0] {
+            let p = perturb_levels(&feats, &jnd, shape, r, 4, 0).unwrap();
+            for (f, q) in feats.iter().zip(&p) {
+                let num = (q - f).flatten(1, -1).square().sum_dim_intlist(1, false, Kind::Double);
+                let den = f.flatten(1, -1).square().sum_dim_intlist(1, false, Kind::Double);
+                let nr = Vec::<f64>::try_from((num / den).sqrt()).unwrap();
+                for v in nr {
+                    assert!((v - r).abs() < 1e-4 * r.max(1.0), "{shape:?} r={r}: measured {v}");
+                }
+            }
+        }
+    }
+    // Different shapes really are different perturbations.
+    let a = perturb_levels(&feats, &jnd, NoiseShape::FeatJnd, 0.3, 4, 0).unwrap();
+    let b = perturb_levels(&feats, &jnd, NoiseShape::Gaussian, 0.3, 4, 0).unwrap();
+    assert!((&a[0] - &b[0]).abs().max().double_value(&[]) > 0.0);
+    // The magnitude shape leaves exact zeros (almost) untouched.
+    let m = perturb_levels(&feats, &jnd, NoiseShape::Magnitude, 0.3, 4, 0).unwrap();
+    let zeros = feats[0].eq(0.0);
+    let moved = m[0].masked_select(&zeros).abs().max().double_value(&[]);
+    let scale = feats[0].abs().max().double_value(&[]);
+    assert!(moved < 1e-4 * scale, "zeros moved by {moved}");
+}
+
+#[test]
+fn spearman_known_answers() {
+    assert!((spearman(&[1.0, 2.0, 3.0, 4.0], &[10.0, 20.0, 30.0, 40.0]) - 1.0).abs() < 1e-12);
+    assert!((spearman(&[1.0, 2.0, 3.0, 4.0], &[4.0, 3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+    // Monotone but non-linear: still 1.
+    assert!((spearman(&[1.0, 2.0, 3.0], &[1.0, 8.0, 27.0]) - 1.0).abs() < 1e-12);
+    // Ties get average ranks: x = [1, 2, 2, 3], y = [1, 2, 3, 4] -> rho = 0.9486833.
+    assert!((spearman(&[1.0, 2.0, 2.0, 3.0], &[1.0, 2.0, 3.0, 4.0]) - 0.9486832980505138).abs() < 1e-9);
+    assert!(spearman(&[1.0, 1.0], &[1.0, 2.0]).is_nan());
+}
+
+/// Every number in `v` is finite (NaN/inf would be serialised as null by serde_json: none allowed
+/// except where a metric is legitimately undefined, which the report never produces).
+fn assert_finite(v: &serde_json::Value, path: &str) {
+    match v {
+        serde_json::Value::Number(n) => assert!(n.as_f64().is_some_and(f64::is_finite), "{path}: {n}"),
+        serde_json::Value::Null => panic!("{path}: null (a NaN or infinity?)"),
+        serde_json::Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| assert_finite(x, &format!("{path}[{i}]"))),
+        serde_json::Value::Object(o) => o.iter().filter(|(k, _)| *k != "seed").for_each(|(k, x)| assert_finite(x, &format!("{path}.{k}"))),
+        _ => {}
+    }
+}
+
+/// The main job's smoke test: `featjnd run --quick` on the committed models writes a complete report.
+#[test]
+fn featjnd_run_quick_writes_a_complete_report() {
+    let root = featjnd_research::paths::repo_root();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_featjnd"))
+        .current_dir(root)
+        .args(["run", "--quick", "--quiet", "--tasks", "fmnist,shapes,mobilenet", "--out"])
+        .arg(&out)
+        .arg("--cache")
+        .arg(dir.path().join("cache"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "featjnd run --quick failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    for task in ["fmnist", "shapes"] {
+        let t = &summary["tasks"][task];
+        assert!(t.is_object() && t.get("skipped").is_none(), "{task} missing or skipped: {t}");
+        assert!(report.contains(&format!("## Task `{task}`")));
+    }
+    let fm = &summary["tasks"]["fmnist"]["stage1"];
+    for shape in ["featjnd", "gaussian", "uniform", "magnitude"] {
+        let pts = fm["curves"][shape].as_array().unwrap();
+        assert_eq!(pts.len(), 2);
+        // The measured NRMSE of the produced perturbations is the requested one.
+        for p in pts {
+            let (r, m) = (p["nrmse"].as_f64().unwrap(), p["measured_nrmse"].as_f64().unwrap());
+            assert!((r - m).abs() < 1e-4 * r.max(1.0), "{shape}: requested {r}, measured {m}");
+        }
+    }
+    assert!(!fm["quant"]["points"].as_array().unwrap().is_empty());
+    for t in summary["tasks"].as_object().unwrap().values() {
+        if t.get("skipped").is_none() {
+            assert_finite(t, "tasks");
+        }
+    }
+    // Every image the report embeds exists and is a PNG.
+    let mut n = 0;
+    for line in report.lines().filter(|l| l.starts_with("![")) {
+        let file = &line[line.find("](").unwrap() + 2..line.len() - 1];
+        let bytes = std::fs::read(out.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{file}");
+        n += 1;
+    }
+    assert!(n >= 10, "only {n} images in the report");
+}
