@@ -3,8 +3,7 @@
 // NVRTC compiles each .cu with this file prepended (see src/cuda/compile.rs); no #include needed.
 #pragma once
 
-#define FJ_BLOCK 256
-#define FJ_WARPS (FJ_BLOCK / 32)
+// FJ_BLOCK, FJ_WARPS and the other launch constants come from featjnd_params.h (prepended too).
 
 typedef unsigned short fj_f16;   // IEEE binary16 bits
 typedef unsigned short fj_bf16;  // bfloat16 bits

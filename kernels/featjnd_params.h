@@ -4,7 +4,9 @@
  * Pointers travel as 64-bit integers (device or host addresses); 0 means "absent".
  * A "bad" cell is a zero-initialised u64 that receives ~index of the first offending element
  * (atomicMax), so 0 means none and all statistics of an op start from one memset.
- * See ../shared/SPEC.md for the meaning of every field. */
+ * See docs/contract.md for the meaning of every field. The numeric constants below are the one
+ * definition of what the kernels and the Rust launchers (src/cuda/raw.rs) must agree on; bindgen
+ * exports them as FJ_* constants. */
 #ifndef FEATJND_PARAMS_H
 #define FEATJND_PARAMS_H
 
@@ -15,6 +17,31 @@ typedef unsigned long long uint64_t;
 #else
 #include <stdint.h>
 #endif
+
+/* Launch geometry. Every kernel runs FJ_BLOCK threads per block (its __launch_bounds__); the
+ * launchers size their grids from the same constants. */
+#define FJ_BLOCK 256
+#define FJ_WARP_SIZE 32
+#define FJ_WARPS (FJ_BLOCK / FJ_WARP_SIZE)
+/* Tokens one block of the token kernels (token_stats.cu, quantize.cu) covers: NCHW gives a lane to
+ * each token (channels split over the warps), NTC a warp to each token. */
+#define FJ_NCHW_TOKENS_PER_BLOCK FJ_WARP_SIZE
+#define FJ_NTC_TOKENS_PER_BLOCK FJ_WARPS
+/* Elements of one Philox4x32 block (4 random words, one noise value each). */
+#define FJ_PHILOX_LANES 4
+/* Philox blocks a perturbation thread takes per round, and the elements one perturbation block
+ * covers (a block works on one chunk of one sample). */
+#define FJ_PT_ITEMS 4
+#define FJ_PT_CHUNK (FJ_BLOCK * FJ_PHILOX_LANES * FJ_PT_ITEMS)
+
+/* Quantizer (SPEC §4): symbols in [-qmax, qmax], qmax = 2^(b-1) - 1. */
+#define FJ_QMAX_B8 127
+#define FJ_QMAX_B16 32767
+/* Symbol histogram: 255 bins for b = 8 (-127..127); for b = 16, 511 bins for -255..255 and one
+ * overflow bin (|q| > 255) last. */
+#define FJ_HIST_BINS_B8 255
+#define FJ_HIST_RANGE_B16 255
+#define FJ_HIST_BINS_B16 512
 
 /* Layout of a feature tensor (SPEC §1). */
 enum { FJ_LAYOUT_NCHW = 0, FJ_LAYOUT_NTC = 1 };

@@ -4,8 +4,8 @@
 // x' = x + s_n (J ⊙ xi) with s_n = r ||x_n|| / ||J_n ⊙ xi_n||. A block covers one chunk of one
 // sample; a thread takes whole Philox blocks (4 flat elements) with one vector load where aligned.
 
-#define FJ_PT_ITEMS 4
-#define FJ_PT_CHUNK (FJ_BLOCK * 4 * FJ_PT_ITEMS)
+// FJ_PT_ITEMS and FJ_PT_CHUNK (elements per block) are in featjnd_params.h: the launcher sizes the
+// grid from the same FJ_PT_CHUNK.
 
 // Loads the 4 elements of Philox block g that lie in [lo, hi) (others read as 0 / J = 1).
 template <class D>

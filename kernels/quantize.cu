@@ -5,7 +5,8 @@
 // NCHW: one thread per token (coalesced across neighbouring patches). NTC: one warp per token,
 // 16-byte vector loads when the row is aligned, scalar otherwise.
 
-#define FJ_HIST_BINS 512
+// Shared-memory histogram: room for the larger (b = 16) one.
+#define FJ_HIST_BINS FJ_HIST_BINS_B16
 #define FJ_QN_BATCH 8
 #define FJ_QT_BATCH 4
 
@@ -28,8 +29,8 @@ __device__ __forceinline__ float quant1(float v, float inv, float qmax, QState& 
 
 __device__ __forceinline__ void hist_add(u32* sh, float q, u32 bits, bool live) {
     int bin;
-    if (bits == 8) bin = (int)q + 127;
-    else bin = fabsf(q) <= 255.0f ? (int)q + 255 : 511;
+    if (bits == 8) bin = (int)q + FJ_QMAX_B8;
+    else bin = fabsf(q) <= (float)FJ_HIST_RANGE_B16 ? (int)q + FJ_HIST_RANGE_B16 : FJ_HIST_BINS_B16 - 1;
     // Warp-aggregated: most symbols are near 0, so many lanes hit the same bin.
     const u32 active = __activemask();
     const u32 key = live ? (u32)bin : 0xffffffffu;
@@ -74,7 +75,7 @@ __device__ __forceinline__ void finish_block(const FjQuantizeParams& p, u32* sh,
     }
     if (hist) {
         __syncthreads();
-        const u32 nb = p.bits == 8 ? 255u : 512u;
+        const u32 nb = p.bits == 8 ? (u32)FJ_HIST_BINS_B8 : (u32)FJ_HIST_BINS_B16;
         for (u32 i = threadIdx.x; i < nb; i += blockDim.x)
             if (sh[i]) atomicAdd(&((u64*)p.histogram)[i], (u64)sh[i]);
     }
@@ -85,14 +86,14 @@ __device__ __forceinline__ void finish_block(const FjQuantizeParams& p, u32* sh,
 template <class D>
 __device__ void quantize_nchw(const FjQuantizeParams& p) {
     __shared__ u32 sh[FJ_HIST_BINS];
-    __shared__ float part[FJ_WARPS][32];
+    __shared__ float part[FJ_WARPS][FJ_NCHW_TOKENS_PER_BLOCK];
     const bool hist = p.histogram != 0;
     if (hist) hist_init(sh);
     const FjTokenGeom g = p.geom;
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const u32 t = blockIdx.x * 32 + lane;
+    const u32 t = blockIdx.x * FJ_NCHW_TOKENS_PER_BLOCK + lane;
     const bool live = t < g.tokens;
-    const float qmax = p.bits == 8 ? 127.0f : 32767.0f;
+    const float qmax = p.bits == 8 ? (float)FJ_QMAX_B8 : (float)FJ_QMAX_B16;
     QState st = {0.0f, 0u, ~0ull};
     if (live) {
         const typename D::T* x = (const typename D::T*)p.x;
@@ -137,9 +138,9 @@ __device__ void quantize_ntc(const FjQuantizeParams& p) {
     if (hist) hist_init(sh);
     const FjTokenGeom g = p.geom;
     const u32 lane = threadIdx.x & 31;
-    const u32 t = blockIdx.x * FJ_WARPS + (threadIdx.x >> 5);
+    const u32 t = blockIdx.x * FJ_NTC_TOKENS_PER_BLOCK + (threadIdx.x >> 5);
     const bool live = t < g.tokens;
-    const float qmax = p.bits == 8 ? 127.0f : 32767.0f;
+    const float qmax = p.bits == 8 ? (float)FJ_QMAX_B8 : (float)FJ_QMAX_B16;
     QState st = {0.0f, 0u, ~0ull};
     if (live) {
         const typename D::T* x = (const typename D::T*)p.x;

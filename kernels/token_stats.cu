@@ -31,10 +31,10 @@ __device__ __forceinline__ void emit(const FjTokenStatsParams& p, u32 t, bool li
 // the partial reductions meet in shared memory and are combined in a fixed warp order.
 template <class D>
 __device__ void token_stats_nchw(const FjTokenStatsParams& p) {
-    __shared__ float part[FJ_WARPS][32];
+    __shared__ float part[FJ_WARPS][FJ_NCHW_TOKENS_PER_BLOCK];
     const FjTokenGeom g = p.geom;
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const u32 t = blockIdx.x * 32 + lane;
+    const u32 t = blockIdx.x * FJ_NCHW_TOKENS_PER_BLOCK + lane;
     const bool live = t < g.tokens;
     const bool is_min = p.reduce == FJ_REDUCE_MIN;
     float a = is_min ? __int_as_float(0x7f800000) : 0.0f;
@@ -74,7 +74,7 @@ template <class D>
 __device__ void token_stats_ntc(const FjTokenStatsParams& p) {
     const FjTokenGeom g = p.geom;
     const u32 lane = threadIdx.x & 31;
-    const u32 t = blockIdx.x * FJ_WARPS + (threadIdx.x >> 5);
+    const u32 t = blockIdx.x * FJ_NTC_TOKENS_PER_BLOCK + (threadIdx.x >> 5);
     const bool live = t < g.tokens;
     float a = p.reduce == FJ_REDUCE_MIN ? __int_as_float(0x7f800000) : 0.0f;
     u64 bad = ~0ull;

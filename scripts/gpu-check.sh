@@ -11,6 +11,7 @@ ldd .gpu/gpu-tests | grep "not found" && echo "missing libraries above"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 echo "== GPU tests"; start=$(date +%s)
 .gpu/gpu-tests --test-threads=1 --nocapture 2>&1 | tee "$OUT/gpu-tests.log" | grep -E "^test |test result|SKIP|panicked" ; tr=${PIPESTATUS[0]}
+.gpu/capi-gpu-tests --test-threads=1 --nocapture 2>&1 | tee "$OUT/capi-gpu-tests.log" | grep -E "^test |test result|SKIP|panicked" ; [ "${PIPESTATUS[0]}" = 0 ] || tr=1
 echo "gpu tests: rc=$tr in $(( $(date +%s) - start )) s"
 echo "== compute-sanitizer memcheck (GPU tests matching '${FEATJND_MEMCHECK_FILTER:-}', but the 4 GiB one)"; start=$(date +%s)
 cs=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n1)

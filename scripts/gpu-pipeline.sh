@@ -14,10 +14,9 @@ BATCH=${FEATJND_GPU_BATCH:-32}
 DEV=${FEATJND_GPU_DEVICE:-cuda}   # cpu: a dry run of this script on a machine without a GPU
 tl=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__)+"/lib")')
 nv=$(python3 -c 'import nvidia,os;print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null)/nvidia/cu13/lib
-export LD_LIBRARY_PATH="$tl:$nv:${LD_LIBRARY_PATH:-}:$PWD/.gpu/lib"
+export LD_LIBRARY_PATH="$tl:$nv:${LD_LIBRARY_PATH:-}"
 export FEATJND_SKIMAGE_DIR=$PWD/.deps/data/skimage FEATJND_MOBILENET_V2=$PWD/.deps/data/mobilenet_v2/mobilenet_v2.safetensors
-mkdir -p /tmp/fc && printf '<?xml version="1.0"?>\n<fontconfig><dir>%s/.gpu/fonts</dir><cachedir>/tmp/fc</cachedir></fontconfig>\n' "$PWD" > /tmp/fc/fonts.conf
-export FONTCONFIG_FILE=/tmp/fc/fonts.conf
+export FEATJND_FONT=$PWD/.gpu/fonts/DejaVuSans.ttf
 F=.gpu/featjnd
 ldd $F | grep "not found" && echo "missing libraries above"
 nproc; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null

@@ -1,6 +1,38 @@
 #!/usr/bin/env bash
-# Set up (idempotent) and run the whole test suite. GPU tests print SKIP where no GPU exists.
+# Set up (idempotent), then the gates and the whole test suite, in tiers. CI runs exactly this.
+#   1. cargo fmt --check, and clippy with warnings as errors over the whole workspace;
+#   2. the lean graph: the kernel library without default features and the C ABI pull in no tch;
+#   3. the C ABI crate (built with no libtorch at all; links libfeatjnd.a from C);
+#   4. the kernel tier (`cargo test -p featjnd-kernels`: ops vs reference, errors, NVRTC);
+#   5. the pipeline tier (`cargo test -p featjnd-research`: models, estimator, studies, CLI).
+# GPU tests skip where no GPU exists; each skip prints a SKIP line, counted at the end.
+# Extra arguments go to every `cargo test` (e.g. `scripts/test.sh -- --test-threads=1`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo test --locked "$@"
+log=$(mktemp); trap 'rm -f "$log"' EXIT
+step() { printf '\n== %s\n' "$*"; }
+
+step "format and lints"
+cargo fmt --all --check
+cargo clippy --locked --workspace --all-targets -- -D warnings
+
+step "lean builds carry no libtorch"
+for p in "featjnd-kernels --no-default-features" "featjnd-capi"; do
+  # shellcheck disable=SC2086
+  if cargo tree --locked -e normal -p $p --prefix none | grep -E '^(tch|torch-sys|plotters|clap) '; then
+    echo "error: cargo tree -p $p pulls in the crates above" >&2; exit 1
+  fi
+done
+echo "ok: the kernel library without default features and the C ABI depend on no tch, plotters or clap"
+
+step "C ABI (no libtorch)"
+cargo test --locked -p featjnd-capi "$@" 2>&1 | tee -a "$log"
+step "kernel tier"
+cargo test --locked -p featjnd-kernels "$@" 2>&1 | tee -a "$log"
+step "pipeline tier"
+cargo test --locked -p featjnd-research "$@" 2>&1 | tee -a "$log"
+
+skips=$(grep -c '^SKIP' "$log" || true)
+step "done: every tier passed; ${skips} GPU test(s) skipped (no usable GPU here):"
+grep '^SKIP' "$log" | sort | uniq -c || true

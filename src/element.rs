@@ -50,6 +50,8 @@ impl Dtype {
 /// A feature element type.
 pub trait Element: Copy + Send + Sync + PartialEq + std::fmt::Debug + 'static {
     const DTYPE: Dtype;
+    /// The largest finite value, widened to f32.
+    const MAX_FINITE: f32;
     fn to_f32(self) -> f32;
     fn from_f32(v: f32) -> Self;
     /// `dst[i] = src[i] as f32` (exact).
@@ -63,6 +65,7 @@ pub trait Element: Copy + Send + Sync + PartialEq + std::fmt::Debug + 'static {
 
 impl Element for f32 {
     const DTYPE: Dtype = Dtype::F32;
+    const MAX_FINITE: f32 = f32::MAX;
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
@@ -89,6 +92,7 @@ macro_rules! half_element {
     ($t:ty, $d:expr) => {
         impl Element for $t {
             const DTYPE: Dtype = $d;
+            const MAX_FINITE: f32 = <$t>::MAX.to_f32_const();
             #[inline(always)]
             fn to_f32(self) -> f32 {
                 <$t>::to_f32(self)

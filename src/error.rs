@@ -42,6 +42,10 @@ pub enum Error {
     Checkpoint { path: String, why: String },
     #[error("model: {0}")]
     Model(String),
+    /// A result that would not be finite in the output dtype (e.g. an NRMSE so large that
+    /// `x + s·J⊙ξ` overflows).
+    #[error("overflow: {0}")]
+    Overflow(String),
     /// An error libtorch reported (allocation failure, a failed op), with its message.
     #[error("libtorch: {0}")]
     Torch(String),

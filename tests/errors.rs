@@ -3,12 +3,17 @@ use featjnd_kernels::ops::{self, Noise, QuantizeOptions};
 use featjnd_kernels::{Error, Layout, Reduce, Strategy};
 use tch::{Device, Kind, Tensor};
 
+/// Inputs from Philox, not torch's global RNG (shared by the tests running in parallel).
+fn philox_tensor(sizes: &[i64], seed: u64, kind: featjnd_kernels::NoiseKind) -> Tensor {
+    let mut v = vec![0.0f32; sizes.iter().product::<i64>() as usize];
+    featjnd_kernels::philox::fill(&mut v, 0, seed, 0, kind);
+    Tensor::from_slice(&v).reshape(sizes)
+}
 fn x4() -> Tensor {
-    tch::manual_seed(3);
-    Tensor::randn([2, 3, 4, 4], (Kind::Float, Device::Cpu))
+    philox_tensor(&[2, 3, 4, 4], 3, featjnd_kernels::NoiseKind::Gaussian)
 }
 fn j4() -> Tensor {
-    Tensor::rand([2, 3, 4, 4], (Kind::Float, Device::Cpu)) + 0.1
+    philox_tensor(&[2, 3, 4, 4], 4, featjnd_kernels::NoiseKind::Uniform).abs() + 0.1
 }
 fn steps(x: &Tensor) -> Tensor {
     let jt = ops::token_tolerance(&j4(), Layout::Nchw, 1, Reduce::Mean).unwrap();
@@ -21,7 +26,7 @@ fn q(x: &Tensor, st: &Tensor) -> featjnd_kernels::Result<ops::Quantized> {
 
 #[test]
 fn shape_mismatch_between_x_and_j() {
-    let r = ops::quantize_with_jnd(&x4(), &Tensor::rand([2, 3, 4, 5], (Kind::Float, Device::Cpu)), Layout::Nchw, 1, Reduce::Mean, 0.1, Strategy::Jnd, &QuantizeOptions::default());
+    let r = ops::quantize_with_jnd(&x4(), &(philox_tensor(&[2, 3, 4, 5], 5, featjnd_kernels::NoiseKind::Uniform).abs() + 0.1), Layout::Nchw, 1, Reduce::Mean, 0.1, Strategy::Jnd, &QuantizeOptions::default());
     assert!(matches!(r, Err(Error::Shape(_))), "{r:?}");
     let r = ops::perturb(&x4(), Some(&Tensor::ones([2, 3, 4, 5], (Kind::Float, Device::Cpu))), 0.1, Noise::default());
     assert!(matches!(r, Err(Error::Shape(_))), "{r:?}");

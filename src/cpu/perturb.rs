@@ -74,8 +74,9 @@ fn run<E: Element>(x: SyncPtr<E>, jnd: Option<&[E]>, samples: usize, numel: usiz
     let scratch = || (vec![0.0f32; CHUNK], vec![0.0f32; CHUNK], vec![0.0f32; CHUNK]);
     let bad_j = |v: f32| !(v.is_finite() && v > 0.0);
 
-    // Pass 1: per-chunk sums of x² and (J ξ)², plus the first bad index of x and of J.
-    let parts: Vec<(f64, f64, usize, usize)> = (0..samples * per)
+    // Pass 1: per-chunk sums of x² and (J ξ)², max |x| and max (J ξ)², plus the first bad index
+    // of x and of J.
+    let parts: Vec<Part> = (0..samples * per)
         .into_par_iter()
         .map_init(scratch, |(sx, sj, xi), c| {
             let (_, lo, hi) = chunk(c);
@@ -95,17 +96,22 @@ fn run<E: Element>(x: SyncPtr<E>, jnd: Option<&[E]>, samples: usize, numel: usiz
                 e.iter_mut().zip(jv).for_each(|(e, &j)| *e *= j);
             }
             e.iter_mut().for_each(|e| *e *= *e);
+            let max_x = xv.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+            let max_e = e.iter().fold(0.0f32, |a, &v| a.max(v));
             let qx = super::sum_lanes(sx_sq(xv, &mut sj[..m]));
-            (qx as f64, super::sum_lanes(e) as f64, badx, badj)
+            Part { sum_x: qx as f64, sum_e: super::sum_lanes(e) as f64, max_x, max_e, badx, badj }
         })
         .collect();
     let (mut badx, mut badj) = (usize::MAX, usize::MAX);
-    let mut sums = vec![(0.0f64, 0.0f64); samples];
-    for (c, &(a, b, bx, bj)) in parts.iter().enumerate() {
-        sums[c / per].0 += a;
-        sums[c / per].1 += b;
-        badx = badx.min(bx);
-        badj = badj.min(bj);
+    let mut sums = vec![Part::default(); samples];
+    for (c, p) in parts.iter().enumerate() {
+        let s = &mut sums[c / per];
+        s.sum_x += p.sum_x;
+        s.sum_e += p.sum_e;
+        s.max_x = s.max_x.max(p.max_x);
+        s.max_e = s.max_e.max(p.max_e);
+        badx = badx.min(p.badx);
+        badj = badj.min(p.badj);
     }
     if badx != usize::MAX {
         return Err(Error::NonFinite { index: badx, value: xs(badx, badx + 1)[0].to_f32() });
@@ -115,8 +121,9 @@ fn run<E: Element>(x: SyncPtr<E>, jnd: Option<&[E]>, samples: usize, numel: usiz
     }
     let scales: Vec<f32> = sums
         .iter()
-        .map(|&(a, b)| if a > 0.0 && b > 0.0 { (nrmse * a.sqrt() / b.sqrt()) as f32 } else { 0.0 })
+        .map(|p| if p.sum_x > 0.0 && p.sum_e > 0.0 { (nrmse * p.sum_x.sqrt() / p.sum_e.sqrt()) as f32 } else { 0.0 })
         .collect();
+    check_overflow::<E>(&sums, &scales, nrmse)?;
 
     // Pass 2: regenerate ξ and write x + s·(J·ξ).
     (0..samples * per).into_par_iter().for_each_init(scratch, |(sx, sj, xi), c| {
@@ -137,8 +144,43 @@ fn run<E: Element>(x: SyncPtr<E>, jnd: Option<&[E]>, samples: usize, numel: usiz
         sx[..m].iter_mut().zip(&xi[..m]).for_each(|(v, &e)| *v += s * e);
         E::narrow(&sx[..m], dst);
     });
-    let zero_samples = sums.iter().enumerate().filter(|(_, s)| !(s.0 > 0.0)).map(|(i, _)| i).collect();
+    let zero_samples = sums.iter().enumerate().filter(|(_, s)| !(s.sum_x > 0.0)).map(|(i, _)| i).collect();
     Ok(PerturbReport { scales, zero_samples })
+}
+
+/// Pass-1 statistics of one chunk, or (summed) of one sample.
+#[derive(Clone, Copy)]
+struct Part {
+    sum_x: f64,
+    sum_e: f64,
+    max_x: f32,
+    max_e: f32,
+    badx: usize,
+    badj: usize,
+}
+
+impl Default for Part {
+    fn default() -> Self {
+        Part { sum_x: 0.0, sum_e: 0.0, max_x: 0.0, max_e: 0.0, badx: usize::MAX, badj: usize::MAX }
+    }
+}
+
+/// Refuses, before anything is written, a strength whose result could leave the output dtype's
+/// finite range: `|x + s·Jξ| ≤ max|x| + s·max|Jξ|` per sample (a file of infinities is never a
+/// valid answer). The bound is tight to within the largest element, so it only refuses strengths
+/// at the very edge of the range.
+fn check_overflow<E: Element>(sums: &[Part], scales: &[f32], nrmse: f64) -> Result<()> {
+    for (n, (p, &s)) in sums.iter().zip(scales).enumerate() {
+        let bound = p.max_x as f64 + s as f64 * (p.max_e as f64).sqrt();
+        if !s.is_finite() || bound * (1.0 + 1e-6) > E::MAX_FINITE as f64 {
+            return Err(Error::Overflow(format!(
+                "NRMSE {nrmse} on sample {n} would give values up to {bound:e}, beyond the largest finite {} ({:e})",
+                E::DTYPE.name(),
+                E::MAX_FINITE
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Squares of `x` into `buf` (returns it).

@@ -17,8 +17,9 @@ pub use crate::cpu::perturb::NoiseSpec as Noise;
 
 use crate::element::with_elem;
 
-/// Checks a tensor is usable as feature data and returns its dtype.
-pub(crate) fn check_tensor(t: &Tensor, name: &'static str) -> Result<Dtype> {
+/// Checks a tensor is usable as feature data (defined, f32/f16/bf16, contiguous, non-empty) and
+/// returns its dtype.
+pub fn check_tensor(t: &Tensor, name: &'static str) -> Result<Dtype> {
     if !t.defined() {
         return Err(Error::Arg(format!("{name} is an undefined tensor")));
     }
@@ -45,12 +46,51 @@ pub fn grid_of(x: &Tensor, layout: Layout, patch: usize) -> Result<TokenGrid> {
 }
 
 /// A CPU tensor's data as a slice (zero-copy).
-pub(crate) fn slice<E>(t: &Tensor) -> &[E] {
+///
+/// # Safety
+/// `t` is a defined, contiguous CPU tensor whose elements are `E`, and nothing writes to its
+/// storage (through any handle) while the slice lives.
+pub(crate) unsafe fn slice<E>(t: &Tensor) -> &[E] {
+    // SAFETY: the caller guarantees a contiguous CPU buffer of `numel` elements of type `E` that
+    // is not written while borrowed.
     unsafe { std::slice::from_raw_parts(t.data_ptr() as *const E, t.numel()) }
 }
+
+/// A CPU tensor's data as a mutable slice (zero-copy). `tch` tensors are shared handles, so the
+/// borrow checker cannot see exclusivity: the caller states it.
+///
+/// # Safety
+/// As [`slice`], and no other reference to the storage (shared or mutable, through any tensor
+/// handle) is used while this slice lives: the ops call it only on outputs they allocated or on
+/// caller buffers checked by [`check_disjoint`].
 #[allow(clippy::mut_from_ref)]
-pub(crate) fn slice_mut<E>(t: &Tensor) -> &mut [E] {
+pub(crate) unsafe fn slice_mut<E>(t: &Tensor) -> &mut [E] {
+    // SAFETY: the caller guarantees a contiguous CPU buffer of `numel` elements of type `E`,
+    // exclusively accessed through this slice while it lives.
     unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut E, t.numel()) }
+}
+
+/// The byte range a contiguous tensor's elements occupy.
+fn byte_range(t: &Tensor) -> (usize, usize) {
+    let lo = t.data_ptr() as usize;
+    (lo, lo + t.numel() * t.kind().elt_size_in_bytes())
+}
+
+/// Errors unless the caller-given output `out` shares no memory with `other` (an input or
+/// another output): the `_into` calls write outputs while they read inputs, so any overlap would
+/// be a data race on the CPU and an order-dependent result on the GPU. In-place work has its own
+/// calls (`quantize_`, `perturb_`).
+pub(crate) fn check_disjoint(out: &Tensor, out_name: &str, other: &Tensor, other_name: &str) -> Result<()> {
+    if out.device() != other.device() || out.numel() == 0 || other.numel() == 0 {
+        return Ok(());
+    }
+    let ((a0, a1), (b0, b1)) = (byte_range(out), byte_range(other));
+    if a0 < b1 && b0 < a1 {
+        return Err(Error::Arg(format!(
+            "{out_name} overlaps {other_name} in memory: outputs of an _into call must not alias its inputs or each other (use the in-place call for in-place work)"
+        )));
+    }
+    Ok(())
 }
 
 fn cuda_ordinal(d: Device) -> Option<usize> {
@@ -76,8 +116,9 @@ pub fn token_tolerance(jnd: &Tensor, layout: Layout, patch: usize, reduce: Reduc
     if let Some(o) = cuda_ordinal(jnd.device()) {
         return cuda_ops::token_tolerance(o, jnd, dt, &grid, reduce);
     }
-    let v = with_elem!(dt, E => cpu::token_tolerance::<E>(slice(jnd), &grid, reduce))?;
-    Ok(Tensor::from_slice(&v))
+    // SAFETY: `jnd` is a checked contiguous CPU tensor of `dt`'s element type, only read here.
+    let v = with_elem!(dt, E => cpu::token_tolerance::<E>(unsafe { slice(jnd) }, &grid, reduce))?;
+    Ok(Tensor::f_from_slice(&v)?)
 }
 
 /// Nominal steps `Δ_t` for budget `D` from token tolerances (SPEC §3), on `jt`'s device.
@@ -101,8 +142,9 @@ pub fn allocate_steps_scaled(jt: &Tensor, budget: f64, strategy: Strategy, beta:
         return cuda_ops::allocate_steps(o, jt, budget, strategy, beta, None);
     }
     let mut out = vec![0.0f32; jt.numel()];
-    steps::allocate_into(slice(jt), budget, strategy, beta, &mut out)?;
-    Ok(Tensor::from_slice(&out))
+    // SAFETY: `jt` is a checked contiguous 1-D f32 CPU tensor, only read here.
+    steps::allocate_into(unsafe { slice(jt) }, budget, strategy, beta, &mut out)?;
+    Ok(Tensor::f_from_slice(&out)?)
 }
 
 /// What [`quantize`] should produce.
@@ -167,7 +209,7 @@ pub(crate) struct Outs {
 
 fn out_tensor(given: Option<&Tensor>, name: &str, sizes: &[i64], kind: Kind, device: Device) -> Result<Tensor> {
     match given {
-        None => Ok(Tensor::empty(sizes, (kind, device))),
+        None => Ok(Tensor::f_empty(sizes, (kind, device))?),
         Some(t) => {
             if t.device() != device {
                 return Err(Error::MixedDevices(format!("{name} buffer is on {:?}, x on {device:?}", t.device())));
@@ -180,14 +222,25 @@ fn out_tensor(given: Option<&Tensor>, name: &str, sizes: &[i64], kind: Kind, dev
     }
 }
 
-fn prepare_outs(x: &Tensor, grid: &TokenGrid, opts: &QuantizeOptions, in_place: bool, bufs: &QuantizeBuffers) -> Result<Outs> {
+fn prepare_outs(x: &Tensor, steps: &Tensor, grid: &TokenGrid, opts: &QuantizeOptions, in_place: bool, bufs: &QuantizeBuffers) -> Result<Outs> {
     let (sizes, d) = (x.size(), x.device());
     let sym_kind = if opts.bits == Bits::B8 { Kind::Int8 } else { Kind::Int16 };
-    Ok(Outs {
+    let outs = Outs {
         symbols: if opts.symbols { Some(out_tensor(bufs.symbols, "symbols", &sizes, sym_kind, d)?) } else { None },
         recon: if opts.recon && !in_place { Some(out_tensor(bufs.recon, "reconstruction", &sizes, x.kind(), d)?) } else { None },
         token_sse: if opts.token_sse { Some(out_tensor(bufs.token_sse, "token_sse", &[grid.tokens() as i64], Kind::Float, d)?) } else { None },
-    })
+    };
+    // Caller buffers must not alias the inputs or each other (fresh ones cannot).
+    let named = [(&outs.symbols, "symbols"), (&outs.recon, "reconstruction"), (&outs.token_sse, "token_sse")];
+    let given: Vec<(&Tensor, &str)> = named.iter().filter_map(|(t, n)| t.as_ref().map(|t| (t, *n))).collect();
+    for (i, &(t, n)) in given.iter().enumerate() {
+        check_disjoint(t, n, x, "x")?;
+        check_disjoint(t, n, steps, "steps")?;
+        for &(u, m) in &given[i + 1..] {
+            check_disjoint(t, n, u, m)?;
+        }
+    }
+    Ok(outs)
 }
 
 /// Fused quantize / dequantize of `x` with per-token steps (SPEC §4), out of place.
@@ -212,7 +265,7 @@ fn quantize_impl(x: &Tensor, layout: Layout, patch: usize, steps: &Tensor, opts:
     check_device(x, "x")?;
     let grid = grid_of(x, layout, patch)?;
     check_steps_tensor(x, steps, &grid)?;
-    let outs = prepare_outs(x, &grid, opts, in_place, bufs)?;
+    let outs = prepare_outs(x, steps, &grid, opts, in_place, bufs)?;
     let mut q = if let Some(o) = cuda_ordinal(x.device()) {
         cuda_ops::quantize(o, x, dt, &grid, steps, opts, in_place, outs)?
     } else {
@@ -225,18 +278,23 @@ fn quantize_impl(x: &Tensor, layout: Layout, patch: usize, steps: &Tensor, opts:
 
 fn quantize_cpu(x: &Tensor, dt: Dtype, grid: &TokenGrid, steps: &Tensor, opts: &QuantizeOptions, in_place: bool, outs: Outs) -> Result<Quantized> {
     let Outs { symbols, recon, token_sse } = outs;
+    // SAFETY (every slice below): all tensors are checked contiguous CPU tensors of the element
+    // types named; the outputs were allocated here or checked by `prepare_outs` to share no
+    // memory with `x`, `steps` or each other, and nothing else touches them during the call.
+    // In place, `x` is written only through its one mutable slice.
     let sym = || match (&symbols, opts.bits) {
         (None, _) => Symbols::None,
-        (Some(s), Bits::B8) => Symbols::I8(slice_mut(s)),
-        (Some(s), Bits::B16) => Symbols::I16(slice_mut(s)),
+        (Some(s), Bits::B8) => Symbols::I8(unsafe { slice_mut(s) }),
+        (Some(s), Bits::B16) => Symbols::I16(unsafe { slice_mut(s) }),
     };
-    let st: &[f32] = slice(steps);
+    let sse = || token_sse.as_ref().map(|t| unsafe { slice_mut(t) });
+    let st: &[f32] = unsafe { slice(steps) };
     let stats = with_elem!(dt, E => {
         if in_place {
-            cpu::quantize_in_place::<E>(slice_mut(x), grid, st, opts.bits, sym(), token_sse.as_ref().map(slice_mut), opts.histogram)
+            cpu::quantize_in_place::<E>(unsafe { slice_mut(x) }, grid, st, opts.bits, sym(), sse(), opts.histogram)
         } else {
-            let out = QuantOut { symbols: sym(), recon: recon.as_ref().map(slice_mut::<E>), token_sse: token_sse.as_ref().map(slice_mut), histogram: opts.histogram };
-            cpu::quantize::<E>(slice(x), grid, st, opts.bits, out)
+            let out = QuantOut { symbols: sym(), recon: recon.as_ref().map(|t| unsafe { slice_mut::<E>(t) }), token_sse: sse(), histogram: opts.histogram };
+            cpu::quantize::<E>(unsafe { slice(x) }, grid, st, opts.bits, out)
         }
     })?;
     Ok(Quantized { symbols, recon, token_sse, clamped: stats.clamped, total_sse: stats.total_sse, mse: 0.0, histogram: stats.histogram, rate: None })
@@ -303,7 +361,7 @@ pub fn quantize_with_jnd_into(
         let (dt, dj) = (check_tensor(x, "x")?, check_tensor(jnd, "J")?);
         steps::check_budget(budget)?;
         let grid = grid_of(x, layout, patch)?;
-        let outs = prepare_outs(x, &grid, opts, false, bufs)?;
+        let outs = prepare_outs(x, jnd, &grid, opts, false, bufs)?;
         let (st, mut q) = cuda_ops::quantize_with_jnd(o, x, dt, jnd, dj, &grid, reduce, budget, strategy, opts, outs)?;
         q.mse = q.total_sse / grid.numel() as f64;
         q.rate = q.histogram.as_ref().map(|h| Rate::from_histogram(h, grid.tokens(), grid.k()));
@@ -318,7 +376,8 @@ pub fn quantize_with_jnd_into(
 /// Perturbation at a matched per-sample NRMSE (SPEC §6): `x + s_n · J ⊙ ξ`, `J = None` for `J ≡ 1`.
 /// The sample axis is the first dimension.
 pub fn perturb(x: &Tensor, jnd: Option<&Tensor>, nrmse: f64, noise: NoiseSpec) -> Result<(Tensor, PerturbReport)> {
-    let out = x.empty_like();
+    check_tensor(x, "x")?;
+    let out = x.f_empty_like()?;
     let r = perturb_impl(x, jnd, nrmse, noise, Some(&out))?;
     Ok((out, r))
 }
@@ -327,6 +386,10 @@ pub fn perturb(x: &Tensor, jnd: Option<&Tensor>, nrmse: f64, noise: NoiseSpec) -
 pub fn perturb_into(x: &Tensor, jnd: Option<&Tensor>, nrmse: f64, noise: NoiseSpec, out: &Tensor) -> Result<PerturbReport> {
     check_tensor(x, "x")?;
     let _ = out_tensor(Some(out), "output", &x.size(), x.kind(), x.device())?;
+    check_disjoint(out, "output", x, "x")?;
+    if let Some(j) = jnd {
+        check_disjoint(out, "output", j, "J")?;
+    }
     perturb_impl(x, jnd, nrmse, noise, Some(out))
 }
 
@@ -356,9 +419,17 @@ fn perturb_impl(x: &Tensor, jnd: Option<&Tensor>, nrmse: f64, noise: NoiseSpec, 
     if let Some(o) = cuda_ordinal(x.device()) {
         return cuda_ops::perturb(o, x, jnd, dt, samples, nrmse, noise, out);
     }
+    // SAFETY: checked contiguous CPU tensors of `dt`'s element type; `out` was allocated by
+    // `perturb` or checked disjoint from `x` and `J` by `perturb_into`; in place, `x` is written
+    // only through its one mutable slice and `J` (a different tensor of the same size) is read.
     with_elem!(dt, E => match out {
-        Some(o) => cpu::perturb::<E>(slice(x), jnd.map(slice::<E>), samples, nrmse, noise, slice_mut(o)),
-        None => cpu::perturb_in_place::<E>(slice_mut(x), jnd.map(slice::<E>), samples, nrmse, noise),
+        Some(o) => cpu::perturb::<E>(unsafe { slice(x) }, jnd.map(|j| unsafe { slice::<E>(j) }), samples, nrmse, noise, unsafe { slice_mut(o) }),
+        None => {
+            if let Some(j) = jnd {
+                check_disjoint(x, "x (in place)", j, "J")?;
+            }
+            cpu::perturb_in_place::<E>(unsafe { slice_mut(x) }, jnd.map(|j| unsafe { slice::<E>(j) }), samples, nrmse, noise)
+        }
     })
 }
 
@@ -373,5 +444,5 @@ pub fn noise(numel: usize, offset: u64, noise: NoiseSpec, device: Device) -> Res
     v.try_reserve_exact(numel).map_err(|e| Error::Arg(format!("noise of {numel} elements: {e}")))?;
     v.resize(numel, 0.0);
     crate::philox::fill(&mut v, offset, noise.seed, noise.subsequence, noise.kind);
-    Ok(Tensor::from_slice(&v))
+    Ok(Tensor::f_from_slice(&v)?)
 }

@@ -8,14 +8,26 @@ use tch::{Device, Kind, Tensor};
 pub fn gpu() -> Option<Device> {
     featjnd_kernels::cuda::load_torch_cuda();
     if let Err(e) = featjnd_kernels::cuda::available() {
-        println!("SKIP (no GPU): {e}");
+        skip(&format!("SKIP {} (no GPU): {e}", test_name()));
         return None;
     }
     if !tch::Cuda::is_available() {
-        println!("SKIP (no GPU): libtorch sees no CUDA (libtorch_cuda.so not loadable)");
+        skip(&format!("SKIP {} (no GPU): libtorch sees no CUDA (libtorch_cuda.so not loadable)", test_name()));
         return None;
     }
     Some(Device::Cuda(0))
+}
+
+/// The running test's name (the harness names each test's thread after it).
+pub fn test_name() -> String {
+    std::thread::current().name().unwrap_or("?").to_string()
+}
+
+/// Prints a line straight to the process's stderr, past the harness's output capture, so that
+/// `scripts/test.sh` can count the skipped GPU tests.
+pub fn skip(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 pub const KINDS: [Kind; 3] = [Kind::Float, Kind::Half, Kind::BFloat16];

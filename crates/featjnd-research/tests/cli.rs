@@ -1,5 +1,6 @@
 //! End-to-end tests of the `featjnd` binary: inputs are written with `featjnd_research::io`, the binary runs
 //! in a temporary directory, and its files are read back.
+mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -45,6 +46,7 @@ fn write_inputs(dir: &Path) {
 
 #[test]
 fn demo_runs_and_writes_files() {
+    let _rng = common::rng_lock();
     let d = tempfile::tempdir().unwrap();
     let o = ok(d.path(), &["ops", "demo", "--out", "demo"]);
     let text = String::from_utf8_lossy(&o.stdout);
@@ -63,6 +65,7 @@ fn demo_runs_and_writes_files() {
 
 #[test]
 fn quantize_writes_consistent_outputs() {
+    let _rng = common::rng_lock();
     let d = tempfile::tempdir().unwrap();
     write_inputs(d.path());
     for (strategy, measured) in [("jnd", true), ("uniform", false), ("permuted", false)] {
@@ -106,6 +109,7 @@ fn quantize_writes_consistent_outputs() {
 
 #[test]
 fn quantize_uniform_needs_no_jnd_but_jnd_does() {
+    let _rng = common::rng_lock();
     let d = tempfile::tempdir().unwrap();
     write_inputs(d.path());
     ok(d.path(), &["ops", "quantize", "--x", "x.npy", "--budget", "0.02", "--strategy", "uniform", "--bits", "16", "--out", "u"]);
@@ -117,6 +121,7 @@ fn quantize_uniform_needs_no_jnd_but_jnd_does() {
 
 #[test]
 fn perturb_matches_requested_nrmse() {
+    let _rng = common::rng_lock();
     let d = tempfile::tempdir().unwrap();
     write_inputs(d.path());
     for jnd in [true, false] {
@@ -141,6 +146,7 @@ fn perturb_matches_requested_nrmse() {
 
 #[test]
 fn tokens_and_noise_and_safetensors_input() {
+    let _rng = common::rng_lock();
     let d = tempfile::tempdir().unwrap();
     let j = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).reshape([1, 2, 3]).to_kind(Kind::Half);
     let bytes = safetensors::serialize(
@@ -171,6 +177,7 @@ fn half_bytes(t: &Tensor) -> Vec<u8> {
 
 #[test]
 fn bad_inputs_give_clear_errors() {
+    let _rng = common::rng_lock();
     let d = tempfile::tempdir().unwrap();
     write_inputs(d.path());
     let q = |x: &str| fails(d.path(), &["ops", "quantize", "--x", x, "--budget", "0.01", "--strategy", "uniform", "--out", "q"]);

@@ -1,5 +1,6 @@
 //! The feature codec (`featjnd_research::codec`, `featjnd encode/decode`): bit-exact round trips, corrupted
 //! files, the real size against SPEC §4's entropy estimate, and the CLI.
+mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -69,6 +70,7 @@ fn check_round_trip(enc: &Encoded, x: &Tensor, layout: Layout, patch: usize, bit
 
 #[test]
 fn round_trip_is_bit_exact_for_every_dtype_layout_and_width() {
+    let _rng = common::rng_lock();
     let shapes: &[(&[i64], &[usize])] = &[
         (&[1, 7, 17, 1], &[1]),
         (&[1, 1, 1, 1], &[1]),
@@ -105,6 +107,7 @@ fn round_trip_is_bit_exact_for_every_dtype_layout_and_width() {
 
 #[test]
 fn degenerate_and_wide_alphabets() {
+    let _rng = common::rng_lock();
     // All zeros: a one-symbol alphabet, no payload.
     let x = Tensor::zeros([1, 4, 3, 3], (Kind::Float, Device::Cpu));
     let steps = Tensor::ones([9], (Kind::Float, Device::Cpu));
@@ -161,6 +164,7 @@ fn recrc(b: &mut [u8]) {
 
 #[test]
 fn truncated_files_are_errors() {
+    let _rng = common::rng_lock();
     let enc = small_file();
     let b = &enc.bytes;
     assert!(enc.sections.table > 0 && enc.sections.payload > 8);
@@ -187,6 +191,7 @@ fn truncated_files_are_errors() {
 
 #[test]
 fn every_flipped_byte_is_an_error() {
+    let _rng = common::rng_lock();
     let enc = small_file();
     let b = &enc.bytes;
     for i in 0..b.len() {
@@ -217,6 +222,7 @@ fn every_flipped_byte_is_an_error() {
 /// allocation.
 #[test]
 fn inconsistent_headers_are_errors() {
+    let _rng = common::rng_lock();
     let enc = small_file();
     let put = |off: usize, v: &[u8]| {
         let mut c = enc.bytes.clone();
@@ -291,6 +297,7 @@ fn inconsistent_headers_are_errors() {
 /// The file size against SPEC §4's estimate on a realistic 256×32×32 feature.
 #[test]
 fn file_size_matches_the_entropy_estimate() {
+    let _rng = common::rng_lock();
     for (relu, rel, bits) in [(true, 0.01, Bits::B8), (false, 0.003, Bits::B8), (false, 0.001, Bits::B16)] {
         let (x, j) = feature(&[1, 256, 32, 32], Kind::Float, 42, relu);
         let steps = steps_for(&x, &j, Layout::Nchw, 1, rel, Strategy::Jnd);
@@ -323,6 +330,7 @@ fn ok_json(dir: &Path, args: &[&str]) -> Value {
 
 #[test]
 fn cli_encode_decode_round_trip() {
+    let _rng = common::rng_lock();
     let d = tempfile::tempdir().unwrap();
     let (x, j) = feature(&[2, 16, 12, 12], Kind::Float, 11, true);
     io::save_tensor(&d.path().join("x.npy"), &x).unwrap();

@@ -1,6 +1,7 @@
 //! The shapes detector's targets, decoder and split: targets fed back as "perfect outputs" must
 //! decode to the ground truth (so a trained model's AP measures the model, not the plumbing).
 
+mod common;
 use featjnd_research::data::shapes::SceneConfig;
 use featjnd_research::eval::detect::{decode, ground_truth, score, to_coco, DecodeParams};
 use featjnd_research::model::detector::{DetConfig, ShapesDetector};
@@ -17,6 +18,7 @@ fn oracle(t: &Targets) -> Vec<Tensor> {
 
 #[test]
 fn targets_decode_to_the_ground_truth() {
+    let _rng = common::rng_lock();
     let cfg = SceneConfig::default();
     let sc = scenes(11, 0, 24, &cfg);
     let t = targets(&sc, 6);
@@ -30,6 +32,7 @@ fn targets_decode_to_the_ground_truth() {
 
 #[test]
 fn split_points_compose_to_the_whole_network() {
+    let _rng = common::rng_lock();
     tch::manual_seed(3);
     let m = ShapesDetector::new(DetConfig::default(), Device::Cpu);
     let x = images(&scenes(5, 0, 2, &SceneConfig::default()));
@@ -49,6 +52,7 @@ fn split_points_compose_to_the_whole_network() {
 
 #[test]
 fn a_few_steps_lower_the_loss() {
+    let _rng = common::rng_lock();
     use tch::nn::OptimizerConfig;
     tch::manual_seed(1);
     let m = ShapesDetector::new(DetConfig::default(), Device::Cpu);
@@ -68,6 +72,7 @@ fn a_few_steps_lower_the_loss() {
 
 #[test]
 fn masks_stay_inside_their_boxes_when_clipped() {
+    let _rng = common::rng_lock();
     // Oracle outputs with the boxes shrunk by a third: with box_margin 0 every mask pixel must lie
     // inside its (shrunk) box; without the clip, the masks spill out of them.
     let sc = scenes(12, 0, 6, &SceneConfig::default());
@@ -92,6 +97,7 @@ fn masks_stay_inside_their_boxes_when_clipped() {
 
 #[test]
 fn a_time_limit_ends_training_early_and_is_recorded() {
+    let _rng = common::rng_lock();
     use featjnd_research::train::detect::{train_shapes, DetTrain};
     let cfg = DetTrain { steps: 100_000, batch: 2, eval_scenes: 4, time_limit: Some(1.0), quiet: true, ..DetTrain::default() };
     let (_, meta) = train_shapes(&cfg, DetConfig::default(), Device::Cpu).unwrap();

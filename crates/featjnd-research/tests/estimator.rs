@@ -2,6 +2,7 @@
 //! that move J the way the objective says (grow while the constraint is slack; the multiplier
 //! rises while it is violated).
 
+mod common;
 use featjnd_research::estimator::train::{train_estimator, JndTrain};
 use featjnd_research::estimator::{EstimatorConfig, JndEstimator};
 use featjnd_research::model::resnet::{FmnistResNet, ResNetConfig};
@@ -15,6 +16,7 @@ fn config(channels: Vec<i64>) -> EstimatorConfig {
 
 #[test]
 fn maps_have_the_feature_shapes_and_are_positive() {
+    let _rng = common::rng_lock();
     tch::manual_seed(5);
     let feats = vec![
         Tensor::randn([2, 5, 7, 9], (Kind::Float, Device::Cpu)) * 3.0 + 1.0,
@@ -39,6 +41,7 @@ fn maps_have_the_feature_shapes_and_are_positive() {
 
 #[test]
 fn estimator_checkpoint_round_trip() {
+    let _rng = common::rng_lock();
     tch::manual_seed(6);
     let f = vec![Tensor::randn([1, 4, 6, 6], (Kind::Float, Device::Cpu))];
     let mut est = JndEstimator::new(config(vec![4]), Device::Cpu);
@@ -66,6 +69,7 @@ fn batches() -> impl FnMut(usize) -> Result<Tensor> {
 
 #[test]
 fn slack_constraint_lets_j_grow() {
+    let _rng = common::rng_lock();
     let m = tiny_model();
     let cfg = JndTrain { steps: 25, eps: 1e9, tau: 0.0, lambda0: 0.0, hidden: 8, quiet: true, ..JndTrain::default() };
     let (_, meta, log) = train_estimator(&m, "stage1", &mut batches(), &cfg).unwrap();
@@ -76,6 +80,7 @@ fn slack_constraint_lets_j_grow() {
 
 #[test]
 fn violated_constraint_raises_lambda_and_shrinks_j() {
+    let _rng = common::rng_lock();
     let m = tiny_model();
     // Sharpen the random classifier so that noise changes its output distribution a lot.
     tch::no_grad(|| {

@@ -1,5 +1,6 @@
 //! Fashion-MNIST loader: hand-made IDX fixtures (plain and gzip), malformed files, and the real
 //! Debian files when they are installed.
+mod common;
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
@@ -59,6 +60,7 @@ fn check_fixture(ds: &FashionMnist) {
 
 #[test]
 fn loads_plain_and_gzip_fixtures() {
+    let _rng = common::rng_lock();
     let (img, lbl) = fixture();
     let plain = tempfile::tempdir().unwrap();
     write(plain.path(), "t10k-images-idx3-ubyte", &img);
@@ -84,6 +86,7 @@ fn loads_plain_and_gzip_fixtures() {
 
 #[test]
 fn malformed_files_are_io_errors() {
+    let _rng = common::rng_lock();
     let (img, lbl) = fixture();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -116,6 +119,7 @@ fn malformed_files_are_io_errors() {
 
 #[test]
 fn env_var_overrides_the_directory() {
+    let _rng = common::rng_lock();
     let (img, lbl) = fixture();
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "t10k-images-idx3-ubyte.gz", &gzip(&img));
@@ -129,6 +133,7 @@ fn env_var_overrides_the_directory() {
 
 #[test]
 fn missing_files_name_the_fix() {
+    let _rng = common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let msg = io_msg(FashionMnist::load_from(dir.path(), Split::Test));
     assert!(msg.contains("t10k-images-idx3-ubyte"), "{msg}");
@@ -140,11 +145,12 @@ fn missing_files_name_the_fix() {
 
 #[test]
 fn real_debian_files() {
+    let _rng = common::rng_lock();
     if !Path::new(DEFAULT_DIR)
         .join("train-images-idx3-ubyte.gz")
         .is_file()
     {
-        println!("SKIP real_debian_files: {DEFAULT_DIR} absent (run scripts/setup.sh)");
+        common::skip!("SKIP real_debian_files: {DEFAULT_DIR} absent (run scripts/setup.sh)");
         return;
     }
     for (split, n) in [(Split::Train, 60_000), (Split::Test, 10_000)] {

@@ -2,6 +2,7 @@
 //! photo loader. The tests that need `.deps/data/{mobilenet_v2,skimage}` (from scripts/setup.sh)
 //! print a SKIP reason and pass when those files are absent; the loader tests on hand-made PNGs
 //! always run.
+mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -29,7 +30,7 @@ fn weights_or_skip(test: &str) -> Option<PathBuf> {
     if w.is_file() {
         Some(w)
     } else {
-        println!("SKIP {test}: {} absent (run scripts/setup.sh)", w.display());
+        common::skip!("SKIP {test}: {} absent (run scripts/setup.sh)", w.display());
         None
     }
 }
@@ -52,6 +53,7 @@ fn checkpoint_why<T>(r: featjnd_research::Result<T>) -> String {
 /// Every key with its torchvision shape: 262 F32 parameters / running stats + 52 I64 counters.
 #[test]
 fn converted_file_has_every_torchvision_key() {
+    let _rng = common::rng_lock();
     let Some(w) = weights_or_skip("converted_file_has_every_torchvision_key") else { return };
     let bytes = std::fs::read(&w).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
@@ -94,10 +96,11 @@ fn converted_file_has_every_torchvision_key() {
 /// exactly once and end at EOF (so every value in the safetensors is a byte-exact copy).
 #[test]
 fn pth_storages_are_the_converted_bytes() {
+    let _rng = common::rng_lock();
     let Some(w) = weights_or_skip("pth_storages_are_the_converted_bytes") else { return };
     let p = pth();
     if !p.is_file() {
-        println!("SKIP pth_storages_are_the_converted_bytes: {} absent", p.display());
+        common::skip!("SKIP pth_storages_are_the_converted_bytes: {} absent", p.display());
         return;
     }
     let sbytes = std::fs::read(&w).unwrap();
@@ -140,10 +143,11 @@ fn pth_storages_are_the_converted_bytes() {
 /// their bytes must equal the safetensors entries of the same name.
 #[test]
 fn pth_named_values_match_an_independent_reader() {
+    let _rng = common::rng_lock();
     let Some(w) = weights_or_skip("pth_named_values_match_an_independent_reader") else { return };
     let p = pth();
     if !p.is_file() {
-        println!("SKIP pth_named_values_match_an_independent_reader: {} absent", p.display());
+        common::skip!("SKIP pth_named_values_match_an_independent_reader: {} absent", p.display());
         return;
     }
     let names = [
@@ -189,7 +193,7 @@ for name in sys.argv[2:]:
         Ok(o) if o.status.success() => String::from_utf8(o.stdout).unwrap(),
         Ok(o) => panic!("python3 failed: {}", String::from_utf8_lossy(&o.stderr)),
         Err(e) => {
-            println!("SKIP pth_named_values_match_an_independent_reader: no python3 ({e})");
+            common::skip!("SKIP pth_named_values_match_an_independent_reader: no python3 ({e})");
             return;
         }
     };
@@ -238,6 +242,7 @@ fn all_tensors(bytes: &[u8]) -> Vec<Entry> {
 
 #[test]
 fn strict_loading() {
+    let _rng = common::rng_lock();
     // A missing file says what to do, with or without the real weights.
     let why = checkpoint_why(MobileNetV2::load(Path::new("/nonexistent/mnv2.safetensors"), Device::Cpu));
     assert!(why.contains("scripts/setup.sh"), "{why}");
@@ -310,6 +315,7 @@ fn strict_loading() {
 
 #[test]
 fn split_head_tail_equals_forward() {
+    let _rng = common::rng_lock();
     let Some(_) = weights_or_skip("split_head_tail_equals_forward") else { return };
     let m = model();
     assert_eq!(m.split_points(), ["stage2", "stage3", "stage5"]);
@@ -392,6 +398,7 @@ fn top5(preds: &[Pred], name: &str) -> Vec<i64> {
 
 #[test]
 fn imagenet_predictions_on_skimage_photos() {
+    let _rng = common::rng_lock();
     let Some(preds) = predictions() else {
         println!(
             "SKIP imagenet_predictions_on_skimage_photos: weights or photos absent (run scripts/setup.sh)"
@@ -422,8 +429,9 @@ fn imagenet_predictions_on_skimage_photos() {
 /// is right -- only that the converter, the photo transform and the model have not changed.
 #[test]
 fn logits_match_the_recorded_fixture() {
+    let _rng = common::rng_lock();
     let Some(preds) = predictions() else {
-        println!("SKIP logits_match_the_recorded_fixture: weights or photos absent (run scripts/setup.sh)");
+        common::skip!("SKIP logits_match_the_recorded_fixture: weights or photos absent (run scripts/setup.sh)");
         return;
     };
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/mobilenet/top5.json");
@@ -481,6 +489,7 @@ fn png_bytes(img: image::DynamicImage) -> Vec<u8> {
 
 #[test]
 fn malformed_png_is_an_error() {
+    let _rng = common::rng_lock();
     let io = |r: featjnd_research::Result<image::Rgb32FImage>| match r {
         Err(Error::Io(m)) => m,
         other => panic!("expected Error::Io, got {other:?}"),
@@ -513,6 +522,7 @@ fn malformed_png_is_an_error() {
 
 #[test]
 fn png_colour_types_and_the_eval_transform() {
+    let _rng = common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let grey = image::GrayImage::from_fn(300, 200, |x, _| image::Luma([if x < 150 { 0 } else { 255 }]));
     let rgba = image::RgbaImage::from_fn(300, 200, |_, _| image::Rgba([255, 0, 51, 7]));
@@ -559,6 +569,7 @@ fn png_colour_types_and_the_eval_transform() {
 
 #[test]
 fn augmentation_is_deterministic_per_seed() {
+    let _rng = common::rng_lock();
     let img =
         image::Rgb32FImage::from_fn(320, 240, |x, y| image::Rgb([x as f32 / 320.0, y as f32 / 240.0, 0.5]));
     let aug = Augment::default();
@@ -596,6 +607,7 @@ fn augmentation_is_deterministic_per_seed() {
 /// float16 storage), converts it, and checks every value.
 #[test]
 fn converter_handles_strides_offsets_and_shared_storages() {
+    let _rng = common::rng_lock();
     const PY: &str = r#"
 import collections, pickle, struct, sys, types
 torch = types.ModuleType('torch'); utils = types.ModuleType('torch._utils')
@@ -639,7 +651,7 @@ for s in (a, b, c):
     match std::process::Command::new("python3").arg("-c").arg(PY).arg(&src).status() {
         Ok(s) => assert!(s.success(), "writing the synthetic .pth failed"),
         Err(e) => {
-            println!("SKIP converter_handles_strides_offsets_and_shared_storages: no python3 ({e})");
+            common::skip!("SKIP converter_handles_strides_offsets_and_shared_storages: no python3 ({e})");
             return;
         }
     }

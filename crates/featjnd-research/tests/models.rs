@@ -1,6 +1,7 @@
 //! Task models and checkpoints: split consistency, atomic safetensors checkpoints with metadata,
 //! clear errors (and an untouched model) on corrupted or mismatched files, a tiny training run.
 
+mod common;
 use featjnd_research::model::checkpoint::{self, Meta};
 use featjnd_research::model::detector::{DetConfig, ShapesDetector};
 use featjnd_research::model::resnet::{FmnistResNet, ResNetConfig, ARCH};
@@ -27,6 +28,7 @@ fn input() -> Tensor {
 
 #[test]
 fn fmnist_splits_compose_to_the_whole_network() {
+    let _rng = common::rng_lock();
     let m = model(1);
     let x = input();
     let full = m.forward(&x).unwrap().remove(0);
@@ -44,6 +46,7 @@ fn fmnist_splits_compose_to_the_whole_network() {
 
 #[test]
 fn checkpoint_round_trip_keeps_weights_and_metadata() {
+    let _rng = common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sub/m.safetensors");
     let a = model(1);
@@ -71,6 +74,7 @@ fn expect_checkpoint_error(r: featjnd_research::Result<Meta>, needle: &str) {
 
 #[test]
 fn bad_checkpoints_are_clear_errors_and_leave_the_model_untouched() {
+    let _rng = common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.safetensors");
     checkpoint::save(&model(1).vs, &meta(), &good).unwrap();
@@ -114,6 +118,7 @@ fn bad_checkpoints_are_clear_errors_and_leave_the_model_untouched() {
 
 #[test]
 fn saving_into_an_impossible_place_is_an_error() {
+    let _rng = common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let blocker = dir.path().join("file");
     std::fs::write(&blocker, b"x").unwrap();
@@ -123,9 +128,10 @@ fn saving_into_an_impossible_place_is_an_error() {
 
 #[test]
 fn a_few_fmnist_steps_train_and_checkpoint() {
+    let _rng = common::rng_lock();
     use featjnd_research::train::classify::{train_fmnist, FmnistTrain};
     let Ok(_) = featjnd_research::data::fashion_mnist::FashionMnist::load(featjnd_research::data::fashion_mnist::Split::Test) else {
-        eprintln!("SKIP: Fashion-MNIST not installed (scripts/setup.sh installs it)");
+        common::skip!("SKIP: Fashion-MNIST not installed (scripts/setup.sh installs it)");
         return;
     };
     let cfg = FmnistTrain { max_steps: Some(40), test_limit: Some(300), batch: 32, quiet: true, ..FmnistTrain::default() };

@@ -1,6 +1,7 @@
 //! Real images as detector scenes (`train::real`): crop conversion, the train / held-out split, and
 //! a 3-step fine-tune that gives finite AP. Uses `.deps/data` from `scripts/setup.sh` (else SKIP).
 
+mod common;
 use featjnd_research::data::shapes::Scene;
 use featjnd_research::data::{deepforest, stardist};
 use featjnd_research::model::checkpoint::{self, Meta};
@@ -18,7 +19,7 @@ fn present(ds: RealDataset) -> bool {
     };
     let ok = dir.join(file).exists();
     if !ok {
-        println!("SKIP {}: {} absent (run scripts/setup.sh)", ds.name(), dir.display());
+        common::skip!("SKIP {}: {} absent (run scripts/setup.sh)", ds.name(), dir.display());
     }
     ok
 }
@@ -89,6 +90,7 @@ fn tiny_finetune(data: &mut RealData) {
 
 #[test]
 fn stardist_split_crops_and_finetune() {
+    let _rng = common::rng_lock();
     if !present(RealDataset::Stardist) {
         return;
     }
@@ -137,6 +139,7 @@ fn stardist_split_crops_and_finetune() {
 
 #[test]
 fn deepforest_split_crops_and_finetune() {
+    let _rng = common::rng_lock();
     if !present(RealDataset::Deepforest) {
         return;
     }

@@ -2,12 +2,14 @@
 //! produced perturbations), rank correlation, and a quick `featjnd run` that writes a complete
 //! report (files exist, JSON parses, numbers finite).
 
+mod common;
 use featjnd_research::study::attrib::spearman;
 use featjnd_research::study::perturb::{perturb_levels, NoiseShape};
 use tch::{Device, Kind, Tensor};
 
 #[test]
 fn every_shape_matches_the_requested_nrmse_per_sample_and_level() {
+    let _rng = common::rng_lock();
     tch::manual_seed(21);
     // Odd sizes, a ReLU level with exact zeros, and a level of a very different scale.
     let feats = vec![
@@ -42,6 +44,7 @@ fn every_shape_matches_the_requested_nrmse_per_sample_and_level() {
 
 #[test]
 fn spearman_known_answers() {
+    let _rng = common::rng_lock();
     assert!((spearman(&[1.0, 2.0, 3.0, 4.0], &[10.0, 20.0, 30.0, 40.0]) - 1.0).abs() < 1e-12);
     assert!((spearman(&[1.0, 2.0, 3.0, 4.0], &[4.0, 3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
     // Monotone but non-linear: still 1.
@@ -66,6 +69,7 @@ fn assert_finite(v: &serde_json::Value, path: &str) {
 /// The main job's smoke test: `featjnd run --quick` on the committed models writes a complete report.
 #[test]
 fn featjnd_run_quick_writes_a_complete_report() {
+    let _rng = common::rng_lock();
     let root = featjnd_research::paths::repo_root();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("report");

@@ -4,6 +4,7 @@
 //! cannot save a function with several outputs, so multi-tensor heads (tuple, list, dict) and
 //! non-tensor outputs are hand-written TorchScript modules without weights, zipped here
 //! (`script_module`). Plus the error cases and the `IValue` → tensors conversion.
+mod common;
 use std::path::Path;
 use std::time::Instant;
 
@@ -88,6 +89,7 @@ fn model_err<T: std::fmt::Debug>(r: featjnd_research::Result<T>) -> String {
 
 #[test]
 fn single_tensor_pair_matches_rust_and_full() {
+    let _rng = common::rng_lock();
     let t0 = Instant::now();
     let net = Net::new();
     let dir = tempfile::tempdir().unwrap();
@@ -134,6 +136,7 @@ fn single_tensor_pair_matches_rust_and_full() {
 
 #[test]
 fn sidecar_names_split_and_checks_count() {
+    let _rng = common::rng_lock();
     let net = Net::new();
     let dir = tempfile::tempdir().unwrap();
     write_single(&net, dir.path(), true);
@@ -184,6 +187,7 @@ fn sidecar_names_split_and_checks_count() {
 
 #[test]
 fn normalisation_outside_the_head() {
+    let _rng = common::rng_lock();
     let net = Net::new();
     let dir = tempfile::tempdir().unwrap();
     write_single(&net, dir.path(), false); // the traced head does not normalise
@@ -205,6 +209,7 @@ fn normalisation_outside_the_head() {
 /// `torch.jit.script`/`torch.jit.trace` in Python (which return a tuple, list or dict).
 #[test]
 fn tracing_cannot_save_two_outputs() {
+    let _rng = common::rng_lock();
     let net = Net::new();
     let x = image(2, 1);
     let mut f = |i: &[Tensor]| {
@@ -312,6 +317,7 @@ impl Tail2 {
 
 #[test]
 fn two_tensor_head_tuple_list_dict() {
+    let _rng = common::rng_lock();
     let t0 = Instant::now();
     let tail = Tail2::new();
     let x = image(2, 1);
@@ -375,6 +381,7 @@ fn two_tensor_head_tuple_list_dict() {
 
 #[test]
 fn scripted_outputs_tuple_tail_and_non_tensors() {
+    let _rng = common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let x = image(2, 2);
     let (a, b) = two_levels(&x);
@@ -424,6 +431,7 @@ fn scripted_outputs_tuple_tail_and_non_tensors() {
 
 #[test]
 fn load_errors() {
+    let _rng = common::rng_lock();
     let net = Net::new();
     let dir = tempfile::tempdir().unwrap();
 
@@ -484,6 +492,7 @@ fn load_errors() {
 
 #[test]
 fn ivalue_conversion() {
+    let _rng = common::rng_lock();
     let t = |v: f32| Tensor::from_slice(&[v]);
     let vals = |ts: Vec<Tensor>| ts.iter().map(|t| t.double_value(&[0])).collect::<Vec<_>>();
 
@@ -528,6 +537,7 @@ fn ivalue_conversion() {
 /// The spec round-trips through JSON with every field; `{}` is the default.
 #[test]
 fn spec_round_trip() {
+    let _rng = common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join(SIDECAR);
     let spec = SplitSpec {

@@ -219,11 +219,34 @@ impl SymSlice<'_> {
     }
 }
 
-fn sym_slice(t: &Tensor, bits: Bits) -> SymSlice<'_> {
-    match bits {
-        Bits::B8 => SymSlice::I8(ops::slice(t)),
-        Bits::B16 => SymSlice::I16(ops::slice(t)),
+/// The symbols of a CPU tensor, copied out (`i8` or `i16` by `bits`).
+enum SymVec {
+    I8(Vec<i8>),
+    I16(Vec<i16>),
+}
+
+impl SymVec {
+    fn of(t: &Tensor, bits: Bits) -> Result<Self> {
+        Ok(match bits {
+            Bits::B8 => SymVec::I8(Vec::<i8>::try_from(t)?),
+            Bits::B16 => SymVec::I16(Vec::<i16>::try_from(t)?),
+        })
     }
+    fn as_slice(&self) -> SymSlice<'_> {
+        match self {
+            SymVec::I8(v) => SymSlice::I8(v),
+            SymVec::I16(v) => SymSlice::I16(v),
+        }
+    }
+}
+
+/// A zeroed vector of `n` values, or an error naming `what` when it cannot be allocated (a
+/// corrupt header must not abort the process).
+fn zeroed<T: Clone + Default>(n: usize, what: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|e| err(format!("cannot allocate the {what} ({n} values): {e}")))?;
+    v.resize(n, T::default());
+    Ok(v)
 }
 
 // ---------- header ----------
@@ -268,14 +291,15 @@ pub fn encode(x: &Tensor, steps: &Tensor, layout: Layout, patch: usize, bits: Bi
         return Err(Error::Shape(format!("steps must be a 1-D tensor of {} values (one per token), got {:?}", grid.tokens(), steps.size())));
     }
     let st = steps.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?.f_contiguous()?;
-    let (e, step_bits, rounded) = round_steps(ops::slice::<f32>(&st))?;
-    let steps_t = Tensor::from_slice(&rounded);
+    let (e, step_bits, rounded) = round_steps(&Vec::<f32>::try_from(&st)?)?;
+    let steps_t = Tensor::f_from_slice(&rounded)?;
     let opts = QuantizeOptions { bits, symbols: true, recon: true, token_sse: true, histogram: false };
     let q = ops::quantize(&x, layout, patch, &steps_t, &opts)?;
     let missing = || Error::Arg("quantize did not return a requested output".into());
     let symbols = q.symbols.ok_or_else(missing)?;
     let recon = q.recon.ok_or_else(missing)?;
-    let sym = sym_slice(&symbols, bits);
+    let sym_vec = SymVec::of(&symbols, bits)?;
+    let sym = sym_vec.as_slice();
     let (_, pairs) = histogram(&sym);
     let table = Table::from_counts(&pairs)?;
     let table_bytes = table.to_bytes();
@@ -500,10 +524,6 @@ fn validate(raw: &Raw) -> Result<(Dtype, Layout, Bits, TokenGrid, i32)> {
     Ok((dtype, layout, bits, grid, e))
 }
 
-fn alloc(sizes: &[i64], kind: Kind, what: &str) -> Result<Tensor> {
-    Tensor::f_empty(sizes, (kind, Device::Cpu)).map_err(|e| err(format!("cannot allocate the {what} ({sizes:?} {kind:?}): {e}")))
-}
-
 /// Decodes a `.fjq` file.
 pub fn decode(bytes: &[u8]) -> Result<Decoded> {
     let raw = open(bytes)?;
@@ -519,22 +539,30 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded> {
     }
 
     let sizes = grid.shape.sizes();
-    let sym_kind = if bits == Bits::B8 { Kind::Int8 } else { Kind::Int16 };
-    let symbols = alloc(&sizes, sym_kind, "symbols")?;
     let n = grid.numel();
-    match bits {
+    let sym_vec = match bits {
         Bits::B8 => {
-            let s: &mut [i8] = ops::slice_mut(&symbols);
+            let mut s = zeroed::<i8>(n, "symbols")?;
             entropy::decode(&table, raw.payload, n, |i, k| s[i] = table.symbols[k] as i8)?;
+            SymVec::I8(s)
         }
         Bits::B16 => {
-            let s: &mut [i16] = ops::slice_mut(&symbols);
+            let mut s = zeroed::<i16>(n, "symbols")?;
             entropy::decode(&table, raw.payload, n, |i, k| s[i] = table.symbols[k] as i16)?;
+            SymVec::I16(s)
         }
+    };
+    let sym = sym_vec.as_slice();
+    let recon = with_elem!(dtype, E => {
+        let mut r = zeroed::<E>(n, "reconstruction")?;
+        dequantize::<E>(&sym, &grid, &steps, &mut r);
+        Tensor::f_from_slice(&r)?.f_reshape(&sizes)?
+    });
+    let symbols = match &sym_vec {
+        SymVec::I8(v) => Tensor::f_from_slice(v)?,
+        SymVec::I16(v) => Tensor::f_from_slice(v)?,
     }
-    let recon = alloc(&sizes, dtype.to_kind(), "reconstruction")?;
-    let sym = sym_slice(&symbols, bits);
-    with_elem!(dtype, E => dequantize::<E>(&sym, &grid, &steps, ops::slice_mut(&recon)));
+    .f_reshape(&sizes)?;
 
     let (_, pairs) = histogram(&sym);
     let counts: Vec<u64> = pairs.iter().map(|p| p.1).collect();

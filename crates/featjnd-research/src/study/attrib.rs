@@ -144,6 +144,7 @@ pub fn panel(path: &Path, title: &str, m: &Maps) -> Result<()> {
     let tiles: [(&str, &Tensor); 4] =
         [("Grad-CAM", &m.gradcam), ("|grad x input|", &m.grad_input), ("1/J (std/J)", &m.inv_j), ("FeatJND noise energy", &m.noise_energy)];
     let width = (TILE + 20) * 5 + 20;
+    super::plot::register_font()?;
     let root = BitMapBackend::new(path, (width as u32, (TILE + 110) as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(perr)?;
     let style = ("sans-serif", 15).into_font();

@@ -26,6 +26,37 @@ pub fn color(name: &str) -> RGBColor {
     }
 }
 
+/// Where a sans-serif TrueType font is looked for (`$FEATJND_FONT` first). Debian's
+/// `fonts-dejavu-core`, which `scripts/setup.sh` installs, provides the first one.
+const FONT_PATHS: [&str; 4] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+];
+
+/// Registers the font every chart uses as "sans-serif" (once per process). Text is drawn with
+/// ab_glyph, in Rust: no fontconfig or freetype, so the binary links no system library that
+/// could drag a foreign libtorch onto the link line.
+pub fn register_font() -> Result<()> {
+    static DONE: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        let env = std::env::var("FEATJND_FONT").ok();
+        let candidates = env.iter().map(String::as_str).chain(FONT_PATHS);
+        for p in candidates {
+            if let Ok(bytes) = std::fs::read(p) {
+                // Leaked once: plotters keeps registered fonts for the life of the process.
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                return plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+                    .map_err(|_| format!("{p} is not a usable TrueType font"));
+            }
+        }
+        Err(format!("no TrueType font found for the plots: set FEATJND_FONT to a .ttf file, or install fonts-dejavu-core (looked in {})", FONT_PATHS.join(", ")))
+    })
+    .clone()
+    .map_err(|why| Error::Io(format!("plot: {why}")))
+}
+
 fn perr<E: std::fmt::Display>(e: E) -> Error {
     Error::Io(format!("plot: {e}"))
 }
@@ -40,6 +71,7 @@ pub fn line_chart(path: &Path, title: &str, xlabel: &str, ylabel: &str, series: 
         return Err(Error::Arg(format!("plot {title}: no finite data")));
     }
     let pad = ((y1 - y0) * 0.05).max(1e-3);
+    register_font()?;
     let root = BitMapBackend::new(path, (760, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(perr)?;
     let mut chart = ChartBuilder::on(&root)
