@@ -4,6 +4,7 @@ use crate::params::{FjTokenGeom, FJ_LAYOUT_NCHW, FJ_LAYOUT_NTC};
 
 /// Layout of a feature tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Layout {
     /// `[N, C, H, W]` (CNN split points).
     Nchw,
@@ -149,6 +150,7 @@ impl TokenGrid {
 
 /// Token tolerance reduction (SPEC §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Reduce {
     #[default]
     Mean,
@@ -166,6 +168,7 @@ pub enum Strategy {
 
 /// Noise of SPEC §5.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum NoiseKind {
     #[default]
     Gaussian,
@@ -175,9 +178,12 @@ pub enum NoiseKind {
 
 /// Symbol width of the fused quantizer: `Q = 2^(b-1) - 1`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Bits {
     #[default]
+    #[cfg_attr(feature = "clap", value(name = "8"))]
     B8,
+    #[cfg_attr(feature = "clap", value(name = "16"))]
     B16,
 }
 

@@ -168,3 +168,50 @@ fn impossible_noise_size_is_an_error() {
     let r = ops::noise(usize::MAX / 2, 0, Noise::default(), Device::Cpu);
     assert!(matches!(r, Err(Error::Arg(_))), "{r:?}");
 }
+
+#[test]
+fn overflowing_strength_is_an_error_and_writes_nothing() {
+    let x = x4();
+    // r = 1e40 cannot be represented at all; r = 1e3 overflows f16 (max 65504) but not f32.
+    for (kind, r) in [(Kind::Float, 1e40), (Kind::Half, 1e5), (Kind::BFloat16, 1e40)] {
+        let xk = x.to_kind(kind);
+        match ops::perturb(&xk, None, r, Noise::default()) {
+            Err(Error::Overflow(msg)) => assert!(msg.contains(&format!("{r}")), "{msg}"),
+            other => panic!("{kind:?} r = {r}: {other:?}"),
+        }
+        let mut xi = xk.copy();
+        assert!(matches!(ops::perturb_(&mut xi, Some(&j4().to_kind(kind)), r, Noise::default()), Err(Error::Overflow(_))));
+        assert!(xi.equal(&xk), "{kind:?}: the in-place buffer was written before the error");
+    }
+    // A large but representable strength still works and stays finite.
+    let (y, _) = ops::perturb(&x, None, 1e3, Noise::default()).unwrap();
+    assert!(y.isfinite().all().int64_value(&[]) == 1);
+}
+
+#[test]
+fn into_outputs_must_not_alias_inputs() {
+    let x = x4();
+    let st = steps(&x);
+    // The reconstruction buffer is x itself, or a view into it: refused (in place is `quantize_`).
+    let opts = QuantizeOptions::default();
+    let bufs = ops::QuantizeBuffers { recon: Some(&x), ..Default::default() };
+    assert!(matches!(ops::quantize_into(&x, Layout::Nchw, 1, &st, &opts, &bufs), Err(Error::Arg(m)) if m.contains("overlaps x")));
+    // Token errors written over the steps.
+    let bufs = ops::QuantizeBuffers { token_sse: Some(&st), ..Default::default() };
+    assert!(matches!(ops::quantize_into(&x, Layout::Nchw, 1, &st, &opts, &bufs), Err(Error::Arg(m)) if m.contains("overlaps steps")));
+    // Two outputs sharing memory: an f32 reconstruction and token errors carved from one buffer.
+    let big = Tensor::zeros([2 * 3 * 4 * 4 + 32], (Kind::Float, Device::Cpu));
+    let rec = big.narrow(0, 0, 96).view([2, 3, 4, 4]);
+    let sse = big.narrow(0, 90, 32);
+    let bufs = ops::QuantizeBuffers { recon: Some(&rec), token_sse: Some(&sse), ..Default::default() };
+    assert!(matches!(ops::quantize_into(&x, Layout::Nchw, 1, &st, &opts, &bufs), Err(Error::Arg(m)) if m.contains("overlaps")));
+    // Disjoint buffers are fine, and equal to the allocating call.
+    let (rec, sse) = (x.zeros_like(), Tensor::zeros([32], (Kind::Float, Device::Cpu)));
+    let bufs = ops::QuantizeBuffers { recon: Some(&rec), token_sse: Some(&sse), ..Default::default() };
+    ops::quantize_into(&x, Layout::Nchw, 1, &st, &opts, &bufs).unwrap();
+    assert!(rec.equal(q(&x, &st).unwrap().recon.as_ref().unwrap()));
+    // perturb_into over x or over J.
+    let j = j4();
+    assert!(matches!(ops::perturb_into(&x, Some(&j), 0.1, Noise::default(), &x), Err(Error::Arg(m)) if m.contains("overlaps x")));
+    assert!(matches!(ops::perturb_into(&x, Some(&j), 0.1, Noise::default(), &j), Err(Error::Arg(m)) if m.contains("overlaps J")));
+}

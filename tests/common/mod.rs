@@ -46,13 +46,3 @@ pub fn rel_close(a: f64, b: f64, rel: f64, abs: f64) -> bool {
     (a - b).abs() <= rel * b.abs() + abs
 }
 
-/// Prints a `SKIP ...` line straight to the process's stderr, past the test harness's output
-/// capture, so that `scripts/test.sh` can count the tests that could not run here.
-macro_rules! skip {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
-    }};
-}
-#[allow(unused_imports)]
-pub(crate) use skip;

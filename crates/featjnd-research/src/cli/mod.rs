@@ -1,7 +1,9 @@
 //! Commands of the `featjnd` tool that drive the tch pipeline (training, studies). They live in the
 //! library so that tests can call them directly; `src/bin/featjnd.rs` only parses and dispatches.
 
+pub mod coco;
 pub mod codec;
+pub mod ops;
 pub mod real;
 pub mod study;
 pub mod train_task;

@@ -13,6 +13,7 @@ pub fn rng_lock() -> MutexGuard<'static, ()> {
 
 /// Prints a `SKIP ...` line straight to the process's stderr, past the test harness's output
 /// capture, so that `scripts/test.sh` can count the tests that could not run here.
+#[allow(unused_macros)]
 macro_rules! skip {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
