@@ -128,7 +128,7 @@ fn bench(c: &mut Criterion) {
             g.throughput(Throughput::Bytes(pbytes));
             let out = x.empty_like();
             for kind in [NoiseKind::Gaussian, NoiseKind::Uniform] {
-                let spec = Noise { kind, seed: 3, stream: 0 };
+                let spec = Noise { kind, seed: 3, subsequence: 0 };
                 let name = if kind == NoiseKind::Gaussian { "fused_gaussian" } else { "fused_uniform" };
                 g.bench_with_input(BenchmarkId::new(name, mib), &mib, |b, _| {
                     b.iter(|| {
@@ -140,7 +140,7 @@ fn bench(c: &mut Criterion) {
             }
             g.bench_with_input(BenchmarkId::new("fused_gaussian_alloc", mib), &mib, |b, _| {
                 b.iter(|| {
-                    let r = ops::perturb(&x, Some(&j), 0.1, Noise { kind: NoiseKind::Gaussian, seed: 3, stream: 0 }).unwrap();
+                    let r = ops::perturb(&x, Some(&j), 0.1, Noise { kind: NoiseKind::Gaussian, seed: 3, subsequence: 0 }).unwrap();
                     sync(d);
                     r
                 })

@@ -13,8 +13,7 @@ stamp="$deps/.installed-v1"
 need_apt=()
 dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(libclang-dev)
 dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || need_apt+=(dataset-fashion-mnist)
-# Plots (plotters' ttf backend): fontconfig to find fonts, DejaVu as the font.
-dpkg -s libfontconfig-dev >/dev/null 2>&1 || need_apt+=(libfontconfig-dev)
+# Plots: the TrueType font their text is drawn with (ab_glyph in Rust; no fontconfig/freetype).
 dpkg -s fonts-dejavu-core >/dev/null 2>&1 || need_apt+=(fonts-dejavu-core)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"

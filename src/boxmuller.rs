@@ -2,7 +2,7 @@
 //! product `2π·u2`, evaluated in f64 with short series so that a loop over many pairs vectorises
 //! (libm's scalar ln/sin/cos made the Gaussian noise 4× slower than the uniform). Accuracy: a few
 //! 1e-14 relative in f64, so the f32 results are within 1–2 ulps of a correctly rounded Box–Muller;
-//! SPEC compares Gaussian noise with relative tolerance 1e-5.
+//! `docs/contract.md` §5 compares Gaussian noise with relative tolerance 1e-5.
 
 const LN2: f64 = std::f64::consts::LN_2;
 const FRAC_PI_2: f64 = std::f64::consts::FRAC_PI_2;

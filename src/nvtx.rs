@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 fn present() -> bool {
     static P: OnceLock<bool> = OnceLock::new();
     *P.get_or_init(|| {
+        // SAFETY: only probes whether the NVTX library can be loaded (dlopen); nothing is called.
         std::env::var_os("FEATJND_NO_NVTX").is_none() && unsafe { cudarc::nvtx::sys::is_culib_present() }
     })
 }

@@ -210,6 +210,10 @@ fn into_outputs_must_not_alias_inputs() {
     let bufs = ops::QuantizeBuffers { recon: Some(&rec), token_sse: Some(&sse), ..Default::default() };
     ops::quantize_into(&x, Layout::Nchw, 1, &st, &opts, &bufs).unwrap();
     assert!(rec.equal(q(&x, &st).unwrap().recon.as_ref().unwrap()));
+    // In place with steps that live inside x.
+    let mut xs = x.copy();
+    let view = xs.flatten(0, -1).narrow(0, 0, 32);
+    assert!(matches!(ops::quantize_(&mut xs, Layout::Nchw, 1, &view, &opts), Err(Error::Arg(m)) if m.contains("overlaps steps")));
     // perturb_into over x or over J.
     let j = j4();
     assert!(matches!(ops::perturb_into(&x, Some(&j), 0.1, Noise::default(), &x), Err(Error::Arg(m)) if m.contains("overlaps x")));

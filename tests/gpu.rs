@@ -1,5 +1,5 @@
-//! GPU vs CPU: every CUDA kernel against the CPU path on the same inputs (bit-identical where SPEC
-//! says so). Each test prints why it skips where no usable GPU exists (CI has none).
+//! GPU vs CPU: every CUDA kernel against the CPU path on the same inputs (bit-identical where
+//! `docs/contract.md` says so). Each test prints why it skips where no usable GPU exists (CI has none).
 use featjnd_kernels::ops::{self, Noise, QuantizeOptions};
 use featjnd_kernels::{Bits, Layout, NoiseKind, Reduce, Strategy};
 use tch::{Device, Kind, Tensor};

@@ -1,4 +1,4 @@
-//! Fast CPU implementations of the SPEC ops on plain slices: rayon over *bands* of whole tokens,
+//! Fast CPU implementations of the ops of `docs/contract.md` on plain slices: rayon over *bands* of whole tokens,
 //! each band streamed row by row through small f32 scratch rows (L1-resident), so every pass reads
 //! memory once, allocates nothing per element, and the inner loops auto-vectorise.
 //!
@@ -18,7 +18,10 @@ use crate::geom::{Layout, TokenGrid};
 /// A raw pointer that rayon tasks may share: every task writes a disjoint set of elements.
 #[derive(Clone, Copy)]
 pub(crate) struct SyncPtr<T>(pub *mut T);
+// SAFETY: a SyncPtr is only handed to rayon tasks that touch disjoint elements through it (the
+// bands and chunks of the CPU ops), so sending or sharing it creates no data race.
 unsafe impl<T> Send for SyncPtr<T> {}
+// SAFETY: as for Send.
 unsafe impl<T> Sync for SyncPtr<T> {}
 impl<T> SyncPtr<T> {
     /// The pointer (a method, so closures capture the whole `Send` wrapper).

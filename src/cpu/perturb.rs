@@ -70,6 +70,9 @@ fn run<E: Element>(x: SyncPtr<E>, jnd: Option<&[E]>, samples: usize, numel: usiz
         let lo = n * len + i * CHUNK;
         (n, lo, (lo + CHUNK).min((n + 1) * len))
     };
+    // SAFETY: `x` holds `numel` elements and `lo..hi` is one chunk inside it. In place (`out ==
+    // x`) a chunk is read through this slice only before the same task writes it (pass 2 widens
+    // it to scratch first), and chunks of different tasks are disjoint.
     let xs = |lo: usize, hi: usize| -> &[E] { unsafe { std::slice::from_raw_parts(x.get().add(lo), hi - lo) } };
     let scratch = || (vec![0.0f32; CHUNK], vec![0.0f32; CHUNK], vec![0.0f32; CHUNK]);
     let bad_j = |v: f32| !(v.is_finite() && v > 0.0);
@@ -131,6 +134,8 @@ fn run<E: Element>(x: SyncPtr<E>, jnd: Option<&[E]>, samples: usize, numel: usiz
         let m = hi - lo;
         let s = scales[n];
         E::widen(xs(lo, hi), &mut sx[..m]);
+        // SAFETY: `out` holds `numel` elements; this chunk is written by this task alone, and
+        // (in place) its input slice above is no longer used.
         let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(lo), m) };
         if s == 0.0 {
             E::narrow(&sx[..m], dst);

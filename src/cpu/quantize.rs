@@ -113,7 +113,7 @@ fn quant_row<S: StepAt>(x: &[f32], inv: S, step: S, qmax: f32, q: &mut [i32], xh
 /// contracts, and the AVX2 build does the same IEEE operations).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn quant_row_avx2<S: StepAt>(x: &[f32], inv: S, step: S, qmax: f32, q: &mut [i32], xh: &mut [f32], sse: &mut [f32]) -> (u32, u32) {
+fn quant_row_avx2<S: StepAt>(x: &[f32], inv: S, step: S, qmax: f32, q: &mut [i32], xh: &mut [f32], sse: &mut [f32]) -> (u32, u32) {
     quant_row(x, inv, step, qmax, q, xh, sse)
 }
 
@@ -121,6 +121,7 @@ unsafe fn quant_row_avx2<S: StepAt>(x: &[f32], inv: S, step: S, qmax: f32, q: &m
 fn quant_row_best<S: StepAt>(x: &[f32], inv: S, step: S, qmax: f32, q: &mut [i32], xh: &mut [f32], sse: &mut [f32]) -> (u32, u32) {
     #[cfg(target_arch = "x86_64")]
     if super::has_avx2() {
+        // SAFETY: `has_avx2` checked at run time that this CPU executes AVX2 instructions.
         return unsafe { quant_row_avx2(x, inv, step, qmax, q, xh, sse) };
     }
     quant_row(x, inv, step, qmax, q, xh, sse)
@@ -136,7 +137,7 @@ fn narrow_symbols<S: Copy>(q: &[i32], dst: &mut [S], cast: impl Fn(i32) -> S) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn narrow_symbols_avx2<S: Copy>(q: &[i32], dst: &mut [S], cast: impl Fn(i32) -> S) {
+fn narrow_symbols_avx2<S: Copy>(q: &[i32], dst: &mut [S], cast: impl Fn(i32) -> S) {
     narrow_symbols(q, dst, cast)
 }
 
@@ -144,6 +145,7 @@ unsafe fn narrow_symbols_avx2<S: Copy>(q: &[i32], dst: &mut [S], cast: impl Fn(i
 fn narrow_symbols_best<S: Copy>(q: &[i32], dst: &mut [S], cast: impl Fn(i32) -> S) {
     #[cfg(target_arch = "x86_64")]
     if super::has_avx2() {
+        // SAFETY: `has_avx2` checked at run time that this CPU executes AVX2 instructions.
         return unsafe { narrow_symbols_avx2(q, dst, cast) };
     }
     narrow_symbols(q, dst, cast)
@@ -294,6 +296,8 @@ fn run<E: Element>(raw: Raw<E>, grid: &TokenGrid, steps: &[f32], bits: Bits) -> 
                     };
                     // f32 out of place: x̂ goes straight into the output.
                     let direct: Option<&mut [f32]> = match raw.recon {
+                        // SAFETY: `recon` holds `numel` elements (checked by the caller) and this
+                        // band's segment `off..off + len` is written by this task alone.
                         Some(r) if !in_place => E::as_f32_slice_mut(unsafe { std::slice::from_raw_parts_mut(r.get().add(off), len) }),
                         _ => None,
                     };
@@ -310,6 +314,8 @@ fn run<E: Element>(raw: Raw<E>, grid: &TokenGrid, steps: &[f32], bits: Bits) -> 
                         let r = quant_row_best(xv, 1.0 / d, d, qmax, &mut s.q, xh, &mut s.sse);
                         let e = super::sum_lanes(&s.sse[..len]);
                         if let Some(sp) = raw.sse {
+                            // SAFETY: token `t0 + i` < T (the length of `token_sse`, checked by
+                            // the caller) belongs to this band, so only this task writes it.
                             unsafe { *sp.get().add(t0 + i) = e };
                         }
                         acc.sse += e as f64;
@@ -320,15 +326,19 @@ fn run<E: Element>(raw: Raw<E>, grid: &TokenGrid, steps: &[f32], bits: Bits) -> 
                         acc.bad = acc.bad.min(off + first_bad(xv, |v| !v.is_finite()).unwrap());
                     }
                     if let (Some(r), false) = (raw.recon, wrote_direct) {
+                        // SAFETY: as for `direct`: this task's own segment of `recon` (in place,
+                        // `x`'s segment, already copied to scratch and no longer read).
                         E::narrow(&s.xh[..len], unsafe { std::slice::from_raw_parts_mut(r.get().add(off), len) });
                     }
                     match raw.sym {
                         SymPtr::None => {}
                         SymPtr::I8(sp) => {
+                            // SAFETY: `symbols` holds `numel` elements; this segment is this task's.
                             let dst = unsafe { std::slice::from_raw_parts_mut(sp.get().add(off), len) };
                             narrow_symbols_best(&s.q[..len], dst, |v| v as i8);
                         }
                         SymPtr::I16(sp) => {
+                            // SAFETY: `symbols` holds `numel` elements; this segment is this task's.
                             let dst = unsafe { std::slice::from_raw_parts_mut(sp.get().add(off), len) };
                             narrow_symbols_best(&s.q[..len], dst, |v| v as i16);
                         }
@@ -347,6 +357,7 @@ fn run<E: Element>(raw: Raw<E>, grid: &TokenGrid, steps: &[f32], bits: Bits) -> 
                     }
                     for (k, &e) in s.tsse.iter().enumerate() {
                         if let Some(sp) = raw.sse {
+                            // SAFETY: token `t0 + k` < T belongs to this band: only this task writes it.
                             unsafe { *sp.get().add(t0 + k) = e };
                         }
                         acc.sse += e as f64;
@@ -366,7 +377,10 @@ fn run<E: Element>(raw: Raw<E>, grid: &TokenGrid, steps: &[f32], bits: Bits) -> 
     if acc.bad != usize::MAX {
         // Out of place, x is intact; in place, the element may already be overwritten: report
         // the index and a NaN placeholder rather than read an unspecified buffer.
-        let value = if raw.recon.is_some_and(|r| r.get() == raw.x.get()) { f32::NAN } else { unsafe { (*raw.x.get().add(acc.bad)).to_f32() } };
+        let in_place = raw.recon.is_some_and(|r| r.get() == raw.x.get());
+        // SAFETY: `acc.bad` < numel is an index of `x`, and every task has finished: out of
+        // place, `x` is only read.
+        let value = if in_place { f32::NAN } else { unsafe { (*raw.x.get().add(acc.bad)).to_f32() } };
         return Err(Error::NonFinite { index: acc.bad, value });
     }
     Ok(QuantStats { clamped: acc.clamped, total_sse: acc.sse, histogram: raw.hist.then_some(acc.hist) })

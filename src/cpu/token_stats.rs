@@ -36,7 +36,7 @@ fn accumulate(acc: &mut [f32], v: &[f32], reduce: Reduce) -> u32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn accumulate_avx2(acc: &mut [f32], v: &[f32], reduce: Reduce) -> u32 {
+fn accumulate_avx2(acc: &mut [f32], v: &[f32], reduce: Reduce) -> u32 {
     accumulate(acc, v, reduce)
 }
 
@@ -44,6 +44,7 @@ unsafe fn accumulate_avx2(acc: &mut [f32], v: &[f32], reduce: Reduce) -> u32 {
 fn accumulate_best(acc: &mut [f32], v: &[f32], reduce: Reduce) -> u32 {
     #[cfg(target_arch = "x86_64")]
     if super::has_avx2() {
+        // SAFETY: `has_avx2` checked at run time that this CPU executes AVX2 instructions.
         return unsafe { accumulate_avx2(acc, v, reduce) };
     }
     accumulate(acc, v, reduce)
@@ -90,6 +91,8 @@ pub fn token_tolerance<E: Element>(jnd: &[E], grid: &TokenGrid, reduce: Reduce) 
                             *t = if reduce == Reduce::Min { t.min(acc[e]) } else { *t + acc[e] };
                         }
                         for (i, &a) in tacc.iter().enumerate() {
+                            // SAFETY: tokens `t0..t0 + nt` < T (the output's length) belong to this
+                            // band: only this task writes them.
                             unsafe { *o.get().add(t0 + i) = finish(a) };
                         }
                     }
@@ -106,6 +109,7 @@ pub fn token_tolerance<E: Element>(jnd: &[E], grid: &TokenGrid, reduce: Reduce) 
                         if v.iter().map(|&x| bad_j(x) as u32).sum::<u32>() > 0 {
                             bad = bad.min(off + first_bad(v, bad_j).unwrap());
                         }
+                        // SAFETY: token `t0 + i` < T belongs to this band: only this task writes it.
                         unsafe { *o.get().add(t0 + i) = finish(a) };
                     }),
                 }

@@ -1,4 +1,4 @@
-//! The public tensor API: every op of SPEC.md on `tch::Tensor`s (CPU or CUDA; f32, f16, bf16;
+//! The public tensor API: every op of `docs/contract.md` on `tch::Tensor`s (CPU or CUDA; f32, f16, bf16;
 //! contiguous; zero-copy), dispatching on the tensor's device. CPU tensors run [`crate::cpu`];
 //! CUDA tensors run the NVRTC kernels on torch's current stream.
 
@@ -222,7 +222,9 @@ fn out_tensor(given: Option<&Tensor>, name: &str, sizes: &[i64], kind: Kind, dev
     }
 }
 
-fn prepare_outs(x: &Tensor, steps: &Tensor, grid: &TokenGrid, opts: &QuantizeOptions, in_place: bool, bufs: &QuantizeBuffers) -> Result<Outs> {
+/// The outputs of one quantization of `x`: caller buffers checked (shape, dtype, device, and no
+/// overlap with `x`, the other `inputs` or each other), the rest allocated.
+fn prepare_outs(x: &Tensor, inputs: &[(&Tensor, &str)], grid: &TokenGrid, opts: &QuantizeOptions, in_place: bool, bufs: &QuantizeBuffers) -> Result<Outs> {
     let (sizes, d) = (x.size(), x.device());
     let sym_kind = if opts.bits == Bits::B8 { Kind::Int8 } else { Kind::Int16 };
     let outs = Outs {
@@ -235,7 +237,9 @@ fn prepare_outs(x: &Tensor, steps: &Tensor, grid: &TokenGrid, opts: &QuantizeOpt
     let given: Vec<(&Tensor, &str)> = named.iter().filter_map(|(t, n)| t.as_ref().map(|t| (t, *n))).collect();
     for (i, &(t, n)) in given.iter().enumerate() {
         check_disjoint(t, n, x, "x")?;
-        check_disjoint(t, n, steps, "steps")?;
+        for &(input, name) in inputs {
+            check_disjoint(t, n, input, name)?;
+        }
         for &(u, m) in &given[i + 1..] {
             check_disjoint(t, n, u, m)?;
         }
@@ -265,7 +269,11 @@ fn quantize_impl(x: &Tensor, layout: Layout, patch: usize, steps: &Tensor, opts:
     check_device(x, "x")?;
     let grid = grid_of(x, layout, patch)?;
     check_steps_tensor(x, steps, &grid)?;
-    let outs = prepare_outs(x, steps, &grid, opts, in_place, bufs)?;
+    if in_place {
+        // `x` is written while the steps are read.
+        check_disjoint(x, "x (in place)", steps, "steps")?;
+    }
+    let outs = prepare_outs(x, &[(steps, "steps")], &grid, opts, in_place, bufs)?;
     let mut q = if let Some(o) = cuda_ordinal(x.device()) {
         cuda_ops::quantize(o, x, dt, &grid, steps, opts, in_place, outs)?
     } else {
@@ -278,23 +286,29 @@ fn quantize_impl(x: &Tensor, layout: Layout, patch: usize, steps: &Tensor, opts:
 
 fn quantize_cpu(x: &Tensor, dt: Dtype, grid: &TokenGrid, steps: &Tensor, opts: &QuantizeOptions, in_place: bool, outs: Outs) -> Result<Quantized> {
     let Outs { symbols, recon, token_sse } = outs;
-    // SAFETY (every slice below): all tensors are checked contiguous CPU tensors of the element
-    // types named; the outputs were allocated here or checked by `prepare_outs` to share no
-    // memory with `x`, `steps` or each other, and nothing else touches them during the call.
-    // In place, `x` is written only through its one mutable slice.
-    let sym = || match (&symbols, opts.bits) {
-        (None, _) => Symbols::None,
-        (Some(s), Bits::B8) => Symbols::I8(unsafe { slice_mut(s) }),
-        (Some(s), Bits::B16) => Symbols::I16(unsafe { slice_mut(s) }),
+    // SAFETY: every tensor viewed below is a checked contiguous CPU tensor of the element type it
+    // is viewed as (steps f32, symbols i8/i16 by `bits`, token errors f32, x and recon `dt`). The
+    // outputs were allocated by this call or checked by `prepare_outs` to share no memory with
+    // `x`, `steps` or each other; in place, `steps` was checked disjoint from `x`. Each tensor is
+    // viewed once, so no mutable slice aliases another slice, and nothing else touches these
+    // tensors while the op runs.
+    let (st, sym, sse) = unsafe {
+        let sym = match (&symbols, opts.bits) {
+            (None, _) => Symbols::None,
+            (Some(s), Bits::B8) => Symbols::I8(slice_mut(s)),
+            (Some(s), Bits::B16) => Symbols::I16(slice_mut(s)),
+        };
+        (slice::<f32>(steps), sym, token_sse.as_ref().map(|t| slice_mut::<f32>(t)))
     };
-    let sse = || token_sse.as_ref().map(|t| unsafe { slice_mut(t) });
-    let st: &[f32] = unsafe { slice(steps) };
     let stats = with_elem!(dt, E => {
         if in_place {
-            cpu::quantize_in_place::<E>(unsafe { slice_mut(x) }, grid, st, opts.bits, sym(), sse(), opts.histogram)
+            // SAFETY: as above; `x` is viewed only here, mutably.
+            let xs = unsafe { slice_mut::<E>(x) };
+            cpu::quantize_in_place::<E>(xs, grid, st, opts.bits, sym, sse, opts.histogram)
         } else {
-            let out = QuantOut { symbols: sym(), recon: recon.as_ref().map(|t| unsafe { slice_mut::<E>(t) }), token_sse: sse(), histogram: opts.histogram };
-            cpu::quantize::<E>(unsafe { slice(x) }, grid, st, opts.bits, out)
+            // SAFETY: as above; `x` is only read, `recon` only written.
+            let (xs, rec) = unsafe { (slice::<E>(x), recon.as_ref().map(|t| slice_mut::<E>(t))) };
+            cpu::quantize::<E>(xs, grid, st, opts.bits, QuantOut { symbols: sym, recon: rec, token_sse: sse, histogram: opts.histogram })
         }
     })?;
     Ok(Quantized { symbols, recon, token_sse, clamped: stats.clamped, total_sse: stats.total_sse, mse: 0.0, histogram: stats.histogram, rate: None })
@@ -361,7 +375,7 @@ pub fn quantize_with_jnd_into(
         let (dt, dj) = (check_tensor(x, "x")?, check_tensor(jnd, "J")?);
         steps::check_budget(budget)?;
         let grid = grid_of(x, layout, patch)?;
-        let outs = prepare_outs(x, jnd, &grid, opts, false, bufs)?;
+        let outs = prepare_outs(x, &[(jnd, "J")], &grid, opts, false, bufs)?;
         let (st, mut q) = cuda_ops::quantize_with_jnd(o, x, dt, jnd, dj, &grid, reduce, budget, strategy, opts, outs)?;
         q.mse = q.total_sse / grid.numel() as f64;
         q.rate = q.histogram.as_ref().map(|h| Rate::from_histogram(h, grid.tokens(), grid.k()));
@@ -419,16 +433,22 @@ fn perturb_impl(x: &Tensor, jnd: Option<&Tensor>, nrmse: f64, noise: NoiseSpec, 
     if let Some(o) = cuda_ordinal(x.device()) {
         return cuda_ops::perturb(o, x, jnd, dt, samples, nrmse, noise, out);
     }
-    // SAFETY: checked contiguous CPU tensors of `dt`'s element type; `out` was allocated by
-    // `perturb` or checked disjoint from `x` and `J` by `perturb_into`; in place, `x` is written
-    // only through its one mutable slice and `J` (a different tensor of the same size) is read.
-    with_elem!(dt, E => match out {
-        Some(o) => cpu::perturb::<E>(unsafe { slice(x) }, jnd.map(|j| unsafe { slice::<E>(j) }), samples, nrmse, noise, unsafe { slice_mut(o) }),
-        None => {
-            if let Some(j) = jnd {
-                check_disjoint(x, "x (in place)", j, "J")?;
-            }
-            cpu::perturb_in_place::<E>(unsafe { slice_mut(x) }, jnd.map(|j| unsafe { slice::<E>(j) }), samples, nrmse, noise)
+    if out.is_none() {
+        if let Some(j) = jnd {
+            check_disjoint(x, "x (in place)", j, "J")?;
+        }
+    }
+    with_elem!(dt, E => {
+        // SAFETY: checked contiguous CPU tensors of `dt`'s element type. `out` was allocated by
+        // `perturb` or checked disjoint from `x` and `J` by `perturb_into`; in place, `J` was
+        // checked disjoint from `x` just above, and `x` is viewed once, mutably. Nothing else
+        // touches these tensors while the op runs.
+        let js = jnd.map(|j| unsafe { slice::<E>(j) });
+        match out {
+            // SAFETY: as above.
+            Some(o) => cpu::perturb::<E>(unsafe { slice(x) }, js, samples, nrmse, noise, unsafe { slice_mut(o) }),
+            // SAFETY: as above.
+            None => cpu::perturb_in_place::<E>(unsafe { slice_mut(x) }, js, samples, nrmse, noise),
         }
     })
 }

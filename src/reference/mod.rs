@@ -1,4 +1,4 @@
-//! Slow, obviously-correct versions of the ops, written straight from SPEC.md with explicit index
+//! Slow, obviously-correct versions of the ops, written straight from `docs/contract.md` with explicit index
 //! arithmetic and f64 sums. Used only by the tests (the fast paths must match them).
 use crate::geom::{Bits, NoiseKind, Reduce, TokenGrid};
 use crate::{philox, Element};

@@ -17,7 +17,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Top {
-    /// Run one op of SPEC.md on feature files.
+    /// Run one op of the op contract (docs/contract.md) on feature files.
     Ops {
         #[command(subcommand)]
         op: cli::ops::Op,

@@ -227,9 +227,10 @@ enum SymVec {
 
 impl SymVec {
     fn of(t: &Tensor, bits: Bits) -> Result<Self> {
+        let flat = t.f_flatten(0, -1)?;
         Ok(match bits {
-            Bits::B8 => SymVec::I8(Vec::<i8>::try_from(t)?),
-            Bits::B16 => SymVec::I16(Vec::<i16>::try_from(t)?),
+            Bits::B8 => SymVec::I8(Vec::<i8>::try_from(&flat)?),
+            Bits::B16 => SymVec::I16(Vec::<i16>::try_from(&flat)?),
         })
     }
     fn as_slice(&self) -> SymSlice<'_> {
@@ -291,7 +292,7 @@ pub fn encode(x: &Tensor, steps: &Tensor, layout: Layout, patch: usize, bits: Bi
         return Err(Error::Shape(format!("steps must be a 1-D tensor of {} values (one per token), got {:?}", grid.tokens(), steps.size())));
     }
     let st = steps.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?.f_contiguous()?;
-    let (e, step_bits, rounded) = round_steps(&Vec::<f32>::try_from(&st)?)?;
+    let (e, step_bits, rounded) = round_steps(&Vec::<f32>::try_from(&st.f_flatten(0, -1)?)?)?;
     let steps_t = Tensor::f_from_slice(&rounded)?;
     let opts = QuantizeOptions { bits, symbols: true, recon: true, token_sse: true, histogram: false };
     let q = ops::quantize(&x, layout, patch, &steps_t, &opts)?;
@@ -556,7 +557,11 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded> {
     let recon = with_elem!(dtype, E => {
         let mut r = zeroed::<E>(n, "reconstruction")?;
         dequantize::<E>(&sym, &grid, &steps, &mut r);
-        Tensor::f_from_slice(&r)?.f_reshape(&sizes)?
+        // From raw bytes with an explicit kind: tch 0.24 tags `half::bf16` slices as Half.
+        // SAFETY: f32, f16 and bf16 are plain data (no padding, every bit pattern valid), so the
+        // vector's memory is exactly `len · size_of::<E>()` initialised bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(r.as_ptr() as *const u8, std::mem::size_of_val(r.as_slice())) };
+        Tensor::f_from_data_size(bytes, &sizes, dtype.to_kind())?
     });
     let symbols = match &sym_vec {
         SymVec::I8(v) => Tensor::f_from_slice(v)?,
