@@ -44,5 +44,6 @@ pub fn discrepancy(task: TaskKind, clean: &[Tensor], pert: &[Tensor]) -> Tensor 
                 / (per_sample_sum(&fgp) + eps);
             d_heat + d_box + d_fg + d_vote
         }
+        TaskKind::Detection => crate::eval::nanodet::discrepancy(clean, pert),
     }
 }

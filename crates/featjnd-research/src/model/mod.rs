@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod detector;
 pub mod layers;
 pub mod mobilenet_v2;
+pub mod nanodet;
 pub mod resnet;
 pub mod torchscript;
 
@@ -23,6 +24,9 @@ pub enum TaskKind {
     Classification,
     /// Dense head outputs of the shapes detector (see [`crate::model::detector`]): boxes and masks.
     DetectionSegmentation,
+    /// A dense one-stage detector with generalised-focal-loss boxes (NanoDet, see
+    /// [`crate::model::nanodet`]): `[class logits [B, N, K], box-distribution logits [B, N, 4·bins]]`.
+    Detection,
 }
 
 /// A network that can be cut at named split points. Implementations are in eval mode by

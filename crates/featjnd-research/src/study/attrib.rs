@@ -93,6 +93,17 @@ pub fn maps(task: &Task, split: &str, est: &JndEstimator, x: &Tensor, nrmse: f64
                 heat.max()
             }
         }
+        TaskKind::Detection => {
+            // The best class logit of every anchor the detector is confident about (score ≥ 0.3),
+            // summed; the single best anchor where none is.
+            let best = out[0].get(0).amax([1i64].as_slice(), false);
+            let keep = best.sigmoid().ge(0.3).to_kind(Kind::Float);
+            if keep.sum(Kind::Float).double_value(&[]) > 0.0 {
+                (best * keep).sum(Kind::Float)
+            } else {
+                best.max()
+            }
+        }
     };
     let g = Tensor::run_backward(&[target], &[&f0], false, false)
         .pop()
