@@ -1,5 +1,5 @@
 // Shared device helpers for the featjnd kernels: dtype conversions (no CUDA headers needed),
-// exact f32 arithmetic without contraction, warp/block reductions, Philox4x32-10 (SPEC §5).
+// exact f32 arithmetic without contraction, warp/block reductions, Philox4x32-10 (contract §5).
 // NVRTC compiles each .cu with this file prepended (see src/cuda/compile.rs); no #include needed.
 #pragma once
 
@@ -10,7 +10,7 @@ typedef unsigned short fj_bf16;  // bfloat16 bits
 typedef unsigned long long u64;
 typedef unsigned int u32;
 
-// ---- dtype conversions: widen exactly, narrow round-to-nearest-even (SPEC §1) ----
+// ---- dtype conversions: widen exactly, narrow round-to-nearest-even (contract §1) ----
 struct F32 {
     typedef float T;
     static __device__ __forceinline__ float load(T v) { return v; }
@@ -143,7 +143,7 @@ __device__ __forceinline__ u32 fastdiv(u32 n, FastDiv f) {
     return (__umulhi(n, f.m) + n) >> f.s;
 }
 
-// ---- Philox4x32-10 (Random123), SPEC §5 ----
+// ---- Philox4x32-10 (Random123), contract §5 ----
 struct U4 {
     u32 x, y, z, w;
 };

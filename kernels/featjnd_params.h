@@ -34,7 +34,7 @@ typedef unsigned long long uint64_t;
 #define FJ_PT_ITEMS 4
 #define FJ_PT_CHUNK (FJ_BLOCK * FJ_PHILOX_LANES * FJ_PT_ITEMS)
 
-/* Quantizer (SPEC §4): symbols in [-qmax, qmax], qmax = 2^(b-1) - 1. */
+/* Quantizer (contract §4): symbols in [-qmax, qmax], qmax = 2^(b-1) - 1. */
 #define FJ_QMAX_B8 127
 #define FJ_QMAX_B16 32767
 /* Symbol histogram: 255 bins for b = 8 (-127..127); for b = 16, 511 bins for -255..255 and one
@@ -43,18 +43,18 @@ typedef unsigned long long uint64_t;
 #define FJ_HIST_RANGE_B16 255
 #define FJ_HIST_BINS_B16 512
 
-/* Layout of a feature tensor (SPEC §1). */
+/* Layout of a feature tensor (contract §1). */
 enum { FJ_LAYOUT_NCHW = 0, FJ_LAYOUT_NTC = 1 };
 /* Element dtype. */
 enum { FJ_DTYPE_F32 = 0, FJ_DTYPE_F16 = 1, FJ_DTYPE_BF16 = 2 };
-/* Token reduction (SPEC §2). */
+/* Token reduction (contract §2). */
 enum { FJ_REDUCE_MEAN = 0, FJ_REDUCE_RMS = 1, FJ_REDUCE_MIN = 2 };
-/* Step strategy (SPEC §3). */
+/* Step strategy (contract §3). */
 enum { FJ_STRATEGY_UNIFORM = 0, FJ_STRATEGY_JND = 1, FJ_STRATEGY_PERMUTED = 2 };
-/* Noise kind (SPEC §5). */
+/* Noise kind (contract §5). */
 enum { FJ_NOISE_GAUSSIAN = 0, FJ_NOISE_UNIFORM = 1 };
 
-/* How a tensor splits into tokens (SPEC §1). For NTC: n = N, c = C, h = T, w = 1, patch = 1.
+/* How a tensor splits into tokens (contract §1). For NTC: n = N, c = C, h = T, w = 1, patch = 1.
  * tokens = number of tokens T (all samples), k = elements per token. */
 typedef struct FjTokenGeom {
     uint32_t layout;
@@ -89,7 +89,7 @@ typedef struct FjStepAllocParams {
     uint32_t strategy;
 } FjStepAllocParams;
 
-/* quantize.cu: fused quantize / dequantize (SPEC §4). Every output is optional (0 = skip). */
+/* quantize.cu: fused quantize / dequantize (contract §4). Every output is optional (0 = skip). */
 typedef struct FjQuantizeParams {
     FjTokenGeom geom;
     uint64_t x;            /* const elem* */
@@ -105,7 +105,7 @@ typedef struct FjQuantizeParams {
     uint32_t pad0;
 } FjQuantizeParams;
 
-/* perturb.cu: x' = x + s_n * J ⊙ xi with s_n = r ||x_n|| / ||J_n ⊙ xi_n|| (SPEC §6). */
+/* perturb.cu: x' = x + s_n * J ⊙ xi with s_n = r ||x_n|| / ||J_n ⊙ xi_n|| (contract §6). */
 typedef struct FjPerturbParams {
     uint64_t x;            /* const elem* */
     uint64_t jnd;          /* const elem*: 0 means J == 1 */

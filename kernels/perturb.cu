@@ -1,4 +1,4 @@
-// Perturbation at a matched per-sample NRMSE (SPEC §6) and noise materialisation (SPEC §5).
+// Perturbation at a matched per-sample NRMSE (contract §6) and noise materialisation (contract §5).
 // The noise is never stored: pass 1 generates xi from Philox counters and reduces ||x_n||^2 and
 // ||J_n ⊙ xi_n||^2 into f64 per sample; pass 2 regenerates the same xi and writes
 // x' = x + s_n (J ⊙ xi) with s_n = r ||x_n|| / ||J_n ⊙ xi_n||. A block covers one chunk of one

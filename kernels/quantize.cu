@@ -1,4 +1,4 @@
-// Fused per-token quantize / dequantize (SPEC §4): symbols, reconstruction (in place allowed),
+// Fused per-token quantize / dequantize (contract §4): symbols, reconstruction (in place allowed),
 // per-token squared error, clamp count, symbol histogram, and the non-finite check, in one pass.
 // Bit-identity with the CPU: inv = 1/step by one IEEE division, then exactly two f32 multiplies,
 // rint (ties to even), no contraction (__fmul_rn; the module is also compiled with --fmad=false).

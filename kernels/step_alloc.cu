@@ -1,4 +1,4 @@
-// Per-token steps under a noise budget (SPEC §3), reading sum_t j_t^2 from device memory so the
+// Per-token steps under a noise budget (contract §3), reading sum_t j_t^2 from device memory so the
 // allocation -> quantize chain needs no host round-trip. The scale is computed in f64 and rounded
 // once to f32, exactly as the CPU path does; step_t = scale * j_{pi(t)} is one f32 multiply.
 

@@ -1,4 +1,4 @@
-// Token tolerance j_t = reduce(J over the K elements of token t) (SPEC §2), fused with the
+// Token tolerance j_t = reduce(J over the K elements of token t) (contract §2), fused with the
 // validation of J (finite, > 0) and the device-side sum_t j_t^2 the Jnd step allocation needs.
 // NCHW: a lane per token and the channels split over the block's warps; neighbouring lanes hold
 // neighbouring patches, so each warp load covers 32*p contiguous elements of a row (coalesced for

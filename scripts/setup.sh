@@ -87,4 +87,10 @@ if [ ! -f "$mnv2_stamp" ]; then
   fi
   rm -rf "$tmp"
 fi
+# The COCO detector NanoDet, the pure-JS TensorFlow.js that checks its port, and the real photo
+# corpus (issue 12; scripts/fetch-real.sh, ~485 MB once, its own stamps). Optional like the data
+# above: a failed fetch only warns and the NanoDet tests print SKIP.
+if ! bash "$root/scripts/fetch-real.sh"; then
+  echo "setup: WARNING: scripts/fetch-real.sh failed; the NanoDet and photo-corpus tests will skip" >&2
+fi
 echo "setup: ok (LIBTORCH=$deps/torch)"

@@ -51,10 +51,13 @@ pub fn nvrtc_present() -> bool {
     // through ours (the rpath to .deps), so a plain `cargo test` needs no LD_LIBRARY_PATH.
     for name in ["libnvrtc-builtins.so.13.0", "libnvrtc-builtins.so.13.1", "libnvrtc-builtins.so"] {
         let c = std::ffi::CString::new(name).unwrap();
+        // SAFETY: `c` is NUL-terminated and outlives the call; loading the builtins runs no code
+        // of ours.
         if !unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) }.is_null() {
             break;
         }
     }
+    // SAFETY: only tries to load libnvrtc (dlopen); nothing is called when it is missing.
     unsafe { cudarc::nvrtc::sys::is_culib_present() }
 }
 
@@ -70,16 +73,23 @@ pub fn compile(name: &'static str, src: &str, arch: &str) -> Result<Compiled> {
     let cname = CString::new(name).unwrap();
     let prog = nv::create_program(&tu, Some(&cname)).map_err(|e| Error::Nvrtc { kernel: name.into(), log: format!("{e:?}") })?;
     let opts = options(arch);
+    // SAFETY: (this and the calls below) `prog` is the live program created above, destroyed once
+    // at the end and used by this thread only.
     let res = unsafe { nv::compile_program(prog, &opts) };
+    // SAFETY: see above.
     let log = unsafe { nv::get_program_log(prog) }
+        // SAFETY: NVRTC returns the log NUL-terminated in the owned buffer `raw`.
         .map(|raw| unsafe { CStr::from_ptr(raw.as_ptr()) }.to_string_lossy().trim().to_string())
         .unwrap_or_default();
     let out = match res {
         Err(e) => Err(Error::Nvrtc { kernel: name.into(), log: format!("{e:?} with {opts:?}:\n{log}") }),
+        // SAFETY: see above; the program compiled.
         Ok(()) => unsafe { nv::get_ptx(prog) }
             .map_err(|e| Error::Nvrtc { kernel: name.into(), log: format!("{e:?}") })
+            // SAFETY: NVRTC returns the PTX NUL-terminated in the owned buffer `raw`.
             .map(|raw| Compiled { name, ptx: unsafe { CStr::from_ptr(raw.as_ptr()) }.to_string_lossy().into_owned(), log }),
     };
+    // SAFETY: see above; `prog` is not used after this.
     unsafe {
         let _ = nv::destroy_program(prog);
     }

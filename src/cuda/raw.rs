@@ -1,29 +1,510 @@
-//! The ops on raw device pointers and a caller-chosen stream: parameter structs filled, kernels
-//! enqueued, and the one statistics buffer decoded. Shared by the tensor API (`ops::cuda_ops`,
-//! torch's stream and allocator) and the C ABI (`capi::device`, the caller's stream, cudarc
-//! allocations), so the slot layouts exist once.
+//! The ops on raw device pointers and a caller-chosen stream: the one host-side module of every
+//! kernel family. Per family it holds the parameter fill (from the structs of
+//! `kernels/featjnd_params.h`), the kernel names, the grid, the layout and decoding of the
+//! statistics buffer, and the mapping of what the kernels found to the op's typed error
+//! ([`check_bad`]). Two callers share it: the tensor API (`ops::cuda_ops`: torch's stream and
+//! allocator) and the C ABI (`featjnd-capi`'s device path: the caller's stream, cudarc
+//! allocations).
+//!
+//! The launchers are `unsafe fn`: a kernel reads and writes whatever its pointers say, and nothing
+//! on the host can prove a device address valid. The pointers are typed ([`DevPtr`] for what a
+//! kernel reads, [`DevPtrMut`] for what it writes) and become `u64` only inside the parameter
+//! structs. What each launcher can check (sizes, grid limits, statistics room) it checks and
+//! returns as an [`Error`] before enqueueing anything.
 //!
 //! Every statistic an op returns to the host (first bad index, clamp count, error sums, histogram,
-//! norms, scales) lives in one zero-initialised buffer of 8-byte slots: one memset before, one
-//! device-to-host copy after.
-use cudarc::driver::CudaStream;
+//! norms, scales) lives in one zero-initialised buffer of 8-byte slots ([`StatsBuf`]): one memset
+//! before, one device-to-host copy after ([`read_stats`]).
+use std::ffi::c_void;
+use std::fmt;
+use std::marker::PhantomData;
 
-use super::{launch, Device};
+use cudarc::driver::{result as cu, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
+
+use super::{cuda_err, Device};
 use crate::cpu::{perturb::NoiseSpec, PerturbReport};
-use crate::element::Dtype;
-use crate::error::Result;
+use crate::element::{with_elem, Dtype, Element};
+use crate::error::{Error, Result};
 use crate::geom::{Bits, NoiseKind, Reduce, Strategy, TokenGrid};
 use crate::params::*;
 
-/// Address of slot `i` of a statistics buffer at `base`.
-pub fn slot(base: u64, i: usize) -> u64 {
-    base + 8 * i as u64
+// ---- typed device pointers ----
+
+/// A device address of `T`s that a kernel only reads (`const T*` on the device); null (0) where a
+/// parameter allows "absent". `T = c_void` for element arrays whose dtype is a run-time
+/// [`Dtype`]. Making one is safe; handing it to a launcher is the `unsafe` step.
+#[repr(transparent)]
+pub struct DevPtr<T>(u64, PhantomData<fn() -> T>);
+
+/// A device address of `T`s that a kernel writes (`T*` on the device); null (0) = not wanted,
+/// where the parameter allows it.
+#[repr(transparent)]
+pub struct DevPtrMut<T>(u64, PhantomData<fn(T) -> T>);
+
+macro_rules! dev_ptr_common {
+    ($P:ident, $raw:ty) => {
+        impl<T> $P<T> {
+            /// The null pointer ("absent").
+            pub const fn null() -> Self {
+                $P(0, PhantomData)
+            }
+            /// A device address as the driver gives it (`CUdeviceptr`).
+            pub const fn from_addr(addr: u64) -> Self {
+                $P(addr, PhantomData)
+            }
+            /// A pointer from C or torch (`data_ptr()`); its address is taken as a device address.
+            pub fn from_raw(p: $raw) -> Self {
+                $P(p as u64, PhantomData)
+            }
+            /// The address, as the parameter structs carry it.
+            pub const fn addr(self) -> u64 {
+                self.0
+            }
+            pub const fn is_null(self) -> bool {
+                self.0 == 0
+            }
+            /// The same address as an array of `U`.
+            pub const fn cast<U>(self) -> $P<U> {
+                $P(self.0, PhantomData)
+            }
+        }
+        impl<T> Clone for $P<T> {
+            fn clone(&self) -> Self {
+                *self
+            }
+        }
+        impl<T> Copy for $P<T> {}
+        impl<T> PartialEq for $P<T> {
+            fn eq(&self, o: &Self) -> bool {
+                self.0 == o.0
+            }
+        }
+        impl<T> Eq for $P<T> {}
+        impl<T> fmt::Debug for $P<T> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:#x})", stringify!($P), self.0)
+            }
+        }
+    };
+}
+dev_ptr_common!(DevPtr, *const T);
+dev_ptr_common!(DevPtrMut, *mut T);
+
+impl<T> DevPtrMut<T> {
+    /// The same address, read-only.
+    pub const fn as_const(self) -> DevPtr<T> {
+        DevPtr(self.0, PhantomData)
+    }
 }
 
-/// A bad-index cell holds `!index` (0 = none).
-pub fn bad_of(v: i64) -> Option<usize> {
+// ---- constants shared with the kernels (kernels/featjnd_params.h) ----
+
+/// Threads per block of every kernel (`FJ_BLOCK`).
+pub const BLOCK: u32 = FJ_BLOCK;
+/// Elements one perturbation block covers (`FJ_PT_CHUNK`).
+pub const PERTURB_CHUNK: u64 = FJ_PT_CHUNK as u64;
+
+// The header derives these from each other; the grids below rely on the relations.
+const _: () = assert!(FJ_WARPS * FJ_WARP_SIZE == FJ_BLOCK);
+const _: () = assert!(FJ_NCHW_TOKENS_PER_BLOCK == FJ_WARP_SIZE && FJ_NTC_TOKENS_PER_BLOCK == FJ_WARPS);
+const _: () = assert!(FJ_PT_CHUNK == FJ_BLOCK * FJ_PHILOX_LANES * FJ_PT_ITEMS);
+const _: () = assert!(FJ_HIST_BINS_B8 == 2 * FJ_QMAX_B8 + 1 && FJ_HIST_BINS_B16 == 2 * FJ_HIST_RANGE_B16 + 2);
+// Dtype::code() is the discriminant: it must be the header's code.
+const _: () = assert!(Dtype::F32 as u32 == FJ_DTYPE_F32 && Dtype::F16 as u32 == FJ_DTYPE_F16 && Dtype::Bf16 as u32 == FJ_DTYPE_BF16);
+
+// SAFETY: (all five) each struct is `#[repr(C)]`, generated by bindgen from the very header the
+// kernels compile against (layout tests check size and offsets), made of integers and floats only,
+// so any bit pattern is valid, and every kernel takes its struct by value as its only parameter.
+unsafe impl DeviceRepr for FjTokenStatsParams {}
+// SAFETY: see above.
+unsafe impl DeviceRepr for FjStepAllocParams {}
+// SAFETY: see above.
+unsafe impl DeviceRepr for FjQuantizeParams {}
+// SAFETY: see above.
+unsafe impl DeviceRepr for FjPerturbParams {}
+// SAFETY: see above.
+unsafe impl DeviceRepr for FjNoiseParams {}
+
+// ---- kernel names: static, picked per dtype (and layout), no formatting on the launch path ----
+
+const fn by_dtype(names: &[&'static str; 3], dt: Dtype) -> &'static str {
+    match dt {
+        Dtype::F32 => names[0],
+        Dtype::F16 => names[1],
+        Dtype::Bf16 => names[2],
+    }
+}
+const TOKEN_STATS_FILE: &str = "token_stats.cu";
+const TOKEN_STATS_NCHW: [&str; 3] = ["fj_token_stats_nchw_f32", "fj_token_stats_nchw_f16", "fj_token_stats_nchw_bf16"];
+const TOKEN_STATS_NTC: [&str; 3] = ["fj_token_stats_ntc_f32", "fj_token_stats_ntc_f16", "fj_token_stats_ntc_bf16"];
+const STEP_ALLOC_FILE: &str = "step_alloc.cu";
+const STEP_ALLOC: &str = "fj_step_alloc";
+const QUANTIZE_FILE: &str = "quantize.cu";
+const QUANTIZE_NCHW: [&str; 3] = ["fj_quantize_nchw_f32", "fj_quantize_nchw_f16", "fj_quantize_nchw_bf16"];
+const QUANTIZE_NTC: [&str; 3] = ["fj_quantize_ntc_f32", "fj_quantize_ntc_f16", "fj_quantize_ntc_bf16"];
+const PERTURB_FILE: &str = "perturb.cu";
+const PERTURB_NORMS: [&str; 3] = ["fj_perturb_norms_f32", "fj_perturb_norms_f16", "fj_perturb_norms_bf16"];
+const PERTURB_APPLY: [&str; 3] = ["fj_perturb_apply_f32", "fj_perturb_apply_f16", "fj_perturb_apply_bf16"];
+const NOISE: &str = "fj_noise";
+
+/// Every (kernel file, kernel name) the launchers ask for (for tests against the compiled PTX).
+pub fn kernel_names() -> Vec<(&'static str, &'static str)> {
+    let mut v = vec![(STEP_ALLOC_FILE, STEP_ALLOC), (PERTURB_FILE, NOISE)];
+    for (file, table) in [(TOKEN_STATS_FILE, &TOKEN_STATS_NCHW), (TOKEN_STATS_FILE, &TOKEN_STATS_NTC), (QUANTIZE_FILE, &QUANTIZE_NCHW), (QUANTIZE_FILE, &QUANTIZE_NTC), (PERTURB_FILE, &PERTURB_NORMS), (PERTURB_FILE, &PERTURB_APPLY)] {
+        v.extend(table.iter().map(|n| (file, *n)));
+    }
+    v
+}
+
+// ---- launching ----
+
+/// Where a launch goes: a device (its compiled kernels) and a stream of that device.
+#[derive(Clone, Copy)]
+pub struct Launch<'a> {
+    pub dev: &'a Device,
+    pub stream: &'a CudaStream,
+}
+
+/// A device element array of a run-time dtype.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Elems {
+    pub ptr: DevPtr<c_void>,
+    pub dt: Dtype,
+}
+
+/// The launch configuration for `blocks` blocks of [`BLOCK`] threads; a grid the hardware cannot
+/// run (more than 2^31 - 1 blocks) is an error, never a silently truncated grid.
+fn cfg(blocks: u64) -> Result<LaunchConfig> {
+    let b = u32::try_from(blocks.max(1)).ok().filter(|&b| b <= i32::MAX as u32);
+    let b = b.ok_or_else(|| Error::Arg(format!("{blocks} thread blocks do not fit in one CUDA grid (split the input)")))?;
+    Ok(LaunchConfig { grid_dim: (b, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 })
+}
+
+/// Enqueues kernel `name` of `file` with its parameter struct.
+///
+/// # Safety
+/// Every address in `p` must be what the kernel expects (see the launcher that fills `p`), and
+/// `name` must be a kernel of `file` taking a `P` by value.
+unsafe fn go<P: DeviceRepr>(on: Launch, file: &'static str, name: &'static str, p: &P, blocks: u64) -> Result<()> {
+    let cfg = cfg(blocks)?;
+    let f = on.dev.function(file, name)?;
+    let mut b = on.stream.launch_builder(&f);
+    b.arg(p);
+    // SAFETY: `name` takes exactly one `P` by value (the kernels are declared with the header's
+    // structs and the tables above match them, tests/nvrtc.rs checks the names); the addresses in
+    // `p` are valid for what the kernel does with them by this function's contract.
+    unsafe { b.launch(cfg) }.map(|_| ()).map_err(cuda_err)
+}
+
+/// Blocks of a token kernel (token stats, quantize) and its name for the layout.
+fn token_grid(geom: &FjTokenGeom, nchw: &[&'static str; 3], ntc: &[&'static str; 3], dt: Dtype) -> (&'static str, u64) {
+    let t = geom.tokens as u64;
+    if geom.layout == FJ_LAYOUT_NCHW {
+        (by_dtype(nchw, dt), t.div_ceil(FJ_NCHW_TOKENS_PER_BLOCK as u64))
+    } else {
+        (by_dtype(ntc, dt), t.div_ceil(FJ_NTC_TOKENS_PER_BLOCK as u64))
+    }
+}
+
+// ---- the statistics buffer ----
+
+/// A device buffer of zero-initialised 8-byte statistic slots (`i64` on the host), `len` of them.
+#[derive(Clone, Copy, Debug)]
+pub struct StatsBuf {
+    base: DevPtrMut<i64>,
+    len: usize,
+}
+
+impl StatsBuf {
+    /// `len` slots at `base`. The launchers check `len` against what the op needs.
+    pub const fn new(base: DevPtrMut<i64>, len: usize) -> Self {
+        StatsBuf { base, len }
+    }
+    pub const fn len(self) -> usize {
+        self.len
+    }
+    pub const fn is_empty(self) -> bool {
+        self.len == 0
+    }
+    fn slot<T>(self, i: usize) -> DevPtrMut<T> {
+        debug_assert!(i < self.len);
+        DevPtrMut::from_addr(self.base.addr() + 8 * i as u64)
+    }
+    fn need(self, slots: usize) -> Result<()> {
+        if self.len < slots {
+            return Err(Error::Arg(format!("statistics buffer of {} slots, the op needs {slots}", self.len)));
+        }
+        Ok(())
+    }
+    /// The device `Σ j_t²` (f64) a token-stats launch with `sum_sq` accumulated here: what the
+    /// fused chain's step allocation reads.
+    pub fn sum_sq(self) -> DevPtr<f64> {
+        self.slot::<f64>(T_SUM_SQ).as_const()
+    }
+}
+
+/// Copies the statistics to the host on `stream` and waits for it (the op's one sync).
+///
+/// # Safety
+/// `stats` must be live device memory of `stream`'s context, `stats.len()` slots long, whose
+/// kernels were enqueued on `stream` (or are otherwise complete).
+pub unsafe fn read_stats(stats: StatsBuf, stream: &CudaStream) -> Result<Vec<i64>> {
+    let mut v = vec![0i64; stats.len];
+    stream.context().bind_to_thread().map_err(cuda_err)?;
+    // SAFETY: `v` holds `stats.len` i64 and the device side has as many by the contract; the
+    // synchronize below completes the copy before `v` is used or dropped.
+    unsafe { cu::memcpy_dtoh_async(&mut v, stats.base.addr(), stream.cu_stream()) }.map_err(cuda_err)?;
+    stream.synchronize().map_err(cuda_err)?;
+    Ok(v)
+}
+
+/// A bad-element cell holds `!index` (0 = none).
+fn bad_of(v: i64) -> Option<usize> {
     (v != 0).then_some(!(v as u64) as usize)
 }
+
+// ---- what the kernels found wrong, as the op's typed error (the one mapping) ----
+
+/// Which input a bad-element cell indexes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// The feature `x`: a NaN or ±Inf ([`Error::NonFinite`]).
+    X,
+    /// The tolerance map `J`: not finite or <= 0 ([`Error::Jnd`]).
+    Jnd,
+}
+
+/// The first offending element an op's kernels reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadElement {
+    pub input: Input,
+    /// Flat index into that input.
+    pub index: usize,
+}
+
+impl BadElement {
+    /// The op's typed error with the offending value (for the message).
+    pub fn error(self, value: f32) -> Error {
+        match self.input {
+            Input::X => Error::NonFinite { index: self.index, value },
+            Input::Jnd => Error::Jnd { index: self.index, value },
+        }
+    }
+}
+
+/// A device element array an error message may read one value from, or `None` where it cannot be
+/// read any more (x quantized in place: the message says NaN).
+pub type Source = Option<Elems>;
+
+/// `Ok` when the kernels found nothing wrong, else the typed error for the first bad element, its
+/// value read back from `x` or `jnd` on `stream` (NaN where the source is `None` or unreadable).
+///
+/// # Safety
+/// Each `Some` source must be device memory of `stream`'s context holding at least `index + 1`
+/// elements of its dtype for the index `bad` names, with no kernel writing it.
+pub unsafe fn check_bad(bad: Option<BadElement>, x: Source, jnd: Source, stream: &CudaStream) -> Result<()> {
+    let Some(b) = bad else { return Ok(()) };
+    let src = match b.input {
+        Input::X => x,
+        Input::Jnd => jnd,
+    };
+    // SAFETY: `src` holds element `b.index` by this function's contract.
+    let value = src.map_or(f32::NAN, |e| unsafe { value_at(e, b.index, stream) });
+    Err(b.error(value))
+}
+
+/// Element `i` of a device array as f32 (NaN if the copy fails).
+///
+/// # Safety
+/// `a` must be device memory of `stream`'s context with at least `i + 1` elements.
+unsafe fn value_at(a: Elems, i: usize, stream: &CudaStream) -> f32 {
+    let (p, dt) = (a.ptr, a.dt);
+    let mut buf = [0u8; 4];
+    let n = dt.size();
+    let ok = stream.context().bind_to_thread().is_ok()
+        // SAFETY: element `i` (n <= 4 bytes at p + i·n) exists by the contract; the synchronize
+        // completes the copy into `buf` before it is read.
+        && unsafe { cu::memcpy_dtoh_async(&mut buf[..n], p.addr() + (i * n) as u64, stream.cu_stream()) }.is_ok()
+        && stream.synchronize().is_ok();
+    if !ok {
+        return f32::NAN;
+    }
+    // SAFETY: `buf` holds the `n = size_of::<E>()` bytes of one element (any bit pattern is a
+    // valid f32/f16/bf16); the read is unaligned-safe.
+    with_elem!(dt, E => unsafe { std::ptr::read_unaligned(buf.as_ptr() as *const E) }.to_f32())
+}
+
+// ---- token stats: j_t = reduce(J over token t) ----
+
+// Slots of a token-stats launch (the first two of a fused quantization's buffer too).
+const T_BAD_J: usize = 0;
+const T_SUM_SQ: usize = 1;
+/// Slots [`token_stats`] needs.
+pub const TOKEN_STATS_SLOTS: usize = 2;
+
+/// Enqueues the token-stats kernel: `j_t` of `jnd` into `token_tol[tokens]`, the first bad J into
+/// `stats`, and (with `sum_sq`) `Σ j_t²` into it for [`StatsBuf::sum_sq`]. A quantization's
+/// buffer ([`quantize_slots`]) has these slots too, so J's error surfaces in [`decode_quantize`]
+/// for the fused chain.
+///
+/// # Safety
+/// On the launch's device: `jnd` must hold `grid.numel()` elements; `token_tol` room for
+/// `grid.tokens()` f32 not overlapping `jnd`; `stats` zeroed slots; none of them used by other
+/// work until this launch completes in stream order.
+pub unsafe fn token_stats(on: Launch, grid: &TokenGrid, reduce: Reduce, jnd: Elems, token_tol: DevPtrMut<f32>, stats: StatsBuf, sum_sq: bool) -> Result<()> {
+    stats.need(TOKEN_STATS_SLOTS)?;
+    let p = FjTokenStatsParams {
+        geom: grid.to_params(),
+        jnd: jnd.ptr.addr(),
+        token_tol: token_tol.addr(),
+        sum_sq: if sum_sq { stats.slot::<f64>(T_SUM_SQ).addr() } else { 0 },
+        bad_index: stats.slot::<u64>(T_BAD_J).addr(),
+        reduce: match reduce {
+            Reduce::Mean => FJ_REDUCE_MEAN,
+            Reduce::Rms => FJ_REDUCE_RMS,
+            Reduce::Min => FJ_REDUCE_MIN,
+        },
+        pad0: 0,
+    };
+    let (name, blocks) = token_grid(&p.geom, &TOKEN_STATS_NCHW, &TOKEN_STATS_NTC, jnd.dt);
+    // SAFETY: the addresses in `p` are the caller's, valid by this function's contract; the
+    // statistics slots exist (checked above).
+    unsafe { go(on, TOKEN_STATS_FILE, name, &p, blocks) }
+}
+
+/// The first bad J a [`token_stats`] launch found.
+pub fn decode_token_stats(s: &[i64]) -> Option<BadElement> {
+    bad_of(s[T_BAD_J]).map(|index| BadElement { input: Input::Jnd, index })
+}
+
+// ---- step allocation ----
+
+/// Device pointers of one step allocation over `tokens` tokens.
+#[derive(Clone, Copy, Debug)]
+pub struct StepPtrs {
+    /// `tokens` f32: the token tolerances.
+    pub token_tol: DevPtr<f32>,
+    /// One f64 `Σ j²`, read for [`Strategy::Jnd`] and [`Strategy::Permuted`].
+    pub sum_sq: DevPtr<f64>,
+    /// `tokens` values, a permutation of `0..tokens`, for [`Strategy::Permuted`] (null otherwise).
+    pub perm: DevPtr<u32>,
+    /// Room for `tokens` f32 (out).
+    pub steps: DevPtrMut<f32>,
+}
+
+/// Enqueues the step allocation for budget `budget`, every step times `beta`.
+///
+/// # Safety
+/// On the launch's device: every pointer of `p` the strategy reads must hold what its field says,
+/// `steps` must overlap none of them; all ordered before this launch on its stream.
+pub unsafe fn step_alloc(on: Launch, p: &StepPtrs, tokens: usize, budget: f64, strategy: Strategy, beta: f64) -> Result<()> {
+    let tokens32 = u32::try_from(tokens).map_err(|_| Error::Arg(format!("{tokens} tokens exceed the kernels' 32-bit token index")))?;
+    if matches!(strategy, Strategy::Permuted { .. }) && p.perm.is_null() {
+        return Err(Error::Arg("the permuted strategy needs its device permutation".into()));
+    }
+    let p = FjStepAllocParams {
+        token_tol: p.token_tol.addr(),
+        sum_sq: p.sum_sq.addr(),
+        perm: p.perm.addr(),
+        steps: p.steps.addr(),
+        budget,
+        beta,
+        tokens: tokens32,
+        strategy: match strategy {
+            Strategy::Uniform => FJ_STRATEGY_UNIFORM,
+            Strategy::Jnd => FJ_STRATEGY_JND,
+            Strategy::Permuted { .. } => FJ_STRATEGY_PERMUTED,
+        },
+    };
+    // SAFETY: the addresses in `p` are valid by this function's contract.
+    unsafe { go(on, STEP_ALLOC_FILE, STEP_ALLOC, &p, (tokens as u64).div_ceil(BLOCK as u64)) }
+}
+
+// ---- fused quantize / dequantize ----
+
+// Slots of a quantization's statistics, after the token-stats ones (bad J, Σ j²) of the fused chain.
+const Q_BAD_X: usize = 2;
+const Q_CLAMP: usize = 3;
+const Q_SSE: usize = 4;
+const Q_HIST: usize = 5;
+// The fused chain writes token stats into a quantization's buffer: the layouts must not collide.
+const _: () = assert!(T_BAD_J < TOKEN_STATS_SLOTS && T_SUM_SQ < TOKEN_STATS_SLOTS && Q_BAD_X == TOKEN_STATS_SLOTS);
+
+/// Slots a quantization needs (room for the fused chain's token stats included).
+pub fn quantize_slots(bits: Bits, histogram: bool) -> usize {
+    Q_HIST + if histogram { bits.hist_bins() } else { 0 }
+}
+
+/// Device pointers of one quantization; a null output is not wanted. `recon` may equal `x`
+/// (in place), nothing else may overlap.
+#[derive(Clone, Copy, Debug)]
+pub struct QuantPtrs {
+    /// `grid.numel()` elements of the op's dtype.
+    pub x: DevPtr<c_void>,
+    /// `grid.tokens()` f32.
+    pub steps: DevPtr<f32>,
+    /// `grid.numel()` i8 (8 bits) or i16 (16 bits).
+    pub symbols: DevPtrMut<c_void>,
+    /// `grid.numel()` elements of the op's dtype, or `x` itself.
+    pub recon: DevPtrMut<c_void>,
+    /// `grid.tokens()` f32.
+    pub token_sse: DevPtrMut<f32>,
+}
+
+/// Enqueues the fused quantize kernel with its statistics in `stats` (a histogram of
+/// `bits.hist_bins()` bins when `histogram`).
+///
+/// # Safety
+/// On the launch's device: every non-null pointer of `p` must hold what its field says, the
+/// outputs must overlap neither each other nor the inputs except `recon == x` exactly, `stats`
+/// must be zeroed slots; none used by other work until this launch completes in stream order.
+pub unsafe fn quantize(on: Launch, dt: Dtype, grid: &TokenGrid, p: &QuantPtrs, bits: Bits, histogram: bool, stats: StatsBuf) -> Result<()> {
+    stats.need(quantize_slots(bits, histogram))?;
+    if p.x.is_null() || p.steps.is_null() {
+        return Err(Error::Arg("quantize needs x and the steps".into()));
+    }
+    let q = FjQuantizeParams {
+        geom: grid.to_params(),
+        x: p.x.addr(),
+        steps: p.steps.addr(),
+        symbols: p.symbols.addr(),
+        recon: p.recon.addr(),
+        token_sse: p.token_sse.addr(),
+        total_sse: stats.slot::<f64>(Q_SSE).addr(),
+        clamp_count: stats.slot::<u64>(Q_CLAMP).addr(),
+        histogram: if histogram { stats.slot::<u64>(Q_HIST).addr() } else { 0 },
+        bad_index: stats.slot::<u64>(Q_BAD_X).addr(),
+        bits: bits.bits(),
+        pad0: 0,
+    };
+    let (name, blocks) = token_grid(&q.geom, &QUANTIZE_NCHW, &QUANTIZE_NTC, dt);
+    // SAFETY: the addresses in `q` are the caller's, valid by this function's contract; the
+    // statistics slots exist (checked above).
+    unsafe { go(on, QUANTIZE_FILE, name, &q, blocks) }
+}
+
+/// A quantization's statistics, read back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuantStats {
+    /// The first bad element: a bad J (the fused chain reduces J first, as the CPU path does)
+    /// before a bad x. Map it with [`check_bad`].
+    pub bad: Option<BadElement>,
+    pub clamped: u64,
+    pub total_sse: f64,
+    pub histogram: Option<Vec<u64>>,
+}
+
+pub fn decode_quantize(s: &[i64], bits: Bits, histogram: bool) -> QuantStats {
+    let bad_x = bad_of(s[Q_BAD_X]).map(|index| BadElement { input: Input::X, index });
+    QuantStats {
+        bad: decode_token_stats(s).or(bad_x),
+        clamped: s[Q_CLAMP] as u64,
+        total_sse: f64::from_bits(s[Q_SSE] as u64),
+        histogram: histogram.then(|| s[Q_HIST..Q_HIST + bits.hist_bins()].iter().map(|&v| v as u64).collect()),
+    }
+}
+
+// ---- matched-NRMSE perturbation and noise ----
 
 fn noise_code(k: NoiseKind) -> u32 {
     match k {
@@ -32,126 +513,56 @@ fn noise_code(k: NoiseKind) -> u32 {
     }
 }
 
-/// Enqueues the token-stats kernel: `j_t` into `token_tol`, `Σ j_t²` into `sum_slot` (0 = skip),
-/// `!index` of the first bad J into `bad_slot`.
-#[allow(clippy::too_many_arguments)]
-pub fn token_stats(dev: &Device, dt: Dtype, grid: &TokenGrid, reduce: Reduce, jnd: u64, token_tol: u64, sum_slot: u64, bad_slot: u64, stream: &CudaStream) -> Result<()> {
-    let p = FjTokenStatsParams {
-        geom: grid.to_params(),
-        jnd,
-        token_tol,
-        sum_sq: sum_slot,
-        bad_index: bad_slot,
-        reduce: match reduce {
-            Reduce::Mean => FJ_REDUCE_MEAN,
-            Reduce::Rms => FJ_REDUCE_RMS,
-            Reduce::Min => FJ_REDUCE_MIN,
-        },
-        pad0: 0,
-    };
-    launch::token_stats(dev, dt, &p, stream)
+// Slots: bad x, bad J, (Σx², Σ(Jξ)²) per sample, then the f32 scales packed two a slot.
+const P_BAD_X: usize = 0;
+const P_BAD_J: usize = 1;
+const P_NORMS: usize = 2;
+fn p_scales(samples: usize) -> usize {
+    P_NORMS + 2 * samples
 }
 
-/// Enqueues the step allocation from `tokens` tolerances and a device f64 `Σ j²` at `sum_sq`;
-/// `perm` is the device i32 permutation for [`Strategy::Permuted`] (0 otherwise).
-#[allow(clippy::too_many_arguments)]
-pub fn step_alloc(dev: &Device, token_tol: u64, tokens: usize, sum_sq: u64, perm: u64, steps: u64, budget: f64, strategy: Strategy, beta: f64, stream: &CudaStream) -> Result<()> {
-    let p = FjStepAllocParams {
-        token_tol,
-        sum_sq,
-        perm,
-        steps,
-        budget,
-        beta,
-        tokens: tokens as u32,
-        strategy: match strategy {
-            Strategy::Uniform => FJ_STRATEGY_UNIFORM,
-            Strategy::Jnd => FJ_STRATEGY_JND,
-            Strategy::Permuted { .. } => FJ_STRATEGY_PERMUTED,
-        },
-    };
-    launch::step_alloc(dev, &p, stream)
-}
-
-// Slots of a quantization's statistics.
-pub const Q_BAD_X: usize = 0;
-const Q_CLAMP: usize = 1;
-const Q_SSE: usize = 2;
-pub const Q_BAD_J: usize = 3;
-pub const Q_SUM_SQ: usize = 4;
-const Q_HIST: usize = 5;
-
-/// Slots a quantization needs.
-pub fn quantize_slots(bits: Bits, histogram: bool) -> usize {
-    Q_HIST + if histogram { bits.hist_bins() } else { 0 }
-}
-
-/// Device pointers of one quantization (0 = output not wanted; `recon == x` in place).
-pub struct QuantPtrs {
-    pub x: u64,
-    pub steps: u64,
-    pub symbols: u64,
-    pub recon: u64,
-    pub token_sse: u64,
-}
-
-/// Enqueues the fused quantize kernel with its statistics at `stats`.
-#[allow(clippy::too_many_arguments)]
-pub fn quantize(dev: &Device, dt: Dtype, grid: &TokenGrid, p: &QuantPtrs, bits: Bits, histogram: bool, stats: u64, stream: &CudaStream) -> Result<()> {
-    let q = FjQuantizeParams {
-        geom: grid.to_params(),
-        x: p.x,
-        steps: p.steps,
-        symbols: p.symbols,
-        recon: p.recon,
-        token_sse: p.token_sse,
-        total_sse: slot(stats, Q_SSE),
-        clamp_count: slot(stats, Q_CLAMP),
-        histogram: if histogram { slot(stats, Q_HIST) } else { 0 },
-        bad_index: slot(stats, Q_BAD_X),
-        bits: bits.bits(),
-        pad0: 0,
-    };
-    launch::quantize(dev, dt, &q, stream)
-}
-
-/// A quantization's statistics, read back.
-pub struct QuantStats {
-    pub bad_x: Option<usize>,
-    pub bad_j: Option<usize>,
-    pub clamped: u64,
-    pub total_sse: f64,
-    pub histogram: Option<Vec<u64>>,
-}
-
-pub fn decode_quantize(s: &[i64], bits: Bits, histogram: bool) -> QuantStats {
-    QuantStats {
-        bad_x: bad_of(s[Q_BAD_X]),
-        bad_j: bad_of(s[Q_BAD_J]),
-        clamped: s[Q_CLAMP] as u64,
-        total_sse: f64::from_bits(s[Q_SSE] as u64),
-        histogram: histogram.then(|| s[Q_HIST..Q_HIST + bits.hist_bins()].iter().map(|&v| v as u64).collect()),
-    }
-}
-
-/// Slots a perturbation of `samples` samples needs: bad x, bad J, (Σx², Σ(Jξ)²) per sample, then
-/// the f32 scales packed two a slot.
+/// Slots a perturbation of `samples` samples needs.
 pub fn perturb_slots(samples: usize) -> usize {
-    2 + 2 * samples + samples.div_ceil(2)
+    p_scales(samples) + samples.div_ceil(2)
 }
 
-/// Enqueues the two perturbation kernels (norms, then apply) with statistics at `stats`.
-/// `jnd` 0 means J ≡ 1; `out == x` in place.
-#[allow(clippy::too_many_arguments)]
-pub fn perturb(dev: &Device, dt: Dtype, x: u64, jnd: u64, out: u64, numel: usize, samples: usize, nrmse: f64, noise: NoiseSpec, stats: u64, stream: &CudaStream) -> Result<()> {
+/// What one perturbation works on: `numel` elements of dtype `dt` in `samples` equal samples.
+#[derive(Clone, Copy, Debug)]
+pub struct PerturbPtrs {
+    pub dt: Dtype,
+    pub x: DevPtr<c_void>,
+    /// Null means J ≡ 1.
+    pub jnd: DevPtr<c_void>,
+    /// May be `x` (in place).
+    pub out: DevPtrMut<c_void>,
+    pub numel: usize,
+    pub samples: usize,
+}
+
+/// Enqueues the two perturbation kernels (norms, then apply) with statistics in `stats`. A bad
+/// NRMSE or sample split is an error before anything is enqueued.
+///
+/// # Safety
+/// On the launch's device: `x` must hold `numel` elements of `dt`, `jnd` (unless null) and `out`
+/// as many; `out` must not overlap `jnd`, and must equal `x` or not overlap it; `stats` zeroed
+/// slots; none used by other work until the launches complete in stream order.
+pub unsafe fn perturb(on: Launch, a: &PerturbPtrs, nrmse: f64, noise: NoiseSpec, stats: StatsBuf) -> Result<()> {
+    let (dt, numel, samples) = (a.dt, a.numel, a.samples);
+    if !(nrmse.is_finite() && nrmse >= 0.0) {
+        return Err(Error::Nrmse(nrmse));
+    }
+    if samples == 0 || numel % samples != 0 || u32::try_from(samples).is_err() {
+        return Err(Error::Shape(format!("{numel} elements do not split into {samples} samples")));
+    }
+    stats.need(perturb_slots(samples))?;
     let p = FjPerturbParams {
-        x,
-        jnd,
-        out,
-        norms: slot(stats, 2),
-        scales: slot(stats, 2 + 2 * samples),
-        bad_index: slot(stats, 0),
-        bad_jnd: slot(stats, 1),
+        x: a.x.addr(),
+        jnd: a.jnd.addr(),
+        out: a.out.addr(),
+        norms: stats.slot::<f64>(P_NORMS).addr(),
+        scales: stats.slot::<f32>(p_scales(samples)).addr(),
+        bad_index: stats.slot::<u64>(P_BAD_X).addr(),
+        bad_jnd: stats.slot::<u64>(P_BAD_J).addr(),
         numel: numel as u64,
         sample_len: (numel / samples) as u64,
         seed: noise.seed,
@@ -161,20 +572,99 @@ pub fn perturb(dev: &Device, dt: Dtype, x: u64, jnd: u64, out: u64, numel: usize
         noise: noise_code(noise.kind),
         pad0: 0,
     };
-    launch::perturb_norms(dev, dt, &p, stream)?;
-    launch::perturb_apply(dev, dt, &p, stream)
+    let blocks = samples as u64 * p.sample_len.div_ceil(PERTURB_CHUNK);
+    let norms = by_dtype(&PERTURB_NORMS, dt);
+    let apply = by_dtype(&PERTURB_APPLY, dt);
+    // SAFETY: the addresses in `p` are the caller's, valid by this function's contract; the
+    // statistics slots exist (checked above). The two launches are ordered on `stream`: apply
+    // reads the norms that the first one completed.
+    unsafe {
+        go(on, PERTURB_FILE, norms, &p, blocks)?;
+        go(on, PERTURB_FILE, apply, &p, blocks)
+    }
 }
 
-/// A perturbation's statistics: first bad x, first bad J, and the report.
-pub fn decode_perturb(v: &[i64], samples: usize) -> (Option<usize>, Option<usize>, PerturbReport) {
-    let packed = &v[2 + 2 * samples..];
+/// A perturbation's statistics: the first bad element (a bad x before a bad J, as the CPU path
+/// checks them) and the report.
+pub fn decode_perturb(v: &[i64], samples: usize) -> (Option<BadElement>, PerturbReport) {
+    let packed = &v[p_scales(samples)..];
     let scales = (0..samples).map(|i| f32::from_bits((packed[i / 2] as u64 >> (32 * (i % 2))) as u32)).collect();
-    let zero_samples = (0..samples).filter(|&i| !(f64::from_bits(v[2 + 2 * i] as u64) > 0.0)).collect();
-    (bad_of(v[0]), bad_of(v[1]), PerturbReport { scales, zero_samples })
+    let zero_samples = (0..samples).filter(|&i| !(f64::from_bits(v[P_NORMS + 2 * i] as u64) > 0.0)).collect();
+    let bad_x = bad_of(v[P_BAD_X]).map(|index| BadElement { input: Input::X, index });
+    let bad_j = bad_of(v[P_BAD_J]).map(|index| BadElement { input: Input::Jnd, index });
+    (bad_x.or(bad_j), PerturbReport { scales, zero_samples })
 }
 
 /// Enqueues the noise kernel: `numel` f32 values of `ξ` from flat index `offset` into `out`.
-pub fn noise(dev: &Device, out: u64, numel: usize, offset: u64, noise: NoiseSpec, stream: &CudaStream) -> Result<()> {
-    let p = FjNoiseParams { out, numel: numel as u64, offset, seed: noise.seed, subsequence: noise.subsequence, noise: noise_code(noise.kind) };
-    launch::noise(dev, &p, stream)
+///
+/// # Safety
+/// `out` must be device memory of the launch's device with room for `numel` f32, not used by other
+/// work until the launch completes in stream order.
+pub unsafe fn noise(on: Launch, out: DevPtrMut<f32>, numel: usize, offset: u64, noise: NoiseSpec) -> Result<()> {
+    let end = offset.checked_add(numel as u64).ok_or_else(|| Error::Arg(format!("noise offset {offset} + {numel} overflows")))?;
+    let p = FjNoiseParams { out: out.addr(), numel: numel as u64, offset, seed: noise.seed, subsequence: noise.subsequence, noise: noise_code(noise.kind) };
+    let lanes = FJ_PHILOX_LANES as u64;
+    let groups = end.div_ceil(lanes) - offset / lanes;
+    // SAFETY: `out` is valid for `numel` f32 by this function's contract; the kernel writes only
+    // indices below `numel`.
+    unsafe { go(on, PERTURB_FILE, NOISE, &p, groups.div_ceil(BLOCK as u64)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantizer_constants_match_the_header() {
+        // Bits lives in geom.rs (plain fns, so no const assert there): it must agree with the kernels.
+        assert_eq!(Bits::B8.qmax(), FJ_QMAX_B8 as f32);
+        assert_eq!(Bits::B16.qmax(), FJ_QMAX_B16 as f32);
+        assert_eq!(Bits::B8.hist_bins(), FJ_HIST_BINS_B8 as usize);
+        assert_eq!(Bits::B16.hist_bins(), FJ_HIST_BINS_B16 as usize);
+        assert_eq!(Bits::B16.bin(FJ_HIST_RANGE_B16 as i32 + 1), FJ_HIST_BINS_B16 as usize - 1);
+        assert_eq!(Bits::B8.bin(-(FJ_QMAX_B8 as i32)), 0);
+    }
+
+    #[test]
+    fn statistics_layouts_do_not_overlap() {
+        let mut s = vec![0i64; quantize_slots(Bits::B8, true)];
+        s[T_BAD_J] = !5;
+        s[Q_BAD_X] = !7;
+        let q = decode_quantize(&s, Bits::B8, true);
+        assert_eq!(q.bad, Some(BadElement { input: Input::Jnd, index: 5 }));
+        assert_eq!(q.histogram.unwrap().len(), 255);
+        s[T_BAD_J] = 0;
+        assert_eq!(decode_quantize(&s, Bits::B8, false).bad, Some(BadElement { input: Input::X, index: 7 }));
+        let mut p = vec![0i64; perturb_slots(3)];
+        p[P_BAD_J] = !1;
+        p[p_scales(3) + 1] = 2.5f32.to_bits() as i64;
+        let (bad, rep) = decode_perturb(&p, 3);
+        assert_eq!(bad, Some(BadElement { input: Input::Jnd, index: 1 }));
+        assert_eq!(rep.scales, vec![0.0, 0.0, 2.5]);
+        assert_eq!(rep.zero_samples, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn grids_and_kernel_names() {
+        assert_eq!(cfg(0).unwrap().grid_dim.0, 1);
+        assert!(cfg(1 << 31).is_err());
+        let mut g = FjTokenGeom { layout: FJ_LAYOUT_NCHW, tokens: 33, ..Default::default() };
+        assert_eq!(token_grid(&g, &QUANTIZE_NCHW, &QUANTIZE_NTC, Dtype::F16), ("fj_quantize_nchw_f16", 2));
+        g.layout = FJ_LAYOUT_NTC;
+        assert_eq!(token_grid(&g, &QUANTIZE_NCHW, &QUANTIZE_NTC, Dtype::Bf16), ("fj_quantize_ntc_bf16", 5));
+        assert_eq!(kernel_names().len(), 2 + 6 * 3);
+    }
+
+    #[test]
+    fn every_launched_kernel_exists_in_its_file() {
+        if !super::super::compile::nvrtc_present() {
+            eprintln!("SKIP: no NVRTC");
+            return;
+        }
+        let all = super::super::compile::compile_all("compute_80").unwrap();
+        for (file, name) in kernel_names() {
+            let c = all.iter().find(|c| c.name == file).unwrap_or_else(|| panic!("no kernel file {file}"));
+            assert!(c.ptx.contains(&format!(".entry {name}(")), "{file} has no kernel {name}");
+        }
+    }
 }

@@ -1,151 +1,200 @@
-//! The CUDA side of [`super`]: outputs are torch tensors on the input's device, kernels run on
-//! torch's current stream, and the statistics buffer (layout in [`crate::cuda::raw`]) is a torch
-//! i64 tensor: one memset before, one device-to-host copy after, so a single sync per op and none
-//! inside the fused J → j_t → Δ_t → quantize chain.
+//! The CUDA side of [`super`], a thin shell over [`crate::cuda::raw`]: outputs are torch tensors on
+//! the input's device (allocated with tch's fallible `f_*` calls), kernels run on torch's current
+//! stream, and the statistics buffer (layout in `raw`) is a torch i64 tensor: one memset before,
+//! one device-to-host copy after, so a single sync per op and none inside the fused
+//! J → j_t → Δ_t → quantize chain.
+//!
+//! Soundness: every function here is called by [`super`] after its checks: tensors defined,
+//! contiguous, of the dtype passed in, on CUDA device `o`, shaped for the grid, and caller
+//! buffers disjoint from the inputs and from each other. Those checks are what the `SAFETY:`
+//! comments below rely on.
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::driver::CudaStream;
 use tch::{Device as TDevice, Kind, Tensor};
 
 use super::{Outs, Quantized, QuantizeOptions};
 use crate::cpu::{perturb::NoiseSpec, PerturbReport};
-use crate::cuda::raw::{self, QuantPtrs, Q_BAD_J, Q_SUM_SQ};
+use crate::cuda::raw::{self, DevPtr, DevPtrMut, Elems, Launch, PerturbPtrs, QuantPtrs, StatsBuf, StepPtrs};
 use crate::cuda::Device;
 use crate::element::Dtype;
 use crate::error::{Error, Result};
 use crate::geom::{Reduce, Strategy, TokenGrid};
 use crate::philox;
 
-fn ptr(t: &Tensor) -> u64 {
-    t.data_ptr() as u64
+/// A tensor's data as a device pointer the kernels read.
+fn src<T>(t: &Tensor) -> DevPtr<T> {
+    DevPtr::from_raw(t.data_ptr() as *const T)
+}
+/// A tensor's data as a device element array of dtype `dt`.
+fn elems(t: &Tensor, dt: Dtype) -> Elems {
+    Elems { ptr: src(t), dt }
+}
+/// A tensor's data as a device pointer the kernels write.
+fn dst<T>(t: &Tensor) -> DevPtrMut<T> {
+    DevPtrMut::from_raw(t.data_ptr() as *mut T)
 }
 
-/// Zeroed device statistics, 8 bytes a slot.
-struct Stats(Tensor);
-
-impl Stats {
-    fn new(o: usize, slots: usize) -> Self {
-        Stats(Tensor::zeros([slots as i64], (Kind::Int64, TDevice::Cuda(o))))
-    }
-    fn base(&self) -> u64 {
-        ptr(&self.0)
-    }
-    fn slot(&self, i: usize) -> u64 {
-        raw::slot(self.base(), i)
-    }
-    /// One device-to-host copy (waits for the stream).
-    fn read(&self) -> Result<Vec<i64>> {
-        Vec::<i64>::try_from(self.0.to_device(TDevice::Cpu)).map_err(|e| Error::Cuda(e.to_string()))
-    }
+/// One op on device `o`: the cached device and torch's current stream on it.
+struct On {
+    dev: Arc<Device>,
+    stream: Arc<CudaStream>,
+    o: usize,
 }
 
-/// Element `i` of a CUDA tensor as f32 (error messages only).
-fn value_at(t: &Tensor, i: usize) -> f32 {
-    t.flatten(0, -1).get(i as i64).to_kind(Kind::Float).double_value(&[]) as f32
-}
+impl On {
+    fn new(o: usize) -> Result<On> {
+        let dev = Device::get(o)?;
+        let stream = dev.torch_stream();
+        Ok(On { dev, stream, o })
+    }
 
-/// Enqueues the token-stats kernel: `j_t` out, `Σ j_t²` into `sum_slot`, first bad J into `bad_slot`.
-fn token_stats(o: usize, jnd: &Tensor, dt: Dtype, grid: &TokenGrid, reduce: Reduce, sum_slot: u64, bad_slot: u64) -> Result<Tensor> {
-    let dev = Device::get(o)?;
-    let jt = Tensor::empty([grid.tokens() as i64], (Kind::Float, TDevice::Cuda(o)));
-    raw::token_stats(&dev, dt, grid, reduce, ptr(jnd), ptr(&jt), sum_slot, bad_slot, &dev.torch_stream())?;
-    Ok(jt)
+    fn launch(&self) -> Launch<'_> {
+        Launch { dev: &self.dev, stream: &self.stream }
+    }
+
+    fn empty(&self, sizes: &[i64], kind: Kind) -> Result<Tensor> {
+        Ok(Tensor::f_empty(sizes, (kind, TDevice::Cuda(self.o)))?)
+    }
+
+    /// Zeroed device statistics, 8 bytes a slot (torch's caching allocator, torch's stream).
+    fn stats(&self, slots: usize) -> Result<(Tensor, StatsBuf)> {
+        let t = Tensor::f_zeros([slots as i64], (Kind::Int64, TDevice::Cuda(self.o)))?;
+        let buf = StatsBuf::new(dst(&t), slots);
+        Ok((t, buf))
+    }
+
+    /// One device-to-host copy of the statistics (waits for the stream).
+    fn read(&self, stats: StatsBuf) -> Result<Vec<i64>> {
+        // SAFETY: `stats` is a live i64 tensor of `stats.len()` slots on this device (held by the
+        // caller), and every kernel writing it was enqueued on `self.stream`.
+        unsafe { raw::read_stats(stats, &self.stream) }
+    }
+
+    /// `Ok`, or the typed error for the first bad element the kernels found in `x` or `J`.
+    fn check(&self, bad: Option<raw::BadElement>, x: raw::Source, jnd: raw::Source) -> Result<()> {
+        // SAFETY: each source is a checked tensor of its dtype with the op's element count (the
+        // index the kernels report lies inside it); the stream is synchronized by `read`.
+        unsafe { raw::check_bad(bad, x, jnd, &self.stream) }
+    }
 }
 
 pub(super) fn token_tolerance(o: usize, jnd: &Tensor, dt: Dtype, grid: &TokenGrid, reduce: Reduce) -> Result<Tensor> {
-    let stats = Stats::new(o, 1);
-    let jt = token_stats(o, jnd, dt, grid, reduce, 0, stats.slot(0))?;
-    if let Some(index) = raw::bad_of(stats.read()?[0]) {
-        return Err(Error::Jnd { index, value: value_at(jnd, index) });
-    }
+    let on = On::new(o)?;
+    let (_keep, stats) = on.stats(raw::TOKEN_STATS_SLOTS)?;
+    let jt = on.empty(&[grid.tokens() as i64], Kind::Float)?;
+    // SAFETY: `jnd` is a checked contiguous CUDA tensor of `dt` with `grid.numel()` elements on
+    // device `o`; `jt` was just allocated there with `grid.tokens()` f32; `stats` is zeroed; all
+    // three belong to torch's stream, which the launch uses.
+    unsafe { raw::token_stats(on.launch(), grid, reduce, elems(jnd, dt), dst(&jt), stats, false) }?;
+    on.check(raw::decode_token_stats(&on.read(stats)?), None, Some(elems(jnd, dt)))?;
     Ok(jt)
 }
 
-/// Enqueues the step allocation. `sum_slot` is a device f64 `Σ j²` (from the token-stats kernel
+/// Enqueues the step allocation. `sum_sq` is a device f64 `Σ j²` (from the token-stats kernel
 /// when fused); without it torch reduces it on the device. Never syncs.
-pub(super) fn allocate_steps(o: usize, jt: &Tensor, budget: f64, strategy: Strategy, beta: f64, sum_slot: Option<u64>) -> Result<Tensor> {
-    let dev = Device::get(o)?;
+pub(super) fn allocate_steps(o: usize, jt: &Tensor, budget: f64, strategy: Strategy, beta: f64, sum_sq: Option<DevPtr<f64>>) -> Result<Tensor> {
+    let on = On::new(o)?;
     let t = jt.numel();
-    let owned = match sum_slot {
+    let owned = match sum_sq {
         Some(_) => None,
-        None => Some(jt.to_kind(Kind::Double).square().sum(Kind::Double)),
+        None => Some(jt.f_to_kind(Kind::Double)?.f_square()?.f_sum(Kind::Double)?),
     };
     // The permutation depends only on (T, seed): made on the host, uploaded once.
     let perm = match strategy {
         Strategy::Permuted { seed } => {
             let p: Vec<i32> = philox::permutation(t, seed).into_iter().map(|v| v as i32).collect();
-            Some(Tensor::from_slice(&p).to_device(TDevice::Cuda(o)))
+            Some(Tensor::f_from_slice(&p)?.f_to_device(TDevice::Cuda(o))?)
         }
         _ => None,
     };
-    let steps = Tensor::empty([t as i64], (Kind::Float, TDevice::Cuda(o)));
-    let sum = sum_slot.unwrap_or_else(|| ptr(owned.as_ref().unwrap()));
-    raw::step_alloc(&dev, ptr(jt), t, sum, perm.as_ref().map_or(0, ptr), ptr(&steps), budget, strategy, beta, &dev.torch_stream())?;
+    let steps = on.empty(&[t as i64], Kind::Float)?;
+    let p = StepPtrs {
+        token_tol: src(jt),
+        sum_sq: sum_sq.unwrap_or_else(|| owned.as_ref().map_or(DevPtr::null(), src)),
+        perm: perm.as_ref().map_or(DevPtr::null(), src),
+        steps: dst(&steps),
+    };
+    // SAFETY: `jt` is a checked contiguous 1-D f32 CUDA tensor of `t` values on device `o`; `sum`
+    // is one device f64 (a tensor reduced just above, or the fused chain's statistics slot);
+    // `perm` holds a permutation of 0..t (i32 and u32 agree on it); `steps` was just allocated;
+    // everything is ordered on torch's stream.
+    unsafe { raw::step_alloc(on.launch(), &p, t, budget, strategy, beta) }?;
     Ok(steps)
 }
 
 /// The fused chain: `J → j_t → Δ_t → quantize`, one sync at the end.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn quantize_with_jnd(o: usize, x: &Tensor, dt: Dtype, jnd: &Tensor, dj: Dtype, grid: &TokenGrid, reduce: Reduce, budget: f64, strategy: Strategy, opts: &QuantizeOptions, outs: Outs) -> Result<(Tensor, Quantized)> {
+    let on = On::new(o)?;
     // The fused chain always counts the histogram (slots for it), whatever `opts` says.
-    let stats = Stats::new(o, raw::quantize_slots(opts.bits, true));
-    let jt = token_stats(o, jnd, dj, grid, reduce, stats.slot(Q_SUM_SQ), stats.slot(Q_BAD_J))?;
-    let steps = allocate_steps(o, &jt, budget, strategy, 1.0, Some(stats.slot(Q_SUM_SQ)))?;
-    let q = quantize_with(o, x, dt, grid, &steps, opts, false, &stats, Some(jnd), outs)?;
+    let (_keep, stats) = on.stats(raw::quantize_slots(opts.bits, true))?;
+    let jt = on.empty(&[grid.tokens() as i64], Kind::Float)?;
+    // SAFETY: as in `token_tolerance`; `J` has the sizes of `x` (checked by the caller), and the
+    // token-stats slots are the first ones of a quantization's buffer.
+    unsafe { raw::token_stats(on.launch(), grid, reduce, elems(jnd, dj), dst(&jt), stats, true) }?;
+    let steps = allocate_steps(o, &jt, budget, strategy, 1.0, Some(stats.sum_sq()))?;
+    let q = quantize_with(&on, x, dt, grid, &steps, opts, false, stats, Some(elems(jnd, dj)), outs)?;
     Ok((steps, q))
 }
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn quantize(o: usize, x: &Tensor, dt: Dtype, grid: &TokenGrid, steps: &Tensor, opts: &QuantizeOptions, in_place: bool, outs: Outs) -> Result<Quantized> {
-    let stats = Stats::new(o, raw::quantize_slots(opts.bits, opts.histogram));
-    quantize_with(o, x, dt, grid, steps, opts, in_place, &stats, None, outs)
+    let on = On::new(o)?;
+    let (_keep, stats) = on.stats(raw::quantize_slots(opts.bits, opts.histogram))?;
+    quantize_with(&on, x, dt, grid, steps, opts, in_place, stats, None, outs)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn quantize_with(o: usize, x: &Tensor, dt: Dtype, grid: &TokenGrid, steps: &Tensor, opts: &QuantizeOptions, in_place: bool, stats: &Stats, jnd: Option<&Tensor>, outs: Outs) -> Result<Quantized> {
-    let dev = Device::get(o)?;
+fn quantize_with(on: &On, x: &Tensor, dt: Dtype, grid: &TokenGrid, steps: &Tensor, opts: &QuantizeOptions, in_place: bool, stats: StatsBuf, jnd: raw::Source, outs: Outs) -> Result<Quantized> {
     let Outs { symbols, recon, token_sse } = outs;
     let p = QuantPtrs {
-        x: ptr(x),
-        steps: ptr(steps),
-        symbols: symbols.as_ref().map_or(0, ptr),
-        recon: if in_place { ptr(x) } else { recon.as_ref().map_or(0, ptr) },
-        token_sse: token_sse.as_ref().map_or(0, ptr),
+        x: src(x),
+        steps: src(steps),
+        symbols: symbols.as_ref().map_or(DevPtrMut::null(), dst::<c_void>),
+        recon: if in_place { dst(x) } else { recon.as_ref().map_or(DevPtrMut::null(), dst) },
+        token_sse: token_sse.as_ref().map_or(DevPtrMut::null(), dst),
     };
-    raw::quantize(&dev, dt, grid, &p, opts.bits, opts.histogram, stats.base(), &dev.torch_stream())?;
-    let s = raw::decode_quantize(&stats.read()?, opts.bits, opts.histogram);
-    if let (Some(j), Some(index)) = (jnd, s.bad_j) {
-        return Err(Error::Jnd { index, value: value_at(j, index) });
-    }
-    if let Some(index) = s.bad_x {
-        let value = if in_place { f32::NAN } else { value_at(x, index) };
-        return Err(Error::NonFinite { index, value });
-    }
+    // SAFETY: `x` (dtype `dt`, `grid.numel()` elements) and `steps` (`grid.tokens()` f32) are
+    // checked contiguous CUDA tensors on device `o`; the outputs were allocated with the op's
+    // shapes or checked (shape, device, disjoint from `x`, `steps` and each other) by the caller;
+    // in place, `recon` is `x` itself; `stats` has the slots; all on torch's stream.
+    unsafe { raw::quantize(on.launch(), dt, grid, &p, opts.bits, opts.histogram, stats) }?;
+    let s = raw::decode_quantize(&on.read(stats)?, opts.bits, opts.histogram);
+    // In place, x is overwritten: the message cannot show the bad value.
+    let xs = (!in_place).then(|| elems(x, dt));
+    on.check(s.bad, xs, jnd)?;
     Ok(Quantized { symbols, recon, token_sse, clamped: s.clamped, total_sse: s.total_sse, mse: 0.0, histogram: s.histogram, rate: None })
 }
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn perturb(o: usize, x: &Tensor, jnd: Option<&Tensor>, dt: Dtype, samples: usize, nrmse: f64, noise: NoiseSpec, out: Option<&Tensor>) -> Result<PerturbReport> {
-    if !(nrmse.is_finite() && nrmse >= 0.0) {
-        return Err(Error::Nrmse(nrmse));
+    if let (None, Some(j)) = (out, jnd) {
+        // In place, pass 2 writes x while other blocks read J: they must not share memory.
+        super::check_disjoint(x, "x (in place)", j, "J")?;
     }
-    let dev = Device::get(o)?;
-    let stats = Stats::new(o, raw::perturb_slots(samples));
-    let outp = out.map_or(ptr(x), ptr);
-    raw::perturb(&dev, dt, ptr(x), jnd.map_or(0, ptr), outp, x.numel(), samples, nrmse, noise, stats.base(), &dev.torch_stream())?;
-    let (bad_x, bad_j, report) = raw::decode_perturb(&stats.read()?, samples);
-    if let Some(index) = bad_x {
-        return Err(Error::NonFinite { index, value: value_at(x, index) });
-    }
-    if let Some(index) = bad_j {
-        return Err(Error::Jnd { index, value: value_at(jnd.unwrap(), index) });
-    }
+    let on = On::new(o)?;
+    let (_keep, stats) = on.stats(raw::perturb_slots(samples))?;
+    let p = PerturbPtrs { dt, x: src(x), jnd: jnd.map_or(DevPtr::null(), src), out: out.map_or(dst(x), dst), numel: x.numel(), samples };
+    // SAFETY: `x`, `J` (same sizes and dtype) and `out` (same sizes and dtype, or `x` itself in
+    // place) are checked contiguous CUDA tensors on device `o`; `out` is disjoint from `x` and `J`
+    // unless it is `x` (checked by the caller, and above for J in place); all on torch's stream.
+    unsafe { raw::perturb(on.launch(), &p, nrmse, noise, stats) }?;
+    let (bad, report) = raw::decode_perturb(&on.read(stats)?, samples);
+    // A bad element stops pass 2 from writing, so x is intact even in place.
+    on.check(bad, Some(elems(x, dt)), jnd.map(|j| elems(j, dt)))?;
     Ok(report)
 }
 
 pub(super) fn noise(o: usize, numel: usize, offset: u64, noise: NoiseSpec) -> Result<Tensor> {
-    let dev = Device::get(o)?;
-    let out = Tensor::empty([numel as i64], (Kind::Float, TDevice::Cuda(o)));
+    let on = On::new(o)?;
+    let len = i64::try_from(numel).map_err(|_| Error::Arg(format!("noise of {numel} elements")))?;
+    let out = on.empty(&[len], Kind::Float)?;
     if numel == 0 {
         return Ok(out);
     }
-    raw::noise(&dev, ptr(&out), numel, offset, noise, &dev.torch_stream())?;
+    // SAFETY: `out` was just allocated on device `o` with `numel` f32, on torch's stream.
+    unsafe { raw::noise(on.launch(), dst(&out), numel, offset, noise) }?;
     Ok(out)
 }

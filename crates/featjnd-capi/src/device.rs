@@ -1,12 +1,15 @@
 //! The C ABI's CUDA path: the same ops on raw device pointers of the context's device, enqueued on
-//! the caller's stream (`NULL` = the legacy default stream). Temporaries (the statistics buffer)
-//! are stream-ordered cudarc allocations on that stream, so nothing here touches torch's stream
-//! or allocator. Each call returns once its statistics are back on the host (one stream sync);
-//! the outputs are then complete too.
+//! the caller's stream (`NULL` = the legacy default stream), through the kernel library's
+//! `cuda::raw` (parameters, grids, statistics and error mapping live there, shared with the tensor
+//! API). Temporaries (the statistics buffer) are stream-ordered cudarc allocations on that stream,
+//! so nothing here touches torch's stream or allocator. Each call returns once its statistics are
+//! back on the host (one stream sync); the outputs are then complete too.
 //!
 //! Before any launch, every pointer is checked with the driver: it must be device (or managed)
 //! memory of this context's device, and its allocation must hold the bytes the op will touch.
-//! A host pointer or a too-short buffer is `FJ_ERR_ARG`, never an illegal-address fault.
+//! A host pointer or a too-short buffer is `FJ_ERR_ARG`, never an illegal-address fault. The
+//! check cannot prove a pointer valid (memory freed into a pool, memory another stream is
+//! writing), so the methods stay `unsafe fn`s under the C caller's contract.
 use std::ffi::c_void;
 use std::sync::Arc;
 
@@ -15,16 +18,31 @@ use cudarc::driver::{result as cu, CudaSlice, CudaStream, DevicePtr};
 
 use super::{fail, Fail, FJ_ERR_ARG, FJ_ERR_DEVICE, R};
 use featjnd_kernels::cpu::{perturb::NoiseSpec, PerturbReport};
-pub(super) use featjnd_kernels::cuda::raw::QuantPtrs;
-use featjnd_kernels::cuda::raw;
+use featjnd_kernels::cuda::raw::{self, DevPtr, DevPtrMut, Elems, Launch, PerturbPtrs, QuantPtrs, StatsBuf};
 use featjnd_kernels::cuda::Device;
-use featjnd_kernels::element::{with_elem, Dtype, Element};
+use featjnd_kernels::element::Dtype;
 use featjnd_kernels::error::Error;
 use featjnd_kernels::geom::{Bits, Reduce, Strategy, TokenGrid};
 use featjnd_kernels::steps;
 
 fn dev_err(e: impl std::fmt::Debug) -> Fail {
     Fail(FJ_ERR_DEVICE, format!("CUDA error: {e:?}"))
+}
+
+/// The arrays of one `fj_perturb` call, typed for the launcher (no access: addresses only).
+pub(super) fn perturb_ptrs(dt: Dtype, x: *const c_void, jnd: *const c_void, out: *mut c_void, numel: usize, samples: usize) -> PerturbPtrs {
+    PerturbPtrs { dt, x: DevPtr::from_raw(x), jnd: DevPtr::from_raw(jnd), out: DevPtrMut::from_raw(out), numel, samples }
+}
+
+/// The pointers of one `fj_quantize` call, typed for the launcher (no access: addresses only).
+pub(super) fn quant_ptrs(x: *const c_void, steps: *const f32, symbols: *mut c_void, recon: *mut c_void, token_sse: *mut f32) -> QuantPtrs {
+    QuantPtrs { x: DevPtr::from_raw(x), steps: DevPtr::from_raw(steps), symbols: DevPtrMut::from_raw(symbols), recon: DevPtrMut::from_raw(recon), token_sse: DevPtrMut::from_raw(token_sse) }
+}
+
+/// A zeroed statistics buffer on the caller's stream, and its view for the launchers.
+struct Stats {
+    buf: CudaSlice<i64>,
+    view: StatsBuf,
 }
 
 /// The device a context runs on.
@@ -42,8 +60,15 @@ impl Gpu {
         self.dev.ctx.ordinal()
     }
 
-    fn stream(&self, raw: *mut c_void) -> R<Arc<CudaStream>> {
+    /// The caller's stream, borrowed.
+    ///
+    /// # Safety
+    /// `raw` is null (the legacy default stream) or a live stream of this context's device that
+    /// outlives the call.
+    unsafe fn stream(&self, raw: *mut c_void) -> R<Arc<CudaStream>> {
         self.dev.ctx.bind_to_thread().map_err(dev_err)?;
+        // SAFETY: a live stream of this device (or null) that outlives the call (contract); the
+        // wrapper is dropped before the call returns and never destroys the stream.
         Ok(unsafe { self.dev.ctx.wrap_borrowed_stream(raw as sys::CUstream) })
     }
 
@@ -59,6 +84,9 @@ impl Gpu {
         ];
         let mut data: [*mut c_void; 4] = [&mut mem as *mut u32 as _, &mut ord as *mut i32 as _, &mut start as *mut u64 as _, &mut size as *mut usize as _];
         // Unlike cuPointerGetAttribute, this succeeds on unknown (host) pointers with zeroed values.
+        // SAFETY: four attributes, each with an out-pointer to a local of the attribute's type
+        // (CUmemorytype and the ordinal are 32-bit, the range start a CUdeviceptr, the size a
+        // size_t); the driver only inspects `p`, never dereferences it.
         let r = unsafe { sys::cuPointerGetAttributes(4, attrs.as_mut_ptr(), data.as_mut_ptr(), p as CUdeviceptr) };
         if r != CUresult::CUDA_SUCCESS {
             return fail(FJ_ERR_ARG, format!("{what} ({p:p}): the driver cannot describe this pointer ({r:?})"));
@@ -77,107 +105,137 @@ impl Gpu {
         Ok(())
     }
 
-    fn stats(&self, s: &Arc<CudaStream>, slots: usize) -> R<CudaSlice<i64>> {
-        s.alloc_zeros::<i64>(slots).map_err(dev_err)
+    fn stats(&self, s: &Arc<CudaStream>, slots: usize) -> R<Stats> {
+        let buf = s.alloc_zeros::<i64>(slots).map_err(dev_err)?;
+        // With event tracking off (`Device::get`) the guard records nothing: the address is all.
+        let base = buf.device_ptr(s).0;
+        Ok(Stats { view: StatsBuf::new(DevPtrMut::from_addr(base), slots), buf })
     }
 
-    fn read(&self, s: &Arc<CudaStream>, b: &CudaSlice<i64>) -> R<Vec<i64>> {
-        let v = s.clone_dtoh(b).map_err(dev_err)?;
-        s.synchronize().map_err(dev_err)?;
-        Ok(v)
-    }
-
-    /// Element `i` of a device array of dtype `dt` as f32 (error messages only).
-    fn value_at(&self, s: &Arc<CudaStream>, p: *const c_void, dt: Dtype, i: usize) -> f32 {
-        let mut buf = [0u8; 4];
-        let n = dt.size();
-        let ok = unsafe { cu::memcpy_dtoh_async(&mut buf[..n], p as u64 + (i * n) as u64, s.cu_stream()) }.is_ok() && s.synchronize().is_ok();
-        if !ok {
-            return f32::NAN;
-        }
-        with_elem!(dt, E => unsafe { std::ptr::read_unaligned(buf.as_ptr() as *const E) }.to_f32())
+    fn read(&self, s: &Arc<CudaStream>, st: &Stats) -> R<Vec<i64>> {
+        let _live = &st.buf;
+        // SAFETY: `st.view` describes `st.buf`, alive for this borrow, on stream `s`, where every
+        // kernel writing it was enqueued.
+        Ok(unsafe { raw::read_stats(st.view, s) }?)
     }
 
     /// `j_t` of a device J into the device `out[tokens]`.
-    pub fn token_tolerance(&self, jnd: *const c_void, dt: Dtype, g: &TokenGrid, reduce: Reduce, out: *mut f32, stream: *mut c_void) -> R<()> {
+    ///
+    /// # Safety
+    /// The C contract of `fj_token_tolerance` for a CUDA context: `jnd` holds `g.numel()`
+    /// elements of `dt`, `out` room for `g.tokens()` floats, disjoint, both device memory of this
+    /// device; `stream` null or a live stream of it.
+    pub unsafe fn token_tolerance(&self, jnd: *const c_void, dt: Dtype, g: &TokenGrid, reduce: Reduce, out: *mut f32, stream: *mut c_void) -> R<()> {
         self.check(jnd, g.numel() * dt.size(), "jnd->data")?;
         self.check(out as *const c_void, g.tokens() * 4, "out")?;
-        let s = self.stream(stream)?;
-        let st = self.stats(&s, 1)?;
-        let (base, _g) = st.device_ptr(&s);
-        raw::token_stats(&self.dev, dt, g, reduce, jnd as u64, out as u64, 0, base, &s)?;
-        if let Some(index) = raw::bad_of(self.read(&s, &st)?[0]) {
-            return Err(Error::Jnd { index, value: self.value_at(&s, jnd, dt, index) }.into());
-        }
-        Ok(())
+        // SAFETY: null or a live stream of this device (contract).
+        let s = unsafe { self.stream(stream)? };
+        let st = self.stats(&s, raw::TOKEN_STATS_SLOTS)?;
+        let j = Elems { ptr: DevPtr::from_raw(jnd), dt };
+        // SAFETY: `jnd` and `out` are device memory of this device with the sizes the kernel
+        // touches (contract, and checked with the driver above), disjoint (checked by the caller);
+        // the statistics are a fresh zeroed allocation on the same stream.
+        unsafe { raw::token_stats(Launch { dev: &self.dev, stream: &s }, g, reduce, j, DevPtrMut::from_raw(out), st.view, false)? };
+        let bad = raw::decode_token_stats(&self.read(&s, &st)?);
+        // SAFETY: `jnd` holds every index the kernel can report (contract, checked above).
+        Ok(unsafe { raw::check_bad(bad, None, Some(j), &s) }?)
     }
 
     /// Steps from device token tolerances. `T` values are few (one per token): they make one round
-    /// trip through the host, where the SPEC §3 reference allocates them.
-    pub fn allocate_steps(&self, token_tol: *const f32, tokens: usize, budget: f64, strategy: Strategy, steps_out: *mut f32) -> R<()> {
+    /// trip through the host, where the contract's reference allocates them.
+    ///
+    /// # Safety
+    /// The C contract of `fj_allocate_steps` for a CUDA context: `token_tol` holds `tokens`
+    /// floats and `steps_out` room for as many, disjoint, both device memory of this device.
+    pub unsafe fn allocate_steps(&self, token_tol: *const f32, tokens: usize, budget: f64, strategy: Strategy, steps_out: *mut f32) -> R<()> {
         self.check(token_tol as *const c_void, tokens * 4, "token_tol")?;
         self.check(steps_out as *const c_void, tokens * 4, "steps_out")?; // also binds the context
         let mut jt = vec![0f32; tokens];
+        // SAFETY: `token_tol` is device memory with `tokens` floats (contract, checked above);
+        // `jt` has room for them; the copy is synchronous.
         unsafe { cu::memcpy_dtoh_sync(&mut jt, token_tol as u64) }.map_err(dev_err)?;
         let v = steps::allocate(&jt, budget, strategy)?;
+        // SAFETY: `steps_out` is device memory with room for `tokens == v.len()` floats (contract,
+        // checked above); the copy is synchronous.
         unsafe { cu::memcpy_htod_sync(steps_out as u64, &v) }.map_err(dev_err)?;
         Ok(())
     }
 
     /// The fused quantization on device pointers; returns its statistics.
+    ///
+    /// # Safety
+    /// The C contract of `fj_quantize` for a CUDA context: every non-null pointer of `p` and
+    /// `histogram` is device memory of this device with the sizes its field names, outputs
+    /// disjoint from the inputs and each other except `recon == x`; `stream` null or a live
+    /// stream of this device.
     #[allow(clippy::too_many_arguments)]
-    pub fn quantize(&self, dt: Dtype, g: &TokenGrid, p: &QuantPtrs, bits: Bits, histogram: *mut u64, stream: *mut c_void) -> R<raw::QuantStats> {
+    pub unsafe fn quantize(&self, dt: Dtype, g: &TokenGrid, p: &QuantPtrs, bits: Bits, histogram: *mut u64, stream: *mut c_void) -> R<raw::QuantStats> {
         let n = g.numel();
-        self.check(p.x as _, n * dt.size(), "x->data")?;
-        self.check(p.steps as _, g.tokens() * 4, "steps")?;
+        self.check(p.x.addr() as _, n * dt.size(), "x->data")?;
+        self.check(p.steps.addr() as _, g.tokens() * 4, "steps")?;
         let sym_size = if bits == Bits::B8 { 1 } else { 2 };
-        for (ptr, bytes, what) in [(p.symbols, n * sym_size, "opts->symbols"), (p.recon, n * dt.size(), "opts->recon"), (p.token_sse, g.tokens() * 4, "opts->token_sse"), (histogram as u64, bits.hist_bins() * 8, "opts->histogram")] {
+        for (ptr, bytes, what) in [(p.symbols.addr(), n * sym_size, "opts->symbols"), (p.recon.addr(), n * dt.size(), "opts->recon"), (p.token_sse.addr(), g.tokens() * 4, "opts->token_sse"), (histogram as u64, bits.hist_bins() * 8, "opts->histogram")] {
             if ptr != 0 {
                 self.check(ptr as _, bytes, what)?;
             }
         }
-        let s = self.stream(stream)?;
+        // SAFETY: null or a live stream of this device (contract).
+        let s = unsafe { self.stream(stream)? };
         let want_hist = !histogram.is_null();
         let st = self.stats(&s, raw::quantize_slots(bits, want_hist))?;
-        let (base, _g) = st.device_ptr(&s);
-        raw::quantize(&self.dev, dt, g, p, bits, want_hist, base, &s)?;
+        // SAFETY: every non-null pointer is device memory of this device with the bytes the
+        // kernel touches (contract, and checked with the driver above); the aliasing rule was
+        // checked by the caller; the statistics are a fresh zeroed allocation on the same stream.
+        unsafe { raw::quantize(Launch { dev: &self.dev, stream: &s }, dt, g, p, bits, want_hist, st.view)? };
         let q = raw::decode_quantize(&self.read(&s, &st)?, bits, want_hist);
-        if let Some(index) = q.bad_x {
-            let value = if p.recon == p.x { f32::NAN } else { self.value_at(&s, p.x as _, dt, index) };
-            return Err(Error::NonFinite { index, value }.into());
-        }
+        // In place, x is overwritten: the message cannot show the bad value.
+        let xs = (p.recon.addr() != p.x.addr()).then_some(Elems { ptr: p.x, dt });
+        // SAFETY: `x` holds every index the kernel can report (contract, checked above).
+        unsafe { raw::check_bad(q.bad, xs, None, &s) }?;
         if let Some(h) = &q.histogram {
+            // SAFETY: `histogram` is device memory with room for `hist_bins == h.len()` u64
+            // (contract, checked above); the copy is synchronous.
             unsafe { cu::memcpy_htod_sync(histogram as u64, h) }.map_err(dev_err)?;
         }
         Ok(q)
     }
 
     /// The matched-NRMSE perturbation on device pointers; `scales` (device `float[N]`) may be null.
-    #[allow(clippy::too_many_arguments)]
-    pub fn perturb(&self, dt: Dtype, x: *const c_void, jnd: *const c_void, out: *mut c_void, numel: usize, samples: usize, nrmse: f64, noise: NoiseSpec, scales: *mut f32, stream: *mut c_void) -> R<PerturbReport> {
+    ///
+    /// # Safety
+    /// The C contract of `fj_perturb` for a CUDA context: `x`, `jnd` (unless null) and `out` of
+    /// `a` hold `numel` elements of `dt` and `scales` (unless null) room for `samples` floats, all
+    /// device memory of this device; `out` is `x` or overlaps neither input, `scales` nothing;
+    /// `stream` null or a live stream of this device.
+    pub unsafe fn perturb(&self, a: &PerturbPtrs, nrmse: f64, noise: NoiseSpec, scales: *mut f32, stream: *mut c_void) -> R<PerturbReport> {
         if !(nrmse.is_finite() && nrmse >= 0.0) {
+            // Before the pointer checks, as on the CPU path (the launcher checks it again).
             return Err(Error::Nrmse(nrmse).into());
         }
-        self.check(x, numel * dt.size(), "x->data")?;
-        self.check(out, numel * dt.size(), "out")?;
-        if !jnd.is_null() {
-            self.check(jnd, numel * dt.size(), "jnd->data")?;
+        let bytes = a.numel * a.dt.size();
+        self.check(a.x.addr() as _, bytes, "x->data")?;
+        self.check(a.out.addr() as _, bytes, "out")?;
+        if !a.jnd.is_null() {
+            self.check(a.jnd.addr() as _, bytes, "jnd->data")?;
         }
         if !scales.is_null() {
-            self.check(scales as _, samples * 4, "opts->scales")?;
+            self.check(scales as _, a.samples * 4, "opts->scales")?;
         }
-        let s = self.stream(stream)?;
-        let st = self.stats(&s, raw::perturb_slots(samples))?;
-        let (base, _g) = st.device_ptr(&s);
-        raw::perturb(&self.dev, dt, x as u64, jnd as u64, out as u64, numel, samples, nrmse, noise, base, &s)?;
-        let (bad_x, bad_j, report) = raw::decode_perturb(&self.read(&s, &st)?, samples);
-        if let Some(index) = bad_x {
-            return Err(Error::NonFinite { index, value: self.value_at(&s, x, dt, index) }.into());
-        }
-        if let Some(index) = bad_j {
-            return Err(Error::Jnd { index, value: self.value_at(&s, jnd, dt, index) }.into());
-        }
+        // SAFETY: null or a live stream of this device (contract).
+        let s = unsafe { self.stream(stream)? };
+        let st = self.stats(&s, raw::perturb_slots(a.samples))?;
+        // SAFETY: `x`, `jnd` and `out` are device memory of this device with `numel` elements
+        // (contract, and checked with the driver above); the aliasing rule was checked by the
+        // caller; the statistics are a fresh zeroed allocation on the same stream.
+        unsafe { raw::perturb(Launch { dev: &self.dev, stream: &s }, a, nrmse, noise, st.view)? };
+        let (bad, report) = raw::decode_perturb(&self.read(&s, &st)?, a.samples);
+        // A bad element stops pass 2 from writing, so x is intact even in place.
+        let (xs, js) = (Elems { ptr: a.x, dt: a.dt }, Elems { ptr: a.jnd, dt: a.dt });
+        // SAFETY: `x` and `jnd` hold every index the kernels can report (contract, checked above).
+        unsafe { raw::check_bad(bad, Some(xs), (!a.jnd.is_null()).then_some(js), &s) }?;
         if !scales.is_null() {
+            // SAFETY: `scales` is device memory with room for `samples == report.scales.len()`
+            // floats (contract, checked above); the copy is synchronous.
             unsafe { cu::memcpy_htod_sync(scales as u64, &report.scales) }.map_err(dev_err)?;
         }
         Ok(report)

@@ -1,9 +1,14 @@
 //! The C ABI: the checked-in header is current, the C example builds and runs with the system C
-//! compiler, bad arguments give a status and a message with nothing written, and contexts work from
+//! compiler against the shared and the static library (neither needs libtorch), bad arguments and
+//! overlapping buffers give a status and a message with nothing written, and contexts work from
 //! several threads (each its own, and one shared).
+//!
+//! Every `unsafe` block here calls the C entry points with pointers to live Rust buffers of the
+//! sizes the call documents (or deliberately null/misaligned/overlapping ones, which the entry
+//! points must refuse before touching memory).
 use featjnd::*;
 use std::ffi::CStr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::ptr::{null, null_mut};
 
 fn manifest() -> PathBuf {
@@ -14,14 +19,14 @@ fn manifest() -> PathBuf {
 fn header_is_current() {
     let cfg = cbindgen::Config::from_file(manifest().join("cbindgen.toml")).unwrap();
     let mut out = Vec::new();
-    // Only the C ABI module is parsed: nothing else of the crate leaks into the header.
-    cbindgen::Builder::new().with_src(manifest().join("src/capi/mod.rs")).with_config(cfg).generate().expect("cbindgen").write(&mut out);
+    // Only this crate's C ABI is parsed: nothing of the kernel library leaks into the header.
+    cbindgen::Builder::new().with_src(manifest().join("src/lib.rs")).with_config(cfg).generate().expect("cbindgen").write(&mut out);
     let path = manifest().join("include/featjnd.h");
     if std::env::var_os("FEATJND_BLESS").is_some() {
         std::fs::write(&path, &out).unwrap();
     }
     let have = std::fs::read(&path).unwrap_or_default();
-    assert!(have == out, "include/featjnd.h is stale: run `FEATJND_BLESS=1 cargo test --test capi header_is_current`");
+    assert!(have == out, "include/featjnd.h is stale: run `FEATJND_BLESS=1 cargo test -p featjnd-capi --test capi header_is_current`");
 }
 
 /// The directory holding libfeatjnd.so (next to target/<profile>/deps/<this test>).
@@ -30,15 +35,16 @@ fn lib_dir() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().to_path_buf()
 }
 
-/// Builds the library with the test profile (`cargo test` links the tests against the rlib only),
-/// so a fresh clone and a stale .so/.a both work; cheap, everything else is already compiled.
+/// Builds this crate's library (`cargo test` links the tests against the rlib only) with the test
+/// profile and no features, as it ships, so a fresh clone and a stale .so/.a both work; cheap,
+/// everything else is already compiled.
 fn build_lib() -> PathBuf {
     let st = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--lib", "--profile", "test", "--manifest-path"])
+        .args(["build", "--lib", "--profile", "test", "-p", "featjnd-capi", "--manifest-path"])
         .arg(manifest().join("Cargo.toml"))
         .status()
         .expect("running cargo");
-    assert!(st.success(), "cargo build --lib failed");
+    assert!(st.success(), "cargo build -p featjnd-capi --lib failed");
     lib_dir()
 }
 
@@ -64,41 +70,53 @@ fn build_and_run_example(link: &[String]) {
     assert!(text.contains("null feature -> status 1: x is null"), "{text}");
 }
 
-fn libtorch_lib() -> PathBuf {
-    std::env::var("LIBTORCH").map(|p| Path::new(&p).join("lib")).unwrap_or_default()
-}
+/// Libraries that must never be needed by the C ABI: libtorch and what the research crate pulls in.
+const FORBIDDEN: [&str; 6] = ["torch", "c10", "fontconfig", "freetype", "gomp", "stdc++"];
 
 #[test]
 fn c_example_builds_and_runs() {
     let dir = build_lib();
-    assert!(dir.join("libfeatjnd.so").exists(), "no libfeatjnd.so in {}", dir.display());
-    let rpath = |p: &Path| format!("-Wl,-rpath,{}", p.display());
-    build_and_run_example(&[format!("-L{}", dir.display()), "-lfeatjnd".into(), "-lm".into(), rpath(&dir), rpath(&libtorch_lib())]);
+    let so = dir.join("libfeatjnd.so");
+    assert!(so.exists(), "no libfeatjnd.so in {}", so.display());
+    // The shared library needs no libtorch: its dynamic section names the C runtime only (CUDA is
+    // loaded at run time, where it exists).
+    let out = std::process::Command::new("readelf").arg("-d").arg(&so).output().expect("running readelf (binutils)");
+    assert!(out.status.success(), "readelf -d {} failed", so.display());
+    let dynamic = String::from_utf8_lossy(&out.stdout);
+    let needed: Vec<&str> = dynamic.lines().filter(|l| l.contains("(NEEDED)")).collect();
+    assert!(!needed.is_empty(), "no NEEDED entries in {}:\n{dynamic}", so.display());
+    for l in &needed {
+        assert!(!FORBIDDEN.iter().any(|f| l.contains(&format!("lib{f}"))), "libfeatjnd.so needs {l}");
+    }
+    assert!(!dynamic.contains("RPATH") && !dynamic.contains("RUNPATH"), "libfeatjnd.so carries an rpath:\n{dynamic}");
+    // Linked with the C runtime alone: no libtorch search path or rpath.
+    build_and_run_example(&[format!("-L{}", dir.display()), "-lfeatjnd".into(), "-lm".into(), format!("-Wl,-rpath,{}", dir.display())]);
 }
+
+/// What `cargo rustc -p featjnd-capi --crate-type staticlib -- --print native-static-libs` prints
+/// for the archive: the C runtime and nothing else.
+const NATIVE_STATIC_LIBS: &str = "-ldl -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc";
 
 #[test]
 fn c_example_links_the_static_library() {
     let dir = build_lib();
     let a = dir.join("libfeatjnd.a");
     assert!(a.exists(), "no libfeatjnd.a in {}", dir.display());
-    // The system libraries the archive needs: what `cargo rustc --crate-type staticlib -- --print
-    // native-static-libs` lists (libtorch through tch, fontconfig/freetype through plotters),
-    // linked as needed as cargo does: libtorch_cpu and libc10 only (featjnd loads libtorch_cuda at
-    // run time where it exists; linking it would pull in every CUDA library it names).
-    let lt = libtorch_lib();
-    let mut link = vec![a.display().to_string(), format!("-L{}", lt.display()), format!("-Wl,-rpath,{}", lt.display()), "-Wl,--as-needed".into()];
-    let libs = "-lfontconfig -lfreetype -lstdc++ -ltorch_cpu -lc10 -lgomp -ldl -lgcc_s -lutil -lrt -lpthread -lm";
-    link.extend(libs.split(' ').map(String::from));
+    assert!(!FORBIDDEN.iter().any(|f| NATIVE_STATIC_LIBS.contains(&format!("-l{f}"))));
+    let mut link = vec![a.display().to_string()];
+    link.extend(NATIVE_STATIC_LIBS.split(' ').map(String::from));
     build_and_run_example(&link);
 }
 
 fn err() -> String {
+    // SAFETY: fj_last_error returns this thread's NUL-terminated message, valid until the next call.
     unsafe { CStr::from_ptr(fj_last_error()) }.to_string_lossy().into_owned()
 }
 
 fn ctx(threads: u32) -> *mut FjContext {
     let o = FjContextOptions { size: std::mem::size_of::<FjContextOptions>() as u32, device: -1, num_threads: threads };
     let mut c = null_mut();
+    // SAFETY: `o` is a full options struct and `c` a writable out-pointer.
     assert_eq!(unsafe { fj_context_create(&o, &mut c) }, FJ_OK, "{}", err());
     c
 }
@@ -117,6 +135,7 @@ fn feat(v: &[f32], dims: [u64; 4]) -> FjFeature {
 fn chain(c: *const FjContext, x: &[f32], j: &[f32], dims: [u64; 4]) -> (Vec<i8>, Vec<f32>, f64) {
     let (fx, fj) = (feat(x, dims), feat(j, dims));
     let mut t = 0u64;
+    // SAFETY: live buffers of the documented sizes (see the module doc).
     unsafe {
         assert_eq!(fj_token_count(&fx, 1, &mut t), FJ_OK);
         let mut jt = vec![0.0f32; t as usize];
@@ -146,6 +165,7 @@ fn c_abi_matches_the_rust_api() {
     assert_eq!(sym.iter().map(|&v| v as i32).collect::<Vec<_>>(), r.symbols);
     assert_eq!(rec, r.recon);
     assert!((mse - r.token_sse.iter().sum::<f64>() / n as f64).abs() < 1e-6 * mse);
+    // SAFETY: a live context made by `ctx`, used by no one after this.
     unsafe { fj_context_destroy(c) };
 }
 
@@ -155,6 +175,7 @@ fn bad_arguments_give_a_status_a_message_and_write_nothing() {
     let x = data(64, 3);
     let mut out = vec![7.0f32; 16];
     let fx = feat(&x, [1, 4, 4, 4]);
+    // SAFETY: live buffers of the documented sizes (see the module doc).
     unsafe {
         // Null pointers.
         assert_eq!(fj_token_tolerance(null(), &fx, 1, FJ_MEAN, out.as_mut_ptr(), 16, null_mut()), FJ_ERR_NULL);
@@ -221,6 +242,7 @@ fn non_finite_x_in_quantize_and_perturb() {
     let fx = feat(&x, [1, 4, 4, 4]);
     let st = [0.5f32; 16];
     let q = FjQuantizeOptions { size: std::mem::size_of::<FjQuantizeOptions>() as u32, bits: 8, patch: 1, pad0: 0, symbols: null_mut(), recon: null_mut(), token_sse: null_mut(), histogram: null_mut() };
+    // SAFETY: live buffers of the documented sizes (see the module doc).
     unsafe {
         assert_eq!(fj_quantize(c, &fx, st.as_ptr(), &q, null_mut(), null_mut()), FJ_ERR_NONFINITE);
         assert!(err().contains("x[37]"), "{}", err());
@@ -242,6 +264,7 @@ fn perturb_matches_the_requested_nrmse() {
     let mut out = vec![0.0f32; 300];
     let mut scales = [0.0f32; 3];
     let o = FjPerturbOptions { size: std::mem::size_of::<FjPerturbOptions>() as u32, noise: FJ_UNIFORM_NOISE, seed: 9, subsequence: 1, pad0: 0, scales: scales.as_mut_ptr() };
+    // SAFETY: live buffers of the documented sizes (see the module doc).
     unsafe {
         assert_eq!(fj_perturb(c, &fx, null(), 0.25, &o, out.as_mut_ptr() as *mut _, null_mut()), FJ_OK, "{}", err());
         fj_context_destroy(c);
@@ -262,7 +285,9 @@ fn contexts_are_thread_safe() {
     let (x, j) = (data(n, 6), data(n, 7).iter().map(|v| v.abs() + 0.1).collect::<Vec<_>>());
     let want = chain(ctx(1), &x, &j, dims);
     struct Shared(*mut FjContext);
+    // SAFETY: the handle is only used through the C ABI, whose contexts are thread-safe.
     unsafe impl Send for Shared {}
+    // SAFETY: the handle is only used through the C ABI, whose contexts are thread-safe.
     unsafe impl Sync for Shared {}
     let shared = Shared(ctx(2));
     std::thread::scope(|s| {
@@ -277,11 +302,98 @@ fn contexts_are_thread_safe() {
                     assert_eq!(got.0, want.0);
                     assert_eq!(got.1, want.1);
                     if let Some(o) = own {
+                        // SAFETY: a live context made by `ctx`, used by no one after this.
                         unsafe { fj_context_destroy(o) };
                     }
                 }
             });
         }
     });
+    // SAFETY: a live context made by `ctx`, used by no one after this.
     unsafe { fj_context_destroy(shared.0) };
+}
+
+fn qopts(bits: u32, symbols: *mut std::ffi::c_void, recon: *mut std::ffi::c_void, token_sse: *mut f32, histogram: *mut u64) -> FjQuantizeOptions {
+    FjQuantizeOptions { size: std::mem::size_of::<FjQuantizeOptions>() as u32, bits, patch: 1, pad0: 0, symbols, recon, token_sse, histogram }
+}
+
+/// Outputs may not overlap inputs or each other; only the reconstruction may be `x` itself (and
+/// the perturbed output). Every refusal is FJ_ERR_ARG with a message and nothing written.
+#[test]
+fn overlapping_buffers_are_refused_before_anything_is_written() {
+    let c = ctx(0);
+    let n = 64; // dims [1, 4, 4, 4]: 16 tokens of 4
+    let dims = [1u64, 4, 4, 4];
+    // One arena holds x and the outputs, so that they can be made to overlap on purpose.
+    let x = data(n, 11);
+    let mut arena = vec![0.0f32; 4 * n];
+    arena[..n].copy_from_slice(&x);
+    let snapshot = arena.clone();
+    let base = arena.as_mut_ptr();
+    let fx = FjFeature { dtype: FJ_F32, layout: FJ_NCHW, dims, data: base as *const _ };
+    let steps = [0.05f32; 16];
+    let mut hist = vec![0u64; 255];
+    let mut res = FjQuantizeResult::default();
+    // SAFETY: every pointer lies inside `arena` (4·64 floats) or the other live buffers, with
+    // room for what the call would write; the entry points must refuse the overlaps untouched.
+    unsafe {
+        let at = |i: usize| base.add(i);
+        let refused = |st: i32, what: &str, arena: &[f32]| {
+            assert_eq!(st, FJ_ERR_ARG, "{what}: {}", err());
+            assert!(err().contains("overlaps"), "{what}: {}", err());
+            assert!(arena.iter().zip(&snapshot).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}: something was written");
+        };
+        // Symbols over x (i8 symbols: 64 bytes = 16 floats, starting inside x).
+        let o = qopts(8, at(40) as *mut _, at(n) as *mut _, null_mut(), null_mut());
+        refused(fj_quantize(c, &fx, steps.as_ptr(), &o, &mut res, null_mut()), "symbols over x", &arena);
+        // A reconstruction that overlaps x without being x.
+        let o = qopts(8, null_mut(), at(1) as *mut _, null_mut(), null_mut());
+        refused(fj_quantize(c, &fx, steps.as_ptr(), &o, &mut res, null_mut()), "recon at x + 1", &arena);
+        assert!(err().contains("only opts->recon may be x->data itself"), "{}", err());
+        // Token errors over the steps (an output over the other input).
+        let o = qopts(8, null_mut(), at(n) as *mut _, steps.as_ptr().add(4) as *mut f32, null_mut());
+        refused(fj_quantize(c, &fx, steps.as_ptr(), &o, &mut res, null_mut()), "token errors over steps", &arena);
+        // Two outputs over each other: token errors inside the reconstruction; 16-bit symbols
+        // (128 bytes) over the histogram is checked the other way round.
+        let o = qopts(8, null_mut(), at(n) as *mut _, at(n + 10), null_mut());
+        refused(fj_quantize(c, &fx, steps.as_ptr(), &o, &mut res, null_mut()), "token errors inside recon", &arena);
+        let o = qopts(16, at(2 * n) as *mut _, null_mut(), null_mut(), at(2 * n + 8) as *mut u64);
+        refused(fj_quantize(c, &fx, steps.as_ptr(), &o, &mut res, null_mut()), "histogram over symbols", &arena);
+        // The result struct over x.
+        let o = qopts(8, null_mut(), at(n) as *mut _, null_mut(), null_mut());
+        refused(fj_quantize(c, &fx, steps.as_ptr(), &o, at(4) as *mut FjQuantizeResult, null_mut()), "result over x", &arena);
+
+        // Token tolerances over J; steps over their token tolerances (even exactly).
+        refused(fj_token_tolerance(c, &fx, 1, FJ_MEAN, at(60), 16, null_mut()), "j_t over J", &arena);
+        let jt = vec![0.5f32; 16];
+        let mut jt2 = jt.clone();
+        assert_eq!(fj_allocate_steps(c, jt2.as_ptr(), 16, 0.01, FJ_JND, 0, jt2.as_mut_ptr()), FJ_ERR_ARG);
+        assert!(err().contains("steps_out overlaps token_tol"), "{}", err());
+        assert_eq!(jt2, jt);
+
+        // Perturbation: an output that overlaps x without being x, one over J, scales over out.
+        let fj = FjFeature { dtype: FJ_F32, layout: FJ_NCHW, dims, data: at(2 * n) as *const _ };
+        refused(fj_perturb(c, &fx, null(), 0.1, null(), at(n / 2) as *mut _, null_mut()), "perturb out over half of x", &arena);
+        refused(fj_perturb(c, &fx, &fj, 0.1, null(), at(2 * n + 3) as *mut _, null_mut()), "perturb out over J", &arena);
+        refused(fj_perturb(c, &fx, &fj, 0.1, null(), at(2 * n) as *mut _, null_mut()), "perturb out == J", &arena);
+        let po = FjPerturbOptions { size: std::mem::size_of::<FjPerturbOptions>() as u32, noise: FJ_GAUSSIAN, seed: 1, subsequence: 0, pad0: 0, scales: at(n) };
+        refused(fj_perturb(c, &fx, null(), 0.1, &po, at(n) as *mut _, null_mut()), "scales over out", &arena);
+        let po = FjPerturbOptions { scales: at(5), ..po };
+        refused(fj_perturb(c, &fx, null(), 0.1, &po, at(n) as *mut _, null_mut()), "scales over x", &arena);
+
+        // What the contract allows: the reconstruction is x itself (in place), and it equals the
+        // out-of-place reconstruction; out == x for the perturbation.
+        let mut sym = vec![0i8; n];
+        let mut rec = vec![0.0f32; n];
+        let o = qopts(8, sym.as_mut_ptr() as *mut _, rec.as_mut_ptr() as *mut _, null_mut(), hist.as_mut_ptr());
+        assert_eq!(fj_quantize(c, &fx, steps.as_ptr(), &o, &mut res, null_mut()), FJ_OK, "{}", err());
+        let o = qopts(8, sym.as_mut_ptr() as *mut _, base as *mut _, null_mut(), hist.as_mut_ptr());
+        assert_eq!(fj_quantize(c, &fx, steps.as_ptr(), &o, &mut res, null_mut()), FJ_OK, "{}", err());
+        assert!(arena[..n].iter().zip(&rec).all(|(a, b)| a.to_bits() == b.to_bits()), "in place differs from out of place");
+        let j = vec![0.5f32; n];
+        let fj = FjFeature { dtype: FJ_F32, layout: FJ_NCHW, dims, data: j.as_ptr() as *const _ };
+        assert_eq!(fj_perturb(c, &fx, &fj, 0.1, null(), base as *mut _, null_mut()), FJ_OK, "{}", err());
+        assert!(arena[..n].iter().zip(&rec).any(|(a, b)| a != b), "perturbation in place wrote nothing");
+        fj_context_destroy(c);
+    }
 }

@@ -17,11 +17,13 @@ mod capi_device {
     use std::ptr::{null, null_mut};
 
     fn err() -> String {
+        // SAFETY: fj_last_error returns this thread's NUL-terminated message, valid until the next call.
         unsafe { CStr::from_ptr(fj_last_error()) }.to_string_lossy().into_owned()
     }
     fn context(device: i32) -> *mut FjContext {
         let o = FjContextOptions { size: std::mem::size_of::<FjContextOptions>() as u32, device, num_threads: 0 };
         let mut c = null_mut();
+        // SAFETY: live tensors (device or host, as the context takes) of the documented sizes, synchronized with torch's stream.
         assert_eq!(unsafe { fj_context_create(&o, &mut c) }, FJ_OK, "{}", err());
         c
     }
@@ -48,6 +50,7 @@ mod capi_device {
     fn tolerances_and_steps(c: *const FjContext, j: &Tensor, layout: Layout, patch: usize, dev: Device, stream: *mut c_void) -> (Tensor, Tensor) {
         let fj = feat(j, layout);
         let mut t = 0u64;
+        // SAFETY: live tensors (device or host, as the context takes) of the documented sizes, synchronized with torch's stream.
         unsafe {
             assert_eq!(fj_token_count(&fj, patch as u32, &mut t), FJ_OK);
             let jt = Tensor::zeros([t as i64], (Kind::Float, dev));
@@ -70,6 +73,7 @@ mod capi_device {
         tch::Cuda::synchronize(0);
         let o = FjQuantizeOptions { size: std::mem::size_of::<FjQuantizeOptions>() as u32, bits: 8, patch: patch as u32, pad0: 0, symbols: p(&sym), recon: p(&rec), token_sse: p(&sse), histogram: p(&hist) };
         let mut r = FjQuantizeResult::default();
+        // SAFETY: live tensors (device or host, as the context takes) of the documented sizes, synchronized with torch's stream.
         assert_eq!(unsafe { fj_quantize(c, &feat(x, layout), p(&steps), &o, &mut r, stream) }, FJ_OK, "{}", err());
         (vec![sym, rec, sse, hist].into_iter().map(|t| t.to_device(Device::Cpu)).collect(), r)
     }
@@ -93,7 +97,7 @@ mod capi_device {
                     let (jg, sg) = tolerances_and_steps(gpu_ctx, &jd, layout, patch, d, stream);
                     close(&jg, &jc, 1e-5, 0.0, &format!("token tolerance {what}"));
                     close(&sg, &sc, 1e-4, 0.0, &format!("steps {what}"));
-                    // Given the same steps, quantization is bit-identical (SPEC §4).
+                    // Given the same steps, quantization is bit-identical (contract §4).
                     let (hg, rg) = quantize(gpu_ctx, &xd, &sc, layout, patch, d, stream);
                     for (k, name) in [(0, "symbols"), (1, "reconstruction"), (3, "histogram")] {
                         bits_eq(&hg[k], &hc[k], &format!("{name} {what}"));
@@ -109,6 +113,7 @@ mod capi_device {
                 let (oc, og) = (Tensor::zeros(x.size(), (kind, Device::Cpu)), Tensor::zeros(x.size(), (kind, d)));
                 let (sc, sg) = (Tensor::zeros([samples as i64], (Kind::Float, Device::Cpu)), Tensor::zeros([samples as i64], (Kind::Float, d)));
                 tch::Cuda::synchronize(0);
+                // SAFETY: live tensors (device or host, as the context takes) of the documented sizes, synchronized with torch's stream.
                 unsafe {
                     let oc_opts = FjPerturbOptions { scales: p(&sc), ..o };
                     assert_eq!(fj_perturb(cpu, &feat(&x, layout), &feat(&j, layout), 0.3, &oc_opts, p(&oc), null_mut()), FJ_OK, "{}", err());
@@ -121,6 +126,7 @@ mod capi_device {
                 close(&sg, &sc, 1e-5, 0.0, &format!("scales {sizes:?} {kind:?}"));
             }
         }
+        // SAFETY: live tensors (device or host, as the context takes) of the documented sizes, synchronized with torch's stream.
         unsafe {
             fj_context_destroy(cpu);
             fj_context_destroy(gpu_ctx);
@@ -134,6 +140,7 @@ mod capi_device {
         let x = feature(&[2, 4, 4, 4], Kind::Float, 77);
         let xd = x.to_device(d);
         let out = Tensor::full([32], 7.0, (Kind::Float, d));
+        // SAFETY: live tensors (device or host, as the context takes) of the documented sizes, synchronized with torch's stream.
         unsafe {
             // Host memory given to a device context.
             let host = feat(&x, Layout::Nchw);

@@ -9,6 +9,7 @@ const STATUSES: [i32; 12] = [FJ_OK, FJ_ERR_NULL, FJ_ERR_ARG, FJ_ERR_SHAPE, FJ_ER
 
 fn ctx() -> *mut FjContext {
     let mut c = null_mut();
+    // SAFETY: null options are allowed; `c` is a writable out-pointer.
     assert_eq!(unsafe { fj_context_create(null(), &mut c) }, FJ_OK);
     c
 }
@@ -29,10 +30,13 @@ proptest! {
         let c = ctx();
         let vals: Vec<f32> = (0..CAP).map(|i| ((i as u64).wrapping_mul(seed | 1) % 1000) as f32 / 100.0 + 0.01).collect();
         let base = vals.as_ptr() as *const u8;
+        // SAFETY: one byte into `vals`, still inside it (a deliberately misaligned pointer).
         let data = match ptr_kind { 0 => base as *const _, 1 => null(), _ => (unsafe { base.add(1) }) as *const _ };
         let f = FjFeature { dtype, layout, dims, data };
         let mut out = vec![-7.0f32; CAP];
         let mut sym = vec![0x55u8; 2 * CAP];
+        // SAFETY: every buffer is live and at least as large as any descriptor drawn here (CAP);
+        // null and misaligned pointers are what the entry points must refuse.
         unsafe {
             let mut t = 0u64;
             let st = fj_token_count(&f, patch, &mut t);
