@@ -89,7 +89,11 @@ fn bench(c: &mut Criterion) {
             // Quantize chain: floor = read J, read x, write x̂ (4 B each) + write symbol (1 B).
             let qbytes = 13 * numel as u64;
             let mut g = c.benchmark_group(format!("quantize_jnd_{dn}"));
-            g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(if mib >= 256 { 6 } else { 2 }));
+            g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(if mib >= 256 {
+                6
+            } else {
+                2
+            }));
             g.throughput(Throughput::Bytes(qbytes));
             // Outputs reused across iterations, as a serving loop would (fresh large CPU tensors
             // pay page faults on first touch); `fused_alloc` allocates them every call.
@@ -99,7 +103,8 @@ fn bench(c: &mut Criterion) {
             let bufs = ops::QuantizeBuffers { symbols: Some(&sym), recon: Some(&rec), token_sse: Some(&sse) };
             g.bench_with_input(BenchmarkId::new("fused", mib), &mib, |b, _| {
                 b.iter(|| {
-                    let r = ops::quantize_with_jnd_into(&x, &j, Layout::Nchw, 1, Reduce::Mean, BUDGET, Strategy::Jnd, &opts, &bufs).unwrap();
+                    let r =
+                        ops::quantize_with_jnd_into(&x, &j, Layout::Nchw, 1, Reduce::Mean, BUDGET, Strategy::Jnd, &opts, &bufs).unwrap();
                     sync(d);
                     r
                 })
@@ -124,7 +129,11 @@ fn bench(c: &mut Criterion) {
             // Perturbation: floor = x and J read twice, x' written (20 B per element).
             let pbytes = 20 * numel as u64;
             let mut g = c.benchmark_group(format!("perturb_{dn}"));
-            g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(if mib >= 256 { 8 } else { 2 }));
+            g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(if mib >= 256 {
+                8
+            } else {
+                2
+            }));
             g.throughput(Throughput::Bytes(pbytes));
             let out = x.empty_like();
             for kind in [NoiseKind::Gaussian, NoiseKind::Uniform] {

@@ -7,7 +7,11 @@ use tch::{Device, Kind, Tensor};
 fn main() {
     let x = Tensor::randn([64, 256, 32, 32], (Kind::Float, Device::Cpu));
     let j = Tensor::rand([64, 256, 32, 32], (Kind::Float, Device::Cpu)) + 0.1;
-    let (sym, rec, sse) = (Tensor::empty([64, 256, 32, 32], (Kind::Int8, Device::Cpu)), x.empty_like(), Tensor::empty([64 * 1024], (Kind::Float, Device::Cpu)));
+    let (sym, rec, sse) = (
+        Tensor::empty([64, 256, 32, 32], (Kind::Int8, Device::Cpu)),
+        x.empty_like(),
+        Tensor::empty([64 * 1024], (Kind::Float, Device::Cpu)),
+    );
     let bufs = QuantizeBuffers { symbols: Some(&sym), recon: Some(&rec), token_sse: Some(&sse) };
     let opts = QuantizeOptions { histogram: false, ..Default::default() };
     let t = std::time::Instant::now();

@@ -36,13 +36,38 @@ pub fn cos_sin(th: f64) -> (f64, f64) {
     // Taylor series to r^15 / r^16: |r| ≤ π/4 leaves a remainder below 1e-16.
     let s = -1.0 / 1_307_674_368_000.0; // −1/15!
     let c = 1.0 / 20_922_789_888_000.0; // 1/16!
-    // Horner with the alternating 1/n! coefficients.
-    let sin_r = r * (1.0 + r2 * (-1.0 / 6.0 + r2 * (1.0 / 120.0 + r2 * (-1.0 / 5040.0 + r2 * (1.0 / 362_880.0 + r2 * (-1.0 / 39_916_800.0 + r2 * (1.0 / 6_227_020_800.0 + r2 * s)))))));
-    let cos_r = 1.0 + r2 * (-0.5 + r2 * (1.0 / 24.0 + r2 * (-1.0 / 720.0 + r2 * (1.0 / 40_320.0 + r2 * (-1.0 / 3_628_800.0 + r2 * (1.0 / 479_001_600.0 + r2 * (-1.0 / 87_178_291_200.0 + r2 * c)))))));
+                                        // Horner with the alternating 1/n! coefficients.
+    let sin_r = r
+        * (1.0
+            + r2 * (-1.0 / 6.0
+                + r2 * (1.0 / 120.0
+                    + r2 * (-1.0 / 5040.0 + r2 * (1.0 / 362_880.0 + r2 * (-1.0 / 39_916_800.0 + r2 * (1.0 / 6_227_020_800.0 + r2 * s)))))));
+    let cos_r = 1.0
+        + r2 * (-0.5
+            + r2 * (1.0 / 24.0
+                + r2 * (-1.0 / 720.0
+                    + r2 * (1.0 / 40_320.0
+                        + r2 * (-1.0 / 3_628_800.0 + r2 * (1.0 / 479_001_600.0 + r2 * (-1.0 / 87_178_291_200.0 + r2 * c)))))));
     // Quadrant k (0..=4; 4 is 0 again).
     let (q1, q2, q3) = (k == 1.0, k == 2.0, k == 3.0);
-    let cos = if q1 { -sin_r } else if q2 { -cos_r } else if q3 { sin_r } else { cos_r };
-    let sin = if q1 { cos_r } else if q2 { -sin_r } else if q3 { -cos_r } else { sin_r };
+    let cos = if q1 {
+        -sin_r
+    } else if q2 {
+        -cos_r
+    } else if q3 {
+        sin_r
+    } else {
+        cos_r
+    };
+    let sin = if q1 {
+        cos_r
+    } else if q2 {
+        -sin_r
+    } else if q3 {
+        -cos_r
+    } else {
+        sin_r
+    };
     (cos, sin)
 }
 

@@ -113,7 +113,8 @@ fn blocks8_avx2(g0: u64, seed: u64, subsequence: u32) -> [[u32; LANES]; 4] {
         hi[b] = (g >> 32) as u32;
     }
     // SAFETY: `lo` and `hi` are 8 u32 = 32 bytes each, exactly one unaligned 256-bit load.
-    let (mut c0, mut c1) = unsafe { (_mm256_loadu_si256(lo.as_ptr() as *const __m256i), _mm256_loadu_si256(hi.as_ptr() as *const __m256i)) };
+    let (mut c0, mut c1) =
+        unsafe { (_mm256_loadu_si256(lo.as_ptr() as *const __m256i), _mm256_loadu_si256(hi.as_ptr() as *const __m256i)) };
     let mut c2 = _mm256_set1_epi32(subsequence as i32);
     let mut c3 = _mm256_setzero_si256();
     let (m0, m1) = (_mm256_set1_epi32(M0 as i32), _mm256_set1_epi32(M1 as i32));

@@ -11,10 +11,13 @@ pub fn entropy_bits(hist: &[u64]) -> f64 {
         return 0.0;
     }
     let n = n as f64;
-    hist.iter().filter(|&&c| c > 0).map(|&c| {
-        let p = c as f64 / n;
-        -p * p.log2()
-    }).sum()
+    hist.iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / n;
+            -p * p.log2()
+        })
+        .sum()
 }
 
 /// Bits per feature element: `(H·T·K + side·T) / (T·K)`.

@@ -26,7 +26,16 @@ fn q(x: &Tensor, st: &Tensor) -> featjnd_kernels::Result<ops::Quantized> {
 
 #[test]
 fn shape_mismatch_between_x_and_j() {
-    let r = ops::quantize_with_jnd(&x4(), &(philox_tensor(&[2, 3, 4, 5], 5, featjnd_kernels::NoiseKind::Uniform).abs() + 0.1), Layout::Nchw, 1, Reduce::Mean, 0.1, Strategy::Jnd, &QuantizeOptions::default());
+    let r = ops::quantize_with_jnd(
+        &x4(),
+        &(philox_tensor(&[2, 3, 4, 5], 5, featjnd_kernels::NoiseKind::Uniform).abs() + 0.1),
+        Layout::Nchw,
+        1,
+        Reduce::Mean,
+        0.1,
+        Strategy::Jnd,
+        &QuantizeOptions::default(),
+    );
     assert!(matches!(r, Err(Error::Shape(_))), "{r:?}");
     let r = ops::perturb(&x4(), Some(&Tensor::ones([2, 3, 4, 5], (Kind::Float, Device::Cpu))), 0.1, Noise::default());
     assert!(matches!(r, Err(Error::Shape(_))), "{r:?}");

@@ -93,7 +93,8 @@ fn fused_jnd_chain_on_gpu_matches_cpu() {
         let j = jnd(&sizes, Kind::Float, 300 + i as i64);
         let opts = QuantizeOptions::default();
         let (sc, qc) = ops::quantize_with_jnd(&x, &j, layout, patch, Reduce::Rms, 0.01, Strategy::Jnd, &opts).unwrap();
-        let (sg, qg) = ops::quantize_with_jnd(&x.to_device(d), &j.to_device(d), layout, patch, Reduce::Rms, 0.01, Strategy::Jnd, &opts).unwrap();
+        let (sg, qg) =
+            ops::quantize_with_jnd(&x.to_device(d), &j.to_device(d), layout, patch, Reduce::Rms, 0.01, Strategy::Jnd, &opts).unwrap();
         close(&sg, &sc, 1e-6, 0.0, &format!("fused steps {sizes:?}"));
         assert!((qg.mse - qc.mse).abs() <= 1e-3 * qc.mse, "fused mse {} vs {}", qg.mse, qc.mse);
     }

@@ -20,7 +20,14 @@ fn kernel_names_match_what_the_launchers_ask_for() {
     let all = compile::compile_all("compute_90").unwrap();
     let ptx: String = all.iter().map(|c| c.ptx.as_str()).collect();
     for dt in ["f32", "f16", "bf16"] {
-        for k in ["fj_token_stats_nchw_", "fj_token_stats_ntc_", "fj_quantize_nchw_", "fj_quantize_ntc_", "fj_perturb_norms_", "fj_perturb_apply_"] {
+        for k in [
+            "fj_token_stats_nchw_",
+            "fj_token_stats_ntc_",
+            "fj_quantize_nchw_",
+            "fj_quantize_ntc_",
+            "fj_perturb_norms_",
+            "fj_perturb_apply_",
+        ] {
             assert!(ptx.contains(&format!(".entry {k}{dt}(")), "missing kernel {k}{dt}");
         }
     }

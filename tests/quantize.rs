@@ -74,7 +74,8 @@ fn ties_round_to_even() {
     let x: Vec<f32> = (-2000..=2000).map(|k| k as f32 * 0.125).collect();
     let mut sym = vec![0i16; x.len()];
     let mut recon = vec![0.0f32; x.len()];
-    cpu::quantize(&x, &g, &[0.25], Bits::B16, QuantOut { symbols: Symbols::I16(&mut sym), recon: Some(&mut recon), ..Default::default() }).unwrap();
+    cpu::quantize(&x, &g, &[0.25], Bits::B16, QuantOut { symbols: Symbols::I16(&mut sym), recon: Some(&mut recon), ..Default::default() })
+        .unwrap();
     for (i, &v) in x.iter().enumerate() {
         let want = (v / 0.25).round_ties_even();
         assert_eq!(sym[i] as f32, want, "x = {v}");
@@ -91,7 +92,9 @@ fn clamping_counts_and_histogram_bins() {
     let g = TokenGrid::new(featjnd_kernels::FeatureShape::ntc(1, 2, 4), 1).unwrap();
     let x = [1000.0f32, -1000.0, 0.2, 3.0, 300.0, -300.0, 0.0, 255.4];
     let mut s = vec![0i16; 8];
-    let st = cpu::quantize(&x, &g, &[1.0, 1.0], Bits::B16, QuantOut { symbols: Symbols::I16(&mut s), histogram: true, ..Default::default() }).unwrap();
+    let st =
+        cpu::quantize(&x, &g, &[1.0, 1.0], Bits::B16, QuantOut { symbols: Symbols::I16(&mut s), histogram: true, ..Default::default() })
+            .unwrap();
     assert_eq!(st.clamped, 0);
     let h = st.histogram.unwrap();
     assert_eq!(h.len(), 512);
@@ -99,7 +102,9 @@ fn clamping_counts_and_histogram_bins() {
     assert_eq!(h[255], 2); // 0.2 and 0.0
     assert_eq!(h[255 + 255], 1); // 255.4 -> 255
     let mut s8 = vec![0i8; 8];
-    let st = cpu::quantize(&x, &g, &[1.0, 1.0], Bits::B8, QuantOut { symbols: Symbols::I8(&mut s8), histogram: true, ..Default::default() }).unwrap();
+    let st =
+        cpu::quantize(&x, &g, &[1.0, 1.0], Bits::B8, QuantOut { symbols: Symbols::I8(&mut s8), histogram: true, ..Default::default() })
+            .unwrap();
     assert_eq!(st.clamped, 5);
     assert_eq!(&s8[..2], &[127, -127]);
     assert_eq!(st.histogram.unwrap().len(), 255);

@@ -6,8 +6,8 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, rest)) = data.split_first() else { return };
     match sel % 3 {
-        0 => drop(featjnd::io::parse_npy(rest)),
-        1 => drop(featjnd::io::parse_safetensors(rest, None)),
-        _ => drop(featjnd::io::parse_safetensors(rest, Some("x"))),
+        0 => drop(featjnd_research::io::parse_npy(rest)),
+        1 => drop(featjnd_research::io::parse_safetensors(rest, None)),
+        _ => drop(featjnd_research::io::parse_safetensors(rest, Some("x"))),
     }
 });

@@ -3,7 +3,7 @@
 //! NaN/Inf/denormal data. Invariants: a known status and never FJ_ERR_PANIC; an argument error
 //! leaves the output untouched.
 #![no_main]
-use featjnd::capi::*;
+use featjnd::*;
 use libfuzzer_sys::fuzz_target;
 use std::ptr::{null, null_mut};
 
@@ -97,7 +97,7 @@ fuzz_target!(|data: &[u8]| {
         let mut r = FjQuantizeResult::default();
         ok(fj_quantize(c, &f, steps.as_ptr(), &q, &mut r, null_mut()));
         let mut scales = vec![0f32; 8];
-        let po = FjPerturbOptions { size, noise, seed, stream: (seed >> 32) as u32, pad0: 0, scales: scales.as_mut_ptr() };
+        let po = FjPerturbOptions { size, noise, seed, subsequence: (seed >> 32) as u32, pad0: 0, scales: scales.as_mut_ptr() };
         let mut pout = vec![0u32; CAP];
         let outp = if in_place && ptr_kind == 0 { xp as *mut _ } else { pout.as_mut_ptr() as *mut _ };
         ok(fj_perturb(c, &f, if with_j { &jf } else { null() }, nrmse, &po, outp, null_mut()));

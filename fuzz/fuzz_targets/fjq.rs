@@ -4,7 +4,7 @@
 //! cross-checks, the frequency table, the steps and the ANS payload all see hostile values.
 //! Invariant: an error or a decoded feature; never a panic, a hang or a huge allocation.
 #![no_main]
-use featjnd::{Bits, Layout};
+use featjnd_research::{Bits, Layout};
 use libfuzzer_sys::fuzz_target;
 use tch::Tensor;
 
@@ -12,12 +12,12 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };
     match mode % 4 {
         // Raw bytes, as read from disk.
-        0 => drop(featjnd::codec::decode(rest)),
+        0 => drop(featjnd_research::codec::decode(rest)),
         // Raw bytes with a valid CRC appended.
         1 => {
             let mut b = rest.to_vec();
             b.extend_from_slice(&crc32fast::hash(rest).to_le_bytes());
-            drop(featjnd::codec::decode(&b));
+            drop(featjnd_research::codec::decode(&b));
         }
         // A valid file, then mutations with the CRC fixed up.
         _ => {
@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
             let x = Tensor::from_slice(&vals).reshape([n, c, h, w]);
             let tokens = (n * (h / patch) * (w / patch)) as usize;
             let steps = Tensor::from_slice(&(0..tokens).map(|t| 0.01 + (t % 7) as f32 * 0.3).collect::<Vec<f32>>());
-            let Ok(enc) = featjnd::codec::encode(&x, &steps, Layout::Nchw, patch as usize, bits) else { return };
+            let Ok(enc) = featjnd_research::codec::encode(&x, &steps, Layout::Nchw, patch as usize, bits) else { return };
             let mut b = enc.bytes;
             // The bytes after the values: (position, xor) pairs.
             for pair in rest[(6 + numel).min(rest.len())..].chunks_exact(3) {
@@ -48,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
             let body = b.len() - 4;
             let crc = crc32fast::hash(&b[..body]);
             b[body..].copy_from_slice(&crc.to_le_bytes());
-            drop(featjnd::codec::decode(&b));
+            drop(featjnd_research::codec::decode(&b));
         }
     }
 });

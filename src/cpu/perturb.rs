@@ -47,7 +47,14 @@ pub(crate) fn check_args<E>(x_len: usize, jnd: Option<&[E]>, samples: usize, nrm
 
 /// `out = x + s_n · J ⊙ ξ` with `s_n` chosen so that every sample's NRMSE is `nrmse`.
 /// `jnd = None` means `J ≡ 1` (the unstructured baseline).
-pub fn perturb<E: Element>(x: &[E], jnd: Option<&[E]>, samples: usize, nrmse: f64, noise: NoiseSpec, out: &mut [E]) -> Result<PerturbReport> {
+pub fn perturb<E: Element>(
+    x: &[E],
+    jnd: Option<&[E]>,
+    samples: usize,
+    nrmse: f64,
+    noise: NoiseSpec,
+    out: &mut [E],
+) -> Result<PerturbReport> {
     check_args(x.len(), jnd, samples, nrmse)?;
     if out.len() != x.len() {
         return Err(Error::Shape(format!("output has {} elements, x {}", out.len(), x.len())));
@@ -62,7 +69,15 @@ pub fn perturb_in_place<E: Element>(x: &mut [E], jnd: Option<&[E]>, samples: usi
     run(p, jnd, samples, x.len(), nrmse, noise, p)
 }
 
-fn run<E: Element>(x: SyncPtr<E>, jnd: Option<&[E]>, samples: usize, numel: usize, nrmse: f64, noise: NoiseSpec, out: SyncPtr<E>) -> Result<PerturbReport> {
+fn run<E: Element>(
+    x: SyncPtr<E>,
+    jnd: Option<&[E]>,
+    samples: usize,
+    numel: usize,
+    nrmse: f64,
+    noise: NoiseSpec,
+    out: SyncPtr<E>,
+) -> Result<PerturbReport> {
     let len = numel / samples;
     let per = len.div_ceil(CHUNK);
     let chunk = |c: usize| -> (usize, usize, usize) {
@@ -122,10 +137,8 @@ fn run<E: Element>(x: SyncPtr<E>, jnd: Option<&[E]>, samples: usize, numel: usiz
     if badj != usize::MAX {
         return Err(Error::Jnd { index: badj, value: jnd.unwrap()[badj].to_f32() });
     }
-    let scales: Vec<f32> = sums
-        .iter()
-        .map(|p| if p.sum_x > 0.0 && p.sum_e > 0.0 { (nrmse * p.sum_x.sqrt() / p.sum_e.sqrt()) as f32 } else { 0.0 })
-        .collect();
+    let scales: Vec<f32> =
+        sums.iter().map(|p| if p.sum_x > 0.0 && p.sum_e > 0.0 { (nrmse * p.sum_x.sqrt() / p.sum_e.sqrt()) as f32 } else { 0.0 }).collect();
     check_overflow::<E>(&sums, &scales, nrmse)?;
 
     // Pass 2: regenerate ξ and write x + s·(J·ξ).

@@ -80,7 +80,12 @@ impl Device {
         // event tracking has nothing to track (the C ABI's temporaries live on one stream too).
         unsafe { ctx.disable_event_tracking() };
         let (maj, min) = ctx.compute_capability().map_err(cuda_err)?;
-        let d = Arc::new(Device { ctx, arch: format!("compute_{maj}{min}"), modules: Mutex::new(HashMap::new()), functions: Mutex::new(HashMap::new()) });
+        let d = Arc::new(Device {
+            ctx,
+            arch: format!("compute_{maj}{min}"),
+            modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+        });
         map.insert(ordinal, d.clone());
         Ok(d)
     }
@@ -100,7 +105,11 @@ impl Device {
         let module = match mods.get(file) {
             Some(m) => m.clone(),
             None => {
-                let src = compile::KERNELS.iter().find(|(n, _)| *n == file).map(|(_, s)| *s).ok_or_else(|| Error::Arg(format!("no kernel file {file}")))?;
+                let src = compile::KERNELS
+                    .iter()
+                    .find(|(n, _)| *n == file)
+                    .map(|(_, s)| *s)
+                    .ok_or_else(|| Error::Arg(format!("no kernel file {file}")))?;
                 let c = compile::compile(file, src, &self.arch)?;
                 let m = self.ctx.load_module(Ptx::from_src(c.ptx)).map_err(cuda_err)?;
                 mods.insert(file, m.clone());

@@ -150,7 +150,14 @@ const NOISE: &str = "fj_noise";
 /// Every (kernel file, kernel name) the launchers ask for (for tests against the compiled PTX).
 pub fn kernel_names() -> Vec<(&'static str, &'static str)> {
     let mut v = vec![(STEP_ALLOC_FILE, STEP_ALLOC), (PERTURB_FILE, NOISE)];
-    for (file, table) in [(TOKEN_STATS_FILE, &TOKEN_STATS_NCHW), (TOKEN_STATS_FILE, &TOKEN_STATS_NTC), (QUANTIZE_FILE, &QUANTIZE_NCHW), (QUANTIZE_FILE, &QUANTIZE_NTC), (PERTURB_FILE, &PERTURB_NORMS), (PERTURB_FILE, &PERTURB_APPLY)] {
+    for (file, table) in [
+        (TOKEN_STATS_FILE, &TOKEN_STATS_NCHW),
+        (TOKEN_STATS_FILE, &TOKEN_STATS_NTC),
+        (QUANTIZE_FILE, &QUANTIZE_NCHW),
+        (QUANTIZE_FILE, &QUANTIZE_NTC),
+        (PERTURB_FILE, &PERTURB_NORMS),
+        (PERTURB_FILE, &PERTURB_APPLY),
+    ] {
         v.extend(table.iter().map(|n| (file, *n)));
     }
     v
@@ -351,7 +358,15 @@ pub const TOKEN_STATS_SLOTS: usize = 2;
 /// On the launch's device: `jnd` must hold `grid.numel()` elements; `token_tol` room for
 /// `grid.tokens()` f32 not overlapping `jnd`; `stats` zeroed slots; none of them used by other
 /// work until this launch completes in stream order.
-pub unsafe fn token_stats(on: Launch, grid: &TokenGrid, reduce: Reduce, jnd: Elems, token_tol: DevPtrMut<f32>, stats: StatsBuf, sum_sq: bool) -> Result<()> {
+pub unsafe fn token_stats(
+    on: Launch,
+    grid: &TokenGrid,
+    reduce: Reduce,
+    jnd: Elems,
+    token_tol: DevPtrMut<f32>,
+    stats: StatsBuf,
+    sum_sq: bool,
+) -> Result<()> {
     stats.need(TOKEN_STATS_SLOTS)?;
     let p = FjTokenStatsParams {
         geom: grid.to_params(),
@@ -595,6 +610,17 @@ pub fn decode_perturb(v: &[i64], samples: usize) -> (Option<BadElement>, Perturb
     (bad_x.or(bad_j), PerturbReport { scales, zero_samples })
 }
 
+/// `Error::Overflow` when a per-sample scale `s_n` is not finite (a strength beyond f32). On the
+/// device this is found after pass 2 has written, so the output (or the in-place buffer) is then
+/// unspecified; a finite scale whose result overflows a half-precision output is not caught here
+/// (the CPU path checks a bound before writing: contract §6, §7.4).
+pub fn check_scales(report: &PerturbReport, nrmse: f64) -> Result<()> {
+    match report.scales.iter().position(|s| !s.is_finite()) {
+        Some(n) => Err(Error::Overflow(format!("NRMSE {nrmse} on sample {n} needs a scale beyond f32 ({})", report.scales[n]))),
+        None => Ok(()),
+    }
+}
+
 /// Enqueues the noise kernel: `numel` f32 values of `ξ` from flat index `offset` into `out`.
 ///
 /// # Safety
@@ -602,7 +628,14 @@ pub fn decode_perturb(v: &[i64], samples: usize) -> (Option<BadElement>, Perturb
 /// work until the launch completes in stream order.
 pub unsafe fn noise(on: Launch, out: DevPtrMut<f32>, numel: usize, offset: u64, noise: NoiseSpec) -> Result<()> {
     let end = offset.checked_add(numel as u64).ok_or_else(|| Error::Arg(format!("noise offset {offset} + {numel} overflows")))?;
-    let p = FjNoiseParams { out: out.addr(), numel: numel as u64, offset, seed: noise.seed, subsequence: noise.subsequence, noise: noise_code(noise.kind) };
+    let p = FjNoiseParams {
+        out: out.addr(),
+        numel: numel as u64,
+        offset,
+        seed: noise.seed,
+        subsequence: noise.subsequence,
+        noise: noise_code(noise.kind),
+    };
     let lanes = FJ_PHILOX_LANES as u64;
     let groups = end.div_ceil(lanes) - offset / lanes;
     // SAFETY: `out` is valid for `numel` f32 by this function's contract; the kernel writes only

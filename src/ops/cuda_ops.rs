@@ -14,7 +14,7 @@ use std::sync::Arc;
 use cudarc::driver::CudaStream;
 use tch::{Device as TDevice, Kind, Tensor};
 
-use super::{Outs, Quantized, QuantizeOptions};
+use super::{Outs, QuantizeOptions, Quantized};
 use crate::cpu::{perturb::NoiseSpec, PerturbReport};
 use crate::cuda::raw::{self, DevPtr, DevPtrMut, Elems, Launch, PerturbPtrs, QuantPtrs, StatsBuf, StepPtrs};
 use crate::cuda::Device;
@@ -94,7 +94,14 @@ pub(super) fn token_tolerance(o: usize, jnd: &Tensor, dt: Dtype, grid: &TokenGri
 
 /// Enqueues the step allocation. `sum_sq` is a device f64 `Σ j²` (from the token-stats kernel
 /// when fused); without it torch reduces it on the device. Never syncs.
-pub(super) fn allocate_steps(o: usize, jt: &Tensor, budget: f64, strategy: Strategy, beta: f64, sum_sq: Option<DevPtr<f64>>) -> Result<Tensor> {
+pub(super) fn allocate_steps(
+    o: usize,
+    jt: &Tensor,
+    budget: f64,
+    strategy: Strategy,
+    beta: f64,
+    sum_sq: Option<DevPtr<f64>>,
+) -> Result<Tensor> {
     let on = On::new(o)?;
     let t = jt.numel();
     let owned = match sum_sq {
@@ -126,7 +133,19 @@ pub(super) fn allocate_steps(o: usize, jt: &Tensor, budget: f64, strategy: Strat
 
 /// The fused chain: `J → j_t → Δ_t → quantize`, one sync at the end.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn quantize_with_jnd(o: usize, x: &Tensor, dt: Dtype, jnd: &Tensor, dj: Dtype, grid: &TokenGrid, reduce: Reduce, budget: f64, strategy: Strategy, opts: &QuantizeOptions, outs: Outs) -> Result<(Tensor, Quantized)> {
+pub(super) fn quantize_with_jnd(
+    o: usize,
+    x: &Tensor,
+    dt: Dtype,
+    jnd: &Tensor,
+    dj: Dtype,
+    grid: &TokenGrid,
+    reduce: Reduce,
+    budget: f64,
+    strategy: Strategy,
+    opts: &QuantizeOptions,
+    outs: Outs,
+) -> Result<(Tensor, Quantized)> {
     let on = On::new(o)?;
     // The fused chain always counts the histogram (slots for it), whatever `opts` says.
     let (_keep, stats) = on.stats(raw::quantize_slots(opts.bits, true))?;
@@ -140,14 +159,34 @@ pub(super) fn quantize_with_jnd(o: usize, x: &Tensor, dt: Dtype, jnd: &Tensor, d
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn quantize(o: usize, x: &Tensor, dt: Dtype, grid: &TokenGrid, steps: &Tensor, opts: &QuantizeOptions, in_place: bool, outs: Outs) -> Result<Quantized> {
+pub(super) fn quantize(
+    o: usize,
+    x: &Tensor,
+    dt: Dtype,
+    grid: &TokenGrid,
+    steps: &Tensor,
+    opts: &QuantizeOptions,
+    in_place: bool,
+    outs: Outs,
+) -> Result<Quantized> {
     let on = On::new(o)?;
     let (_keep, stats) = on.stats(raw::quantize_slots(opts.bits, opts.histogram))?;
     quantize_with(&on, x, dt, grid, steps, opts, in_place, stats, None, outs)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn quantize_with(on: &On, x: &Tensor, dt: Dtype, grid: &TokenGrid, steps: &Tensor, opts: &QuantizeOptions, in_place: bool, stats: StatsBuf, jnd: raw::Source, outs: Outs) -> Result<Quantized> {
+fn quantize_with(
+    on: &On,
+    x: &Tensor,
+    dt: Dtype,
+    grid: &TokenGrid,
+    steps: &Tensor,
+    opts: &QuantizeOptions,
+    in_place: bool,
+    stats: StatsBuf,
+    jnd: raw::Source,
+    outs: Outs,
+) -> Result<Quantized> {
     let Outs { symbols, recon, token_sse } = outs;
     let p = QuantPtrs {
         x: src(x),
@@ -169,7 +208,16 @@ fn quantize_with(on: &On, x: &Tensor, dt: Dtype, grid: &TokenGrid, steps: &Tenso
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn perturb(o: usize, x: &Tensor, jnd: Option<&Tensor>, dt: Dtype, samples: usize, nrmse: f64, noise: NoiseSpec, out: Option<&Tensor>) -> Result<PerturbReport> {
+pub(super) fn perturb(
+    o: usize,
+    x: &Tensor,
+    jnd: Option<&Tensor>,
+    dt: Dtype,
+    samples: usize,
+    nrmse: f64,
+    noise: NoiseSpec,
+    out: Option<&Tensor>,
+) -> Result<PerturbReport> {
     if let (None, Some(j)) = (out, jnd) {
         // In place, pass 2 writes x while other blocks read J: they must not share memory.
         super::check_disjoint(x, "x (in place)", j, "J")?;
@@ -184,6 +232,7 @@ pub(super) fn perturb(o: usize, x: &Tensor, jnd: Option<&Tensor>, dt: Dtype, sam
     let (bad, report) = raw::decode_perturb(&on.read(stats)?, samples);
     // A bad element stops pass 2 from writing, so x is intact even in place.
     on.check(bad, Some(elems(x, dt)), jnd.map(|j| elems(j, dt)))?;
+    raw::check_scales(&report, nrmse)?;
     Ok(report)
 }
 

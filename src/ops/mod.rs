@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 use crate::cpu::{self, perturb::NoiseSpec, PerturbReport, QuantOut, Symbols};
 use crate::element::Dtype;
 use crate::error::{Error, Result};
-use crate::geom::{Bits, Layout, Reduce, FeatureShape, Strategy, TokenGrid};
+use crate::geom::{Bits, FeatureShape, Layout, Reduce, Strategy, TokenGrid};
 use crate::rate::Rate;
 use crate::steps::{self, Measured};
 
@@ -215,7 +215,11 @@ fn out_tensor(given: Option<&Tensor>, name: &str, sizes: &[i64], kind: Kind, dev
                 return Err(Error::MixedDevices(format!("{name} buffer is on {:?}, x on {device:?}", t.device())));
             }
             if t.kind() != kind || t.size() != sizes || !t.is_contiguous() {
-                return Err(Error::Shape(format!("{name} buffer must be a contiguous {kind:?} tensor of {sizes:?}, got {:?} {:?}", t.kind(), t.size())));
+                return Err(Error::Shape(format!(
+                    "{name} buffer must be a contiguous {kind:?} tensor of {sizes:?}, got {:?} {:?}",
+                    t.kind(),
+                    t.size()
+                )));
             }
             Ok(t.shallow_clone())
         }
@@ -224,13 +228,24 @@ fn out_tensor(given: Option<&Tensor>, name: &str, sizes: &[i64], kind: Kind, dev
 
 /// The outputs of one quantization of `x`: caller buffers checked (shape, dtype, device, and no
 /// overlap with `x`, the other `inputs` or each other), the rest allocated.
-fn prepare_outs(x: &Tensor, inputs: &[(&Tensor, &str)], grid: &TokenGrid, opts: &QuantizeOptions, in_place: bool, bufs: &QuantizeBuffers) -> Result<Outs> {
+fn prepare_outs(
+    x: &Tensor,
+    inputs: &[(&Tensor, &str)],
+    grid: &TokenGrid,
+    opts: &QuantizeOptions,
+    in_place: bool,
+    bufs: &QuantizeBuffers,
+) -> Result<Outs> {
     let (sizes, d) = (x.size(), x.device());
     let sym_kind = if opts.bits == Bits::B8 { Kind::Int8 } else { Kind::Int16 };
     let outs = Outs {
         symbols: if opts.symbols { Some(out_tensor(bufs.symbols, "symbols", &sizes, sym_kind, d)?) } else { None },
         recon: if opts.recon && !in_place { Some(out_tensor(bufs.recon, "reconstruction", &sizes, x.kind(), d)?) } else { None },
-        token_sse: if opts.token_sse { Some(out_tensor(bufs.token_sse, "token_sse", &[grid.tokens() as i64], Kind::Float, d)?) } else { None },
+        token_sse: if opts.token_sse {
+            Some(out_tensor(bufs.token_sse, "token_sse", &[grid.tokens() as i64], Kind::Float, d)?)
+        } else {
+            None
+        },
     };
     // Caller buffers must not alias the inputs or each other (fresh ones cannot).
     let named = [(&outs.symbols, "symbols"), (&outs.recon, "reconstruction"), (&outs.token_sse, "token_sse")];
@@ -253,7 +268,14 @@ pub fn quantize(x: &Tensor, layout: Layout, patch: usize, steps: &Tensor, opts: 
 }
 
 /// [`quantize`] into caller-owned buffers (those left `None` are allocated).
-pub fn quantize_into(x: &Tensor, layout: Layout, patch: usize, steps: &Tensor, opts: &QuantizeOptions, bufs: &QuantizeBuffers) -> Result<Quantized> {
+pub fn quantize_into(
+    x: &Tensor,
+    layout: Layout,
+    patch: usize,
+    steps: &Tensor,
+    opts: &QuantizeOptions,
+    bufs: &QuantizeBuffers,
+) -> Result<Quantized> {
     quantize_impl(x, layout, patch, steps, opts, false, bufs)
 }
 
@@ -263,7 +285,15 @@ pub fn quantize_(x: &mut Tensor, layout: Layout, patch: usize, steps: &Tensor, o
     quantize_impl(x, layout, patch, steps, opts, true, &QuantizeBuffers::default())
 }
 
-fn quantize_impl(x: &Tensor, layout: Layout, patch: usize, steps: &Tensor, opts: &QuantizeOptions, in_place: bool, bufs: &QuantizeBuffers) -> Result<Quantized> {
+fn quantize_impl(
+    x: &Tensor,
+    layout: Layout,
+    patch: usize,
+    steps: &Tensor,
+    opts: &QuantizeOptions,
+    in_place: bool,
+    bufs: &QuantizeBuffers,
+) -> Result<Quantized> {
     let _range = crate::nvtx::range("featjnd::quantize");
     let dt = check_tensor(x, "x")?;
     check_device(x, "x")?;
@@ -284,7 +314,15 @@ fn quantize_impl(x: &Tensor, layout: Layout, patch: usize, steps: &Tensor, opts:
     Ok(q)
 }
 
-fn quantize_cpu(x: &Tensor, dt: Dtype, grid: &TokenGrid, steps: &Tensor, opts: &QuantizeOptions, in_place: bool, outs: Outs) -> Result<Quantized> {
+fn quantize_cpu(
+    x: &Tensor,
+    dt: Dtype,
+    grid: &TokenGrid,
+    steps: &Tensor,
+    opts: &QuantizeOptions,
+    in_place: bool,
+    outs: Outs,
+) -> Result<Quantized> {
     let Outs { symbols, recon, token_sse } = outs;
     // SAFETY: every tensor viewed below is a checked contiguous CPU tensor of the element type it
     // is viewed as (steps f32, symbols i8/i16 by `bits`, token errors f32, x and recon `dt`). The
@@ -311,7 +349,16 @@ fn quantize_cpu(x: &Tensor, dt: Dtype, grid: &TokenGrid, steps: &Tensor, opts: &
             cpu::quantize::<E>(xs, grid, st, opts.bits, QuantOut { symbols: sym, recon: rec, token_sse: sse, histogram: opts.histogram })
         }
     })?;
-    Ok(Quantized { symbols, recon, token_sse, clamped: stats.clamped, total_sse: stats.total_sse, mse: 0.0, histogram: stats.histogram, rate: None })
+    Ok(Quantized {
+        symbols,
+        recon,
+        token_sse,
+        clamped: stats.clamped,
+        total_sse: stats.total_sse,
+        mse: 0.0,
+        histogram: stats.histogram,
+        rate: None,
+    })
 }
 
 /// Steps whose **measured** quantize–dequantize MSE equals `D` within 1e-3 relative (SPEC §3):

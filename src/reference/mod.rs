@@ -85,13 +85,22 @@ pub fn noise_at(i: u64, seed: u64, subsequence: u32, kind: NoiseKind) -> f32 {
 }
 
 /// SPEC §6 with f64 sums and the noise materialised: returns `x'` and the scales.
-pub fn perturb<E: Element>(x: &[E], jnd: Option<&[E]>, samples: usize, nrmse: f64, seed: u64, subsequence: u32, kind: NoiseKind) -> (Vec<E>, Vec<f64>) {
+pub fn perturb<E: Element>(
+    x: &[E],
+    jnd: Option<&[E]>,
+    samples: usize,
+    nrmse: f64,
+    seed: u64,
+    subsequence: u32,
+    kind: NoiseKind,
+) -> (Vec<E>, Vec<f64>) {
     let len = x.len() / samples;
     let mut out = vec![E::from_f32(0.0); x.len()];
     let mut scales = vec![0.0; samples];
     for n in 0..samples {
         let r = n * len..(n + 1) * len;
-        let e: Vec<f64> = r.clone().map(|i| jnd.map_or(1.0, |j| j[i].to_f32() as f64) * noise_at(i as u64, seed, subsequence, kind) as f64).collect();
+        let e: Vec<f64> =
+            r.clone().map(|i| jnd.map_or(1.0, |j| j[i].to_f32() as f64) * noise_at(i as u64, seed, subsequence, kind) as f64).collect();
         let nx = r.clone().map(|i| (x[i].to_f32() as f64).powi(2)).sum::<f64>().sqrt();
         let ne = e.iter().map(|v| v * v).sum::<f64>().sqrt();
         let s = if nx > 0.0 && ne > 0.0 { nrmse * nx / ne } else { 0.0 };

@@ -1,6 +1,6 @@
 //! Shared test helpers: random features from fresh seeds, awkward shapes, dtype sweeps.
 #![allow(dead_code)]
-use featjnd_kernels::{philox, Element, NoiseKind, FeatureShape, TokenGrid};
+use featjnd_kernels::{philox, Element, FeatureShape, NoiseKind, TokenGrid};
 use proptest::prelude::*;
 
 /// Random grids with odd sizes: NCHW with patch 1–4 and NTC with C up to 1025.
@@ -45,4 +45,3 @@ macro_rules! for_dtypes {
 pub fn rel_close(a: f64, b: f64, rel: f64, abs: f64) -> bool {
     (a - b).abs() <= rel * b.abs() + abs
 }
-

@@ -36,7 +36,13 @@ pub(super) fn perturb_ptrs(dt: Dtype, x: *const c_void, jnd: *const c_void, out:
 
 /// The pointers of one `fj_quantize` call, typed for the launcher (no access: addresses only).
 pub(super) fn quant_ptrs(x: *const c_void, steps: *const f32, symbols: *mut c_void, recon: *mut c_void, token_sse: *mut f32) -> QuantPtrs {
-    QuantPtrs { x: DevPtr::from_raw(x), steps: DevPtr::from_raw(steps), symbols: DevPtrMut::from_raw(symbols), recon: DevPtrMut::from_raw(recon), token_sse: DevPtrMut::from_raw(token_sse) }
+    QuantPtrs {
+        x: DevPtr::from_raw(x),
+        steps: DevPtr::from_raw(steps),
+        symbols: DevPtrMut::from_raw(symbols),
+        recon: DevPtrMut::from_raw(recon),
+        token_sse: DevPtrMut::from_raw(token_sse),
+    }
 }
 
 /// A zeroed statistics buffer on the caller's stream, and its view for the launchers.
@@ -82,7 +88,8 @@ impl Gpu {
             CUpointer_attribute::CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
             CUpointer_attribute::CU_POINTER_ATTRIBUTE_RANGE_SIZE,
         ];
-        let mut data: [*mut c_void; 4] = [&mut mem as *mut u32 as _, &mut ord as *mut i32 as _, &mut start as *mut u64 as _, &mut size as *mut usize as _];
+        let mut data: [*mut c_void; 4] =
+            [&mut mem as *mut u32 as _, &mut ord as *mut i32 as _, &mut start as *mut u64 as _, &mut size as *mut usize as _];
         // Unlike cuPointerGetAttribute, this succeeds on unknown (host) pointers with zeroed values.
         // SAFETY: four attributes, each with an out-pointer to a local of the attribute's type
         // (CUmemorytype and the ordinal are 32-bit, the range start a CUdeviceptr, the size a
@@ -93,7 +100,10 @@ impl Gpu {
         }
         let device = mem == CUmemorytype::CU_MEMORYTYPE_DEVICE as u32;
         if !(device || mem == CUmemorytype::CU_MEMORYTYPE_UNIFIED as u32) {
-            return fail(FJ_ERR_ARG, format!("{what} ({p:p}) is not CUDA device memory; this context runs on device {}: pass device pointers", self.ordinal()));
+            return fail(
+                FJ_ERR_ARG,
+                format!("{what} ({p:p}) is not CUDA device memory; this context runs on device {}: pass device pointers", self.ordinal()),
+            );
         }
         if device && ord >= 0 && ord as usize != self.ordinal() {
             return fail(FJ_ERR_ARG, format!("{what} is memory of device {ord}; this context runs on device {}", self.ordinal()));
@@ -125,7 +135,15 @@ impl Gpu {
     /// The C contract of `fj_token_tolerance` for a CUDA context: `jnd` holds `g.numel()`
     /// elements of `dt`, `out` room for `g.tokens()` floats, disjoint, both device memory of this
     /// device; `stream` null or a live stream of it.
-    pub unsafe fn token_tolerance(&self, jnd: *const c_void, dt: Dtype, g: &TokenGrid, reduce: Reduce, out: *mut f32, stream: *mut c_void) -> R<()> {
+    pub unsafe fn token_tolerance(
+        &self,
+        jnd: *const c_void,
+        dt: Dtype,
+        g: &TokenGrid,
+        reduce: Reduce,
+        out: *mut f32,
+        stream: *mut c_void,
+    ) -> R<()> {
         self.check(jnd, g.numel() * dt.size(), "jnd->data")?;
         self.check(out as *const c_void, g.tokens() * 4, "out")?;
         // SAFETY: null or a live stream of this device (contract).
@@ -147,7 +165,14 @@ impl Gpu {
     /// # Safety
     /// The C contract of `fj_allocate_steps` for a CUDA context: `token_tol` holds `tokens`
     /// floats and `steps_out` room for as many, disjoint, both device memory of this device.
-    pub unsafe fn allocate_steps(&self, token_tol: *const f32, tokens: usize, budget: f64, strategy: Strategy, steps_out: *mut f32) -> R<()> {
+    pub unsafe fn allocate_steps(
+        &self,
+        token_tol: *const f32,
+        tokens: usize,
+        budget: f64,
+        strategy: Strategy,
+        steps_out: *mut f32,
+    ) -> R<()> {
         self.check(token_tol as *const c_void, tokens * 4, "token_tol")?;
         self.check(steps_out as *const c_void, tokens * 4, "steps_out")?; // also binds the context
         let mut jt = vec![0f32; tokens];
@@ -169,12 +194,25 @@ impl Gpu {
     /// disjoint from the inputs and each other except `recon == x`; `stream` null or a live
     /// stream of this device.
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn quantize(&self, dt: Dtype, g: &TokenGrid, p: &QuantPtrs, bits: Bits, histogram: *mut u64, stream: *mut c_void) -> R<raw::QuantStats> {
+    pub unsafe fn quantize(
+        &self,
+        dt: Dtype,
+        g: &TokenGrid,
+        p: &QuantPtrs,
+        bits: Bits,
+        histogram: *mut u64,
+        stream: *mut c_void,
+    ) -> R<raw::QuantStats> {
         let n = g.numel();
         self.check(p.x.addr() as _, n * dt.size(), "x->data")?;
         self.check(p.steps.addr() as _, g.tokens() * 4, "steps")?;
         let sym_size = if bits == Bits::B8 { 1 } else { 2 };
-        for (ptr, bytes, what) in [(p.symbols.addr(), n * sym_size, "opts->symbols"), (p.recon.addr(), n * dt.size(), "opts->recon"), (p.token_sse.addr(), g.tokens() * 4, "opts->token_sse"), (histogram as u64, bits.hist_bins() * 8, "opts->histogram")] {
+        for (ptr, bytes, what) in [
+            (p.symbols.addr(), n * sym_size, "opts->symbols"),
+            (p.recon.addr(), n * dt.size(), "opts->recon"),
+            (p.token_sse.addr(), g.tokens() * 4, "opts->token_sse"),
+            (histogram as u64, bits.hist_bins() * 8, "opts->histogram"),
+        ] {
             if ptr != 0 {
                 self.check(ptr as _, bytes, what)?;
             }
@@ -233,6 +271,7 @@ impl Gpu {
         let (xs, js) = (Elems { ptr: a.x, dt: a.dt }, Elems { ptr: a.jnd, dt: a.dt });
         // SAFETY: `x` and `jnd` hold every index the kernels can report (contract, checked above).
         unsafe { raw::check_bad(bad, Some(xs), (!a.jnd.is_null()).then_some(js), &s) }?;
+        raw::check_scales(&report, nrmse)?;
         if !scales.is_null() {
             // SAFETY: `scales` is device memory with room for `samples == report.scales.len()`
             // floats (contract, checked above); the copy is synchronous.

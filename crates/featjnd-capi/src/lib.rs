@@ -95,7 +95,8 @@ pub const FJ_UNIFORM_NOISE: u32 = 1;
 const _: () = assert!(FJ_F32 == params::FJ_DTYPE_F32 && FJ_F16 == params::FJ_DTYPE_F16 && FJ_BF16 == params::FJ_DTYPE_BF16);
 const _: () = assert!(FJ_NCHW == params::FJ_LAYOUT_NCHW && FJ_NTC == params::FJ_LAYOUT_NTC);
 const _: () = assert!(FJ_MEAN == params::FJ_REDUCE_MEAN && FJ_RMS == params::FJ_REDUCE_RMS && FJ_MIN == params::FJ_REDUCE_MIN);
-const _: () = assert!(FJ_UNIFORM == params::FJ_STRATEGY_UNIFORM && FJ_JND == params::FJ_STRATEGY_JND && FJ_PERMUTED == params::FJ_STRATEGY_PERMUTED);
+const _: () =
+    assert!(FJ_UNIFORM == params::FJ_STRATEGY_UNIFORM && FJ_JND == params::FJ_STRATEGY_JND && FJ_PERMUTED == params::FJ_STRATEGY_PERMUTED);
 const _: () = assert!(FJ_GAUSSIAN == params::FJ_NOISE_GAUSSIAN && FJ_UNIFORM_NOISE == params::FJ_NOISE_UNIFORM);
 
 /// Opaque context.
@@ -223,7 +224,11 @@ fn guard(f: impl FnOnce() -> R<()>) -> i32 {
             code
         }
         Err(p) => {
-            let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into());
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
             set_error(&format!("internal panic (a featjnd bug): {msg}"));
             FJ_ERR_PANIC
         }
@@ -268,7 +273,16 @@ impl Default for FjContextOptions {
 }
 impl Default for FjQuantizeOptions {
     fn default() -> Self {
-        FjQuantizeOptions { size: 0, bits: 0, patch: 0, pad0: 0, symbols: std::ptr::null_mut(), recon: std::ptr::null_mut(), token_sse: std::ptr::null_mut(), histogram: std::ptr::null_mut() }
+        FjQuantizeOptions {
+            size: 0,
+            bits: 0,
+            patch: 0,
+            pad0: 0,
+            symbols: std::ptr::null_mut(),
+            recon: std::ptr::null_mut(),
+            token_sse: std::ptr::null_mut(),
+            histogram: std::ptr::null_mut(),
+        }
     }
 }
 impl Default for FjPerturbOptions {
@@ -376,7 +390,10 @@ fn no_overlap(inputs: &[Span], outputs: &[Span], in_place: Option<(&str, &str)>)
                 Some((out, inp)) => format!(" (only {out} may be {inp} itself, for in-place work)"),
                 None => String::new(),
             };
-            return fail(FJ_ERR_ARG, format!("{} overlaps {} in memory: outputs must not overlap the inputs or each other{allowed}", o.what, other.what));
+            return fail(
+                FJ_ERR_ARG,
+                format!("{} overlaps {} in memory: outputs must not overlap the inputs or each other{allowed}", o.what, other.what),
+            );
         }
     }
     Ok(())
@@ -526,7 +543,15 @@ pub unsafe extern "C" fn fj_token_count(x: *const FjFeature, patch: u32, out_tok
 /// writable for `out_len` floats; arrays in the context's memory (host or its device); `stream`
 /// null or a CUDA stream of a CUDA context's device. See the pointer rules at the top of featjnd.h.
 #[no_mangle]
-pub unsafe extern "C" fn fj_token_tolerance(ctx: *const FjContext, jnd: *const FjFeature, patch: u32, reduce: u32, out: *mut f32, out_len: u64, stream: *mut c_void) -> i32 {
+pub unsafe extern "C" fn fj_token_tolerance(
+    ctx: *const FjContext,
+    jnd: *const FjFeature,
+    patch: u32,
+    reduce: u32,
+    out: *mut f32,
+    out_len: u64,
+    stream: *mut c_void,
+) -> i32 {
     guard(|| {
         // SAFETY: `ctx` is null or live (contract).
         let c = unsafe { ctx_ref(ctx)? };
@@ -566,7 +591,15 @@ pub unsafe extern "C" fn fj_token_tolerance(ctx: *const FjContext, jnd: *const F
 /// `ctx` is a live context; `token_tol` readable and `steps_out` writable for `tokens` floats,
 /// in the context's memory (host or its device). See the pointer rules at the top of featjnd.h.
 #[no_mangle]
-pub unsafe extern "C" fn fj_allocate_steps(ctx: *const FjContext, token_tol: *const f32, tokens: u64, budget: f64, strategy: u32, seed: u64, steps_out: *mut f32) -> i32 {
+pub unsafe extern "C" fn fj_allocate_steps(
+    ctx: *const FjContext,
+    token_tol: *const f32,
+    tokens: u64,
+    budget: f64,
+    strategy: u32,
+    seed: u64,
+    steps_out: *mut f32,
+) -> i32 {
     guard(|| {
         // SAFETY: `ctx` is null or live (contract).
         let c = unsafe { ctx_ref(ctx)? };
@@ -616,7 +649,14 @@ pub unsafe extern "C" fn fj_allocate_steps(ctx: *const FjContext, token_tol: *co
 /// writable for one `FjQuantizeResult`; arrays in the context's memory (host or its device);
 /// `stream` null or a CUDA stream of a CUDA context's device. See the pointer rules at the top of featjnd.h.
 #[no_mangle]
-pub unsafe extern "C" fn fj_quantize(ctx: *const FjContext, x: *const FjFeature, steps: *const f32, opts: *const FjQuantizeOptions, result: *mut FjQuantizeResult, stream: *mut c_void) -> i32 {
+pub unsafe extern "C" fn fj_quantize(
+    ctx: *const FjContext,
+    x: *const FjFeature,
+    steps: *const f32,
+    opts: *const FjQuantizeOptions,
+    result: *mut FjQuantizeResult,
+    stream: *mut c_void,
+) -> i32 {
     guard(|| {
         // SAFETY: `ctx` is null or live (contract).
         let c = unsafe { ctx_ref(ctx)? };
@@ -708,7 +748,14 @@ pub unsafe extern "C" fn fj_quantize(ctx: *const FjContext, x: *const FjFeature,
 /// # Safety
 /// `hist_out` is null or writable for `hist.len()` aligned u64 (host memory); `result` is null
 /// or writable for one `FjQuantizeResult`; neither overlaps `hist`.
-unsafe fn finish_quantize(g: &TokenGrid, clamped: u64, total_sse: f64, hist: Option<&[u64]>, hist_out: *mut u64, result: *mut FjQuantizeResult) -> R<()> {
+unsafe fn finish_quantize(
+    g: &TokenGrid,
+    clamped: u64,
+    total_sse: f64,
+    hist: Option<&[u64]>,
+    hist_out: *mut u64,
+    result: *mut FjQuantizeResult,
+) -> R<()> {
     let mut r = FjQuantizeResult { clamped, total_sse, mse: total_sse / g.numel() as f64, ..Default::default() };
     if let Some(h) = hist {
         if !hist_out.is_null() {
@@ -739,7 +786,15 @@ unsafe fn finish_quantize(g: &TokenGrid, clamped: u64, total_sse: f64, hist: Opt
 /// floats; arrays in the context's memory (host or its device); `stream` null or a CUDA stream of
 /// a CUDA context's device. See the pointer rules at the top of featjnd.h.
 #[no_mangle]
-pub unsafe extern "C" fn fj_perturb(ctx: *const FjContext, x: *const FjFeature, jnd: *const FjFeature, nrmse: f64, opts: *const FjPerturbOptions, out: *mut c_void, stream: *mut c_void) -> i32 {
+pub unsafe extern "C" fn fj_perturb(
+    ctx: *const FjContext,
+    x: *const FjFeature,
+    jnd: *const FjFeature,
+    nrmse: f64,
+    opts: *const FjPerturbOptions,
+    out: *mut c_void,
+    stream: *mut c_void,
+) -> i32 {
     guard(|| {
         // SAFETY: `ctx` is null or live (contract).
         let c = unsafe { ctx_ref(ctx)? };

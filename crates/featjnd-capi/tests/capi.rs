@@ -62,7 +62,10 @@ fn build_and_run_example(link: &[String]) {
         .arg(&exe)
         .status()
         .expect("running the C compiler");
-    assert!(st.success(), "{cc} failed to build examples/c/quantize.c with {link:?} (if FEATJND_BLESS was set, the header was being rewritten: run again)");
+    assert!(
+        st.success(),
+        "{cc} failed to build examples/c/quantize.c with {link:?} (if FEATJND_BLESS was set, the header was being rewritten: run again)"
+    );
     let out = std::process::Command::new(&exe).arg("0.02").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "the C example failed: {text}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -144,7 +147,16 @@ fn chain(c: *const FjContext, x: &[f32], j: &[f32], dims: [u64; 4]) -> (Vec<i8>,
         assert_eq!(fj_allocate_steps(c, jt.as_ptr(), t, 0.01, FJ_JND, 0, st.as_mut_ptr()), FJ_OK, "{}", err());
         let mut sym = vec![0i8; x.len()];
         let mut rec = vec![0.0f32; x.len()];
-        let o = FjQuantizeOptions { size: std::mem::size_of::<FjQuantizeOptions>() as u32, bits: 8, patch: 1, pad0: 0, symbols: sym.as_mut_ptr() as *mut _, recon: rec.as_mut_ptr() as *mut _, token_sse: null_mut(), histogram: null_mut() };
+        let o = FjQuantizeOptions {
+            size: std::mem::size_of::<FjQuantizeOptions>() as u32,
+            bits: 8,
+            patch: 1,
+            pad0: 0,
+            symbols: sym.as_mut_ptr() as *mut _,
+            recon: rec.as_mut_ptr() as *mut _,
+            token_sse: null_mut(),
+            histogram: null_mut(),
+        };
         let mut r = FjQuantizeResult::default();
         assert_eq!(fj_quantize(c, &fx, st.as_ptr(), &o, &mut r, null_mut()), FJ_OK, "{}", err());
         (sym, rec, r.mse)
@@ -207,7 +219,16 @@ fn bad_arguments_give_a_status_a_message_and_write_nothing() {
         assert!(err().contains("J["), "{}", err());
         assert!(out.iter().all(|&v| v == 7.0), "an error wrote to the output");
         // Option struct with an impossible size; budget out of range.
-        let q = FjQuantizeOptions { size: 2, bits: 8, patch: 1, pad0: 0, symbols: null_mut(), recon: null_mut(), token_sse: null_mut(), histogram: null_mut() };
+        let q = FjQuantizeOptions {
+            size: 2,
+            bits: 8,
+            patch: 1,
+            pad0: 0,
+            symbols: null_mut(),
+            recon: null_mut(),
+            token_sse: null_mut(),
+            histogram: null_mut(),
+        };
         assert_eq!(fj_quantize(c, &fx, out.as_ptr(), &q, null_mut(), null_mut()), FJ_ERR_ARG);
         let jt = [1.0f32; 16];
         assert_eq!(fj_allocate_steps(c, jt.as_ptr(), 16, -1.0, FJ_JND, 0, out.as_mut_ptr()), FJ_ERR_BUDGET);
@@ -241,7 +262,16 @@ fn non_finite_x_in_quantize_and_perturb() {
     x[37] = f32::NAN;
     let fx = feat(&x, [1, 4, 4, 4]);
     let st = [0.5f32; 16];
-    let q = FjQuantizeOptions { size: std::mem::size_of::<FjQuantizeOptions>() as u32, bits: 8, patch: 1, pad0: 0, symbols: null_mut(), recon: null_mut(), token_sse: null_mut(), histogram: null_mut() };
+    let q = FjQuantizeOptions {
+        size: std::mem::size_of::<FjQuantizeOptions>() as u32,
+        bits: 8,
+        patch: 1,
+        pad0: 0,
+        symbols: null_mut(),
+        recon: null_mut(),
+        token_sse: null_mut(),
+        histogram: null_mut(),
+    };
     // SAFETY: live buffers of the documented sizes (see the module doc).
     unsafe {
         assert_eq!(fj_quantize(c, &fx, st.as_ptr(), &q, null_mut(), null_mut()), FJ_ERR_NONFINITE);
@@ -263,7 +293,14 @@ fn perturb_matches_the_requested_nrmse() {
     let fx = FjFeature { dtype: FJ_F32, layout: FJ_NTC, dims: [3, 10, 10, 0], data: x.as_ptr() as *const _ };
     let mut out = vec![0.0f32; 300];
     let mut scales = [0.0f32; 3];
-    let o = FjPerturbOptions { size: std::mem::size_of::<FjPerturbOptions>() as u32, noise: FJ_UNIFORM_NOISE, seed: 9, subsequence: 1, pad0: 0, scales: scales.as_mut_ptr() };
+    let o = FjPerturbOptions {
+        size: std::mem::size_of::<FjPerturbOptions>() as u32,
+        noise: FJ_UNIFORM_NOISE,
+        seed: 9,
+        subsequence: 1,
+        pad0: 0,
+        scales: scales.as_mut_ptr(),
+    };
     // SAFETY: live buffers of the documented sizes (see the module doc).
     unsafe {
         assert_eq!(fj_perturb(c, &fx, null(), 0.25, &o, out.as_mut_ptr() as *mut _, null_mut()), FJ_OK, "{}", err());
@@ -313,8 +350,23 @@ fn contexts_are_thread_safe() {
     unsafe { fj_context_destroy(shared.0) };
 }
 
-fn qopts(bits: u32, symbols: *mut std::ffi::c_void, recon: *mut std::ffi::c_void, token_sse: *mut f32, histogram: *mut u64) -> FjQuantizeOptions {
-    FjQuantizeOptions { size: std::mem::size_of::<FjQuantizeOptions>() as u32, bits, patch: 1, pad0: 0, symbols, recon, token_sse, histogram }
+fn qopts(
+    bits: u32,
+    symbols: *mut std::ffi::c_void,
+    recon: *mut std::ffi::c_void,
+    token_sse: *mut f32,
+    histogram: *mut u64,
+) -> FjQuantizeOptions {
+    FjQuantizeOptions {
+        size: std::mem::size_of::<FjQuantizeOptions>() as u32,
+        bits,
+        patch: 1,
+        pad0: 0,
+        symbols,
+        recon,
+        token_sse,
+        histogram,
+    }
 }
 
 /// Outputs may not overlap inputs or each other; only the reconstruction may be `x` itself (and
@@ -376,7 +428,14 @@ fn overlapping_buffers_are_refused_before_anything_is_written() {
         refused(fj_perturb(c, &fx, null(), 0.1, null(), at(n / 2) as *mut _, null_mut()), "perturb out over half of x", &arena);
         refused(fj_perturb(c, &fx, &fj, 0.1, null(), at(2 * n + 3) as *mut _, null_mut()), "perturb out over J", &arena);
         refused(fj_perturb(c, &fx, &fj, 0.1, null(), at(2 * n) as *mut _, null_mut()), "perturb out == J", &arena);
-        let po = FjPerturbOptions { size: std::mem::size_of::<FjPerturbOptions>() as u32, noise: FJ_GAUSSIAN, seed: 1, subsequence: 0, pad0: 0, scales: at(n) };
+        let po = FjPerturbOptions {
+            size: std::mem::size_of::<FjPerturbOptions>() as u32,
+            noise: FJ_GAUSSIAN,
+            seed: 1,
+            subsequence: 0,
+            pad0: 0,
+            scales: at(n),
+        };
         refused(fj_perturb(c, &fx, null(), 0.1, &po, at(n) as *mut _, null_mut()), "scales over out", &arena);
         let po = FjPerturbOptions { scales: at(5), ..po };
         refused(fj_perturb(c, &fx, null(), 0.1, &po, at(n) as *mut _, null_mut()), "scales over x", &arena);

@@ -47,7 +47,14 @@ mod capi_device {
     }
 
     /// Token tolerances and steps through one context; outputs are tensors on `dev`.
-    fn tolerances_and_steps(c: *const FjContext, j: &Tensor, layout: Layout, patch: usize, dev: Device, stream: *mut c_void) -> (Tensor, Tensor) {
+    fn tolerances_and_steps(
+        c: *const FjContext,
+        j: &Tensor,
+        layout: Layout,
+        patch: usize,
+        dev: Device,
+        stream: *mut c_void,
+    ) -> (Tensor, Tensor) {
         let fj = feat(j, layout);
         let mut t = 0u64;
         // SAFETY: live tensors (device or host, as the context takes) of the documented sizes, synchronized with torch's stream.
@@ -64,14 +71,31 @@ mod capi_device {
 
     /// The fused quantization with given steps: symbols, reconstruction, token errors, histogram
     /// (on the host) and the result struct.
-    fn quantize(c: *const FjContext, x: &Tensor, steps: &Tensor, layout: Layout, patch: usize, dev: Device, stream: *mut c_void) -> (Vec<Tensor>, FjQuantizeResult) {
+    fn quantize(
+        c: *const FjContext,
+        x: &Tensor,
+        steps: &Tensor,
+        layout: Layout,
+        patch: usize,
+        dev: Device,
+        stream: *mut c_void,
+    ) -> (Vec<Tensor>, FjQuantizeResult) {
         let steps = steps.to_device(dev);
         let sym = Tensor::zeros(x.size(), (Kind::Int8, dev));
         let rec = Tensor::zeros(x.size(), (x.kind(), dev));
         let sse = Tensor::zeros([steps.numel() as i64], (Kind::Float, dev));
         let hist = Tensor::zeros([255], (Kind::Int64, dev));
         tch::Cuda::synchronize(0);
-        let o = FjQuantizeOptions { size: std::mem::size_of::<FjQuantizeOptions>() as u32, bits: 8, patch: patch as u32, pad0: 0, symbols: p(&sym), recon: p(&rec), token_sse: p(&sse), histogram: p(&hist) };
+        let o = FjQuantizeOptions {
+            size: std::mem::size_of::<FjQuantizeOptions>() as u32,
+            bits: 8,
+            patch: patch as u32,
+            pad0: 0,
+            symbols: p(&sym),
+            recon: p(&rec),
+            token_sse: p(&sse),
+            histogram: p(&hist),
+        };
         let mut r = FjQuantizeResult::default();
         // SAFETY: live tensors (device or host, as the context takes) of the documented sizes, synchronized with torch's stream.
         assert_eq!(unsafe { fj_quantize(c, &feat(x, layout), p(&steps), &o, &mut r, stream) }, FJ_OK, "{}", err());
@@ -109,16 +133,34 @@ mod capi_device {
                 }
                 // Perturbation: out of place with scales, on the caller's stream.
                 let samples = sizes[0] as usize;
-                let o = FjPerturbOptions { size: std::mem::size_of::<FjPerturbOptions>() as u32, noise: FJ_GAUSSIAN, seed: 5, subsequence: 3, pad0: 0, scales: null_mut() };
+                let o = FjPerturbOptions {
+                    size: std::mem::size_of::<FjPerturbOptions>() as u32,
+                    noise: FJ_GAUSSIAN,
+                    seed: 5,
+                    subsequence: 3,
+                    pad0: 0,
+                    scales: null_mut(),
+                };
                 let (oc, og) = (Tensor::zeros(x.size(), (kind, Device::Cpu)), Tensor::zeros(x.size(), (kind, d)));
-                let (sc, sg) = (Tensor::zeros([samples as i64], (Kind::Float, Device::Cpu)), Tensor::zeros([samples as i64], (Kind::Float, d)));
+                let (sc, sg) =
+                    (Tensor::zeros([samples as i64], (Kind::Float, Device::Cpu)), Tensor::zeros([samples as i64], (Kind::Float, d)));
                 tch::Cuda::synchronize(0);
                 // SAFETY: live tensors (device or host, as the context takes) of the documented sizes, synchronized with torch's stream.
                 unsafe {
                     let oc_opts = FjPerturbOptions { scales: p(&sc), ..o };
-                    assert_eq!(fj_perturb(cpu, &feat(&x, layout), &feat(&j, layout), 0.3, &oc_opts, p(&oc), null_mut()), FJ_OK, "{}", err());
+                    assert_eq!(
+                        fj_perturb(cpu, &feat(&x, layout), &feat(&j, layout), 0.3, &oc_opts, p(&oc), null_mut()),
+                        FJ_OK,
+                        "{}",
+                        err()
+                    );
                     let og_opts = FjPerturbOptions { scales: p(&sg), ..o };
-                    assert_eq!(fj_perturb(gpu_ctx, &feat(&xd, layout), &feat(&jd, layout), 0.3, &og_opts, p(&og), own.cu_stream() as *mut c_void), FJ_OK, "{}", err());
+                    assert_eq!(
+                        fj_perturb(gpu_ctx, &feat(&xd, layout), &feat(&jd, layout), 0.3, &og_opts, p(&og), own.cu_stream() as *mut c_void),
+                        FJ_OK,
+                        "{}",
+                        err()
+                    );
                 }
                 let tol = if kind == Kind::Float { 1e-5 } else { 1e-2 };
                 let scale = x.to_kind(Kind::Double).abs().max().double_value(&[]);
@@ -166,7 +208,16 @@ mod capi_device {
             let xn = xd.copy();
             let _ = xn.flatten(0, -1).narrow(0, 101, 1).fill_(f64::NAN);
             let sym = Tensor::zeros([2, 4, 4, 4], (Kind::Int8, d));
-            let o = FjQuantizeOptions { size: std::mem::size_of::<FjQuantizeOptions>() as u32, bits: 8, patch: 1, pad0: 0, symbols: p(&sym), recon: null_mut(), token_sse: null_mut(), histogram: null_mut() };
+            let o = FjQuantizeOptions {
+                size: std::mem::size_of::<FjQuantizeOptions>() as u32,
+                bits: 8,
+                patch: 1,
+                pad0: 0,
+                symbols: p(&sym),
+                recon: null_mut(),
+                token_sse: null_mut(),
+                histogram: null_mut(),
+            };
             tch::Cuda::synchronize(0);
             assert_eq!(fj_quantize(c, &feat(&xn, Layout::Nchw), p(&steps), &o, null_mut(), null_mut()), FJ_ERR_NONFINITE);
             assert!(err().contains("101"), "{}", err());
@@ -178,4 +229,3 @@ mod capi_device {
         }
     }
 }
-

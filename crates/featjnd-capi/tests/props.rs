@@ -5,7 +5,20 @@ use featjnd::*;
 use proptest::prelude::*;
 use std::ptr::{null, null_mut};
 
-const STATUSES: [i32; 12] = [FJ_OK, FJ_ERR_NULL, FJ_ERR_ARG, FJ_ERR_SHAPE, FJ_ERR_DTYPE, FJ_ERR_ALIGN, FJ_ERR_NONFINITE, FJ_ERR_JND, FJ_ERR_BUDGET, FJ_ERR_UNREACHABLE, FJ_ERR_DEVICE, FJ_ERR_PANIC];
+const STATUSES: [i32; 12] = [
+    FJ_OK,
+    FJ_ERR_NULL,
+    FJ_ERR_ARG,
+    FJ_ERR_SHAPE,
+    FJ_ERR_DTYPE,
+    FJ_ERR_ALIGN,
+    FJ_ERR_NONFINITE,
+    FJ_ERR_JND,
+    FJ_ERR_BUDGET,
+    FJ_ERR_UNREACHABLE,
+    FJ_ERR_DEVICE,
+    FJ_ERR_PANIC,
+];
 
 fn ctx() -> *mut FjContext {
     let mut c = null_mut();

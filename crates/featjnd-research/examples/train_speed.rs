@@ -25,6 +25,10 @@ fn main() {
                 let _ = m.forward_t(&x, false);
             }
         });
-        println!("{widths:?} {blocks:?}: train step {:.0} ms, eval fwd {:.0} ms (batch 128)", dt * 1e3, t.elapsed().as_secs_f64() / 5.0 * 1e3);
+        println!(
+            "{widths:?} {blocks:?}: train step {:.0} ms, eval fwd {:.0} ms (batch 128)",
+            dt * 1e3,
+            t.elapsed().as_secs_f64() / 5.0 * 1e3
+        );
     }
 }

@@ -429,7 +429,8 @@ pub fn parse_safetensors(b: &[u8], name: Option<&str>) -> std::result::Result<Ar
         (None, many) => return Err(format!("holds {} tensors ({}): pick one with FILE.safetensors:NAME", many.len(), many.join(", "))),
     };
     let view = st.tensor(name).map_err(|_| format!("no tensor '{name}' (has: {})", names.join(", ")))?;
-    let stored = Stored::from_st_dtype(view.dtype()).ok_or_else(|| format!("tensor '{name}' is {:?} (featjnd reads F32, F16, BF16, I8, I16)", view.dtype()))?;
+    let stored = Stored::from_st_dtype(view.dtype())
+        .ok_or_else(|| format!("tensor '{name}' is {:?} (featjnd reads F32, F16, BF16, I8, I16)", view.dtype()))?;
     Ok(Array { shape: view.shape().to_vec(), stored, data: Cow::from(view.data()).into_owned() })
 }
 

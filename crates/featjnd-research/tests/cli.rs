@@ -70,7 +70,24 @@ fn quantize_writes_consistent_outputs() {
     write_inputs(d.path());
     for (strategy, measured) in [("jnd", true), ("uniform", false), ("permuted", false)] {
         let out = format!("q_{strategy}");
-        let mut args = vec!["ops", "quantize", "--x", "x.npy", "--jnd", "j.npy", "--budget", "0.01", "--strategy", strategy, "--seed", "7", "--patch", "2", "--out", &out];
+        let mut args = vec![
+            "ops",
+            "quantize",
+            "--x",
+            "x.npy",
+            "--jnd",
+            "j.npy",
+            "--budget",
+            "0.01",
+            "--strategy",
+            strategy,
+            "--seed",
+            "7",
+            "--patch",
+            "2",
+            "--out",
+            &out,
+        ];
         if measured {
             args.push("--measured");
         }
@@ -139,7 +156,10 @@ fn perturb_matches_requested_nrmse() {
         // The summary's NRMSE is what the file holds.
         let x = floats(&io::load_tensor(&d.path().join("x.npy"), None).unwrap());
         let p = floats(&io::load_tensor(&d.path().join("p/perturbed.npy"), None).unwrap());
-        let (num, den) = x[..192].iter().zip(&p[..192]).fold((0.0f64, 0.0f64), |(a, b), (&x, &p)| (a + ((p - x) as f64).powi(2), b + (x as f64).powi(2)));
+        let (num, den) = x[..192]
+            .iter()
+            .zip(&p[..192])
+            .fold((0.0f64, 0.0f64), |(a, b), (&x, &p)| (a + ((p - x) as f64).powi(2), b + (x as f64).powi(2)));
         assert!(((num / den).sqrt() - m[0].as_f64().unwrap()).abs() < 1e-9);
     }
 }
@@ -150,8 +170,10 @@ fn tokens_and_noise_and_safetensors_input() {
     let d = tempfile::tempdir().unwrap();
     let j = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).reshape([1, 2, 3]).to_kind(Kind::Half);
     let bytes = safetensors::serialize(
-        [("j", safetensors::tensor::TensorView::new(safetensors::Dtype::F16, vec![1, 2, 3], &half_bytes(&j)).unwrap()),
-         ("other", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &1.0f32.to_le_bytes()).unwrap())],
+        [
+            ("j", safetensors::tensor::TensorView::new(safetensors::Dtype::F16, vec![1, 2, 3], &half_bytes(&j)).unwrap()),
+            ("other", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &1.0f32.to_le_bytes()).unwrap()),
+        ],
         None,
     )
     .unwrap();

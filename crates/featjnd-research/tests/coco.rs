@@ -78,7 +78,8 @@ fn mask_primitives_match_pycocotools() {
     let iou = &p["iou"];
     let (h, w) = (iou["h"].as_u64().unwrap(), iou["w"].as_u64().unwrap());
     let seg = Value::from(iou["shapes"].as_array().unwrap().clone());
-    let image = coco::parse_gt(&format!(r#"{{"images":[{{"id":1,"height":{h},"width":{w}}}],"categories":[]}}"#)).unwrap().images[0].clone();
+    let image =
+        coco::parse_gt(&format!(r#"{{"images":[{{"id":1,"height":{h},"width":{w}}}],"categories":[]}}"#)).unwrap().images[0].clone();
     let masks: Vec<Rle> = seg.as_array().unwrap().iter().map(|s| coco::decode_segmentation(s, &image).unwrap()).collect();
     for m in iou["dt_by_gt"].as_array().unwrap() {
         let crowd = m["crowd"].as_u64().unwrap() == 1;
@@ -209,8 +210,12 @@ fn malformed_segmentations_are_errors() {
     assert!(e.to_string().contains("height and width of image 1"), "{e}");
     // The first detection has a box, so all need one (COCO.loadRes reads every area from its box).
     let dt = r#"[{"image_id":1,"category_id":1,"score":1,"bbox":[0,0,2,2]},{"image_id":1,"category_id":1,"score":1,"segmentation":[[1,1,5,1,5,5]]}]"#;
-    let e = coco::evaluate(&coco::parse_gt(&gt.replace(r#""id":1}"#, r#""id":1,"height":10,"width":10}"#)).unwrap(), &coco::parse_dt(dt).unwrap(), IouType::Segm)
-        .unwrap_err();
+    let e = coco::evaluate(
+        &coco::parse_gt(&gt.replace(r#""id":1}"#, r#""id":1,"height":10,"width":10}"#)).unwrap(),
+        &coco::parse_dt(dt).unwrap(),
+        IouType::Segm,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("detection #1: no bbox"), "{e}");
 }
 
@@ -226,7 +231,10 @@ fn segm_perfect_and_crowd() {
     let s = coco::evaluate(&coco::parse_gt(gt).unwrap(), &coco::parse_dt(dt).unwrap(), IouType::Segm).unwrap();
     assert!(close(s.ap, 1.0) && close(s.ar100, 1.0) && s.ap_small > 0.99, "{s:?}");
     // The same files evaluate as bbox only with boxes.
-    assert!(coco::evaluate(&coco::parse_gt(gt).unwrap(), &coco::parse_dt(dt).unwrap(), IouType::Bbox).unwrap_err().to_string().contains("no bbox"));
+    assert!(coco::evaluate(&coco::parse_gt(gt).unwrap(), &coco::parse_dt(dt).unwrap(), IouType::Bbox)
+        .unwrap_err()
+        .to_string()
+        .contains("no bbox"));
 }
 
 #[test]

@@ -37,7 +37,11 @@ fn feature(sizes: &[i64], kind: Kind, seed: i64, relu: bool) -> (Tensor, Tensor)
 }
 
 fn layout_of(sizes: &[i64]) -> Layout {
-    if sizes.len() == 4 { Layout::Nchw } else { Layout::Ntc }
+    if sizes.len() == 4 {
+        Layout::Nchw
+    } else {
+        Layout::Ntc
+    }
 }
 
 /// JND steps at a budget of `rel` times the mean square of x.
@@ -87,7 +91,9 @@ fn round_trip_is_bit_exact_for_every_dtype_layout_and_width() {
         for &(sizes, patches) in shapes {
             for &patch in patches {
                 for bits in [Bits::B8, Bits::B16] {
-                    for (rel, relu, strategy) in [(0.01, false, Strategy::Jnd), (0.3, true, Strategy::Permuted { seed: 3 }), (1e-9, false, Strategy::Uniform)] {
+                    for (rel, relu, strategy) in
+                        [(0.01, false, Strategy::Jnd), (0.3, true, Strategy::Permuted { seed: 3 }), (1e-9, false, Strategy::Uniform)]
+                    {
                         seed += 1;
                         let (x, j) = feature(sizes, kind, seed, relu);
                         let layout = layout_of(sizes);
@@ -305,7 +311,15 @@ fn file_size_matches_the_entropy_estimate() {
         let r = enc.rate;
         eprintln!(
             "relu {relu} rel {rel} b{}: {} bytes, {:.4} bpe vs estimate {:.4} (gap {:+.3}%), H {:.3}, model {:.4}, A {}, sections {:?}",
-            bits.bits(), r.file_bytes, r.bits_per_element, r.estimate_bits_per_element, 100.0 * r.gap, r.entropy_bits, r.model_bits, r.alphabet, enc.sections
+            bits.bits(),
+            r.file_bytes,
+            r.bits_per_element,
+            r.estimate_bits_per_element,
+            100.0 * r.gap,
+            r.entropy_bits,
+            r.model_bits,
+            r.alphabet,
+            enc.sections
         );
         assert_eq!(r.elements, 262_144);
         assert!(r.entropy_bits > 1.0, "{r:?}");
@@ -366,10 +380,29 @@ fn cli_encode_decode_round_trip() {
     }
     let st = safetensors::serialize([("x", view(&bx[..])), ("j", view(&bj[..]))], None).unwrap();
     std::fs::write(d.path().join("m.safetensors"), st).unwrap();
-    let s = ok_json(d.path(), &[
-        "encode", "--x", "m.safetensors:x", "--jnd", "m.safetensors:j", "--budget", "0.01", "--measured",
-        "--strategy", "permuted", "--seed", "5", "--bits", "16", "--reduce", "rms", "-o", "b.fjq",
-    ]);
+    let s = ok_json(
+        d.path(),
+        &[
+            "encode",
+            "--x",
+            "m.safetensors:x",
+            "--jnd",
+            "m.safetensors:j",
+            "--budget",
+            "0.01",
+            "--measured",
+            "--strategy",
+            "permuted",
+            "--seed",
+            "5",
+            "--bits",
+            "16",
+            "--reduce",
+            "rms",
+            "-o",
+            "b.fjq",
+        ],
+    );
     assert_eq!(s["dtype"], "bf16");
     assert_eq!(s["layout"], "ntc");
     assert_eq!(s["bits"], 16);

@@ -48,7 +48,11 @@ fn estimator_checkpoint_round_trip() {
     est.calibrate(&f).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("e.safetensors");
-    let meta = featjnd_research::model::checkpoint::Meta::new(featjnd_research::estimator::ARCH, serde_json::to_value(&est.config).unwrap(), vec!["s".into()]);
+    let meta = featjnd_research::model::checkpoint::Meta::new(
+        featjnd_research::estimator::ARCH,
+        serde_json::to_value(&est.config).unwrap(),
+        vec!["s".into()],
+    );
     est.save(&meta, &p).unwrap();
     let (back, _) = JndEstimator::load(&p, Device::Cpu).unwrap();
     let d = (&est.forward(&f).unwrap()[0] - &back.forward(&f).unwrap()[0]).abs().max().double_value(&[]);
@@ -88,7 +92,8 @@ fn violated_constraint_raises_lambda_and_shrinks_j() {
         let _ = w.f_mul_scalar_(200.0).unwrap();
     });
     // ε = 0 and a large initial J: every sample violates; λ must rise and J must shrink.
-    let cfg = JndTrain { steps: 25, eps: 0.0, tau: 0.0, init: 3.0, lambda0: 1.0, dual_lr: 50.0, hidden: 8, quiet: true, ..JndTrain::default() };
+    let cfg =
+        JndTrain { steps: 25, eps: 0.0, tau: 0.0, init: 3.0, lambda0: 1.0, dual_lr: 50.0, hidden: 8, quiet: true, ..JndTrain::default() };
     let (_, _, log) = train_estimator(&m, "stage2", &mut batches(), &cfg).unwrap();
     assert!(log.last().unwrap().lambda > log[0].lambda);
     assert!(log.last().unwrap().log_j < log[0].log_j, "log J {} -> {}", log[0].log_j, log.last().unwrap().log_j);

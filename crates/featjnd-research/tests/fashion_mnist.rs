@@ -5,9 +5,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use featjnd_research::data::fashion_mnist::{
-    read_idx, FashionMnist, Split, CLASS_NAMES, DEFAULT_DIR, DIR_ENV,
-};
+use featjnd_research::data::fashion_mnist::{read_idx, FashionMnist, Split, CLASS_NAMES, DEFAULT_DIR, DIR_ENV};
 use featjnd_research::Error;
 
 /// An IDX byte string of u8 with the given dims and payload (the payload is not checked).
@@ -28,9 +26,7 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 /// Three 28×28 images: image k is filled with 100·k, so pixel 0 of image 2 is 200. Labels 9, 0, 3.
 fn fixture() -> (Vec<u8>, Vec<u8>) {
-    let px: Vec<u8> = (0..3u8)
-        .flat_map(|k| std::iter::repeat_n(100 * k, 28 * 28))
-        .collect();
+    let px: Vec<u8> = (0..3u8).flat_map(|k| std::iter::repeat_n(100 * k, 28 * 28)).collect();
     (idx(&[3, 28, 28], &px), idx(&[3], &[9, 0, 3]))
 }
 
@@ -73,14 +69,9 @@ fn loads_plain_and_gzip_fixtures() {
     check_fixture(&FashionMnist::load_from(gz.path(), Split::Train).unwrap());
     // gzip is detected by content, not by the name.
     write(gz.path(), "gz-named-plain", &gzip(&lbl));
-    assert_eq!(
-        read_idx(&gz.path().join("gz-named-plain")).unwrap().data,
-        vec![9, 0, 3]
-    );
+    assert_eq!(read_idx(&gz.path().join("gz-named-plain")).unwrap().data, vec![9, 0, 3]);
 
-    let (x, y) = FashionMnist::load_from(gz.path(), Split::Train)
-        .unwrap()
-        .batch(&[]);
+    let (x, y) = FashionMnist::load_from(gz.path(), Split::Train).unwrap().batch(&[]);
     assert_eq!((x.size(), y.size()), (vec![0, 1, 28, 28], vec![0]));
 }
 
@@ -137,19 +128,13 @@ fn missing_files_name_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let msg = io_msg(FashionMnist::load_from(dir.path(), Split::Test));
     assert!(msg.contains("t10k-images-idx3-ubyte"), "{msg}");
-    assert!(
-        msg.contains("scripts/setup.sh") && msg.contains("dataset-fashion-mnist"),
-        "{msg}"
-    );
+    assert!(msg.contains("scripts/setup.sh") && msg.contains("dataset-fashion-mnist"), "{msg}");
 }
 
 #[test]
 fn real_debian_files() {
     let _rng = common::rng_lock();
-    if !Path::new(DEFAULT_DIR)
-        .join("train-images-idx3-ubyte.gz")
-        .is_file()
-    {
+    if !Path::new(DEFAULT_DIR).join("train-images-idx3-ubyte.gz").is_file() {
         common::skip!("SKIP real_debian_files: {DEFAULT_DIR} absent (run scripts/setup.sh)");
         return;
     }

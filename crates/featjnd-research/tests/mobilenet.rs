@@ -122,13 +122,9 @@ fn pth_storages_are_the_converted_bytes() {
         // Element size 4 (float) or 8 (int64): whichever bytes are in the pool.
         let hit = [4usize, 8].into_iter().find_map(|es| {
             let end = at + n as usize * es;
-            (end <= pbytes.len())
-                .then(|| &pbytes[at..end])
-                .filter(|d| pool.get(&(n, *d)).is_some_and(|&c| c > 0))
+            (end <= pbytes.len()).then(|| &pbytes[at..end]).filter(|d| pool.get(&(n, *d)).is_some_and(|&c| c > 0))
         });
-        let d = hit.unwrap_or_else(|| {
-            panic!("storage at byte {} ({n} elements) matches no converted tensor", at - 8)
-        });
+        let d = hit.unwrap_or_else(|| panic!("storage at byte {} ({n} elements) matches no converted tensor", at - 8));
         *pool.get_mut(&(n, d)).unwrap() -= 1;
         at += d.len();
         matched += 1;
@@ -213,9 +209,8 @@ for name in sys.argv[2:]:
     }
     assert_eq!(seen, names.len());
     // And the numbers look like what they are.
-    let f32s = |name: &str| -> Vec<f32> {
-        st.tensor(name).unwrap().data().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
-    };
+    let f32s =
+        |name: &str| -> Vec<f32> { st.tensor(name).unwrap().data().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect() };
     assert!(f32s("features.13.conv.3.running_var").iter().all(|&v| v > 0.0 && v.is_finite()));
     assert!(f32s("classifier.1.weight").iter().all(|v| v.abs() < 10.0));
 }
@@ -228,10 +223,8 @@ type Entry = (String, Dtype, Vec<usize>, Vec<u8>);
 
 /// Writes `tensors` as a safetensors file.
 fn write_st(path: &Path, tensors: &[Entry]) {
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> =
+        tensors.iter().map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap())).collect();
     safetensors::serialize_to_file(views, None, path).unwrap();
 }
 
@@ -280,9 +273,7 @@ fn strict_loading() {
     assert!(why.contains("missing keys: features.5.conv.1.1.running_var"), "{why}");
     let why = case("extra", &|t| t.push(("features.19.weight".into(), Dtype::F32, vec![2], vec![0; 8])));
     assert!(why.contains("unexpected keys: features.19.weight"), "{why}");
-    let why = case("counter", &|t| {
-        t.push(("features.1.conv.1.num_batches_tracked".into(), Dtype::I64, vec![], vec![0; 8]))
-    });
+    let why = case("counter", &|t| t.push(("features.1.conv.1.num_batches_tracked".into(), Dtype::I64, vec![], vec![0; 8])));
     // features.1.conv.1 is a conv, not a BatchNorm: its counter is unexpected.
     assert!(why.contains("unexpected keys: features.1.conv.1.num_batches_tracked"), "{why}");
     let why = case("shape", &|t| {
@@ -342,10 +333,7 @@ fn split_head_tail_equals_forward() {
     assert!(matches!(m.head(&x, "stage4"), Err(Error::Model(_))));
     let wrong = Tensor::zeros([1, 32, 56, 56], (Kind::Float, Device::Cpu));
     assert!(matches!(m.tail(&[wrong], "stage2"), Err(Error::Shape(_))));
-    assert!(matches!(
-        m.forward(&Tensor::zeros([1, 1, 64, 64], (Kind::Float, Device::Cpu))),
-        Err(Error::Shape(_))
-    ));
+    assert!(matches!(m.forward(&Tensor::zeros([1, 1, 64, 64], (Kind::Float, Device::Cpu))), Err(Error::Shape(_))));
     assert!(matches!(m.forward(&x.to_kind(Kind::Double)), Err(Error::Dtype(_))));
 }
 
@@ -375,9 +363,7 @@ fn predictions() -> Option<&'static Vec<Pred>> {
                 .enumerate()
                 .map(|(i, p)| Pred {
                     name: p.name.clone(),
-                    top5: (0..5)
-                        .map(|k| (idx.int64_value(&[i as i64, k]), vals.double_value(&[i as i64, k]) as f32))
-                        .collect(),
+                    top5: (0..5).map(|k| (idx.int64_value(&[i as i64, k]), vals.double_value(&[i as i64, k]) as f32)).collect(),
                 })
                 .collect(),
         )
@@ -386,23 +372,14 @@ fn predictions() -> Option<&'static Vec<Pred>> {
 }
 
 fn top5(preds: &[Pred], name: &str) -> Vec<i64> {
-    preds
-        .iter()
-        .find(|p| p.name == name)
-        .unwrap_or_else(|| panic!("{name} not loaded"))
-        .top5
-        .iter()
-        .map(|t| t.0)
-        .collect()
+    preds.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("{name} not loaded")).top5.iter().map(|t| t.0).collect()
 }
 
 #[test]
 fn imagenet_predictions_on_skimage_photos() {
     let _rng = common::rng_lock();
     let Some(preds) = predictions() else {
-        println!(
-            "SKIP imagenet_predictions_on_skimage_photos: weights or photos absent (run scripts/setup.sh)"
-        );
+        println!("SKIP imagenet_predictions_on_skimage_photos: weights or photos absent (run scripts/setup.sh)");
         return;
     };
     for p in preds.iter() {
@@ -440,8 +417,7 @@ fn logits_match_the_recorded_fixture() {
         let lines: Vec<String> = preds
             .iter()
             .map(|p| {
-                let top: Vec<serde_json::Value> =
-                    p.top5.iter().map(|&(c, v)| serde_json::json!([c, v])).collect();
+                let top: Vec<serde_json::Value> = p.top5.iter().map(|&(c, v)| serde_json::json!([c, v])).collect();
                 format!("  {:?}: {}", p.name, serde_json::to_string(&top).unwrap())
             })
             .collect();
@@ -457,22 +433,11 @@ fn logits_match_the_recorded_fixture() {
         let want = j[&p.name].as_array().unwrap();
         for (k, (&(c, v), w)) in p.top5.iter().zip(want).enumerate() {
             let (wc, wv) = (w[0].as_i64().unwrap(), w[1].as_f64().unwrap() as f32);
-            assert!(
-                (v - wv).abs() <= 1e-3 * (1.0 + wv.abs()),
-                "{} rank {k}: logit {v} vs recorded {wv}",
-                p.name
-            );
+            assert!((v - wv).abs() <= 1e-3 * (1.0 + wv.abs()), "{} rank {k}: logit {v} vs recorded {wv}", p.name);
             // Near-ties may swap order across libtorch builds; only a clear change of class fails.
             if c != wc {
-                let gap = want
-                    .iter()
-                    .find(|x| x[0].as_i64() == Some(c))
-                    .map(|x| (x[1].as_f64().unwrap() as f32 - v).abs());
-                assert!(
-                    gap.is_some_and(|g| g <= 1e-3 * (1.0 + v.abs())),
-                    "{} rank {k}: class {c} vs recorded {wc}",
-                    p.name
-                );
+                let gap = want.iter().find(|x| x[0].as_i64() == Some(c)).map(|x| (x[1].as_f64().unwrap() as f32 - v).abs());
+                assert!(gap.is_some_and(|g| g <= 1e-3 * (1.0 + v.abs())), "{} rank {k}: class {c} vs recorded {wc}", p.name);
             }
         }
     }
@@ -497,9 +462,8 @@ fn malformed_png_is_an_error() {
     assert!(io(photos::decode_png(b"")).contains("bad PNG"));
     assert!(io(photos::decode_png(b"\x89PNG\r\n\x1a\nthis is not a png")).contains("bad PNG"));
     // A real PNG cut in half, and one with a corrupted data chunk.
-    let good = png_bytes(image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(64, 48, |x, y| {
-        image::Rgb([x as u8, y as u8, (x * y) as u8])
-    })));
+    let good =
+        png_bytes(image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8, y as u8, (x * y) as u8]))));
     assert!(photos::decode_png(&good).is_ok());
     assert!(io(photos::decode_png(&good[..good.len() / 2])).contains("bad PNG"));
     let mut bad = good.clone();
@@ -526,8 +490,7 @@ fn png_colour_types_and_the_eval_transform() {
     let dir = tempfile::tempdir().unwrap();
     let grey = image::GrayImage::from_fn(300, 200, |x, _| image::Luma([if x < 150 { 0 } else { 255 }]));
     let rgba = image::RgbaImage::from_fn(300, 200, |_, _| image::Rgba([255, 0, 51, 7]));
-    let rgb16 =
-        image::ImageBuffer::<image::Rgb<u16>, _>::from_fn(300, 200, |_, _| image::Rgb([65535u16, 0, 13107]));
+    let rgb16 = image::ImageBuffer::<image::Rgb<u16>, _>::from_fn(300, 200, |_, _| image::Rgb([65535u16, 0, 13107]));
     std::fs::write(dir.path().join("grey.png"), png_bytes(grey.into())).unwrap();
     std::fs::write(dir.path().join("rgba.png"), png_bytes(rgba.into())).unwrap();
     std::fs::write(dir.path().join("rgb16.png"), png_bytes(rgb16.into())).unwrap();
@@ -570,16 +533,14 @@ fn png_colour_types_and_the_eval_transform() {
 #[test]
 fn augmentation_is_deterministic_per_seed() {
     let _rng = common::rng_lock();
-    let img =
-        image::Rgb32FImage::from_fn(320, 240, |x, y| image::Rgb([x as f32 / 320.0, y as f32 / 240.0, 0.5]));
+    let img = image::Rgb32FImage::from_fn(320, 240, |x, y| image::Rgb([x as f32 / 320.0, y as f32 / 240.0, 0.5]));
     let aug = Augment::default();
     let a = aug.apply(&img, 7, 0).unwrap();
     assert_eq!(a.size(), [3, 224, 224]);
     assert!(a.equal(&aug.apply(&img, 7, 0).unwrap()));
     let crops: Vec<_> = (0..32).map(|i| aug.sample(320, 240, 7, i).unwrap()).collect();
     assert!(crops.iter().any(|c| c.flip) && crops.iter().any(|c| !c.flip));
-    let distinct: std::collections::HashSet<_> =
-        crops.iter().map(|c| (c.left, c.top, c.width, c.height)).collect();
+    let distinct: std::collections::HashSet<_> = crops.iter().map(|c| (c.left, c.top, c.width, c.height)).collect();
     assert!(distinct.len() > 24);
     assert_ne!(aug.sample(320, 240, 8, 0).unwrap(), aug.sample(320, 240, 7, 0).unwrap());
     for c in &crops {

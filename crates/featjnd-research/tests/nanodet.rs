@@ -201,9 +201,7 @@ fn logit_nodes() -> [String; 3] {
 }
 
 fn tfjs_dir() -> PathBuf {
-    std::env::var_os("FEATJND_TFJS_NODE_MODULES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| paths::repo(".deps/node/node_modules"))
+    std::env::var_os("FEATJND_TFJS_NODE_MODULES").map(PathBuf::from).unwrap_or_else(|| paths::repo(".deps/node/node_modules"))
 }
 
 fn node_or_skip(test: &str) -> bool {
@@ -266,7 +264,12 @@ fn port_matches_tensorflow_js_on_real_photos() {
         .output()
         .expect("run node");
     let node_s = t0.elapsed().as_secs_f64();
-    assert!(out.status.success(), "nanodet_ref.mjs failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "nanodet_ref.mjs failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ref_dir.join("index.json")).unwrap()).unwrap();
     let tfjs_ms: Vec<f64> = index["runs"].as_array().unwrap().iter().map(|r| r["ms"][0].as_f64().unwrap()).collect();
 
@@ -290,7 +293,10 @@ fn port_matches_tensorflow_js_on_real_photos() {
             let (c, r) = (cls.narrow(0, row0, g * g), reg.narrow(0, row0, g * g));
             let score_node = if l == 0 { "Identity".to_string() } else { format!("Identity_{l}") };
             record(format!("scores s{s} [{},80]", g * g), max_abs(&c.sigmoid(), &load_ref(&ref_dir, stem, &score_node).get(0)));
-            record(format!("box logits s{s} [{},44]", g * g), max_abs(&r, &load_ref(&ref_dir, stem, &format!("Identity_{}", l + 3)).get(0)));
+            record(
+                format!("box logits s{s} [{},44]", g * g),
+                max_abs(&r, &load_ref(&ref_dir, stem, &format!("Identity_{}", l + 3)).get(0)),
+            );
             let lg = load_ref(&ref_dir, stem, &logit_nodes()[l]).get(0).reshape([80, g * g]).transpose(0, 1);
             record(format!("class logits s{s} [{},80]", g * g), max_abs(&c, &lg));
             row0 += g * g;
@@ -335,7 +341,7 @@ fn decode_synthetic_points() {
     let mut cls = vec![-20f32; n * 80];
     let mut reg = vec![0f32; n * 44];
     let row = 4 * 8 + 3; // y = 4, x = 3 on the 8×8 stride-8 grid
-    // Bins (left, top, right, bottom); the neighbour one cell to the right predicts the same box.
+                         // Bins (left, top, right, bottom); the neighbour one cell to the right predicts the same box.
     let peaked = |reg: &mut Vec<f32>, r: usize, bins: [usize; 4]| {
         for (side, b) in bins.iter().enumerate() {
             reg[r * 44 + side * 11 + b] = 30.0;
@@ -346,10 +352,7 @@ fn decode_synthetic_points() {
     cls[(row + 1) * 80 + 2] = 2.0;
     peaked(&mut reg, row, [2, 2, 2, 2]);
     peaked(&mut reg, row + 1, [3, 2, 1, 2]);
-    let outs = [
-        Tensor::from_slice(&cls).view([1, n as i64, 80]),
-        Tensor::from_slice(&reg).view([1, n as i64, 44]),
-    ];
+    let outs = [Tensor::from_slice(&cls).view([1, n as i64, 80]), Tensor::from_slice(&reg).view([1, n as i64, 44])];
     let dets = dec::decode(&outs, h, w, &DecodeParams::default()).unwrap();
     assert_eq!(dets.len(), 1);
     let d = &dets[0];
@@ -418,7 +421,13 @@ fn detects_the_voc_boxes_of_labelme_photos() {
             total += 1;
             found += usize::from(best >= 0.5);
             // The best-overlapping same-class detection at any score (down to 0.05).
-            let any = d.iter().filter(|q| q.class == *c).map(|q| (dec::iou(&q.xyxy, b), q.score)).fold((0f32, 0f32), |m, v| if v.0 > m.0 { v } else { m });
+            let any = d.iter().filter(|q| q.class == *c).map(|q| (dec::iou(&q.xyxy, b), q.score)).fold((0f32, 0f32), |m, v| {
+                if v.0 > m.0 {
+                    v
+                } else {
+                    m
+                }
+            });
             line.push_str(&format!(" {} IoU {best:.2} (any score: {:.2} at {:.2});", dec::COCO_NAMES[*c], any.0, any.1));
         }
         let top: Vec<&Det> = d.iter().take(6).collect();

@@ -27,37 +27,20 @@ fn write_png(path: &Path) {
 
 #[test]
 fn voc_fixture_parses_to_xywh() {
-    let ann =
-        parse_voc(&std::fs::read_to_string(Path::new(FIXTURES).join("two_trees.xml")).unwrap())
-            .unwrap();
+    let ann = parse_voc(&std::fs::read_to_string(Path::new(FIXTURES).join("two_trees.xml")).unwrap()).unwrap();
     assert_eq!(ann.file_name, "two_trees.png");
     assert_eq!(ann.size, Some((6, 8)));
     assert_eq!(
         ann.boxes,
-        vec![
-            TreeBox {
-                label: "Tree".into(),
-                bbox: [1.0, 1.0, 3.0, 2.0]
-            },
-            TreeBox {
-                label: "Dead".into(),
-                bbox: [5.0, 2.0, 3.0, 4.0]
-            },
-        ]
+        vec![TreeBox { label: "Tree".into(), bbox: [1.0, 1.0, 3.0, 2.0] }, TreeBox { label: "Dead".into(), bbox: [5.0, 2.0, 3.0, 4.0] },]
     );
 }
 
 #[test]
 fn malformed_voc_is_an_error() {
-    let m = io_msg(parse_voc(
-        &std::fs::read_to_string(Path::new(FIXTURES).join("malformed.xml")).unwrap(),
-    ));
+    let m = io_msg(parse_voc(&std::fs::read_to_string(Path::new(FIXTURES).join("malformed.xml")).unwrap()));
     assert!(m.contains("VOC XML"), "{m}");
-    let obj = |b: &str| {
-        format!(
-            "<annotation><filename>a.png</filename><object><name>T</name>{b}</object></annotation>"
-        )
-    };
+    let obj = |b: &str| format!("<annotation><filename>a.png</filename><object><name>T</name>{b}</object></annotation>");
     for (xml, want) in [
         ("<notvoc/>".to_string(), "not <annotation>"),
         ("<annotation/>".to_string(), "lacks <filename>"),
@@ -77,31 +60,15 @@ fn csv_groups_by_image_and_rejects_bad_lines() {
     let csv = "image_path,xmin,ymin,xmax,ymax,label\na.png,1,2,5,7,Tree\nb.png,0,0,1,1,Dead\n\na.png,2,2,3,3,Tree\n";
     let anns = parse_csv(csv).unwrap();
     assert_eq!(anns.len(), 2);
-    assert_eq!(
-        (
-            anns[0].file_name.as_str(),
-            anns[0].boxes.len(),
-            anns[0].size
-        ),
-        ("a.png", 2, None)
-    );
+    assert_eq!((anns[0].file_name.as_str(), anns[0].boxes.len(), anns[0].size), ("a.png", 2, None));
     assert_eq!(anns[0].boxes[0].bbox, [1.0, 2.0, 4.0, 5.0]);
     assert_eq!(anns[1].boxes[0].label, "Dead");
     for (csv, want) in [
         ("", "empty"),
         ("image_path,xmin,ymin,xmax,label\n", "no `ymax` column"),
-        (
-            "image_path,xmin,ymin,xmax,ymax,label\na.png,1,2,5\n",
-            "line 2 has 4 fields",
-        ),
-        (
-            "image_path,xmin,ymin,xmax,ymax,label\na.png,1,x,5,7,T\n",
-            "not a number",
-        ),
-        (
-            "image_path,xmin,ymin,xmax,ymax,label\na.png,1,7,5,2,T\n",
-            "xmin < xmax",
-        ),
+        ("image_path,xmin,ymin,xmax,ymax,label\na.png,1,2,5\n", "line 2 has 4 fields"),
+        ("image_path,xmin,ymin,xmax,ymax,label\na.png,1,x,5,7,T\n", "not a number"),
+        ("image_path,xmin,ymin,xmax,ymax,label\na.png,1,7,5,2,T\n", "xmin < xmax"),
     ] {
         let m = io_msg(parse_csv(csv));
         assert!(m.contains(want), "{csv:?}: {m}");
@@ -111,11 +78,7 @@ fn csv_groups_by_image_and_rejects_bad_lines() {
 #[test]
 fn voc_image_loads_and_crops_clip_boxes() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        Path::new(FIXTURES).join("two_trees.xml"),
-        dir.path().join("two_trees.xml"),
-    )
-    .unwrap();
+    std::fs::copy(Path::new(FIXTURES).join("two_trees.xml"), dir.path().join("two_trees.xml")).unwrap();
     write_png(&dir.path().join("two_trees.png"));
     let imgs = deepforest::load_dir(dir.path()).unwrap();
     assert_eq!(imgs.len(), 1);
@@ -127,10 +90,7 @@ fn voc_image_loads_and_crops_clip_boxes() {
 
     // Rows start at 0 and 2 (flush with the bottom edge), columns at 0 and 4.
     let crops = t.crops(4, 4).unwrap();
-    let got: Vec<(usize, usize, Vec<[f32; 4]>)> = crops
-        .iter()
-        .map(|c| (c.x, c.y, c.boxes.iter().map(|b| b.bbox).collect()))
-        .collect();
+    let got: Vec<(usize, usize, Vec<[f32; 4]>)> = crops.iter().map(|c| (c.x, c.y, c.boxes.iter().map(|b| b.bbox).collect())).collect();
     assert_eq!(
         got,
         vec![
@@ -145,15 +105,7 @@ fn voc_image_loads_and_crops_clip_boxes() {
     // With 3 px windows, the Tree box keeps 4/6 of its area in (0, 0) but only 2/6 in (3, 0):
     // the latter (and the 1/12 of the Dead box there) is dropped.
     let c = t.crops(3, 3).unwrap();
-    let boxes_at = |x, y| {
-        c.iter()
-            .find(|c| (c.x, c.y) == (x, y))
-            .unwrap()
-            .boxes
-            .iter()
-            .map(|b| b.bbox)
-            .collect::<Vec<_>>()
-    };
+    let boxes_at = |x, y| c.iter().find(|c| (c.x, c.y) == (x, y)).unwrap().boxes.iter().map(|b| b.bbox).collect::<Vec<_>>();
     assert_eq!(boxes_at(0, 0), vec![[1.0, 1.0, 2.0, 2.0]]);
     assert_eq!(boxes_at(3, 0), Vec::<[f32; 4]>::new());
     assert!(matches!(t.crops(7, 1), Err(Error::Arg(_))));
@@ -168,11 +120,7 @@ fn voc_size_mismatch_and_missing_image_are_errors() {
     let m = io_msg(deepforest::load_voc(&dir.path().join("a.xml")));
     assert!(m.contains("two_trees.png"), "{m}");
     write_png(&dir.path().join("two_trees.png"));
-    std::fs::write(
-        dir.path().join("a.xml"),
-        xml.replace("<width>8", "<width>9"),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("a.xml"), xml.replace("<width>8", "<width>9")).unwrap();
     let m = io_msg(deepforest::load_voc(&dir.path().join("a.xml")));
     assert!(m.contains("<size> says (6, 9)"), "{m}");
     std::fs::write(dir.path().join("two_trees.png"), b"not a png").unwrap();
@@ -183,8 +131,7 @@ fn voc_size_mismatch_and_missing_image_are_errors() {
 fn tiff16(path: &Path, w: u32, h: u32, data: &[u16]) {
     let f = std::fs::File::create(path).unwrap();
     let mut enc = tiff::encoder::TiffEncoder::new(f).unwrap();
-    enc.write_image::<tiff::encoder::colortype::Gray16>(w, h, data)
-        .unwrap();
+    enc.write_image::<tiff::encoder::colortype::Gray16>(w, h, data).unwrap();
 }
 
 #[test]
@@ -204,10 +151,7 @@ fn stardist_fixture_two_instances() {
     let n = Nuclei::load(dir.path()).unwrap();
     assert_eq!((n.height, n.width), (4, 6));
     assert_eq!(
-        n.nuclei
-            .iter()
-            .map(|o| (o.label, o.area, o.bbox))
-            .collect::<Vec<_>>(),
+        n.nuclei.iter().map(|o| (o.label, o.area, o.bbox)).collect::<Vec<_>>(),
         vec![(3, 3, [0.0, 0.0, 2.0, 2.0]), (7, 4, [4.0, 2.0, 2.0, 2.0]),]
     );
     assert_eq!(n.nuclei[0].mask[..7], [1, 1, 0, 0, 0, 0, 1]);
@@ -219,14 +163,9 @@ fn stardist_fixture_two_instances() {
 
     let coco = n.to_coco();
     let gt = featjnd_research::coco::parse_gt(&coco.to_string()).unwrap();
-    assert_eq!(
-        (gt.images.len(), gt.annotations.len(), gt.categories.len()),
-        (1, 2, 1)
-    );
+    assert_eq!((gt.images.len(), gt.annotations.len(), gt.categories.len()), (1, 2, 1));
     for (a, o) in gt.annotations.iter().zip(&n.nuclei) {
-        let rle =
-            featjnd_research::coco::decode_segmentation(a.segmentation.as_ref().unwrap(), &gt.images[0])
-                .unwrap();
+        let rle = featjnd_research::coco::decode_segmentation(a.segmentation.as_ref().unwrap(), &gt.images[0]).unwrap();
         assert_eq!(rle.area(), o.area as u64);
         assert_eq!(a.bbox.unwrap().map(|v| v as f32), o.bbox);
     }
@@ -238,59 +177,35 @@ fn stardist_bad_tiffs_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let rgb = dir.path().join("rgb.tif");
     let f = std::fs::File::create(&rgb).unwrap();
-    tiff::encoder::TiffEncoder::new(f)
-        .unwrap()
-        .write_image::<tiff::encoder::colortype::RGB8>(1, 1, &[1, 2, 3])
-        .unwrap();
+    tiff::encoder::TiffEncoder::new(f).unwrap().write_image::<tiff::encoder::colortype::RGB8>(1, 1, &[1, 2, 3]).unwrap();
     assert!(io_msg(read_gray_tiff(&std::fs::read(&rgb).unwrap())).contains("expected grey"));
     // Missing files and mismatched sizes.
     assert!(io_msg(Nuclei::load(dir.path())).contains("img2d.tif"));
     tiff16(&dir.path().join("img2d.tif"), 2, 2, &[0; 4]);
     tiff16(&dir.path().join("mask2d.tif"), 2, 1, &[0; 2]);
     assert!(matches!(Nuclei::load(dir.path()), Err(Error::Shape(_))));
-    assert!(matches!(
-        Nuclei::from_raw(2, 2, &[0; 3], &[0; 4]),
-        Err(Error::Shape(_))
-    ));
+    assert!(matches!(Nuclei::from_raw(2, 2, &[0; 3], &[0; 4]), Err(Error::Shape(_))));
     // A flat image normalises to 0 instead of dividing by zero.
-    assert!(Nuclei::from_raw(1, 2, &[5, 5], &[0, 1])
-        .unwrap()
-        .image
-        .iter()
-        .all(|&v| v == 0.0));
+    assert!(Nuclei::from_raw(1, 2, &[5, 5], &[0, 1]).unwrap().image.iter().all(|&v| v == 0.0));
 }
 
 #[test]
 fn real_deepforest_boxes() {
     let dir = deepforest::default_dir();
     if !dir.join("OSBS_029.xml").exists() {
-        println!(
-            "SKIP real_deepforest_boxes: {} absent (run scripts/setup.sh)",
-            dir.display()
-        );
+        println!("SKIP real_deepforest_boxes: {} absent (run scripts/setup.sh)", dir.display());
         return;
     }
     let imgs = deepforest::load_dir(&dir).unwrap();
     let total: usize = imgs.iter().map(|t| t.boxes.len()).sum();
     for t in &imgs {
         let (h, w) = t.size();
-        println!(
-            "deepforest {}: {h}x{w}, {} boxes",
-            t.file_name,
-            t.boxes.len()
-        );
+        println!("deepforest {}: {h}x{w}, {} boxes", t.file_name, t.boxes.len());
         for b in &t.boxes {
             let [x, y, bw, bh] = b.bbox;
-            assert!(
-                x >= 0.0 && y >= 0.0 && x + bw <= w as f32 && y + bh <= h as f32,
-                "{} {b:?}",
-                t.file_name
-            );
+            assert!(x >= 0.0 && y >= 0.0 && x + bw <= w as f32 && y + bh <= h as f32, "{} {b:?}", t.file_name);
         }
-        let (mn, mx) = (
-            t.image.min().double_value(&[]),
-            t.image.max().double_value(&[]),
-        );
+        let (mn, mx) = (t.image.min().double_value(&[]), t.image.max().double_value(&[]));
         assert!(0.0 <= mn && mn < mx && mx <= 1.0);
     }
     println!("deepforest: {} annotated images, {total} boxes", imgs.len());
@@ -305,10 +220,7 @@ fn real_deepforest_boxes() {
 
     let crops = osbs.crops(200, 100).unwrap();
     let kept: usize = crops.iter().map(|c| c.boxes.len()).sum();
-    println!(
-        "deepforest OSBS_029: {} crops of 200 px at stride 100 hold {kept} boxes",
-        crops.len()
-    );
+    println!("deepforest OSBS_029: {} crops of 200 px at stride 100 hold {kept} boxes", crops.len());
     assert_eq!(crops.len(), 9);
     assert!(kept >= osbs.boxes.len());
 }
@@ -317,10 +229,7 @@ fn real_deepforest_boxes() {
 fn real_stardist_nuclei() {
     let dir = stardist::default_dir();
     if !dir.join("mask2d.tif").exists() {
-        println!(
-            "SKIP real_stardist_nuclei: {} absent (run scripts/setup.sh)",
-            dir.display()
-        );
+        println!("SKIP real_stardist_nuclei: {} absent (run scripts/setup.sh)", dir.display());
         return;
     }
     let n = Nuclei::load(&dir).unwrap();
@@ -338,9 +247,7 @@ fn real_stardist_nuclei() {
     let gt = featjnd_research::coco::parse_gt(&n.to_coco().to_string()).unwrap();
     assert_eq!(gt.annotations.len(), n.nuclei.len());
     for (a, o) in gt.annotations.iter().zip(&n.nuclei) {
-        let rle =
-            featjnd_research::coco::decode_segmentation(a.segmentation.as_ref().unwrap(), &gt.images[0])
-                .unwrap();
+        let rle = featjnd_research::coco::decode_segmentation(a.segmentation.as_ref().unwrap(), &gt.images[0]).unwrap();
         assert_eq!(rle.area(), o.area as u64);
     }
 }

@@ -127,9 +127,7 @@ fn single_tensor_pair_matches_rust_and_full() {
     assert!(fg.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
 
     // load_paths picks up the same files.
-    let pair2 =
-        TorchScriptPair::load_paths(dir.path().join("head.pt"), dir.path().join("tail.pt"), Device::Cpu)
-            .unwrap();
+    let pair2 = TorchScriptPair::load_paths(dir.path().join("head.pt"), dir.path().join("tail.pt"), Device::Cpu).unwrap();
     assert!(max_diff(&pair2.forward(&x).unwrap()[0], &y_full) < 1e-5);
     eprintln!("single-tensor pair: {:.2?}", t0.elapsed());
 }
@@ -146,12 +144,7 @@ fn sidecar_names_split_and_checks_count() {
         task: TaskKind::DetectionSegmentation,
         num_features: Some(1),
         feature_names: Some(vec!["block2".into()]),
-        input: InputSpec {
-            range: Some([0.0, 1.0]),
-            normalized_inside: true,
-            mean: Some(vec![MEAN; 3]),
-            std: Some(vec![STD; 3]),
-        },
+        input: InputSpec { range: Some([0.0, 1.0]), normalized_inside: true, mean: Some(vec![MEAN; 3]), std: Some(vec![STD; 3]) },
         ..SplitSpec::default()
     };
     spec.write(&dir.path().join(SIDECAR)).unwrap();
@@ -330,11 +323,7 @@ fn two_tensor_head_tuple_list_dict() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         script_module(&dir.path().join("head.pt"), &module_code(ret, &format!("{TWO_LEVELS}{body}")));
-        trace(
-            &[a.shallow_clone(), b.shallow_clone()],
-            |i| vec![tail.forward(&i[0], &i[1])],
-            &dir.path().join("tail.pt"),
-        );
+        trace(&[a.shallow_clone(), b.shallow_clone()], |i| vec![tail.forward(&i[0], &i[1])], &dir.path().join("tail.pt"));
 
         let pair = TorchScriptPair::load_dir(dir.path(), Device::Cpu).unwrap();
         let x = image(3, 6);
@@ -353,9 +342,7 @@ fn two_tensor_head_tuple_list_dict() {
         // Without a sidecar TorchScript itself rejects a wrong count; still an Error::Model.
         let e = model_err(pair.tail(&f[..1], "split"));
         assert!(e.contains("with 1 feature tensor(s)"), "{e}");
-        let e = model_err(
-            pair.tail(&[f[0].shallow_clone(), f[1].shallow_clone(), f[1].shallow_clone()], "split"),
-        );
+        let e = model_err(pair.tail(&[f[0].shallow_clone(), f[1].shallow_clone(), f[1].shallow_clone()], "split"));
         assert!(e.contains("with 3 feature tensor(s)"), "{e}");
 
         // With a sidecar the count is checked before TorchScript runs, and dict keys against names.
@@ -369,8 +356,7 @@ fn two_tensor_head_tuple_list_dict() {
         let e = model_err(pair.tail(&f[..1], "split"));
         assert!(e.contains("takes 2 feature tensor(s), got 1"), "{e}");
         if names.is_some() {
-            std::fs::write(dir.path().join(SIDECAR), r#"{"num_features": 2, "feature_names": ["p2", "p3"]}"#)
-                .unwrap();
+            std::fs::write(dir.path().join(SIDECAR), r#"{"num_features": 2, "feature_names": ["p2", "p3"]}"#).unwrap();
             let pair = TorchScriptPair::load_dir(dir.path(), Device::Cpu).unwrap();
             let e = model_err(pair.head(&x, "split"));
             assert!(e.contains("keys [\"p3\", \"p2\"]"), "{e}");
@@ -386,10 +372,7 @@ fn scripted_outputs_tuple_tail_and_non_tensors() {
     let x = image(2, 2);
     let (a, b) = two_levels(&x);
     // A tail returning a tuple of two tensors (e.g. boxes and masks).
-    script_module(
-        &dir.path().join("head.pt"),
-        &module_code("Tuple[Tensor, Tensor]", &format!("{TWO_LEVELS}    return (a, b)\n")),
-    );
+    script_module(&dir.path().join("head.pt"), &module_code("Tuple[Tensor, Tensor]", &format!("{TWO_LEVELS}    return (a, b)\n")));
     let tail_code = "class M(Module):\n  __parameters__ = []\n  __buffers__ = []\n  def forward(self: __torch__.M,\n    a: Tensor,\n    b: Tensor) -> Tuple[Tensor, Tensor]:\n    return (torch.mul(a, 2.0), torch.neg(b))\n";
     script_module(&dir.path().join("tail.pt"), tail_code);
     let pair = TorchScriptPair::load_dir(dir.path(), Device::Cpu).unwrap();
@@ -401,11 +384,7 @@ fn scripted_outputs_tuple_tail_and_non_tensors() {
     for (ret, body, needle) in [
         ("int", "    return 3\n", "head output is Int"),
         ("Tuple[Tensor, int]", "    return (x, 3)\n", "element 1 of the Tuple is Int"),
-        (
-            "Tuple[Tensor, Tuple[Tensor, Tensor]]",
-            "    return (x, (x, x))\n",
-            "element 1 of the Tuple is Tuple",
-        ),
+        ("Tuple[Tensor, Tuple[Tensor, Tensor]]", "    return (x, (x, x))\n", "element 1 of the Tuple is Tuple"),
         ("Dict[str, int]", "    return {\"a\": 1}\n", "key \"a\" is Int"),
         ("List[Tensor]", "    return annotate(List[Tensor], [])\n", "holds no tensors"),
     ] {
@@ -420,10 +399,7 @@ fn scripted_outputs_tuple_tail_and_non_tensors() {
     let e = model_err(pair.forward(&x));
     assert!(e.contains("tail output is String"), "{e}");
     // A head that raises inside TorchScript.
-    script_module(
-        &dir.path().join("head.pt"),
-        &module_code("Tensor", "    return torch.matmul(x, torch.ones([7, 7]))\n"),
-    );
+    script_module(&dir.path().join("head.pt"), &module_code("Tensor", "    return torch.matmul(x, torch.ones([7, 7]))\n"));
     let pair = TorchScriptPair::load_dir(dir.path(), Device::Cpu).unwrap();
     let e = model_err(pair.head(&x, "split"));
     assert!(e.contains("head forward"), "{e}");
@@ -482,11 +458,7 @@ fn load_errors() {
     std::fs::write(dir.path().join(SIDECAR), r#"{"head": "h.ts"}"#).unwrap();
     TorchScriptPair::load_dir(dir.path(), Device::Cpu).unwrap();
     // load_paths with a missing file.
-    let e = model_err(TorchScriptPair::load_paths(
-        dir.path().join("head.pt"),
-        dir.path().join("tail.pt"),
-        Device::Cpu,
-    ));
+    let e = model_err(TorchScriptPair::load_paths(dir.path().join("head.pt"), dir.path().join("tail.pt"), Device::Cpu));
     assert!(e.contains("file not found"), "{e}");
 }
 
@@ -497,18 +469,9 @@ fn ivalue_conversion() {
     let vals = |ts: Vec<Tensor>| ts.iter().map(|t| t.double_value(&[0])).collect::<Vec<_>>();
 
     assert_eq!(vals(ivalue_to_tensors(IValue::Tensor(t(1.0)), "x").unwrap()), [1.0]);
-    assert_eq!(
-        vals(
-            ivalue_to_tensors(IValue::Tuple(vec![IValue::Tensor(t(1.0)), IValue::Tensor(t(2.0))]), "x")
-                .unwrap()
-        ),
-        [1.0, 2.0]
-    );
+    assert_eq!(vals(ivalue_to_tensors(IValue::Tuple(vec![IValue::Tensor(t(1.0)), IValue::Tensor(t(2.0))]), "x").unwrap()), [1.0, 2.0]);
     assert_eq!(vals(ivalue_to_tensors(IValue::TensorList(vec![t(3.0), t(4.0)]), "x").unwrap()), [3.0, 4.0]);
-    assert_eq!(
-        vals(ivalue_to_tensors(IValue::GenericList(vec![IValue::Tensor(t(5.0))]), "x").unwrap()),
-        [5.0]
-    );
+    assert_eq!(vals(ivalue_to_tensors(IValue::GenericList(vec![IValue::Tensor(t(5.0))]), "x").unwrap()), [5.0]);
     // A dict keeps its order (torchvision FPN: "0", "1", "2", "3", "pool"), not sorted by key.
     let d = IValue::GenericDict(vec![
         (IValue::String("z".into()), IValue::Tensor(t(1.0))),
@@ -520,10 +483,7 @@ fn ivalue_conversion() {
     for (v, needle) in [
         (IValue::Int(3), "is Int"),
         (IValue::None, "is None"),
-        (
-            IValue::Tuple(vec![IValue::Tensor(t(1.0)), IValue::Double(2.0)]),
-            "element 1 of the Tuple is Double",
-        ),
+        (IValue::Tuple(vec![IValue::Tensor(t(1.0)), IValue::Double(2.0)]), "element 1 of the Tuple is Double"),
         (IValue::Tuple(vec![IValue::Tuple(vec![IValue::Tensor(t(1.0))])]), "element 0 of the Tuple is Tuple"),
         (IValue::GenericDict(vec![(IValue::String("k".into()), IValue::Int(1))]), "key \"k\" is Int"),
         (IValue::TensorList(vec![]), "holds no tensors"),

@@ -142,7 +142,6 @@ pub struct NoiseArgs {
     dev: DeviceOpt,
 }
 
-
 #[derive(Args)]
 pub struct DemoArgs {
     #[arg(long)]
@@ -171,7 +170,9 @@ fn device(d: DeviceArg) -> Result<Device> {
     let torch_cuda = crate::cuda::load_torch_cuda();
     crate::cuda::available()?;
     if !torch_cuda || !tch::Cuda::is_available() {
-        return Err(Error::CudaUnavailable("libtorch cannot use CUDA here (libtorch_cuda.so missing or not loadable); use --device cpu".into()));
+        return Err(Error::CudaUnavailable(
+            "libtorch cannot use CUDA here (libtorch_cuda.so missing or not loadable); use --device cpu".into(),
+        ));
     }
     Ok(Device::Cuda(0))
 }
@@ -285,7 +286,16 @@ struct QuantRun {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn quantize_run(x: &Tensor, jt: &Tensor, layout: Layout, patch: usize, budget: f64, strategy: Strategy, bits: Bits, measured: bool) -> Result<QuantRun> {
+fn quantize_run(
+    x: &Tensor,
+    jt: &Tensor,
+    layout: Layout,
+    patch: usize,
+    budget: f64,
+    strategy: Strategy,
+    bits: Bits,
+    measured: bool,
+) -> Result<QuantRun> {
     let grid = ops::grid_of(x, layout, patch)?;
     let (steps, m) = if measured {
         let (s, m) = ops::allocate_steps_measured(x, layout, patch, jt, budget, strategy, bits)?;
@@ -429,8 +439,12 @@ fn demo(a: DemoArgs) -> Result<()> {
                     let s = &r.summary;
                     println!(
                         "{:<10} {:<9} {:>12.4e} {:>12.4e} {:>10.3} {:>8}",
-                        strategy_name(strategy), mode, s["nominal_mse"].as_f64().unwrap_or(f64::NAN),
-                        r.q.mse, s["bits_per_element"].as_f64().unwrap_or(f64::NAN), r.q.clamped
+                        strategy_name(strategy),
+                        mode,
+                        s["nominal_mse"].as_f64().unwrap_or(f64::NAN),
+                        r.q.mse,
+                        s["bits_per_element"].as_f64().unwrap_or(f64::NAN),
+                        r.q.clamped
                     );
                     let mut s = r.summary;
                     if let Some(o) = s.as_object_mut() {
@@ -456,7 +470,8 @@ fn demo(a: DemoArgs) -> Result<()> {
     for (name, jm) in [("J-shaped", Some(&j)), ("J = 1", None)] {
         let file = if jm.is_some() { "perturbed_jnd.npy" } else { "perturbed_plain.npy" };
         let s = perturb_run(&x, jm, r, Noise::default(), &a.out.join(file))?;
-        let m: Vec<String> = s["measured_nrmse"].as_array().into_iter().flatten().map(|v| format!("{:.6}", v.as_f64().unwrap_or(f64::NAN))).collect();
+        let m: Vec<String> =
+            s["measured_nrmse"].as_array().into_iter().flatten().map(|v| format!("{:.6}", v.as_f64().unwrap_or(f64::NAN))).collect();
         println!("{name:<10} {}", m.join("  "));
         perturbs.push(s);
     }

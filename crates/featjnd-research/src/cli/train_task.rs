@@ -1,8 +1,8 @@
 //! `featjnd train-task --task <name>`: trains a bundled task model and writes its checkpoint.
 
 use crate::model::checkpoint;
-use crate::model::resnet::ResNetConfig;
 use crate::model::detector::DetConfig;
+use crate::model::resnet::ResNetConfig;
 use crate::train::classify::{train_fmnist, FmnistTrain};
 use crate::train::detect::{train_shapes, DetTrain};
 use crate::Result;

@@ -160,8 +160,18 @@ impl Stats {
     /// In `COCOeval.stats` order.
     pub fn to_array(&self) -> [f64; 12] {
         [
-            self.ap, self.ap50, self.ap75, self.ap_small, self.ap_medium, self.ap_large,
-            self.ar1, self.ar10, self.ar100, self.ar_small, self.ar_medium, self.ar_large,
+            self.ap,
+            self.ap50,
+            self.ap75,
+            self.ap_small,
+            self.ap_medium,
+            self.ap_large,
+            self.ar1,
+            self.ar10,
+            self.ar100,
+            self.ar_small,
+            self.ar_medium,
+            self.ar_large,
         ]
     }
 
@@ -221,10 +231,18 @@ const fn row(ap: bool, iou: Option<usize>, area: usize, max_dets: usize) -> Row 
 
 /// `_summarizeDets`: thresholds 0 and 5 are IoU .50 and .75.
 const SUMMARY: [Row; 12] = [
-    row(true, None, 0, 2), row(true, Some(0), 0, 2), row(true, Some(5), 0, 2),
-    row(true, None, 1, 2), row(true, None, 2, 2), row(true, None, 3, 2),
-    row(false, None, 0, 0), row(false, None, 0, 1), row(false, None, 0, 2),
-    row(false, None, 1, 2), row(false, None, 2, 2), row(false, None, 3, 2),
+    row(true, None, 0, 2),
+    row(true, Some(0), 0, 2),
+    row(true, Some(5), 0, 2),
+    row(true, None, 1, 2),
+    row(true, None, 2, 2),
+    row(true, None, 3, 2),
+    row(false, None, 0, 0),
+    row(false, None, 0, 1),
+    row(false, None, 0, 2),
+    row(false, None, 1, 2),
+    row(false, None, 2, 2),
+    row(false, None, 3, 2),
 ];
 
 // ---------- loading and checks ----------

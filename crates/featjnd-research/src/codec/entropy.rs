@@ -93,11 +93,7 @@ impl Table {
         let mut sum = 0u64;
         for i in 0..entries {
             let v = get_varint(bytes, &mut pos)?;
-            let s = if i == 0 {
-                unzigzag(v) as i64
-            } else {
-                symbols[i - 1] as i64 + v as i64 + 1
-            };
+            let s = if i == 0 { unzigzag(v) as i64 } else { symbols[i - 1] as i64 + v as i64 + 1 };
             if s < -(qmax as i64) || s > qmax as i64 {
                 return Err(err(format!("frequency table: symbol {s} outside -{qmax}..={qmax}")));
             }
@@ -168,8 +164,7 @@ pub fn encode(table: &Table, n: usize, index: impl Fn(usize) -> usize) -> Result
     let model = table.model()?;
     let mut ans = DefaultAnsCoder::new();
     // ANS is a stack: encoding in reverse order decodes in forward order.
-    ans.encode_iid_symbols_reverse((0..n).map(index), model.as_view())
-        .map_err(|e| Error::Arg(format!("entropy coder: {e:?}")))?;
+    ans.encode_iid_symbols_reverse((0..n).map(index), model.as_view()).map_err(|e| Error::Arg(format!("entropy coder: {e:?}")))?;
     let words = ans.into_compressed().map_err(|e| Error::Arg(format!("entropy coder: {e:?}")))?;
     Ok(words.iter().flat_map(|w| w.to_le_bytes()).collect())
 }

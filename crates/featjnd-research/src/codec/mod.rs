@@ -19,7 +19,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::element::{with_elem, Dtype, Element};
 use crate::error::{Error, Result};
-use crate::geom::{Bits, Layout, FeatureShape, TokenGrid};
+use crate::geom::{Bits, FeatureShape, Layout, TokenGrid};
 use crate::ops::{self, QuantizeOptions};
 use crate::rate;
 
@@ -289,7 +289,11 @@ pub fn encode(x: &Tensor, steps: &Tensor, layout: Layout, patch: usize, bits: Bi
     let dtype = ops::check_tensor(&x, "x")?;
     let grid = ops::grid_of(&x, layout, patch)?;
     if steps.numel() != grid.tokens() || steps.dim() != 1 {
-        return Err(Error::Shape(format!("steps must be a 1-D tensor of {} values (one per token), got {:?}", grid.tokens(), steps.size())));
+        return Err(Error::Shape(format!(
+            "steps must be a 1-D tensor of {} values (one per token), got {:?}",
+            grid.tokens(),
+            steps.size()
+        )));
     }
     let st = steps.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?.f_contiguous()?;
     let (e, step_bits, rounded) = round_steps(&Vec::<f32>::try_from(&st.f_flatten(0, -1)?)?)?;
@@ -340,7 +344,8 @@ pub fn encode(x: &Tensor, steps: &Tensor, layout: Layout, patch: usize, bits: Bi
     let crc = crc32fast::hash(&b);
     b.extend_from_slice(&crc.to_le_bytes());
 
-    let sections = Sections { header: FIXED_HEADER + 8 * nd, table: table_bytes.len(), steps: 2 * grid.tokens(), payload: 8 + payload.len(), crc: 4 };
+    let sections =
+        Sections { header: FIXED_HEADER + 8 * nd, table: table_bytes.len(), steps: 2 * grid.tokens(), payload: 8 + payload.len(), crc: 4 };
     debug_assert_eq!(sections.total(), b.len());
     let counts: Vec<u64> = pairs.iter().map(|p| p.1).collect();
     let rate = RateReport::new(b.len(), &grid, &table, &counts);
@@ -461,11 +466,7 @@ fn locate(body: &[u8]) -> Located<Raw<'_>> {
 /// are, that it looks truncated.
 fn open(bytes: &[u8]) -> Result<Raw<'_>> {
     if bytes.len() < 4 || bytes[..4] != MAGIC {
-        return Err(err(format!(
-            "not an .fjq file (bad magic {:02x?}, expected {:02x?})",
-            &bytes[..bytes.len().min(4)],
-            MAGIC
-        )));
+        return Err(err(format!("not an .fjq file (bad magic {:02x?}, expected {:02x?})", &bytes[..bytes.len().min(4)], MAGIC)));
     }
     if bytes.len() < 6 {
         return Err(err(format!("truncated: {} bytes, the smallest .fjq file has {MIN_FILE}", bytes.len())));
@@ -486,7 +487,9 @@ fn open(bytes: &[u8]) -> Result<Raw<'_>> {
             Err(LocateError { short: true, msg }) => format!("; the file looks truncated: {msg}"),
             _ => String::new(),
         };
-        return Err(err(format!("checksum mismatch (stored {stored:08x}, computed {computed:08x}): the file is corrupted or truncated{hint}")));
+        return Err(err(format!(
+            "checksum mismatch (stored {stored:08x}, computed {computed:08x}): the file is corrupted or truncated{hint}"
+        )));
     }
     // The checksum holds, so a structure that does not fit is a file written wrong, not damaged.
     locate(body).map_err(|e| err(format!("inconsistent header: {}", e.msg)))
@@ -508,7 +511,10 @@ fn validate(raw: &Raw) -> Result<(Dtype, Layout, Bits, TokenGrid, i32)> {
     };
     let mut numel = 1u64;
     for &d in &raw.dims {
-        numel = numel.checked_mul(d).filter(|&n| n <= i64::MAX as u64).ok_or_else(|| err(format!("header: dimensions {:?} overflow", raw.dims)))?;
+        numel = numel
+            .checked_mul(d)
+            .filter(|&n| n <= i64::MAX as u64)
+            .ok_or_else(|| err(format!("header: dimensions {:?} overflow", raw.dims)))?;
     }
     if numel != raw.elements {
         return Err(err(format!("header: dimensions {:?} hold {numel} elements, the header says {}", raw.dims, raw.elements)));
@@ -516,7 +522,12 @@ fn validate(raw: &Raw) -> Result<(Dtype, Layout, Bits, TokenGrid, i32)> {
     let sizes: Vec<i64> = raw.dims.iter().map(|&d| d as i64).collect();
     let grid = TokenGrid::new(FeatureShape::from_sizes(layout, &sizes)?, raw.patch as usize).map_err(|e| err(format!("header: {e}")))?;
     if grid.tokens() as u64 != raw.tokens {
-        return Err(err(format!("header: shape {sizes:?} with patch {} has {} tokens, the header says {}", raw.patch, grid.tokens(), raw.tokens)));
+        return Err(err(format!(
+            "header: shape {sizes:?} with patch {} has {} tokens, the header says {}",
+            raw.patch,
+            grid.tokens(),
+            raw.tokens
+        )));
     }
     let e = raw.step_exp as i32;
     if !(-200..=200).contains(&e) {

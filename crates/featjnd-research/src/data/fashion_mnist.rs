@@ -13,18 +13,8 @@ pub const DEFAULT_DIR: &str = "/usr/share/datasets/fashion-mnist";
 /// Overrides [`DEFAULT_DIR`] for [`FashionMnist::load`].
 pub const DIR_ENV: &str = "FEATJND_FASHION_MNIST_DIR";
 
-pub const CLASS_NAMES: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
+pub const CLASS_NAMES: [&str; 10] =
+    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Split {
@@ -54,41 +44,25 @@ pub struct Idx {
 pub fn parse_idx(bytes: &[u8]) -> Result<Idx> {
     let bad = |why: String| Error::Io(format!("bad IDX data: {why}"));
     if bytes.len() < 4 {
-        return Err(bad(format!(
-            "{} bytes, shorter than the 4-byte magic",
-            bytes.len()
-        )));
+        return Err(bad(format!("{} bytes, shorter than the 4-byte magic", bytes.len())));
     }
     if bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 {
         let magic = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-        return Err(bad(format!(
-            "magic {magic:#010x} is not an unsigned-byte IDX (0x000008NN)"
-        )));
+        return Err(bad(format!("magic {magic:#010x} is not an unsigned-byte IDX (0x000008NN)")));
     }
     let ndims = bytes[3] as usize;
     let header = 4 + 4 * ndims;
     if bytes.len() < header {
-        return Err(bad(format!(
-            "truncated header: {ndims} dims need {header} bytes, got {}",
-            bytes.len()
-        )));
+        return Err(bad(format!("truncated header: {ndims} dims need {header} bytes, got {}", bytes.len())));
     }
-    let dims: Vec<usize> = bytes[4..header]
-        .chunks_exact(4)
-        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
-        .collect();
+    let dims: Vec<usize> = bytes[4..header].chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
     // checked: a corrupt header must not overflow into a plausible length.
     let len = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     let payload = bytes.len() - header;
     if len != Some(payload) {
-        return Err(bad(format!(
-            "dims {dims:?} need {len:?} bytes of data, file has {payload}"
-        )));
+        return Err(bad(format!("dims {dims:?} need {len:?} bytes of data, file has {payload}")));
     }
-    Ok(Idx {
-        dims,
-        data: bytes[header..].to_vec(),
-    })
+    Ok(Idx { dims, data: bytes[header..].to_vec() })
 }
 
 /// Reads and parses an IDX file, gunzipping it if it starts with the gzip magic `1f 8b`.
@@ -97,9 +71,7 @@ pub fn read_idx(path: &Path) -> Result<Idx> {
     let raw = std::fs::read(path).map_err(|e| ctx(e.to_string()))?;
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| ctx(format!("gzip: {e}")))?;
+        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(|e| ctx(format!("gzip: {e}")))?;
         out
     } else {
         raw
@@ -120,9 +92,7 @@ pub struct FashionMnist {
 impl FashionMnist {
     /// Loads from `$FEATJND_FASHION_MNIST_DIR`, else [`DEFAULT_DIR`].
     pub fn load(split: Split) -> Result<Self> {
-        let dir = std::env::var_os(DIR_ENV)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| DEFAULT_DIR.into());
+        let dir = std::env::var_os(DIR_ENV).map(PathBuf::from).unwrap_or_else(|| DEFAULT_DIR.into());
         Self::load_from(&dir, split)
     }
 
@@ -139,10 +109,7 @@ impl FashionMnist {
     pub fn from_idx(images: Idx, labels: Idx) -> Result<Self> {
         let err = |why: String| Err(Error::Io(format!("Fashion-MNIST: {why}")));
         let &[n, rows, cols] = images.dims.as_slice() else {
-            return err(format!(
-                "images must have 3 dims (N×rows×cols), got {:?}",
-                images.dims
-            ));
+            return err(format!("images must have 3 dims (N×rows×cols), got {:?}", images.dims));
         };
         let &[n_labels] = labels.dims.as_slice() else {
             return err(format!("labels must have 1 dim, got {:?}", labels.dims));
@@ -150,23 +117,10 @@ impl FashionMnist {
         if n != n_labels {
             return err(format!("{n} images but {n_labels} labels"));
         }
-        if let Some(i) = labels
-            .data
-            .iter()
-            .position(|&l| l as usize >= CLASS_NAMES.len())
-        {
-            return err(format!(
-                "label[{i}] = {} is not a class in 0..10",
-                labels.data[i]
-            ));
+        if let Some(i) = labels.data.iter().position(|&l| l as usize >= CLASS_NAMES.len()) {
+            return err(format!("label[{i}] = {} is not a class in 0..10", labels.data[i]));
         }
-        Ok(Self {
-            images: images.data,
-            labels: labels.data,
-            n,
-            rows,
-            cols,
-        })
+        Ok(Self { images: images.data, labels: labels.data, n, rows, cols })
     }
 
     /// Image `i` as `rows × cols` bytes. Panics if `i >= n`, like slice indexing.
@@ -187,10 +141,7 @@ impl FashionMnist {
             y.push(self.labels[i] as i64);
         }
         let shape = [indices.len() as i64, 1, self.rows as i64, self.cols as i64];
-        (
-            tch::Tensor::from_slice(&x).reshape(shape),
-            tch::Tensor::from_slice(&y),
-        )
+        (tch::Tensor::from_slice(&x).reshape(shape), tch::Tensor::from_slice(&y))
     }
 }
 
@@ -223,10 +174,7 @@ mod tests {
         assert_eq!(idx.dims, vec![2, 3]);
         assert_eq!(idx.data, (0..6).collect::<Vec<u8>>());
         // huge dims overflow usize: an error, not a panic or a bogus length.
-        let b = [
-            0, 0, 8, 4, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
-            255,
-        ];
+        let b = [0, 0, 8, 4, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255];
         assert!(parse_idx(&b).is_err());
     }
 }

@@ -36,9 +36,7 @@ pub const MIN_SIDE: u32 = 128;
 
 /// `$FEATJND_SKIMAGE_DIR`, else `.deps/data/skimage` in this crate.
 pub fn default_dir() -> PathBuf {
-    std::env::var_os(DIR_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::paths::repo(".deps/data/skimage"))
+    std::env::var_os(DIR_ENV).map(PathBuf::from).unwrap_or_else(|| crate::paths::repo(".deps/data/skimage"))
 }
 
 /// One decoded photo at its original size.
@@ -65,8 +63,7 @@ impl Photo {
 
 /// Decodes a PNG (grey, grey+alpha, RGB or RGBA; 8 or 16 bit) to RGB f32 in `[0, 1]`.
 pub fn decode_png(bytes: &[u8]) -> Result<Rgb32FImage> {
-    let img = image::load_from_memory_with_format(bytes, ImageFormat::Png)
-        .map_err(|e| Error::Io(format!("bad PNG: {e}")))?;
+    let img = image::load_from_memory_with_format(bytes, ImageFormat::Png).map_err(|e| Error::Io(format!("bad PNG: {e}")))?;
     if img.width() == 0 || img.height() == 0 {
         return Err(Error::Io("bad PNG: empty image".into()));
     }
@@ -95,9 +92,8 @@ pub struct PhotoSet {
 /// it), not a skip; images with a shorter side below [`MIN_SIDE`] are skipped and listed. A
 /// missing directory says to run `scripts/setup.sh`.
 pub fn load_dir(dir: &Path) -> Result<PhotoSet> {
-    let rd = std::fs::read_dir(dir).map_err(|e| {
-        Error::Io(format!("photo directory {}: {e} (run scripts/setup.sh, or set ${DIR_ENV})", dir.display()))
-    })?;
+    let rd = std::fs::read_dir(dir)
+        .map_err(|e| Error::Io(format!("photo directory {}: {e} (run scripts/setup.sh, or set ${DIR_ENV})", dir.display())))?;
     let mut paths = Vec::new();
     for entry in rd {
         let p = entry.map_err(|e| Error::Io(format!("{}: {e}", dir.display())))?.path();
@@ -140,8 +136,7 @@ pub fn resize(img: &Rgb32FImage, width: u32, height: u32) -> Rgb32FImage {
 /// `floor(short · long / shorter)`.
 pub fn resize_shorter(img: &Rgb32FImage, short: u32) -> Rgb32FImage {
     let (w, h) = (img.width() as u64, img.height() as u64);
-    let (nw, nh) =
-        if w <= h { (short as u64, short as u64 * h / w) } else { (short as u64 * w / h, short as u64) };
+    let (nw, nh) = if w <= h { (short as u64, short as u64 * h / w) } else { (short as u64 * w / h, short as u64) };
     resize(img, nw as u32, nh as u32)
 }
 
@@ -247,7 +242,9 @@ impl Augment {
         if ok {
             Ok(())
         } else {
-            Err(Error::Arg(format!("bad augmentation {self:?}: need 0 < scale.0 <= scale.1 <= 1, 0 < ratio.0 <= ratio.1, flip_p in [0, 1], size > 0")))
+            Err(Error::Arg(format!(
+                "bad augmentation {self:?}: need 0 < scale.0 <= scale.1 <= 1, 0 < ratio.0 <= ratio.1, flip_p in [0, 1], size > 0"
+            )))
         }
     }
 

@@ -106,9 +106,17 @@ impl Default for SceneConfig {
 pub enum Texture {
     Solid,
     /// Bands of `color` and `color2`, `period` pixels per pair, across direction `angle`.
-    Stripes { angle: f32, period: f32, color2: [f32; 3] },
+    Stripes {
+        angle: f32,
+        period: f32,
+        color2: [f32; 3],
+    },
     /// Squares of `period / 2` pixels, rotated by `angle`.
-    Checker { angle: f32, period: f32, color2: [f32; 3] },
+    Checker {
+        angle: f32,
+        period: f32,
+        color2: [f32; 3],
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]

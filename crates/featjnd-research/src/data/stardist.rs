@@ -18,9 +18,7 @@ pub const HIGH_PERCENTILE: f64 = 99.8;
 
 /// `$FEATJND_STARDIST_DIR`, else `.deps/data/stardist` in this crate.
 pub fn default_dir() -> PathBuf {
-    std::env::var_os(DIR_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::paths::repo(".deps/data/stardist"))
+    std::env::var_os(DIR_ENV).map(PathBuf::from).unwrap_or_else(|| crate::paths::repo(".deps/data/stardist"))
 }
 
 /// Decodes a single-channel 8/16/32-bit unsigned TIFF into `(H, W, row-major values)`.
@@ -80,37 +78,19 @@ impl Nuclei {
     pub fn from_raw(height: usize, width: usize, raw: &[u32], labels: &[u32]) -> Result<Nuclei> {
         let n = height * width;
         if n == 0 || raw.len() != n || labels.len() != n {
-            return Err(Error::Shape(format!(
-                "{height}x{width} needs {n} pixels, got image {} / labels {}",
-                raw.len(),
-                labels.len()
-            )));
+            return Err(Error::Shape(format!("{height}x{width} needs {n} pixels, got image {} / labels {}", raw.len(), labels.len())));
         }
         let mut sorted = raw.to_vec();
         sorted.sort_unstable();
-        let (lo, hi) = (
-            percentile(&sorted, LOW_PERCENTILE),
-            percentile(&sorted, HIGH_PERCENTILE),
-        );
+        let (lo, hi) = (percentile(&sorted, LOW_PERCENTILE), percentile(&sorted, HIGH_PERCENTILE));
         // A flat image has no contrast to stretch: map it to 0 rather than divide by 0.
         let scale = if hi > lo { 1.0 / (hi - lo) } else { 0.0 };
-        let image = raw
-            .iter()
-            .map(|&v| ((v as f64 - lo) * scale).clamp(0.0, 1.0) as f32)
-            .collect();
+        let image = raw.iter().map(|&v| ((v as f64 - lo) * scale).clamp(0.0, 1.0) as f32).collect();
 
         let mut ids: Vec<u32> = labels.iter().copied().filter(|&l| l != 0).collect();
         ids.sort_unstable();
         ids.dedup();
-        let mut nuclei: Vec<Nucleus> = ids
-            .iter()
-            .map(|&label| Nucleus {
-                label,
-                bbox: [0.0; 4],
-                mask: vec![0; n],
-                area: 0,
-            })
-            .collect();
+        let mut nuclei: Vec<Nucleus> = ids.iter().map(|&label| Nucleus { label, bbox: [0.0; 4], mask: vec![0; n], area: 0 }).collect();
         let mut extent = vec![super::Extent::EMPTY; ids.len()];
         for (i, &l) in labels.iter().enumerate() {
             if l == 0 {
@@ -124,28 +104,20 @@ impl Nuclei {
         for (o, e) in nuclei.iter_mut().zip(&extent) {
             o.bbox = e.xywh();
         }
-        Ok(Nuclei {
-            height,
-            width,
-            image,
-            nuclei,
-        })
+        Ok(Nuclei { height, width, image, nuclei })
     }
 
     /// `img2d.tif` and `mask2d.tif` from `dir` (see [`default_dir`]).
     pub fn load(dir: &Path) -> Result<Nuclei> {
         let read = |name: &str| {
             let p = dir.join(name);
-            let bytes =
-                std::fs::read(&p).map_err(|e| Error::Io(format!("{}: {e}", p.display())))?;
+            let bytes = std::fs::read(&p).map_err(|e| Error::Io(format!("{}: {e}", p.display())))?;
             read_gray_tiff(&bytes).map_err(|e| Error::Io(format!("{}: {e}", p.display())))
         };
         let (h, w, raw) = read("img2d.tif")?;
         let (mh, mw, labels) = read("mask2d.tif")?;
         if (mh, mw) != (h, w) {
-            return Err(Error::Shape(format!(
-                "img2d.tif is {h}x{w}, mask2d.tif {mh}x{mw}"
-            )));
+            return Err(Error::Shape(format!("img2d.tif is {h}x{w}, mask2d.tif {mh}x{mw}")));
         }
         Nuclei::from_raw(h, w, &raw, &labels)
     }

@@ -40,8 +40,8 @@ pub fn discrepancy(task: TaskKind, clean: &[Tensor], pert: &[Tensor]) -> Tensor 
             let cells = cf.size()[2] * cf.size()[3];
             let d_fg = per_sample_sum(&kl_bernoulli(&cf, &pf)) / cells as f64;
             let fgp = cf.sigmoid();
-            let d_vote = per_sample_sum(&((pert[2].narrow(1, 1, 2) - clean[2].narrow(1, 1, 2)).abs() * &fgp))
-                / (per_sample_sum(&fgp) + eps);
+            let d_vote =
+                per_sample_sum(&((pert[2].narrow(1, 1, 2) - clean[2].narrow(1, 1, 2)).abs() * &fgp)) / (per_sample_sum(&fgp) + eps);
             d_heat + d_box + d_fg + d_vote
         }
         TaskKind::Detection => crate::eval::nanodet::discrepancy(clean, pert),

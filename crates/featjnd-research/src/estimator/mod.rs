@@ -106,11 +106,7 @@ impl JndEstimator {
 
     fn check(&self, feats: &[Tensor]) -> Result<()> {
         if feats.len() != self.levels.len() {
-            return Err(Error::Model(format!(
-                "estimator for {} tensor(s) got {}",
-                self.levels.len(),
-                feats.len()
-            )));
+            return Err(Error::Model(format!("estimator for {} tensor(s) got {}", self.levels.len(), feats.len())));
         }
         for (f, &c) in feats.iter().zip(&self.config.channels) {
             if f.dim() != 4 || f.size()[1] != c {

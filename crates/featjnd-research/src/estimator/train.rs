@@ -117,7 +117,12 @@ pub fn train_estimator(
             let xi = philox_like(f, cfg.seed, l as u32, offset, cfg.noise)?;
             offset += f.numel() as u64;
             pert.push(f + j * xi);
-            reward = reward + lj.mean(Kind::Float);
+            // Out of place on purpose: tch's `+=` is an in-place add, which would rewrite a
+            // tensor the autograd graph still holds.
+            #[allow(clippy::assign_op_pattern)]
+            {
+                reward = reward + lj.mean(Kind::Float);
+            }
         }
         let reward = reward / feats.len() as f64;
         let out = model.tail(&pert, split)?;

@@ -71,11 +71,7 @@ pub fn save(vs: &VarStore, meta: &Meta, path: &Path) -> Result<()> {
     }
     let views = bufs
         .iter()
-        .map(|(n, s, b)| {
-            TensorView::new(StDtype::F32, s.clone(), b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| err(path, e.to_string()))
-        })
+        .map(|(n, s, b)| TensorView::new(StDtype::F32, s.clone(), b).map(|v| (n.clone(), v)).map_err(|e| err(path, e.to_string())))
         .collect::<Result<Vec<_>>>()?;
     let json = serde_json::to_string(meta).map_err(|e| err(path, e.to_string()))?;
     let header = HashMap::from([(META_KEY.to_string(), json)]);
@@ -111,25 +107,17 @@ pub fn read_meta(path: &Path) -> Result<Meta> {
 /// Reads the metadata and parses its architecture config (to build the network before [`load`]).
 pub fn read_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result<(Meta, T)> {
     let meta = read_meta(path)?;
-    let config = serde_json::from_value(meta.config.clone())
-        .map_err(|e| err(path, format!("bad {} config: {e}", meta.arch)))?;
+    let config = serde_json::from_value(meta.config.clone()).map_err(|e| err(path, format!("bad {} config: {e}", meta.arch)))?;
     Ok((meta, config))
 }
 
 fn meta_of(path: &Path, bytes: &[u8]) -> Result<Meta> {
-    let (_, md) = safetensors::SafeTensors::read_metadata(bytes)
-        .map_err(|e| err(path, format!("not a valid safetensors file ({e})")))?;
-    let json = md
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(META_KEY))
-        .ok_or_else(|| err(path, "no featjnd metadata: not a featjnd checkpoint"))?;
+    let (_, md) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| err(path, format!("not a valid safetensors file ({e})")))?;
+    let json =
+        md.metadata().as_ref().and_then(|m| m.get(META_KEY)).ok_or_else(|| err(path, "no featjnd metadata: not a featjnd checkpoint"))?;
     let meta: Meta = serde_json::from_str(json).map_err(|e| err(path, format!("bad metadata JSON: {e}")))?;
     if meta.format != FORMAT || meta.version != VERSION {
-        return Err(err(
-            path,
-            format!("format {:?} v{} (this build reads {FORMAT} v{VERSION})", meta.format, meta.version),
-        ));
+        return Err(err(path, format!("format {:?} v{} (this build reads {FORMAT} v{VERSION})", meta.format, meta.version)));
     }
     Ok(meta)
 }
@@ -142,8 +130,7 @@ pub fn load(vs: &mut VarStore, arch: &str, path: &Path) -> Result<Meta> {
     if meta.arch != arch {
         return Err(err(path, format!("holds a {:?} model, expected {arch:?}", meta.arch)));
     }
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| err(path, format!("not a valid safetensors file ({e})")))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| err(path, format!("not a valid safetensors file ({e})")))?;
     // Validate everything before touching `vs`, so a bad file leaves the model as it was.
     let vars = vs.variables();
     let mut missing = Vec::new();
@@ -155,21 +142,16 @@ pub fn load(vs: &mut VarStore, arch: &str, path: &Path) -> Result<Meta> {
         };
         let want: Vec<usize> = var.size().iter().map(|&d| d as usize).collect();
         if view.dtype() != StDtype::F32 || view.shape() != want.as_slice() {
-            return Err(err(
-                path,
-                format!("{name}: {:?} {:?} in the file, the model wants F32 {want:?}", view.dtype(), view.shape()),
-            ));
+            return Err(err(path, format!("{name}: {:?} {:?} in the file, the model wants F32 {want:?}", view.dtype(), view.shape())));
         }
-        let vals: Vec<f32> =
-            view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let vals: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         loaded.push((var, vals));
     }
     if !missing.is_empty() {
         missing.sort();
         return Err(err(path, format!("missing variables: {}", missing.join(", "))));
     }
-    let mut extra: Vec<String> =
-        st.names().into_iter().filter(|n| !vars.contains_key(*n)).map(String::from).collect();
+    let mut extra: Vec<String> = st.names().into_iter().filter(|n| !vars.contains_key(*n)).map(String::from).collect();
     if !extra.is_empty() {
         extra.sort();
         return Err(err(path, format!("variables the model does not have: {}", extra.join(", "))));

@@ -63,11 +63,8 @@ impl ShapesDetector {
         let [w0, w1, w2, w3] = config.widths;
         let f = config.fpn;
         let stem = ConvBn::new(&r / "stem", 3, w0, 3, 2);
-        let stages = vec![
-            Stage::new(&r / "stage1", w0, w1, 1, 2),
-            Stage::new(&r / "stage2", w1, w2, 1, 2),
-            Stage::new(&r / "stage3", w2, w3, 1, 2),
-        ];
+        let stages =
+            vec![Stage::new(&r / "stage1", w0, w1, 1, 2), Stage::new(&r / "stage2", w1, w2, 1, 2), Stage::new(&r / "stage3", w2, w3, 1, 2)];
         let lateral = [w1, w2, w3].iter().enumerate().map(|(i, &c)| conv(&r / "lateral" / i, c, f, 1)).collect();
         let fuse = (0..3).map(|i| conv(&r / "fuse" / i, f, f, 3)).collect();
         let det_trunk = conv(&r / "det_trunk", f, f, 3);
@@ -110,7 +107,11 @@ impl ShapesDetector {
         let size = [levels[0].size()[2], levels[0].size()[3]];
         let mut y = levels[0].apply(&self.fuse[0]);
         for (p, c) in levels[1..].iter().zip(&self.fuse[1..]) {
-            y = y + p.apply(c).upsample_bilinear2d(size, false, None, None);
+            // Out of place on purpose: tch's `+=` is an in-place add, which autograd must not see.
+            #[allow(clippy::assign_op_pattern)]
+            {
+                y = y + p.apply(c).upsample_bilinear2d(size, false, None, None);
+            }
         }
         let y = y.relu();
         let det = y.apply(&self.det_trunk).relu().apply(&self.det_out);

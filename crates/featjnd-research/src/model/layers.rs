@@ -13,10 +13,7 @@ pub struct ConvBn {
 impl ConvBn {
     pub fn new(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64) -> ConvBn {
         let cfg = nn::ConvConfig { stride, padding: k / 2, bias: false, ..Default::default() };
-        ConvBn {
-            conv: nn::conv2d(&p / "conv", c_in, c_out, k, cfg),
-            bn: nn::batch_norm2d(&p / "bn", c_out, Default::default()),
-        }
+        ConvBn { conv: nn::conv2d(&p / "conv", c_in, c_out, k, cfg), bn: nn::batch_norm2d(&p / "bn", c_out, Default::default()) }
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
@@ -35,11 +32,7 @@ pub struct BasicBlock {
 impl BasicBlock {
     pub fn new(p: nn::Path, c_in: i64, c_out: i64, stride: i64) -> BasicBlock {
         let proj = (stride != 1 || c_in != c_out).then(|| ConvBn::new(&p / "proj", c_in, c_out, 1, stride));
-        BasicBlock {
-            a: ConvBn::new(&p / "a", c_in, c_out, 3, stride),
-            b: ConvBn::new(&p / "b", c_out, c_out, 3, 1),
-            proj,
-        }
+        BasicBlock { a: ConvBn::new(&p / "a", c_in, c_out, 3, stride), b: ConvBn::new(&p / "b", c_out, c_out, 3, 1), proj }
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {

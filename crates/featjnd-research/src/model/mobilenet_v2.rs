@@ -53,28 +53,20 @@ pub const STD: [f64; 3] = [0.229, 0.224, 0.225];
 pub const WEIGHTS_ENV: &str = "FEATJND_MOBILENET_V2";
 
 /// `(t, c, n, s)`: expansion factor, output channels, repeats, stride of the first repeat.
-pub const SETTINGS: [(i64, i64, usize, i64); 7] = [
-    (1, 16, 1, 1),
-    (6, 24, 2, 2),
-    (6, 32, 3, 2),
-    (6, 64, 4, 2),
-    (6, 96, 3, 1),
-    (6, 160, 3, 2),
-    (6, 320, 1, 1),
-];
+pub const SETTINGS: [(i64, i64, usize, i64); 7] =
+    [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)];
 
 /// `(name, index of the last `features` module in the head, channels, stride)`.
-pub const SPLITS: [(&str, usize, i64, i64); 3] =
-    [("stage2", 3, 24, 4), ("stage3", 6, 32, 8), ("stage5", 13, 96, 16)];
+pub const SPLITS: [(&str, usize, i64, i64); 3] = [("stage2", 3, 24, 4), ("stage3", 6, 32, 8), ("stage5", 13, 96, 16)];
 
 /// The number of `features` modules (`features.0..=18`).
 const N_FEATURES: usize = 19;
 
 /// `$FEATJND_MOBILENET_V2`, else `.deps/data/mobilenet_v2/mobilenet_v2.safetensors` in this crate.
 pub fn default_weights() -> PathBuf {
-    std::env::var_os(WEIGHTS_ENV).map(PathBuf::from).unwrap_or_else(|| {
-        crate::paths::repo(".deps/data/mobilenet_v2/mobilenet_v2.safetensors")
-    })
+    std::env::var_os(WEIGHTS_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::paths::repo(".deps/data/mobilenet_v2/mobilenet_v2.safetensors"))
 }
 
 /// Conv (no bias) + BatchNorm + ReLU6: torchvision's `Conv2dNormActivation`, whose children are
@@ -88,10 +80,7 @@ struct ConvBnAct {
 impl ConvBnAct {
     fn new(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, groups: i64) -> ConvBnAct {
         let cfg = nn::ConvConfig { stride, padding: (k - 1) / 2, groups, bias: false, ..Default::default() };
-        ConvBnAct {
-            conv: nn::conv2d(&p / 0, c_in, c_out, k, cfg),
-            bn: nn::batch_norm2d(&p / 1, c_out, Default::default()),
-        }
+        ConvBnAct { conv: nn::conv2d(&p / 0, c_in, c_out, k, cfg), bn: nn::batch_norm2d(&p / 1, c_out, Default::default()) }
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
@@ -233,19 +222,13 @@ impl MobileNetV2 {
     fn check(&self, t: &Tensor, what: &str, channels: i64) -> Result<()> {
         let s = t.size();
         if s.len() != 4 || s[1] != channels || s.contains(&0) {
-            return Err(Error::Shape(format!(
-                "{ARCH} {what} must be [B, {channels}, H, W] (non-empty), got {s:?}"
-            )));
+            return Err(Error::Shape(format!("{ARCH} {what} must be [B, {channels}, H, W] (non-empty), got {s:?}")));
         }
         if t.kind() != Kind::Float {
             return Err(Error::Dtype(format!("{ARCH} {what} must be f32, got {:?}", t.kind())));
         }
         if t.device() != self.device() {
-            return Err(Error::MixedDevices(format!(
-                "{ARCH} {what} is on {:?}, the model on {:?}",
-                t.device(),
-                self.device()
-            )));
+            return Err(Error::MixedDevices(format!("{ARCH} {what} is on {:?}, the model on {:?}", t.device(), self.device())));
         }
         Ok(())
     }
@@ -304,11 +287,9 @@ pub fn load_strict(vs: &mut VarStore, path: &Path) -> Result<()> {
         let want: Vec<usize> = var.size().iter().map(|&d| d as usize).collect();
         match st.tensor(name) {
             Err(_) => missing.push(name.clone()),
-            Ok(v) if v.dtype() != Dtype::F32 || v.shape() != want.as_slice() => wrong.push(format!(
-                "{name}: file has {:?} {:?}, model wants F32 {want:?}",
-                v.dtype(),
-                v.shape()
-            )),
+            Ok(v) if v.dtype() != Dtype::F32 || v.shape() != want.as_slice() => {
+                wrong.push(format!("{name}: file has {:?} {:?}, model wants F32 {want:?}", v.dtype(), v.shape()))
+            }
             Ok(v) => copies.push((var.shallow_clone(), v)),
         }
     }
@@ -318,14 +299,9 @@ pub fn load_strict(vs: &mut VarStore, path: &Path) -> Result<()> {
         if vars.contains_key(name) {
             continue;
         }
-        let counter = name
-            .strip_suffix(".num_batches_tracked")
-            .is_some_and(|bn| vars.contains_key(&format!("{bn}.running_mean")));
+        let counter = name.strip_suffix(".num_batches_tracked").is_some_and(|bn| vars.contains_key(&format!("{bn}.running_mean")));
         match st.tensor(name) {
-            Ok(v)
-                if counter
-                    && matches!(v.dtype(), Dtype::I64 | Dtype::I32)
-                    && v.shape().iter().product::<usize>() == 1 => {}
+            Ok(v) if counter && matches!(v.dtype(), Dtype::I64 | Dtype::I32) && v.shape().iter().product::<usize>() == 1 => {}
             _ => extra.push(name.to_string()),
         }
     }

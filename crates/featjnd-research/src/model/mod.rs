@@ -44,9 +44,7 @@ pub trait SplitModel {
     fn tail(&self, feats: &[Tensor], split: &str) -> Result<Vec<Tensor>>;
     /// The whole network; the default runs head then tail at the first split point.
     fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
-        let s = self.split_points().into_iter().next().ok_or_else(|| {
-            Error::Model(format!("{} has no split points", self.arch()))
-        })?;
+        let s = self.split_points().into_iter().next().ok_or_else(|| Error::Model(format!("{} has no split points", self.arch())))?;
         let f = self.head(x, &s)?;
         self.tail(&f, &s)
     }
@@ -54,20 +52,13 @@ pub trait SplitModel {
 
 /// The error for an unknown split name, listing the valid ones.
 pub fn unknown_split(model: &dyn SplitModel, split: &str) -> Error {
-    Error::Model(format!(
-        "{} has no split point {split:?}; valid: {}",
-        model.arch(),
-        model.split_points().join(", ")
-    ))
+    Error::Model(format!("{} has no split point {split:?}; valid: {}", model.arch(), model.split_points().join(", ")))
 }
 
 /// Checks that `feats` has exactly `n` tensors for `split`.
 pub fn expect_feats(feats: &[Tensor], n: usize, split: &str) -> Result<()> {
     if feats.len() != n {
-        return Err(Error::Model(format!(
-            "split {split:?} takes {n} feature tensor(s), got {}",
-            feats.len()
-        )));
+        return Err(Error::Model(format!("split {split:?} takes {n} feature tensor(s), got {}", feats.len())));
     }
     Ok(())
 }

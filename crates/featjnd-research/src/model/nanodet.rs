@@ -163,9 +163,7 @@ pub const POOL_PAD: &str = "PartitionedCall/PadV2/constant_values";
 
 /// `$FEATJND_NANODET_DIR`, else `.deps/data/nanodet` (holding `nanodet.json` + `nanodet.bin`).
 pub fn default_dir() -> PathBuf {
-    std::env::var_os(DIR_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::paths::repo(".deps/data/nanodet"))
+    std::env::var_os(DIR_ENV).map(PathBuf::from).unwrap_or_else(|| crate::paths::repo(".deps/data/nanodet"))
 }
 
 /// A photo as the model's input: stretched to 416×416 (aspect ratio not kept, as NanoDet was
@@ -299,10 +297,8 @@ impl NanoDet {
             })
             .collect();
         // The structure above and the table of TF.js names describe the same 34 layers.
-        let want: Vec<(String, [i64; 5], bool)> = LAYERS
-            .iter()
-            .map(|s| (s.name.to_string(), [s.k, s.stride, s.c_in, s.c_out, 0], s.leaky))
-            .collect();
+        let want: Vec<(String, [i64; 5], bool)> =
+            LAYERS.iter().map(|s| (s.name.to_string(), [s.k, s.stride, s.c_in, s.c_out, 0], s.leaky)).collect();
         assert_eq!(b.built, want, "nanodet: layer table and module structure disagree");
         let bgr = |v: [f64; 3]| Tensor::from_slice(&v).to_kind(Kind::Float).view([1, 3, 1, 1]).to_device(device);
         let (mean, std) = (bgr(MEAN_BGR), bgr(STD_BGR));
@@ -351,11 +347,7 @@ impl NanoDet {
             return Err(Error::Dtype(format!("{ARCH} {what} must be f32, got {:?}", t.kind())));
         }
         if t.device() != self.device() {
-            return Err(Error::MixedDevices(format!(
-                "{ARCH} {what} is on {:?}, the model on {:?}",
-                t.device(),
-                self.device()
-            )));
+            return Err(Error::MixedDevices(format!("{ARCH} {what} is on {:?}, the model on {:?}", t.device(), self.device())));
         }
         Ok((s[2], s[3]))
     }
@@ -499,7 +491,10 @@ impl SplitModel for NanoDet {
 
 /// One tensor of a TF.js weights manifest, decoded.
 enum Weight {
-    F32 { shape: Vec<usize>, data: Vec<f32> },
+    F32 {
+        shape: Vec<usize>,
+        data: Vec<f32>,
+    },
     /// Graph glue (int32); only its size is checked.
     I32,
 }
@@ -522,14 +517,10 @@ fn read_manifest(json_path: &Path) -> Result<BTreeMap<String, Weight>> {
         for p in g.get("paths").and_then(|p| p.as_array()).ok_or_else(|| ck("a manifest group has no paths".into()))? {
             let p = p.as_str().ok_or_else(|| ck("a weight path is not a string".into()))?;
             let file = dir.join(p);
-            let bytes = std::fs::read(&file).map_err(|e| {
-                ck(format!("weight file {}: {e} (run scripts/fetch-real.sh)", file.display()))
-            })?;
+            let bytes = std::fs::read(&file).map_err(|e| ck(format!("weight file {}: {e} (run scripts/fetch-real.sh)", file.display())))?;
             blob.extend_from_slice(&bytes);
         }
-        specs.extend(
-            g.get("weights").and_then(|w| w.as_array()).ok_or_else(|| ck("a manifest group has no weights".into()))?.iter(),
-        );
+        specs.extend(g.get("weights").and_then(|w| w.as_array()).ok_or_else(|| ck("a manifest group has no weights".into()))?.iter());
     }
     let mut out = BTreeMap::new();
     let mut off = 0usize;
@@ -600,9 +591,8 @@ pub fn load_tfjs(vs: &mut VarStore, json_path: &Path) -> Result<()> {
             } else {
                 vec![spec.c_out as usize]
             };
-            let var = vars
-                .get(&var_name)
-                .ok_or_else(|| Error::Model(format!("{ARCH}: no variable {var_name} (layer table out of sync)")))?;
+            let var =
+                vars.get(&var_name).ok_or_else(|| Error::Model(format!("{ARCH}: no variable {var_name} (layer table out of sync)")))?;
             match weights.get(node) {
                 None => missing.push(format!("{node} (for {var_name})")),
                 Some(Weight::I32) => wrong.push(format!("{node} (for {var_name}): int32, want float32 {want_tfjs:?}")),
@@ -634,11 +624,8 @@ pub fn load_tfjs(vs: &mut VarStore, json_path: &Path) -> Result<()> {
         Some(Weight::I32) => wrong.push(format!("{POOL_PAD}: int32, want the float32 scalar -inf")),
         None => missing.push(format!("{POOL_PAD} (the stem max-pool's pad value)")),
     }
-    let unused: Vec<String> = weights
-        .iter()
-        .filter(|(n, w)| matches!(w, Weight::F32 { .. }) && !used.contains(n.as_str()))
-        .map(|(n, _)| n.clone())
-        .collect();
+    let unused: Vec<String> =
+        weights.iter().filter(|(n, w)| matches!(w, Weight::F32 { .. }) && !used.contains(n.as_str())).map(|(n, _)| n.clone()).collect();
     let unassigned: Vec<String> = vars.keys().filter(|k| !assigned.contains(*k)).cloned().collect();
     if !(missing.is_empty() && wrong.is_empty() && unused.is_empty() && unassigned.is_empty()) {
         let list = |v: &[String]| {

@@ -53,11 +53,7 @@ impl FmnistResNet {
 
     /// Runs stages `from..to` (0 = stem + stage 1) on `x`; `from == 0` starts from the image.
     fn stages_t(&self, x: &Tensor, from: usize, to: usize, train: bool) -> Tensor {
-        let mut y = if from == 0 {
-            self.stem.forward_t(&((x - MEAN) / STD), train).relu()
-        } else {
-            x.shallow_clone()
-        };
+        let mut y = if from == 0 { self.stem.forward_t(&((x - MEAN) / STD), train).relu() } else { x.shallow_clone() };
         for s in &self.stages[from..to] {
             y = s.forward_t(&y, train);
         }

@@ -162,12 +162,11 @@ impl Default for SplitSpec {
 impl SplitSpec {
     /// Reads and validates a sidecar.
     pub fn read(path: &Path) -> Result<SplitSpec> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Model(format!("torchscript sidecar {}: cannot read: {e}", path.display())))?;
-        let spec: SplitSpec = serde_json::from_str(&text)
-            .map_err(|e| Error::Model(format!("torchscript sidecar {}: {e}", path.display())))?;
-        spec.validate()
-            .map_err(|why| Error::Model(format!("torchscript sidecar {}: {why}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::Model(format!("torchscript sidecar {}: cannot read: {e}", path.display())))?;
+        let spec: SplitSpec =
+            serde_json::from_str(&text).map_err(|e| Error::Model(format!("torchscript sidecar {}: {e}", path.display())))?;
+        spec.validate().map_err(|why| Error::Model(format!("torchscript sidecar {}: {why}", path.display())))?;
         Ok(spec)
     }
 
@@ -207,11 +206,7 @@ impl SplitSpec {
             (None, None) => {}
             (Some(m), Some(s)) => {
                 if m.is_empty() || m.len() != s.len() {
-                    return Err(format!(
-                        "input.mean ({}) and input.std ({}) need the same, non-zero length",
-                        m.len(),
-                        s.len()
-                    ));
+                    return Err(format!("input.mean ({}) and input.std ({}) need the same, non-zero length", m.len(), s.len()));
                 }
                 if m.iter().any(|v| !v.is_finite()) || s.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
                     return Err("input.mean must be finite and input.std finite and > 0".into());
@@ -262,11 +257,7 @@ impl TorchScriptPair {
 
     /// Loads two explicit files; a `split.json` in the head's directory is used when present
     /// (its `head`/`tail` names are then ignored).
-    pub fn load_paths(
-        head: impl AsRef<Path>,
-        tail: impl AsRef<Path>,
-        device: Device,
-    ) -> Result<TorchScriptPair> {
+    pub fn load_paths(head: impl AsRef<Path>, tail: impl AsRef<Path>, device: Device) -> Result<TorchScriptPair> {
         let head = head.as_ref();
         let sidecar = head.parent().map(|p| p.join(SIDECAR));
         let spec = match sidecar {
@@ -277,12 +268,7 @@ impl TorchScriptPair {
     }
 
     /// Loads two explicit files with an explicit spec (no sidecar is read).
-    pub fn load_with_spec(
-        head: impl AsRef<Path>,
-        tail: impl AsRef<Path>,
-        spec: SplitSpec,
-        device: Device,
-    ) -> Result<TorchScriptPair> {
+    pub fn load_with_spec(head: impl AsRef<Path>, tail: impl AsRef<Path>, spec: SplitSpec, device: Device) -> Result<TorchScriptPair> {
         spec.validate().map_err(|why| Error::Model(format!("torchscript split spec: {why}")))?;
         let (head_path, tail_path) = (head.as_ref().to_path_buf(), tail.as_ref().to_path_buf());
         let head = load_module(&head_path, "head", device)?;
@@ -290,9 +276,7 @@ impl TorchScriptPair {
         let normalize = match (&spec.input, &spec.input.mean, &spec.input.std) {
             (i, Some(m), Some(s)) if !i.normalized_inside => {
                 let t = |v: &[f64]| {
-                    Tensor::from_slice(&v.iter().map(|&a| a as f32).collect::<Vec<_>>())
-                        .view([1, v.len() as i64, 1, 1])
-                        .to_device(device)
+                    Tensor::from_slice(&v.iter().map(|&a| a as f32).collect::<Vec<_>>()).view([1, v.len() as i64, 1, 1]).to_device(device)
                 };
                 Some((t(m), t(s)))
             }
@@ -346,11 +330,7 @@ impl SplitModel for TorchScriptPair {
     fn head(&self, x: &Tensor, split: &str) -> Result<Vec<Tensor>> {
         self.check_split(split)?;
         if x.dim() != 4 {
-            return Err(Error::Model(format!(
-                "{} (TorchScript): input must be [B, C, H, W], got {:?}",
-                self.spec.arch,
-                x.size()
-            )));
+            return Err(Error::Model(format!("{} (TorchScript): input must be [B, C, H, W], got {:?}", self.spec.arch, x.size())));
         }
         self.check_device(x, "the input")?;
         let x = match &self.normalize {
@@ -367,10 +347,7 @@ impl SplitModel for TorchScriptPair {
             }
             None => x.shallow_clone(),
         };
-        let out = self
-            .head
-            .forward_is(&[IValue::Tensor(x)])
-            .map_err(|e| torch_error(&self.head_path, "head forward", e))?;
+        let out = self.head.forward_is(&[IValue::Tensor(x)]).map_err(|e| torch_error(&self.head_path, "head forward", e))?;
         let (feats, keys) = tensors_with_keys(out, "head output")?;
         if let Some(n) = self.spec.num_features {
             if feats.len() != n {
@@ -405,11 +382,7 @@ impl SplitModel for TorchScriptPair {
         }
         let args: Vec<IValue> = feats.iter().map(|t| IValue::Tensor(t.shallow_clone())).collect();
         let out = self.tail.forward_is(&args).map_err(|e| {
-            torch_error(
-                &self.tail_path,
-                &format!("tail forward with {} feature tensor(s) as positional arguments", feats.len()),
-                e,
-            )
+            torch_error(&self.tail_path, &format!("tail forward with {} feature tensor(s) as positional arguments", feats.len()), e)
         })?;
         Ok(tensors_with_keys(out, "tail output")?.0)
     }
@@ -421,11 +394,7 @@ fn load_module(path: &Path, role: &str, device: Device) -> Result<CModule> {
         return Err(Error::Model(format!("torchscript {role} {}: file not found", path.display())));
     }
     let mut m = CModule::load_on_device(path, device).map_err(|e| {
-        Error::Model(format!(
-            "torchscript {role} {}: not a loadable TorchScript file: {}",
-            path.display(),
-            short(&e.to_string())
-        ))
+        Error::Model(format!("torchscript {role} {}: not a loadable TorchScript file: {}", path.display(), short(&e.to_string())))
     })?;
     m.f_set_eval().map_err(|e| torch_error(path, "set_eval", e))?;
     let params = m.named_parameters().map_err(|e| torch_error(path, "named_parameters", e))?;
@@ -483,10 +452,7 @@ fn tensors_with_keys(v: IValue, what: &str) -> Result<(Vec<Tensor>, Option<Vec<S
             .enumerate()
             .map(|(i, item)| match item {
                 IValue::Tensor(t) => Ok(t),
-                other => Err(Error::Model(format!(
-                    "{what}: element {i} of the {kind} is {}, expected a Tensor",
-                    ivalue_kind(&other)
-                ))),
+                other => Err(Error::Model(format!("{what}: element {i} of the {kind} is {}, expected a Tensor", ivalue_kind(&other)))),
             })
             .collect()
     };
@@ -517,12 +483,7 @@ fn tensors_with_keys(v: IValue, what: &str) -> Result<(Vec<Tensor>, Option<Vec<S
             }
             (vals, Some(keys))
         }
-        other => {
-            return Err(Error::Model(format!(
-                "{what} is {}, expected a Tensor or a tuple/list/dict of Tensors",
-                ivalue_kind(&other)
-            )))
-        }
+        other => return Err(Error::Model(format!("{what} is {}, expected a Tensor or a tuple/list/dict of Tensors", ivalue_kind(&other)))),
     };
     if ts.is_empty() {
         return Err(Error::Model(format!("{what} holds no tensors")));

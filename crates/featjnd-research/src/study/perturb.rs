@@ -60,21 +60,14 @@ fn nrmse_sum(f: &[Tensor], pert: &[Tensor]) -> (f64, usize) {
     let mut den = Tensor::zeros([b], (Kind::Double, f[0].device()));
     for (x, y) in f.iter().zip(pert) {
         let d = (y - x).to_kind(Kind::Double).flatten(1, -1);
-        num = num + d.square().sum_dim_intlist(1, false, Kind::Double);
-        den = den + x.to_kind(Kind::Double).flatten(1, -1).square().sum_dim_intlist(1, false, Kind::Double);
+        num += d.square().sum_dim_intlist(1, false, Kind::Double);
+        den += x.to_kind(Kind::Double).flatten(1, -1).square().sum_dim_intlist(1, false, Kind::Double);
     }
     ((num / den.clamp_min(1e-300)).sqrt().sum(Kind::Double).double_value(&[]), b as usize)
 }
 
 /// Perturbs every level of `feats` to NRMSE `r` with noise `shape`.
-pub fn perturb_levels(
-    feats: &[Tensor],
-    jnd: &[Tensor],
-    shape: NoiseShape,
-    r: f64,
-    seed: u64,
-    batch: usize,
-) -> Result<Vec<Tensor>> {
+pub fn perturb_levels(feats: &[Tensor], jnd: &[Tensor], shape: NoiseShape, r: f64, seed: u64, batch: usize) -> Result<Vec<Tensor>> {
     feats
         .iter()
         .enumerate()

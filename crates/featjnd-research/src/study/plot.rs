@@ -51,7 +51,10 @@ pub fn register_font() -> Result<()> {
                     .map_err(|_| format!("{p} is not a usable TrueType font"));
             }
         }
-        Err(format!("no TrueType font found for the plots: set FEATJND_FONT to a .ttf file, or install fonts-dejavu-core (looked in {})", FONT_PATHS.join(", ")))
+        Err(format!(
+            "no TrueType font found for the plots: set FEATJND_FONT to a .ttf file, or install fonts-dejavu-core (looked in {})",
+            FONT_PATHS.join(", ")
+        ))
     })
     .clone()
     .map_err(|why| Error::Io(format!("plot: {why}")))

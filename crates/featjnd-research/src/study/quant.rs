@@ -65,14 +65,7 @@ pub fn token_absmax(x: &Tensor, p: usize) -> Tensor {
 }
 
 /// Quantizes one level of one batch; returns the reconstruction and the sums that aggregate.
-fn quantize_level(
-    x: &Tensor,
-    j: &Tensor,
-    s: QStrategy,
-    patch: usize,
-    d: f64,
-    measured: bool,
-) -> Result<(Tensor, [f64; 4], u64)> {
+fn quantize_level(x: &Tensor, j: &Tensor, s: QStrategy, patch: usize, d: f64, measured: bool) -> Result<(Tensor, [f64; 4], u64)> {
     let x = x.contiguous();
     let sq = x.to_kind(Kind::Double).square().sum(Kind::Double).double_value(&[]);
     let n = x.numel() as f64;
@@ -107,7 +100,14 @@ pub struct QConfig {
 }
 
 /// Runs the sweep on `task` at `split` (estimator `est`), relative budgets `budgets`.
-pub fn run_split(task: &Task, split: &str, est: &JndEstimator, budgets: &[f64], configs: &[QConfig], quiet: bool) -> Result<(BTreeMap<String, f64>, Vec<QPoint>)> {
+pub fn run_split(
+    task: &Task,
+    split: &str,
+    est: &JndEstimator,
+    budgets: &[f64],
+    configs: &[QConfig],
+    quiet: bool,
+) -> Result<(BTreeMap<String, f64>, Vec<QPoint>)> {
     let model = task.model.as_ref();
     let (feats, jnds, clean) = super::held_out_features(task, split, est)?;
     let clean_metrics = task.scorer.score(&clean, &clean)?;

@@ -6,11 +6,11 @@ use super::attrib;
 use super::perturb::{run_split, NoiseShape, SplitCurves};
 use super::plot::{line_chart, Series};
 use super::quant::{self, QConfig, QStrategy};
-use crate::Reduce;
 use super::tasks::{build, Sizes, Task, TaskId};
 use crate::estimator::train::{train_estimator, JndTrain, LogPoint};
 use crate::estimator::JndEstimator;
 use crate::model::checkpoint::{self, Meta};
+use crate::Reduce;
 use crate::{Error, Result};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -103,11 +103,7 @@ pub fn estimator_path(models: &Path, id: TaskId, split: &str) -> PathBuf {
 
 /// Loads the committed or cached estimator, or trains one (and caches it). Returns it with its
 /// metadata, the training log when it was trained now, and where it came from.
-pub fn estimator(
-    task: &mut Task,
-    split: &str,
-    cfg: &RunConfig,
-) -> Result<(JndEstimator, Meta, Option<Vec<LogPoint>>, PathBuf)> {
+pub fn estimator(task: &mut Task, split: &str, cfg: &RunConfig) -> Result<(JndEstimator, Meta, Option<Vec<LogPoint>>, PathBuf)> {
     let committed = estimator_path(&cfg.models, task.id, split);
     let cached = estimator_path(&cfg.cache, task.id, split);
     if !cfg.retrain {
@@ -187,9 +183,10 @@ pub fn goal(c: &SplitCurves, metric: &str, drop: f64) -> Option<(f64, f64, f64)>
     let clean = *c.clean.get(metric)?;
     let g = c.curves.get("gaussian")?;
     let j = c.curves.get("featjnd")?;
-    g.iter().zip(j).find(|(pg, _)| clean - pg.mean[metric] >= drop).map(|(pg, pj)| {
-        (pg.nrmse, clean - pg.mean[metric], clean - pj.mean[metric])
-    })
+    g.iter()
+        .zip(j)
+        .find(|(pg, _)| clean - pg.mean[metric] >= drop)
+        .map(|(pg, pj)| (pg.nrmse, clean - pg.mean[metric], clean - pj.mean[metric]))
 }
 
 /// Runs everything; returns the summary that is also written to `summary.json`.
@@ -253,74 +250,78 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
             .ok();
             let mut split_json = json!({});
             if cfg.perturb {
-            let curves = run_split(&task, &split, &est, &levels, &seeds, &NoiseShape::ALL, cfg.quiet)?;
-            // Curves, one PNG per metric.
-            for &metric in id.metrics() {
-                let series: Vec<Series> = NoiseShape::ALL
-                    .iter()
-                    .map(|s| {
-                        let pts = &curves.curves[s.name()];
-                        Series {
-                            name: s.name().into(),
-                            x: pts.iter().map(|p| p.nrmse).collect(),
-                            y: pts.iter().map(|p| p.mean[metric]).collect(),
-                            lo: pts.iter().map(|p| p.min[metric]).collect(),
-                            hi: pts.iter().map(|p| p.max[metric]).collect(),
-                        }
-                    })
-                    .collect();
-                let png = cfg.out.join(format!("curve-{}-{split}-{metric}.png", id.name()));
-                line_chart(&png, &format!("{} / {split}: {metric} vs NRMSE", id.name()), "NRMSE", metric, &series)?;
-                writeln!(report, "![{metric}]({})\n", rel(&png, &cfg.out)).ok();
-            }
-            // Table of the headline metrics.
-            for &metric in &id.metrics()[..id.metrics().len().min(2)] {
-                writeln!(report, "`{metric}` (clean {:.4}); mean over seeds [min, max]:\n", curves.clean[metric]).ok();
-                writeln!(report, "| NRMSE | {} |", NoiseShape::ALL.map(|s| s.name()).join(" | ")).ok();
-                writeln!(report, "|---|{}", "---|".repeat(NoiseShape::ALL.len())).ok();
-                for (i, &r) in levels.iter().enumerate() {
-                    let cells: Vec<String> = NoiseShape::ALL
+                let curves = run_split(&task, &split, &est, &levels, &seeds, &NoiseShape::ALL, cfg.quiet)?;
+                // Curves, one PNG per metric.
+                for &metric in id.metrics() {
+                    let series: Vec<Series> = NoiseShape::ALL
                         .iter()
                         .map(|s| {
-                            let p = &curves.curves[s.name()][i];
-                            format!("{:.4} [{:.4}, {:.4}]", p.mean[metric], p.min[metric], p.max[metric])
+                            let pts = &curves.curves[s.name()];
+                            Series {
+                                name: s.name().into(),
+                                x: pts.iter().map(|p| p.nrmse).collect(),
+                                y: pts.iter().map(|p| p.mean[metric]).collect(),
+                                lo: pts.iter().map(|p| p.min[metric]).collect(),
+                                hi: pts.iter().map(|p| p.max[metric]).collect(),
+                            }
                         })
                         .collect();
-                    writeln!(report, "| {r} | {} |", cells.join(" | ")).ok();
+                    let png = cfg.out.join(format!("curve-{}-{split}-{metric}.png", id.name()));
+                    line_chart(&png, &format!("{} / {split}: {metric} vs NRMSE", id.name()), "NRMSE", metric, &series)?;
+                    writeln!(report, "![{metric}]({})\n", rel(&png, &cfg.out)).ok();
                 }
-                writeln!(report).ok();
-                if let Some((r, dg, dj)) = goal(&curves, metric, 0.10) {
-                    goal_rows.push(format!(
-                        "| {} | {split} | {metric} | {r} | {:.1} | {:.1} | {} |",
-                        id.name(),
-                        100.0 * dg,
-                        100.0 * dj,
-                        if dj <= 0.025 { "met" } else { "not met" }
-                    ));
-                } else {
-                    goal_rows.push(format!(
-                        "| {} | {split} | {metric} | – | < 10 at every level | – | n/a |",
-                        id.name()
-                    ));
+                // Table of the headline metrics.
+                for &metric in &id.metrics()[..id.metrics().len().min(2)] {
+                    writeln!(report, "`{metric}` (clean {:.4}); mean over seeds [min, max]:\n", curves.clean[metric]).ok();
+                    writeln!(report, "| NRMSE | {} |", NoiseShape::ALL.map(|s| s.name()).join(" | ")).ok();
+                    writeln!(report, "|---|{}", "---|".repeat(NoiseShape::ALL.len())).ok();
+                    for (i, &r) in levels.iter().enumerate() {
+                        let cells: Vec<String> = NoiseShape::ALL
+                            .iter()
+                            .map(|s| {
+                                let p = &curves.curves[s.name()][i];
+                                format!("{:.4} [{:.4}, {:.4}]", p.mean[metric], p.min[metric], p.max[metric])
+                            })
+                            .collect();
+                        writeln!(report, "| {r} | {} |", cells.join(" | ")).ok();
+                    }
+                    writeln!(report).ok();
+                    if let Some((r, dg, dj)) = goal(&curves, metric, 0.10) {
+                        goal_rows.push(format!(
+                            "| {} | {split} | {metric} | {r} | {:.1} | {:.1} | {} |",
+                            id.name(),
+                            100.0 * dg,
+                            100.0 * dj,
+                            if dj <= 0.025 { "met" } else { "not met" }
+                        ));
+                    } else {
+                        goal_rows.push(format!("| {} | {split} | {metric} | – | < 10 at every level | – | n/a |", id.name()));
+                    }
                 }
-            }
-            // Attribution panels.
-            let mut attr = Vec::new();
-            let nsamples = if cfg.quick { 1 } else { task.samples.len() };
-            for (name, x) in task.samples.iter().take(nsamples) {
-                let m = attrib::maps(&task, &split, &est, x, 0.3)?;
-                let png = cfg.out.join(format!("attrib-{}-{split}-{name}.png", id.name()));
-                attrib::panel(&png, &format!("{} / {split} / {name}", id.name()), &m)?;
-                writeln!(report, "![attribution {name}]({})\n", rel(&png, &cfg.out)).ok();
-                attr.push(json!({"sample": name, "spearman_gradcam": m.rho_gradcam, "spearman_grad_input": m.rho_grad_input}));
-            }
-            let rho: Vec<String> = attr
-                .iter()
-                .map(|a| format!("{} {:.2}/{:.2}", a["sample"].as_str().unwrap_or(""), a["spearman_gradcam"].as_f64().unwrap_or(f64::NAN), a["spearman_grad_input"].as_f64().unwrap_or(f64::NAN)))
-                .collect();
-            writeln!(report, "Spearman ρ of 1/J with Grad-CAM / |grad×input| over positions: {}.\n", rho.join(", ")).ok();
-            split_json = serde_json::to_value(&curves).unwrap_or_default();
-            split_json["attribution"] = Value::Array(attr);
+                // Attribution panels.
+                let mut attr = Vec::new();
+                let nsamples = if cfg.quick { 1 } else { task.samples.len() };
+                for (name, x) in task.samples.iter().take(nsamples) {
+                    let m = attrib::maps(&task, &split, &est, x, 0.3)?;
+                    let png = cfg.out.join(format!("attrib-{}-{split}-{name}.png", id.name()));
+                    attrib::panel(&png, &format!("{} / {split} / {name}", id.name()), &m)?;
+                    writeln!(report, "![attribution {name}]({})\n", rel(&png, &cfg.out)).ok();
+                    attr.push(json!({"sample": name, "spearman_gradcam": m.rho_gradcam, "spearman_grad_input": m.rho_grad_input}));
+                }
+                let rho: Vec<String> = attr
+                    .iter()
+                    .map(|a| {
+                        format!(
+                            "{} {:.2}/{:.2}",
+                            a["sample"].as_str().unwrap_or(""),
+                            a["spearman_gradcam"].as_f64().unwrap_or(f64::NAN),
+                            a["spearman_grad_input"].as_f64().unwrap_or(f64::NAN)
+                        )
+                    })
+                    .collect();
+                writeln!(report, "Spearman ρ of 1/J with Grad-CAM / |grad×input| over positions: {}.\n", rho.join(", ")).ok();
+                split_json = serde_json::to_value(&curves).unwrap_or_default();
+                split_json["attribution"] = Value::Array(attr);
             }
             if cfg.quant {
                 split_json["quant"] = quant_section(&mut report, &mut goal_rows_q, &task, &split, &est, cfg)?;
@@ -328,7 +329,8 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
             split_json["estimator"] = json!({"path": from, "metrics": meta.metrics, "log_points": log.as_ref().map(|l| l.len()).unwrap_or(0),
                 "seconds_per_pass": t_est, "model_seconds_per_pass": t_model, "cost_fraction": t_est / t_model});
             if let Some(log) = &log {
-                split_json["estimator"]["log"] = serde_json::to_value(log.iter().step_by((log.len() / 50).max(1)).collect::<Vec<_>>()).unwrap_or_default();
+                split_json["estimator"]["log"] =
+                    serde_json::to_value(log.iter().step_by((log.len() / 50).max(1)).collect::<Vec<_>>()).unwrap_or_default();
             }
             task_json.insert(split.clone(), split_json);
         }
@@ -339,13 +341,18 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
     }
     let mut head = String::new();
     writeln!(head, "## The goal: where Gaussian noise costs ≥ 10 points, FeatJND costs ≤ 2.5\n").ok();
-    writeln!(head, "| task | split | metric | NRMSE | Gaussian drop (pts) | FeatJND drop (pts) | goal |\n|---|---|---|---|---|---|---|").ok();
+    writeln!(head, "| task | split | metric | NRMSE | Gaussian drop (pts) | FeatJND drop (pts) | goal |\n|---|---|---|---|---|---|---|")
+        .ok();
     for r in &goal_rows {
         writeln!(head, "{r}").ok();
     }
     writeln!(head).ok();
     if cfg.quant {
-        writeln!(head, "## Quantization goals: at equal measured MSE JND-guided is best; at equal task metric ≥ 20% fewer bits than uniform\n").ok();
+        writeln!(
+            head,
+            "## Quantization goals: at equal measured MSE JND-guided is best; at equal task metric ≥ 20% fewer bits than uniform\n"
+        )
+        .ok();
         writeln!(head, "| task | split | metric | budgets where `jnd` ≥ every other strategy (measured, p=1) | bit saving of `jnd` vs `uniform-step` at uniform's metric levels |\n|---|---|---|---|---|").ok();
         for r in &goal_rows_q {
             writeln!(head, "{r}").ok();
@@ -405,7 +412,8 @@ fn quant_section(
     let names = ["jnd", "permuted", "uniform-step", "absmax"];
     writeln!(report, "#### Token-wise quantization at `{split}`\n").ok();
     for &metric in &id.metrics()[..1] {
-        for (by_bits, xlabel) in [(false, "relative budget d = D / mean(x²)"), (true, "bits per feature element (entropy + 16 bits/token)")] {
+        for (by_bits, xlabel) in [(false, "relative budget d = D / mean(x²)"), (true, "bits per feature element (entropy + 16 bits/token)")]
+        {
             let series: Vec<Series> = names
                 .iter()
                 .filter_map(|n| {
@@ -422,11 +430,21 @@ fn quant_section(
             let tag = if by_bits { "bits" } else { "budget" };
             let png = cfg.out.join(format!("quant-{}-{split}-{metric}-{tag}.png", id.name()));
             let xl = if by_bits { xlabel.to_string() } else { format!("log10 {xlabel}") };
-            line_chart(&png, &format!("{} / {split}: {metric}, token-wise quantization (p=1, measured MSE)", id.name()), &xl, metric, &series)?;
+            line_chart(
+                &png,
+                &format!("{} / {split}: {metric}, token-wise quantization (p=1, measured MSE)", id.name()),
+                &xl,
+                metric,
+                &series,
+            )?;
             writeln!(report, "![quant {metric} {tag}]({})\n", rel(&png, &cfg.out)).ok();
         }
         writeln!(report, "`{metric}` (clean {:.4}) per point; MSEs relative to mean(x²); permuted: mean over seeds.\n", clean[metric]).ok();
-        writeln!(report, "| p | match | strategy | d | nominal MSE | measured MSE | bits/elem | {metric} |\n|---|---|---|---|---|---|---|---|").ok();
+        writeln!(
+            report,
+            "| p | match | strategy | d | nominal MSE | measured MSE | bits/elem | {metric} |\n|---|---|---|---|---|---|---|---|"
+        )
+        .ok();
         for p in &points {
             writeln!(
                 report,
@@ -451,12 +469,8 @@ fn quant_section(
             .map(|n| quant::curve(&points, n, 1, true, metric))
             .filter(|c| !c.is_empty())
             .collect();
-        let wins = jnd
-            .iter()
-            .enumerate()
-            .filter(|(i, p)| others.iter().all(|c| p.1 >= c[*i].1))
-            .map(|(_, p)| p.0.to_string())
-            .collect::<Vec<_>>();
+        let wins =
+            jnd.iter().enumerate().filter(|(i, p)| others.iter().all(|c| p.1 >= c[*i].1)).map(|(_, p)| p.0.to_string()).collect::<Vec<_>>();
         let uni = quant::curve(&points, "uniform-step", 1, true, metric);
         let savings: Vec<String> = uni
             .iter()

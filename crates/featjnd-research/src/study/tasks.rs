@@ -189,9 +189,7 @@ pub fn build(id: TaskId, models: &Path, sizes: Sizes, device: Device) -> Result<
             let eval = held.chunks(25).map(|c| images(c).to_device(device)).collect();
             let samples = held.iter().take(4).map(|s| (format!("scene{}", s.index - HELD_OUT_BASE), s.to_tensor())).collect();
             let seed = meta.data_seed + 13;
-            let train_fn: BatchFn = Box::new(move |step| {
-                Ok(images(&scenes(seed, (step * 8) as u64, 8, &sc_cfg)).to_device(device))
-            });
+            let train_fn: BatchFn = Box::new(move |step| Ok(images(&scenes(seed, (step * 8) as u64, 8, &sc_cfg)).to_device(device)));
             Ok(Task { id, model: Box::new(m), eval, scorer: Scorer::Scenes { gt, h, w }, samples, train: train_fn })
         }
         TaskId::Mobilenet => {

@@ -70,10 +70,7 @@ fn augmented_batch(data: &FashionMnist, idx: &[usize], rng: &mut SplitMix) -> (T
         }
         y.push(data.labels[i] as i64);
     }
-    (
-        Tensor::from_slice(&x).reshape([idx.len() as i64, 1, h as i64, w as i64]),
-        Tensor::from_slice(&y),
-    )
+    (Tensor::from_slice(&x).reshape([idx.len() as i64, 1, h as i64, w as i64]), Tensor::from_slice(&y))
 }
 
 /// Top-1/top-5 of `model` on `data` (first `limit` images).
@@ -97,8 +94,7 @@ pub fn train_fmnist(cfg: &FmnistTrain, model_cfg: ResNetConfig, device: Device) 
     let test = FashionMnist::load(Split::Test)?;
     tch::manual_seed(cfg.train_seed as i64);
     let model = FmnistResNet::new(model_cfg.clone(), device);
-    let mut opt = nn::Sgd { momentum: 0.9, dampening: 0.0, wd: cfg.weight_decay, nesterov: true }
-        .build(&model.vs, cfg.lr)?;
+    let mut opt = nn::Sgd { momentum: 0.9, dampening: 0.0, wd: cfg.weight_decay, nesterov: true }.build(&model.vs, cfg.lr)?;
     let per_epoch = train.n / cfg.batch;
     let total = cfg.max_steps.unwrap_or(per_epoch * cfg.epochs).min(per_epoch * cfg.epochs);
     let mut rng = SplitMix(cfg.data_seed);

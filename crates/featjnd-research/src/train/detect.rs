@@ -36,7 +36,17 @@ pub struct DetTrain {
 
 impl Default for DetTrain {
     fn default() -> Self {
-        DetTrain { steps: 2000, batch: 16, lr: 2e-3, train_seed: 1, data_seed: 1, eval_scenes: 200, init: None, quiet: false, time_limit: None }
+        DetTrain {
+            steps: 2000,
+            batch: 16,
+            lr: 2e-3,
+            train_seed: 1,
+            data_seed: 1,
+            eval_scenes: 200,
+            init: None,
+            quiet: false,
+            time_limit: None,
+        }
     }
 }
 
@@ -120,14 +130,7 @@ pub fn targets(scenes: &[Scene], classes: usize) -> Targets {
         let v: Vec<f32> = per.iter().flat_map(|p| p[k].iter().copied()).collect();
         Tensor::from_slice(&v).reshape([b, c, gh, gw])
     };
-    Targets {
-        heat: stack(0, classes as i64),
-        bx: stack(1, 4),
-        box_w: stack(2, 1),
-        fg: stack(3, 1),
-        vote: stack(4, 2),
-        vote_w: stack(5, 1),
-    }
+    Targets { heat: stack(0, classes as i64), bx: stack(1, 4), box_w: stack(2, 1), fg: stack(3, 1), vote: stack(4, 2), vote_w: stack(5, 1) }
 }
 
 /// The training loss of `out = [heat, box, mask]` against `t`; also returns its four parts.
@@ -141,8 +144,7 @@ pub fn loss(out: &[Tensor], t: &Targets) -> (Tensor, [f64; 4]) {
     let l_box = ((&out[1] - &t.bx).abs() * &t.box_w).sum(Kind::Float) / &npos;
     let fg_logit = out[2].narrow(1, 0, 1);
     let l_fg = fg_logit.binary_cross_entropy_with_logits::<Tensor>(&t.fg, None, None, tch::Reduction::Mean);
-    let l_vote = ((out[2].narrow(1, 1, 2) - &t.vote).abs() * &t.vote_w).sum(Kind::Float)
-        / (t.vote_w.sum(Kind::Float) * 2.0).clamp_min(1.0);
+    let l_vote = ((out[2].narrow(1, 1, 2) - &t.vote).abs() * &t.vote_w).sum(Kind::Float) / (t.vote_w.sum(Kind::Float) * 2.0).clamp_min(1.0);
     let parts = [&focal, &l_box, &l_fg, &l_vote].map(|x| x.double_value(&[]));
     (focal + l_box + l_fg + l_vote, parts)
 }

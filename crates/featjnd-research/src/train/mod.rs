@@ -43,7 +43,7 @@ impl Progress {
         self.bar.set_message(self.msg.clone());
         self.bar.inc(1);
         let tenth = (self.total / 10).max(1);
-        if self.lines && (self.done % tenth == 0 || self.done == self.total) {
+        if self.lines && (self.done.is_multiple_of(tenth) || self.done == self.total) {
             eprintln!("{}: {}/{} {}", self.what, self.done, self.total, self.msg);
         }
     }

@@ -245,7 +245,14 @@ fn tensor_to_vec(t: &Tensor) -> Result<Vec<f32>> {
 fn tree_source(t: &deepforest::TreeImage) -> Result<Source> {
     let (h, w) = t.size();
     let boxes = t.boxes.iter().map(|b| [b.bbox[0], b.bbox[1], b.bbox[0] + b.bbox[2], b.bbox[1] + b.bbox[3]]).collect();
-    Ok(Source { name: t.file_name.clone(), height: h, width: w, image: tensor_to_vec(&t.image)?, labels: Labels::Boxes(boxes), rows: (0, h) })
+    Ok(Source {
+        name: t.file_name.clone(),
+        height: h,
+        width: w,
+        image: tensor_to_vec(&t.image)?,
+        labels: Labels::Boxes(boxes),
+        rows: (0, h),
+    })
 }
 
 impl RealData {
@@ -272,9 +279,7 @@ impl RealData {
                         train.push(tree_source(t)?);
                     }
                 }
-                let held = held.ok_or_else(|| {
-                    Error::Io(format!("{}: no {DEEPFOREST_HELD_OUT}.xml to hold out", dir.display()))
-                })?;
+                let held = held.ok_or_else(|| Error::Io(format!("{}: no {DEEPFOREST_HELD_OUT}.xml to hold out", dir.display())))?;
                 if train.is_empty() {
                     return Err(Error::Io(format!("{}: no DeepForest image left to train on", dir.display())));
                 }

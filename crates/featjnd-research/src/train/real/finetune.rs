@@ -48,12 +48,7 @@ pub fn finetune_real(
 /// Loads the shapes detector `base_checkpoint`, evaluates it zero-shot on the held-out crops,
 /// fine-tunes it on random training crops, evaluates again. Returns the model, its checkpoint
 /// metadata (base metadata with the real-data numbers as metrics) and a JSON report.
-pub fn finetune_on(
-    data: &RealData,
-    base_checkpoint: &Path,
-    opts: &RealOptions,
-    device: Device,
-) -> Result<(ShapesDetector, Meta, Value)> {
+pub fn finetune_on(data: &RealData, base_checkpoint: &Path, opts: &RealOptions, device: Device) -> Result<(ShapesDetector, Meta, Value)> {
     if opts.batch == 0 {
         return Err(Error::Arg("batch must be at least 1".into()));
     }
@@ -77,8 +72,7 @@ pub fn finetune_on(
     let mut avg = [f64::NAN; 4];
     let mut seen = 0usize;
     for step in 0..opts.steps {
-        let batch: Vec<Scene> =
-            (0..opts.batch).map(|i| data.sample(&mut rng, (step * opts.batch + i) as u64).0).collect();
+        let batch: Vec<Scene> = (0..opts.batch).map(|i| data.sample(&mut rng, (step * opts.batch + i) as u64).0).collect();
         seen += batch.iter().map(|s| s.objects.len()).sum::<usize>();
         let parts = train_step(&model, &mut opt, &batch, classes, cosine_lr(opts.lr, step, opts.steps, warm), device);
         for (a, p) in avg.iter_mut().zip(parts) {
