@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Set up (idempotent), then the gates and the whole test suite, in tiers. CI runs exactly this.
 #   1. cargo fmt --check, and clippy with warnings as errors over the whole workspace;
-#   2. the lean graph: the kernel library without default features and the C ABI pull in no tch;
+#   2. the lean graph: the kernel library without default features, the C ABI and the Python
+#      package pull in no tch;
 #   3. the C ABI crate (built with no libtorch at all; links libfeatjnd.a from C);
 #   4. the kernel tier (`cargo test -p featjnd-kernels`: ops vs reference, errors, NVRTC);
-#   5. the pipeline tier (`cargo test -p featjnd-research`: models, estimator, studies, CLI).
-# GPU tests skip where no GPU exists; each skip prints a SKIP line, counted at the end.
+#   5. the pipeline tier (`cargo test -p featjnd-research`: models, estimator, studies, CLI);
+#   6. the Python package (scripts/test-python.sh: abi3 wheel with maturin, pytest on numpy,
+#      and on torch tensors where torch is importable).
+# Tests that cannot run here (no GPU, data absent) print a SKIP line; they are counted at the end.
 # Extra arguments go to every `cargo test` (e.g. `scripts/test.sh -- --test-threads=1`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,13 +21,13 @@ cargo fmt --all --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 
 step "lean builds carry no libtorch"
-for p in "featjnd-kernels --no-default-features" "featjnd-capi"; do
+for p in "featjnd-kernels --no-default-features" "featjnd-capi" "featjnd-py"; do
   # shellcheck disable=SC2086
   if cargo tree --locked -e normal -p $p --prefix none | grep -E '^(tch|torch-sys|plotters|clap) '; then
     echo "error: cargo tree -p $p pulls in the crates above" >&2; exit 1
   fi
 done
-echo "ok: the kernel library without default features and the C ABI depend on no tch, plotters or clap"
+echo "ok: the kernel library without default features, the C ABI and the Python package depend on no tch, plotters or clap"
 
 step "C ABI (no libtorch)"
 cargo test --locked -p featjnd-capi "$@" 2>&1 | tee -a "$log"
@@ -32,7 +35,9 @@ step "kernel tier"
 cargo test --locked -p featjnd-kernels "$@" 2>&1 | tee -a "$log"
 step "pipeline tier"
 cargo test --locked -p featjnd-research "$@" 2>&1 | tee -a "$log"
+step "Python package"
+bash scripts/test-python.sh 2>&1 | tee -a "$log"
 
 skips=$(grep -c '^SKIP' "$log" || true)
-step "done: every tier passed; ${skips} GPU test(s) skipped (no usable GPU here):"
+step "done: every tier passed; ${skips} test(s) skipped, each with its reason (GPU tests need a GPU):"
 grep '^SKIP' "$log" | sort | uniq -c || true

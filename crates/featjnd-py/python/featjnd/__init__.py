@@ -1,0 +1,555 @@
+"""FeatJND kernels for Python.
+
+The ops of the featjnd op contract (``docs/contract.md`` in the repository), on numpy arrays and
+torch tensors (any DLPack producer on the CPU), zero-copy:
+
+* :func:`token_tolerance` -- per-token tolerance ``j_t`` from a FeatJND map ``J`` (contract 2);
+* :func:`allocate_steps` / :func:`allocate_steps_measured` -- quantization steps under a noise
+  budget (contract 3);
+* :func:`quantize` / :func:`quantize_with_jnd` -- fused quantize/dequantize with statistics
+  (contract 4);
+* :func:`perturb` -- perturbation at a matched per-sample NRMSE (contract 6);
+* :func:`noise` -- the Philox4x32-10 noise every op draws (contract 5).
+
+Features are float32, float16 or bfloat16 (numpy bfloat16 through ``ml_dtypes``), laid out NCHW
+(4-D) or NTC (3-D); ``layout=None`` picks it from the rank. Inputs are read in place, never
+copied: a non-contiguous array raises :class:`NonContiguousError` (a ``ValueError``). Outputs are
+allocated in the input's framework (``torch.empty`` for torch tensors, ``numpy.empty``
+otherwise) or written into the ``out=`` arrays you pass. The work runs with the GIL released;
+do not modify the arrays from another thread during a call.
+
+Every error is a :class:`featjnd.Error` (a ``ValueError``) subclass whose ``kind`` attribute names
+the contract's error variant; :class:`JndError` and :class:`NonFiniteError` carry ``index`` (the
+lowest flat index of a bad element) and ``value``.
+
+The ops are not differentiable (torch tensors that require grad are read through ``.detach()``).
+
+CUDA arrays (torch CUDA tensors, CuPy arrays) run the CUDA kernels (compiled at run time by
+NVRTC) on ``stream=`` -- an int handle, a ``torch.cuda.Stream`` or any object with
+``__cuda_stream__`` -- or by default on torch's (CuPy's) current stream; every array of a call
+must be on one device (else :class:`DeviceError`). Where no driver, device or NVRTC exists this
+raises :class:`CudaError`. The CUDA path has not been run yet (it was written on a machine
+without a GPU).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+from . import _featjnd
+from ._featjnd import (
+    CONTRACT_VERSION,
+    ArgError,
+    BudgetError,
+    CudaError,
+    DeviceError,
+    DtypeError,
+    EmptyError,
+    Error,
+    InternalError,
+    JndError,
+    NonContiguousError,
+    NonFiniteError,
+    NrmseError,
+    PatchError,
+    ResultOverflowError,
+    ShapeError,
+    UnreachableError,
+)
+
+__version__: str = _featjnd.__version__
+
+__all__ = [
+    "CONTRACT_VERSION",
+    "ArgError",
+    "BudgetError",
+    "CudaError",
+    "DeviceError",
+    "DtypeError",
+    "EmptyError",
+    "Error",
+    "InternalError",
+    "JndError",
+    "MeasuredBudget",
+    "NonContiguousError",
+    "NonFiniteError",
+    "NrmseError",
+    "PatchError",
+    "QuantizeResult",
+    "ResultOverflowError",
+    "ShapeError",
+    "UnreachableError",
+    "allocate_steps",
+    "allocate_steps_measured",
+    "noise",
+    "permutation",
+    "perturb",
+    "quantize",
+    "quantize_with_jnd",
+    "token_tolerance",
+]
+
+# An array of any supported framework (numpy.ndarray, torch.Tensor, another DLPack producer).
+Array = Any
+
+
+@dataclass(frozen=True)
+class MeasuredBudget:
+    """How the measured budget was matched (contract 3.4)."""
+
+    beta: float
+    """Common factor applied to the nominal steps."""
+    measured_mse: float
+    """Measured MSE per element of the quantize-dequantize at ``beta``."""
+    evaluations: int
+    """Quantize passes the bisection took."""
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    """Outputs and statistics of one quantization (contract 4.3, 4.4)."""
+
+    symbols: Optional[Array]
+    """Integer symbols ``q``, shaped like ``x``: int8 (8 bits) or int16 (16 bits)."""
+    recon: Optional[Array]
+    """Reconstruction ``x_hat`` in ``x``'s dtype (``x`` itself when quantized in place)."""
+    token_sse: Optional[Array]
+    """Per-token sum of squared error ``e_t`` (float32, T values)."""
+    steps: Array
+    """The steps ``Delta_t`` used (float32, T values)."""
+    clamped: int
+    """Elements whose symbol was clamped to +-Q."""
+    total_sse: float
+    """Sum of ``e_t`` (float64)."""
+    mse: float
+    """Measured MSE per element: ``total_sse / (T*K)``."""
+    histogram: Optional[np.ndarray]
+    """Symbol histogram (int64; 255 bins for 8 bits, 512 for 16), or None."""
+    entropy_bits: Optional[float]
+    """Empirical entropy of the symbols, bits per symbol (None without a histogram)."""
+    bits_per_element: Optional[float]
+    """Rate estimate: entropy plus 16 bits of side information per token, per element."""
+    tokens: int
+    """T, the number of tokens."""
+    k: int
+    """K, the elements per token."""
+    token_tol: Optional[Array] = None
+    """The token tolerances ``j_t`` (from :func:`quantize_with_jnd`)."""
+    measured: Optional[MeasuredBudget] = None
+    """The measured-budget match (``measured=True`` in :func:`quantize_with_jnd`)."""
+
+
+def _torch_module(a: Any) -> Any:
+    """The torch module if ``a`` is a torch tensor (torch is never imported by featjnd)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(a, torch.Tensor):
+        return torch
+    return None
+
+
+def _input(a: Any) -> Any:
+    torch = _torch_module(a)
+    if torch is not None and a.requires_grad:
+        return a.detach()
+    return a
+
+
+def _np_dtype(kind: str) -> Any:
+    if kind == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError as e:  # pragma: no cover - only without ml_dtypes
+            raise DtypeError("bfloat16 numpy arrays need the ml_dtypes package") from e
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(kind)
+
+
+def _dtype_name(a: Any) -> str:
+    torch = _torch_module(a)
+    if torch is not None:
+        return str(a.dtype).replace("torch.", "")
+    return str(getattr(getattr(a, "dtype", None), "name", getattr(a, "dtype", "?")))
+
+
+def _is_cupy(a: Any) -> bool:
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
+def _empty(like: Any, shape: Tuple[int, ...], kind: str) -> Any:
+    """An uninitialised array of ``kind`` in ``like``'s framework and device."""
+    torch = _torch_module(like)
+    if torch is not None:
+        return torch.empty(shape, dtype=getattr(torch, kind), device=like.device)
+    if _is_cupy(like):
+        import cupy
+
+        with like.device:
+            return cupy.empty(shape, dtype=_np_dtype(kind))
+    return np.empty(shape, dtype=_np_dtype(kind))
+
+
+def _stream(like: Any, stream: Any) -> int:
+    """The CUDA stream handle of a call: ``stream=`` (an int, a ``torch.cuda.Stream``, or an
+    object with ``__cuda_stream__``), else the current stream of ``like``'s framework on its
+    device, else 0 (the legacy default stream; CPU calls ignore it)."""
+    if stream is not None:
+        if hasattr(stream, "__cuda_stream__"):
+            v = stream.__cuda_stream__()
+            return int(v[1] if isinstance(v, tuple) else v)
+        if hasattr(stream, "cuda_stream"):
+            return int(stream.cuda_stream)
+        return int(stream)
+    torch = _torch_module(like)
+    if torch is not None:
+        return int(torch.cuda.current_stream(like.device).cuda_stream) if like.is_cuda else 0
+    if _is_cupy(like):
+        import cupy
+
+        with like.device:
+            return int(cupy.cuda.get_current_stream().ptr)
+    return 0
+
+
+def _shape(a: Any) -> Tuple[int, ...]:
+    try:
+        return tuple(int(d) for d in a.shape)
+    except AttributeError:
+        raise ArgError(f"expected an array (numpy, torch or DLPack), got {type(a).__name__}") from None
+
+
+def _layout(a: Any, layout: Optional[str]) -> str:
+    if layout is not None:
+        return layout
+    nd = len(_shape(a))
+    if nd == 4:
+        return "nchw"
+    if nd == 3:
+        return "ntc"
+    raise ShapeError(f"shape mismatch: x has {nd} dimensions: NCHW features are 4-D and NTC features 3-D (or pass layout=)")
+
+
+def token_tolerance(
+    j: Array,
+    patch: int = 1,
+    reduce: str = "mean",
+    layout: Optional[str] = None,
+    *,
+    out: Optional[Array] = None,
+    stream: Any = None,
+) -> Array:
+    """Token tolerances ``j_t`` of a FeatJND map ``J`` (contract 2).
+
+    Args:
+        j: the tolerance map, float32/float16/bfloat16, NCHW or NTC; every element finite, > 0.
+        patch: NCHW patch size ``p`` (a token is a ``p x p`` patch across all channels); 1 for NTC.
+        reduce: ``"mean"``, ``"rms"`` or ``"min"`` over each token's ``K`` elements.
+        layout: ``"nchw"`` or ``"ntc"``; None picks it from the rank (4-D / 3-D).
+        out: optional float32 array of ``T`` elements to write into.
+        stream: CUDA stream for CUDA arrays (default: the framework's current stream).
+
+    Returns:
+        ``T`` float32 values (a 1-D array in ``j``'s framework, or ``out``).
+
+    Raises:
+        JndError: an element of ``J`` is not finite or <= 0 (``.index``, ``.value``).
+    """
+    j = _input(j)
+    layout = _layout(j, layout)
+    tokens, _ = _featjnd.grid(_shape(j), layout, patch)
+    if out is None:
+        out = _empty(j, (tokens,), "float32")
+    _featjnd.token_tolerance(j, layout, patch, reduce, out, _stream(j, stream))
+    return out
+
+
+def allocate_steps(
+    jt: Array,
+    budget: float,
+    strategy: str = "jnd",
+    seed: int = 0,
+    *,
+    measured_x: Optional[Array] = None,
+    layout: Optional[str] = None,
+    patch: int = 1,
+    bits: int = 8,
+    out: Optional[Array] = None,
+    stream: Any = None,
+) -> Array:
+    """Quantization steps ``Delta_t`` for the noise budget ``D`` (contract 3).
+
+    Args:
+        jt: token tolerances (1-D float32, finite, > 0), e.g. from :func:`token_tolerance`.
+        budget: ``D``, the target mean squared error per element.
+        strategy: ``"jnd"`` (``Delta_t`` proportional to ``j_t``), ``"uniform"`` (one step) or
+            ``"permuted"`` (the JND steps shuffled with ``seed``: the control).
+        seed: the permutation seed of ``"permuted"``.
+        measured_x: match the *measured* MSE of quantizing this feature instead of the nominal
+            ``Delta^2/12`` (contract 3.4; see :func:`allocate_steps_measured` for the match).
+        layout, patch, bits: the quantization ``measured_x`` is measured with.
+        out: optional float32 array of ``T`` elements to write into.
+
+    Returns:
+        ``T`` float32 steps.
+    """
+    if measured_x is not None:
+        steps, _ = allocate_steps_measured(jt, measured_x, budget, strategy, seed, layout=layout, patch=patch, bits=bits, out=out, stream=stream)
+        return steps
+    jt = _input(jt)
+    if out is None:
+        out = _empty(jt, (_shape(jt)[0] if _shape(jt) else 0,), "float32")
+    _featjnd.allocate_steps(jt, float(budget), strategy, seed, 1.0, out, _stream(jt, stream))
+    return out
+
+
+def allocate_steps_measured(
+    jt: Array,
+    x: Array,
+    budget: float,
+    strategy: str = "jnd",
+    seed: int = 0,
+    *,
+    layout: Optional[str] = None,
+    patch: int = 1,
+    bits: int = 8,
+    out: Optional[Array] = None,
+    stream: Any = None,
+) -> Tuple[Array, MeasuredBudget]:
+    """Steps whose quantization of ``x`` measures ``D`` within 0.1% (contract 3.4).
+
+    All nominal steps are scaled by one factor ``beta`` found by bisection.
+
+    Returns:
+        ``(steps, MeasuredBudget(beta, measured_mse, evaluations))``.
+
+    Raises:
+        UnreachableError: ``D`` cannot be matched (above the feature's mean square, or below what
+            the symbol range allows: try ``bits=16``).
+    """
+    jt, x = _input(jt), _input(x)
+    layout = _layout(x, layout)
+    tokens, _ = _featjnd.grid(_shape(x), layout, patch)
+    if out is None:
+        out = _empty(x, (tokens,), "float32")
+    beta, mse, evals = _featjnd.allocate_steps_measured(jt, x, layout, patch, float(budget), strategy, seed, bits, out, _stream(x, stream))
+    return out, MeasuredBudget(beta, mse, evals)
+
+
+def _resolve(v: Any, make: Any) -> Any:
+    """An output argument: an array (written into), True (allocated) or False/None (skipped)."""
+    if v is None or v is False:
+        return None
+    if v is True:
+        return make()
+    return v
+
+
+def _outputs(x: Any, shape: Tuple[int, ...], tokens: int, bits: int, symbols: Any, recon: Any, token_sse: Any, in_place: bool) -> Tuple[Any, Any, Any]:
+    if bits not in (8, 16):
+        raise ArgError(f"bits must be 8 or 16, got {bits}")
+    sym = _resolve(symbols, lambda: _empty(x, shape, "int8" if bits == 8 else "int16"))
+    if in_place:
+        if recon is not True and recon is not None and recon is not False and recon is not x:
+            raise ArgError("in_place=True writes the reconstruction into x: do not also pass recon=")
+        rec = x
+    else:
+        rec = _resolve(recon, lambda: _empty(x, shape, _dtype_name(x)))
+    sse = _resolve(token_sse, lambda: _empty(x, (tokens,), "float32"))
+    return sym, rec, sse
+
+
+def quantize(
+    x: Array,
+    steps: Array,
+    bits: int = 8,
+    patch: int = 1,
+    *,
+    layout: Optional[str] = None,
+    symbols: Any = True,
+    recon: Any = True,
+    token_sse: Any = True,
+    histogram: bool = True,
+    in_place: bool = False,
+    stream: Any = None,
+) -> QuantizeResult:
+    """Fused quantize/dequantize with per-token steps (contract 4).
+
+    Per element of token ``t``: ``q = clamp(rint(x * (1/Delta_t)), -Q, Q)`` and
+    ``x_hat = q * Delta_t``, each one float32 operation (``Q`` = 127 or 32767): bit-identical on
+    every path.
+
+    Args:
+        x: the feature (float32/float16/bfloat16, NCHW or NTC), finite.
+        steps: ``T`` float32 steps, each finite and > 0 (e.g. from :func:`allocate_steps`).
+        bits: symbol width, 8 or 16.
+        patch: NCHW patch size (1 for NTC).
+        layout: ``"nchw"``/``"ntc"``, or None for the rank's default.
+        symbols, recon, token_sse: ``True`` allocates the output, ``False`` skips it, an array is
+            written into (int8/int16 shaped like ``x``; ``x``'s dtype and shape; float32 ``T``).
+        histogram: count the symbol histogram (and the rate estimate).
+        in_place: overwrite ``x`` with its reconstruction (then ``x`` is unspecified after a
+            :class:`NonFiniteError`).
+
+    Returns:
+        A :class:`QuantizeResult`.
+    """
+    x, steps = _input(x), _input(steps)
+    layout = _layout(x, layout)
+    shape = _shape(x)
+    tokens, _ = _featjnd.grid(shape, layout, patch)
+    sym, rec, sse = _outputs(x, shape, tokens, bits, symbols, recon, token_sse, in_place)
+    st = _featjnd.quantize(x, layout, patch, steps, bits, sym, rec, sse, histogram, _stream(x, stream))
+    hist = st["histogram"]
+    return QuantizeResult(
+        symbols=sym,
+        recon=rec,
+        token_sse=sse,
+        steps=steps,
+        clamped=st["clamped"],
+        total_sse=st["total_sse"],
+        mse=st["mse"],
+        histogram=None if hist is None else np.asarray(hist, dtype=np.int64),
+        entropy_bits=st["entropy_bits"],
+        bits_per_element=st["bits_per_element"],
+        tokens=st["tokens"],
+        k=st["k"],
+    )
+
+
+def quantize_with_jnd(
+    x: Array,
+    j: Array,
+    budget: float,
+    strategy: str = "jnd",
+    seed: int = 0,
+    *,
+    patch: int = 1,
+    reduce: str = "mean",
+    bits: int = 8,
+    measured: bool = False,
+    layout: Optional[str] = None,
+    symbols: Any = True,
+    recon: Any = True,
+    token_sse: Any = True,
+    histogram: bool = True,
+    in_place: bool = False,
+    stream: Any = None,
+) -> QuantizeResult:
+    """The JND-guided chain: ``J -> j_t -> Delta_t -> quantize`` (contracts 2-4).
+
+    ``J`` is validated first (a bad ``J`` is reported before a bad ``x``). With ``measured=True``
+    the steps match the measured MSE of this quantization to ``budget`` (contract 3.4).
+
+    Returns:
+        A :class:`QuantizeResult` with ``token_tol``, ``steps`` and (measured) ``measured`` set.
+    """
+    x, j = _input(x), _input(j)
+    layout = _layout(x, layout)
+    if _shape(x) != _shape(j):
+        raise ShapeError(f"shape mismatch: x is {list(_shape(x))}, J is {list(_shape(j))}")
+    jt = token_tolerance(j, patch, reduce, layout, stream=stream)
+    m = None
+    if measured:
+        steps, m = allocate_steps_measured(jt, x, budget, strategy, seed, layout=layout, patch=patch, bits=bits, stream=stream)
+    else:
+        steps = allocate_steps(jt, budget, strategy, seed, stream=stream)
+    r = quantize(x, steps, bits, patch, layout=layout, symbols=symbols, recon=recon, token_sse=token_sse, histogram=histogram, in_place=in_place, stream=stream)
+    return QuantizeResult(**{**r.__dict__, "token_tol": jt, "measured": m})
+
+
+def perturb(
+    x: Array,
+    j: Optional[Array] = None,
+    *,
+    nrmse: float,
+    noise: str = "gaussian",
+    seed: int = 0,
+    subsequence: int = 0,
+    out: Optional[Array] = None,
+    in_place: bool = False,
+    stream: Any = None,
+) -> Tuple[Array, Array]:
+    """Perturbation at a matched per-sample NRMSE (contract 6).
+
+    ``x'_n = x_n + s_n * (J_n * xi_n)`` with ``s_n`` chosen so that every sample ``n`` (slice of
+    the first dimension) has ``||x'_n - x_n|| / ||x_n|| = nrmse``. ``xi`` is the Philox noise of
+    :func:`noise` at each element's flat index. ``j=None`` means ``J = 1`` (the unstructured
+    baseline at the same NRMSE).
+
+    Args:
+        x: the feature (float32/float16/bfloat16, any rank >= 1), finite.
+        j: tolerance map in ``x``'s dtype and shape (finite, > 0), or None.
+        nrmse: the target ``r >= 0``.
+        noise: ``"gaussian"`` or ``"uniform"`` (unit variance).
+        seed, subsequence: the Philox key and counter word 2.
+        out: write ``x'`` into this array (``x``'s dtype and shape).
+        in_place: write ``x'`` into ``x`` (nothing is written if an error is raised).
+
+    Returns:
+        ``(x_perturbed, scales)``: the perturbed feature and ``s_n`` per sample (float32; 0 for a
+        sample returned unchanged).
+    """
+    x = _input(x)
+    j = None if j is None else _input(j)
+    if in_place:
+        if out is not None and out is not x:
+            raise ArgError("in_place=True writes into x: do not also pass out=")
+        out = x
+    elif out is None:
+        out = _empty(x, _shape(x), _dtype_name(x))
+    scales, _zero = _featjnd.perturb(x, j, float(nrmse), noise, seed, subsequence, out, _stream(x, stream))
+    torch = _torch_module(x)
+    if torch is not None:
+        s = torch.tensor(scales, dtype=torch.float32, device=x.device)
+    elif _is_cupy(x):
+        import cupy
+
+        with x.device:
+            s = cupy.asarray(np.asarray(scales, dtype=np.float32))
+    else:
+        s = np.asarray(scales, dtype=np.float32)
+    return out, s
+
+
+def noise(
+    numel: int,
+    offset: int = 0,
+    seed: int = 0,
+    noise: str = "gaussian",
+    subsequence: int = 0,
+    *,
+    out: Optional[Array] = None,
+    like: Optional[Array] = None,
+    stream: Any = None,
+) -> Array:
+    """The noise of flat elements ``offset .. offset+numel-1`` (contract 5).
+
+    Exactly what :func:`perturb` draws there with the same ``seed``, ``subsequence`` and
+    ``noise``: Philox4x32-10 keyed by the seed, element ``i`` on lane ``i % 4`` of block ``i // 4``;
+    standard normal (Box-Muller) or unit-variance uniform.
+
+    Args:
+        out: optional float32 array of ``numel`` elements to write into.
+        like: allocate the result in this array's framework (e.g. a torch tensor).
+
+    Returns:
+        ``numel`` float32 values.
+    """
+    if numel < 0:
+        raise ArgError(f"numel must be >= 0, got {numel}")
+    if out is None:
+        out = _empty(like if like is not None else np.empty(0), (int(numel),), "float32")
+    elif _shape(out) != (numel,):
+        raise ShapeError(f"shape mismatch: out is {list(_shape(out))}, noise needs [{numel}]")
+    if numel == 0:
+        return out
+    _featjnd.noise(out, offset, seed, subsequence, noise, _stream(out, stream))
+    return out
+
+
+def permutation(tokens: int, seed: int) -> np.ndarray:
+    """The permutation ``pi`` of the ``"permuted"`` strategy (contract 3.3), as uint32."""
+    return np.asarray(_featjnd.permutation(tokens, seed), dtype=np.uint32)

@@ -1,0 +1,346 @@
+//! CUDA arrays (DLPack device type 2): the ops through the kernel library's `cuda::raw` launchers
+//! on the caller's stream (torch's current stream, or `stream=`), in the manner of the C ABI's
+//! `crates/featjnd-capi/src/device.rs`: one zeroed statistics buffer per call, allocated on that
+//! stream, and one stream sync when the statistics come back (`noise` needs none).
+//!
+//! Beyond the C ABI, the steps are validated on the host before a quantization (contract §4.2;
+//! `cuda::raw::quantize` does not check them) and step allocation runs on the host from the `T`
+//! token tolerances (validated as on the CPU), so the gaps of contract §7.4 on step and
+//! tolerance values do not apply here.
+//!
+//! Addresses and sizes come from the DLPack producer (torch, CuPy), which owns the allocations;
+//! unlike the C ABI they are not re-checked with the driver.
+//!
+//! NOT RUN YET: written on a machine without a GPU; the CPU path is what the tests exercise.
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::driver::result as cu;
+use cudarc::driver::sys::CUstream;
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+use featjnd_kernels::cpu::perturb::NoiseSpec;
+use featjnd_kernels::cpu::PerturbReport;
+use featjnd_kernels::cuda::raw::{self, DevPtr, DevPtrMut, Elems, Launch, PerturbPtrs, QuantPtrs, StatsBuf};
+use featjnd_kernels::cuda::Device;
+use featjnd_kernels::geom::{Bits, Reduce, Strategy, TokenGrid};
+use featjnd_kernels::{steps, Dtype, Error};
+
+use crate::array::{Array, Dev, Kind};
+
+/// A device array reduced to what the launchers need (an address and a length: `Send`, so the
+/// work can run without the GIL).
+#[derive(Clone, Copy, Debug)]
+pub struct DArr {
+    pub addr: usize,
+    pub numel: usize,
+}
+
+impl From<&Array> for DArr {
+    fn from(a: &Array) -> Self {
+        DArr { addr: a.addr, numel: a.numel() }
+    }
+}
+
+fn cuda(e: impl std::fmt::Debug) -> Error {
+    Error::Cuda(format!("{e:?}"))
+}
+
+/// Device elements of an array (an address only: no access).
+fn elems(a: DArr, dt: Dtype) -> Elems {
+    Elems { ptr: DevPtr::from_addr(a.addr as u64), dt }
+}
+
+fn out_ptr<T>(a: Option<DArr>) -> DevPtrMut<T> {
+    a.map_or(DevPtrMut::null(), |a| DevPtrMut::from_addr(a.addr as u64))
+}
+
+/// The device of a call, and the caller's stream on it.
+pub struct Gpu {
+    dev: Arc<Device>,
+    stream: Arc<CudaStream>,
+}
+
+/// A zeroed statistics buffer on the call's stream and its view for the launchers.
+struct Stats {
+    buf: CudaSlice<i64>,
+    view: StatsBuf,
+}
+
+impl Gpu {
+    /// Device `ordinal` and the stream `stream` (0 = the legacy default stream).
+    ///
+    /// # Safety
+    /// `stream` is 0 or a live CUDA stream of device `ordinal`'s primary context that outlives
+    /// the returned value (torch's and CuPy's streams do while the call runs).
+    pub unsafe fn new(ordinal: i32, stream: usize) -> Result<Gpu, Error> {
+        featjnd_kernels::cuda::available()?;
+        let ordinal = usize::try_from(ordinal).map_err(|_| Error::Arg(format!("CUDA device ordinal {ordinal}")))?;
+        let dev = Device::get(ordinal)?;
+        dev.ctx.bind_to_thread().map_err(cuda)?;
+        // SAFETY: a live stream of this device (or null, the legacy default stream) that outlives
+        // the wrapper (this fn's contract); the wrapper never destroys it.
+        let stream = unsafe { dev.ctx.wrap_borrowed_stream(stream as CUstream) };
+        Ok(Gpu { dev, stream })
+    }
+
+    fn on(&self) -> Launch<'_> {
+        Launch { dev: &self.dev, stream: &self.stream }
+    }
+
+    fn stats(&self, slots: usize) -> Result<Stats, Error> {
+        let buf = self.stream.alloc_zeros::<i64>(slots).map_err(cuda)?;
+        // Event tracking is off (`Device::get`): the guard records nothing, the address is all.
+        let base = buf.device_ptr(&self.stream).0;
+        Ok(Stats { view: StatsBuf::new(DevPtrMut::from_addr(base), slots), buf })
+    }
+
+    fn read(&self, st: &Stats) -> Result<Vec<i64>, Error> {
+        let _live = &st.buf;
+        // SAFETY: `st.view` describes `st.buf`, alive for this borrow, on `self.stream`, where
+        // every kernel writing it was enqueued.
+        unsafe { raw::read_stats(st.view, &self.stream) }
+    }
+
+    /// `n` f32 values of device memory at `a` to the host, ordered on the call's stream.
+    ///
+    /// # Safety
+    /// `a` holds `n` f32 in device memory of this device.
+    unsafe fn to_host(&self, a: DArr, n: usize) -> Result<Vec<f32>, Error> {
+        let mut v = vec![0f32; n];
+        // SAFETY: `a` holds `n` floats (contract); `v` has room for them; the synchronize below
+        // completes the copy before `v` is used or dropped.
+        unsafe { cu::memcpy_dtoh_async(&mut v, a.addr as u64, self.stream.cu_stream()) }.map_err(cuda)?;
+        self.stream.synchronize().map_err(cuda)?;
+        Ok(v)
+    }
+
+    /// Host values into device memory at `a`, ordered on the call's stream.
+    ///
+    /// # Safety
+    /// `a` has room for `v.len()` f32 in device memory of this device, and nothing else reads or
+    /// writes it meanwhile.
+    unsafe fn to_device(&self, a: DArr, v: &[f32]) -> Result<(), Error> {
+        // SAFETY: room for `v.len()` floats (contract); the synchronize below completes the copy
+        // before `v` can be dropped.
+        unsafe { cu::memcpy_htod_async(a.addr as u64, v, self.stream.cu_stream()) }.map_err(cuda)?;
+        self.stream.synchronize().map_err(cuda)
+    }
+
+    /// `j_t` of a device `J` into the device `out` (f32, `T` values).
+    ///
+    /// # Safety
+    /// `j` holds `g.numel()` elements of `dt` and `out` room for `g.tokens()` f32, both device
+    /// memory of this device, disjoint.
+    pub unsafe fn token_tolerance(&self, j: DArr, dt: Dtype, g: &TokenGrid, reduce: Reduce, out: DArr) -> Result<(), Error> {
+        let st = self.stats(raw::TOKEN_STATS_SLOTS)?;
+        let je = elems(j, dt);
+        // SAFETY: sizes and disjointness by this fn's contract; the statistics are a fresh zeroed
+        // allocation on the same stream.
+        unsafe { raw::token_stats(self.on(), g, reduce, je, out_ptr(Some(out)), st.view, false)? };
+        let bad = raw::decode_token_stats(&self.read(&st)?);
+        // SAFETY: `j` holds every index the kernel can report.
+        unsafe { raw::check_bad(bad, None, Some(je), &self.stream) }
+    }
+
+    /// Steps from device token tolerances: `T` values make one round trip through the host,
+    /// where they are validated and allocated exactly as on the CPU.
+    ///
+    /// # Safety
+    /// `jt` holds `tokens` f32 and `out` room for as many, device memory of this device, disjoint.
+    pub unsafe fn allocate_steps(
+        &self,
+        jt: DArr,
+        tokens: usize,
+        budget: f64,
+        strategy: Strategy,
+        beta: f64,
+        out: DArr,
+    ) -> Result<(), Error> {
+        // SAFETY: `jt` holds `tokens` floats (contract).
+        let host = unsafe { self.to_host(jt, tokens) }?;
+        let mut v = vec![0f32; tokens];
+        steps::allocate_into(&host, budget, strategy, beta, &mut v)?;
+        // SAFETY: `out` has room for `tokens` floats and overlaps `jt` nowhere (contract).
+        unsafe { self.to_device(out, &v) }
+    }
+
+    /// The quantization, statistics only (the measured budget's probe), with host steps.
+    ///
+    /// # Safety
+    /// `x` holds `g.numel()` elements of `dt` in device memory of this device; `scratch` is a
+    /// device buffer of `g.tokens()` f32 that nothing else uses.
+    unsafe fn probe_mse(
+        &self,
+        x: DArr,
+        dt: Dtype,
+        g: &TokenGrid,
+        bits: Bits,
+        steps: &[f32],
+        scratch: &CudaSlice<f32>,
+    ) -> Result<f64, Error> {
+        let addr = scratch.device_ptr(&self.stream).0;
+        // SAFETY: `scratch` holds `g.tokens() == steps.len()` floats, only used here; the copy is
+        // ordered before the launch on the same stream, and `steps` outlives the sync in `read`.
+        unsafe { cu::memcpy_htod_async(addr, steps, self.stream.cu_stream()) }.map_err(cuda)?;
+        let p = QuantPtrs {
+            x: elems(x, dt).ptr,
+            steps: DevPtr::from_addr(addr),
+            symbols: DevPtrMut::null(),
+            recon: DevPtrMut::null(),
+            token_sse: DevPtrMut::null(),
+        };
+        let st = self.stats(raw::quantize_slots(bits, false))?;
+        // SAFETY: `x` per this fn's contract, the steps just copied, no outputs; fresh statistics.
+        unsafe { raw::quantize(self.on(), dt, g, &p, bits, false, st.view)? };
+        let q = raw::decode_quantize(&self.read(&st)?, bits, false);
+        // SAFETY: `x` holds every index the kernel can report.
+        unsafe { raw::check_bad(q.bad, Some(elems(x, dt)), None, &self.stream) }?;
+        Ok(q.total_sse / g.numel() as f64)
+    }
+
+    /// Steps matched to the measured budget of quantizing the device `x` (contract §3.4).
+    ///
+    /// # Safety
+    /// As [`Gpu::allocate_steps`] with `tokens = g.tokens()`, and `x` holds `g.numel()`
+    /// elements of `dt` in device memory of this device.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn allocate_steps_measured(
+        &self,
+        jt: DArr,
+        x: DArr,
+        dt: Dtype,
+        g: &TokenGrid,
+        budget: f64,
+        strategy: Strategy,
+        bits: Bits,
+        out: DArr,
+    ) -> Result<steps::Measured, Error> {
+        // SAFETY: `jt` holds `g.tokens()` floats (contract).
+        let host = unsafe { self.to_host(jt, g.tokens()) }?;
+        let scratch = self.stream.alloc_zeros::<f32>(g.tokens()).map_err(cuda)?;
+        let mut probe = vec![0f32; g.tokens()];
+        let m = steps::bisect_beta(budget, |beta| {
+            steps::allocate_into(&host, budget, strategy, beta, &mut probe)?;
+            // SAFETY: `x` per this fn's contract; `scratch` is ours, `g.tokens()` floats.
+            unsafe { self.probe_mse(x, dt, g, bits, &probe, &scratch) }
+        })?;
+        steps::allocate_into(&host, budget, strategy, m.beta, &mut probe)?;
+        // SAFETY: `out` has room for `g.tokens()` floats, disjoint from the inputs (contract).
+        unsafe { self.to_device(out, &probe) }?;
+        Ok(m)
+    }
+
+    /// The fused quantization; returns its statistics. `recon` may be `x` (in place).
+    ///
+    /// # Safety
+    /// Every array is device memory of this device with the size its role needs (`x`, `recon`,
+    /// `symbols`: `g.numel()` elements; `steps`, `token_sse`: `g.tokens()` f32); outputs overlap
+    /// no input and each other, except `recon == x`.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn quantize(
+        &self,
+        x: DArr,
+        dt: Dtype,
+        g: &TokenGrid,
+        steps: DArr,
+        bits: Bits,
+        symbols: Option<DArr>,
+        recon: Option<DArr>,
+        token_sse: Option<DArr>,
+        histogram: bool,
+    ) -> Result<raw::QuantStats, Error> {
+        // Contract §4.2 on the host (the kernel does not check the steps).
+        // SAFETY: `steps` holds `g.tokens()` floats (contract).
+        let host = unsafe { self.to_host(steps, g.tokens()) }?;
+        if let Some(t) = host.iter().position(|&d| !(d.is_finite() && d > 0.0 && (1.0 / d).is_finite())) {
+            return Err(Error::Arg(format!("step Δ[{t}] = {} must be finite and > 0 (and 1/Δ finite)", host[t])));
+        }
+        let p = QuantPtrs {
+            x: elems(x, dt).ptr,
+            steps: DevPtr::from_addr(steps.addr as u64),
+            symbols: out_ptr::<c_void>(symbols),
+            recon: out_ptr::<c_void>(recon),
+            token_sse: out_ptr::<f32>(token_sse),
+        };
+        let st = self.stats(raw::quantize_slots(bits, histogram))?;
+        // SAFETY: sizes and aliasing by this fn's contract; fresh zeroed statistics on the stream.
+        unsafe { raw::quantize(self.on(), dt, g, &p, bits, histogram, st.view)? };
+        let q = raw::decode_quantize(&self.read(&st)?, bits, histogram);
+        // In place, x is overwritten: the message cannot show the bad value.
+        let xs = recon.is_none_or(|r| r.addr != x.addr).then(|| elems(x, dt));
+        // SAFETY: `x` holds every index the kernel can report.
+        unsafe { raw::check_bad(q.bad, xs, None, &self.stream) }?;
+        Ok(q)
+    }
+
+    /// The matched-NRMSE perturbation into `out` (which may be `x`).
+    ///
+    /// # Safety
+    /// `x`, `j` (if any) and `out` hold `numel` elements of `dt` in device memory of this
+    /// device; `out` is `x` or overlaps neither input.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn perturb(
+        &self,
+        x: DArr,
+        j: Option<DArr>,
+        out: DArr,
+        dt: Dtype,
+        samples: usize,
+        nrmse: f64,
+        noise: NoiseSpec,
+    ) -> Result<PerturbReport, Error> {
+        let numel = x.numel;
+        if numel == 0 || samples == 0 {
+            return Err(Error::Empty("feature"));
+        }
+        let a = PerturbPtrs {
+            dt,
+            x: elems(x, dt).ptr,
+            jnd: j.map_or(DevPtr::null(), |j| elems(j, dt).ptr),
+            out: out_ptr::<c_void>(Some(out)),
+            numel,
+            samples,
+        };
+        if !(nrmse.is_finite() && nrmse >= 0.0) {
+            return Err(Error::Nrmse(nrmse));
+        }
+        let st = self.stats(raw::perturb_slots(samples))?;
+        // SAFETY: sizes and aliasing by this fn's contract; fresh zeroed statistics on the stream.
+        unsafe { raw::perturb(self.on(), &a, nrmse, noise, st.view)? };
+        let (bad, report) = raw::decode_perturb(&self.read(&st)?, samples);
+        // A bad element stops pass 2 from writing, so x is intact even in place.
+        // SAFETY: `x` and `j` hold every index the kernels can report.
+        unsafe { raw::check_bad(bad, Some(elems(x, dt)), j.map(|j| elems(j, dt)), &self.stream) }?;
+        raw::check_scales(&report, nrmse)?;
+        Ok(report)
+    }
+
+    /// The §5 noise into the device f32 `out`, enqueued on the stream (no sync).
+    ///
+    /// # Safety
+    /// `out` holds `out.numel` f32 in device memory of this device, used by nothing else.
+    pub unsafe fn noise(&self, out: DArr, offset: u64, noise: NoiseSpec) -> Result<(), Error> {
+        // SAFETY: by this fn's contract.
+        unsafe { raw::noise(self.on(), out_ptr(Some(out)), out.numel, offset, noise) }
+    }
+}
+
+/// The one device of a call's arrays (CPU, or one CUDA device), or `Error::MixedDevices`.
+pub fn device_of(arrays: &[&Array]) -> Result<Dev, Error> {
+    let d = arrays.first().map_or(Dev::Cpu, |a| a.dev);
+    match arrays.iter().find(|a| a.dev != d) {
+        None => Ok(d),
+        Some(b) => Err(Error::MixedDevices(format!("{} is on {}, {} on {}", arrays[0].name, d, b.name, b.dev))),
+    }
+}
+
+/// Checks that a CUDA array holds `kind` elements at an aligned, non-null address.
+pub fn check_device_array(a: &Array, kind: Kind) -> Result<(), Error> {
+    if a.kind != kind {
+        return Err(Error::Dtype(format!("{} is {}, expected {}", a.name, a.kind.name(), kind.name())));
+    }
+    if a.numel() > 0 && (a.addr == 0 || !a.addr.is_multiple_of(kind.size())) {
+        return Err(Error::Arg(format!("{} is not aligned to {} bytes (address {:#x})", a.name, kind.size(), a.addr)));
+    }
+    Ok(())
+}

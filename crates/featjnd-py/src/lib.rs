@@ -1,0 +1,685 @@
+//! `featjnd._featjnd`: the extension module under the Python package `featjnd`.
+//!
+//! A thin layer over the kernel library's slice API (`featjnd_kernels::{cpu, steps, philox,
+//! rate}`), built without libtorch. The pure-Python package (`python/featjnd/__init__.py`) parses
+//! arguments, allocates outputs in the caller's framework (numpy or torch) and calls the
+//! functions here, which
+//! * import every array zero-copy ([`array`]: DLPack, or numpy's array interface where numpy's
+//!   DLPack export cannot carry the array) and refuse non-contiguous ones;
+//! * check dtypes, sizes and that no output overlaps an input (the contract's §7.3), then run the
+//!   op with the GIL released (`Python::detach`);
+//! * turn every `featjnd_kernels::Error` into a `featjnd.Error` subclass (a `ValueError`) carrying
+//!   the contract's message and, for bad elements, `.index` and `.value`;
+//! * catch panics at the boundary: none reaches Python as a `PanicException`.
+use std::panic::AssertUnwindSafe;
+
+use featjnd_kernels::cpu::{self, perturb::NoiseSpec, QuantOut, Symbols};
+use featjnd_kernels::geom::{Bits, FeatureShape, Layout, NoiseKind, Reduce, Strategy, TokenGrid};
+use featjnd_kernels::{philox, rate, steps, with_elem, Error};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+mod array;
+mod gpu;
+use array::{check_disjoint, import, Array, Dev, Kind};
+use gpu::{device_of, DArr, Gpu};
+
+/// The exception classes (`featjnd.Error` and its subclasses).
+mod exc {
+    use pyo3::create_exception;
+    use pyo3::exceptions::PyValueError;
+
+    create_exception!(
+        featjnd,
+        Error,
+        PyValueError,
+        "Base class of every featjnd error (a ValueError). `.kind` names the contract's error variant (docs/contract.md §7)."
+    );
+    create_exception!(featjnd, ShapeError, Error, "Wrong rank for the layout, sizes that differ, or an output of the wrong size.");
+    create_exception!(featjnd, DtypeError, Error, "A dtype other than float32/float16/bfloat16, or J's dtype differs from x's in perturb.");
+    create_exception!(featjnd, DeviceError, Error, "Inputs or outputs on different devices.");
+    create_exception!(
+        featjnd,
+        NonContiguousError,
+        Error,
+        "A non-contiguous array (featjnd never copies: call .contiguous() / np.ascontiguousarray first)."
+    );
+    create_exception!(featjnd, PatchError, Error, "The patch size does not divide H and W.");
+    create_exception!(featjnd, EmptyError, Error, "An array with no elements, no token tolerances or no samples.");
+    create_exception!(featjnd, BudgetError, Error, "A budget D that is not finite and > 0.");
+    create_exception!(featjnd, NrmseError, Error, "An NRMSE r that is not finite and >= 0.");
+    create_exception!(
+        featjnd,
+        JndError,
+        Error,
+        "An element of J (or of the token tolerances) not finite or <= 0: `.index` (flat) and `.value`."
+    );
+    create_exception!(featjnd, NonFiniteError, Error, "A NaN or infinity in x: `.index` (flat) and `.value`.");
+    create_exception!(featjnd, ArgError, Error, "An invalid argument: patch 0, a bad step, overlapping buffers, a bad option name, ...");
+    create_exception!(featjnd, UnreachableError, Error, "The measured budget cannot be matched (`.budget`).");
+    create_exception!(featjnd, ResultOverflowError, Error, "A perturbation whose result would not be finite in the output dtype.");
+    create_exception!(featjnd, CudaError, Error, "The CUDA path is unavailable, or a CUDA/NVRTC call failed.");
+    create_exception!(featjnd, InternalError, Error, "A bug in featjnd (a caught Rust panic): please report it.");
+}
+use exc::*;
+
+/// A failure inside a binding: a kernel-library error or a Python one.
+pub enum Fail {
+    Kernel(Error),
+    Py(PyErr),
+}
+impl From<Error> for Fail {
+    fn from(e: Error) -> Self {
+        Fail::Kernel(e)
+    }
+}
+impl From<PyErr> for Fail {
+    fn from(e: PyErr) -> Self {
+        Fail::Py(e)
+    }
+}
+
+type R<T> = Result<T, Fail>;
+
+/// The Python exception of a kernel error, with `.kind` and the variant's fields as attributes.
+fn to_py(py: Python<'_>, e: Error) -> PyErr {
+    let msg = e.to_string();
+    let (err, kind) = match &e {
+        Error::Shape(_) => (ShapeError::new_err(msg), "Shape"),
+        Error::Dtype(_) => (DtypeError::new_err(msg), "Dtype"),
+        Error::MixedDevices(_) => (DeviceError::new_err(msg), "MixedDevices"),
+        Error::NonContiguous(_) => (NonContiguousError::new_err(msg), "NonContiguous"),
+        Error::Patch { .. } => (PatchError::new_err(msg), "Patch"),
+        Error::Empty(_) => (EmptyError::new_err(msg), "Empty"),
+        Error::Budget(_) => (BudgetError::new_err(msg), "Budget"),
+        Error::Nrmse(_) => (NrmseError::new_err(msg), "Nrmse"),
+        Error::Jnd { .. } => (JndError::new_err(msg), "Jnd"),
+        Error::NonFinite { .. } => (NonFiniteError::new_err(msg), "NonFinite"),
+        Error::Arg(_) => (ArgError::new_err(msg), "Arg"),
+        Error::Unreachable { .. } => (UnreachableError::new_err(msg), "Unreachable"),
+        Error::Overflow(_) => (ResultOverflowError::new_err(msg), "Overflow"),
+        Error::CudaUnavailable(_) => (CudaError::new_err(msg), "CudaUnavailable"),
+        Error::Cuda(_) => (CudaError::new_err(msg), "Cuda"),
+        Error::Nvrtc { .. } => (CudaError::new_err(msg), "Nvrtc"),
+        _ => (exc::Error::new_err(msg), "Other"),
+    };
+    // Attributes are a convenience: a failure to set one must not hide the error itself.
+    let v = err.value(py);
+    let _ = v.setattr("kind", kind);
+    match e {
+        Error::Jnd { index, value } | Error::NonFinite { index, value } => {
+            let _ = v.setattr("index", index);
+            let _ = v.setattr("value", value as f64);
+        }
+        Error::Unreachable { budget, .. } => {
+            let _ = v.setattr("budget", budget);
+        }
+        _ => {}
+    }
+    err
+}
+
+/// Runs a binding: kernel errors become `featjnd` exceptions, and a panic (a bug) becomes
+/// `featjnd.InternalError` instead of unwinding into Python.
+fn guard<T>(py: Python<'_>, f: impl FnOnce() -> R<T>) -> PyResult<T> {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(Fail::Kernel(e))) => Err(to_py(py, e)),
+        Ok(Err(Fail::Py(e))) => Err(e),
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(InternalError::new_err(format!("internal error in featjnd (a Rust panic: {what}); please report it")))
+        }
+    }
+}
+
+fn parse_layout(s: &str) -> Result<Layout, Error> {
+    match s.to_ascii_lowercase().as_str() {
+        "nchw" => Ok(Layout::Nchw),
+        "ntc" => Ok(Layout::Ntc),
+        _ => Err(Error::Arg(format!("layout must be 'nchw' or 'ntc', got {s:?}"))),
+    }
+}
+
+fn parse_reduce(s: &str) -> Result<Reduce, Error> {
+    match s.to_ascii_lowercase().as_str() {
+        "mean" => Ok(Reduce::Mean),
+        "rms" => Ok(Reduce::Rms),
+        "min" => Ok(Reduce::Min),
+        _ => Err(Error::Arg(format!("reduce must be 'mean', 'rms' or 'min', got {s:?}"))),
+    }
+}
+
+fn parse_strategy(s: &str, seed: u64) -> Result<Strategy, Error> {
+    match s.to_ascii_lowercase().as_str() {
+        "uniform" => Ok(Strategy::Uniform),
+        "jnd" => Ok(Strategy::Jnd),
+        "permuted" => Ok(Strategy::Permuted { seed }),
+        _ => Err(Error::Arg(format!("strategy must be 'jnd', 'uniform' or 'permuted', got {s:?}"))),
+    }
+}
+
+fn parse_noise(s: &str) -> Result<NoiseKind, Error> {
+    match s.to_ascii_lowercase().as_str() {
+        "gaussian" => Ok(NoiseKind::Gaussian),
+        "uniform" => Ok(NoiseKind::Uniform),
+        _ => Err(Error::Arg(format!("noise must be 'gaussian' or 'uniform', got {s:?}"))),
+    }
+}
+
+fn parse_bits(b: u32) -> Result<Bits, Error> {
+    match b {
+        8 => Ok(Bits::B8),
+        16 => Ok(Bits::B16),
+        _ => Err(Error::Arg(format!("bits must be 8 or 16, got {b}"))),
+    }
+}
+
+fn token_grid(shape: &[usize], layout: Layout, patch: usize) -> Result<TokenGrid, Error> {
+    let sizes: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+    TokenGrid::new(FeatureShape::from_sizes(layout, &sizes)?, patch)
+}
+
+fn check_numel(a: &Array, want: usize, what: &str) -> Result<(), Error> {
+    if a.numel() != want {
+        return Err(Error::Shape(format!("{} has {} elements, {what} needs {want}", a.name, a.numel())));
+    }
+    Ok(())
+}
+
+fn check_same_shape(a: &Array, b: &Array) -> Result<(), Error> {
+    if a.shape != b.shape {
+        return Err(Error::Shape(format!("{} is {:?}, {} is {:?}", a.name, a.shape, b.name, b.shape)));
+    }
+    Ok(())
+}
+
+/// Steps and token tolerances are f32 vectors.
+fn f32_vector(a: &Array, err: impl Fn(String) -> Error) -> Result<(), Error> {
+    if a.kind != Kind::F32 || a.shape.len() != 1 {
+        return Err(err(format!("{} must be a contiguous 1-D float32 array, got {} of shape {:?}", a.name, a.kind.name(), a.shape)));
+    }
+    Ok(())
+}
+
+/// The call's stream on a CUDA device (checks every array's element kind and alignment first).
+///
+/// # Safety
+/// `stream` is 0 (the legacy default stream) or a live stream of device `ordinal`, alive for
+/// the call: the Python API's contract for `stream=` (torch's current stream by default).
+unsafe fn gpu_for(ordinal: i32, stream: usize, arrays: &[&Array]) -> Result<Gpu, Error> {
+    for a in arrays {
+        gpu::check_device_array(a, a.kind)?;
+    }
+    // SAFETY: this fn's contract.
+    unsafe { Gpu::new(ordinal, stream) }
+}
+
+/// `(T, K)` of a feature shape: tokens and elements per token (validates layout, rank and patch).
+#[pyfunction]
+fn grid(py: Python<'_>, shape: Vec<usize>, layout: &str, patch: usize) -> PyResult<(usize, usize)> {
+    guard(py, || {
+        let g = token_grid(&shape, parse_layout(layout)?, patch)?;
+        Ok((g.tokens(), g.k()))
+    })
+}
+
+/// `out[t] = reduce(J over token t)` (contract §2).
+#[pyfunction]
+#[pyo3(signature = (j, layout, patch, reduce, out, stream=0))]
+#[allow(clippy::too_many_arguments)]
+fn token_tolerance(
+    py: Python<'_>,
+    j: &Bound<'_, PyAny>,
+    layout: &str,
+    patch: usize,
+    reduce: &str,
+    out: &Bound<'_, PyAny>,
+    stream: usize,
+) -> PyResult<()> {
+    guard(py, || {
+        let (layout, reduce) = (parse_layout(layout)?, parse_reduce(reduce)?);
+        let ja = import(j, "J", stream)?;
+        let mut oa = import(out, "out", stream)?;
+        let g = token_grid(&ja.shape, layout, patch)?;
+        let dt = ja.float_dtype()?;
+        let dev = device_of(&[&ja, &oa])?;
+        check_numel(&oa, g.tokens(), "the token tolerances")?;
+        if oa.kind != Kind::F32 {
+            return Err(Error::Shape(format!("out must be float32, got {}", oa.kind.name())).into());
+        }
+        check_disjoint(&[&oa], &[&ja])?;
+        if let Dev::Cuda(ord) = dev {
+            // SAFETY: the `stream=` contract.
+            let gpu = unsafe { gpu_for(ord, stream, &[&ja, &oa]) }?;
+            let (jd, od) = (DArr::from(&ja), DArr::from(&oa));
+            // SAFETY: both are device arrays of this device (DLPack) with the sizes checked above,
+            // disjoint (checked above).
+            py.detach(|| unsafe { gpu.token_tolerance(jd, dt, &g, reduce, od) })?;
+            return Ok(());
+        }
+        // SAFETY: `out` overlaps no input (checked above) and this call holds the only view of it.
+        let o = unsafe { oa.as_mut_slice::<f32>() }?;
+        with_elem!(dt, E => {
+            // SAFETY: `J` is only read, and no output overlaps it (checked above).
+            let js = unsafe { ja.as_slice::<E>() }?;
+            py.detach(|| -> Result<(), Error> {
+                o.copy_from_slice(&cpu::token_tolerance(js, &g, reduce)?);
+                Ok(())
+            })?;
+        });
+        Ok(())
+    })
+}
+
+/// Nominal steps `Δ_t` for budget `D` (contract §3.2), times `beta`.
+#[pyfunction]
+#[pyo3(signature = (jt, budget, strategy, seed, beta, out, stream=0))]
+#[allow(clippy::too_many_arguments)]
+fn allocate_steps(
+    py: Python<'_>,
+    jt: &Bound<'_, PyAny>,
+    budget: f64,
+    strategy: &str,
+    seed: u64,
+    beta: f64,
+    out: &Bound<'_, PyAny>,
+    stream: usize,
+) -> PyResult<()> {
+    guard(py, || {
+        let strategy = parse_strategy(strategy, seed)?;
+        let ja = import(jt, "token tolerances", stream)?;
+        let mut oa = import(out, "out", stream)?;
+        let dev = device_of(&[&ja, &oa])?;
+        f32_vector(&ja, Error::Arg)?;
+        f32_vector(&oa, Error::Shape)?;
+        check_numel(&oa, ja.numel(), "the steps")?;
+        check_disjoint(&[&oa], &[&ja])?;
+        if let Dev::Cuda(ord) = dev {
+            if ja.numel() == 0 {
+                return Err(Error::Empty("token tolerances").into());
+            }
+            // SAFETY: the `stream=` contract.
+            let gpu = unsafe { gpu_for(ord, stream, &[&ja, &oa]) }?;
+            let (jd, od, t) = (DArr::from(&ja), DArr::from(&oa), ja.numel());
+            // SAFETY: device arrays of this device with `t` floats each, disjoint (checked above).
+            py.detach(|| unsafe { gpu.allocate_steps(jd, t, budget, strategy, beta, od) })?;
+            return Ok(());
+        }
+        // SAFETY: only read; `out` overlaps it nowhere (checked above).
+        let js = unsafe { ja.as_slice::<f32>() }?;
+        // SAFETY: `out` overlaps no input (checked above); the only view of it.
+        let o = unsafe { oa.as_mut_slice::<f32>() }?;
+        py.detach(|| steps::allocate_into(js, budget, strategy, beta, o))?;
+        Ok(())
+    })
+}
+
+/// Steps matched to the **measured** budget (contract §3.4); returns `(beta, measured_mse, evaluations)`.
+#[pyfunction]
+#[pyo3(signature = (jt, x, layout, patch, budget, strategy, seed, bits, out, stream=0))]
+#[allow(clippy::too_many_arguments)]
+fn allocate_steps_measured(
+    py: Python<'_>,
+    jt: &Bound<'_, PyAny>,
+    x: &Bound<'_, PyAny>,
+    layout: &str,
+    patch: usize,
+    budget: f64,
+    strategy: &str,
+    seed: u64,
+    bits: u32,
+    out: &Bound<'_, PyAny>,
+    stream: usize,
+) -> PyResult<(f64, f64, u32)> {
+    guard(py, || {
+        let (layout, strategy, bits) = (parse_layout(layout)?, parse_strategy(strategy, seed)?, parse_bits(bits)?);
+        let ja = import(jt, "token tolerances", stream)?;
+        let xa = import(x, "x", stream)?;
+        let mut oa = import(out, "out", stream)?;
+        let dev = device_of(&[&xa, &ja, &oa])?;
+        let g = token_grid(&xa.shape, layout, patch)?;
+        let dt = xa.float_dtype()?;
+        f32_vector(&ja, Error::Arg)?;
+        f32_vector(&oa, Error::Shape)?;
+        check_numel(&ja, g.tokens(), "x's token grid")?;
+        check_numel(&oa, g.tokens(), "the steps")?;
+        check_disjoint(&[&oa], &[&ja, &xa])?;
+        if let Dev::Cuda(ord) = dev {
+            steps::check_budget(budget)?;
+            // SAFETY: the `stream=` contract.
+            let gpu = unsafe { gpu_for(ord, stream, &[&ja, &xa, &oa]) }?;
+            let (jd, xd, od) = (DArr::from(&ja), DArr::from(&xa), DArr::from(&oa));
+            // SAFETY: device arrays of this device with the sizes checked above; `out` overlaps
+            // no input (checked above).
+            let m = py.detach(|| unsafe { gpu.allocate_steps_measured(jd, xd, dt, &g, budget, strategy, bits, od) })?;
+            return Ok((m.beta, m.measured_mse, m.evaluations));
+        }
+        // SAFETY: only read; the output overlaps neither input (checked above).
+        let js = unsafe { ja.as_slice::<f32>() }?;
+        // SAFETY: `out` overlaps no input (checked above); the only view of it.
+        let o = unsafe { oa.as_mut_slice::<f32>() }?;
+        let m = with_elem!(dt, E => {
+            // SAFETY: only read; the output overlaps it nowhere (checked above).
+            let xs = unsafe { xa.as_slice::<E>() }?;
+            py.detach(|| -> Result<steps::Measured, Error> {
+                let mut probe = vec![0f32; g.tokens()];
+                let m = steps::bisect_beta(budget, |beta| {
+                    steps::allocate_into(js, budget, strategy, beta, &mut probe)?;
+                    Ok(cpu::quantize(xs, &g, &probe, bits, QuantOut::default())?.mse(g.numel()))
+                })?;
+                steps::allocate_into(js, budget, strategy, m.beta, o)?;
+                Ok(m)
+            })?
+        });
+        Ok((m.beta, m.measured_mse, m.evaluations))
+    })
+}
+
+/// Fused quantize/dequantize (contract §4). `recon` may be `x` itself (in place). Returns a dict
+/// of the statistics: clamped, total_sse, mse, histogram (or None), entropy_bits, bits_per_element.
+#[pyfunction]
+#[pyo3(signature = (x, layout, patch, steps, bits, symbols=None, recon=None, token_sse=None, histogram=true, stream=0))]
+#[allow(clippy::too_many_arguments)]
+fn quantize<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    layout: &str,
+    patch: usize,
+    steps: &Bound<'py, PyAny>,
+    bits: u32,
+    symbols: Option<&Bound<'py, PyAny>>,
+    recon: Option<&Bound<'py, PyAny>>,
+    token_sse: Option<&Bound<'py, PyAny>>,
+    histogram: bool,
+    stream: usize,
+) -> PyResult<Bound<'py, PyDict>> {
+    let stats = guard(py, || {
+        let (layout, bits) = (parse_layout(layout)?, parse_bits(bits)?);
+        let mut xa = import(x, "x", stream)?;
+        let sa = import(steps, "steps", stream)?;
+        let mut sym = symbols.map(|o| import(o, "symbols", stream)).transpose()?;
+        let mut rec = recon.map(|o| import(o, "recon", stream)).transpose()?;
+        let mut sse = token_sse.map(|o| import(o, "token_sse", stream)).transpose()?;
+        let all: Vec<&Array> = [Some(&xa), Some(&sa), sym.as_ref(), rec.as_ref(), sse.as_ref()].into_iter().flatten().collect();
+        let dev = device_of(&all)?;
+        let g = token_grid(&xa.shape, layout, patch)?;
+        let dt = xa.float_dtype()?;
+        f32_vector(&sa, Error::Shape)?;
+        check_numel(&sa, g.tokens(), "x's token grid")?;
+        if let Some(s) = &sym {
+            let want = if bits == Bits::B8 { Kind::I8 } else { Kind::I16 };
+            if s.kind != want || s.shape != xa.shape {
+                return Err(Error::Shape(format!(
+                    "symbols must be {} values of i{} for {}-bit symbols, shaped like x",
+                    g.numel(),
+                    bits.bits(),
+                    bits.bits()
+                ))
+                .into());
+            }
+        }
+        if let Some(r) = &rec {
+            check_same_shape(r, &xa)?;
+            if r.kind != xa.kind {
+                return Err(Error::Shape(format!("recon is {}, x is {}", r.kind.name(), xa.kind.name())).into());
+            }
+        }
+        if let Some(s) = &sse {
+            check_numel(s, g.tokens(), "token_sse")?;
+            if s.kind != Kind::F32 {
+                return Err(Error::Shape(format!("token_sse must be float32, got {}", s.kind.name())).into());
+            }
+        }
+        let in_place = rec.as_ref().is_some_and(|r| r.same_memory(&xa));
+        {
+            let outs: Vec<&Array> =
+                [sym.as_ref(), if in_place { None } else { rec.as_ref() }, sse.as_ref()].into_iter().flatten().collect();
+            check_disjoint(&outs, &[&xa, &sa])?;
+            if in_place {
+                check_disjoint(&[&xa], &[&sa])?;
+                if xa.readonly {
+                    return Err(Error::Arg("x is read-only (in place)".into()).into());
+                }
+            }
+        }
+        if let Dev::Cuda(ord) = dev {
+            // SAFETY: the `stream=` contract.
+            let gpu = unsafe { gpu_for(ord, stream, &all) }?;
+            let (xd, sd) = (DArr::from(&xa), DArr::from(&sa));
+            let (symd, recd, ssed) = (sym.as_ref().map(DArr::from), rec.as_ref().map(DArr::from), sse.as_ref().map(DArr::from));
+            // SAFETY: device arrays of this device with the sizes checked above; outputs overlap
+            // no input and each other, except recon == x (checked above).
+            let q = py.detach(|| unsafe { gpu.quantize(xd, dt, &g, sd, bits, symd, recd, ssed, histogram) })?;
+            return Ok((cpu::QuantStats { clamped: q.clamped, total_sse: q.total_sse, histogram: q.histogram }, g));
+        }
+        // Every view below: each output overlaps no input and no other output (checked above; in
+        // place, x overlaps neither the steps nor another output), so it is the only view of its
+        // memory; inputs are only read.
+        // SAFETY: see above (the steps are only read).
+        let st = unsafe { sa.as_slice::<f32>() }?;
+        let symbols = match sym.as_mut() {
+            None => Symbols::None,
+            // SAFETY: see above.
+            Some(s) if bits == Bits::B8 => Symbols::I8(unsafe { s.as_mut_slice::<i8>() }?),
+            // SAFETY: see above.
+            Some(s) => Symbols::I16(unsafe { s.as_mut_slice::<i16>() }?),
+        };
+        let token_sse = match sse.as_mut() {
+            // SAFETY: see above.
+            Some(s) => Some(unsafe { s.as_mut_slice::<f32>() }?),
+            None => None,
+        };
+        let stats = with_elem!(dt, E => {
+            if in_place {
+                // SAFETY: see above (x is the reconstruction; nothing else views it).
+                let xs = unsafe { xa.as_mut_slice::<E>() }?;
+                py.detach(|| cpu::quantize_in_place(xs, &g, st, bits, symbols, token_sse, histogram))?
+            } else {
+                // SAFETY: see above (x is only read).
+                let xs = unsafe { xa.as_slice::<E>() }?;
+                let recon = match rec.as_mut() {
+                    // SAFETY: see above.
+                    Some(r) => Some(unsafe { r.as_mut_slice::<E>() }?),
+                    None => None,
+                };
+                py.detach(|| cpu::quantize(xs, &g, st, bits, QuantOut { symbols, recon, token_sse, histogram }))?
+            }
+        });
+        Ok((stats, g))
+    })?;
+    let (stats, g) = stats;
+    let d = PyDict::new(py);
+    d.set_item("clamped", stats.clamped)?;
+    d.set_item("total_sse", stats.total_sse)?;
+    d.set_item("mse", stats.mse(g.numel()))?;
+    d.set_item("tokens", g.tokens())?;
+    d.set_item("k", g.k())?;
+    match &stats.histogram {
+        Some(h) => {
+            let r = rate::Rate::from_histogram(h, g.tokens(), g.k());
+            d.set_item("histogram", h.clone())?;
+            d.set_item("entropy_bits", r.entropy_bits)?;
+            d.set_item("bits_per_element", r.bits_per_element)?;
+        }
+        None => {
+            d.set_item("histogram", py.None())?;
+            d.set_item("entropy_bits", py.None())?;
+            d.set_item("bits_per_element", py.None())?;
+        }
+    }
+    Ok(d)
+}
+
+/// Matched-NRMSE perturbation (contract §6) into `out` (which may be `x`: in place). Returns
+/// `(scales, zero_samples)`.
+#[pyfunction]
+#[pyo3(signature = (x, j, nrmse, noise, seed, subsequence, out, stream=0))]
+#[allow(clippy::too_many_arguments)]
+fn perturb(
+    py: Python<'_>,
+    x: &Bound<'_, PyAny>,
+    j: Option<&Bound<'_, PyAny>>,
+    nrmse: f64,
+    noise: &str,
+    seed: u64,
+    subsequence: u32,
+    out: &Bound<'_, PyAny>,
+    stream: usize,
+) -> PyResult<(Vec<f32>, Vec<usize>)> {
+    guard(py, || {
+        let spec = NoiseSpec { kind: parse_noise(noise)?, seed, subsequence };
+        let mut xa = import(x, "x", stream)?;
+        let ja = j.map(|j| import(j, "J", stream)).transpose()?;
+        let mut oa = import(out, "out", stream)?;
+        let all: Vec<&Array> = [Some(&xa), ja.as_ref(), Some(&oa)].into_iter().flatten().collect();
+        let dev = device_of(&all)?;
+        let dt = xa.float_dtype()?;
+        if xa.shape.is_empty() {
+            return Err(Error::Shape("x has no sample dimension (a 0-d array)".into()).into());
+        }
+        if let Some(j) = &ja {
+            if j.kind != xa.kind {
+                return Err(Error::Dtype(format!("J is {}, x is {}: perturb needs J in x's dtype", j.kind.name(), xa.kind.name())).into());
+            }
+            check_same_shape(j, &xa)?;
+        }
+        if oa.kind != xa.kind {
+            return Err(Error::Shape(format!("out is {}, x is {}", oa.kind.name(), xa.kind.name())).into());
+        }
+        check_same_shape(&oa, &xa)?;
+        let samples = xa.shape[0];
+        let in_place = oa.same_memory(&xa);
+        if in_place {
+            if let Some(j) = &ja {
+                check_disjoint(&[&xa], &[j])?;
+            }
+            if xa.readonly {
+                return Err(Error::Arg("x is read-only (in place)".into()).into());
+            }
+        } else {
+            let ins: Vec<&Array> = [Some(&xa), ja.as_ref()].into_iter().flatten().collect();
+            check_disjoint(&[&oa], &ins)?;
+        }
+        if let Dev::Cuda(ord) = dev {
+            // SAFETY: the `stream=` contract.
+            let gpu = unsafe { gpu_for(ord, stream, &all) }?;
+            let (xd, jd, od) = (DArr::from(&xa), ja.as_ref().map(DArr::from), DArr::from(&oa));
+            // SAFETY: device arrays of this device, all of x's size (checked above); `out` is x
+            // or overlaps neither input (checked above).
+            let rep = py.detach(|| unsafe { gpu.perturb(xd, jd, od, dt, samples, nrmse, spec) })?;
+            return Ok((rep.scales, rep.zero_samples));
+        }
+        let rep = with_elem!(dt, E => {
+            let js = match &ja {
+                // SAFETY: J is only read; no output overlaps it (checked above).
+                Some(j) => Some(unsafe { j.as_slice::<E>() }?),
+                None => None,
+            };
+            if in_place {
+                // SAFETY: x is the output and overlaps J nowhere (checked above): the only view.
+                let xs = unsafe { xa.as_mut_slice::<E>() }?;
+                py.detach(|| cpu::perturb_in_place(xs, js, samples, nrmse, spec))?
+            } else {
+                // SAFETY: x is only read; `out` overlaps no input (checked above).
+                let xs = unsafe { xa.as_slice::<E>() }?;
+                // SAFETY: `out` overlaps no input (checked above): the only view of it.
+                let os = unsafe { oa.as_mut_slice::<E>() }?;
+                py.detach(|| cpu::perturb(xs, js, samples, nrmse, spec, os))?
+            }
+        });
+        Ok((rep.scales, rep.zero_samples))
+    })
+}
+
+/// The §5 noise of flat elements `offset .. offset + len(out)` into the float32 `out`.
+#[pyfunction]
+#[pyo3(signature = (out, offset, seed, subsequence, noise, stream=0))]
+fn noise(py: Python<'_>, out: &Bound<'_, PyAny>, offset: u64, seed: u64, subsequence: u32, noise: &str, stream: usize) -> PyResult<()> {
+    guard(py, || {
+        let spec = NoiseSpec { kind: parse_noise(noise)?, seed, subsequence };
+        let mut oa = import(out, "out", stream)?;
+        if offset.checked_add(oa.numel() as u64).is_none() {
+            return Err(Error::Arg(format!("noise of {} elements from offset {offset} runs past 2^64", oa.numel())).into());
+        }
+        if let Dev::Cuda(ord) = oa.dev {
+            if oa.kind != Kind::F32 {
+                return Err(Error::Dtype(format!("out is {}, expected float32", oa.kind.name())).into());
+            }
+            // SAFETY: the `stream=` contract.
+            let gpu = unsafe { gpu_for(ord, stream, &[&oa]) }?;
+            let od = DArr::from(&oa);
+            // SAFETY: a device array of this device with `numel` floats, used by nothing else.
+            py.detach(|| unsafe { gpu.noise(od, offset, spec) })?;
+            return Ok(());
+        }
+        // SAFETY: the only view of `out` (the call has no inputs).
+        let o = unsafe { oa.as_mut_slice::<f32>() }?;
+        py.detach(|| philox::fill(o, offset, spec.seed, spec.subsequence, spec.kind));
+        Ok(())
+    })
+}
+
+/// The raw Philox4x32-10 block of a counter and key (contract §5.1), for known-answer checks.
+#[pyfunction]
+fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
+    philox::philox4x32_10(counter, key)
+}
+
+/// Fisher–Yates permutation of the `Permuted` strategy (contract §3.3).
+#[pyfunction]
+fn permutation(py: Python<'_>, tokens: usize, seed: u64) -> Vec<u32> {
+    py.detach(|| philox::permutation(tokens, seed))
+}
+
+#[pymodule]
+fn _featjnd(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    // Each class carries its default `kind` (instances raised here set their own, e.g. the
+    // three CUDA variants); `index`/`value`/`budget` default to None.
+    let classes = [
+        ("Error", py.get_type::<exc::Error>(), "Error"),
+        ("ShapeError", py.get_type::<ShapeError>(), "Shape"),
+        ("DtypeError", py.get_type::<DtypeError>(), "Dtype"),
+        ("DeviceError", py.get_type::<DeviceError>(), "MixedDevices"),
+        ("NonContiguousError", py.get_type::<NonContiguousError>(), "NonContiguous"),
+        ("PatchError", py.get_type::<PatchError>(), "Patch"),
+        ("EmptyError", py.get_type::<EmptyError>(), "Empty"),
+        ("BudgetError", py.get_type::<BudgetError>(), "Budget"),
+        ("NrmseError", py.get_type::<NrmseError>(), "Nrmse"),
+        ("JndError", py.get_type::<JndError>(), "Jnd"),
+        ("NonFiniteError", py.get_type::<NonFiniteError>(), "NonFinite"),
+        ("ArgError", py.get_type::<ArgError>(), "Arg"),
+        ("UnreachableError", py.get_type::<UnreachableError>(), "Unreachable"),
+        ("ResultOverflowError", py.get_type::<ResultOverflowError>(), "Overflow"),
+        ("CudaError", py.get_type::<CudaError>(), "Cuda"),
+        ("InternalError", py.get_type::<InternalError>(), "Internal"),
+    ];
+    for (name, class, kind) in classes {
+        class.setattr("kind", kind)?;
+        if name == "Error" {
+            for attr in ["index", "value", "budget"] {
+                class.setattr(attr, py.None())?;
+            }
+        }
+        m.add(name, class)?;
+    }
+    m.add_function(wrap_pyfunction!(grid, m)?)?;
+    m.add_function(wrap_pyfunction!(token_tolerance, m)?)?;
+    m.add_function(wrap_pyfunction!(allocate_steps, m)?)?;
+    m.add_function(wrap_pyfunction!(allocate_steps_measured, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize, m)?)?;
+    m.add_function(wrap_pyfunction!(perturb, m)?)?;
+    m.add_function(wrap_pyfunction!(noise, m)?)?;
+    m.add_function(wrap_pyfunction!(philox4x32_10, m)?)?;
+    m.add_function(wrap_pyfunction!(permutation, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("CONTRACT_VERSION", 1)?;
+    // The CUDA path is compiled in; it runs where a driver, a device and NVRTC exist.
+    m.add("CUDA", true)?;
+    Ok(())
+}
