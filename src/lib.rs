@@ -10,12 +10,15 @@
 //! With the default `torch` feature, [`ops`] is the tensor API: it takes `tch::Tensor`s (CPU or
 //! CUDA, f32/f16/bf16, zero-copy) and dispatches on the tensor's device. Without it
 //! (`default-features = false`) the crate needs no libtorch: the slice API ([`cpu`], [`steps`],
-//! [`philox`], [`rate`]) and the raw-pointer CUDA launches ([`cuda::raw`]) remain.
+//! [`philox`], [`rate`], and the `.fjq` codec `codec` behind the `codec` feature) and the
+//! raw-pointer CUDA launches ([`cuda::raw`]) remain.
 
 // `!(a > b)` on floats is deliberate throughout: it is true for NaN, which is what the checks want.
 #![allow(clippy::neg_cmp_op_on_partial_ord, clippy::needless_range_loop)]
 
 pub mod boxmuller;
+#[cfg(feature = "codec")]
+pub mod codec;
 pub mod cpu;
 pub mod cuda;
 pub mod element;

@@ -616,7 +616,7 @@ pub fn decode_perturb(v: &[i64], samples: usize) -> (Option<BadElement>, Perturb
 /// (the CPU path checks a bound before writing: contract §6, §7.4).
 pub fn check_scales(report: &PerturbReport, nrmse: f64) -> Result<()> {
     match report.scales.iter().position(|s| !s.is_finite()) {
-        Some(n) => Err(Error::Overflow(format!("NRMSE {nrmse} on sample {n} needs a scale beyond f32 ({})", report.scales[n]))),
+        Some(n) => Err(Error::Overflow(format!("NRMSE {nrmse:e} on sample {n} needs a scale beyond f32 ({})", report.scales[n]))),
         None => Ok(()),
     }
 }

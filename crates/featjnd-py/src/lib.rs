@@ -1,7 +1,7 @@
 //! `featjnd._featjnd`: the extension module under the Python package `featjnd`.
 //!
 //! A thin layer over the kernel library's slice API (`featjnd_kernels::{cpu, steps, philox,
-//! rate}`), built without libtorch. The pure-Python package (`python/featjnd/__init__.py`) parses
+//! rate, codec}`), built without libtorch. The pure-Python package (`python/featjnd/__init__.py`) parses
 //! arguments, allocates outputs in the caller's framework (numpy or torch) and calls the
 //! functions here, which
 //! * import every array zero-copy ([`array`]: DLPack, or numpy's array interface where numpy's
@@ -15,9 +15,9 @@ use std::panic::AssertUnwindSafe;
 
 use featjnd_kernels::cpu::{self, perturb::NoiseSpec, QuantOut, Symbols};
 use featjnd_kernels::geom::{Bits, FeatureShape, Layout, NoiseKind, Reduce, Strategy, TokenGrid};
-use featjnd_kernels::{philox, rate, steps, with_elem, Error};
+use featjnd_kernels::{codec, philox, rate, steps, with_elem, Dtype, Error};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyByteArray, PyBytes, PyDict};
 
 mod array;
 mod gpu;
@@ -636,6 +636,105 @@ fn permutation(py: Python<'_>, tokens: usize, seed: u64) -> Vec<u32> {
     py.detach(|| philox::permutation(tokens, seed))
 }
 
+fn rate_dict<'py>(py: Python<'py>, r: &codec::RateReport, s: &codec::Sections) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("file_bytes", r.file_bytes)?;
+    d.set_item("elements", r.elements)?;
+    d.set_item("tokens", r.tokens)?;
+    d.set_item("alphabet", r.alphabet)?;
+    d.set_item("entropy_bits", r.entropy_bits)?;
+    d.set_item("bits_per_element", r.bits_per_element)?;
+    d.set_item("estimate_bits_per_element", r.estimate_bits_per_element)?;
+    d.set_item("gap", r.gap)?;
+    d.set_item("model_bits", r.model_bits)?;
+    let sec = PyDict::new(py);
+    sec.set_item("header", s.header)?;
+    sec.set_item("table", s.table)?;
+    sec.set_item("steps", s.steps)?;
+    sec.set_item("payload", s.payload)?;
+    sec.set_item("crc", s.crc)?;
+    d.set_item("sections", sec)?;
+    Ok(d)
+}
+
+fn layout_name(l: Layout) -> &'static str {
+    match l {
+        Layout::Nchw => "nchw",
+        Layout::Ntc => "ntc",
+    }
+}
+
+fn dtype_name(d: Dtype) -> &'static str {
+    match d {
+        Dtype::F32 => "float32",
+        Dtype::F16 => "float16",
+        Dtype::Bf16 => "bfloat16",
+    }
+}
+
+/// Encodes a CPU feature with per-token steps into a `.fjq` file (docs/fjq-format.md). The steps
+/// are rounded to what the file stores before quantizing. Returns a dict: bytes, steps (the
+/// rounded steps, a float32 bytearray), clamped, mse, rate (a dict with `sections`).
+#[pyfunction]
+#[pyo3(signature = (x, layout, patch, steps, bits))]
+fn encode<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    layout: &str,
+    patch: usize,
+    steps: &Bound<'py, PyAny>,
+    bits: u32,
+) -> PyResult<Bound<'py, PyDict>> {
+    let (bytes, st, clamped, mse, rate, sections) = guard(py, || {
+        let (layout, bits) = (parse_layout(layout)?, parse_bits(bits)?);
+        let xa = import(x, "x", 0)?;
+        let sa = import(steps, "steps", 0)?;
+        if device_of(&[&xa, &sa])? != Dev::Cpu {
+            return Err(Error::Arg("encode runs on the CPU: copy x and steps to the host first".into()).into());
+        }
+        let g = token_grid(&xa.shape, layout, patch)?;
+        let dt = xa.float_dtype()?;
+        f32_vector(&sa, Error::Shape)?;
+        check_numel(&sa, g.tokens(), "x's token grid")?;
+        // SAFETY: only read (encode writes nothing the caller passed).
+        let ss = unsafe { sa.as_slice::<f32>() }?;
+        let r = with_elem!(dt, E => {
+            // SAFETY: only read, as above.
+            let xs = unsafe { xa.as_slice::<E>() }?;
+            py.detach(|| codec::encode(xs, &g, ss, bits).map(|e| (e.bytes, e.steps, e.clamped, e.mse, e.rate, e.sections)))?
+        });
+        Ok(r)
+    })?;
+    let d = PyDict::new(py);
+    d.set_item("bytes", PyBytes::new(py, &bytes))?;
+    let sb: Vec<u8> = st.iter().flat_map(|v| v.to_le_bytes()).collect();
+    d.set_item("steps", PyByteArray::new(py, &sb))?;
+    d.set_item("clamped", clamped)?;
+    d.set_item("mse", mse)?;
+    d.set_item("rate", rate_dict(py, &rate, &sections)?)?;
+    Ok(d)
+}
+
+/// Decodes a `.fjq` file. Returns a dict: dtype, layout, shape, patch, bits, and recon, symbols
+/// and steps as little-endian bytearrays (the file's dtype; int8/int16; float32), rate (a dict
+/// with `sections`). A malformed file raises `featjnd.Error` (message `fjq: ...`).
+#[pyfunction]
+fn decode<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyDict>> {
+    let dec = guard(py, || Ok(py.detach(|| codec::decode(data))?))?;
+    let d = PyDict::new(py);
+    d.set_item("dtype", dtype_name(dec.dtype))?;
+    d.set_item("layout", layout_name(dec.layout))?;
+    d.set_item("shape", dec.shape.sizes())?;
+    d.set_item("patch", dec.patch)?;
+    d.set_item("bits", dec.bits.bits())?;
+    d.set_item("recon", PyByteArray::new(py, &dec.recon.to_le_bytes()))?;
+    d.set_item("symbols", PyByteArray::new(py, &dec.symbols.to_le_bytes()))?;
+    let sb: Vec<u8> = dec.steps.iter().flat_map(|v| v.to_le_bytes()).collect();
+    d.set_item("steps", PyByteArray::new(py, &sb))?;
+    d.set_item("rate", rate_dict(py, &dec.rate, &dec.sections)?)?;
+    Ok(d)
+}
+
 #[pymodule]
 fn _featjnd(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -677,6 +776,8 @@ fn _featjnd(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(noise, m)?)?;
     m.add_function(wrap_pyfunction!(philox4x32_10, m)?)?;
     m.add_function(wrap_pyfunction!(permutation, m)?)?;
+    m.add_function(wrap_pyfunction!(encode, m)?)?;
+    m.add_function(wrap_pyfunction!(decode, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("CONTRACT_VERSION", 1)?;
     // The CUDA path is compiled in; it runs where a driver, a device and NVRTC exist.

@@ -9,7 +9,9 @@ torch tensors (any DLPack producer on the CPU), zero-copy:
 * :func:`quantize` / :func:`quantize_with_jnd` -- fused quantize/dequantize with statistics
   (contract 4);
 * :func:`perturb` -- perturbation at a matched per-sample NRMSE (contract 6);
-* :func:`noise` -- the Philox4x32-10 noise every op draws (contract 5).
+* :func:`noise` -- the Philox4x32-10 noise every op draws (contract 5);
+* :func:`encode` / :func:`decode` -- the ``.fjq`` feature file (``docs/fjq-format.md``):
+  quantized symbols entropy-coded with their per-token steps, decoded bit for bit.
 
 Features are float32, float16 or bfloat16 (numpy bfloat16 through ``ml_dtypes``), laid out NCHW
 (4-D) or NTC (3-D); ``layout=None`` picks it from the rank. Inputs are read in place, never
@@ -34,9 +36,10 @@ without a GPU).
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -68,9 +71,11 @@ __all__ = [
     "ArgError",
     "BudgetError",
     "CudaError",
+    "Decoded",
     "DeviceError",
     "DtypeError",
     "EmptyError",
+    "Encoded",
     "Error",
     "InternalError",
     "JndError",
@@ -85,6 +90,8 @@ __all__ = [
     "UnreachableError",
     "allocate_steps",
     "allocate_steps_measured",
+    "decode",
+    "encode",
     "noise",
     "permutation",
     "perturb",
@@ -553,3 +560,156 @@ def noise(
 def permutation(tokens: int, seed: int) -> np.ndarray:
     """The permutation ``pi`` of the ``"permuted"`` strategy (contract 3.3), as uint32."""
     return np.asarray(_featjnd.permutation(tokens, seed), dtype=np.uint32)
+
+
+# ---------- the .fjq codec ----------
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A feature coded into a ``.fjq`` file by :func:`encode`."""
+
+    bytes: bytes
+    """The ``.fjq`` file."""
+    steps: Array
+    """The steps the file holds (float32, T values): the given steps rounded to f16 precision
+    under one power-of-two scale. ``quantize(x, steps, bits, patch)`` with these steps gives the
+    symbols and reconstruction the file decodes to, bit for bit."""
+    clamped: int
+    """Elements whose symbol was clamped to +-Q."""
+    mse: float
+    """Measured MSE per element of the reconstruction against ``x``."""
+    rate: Dict[str, Any]
+    """The real rate and contract 4's estimate: ``file_bytes``, ``elements``, ``tokens``,
+    ``alphabet``, ``entropy_bits``, ``bits_per_element`` (8 * file size / elements),
+    ``estimate_bits_per_element``, ``gap``, ``model_bits`` and ``sections`` (byte counts of
+    ``header``, ``table``, ``steps``, ``payload``, ``crc``)."""
+
+    def to_file(self, path: Union[str, "os.PathLike[str]"]) -> None:
+        """Writes the ``.fjq`` file to ``path``."""
+        with open(path, "wb") as f:
+            f.write(self.bytes)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A ``.fjq`` file decoded by :func:`decode`."""
+
+    recon: Array
+    """Reconstruction ``x_hat = q * Delta_t`` in the file's dtype and shape."""
+    symbols: Array
+    """Integer symbols ``q`` (int8 for 8 bits, int16 for 16), shaped like ``recon``."""
+    steps: Array
+    """The stored steps (float32, T values)."""
+    dtype: str
+    """``"float32"``, ``"float16"`` or ``"bfloat16"``."""
+    layout: str
+    """``"nchw"`` or ``"ntc"``."""
+    patch: int
+    bits: int
+    rate: Dict[str, Any]
+    """As :attr:`Encoded.rate`."""
+
+    @classmethod
+    def from_file(cls, path: Union[str, "os.PathLike[str]"], *, like: Optional[Array] = None) -> "Decoded":
+        """Reads and decodes the ``.fjq`` file at ``path`` (see :func:`decode`)."""
+        with open(path, "rb") as f:
+            return decode(f.read(), like=like)
+
+
+def _from_bytes(buf: bytearray, kind: str, shape: Tuple[int, ...], like: Any) -> Any:
+    """An array of ``kind`` and ``shape`` over ``buf`` (little-endian), in ``like``'s framework
+    (torch: on its device) or numpy."""
+    torch = _torch_module(like) if like is not None else None
+    if torch is not None:
+        dt = getattr(torch, kind)
+        if len(buf) == 0:
+            t = torch.empty(shape, dtype=dt)
+        else:
+            t = torch.frombuffer(buf, dtype=dt).reshape(shape)
+        return t.to(like.device) if like.device.type != "cpu" else t
+    return np.frombuffer(buf, dtype=_np_dtype(kind)).reshape(shape)
+
+
+def encode(
+    x: Array,
+    steps: Array,
+    *,
+    patch: int = 1,
+    bits: int = 8,
+    layout: Optional[str] = None,
+) -> Encoded:
+    """Codes a feature into a ``.fjq`` file (``docs/fjq-format.md``).
+
+    The steps are first rounded to what the file stores (an f16 mantissa under one common
+    power-of-two scale, 16 bits per token), then ``x`` is quantized with the **rounded** steps
+    (exactly :func:`quantize`) and the symbols are entropy-coded (ANS with a static model whose
+    frequency table is in the file). The file is self-contained: :func:`decode` needs nothing
+    else.
+
+    Args:
+        x: the feature (float32/float16/bfloat16, NCHW or NTC), finite, on the CPU. A CUDA torch
+            tensor is copied to the host (``.cpu()``) first; other device arrays raise
+            :class:`ArgError`.
+        steps: ``T`` float32 steps, each finite and > 0 (e.g. from :func:`allocate_steps`); the
+            smallest must be at least ``2^-38`` times the largest.
+        patch: NCHW patch size (1 for NTC).
+        bits: symbol width, 8 or 16.
+        layout: ``"nchw"``/``"ntc"``, or None for the rank's default.
+
+    Returns:
+        An :class:`Encoded`: ``.bytes`` (the file), the rounded ``.steps`` (in ``x``'s framework,
+        on the CPU), ``.rate``.
+    """
+    x, steps = _input(x), _input(steps)
+    if _torch_module(x) is not None and x.is_cuda:
+        x = x.cpu()
+    if _torch_module(steps) is not None and steps.is_cuda:
+        steps = steps.cpu()
+    layout = _layout(x, layout)
+    r = _featjnd.encode(x, layout, patch, steps, bits)
+    t = r["steps"]
+    return Encoded(
+        bytes=r["bytes"],
+        steps=_from_bytes(t, "float32", (len(t) // 4,), x),
+        clamped=r["clamped"],
+        mse=r["mse"],
+        rate=r["rate"],
+    )
+
+
+def decode(data: Union[bytes, bytearray, memoryview], *, like: Optional[Array] = None) -> Decoded:
+    """Decodes a ``.fjq`` file.
+
+    The reconstruction ``x_hat = f32(q) * Delta_t``, narrowed to the file's dtype, is bit-identical
+    to what :func:`encode` computed (and to :func:`quantize` with :attr:`Encoded.steps`).
+
+    Args:
+        data: the file's bytes.
+        like: a torch tensor to return torch tensors on its device; numpy arrays otherwise
+            (bfloat16 through ``ml_dtypes``).
+
+    Returns:
+        A :class:`Decoded`.
+
+    Raises:
+        Error: a malformed file (bad magic, unsupported version, checksum mismatch -- any corrupted
+            byte or a truncated file --, or an inconsistent header); the message starts with
+            ``fjq:``.
+    """
+    if not isinstance(data, bytes):
+        data = bytes(data)
+    r = _featjnd.decode(data)
+    shape = tuple(r["shape"])
+    bits = r["bits"]
+    st = r["steps"]
+    return Decoded(
+        recon=_from_bytes(r["recon"], r["dtype"], shape, like),
+        symbols=_from_bytes(r["symbols"], "int8" if bits == 8 else "int16", shape, like),
+        steps=_from_bytes(st, "float32", (len(st) // 4,), like),
+        dtype=r["dtype"],
+        layout=r["layout"],
+        patch=r["patch"],
+        bits=bits,
+        rate=r["rate"],
+    )

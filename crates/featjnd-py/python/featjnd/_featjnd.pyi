@@ -87,3 +87,9 @@ def philox4x32_10(counter: Sequence[int], key: Sequence[int]) -> List[int]:
 
 def permutation(tokens: int, seed: int) -> List[int]:
     """The permutation of the ``permuted`` strategy."""
+
+def encode(x: Any, layout: str, patch: int, steps: Any, bits: int) -> Dict[str, Any]:
+    """A ``.fjq`` file of a CPU feature: ``bytes``, ``steps`` (rounded, float32 bytearray), ``clamped``, ``mse``, ``rate``."""
+
+def decode(data: bytes) -> Dict[str, Any]:
+    """A decoded ``.fjq`` file: ``dtype``, ``layout``, ``shape``, ``patch``, ``bits``, ``recon``/``symbols``/``steps`` (bytearrays), ``rate``."""
