@@ -4,11 +4,16 @@
 //! criterion's GB/s for the three variants compare directly; `scripts/bench-table.py` turns the
 //! results into the BENCHMARKS.md table with the two ratios.
 //!
+//! `perturb_*` also times the in-place forms (`*_inplace`: `perturb_` on a copy of x restored
+//! outside the timed region). `noise_cpu` times the Philox generator alone (`philox::fill`, one
+//! thread, f32 into a reused buffer; floor: 4 B written per element) beside torch's `normal_` /
+//! `uniform_` (all threads) and a copy of a buffer of the same size.
+//!
 //! Env: FEATJND_BENCH_MAX_MIB caps the sizes (default 256), FEATJND_BENCH_DEVICES=cpu,cuda.
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use featjnd_kernels::ops::{self, Noise, QuantizeOptions};
-use featjnd_kernels::{Layout, NoiseKind, Reduce, Strategy};
-use std::time::Duration;
+use featjnd_kernels::{philox, Layout, NoiseKind, Reduce, Strategy};
+use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 
 const BUDGET: f64 = 0.01;
@@ -147,6 +152,37 @@ fn bench(c: &mut Criterion) {
                     })
                 });
             }
+            // In place: x restored from a pristine copy before every call, outside the timing (on
+            // the CPU by a plain memcpy: a torch copy_ would leave libgomp's threads spinning
+            // against rayon's during the timed call).
+            let mut xi = x.copy();
+            let x_host: Vec<f32> = if d == Device::Cpu { Vec::try_from(x.flatten(0, -1)).unwrap() } else { Vec::new() };
+            for kind in [NoiseKind::Gaussian, NoiseKind::Uniform] {
+                let spec = Noise { kind, seed: 3, subsequence: 0 };
+                let name = if kind == NoiseKind::Gaussian { "fused_gaussian_inplace" } else { "fused_uniform_inplace" };
+                g.bench_with_input(BenchmarkId::new(name, mib), &mib, |b, _| {
+                    b.iter_custom(|iters| {
+                        let mut t = Duration::ZERO;
+                        for _ in 0..iters {
+                            if d == Device::Cpu {
+                                // SAFETY: `xi` is a contiguous CPU f32 tensor of `numel` elements
+                                // (a copy of `x`), `x_host` holds `numel` f32, and nothing else
+                                // uses `xi` during the copy.
+                                unsafe { std::ptr::copy_nonoverlapping(x_host.as_ptr(), xi.data_ptr() as *mut f32, numel as usize) };
+                            } else {
+                                xi.copy_(&x);
+                                sync(d);
+                            }
+                            let t0 = Instant::now();
+                            let r = ops::perturb_(&mut xi, Some(&j), 0.1, spec).unwrap();
+                            sync(d);
+                            t += t0.elapsed();
+                            std::hint::black_box(r);
+                        }
+                        t
+                    })
+                });
+            }
             g.bench_with_input(BenchmarkId::new("fused_gaussian_alloc", mib), &mib, |b, _| {
                 b.iter(|| {
                     let r = ops::perturb(&x, Some(&j), 0.1, Noise { kind: NoiseKind::Gaussian, seed: 3, subsequence: 0 }).unwrap();
@@ -163,8 +199,38 @@ fn bench(c: &mut Criterion) {
             });
             copy_floor(&mut g, d, mib, pbytes);
             g.finish();
+
+            // The noise alone (CPU): Philox on one thread vs torch's generators on all threads.
+            if d == Device::Cpu && mib <= 16 {
+                noise_bench(c, mib, numel as usize);
+            }
         }
     }
+}
+
+/// `philox::fill` (one thread) vs torch's in-place `normal_`/`uniform_` (all threads) vs copying
+/// a buffer of the same size (floor: 4 B written per element).
+fn noise_bench(c: &mut Criterion, mib: usize, numel: usize) {
+    let mut g = c.benchmark_group("noise_cpu");
+    g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    g.throughput(Throughput::Bytes(4 * numel as u64));
+    let mut v = vec![0.0f32; numel];
+    for (kind, name) in [(NoiseKind::Gaussian, "philox_gaussian_1thread"), (NoiseKind::Uniform, "philox_uniform_1thread")] {
+        g.bench_with_input(BenchmarkId::new(name, mib), &mib, |b, _| b.iter(|| philox::fill(std::hint::black_box(&mut v), 0, 3, 0, kind)));
+    }
+    let mut t = Tensor::empty([numel as i64], (Kind::Float, Device::Cpu));
+    g.bench_with_input(BenchmarkId::new("tch_normal", mib), &mib, |b, _| {
+        b.iter(|| {
+            let _ = t.normal_(0.0, 1.0);
+        })
+    });
+    g.bench_with_input(BenchmarkId::new("tch_uniform", mib), &mib, |b, _| {
+        b.iter(|| {
+            let _ = t.uniform_(-1.7320508, 1.7320508);
+        })
+    });
+    copy_floor(&mut g, Device::Cpu, mib, 8 * numel as u64);
+    g.finish();
 }
 
 criterion_group!(benches, bench);

@@ -4,7 +4,8 @@
 #   2. the lean graph: the kernel library without default features, the C ABI and the Python
 #      package pull in no tch;
 #   3. the C ABI crate (built with no libtorch at all; links libfeatjnd.a from C);
-#   4. the kernel tier (`cargo test -p featjnd-kernels`: ops vs reference, errors, NVRTC);
+#   4. the kernel tier (`cargo test -p featjnd-kernels --all-features`: ops vs reference, errors,
+#      NVRTC, the .fjq codec on slices);
 #   5. the pipeline tier (`cargo test -p featjnd-research`: models, estimator, studies, CLI);
 #   6. the Python package (scripts/test-python.sh: abi3 wheel with maturin, pytest on numpy,
 #      and on torch tensors where torch is importable).
@@ -32,7 +33,8 @@ echo "ok: the kernel library without default features, the C ABI and the Python 
 step "C ABI (no libtorch)"
 cargo test --locked -p featjnd-capi "$@" 2>&1 | tee -a "$log"
 step "kernel tier"
-cargo test --locked -p featjnd-kernels "$@" 2>&1 | tee -a "$log"
+# All features (torch, clap, codec): the set the pipeline builds too, so it compiles once.
+cargo test --locked -p featjnd-kernels --all-features "$@" 2>&1 | tee -a "$log"
 step "pipeline tier"
 cargo test --locked -p featjnd-research "$@" 2>&1 | tee -a "$log"
 step "Python package"

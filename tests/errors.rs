@@ -185,7 +185,7 @@ fn overflowing_strength_is_an_error_and_writes_nothing() {
     for (kind, r) in [(Kind::Float, 1e40), (Kind::Half, 1e5), (Kind::BFloat16, 1e40)] {
         let xk = x.to_kind(kind);
         match ops::perturb(&xk, None, r, Noise::default()) {
-            Err(Error::Overflow(msg)) => assert!(msg.contains(&format!("{r}")), "{msg}"),
+            Err(Error::Overflow(msg)) => assert!(msg.contains(&format!("{r:e}")), "{msg}"),
             other => panic!("{kind:?} r = {r}: {other:?}"),
         }
         let mut xi = xk.copy();

@@ -143,6 +143,14 @@ pub(crate) fn has_avx2() -> bool {
     *AVX2.get_or_init(|| std::is_x86_feature_detected!("avx2"))
 }
 
+/// Does this CPU have AVX2 and FMA? (Probed once; the noise generator's SIMD build needs both.)
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn has_avx2_fma() -> bool {
+    static AVX2_FMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX2_FMA.get_or_init(|| has_avx2() && std::is_x86_feature_detected!("fma"))
+}
+
 /// Sum of a slice with 8 independent f32 accumulators (vectorises; order: lanes, then lanes summed).
 #[inline]
 pub(crate) fn sum_lanes(v: &[f32]) -> f32 {
@@ -171,6 +179,50 @@ pub(crate) fn widen<'a, E: crate::Element>(src: &'a [E], scratch: &'a mut [f32])
             E::widen(src, s);
             s
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)` with streaming (non-temporal) stores where the CPU has AVX: the
+/// lines are not read for ownership and do not evict the caches. Call [`stream_fence`] before
+/// another thread may read `dst`.
+#[inline]
+pub(crate) fn stream_copy(src: &[f32], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "stream_copy: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: `has_avx2` checked at run time that this CPU executes AVX (and AVX2).
+        return unsafe { stream_copy_avx(src, dst) };
+    }
+    dst.copy_from_slice(src)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+fn stream_copy_avx(src: &[f32], dst: &mut [f32]) {
+    use std::arch::x86_64::{_mm256_loadu_ps, _mm256_stream_ps};
+    let n = dst.len();
+    // Plain stores up to the first 32-byte boundary of `dst`, streaming stores from there.
+    let head = dst.as_ptr().align_offset(32).min(n);
+    dst[..head].copy_from_slice(&src[..head]);
+    let mut i = head;
+    while i + 8 <= n {
+        // SAFETY: `i + 8 <= n` = both lengths, so 8 f32 are read from `src[i..]` and written to
+        // `dst[i..]`; `dst + i` is 32-byte aligned (`head` aligned it and `i` advances by 8 f32),
+        // as `_mm256_stream_ps` requires.
+        unsafe { _mm256_stream_ps(dst.as_mut_ptr().add(i), _mm256_loadu_ps(src.as_ptr().add(i))) };
+        i += 8;
+    }
+    dst[i..].copy_from_slice(&src[i..]);
+}
+
+/// Orders this thread's streaming stores before its later stores (and so before the rayon join
+/// that publishes them).
+#[inline]
+pub(crate) fn stream_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE is part of the x86_64 baseline; `sfence` has no operands.
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
     }
 }
 
