@@ -11,9 +11,12 @@ pub struct RunArgs {
     /// Report folder (report.md, summary.json, PNGs).
     #[arg(long, default_value = "out/report")]
     pub out: PathBuf,
-    /// Tasks to run (default: all).
+    /// Tasks to run (default: fmnist, shapes, mobilenet; `nanodet` runs only when named).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub tasks: Vec<TaskId>,
+    /// Only these split points (default: each task's study splits; a name a task lacks is skipped).
+    #[arg(long, value_delimiter = ',')]
+    pub splits: Vec<String>,
     /// Smoke-test mode: tiny held-out sets, two NRMSE levels, one seed, 15-step estimators when
     /// none is committed or cached.
     #[arg(long)]
@@ -47,6 +50,7 @@ pub fn run(a: &RunArgs) -> Result<serde_json::Value> {
         cache: a.cache.clone(),
         tasks: if a.tasks.is_empty() { TaskId::ALL.to_vec() } else { a.tasks.clone() },
         quick: a.quick,
+        splits: a.splits.clone(),
         device: super::parse_device(&a.device)?,
         quiet: a.quiet,
         jnd_steps: a.jnd_steps.or(if a.quick { Some(15) } else { None }),
@@ -76,6 +80,9 @@ pub struct TrainJndArgs {
     pub eps: Option<f64>,
     #[arg(long)]
     pub tau: Option<f64>,
+    /// Hidden width of the estimator (default: the task's, see `jnd_defaults`).
+    #[arg(long)]
+    pub hidden: Option<i64>,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     #[arg(long, default_value = "cpu")]
@@ -90,6 +97,7 @@ pub fn train(a: &TrainJndArgs) -> Result<serde_json::Value> {
         steps: a.steps.unwrap_or(d.steps),
         eps: a.eps.unwrap_or(d.eps),
         tau: a.tau.unwrap_or(d.tau),
+        hidden: a.hidden.unwrap_or(d.hidden),
         seed: a.seed,
         quiet: a.quiet,
         ..d
