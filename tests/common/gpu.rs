@@ -27,7 +27,8 @@ pub fn test_name() -> String {
 /// `scripts/test.sh` can count the skipped GPU tests.
 pub fn skip(line: &str) {
     use std::io::Write as _;
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
+    // A leading newline: the harness may be half-way through a "test name ... " line on stdout.
+    let _ = writeln!(std::io::stderr().lock(), "\n{line}");
 }
 
 pub const KINDS: [Kind; 3] = [Kind::Float, Kind::Half, Kind::BFloat16];

@@ -17,7 +17,10 @@ pub fn rng_lock() -> MutexGuard<'static, ()> {
 macro_rules! skip {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+        // A leading newline: the harness may be half-way through a "test name ... " line.
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err);
+        let _ = writeln!(err, $($arg)*);
     }};
 }
 #[allow(unused_imports)]
