@@ -19,4 +19,11 @@ strip .gpu/gpu-tests .gpu/capi-gpu-tests .gpu/ops-bench .gpu/featjnd
 mkdir -p .gpu/fonts
 cp /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf .gpu/fonts/
 cp scripts/bench-table.py .gpu/
+# The Python package (abi3 wheel) and pytest's pure-Python wheels, for its CUDA tests there
+# (crates/featjnd-py/tests/test_cuda.py); gpu-check.sh unpacks them onto PYTHONPATH (no network there).
+bash scripts/test-python.sh -q >/dev/null
+rm -rf .gpu/wheels && mkdir -p .gpu/wheels
+cp "$(ls -t target/wheels/featjnd-*.whl | head -n1)" .gpu/wheels/
+.deps/pyenv/bin/python -m pip download -q --disable-pip-version-check --only-binary=:all: --no-deps -d .gpu/wheels \
+  pytest==8.3.5 pluggy==1.5.0 iniconfig==2.0.0 packaging==24.2
 ls -la .gpu

@@ -13,6 +13,14 @@ echo "== GPU tests"; start=$(date +%s)
 .gpu/gpu-tests --test-threads=1 --nocapture 2>&1 | tee "$OUT/gpu-tests.log" | grep -E "^test |test result|SKIP|panicked" ; tr=${PIPESTATUS[0]}
 .gpu/capi-gpu-tests --test-threads=1 --nocapture 2>&1 | tee "$OUT/capi-gpu-tests.log" | grep -E "^test |test result|SKIP|panicked" ; [ "${PIPESTATUS[0]}" = 0 ] || tr=1
 echo "gpu tests: rc=$tr in $(( $(date +%s) - start )) s"
+echo "== Python package on CUDA (torch tensors through DLPack)"; start=$(date +%s)
+py_site=/tmp/fj-pysite; rm -rf "$py_site"; mkdir -p "$py_site"
+for w in .gpu/wheels/*.whl; do python3 -m zipfile -e "$w" "$py_site"; done
+if python3 -c 'import numpy, torch; assert torch.cuda.is_available()' 2>/dev/null; then
+  (cd crates/featjnd-py && PYTHONPATH="$py_site" PYTHONDONTWRITEBYTECODE=1 python3 -m pytest -q -p no:cacheprovider tests 2>&1) | tee "$OUT/python-tests.log" | tail -n 15
+  pr=${PIPESTATUS[0]}
+else pr=127; echo "python3 here cannot import numpy and torch with CUDA: Python tests not run"; fi
+echo "python tests: rc=$pr in $(( $(date +%s) - start )) s"
 echo "== compute-sanitizer memcheck (GPU tests matching '${FEATJND_MEMCHECK_FILTER:-}', but the 4 GiB one)"; start=$(date +%s)
 cs=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n1)
 if [ -n "$cs" ]; then
@@ -24,5 +32,5 @@ echo "== GPU benchmarks"; start=$(date +%s)
 FEATJND_BENCH_DEVICES=cuda CRITERION_HOME="$PWD/target/criterion" .gpu/ops-bench --bench --noplot ${FEATJND_BENCH_ARGS:-} ${FEATJND_BENCH_FILTER:-} > "$OUT/bench.log" 2>&1; br=$?
 echo "bench: rc=$br in $(( $(date +%s) - start )) s"
 python3 .gpu/bench-table.py target/criterion | tee "$OUT/bench-table.md"
-echo "== summary: tests rc=$tr, memcheck rc=$mr, bench rc=$br"
-[ "$tr" = 0 ] && [ "$mr" = 0 ] && [ "$br" = 0 ]
+echo "== summary: tests rc=$tr, python rc=$pr, memcheck rc=$mr, bench rc=$br"
+[ "$tr" = 0 ] && [ "$pr" = 0 ] && [ "$mr" = 0 ] && [ "$br" = 0 ]

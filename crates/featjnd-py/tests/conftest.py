@@ -58,7 +58,7 @@ def pytest_terminal_summary(terminalreporter):
     for line in _SKIPS:
         terminalreporter.write_line(line)
     if _SKIPS:
-        terminalreporter.write_line(f"{len(_SKIPS)} torch test(s) printed SKIP (torch is not importable here)")
+        terminalreporter.write_line(f"{len(_SKIPS)} test(s) printed SKIP (reasons above)")
 
 
 @pytest.fixture

@@ -1,0 +1,118 @@
+"""torch CUDA tensors through DLPack: every op on the GPU against the same op on the CPU, on
+torch's current stream and on a caller-given stream. Runs where torch sees a CUDA device (the
+device machine: scripts/gpu-check.sh); prints SKIP and passes everywhere else.
+
+Bit-identical where the contract says so (symbols and reconstructions given the same steps,
+uniform noise); within the contract's tolerances otherwise (token tolerances and steps: reduction
+order; Gaussian noise: transcendental functions).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import featjnd
+from conftest import _SKIPS, feature, tolerance_map
+
+try:
+    import torch
+except Exception:  # pragma: no cover - torch absent or broken
+    torch = None
+
+SHAPES = [((1, 1, 1, 1), 1), ((2, 7, 5, 3), 1), ((3, 17, 6, 10), 2), ((2, 33, 1025), 1)]
+DTYPES = ["float32", "float16", "bfloat16"]
+
+
+def _gpu(name):
+    if torch is None or not torch.cuda.is_available():
+        _SKIPS.append(f"SKIP {name}: no CUDA device visible to torch")
+        return False
+    return True
+
+
+def _bits(t):
+    """A tensor's raw bits on the host, for bitwise comparison."""
+    t = t.detach().cpu().contiguous()
+    if t.dtype in (torch.float16, torch.bfloat16):
+        return t.view(torch.int16).numpy()
+    if t.dtype == torch.float32:
+        return t.view(torch.int32).numpy()
+    return t.numpy()
+
+
+def _pair(rng, shape, name):
+    dt = getattr(torch, name)
+    x = torch.from_numpy(feature(rng, shape, np.float32)).to(dt)
+    j = torch.from_numpy(tolerance_map(rng, shape, np.float32)).to(dt)
+    return x, j
+
+
+def test_quantize_on_gpu_is_bit_identical_to_cpu(rng):
+    if not _gpu("test_quantize_on_gpu_is_bit_identical_to_cpu"):
+        return
+    for shape, patch in SHAPES:
+        for name in DTYPES:
+            x, j = _pair(rng, shape, name)
+            jt = featjnd.token_tolerance(j, patch=patch)
+            steps = featjnd.allocate_steps(jt, 0.01)
+            rc = featjnd.quantize(x, steps, patch=patch)
+            rg = featjnd.quantize(x.cuda(), steps.cuda(), patch=patch)
+            assert rg.symbols.is_cuda and rg.recon.is_cuda, "outputs stay on the input's device"
+            what = f"{shape} {name} p{patch}"
+            assert np.array_equal(_bits(rg.symbols), _bits(rc.symbols)), what
+            assert np.array_equal(_bits(rg.recon), _bits(rc.recon)), what
+            assert rg.clamped == rc.clamped, what
+            np.testing.assert_allclose(rg.token_sse.cpu().numpy(), rc.token_sse.numpy(), rtol=1e-4, atol=1e-30, err_msg=what)
+            # Token tolerances reduce in another order on the device: equal to rounding.
+            np.testing.assert_allclose(featjnd.token_tolerance(j.cuda(), patch=patch).cpu().numpy(), jt.numpy(), rtol=1e-5, err_msg=what)
+
+
+def test_perturb_and_noise_on_gpu_match_cpu(rng):
+    if not _gpu("test_perturb_and_noise_on_gpu_match_cpu"):
+        return
+    for kind in ["uniform", "gaussian"]:
+        nc = featjnd.noise(4099, offset=3, seed=11, noise=kind)
+        ng = featjnd.noise(4099, offset=3, seed=11, noise=kind, like=torch.empty(0, device="cuda"))
+        if kind == "uniform":
+            assert np.array_equal(_bits(ng), _bits(torch.as_tensor(nc))), "uniform noise is bit-identical"
+        else:
+            np.testing.assert_allclose(ng.cpu().numpy(), np.asarray(nc), rtol=1e-5, atol=1e-6)
+    for shape, _ in SHAPES:
+        x, j = _pair(rng, shape, "float32")
+        xc, sc = featjnd.perturb(x, j, nrmse=0.3, seed=5)
+        xg, sg = featjnd.perturb(x.cuda(), j.cuda(), nrmse=0.3, seed=5)
+        assert xg.is_cuda
+        np.testing.assert_allclose(np.asarray(sg.cpu() if hasattr(sg, "cpu") else sg), np.asarray(sc), rtol=1e-5)
+        scale = float(x.abs().max())
+        np.testing.assert_allclose(xg.cpu().numpy(), xc.numpy(), rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_ops_run_on_a_caller_stream(rng):
+    if not _gpu("test_ops_run_on_a_caller_stream"):
+        return
+    x, j = _pair(rng, (2, 16, 8, 8), "float32")
+    xd, jd = x.cuda(), j.cuda()
+    expect = featjnd.quantize_with_jnd(xd, jd, 0.01)
+    s = torch.cuda.Stream()
+    # The current stream (torch's) and an explicit `stream=`: the same bits either way.
+    with torch.cuda.stream(s):
+        on_current = featjnd.quantize_with_jnd(xd, jd, 0.01)
+    on_given = featjnd.quantize_with_jnd(xd, jd, 0.01, stream=s)
+    torch.cuda.synchronize()
+    for r in (on_current, on_given):
+        assert np.array_equal(_bits(r.symbols), _bits(expect.symbols))
+        assert np.array_equal(_bits(r.recon), _bits(expect.recon))
+
+
+def test_gpu_errors_name_the_first_bad_index(rng):
+    if not _gpu("test_gpu_errors_name_the_first_bad_index"):
+        return
+    x, j = _pair(rng, (2, 4, 4, 4), "float32")
+    x = x.cuda()
+    x.view(-1)[37] = float("nan")
+    try:
+        featjnd.perturb(x, nrmse=0.1)
+    except featjnd.Error as e:
+        assert e.index == 37, e
+    else:  # pragma: no cover
+        raise AssertionError("a NaN in x on the GPU must be an error")
