@@ -305,25 +305,8 @@ pub fn load_strict(vs: &mut VarStore, path: &Path) -> Result<()> {
             _ => extra.push(name.to_string()),
         }
     }
-    if !(missing.is_empty() && wrong.is_empty() && extra.is_empty()) {
-        let list = |v: &[String]| {
-            let mut s = v.iter().take(8).cloned().collect::<Vec<_>>().join(", ");
-            if v.len() > 8 {
-                s.push_str(&format!(", … ({} in all)", v.len()));
-            }
-            s
-        };
-        let mut why = vec![format!("does not match {ARCH} (strict load)")];
-        if !missing.is_empty() {
-            why.push(format!("missing keys: {}", list(&missing)));
-        }
-        if !wrong.is_empty() {
-            why.push(format!("mis-shaped keys: {}", list(&wrong)));
-        }
-        if !extra.is_empty() {
-            why.push(format!("unexpected keys: {}", list(&extra)));
-        }
-        return Err(ck(why.join("; ")));
+    if let Some(why) = super::strict_load_report(ARCH, &[("missing keys", &missing), ("mis-shaped keys", &wrong), ("unexpected keys", &extra)]) {
+        return Err(ck(why));
     }
     tch::no_grad(|| {
         for (mut var, v) in copies {

@@ -62,3 +62,17 @@ pub fn expect_feats(feats: &[Tensor], n: usize, split: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// The reason a strict weight load fails, or `None` when every list is empty: `arch` and each
+/// non-empty list of names (at most 8 shown, then the count), e.g. `("missing keys", &missing)`.
+pub(crate) fn strict_load_report(arch: &str, problems: &[(&str, &[String])]) -> Option<String> {
+    let list = |v: &[String]| {
+        let mut s = v.iter().take(8).cloned().collect::<Vec<_>>().join(", ");
+        if v.len() > 8 {
+            s.push_str(&format!(", … ({} in all)", v.len()));
+        }
+        s
+    };
+    let found: Vec<String> = problems.iter().filter(|(_, v)| !v.is_empty()).map(|(what, v)| format!("{what}: {}", list(v))).collect();
+    (!found.is_empty()).then(|| std::iter::once(format!("does not match {arch} (strict load)")).chain(found).collect::<Vec<_>>().join("; "))
+}

@@ -627,28 +627,14 @@ pub fn load_tfjs(vs: &mut VarStore, json_path: &Path) -> Result<()> {
     let unused: Vec<String> =
         weights.iter().filter(|(n, w)| matches!(w, Weight::F32 { .. }) && !used.contains(n.as_str())).map(|(n, _)| n.clone()).collect();
     let unassigned: Vec<String> = vars.keys().filter(|k| !assigned.contains(*k)).cloned().collect();
-    if !(missing.is_empty() && wrong.is_empty() && unused.is_empty() && unassigned.is_empty()) {
-        let list = |v: &[String]| {
-            let mut s = v.iter().take(8).cloned().collect::<Vec<_>>().join(", ");
-            if v.len() > 8 {
-                s.push_str(&format!(", … ({} in all)", v.len()));
-            }
-            s
-        };
-        let mut why = vec![format!("does not match {ARCH} (strict load)")];
-        if !missing.is_empty() {
-            why.push(format!("missing weights: {}", list(&missing)));
-        }
-        if !wrong.is_empty() {
-            why.push(format!("mis-shaped weights: {}", list(&wrong)));
-        }
-        if !unused.is_empty() {
-            why.push(format!("unused float weights: {}", list(&unused)));
-        }
-        if !unassigned.is_empty() {
-            why.push(format!("model variables not loaded: {}", list(&unassigned)));
-        }
-        return Err(Error::Checkpoint { path: json_path.display().to_string(), why: why.join("; ") });
+    let problems: [(&str, &[String]); 4] = [
+        ("missing weights", &missing),
+        ("mis-shaped weights", &wrong),
+        ("unused float weights", &unused),
+        ("model variables not loaded", &unassigned),
+    ];
+    if let Some(why) = super::strict_load_report(ARCH, &problems) {
+        return Err(Error::Checkpoint { path: json_path.display().to_string(), why });
     }
     let device = vs.device();
     tch::no_grad(|| {
