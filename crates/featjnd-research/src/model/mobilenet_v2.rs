@@ -305,7 +305,9 @@ pub fn load_strict(vs: &mut VarStore, path: &Path) -> Result<()> {
             _ => extra.push(name.to_string()),
         }
     }
-    if let Some(why) = super::strict_load_report(ARCH, &[("missing keys", &missing), ("mis-shaped keys", &wrong), ("unexpected keys", &extra)]) {
+    if let Some(why) =
+        super::strict_load_report(ARCH, &[("missing keys", &missing), ("mis-shaped keys", &wrong), ("unexpected keys", &extra)])
+    {
         return Err(ck(why));
     }
     tch::no_grad(|| {
