@@ -476,19 +476,18 @@ fn perturb_impl(x: &Tensor, jnd: Option<&Tensor>, nrmse: f64, noise: NoiseSpec, 
             return Err(Error::Dtype(format!("x is {}, J is {}: they must match", dt.name(), dj.name())));
         }
     }
+    if let (None, Some(j)) = (out, jnd) {
+        // In place, x is written while J is read (on every device): they must not share memory.
+        check_disjoint(x, "x (in place)", j, "J")?;
+    }
     let samples = x.size()[0] as usize;
     if let Some(o) = cuda_ordinal(x.device()) {
         return cuda_ops::perturb(o, x, jnd, dt, samples, nrmse, noise, out);
     }
-    if out.is_none() {
-        if let Some(j) = jnd {
-            check_disjoint(x, "x (in place)", j, "J")?;
-        }
-    }
     with_elem!(dt, E => {
         // SAFETY: checked contiguous CPU tensors of `dt`'s element type. `out` was allocated by
         // `perturb` or checked disjoint from `x` and `J` by `perturb_into`; in place, `J` was
-        // checked disjoint from `x` just above, and `x` is viewed once, mutably. Nothing else
+        // checked disjoint from `x` above, and `x` is viewed once, mutably. Nothing else
         // touches these tensors while the op runs.
         let js = jnd.map(|j| unsafe { slice::<E>(j) });
         match out {
