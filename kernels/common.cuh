@@ -124,6 +124,19 @@ __device__ __forceinline__ void report_bad(u64* bad, u64 idx_or_max) {
     u64 m = warp_min_u64(idx_or_max);
     if ((threadIdx.x & 31) == 0 && m != ~0ull && bad) atomicMax(bad, ~m);
 }
+// Max of the values > 0 into a zeroed cell holding f32 bits: for non-negative floats the bit
+// patterns order as the values (+Inf included), so an unsigned atomicMax is an exact,
+// order-independent max. NaN and values <= 0 contribute nothing (0 bits = +0.0f). One atomic per
+// warp at most; every lane of the warp must call it.
+__device__ __forceinline__ void report_max_pos(u32* cell, float v) {
+    u32 m = v > 0.0f ? __float_as_uint(v) : 0u;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const u32 w = __shfl_xor_sync(0xffffffffu, m, o);
+        m = w > m ? w : m;
+    }
+    if ((threadIdx.x & 31) == 0 && m != 0u && cell) atomicMax(cell, m);
+}
 __device__ __forceinline__ bool bad_seen(u64 cell) { return cell && *(const u64*)cell != 0ull; }
 
 // ---- fast division by a runtime constant (unsigned 32-bit, n < 2^31) ----

@@ -53,6 +53,11 @@ enum { FJ_REDUCE_MEAN = 0, FJ_REDUCE_RMS = 1, FJ_REDUCE_MIN = 2 };
 enum { FJ_STRATEGY_UNIFORM = 0, FJ_STRATEGY_JND = 1, FJ_STRATEGY_PERMUTED = 2 };
 /* Noise kind (contract §5). */
 enum { FJ_NOISE_GAUSSIAN = 0, FJ_NOISE_UNIFORM = 1 };
+/* What token_stats.cu rejects: a tolerance map (finite and > 0, contract §2) or a feature
+ * (finite, for the token RMS of contract §3.5). */
+enum { FJ_CHECK_JND = 0, FJ_CHECK_FINITE = 1 };
+/* Bits of the capped allocation's status word (fj_caps). */
+enum { FJ_CAPPED_ZERO_FEATURE = 1 };
 
 /* How a tensor splits into tokens (contract §1). For NTC: n = N, c = C, h = T, w = 1, patch = 1.
  * tokens = number of tokens T (all samples), k = elements per token. */
@@ -64,15 +69,20 @@ typedef struct FjTokenGeom {
     uint32_t k;
 } FjTokenGeom;
 
-/* token_stats.cu: j_t = reduce(J over token t); optionally accumulates sum_t j_t^2 (f64). */
+/* token_stats.cu: j_t = reduce(J over token t); optionally accumulates sum_t j_t^2 (f64) and
+ * max_t j_t. With check = FJ_CHECK_FINITE and reduce = RMS the same kernel gives the token RMS
+ * r_t of a feature x (contract §3.5): `jnd` then points at x. */
 typedef struct FjTokenStatsParams {
     FjTokenGeom geom;
-    uint64_t jnd;          /* const elem*: J, shape of x */
-    uint64_t token_tol;    /* float*: j_t, T values */
+    uint64_t jnd;          /* const elem*: J (or x), shape of x */
+    uint64_t token_tol;    /* float*: j_t (or r_t), T values */
     uint64_t sum_sq;       /* double*: += sum_t j_t^2 (zeroed by the caller); 0 = skip */
-    uint64_t bad_index;    /* unsigned long long*: bad cell: first non-finite or <= 0 J */
+    uint64_t bad_index;    /* unsigned long long*: bad cell: first element `check` rejects */
+    uint64_t max_out;      /* unsigned int*: atomicMax of the f32 bits of every j_t > 0, i.e. the
+                              f32 max_t j_t (zeroed by the caller; the low half of a stats slot);
+                              0 = skip */
     uint32_t reduce;
-    uint32_t pad0;
+    uint32_t check;        /* FJ_CHECK_* */
 } FjTokenStatsParams;
 
 /* step_alloc.cu: steps_t from token tolerances and a budget, no host round-trip.
@@ -88,6 +98,30 @@ typedef struct FjStepAllocParams {
     uint32_t tokens;
     uint32_t strategy;
 } FjStepAllocParams;
+
+/* step_alloc.cu: the capped allocation (contract §3.5), three kernels sharing one struct:
+ *  fj_max_pos      (grid over T)  *max_rms = max of the r_t > 0 (atomicMax on f32 bits; NaN and
+ *                                 values <= 0 ignored, as the CPU's fold from 0 does);
+ *  fj_caps         (grid over T)  c_t = kappa * max(r_t, 2^-24 * max_rms), one f32 multiply each;
+ *                                 sets FJ_CAPPED_ZERO_FEATURE in *status unless max_rms is finite > 0;
+ *  fj_capped_solve (ONE block)    validates j_t and c_t, solves for (a, b) in f64 (scales[0..2]);
+ *  fj_capped_steps (grid over T)  step_t = min(f32(a beta) * j_t, f32(b beta) * c_t).
+ * Every pointer a kernel does not use may be 0. */
+typedef struct FjCappedParams {
+    uint64_t token_tol;    /* const float*: j_t */
+    uint64_t rms;          /* const float*: r_t (fj_max_pos, fj_caps) */
+    uint64_t max_rms;      /* unsigned int* / const float*: max_t r_t (zeroed by the caller) */
+    uint64_t caps;         /* float*: c_t (written by fj_caps, read by the others) */
+    uint64_t scales;       /* double[2]: (a, b), written by fj_capped_solve */
+    uint64_t steps;        /* float*: out, T values */
+    uint64_t bad_jnd;      /* unsigned long long*: bad cell: first j_t not finite and > 0 */
+    uint64_t bad_cap;      /* unsigned long long*: bad cell: first c_t not finite and > 0 */
+    uint64_t status;       /* unsigned long long*: FJ_CAPPED_* bits (zeroed by the caller) */
+    double budget;         /* D > 0 */
+    double beta;           /* common factor of the measured budget (1 = nominal) */
+    float kappa;           /* cap factor > 0 */
+    uint32_t tokens;
+} FjCappedParams;
 
 /* quantize.cu: fused quantize / dequantize (contract §4). Every output is optional (0 = skip). */
 typedef struct FjQuantizeParams {

@@ -1,12 +1,16 @@
 // Token tolerance j_t = reduce(J over the K elements of token t) (contract §2), fused with the
 // validation of J (finite, > 0) and the device-side sum_t j_t^2 the Jnd step allocation needs.
+// The same kernels give the token RMS r_t of a feature (contract §3.5: reduce = RMS, check =
+// FJ_CHECK_FINITE, and max_t r_t for the caps' floor), so both share one summation order.
 // NCHW: a lane per token and the channels split over the block's warps; neighbouring lanes hold
 // neighbouring patches, so each warp load covers 32*p contiguous elements of a row (coalesced for
 // every p). NTC: one warp per token row.
 
 template <class D>
-__device__ __forceinline__ void acc_elem(float v, u64 idx, u32 reduce, float& a, u64& bad) {
-    if (!(v > 0.0f) || !fj_finite(v)) bad = idx < bad ? idx : bad;
+__device__ __forceinline__ void acc_elem(float v, u64 idx, u32 reduce, u32 check, float& a, u64& bad) {
+    // A feature may be zero or negative; a tolerance must be > 0.
+    const bool ok = fj_finite(v) && (check == FJ_CHECK_FINITE || v > 0.0f);
+    if (!ok) bad = idx < bad ? idx : bad;
     if (reduce == FJ_REDUCE_MIN) a = fminf(a, v);
     else if (reduce == FJ_REDUCE_RMS) a = __fadd_rn(a, __fmul_rn(v, v));
     else a = __fadd_rn(a, v);
@@ -21,6 +25,7 @@ __device__ __forceinline__ float finish(float a, u32 reduce, u32 k) {
 __device__ __forceinline__ void emit(const FjTokenStatsParams& p, u32 t, bool live, float jt, u64 bad) {
     if (live) ((float*)p.token_tol)[t] = jt;
     report_bad((u64*)p.bad_index, bad);
+    if (p.max_out) report_max_pos((u32*)p.max_out, live ? jt : 0.0f);
     if (p.sum_sq) {
         const double s = block_sum_d(live ? (double)jt * (double)jt : 0.0);
         if (threadIdx.x == 0) atomicAdd((double*)p.sum_sq, s);
@@ -56,7 +61,7 @@ __device__ void token_stats_nchw(const FjTokenStatsParams& p) {
 #pragma unroll
                     for (int b = 0; b < 8; ++b) {
                         const u32 cc = c + b * FJ_WARPS;
-                        if (cc < g.c) acc_elem<D>(v[b], pos + (u64)(cc - warp) * plane, p.reduce, a, bad);
+                        if (cc < g.c) acc_elem<D>(v[b], pos + (u64)(cc - warp) * plane, p.reduce, p.check, a, bad);
                     }
                 }
             }
@@ -81,7 +86,7 @@ __device__ void token_stats_ntc(const FjTokenStatsParams& p) {
     if (live) {
         const typename D::T* j = (const typename D::T*)p.jnd;
         const u64 base = (u64)t * g.k;
-        for (u32 e = lane; e < g.k; e += 32) acc_elem<D>(D::load(j[base + e]), base + e, p.reduce, a, bad);
+        for (u32 e = lane; e < g.k; e += 32) acc_elem<D>(D::load(j[base + e]), base + e, p.reduce, p.check, a, bad);
     }
     a = p.reduce == FJ_REDUCE_MIN ? warp_min(a) : warp_sum(a);
     emit(p, t, live && lane == 0, finish(a, p.reduce, g.k), bad);

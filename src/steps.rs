@@ -154,3 +154,94 @@ pub fn bisect_beta(budget: f64, mut measure: impl FnMut(f64) -> Result<f64>) -> 
     }
     Err(Error::Unreachable { budget, why: "bisection did not converge (the measured MSE jumps across D)".into() })
 }
+
+// ---------- capped allocation (contract §3.5) ----------
+
+/// Checks caps: one per token, finite and > 0.
+pub fn check_caps(caps: &[f32], tokens: usize) -> Result<()> {
+    if caps.len() != tokens {
+        return Err(Error::Shape(format!("caps has {} values for {tokens} tokens", caps.len())));
+    }
+    match caps.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
+        Some(t) => Err(Error::Arg(format!("cap c[{t}] = {} must be finite and > 0", caps[t]))),
+        None => Ok(()),
+    }
+}
+
+/// Caps `c_t = κ·max(r_t, 2^-24·max_t r_t)` from the token RMS `r_t` of the feature (contract §3.5):
+/// the floor keeps an all-zero token's step positive (its value does not matter: every symbol of
+/// such a token is 0 whatever the step). Errors when every token is zero or `κ` is not finite > 0.
+pub fn caps_from_rms(rms: &[f32], kappa: f32) -> Result<Vec<f32>> {
+    if !(kappa.is_finite() && kappa > 0.0) {
+        return Err(Error::Arg(format!("cap factor κ = {kappa} must be finite and > 0")));
+    }
+    let max = rms.iter().cloned().fold(0.0f32, f32::max);
+    if !(max > 0.0 && max.is_finite()) {
+        return Err(Error::Arg("the feature is zero (or not finite) in every token: the capped allocation has no scale".into()));
+    }
+    let floor = max * (1.0 / 16_777_216.0);
+    Ok(rms.iter().map(|&r| kappa * r.max(floor)).collect())
+}
+
+/// The two `f64` scales of the capped allocation at `β = 1`: `Δ_t = min(a·j_t, b·c_t)`.
+///
+/// * Unsaturated (`S_c = Σ c_t² > 12·D·T`): `b = 1` and `a = s`, the root of
+///   `Σ_t min(s·j_t, c_t)² = 12·D·T`, found exactly: sort the ratios `ρ_t = c_t / j_t` ascending
+///   and capture tokens (smallest ratio first) until the closed-form
+///   `s = sqrt((12·D·T − Σ_capped c²) / Σ_free j²)` lies at or below the next ratio; the final sums
+///   are recomputed from scratch over the final sets (no cancellation from running updates).
+/// * Saturated (`S_c ≤ 12·D·T`: even every token at its cap spends less than the budget): every
+///   step is its cap scaled up, `b = sqrt(12·D·T / S_c)`, and `a = +∞` (the `j` term never wins).
+pub fn capped_scales(jt: &[f32], caps: &[f32], budget: f64) -> Result<(f64, f64)> {
+    check_budget(budget)?;
+    check_token_tol(jt)?;
+    check_caps(caps, jt.len())?;
+    let target = 12.0 * budget * jt.len() as f64;
+    let sc: f64 = caps.iter().map(|&c| (c as f64) * (c as f64)).sum();
+    if sc <= target {
+        return Ok((f64::INFINITY, (target / sc).sqrt()));
+    }
+    let mut order: Vec<(f64, u32)> = jt.iter().zip(caps).enumerate().map(|(t, (&j, &c))| (c as f64 / j as f64, t as u32)).collect();
+    order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    // Running sums only locate the active set; the answer is recomputed below.
+    let mut free_j: f64 = jt.iter().map(|&j| (j as f64) * (j as f64)).sum();
+    let mut capped_c = 0.0f64;
+    let mut k = 0;
+    while k < order.len() {
+        let s = ((target - capped_c).max(0.0) / free_j).sqrt();
+        if s <= order[k].0 {
+            break;
+        }
+        let t = order[k].1 as usize;
+        free_j -= (jt[t] as f64) * (jt[t] as f64);
+        capped_c += (caps[t] as f64) * (caps[t] as f64);
+        k += 1;
+    }
+    if k == order.len() {
+        // Unreachable in exact arithmetic (S_c > target); rounding can only land here at the
+        // boundary, where the saturated formula gives the same steps.
+        return Ok((f64::INFINITY, (target / sc).sqrt()));
+    }
+    let free: f64 = order[k..].iter().map(|&(_, t)| (jt[t as usize] as f64).powi(2)).sum();
+    let capped: f64 = order[..k].iter().map(|&(_, t)| (caps[t as usize] as f64).powi(2)).sum();
+    Ok((((target - capped).max(0.0) / free).sqrt(), 1.0))
+}
+
+/// Writes the capped steps `Δ_t = min(f32(a·β)·j_t, f32(b·β)·c_t)` (contract §3.5): each scale
+/// rounded once to `f32`, each candidate one `f32` multiply.
+pub fn allocate_capped_into(jt: &[f32], caps: &[f32], budget: f64, beta: f64, out: &mut [f32]) -> Result<()> {
+    let (a, b) = capped_scales(jt, caps, budget)?;
+    if out.len() != jt.len() {
+        return Err(Error::Shape(format!("steps has {} values for {} tokens", out.len(), jt.len())));
+    }
+    let (fa, fb) = ((a * beta) as f32, (b * beta) as f32);
+    out.iter_mut().zip(jt.iter().zip(caps)).for_each(|(o, (&j, &c))| *o = (fa * j).min(fb * c));
+    Ok(())
+}
+
+/// Nominal capped steps for budget `D` (contract §3.5).
+pub fn allocate_capped(jt: &[f32], caps: &[f32], budget: f64) -> Result<Vec<f32>> {
+    let mut out = vec![0.0; jt.len()];
+    allocate_capped_into(jt, caps, budget, 1.0, &mut out)?;
+    Ok(out)
+}

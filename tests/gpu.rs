@@ -214,3 +214,224 @@ fn mixed_devices_are_a_typed_error() {
     let r = ops::perturb(&x.to_device(d), Some(&j), 0.1, Noise::default());
     assert!(matches!(r, Err(featjnd_kernels::Error::MixedDevices(_))), "{r:?}");
 }
+
+// ---- the capped allocation (contract §3.5) ----
+
+/// Every element of `a` within `n` f32 ulps of `b` (positive finite values: the bit patterns
+/// order as the values, so the ulp distance is the difference of the patterns).
+fn within_ulps(a: &Tensor, b: &Tensor, n: i64, what: &str) {
+    let a = Vec::<f32>::try_from(a.to_device(Device::Cpu).contiguous()).unwrap();
+    let b = Vec::<f32>::try_from(b.to_device(Device::Cpu).contiguous()).unwrap();
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    for (t, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(*x > 0.0 && x.is_finite() && *y > 0.0 && y.is_finite(), "{what}: step {t} = {x} vs {y}");
+        let d = (x.to_bits() as i64 - y.to_bits() as i64).abs();
+        assert!(d <= n, "{what}: step {t} is {x} on the GPU, {y} on the CPU ({d} ulps)");
+    }
+}
+
+/// Caps spanning several orders of magnitude (some tokens far below their tolerance-scaled step,
+/// so that both capped and free tokens occur), from Philox.
+fn caps_for(t: i64, seed: i64) -> Tensor {
+    let c = feature(&[t], Kind::Float, seed).abs() * 2.0 + 1e-3;
+    let scale = jnd(&[t], Kind::Float, seed + 7).log10().round(); // roughly 10^-1 .. 10^0
+    (c * Tensor::from(10.0f32).pow(&(scale * 3.0))).to_kind(Kind::Float)
+}
+
+fn nominal(steps: &Tensor) -> f64 {
+    let s = steps.to_device(Device::Cpu).to_kind(Kind::Double);
+    (&s * &s).mean(Kind::Double).double_value(&[]) / 12.0
+}
+
+#[test]
+fn capped_steps_gpu_match_cpu() {
+    let Some(d) = gpu() else { return };
+    for (i, t) in [1i64, 7, 17, 1025, 5137].into_iter().enumerate() {
+        let jt = jnd(&[t], Kind::Float, 40 + i as i64);
+        let caps = caps_for(t, 40 + i as i64);
+        let sc = (&caps * &caps).to_kind(Kind::Double).mean(Kind::Double).double_value(&[]) / 12.0;
+        // Far below saturation, near it (a few tokens free), just past it, far past it.
+        for budget in [sc * 1e-4, sc * 0.05, sc * 0.6, sc * 0.99, sc * 1.01, sc * 50.0] {
+            for beta in [1.0, 0.37] {
+                let what = format!("T={t} D={budget:e} β={beta}");
+                let c = ops::allocate_steps_capped(&jt, &caps, budget, beta).unwrap();
+                let g = ops::allocate_steps_capped(&jt.to_device(d), &caps.to_device(d), budget, beta).unwrap();
+                assert_eq!(g.device(), d, "{what}: steps on the input's device");
+                // Bisection vs sort-and-sweep: one f32 ulp at most (contract §3.5).
+                within_ulps(&g, &c, 1, &what);
+                let m = nominal(&g);
+                assert!((m / (budget * beta * beta) - 1.0).abs() <= 1e-5, "{what}: nominal MSE {m:e}");
+                // No step above its cap times the saturated factor, none above its Jnd share.
+                let reference = featjnd_kernels::reference::capped_steps(
+                    &Vec::<f32>::try_from(&jt).unwrap(),
+                    &Vec::<f32>::try_from(&caps).unwrap(),
+                    budget,
+                );
+                if beta == 1.0 {
+                    within_ulps(&g, &Tensor::from_slice(&reference), 2, &format!("{what} vs reference"));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn token_rms_and_caps_gpu_match_cpu() {
+    let Some(d) = gpu() else { return };
+    for (i, (layout, sizes, patch)) in shapes().into_iter().enumerate() {
+        for kind in KINDS {
+            let x = feature(&sizes, kind, 600 + i as i64);
+            let what = format!("{layout:?} {sizes:?} p{patch} {kind:?}");
+            let rc = ops::token_rms(&x, layout, patch).unwrap();
+            let rg = ops::token_rms(&x.to_device(d), layout, patch).unwrap();
+            assert_eq!(rg.device(), d);
+            // f32 sums in another order (contract §2).
+            close(&rg, &rc, 1e-5, 0.0, &format!("token rms {what}"));
+            let cc = ops::caps_from_rms(&rc, 2.0).unwrap();
+            // From the same r_t, the caps are bit-identical (one max, two f32 multiplies).
+            bits_eq(&ops::caps_from_rms(&rc.to_device(d), 2.0).unwrap(), &cc, &format!("caps {what}"));
+            let cg = ops::caps_from_rms(&rg, 2.0).unwrap();
+            close(&cg, &cc, 1e-5, 0.0, &format!("caps from the GPU rms {what}"));
+        }
+    }
+    // A zero token gets the floor 2^-24·max, κ times.
+    let x = Tensor::from_slice(&[0.0f32, 0.0, 3.0, 4.0]).reshape([1, 2, 2]);
+    let r = ops::token_rms(&x.to_device(d), Layout::Ntc, 1).unwrap();
+    let c = Vec::<f32>::try_from(ops::caps_from_rms(&r, 2.0).unwrap().to_device(Device::Cpu)).unwrap();
+    let r1 = (12.5f32).sqrt();
+    assert_eq!(c, vec![2.0 * (r1 * (1.0 / 16_777_216.0)), 2.0 * r1]);
+}
+
+#[test]
+fn fused_capped_chain_on_gpu_matches_cpu() {
+    let Some(d) = gpu() else { return };
+    for (i, (layout, sizes, patch)) in shapes().into_iter().enumerate() {
+        for kind in KINDS {
+            let x = feature(&sizes, kind, 700 + i as i64);
+            let j = jnd(&sizes, kind, 700 + i as i64);
+            let opts = QuantizeOptions::default();
+            let what = format!("{layout:?} {sizes:?} p{patch} {kind:?}");
+            // Unsaturated (x has RMS 3, caps ~6: D = 0.5 is well below) and saturated.
+            for budget in [0.5, 1e3] {
+                let (sc, qc) = ops::quantize_capped(&x, &j, layout, patch, Reduce::Mean, 2.0, budget, &opts).unwrap();
+                let (sg, qg) =
+                    ops::quantize_capped(&x.to_device(d), &j.to_device(d), layout, patch, Reduce::Mean, 2.0, budget, &opts).unwrap();
+                // The token sums (J and x) run in another order on the device: 1e-5, not an ulp.
+                close(&sg, &sc, 1e-5, 0.0, &format!("fused capped steps {what} D={budget}"));
+                assert!((nominal(&sg) / budget - 1.0).abs() <= 1e-5, "nominal {what} D={budget}");
+                assert!((qg.mse - qc.mse).abs() <= 1e-3 * qc.mse + 1e-12, "fused capped mse {} vs {} {what}", qg.mse, qc.mse);
+                // Given the GPU's steps, the quantization is the plain one, bit for bit.
+                let q = ops::quantize(&x.to_device(d), layout, patch, &sg, &opts).unwrap();
+                bits_eq(q.symbols.as_ref().unwrap(), qg.symbols.as_ref().unwrap(), &format!("symbols {what}"));
+                assert_eq!(q.histogram, qg.histogram, "histogram {what}");
+            }
+        }
+    }
+}
+
+#[test]
+fn capped_measured_budget_on_gpu() {
+    let Some(d) = gpu() else { return };
+    let sizes = [2i64, 32, 12, 12];
+    let x = feature(&sizes, Kind::Float, 17).to_device(d);
+    let j = jnd(&sizes, Kind::Float, 17).to_device(d);
+    let jt = ops::token_tolerance(&j, Layout::Nchw, 1, Reduce::Mean).unwrap();
+    let caps = ops::caps_from_rms(&ops::token_rms(&x, Layout::Nchw, 1).unwrap(), 2.0).unwrap();
+    for budget in [0.5, 4.0] {
+        let (st, m) = ops::allocate_steps_capped_measured(&x, Layout::Nchw, 1, &jt, &caps, budget, Bits::B8).unwrap();
+        assert_eq!(st.device(), d);
+        let q = ops::quantize(&x, Layout::Nchw, 1, &st, &QuantizeOptions::default()).unwrap();
+        assert!((q.mse / budget - 1.0).abs() <= 1e-3, "measured {} for D={budget}", q.mse);
+        assert!((m.measured_mse - q.mse).abs() <= 1e-9 * q.mse);
+        // The CPU finds a β that also passes; the two need not be the same β, but both match D.
+        let xc = x.to_device(Device::Cpu);
+        let (_, mc) = ops::allocate_steps_capped_measured(
+            &xc,
+            Layout::Nchw,
+            1,
+            &jt.to_device(Device::Cpu),
+            &caps.to_device(Device::Cpu),
+            budget,
+            Bits::B8,
+        )
+        .unwrap();
+        assert!((mc.measured_mse / budget - 1.0).abs() <= 1e-3);
+    }
+}
+
+#[test]
+fn capped_gpu_errors_match_cpu() {
+    use featjnd_kernels::Error;
+    let Some(d) = gpu() else { return };
+    // A non-finite x: the first index, from the token RMS and from the fused chain.
+    let sizes = [2i64, 8, 6, 6];
+    let x = feature(&sizes, Kind::Float, 3);
+    let j = jnd(&sizes, Kind::Float, 3);
+    let _ = x.get(1).get(3).get(2).get(4).fill_(f64::NAN);
+    let _ = x.get(1).get(5).get(0).get(0).fill_(f64::NEG_INFINITY);
+    let want = ((8 + 3) * 6 + 2) * 6 + 4;
+    let (xg, jg) = (x.to_device(d), j.to_device(d));
+    match ops::token_rms(&xg, Layout::Nchw, 1) {
+        Err(Error::NonFinite { index, value }) => assert!(index == want && value.is_nan(), "{index} {value}"),
+        other => panic!("expected NonFinite, got {other:?}"),
+    }
+    match ops::quantize_capped(&xg, &jg, Layout::Nchw, 1, Reduce::Mean, 2.0, 0.1, &QuantizeOptions::default()) {
+        Err(Error::NonFinite { index, .. }) => assert_eq!(index, want),
+        other => panic!("expected NonFinite, got {other:?}"),
+    }
+    // A bad J is reported before a bad x, as on the CPU.
+    let _ = jg.get(0).get(1).get(0).get(0).fill_(-1.0);
+    match ops::quantize_capped(&xg, &jg, Layout::Nchw, 1, Reduce::Mean, 2.0, 0.1, &QuantizeOptions::default()) {
+        Err(Error::Jnd { index, .. }) => assert_eq!(index, 36),
+        other => panic!("expected Jnd, got {other:?}"),
+    }
+    // NTC with a non-finite f16 element.
+    let xn = feature(&[1, 5, 9], Kind::Half, 4);
+    let _ = xn.get(0).get(3).get(7).fill_(f64::INFINITY);
+    match ops::token_rms(&xn.to_device(d), Layout::Ntc, 1) {
+        Err(Error::NonFinite { index, .. }) => assert_eq!(index, 3 * 9 + 7),
+        other => panic!("expected NonFinite, got {other:?}"),
+    }
+    // A zero feature: Arg on both devices, from the caps and from the fused chain.
+    let z = Tensor::zeros([1, 4, 2, 2], (Kind::Float, Device::Cpu));
+    let jz = jnd(&[1, 4, 2, 2], Kind::Float, 5);
+    for dev in [Device::Cpu, d] {
+        let r = ops::token_rms(&z.to_device(dev), Layout::Nchw, 1).unwrap();
+        assert!(matches!(ops::caps_from_rms(&r, 2.0), Err(Error::Arg(_))), "{dev:?}");
+        let q = ops::quantize_capped(
+            &z.to_device(dev),
+            &jz.to_device(dev),
+            Layout::Nchw,
+            1,
+            Reduce::Mean,
+            2.0,
+            0.1,
+            &QuantizeOptions::default(),
+        );
+        assert!(matches!(q, Err(Error::Arg(_))), "{dev:?}: {q:?}");
+        assert!(matches!(ops::caps_from_rms(&r, f32::NAN), Err(Error::Arg(_))), "{dev:?}");
+    }
+    // Bad token tolerances and caps: the first index, the CPU's variants, on both devices.
+    let jt = jnd(&[9], Kind::Float, 6);
+    let caps = caps_for(9, 6);
+    let (jbad, cbad) = (jt.copy(), caps.copy());
+    let _ = jbad.get(5).fill_(f64::NAN);
+    let _ = jbad.get(7).fill_(0.0);
+    let _ = cbad.get(3).fill_(0.0);
+    let _ = cbad.get(4).fill_(f64::INFINITY);
+    for dev in [Device::Cpu, d] {
+        let on = |t: &Tensor| t.to_device(dev);
+        match ops::allocate_steps_capped(&on(&jbad), &on(&cbad), 0.1, 1.0) {
+            Err(Error::Jnd { index, .. }) => assert_eq!(index, 5, "{dev:?}"),
+            other => panic!("{dev:?}: expected Jnd, got {other:?}"),
+        }
+        match ops::allocate_steps_capped(&on(&jt), &on(&cbad), 0.1, 1.0) {
+            Err(Error::Arg(m)) => assert!(m.contains("c[3]"), "{dev:?}: {m}"),
+            other => panic!("{dev:?}: expected Arg, got {other:?}"),
+        }
+        let short = on(&caps).narrow(0, 0, 8);
+        assert!(matches!(ops::allocate_steps_capped(&on(&jt), &short, 0.1, 1.0), Err(Error::Shape(_))), "{dev:?}");
+        assert!(matches!(ops::allocate_steps_capped(&on(&jt), &on(&caps), -1.0, 1.0), Err(Error::Budget(_))), "{dev:?}");
+    }
+    assert!(matches!(ops::allocate_steps_capped(&jt.to_device(d), &caps, 0.1, 1.0), Err(Error::MixedDevices(_))));
+}

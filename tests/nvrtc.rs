@@ -31,9 +31,30 @@ fn kernel_names_match_what_the_launchers_ask_for() {
             assert!(ptx.contains(&format!(".entry {k}{dt}(")), "missing kernel {k}{dt}");
         }
     }
-    for k in ["fj_step_alloc", "fj_noise"] {
+    for k in ["fj_step_alloc", "fj_noise", "fj_max_pos", "fj_caps", "fj_capped_solve", "fj_capped_steps"] {
         assert!(ptx.contains(&format!(".entry {k}(")), "missing kernel {k}");
     }
+}
+
+#[test]
+fn every_launched_kernel_is_in_its_file() {
+    // The launchers' own table (raw::kernel_names), file by file, against the PTX of that file.
+    let all = compile::compile_all("compute_80").unwrap();
+    for (file, name) in featjnd_kernels::cuda::raw::kernel_names() {
+        let c = all.iter().find(|c| c.name == file).unwrap_or_else(|| panic!("no kernel file {file}"));
+        assert!(c.ptx.contains(&format!(".entry {name}(")), "{file} has no kernel {name}");
+    }
+}
+
+#[test]
+fn the_capped_solver_is_a_single_block_kernel_without_fma() {
+    // fj_capped_solve reduces over all tokens inside one block (launched with 1 block): its
+    // reductions use __syncthreads, never grid-wide atomics, and --fmad=false keeps its f64
+    // sums free of contractions (no fma.rn.f64 anywhere in the file).
+    let c =
+        compile::compile("step_alloc.cu", compile::KERNELS.iter().find(|(n, _)| *n == "step_alloc.cu").unwrap().1, "compute_90").unwrap();
+    assert!(c.ptx.contains(".entry fj_capped_solve("));
+    assert!(!c.ptx.contains("fma.rn.f64") && !c.ptx.contains("fma.rn.f32"), "contracted multiply-add in step_alloc.cu");
 }
 
 #[test]

@@ -11,7 +11,7 @@ pub mod token_stats;
 
 pub use perturb::{perturb, perturb_in_place, PerturbReport};
 pub use quantize::{quantize, quantize_in_place, QuantOut, QuantStats, Symbols};
-pub use token_stats::token_tolerance;
+pub use token_stats::{token_rms, token_tolerance};
 
 use crate::geom::{Layout, TokenGrid};
 

@@ -243,3 +243,138 @@ pub(super) fn noise(o: usize, numel: usize, offset: u64, noise: NoiseSpec) -> Re
     unsafe { raw::noise(on.launch(), dst(&out), numel, offset, noise) }?;
     Ok(out)
 }
+
+// ---- the capped allocation (contract §3.5) ----
+
+/// `r_t` of a feature: the token-stats kernel in its "finite" mode; one sync (the bad-x check).
+pub(super) fn token_rms(o: usize, x: &Tensor, dt: Dtype, grid: &TokenGrid) -> Result<Tensor> {
+    let on = On::new(o)?;
+    let (_keep, stats) = on.stats(raw::TOKEN_RMS_SLOTS)?;
+    let rms = on.empty(&[grid.tokens() as i64], Kind::Float)?;
+    // SAFETY: `x` is a checked contiguous CUDA tensor of `dt` with `grid.numel()` elements on
+    // device `o`; `rms` was just allocated there with `grid.tokens()` f32; `stats` is zeroed; all
+    // on torch's stream.
+    unsafe { raw::token_rms(on.launch(), grid, elems(x, dt), dst(&rms), stats) }?;
+    let s = raw::decode_capped(&on.read(stats)?);
+    on.check_capped(s.bad, Some(elems(x, dt)), None, None)?;
+    Ok(rms)
+}
+
+/// `c_t` from a device `r_t` (max kernel, caps kernel); one sync (the zero-feature check).
+pub(super) fn caps_from_rms(o: usize, rms: &Tensor, kappa: f32) -> Result<Tensor> {
+    let on = On::new(o)?;
+    let (_keep, stats) = on.stats(raw::CAPPED_SLOTS)?;
+    let caps = on.empty(&[rms.numel() as i64], Kind::Float)?;
+    // SAFETY: `rms` is a checked contiguous 1-D f32 CUDA tensor on device `o`; `caps` was just
+    // allocated there with as many values; `stats` is zeroed; all on torch's stream.
+    unsafe { raw::capped_caps(on.launch(), src(rms), rms.numel(), kappa, false, dst(&caps), stats) }?;
+    let s = raw::decode_capped(&on.read(stats)?);
+    on.check_capped(s.bad, None, None, None)?;
+    Ok(caps)
+}
+
+impl On {
+    /// `Ok`, or the typed error for what a capped allocation found (see `raw::check_capped`).
+    fn check_capped(&self, bad: Option<raw::CappedBad>, x: raw::Source, jt: Option<&Tensor>, caps: Option<&Tensor>) -> Result<()> {
+        let p = |t: Option<&Tensor>| t.map_or(DevPtr::null(), src);
+        // SAFETY: `x` is a checked tensor of its dtype with the op's element count, `jt` and `caps`
+        // checked f32 tensors of `T` values (the indices the kernels report lie inside them); the
+        // stream was synchronized by `read`, and nothing writes them.
+        unsafe { raw::check_capped(bad, x, p(jt), p(caps), &self.stream) }
+    }
+}
+
+/// A solved capped allocation: the device scales `(a, b)` (in a statistics buffer kept alive
+/// here), from which steps for any `β` are one launch and no sync, so the measured budget's
+/// bisection solves once.
+pub(super) struct CappedSolved {
+    on: On,
+    _stats: Tensor,
+    buf: StatsBuf,
+    jt: Tensor,
+    caps: Tensor,
+}
+
+impl CappedSolved {
+    /// Validates `j_t` and `c_t` and solves for the scales on the device; one sync (the checks).
+    pub(super) fn new(o: usize, jt: &Tensor, caps: &Tensor, budget: f64) -> Result<CappedSolved> {
+        let on = On::new(o)?;
+        let (keep, buf) = on.stats(raw::CAPPED_SLOTS)?;
+        // SAFETY: `jt` and `caps` are checked contiguous 1-D f32 CUDA tensors of `jt.numel()`
+        // values on device `o`; `buf` is zeroed; all on torch's stream.
+        unsafe { raw::capped_solve(on.launch(), src(jt), src(caps), jt.numel(), budget, buf) }?;
+        let s = raw::decode_capped(&on.read(buf)?);
+        on.check_capped(s.bad, None, Some(jt), Some(caps))?;
+        Ok(CappedSolved { on, _stats: keep, buf, jt: jt.shallow_clone(), caps: caps.shallow_clone() })
+    }
+
+    /// The steps at `β` (enqueued; no sync).
+    pub(super) fn steps(&self, beta: f64) -> Result<Tensor> {
+        let t = self.jt.numel();
+        let steps = self.on.empty(&[t as i64], Kind::Float)?;
+        // SAFETY: `jt`, `caps` (held here) and the fresh `steps` hold `t` f32 on device `o`; the
+        // buffer holds the scales of the solve enqueued (and completed) before; torch's stream.
+        unsafe { raw::capped_steps(self.on.launch(), src(&self.jt), src(&self.caps), t, beta, dst(&steps), self.buf) }?;
+        Ok(steps)
+    }
+}
+
+/// The fused capped chain `x, J → r_t, j_t → c_t → (a, b) → Δ_t → quantize`: six launches (token
+/// stats of J, token RMS of x, caps, the one-block solve, steps, quantize) and one sync at the end.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn quantize_capped(
+    o: usize,
+    x: &Tensor,
+    dt: Dtype,
+    jnd: &Tensor,
+    dj: Dtype,
+    grid: &TokenGrid,
+    reduce: Reduce,
+    kappa: f32,
+    budget: f64,
+    opts: &QuantizeOptions,
+    outs: Outs,
+) -> Result<(Tensor, Quantized)> {
+    let on = On::new(o)?;
+    // One buffer: the quantization's slots (J's token stats first), then the capped allocation's.
+    let qslots = raw::quantize_slots(opts.bits, opts.histogram);
+    let (_keep, all) = on.stats(qslots + raw::CAPPED_SLOTS)?;
+    let (qbuf, cbuf) = (all.sub(0, qslots)?, all.sub(qslots, raw::CAPPED_SLOTS)?);
+    let tokens = grid.tokens();
+    let jt = on.empty(&[tokens as i64], Kind::Float)?;
+    let rms = on.empty(&[tokens as i64], Kind::Float)?;
+    let caps = on.empty(&[tokens as i64], Kind::Float)?;
+    let steps = on.empty(&[tokens as i64], Kind::Float)?;
+    // SAFETY: `x` and `J` are checked contiguous CUDA tensors of `dt`/`dj` with the grid's sizes on
+    // device `o`; `jt`, `rms`, `caps` and `steps` were just allocated there with `T` f32 each;
+    // `qbuf` and `cbuf` are disjoint zeroed slots of one buffer with the room each launch needs;
+    // every launch is on torch's stream, so each reads what the previous ones wrote.
+    unsafe {
+        raw::token_stats(on.launch(), grid, reduce, elems(jnd, dj), dst(&jt), qbuf, false)?;
+        raw::token_rms(on.launch(), grid, elems(x, dt), dst(&rms), cbuf)?;
+        raw::capped_caps(on.launch(), src(&rms), tokens, kappa, true, dst(&caps), cbuf)?;
+        raw::capped_solve(on.launch(), src(&jt), src(&caps), tokens, budget, cbuf)?;
+        raw::capped_steps(on.launch(), src(&jt), src(&caps), tokens, 1.0, dst(&steps), cbuf)?;
+    }
+    let Outs { symbols, recon, token_sse } = outs;
+    let p = QuantPtrs {
+        x: src(x),
+        steps: src(&steps),
+        symbols: symbols.as_ref().map_or(DevPtrMut::null(), dst::<c_void>),
+        recon: recon.as_ref().map_or(DevPtrMut::null(), dst),
+        token_sse: token_sse.as_ref().map_or(DevPtrMut::null(), dst),
+    };
+    // SAFETY: as in `quantize_with` (out of place; the outputs were allocated with the op's shapes
+    // or checked by the caller); `steps` holds `T` f32 written by the launch above.
+    unsafe { raw::quantize(on.launch(), dt, grid, &p, opts.bits, opts.histogram, qbuf) }?;
+    let v = on.read(all)?;
+    let q = raw::decode_quantize(&v[..qslots], opts.bits, opts.histogram);
+    let c = raw::decode_capped(&v[qslots..]);
+    // The CPU's order: J (reduced first), then x, then the allocation's own checks.
+    on.check(raw::decode_token_stats(&v), None, Some(elems(jnd, dj)))?;
+    on.check_capped(c.bad, Some(elems(x, dt)), Some(&jt), Some(&caps))?;
+    on.check(q.bad, Some(elems(x, dt)), Some(elems(jnd, dj)))?;
+    let q =
+        Quantized { symbols, recon, token_sse, clamped: q.clamped, total_sse: q.total_sse, mse: 0.0, histogram: q.histogram, rate: None };
+    Ok((steps, q))
+}

@@ -121,6 +121,149 @@ pub fn token_tolerance(jnd: &Tensor, layout: Layout, patch: usize, reduce: Reduc
     Ok(Tensor::f_from_slice(&v)?)
 }
 
+/// Token RMS `r_t = sqrt(Σx²/K)` of a feature (contract §3.5), an f32 tensor of `T` values on
+/// `x`'s device. Errors on the first non-finite `x` ([`Error::NonFinite`]). On CUDA it is the
+/// token-stats kernel in its "finite" mode (one sync, for the check).
+pub fn token_rms(x: &Tensor, layout: Layout, patch: usize) -> Result<Tensor> {
+    let _range = crate::nvtx::range("featjnd::token_rms");
+    let dt = check_tensor(x, "x")?;
+    check_device(x, "x")?;
+    let grid = grid_of(x, layout, patch)?;
+    if let Some(o) = cuda_ordinal(x.device()) {
+        return cuda_ops::token_rms(o, x, dt, &grid);
+    }
+    // SAFETY: `x` is a checked contiguous CPU tensor of `dt`'s element type, only read here.
+    let v = with_elem!(dt, E => cpu::token_rms::<E>(unsafe { slice(x) }, &grid))?;
+    Ok(Tensor::f_from_slice(&v)?)
+}
+
+/// A 1-D f32 tensor of token values (token tolerances, RMS, caps) on CPU or CUDA.
+fn check_token_values(t: &Tensor, what: &str) -> Result<()> {
+    if !t.defined() || t.kind() != Kind::Float || t.dim() != 1 {
+        return Err(Error::Arg(format!("{what} must be a 1-D f32 tensor")));
+    }
+    check_device(t, what)
+}
+
+fn host_f32(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(Vec::<f32>::try_from(&t.contiguous())?)
+}
+
+/// Caps `c_t = κ·max(r_t, 2^-24·max_t r_t)` (contract §3.5, `steps::caps_from_rms`) from a 1-D
+/// f32 tensor of token RMS values, on its device. A feature that is zero in every token is
+/// [`Error::Arg`]; on CUDA that is found on the device (one sync).
+pub fn caps_from_rms(rms: &Tensor, kappa: f32) -> Result<Tensor> {
+    check_token_values(rms, "token RMS")?;
+    if rms.numel() == 0 {
+        return Err(Error::Empty("token RMS"));
+    }
+    if let Some(o) = cuda_ordinal(rms.device()) {
+        crate::cuda::raw::check_kappa(kappa)?;
+        return cuda_ops::caps_from_rms(o, &rms.f_contiguous()?, kappa);
+    }
+    Ok(Tensor::f_from_slice(&steps::caps_from_rms(&host_f32(rms)?, kappa)?)?)
+}
+
+/// Checks a capped allocation's inputs in the CPU's order (budget, `j_t`, caps) as far as that
+/// needs no values: both on one device, `T > 0`, as many caps as tolerances.
+fn check_capped_inputs(jt: &Tensor, caps: &Tensor, budget: f64) -> Result<()> {
+    check_token_values(jt, "token tolerances")?;
+    check_token_values(caps, "caps")?;
+    same_device(jt, "token tolerances", caps, "caps")?;
+    steps::check_budget(budget)?;
+    if jt.numel() == 0 {
+        return Err(Error::Empty("token tolerances"));
+    }
+    if caps.numel() != jt.numel() {
+        return Err(Error::Shape(format!("caps has {} values for {} tokens", caps.numel(), jt.numel())));
+    }
+    Ok(())
+}
+
+/// Capped steps `Δ_t = min(f32(a·β)·j_t, f32(b·β)·c_t)` (contract §3.5) from token tolerances and
+/// caps (1-D f32 tensors of `T` values on one device), on that device. On CUDA: the one-block
+/// solver and the steps kernel, then one sync to report a bad `j_t` or cap as the CPU does.
+pub fn allocate_steps_capped(jt: &Tensor, caps: &Tensor, budget: f64, beta: f64) -> Result<Tensor> {
+    let _range = crate::nvtx::range("featjnd::allocate_steps_capped");
+    check_capped_inputs(jt, caps, budget)?;
+    if let Some(o) = cuda_ordinal(jt.device()) {
+        return cuda_ops::CappedSolved::new(o, &jt.f_contiguous()?, &caps.f_contiguous()?, budget)?.steps(beta);
+    }
+    let (j, c) = (host_f32(jt)?, host_f32(caps)?);
+    let mut out = vec![0.0f32; j.len()];
+    steps::allocate_capped_into(&j, &c, budget, beta, &mut out)?;
+    Ok(Tensor::f_from_slice(&out)?)
+}
+
+/// [`allocate_steps_capped`] with the measured budget (contract §3.4): a common `β` by bisection.
+/// On CUDA the scales are solved once on the device; each `β` is then one steps launch and one
+/// quantization (its device total error: one sync per evaluation).
+pub fn allocate_steps_capped_measured(
+    x: &Tensor,
+    layout: Layout,
+    patch: usize,
+    jt: &Tensor,
+    caps: &Tensor,
+    budget: f64,
+    bits: Bits,
+) -> Result<(Tensor, Measured)> {
+    let _range = crate::nvtx::range("featjnd::allocate_steps_capped_measured");
+    check_tensor(x, "x")?;
+    check_capped_inputs(jt, caps, budget)?;
+    same_device(x, "x", jt, "token tolerances")?;
+    let probe = QuantizeOptions { bits, symbols: false, recon: false, token_sse: false, histogram: false };
+    if let Some(o) = cuda_ordinal(x.device()) {
+        let solved = cuda_ops::CappedSolved::new(o, &jt.f_contiguous()?, &caps.f_contiguous()?, budget)?;
+        let m = steps::bisect_beta(budget, |beta| Ok(quantize(x, layout, patch, &solved.steps(beta)?, &probe)?.mse))?;
+        return Ok((solved.steps(m.beta)?, m));
+    }
+    let m = steps::bisect_beta(budget, |beta| {
+        let s = allocate_steps_capped(jt, caps, budget, beta)?;
+        Ok(quantize(x, layout, patch, &s, &probe)?.mse)
+    })?;
+    Ok((allocate_steps_capped(jt, caps, budget, m.beta)?, m))
+}
+
+/// The capped chain on one device (contract §3.5): `J → j_t`, `x → r_t → c_t = κ·max(r_t, …)`,
+/// the capped steps for budget `D`, then the quantization of `x` with them. On CUDA it is fused
+/// like [`quantize_with_jnd`]: nothing returns to the host until the final statistics (one
+/// sync). Errors in the CPU's order: sizes, `κ`, `D`; then a bad `J`, a non-finite `x`, a zero
+/// feature, a bad `j_t` (e.g. an `Rms` reduction underflowing to 0) or cap. Returns the steps.
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_capped(
+    x: &Tensor,
+    jnd: &Tensor,
+    layout: Layout,
+    patch: usize,
+    reduce: Reduce,
+    kappa: f32,
+    budget: f64,
+    opts: &QuantizeOptions,
+) -> Result<(Tensor, Quantized)> {
+    let _range = crate::nvtx::range("featjnd::quantize_capped");
+    let (dt, dj) = (check_tensor(x, "x")?, check_tensor(jnd, "J")?);
+    check_device(x, "x")?;
+    same_device(x, "x", jnd, "J")?;
+    if x.size() != jnd.size() {
+        return Err(Error::Shape(format!("x is {:?}, J is {:?}", x.size(), jnd.size())));
+    }
+    crate::cuda::raw::check_kappa(kappa)?;
+    steps::check_budget(budget)?;
+    let grid = grid_of(x, layout, patch)?;
+    if let Some(o) = cuda_ordinal(x.device()) {
+        let outs = prepare_outs(x, &[(jnd, "J")], &grid, opts, false, &QuantizeBuffers::default())?;
+        let (st, mut q) = cuda_ops::quantize_capped(o, x, dt, jnd, dj, &grid, reduce, kappa, budget, opts, outs)?;
+        q.mse = q.total_sse / grid.numel() as f64;
+        q.rate = q.histogram.as_ref().map(|h| Rate::from_histogram(h, grid.tokens(), grid.k()));
+        return Ok((st, q));
+    }
+    let jt = token_tolerance(jnd, layout, patch, reduce)?;
+    let caps = caps_from_rms(&token_rms(x, layout, patch)?, kappa)?;
+    let st = allocate_steps_capped(&jt, &caps, budget, 1.0)?;
+    let q = quantize(x, layout, patch, &st, opts)?;
+    Ok((st, q))
+}
+
 /// Nominal steps `Δ_t` for budget `D` from token tolerances (SPEC §3), on `jt`'s device.
 /// On CUDA the Jnd normaliser `Σ j²` is reduced on the device (no host round-trip).
 pub fn allocate_steps(jt: &Tensor, budget: f64, strategy: Strategy) -> Result<Tensor> {

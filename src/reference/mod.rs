@@ -111,3 +111,39 @@ pub fn perturb<E: Element>(
     }
     (out, scales)
 }
+
+/// Contract §3.5 by an independent route: `s` by plain bisection in `f64` (no sorting, no closed
+/// form), saturation by the definition; returns the steps with `β = 1`.
+pub fn capped_steps(jt: &[f32], caps: &[f32], budget: f64) -> Vec<f32> {
+    let g = 12.0 * budget * jt.len() as f64;
+    let spent = |s: f64| -> f64 { jt.iter().zip(caps).map(|(&j, &c)| (s * j as f64).min(c as f64).powi(2)).sum() };
+    let sc: f64 = caps.iter().map(|&c| (c as f64).powi(2)).sum();
+    let (a, b) = if sc <= g {
+        (f64::INFINITY, (g / sc).sqrt())
+    } else {
+        let (mut lo, mut hi) = (0.0f64, jt.iter().zip(caps).map(|(&j, &c)| c as f64 / j as f64).fold(0.0, f64::max));
+        for _ in 0..2000 {
+            let mid = 0.5 * (lo + hi);
+            if mid <= lo || mid >= hi {
+                break;
+            }
+            if spent(mid) < g {
+                lo = mid
+            } else {
+                hi = mid
+            }
+        }
+        (0.5 * (lo + hi), 1.0)
+    };
+    jt.iter().zip(caps).map(|(&j, &c)| ((a as f32) * j).min((b as f32) * c)).collect()
+}
+
+/// Token RMS of a feature, `sqrt(Σ x² / K)` per token in `f64` (contract §3.5).
+pub fn token_rms<E: Element>(x: &[E], grid: &TokenGrid) -> Vec<f32> {
+    let mut sum = vec![0.0f64; grid.tokens()];
+    for (i, v) in x.iter().enumerate() {
+        let v = v.to_f32() as f64;
+        sum[grid.token_of(i)] += v * v;
+    }
+    sum.iter().map(|s| (s / grid.k() as f64).sqrt() as f32).collect()
+}

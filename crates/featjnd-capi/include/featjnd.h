@@ -211,6 +211,53 @@ int32_t fj_allocate_steps(const struct FjContext *ctx,
                           uint64_t seed,
                           float *steps_out);
 
+// Token RMS `r_t = sqrt(Σ x² / K)` of a feature (docs/contract.md §3.5, the caps' input) into
+// `out[tokens]`. A NaN or ±Inf in `x` is `FJ_ERR_NONFINITE` (the message names the first index).
+//
+// # Safety
+// `ctx` is a live context; `x` a readable `FjFeature` whose data holds its elements; `out`
+// writable for `out_len` floats; arrays in the context's memory (host or its device); `stream`
+// null or a CUDA stream of a CUDA context's device. See the pointer rules at the top of featjnd.h.
+int32_t fj_token_rms(const struct FjContext *ctx,
+                     const struct FjFeature *x,
+                     uint32_t patch,
+                     float *out,
+                     uint64_t out_len,
+                     void *stream);
+
+// Caps `c_t = kappa·max(r_t, 2^-24·max_t r_t)` (docs/contract.md §3.5) from token RMS values
+// `rms[tokens]` into `caps_out[tokens]`. `kappa` not finite and > 0, or a feature that is zero in
+// every token, is `FJ_ERR_ARG`.
+//
+// # Safety
+// `ctx` is a live context; `rms` readable and `caps_out` writable for `tokens` floats, in the
+// context's memory (host or its device); `stream` null or a CUDA stream of a CUDA context's
+// device. See the pointer rules at the top of featjnd.h.
+int32_t fj_caps_from_rms(const struct FjContext *ctx,
+                         const float *rms,
+                         uint64_t tokens,
+                         float kappa,
+                         float *caps_out,
+                         void *stream);
+
+// Capped steps `Δ_t = min(a·j_t, b·c_t)` for budget `D` (docs/contract.md §3.5) from token
+// tolerances `token_tol[tokens]` and caps `caps[tokens]` into `steps_out[tokens]`. A bad `j_t` is
+// `FJ_ERR_JND`, a bad cap `FJ_ERR_ARG` (each naming the first index). On a CUDA context the scales
+// are solved on the device (no host round trip of the arrays) and the call syncs on `stream`
+// once, for those checks.
+//
+// # Safety
+// `ctx` is a live context; `token_tol` and `caps` readable and `steps_out` writable for `tokens`
+// floats, in the context's memory (host or its device); `stream` null or a CUDA stream of a CUDA
+// context's device. See the pointer rules at the top of featjnd.h.
+int32_t fj_allocate_steps_capped(const struct FjContext *ctx,
+                                 const float *token_tol,
+                                 const float *caps,
+                                 uint64_t tokens,
+                                 double budget,
+                                 float *steps_out,
+                                 void *stream);
+
 // Fused quantize / dequantize (docs/contract.md §4) of `x` with per-token `steps[tokens]`. Outputs
 // must not overlap `x`, `steps` or each other, except `recon == x->data` (in place): any other
 // overlap is `FJ_ERR_ARG`, with nothing written. On `FJ_ERR_NONFINITE` the check ran in the same

@@ -186,6 +186,98 @@ impl Gpu {
         Ok(())
     }
 
+    /// `r_t` of a device feature into the device `out[tokens]`.
+    ///
+    /// # Safety
+    /// The C contract of `fj_token_rms` for a CUDA context: `x` holds `g.numel()` elements of
+    /// `dt`, `out` room for `g.tokens()` floats, disjoint, both device memory of this device;
+    /// `stream` null or a live stream of it.
+    pub unsafe fn token_rms(&self, x: *const c_void, dt: Dtype, g: &TokenGrid, out: *mut f32, stream: *mut c_void) -> R<()> {
+        self.check(x, g.numel() * dt.size(), "x->data")?;
+        self.check(out as *const c_void, g.tokens() * 4, "out")?;
+        // SAFETY: null or a live stream of this device (contract).
+        let s = unsafe { self.stream(stream)? };
+        let st = self.stats(&s, raw::TOKEN_RMS_SLOTS)?;
+        let xs = Elems { ptr: DevPtr::from_raw(x), dt };
+        // SAFETY: `x` and `out` are device memory of this device with the sizes the kernel touches
+        // (contract, and checked with the driver above), disjoint (checked by the caller); the
+        // statistics are a fresh zeroed allocation on the same stream.
+        unsafe { raw::token_rms(Launch { dev: &self.dev, stream: &s }, g, xs, DevPtrMut::from_raw(out), st.view)? };
+        let c = raw::decode_capped(&self.read(&s, &st)?);
+        // SAFETY: `x` holds every index the kernel can report (contract, checked above).
+        Ok(unsafe { raw::check_capped(c.bad, Some(xs), DevPtr::null(), DevPtr::null(), &s) }?)
+    }
+
+    /// Caps from device token RMS values into the device `caps_out[tokens]`.
+    ///
+    /// # Safety
+    /// The C contract of `fj_caps_from_rms` for a CUDA context: `rms` holds `tokens` floats and
+    /// `caps_out` room for as many, disjoint, both device memory of this device; `stream` null or
+    /// a live stream of it.
+    pub unsafe fn caps_from_rms(&self, rms: *const f32, tokens: usize, kappa: f32, caps_out: *mut f32, stream: *mut c_void) -> R<()> {
+        raw::check_kappa(kappa)?;
+        self.check(rms as *const c_void, tokens * 4, "rms")?;
+        self.check(caps_out as *const c_void, tokens * 4, "caps_out")?;
+        // SAFETY: null or a live stream of this device (contract).
+        let s = unsafe { self.stream(stream)? };
+        let st = self.stats(&s, raw::CAPPED_SLOTS)?;
+        // SAFETY: `rms` and `caps_out` are device memory of this device with `tokens` floats
+        // (contract, and checked with the driver above), disjoint (checked by the caller); the
+        // statistics are a fresh zeroed allocation on the same stream.
+        unsafe {
+            raw::capped_caps(
+                Launch { dev: &self.dev, stream: &s },
+                DevPtr::from_raw(rms),
+                tokens,
+                kappa,
+                false,
+                DevPtrMut::from_raw(caps_out),
+                st.view,
+            )?
+        };
+        let c = raw::decode_capped(&self.read(&s, &st)?);
+        // SAFETY: no array is read back (only the zero-feature status can be set here).
+        Ok(unsafe { raw::check_capped(c.bad, None, DevPtr::null(), DevPtr::null(), &s) }?)
+    }
+
+    /// Capped steps from device token tolerances and caps, solved on the device.
+    ///
+    /// # Safety
+    /// The C contract of `fj_allocate_steps_capped` for a CUDA context: `token_tol` and `caps`
+    /// hold `tokens` floats and `steps_out` room for as many, `steps_out` disjoint from both, all
+    /// device memory of this device; `stream` null or a live stream of it.
+    pub unsafe fn allocate_steps_capped(
+        &self,
+        token_tol: *const f32,
+        caps: *const f32,
+        tokens: usize,
+        budget: f64,
+        steps_out: *mut f32,
+        stream: *mut c_void,
+    ) -> R<()> {
+        steps::check_budget(budget)?;
+        self.check(token_tol as *const c_void, tokens * 4, "token_tol")?;
+        self.check(caps as *const c_void, tokens * 4, "caps")?;
+        self.check(steps_out as *const c_void, tokens * 4, "steps_out")?;
+        // SAFETY: null or a live stream of this device (contract).
+        let s = unsafe { self.stream(stream)? };
+        let st = self.stats(&s, raw::CAPPED_SLOTS)?;
+        let (jt, cs) = (DevPtr::from_raw(token_tol), DevPtr::from_raw(caps));
+        let on = Launch { dev: &self.dev, stream: &s };
+        // SAFETY: the three arrays are device memory of this device with `tokens` floats
+        // (contract, and checked with the driver above), `steps_out` disjoint from the inputs
+        // (checked by the caller); the statistics are a fresh zeroed allocation on the same
+        // stream, so the steps kernel reads the scales the solver wrote.
+        unsafe {
+            raw::capped_solve(on, jt, cs, tokens, budget, st.view)?;
+            raw::capped_steps(on, jt, cs, tokens, 1.0, DevPtrMut::from_raw(steps_out), st.view)?;
+        }
+        let c = raw::decode_capped(&self.read(&s, &st)?);
+        // SAFETY: `token_tol` and `caps` hold every index the solver can report (contract,
+        // checked above); the stream is synchronized and nothing writes them.
+        Ok(unsafe { raw::check_capped(c.bad, None, jt, cs, &s) }?)
+    }
+
     /// The fused quantization on device pointers; returns its statistics.
     ///
     /// # Safety

@@ -637,6 +637,154 @@ pub unsafe extern "C" fn fj_allocate_steps(
     })
 }
 
+/// Token RMS `r_t = sqrt(Σ x² / K)` of a feature (docs/contract.md §3.5, the caps' input) into
+/// `out[tokens]`. A NaN or ±Inf in `x` is `FJ_ERR_NONFINITE` (the message names the first index).
+///
+/// # Safety
+/// `ctx` is a live context; `x` a readable `FjFeature` whose data holds its elements; `out`
+/// writable for `out_len` floats; arrays in the context's memory (host or its device); `stream`
+/// null or a CUDA stream of a CUDA context's device. See the pointer rules at the top of featjnd.h.
+#[no_mangle]
+pub unsafe extern "C" fn fj_token_rms(
+    ctx: *const FjContext,
+    x: *const FjFeature,
+    patch: u32,
+    out: *mut f32,
+    out_len: u64,
+    stream: *mut c_void,
+) -> i32 {
+    guard(|| {
+        // SAFETY: `ctx` is null or live (contract).
+        let c = unsafe { ctx_ref(ctx)? };
+        check_stream(c, stream)?;
+        // SAFETY: `x` is null or a readable struct (contract).
+        let f = unsafe { feature(x, "x")? };
+        let g = TokenGrid::new(f.shape, patch.max(1) as usize)?;
+        nonnull(out, "out")?;
+        aligned(out as *const c_void, 4, "out")?;
+        if out_len as usize != g.tokens() {
+            return fail(FJ_ERR_SHAPE, format!("out_len is {out_len}, the feature has {} tokens", g.tokens()));
+        }
+        no_overlap(&[span("x->data", f.data, f.bytes())], &[span("out", out, g.tokens() * 4)], None)?;
+        if let Some(gpu) = &c.gpu {
+            // SAFETY: device memory of the context's device holding `g.numel()` elements of `f.dt`
+            // and `g.tokens()` floats (contract; checked with the driver inside), disjoint (checked).
+            return unsafe { gpu.token_rms(f.data, f.dt, &g, out, stream) };
+        }
+        let v = with_elem!(f.dt, E => {
+            // SAFETY: `f.data` is non-null and aligned to `E` (checked by `feature`) and holds
+            // `g.numel()` elements (contract) that nothing writes during the call (contract; `out`
+            // does not overlap it, checked).
+            let xs: &[E] = unsafe { slice(f.data, g.numel()) };
+            in_pool(c, || cpu::token_rms::<E>(xs, &g))
+        })?;
+        // SAFETY: `out` is non-null, aligned (checked) and writable for `out_len == v.len()`
+        // floats (contract); `v` is a fresh Vec, so the two cannot overlap.
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), out, v.len()) };
+        Ok(())
+    })
+}
+
+/// Checks a token-array call's common arguments: `tokens` in range, the arrays non-null and
+/// aligned. Returns `tokens` as a length.
+fn token_arrays(tokens: u64, arrays: &[(*const c_void, &str)]) -> R<usize> {
+    for &(p, what) in arrays {
+        nonnull(p, what)?;
+        aligned(p, 4, what)?;
+    }
+    if tokens == 0 {
+        return fail(FJ_ERR_SHAPE, "tokens is 0");
+    }
+    if tokens > (isize::MAX / 4) as u64 {
+        return fail(FJ_ERR_SHAPE, format!("tokens {tokens} overflow the address space"));
+    }
+    Ok(tokens as usize)
+}
+
+/// Caps `c_t = kappa·max(r_t, 2^-24·max_t r_t)` (docs/contract.md §3.5) from token RMS values
+/// `rms[tokens]` into `caps_out[tokens]`. `kappa` not finite and > 0, or a feature that is zero in
+/// every token, is `FJ_ERR_ARG`.
+///
+/// # Safety
+/// `ctx` is a live context; `rms` readable and `caps_out` writable for `tokens` floats, in the
+/// context's memory (host or its device); `stream` null or a CUDA stream of a CUDA context's
+/// device. See the pointer rules at the top of featjnd.h.
+#[no_mangle]
+pub unsafe extern "C" fn fj_caps_from_rms(
+    ctx: *const FjContext,
+    rms: *const f32,
+    tokens: u64,
+    kappa: f32,
+    caps_out: *mut f32,
+    stream: *mut c_void,
+) -> i32 {
+    guard(|| {
+        // SAFETY: `ctx` is null or live (contract).
+        let c = unsafe { ctx_ref(ctx)? };
+        check_stream(c, stream)?;
+        let n = token_arrays(tokens, &[(rms as *const c_void, "rms"), (caps_out as *const c_void, "caps_out")])?;
+        no_overlap(&[span("rms", rms, n * 4)], &[span("caps_out", caps_out, n * 4)], None)?;
+        if let Some(gpu) = &c.gpu {
+            // SAFETY: device memory of the context's device holding `n` floats each (contract;
+            // checked with the driver inside), disjoint (checked).
+            return unsafe { gpu.caps_from_rms(rms, n, kappa, caps_out, stream) };
+        }
+        // SAFETY: non-null, aligned (checked), `n` floats (contract, at most isize::MAX bytes:
+        // checked), not written during the call (`caps_out` does not overlap it: checked).
+        let r: &[f32] = unsafe { slice(rms as *const c_void, n) };
+        let v = steps::caps_from_rms(r, kappa)?;
+        // SAFETY: `caps_out` is non-null, aligned (checked) and writable for `n == v.len()` floats
+        // (contract); `v` is a fresh Vec.
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), caps_out, v.len()) };
+        Ok(())
+    })
+}
+
+/// Capped steps `Δ_t = min(a·j_t, b·c_t)` for budget `D` (docs/contract.md §3.5) from token
+/// tolerances `token_tol[tokens]` and caps `caps[tokens]` into `steps_out[tokens]`. A bad `j_t` is
+/// `FJ_ERR_JND`, a bad cap `FJ_ERR_ARG` (each naming the first index). On a CUDA context the scales
+/// are solved on the device (no host round trip of the arrays) and the call syncs on `stream`
+/// once, for those checks.
+///
+/// # Safety
+/// `ctx` is a live context; `token_tol` and `caps` readable and `steps_out` writable for `tokens`
+/// floats, in the context's memory (host or its device); `stream` null or a CUDA stream of a CUDA
+/// context's device. See the pointer rules at the top of featjnd.h.
+#[no_mangle]
+pub unsafe extern "C" fn fj_allocate_steps_capped(
+    ctx: *const FjContext,
+    token_tol: *const f32,
+    caps: *const f32,
+    tokens: u64,
+    budget: f64,
+    steps_out: *mut f32,
+    stream: *mut c_void,
+) -> i32 {
+    guard(|| {
+        // SAFETY: `ctx` is null or live (contract).
+        let c = unsafe { ctx_ref(ctx)? };
+        check_stream(c, stream)?;
+        let n = token_arrays(
+            tokens,
+            &[(token_tol as *const c_void, "token_tol"), (caps as *const c_void, "caps"), (steps_out as *const c_void, "steps_out")],
+        )?;
+        no_overlap(&[span("token_tol", token_tol, n * 4), span("caps", caps, n * 4)], &[span("steps_out", steps_out, n * 4)], None)?;
+        if let Some(gpu) = &c.gpu {
+            // SAFETY: device memory of the context's device holding `n` floats each (contract;
+            // checked with the driver inside), `steps_out` disjoint from the inputs (checked).
+            return unsafe { gpu.allocate_steps_capped(token_tol, caps, n, budget, steps_out, stream) };
+        }
+        // SAFETY: non-null, aligned (checked), `n` floats each (contract, at most isize::MAX
+        // bytes: checked), not written during the call (`steps_out` overlaps neither: checked).
+        let (jt, cs): (&[f32], &[f32]) = unsafe { (slice(token_tol as *const c_void, n), slice(caps as *const c_void, n)) };
+        let v = steps::allocate_capped(jt, cs, budget)?;
+        // SAFETY: `steps_out` is non-null, aligned (checked) and writable for `n == v.len()`
+        // floats (contract); `v` is a fresh Vec.
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), steps_out, v.len()) };
+        Ok(())
+    })
+}
+
 /// Fused quantize / dequantize (docs/contract.md §4) of `x` with per-token `steps[tokens]`. Outputs
 /// must not overlap `x`, `steps` or each other, except `recon == x->data` (in place): any other
 /// overlap is `FJ_ERR_ARG`, with nothing written. On `FJ_ERR_NONFINITE` the check ran in the same

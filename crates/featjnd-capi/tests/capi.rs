@@ -456,3 +456,91 @@ fn overlapping_buffers_are_refused_before_anything_is_written() {
         fj_context_destroy(c);
     }
 }
+
+#[test]
+fn capped_allocation_matches_the_rust_api() {
+    use featjnd_kernels::{cpu, steps, FeatureShape, TokenGrid};
+    let c = ctx(0);
+    let dims = [2u64, 7, 6, 4];
+    let n = 2 * 7 * 6 * 4;
+    let (x, j) = (data(n, 11), data(n, 12).iter().map(|v| v.abs() + 0.05).collect::<Vec<_>>());
+    let (fx, fj) = (feat(&x, dims), feat(&j, dims));
+    let g = TokenGrid::new(FeatureShape::nchw(2, 7, 6, 4), 2).unwrap();
+    let t = g.tokens();
+    let (mut rms, mut caps, mut jt, mut st) = (vec![0f32; t], vec![0f32; t], vec![0f32; t], vec![0f32; t]);
+    // SAFETY: live buffers of the documented sizes (see the module doc).
+    unsafe {
+        assert_eq!(fj_token_rms(c, &fx, 2, rms.as_mut_ptr(), t as u64, null_mut()), FJ_OK, "{}", err());
+        assert_eq!(fj_caps_from_rms(c, rms.as_ptr(), t as u64, 2.0, caps.as_mut_ptr(), null_mut()), FJ_OK, "{}", err());
+        assert_eq!(fj_token_tolerance(c, &fj, 2, FJ_MEAN, jt.as_mut_ptr(), t as u64, null_mut()), FJ_OK, "{}", err());
+        for budget in [0.05, 0.5, 1e3] {
+            assert_eq!(
+                fj_allocate_steps_capped(c, jt.as_ptr(), caps.as_ptr(), t as u64, budget, st.as_mut_ptr(), null_mut()),
+                FJ_OK,
+                "{}",
+                err()
+            );
+            let want_caps = steps::caps_from_rms(&cpu::token_rms(&x, &g).unwrap(), 2.0).unwrap();
+            assert_eq!(caps, want_caps);
+            assert_eq!(st, steps::allocate_capped(&jt, &want_caps, budget).unwrap(), "D={budget}");
+        }
+    }
+    // SAFETY: a live context made by `ctx`, used by no one after this.
+    unsafe { fj_context_destroy(c) };
+}
+
+#[test]
+fn capped_allocation_refuses_bad_arguments() {
+    let c = ctx(0);
+    let mut x = data(64, 13);
+    let fx = feat(&x, [1, 4, 4, 4]);
+    let jt = vec![1.0f32; 16];
+    let caps = vec![2.0f32; 16];
+    let mut out = vec![7.0f32; 16];
+    // SAFETY: live buffers of the documented sizes (see the module doc); the overlapping and null
+    // ones are refused before any access.
+    unsafe {
+        // Token RMS: sizes, nulls, a CUDA stream on a CPU context.
+        assert_eq!(fj_token_rms(c, &fx, 1, out.as_mut_ptr(), 15, null_mut()), FJ_ERR_SHAPE);
+        assert_eq!(fj_token_rms(c, &fx, 1, null_mut(), 16, null_mut()), FJ_ERR_NULL);
+        assert_eq!(fj_token_rms(c, &fx, 1, out.as_mut_ptr(), 16, 8 as *mut _), FJ_ERR_ARG);
+        assert_eq!(fj_token_rms(c, &fx, 1, x.as_mut_ptr(), 16, null_mut()), FJ_ERR_ARG);
+        assert!(err().contains("overlaps"), "{}", err());
+        // A non-finite x names its first index.
+        x[37] = f32::NAN;
+        x[50] = f32::INFINITY;
+        let fx = feat(&x, [1, 4, 4, 4]);
+        assert_eq!(fj_token_rms(c, &fx, 1, out.as_mut_ptr(), 16, null_mut()), FJ_ERR_NONFINITE);
+        assert!(err().contains("37"), "{}", err());
+        // Caps: kappa, a zero feature, sizes.
+        let zeros = [0.0f32; 16];
+        assert_eq!(fj_caps_from_rms(c, caps.as_ptr(), 16, 0.0, out.as_mut_ptr(), null_mut()), FJ_ERR_ARG);
+        assert_eq!(fj_caps_from_rms(c, caps.as_ptr(), 16, f32::NAN, out.as_mut_ptr(), null_mut()), FJ_ERR_ARG);
+        assert_eq!(fj_caps_from_rms(c, zeros.as_ptr(), 16, 2.0, out.as_mut_ptr(), null_mut()), FJ_ERR_ARG);
+        assert!(err().contains("zero"), "{}", err());
+        assert_eq!(fj_caps_from_rms(c, caps.as_ptr(), 0, 2.0, out.as_mut_ptr(), null_mut()), FJ_ERR_SHAPE);
+        // Steps: budget, bad j_t, bad caps, overlap, nulls, misalignment.
+        assert!(out.iter().all(|&v| v == 7.0), "a refused call wrote its output");
+        assert_eq!(fj_allocate_steps_capped(c, jt.as_ptr(), caps.as_ptr(), 16, -1.0, out.as_mut_ptr(), null_mut()), FJ_ERR_BUDGET);
+        let mut bad_j = jt.clone();
+        bad_j[9] = 0.0;
+        assert_eq!(fj_allocate_steps_capped(c, bad_j.as_ptr(), caps.as_ptr(), 16, 0.1, out.as_mut_ptr(), null_mut()), FJ_ERR_JND);
+        let mut bad_c = caps.clone();
+        bad_c[4] = f32::INFINITY;
+        assert_eq!(fj_allocate_steps_capped(c, jt.as_ptr(), bad_c.as_ptr(), 16, 0.1, out.as_mut_ptr(), null_mut()), FJ_ERR_ARG);
+        assert!(err().contains("c[4]"), "{}", err());
+        assert!(out.iter().all(|&v| v == 7.0), "a refused call wrote its output");
+        let mut both = [1.0f32; 32];
+        let p = both.as_mut_ptr();
+        assert_eq!(fj_allocate_steps_capped(c, p, caps.as_ptr(), 16, 0.1, p.add(8), null_mut()), FJ_ERR_ARG);
+        assert!(err().contains("overlaps"), "{}", err());
+        assert_eq!(fj_allocate_steps_capped(c, jt.as_ptr(), null(), 16, 0.1, out.as_mut_ptr(), null_mut()), FJ_ERR_NULL);
+        // One byte into a 4-aligned array: misaligned for f32 (refused before any read).
+        let mis = (caps.as_ptr() as *const u8).add(1) as *const f32;
+        assert_eq!(fj_allocate_steps_capped(c, mis, caps.as_ptr(), 16, 0.1, out.as_mut_ptr(), null_mut()), FJ_ERR_ALIGN);
+        assert_eq!(fj_allocate_steps_capped(c, jt.as_ptr(), caps.as_ptr(), 16, 0.1, out.as_mut_ptr(), 8 as *mut _), FJ_ERR_ARG);
+        assert_eq!(fj_allocate_steps_capped(c, jt.as_ptr(), caps.as_ptr(), 16, 0.1, out.as_mut_ptr(), null_mut()), FJ_OK, "{}", err());
+    }
+    // SAFETY: a live context made by `ctx`, used by no one after this.
+    unsafe { fj_context_destroy(c) };
+}

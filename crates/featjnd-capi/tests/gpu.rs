@@ -228,4 +228,59 @@ mod capi_device {
             fj_context_destroy(c);
         }
     }
+    /// The capped allocation (contract §3.5) through a device context: token RMS, caps and steps
+    /// against a CPU context on the same data; errors as on the CPU. Not yet run on a GPU.
+    #[test]
+    fn c_abi_capped_allocation_on_device_matches_cpu() {
+        let Some(d) = gpu() else { return };
+        let (cpu, gpu_ctx) = (context(-1), context(0));
+        for (i, (layout, sizes, patch)) in shapes().into_iter().enumerate() {
+            let x = feature(&sizes, Kind::Float, 900 + i as i64);
+            let (xd, fx) = (x.to_device(d), feat(&x, layout));
+            let mut t = 0u64;
+            // SAFETY: live tensors (device or host, as the context takes) of the documented sizes, synchronized with torch's stream.
+            unsafe { assert_eq!(fj_token_count(&fx, patch as u32, &mut t), FJ_OK) };
+            let jt = jnd(&[t as i64], Kind::Float, 900 + i as i64);
+            let host = |n| Tensor::zeros([n as i64], (Kind::Float, Device::Cpu));
+            let dev = |n| Tensor::zeros([n as i64], (Kind::Float, d));
+            let (rc, cc, sc) = (host(t), host(t), host(t));
+            let (rg, cg, sg, jd) = (dev(t), dev(t), dev(t), jt.to_device(d));
+            tch::Cuda::synchronize(0);
+            // SAFETY: live tensors (device or host, as the context takes) of the documented sizes, synchronized with torch's stream.
+            unsafe {
+                assert_eq!(fj_token_rms(cpu, &fx, patch as u32, p(&rc), t, null_mut()), FJ_OK, "{}", err());
+                assert_eq!(fj_token_rms(gpu_ctx, &feat(&xd, layout), patch as u32, p(&rg), t, null_mut()), FJ_OK, "{}", err());
+                assert_eq!(fj_caps_from_rms(cpu, p(&rc), t, 2.0, p(&cc), null_mut()), FJ_OK, "{}", err());
+                // The device caps from the CPU's r_t: bit-identical to the CPU's caps.
+                let rcd = rc.to_device(d);
+                tch::Cuda::synchronize(0);
+                assert_eq!(fj_caps_from_rms(gpu_ctx, p(&rcd), t, 2.0, p(&cg), null_mut()), FJ_OK, "{}", err());
+                let ccd = cc.to_device(d);
+                tch::Cuda::synchronize(0);
+                assert_eq!(fj_allocate_steps_capped(cpu, p(&jt), p(&cc), t, 0.5, p(&sc), null_mut()), FJ_OK, "{}", err());
+                assert_eq!(fj_allocate_steps_capped(gpu_ctx, p(&jd), p(&ccd), t, 0.5, p(&sg), null_mut()), FJ_OK, "{}", err());
+            }
+            let what = format!("{layout:?} {sizes:?} p{patch}");
+            close(&rg, &rc, 1e-5, 0.0, &format!("token rms {what}"));
+            bits_eq(&cg, &cc, &format!("caps {what}"));
+            // Bisection vs sort-and-sweep: within one f32 ulp (3e-7 relative covers it).
+            close(&sg, &sc, 2.4e-7, 0.0, &format!("capped steps {what}"));
+        }
+        // Errors: a zero feature, a bad cap.
+        let z = Tensor::zeros([4], (Kind::Float, d));
+        let out = Tensor::full([4], 7.0, (Kind::Float, d));
+        let cbad = Tensor::from_slice(&[1.0f32, 0.0, 1.0, 1.0]).to_device(d);
+        tch::Cuda::synchronize(0);
+        // SAFETY: live tensors (device or host, as the context takes) of the documented sizes, synchronized with torch's stream.
+        unsafe {
+            assert_eq!(fj_caps_from_rms(gpu_ctx, p(&z), 4, 2.0, p(&out), null_mut()), FJ_ERR_ARG);
+            assert!(err().contains("zero"), "{}", err());
+            let ones = Tensor::ones([4], (Kind::Float, d));
+            tch::Cuda::synchronize(0);
+            assert_eq!(fj_allocate_steps_capped(gpu_ctx, p(&ones), p(&cbad), 4, 0.1, p(&out), null_mut()), FJ_ERR_ARG);
+            assert!(err().contains("c[1]"), "{}", err());
+            fj_context_destroy(cpu);
+            fj_context_destroy(gpu_ctx);
+        }
+    }
 }
