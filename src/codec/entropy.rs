@@ -92,12 +92,12 @@ impl Table {
         let mut pos = 0usize;
         let mut sum = 0u64;
         for i in 0..entries {
-            let v = get_varint(bytes, &mut pos)?;
+            let v = get_varint(bytes, &mut pos, "frequency table")?;
             let s = if i == 0 { unzigzag(v) as i64 } else { symbols[i - 1] as i64 + v as i64 + 1 };
             if s < -(qmax as i64) || s > qmax as i64 {
                 return Err(err(format!("frequency table: symbol {s} outside -{qmax}..={qmax}")));
             }
-            let f = get_varint(bytes, &mut pos)?;
+            let f = get_varint(bytes, &mut pos, "frequency table")?;
             if f == 0 || f > TOTAL || (entries > 1 && f == TOTAL) {
                 return Err(err(format!("frequency table: frequency {f} of symbol {s} (must be 1..{TOTAL})")));
             }
@@ -126,15 +126,15 @@ impl Table {
     }
 }
 
-fn zigzag(s: i32) -> u32 {
+pub(crate) fn zigzag(s: i32) -> u32 {
     ((s << 1) ^ (s >> 31)) as u32
 }
 
-fn unzigzag(v: u32) -> i32 {
+pub(crate) fn unzigzag(v: u32) -> i32 {
     ((v >> 1) as i32) ^ -((v & 1) as i32)
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u32) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u32) {
     while v >= 0x80 {
         out.push((v as u8 & 0x7f) | 0x80);
         v >>= 7;
@@ -142,17 +142,18 @@ fn put_varint(out: &mut Vec<u8>, mut v: u32) {
     out.push(v as u8);
 }
 
-fn get_varint(b: &[u8], pos: &mut usize) -> Result<u32> {
+/// Reads one varint at `*pos` of `b` (the `what` section, named in errors).
+pub(crate) fn get_varint(b: &[u8], pos: &mut usize, what: &str) -> Result<u32> {
     let mut v = 0u64;
     for shift in (0..35).step_by(7) {
-        let byte = *b.get(*pos).ok_or_else(|| err("frequency table ends inside a number"))?;
+        let byte = *b.get(*pos).ok_or_else(|| err(format!("{what} ends inside a number")))?;
         *pos += 1;
         v |= ((byte & 0x7f) as u64) << shift;
         if byte & 0x80 == 0 {
-            return u32::try_from(v).map_err(|_| err("frequency table: number over 32 bits"));
+            return u32::try_from(v).map_err(|_| err(format!("{what}: number over 32 bits")));
         }
     }
-    Err(err("frequency table: number over 5 bytes"))
+    Err(err(format!("{what}: number over 5 bytes")))
 }
 
 /// ANS-codes the model indices of a symbol sequence (`index(i)` is the index of the `i`-th
@@ -209,7 +210,7 @@ mod tests {
             b.clear();
             put_varint(&mut b, v);
             let mut pos = 0;
-            assert_eq!(get_varint(&b, &mut pos).unwrap(), v);
+            assert_eq!(get_varint(&b, &mut pos, "test").unwrap(), v);
             assert_eq!(pos, b.len());
         }
     }

@@ -1,19 +1,26 @@
-//! The feature codec on plain slices: token-wise quantized features in a self-contained `.fjq`
-//! file (`docs/fjq-format.md`). Behind the `codec` feature; needs no libtorch.
+//! The feature codec on plain slices: quantized features in a self-contained `.fjq` file
+//! (`docs/fjq-format.md`). Behind the `codec` feature; needs no libtorch.
 //!
-//! [`encode`] rounds the per-token steps to what the file stores (an f16 mantissa under one common
-//! power-of-two scale, 16 bits per token as SPEC §4's rate estimate assumes), quantizes with the
-//! **rounded** steps ([`cpu::quantize`], SPEC §4), and entropy-codes the symbols ([`entropy`]:
-//! constriction's ANS with a static categorical model whose quantized frequency table is in the
-//! file). [`decode`] rebuilds `x̂ = f32(q)·Δ_t`, narrowed to the original dtype, bit-identical to
-//! the encoder's reconstruction.
+//! [`encode_with`] takes the steps as one of three [`StepSpec`]s — one for the tensor, one per
+//! token, one per channel — and a [`StepCoding`] for the per-token/per-channel ones (a log grid
+//! of `G` points per octave, or version 1's f16). It rounds the steps to what the file stores
+//! ([`steps`]), quantizes with the **rounded** steps (per token: [`cpu::quantize`], SPEC §4; per
+//! channel: the same arithmetic with the channel's step), and entropy-codes the symbols
+//! ([`entropy`]: constriction's ANS with a static categorical model whose quantized frequency
+//! table is in the file); per-token grid indices are entropy-coded the same way, as differences.
+//! [`encode`] is the per-token entry point: it writes the `tensor` mode when every step is the
+//! same f32, else the `token` mode on the default grid ([`DEFAULT_PER_OCTAVE`] points per octave).
+//! [`decode`] reads versions 1 and 2 and rebuilds `x̂ = f32(q)·Δ`, narrowed to the original
+//! dtype, bit-identical to the encoder's reconstruction.
 //!
 //! Every malformed file is an [`Error::Io`] whose message starts with `fjq:`: bad magic, an
 //! unsupported version, a checksum mismatch (any corrupted byte after the version, or a truncated
 //! file), or a header that contradicts itself. Lengths are checked against the file size before
 //! anything is allocated from them; the decoded vectors are allocated fallibly.
 
+mod channel;
 pub mod entropy;
+pub mod steps;
 
 use half::{bf16, f16};
 
@@ -24,18 +31,27 @@ use crate::geom::{Bits, FeatureShape, Layout, TokenGrid};
 use crate::rate;
 
 pub use entropy::Table;
+pub use steps::{
+    grid_step, log_grid_table, round_steps, round_token_steps, round_with, step_value, StepCoding, StepMode, StepSpec, DEFAULT_PER_OCTAVE,
+    MAX_PER_OCTAVE,
+};
 
 /// The first four bytes of every `.fjq` file.
 pub const MAGIC: [u8; 4] = *b"FJQ\0";
-/// The format version this build writes and reads.
-pub const VERSION: u16 = 1;
-/// Bytes of the fixed header before the dimensions.
-pub const FIXED_HEADER: usize = 40;
-/// The smallest possible file: fixed header, 3 dims, an empty table, no steps, the payload length,
-/// the CRC.
-pub const MIN_FILE: usize = FIXED_HEADER + 3 * 8 + 8 + 4;
-/// Steps are stored as `f16(Δ / 2^e)`; `e` puts the largest step in `[2^14, 2^15)`.
-const TOP_EXP: i32 = 14;
+/// The format version this build writes (it reads 1 and 2).
+pub const VERSION: u16 = 2;
+/// Bytes of version 2's fixed header before the dimensions.
+pub const FIXED_HEADER: usize = 52;
+/// Bytes of version 1's fixed header before the dimensions.
+pub const FIXED_HEADER_V1: usize = 40;
+/// The smallest possible file of any version (version 1: fixed header, 3 dims, an empty table,
+/// no steps, the payload length, the CRC).
+pub const MIN_FILE: usize = FIXED_HEADER_V1 + 3 * 8 + 8 + 4;
+/// Version 2's smallest file (fixed header, 3 dims, empty table and steps, payload length, CRC).
+const MIN_FILE_V2: usize = FIXED_HEADER + 3 * 8 + 8 + 4;
+/// Bound on a per-token grid index difference: indices of normal f32 steps span at most
+/// `254·G ≤ 16256`.
+const DIFF_MAX: i32 = 1 << 15;
 
 fn err(what: impl std::fmt::Display) -> Error {
     Error::Io(format!("fjq: {what}"))
@@ -46,9 +62,10 @@ fn err(what: impl std::fmt::Display) -> Error {
 pub struct Sections {
     /// Fixed header and dimensions.
     pub header: usize,
-    /// Frequency table.
+    /// Frequency table of the symbols.
     pub table: usize,
-    /// Steps, 2 bytes per token.
+    /// The steps' side information: the step section (version 1: 2 bytes per token). The few
+    /// step fields of the fixed header (mode, coding, grid, exponent) are counted in `header`.
     pub steps: usize,
     /// The 8-byte payload length and the payload.
     pub payload: usize,
@@ -70,7 +87,8 @@ impl Sections {
     }
 }
 
-/// Rate of a coded feature: the real one (file size) and SPEC §4's estimate.
+/// Rate of a coded feature: the real one (file size), SPEC §4's estimate, and the split between
+/// the steps' side information and the symbols.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct RateReport {
     pub file_bytes: usize,
@@ -82,20 +100,36 @@ pub struct RateReport {
     pub entropy_bits: f64,
     /// `8 · file_bytes / elements`.
     pub bits_per_element: f64,
-    /// SPEC §4: `(H·T·K + 16·T) / (T·K)` ([`crate::rate::bits_per_element`]).
+    /// SPEC §4: `(H·T·K + 16·T) / (T·K)` ([`crate::rate::bits_per_element`]), whatever the file
+    /// really spends on steps.
     pub estimate_bits_per_element: f64,
     /// `bits_per_element / estimate − 1`.
     pub gap: f64,
     /// Ideal code length of the symbols under the stored (quantized) model, bits per element.
     pub model_bits: f64,
+    /// Bytes of the step section ([`Sections::steps`]).
+    pub step_bytes: usize,
+    /// `8 · step_bytes / T`: what the steps really cost per token (SPEC §4 assumes 16).
+    pub step_bits_per_token: f64,
+    /// `8 · step_bytes / elements`.
+    pub step_bits_per_element: f64,
+    /// `8 · (table + payload sections) / elements`: what the symbols cost.
+    pub symbol_bits_per_element: f64,
+    /// SPEC §4's estimate with the file's real side information: `H + step_bits_per_element`.
+    pub coded_estimate_bits_per_element: f64,
+    /// `bits_per_element / coded_estimate − 1`: the header, the table, the model's quantization
+    /// and the coder's flush only.
+    pub coded_gap: f64,
 }
 
 impl RateReport {
-    fn new(file_bytes: usize, grid: &TokenGrid, table: &Table, counts: &[u64]) -> Self {
+    fn new(file_bytes: usize, grid: &TokenGrid, table: &Table, counts: &[u64], sections: &Sections) -> Self {
         let (elements, tokens) = (grid.numel(), grid.tokens());
         let h = rate::entropy_bits(counts);
         let est = rate::bits_per_element(h, tokens, grid.k(), rate::SIDE_BITS_PER_TOKEN);
         let bpe = 8.0 * file_bytes as f64 / elements as f64;
+        let step_bpe = 8.0 * sections.steps as f64 / elements as f64;
+        let coded_est = h + step_bpe;
         RateReport {
             file_bytes,
             elements,
@@ -106,17 +140,29 @@ impl RateReport {
             estimate_bits_per_element: est,
             gap: bpe / est - 1.0,
             model_bits: table.code_length_bits(counts) / elements as f64,
+            step_bytes: sections.steps,
+            step_bits_per_token: 8.0 * sections.steps as f64 / tokens as f64,
+            step_bits_per_element: step_bpe,
+            symbol_bits_per_element: 8.0 * (sections.table + sections.payload) as f64 / elements as f64,
+            coded_estimate_bits_per_element: coded_est,
+            coded_gap: bpe / coded_est - 1.0,
         }
     }
 }
 
-/// The result of [`encode`].
+/// The result of [`encode`] / [`encode_with`].
 #[derive(Debug)]
 pub struct Encoded<E> {
     /// The `.fjq` file.
     pub bytes: Vec<u8>,
-    /// The steps the file holds (`T` values): the given steps rounded to f16 precision.
+    /// How the file stores its steps.
+    pub step_mode: StepMode,
+    /// The per-token steps the file holds (`T` values, rounded as stored; the `tensor` mode
+    /// repeats its one step). Empty in the channel modes.
     pub steps: Vec<f32>,
+    /// The per-channel steps the file holds (`C` values, rounded as stored) in the channel modes;
+    /// empty otherwise.
+    pub channel_steps: Vec<f32>,
     /// Symbols (flat, `i8` / `i16` by the width).
     pub symbols: SymbolVec,
     /// Reconstruction with the stored steps (flat, dtype of `x`): what [`decode`] returns, bit
@@ -133,16 +179,23 @@ pub struct Encoded<E> {
 /// The result of [`decode`].
 #[derive(Debug)]
 pub struct Decoded {
+    /// The file's format version (1 or 2).
+    pub version: u16,
     pub dtype: Dtype,
     pub layout: Layout,
     /// The feature's shape (its [`FeatureShape::sizes`] are the array's sizes).
     pub shape: FeatureShape,
     pub patch: usize,
     pub bits: Bits,
-    /// Reconstruction `x̂ = f32(q)·Δ_t` in the original dtype (flat, row-major).
+    /// How the file stores its steps (version 1: `Token(F16)`).
+    pub step_mode: StepMode,
+    /// Reconstruction `x̂ = f32(q)·Δ` in the original dtype (flat, row-major).
     pub recon: ElemVec,
-    /// The stored steps as f32 (`T` values).
+    /// The stored per-token steps as f32 (`T` values; the `tensor` mode repeats its one step).
+    /// Empty in the channel modes.
     pub steps: Vec<f32>,
+    /// The stored per-channel steps (`C` values) in the channel modes; empty otherwise.
+    pub channel_steps: Vec<f32>,
     /// Symbols (flat, `i8` / `i16` by the width).
     pub symbols: SymbolVec,
     pub sections: Sections,
@@ -154,49 +207,6 @@ impl Decoded {
     pub fn grid(&self) -> TokenGrid {
         TokenGrid { shape: self.shape, patch: self.patch }
     }
-}
-
-// ---------- steps ----------
-
-fn pow2(e: i32) -> f64 {
-    // e stays well inside f64's normal exponent range (checked by the callers).
-    f64::from_bits(((e + 1023) as u64) << 52)
-}
-
-/// A stored step: `f32(f16 · 2^e)`, or `None` if that is not a usable step (finite, normal, > 0,
-/// with a finite reciprocal). The encoder and the decoder both go through this function.
-pub fn step_value(h: u16, e: i32) -> Option<f32> {
-    let v = f16::from_bits(h);
-    if !v.is_finite() || v <= f16::ZERO || !(-200..=200).contains(&e) {
-        return None;
-    }
-    let s = (v.to_f64() * pow2(e)) as f32;
-    (s.is_normal() && (1.0 / s).is_finite()).then_some(s)
-}
-
-/// Rounds steps to what a file stores: returns the exponent `e`, the f16 bits and the rounded
-/// steps as f32.
-pub fn round_steps(steps: &[f32]) -> Result<(i32, Vec<u16>, Vec<f32>)> {
-    if steps.is_empty() {
-        return Err(Error::Empty("steps"));
-    }
-    if let Some(t) = steps.iter().position(|&d| !(d.is_finite() && d > 0.0)) {
-        return Err(Error::Arg(format!("step Δ[{t}] = {} must be finite and > 0", steps[t])));
-    }
-    let max = steps.iter().cloned().fold(0.0f32, f32::max) as f64;
-    let e = ((max.to_bits() >> 52) & 0x7ff) as i32 - 1023 - TOP_EXP;
-    let scale = pow2(-e);
-    let mut bits = Vec::with_capacity(steps.len());
-    let mut rounded = Vec::with_capacity(steps.len());
-    for (t, &d) in steps.iter().enumerate() {
-        let h = f16::from_f64(d as f64 * scale).to_bits();
-        let s = step_value(h, e).ok_or_else(|| {
-            Error::Arg(format!("step Δ[{t}] = {d:e} cannot be stored: it is too small next to the largest step {max:e} (ratio over 2^38) or has no usable reciprocal"))
-        })?;
-        bits.push(h);
-        rounded.push(s);
-    }
-    Ok((e, bits, rounded))
 }
 
 // ---------- symbols ----------
@@ -369,37 +379,174 @@ fn qmax(bits: Bits) -> i32 {
     bits.qmax() as i32
 }
 
+/// Step scope codes of the version 2 header (byte 10).
+const SCOPE_TENSOR: u8 = 0;
+const SCOPE_TOKEN: u8 = 1;
+const SCOPE_CHANNEL: u8 = 2;
+/// Step coding codes of the version 2 header (byte 11).
+const CODING_F32: u8 = 0;
+const CODING_LOG_GRID: u8 = 1;
+const CODING_F16: u8 = 2;
+
+/// The step fields of a version 2 header and the step section, ready to write.
+struct StepPlan {
+    mode: StepMode,
+    exp: i32,
+    section: Vec<u8>,
+    /// Per-token steps (tensor and token modes) or per-channel steps (channel modes).
+    values: Vec<f32>,
+}
+
+fn mode_codes(mode: StepMode) -> (u8, u8, u8) {
+    let coding = |c: StepCoding| match c {
+        StepCoding::LogGrid { per_octave } => (CODING_LOG_GRID, per_octave as u8),
+        StepCoding::F16 => (CODING_F16, 0),
+    };
+    match mode {
+        StepMode::Tensor => (SCOPE_TENSOR, CODING_F32, 0),
+        StepMode::Token(c) => {
+            let (k, g) = coding(c);
+            (SCOPE_TOKEN, k, g)
+        }
+        StepMode::Channel(c) => {
+            let (k, g) = coding(c);
+            (SCOPE_CHANNEL, k, g)
+        }
+    }
+}
+
+/// f16 steps: their bits, little-endian.
+fn f16_section(bits: &[u16]) -> Vec<u8> {
+    bits.iter().flat_map(|h| h.to_le_bytes()).collect()
+}
+
+/// Per-token grid indices: the differences `k_t − k_{t−1}` (`k_{−1} = 0`) entropy-coded with
+/// their own table: `[A_k u32][L_k u32][table][payload]`.
+fn token_grid_section(k: &[i64]) -> Result<Vec<u8>> {
+    let off = DIFF_MAX as i64;
+    let mut diffs = Vec::with_capacity(k.len());
+    let mut hist = vec![0u64; 2 * DIFF_MAX as usize + 1];
+    let mut prev = 0i64;
+    for &kt in k {
+        let d = kt - prev;
+        prev = kt;
+        if d.abs() > off {
+            return Err(Error::Arg(format!("grid index difference {d} out of range")));
+        }
+        hist[(d + off) as usize] += 1;
+        diffs.push((d + off) as usize);
+    }
+    let pairs: Vec<(i32, u64)> = hist.iter().enumerate().filter(|(_, &c)| c > 0).map(|(i, &c)| (i as i32 - DIFF_MAX, c)).collect();
+    let table = Table::from_counts(&pairs)?;
+    let mut index = vec![0u32; hist.len()];
+    for (i, &s) in table.symbols.iter().enumerate() {
+        index[(s + DIFF_MAX) as usize] = i as u32;
+    }
+    let payload = entropy::encode(&table, diffs.len(), |i| index[diffs[i]] as usize)?;
+    let tb = table.to_bytes();
+    let mut out = Vec::with_capacity(8 + tb.len() + payload.len());
+    out.extend_from_slice(&(table.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(tb.len() as u32).to_le_bytes());
+    out.extend_from_slice(&tb);
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// Per-channel grid indices: the differences `k_c − k_{c−1}` (`k_{−1} = 0`) as zigzag varints.
+fn channel_grid_section(k: &[i64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(k.len() * 2);
+    let mut prev = 0i64;
+    for &kc in k {
+        // |k| ≤ 2^15 for normal f32 steps (see DIFF_MAX), so the difference fits an i32.
+        entropy::put_varint(&mut out, entropy::zigzag((kc - prev) as i32));
+        prev = kc;
+    }
+    out
+}
+
+fn plan_steps(grid: &TokenGrid, spec: StepSpec, coding: StepCoding) -> Result<StepPlan> {
+    let expect = |got: usize, want: usize, what: &str| {
+        if got == want {
+            Ok(())
+        } else {
+            Err(Error::Shape(format!("steps must be a 1-D tensor of {want} values (one per {what}), got [{got}]")))
+        }
+    };
+    let (values, channel) = match spec {
+        StepSpec::Tensor(s) => {
+            if !steps::usable(s) {
+                return Err(Error::Arg(format!("tensor step Δ = {s:e} must be a finite, normal f32 > 0 with a finite reciprocal")));
+            }
+            let values = filled(grid.tokens(), s, "steps")?;
+            return Ok(StepPlan { mode: StepMode::Tensor, exp: 0, section: s.to_bits().to_le_bytes().to_vec(), values });
+        }
+        StepSpec::Token(v) => {
+            expect(v.len(), grid.tokens(), "token")?;
+            (v, false)
+        }
+        StepSpec::Channel(v) => {
+            expect(v.len(), channel::channels(grid), "channel")?;
+            (v, true)
+        }
+    };
+    let mode = if channel { StepMode::Channel(coding) } else { StepMode::Token(coding) };
+    match coding {
+        StepCoding::LogGrid { per_octave } => {
+            let g = steps::round_to_grid(values, per_octave)?;
+            let section = if channel { channel_grid_section(&g.k) } else { token_grid_section(&g.k)? };
+            Ok(StepPlan { mode, exp: g.e, section, values: g.rounded })
+        }
+        StepCoding::F16 => {
+            let (e, bits, rounded) = round_steps(values)?;
+            Ok(StepPlan { mode, exp: e, section: f16_section(&bits), values: rounded })
+        }
+    }
+}
+
 /// Encodes `x` (flat, row-major, the layout and sizes of `grid`) with per-token steps `steps`
-/// (one per token, e.g. from [`crate::steps`]): the steps are first rounded to what the file
-/// stores, then `x` is quantized with the rounded steps ([`cpu::quantize`]).
+/// (one per token, e.g. from [`crate::steps`]). When every step is the same f32 (bit for bit),
+/// the file stores that one step exactly (the `tensor` mode); otherwise the steps are rounded to
+/// the log grid of [`DEFAULT_PER_OCTAVE`] points per octave (the `token` mode,
+/// [`round_token_steps`]). `x` is quantized with the stored steps. [`encode_with`] chooses.
 pub fn encode<E: Element>(x: &[E], grid: &TokenGrid, steps: &[f32], bits: Bits) -> Result<Encoded<E>> {
+    let uniform = steps.len() == grid.tokens() && steps.first().is_some_and(|s0| steps.iter().all(|s| s.to_bits() == s0.to_bits()));
+    let spec = if uniform { StepSpec::Tensor(steps[0]) } else { StepSpec::Token(steps) };
+    encode_with(x, grid, spec, bits, StepCoding::default())
+}
+
+/// Encodes `x` (flat, row-major, the layout and sizes of `grid`) with the steps of `spec`: the
+/// steps are first rounded to what the file stores (`coding` for per-token and per-channel steps;
+/// a tensor step is stored exactly and ignores `coding`), then `x` is quantized with the stored
+/// steps (per token: [`cpu::quantize`]; per channel: the same SPEC §4 arithmetic).
+pub fn encode_with<E: Element>(x: &[E], grid: &TokenGrid, spec: StepSpec, bits: Bits, coding: StepCoding) -> Result<Encoded<E>> {
     if x.len() != grid.numel() {
         return Err(Error::Shape(format!("x has {} elements, the grid {}", x.len(), grid.numel())));
     }
-    if steps.len() != grid.tokens() {
-        return Err(Error::Shape(format!("steps must be a 1-D tensor of {} values (one per token), got [{}]", grid.tokens(), steps.len())));
-    }
+    let plan = plan_steps(grid, spec, coding)?;
     let layout = grid.shape.layout;
-    let patch = grid.patch;
-    let (e, step_bits, rounded) = round_steps(steps)?;
     let n = grid.numel();
-    let mut recon = filled(n, E::from_f32(0.0), "reconstruction")?;
-    let mut token_sse = zeroed::<f32>(grid.tokens(), "token errors")?;
-    let mut sym_vec = match bits {
-        Bits::B8 => SymbolVec::I8(zeroed(n, "symbols")?),
-        Bits::B16 => SymbolVec::I16(zeroed(n, "symbols")?),
+    let (sym_vec, recon, clamped, total_sse) = if let StepMode::Channel(_) = plan.mode {
+        let q = channel::quantize_channels(x, grid, &plan.values, bits)?;
+        let sym = match bits {
+            Bits::B8 => SymbolVec::I8(q.symbols.iter().map(|&s| s as i8).collect()),
+            Bits::B16 => SymbolVec::I16(q.symbols.iter().map(|&s| s as i16).collect()),
+        };
+        (sym, q.recon, q.clamped, q.total_sse)
+    } else {
+        let mut recon = filled(n, E::from_f32(0.0), "reconstruction")?;
+        let mut token_sse = zeroed::<f32>(grid.tokens(), "token errors")?;
+        let mut sym_vec = match bits {
+            Bits::B8 => SymbolVec::I8(zeroed(n, "symbols")?),
+            Bits::B16 => SymbolVec::I16(zeroed(n, "symbols")?),
+        };
+        let symbols = match &mut sym_vec {
+            SymbolVec::I8(v) => Symbols::I8(v),
+            SymbolVec::I16(v) => Symbols::I16(v),
+        };
+        let out = QuantOut { symbols, recon: Some(&mut recon), token_sse: Some(&mut token_sse), histogram: false };
+        let q = cpu::quantize::<E>(x, grid, &plan.values, bits, out)?;
+        (sym_vec, recon, q.clamped, q.total_sse)
     };
-    let symbols = match &mut sym_vec {
-        SymbolVec::I8(v) => Symbols::I8(v),
-        SymbolVec::I16(v) => Symbols::I16(v),
-    };
-    let q = cpu::quantize::<E>(
-        x,
-        grid,
-        &rounded,
-        bits,
-        QuantOut { symbols, recon: Some(&mut recon), token_sse: Some(&mut token_sse), histogram: false },
-    )?;
     let sym = sym_vec.as_slice();
     let (_, pairs) = histogram(&sym);
     let table = Table::from_counts(&pairs)?;
@@ -412,40 +559,58 @@ pub fn encode<E: Element>(x: &[E], grid: &TokenGrid, steps: &[f32], bits: Bits) 
     }
     let payload = entropy::encode(&table, n, |i| index[(sym.get(i) + off) as usize] as usize)?;
 
-    let shape = grid.shape;
     let nd = ndim(layout);
-    let mut b = Vec::with_capacity(FIXED_HEADER + 8 * nd + table_bytes.len() + 2 * grid.tokens() + 12 + payload.len());
+    let (scope, coding_code, per_octave) = mode_codes(plan.mode);
+    let mut b = Vec::with_capacity(FIXED_HEADER + 8 * nd + table_bytes.len() + plan.section.len() + 12 + payload.len());
     b.extend_from_slice(&MAGIC);
     b.extend_from_slice(&VERSION.to_le_bytes());
     b.push(dtype_code(E::DTYPE));
     b.push(layout_code(layout));
     b.push(bits.bits() as u8);
     b.push(nd as u8);
-    b.extend_from_slice(&(e as i16).to_le_bytes());
-    b.extend_from_slice(&(patch as u32).to_le_bytes());
+    b.push(scope);
+    b.push(coding_code);
+    b.push(per_octave);
+    b.push(0); // reserved
+    b.extend_from_slice(&(plan.exp as i16).to_le_bytes());
+    b.extend_from_slice(&(grid.patch as u32).to_le_bytes());
+    b.extend_from_slice(&(table.len() as u32).to_le_bytes());
     b.extend_from_slice(&(grid.tokens() as u64).to_le_bytes());
     b.extend_from_slice(&(n as u64).to_le_bytes());
-    b.extend_from_slice(&(table.len() as u32).to_le_bytes());
+    b.extend_from_slice(&(plan.section.len() as u64).to_le_bytes());
     b.extend_from_slice(&(table_bytes.len() as u32).to_le_bytes());
     debug_assert_eq!(b.len(), FIXED_HEADER);
-    for &d in &shape.sizes() {
+    for &d in &grid.shape.sizes() {
         b.extend_from_slice(&(d as u64).to_le_bytes());
     }
     b.extend_from_slice(&table_bytes);
-    for h in &step_bits {
-        b.extend_from_slice(&h.to_le_bytes());
-    }
+    b.extend_from_slice(&plan.section);
     b.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     b.extend_from_slice(&payload);
     let crc = crc32fast::hash(&b);
     b.extend_from_slice(&crc.to_le_bytes());
 
     let sections =
-        Sections { header: FIXED_HEADER + 8 * nd, table: table_bytes.len(), steps: 2 * grid.tokens(), payload: 8 + payload.len(), crc: 4 };
+        Sections { header: FIXED_HEADER + 8 * nd, table: table_bytes.len(), steps: plan.section.len(), payload: 8 + payload.len(), crc: 4 };
     debug_assert_eq!(sections.total(), b.len());
     let counts: Vec<u64> = pairs.iter().map(|p| p.1).collect();
-    let rate = RateReport::new(b.len(), grid, &table, &counts);
-    Ok(Encoded { bytes: b, steps: rounded, symbols: sym_vec, recon, clamped: q.clamped, mse: q.total_sse / n as f64, sections, rate })
+    let rate = RateReport::new(b.len(), grid, &table, &counts, &sections);
+    let (steps, channel_steps) = match plan.mode {
+        StepMode::Channel(_) => (Vec::new(), plan.values),
+        _ => (plan.values, Vec::new()),
+    };
+    Ok(Encoded {
+        bytes: b,
+        step_mode: plan.mode,
+        steps,
+        channel_steps,
+        symbols: sym_vec,
+        recon,
+        clamped,
+        mse: total_sse / n as f64,
+        sections,
+        rate,
+    })
 }
 
 /// Why a file's sections could not be located: it ends too early (`short`), or a field is
@@ -498,13 +663,23 @@ impl<'a> Reader<'a> {
         a.copy_from_slice(s);
         Ok(u64::from_le_bytes(a))
     }
+    fn len(&mut self, what: &str) -> Located<usize> {
+        let v = self.u64(what)?;
+        usize::try_from(v).map_err(|_| LocateError { short: true, msg: format!("a {what} of {v} bytes cannot fit in the file") })
+    }
 }
 
 /// The raw fields of a file, located but not yet interpreted.
 struct Raw<'a> {
+    version: u16,
     dtype: u8,
     layout: Layout,
     bits: u8,
+    /// Version 2's step scope, coding, grid size and reserved byte (version 1: token, f16, 0, 0).
+    scope: u8,
+    coding: u8,
+    per_octave: u8,
+    reserved: u8,
     step_exp: i16,
     patch: u32,
     tokens: u64,
@@ -517,44 +692,86 @@ struct Raw<'a> {
     sections: Sections,
 }
 
-/// Locates every section, checking each length against the bytes that are there. `body` is the
-/// file without its CRC.
-fn locate(body: &[u8]) -> Located<Raw<'_>> {
-    let mut r = Reader { b: body, pos: 6 };
-    let dtype = r.u8("dtype")?;
-    let layout = match r.u8("layout")? {
-        0 => Layout::Nchw,
-        1 => Layout::Ntc,
-        l => return Err(bad(format!("header: unknown layout code {l}"))),
-    };
-    let bits = r.u8("bits")?;
+fn layout_of(r: &mut Reader) -> Located<Layout> {
+    match r.u8("layout")? {
+        0 => Ok(Layout::Nchw),
+        1 => Ok(Layout::Ntc),
+        l => Err(bad(format!("header: unknown layout code {l}"))),
+    }
+}
+
+fn ndim_of(r: &mut Reader, layout: Layout) -> Located<u8> {
     let nd = r.u8("ndim")?;
     if nd as usize != ndim(layout) {
         return Err(bad(format!("header: {nd} dimensions for layout {layout:?} (needs {})", ndim(layout))));
     }
-    let step_exp = r.u16("step exponent")? as i16;
-    let patch = r.u32("patch")?;
-    let tokens = r.u64("token count")?;
-    let elements = r.u64("element count")?;
-    let alphabet = r.u32("alphabet size")?;
-    let table_len = r.u32("table length")? as usize;
+    Ok(nd)
+}
+
+/// Locates every section, checking each length against the bytes that are there. `body` is the
+/// file without its CRC (or, to diagnose a damaged file, the whole file).
+fn locate(body: &[u8], version: u16) -> Located<Raw<'_>> {
+    let mut r = Reader { b: body, pos: 6 };
+    let dtype = r.u8("dtype")?;
+    let layout = layout_of(&mut r)?;
+    let bits = r.u8("bits")?;
+    let nd = ndim_of(&mut r, layout)?;
+    let (scope, coding, per_octave, reserved, step_exp, patch, alphabet, tokens, elements, steps_len, table_len);
+    if version == 1 {
+        (scope, coding, per_octave, reserved) = (SCOPE_TOKEN, CODING_F16, 0, 0);
+        step_exp = r.u16("step exponent")? as i16;
+        patch = r.u32("patch")?;
+        tokens = r.u64("token count")?;
+        elements = r.u64("element count")?;
+        alphabet = r.u32("alphabet size")?;
+        table_len = r.u32("table length")? as usize;
+        steps_len = usize::try_from(tokens)
+            .ok()
+            .and_then(|t| t.checked_mul(2))
+            .ok_or_else(|| LocateError { short: true, msg: format!("the steps of {tokens} tokens cannot fit in the file") })?;
+    } else {
+        scope = r.u8("step scope")?;
+        coding = r.u8("step coding")?;
+        per_octave = r.u8("grid size")?;
+        reserved = r.u8("reserved byte")?;
+        step_exp = r.u16("step exponent")? as i16;
+        patch = r.u32("patch")?;
+        alphabet = r.u32("alphabet size")?;
+        tokens = r.u64("token count")?;
+        elements = r.u64("element count")?;
+        steps_len = r.len("step section")?;
+        table_len = r.u32("table length")? as usize;
+    }
     let dims = (0..nd).map(|_| r.u64("dimensions")).collect::<Located<Vec<_>>>()?;
     let header = r.pos;
     let table = r.take(table_len, "frequency table")?;
-    let steps_len = usize::try_from(tokens)
-        .ok()
-        .and_then(|t| t.checked_mul(2))
-        .ok_or_else(|| LocateError { short: true, msg: format!("the steps of {tokens} tokens cannot fit in the file") })?;
     let steps = r.take(steps_len, "steps")?;
-    let payload_len = r.u64("payload length")?;
-    let payload_len = usize::try_from(payload_len)
-        .map_err(|_| LocateError { short: true, msg: format!("a payload of {payload_len} bytes cannot fit in the file") })?;
+    let payload_len = r.len("payload")?;
     let payload = r.take(payload_len, "payload")?;
     if r.pos != body.len() {
         return Err(bad(format!("{} bytes after the payload", body.len() - r.pos)));
     }
     let sections = Sections { header, table: table_len, steps: steps_len, payload: 8 + payload_len, crc: 4 };
-    Ok(Raw { dtype, layout, bits, step_exp, patch, tokens, elements, alphabet, dims, table, steps, payload, sections })
+    Ok(Raw {
+        version,
+        dtype,
+        layout,
+        bits,
+        scope,
+        coding,
+        per_octave,
+        reserved,
+        step_exp,
+        patch,
+        tokens,
+        elements,
+        alphabet,
+        dims,
+        table,
+        steps,
+        payload,
+        sections,
+    })
 }
 
 /// Checks magic, version and checksum, and locates the sections. The error of a file whose CRC
@@ -568,18 +785,19 @@ fn open(bytes: &[u8]) -> Result<Raw<'_>> {
         return Err(err(format!("truncated: {} bytes, the smallest .fjq file has {MIN_FILE}", bytes.len())));
     }
     let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-    if version != VERSION {
-        return Err(err(format!("unsupported .fjq version {version} (this build reads version {VERSION})")));
+    if !(1..=VERSION).contains(&version) {
+        return Err(err(format!("unsupported .fjq version {version} (this build reads versions 1 to {VERSION})")));
     }
-    if bytes.len() < MIN_FILE {
-        return Err(err(format!("truncated: {} bytes, the smallest .fjq file has {MIN_FILE}", bytes.len())));
+    let min = if version == 1 { MIN_FILE } else { MIN_FILE_V2 };
+    if bytes.len() < min {
+        return Err(err(format!("truncated: {} bytes, the smallest version {version} .fjq file has {min}", bytes.len())));
     }
     let (body, tail) = bytes.split_at(bytes.len() - 4);
     let stored = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
     let computed = crc32fast::hash(body);
     if stored != computed {
         // Diagnose from the (untrusted) header: does it describe more bytes than there are?
-        let hint = match locate(bytes) {
+        let hint = match locate(bytes, version) {
             Err(LocateError { short: true, msg }) => format!("; the file looks truncated: {msg}"),
             _ => String::new(),
         };
@@ -588,11 +806,11 @@ fn open(bytes: &[u8]) -> Result<Raw<'_>> {
         )));
     }
     // The checksum holds, so a structure that does not fit is a file written wrong, not damaged.
-    locate(body).map_err(|e| err(format!("inconsistent header: {}", e.msg)))
+    locate(body, version).map_err(|e| err(format!("inconsistent header: {}", e.msg)))
 }
 
 /// Interprets located fields: every header value is checked against the others.
-fn validate(raw: &Raw) -> Result<(Dtype, Layout, Bits, TokenGrid, i32)> {
+fn validate(raw: &Raw) -> Result<(Dtype, Layout, Bits, TokenGrid, i32, StepMode)> {
     let dtype = match raw.dtype {
         0 => Dtype::F32,
         1 => Dtype::F16,
@@ -629,22 +847,126 @@ fn validate(raw: &Raw) -> Result<(Dtype, Layout, Bits, TokenGrid, i32)> {
     if !(-200..=200).contains(&e) {
         return Err(err(format!("header: step exponent {e}")));
     }
-    Ok((dtype, layout, bits, grid, e))
+    if raw.reserved != 0 {
+        return Err(err(format!("header: reserved byte 13 is {} (must be 0)", raw.reserved)));
+    }
+    let g = raw.per_octave;
+    let coding = match (raw.coding, g) {
+        (CODING_F32, 0) => None,
+        (CODING_LOG_GRID, g) if g.is_power_of_two() && g as u32 <= MAX_PER_OCTAVE => Some(StepCoding::LogGrid { per_octave: g as u32 }),
+        (CODING_F16, 0) => Some(StepCoding::F16),
+        (c, g) => return Err(err(format!("header: step coding {c} with grid size {g} (0 f32, 1 log grid of 2^0..2^6 points, 2 f16)"))),
+    };
+    let mode = match (raw.scope, coding) {
+        (SCOPE_TENSOR, None) if e == 0 => StepMode::Tensor,
+        (SCOPE_TOKEN, Some(c)) => StepMode::Token(c),
+        (SCOPE_CHANNEL, Some(c)) => StepMode::Channel(c),
+        (s, _) => {
+            return Err(err(format!(
+                "header: step scope {s} with step coding {} and exponent {e} (tensor steps are f32 with exponent 0; token and channel steps a log grid or f16)",
+                raw.coding
+            )))
+        }
+    };
+    Ok((dtype, layout, bits, grid, e, mode))
 }
 
-/// Decodes a `.fjq` file.
+/// Reads `n` zigzag varints of grid index differences from exactly `b`.
+fn channel_indices(b: &[u8], n: usize) -> Result<Vec<i64>> {
+    // Each varint takes at least one byte: check before allocating.
+    if b.len() < n {
+        return Err(err(format!("step section of {} bytes cannot hold {n} channel steps", b.len())));
+    }
+    let mut k = Vec::with_capacity(n);
+    let (mut pos, mut prev) = (0usize, 0i64);
+    for _ in 0..n {
+        let d = entropy::unzigzag(entropy::get_varint(b, &mut pos, "step section")?) as i64;
+        prev += d;
+        k.push(prev);
+    }
+    if pos != b.len() {
+        return Err(err(format!("step section: {} trailing bytes after {n} channel steps", b.len() - pos)));
+    }
+    Ok(k)
+}
+
+/// Decodes `n` per-token grid index differences from `[A_k u32][L_k u32][table][payload]`.
+fn token_indices(b: &[u8], n: usize) -> Result<Vec<i64>> {
+    if b.len() < 8 {
+        return Err(err(format!("step section of {} bytes is shorter than its 8-byte header", b.len())));
+    }
+    let a = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+    let l = u32::from_le_bytes([b[4], b[5], b[6], b[7]]) as usize;
+    if l > b.len() - 8 {
+        return Err(err(format!("step section: a table of {l} bytes in {} bytes", b.len() - 8)));
+    }
+    let table = Table::from_bytes(&b[8..8 + l], a, DIFF_MAX)?;
+    let mut d = zeroed::<i32>(n, "step indices")?;
+    entropy::decode(&table, &b[8 + l..], n, |i, s| d[i] = table.symbols[s])?;
+    let mut k = zeroed::<i64>(n, "step indices")?;
+    let mut prev = 0i64;
+    for (kt, &dt) in k.iter_mut().zip(&d) {
+        prev += dt as i64;
+        *kt = prev;
+    }
+    Ok(k)
+}
+
+/// The stored steps: `n` values for the scope (1, `T` or `C`).
+fn decode_steps(raw: &Raw, mode: StepMode, e: i32, n: usize) -> Result<Vec<f32>> {
+    let b = raw.steps;
+    let coding = match mode {
+        StepMode::Tensor => {
+            if b.len() != 4 {
+                return Err(err(format!("step section of {} bytes (the tensor step takes 4)", b.len())));
+            }
+            let s = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            if !steps::usable(s) {
+                return Err(err(format!("tensor step {s:e} is not a finite, normal positive step")));
+            }
+            return Ok(vec![s]);
+        }
+        StepMode::Token(c) | StepMode::Channel(c) => c,
+    };
+    match coding {
+        StepCoding::F16 => {
+            if Some(b.len()) != n.checked_mul(2) {
+                return Err(err(format!("step section of {} bytes for {n} f16 steps", b.len())));
+            }
+            let mut out = zeroed::<f32>(n, "steps")?;
+            for (t, (c, o)) in b.chunks_exact(2).zip(out.iter_mut()).enumerate() {
+                let h = u16::from_le_bytes([c[0], c[1]]);
+                *o = step_value(h, e)
+                    .ok_or_else(|| err(format!("step {t} (f16 bits {h:04x}, exponent {e}) is not a finite positive step")))?;
+            }
+            Ok(out)
+        }
+        StepCoding::LogGrid { per_octave } => {
+            let table = log_grid_table(per_octave).map_err(|x| err(format!("header: {x}")))?;
+            let k = match mode {
+                StepMode::Channel(_) => channel_indices(b, n)?,
+                _ => token_indices(b, n)?,
+            };
+            let mut out = zeroed::<f32>(n, "steps")?;
+            for (t, (&kt, o)) in k.iter().zip(out.iter_mut()).enumerate() {
+                *o = grid_step(kt, e, &table)
+                    .ok_or_else(|| err(format!("step {t} (grid index {kt}, exponent {e}, {per_octave}/octave) is not a usable step")))?;
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Decodes a `.fjq` file (version 1 or 2).
 pub fn decode(bytes: &[u8]) -> Result<Decoded> {
     let raw = open(bytes)?;
-    let (dtype, layout, bits, grid, e) = validate(&raw)?;
+    let (dtype, layout, bits, grid, e, step_mode) = validate(&raw)?;
     let table = Table::from_bytes(raw.table, raw.alphabet as usize, qmax(bits))?;
-
-    let mut steps = Vec::new();
-    steps.try_reserve_exact(grid.tokens()).map_err(|e| err(format!("cannot allocate the steps: {e}")))?;
-    for (t, c) in raw.steps.chunks_exact(2).enumerate() {
-        let h = u16::from_le_bytes([c[0], c[1]]);
-        let s = step_value(h, e).ok_or_else(|| err(format!("step {t} (f16 bits {h:04x}, exponent {e}) is not a finite positive step")))?;
-        steps.push(s);
-    }
+    let values = match step_mode {
+        StepMode::Tensor => decode_steps(&raw, step_mode, e, 1)?,
+        StepMode::Token(_) => decode_steps(&raw, step_mode, e, grid.tokens())?,
+        StepMode::Channel(_) => decode_steps(&raw, step_mode, e, channel::channels(&grid))?,
+    };
 
     let n = grid.numel();
     let sym_vec = match bits {
@@ -659,38 +981,71 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded> {
             SymbolVec::I16(s)
         }
     };
+    let (steps, channel_steps) = match step_mode {
+        StepMode::Tensor => (filled(grid.tokens(), values[0], "steps")?, Vec::new()),
+        StepMode::Token(_) => (values, Vec::new()),
+        StepMode::Channel(_) => (Vec::new(), values),
+    };
+    let per = match step_mode {
+        StepMode::Channel(_) => PerStep::Channel(&channel_steps),
+        _ => PerStep::Token(&steps),
+    };
     let sym = sym_vec.as_slice();
     let recon = match dtype {
-        Dtype::F32 => ElemVec::F32(dequantized(&sym, &grid, &steps)?),
-        Dtype::F16 => ElemVec::F16(dequantized(&sym, &grid, &steps)?),
-        Dtype::Bf16 => ElemVec::Bf16(dequantized(&sym, &grid, &steps)?),
+        Dtype::F32 => ElemVec::F32(dequantized(&sym, &grid, per)?),
+        Dtype::F16 => ElemVec::F16(dequantized(&sym, &grid, per)?),
+        Dtype::Bf16 => ElemVec::Bf16(dequantized(&sym, &grid, per)?),
     };
 
     let (_, pairs) = histogram(&sym);
     let counts: Vec<u64> = pairs.iter().map(|p| p.1).collect();
-    let rate = RateReport::new(bytes.len(), &grid, &table, &counts);
-    Ok(Decoded { dtype, layout, shape: grid.shape, patch: grid.patch, bits, recon, steps, symbols: sym_vec, sections: raw.sections, rate })
+    let rate = RateReport::new(bytes.len(), &grid, &table, &counts, &raw.sections);
+    Ok(Decoded {
+        version: raw.version,
+        dtype,
+        layout,
+        shape: grid.shape,
+        patch: grid.patch,
+        bits,
+        step_mode,
+        recon,
+        steps,
+        channel_steps,
+        symbols: sym_vec,
+        sections: raw.sections,
+        rate,
+    })
 }
 
-fn dequantized<E: Element>(sym: &SymSlice, grid: &TokenGrid, steps: &[f32]) -> Result<Vec<E>> {
+/// Which steps an element's reconstruction uses.
+#[derive(Clone, Copy)]
+enum PerStep<'a> {
+    Token(&'a [f32]),
+    Channel(&'a [f32]),
+}
+
+fn dequantized<E: Element>(sym: &SymSlice, grid: &TokenGrid, steps: PerStep) -> Result<Vec<E>> {
     let mut r = filled(grid.numel(), E::from_f32(0.0), "reconstruction")?;
     dequantize::<E>(sym, grid, steps, &mut r);
     Ok(r)
 }
 
-/// `x̂ = f32(q) · Δ_t` (one f32 multiply, as SPEC §4), narrowed row by row to `E`.
-fn dequantize<E: Element>(sym: &SymSlice, grid: &TokenGrid, steps: &[f32], out: &mut [E]) {
-    let [n, a, b, c] = grid.shape.dims;
+/// `x̂ = f32(q) · Δ` (one f32 multiply, as SPEC §4), narrowed row by row to `E`.
+fn dequantize<E: Element>(sym: &SymSlice, grid: &TokenGrid, steps: PerStep, out: &mut [E]) {
+    let [_, a, b, c] = grid.shape.dims;
     // Rows of contiguous elements that share a step pattern: NCHW rows of W, NTC rows of C.
     let row = match grid.shape.layout {
         Layout::Nchw => c,
         Layout::Ntc => b,
     };
+    if row == 0 {
+        return;
+    }
     let mut buf = vec![0.0f32; row];
     for (r, chunk) in out.chunks_mut(row).enumerate() {
         let base = r * row;
-        match grid.shape.layout {
-            Layout::Nchw => {
+        match (grid.shape.layout, steps) {
+            (Layout::Nchw, PerStep::Token(steps)) => {
                 let (p, h, w) = (grid.patch, b, c);
                 let (s, y) = (r / (a * h), r % h);
                 let t0 = (s * (h / p) + y / p) * (w / p);
@@ -698,105 +1053,27 @@ fn dequantize<E: Element>(sym: &SymSlice, grid: &TokenGrid, steps: &[f32], out: 
                     *v = sym.get(base + x) as f32 * steps[t0 + x / p];
                 }
             }
-            Layout::Ntc => {
+            (Layout::Ntc, PerStep::Token(steps)) => {
                 let st = steps[r];
                 for (x, v) in buf.iter_mut().enumerate() {
                     *v = sym.get(base + x) as f32 * st;
                 }
             }
+            (Layout::Nchw, PerStep::Channel(steps)) => {
+                let st = steps[(r / b) % a];
+                for (x, v) in buf.iter_mut().enumerate() {
+                    *v = sym.get(base + x) as f32 * st;
+                }
+            }
+            (Layout::Ntc, PerStep::Channel(steps)) => {
+                for (x, v) in buf.iter_mut().enumerate() {
+                    *v = sym.get(base + x) as f32 * steps[x];
+                }
+            }
         }
         E::narrow(&buf, chunk);
     }
-    let _ = n;
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A deterministic feature with varied magnitudes and exact zeros.
-    fn feature(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..n)
-            .map(|i| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                let v = (s as f32 / u32::MAX as f32 - 0.5) * (1.0 + (i % 7) as f32);
-                if i % 5 == 0 {
-                    0.0
-                } else {
-                    v
-                }
-            })
-            .collect()
-    }
-
-    fn round_trip<E: Element>(grid: TokenGrid, bits: Bits, seed: u32) {
-        let mut x = vec![E::from_f32(0.0); grid.numel()];
-        E::narrow(&feature(grid.numel(), seed), &mut x);
-        let steps: Vec<f32> = (0..grid.tokens()).map(|t| 0.01 + 0.037 * (t % 5) as f32).collect();
-        let enc = encode(&x, &grid, &steps, bits).unwrap();
-        assert_eq!(enc.sections.total(), enc.bytes.len());
-        let (_, _, rounded) = round_steps(&steps).unwrap();
-        assert_eq!(enc.steps, rounded);
-        // The encoder's outputs are cpu::quantize's with the rounded steps.
-        let mut recon = vec![E::from_f32(0.0); grid.numel()];
-        let mut sym = vec![0i16; grid.numel()];
-        let mut sym8 = vec![0i8; grid.numel()];
-        let symbols = match bits {
-            Bits::B8 => Symbols::I8(&mut sym8),
-            Bits::B16 => Symbols::I16(&mut sym),
-        };
-        let q = cpu::quantize(&x, &grid, &rounded, bits, QuantOut { symbols, recon: Some(&mut recon), ..Default::default() }).unwrap();
-        assert_eq!(enc.recon, recon);
-        assert_eq!(enc.clamped, q.clamped);
-        match (&enc.symbols, bits) {
-            (SymbolVec::I8(s), Bits::B8) => assert_eq!(s, &sym8),
-            (SymbolVec::I16(s), Bits::B16) => assert_eq!(s, &sym),
-            _ => panic!("symbol width"),
-        }
-        let d = decode(&enc.bytes).unwrap();
-        assert_eq!((d.dtype, d.layout, d.shape, d.patch, d.bits), (E::DTYPE, grid.shape.layout, grid.shape, grid.patch, bits));
-        assert_eq!(d.recon, ElemVec::from(enc.recon.clone()));
-        assert_eq!(d.symbols, enc.symbols);
-        assert_eq!(d.steps, enc.steps);
-        assert_eq!(d.sections, enc.sections);
-        assert_eq!(d.rate, enc.rate);
-        assert_eq!(ElemVec::from_le_bytes(E::DTYPE, &d.recon.to_le_bytes()).unwrap(), d.recon);
-    }
-
-    #[test]
-    fn round_trips_every_dtype_layout_and_width() {
-        let grids = [
-            TokenGrid::new(FeatureShape::nchw(2, 3, 4, 6), 2).unwrap(),
-            TokenGrid::new(FeatureShape::nchw(1, 5, 7, 3), 1).unwrap(),
-            TokenGrid::new(FeatureShape::ntc(2, 7, 9), 1).unwrap(),
-        ];
-        for (i, g) in grids.into_iter().enumerate() {
-            for bits in [Bits::B8, Bits::B16] {
-                round_trip::<f32>(g, bits, i as u32);
-                round_trip::<f16>(g, bits, i as u32 + 10);
-                round_trip::<bf16>(g, bits, i as u32 + 20);
-            }
-        }
-    }
-
-    #[test]
-    fn bad_inputs_and_corrupt_files_are_errors() {
-        let g = TokenGrid::new(FeatureShape::ntc(1, 3, 4), 1).unwrap();
-        let x = feature(12, 1);
-        assert!(matches!(encode(&x, &g, &[1.0, 1.0], Bits::B8), Err(Error::Shape(_))));
-        assert!(matches!(encode(&x[..11], &g, &[1.0; 3], Bits::B8), Err(Error::Shape(_))));
-        assert!(matches!(encode(&x, &g, &[1.0, 0.0, 1.0], Bits::B8), Err(Error::Arg(_))));
-        let enc = encode(&x, &g, &[0.1, 0.2, 0.3], Bits::B8).unwrap();
-        for i in 0..enc.bytes.len() {
-            let mut c = enc.bytes.clone();
-            c[i] ^= 0x10;
-            let e = decode(&c).unwrap_err();
-            assert!(matches!(&e, Error::Io(m) if m.starts_with("fjq:")), "{i}: {e}");
-        }
-        assert!(decode(&enc.bytes[..enc.bytes.len() - 1]).is_err());
-        assert!(decode(b"").is_err());
-    }
-}
+mod tests;

@@ -6,7 +6,8 @@
 //! Beyond the C ABI, the steps are validated on the host before a quantization (contract §4.2;
 //! `cuda::raw::quantize` does not check them) and step allocation runs on the host from the `T`
 //! token tolerances (validated as on the CPU), so the gaps of contract §7.4 on step and
-//! tolerance values do not apply here.
+//! tolerance values do not apply here. The capped allocation (contract §3.5: token RMS, caps,
+//! steps) runs on the device, as the C ABI's; its solver checks `j_t` and the caps there.
 //!
 //! Addresses and sizes come from the DLPack producer (torch, CuPy), which owns the allocations;
 //! unlike the C ABI they are not re-checked with the driver.
@@ -182,9 +183,21 @@ impl Gpu {
         // SAFETY: `scratch` holds `g.tokens() == steps.len()` floats, only used here; the copy is
         // ordered before the launch on the same stream, and `steps` outlives the sync in `read`.
         unsafe { cu::memcpy_htod_async(addr, steps, self.stream.cu_stream()) }.map_err(cuda)?;
+        // SAFETY: `x` per this fn's contract; `addr` holds the `g.tokens()` steps just copied,
+        // ordered before the probe's launch on the same stream.
+        unsafe { self.probe_mse_at(x, dt, g, bits, addr) }
+    }
+
+    /// The quantization, statistics only (the measured budget's probe), with device steps at
+    /// `steps` (written earlier on the call's stream).
+    ///
+    /// # Safety
+    /// `x` holds `g.numel()` elements of `dt` and `steps` `g.tokens()` f32, device memory of this
+    /// device, finite and > 0, not written by other work until the probe completes.
+    unsafe fn probe_mse_at(&self, x: DArr, dt: Dtype, g: &TokenGrid, bits: Bits, steps: u64) -> Result<f64, Error> {
         let p = QuantPtrs {
             x: elems(x, dt).ptr,
-            steps: DevPtr::from_addr(addr),
+            steps: DevPtr::from_addr(steps),
             symbols: DevPtrMut::null(),
             recon: DevPtrMut::null(),
             token_sse: DevPtrMut::null(),
@@ -227,6 +240,120 @@ impl Gpu {
         steps::allocate_into(&host, budget, strategy, m.beta, &mut probe)?;
         // SAFETY: `out` has room for `g.tokens()` floats, disjoint from the inputs (contract).
         unsafe { self.to_device(out, &probe) }?;
+        Ok(m)
+    }
+
+    /// `r_t` of a device feature into the device `out` (f32, `T` values); errors on the first
+    /// non-finite `x` (contract §3.5).
+    ///
+    /// # Safety
+    /// `x` holds `g.numel()` elements of `dt` and `out` room for `g.tokens()` f32, both device
+    /// memory of this device, disjoint.
+    pub unsafe fn token_rms(&self, x: DArr, dt: Dtype, g: &TokenGrid, out: DArr) -> Result<(), Error> {
+        let st = self.stats(raw::TOKEN_RMS_SLOTS)?;
+        let xe = elems(x, dt);
+        // SAFETY: sizes and disjointness by this fn's contract; the statistics are a fresh zeroed
+        // allocation on the same stream.
+        unsafe { raw::token_rms(self.on(), g, xe, out_ptr(Some(out)), st.view)? };
+        let c = raw::decode_capped(&self.read(&st)?);
+        // SAFETY: `x` holds every index the kernel can report; the stream is synchronized.
+        unsafe { raw::check_capped(c.bad, Some(xe), DevPtr::null(), DevPtr::null(), &self.stream) }
+    }
+
+    /// Caps `c_t = κ·max(r_t, 2^-24·max_t r_t)` from device token RMS values into the device `out`.
+    ///
+    /// # Safety
+    /// `rms` holds `tokens` f32 and `out` room for as many, device memory of this device, disjoint.
+    pub unsafe fn caps_from_rms(&self, rms: DArr, tokens: usize, kappa: f32, out: DArr) -> Result<(), Error> {
+        raw::check_kappa(kappa)?;
+        let st = self.stats(raw::CAPPED_SLOTS)?;
+        // SAFETY: sizes and disjointness by this fn's contract; the statistics are a fresh zeroed
+        // allocation on the same stream (the max kernel runs first: the maximum is not known).
+        unsafe { raw::capped_caps(self.on(), DevPtr::from_addr(rms.addr as u64), tokens, kappa, false, out_ptr(Some(out)), st.view)? };
+        let c = raw::decode_capped(&self.read(&st)?);
+        // SAFETY: no array is read back (only the zero-feature status can be set here).
+        unsafe { raw::check_capped(c.bad, None, DevPtr::null(), DevPtr::null(), &self.stream) }
+    }
+
+    /// Solves the capped scales `(a, b)` at `β = 1` on the device (contract §3.5) into a fresh
+    /// statistics buffer, which it returns for [`raw::capped_steps`]; a bad `j_t` or cap is
+    /// reported as on the CPU (one sync), before any step is written.
+    ///
+    /// # Safety
+    /// `jt` and `caps` hold `tokens` f32 each, device memory of this device.
+    unsafe fn capped_solve(&self, jt: DArr, caps: DArr, tokens: usize, budget: f64) -> Result<Stats, Error> {
+        let st = self.stats(raw::CAPPED_SLOTS)?;
+        let (j, c) = (DevPtr::from_addr(jt.addr as u64), DevPtr::from_addr(caps.addr as u64));
+        // SAFETY: sizes by this fn's contract; fresh zeroed statistics on the same stream.
+        unsafe { raw::capped_solve(self.on(), j, c, tokens, budget, st.view)? };
+        let s = raw::decode_capped(&self.read(&st)?);
+        // SAFETY: `jt` and `caps` hold every index the solver can report; the stream is
+        // synchronized and nothing writes them.
+        unsafe { raw::check_capped(s.bad, None, j, c, &self.stream) }?;
+        Ok(st)
+    }
+
+    /// Capped steps `min(f32(a·β)·j_t, f32(b·β)·c_t)` from device token tolerances and caps into
+    /// the device `out`, solved on the device (nothing is written on a bad `j_t` or cap).
+    ///
+    /// # Safety
+    /// `jt` and `caps` hold `tokens` f32 each and `out` room for as many, device memory of this
+    /// device, `out` disjoint from both.
+    pub unsafe fn allocate_steps_capped(
+        &self,
+        jt: DArr,
+        caps: DArr,
+        tokens: usize,
+        budget: f64,
+        beta: f64,
+        out: DArr,
+    ) -> Result<(), Error> {
+        // SAFETY: by this fn's contract.
+        let st = unsafe { self.capped_solve(jt, caps, tokens, budget) }?;
+        let (j, c) = (DevPtr::from_addr(jt.addr as u64), DevPtr::from_addr(caps.addr as u64));
+        // SAFETY: sizes and disjointness by this fn's contract; `st` holds the scales the solve
+        // wrote, ordered before this launch on the same stream, and lives past the sync below.
+        unsafe { raw::capped_steps(self.on(), j, c, tokens, beta, out_ptr(Some(out)), st.view)? };
+        self.stream.synchronize().map_err(cuda)
+    }
+
+    /// Capped steps matched to the measured budget of quantizing the device `x` (contracts §3.4,
+    /// §3.5): the scales are solved once; each `β` is one steps launch into a scratch buffer and
+    /// one probe quantization (one sync).
+    ///
+    /// # Safety
+    /// As [`Gpu::allocate_steps_capped`] with `tokens = g.tokens()`, and `x` holds `g.numel()`
+    /// elements of `dt` in device memory of this device, disjoint from `out`.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn allocate_steps_capped_measured(
+        &self,
+        jt: DArr,
+        caps: DArr,
+        x: DArr,
+        dt: Dtype,
+        g: &TokenGrid,
+        budget: f64,
+        bits: Bits,
+        out: DArr,
+    ) -> Result<steps::Measured, Error> {
+        let tokens = g.tokens();
+        // SAFETY: by this fn's contract.
+        let st = unsafe { self.capped_solve(jt, caps, tokens, budget) }?;
+        let (j, c) = (DevPtr::from_addr(jt.addr as u64), DevPtr::from_addr(caps.addr as u64));
+        let scratch = self.stream.alloc_zeros::<f32>(tokens).map_err(cuda)?;
+        let sp = scratch.device_ptr(&self.stream).0;
+        let m = steps::bisect_beta(budget, |beta| {
+            // SAFETY: `scratch` is ours with `tokens` floats, overlapping neither input; `st`
+            // holds the solved scales; the probe reads the steps after this launch in stream
+            // order and synchronizes before the next launch rewrites them.
+            unsafe { raw::capped_steps(self.on(), j, c, tokens, beta, DevPtrMut::from_addr(sp), st.view)? };
+            // SAFETY: `x` per this fn's contract; `sp` holds the `tokens` steps just launched.
+            unsafe { self.probe_mse_at(x, dt, g, bits, sp) }
+        })?;
+        // SAFETY: `out` has room for `tokens` floats, disjoint from the inputs (contract); `st`
+        // and `scratch` live past the sync below.
+        unsafe { raw::capped_steps(self.on(), j, c, tokens, m.beta, out_ptr(Some(out)), st.view)? };
+        self.stream.synchronize().map_err(cuda)?;
         Ok(m)
     }
 

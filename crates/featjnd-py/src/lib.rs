@@ -380,6 +380,206 @@ fn allocate_steps_measured(
     })
 }
 
+/// `out[t] = sqrt(Σ x² / K)` over token `t` of the feature `x` (contract §3.5); a non-finite `x`
+/// is an error naming its first flat index.
+#[pyfunction]
+#[pyo3(signature = (x, layout, patch, out, stream=0))]
+fn token_rms(py: Python<'_>, x: &Bound<'_, PyAny>, layout: &str, patch: usize, out: &Bound<'_, PyAny>, stream: usize) -> PyResult<()> {
+    guard(py, || {
+        let layout = parse_layout(layout)?;
+        let xa = import(x, "x", stream)?;
+        let mut oa = import(out, "out", stream)?;
+        let g = token_grid(&xa.shape, layout, patch)?;
+        let dt = xa.float_dtype()?;
+        let dev = device_of(&[&xa, &oa])?;
+        check_numel(&oa, g.tokens(), "the token RMS")?;
+        if oa.kind != Kind::F32 {
+            return Err(Error::Shape(format!("out must be float32, got {}", oa.kind.name())).into());
+        }
+        check_disjoint(&[&oa], &[&xa])?;
+        if let Dev::Cuda(ord) = dev {
+            // SAFETY: the `stream=` contract.
+            let gpu = unsafe { gpu_for(ord, stream, &[&xa, &oa]) }?;
+            let (xd, od) = (DArr::from(&xa), DArr::from(&oa));
+            // SAFETY: both are device arrays of this device (DLPack) with the sizes checked above,
+            // disjoint (checked above).
+            py.detach(|| unsafe { gpu.token_rms(xd, dt, &g, od) })?;
+            return Ok(());
+        }
+        // SAFETY: `out` overlaps no input (checked above) and this call holds the only view of it.
+        let o = unsafe { oa.as_mut_slice::<f32>() }?;
+        with_elem!(dt, E => {
+            // SAFETY: `x` is only read, and no output overlaps it (checked above).
+            let xs = unsafe { xa.as_slice::<E>() }?;
+            py.detach(|| -> Result<(), Error> {
+                o.copy_from_slice(&cpu::token_rms(xs, &g)?);
+                Ok(())
+            })?;
+        });
+        Ok(())
+    })
+}
+
+/// Caps `c_t = κ·max(r_t, 2^-24·max_t r_t)` from the token RMS values `rms` (contract §3.5).
+#[pyfunction]
+#[pyo3(signature = (rms, kappa, out, stream=0))]
+fn caps_from_rms(py: Python<'_>, rms: &Bound<'_, PyAny>, kappa: f32, out: &Bound<'_, PyAny>, stream: usize) -> PyResult<()> {
+    guard(py, || {
+        let ra = import(rms, "token RMS", stream)?;
+        let mut oa = import(out, "out", stream)?;
+        let dev = device_of(&[&ra, &oa])?;
+        f32_vector(&ra, Error::Arg)?;
+        f32_vector(&oa, Error::Shape)?;
+        check_numel(&oa, ra.numel(), "the caps")?;
+        check_disjoint(&[&oa], &[&ra])?;
+        if ra.numel() == 0 {
+            return Err(Error::Empty("token RMS").into());
+        }
+        if let Dev::Cuda(ord) = dev {
+            // SAFETY: the `stream=` contract.
+            let gpu = unsafe { gpu_for(ord, stream, &[&ra, &oa]) }?;
+            let (rd, od, t) = (DArr::from(&ra), DArr::from(&oa), ra.numel());
+            // SAFETY: device arrays of this device with `t` floats each, disjoint (checked above).
+            py.detach(|| unsafe { gpu.caps_from_rms(rd, t, kappa, od) })?;
+            return Ok(());
+        }
+        // SAFETY: only read; `out` overlaps it nowhere (checked above).
+        let rs = unsafe { ra.as_slice::<f32>() }?;
+        // SAFETY: `out` overlaps no input (checked above); the only view of it.
+        let o = unsafe { oa.as_mut_slice::<f32>() }?;
+        py.detach(|| -> Result<(), Error> {
+            o.copy_from_slice(&steps::caps_from_rms(rs, kappa)?);
+            Ok(())
+        })?;
+        Ok(())
+    })
+}
+
+/// Checks a capped allocation's token tolerances and caps as far as that needs no values (on
+/// CUDA, where the values are checked on the device): the budget, `T > 0`, as many caps as
+/// tolerances (the CPU's order).
+fn check_capped_sizes(budget: f64, ja: &Array, ca: &Array) -> Result<(), Error> {
+    steps::check_budget(budget)?;
+    if ja.numel() == 0 {
+        return Err(Error::Empty("token tolerances"));
+    }
+    if ca.numel() != ja.numel() {
+        return Err(Error::Shape(format!("caps has {} values for {} tokens", ca.numel(), ja.numel())));
+    }
+    Ok(())
+}
+
+/// Capped steps `Δ_t = min(f32(a·β)·j_t, f32(b·β)·c_t)` for budget `D` (contract §3.5).
+#[pyfunction]
+#[pyo3(signature = (jt, caps, budget, beta, out, stream=0))]
+#[allow(clippy::too_many_arguments)]
+fn allocate_steps_capped(
+    py: Python<'_>,
+    jt: &Bound<'_, PyAny>,
+    caps: &Bound<'_, PyAny>,
+    budget: f64,
+    beta: f64,
+    out: &Bound<'_, PyAny>,
+    stream: usize,
+) -> PyResult<()> {
+    guard(py, || {
+        let ja = import(jt, "token tolerances", stream)?;
+        let ca = import(caps, "caps", stream)?;
+        let mut oa = import(out, "out", stream)?;
+        let dev = device_of(&[&ja, &ca, &oa])?;
+        f32_vector(&ja, Error::Arg)?;
+        f32_vector(&ca, Error::Arg)?;
+        f32_vector(&oa, Error::Shape)?;
+        check_numel(&oa, ja.numel(), "the steps")?;
+        check_disjoint(&[&oa], &[&ja, &ca])?;
+        if let Dev::Cuda(ord) = dev {
+            check_capped_sizes(budget, &ja, &ca)?;
+            // SAFETY: the `stream=` contract.
+            let gpu = unsafe { gpu_for(ord, stream, &[&ja, &ca, &oa]) }?;
+            let (jd, cd, od, t) = (DArr::from(&ja), DArr::from(&ca), DArr::from(&oa), ja.numel());
+            // SAFETY: device arrays of this device with `t` floats each, `out` disjoint from both
+            // inputs (checked above).
+            py.detach(|| unsafe { gpu.allocate_steps_capped(jd, cd, t, budget, beta, od) })?;
+            return Ok(());
+        }
+        // SAFETY: only read; `out` overlaps it nowhere (checked above).
+        let js = unsafe { ja.as_slice::<f32>() }?;
+        // SAFETY: only read; `out` overlaps it nowhere (checked above).
+        let cs = unsafe { ca.as_slice::<f32>() }?;
+        // SAFETY: `out` overlaps no input (checked above); the only view of it.
+        let o = unsafe { oa.as_mut_slice::<f32>() }?;
+        py.detach(|| steps::allocate_capped_into(js, cs, budget, beta, o))?;
+        Ok(())
+    })
+}
+
+/// Capped steps matched to the **measured** budget (contracts §3.4, §3.5); returns
+/// `(beta, measured_mse, evaluations)`.
+#[pyfunction]
+#[pyo3(signature = (jt, caps, x, layout, patch, budget, bits, out, stream=0))]
+#[allow(clippy::too_many_arguments)]
+fn allocate_steps_capped_measured(
+    py: Python<'_>,
+    jt: &Bound<'_, PyAny>,
+    caps: &Bound<'_, PyAny>,
+    x: &Bound<'_, PyAny>,
+    layout: &str,
+    patch: usize,
+    budget: f64,
+    bits: u32,
+    out: &Bound<'_, PyAny>,
+    stream: usize,
+) -> PyResult<(f64, f64, u32)> {
+    guard(py, || {
+        let (layout, bits) = (parse_layout(layout)?, parse_bits(bits)?);
+        let ja = import(jt, "token tolerances", stream)?;
+        let ca = import(caps, "caps", stream)?;
+        let xa = import(x, "x", stream)?;
+        let mut oa = import(out, "out", stream)?;
+        let dev = device_of(&[&xa, &ja, &ca, &oa])?;
+        let g = token_grid(&xa.shape, layout, patch)?;
+        let dt = xa.float_dtype()?;
+        f32_vector(&ja, Error::Arg)?;
+        f32_vector(&ca, Error::Arg)?;
+        f32_vector(&oa, Error::Shape)?;
+        check_numel(&ja, g.tokens(), "x's token grid")?;
+        check_numel(&ca, g.tokens(), "x's token grid")?;
+        check_numel(&oa, g.tokens(), "the steps")?;
+        check_disjoint(&[&oa], &[&ja, &ca, &xa])?;
+        if let Dev::Cuda(ord) = dev {
+            check_capped_sizes(budget, &ja, &ca)?;
+            // SAFETY: the `stream=` contract.
+            let gpu = unsafe { gpu_for(ord, stream, &[&ja, &ca, &xa, &oa]) }?;
+            let (jd, cd, xd, od) = (DArr::from(&ja), DArr::from(&ca), DArr::from(&xa), DArr::from(&oa));
+            // SAFETY: device arrays of this device with the sizes checked above; `out` overlaps
+            // no input (checked above).
+            let m = py.detach(|| unsafe { gpu.allocate_steps_capped_measured(jd, cd, xd, dt, &g, budget, bits, od) })?;
+            return Ok((m.beta, m.measured_mse, m.evaluations));
+        }
+        // SAFETY: only read; the output overlaps no input (checked above).
+        let js = unsafe { ja.as_slice::<f32>() }?;
+        // SAFETY: only read; the output overlaps no input (checked above).
+        let cs = unsafe { ca.as_slice::<f32>() }?;
+        // SAFETY: `out` overlaps no input (checked above); the only view of it.
+        let o = unsafe { oa.as_mut_slice::<f32>() }?;
+        let m = with_elem!(dt, E => {
+            // SAFETY: only read; the output overlaps it nowhere (checked above).
+            let xs = unsafe { xa.as_slice::<E>() }?;
+            py.detach(|| -> Result<steps::Measured, Error> {
+                // Each probe checks j_t and the caps before its quantization.
+                let mut probe = vec![0f32; g.tokens()];
+                let m = steps::bisect_beta(budget, |beta| {
+                    steps::allocate_capped_into(js, cs, budget, beta, &mut probe)?;
+                    Ok(cpu::quantize(xs, &g, &probe, bits, QuantOut::default())?.mse(g.numel()))
+                })?;
+                steps::allocate_capped_into(js, cs, budget, m.beta, o)?;
+                Ok(m)
+            })?
+        });
+        Ok((m.beta, m.measured_mse, m.evaluations))
+    })
+}
+
 /// Fused quantize/dequantize (contract §4). `recon` may be `x` itself (in place). Returns a dict
 /// of the statistics: clamped, total_sse, mse, histogram (or None), entropy_bits, bits_per_element.
 #[pyfunction]
@@ -647,6 +847,12 @@ fn rate_dict<'py>(py: Python<'py>, r: &codec::RateReport, s: &codec::Sections) -
     d.set_item("estimate_bits_per_element", r.estimate_bits_per_element)?;
     d.set_item("gap", r.gap)?;
     d.set_item("model_bits", r.model_bits)?;
+    d.set_item("step_bytes", r.step_bytes)?;
+    d.set_item("step_bits_per_token", r.step_bits_per_token)?;
+    d.set_item("step_bits_per_element", r.step_bits_per_element)?;
+    d.set_item("symbol_bits_per_element", r.symbol_bits_per_element)?;
+    d.set_item("coded_estimate_bits_per_element", r.coded_estimate_bits_per_element)?;
+    d.set_item("coded_gap", r.coded_gap)?;
     let sec = PyDict::new(py);
     sec.set_item("header", s.header)?;
     sec.set_item("table", s.table)?;
@@ -672,11 +878,63 @@ fn dtype_name(d: Dtype) -> &'static str {
     }
 }
 
-/// Encodes a CPU feature with per-token steps into a `.fjq` file (docs/fjq-format.md). The steps
-/// are rounded to what the file stores before quantizing. Returns a dict: bytes, steps (the
-/// rounded steps, a float32 bytearray), clamped, mse, rate (a dict with `sections`).
+/// How `encode` is asked to store the steps (`step_mode`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PyStepMode {
+    Auto,
+    Tensor,
+    Token(codec::StepCoding),
+    Channel(codec::StepCoding),
+}
+
+fn parse_step_mode(mode: Option<&str>, grid: Option<u32>) -> Result<PyStepMode, Error> {
+    let g = codec::StepCoding::LogGrid { per_octave: grid.unwrap_or(codec::DEFAULT_PER_OCTAVE) };
+    let m = match mode.map(|m| m.to_ascii_lowercase()).as_deref() {
+        None | Some("auto") => PyStepMode::Auto,
+        Some("tensor") => PyStepMode::Tensor,
+        Some("token") => PyStepMode::Token(g),
+        Some("token-f16") => PyStepMode::Token(codec::StepCoding::F16),
+        Some("channel") => PyStepMode::Channel(g),
+        Some("channel-f16") => PyStepMode::Channel(codec::StepCoding::F16),
+        Some(other) => {
+            return Err(Error::Arg(format!(
+                "step_mode must be 'auto', 'tensor', 'token', 'token-f16', 'channel' or 'channel-f16', got {other:?}"
+            )))
+        }
+    };
+    if grid.is_some()
+        && !matches!(
+            m,
+            PyStepMode::Auto
+                | PyStepMode::Token(codec::StepCoding::LogGrid { .. })
+                | PyStepMode::Channel(codec::StepCoding::LogGrid { .. })
+        )
+    {
+        return Err(Error::Arg("grid applies to the 'auto', 'token' and 'channel' step modes only".into()));
+    }
+    Ok(m)
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn step_mode_items(d: &Bound<'_, PyDict>, m: codec::StepMode) -> PyResult<()> {
+    d.set_item("step_mode", m.name())?;
+    d.set_item("per_octave", m.per_octave())?;
+    Ok(())
+}
+
+/// Encodes a CPU feature into a `.fjq` file (docs/fjq-format.md). The steps are rounded to what
+/// the file stores before quantizing. `step_mode`: `auto` (default: `tensor` when all `T` steps
+/// are equal, else `token`), `token` / `token-f16` (`T` steps), `tensor` (1 step), `channel` /
+/// `channel-f16` (`C` steps); `grid`: log-grid points per octave (default 16). Returns a dict:
+/// bytes, steps (the rounded per-token steps, a float32 bytearray; empty for the channel modes),
+/// channel_steps (the rounded per-channel steps; empty otherwise), step_mode, per_octave,
+/// clamped, mse, rate (a dict with `sections`).
 #[pyfunction]
-#[pyo3(signature = (x, layout, patch, steps, bits))]
+#[pyo3(signature = (x, layout, patch, steps, bits, step_mode=None, grid=None))]
+#[allow(clippy::too_many_arguments)]
 fn encode<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
@@ -684,9 +942,12 @@ fn encode<'py>(
     patch: usize,
     steps: &Bound<'py, PyAny>,
     bits: u32,
+    step_mode: Option<&str>,
+    grid: Option<u32>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let (bytes, st, clamped, mse, rate, sections) = guard(py, || {
+    let (bytes, mode, st, cst, clamped, mse, rate, sections) = guard(py, || {
         let (layout, bits) = (parse_layout(layout)?, parse_bits(bits)?);
+        let how = parse_step_mode(step_mode, grid)?;
         let xa = import(x, "x", 0)?;
         let sa = import(steps, "steps", 0)?;
         if device_of(&[&xa, &sa])? != Dev::Cpu {
@@ -695,42 +956,74 @@ fn encode<'py>(
         let g = token_grid(&xa.shape, layout, patch)?;
         let dt = xa.float_dtype()?;
         f32_vector(&sa, Error::Shape)?;
-        check_numel(&sa, g.tokens(), "x's token grid")?;
+        let channels = match layout {
+            Layout::Nchw => g.shape.dims[1],
+            Layout::Ntc => g.shape.dims[2],
+        };
+        match how {
+            PyStepMode::Tensor => check_numel(&sa, 1, "the tensor step mode")?,
+            PyStepMode::Channel(_) => check_numel(&sa, channels, "x's channels")?,
+            _ => check_numel(&sa, g.tokens(), "x's token grid")?,
+        }
         // SAFETY: only read (encode writes nothing the caller passed).
         let ss = unsafe { sa.as_slice::<f32>() }?;
         let r = with_elem!(dt, E => {
             // SAFETY: only read, as above.
             let xs = unsafe { xa.as_slice::<E>() }?;
-            py.detach(|| codec::encode(xs, &g, ss, bits).map(|e| (e.bytes, e.steps, e.clamped, e.mse, e.rate, e.sections)))?
+            py.detach(|| {
+                let enc = match how {
+                    PyStepMode::Auto => match grid {
+                        None => codec::encode(xs, &g, ss, bits),
+                        Some(per_octave) => {
+                            // As codec::encode, at another grid size.
+                            let coding = codec::StepCoding::LogGrid { per_octave };
+                            if ss.iter().all(|s| s.to_bits() == ss[0].to_bits()) {
+                                codec::encode_with(xs, &g, codec::StepSpec::Tensor(ss[0]), bits, coding)
+                            } else {
+                                codec::encode_with(xs, &g, codec::StepSpec::Token(ss), bits, coding)
+                            }
+                        }
+                    },
+                    PyStepMode::Tensor => codec::encode_with(xs, &g, codec::StepSpec::Tensor(ss[0]), bits, codec::StepCoding::default()),
+                    PyStepMode::Token(c) => codec::encode_with(xs, &g, codec::StepSpec::Token(ss), bits, c),
+                    PyStepMode::Channel(c) => codec::encode_with(xs, &g, codec::StepSpec::Channel(ss), bits, c),
+                };
+                enc.map(|e| (e.bytes, e.step_mode, e.steps, e.channel_steps, e.clamped, e.mse, e.rate, e.sections))
+            })?
         });
         Ok(r)
     })?;
     let d = PyDict::new(py);
     d.set_item("bytes", PyBytes::new(py, &bytes))?;
-    let sb: Vec<u8> = st.iter().flat_map(|v| v.to_le_bytes()).collect();
-    d.set_item("steps", PyByteArray::new(py, &sb))?;
+    d.set_item("steps", PyByteArray::new(py, &f32_bytes(&st)))?;
+    d.set_item("channel_steps", PyByteArray::new(py, &f32_bytes(&cst)))?;
+    step_mode_items(&d, mode)?;
     d.set_item("clamped", clamped)?;
     d.set_item("mse", mse)?;
     d.set_item("rate", rate_dict(py, &rate, &sections)?)?;
     Ok(d)
 }
 
-/// Decodes a `.fjq` file. Returns a dict: dtype, layout, shape, patch, bits, and recon, symbols
-/// and steps as little-endian bytearrays (the file's dtype; int8/int16; float32), rate (a dict
-/// with `sections`). A malformed file raises `featjnd.Error` (message `fjq: ...`).
+/// Decodes a `.fjq` file (version 1 or 2). Returns a dict: version, dtype, layout, shape, patch,
+/// bits, step_mode, per_octave, and recon, symbols, steps and channel_steps as little-endian
+/// bytearrays (the file's dtype; int8/int16; float32 per-token steps, empty for the channel
+/// modes; float32 per-channel steps, empty otherwise), rate (a dict with `sections`). A malformed
+/// file raises `featjnd.Error` (message `fjq: ...`).
 #[pyfunction]
 fn decode<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyDict>> {
     let dec = guard(py, || Ok(py.detach(|| codec::decode(data))?))?;
     let d = PyDict::new(py);
+    d.set_item("version", dec.version)?;
     d.set_item("dtype", dtype_name(dec.dtype))?;
     d.set_item("layout", layout_name(dec.layout))?;
     d.set_item("shape", dec.shape.sizes())?;
     d.set_item("patch", dec.patch)?;
     d.set_item("bits", dec.bits.bits())?;
+    step_mode_items(&d, dec.step_mode)?;
     d.set_item("recon", PyByteArray::new(py, &dec.recon.to_le_bytes()))?;
     d.set_item("symbols", PyByteArray::new(py, &dec.symbols.to_le_bytes()))?;
-    let sb: Vec<u8> = dec.steps.iter().flat_map(|v| v.to_le_bytes()).collect();
-    d.set_item("steps", PyByteArray::new(py, &sb))?;
+    d.set_item("steps", PyByteArray::new(py, &f32_bytes(&dec.steps)))?;
+    d.set_item("channel_steps", PyByteArray::new(py, &f32_bytes(&dec.channel_steps)))?;
     d.set_item("rate", rate_dict(py, &dec.rate, &dec.sections)?)?;
     Ok(d)
 }
@@ -771,6 +1064,10 @@ fn _featjnd(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(token_tolerance, m)?)?;
     m.add_function(wrap_pyfunction!(allocate_steps, m)?)?;
     m.add_function(wrap_pyfunction!(allocate_steps_measured, m)?)?;
+    m.add_function(wrap_pyfunction!(token_rms, m)?)?;
+    m.add_function(wrap_pyfunction!(caps_from_rms, m)?)?;
+    m.add_function(wrap_pyfunction!(allocate_steps_capped, m)?)?;
+    m.add_function(wrap_pyfunction!(allocate_steps_capped_measured, m)?)?;
     m.add_function(wrap_pyfunction!(quantize, m)?)?;
     m.add_function(wrap_pyfunction!(perturb, m)?)?;
     m.add_function(wrap_pyfunction!(noise, m)?)?;

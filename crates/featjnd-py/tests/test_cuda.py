@@ -10,6 +10,7 @@ order; Gaussian noise: transcendental functions).
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import featjnd
 from conftest import _SKIPS, feature, tolerance_map
@@ -116,3 +117,80 @@ def test_gpu_errors_name_the_first_bad_index(rng):
         assert e.index == 37, e
     else:  # pragma: no cover
         raise AssertionError("a NaN in x on the GPU must be an error")
+
+
+def _within_ulp(got, want, what):
+    got, want = got.detach().cpu().numpy().astype(np.float64), want.detach().cpu().numpy()
+    assert np.all(np.abs(got - want.astype(np.float64)) <= np.spacing(np.abs(want)).astype(np.float64)), what
+
+
+def test_capped_allocation_on_gpu_matches_cpu(rng):
+    """Token RMS (reduction order: to rounding), caps (float32 operations: bit-identical), capped
+    steps (the device solver bisects: within one f32 ulp, contract §3.5), the measured budget and
+    the capped chain."""
+    if not _gpu("test_capped_allocation_on_gpu_matches_cpu"):
+        return
+    for shape, patch in SHAPES + [((1, 5137, 3), 1)]:
+        for name in DTYPES:
+            x, j = _pair(rng, shape, name)
+            what = f"{shape} {name} p{patch}"
+            rc = featjnd.token_rms(x, patch=patch)
+            rg = featjnd.token_rms(x.cuda(), patch=patch)
+            assert rg.is_cuda, what
+            np.testing.assert_allclose(rg.cpu().numpy(), rc.numpy(), rtol=1e-5, err_msg=what)
+            cc = featjnd.caps_from_rms(rc)
+            cg = featjnd.caps_from_rms(rc.cuda())
+            assert cg.is_cuda and np.array_equal(_bits(cg), _bits(cc)), what
+            jt = featjnd.token_tolerance(j, patch=patch)
+            for frac in (0.3, 0.9, 2.0):
+                d = frac * float((cc.double() ** 2).mean()) / 12.0
+                for beta in (1.0, 0.6):
+                    sc = featjnd.allocate_steps_capped(jt, cc, d, beta=beta)
+                    sg = featjnd.allocate_steps_capped(jt.cuda(), cc.cuda(), d, beta=beta)
+                    assert sg.is_cuda
+                    _within_ulp(sg, sc, f"{what} frac={frac} beta={beta}")
+            if shape != (1, 1, 1, 1):
+                d = 0.02 * float(x.double().pow(2).mean())
+                sg, mg = featjnd.allocate_steps_capped_measured(jt.cuda(), cc.cuda(), x.cuda(), d, patch=patch)
+                assert sg.is_cuda and abs(mg.measured_mse / d - 1) <= 1e-3, what
+                assert featjnd.quantize(x.cuda(), sg, patch=patch).mse == pytest.approx(mg.measured_mse, rel=1e-6), what
+            qc = featjnd.quantize_capped(x, j, 0.05, patch=patch)
+            qg = featjnd.quantize_capped(x.cuda(), j.cuda(), 0.05, patch=patch)
+            _within_ulp(qg.steps, qc.steps, what)
+            if np.array_equal(_bits(qg.steps), _bits(qc.steps)):
+                assert np.array_equal(_bits(qg.recon), _bits(qc.recon)), what
+
+
+def test_capped_gpu_errors_match_cpu(rng):
+    if not _gpu("test_capped_gpu_errors_match_cpu"):
+        return
+    x, j = _pair(rng, (2, 4, 4, 4), "float32")
+    xd = x.cuda()
+    xd.view(-1)[37] = float("nan")
+    xd.view(-1)[40] = float("inf")
+    with pytest.raises(featjnd.NonFiniteError) as e:
+        featjnd.token_rms(xd)
+    assert e.value.index == 37 and np.isnan(e.value.value)
+    with pytest.raises(featjnd.ArgError, match="zero"):
+        featjnd.caps_from_rms(torch.zeros(5, device="cuda"))
+    with pytest.raises(featjnd.ArgError, match="κ"):
+        featjnd.caps_from_rms(torch.ones(5, device="cuda"), 0.0)
+    jt = torch.rand(17, device="cuda") + 0.1
+    caps = torch.rand(17, device="cuda") + 0.1
+    bad = caps.clone()
+    bad[3], bad[9] = 0.0, float("nan")
+    out = torch.full((17,), -1.0, device="cuda")
+    with pytest.raises(featjnd.ArgError, match=r"c\[3\]"):
+        featjnd.allocate_steps_capped(jt, bad, 0.01, out=out)
+    assert bool((out == -1).all()), "nothing written on a bad cap"
+    badj = jt.clone()
+    badj[2] = -1.0
+    with pytest.raises(featjnd.JndError) as e:
+        featjnd.allocate_steps_capped(badj, bad, 0.01)
+    assert e.value.index == 2 and e.value.value == -1.0
+    with pytest.raises(featjnd.ShapeError):
+        featjnd.allocate_steps_capped(jt, caps[:16].contiguous(), 0.01)
+    with pytest.raises(featjnd.BudgetError):
+        featjnd.allocate_steps_capped(jt, caps, 0.0)
+    with pytest.raises(featjnd.DeviceError):
+        featjnd.allocate_steps_capped(jt, caps.cpu(), 0.01)

@@ -6,12 +6,16 @@ torch tensors (any DLPack producer on the CPU), zero-copy:
 * :func:`token_tolerance` -- per-token tolerance ``j_t`` from a FeatJND map ``J`` (contract 2);
 * :func:`allocate_steps` / :func:`allocate_steps_measured` -- quantization steps under a noise
   budget (contract 3);
+* :func:`token_rms` / :func:`caps_from_rms` / :func:`allocate_steps_capped` /
+  :func:`allocate_steps_capped_measured` / :func:`quantize_capped` -- the capped allocation, steps
+  bounded by what each token holds (contract 3.5);
 * :func:`quantize` / :func:`quantize_with_jnd` -- fused quantize/dequantize with statistics
   (contract 4);
 * :func:`perturb` -- perturbation at a matched per-sample NRMSE (contract 6);
 * :func:`noise` -- the Philox4x32-10 noise every op draws (contract 5);
 * :func:`encode` / :func:`decode` -- the ``.fjq`` feature file (``docs/fjq-format.md``):
-  quantized symbols entropy-coded with their per-token steps, decoded bit for bit.
+  quantized symbols entropy-coded with their steps (one per tensor, token or channel), decoded
+  bit for bit.
 
 Features are float32, float16 or bfloat16 (numpy bfloat16 through ``ml_dtypes``), laid out NCHW
 (4-D) or NTC (3-D); ``layout=None`` picks it from the rank. Inputs are read in place, never
@@ -89,14 +93,19 @@ __all__ = [
     "ShapeError",
     "UnreachableError",
     "allocate_steps",
+    "allocate_steps_capped",
+    "allocate_steps_capped_measured",
     "allocate_steps_measured",
+    "caps_from_rms",
     "decode",
     "encode",
     "noise",
     "permutation",
     "perturb",
     "quantize",
+    "quantize_capped",
     "quantize_with_jnd",
+    "token_rms",
     "token_tolerance",
 ]
 
@@ -145,9 +154,12 @@ class QuantizeResult:
     k: int
     """K, the elements per token."""
     token_tol: Optional[Array] = None
-    """The token tolerances ``j_t`` (from :func:`quantize_with_jnd`)."""
+    """The token tolerances ``j_t`` (from :func:`quantize_with_jnd` / :func:`quantize_capped`)."""
     measured: Optional[MeasuredBudget] = None
-    """The measured-budget match (``measured=True`` in :func:`quantize_with_jnd`)."""
+    """The measured-budget match (``measured=True`` in :func:`quantize_with_jnd` /
+    :func:`quantize_capped`)."""
+    caps: Optional[Array] = None
+    """The caps ``c_t`` (from :func:`quantize_capped`)."""
 
 
 def _torch_module(a: Any) -> Any:
@@ -345,6 +357,151 @@ def allocate_steps_measured(
     return out, MeasuredBudget(beta, mse, evals)
 
 
+# ---------- the capped allocation (contract 3.5) ----------
+
+
+def token_rms(
+    x: Array,
+    patch: int = 1,
+    layout: Optional[str] = None,
+    *,
+    out: Optional[Array] = None,
+    stream: Any = None,
+) -> Array:
+    """Token RMS ``r_t = sqrt(sum(x^2) / K)`` of a feature (contract 3.5).
+
+    Args:
+        x: the feature, float32/float16/bfloat16, NCHW or NTC; every element finite.
+        patch: NCHW patch size (1 for NTC).
+        layout: ``"nchw"`` or ``"ntc"``; None picks it from the rank (4-D / 3-D).
+        out: optional float32 array of ``T`` elements to write into.
+        stream: CUDA stream for CUDA arrays (default: the framework's current stream).
+
+    Returns:
+        ``T`` float32 values (a 1-D array in ``x``'s framework, or ``out``).
+
+    Raises:
+        NonFiniteError: an element of ``x`` is not finite (``.index``: the lowest flat index).
+    """
+    x = _input(x)
+    layout = _layout(x, layout)
+    tokens, _ = _featjnd.grid(_shape(x), layout, patch)
+    if out is None:
+        out = _empty(x, (tokens,), "float32")
+    _featjnd.token_rms(x, layout, patch, out, _stream(x, stream))
+    return out
+
+
+def caps_from_rms(
+    rms: Array,
+    kappa: float = 2.0,
+    *,
+    out: Optional[Array] = None,
+    stream: Any = None,
+) -> Array:
+    """Caps ``c_t = kappa * max(r_t, 2^-24 * max_t r_t)`` from token RMS values (contract 3.5).
+
+    The floor only keeps an all-zero token's cap (and step) positive.
+
+    Args:
+        rms: token RMS values (1-D float32), e.g. from :func:`token_rms`.
+        kappa: the cap factor, finite and > 0 (rounded to float32). At the default 2 every token
+            keeps a nominal signal-to-noise ratio of at least 3; ``sqrt(12)`` is the
+            reverse-water-filling bound.
+        out: optional float32 array of ``T`` elements to write into.
+
+    Returns:
+        ``T`` float32 caps.
+
+    Raises:
+        ArgError: ``kappa`` not finite or <= 0, or the feature is zero in every token.
+    """
+    rms = _input(rms)
+    if out is None:
+        out = _empty(rms, (_shape(rms)[0] if _shape(rms) else 0,), "float32")
+    _featjnd.caps_from_rms(rms, float(kappa), out, _stream(rms, stream))
+    return out
+
+
+def allocate_steps_capped(
+    jt: Array,
+    caps: Array,
+    budget: float,
+    *,
+    beta: float = 1.0,
+    measured_x: Optional[Array] = None,
+    layout: Optional[str] = None,
+    patch: int = 1,
+    bits: int = 8,
+    out: Optional[Array] = None,
+    stream: Any = None,
+) -> Array:
+    """Capped steps ``Delta_t = min(a * j_t, b * c_t)`` for the noise budget ``D`` (contract 3.5).
+
+    Steps proportional to ``j_t`` (the ``"jnd"`` strategy) but never above a token's cap; the
+    budget is met exactly: ``mean(Delta_t^2) / 12 = D * beta^2``. When even every token at its cap
+    spends less than ``D``, the steps are the caps scaled up.
+
+    Args:
+        jt: token tolerances (1-D float32, finite, > 0), e.g. from :func:`token_tolerance`.
+        caps: ``T`` caps (float32, finite, > 0), e.g. from :func:`caps_from_rms`.
+        budget: ``D``, the target mean squared error per element.
+        beta: a factor applied to the steps (``f32(a * beta)`` and ``f32(b * beta)``).
+        measured_x: match the *measured* MSE of quantizing this feature instead (contract 3.4;
+            see :func:`allocate_steps_capped_measured`); ``beta`` is then found, not given.
+        layout, patch, bits: the quantization ``measured_x`` is measured with.
+        out: optional float32 array of ``T`` elements to write into.
+
+    Returns:
+        ``T`` float32 steps.
+
+    Raises:
+        JndError: a token tolerance not finite or <= 0 (``.index``).
+        ArgError: a cap not finite or <= 0 (the message names ``c[t]``).
+        ShapeError: ``caps`` does not hold one value per token.
+    """
+    if measured_x is not None:
+        steps, _ = allocate_steps_capped_measured(jt, caps, measured_x, budget, layout=layout, patch=patch, bits=bits, out=out, stream=stream)
+        return steps
+    jt, caps = _input(jt), _input(caps)
+    if out is None:
+        out = _empty(jt, (_shape(jt)[0] if _shape(jt) else 0,), "float32")
+    _featjnd.allocate_steps_capped(jt, caps, float(budget), float(beta), out, _stream(jt, stream))
+    return out
+
+
+def allocate_steps_capped_measured(
+    jt: Array,
+    caps: Array,
+    x: Array,
+    budget: float,
+    *,
+    layout: Optional[str] = None,
+    patch: int = 1,
+    bits: int = 8,
+    out: Optional[Array] = None,
+    stream: Any = None,
+) -> Tuple[Array, MeasuredBudget]:
+    """Capped steps whose quantization of ``x`` measures ``D`` within 0.1% (contracts 3.4, 3.5).
+
+    The capped steps' two scales are both multiplied by one factor ``beta`` found by bisection:
+    the steps are ``allocate_steps_capped(jt, caps, budget, beta=beta)``.
+
+    Returns:
+        ``(steps, MeasuredBudget(beta, measured_mse, evaluations))``.
+
+    Raises:
+        UnreachableError: ``D`` cannot be matched.
+    """
+    jt, caps, x = _input(jt), _input(caps), _input(x)
+    layout = _layout(x, layout)
+    tokens, _ = _featjnd.grid(_shape(x), layout, patch)
+    if out is None:
+        out = _empty(x, (tokens,), "float32")
+    beta, mse, evals = _featjnd.allocate_steps_capped_measured(jt, caps, x, layout, patch, float(budget), bits, out, _stream(x, stream))
+    return out, MeasuredBudget(beta, mse, evals)
+
+
 def _resolve(v: Any, make: Any) -> Any:
     """An output argument: an array (written into), True (allocated) or False/None (skipped)."""
     if v is None or v is False:
@@ -467,6 +624,48 @@ def quantize_with_jnd(
     return QuantizeResult(**{**r.__dict__, "token_tol": jt, "measured": m})
 
 
+def quantize_capped(
+    x: Array,
+    j: Array,
+    budget: float,
+    kappa: float = 2.0,
+    *,
+    patch: int = 1,
+    reduce: str = "mean",
+    bits: int = 8,
+    measured: bool = False,
+    layout: Optional[str] = None,
+    symbols: Any = True,
+    recon: Any = True,
+    token_sse: Any = True,
+    histogram: bool = True,
+    in_place: bool = False,
+    stream: Any = None,
+) -> QuantizeResult:
+    """The capped chain: ``J -> j_t``, ``x -> r_t -> c_t``, capped steps, quantize (contract 3.5).
+
+    As :func:`quantize_with_jnd` with the steps of :func:`allocate_steps_capped` and the caps
+    ``caps_from_rms(token_rms(x), kappa)``. ``J`` is validated first, then ``x``.
+
+    Returns:
+        A :class:`QuantizeResult` with ``token_tol``, ``caps``, ``steps`` and (measured)
+        ``measured`` set.
+    """
+    x, j = _input(x), _input(j)
+    layout = _layout(x, layout)
+    if _shape(x) != _shape(j):
+        raise ShapeError(f"shape mismatch: x is {list(_shape(x))}, J is {list(_shape(j))}")
+    jt = token_tolerance(j, patch, reduce, layout, stream=stream)
+    caps = caps_from_rms(token_rms(x, patch, layout, stream=stream), kappa, stream=stream)
+    m = None
+    if measured:
+        steps, m = allocate_steps_capped_measured(jt, caps, x, budget, layout=layout, patch=patch, bits=bits, stream=stream)
+    else:
+        steps = allocate_steps_capped(jt, caps, budget, stream=stream)
+    r = quantize(x, steps, bits, patch, layout=layout, symbols=symbols, recon=recon, token_sse=token_sse, histogram=histogram, in_place=in_place, stream=stream)
+    return QuantizeResult(**{**r.__dict__, "token_tol": jt, "measured": m, "caps": caps})
+
+
 def perturb(
     x: Array,
     j: Optional[Array] = None,
@@ -572,9 +771,10 @@ class Encoded:
     bytes: bytes
     """The ``.fjq`` file."""
     steps: Array
-    """The steps the file holds (float32, T values): the given steps rounded to f16 precision
-    under one power-of-two scale. ``quantize(x, steps, bits, patch)`` with these steps gives the
-    symbols and reconstruction the file decodes to, bit for bit."""
+    """The per-token steps the file holds (float32, T values): the given steps rounded to the
+    stored form (``step_mode``), the one tensor step repeated in the ``"tensor"`` mode; empty in
+    the channel modes. ``quantize(x, steps, bits, patch)`` with these steps gives the symbols and
+    reconstruction the file decodes to, bit for bit."""
     clamped: int
     """Elements whose symbol was clamped to +-Q."""
     mse: float
@@ -583,7 +783,17 @@ class Encoded:
     """The real rate and contract 4's estimate: ``file_bytes``, ``elements``, ``tokens``,
     ``alphabet``, ``entropy_bits``, ``bits_per_element`` (8 * file size / elements),
     ``estimate_bits_per_element``, ``gap``, ``model_bits`` and ``sections`` (byte counts of
-    ``header``, ``table``, ``steps``, ``payload``, ``crc``)."""
+    ``header``, ``table``, ``steps``, ``payload``, ``crc``), the step side information
+    (``step_bytes``, ``step_bits_per_token``, ``step_bits_per_element``) and
+    ``symbol_bits_per_element``, ``coded_estimate_bits_per_element``, ``coded_gap``."""
+    step_mode: str = "token"
+    """How the file stores the steps: ``"tensor"``, ``"token"``, ``"token-f16"``, ``"channel"``
+    or ``"channel-f16"`` (``docs/fjq-format.md``)."""
+    per_octave: Optional[int] = None
+    """Log-grid points per octave of the ``"token"``/``"channel"`` modes (None otherwise)."""
+    channel_steps: Optional[Array] = None
+    """The per-channel steps the file holds (float32, C values) in the channel modes; empty
+    otherwise."""
 
     def to_file(self, path: Union[str, "os.PathLike[str]"]) -> None:
         """Writes the ``.fjq`` file to ``path``."""
@@ -600,7 +810,8 @@ class Decoded:
     symbols: Array
     """Integer symbols ``q`` (int8 for 8 bits, int16 for 16), shaped like ``recon``."""
     steps: Array
-    """The stored steps (float32, T values)."""
+    """The per-token steps (float32, T values; the tensor mode's step repeated; empty in the
+    channel modes)."""
     dtype: str
     """``"float32"``, ``"float16"`` or ``"bfloat16"``."""
     layout: str
@@ -609,6 +820,14 @@ class Decoded:
     bits: int
     rate: Dict[str, Any]
     """As :attr:`Encoded.rate`."""
+    step_mode: str = "token"
+    """As :attr:`Encoded.step_mode` (``"token-f16"`` for a version-1 file)."""
+    per_octave: Optional[int] = None
+    """As :attr:`Encoded.per_octave`."""
+    channel_steps: Optional[Array] = None
+    """The per-channel steps (float32, C values) in the channel modes; empty otherwise."""
+    version: int = 2
+    """The file's format version (1 or 2)."""
 
     @classmethod
     def from_file(cls, path: Union[str, "os.PathLike[str]"], *, like: Optional[Array] = None) -> "Decoded":
@@ -638,28 +857,36 @@ def encode(
     patch: int = 1,
     bits: int = 8,
     layout: Optional[str] = None,
+    step_mode: Optional[str] = None,
+    grid: Optional[int] = None,
 ) -> Encoded:
     """Codes a feature into a ``.fjq`` file (``docs/fjq-format.md``).
 
-    The steps are first rounded to what the file stores (an f16 mantissa under one common
-    power-of-two scale, 16 bits per token), then ``x`` is quantized with the **rounded** steps
-    (exactly :func:`quantize`) and the symbols are entropy-coded (ANS with a static model whose
-    frequency table is in the file). The file is self-contained: :func:`decode` needs nothing
-    else.
+    The steps are first rounded to what the file stores (``step_mode``), then ``x`` is quantized
+    with the **rounded** steps (per token exactly :func:`quantize`) and the symbols are
+    entropy-coded (ANS with a static model whose frequency table is in the file). The file is
+    self-contained: :func:`decode` needs nothing else.
 
     Args:
         x: the feature (float32/float16/bfloat16, NCHW or NTC), finite, on the CPU. A CUDA torch
             tensor is copied to the host (``.cpu()``) first; other device arrays raise
             :class:`ArgError`.
-        steps: ``T`` float32 steps, each finite and > 0 (e.g. from :func:`allocate_steps`); the
-            smallest must be at least ``2^-38`` times the largest.
+        steps: float32 steps, each finite and > 0 (e.g. from :func:`allocate_steps`): ``T`` of
+            them, one for the ``"tensor"`` mode, ``C`` (channels) for the channel modes.
         patch: NCHW patch size (1 for NTC).
         bits: symbol width, 8 or 16.
         layout: ``"nchw"``/``"ntc"``, or None for the rank's default.
+        step_mode: ``None``/``"auto"`` (``"tensor"`` when all ``T`` steps are equal, else
+            ``"token"``), ``"token"`` (each step on a log grid, its indices entropy-coded),
+            ``"token-f16"`` (f16 mantissas under one power-of-two scale, 16 bits per token; the
+            smallest step at least ``2^-38`` times the largest), ``"tensor"`` (one step, stored
+            exactly), ``"channel"`` / ``"channel-f16"`` (one step per channel).
+        grid: log-grid points per octave (a power of two; default 16: relative rounding at most
+            ``2^(1/32) - 1``) for ``"auto"``, ``"token"`` and ``"channel"``.
 
     Returns:
-        An :class:`Encoded`: ``.bytes`` (the file), the rounded ``.steps`` (in ``x``'s framework,
-        on the CPU), ``.rate``.
+        An :class:`Encoded`: ``.bytes`` (the file), the rounded ``.steps`` /
+        ``.channel_steps`` (in ``x``'s framework, on the CPU), ``.step_mode``, ``.rate``.
     """
     x, steps = _input(x), _input(steps)
     if _torch_module(x) is not None and x.is_cuda:
@@ -667,22 +894,26 @@ def encode(
     if _torch_module(steps) is not None and steps.is_cuda:
         steps = steps.cpu()
     layout = _layout(x, layout)
-    r = _featjnd.encode(x, layout, patch, steps, bits)
-    t = r["steps"]
+    r = _featjnd.encode(x, layout, patch, steps, bits, step_mode=step_mode, grid=grid)
+    t, c = r["steps"], r["channel_steps"]
     return Encoded(
         bytes=r["bytes"],
         steps=_from_bytes(t, "float32", (len(t) // 4,), x),
         clamped=r["clamped"],
         mse=r["mse"],
         rate=r["rate"],
+        step_mode=r["step_mode"],
+        per_octave=r["per_octave"],
+        channel_steps=_from_bytes(c, "float32", (len(c) // 4,), x),
     )
 
 
 def decode(data: Union[bytes, bytearray, memoryview], *, like: Optional[Array] = None) -> Decoded:
-    """Decodes a ``.fjq`` file.
+    """Decodes a ``.fjq`` file (format version 1 or 2).
 
-    The reconstruction ``x_hat = f32(q) * Delta_t``, narrowed to the file's dtype, is bit-identical
-    to what :func:`encode` computed (and to :func:`quantize` with :attr:`Encoded.steps`).
+    The reconstruction ``x_hat = f32(q) * Delta`` (the token's step, or the channel's in the
+    channel modes), narrowed to the file's dtype, is bit-identical to what :func:`encode`
+    computed (and, outside the channel modes, to :func:`quantize` with :attr:`Encoded.steps`).
 
     Args:
         data: the file's bytes.
@@ -702,7 +933,7 @@ def decode(data: Union[bytes, bytearray, memoryview], *, like: Optional[Array] =
     r = _featjnd.decode(data)
     shape = tuple(r["shape"])
     bits = r["bits"]
-    st = r["steps"]
+    st, ch = r["steps"], r["channel_steps"]
     return Decoded(
         recon=_from_bytes(r["recon"], r["dtype"], shape, like),
         symbols=_from_bytes(r["symbols"], "int8" if bits == 8 else "int16", shape, like),
@@ -712,4 +943,8 @@ def decode(data: Union[bytes, bytearray, memoryview], *, like: Optional[Array] =
         patch=r["patch"],
         bits=bits,
         rate=r["rate"],
+        step_mode=r["step_mode"],
+        per_octave=r["per_octave"],
+        channel_steps=_from_bytes(ch, "float32", (len(ch) // 4,), like),
+        version=r["version"],
     )

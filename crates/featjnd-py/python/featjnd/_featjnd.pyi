@@ -60,6 +60,20 @@ def allocate_steps_measured(
 ) -> Tuple[float, float, int]:
     """Writes the measured-budget steps into ``out``; returns ``(beta, measured_mse, evaluations)``."""
 
+def token_rms(x: Any, layout: str, patch: int, out: Any, stream: int = 0) -> None:
+    """Writes the ``T`` token RMS values ``sqrt(sum(x^2)/K)`` of ``x`` into the float32 ``out``."""
+
+def caps_from_rms(rms: Any, kappa: float, out: Any, stream: int = 0) -> None:
+    """Writes the caps ``kappa * max(r_t, 2^-24 * max r)`` into the float32 ``out``."""
+
+def allocate_steps_capped(jt: Any, caps: Any, budget: float, beta: float, out: Any, stream: int = 0) -> None:
+    """Writes the capped steps for budget ``D`` (both scales times ``beta``) into the float32 ``out``."""
+
+def allocate_steps_capped_measured(
+    jt: Any, caps: Any, x: Any, layout: str, patch: int, budget: float, bits: int, out: Any, stream: int = 0
+) -> Tuple[float, float, int]:
+    """Writes the measured-budget capped steps into ``out``; returns ``(beta, measured_mse, evaluations)``."""
+
 def quantize(
     x: Any,
     layout: str,
@@ -88,8 +102,12 @@ def philox4x32_10(counter: Sequence[int], key: Sequence[int]) -> List[int]:
 def permutation(tokens: int, seed: int) -> List[int]:
     """The permutation of the ``permuted`` strategy."""
 
-def encode(x: Any, layout: str, patch: int, steps: Any, bits: int) -> Dict[str, Any]:
-    """A ``.fjq`` file of a CPU feature: ``bytes``, ``steps`` (rounded, float32 bytearray), ``clamped``, ``mse``, ``rate``."""
+def encode(
+    x: Any, layout: str, patch: int, steps: Any, bits: int, step_mode: Optional[str] = None, grid: Optional[int] = None
+) -> Dict[str, Any]:
+    """A ``.fjq`` file of a CPU feature: ``bytes``, ``steps`` / ``channel_steps`` (rounded, float32 bytearrays),
+    ``step_mode``, ``per_octave``, ``clamped``, ``mse``, ``rate``."""
 
 def decode(data: bytes) -> Dict[str, Any]:
-    """A decoded ``.fjq`` file: ``dtype``, ``layout``, ``shape``, ``patch``, ``bits``, ``recon``/``symbols``/``steps`` (bytearrays), ``rate``."""
+    """A decoded ``.fjq`` file: ``version``, ``dtype``, ``layout``, ``shape``, ``patch``, ``bits``, ``step_mode``,
+    ``per_octave``, ``recon``/``symbols``/``steps``/``channel_steps`` (bytearrays), ``rate``."""
