@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh machine of this project's kind (Debian, x86-64, no GPU needed).
-# Installs: libclang-dev (bindgen), the Debian data packages, and into .deps/ (git-ignored):
+# Installs: libclang-dev (bindgen), the Debian data packages, python3-torch + python3-torchvision (the
+# PyTorch reference tests), and into .deps/ (git-ignored):
 # the lean libtorch 2.11.0 (tch 0.24), the CUDA runtime/cupti it needs to load, and NVRTC 13.0.x
 # (kernels compile to PTX without a GPU), and the DeepForest/stardist data files, the MobileNetV2
 # ImageNet weights and the scikit-image photos into .deps/data.
@@ -15,11 +16,28 @@ dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(libclang-dev)
 dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || need_apt+=(dataset-fashion-mnist)
 # Plots: the TrueType font their text is drawn with (ab_glyph in Rust; no fontconfig/freetype).
 dpkg -s fonts-dejavu-core >/dev/null 2>&1 || need_apt+=(fonts-dejavu-core)
-if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "setup: apt-get install ${need_apt[*]}"
+# The PyTorch reference tests (crates/featjnd-research/tests/torchvision_ref.rs, tools/torchvision_ref.py):
+# Debian's torch 1.13 and torchvision 0.14, for /usr/bin/python3 only. Installed without recommends,
+# so libtorch-dev (unversioned libtorch*.so links in /usr/lib, 1.13 headers in /usr/include) is not
+# pulled in; the Rust build links .deps/torch either way (checked: `ldd target/debug/featjnd | grep
+# torch` lists .deps/torch/lib only, with libtorch-dev installed too). About 1.5 min and ~1 GB on a
+# fresh machine; FEATJND_SKIP_TORCH_PY=1 skips it (those tests then print SKIP).
+need_apt_norec=()
+if [ "${FEATJND_SKIP_TORCH_PY:-0}" != 1 ]; then
+  for p in python3-torch python3-torchvision; do
+    dpkg -s "$p" >/dev/null 2>&1 || need_apt_norec+=("$p")
+  done
+fi
+if [ ${#need_apt[@]} -gt 0 ] || [ ${#need_apt_norec[@]} -gt 0 ]; then
+  echo "setup: apt-get install ${need_apt[*]} ${need_apt_norec[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  if [ ${#need_apt[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  fi
+  if [ ${#need_apt_norec[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt_norec[@]}" >/dev/null
+  fi
 fi
 
 if [ ! -f "$stamp" ]; then

@@ -7,11 +7,14 @@
 
 then, from Rust, `featjnd::model::torchscript::TorchScriptPair::load_dir("out/r50-layer2", device)`.
 
-UNTESTED: this script has never been run by the featjnd authors. The machine it was written on has
-no PyTorch or torchvision, so neither the export nor the check below has been executed; treat the
-first run as a test and read the printed differences. Needs torch >= 2.0 and torchvision >= 0.15
-(`torchvision.models.get_model`). The Rust side (`src/model/torchscript.rs`) is tested with
-TorchScript files made in its own tests, not with files from this script.
+Tested with Debian's python3-torch 1.13 and python3-torchvision 0.14 (`/usr/bin/python3`): the
+files load in featjnd's libtorch 2.11 and match PyTorch's run of them, see
+crates/featjnd-research/tests/torchvision_ref.rs and docs/torchvision-ops.md. Needs torchvision >=
+0.14 (`torchvision.models.get_model`). Detection tails call torchvision's C++ operators (nms,
+roi_align); featjnd registers CPU implementations of them itself (docs/torchvision-ops.md).
+
+Random initialisation (`--weights none`) is seeded with --seed (default 0), so an export is
+reproducible.
 
 What it writes into --out:
   head.pt     TorchScript: forward(x: Tensor[B, 3, H, W]) -> feature(s) at the split
@@ -278,6 +281,18 @@ def load_model(args) -> nn.Module:
     kw = {}
     if args.num_classes is not None:
         kw["num_classes"] = args.num_classes
+    det_opts = {
+        "min_size": args.min_size,
+        "max_size": args.max_size,
+        "box_score_thresh": args.box_score_thresh,
+        "box_detections_per_img": args.detections_per_img,
+    }
+    for key, value in det_opts.items():
+        if value is not None:
+            if not detection:
+                sys.exit(f"--{key.replace('_', '-')} applies to Mask R-CNN only")
+            kw[key] = value
+    torch.manual_seed(args.seed)
     w = args.weights
     if w.lower() == "none" or os.path.isfile(w):
         if detection:
@@ -338,12 +353,23 @@ def main():
                     help="example input size for the check (default 224 224; 800 1088 for Mask R-CNN)")
     ap.add_argument("--image", default=None, help="an image file for the check (resized to --check-size)")
     ap.add_argument("--tol", type=float, default=1e-3, help="max abs difference accepted by the check")
+    ap.add_argument("--seed", type=int, default=0, help="torch.manual_seed before building the model (random init)")
+    ap.add_argument("--min-size", type=int, default=None,
+                    help="Mask R-CNN: the transform's min_size (torchvision default 800); the image scale the "
+                         "eager check resizes to, so give --check-size with this shorter side")
+    ap.add_argument("--max-size", type=int, default=None, help="Mask R-CNN: the transform's max_size (default 1333)")
+    ap.add_argument("--box-score-thresh", type=float, default=None,
+                    help="Mask R-CNN: minimum detection score kept by the RoI heads (torchvision default 0.05)")
+    ap.add_argument("--detections-per-img", type=int, default=None,
+                    help="Mask R-CNN: maximum detections per image (torchvision default 100)")
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
     model = load_model(args)
     detection = args.model.startswith("maskrcnn")
     if args.check_size is None:
+        if detection and args.min_size is not None:
+            sys.exit("--min-size needs --check-size H W with min(H, W) == --min-size")
         args.check_size = [800, 1088] if detection else [224, 224]
     if detection:
         mean, std = list(model.transform.image_mean), list(model.transform.image_std)
@@ -394,7 +420,7 @@ def main():
         },
         "head": "head.pt",
         "tail": "tail.pt",
-        "description": f"{args.model} weights={args.weights} split={args.split} "
+        "description": f"{args.model} weights={args.weights} seed={args.seed} split={args.split} "
                        f"{'traced' if args.trace else 'scripted'} with torch {torch.__version__}, "
                        f"torchvision {torchvision.__version__}; check max abs diff {worst:.3g}",
     }

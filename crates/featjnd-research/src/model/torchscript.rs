@@ -57,6 +57,17 @@
 //!   (provenance), not interpreted.
 //!
 //! Unknown fields are rejected (a typo should not silently become a default).
+//!
+//! # torchvision operators
+//!
+//! TorchScript exported from torchvision's detection models calls torchvision's C++ operators
+//! (`torchvision::nms`; the R-CNN family also `torchvision::roi_align`). featjnd's libtorch does
+//! not ship them, so this crate carries its own CPU implementations (`csrc/torchvision_ops.cpp`,
+//! built by `build.rs`): [`register_torchvision_ops`] registers `torchvision::nms`,
+//! `torchvision::roi_align` (with autograd) and `torchvision::_roi_align_backward` under
+//! torchvision's schemas, and every loader here calls it before loading a file. CPU only: a
+//! detection tail loaded on a CUDA device fails at its first call of one of these operators. See
+//! docs/torchvision-ops.md.
 
 use super::{expect_feats, unknown_split, SplitModel, TaskKind};
 use crate::{Error, Result};
@@ -388,11 +399,52 @@ impl SplitModel for TorchScriptPair {
     }
 }
 
+extern "C" {
+    /// `csrc/torchvision_ops.cpp`: 0 registered now, 1 already present, -1 failed (message in
+    /// `err`, NUL-terminated).
+    fn featjnd_register_torchvision_ops(err: *mut std::ffi::c_char, err_len: usize) -> std::ffi::c_int;
+}
+
+/// How [`register_torchvision_ops`] found the operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TorchvisionOps {
+    /// featjnd's CPU implementations were registered (by this process's first call).
+    Registered,
+    /// The operators were already registered by someone else (torchvision's own library) when
+    /// featjnd first looked; featjnd registered nothing.
+    AlreadyPresent,
+}
+
+/// Registers featjnd's CPU implementations of `torchvision::nms`, `torchvision::roi_align` and
+/// `torchvision::_roi_align_backward` with libtorch's dispatcher, once per process (later calls
+/// return the first call's result). The loaders of this module call it; call it yourself before
+/// loading TorchScript that uses these operators through [`tch::CModule`] directly.
+pub fn register_torchvision_ops() -> Result<TorchvisionOps> {
+    static ONCE: std::sync::OnceLock<std::result::Result<TorchvisionOps, String>> = std::sync::OnceLock::new();
+    let r = ONCE.get_or_init(|| {
+        let mut err = vec![0u8; 1024];
+        // SAFETY: `err` is a writable buffer of `err.len()` bytes that outlives the call; the
+        // function writes at most that many bytes (NUL included), catches every C++ exception,
+        // and is only called here, inside `OnceLock::get_or_init`, so never concurrently.
+        let rc = unsafe { featjnd_register_torchvision_ops(err.as_mut_ptr().cast(), err.len()) };
+        match rc {
+            0 => Ok(TorchvisionOps::Registered),
+            1 => Ok(TorchvisionOps::AlreadyPresent),
+            _ => {
+                let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
+                Err(String::from_utf8_lossy(&err[..end]).into_owned())
+            }
+        }
+    });
+    r.clone().map_err(|why| Error::Model(format!("cannot register the torchvision operators: {}", short(&why))))
+}
+
 /// Loads one module on `device`, in eval mode, with frozen parameters.
 fn load_module(path: &Path, role: &str, device: Device) -> Result<CModule> {
     if !path.is_file() {
         return Err(Error::Model(format!("torchscript {role} {}: file not found", path.display())));
     }
+    register_torchvision_ops()?;
     let mut m = CModule::load_on_device(path, device).map_err(|e| {
         Error::Model(format!("torchscript {role} {}: not a loadable TorchScript file: {}", path.display(), short(&e.to_string())))
     })?;
