@@ -72,3 +72,30 @@ fn nanodet_task_keeps_held_out_photos_apart() {
     assert!(x.min().double_value(&[]) >= 0.0 && x.max().double_value(&[]) <= 1.0);
     assert_eq!(TaskId::Nanodet.study_splits(), Some(&["stage2", "neck"][..]));
 }
+
+#[test]
+fn mobilenet_task_evaluates_on_held_out_photos_only() {
+    let c = match Corpus::open_default() {
+        Ok(c) => c,
+        Err(e) => return common::skip!("SKIP mobilenet_task_evaluates_on_held_out_photos_only: {e}"),
+    };
+    if !featjnd_research::model::mobilenet_v2::default_weights().is_file() {
+        return common::skip!("SKIP mobilenet_task_evaluates_on_held_out_photos_only: no MobileNetV2 weights (run scripts/setup.sh)");
+    }
+    let _g = common::rng_lock();
+    let mut t = build(TaskId::Mobilenet, std::path::Path::new("models"), Sizes::QUICK, Device::Cpu).unwrap();
+    // QUICK: the first 8 held-out photos, one 224×224 view each.
+    assert_eq!(t.eval.iter().map(|x| x.size()[0]).sum::<i64>(), 8);
+    assert_eq!(t.eval[0].size()[1..], [3, 224, 224]);
+    let held = c.load(CorpusSplit::HeldOut).unwrap();
+    let first = featjnd_research::data::photos::eval_tensor(&held[0].image).unwrap();
+    assert!(t.eval[0].get(0).allclose(&first, 0.0, 0.0, false), "the first held-out view is the first held-out photo's centre crop");
+    // Samples for the attribution panels are held-out photos.
+    let ho: BTreeSet<String> = held.iter().map(|p| p.name.clone()).collect();
+    assert!(t.samples.iter().all(|(n, _)| ho.contains(n)), "{:?}", t.samples.iter().map(|s| &s.0).collect::<Vec<_>>());
+    // Training crops: deterministic per step, in [0, 1].
+    let (a, b) = ((t.train)(3).unwrap(), (t.train)(3).unwrap());
+    assert_eq!(a.size(), [8, 3, 224, 224]);
+    assert!(a.equal(&b));
+    assert!(a.min().double_value(&[]) >= 0.0 && a.max().double_value(&[]) <= 1.0);
+}

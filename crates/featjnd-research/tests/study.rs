@@ -4,7 +4,10 @@
 
 mod common;
 use featjnd_research::study::attrib::spearman;
-use featjnd_research::study::perturb::{perturb_levels, NoiseShape};
+use featjnd_research::study::perturb::{perturb_levels, NoiseShape, Point, SplitCurves};
+use featjnd_research::study::run::{goal, versus_others};
+use featjnd_research::study::stats::{interval95, resamples};
+use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};
 
 #[test]
@@ -114,4 +117,64 @@ fn featjnd_run_quick_writes_a_complete_report() {
         n += 1;
     }
     assert!(n >= 10, "only {n} images in the report");
+}
+
+/// A curve point of per-image agreement `v` (its mean and bootstrap interval from `reps`).
+fn point(r: f64, v: &[f64], reps: &[Vec<usize>]) -> Point {
+    let m = v.iter().sum::<f64>() / v.len() as f64;
+    let boot: Vec<f64> = reps.iter().map(|i| i.iter().map(|&k| v[k]).sum::<f64>() / i.len() as f64).collect();
+    let one = |x: f64| BTreeMap::from([("agreement".to_string(), x)]);
+    Point {
+        nrmse: r,
+        measured_nrmse: r,
+        mean: one(m),
+        min: one(m),
+        max: one(m),
+        ci95: BTreeMap::from([("agreement".to_string(), interval95(&boot).unwrap())]),
+        per_image: BTreeMap::from([("agreement".to_string(), v.to_vec())]),
+    }
+}
+
+/// The goal row's drops, their bootstrap intervals and the "win" rule (intervals separate), on
+/// hand-made per-image values: deterministic, no model.
+#[test]
+fn goal_rows_carry_bootstrap_intervals_and_count_wins_only_when_they_separate() {
+    let n = 60;
+    let reps = resamples(n, 200, 12);
+    // Gaussian: 3 of 60 images flip at r = 0.1, 30 at r = 0.5; FeatJND: 0 and 1; uniform: 0 and 29.
+    let hits = |wrong: usize| (0..n).map(|i| if i < wrong { 0.0 } else { 1.0 }).collect::<Vec<f64>>();
+    let curve = |a: usize, b: usize| vec![point(0.1, &hits(a), &reps), point(0.5, &hits(b), &reps)];
+    let curves = BTreeMap::from([
+        ("featjnd".to_string(), curve(0, 1)),
+        ("gaussian".to_string(), curve(3, 30)),
+        ("uniform".to_string(), curve(0, 29)),
+    ]);
+    let c = SplitCurves {
+        clean: BTreeMap::from([("agreement".to_string(), 1.0)]),
+        curves,
+        clean_per_image: BTreeMap::from([("agreement".to_string(), vec![1.0; n])]),
+        resamples: reps.clone(),
+    };
+    let g = goal(&c, "agreement", 0.10).unwrap();
+    assert_eq!(g.nrmse, 0.5);
+    assert!((g.gaussian - 0.5).abs() < 1e-12 && (g.featjnd - 1.0 / 60.0).abs() < 1e-12, "{g:?}");
+    let (glo, ghi) = g.gaussian_ci.unwrap();
+    let (jlo, jhi) = g.featjnd_ci.unwrap();
+    assert!(glo < 0.5 && 0.5 < ghi && jlo <= 1.0 / 60.0 && 1.0 / 60.0 <= jhi, "{g:?}");
+    // The drop interval of an agreement is 1 − the metric's interval.
+    let m = c.curves["gaussian"][1].ci95["agreement"];
+    assert!((glo - (1.0 - m.1)).abs() < 1e-12 && (ghi - (1.0 - m.0)).abs() < 1e-12);
+    assert_eq!(g.separated(), Some(true));
+    // Paired: FeatJND's drop minus Gaussian's on the same resamples, entirely below 0.
+    let (plo, phi) = g.paired_ci.unwrap();
+    assert!(plo < g.featjnd - g.gaussian && g.featjnd - g.gaussian < phi && phi < 0.0, "{g:?}");
+    assert_eq!(goal(&c, "agreement", 0.10), goal(&c, "agreement", 0.10), "seeded: the same intervals every time");
+    // Gaussian at r = 0.1 loses 5 points: FeatJND (0 lost) separates from neither shape there
+    // (3 of 60 is within the resampling noise of 0), beats both at 0.5.
+    assert_eq!(versus_others(&c, "agreement"), (2, 2, 0));
+    // Without per-image values (detection AP) there is no interval and no win.
+    let mut d = c.clone();
+    d.clean_per_image.clear();
+    let g = goal(&d, "agreement", 0.10).unwrap();
+    assert_eq!((g.gaussian_ci, g.featjnd_ci, g.paired_ci, g.separated()), (None, None, None, None));
 }

@@ -5,14 +5,27 @@
 //! Shapes: FeatJND `J ⊙ ξ`; Gaussian `ξ`; uniform (unit variance); magnitude-proportional
 //! `(|f| + 1e-6·mean|f|) ⊙ ξ` (the tiny offset keeps `J > 0` as SPEC §7 requires where a ReLU
 //! feature is exactly 0; it changes nothing measurable).
+//!
+//! Intervals: for the classification metrics (top-1, agreement, top-5 agreement: per-image means)
+//! every point carries a 95% percentile bootstrap interval over images ([`BOOT_REPLICATES`]
+//! replicates of the held-out images drawn with replacement, seeded with [`BOOT_SEED`]; the same
+//! replicates for every shape and level, so the comparisons are paired). Each image's value is its
+//! mean over the noise seeds. Detection AP is not a mean over images (precision and recall are
+//! pooled over the whole set before the integral), so detection points have no interval.
 
-use super::tasks::Task;
+use super::stats;
+use super::tasks::{Scorer, Task};
 use crate::estimator::JndEstimator;
 use crate::ops::{self, Noise};
 use crate::train::Progress;
 use crate::{NoiseKind, Result};
 use std::collections::BTreeMap;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
+
+/// Bootstrap replicates of the intervals.
+pub const BOOT_REPLICATES: usize = 200;
+/// Seed of the bootstrap resamples.
+pub const BOOT_SEED: u64 = 12;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -44,6 +57,11 @@ pub struct Point {
     pub mean: BTreeMap<String, f64>,
     pub min: BTreeMap<String, f64>,
     pub max: BTreeMap<String, f64>,
+    /// 95% bootstrap interval over images of the metric (per-image metrics only).
+    pub ci95: BTreeMap<String, (f64, f64)>,
+    /// Per image, the metric averaged over seeds (per-image metrics only; not serialised).
+    #[serde(skip)]
+    pub per_image: BTreeMap<String, Vec<f64>>,
 }
 
 /// Curves of one split point: noise shape → points (ascending `r`), plus the clean metrics.
@@ -51,6 +69,62 @@ pub struct Point {
 pub struct SplitCurves {
     pub clean: BTreeMap<String, f64>,
     pub curves: BTreeMap<String, Vec<Point>>,
+    /// Per image, the clean metric (per-image metrics only; not serialised).
+    #[serde(skip)]
+    pub clean_per_image: BTreeMap<String, Vec<f64>>,
+    /// The bootstrap resamples of the held-out images (empty without per-image metrics).
+    #[serde(skip)]
+    pub resamples: Vec<Vec<usize>>,
+}
+
+impl SplitCurves {
+    /// The point of `shape` at level index `i`.
+    pub fn point(&self, shape: &str, i: usize) -> Option<&Point> {
+        self.curves.get(shape)?.get(i)
+    }
+
+    /// Bootstrap replicates of `clean − metric` of `shape` at level index `i` (`None` where the
+    /// metric has no per-image values).
+    pub fn drop_replicates(&self, shape: &str, i: usize, metric: &str) -> Option<Vec<f64>> {
+        let c = self.clean_per_image.get(metric)?;
+        let p = self.point(shape, i)?.per_image.get(metric)?;
+        if self.resamples.is_empty() || c.len() != p.len() {
+            return None;
+        }
+        Some(self.resamples.iter().map(|idx| idx.iter().map(|&k| c[k] - p[k]).sum::<f64>() / idx.len().max(1) as f64).collect())
+    }
+
+    /// 95% bootstrap interval of the drop `clean − metric` of `shape` at level index `i`.
+    pub fn drop_interval(&self, shape: &str, i: usize, metric: &str) -> Option<(f64, f64)> {
+        stats::interval95(&self.drop_replicates(shape, i, metric)?)
+    }
+}
+
+/// The per-image values of `metric` (1 or 0 per image) for the classification scorers: `top1`
+/// (against the labels), `agreement` (top-1 equals the clean top-1), `top5_agreement` (the clean
+/// top-1 is among the top 5). `None` for other metrics and for detection.
+pub fn per_image(scorer: &Scorer, outs: &[Vec<Tensor>], clean: &[Vec<Tensor>], metric: &str) -> Option<Vec<f64>> {
+    let mut v = Vec::new();
+    for (i, (o, c)) in outs.iter().zip(clean).enumerate() {
+        let (o, c) = (&o[0], c[0].argmax(-1, false));
+        let hit = match (scorer, metric) {
+            (Scorer::Labels(l), "top1") => o.argmax(-1, false).eq_tensor(&l[i].to_device(o.device())),
+            (Scorer::Labels(_) | Scorer::Unlabelled, "agreement") => o.argmax(-1, false).eq_tensor(&c),
+            (Scorer::Labels(_) | Scorer::Unlabelled, "top5_agreement") => {
+                let k = o.size().last().copied().unwrap_or(1).min(5);
+                o.topk(k, -1, true, true).1.eq_tensor(&c.unsqueeze(-1)).any_dim(-1, false)
+            }
+            _ => return None,
+        };
+        v.extend(Vec::<f64>::try_from(&hit.to_kind(Kind::Double).to_device(Device::Cpu)).ok()?);
+    }
+    Some(v)
+}
+
+/// The mean of `v` over the images of every resample; its 95% interval.
+fn mean_interval(v: &[f64], resamples: &[Vec<usize>]) -> Option<(f64, f64)> {
+    let reps: Vec<f64> = resamples.iter().map(|idx| idx.iter().map(|&k| v[k]).sum::<f64>() / idx.len().max(1) as f64).collect();
+    stats::interval95(&reps)
 }
 
 /// Per-sample NRMSE of `pert` against `f` over all levels, summed over samples; and the count.
@@ -104,12 +178,17 @@ pub fn run_split(
     let model = task.model.as_ref();
     let (feats, jnds, clean) = super::held_out_features(task, split, est)?;
     let clean_metrics = task.scorer.score(&clean, &clean)?;
+    let metrics = task.id.metrics();
+    let clean_per_image: BTreeMap<String, Vec<f64>> =
+        metrics.iter().filter_map(|&m| per_image(&task.scorer, &clean, &clean, m).map(|v| (m.to_string(), v))).collect();
+    let resamples = clean_per_image.values().next().map(|v| stats::resamples(v.len(), BOOT_REPLICATES, BOOT_SEED)).unwrap_or_default();
     let mut curves = BTreeMap::new();
     let mut pb = Progress::new((shapes.len() * levels.len() * seeds.len()) as u64, &format!("{} {split}", task.id.name()), quiet);
     for &shape in shapes {
         let mut points = Vec::new();
         for &r in levels {
             let mut runs: Vec<BTreeMap<String, f64>> = Vec::new();
+            let mut per_img: BTreeMap<String, Vec<f64>> = BTreeMap::new();
             let (mut nsum, mut ncount) = (0.0, 0usize);
             for &seed in seeds {
                 let outs = tch::no_grad(|| -> Result<Vec<Vec<Tensor>>> {
@@ -124,6 +203,12 @@ pub fn run_split(
                     Ok(outs)
                 })?;
                 runs.push(task.scorer.score(&outs, &clean)?);
+                for m in clean_per_image.keys() {
+                    if let Some(v) = per_image(&task.scorer, &outs, &clean, m) {
+                        let acc = per_img.entry(m.clone()).or_insert_with(|| vec![0.0; v.len()]);
+                        acc.iter_mut().zip(&v).for_each(|(a, x)| *a += x / seeds.len() as f64);
+                    }
+                }
                 pb.step(format!("{} r={r}", shape.name()));
             }
             let mut mean = BTreeMap::new();
@@ -135,10 +220,11 @@ pub fn run_split(
                 min.insert(k.clone(), v.iter().cloned().fold(f64::INFINITY, f64::min));
                 max.insert(k.clone(), v.iter().cloned().fold(f64::NEG_INFINITY, f64::max));
             }
-            points.push(Point { nrmse: r, measured_nrmse: nsum / ncount.max(1) as f64, mean, min, max });
+            let ci95 = per_img.iter().filter_map(|(k, v)| mean_interval(v, &resamples).map(|ci| (k.clone(), ci))).collect();
+            points.push(Point { nrmse: r, measured_nrmse: nsum / ncount.max(1) as f64, mean, min, max, ci95, per_image: per_img });
         }
         curves.insert(shape.name().to_string(), points);
     }
     pb.finish();
-    Ok(SplitCurves { clean: clean_metrics, curves })
+    Ok(SplitCurves { clean: clean_metrics, curves, clean_per_image, resamples })
 }

@@ -3,18 +3,22 @@
 //!
 //! * `fmnist`: the Fashion-MNIST ResNet (test images; top-1 against labels, agreement, KL).
 //! * `shapes`: the shapes detector (held-out scenes; box and mask AP, AP50).
-//! * `mobilenet`: torchvision's MobileNetV2 on scikit-image photos (centre crops plus random
-//!   crops and flips; no labels, so agreement with the clean top-1 and the KL to the clean output).
+//! * `mobilenet`: torchvision's MobileNetV2 on the real photo corpus ([`crate::data::corpus`]).
+//!   Held-out: the `heldout` photos only, one view each (ImageNet evaluation transform: shorter
+//!   side to 256, centre crop 224); estimator training: random crops and flips of the `train`
+//!   photos only. No labels, so agreement with the clean top-1 and the KL to the clean output.
 //! * `nanodet`: NanoDet (COCO) on the real photo corpus ([`crate::data::corpus`]), photos
 //!   stretched to 416×416. Held-out: the `heldout` photos only; estimator training: random crops
 //!   and flips of the `train` photos only. Scored by COCO box AP / AP50 of the detections against
 //!   the clean model's detections with score ≥ [`PSEUDO_GT_SCORE`] as pseudo ground truth. Not
 //!   in the defaults of `featjnd run` (`--tasks nanodet`).
+//! * `user` / `user-det`: a user's TorchScript classifier / torchvision detector and photo folder
+//!   (`featjnd run --model DIR --images DIR`), built by [`super::user`]; not selectable by `--tasks`.
 
 use crate::coco::GroundTruth;
 use crate::data::corpus::{Corpus, CorpusSplit};
 use crate::data::fashion_mnist::{FashionMnist, Split};
-use crate::data::photos::{self, Augment};
+use crate::data::photos::Augment;
 use crate::data::shapes::{Scene, SceneConfig};
 use crate::eval::classify::ClassStats;
 use crate::eval::detect::{decode, ground_truth, score, to_coco, DecodeParams};
@@ -37,6 +41,13 @@ pub enum TaskId {
     Shapes,
     Mobilenet,
     Nanodet,
+    /// A user's TorchScript classifier (`featjnd run --model DIR`, see [`super::user`]).
+    #[value(skip)]
+    User,
+    /// A user's torchvision detector (`task: "detection-segmentation"` in its split.json).
+    #[value(skip)]
+    #[serde(rename = "user-det")]
+    UserDet,
 }
 
 impl TaskId {
@@ -47,6 +58,8 @@ impl TaskId {
             TaskId::Shapes => "shapes",
             TaskId::Mobilenet => "mobilenet",
             TaskId::Nanodet => "nanodet",
+            TaskId::User => "user",
+            TaskId::UserDet => "user-det",
         }
     }
     /// The metrics the studies plot, each read as "higher is better", first = headline.
@@ -56,6 +69,8 @@ impl TaskId {
             TaskId::Shapes => &["box_ap50", "mask_ap50", "box_ap", "mask_ap"],
             TaskId::Mobilenet => &["agreement", "top5_agreement"],
             TaskId::Nanodet => &["ap50", "ap"],
+            TaskId::User => &["agreement", "top5_agreement"],
+            TaskId::UserDet => &["box_ap50", "box_ap", "mask_ap50", "mask_ap"],
         }
     }
     /// The split points the studies run on (`None`: all of the model's).
@@ -78,7 +93,12 @@ pub enum Scorer {
     /// NanoDet detections on `h × w` inputs against pseudo ground truth: the clean outputs'
     /// detections with score ≥ `min_score` (rebuilt from the `clean` outputs given to `score`).
     Pseudo { h: i64, w: i64, min_score: f32 },
+    /// Any other scoring, e.g. a user's torchvision detector ([`super::user`]).
+    Custom(CustomScore),
 }
+
+/// The metrics of the outputs (per batch) against the clean outputs (per batch).
+pub type CustomScore = Box<dyn Fn(&[Vec<Tensor>], &[Vec<Tensor>]) -> Result<BTreeMap<String, f64>>>;
 
 /// The score from which a clean NanoDet detection counts as pseudo ground truth. 0.3 keeps the
 /// confident detections (NanoDet's demo threshold is 0.35) while leaving the perturbed model's
@@ -90,6 +110,7 @@ impl Scorer {
     pub fn score(&self, outs: &[Vec<Tensor>], clean: &[Vec<Tensor>]) -> Result<BTreeMap<String, f64>> {
         let mut m = BTreeMap::new();
         match self {
+            Scorer::Custom(f) => return f(outs, clean),
             Scorer::Labels(_) | Scorer::Unlabelled => {
                 let mut st = ClassStats::default();
                 let mut top5 = 0i64;
@@ -161,15 +182,15 @@ pub struct Task {
 pub struct Sizes {
     pub fmnist_eval: usize,
     pub shapes_eval: usize,
-    /// Random crops per photo (plus its centre crop).
-    pub photo_crops: usize,
+    /// At most this many held-out corpus photos for `mobilenet`.
+    pub mobilenet_eval: usize,
     /// At most this many held-out corpus photos for `nanodet`.
     pub nanodet_eval: usize,
 }
 
 impl Sizes {
-    pub const DEFAULT: Sizes = Sizes { fmnist_eval: 1000, shapes_eval: 100, photo_crops: 3, nanodet_eval: usize::MAX };
-    pub const QUICK: Sizes = Sizes { fmnist_eval: 200, shapes_eval: 16, photo_crops: 0, nanodet_eval: 8 };
+    pub const DEFAULT: Sizes = Sizes { fmnist_eval: 1000, shapes_eval: 100, mobilenet_eval: usize::MAX, nanodet_eval: usize::MAX };
+    pub const QUICK: Sizes = Sizes { fmnist_eval: 200, shapes_eval: 16, mobilenet_eval: 8, nanodet_eval: 8 };
 }
 
 /// The committed checkpoint of a trained task model.
@@ -179,6 +200,7 @@ pub fn checkpoint_path(models: &Path, id: TaskId) -> PathBuf {
         TaskId::Shapes => models.join("shapes-det.safetensors"),
         TaskId::Mobilenet => crate::model::mobilenet_v2::default_weights(),
         TaskId::Nanodet => crate::model::nanodet::default_dir().join("nanodet.json"),
+        TaskId::User | TaskId::UserDet => super::user::registered_head(models),
     }
 }
 
@@ -237,42 +259,53 @@ pub fn build(id: TaskId, models: &Path, sizes: Sizes, device: Device) -> Result<
             let train_fn: BatchFn = Box::new(move |step| Ok(images(&scenes(seed, (step * 8) as u64, 8, &sc_cfg)).to_device(device)));
             Ok(Task { id, model: Box::new(m), eval, scorer: Scorer::Scenes { gt, h, w }, samples, train: train_fn })
         }
-        TaskId::Mobilenet => {
-            let m = MobileNetV2::load(&path, device)?;
-            let set = photos::load_dir(&photos::default_dir())?;
-            // Milder crops than torchvision's training default (area ≥ 25%), so the objects stay in view.
-            let aug = Augment { scale: (0.25, 1.0), ..Augment::default() };
-            // Held-out: every photo's centre crop and `photo_crops` random crops (seed 1);
-            // training: random crops of seed 2. Unlabelled, so no leakage of labels; the photos
-            // are shared, which the report says.
-            let mut xs = Vec::new();
-            for p in &set.photos {
-                xs.push(p.eval_tensor()?);
-                for k in 0..sizes.photo_crops {
-                    xs.push(aug.apply(&p.image, 1, k as u64)?);
-                }
-            }
-            let eval = xs.chunks(16).map(|c| Tensor::stack(c, 0).to_device(device)).collect();
-            let samples = set
-                .photos
-                .iter()
-                .filter(|p| ["chelsea", "coffee", "motorcycle_left", "astronaut"].contains(&p.name.as_str()))
-                .map(|p| Ok((p.name.clone(), p.eval_tensor()?)))
-                .collect::<Result<Vec<_>>>()?;
-            let imgs: Vec<_> = set.photos.iter().map(|p| p.image.clone()).collect();
-            let train_fn: BatchFn = Box::new(move |step| {
-                let xs = (0..8)
-                    .map(|k| {
-                        let i = (step * 8 + k) % imgs.len();
-                        aug.apply(&imgs[i], 2, (step * 8 + k) as u64)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Tensor::stack(&xs, 0).to_device(device))
-            });
-            Ok(Task { id, model: Box::new(m), eval, scorer: Scorer::Unlabelled, samples, train: train_fn })
-        }
+        TaskId::Mobilenet => build_mobilenet(&path, sizes, device),
         TaskId::Nanodet => build_nanodet(sizes, device),
+        TaskId::User | TaskId::UserDet => super::user::build_registered(id, sizes, device),
     }
+}
+
+/// Training crops per estimator step of `mobilenet`.
+pub const MOBILENET_TRAIN_BATCH: usize = 8;
+
+/// Held-out corpus photos whose panels the attribution pictures of `mobilenet` show (when present
+/// among the held-out photos used).
+pub const MOBILENET_SAMPLES: [&str; 4] = ["skimage-coffee", "darknet-horses", "lomiri-kleiber", "gcompris-monument-eiffeltower"];
+
+/// The `mobilenet` task (see the module docs).
+fn build_mobilenet(path: &Path, sizes: Sizes, device: Device) -> Result<Task> {
+    let corpus = Corpus::open_default().map_err(|e| Error::Io(format!("mobilenet needs the real photo corpus: {e}")))?;
+    let m = MobileNetV2::load(path, device)?;
+    let held = corpus.load(CorpusSplit::HeldOut)?;
+    let held = &held[..held.len().min(sizes.mobilenet_eval)];
+    let train = corpus.load(CorpusSplit::Train)?;
+    if held.is_empty() || train.is_empty() {
+        return Err(Error::Io(format!("photo corpus {}: empty train or held-out split", corpus.dir.display())));
+    }
+    // Held-out: one view per photo, the ImageNet evaluation transform (Resize(256) +
+    // CenterCrop(224)), so the bootstrap over images resamples independent photos.
+    let xs = held.iter().map(|p| p.eval_tensor()).collect::<Result<Vec<_>>>()?;
+    let eval = xs.chunks(16).map(|c| Tensor::stack(c, 0).to_device(device)).collect();
+    let samples = held
+        .iter()
+        .filter(|p| MOBILENET_SAMPLES.contains(&p.name.as_str()))
+        .map(|p| Ok((p.name.clone(), p.eval_tensor()?)))
+        .collect::<Result<Vec<_>>>()?;
+    // Training: random resized crops (area ≥ 25%, milder than torchvision's 8% so the objects stay
+    // in view) and flips of the `train` photos only, photo drawn at random per crop.
+    let aug = Augment { scale: (0.25, 1.0), ..Augment::default() };
+    let imgs: Vec<_> = train.into_iter().map(|p| p.image).collect();
+    let train_fn: BatchFn = Box::new(move |step| {
+        let xs = (0..MOBILENET_TRAIN_BATCH)
+            .map(|k| {
+                let n = (step * MOBILENET_TRAIN_BATCH + k) as u64;
+                let mut rng = SplitMix(0x4D42 ^ n);
+                aug.apply(&imgs[rng.below(imgs.len() as u64) as usize], 2, n)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&xs, 0).to_device(device))
+    });
+    Ok(Task { id: TaskId::Mobilenet, model: Box::new(m), eval, scorer: Scorer::Unlabelled, samples, train: train_fn })
 }
 
 /// Training photos per estimator step of `nanodet`.
