@@ -68,8 +68,8 @@ fn quantize_writes_consistent_outputs() {
     let _rng = common::rng_lock();
     let d = tempfile::tempdir().unwrap();
     write_inputs(d.path());
-    for (strategy, measured) in [("jnd", true), ("uniform", false), ("permuted", false)] {
-        let out = format!("q_{strategy}");
+    for (strategy, measured) in [("jnd", true), ("uniform", false), ("permuted", false), ("capped", true), ("capped", false)] {
+        let out = format!("q_{strategy}_{measured}");
         let mut args = vec![
             "ops",
             "quantize",
@@ -121,6 +121,21 @@ fn quantize_writes_consistent_outputs() {
         let sse = floats(&io::load_tensor(&dir.join("token_sse.npy"), None).unwrap());
         let total: f64 = sse.iter().map(|&v| v as f64).sum();
         assert!((total / 384.0 / mse - 1.0).abs() < 1e-5);
+        if strategy == "capped" {
+            // No step above κ = 2 times its token's RMS (times the measured β).
+            assert_eq!((s["strategy"].as_str(), s["kappa"].as_f64()), (Some("capped"), Some(2.0)));
+            let x = floats(&io::load_tensor(&d.path().join("x.npy"), None).unwrap());
+            let mut ss = vec![0.0f64; 32];
+            for (i, v) in x.iter().enumerate() {
+                let (n, h, w) = (i / 192, (i / 8) % 8, i % 8);
+                ss[(n * 4 + h / 2) * 4 + w / 2] += (*v as f64).powi(2);
+            }
+            let beta = s["beta"].as_f64().unwrap();
+            for (t, st) in steps.iter().enumerate() {
+                let cap = 2.0 * (ss[t] / 12.0).sqrt() * beta;
+                assert!(*st as f64 <= cap * (1.0 + 1e-5), "token {t}: step {st} above cap {cap}");
+            }
+        }
     }
 }
 

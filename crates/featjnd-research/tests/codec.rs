@@ -66,7 +66,7 @@ fn check_round_trip(enc: &Encoded, x: &Tensor, layout: Layout, patch: usize, bit
     assert_eq!(d.rate.file_bytes, enc.bytes.len());
     assert_eq!(d.sections, enc.sections);
     assert_eq!(enc.sections.total(), enc.bytes.len());
-    // Stored steps are the given ones at f16 precision (relative error ≤ 2^-11).
+    // Stored steps are usable (rounded to the log grid, or one exact tensor step).
     for v in floats(&enc.steps) {
         assert!(v > 0.0 && v.is_finite());
     }
@@ -137,7 +137,11 @@ fn degenerate_and_wide_alphabets() {
     // Bad steps are errors, not files.
     let bad = Tensor::from_slice(&[1.0f32, 0.0, 1.0]);
     assert!(codec::encode(&Tensor::ones([1, 3, 2], (Kind::Float, Device::Cpu)), &bad, Layout::Ntc, 1, Bits::B8).is_err());
+    // A spread of 2^66 is fine on the log grid, a subnormal step is not.
     let spread = Tensor::from_slice(&[1.0f32, 1e-20, 1.0]);
+    let enc = codec::encode(&Tensor::ones([1, 3, 2], (Kind::Float, Device::Cpu)), &spread, Layout::Ntc, 1, Bits::B8).unwrap();
+    check_round_trip(&enc, &Tensor::ones([1, 3, 2], (Kind::Float, Device::Cpu)), Layout::Ntc, 1, Bits::B8, "spread");
+    let spread = Tensor::from_slice(&[1.0f32, 1e-40, 1.0]);
     let e = codec::encode(&Tensor::ones([1, 3, 2], (Kind::Float, Device::Cpu)), &spread, Layout::Ntc, 1, Bits::B8).unwrap_err();
     assert!(e.to_string().contains("cannot be stored"), "{e}");
     let wrong = Tensor::ones([4], (Kind::Float, Device::Cpu));
@@ -216,9 +220,9 @@ fn every_flipped_byte_is_an_error() {
     c[..4].copy_from_slice(b"NPY\0");
     assert!(decode_err(&c).contains("not an .fjq file"));
     let mut c = b.clone();
-    c[4..6].copy_from_slice(&2u16.to_le_bytes());
+    c[4..6].copy_from_slice(&3u16.to_le_bytes());
     recrc(&mut c);
-    assert!(decode_err(&c).contains("version 2"));
+    assert!(decode_err(&c).contains("version 3"));
     for short in [&b""[..], &b"FJ"[..], &b"FJQ\0"[..], &b"FJQ\0\x01\x00"[..]] {
         decode_err(short);
     }
@@ -236,24 +240,30 @@ fn inconsistent_headers_are_errors() {
         recrc(&mut c);
         c
     };
+    // Version 2 offsets (docs/fjq-format.md).
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (put(6, &[9]), "dtype"),
         (put(7, &[5]), "layout"),
         (put(8, &[12]), "12-bit"),
         (put(9, &[3]), "dimensions"),
         (put(9, &[7]), "dimensions"),
-        (put(10, &i16::MAX.to_le_bytes()), "exponent"),
-        (put(12, &3u32.to_le_bytes()), "patch"),
-        (put(12, &0u32.to_le_bytes()), "patch"),
-        (put(16, &(1u64 << 62).to_le_bytes()), "inconsistent header"),
-        (put(16, &17u64.to_le_bytes()), "inconsistent header"),
-        (put(24, &u64::MAX.to_le_bytes()), "elements"),
-        (put(24, &999u64.to_le_bytes()), "elements"),
-        (put(32, &0u32.to_le_bytes()), "alphabet"),
-        (put(32, &100_000u32.to_le_bytes()), "alphabet"),
-        (put(36, &u32::MAX.to_le_bytes()), "inconsistent header"),
-        (put(40, &(1u64 << 40).to_le_bytes()), "dimensions"),
-        (put(40, &0u64.to_le_bytes()), "elements"),
+        (put(10, &[7]), "step scope"),
+        (put(11, &[9]), "step coding"),
+        (put(12, &[5]), "grid size"),
+        (put(13, &[1]), "reserved"),
+        (put(14, &i16::MAX.to_le_bytes()), "exponent"),
+        (put(16, &3u32.to_le_bytes()), "patch"),
+        (put(16, &0u32.to_le_bytes()), "patch"),
+        (put(20, &0u32.to_le_bytes()), "alphabet"),
+        (put(20, &100_000u32.to_le_bytes()), "alphabet"),
+        (put(24, &(1u64 << 62).to_le_bytes()), "tokens"),
+        (put(24, &17u64.to_le_bytes()), "tokens"),
+        (put(32, &u64::MAX.to_le_bytes()), "elements"),
+        (put(32, &999u64.to_le_bytes()), "elements"),
+        (put(40, &u64::MAX.to_le_bytes()), "inconsistent header"),
+        (put(48, &u32::MAX.to_le_bytes()), "inconsistent header"),
+        (put(52, &(1u64 << 40).to_le_bytes()), "dimensions"),
+        (put(52, &0u64.to_le_bytes()), "elements"),
     ];
     for (c, want) in cases {
         let m = decode_err(&c);
@@ -264,10 +274,10 @@ fn inconsistent_headers_are_errors() {
     let mut c = enc.bytes.clone();
     let big = 1u64 << 20;
     for (k, d) in [2u64, 5, big, big].iter().enumerate() {
-        c[40 + 8 * k..48 + 8 * k].copy_from_slice(&d.to_le_bytes());
+        c[52 + 8 * k..60 + 8 * k].copy_from_slice(&d.to_le_bytes());
     }
-    c[24..32].copy_from_slice(&(2 * 5 * big * big).to_le_bytes());
-    c[16..24].copy_from_slice(&(2 * (big / 2) * (big / 2)).to_le_bytes());
+    c[32..40].copy_from_slice(&(2 * 5 * big * big).to_le_bytes());
+    c[24..32].copy_from_slice(&(2 * (big / 2) * (big / 2)).to_le_bytes());
     recrc(&mut c);
     decode_err(&c);
     // Table entries: a frequency of zero, and symbols outside ±127.
@@ -281,10 +291,18 @@ fn inconsistent_headers_are_errors() {
     c[tb] = 0x7f;
     recrc(&mut c);
     let _ = codec::decode(&c);
-    // A zero step.
-    let sb = enc.sections.boundaries()[2];
-    let c = put(sb, &[0, 0]);
+    // A zero f16 step (token-f16 mode), an impossible step section of the log grid.
+    let (x, j) = feature(&[2, 5, 6, 6], Kind::Half, 7, true);
+    let steps = steps_for(&x, &j, Layout::Nchw, 2, 0.05, Strategy::Jnd);
+    let f16 = codec::encode_with(&x, codec::Steps::Token(&steps), Layout::Nchw, 2, Bits::B8, codec::StepCoding::F16).unwrap();
+    let mut c = f16.bytes.clone();
+    let sb = f16.sections.boundaries()[2];
+    c[sb..sb + 2].copy_from_slice(&[0, 0]);
+    recrc(&mut c);
     assert!(decode_err(&c).contains("step 0"));
+    let sb = enc.sections.boundaries()[2];
+    let c = put(sb + 4, &u32::MAX.to_le_bytes());
+    assert!(decode_err(&c).contains("table"));
     // A payload length that disagrees with the file.
     let pb = enc.sections.boundaries()[3];
     let c = put(pb, &((enc.sections.payload - 8 - 4) as u64).to_le_bytes());
@@ -310,12 +328,15 @@ fn file_size_matches_the_entropy_estimate() {
         let enc = codec::encode(&x, &steps, Layout::Nchw, 1, bits).unwrap();
         let r = enc.rate;
         eprintln!(
-            "relu {relu} rel {rel} b{}: {} bytes, {:.4} bpe vs estimate {:.4} (gap {:+.3}%), H {:.3}, model {:.4}, A {}, sections {:?}",
+            "relu {relu} rel {rel} b{}: {} bytes, {:.4} bpe vs SPEC estimate {:.4} (gap {:+.3}%), vs H + real step bits {:.4} (gap {:+.3}%), steps {:.3} bits/token, H {:.3}, model {:.4}, A {}, sections {:?}",
             bits.bits(),
             r.file_bytes,
             r.bits_per_element,
             r.estimate_bits_per_element,
             100.0 * r.gap,
+            r.coded_estimate_bits_per_element,
+            100.0 * r.coded_gap,
+            r.step_bits_per_token,
             r.entropy_bits,
             r.model_bits,
             r.alphabet,
@@ -323,8 +344,10 @@ fn file_size_matches_the_entropy_estimate() {
         );
         assert_eq!(r.elements, 262_144);
         assert!(r.entropy_bits > 1.0, "{r:?}");
-        assert!(r.gap.abs() < 0.02, "{r:?}");
-        assert!(r.gap > 0.0, "a static code cannot beat the empirical entropy: {r:?}");
+        assert!(r.coded_gap.abs() < 0.02, "{r:?}");
+        assert!(r.coded_gap > 0.0, "a static code cannot beat the empirical entropy: {r:?}");
+        // The log grid's steps cost far less than SPEC §4's 16 bits per token.
+        assert!(r.step_bits_per_token < 8.0 && r.bits_per_element < r.estimate_bits_per_element, "{r:?}");
         let d = codec::decode(&enc.bytes).unwrap();
         assert_eq!(raw_bytes(&d.recon), raw_bytes(&enc.recon));
     }
@@ -423,6 +446,35 @@ fn cli_encode_decode_round_trip() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.starts_with("error: ") && err.contains("checksum mismatch") && !err.contains("panicked"), "{err}");
+    // The step modes: their side information is reported and the files decode.
+    let mut step_bytes = Vec::new();
+    for (mode, grid) in [("tensor", "16"), ("token", "4"), ("token-f16", "16"), ("channel", "16"), ("channel-f16", "16"), ("auto", "16")] {
+        let out = format!("m-{mode}.fjq");
+        let s = ok_json(
+            d.path(),
+            &["encode", "--x", "x.npy", "--jnd", "j.npy", "--budget", "0.02", "--step-mode", mode, "--grid", grid, "-o", &out],
+        );
+        let t = ok_json(d.path(), &["decode", &out, "-o", "m.npy"]);
+        assert_eq!(t["step_mode"], s["step_mode"], "{mode}");
+        assert_eq!(t["version"], 2);
+        assert_eq!(t["rate"]["step_bytes"], s["rate"]["step_bytes"], "{mode}");
+        assert_eq!(t["nominal_mse"], s["nominal_mse"], "{mode}");
+        let n = s["rate"]["step_bytes"].as_u64().unwrap();
+        assert_eq!(n, s["rate"]["sections"]["steps"].as_u64().unwrap());
+        step_bytes.push((mode, n));
+    }
+    // 288 tokens (16 channels): one f32, entropy-coded grid indices, 2 bytes per token, C small
+    // varints, 2 bytes per channel, and auto = token on the default grid for JND steps.
+    assert_eq!(step_bytes[0].1, 4);
+    assert!(step_bytes[1].1 < 2 * 288, "{step_bytes:?}");
+    assert_eq!(step_bytes[2].1, 2 * 288);
+    assert!(step_bytes[3].1 <= 2 * 16, "{step_bytes:?}");
+    assert_eq!(step_bytes[4].1, 2 * 16);
+    let o = featjnd(
+        d.path(),
+        &["encode", "--x", "x.npy", "--jnd", "j.npy", "--budget", "0.02", "--grid", "3", "--step-mode", "token", "-o", "g.fjq"],
+    );
+    assert_eq!(o.status.code(), Some(1));
     let o = featjnd(d.path(), &["encode", "--x", "x.npy", "--budget", "0.02", "-o", "n.fjq"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--jnd is required"));

@@ -30,6 +30,9 @@ enum Top {
     EvalReal(cli::real::EvalRealArgs),
     /// Encode a feature into a .fjq file (token-wise quantization + entropy coding); prints a JSON summary.
     Encode(cli::codec::EncodeArgs),
+    /// Encode the split feature of a user's model straight from photos, one .fjq per photo
+    /// (`featjnd encode --model DIR IMAGE… --out DIR` runs this).
+    EncodeModel(cli::user::EncodeModelArgs),
     /// Decode a .fjq file to its reconstruction; prints a JSON summary.
     Decode(cli::codec::DecodeArgs),
     /// Train the FeatJND estimator of a task model at a split point.
@@ -41,7 +44,14 @@ enum Top {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    // `featjnd encode --model …` is `featjnd encode-model …` (the feature-file `encode` stays as is).
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "encode")
+        && args.iter().skip(2).any(|a| a == "--model" || a.to_string_lossy().starts_with("--model="))
+    {
+        args[1] = "encode-model".into();
+    }
+    match run(Cli::parse_from(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -57,6 +67,7 @@ fn run(cli: Cli) -> Result<()> {
         Top::TrainTask(a) => print_json(cli::train_task::run(&a)?),
         Top::EvalReal(a) => print_json(cli::real::run(&a)?),
         Top::Encode(a) => print_json(cli::codec::encode(&a)?),
+        Top::EncodeModel(a) => print_json(cli::user::encode(&a)?),
         Top::Decode(a) => print_json(cli::codec::decode(&a)?),
         Top::TrainJnd(a) => print_json(cli::study::train(&a)?),
         Top::Run(a) => print_json(cli::study::run(&a)?),

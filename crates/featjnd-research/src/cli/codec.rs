@@ -1,13 +1,13 @@
 //! `featjnd encode` / `featjnd decode`: the feature codec (`crate::codec`) on files. Both print a
 //! JSON summary: file size, bits per element (real, from the file size) against SPEC §4's entropy
-//! estimate, and the nominal/measured MSE.
+//! estimate, the bits the steps' side information really takes, and the nominal/measured MSE.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
-use crate::codec::{self, RateReport, Sections};
+use crate::codec::{self, RateReport, Sections, StepCoding, StepMode, Steps};
 use crate::ops;
 use crate::{io, steps, Bits, Error, Layout, Reduce, Result, Strategy};
 
@@ -37,6 +37,27 @@ pub enum BitsArg {
     B8,
     #[value(name = "16")]
     B16,
+}
+
+/// How the file stores the steps (`docs/fjq-format.md`, *Steps*).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StepModeArg {
+    /// `tensor` when every allocated step is the same, else `token`.
+    Auto,
+    /// Per-token steps on a log grid of `--grid` points per octave, entropy-coded.
+    Token,
+    /// Per-token steps as f16 (16 bits per token, version 1's form).
+    #[value(name = "token-f16")]
+    TokenF16,
+    /// One step for the whole tensor: the allocated steps if all equal, else their RMS (the same
+    /// nominal MSE).
+    Tensor,
+    /// One step per channel on the log grid: steps allocated by the strategy from the channel
+    /// means of J (nominal budget only).
+    Channel,
+    /// One step per channel as f16.
+    #[value(name = "channel-f16")]
+    ChannelF16,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -69,6 +90,12 @@ pub struct EncodeArgs {
     /// Feature layout (default: nchw for 4-D, ntc for 3-D).
     #[arg(long, value_enum)]
     pub layout: Option<LayoutArg>,
+    /// How the file stores the steps.
+    #[arg(long, value_enum, default_value_t = StepModeArg::Auto)]
+    pub step_mode: StepModeArg,
+    /// Log-grid points per octave for the token and channel modes (1, 2, 4, …, 64).
+    #[arg(long, default_value_t = codec::DEFAULT_PER_OCTAVE)]
+    pub grid: u32,
     /// The .fjq file to write.
     #[arg(short = 'o', long = "out")]
     pub out: PathBuf,
@@ -136,7 +163,35 @@ fn rate_json(r: &RateReport, s: &Sections) -> Value {
         "estimate_bits_per_element": r.estimate_bits_per_element,
         "gap": r.gap,
         "model_bits": r.model_bits,
+        "step_bytes": r.step_bytes,
+        "step_bits_per_token": r.step_bits_per_token,
+        "step_bits_per_element": r.step_bits_per_element,
+        "symbol_bits_per_element": r.symbol_bits_per_element,
+        "coded_estimate_bits_per_element": r.coded_estimate_bits_per_element,
+        "coded_gap": r.coded_gap,
     })
+}
+
+fn mode_json(m: StepMode) -> Value {
+    json!({ "name": m.name(), "per_octave": m.per_octave() })
+}
+
+/// Nominal MSE `mean Δ²/12` of the stored steps: per token, or per channel (every channel has
+/// the same number of elements).
+fn stored_nominal_mse(mode: StepMode, steps: &Tensor, channel_steps: &Tensor) -> Result<f64> {
+    Ok(match mode {
+        StepMode::Channel(_) => steps::nominal_mse(&host_f32(channel_steps)?),
+        _ => steps::nominal_mse(&host_f32(steps)?),
+    })
+}
+
+/// Per-channel tolerance: the mean of J over every element of the channel.
+fn channel_tolerance(j: &Tensor, layout: Layout) -> Result<Tensor> {
+    let dims: &[i64] = match layout {
+        Layout::Nchw => &[0, 2, 3],
+        Layout::Ntc => &[0, 1],
+    };
+    Ok(j.f_to_kind(Kind::Float)?.f_mean_dim(dims, false, Kind::Float)?)
 }
 
 pub fn encode(a: &EncodeArgs) -> Result<Value> {
@@ -158,17 +213,58 @@ pub fn encode(a: &EncodeArgs) -> Result<Value> {
         BitsArg::B8 => Bits::B8,
         BitsArg::B16 => Bits::B16,
     };
-    let jt = match &a.jnd {
+    let j = match &a.jnd {
         Some(spec) => {
             let j = load(spec)?;
             if j.size() != x.size() {
                 return Err(Error::Shape(format!("x is {:?}, J is {:?}: they must match", x.size(), j.size())));
             }
-            ops::token_tolerance(&j, layout, patch, reduce)?
+            Some(j)
         }
-        // Uniform ignores j_t; any positive values do.
-        None if strategy == Strategy::Uniform => Tensor::f_ones([grid.tokens() as i64], (Kind::Float, Device::Cpu))?,
+        None if strategy == Strategy::Uniform => None,
         None => return Err(Error::Arg(format!("--jnd is required for --strategy {:?}", a.strategy).to_lowercase())),
+    };
+    let channel_mode = matches!(a.step_mode, StepModeArg::Channel | StepModeArg::ChannelF16);
+    let grid_coding = StepCoding::LogGrid { per_octave: a.grid };
+    if channel_mode {
+        if a.measured {
+            return Err(Error::Arg("--measured is not supported with the channel step modes (nominal budget only)".into()));
+        }
+        let channels = match layout {
+            Layout::Nchw => grid.shape.dims[1],
+            Layout::Ntc => grid.shape.dims[2],
+        };
+        let jc = match &j {
+            Some(j) => host_f32(&channel_tolerance(j, layout)?)?,
+            // Uniform ignores the tolerance; any positive values do.
+            None => vec![1.0f32; channels],
+        };
+        let cs = Tensor::f_from_slice(&steps::allocate(&jc, a.budget, strategy)?)?;
+        let coding = if a.step_mode == StepModeArg::ChannelF16 { StepCoding::F16 } else { grid_coding };
+        let enc = codec::encode_with(&x, Steps::Channel(&cs), layout, patch, bits, coding)?;
+        write_file(&a.out, &enc.bytes)?;
+        let dtype = crate::Dtype::from_kind(x.kind())?;
+        return Ok(json!({
+            "command": "encode",
+            "input": a.x,
+            "out": a.out,
+            "shape": x.size(), "dtype": dtype.name(), "layout": layout_name(layout), "patch": patch,
+            "k": grid.k(), "bits": bits.bits(),
+            "strategy": format!("{:?}", a.strategy).to_lowercase(),
+            "seed": match strategy { Strategy::Permuted { seed } => Some(seed), _ => None },
+            "step_mode": mode_json(enc.step_mode),
+            "budget": a.budget, "measured_budget": false, "beta": 1.0,
+            "nominal_mse_allocated": steps::nominal_mse(&host_f32(&cs)?),
+            "nominal_mse": stored_nominal_mse(enc.step_mode, &enc.steps, &enc.channel_steps)?,
+            "measured_mse": enc.mse,
+            "clamped": enc.clamped,
+            "rate": rate_json(&enc.rate, &enc.sections),
+        }));
+    }
+    let jt = match &j {
+        Some(j) => ops::token_tolerance(j, layout, patch, reduce)?,
+        // Uniform ignores j_t; any positive values do.
+        None => Tensor::f_ones([grid.tokens() as i64], (Kind::Float, Device::Cpu))?,
     };
     let (allocated, beta) = if a.measured {
         let (s, m) = ops::allocate_steps_measured(&x, layout, patch, &jt, a.budget, strategy, bits)?;
@@ -176,7 +272,24 @@ pub fn encode(a: &EncodeArgs) -> Result<Value> {
     } else {
         (ops::allocate_steps(&jt, a.budget, strategy)?, None)
     };
-    let enc = codec::encode(&x, &allocated, layout, patch, bits)?;
+    let enc = match a.step_mode {
+        StepModeArg::Auto | StepModeArg::Token => {
+            let v = host_f32(&allocated)?;
+            // As codec::encode, at any grid size.
+            if a.step_mode == StepModeArg::Auto && v.iter().all(|s| s.to_bits() == v[0].to_bits()) {
+                codec::encode_with(&x, Steps::Tensor(v[0]), layout, patch, bits, grid_coding)?
+            } else {
+                codec::encode_with(&x, Steps::Token(&allocated), layout, patch, bits, grid_coding)?
+            }
+        }
+        StepModeArg::TokenF16 => codec::encode_with(&x, Steps::Token(&allocated), layout, patch, bits, StepCoding::F16)?,
+        StepModeArg::Tensor => {
+            let v = host_f32(&allocated)?;
+            let s = if v.iter().all(|s| s.to_bits() == v[0].to_bits()) { v[0] } else { (12.0 * steps::nominal_mse(&v)).sqrt() as f32 };
+            codec::encode_with(&x, Steps::Tensor(s), layout, patch, bits, grid_coding)?
+        }
+        StepModeArg::Channel | StepModeArg::ChannelF16 => unreachable!("handled above"),
+    };
     write_file(&a.out, &enc.bytes)?;
     let dtype = crate::Dtype::from_kind(x.kind())?;
     Ok(json!({
@@ -187,10 +300,11 @@ pub fn encode(a: &EncodeArgs) -> Result<Value> {
         "k": grid.k(), "bits": bits.bits(),
         "strategy": format!("{:?}", a.strategy).to_lowercase(),
         "seed": match strategy { Strategy::Permuted { seed } => Some(seed), _ => None },
+        "step_mode": mode_json(enc.step_mode),
         "budget": a.budget, "measured_budget": a.measured, "beta": beta.unwrap_or(1.0),
         "nominal_mse_allocated": steps::nominal_mse(&host_f32(&allocated)?),
-        // The file's steps (rounded to f16 precision) and the MSE of the coded reconstruction.
-        "nominal_mse": steps::nominal_mse(&host_f32(&enc.steps)?),
+        // The file's steps (rounded as stored) and the MSE of the coded reconstruction.
+        "nominal_mse": stored_nominal_mse(enc.step_mode, &enc.steps, &enc.channel_steps)?,
         "measured_mse": enc.mse,
         "clamped": enc.clamped,
         "rate": rate_json(&enc.rate, &enc.sections),
@@ -213,7 +327,9 @@ pub fn decode(a: &DecodeArgs) -> Result<Value> {
         "out": a.out,
         "shape": d.recon.size(), "dtype": d.dtype.name(), "layout": layout_name(d.layout), "patch": d.patch,
         "bits": d.bits.bits(),
-        "nominal_mse": steps::nominal_mse(&host_f32(&d.steps)?),
+        "version": d.version,
+        "step_mode": mode_json(d.step_mode),
+        "nominal_mse": stored_nominal_mse(d.step_mode, &d.steps, &d.channel_steps)?,
         "rate": rate_json(&d.rate, &d.sections),
     }))
 }

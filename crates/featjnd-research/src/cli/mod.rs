@@ -7,6 +7,7 @@ pub mod ops;
 pub mod real;
 pub mod study;
 pub mod train_task;
+pub mod user;
 
 use crate::{Error, Result};
 use tch::Device;

@@ -34,6 +34,8 @@ enum StrategyArg {
     Jnd,
     Uniform,
     Permuted,
+    /// Contract §3.5: `min(α·j_t, κ·rms_t)` (never coarser than κ times the token's RMS).
+    Capped,
 }
 
 #[derive(Args)]
@@ -86,6 +88,9 @@ pub struct QuantizeArgs {
     /// Seed of the permuted strategy.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Cap factor κ of the capped strategy (steps ≤ κ × the token's RMS).
+    #[arg(long, default_value_t = 2.0)]
+    kappa: f32,
     #[arg(long, value_enum, default_value_t = Bits::B8)]
     bits: Bits,
     #[command(flatten)]
@@ -295,9 +300,17 @@ fn quantize_run(
     strategy: Strategy,
     bits: Bits,
     measured: bool,
+    capped: Option<(&Tensor, f32)>,
 ) -> Result<QuantRun> {
     let grid = ops::grid_of(x, layout, patch)?;
-    let (steps, m) = if measured {
+    let (steps, m) = if let Some((caps, _)) = capped {
+        if measured {
+            let (s, m) = ops::allocate_steps_capped_measured(x, layout, patch, jt, caps, budget, bits)?;
+            (s, Some(m))
+        } else {
+            (ops::allocate_steps_capped(jt, caps, budget, 1.0)?, None)
+        }
+    } else if measured {
         let (s, m) = ops::allocate_steps_measured(x, layout, patch, jt, budget, strategy, bits)?;
         (s, Some(m))
     } else {
@@ -307,7 +320,9 @@ fn quantize_run(
     let rate = q.rate.ok_or_else(|| Error::Arg("quantize returned no rate".into()))?;
     let summary = json!({
         "shape": x.size(), "layout": layout_name(layout), "patch": patch, "tokens": grid.tokens(), "k": grid.k(),
-        "strategy": strategy_name(strategy), "seed": match strategy { Strategy::Permuted { seed } => Some(seed), _ => None },
+        "strategy": if capped.is_some() { "capped" } else { strategy_name(strategy) },
+        "kappa": capped.map(|c| c.1),
+        "seed": match strategy { Strategy::Permuted { seed } => Some(seed), _ => None },
         "bits": bits.bits(), "budget": budget, "measured_budget": measured,
         "nominal_mse": steps::nominal_mse(&host_f32(&steps)?),
         "measured_mse": q.mse,
@@ -329,7 +344,7 @@ fn quantize(a: QuantizeArgs) -> Result<()> {
     let (patch, reduce) = (a.tok.patch, a.tok.reduce);
     let grid = ops::grid_of(&x, layout, patch)?;
     let strategy = match a.strategy {
-        StrategyArg::Jnd => Strategy::Jnd,
+        StrategyArg::Jnd | StrategyArg::Capped => Strategy::Jnd,
         StrategyArg::Uniform => Strategy::Uniform,
         StrategyArg::Permuted => Strategy::Permuted { seed: a.seed },
     };
@@ -344,7 +359,11 @@ fn quantize(a: QuantizeArgs) -> Result<()> {
         None => return Err(Error::Arg(format!("--jnd is required for --strategy {}", strategy_name(strategy)))),
     };
     let bits = a.bits;
-    let r = quantize_run(&x, &jt, layout, patch, a.budget, strategy, bits, a.measured)?;
+    let caps = match a.strategy {
+        StrategyArg::Capped => Some(ops::caps_from_rms(&ops::token_rms(&x, layout, patch)?, a.kappa)?),
+        _ => None,
+    };
+    let r = quantize_run(&x, &jt, layout, patch, a.budget, strategy, bits, a.measured, caps.as_ref().map(|c| (c, a.kappa)))?;
     out_dir(&a.out)?;
     let missing = || Error::Arg("quantize did not return a requested output".into());
     io::save_tensor(&a.out.join("symbols.npy"), r.q.symbols.as_ref().ok_or_else(missing)?)?;
@@ -434,7 +453,7 @@ fn demo(a: DemoArgs) -> Result<()> {
     for strategy in [Strategy::Uniform, Strategy::Jnd, Strategy::Permuted { seed: 1 }] {
         for measured in [false, true] {
             let mode = if measured { "measured" } else { "nominal" };
-            match quantize_run(&x, &jt, layout, patch, budget, strategy, Bits::B8, measured) {
+            match quantize_run(&x, &jt, layout, patch, budget, strategy, Bits::B8, measured, None) {
                 Ok(r) => {
                     let s = &r.summary;
                     println!(

@@ -12,8 +12,11 @@ pub struct RunArgs {
     #[arg(long, default_value = "out/report")]
     pub out: PathBuf,
     /// Tasks to run (default: fmnist, shapes, mobilenet; `nanodet` runs only when named).
-    #[arg(long, value_enum, value_delimiter = ',')]
+    #[arg(long, value_enum, value_delimiter = ',', conflicts_with = "model")]
     pub tasks: Vec<TaskId>,
+    /// A user's model instead of the bundled tasks (`--model DIR --images DIR`, see `cli::user`).
+    #[command(flatten)]
+    pub user: super::user::UserRunArgs,
     /// Only these split points (default: each task's study splits; a name a task lacks is skipped).
     #[arg(long, value_delimiter = ',')]
     pub splits: Vec<String>,
@@ -21,6 +24,10 @@ pub struct RunArgs {
     /// none is committed or cached.
     #[arg(long)]
     pub quick: bool,
+    /// The longer preset: 7 quantization budgets (0.003–0.5) and the `absmax` strategy as well
+    /// (the defaults keep the main job within 10 minutes on a 2-core machine).
+    #[arg(long, conflicts_with = "quick")]
+    pub full: bool,
     #[arg(long, default_value = "models")]
     pub models: PathBuf,
     #[arg(long, default_value = ".cache/featjnd")]
@@ -37,6 +44,11 @@ pub struct RunArgs {
     /// Only the matched-NRMSE study and the attribution pictures.
     #[arg(long)]
     pub perturb_only: bool,
+    /// Strategies of the quantization study, comma-separated (default: capped,jnd,permuted,
+    /// uniform,per-channel,absmax): `jnd`, `permuted`, `uniform`, `per-channel`, `absmax`,
+    /// `capped[:KAPPA[:GAMMA]]` (cap factor κ, default 2; tolerances raised to γ, default 1).
+    #[arg(long, value_delimiter = ',')]
+    pub quant_strategies: Vec<String>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
     #[arg(long)]
@@ -44,12 +56,16 @@ pub struct RunArgs {
 }
 
 pub fn run(a: &RunArgs) -> Result<serde_json::Value> {
+    if a.user.data.model.is_some() {
+        return super::user::run(a);
+    }
     let cfg = RunConfig {
         out: a.out.clone(),
         models: a.models.clone(),
         cache: a.cache.clone(),
         tasks: if a.tasks.is_empty() { TaskId::ALL.to_vec() } else { a.tasks.clone() },
         quick: a.quick,
+        full: a.full,
         splits: a.splits.clone(),
         device: super::parse_device(&a.device)?,
         quiet: a.quiet,
@@ -57,6 +73,7 @@ pub fn run(a: &RunArgs) -> Result<serde_json::Value> {
         retrain: a.retrain,
         perturb: !a.quant_only,
         quant: !a.perturb_only,
+        quant_strategies: a.quant_strategies.iter().map(|s| crate::study::quant::QStrategy::parse(s)).collect::<Result<_>>()?,
     };
     let s = run_study(&cfg)?;
     Ok(serde_json::json!({"report": a.out.join("report.md"), "seconds": s["seconds"]}))
@@ -64,12 +81,16 @@ pub fn run(a: &RunArgs) -> Result<serde_json::Value> {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrainJndArgs {
-    #[arg(long, value_enum)]
-    pub task: TaskId,
-    /// Split point (see the task's model).
-    #[arg(long)]
-    pub split: String,
-    /// Output checkpoint (default models/jnd/<task>-<split>.safetensors).
+    /// A bundled task (or `--model DIR --images DIR` for a user's model).
+    #[arg(long, value_enum, required_unless_present = "model", conflicts_with = "model")]
+    pub task: Option<TaskId>,
+    /// Split point (see the task's model; with --model, the pair's one split, optional).
+    #[arg(long, required_unless_present = "model")]
+    pub split: Option<String>,
+    #[command(flatten)]
+    pub user: super::user::UserData,
+    /// Output checkpoint (default models/jnd/<task>-<split>.safetensors; with --model
+    /// DIR/featjnd-<split>.safetensors).
     #[arg(long)]
     pub out: Option<PathBuf>,
     #[arg(long, default_value = "models")]
@@ -92,7 +113,8 @@ pub struct TrainJndArgs {
 }
 
 pub fn train(a: &TrainJndArgs) -> Result<serde_json::Value> {
-    let d = jnd_defaults(a.task);
+    let (Some(task), Some(split)) = (a.task, a.split.clone()) else { return super::user::train(a) };
+    let d = jnd_defaults(task, &split);
     let t = JndTrain {
         steps: a.steps.unwrap_or(d.steps),
         eps: a.eps.unwrap_or(d.eps),
@@ -102,7 +124,7 @@ pub fn train(a: &TrainJndArgs) -> Result<serde_json::Value> {
         quiet: a.quiet,
         ..d
     };
-    let out = a.out.clone().unwrap_or_else(|| estimator_path(&a.models, a.task, &a.split));
-    let meta = train_jnd(a.task, &a.split, &a.models, &out, &t, super::parse_device(&a.device)?)?;
+    let out = a.out.clone().unwrap_or_else(|| estimator_path(&a.models, task, &split));
+    let meta = train_jnd(task, &split, &a.models, &out, &t, super::parse_device(&a.device)?)?;
     Ok(serde_json::json!({"checkpoint": out, "metrics": meta.metrics}))
 }

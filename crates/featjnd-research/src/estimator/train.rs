@@ -83,6 +83,18 @@ pub fn train_estimator(
     cfg: &JndTrain,
 ) -> Result<(JndEstimator, Meta, Vec<LogPoint>)> {
     let task = model.task();
+    train_estimator_with(model, split, batch, cfg, &|clean, pert| discrepancy(task, clean, pert))
+}
+
+/// [`train_estimator`] with another task discrepancy `disc(clean, perturbed) → [B]` than the one
+/// of `model.task()` (a user's torchvision detector, `crate::study::user`).
+pub fn train_estimator_with(
+    model: &dyn SplitModel,
+    split: &str,
+    batch: &mut dyn FnMut(usize) -> Result<Tensor>,
+    cfg: &JndTrain,
+    disc: &dyn Fn(&[Tensor], &[Tensor]) -> Tensor,
+) -> Result<(JndEstimator, Meta, Vec<LogPoint>)> {
     let x0 = batch(0)?;
     let device = x0.device();
     let f0 = tch::no_grad(|| model.head(&x0, split))?;
@@ -126,7 +138,7 @@ pub fn train_estimator(
         }
         let reward = reward / feats.len() as f64;
         let out = model.tail(&pert, split)?;
-        let d = discrepancy(task, &clean, &out);
+        let d = disc(&clean, &out);
         let hinge = (&d - cfg.eps).relu().mean(Kind::Float);
         let loss = &hinge * lambda - &reward;
         opt.backward_step(&loss);

@@ -5,8 +5,11 @@ pub mod attrib;
 pub mod perturb;
 pub mod plot;
 pub mod quant;
+pub mod resample;
 pub mod run;
+pub mod stats;
 pub mod tasks;
+pub mod user;
 
 use crate::estimator::JndEstimator;
 use crate::Result;

@@ -1,198 +1,397 @@
-//! The token-wise quantization study (issue 5): every split-point feature is quantized token by
-//! token (SPEC §2–4) at a sweep of per-element MSE budgets, with steps that follow FeatJND
-//! (`Jnd`, with the token tolerance reduced by mean, RMS or min), the same steps randomly
-//! permuted, one uniform step, or the per-token absmax scaling of LLM serving stacks
-//! (`Δ_t ∝ max|x_t|`, scaled to the same budget). Budgets are relative: `D = d · mean(x²)` per
-//! level and evaluation batch (the tokens of one batch share an allocation, SPEC §1's `T`), matched
-//! either nominally (`Σ Δ²/12`) or measured (bisection, SPEC §3); both MSEs are reported for every
-//! point, with the rate estimate (entropy + 16 bits per token, SPEC §4) and the task metrics.
+//! The quantization study (issue 13): every held-out image's split-point feature is coded into a
+//! real `.fjq` file (one per image and feature level) at a sweep of per-element MSE budgets, with
+//! the steps of each strategy, and the task runs on the decoded features.
+//!
+//! * Budgets are relative and per image: `D = d · mean(x²)` of that image's level, matched on the
+//!   **measured** MSE (contract §3.4's bisection) with the strategy's unrounded steps; the file
+//!   then stores its steps rounded to its step coding, so the reported MSE is the decoded file's.
+//! * Rate = the files' sizes (header, tables, steps and symbols all counted) over the elements.
+//!   Each strategy's file carries what it needs: one step (`uniform-step`), `C` steps
+//!   (`per-channel`), or `T` log-grid-coded token steps (the token-wise strategies).
+//! * Strategies: `jnd` (contract §3.2 `Jnd`, mean-reduced `j_t`), `permuted` (its steps shuffled),
+//!   `capped-κ` (§3.5: `min(α·j_t, κ·rms_t)`), `uniform-step`, `per-channel` (`Δ_c ∝ max|x_c|`, the
+//!   usual feature-coding default), `absmax` (`Δ_t ∝ max|x_t|`, LLM serving stacks' per-token
+//!   scaling).
+//! * The patch is chosen per split so a token holds at least 64 elements (`C·p² ≥ 64`): at `p = 1`
+//!   on a 16-channel feature even a well-coded step per token costs a large part of a bit per
+//!   element, which no token-wise strategy can win back.
 
-use super::tasks::Task;
+use super::resample::{self, ImageOutputs};
+use super::tasks::{Scorer, Task};
 use crate::estimator::JndEstimator;
-use crate::ops::{self, QuantizeOptions};
 use crate::train::Progress;
-use crate::{Bits, Layout, Reduce, Result, Strategy};
+use crate::{cpu, steps, Bits, Error, FeatureShape, Reduce, Result, Strategy, TokenGrid};
+use featjnd_kernels::codec as fjq;
+use rayon::prelude::*;
 use std::collections::BTreeMap;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub enum QStrategy {
-    Jnd(#[serde(skip)] Reduce),
+    Jnd,
     Permuted(u64),
+    /// `(κ, γ)`: contract §3.5 with caps `κ·rms_t` and tolerances `j_t^γ`.
+    Capped(f32, f32),
     Uniform,
+    Channel,
     Absmax,
 }
 
 impl QStrategy {
+    /// From the command line: `jnd`, `permuted`, `uniform`, `per-channel`, `absmax`,
+    /// `capped[:KAPPA[:GAMMA]]`.
+    pub fn parse(s: &str) -> Result<QStrategy> {
+        let mut it = s.split(':');
+        let bad = || {
+            Error::Arg(format!(
+                "quantization strategy {s:?}: expected jnd, permuted, uniform, per-channel, absmax or capped[:KAPPA[:GAMMA]]"
+            ))
+        };
+        let num = |v: Option<&str>, d: f32| -> Result<f32> {
+            match v {
+                None => Ok(d),
+                Some(v) => v.parse::<f32>().ok().filter(|x| x.is_finite() && *x > 0.0).ok_or_else(bad),
+            }
+        };
+        let q = match it.next().unwrap_or("") {
+            "jnd" => QStrategy::Jnd,
+            "permuted" => QStrategy::Permuted(1),
+            "uniform" | "uniform-step" => QStrategy::Uniform,
+            "per-channel" => QStrategy::Channel,
+            "absmax" => QStrategy::Absmax,
+            "capped" => QStrategy::Capped(num(it.next(), 2.0)?, num(it.next(), 1.0)?),
+            _ => return Err(bad()),
+        };
+        if it.next().is_some() {
+            return Err(bad());
+        }
+        Ok(q)
+    }
+
     pub fn name(&self) -> String {
         match self {
-            QStrategy::Jnd(Reduce::Mean) => "jnd".into(),
-            QStrategy::Jnd(Reduce::Rms) => "jnd-rms".into(),
-            QStrategy::Jnd(Reduce::Min) => "jnd-min".into(),
+            QStrategy::Jnd => "jnd".into(),
             QStrategy::Permuted(_) => "permuted".into(),
+            QStrategy::Capped(k, g) if *g == 1.0 => format!("capped-{k}"),
+            QStrategy::Capped(k, g) => format!("capped-{k}-g{g}"),
             QStrategy::Uniform => "uniform-step".into(),
+            QStrategy::Channel => "per-channel".into(),
             QStrategy::Absmax => "absmax".into(),
         }
     }
 }
 
-/// One quantized evaluation.
+/// Symbol width of the study's files: 16 bits, because with 8 the finest budgets clamp symbols of
+/// token-wise steps that follow a tolerance spread over orders of magnitude (shapes `fpn`: the
+/// budget becomes unreachable on most images); the entropy coder charges only the symbols that
+/// occur, so the width itself costs nothing.
+pub const BITS: Bits = Bits::B16;
+
+/// Token steps on a log grid of 4 points per octave (steps within ±9%): a study file holds only
+/// tens to thousands of tokens, where the index table of a finer grid costs more than the shape
+/// it preserves; the budget is matched on the measured MSE anyway.
+pub const STEP_CODING: fjq::StepCoding = fjq::StepCoding::LogGrid { per_octave: 4 };
+
+/// What one image's files cost and did at one point.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct ImageCost {
+    pub file_bits: f64,
+    pub step_bits: f64,
+    /// SPEC §4's estimate (symbol entropy + 16 bits per token), for comparison.
+    pub estimate_bits: f64,
+    pub elements: f64,
+    pub sse: f64,
+    pub energy: f64,
+    pub clamped: u64,
+}
+
+/// One point of the sweep: a strategy at one relative budget, over all held-out images.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct QPoint {
     pub strategy: String,
-    pub seed: Option<u64>,
-    pub patch: usize,
-    pub measured_match: bool,
-    /// Requested budget `d` (relative to `mean(x²)`).
     pub budget: f64,
-    /// `Σ Δ_t²/12 · K / Σ x²` (what the nominal model predicts).
-    pub nominal_mse: f64,
-    /// `Σ (x − x̂)² / Σ x²` (what quantization did).
+    /// `Σ (x − x̂)² / Σ x²` of the decoded files.
     pub measured_mse: f64,
+    /// File bits per feature element.
     pub bits_per_element: f64,
+    /// Of which the steps.
+    pub step_bits_per_element: f64,
+    /// SPEC §4's estimate (entropy + 16 bits per token) per element.
+    pub estimate_bits_per_element: f64,
     pub clamped: u64,
+    /// Images whose budget could not be matched (coded at the closest β found; counted here).
+    pub unmatched: usize,
     pub metrics: BTreeMap<String, f64>,
+    /// Per-image outputs for the bootstrap (headline metric).
+    #[serde(skip)]
+    pub outputs: ImageOutputs,
+    #[serde(skip)]
+    pub costs: Vec<ImageCost>,
 }
 
-/// Per-token `max|x|` of an NCHW feature with patch `p` (SPEC §1 token order), plus a tiny
-/// offset so that an all-zero token (after a ReLU) still has a positive tolerance.
-pub fn token_absmax(x: &Tensor, p: usize) -> Tensor {
-    let p = p as i64;
-    let a = x.abs().to_kind(Kind::Float).amax([1i64].as_slice(), false).unsqueeze(1);
-    let m = a.max_pool2d([p, p], [p, p], [0, 0], [1, 1], false).flatten(0, -1);
-    let tiny = m.mean(Kind::Float).double_value(&[]).max(1e-30) * 1e-6;
-    (m + tiny).contiguous()
+impl QPoint {
+    pub fn rate_point(&self, metric: &str) -> (f64, f64) {
+        (self.bits_per_element, self.metrics[metric])
+    }
 }
 
-/// Quantizes one level of one batch; returns the reconstruction and the sums that aggregate.
-fn quantize_level(x: &Tensor, j: &Tensor, s: QStrategy, patch: usize, d: f64, measured: bool) -> Result<(Tensor, [f64; 4], u64)> {
-    let x = x.contiguous();
-    let sq = x.to_kind(Kind::Double).square().sum(Kind::Double).double_value(&[]);
-    let n = x.numel() as f64;
-    let budget = d * sq / n;
-    let j = j.to_kind(x.kind()).contiguous();
-    let (jt, strategy) = match s {
-        QStrategy::Jnd(r) => (ops::token_tolerance(&j, Layout::Nchw, patch, r)?, Strategy::Jnd),
-        QStrategy::Permuted(seed) => (ops::token_tolerance(&j, Layout::Nchw, patch, Reduce::Mean)?, Strategy::Permuted { seed }),
-        QStrategy::Uniform => (ops::token_tolerance(&j, Layout::Nchw, patch, Reduce::Mean)?, Strategy::Uniform),
-        QStrategy::Absmax => (token_absmax(&x, patch), Strategy::Jnd),
-    };
-    let steps = if measured {
-        ops::allocate_steps_measured(&x, Layout::Nchw, patch, &jt, budget, strategy, Bits::B16)?.0
-    } else {
-        ops::allocate_steps(&jt, budget, strategy)?
-    };
-    let opts = QuantizeOptions { bits: Bits::B16, symbols: false, recon: true, token_sse: false, histogram: true };
-    let q = ops::quantize(&x, Layout::Nchw, patch, &steps, &opts)?;
-    let k = n / steps.numel() as f64;
-    let nominal = steps.to_kind(Kind::Double).square().sum(Kind::Double).double_value(&[]) / 12.0 * k;
-    let bits = q.rate.map(|r| r.bits_per_element).unwrap_or(f64::NAN) * n;
-    let recon = q.recon.ok_or_else(|| crate::Error::Arg("quantize returned no reconstruction".into()))?;
-    Ok((recon, [sq, q.total_sse, nominal, bits], q.clamped))
-}
-
-/// One configuration of the sweep.
-#[derive(Debug, Clone)]
-pub struct QConfig {
+/// The sweep at one split.
+pub struct SplitQuant {
+    pub clean: BTreeMap<String, f64>,
     pub patch: usize,
-    pub measured: bool,
-    pub strategies: Vec<QStrategy>,
+    pub points: Vec<QPoint>,
 }
 
-/// Runs the sweep on `task` at `split` (estimator `est`), relative budgets `budgets`.
+/// Smallest `p ∈ {1, 2, 4, 8}` with `C·p² ≥ 64` that divides every level's `H` and `W` (else the
+/// largest that divides).
+pub fn choose_patch(levels: &[Vec<i64>]) -> usize {
+    let divides = |p: i64| levels.iter().all(|s| s[2] % p == 0 && s[3] % p == 0);
+    let cmin = levels.iter().map(|s| s[1]).min().unwrap_or(1);
+    let mut best = 1;
+    for p in [1i64, 2, 4, 8] {
+        if !divides(p) {
+            break;
+        }
+        best = p;
+        if cmin * p * p >= 64 {
+            break;
+        }
+    }
+    best as usize
+}
+
+/// Per-token `max|x|` (a tiny floor keeps an all-zero token's tolerance positive).
+fn token_absmax(x: &[f32], grid: &TokenGrid) -> Vec<f32> {
+    let mut m = vec![0.0f32; grid.tokens()];
+    for (i, v) in x.iter().enumerate() {
+        let t = grid.token_of(i);
+        m[t] = m[t].max(v.abs());
+    }
+    let floor = m.iter().cloned().fold(0.0f32, f32::max).max(f32::MIN_POSITIVE) * 1e-6;
+    m.iter_mut().for_each(|v| *v = v.max(floor));
+    m
+}
+
+/// Per-channel `max|x|` of a `[1, C, H, W]` feature (floored like [`token_absmax`]).
+fn channel_absmax(x: &[f32], c: usize) -> Vec<f32> {
+    let hw = x.len() / c;
+    let mut m: Vec<f32> = x.chunks(hw).map(|ch| ch.iter().fold(0.0f32, |a, v| a.max(v.abs()))).collect();
+    let floor = m.iter().cloned().fold(0.0f32, f32::max).max(f32::MIN_POSITIVE) * 1e-6;
+    m.iter_mut().for_each(|v| *v = v.max(floor));
+    m
+}
+
+/// Squared error of contract §4's quantizer with one step per channel (what the codec's channel
+/// mode does), for the measured-budget bisection.
+fn channel_sse(x: &[f32], steps: &[f32], qmax: f32) -> f64 {
+    let hw = x.len() / steps.len();
+    x.chunks(hw)
+        .zip(steps)
+        .map(|(ch, &s)| {
+            let inv = 1.0f32 / s;
+            ch.iter().map(|&v| (v - (v * inv).round_ties_even().clamp(-qmax, qmax) * s) as f64).map(|d| d * d).sum::<f64>()
+        })
+        .sum()
+}
+
+/// Codes one image's level at relative budget `d`; returns the decoded feature and its cost.
+fn code_level(x: &[f32], j: &[f32], grid: &TokenGrid, s: QStrategy, d: f64) -> Result<(Vec<f32>, ImageCost, bool)> {
+    let n = x.len() as f64;
+    let energy: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    if energy == 0.0 {
+        // Nothing to code: a uniform file of zeros.
+        let e = fjq::encode_with(x, grid, fjq::StepSpec::Tensor(1.0), BITS, fjq::StepCoding::default())?;
+        let cost = ImageCost { file_bits: 8.0 * e.bytes.len() as f64, elements: n, ..Default::default() };
+        return Ok((e.recon, cost, false));
+    }
+    let budget = d * energy / n;
+    let t = grid.tokens();
+    let qmax = BITS.qmax();
+    let token_sse = |st: &[f32]| -> Result<f64> { Ok(cpu::quantize(x, grid, st, BITS, cpu::QuantOut::default())?.mse(x.len())) };
+    let mut st = vec![0.0f32; t];
+    // The unrounded steps at β for every strategy; the channel strategy fills `ch` instead.
+    let c = grid.shape.sizes()[1] as usize;
+    let jt = match s {
+        QStrategy::Jnd | QStrategy::Permuted(_) => cpu::token_tolerance(j, grid, Reduce::Mean)?,
+        QStrategy::Capped(_, g) => {
+            let jt = cpu::token_tolerance(j, grid, Reduce::Mean)?;
+            if g == 1.0 {
+                jt
+            } else {
+                jt.iter().map(|&v| v.powf(g).max(f32::MIN_POSITIVE)).collect()
+            }
+        }
+        QStrategy::Absmax => token_absmax(x, grid),
+        QStrategy::Uniform | QStrategy::Channel => vec![1.0; t],
+    };
+    let caps = match s {
+        QStrategy::Capped(k, _) => Some(steps::caps_from_rms(&cpu::token_rms(x, grid)?, k)?),
+        _ => None,
+    };
+    let amax_c = channel_absmax(x, c);
+    let ch_scale = (12.0 * budget * c as f64 / amax_c.iter().map(|&a| (a as f64).powi(2)).sum::<f64>()).sqrt();
+    let fill = |beta: f64, st: &mut [f32]| -> Result<()> {
+        match (s, &caps) {
+            (QStrategy::Capped(..), Some(cp)) => steps::allocate_capped_into(&jt, cp, budget, beta, st),
+            (QStrategy::Permuted(seed), _) => steps::allocate_into(&jt, budget, Strategy::Permuted { seed }, beta, st),
+            (QStrategy::Uniform, _) => steps::allocate_into(&jt, budget, Strategy::Uniform, beta, st),
+            _ => steps::allocate_into(&jt, budget, Strategy::Jnd, beta, st),
+        }
+    };
+    let ch_steps = |beta: f64| -> Vec<f32> { amax_c.iter().map(|&a| (ch_scale * beta) as f32 * a).collect() };
+    let matched = steps::bisect_beta(budget, |beta| {
+        if s == QStrategy::Channel {
+            Ok(channel_sse(x, &ch_steps(beta), qmax) / n)
+        } else {
+            fill(beta, &mut st)?;
+            token_sse(&st)
+        }
+    });
+    let (beta, unmatched) = match matched {
+        Ok(m) => (m.beta, false),
+        // Tiny features can jump across D: code at β = 1 (nominal) and count it.
+        Err(Error::Unreachable { .. }) => (1.0, true),
+        Err(e) => return Err(e),
+    };
+    let coding = STEP_CODING;
+    let enc = match s {
+        QStrategy::Channel => fjq::encode_with(x, grid, fjq::StepSpec::Channel(&ch_steps(beta)), BITS, coding)?,
+        QStrategy::Uniform => {
+            fill(beta, &mut st)?;
+            fjq::encode_with(x, grid, fjq::StepSpec::Tensor(st[0]), BITS, coding)?
+        }
+        _ => {
+            fill(beta, &mut st)?;
+            fjq::encode_with(x, grid, fjq::StepSpec::Token(&st), BITS, coding)?
+        }
+    };
+    let cost = ImageCost {
+        file_bits: 8.0 * enc.bytes.len() as f64,
+        step_bits: 8.0 * enc.sections.steps as f64,
+        estimate_bits: enc.rate.estimate_bits_per_element * n,
+        elements: n,
+        sse: enc.mse * n,
+        energy,
+        clamped: enc.clamped,
+    };
+    Ok((enc.recon, cost, unmatched))
+}
+
+/// A feature level of one image, flat f32 on the host, with its grid.
+struct Level {
+    x: Vec<f32>,
+    j: Vec<f32>,
+    grid: TokenGrid,
+}
+
+fn host_images(f: &Tensor, j: &Tensor, patch: usize) -> Result<Vec<Level>> {
+    let s = f.size();
+    let (b, c, h, w) = (s[0] as usize, s[1] as usize, s[2] as usize, s[3] as usize);
+    let grid = TokenGrid::new(FeatureShape::nchw(1, c, h, w), patch)?;
+    let fx = f.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+    let jx = j.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+    (0..b)
+        .map(|i| {
+            Ok(Level {
+                x: Vec::<f32>::try_from(&fx.get(i as i64).flatten(0, -1))?,
+                j: Vec::<f32>::try_from(&jx.get(i as i64).flatten(0, -1))?,
+                grid,
+            })
+        })
+        .collect()
+}
+
+/// Runs the sweep on `task` at `split` (estimator `est`) for relative budgets `budgets`.
 pub fn run_split(
     task: &Task,
     split: &str,
     est: &JndEstimator,
     budgets: &[f64],
-    configs: &[QConfig],
+    strategies: &[QStrategy],
     quiet: bool,
-) -> Result<(BTreeMap<String, f64>, Vec<QPoint>)> {
+) -> Result<SplitQuant> {
     let model = task.model.as_ref();
     let (feats, jnds, clean) = super::held_out_features(task, split, est)?;
     let clean_metrics = task.scorer.score(&clean, &clean)?;
-    let total: usize = configs.iter().map(|c| c.strategies.len()).sum::<usize>() * budgets.len();
-    let mut pb = Progress::new(total as u64, &format!("quant {} {split}", task.id.name()), quiet);
+    let headline = task.id.metrics()[0];
+    let patch = choose_patch(&feats[0].iter().map(|f| f.size()).collect::<Vec<_>>());
+    // Host copies, per batch → level → image.
+    let host: Vec<Vec<Vec<Level>>> = feats
+        .iter()
+        .zip(&jnds)
+        .map(|(fs, js)| fs.iter().zip(js).map(|(f, j)| host_images(f, j, patch)).collect::<Result<_>>())
+        .collect::<Result<_>>()?;
+    let mut pb = Progress::new((strategies.len() * budgets.len()) as u64, &format!("quant {} {split}", task.id.name()), quiet);
     let mut points = Vec::new();
-    for c in configs {
-        // A patch must divide every level's H and W; skip configurations that do not fit.
-        if feats[0].iter().any(|f| f.size()[2] % c.patch as i64 != 0 || f.size()[3] % c.patch as i64 != 0) {
-            continue;
-        }
-        for &s in &c.strategies {
-            for &d in budgets {
-                let mut sums = [0f64; 4];
-                let mut clamped = 0;
-                let outs = tch::no_grad(|| -> Result<Vec<Vec<Tensor>>> {
-                    let mut outs = Vec::new();
-                    for (f, j) in feats.iter().zip(&jnds) {
-                        let mut rec = Vec::new();
-                        for (x, jl) in f.iter().zip(j) {
-                            let (r, s4, cl) = quantize_level(x, jl, s, c.patch, d, c.measured)?;
-                            for (a, b) in sums.iter_mut().zip(s4) {
-                                *a += b;
-                            }
-                            clamped += cl;
-                            rec.push(r);
-                        }
-                        outs.push(model.tail(&rec, split)?);
+    for &s in strategies {
+        for &d in budgets {
+            let mut costs = Vec::new();
+            let mut unmatched = 0;
+            let mut outs = Vec::new();
+            for (bi, levels) in host.iter().enumerate() {
+                let mut rec_levels = Vec::new();
+                let nimg = levels[0].len();
+                let mut img_cost = vec![ImageCost::default(); nimg];
+                for (li, imgs) in levels.iter().enumerate() {
+                    let coded: Vec<(Vec<f32>, ImageCost, bool)> =
+                        imgs.par_iter().map(|l| code_level(&l.x, &l.j, &l.grid, s, d)).collect::<Result<_>>()?;
+                    let size = feats[bi][li].size();
+                    let mut flat = Vec::with_capacity(coded.iter().map(|c| c.0.len()).sum());
+                    for (i, (r, c, um)) in coded.into_iter().enumerate() {
+                        flat.extend_from_slice(&r);
+                        let a = &mut img_cost[i];
+                        a.file_bits += c.file_bits;
+                        a.step_bits += c.step_bits;
+                        a.estimate_bits += c.estimate_bits;
+                        a.elements += c.elements;
+                        a.sse += c.sse;
+                        a.energy += c.energy;
+                        a.clamped += c.clamped;
+                        unmatched += um as usize;
                     }
-                    Ok(outs)
-                })?;
-                let n: f64 = feats.iter().flatten().map(|t| t.numel() as f64).sum();
-                points.push(QPoint {
-                    strategy: s.name(),
-                    seed: match s {
-                        QStrategy::Permuted(seed) => Some(seed),
-                        _ => None,
-                    },
-                    patch: c.patch,
-                    measured_match: c.measured,
-                    budget: d,
-                    nominal_mse: sums[2] / sums[0],
-                    measured_mse: sums[1] / sums[0],
-                    bits_per_element: sums[3] / n,
-                    clamped,
-                    metrics: task.scorer.score(&outs, &clean)?,
-                });
-                pb.step(format!("{} p={} d={d}", s.name(), c.patch));
+                    let kind = feats[bi][li].kind();
+                    rec_levels.push(Tensor::f_from_slice(&flat)?.reshape(&size).to_kind(kind).to_device(feats[bi][li].device()));
+                }
+                costs.extend(img_cost);
+                outs.push(tch::no_grad(|| model.tail(&rec_levels, split))?);
             }
+            let sum = |f: fn(&ImageCost) -> f64| costs.iter().map(f).sum::<f64>();
+            let elems = sum(|c| c.elements);
+            points.push(QPoint {
+                strategy: s.name(),
+                budget: d,
+                measured_mse: sum(|c| c.sse) / sum(|c| c.energy),
+                bits_per_element: sum(|c| c.file_bits) / elems,
+                step_bits_per_element: sum(|c| c.step_bits) / elems,
+                estimate_bits_per_element: sum(|c| c.estimate_bits) / elems,
+                clamped: costs.iter().map(|c| c.clamped).sum(),
+                unmatched,
+                metrics: task.scorer.score(&outs, &clean)?,
+                outputs: resample::outputs(&task.scorer, &outs, &clean, headline)?,
+                costs,
+            });
+            pb.step(format!("{} d={d}", s.name()));
         }
     }
     pb.finish();
-    Ok((clean_metrics, points))
+    Ok(SplitQuant { clean: clean_metrics, patch, points })
 }
 
-/// Mean of `points` over permutation seeds: one curve per `(strategy, patch, mode)`, ascending
-/// budget; each point carries the mean, min and max of `metric` and the mean bits.
-pub fn curve(points: &[QPoint], strategy: &str, patch: usize, measured: bool, metric: &str) -> Vec<(f64, f64, f64, f64, f64)> {
-    let mut by_budget: BTreeMap<u64, Vec<&QPoint>> = BTreeMap::new();
-    for p in points.iter().filter(|p| p.strategy == strategy && p.patch == patch && p.measured_match == measured) {
-        by_budget.entry(p.budget.to_bits()).or_default().push(p);
-    }
-    by_budget
-        .into_values()
-        .map(|v| {
-            let m: Vec<f64> = v.iter().map(|p| p.metrics[metric]).collect();
-            let mean = m.iter().sum::<f64>() / m.len() as f64;
-            let lo = m.iter().cloned().fold(f64::INFINITY, f64::min);
-            let hi = m.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let bits = v.iter().map(|p| p.bits_per_element).sum::<f64>() / v.len() as f64;
-            (v[0].budget, mean, lo, hi, bits)
+/// The points of one strategy, ascending budget.
+pub fn curve<'a>(points: &'a [QPoint], strategy: &str) -> Vec<&'a QPoint> {
+    let mut v: Vec<&QPoint> = points.iter().filter(|p| p.strategy == strategy).collect();
+    v.sort_by(|a, b| a.budget.total_cmp(&b.budget));
+    v
+}
+
+/// The rate–metric curve of `pts` on the images `idx` (a bootstrap replicate): the headline
+/// metric re-scored on those images and their total file bits over total elements.
+pub fn resampled_curve(scorer: &Scorer, pts: &[&QPoint], idx: &[usize], metric: &str) -> Result<Vec<(f64, f64)>> {
+    pts.iter()
+        .map(|p| {
+            let bits: f64 = idx.iter().map(|&i| p.costs[i].file_bits).sum();
+            let el: f64 = idx.iter().map(|&i| p.costs[i].elements).sum();
+            Ok((bits / el, resample::score(resample::Rescorer::of(scorer), &p.outputs, idx, metric)?))
         })
         .collect()
-}
-
-/// Bits per element the `a` curve needs to reach `metric` (linear interpolation along the curve
-/// sorted by bits), or `None` when it never does.
-pub fn bits_at(curve: &[(f64, f64, f64, f64, f64)], metric: f64) -> Option<f64> {
-    let mut c: Vec<(f64, f64)> = curve.iter().map(|p| (p.4, p.1)).collect();
-    c.sort_by(|a, b| a.0.total_cmp(&b.0));
-    if c.first()?.1 >= metric {
-        return Some(c[0].0);
-    }
-    c.windows(2).find(|w| w[0].1 < metric && w[1].1 >= metric).map(|w| {
-        let t = (metric - w[0].1) / (w[1].1 - w[0].1);
-        w[0].0 + t * (w[1].0 - w[0].0)
-    })
 }
