@@ -36,7 +36,9 @@ if [ ${#need_apt[@]} -gt 0 ] || [ ${#need_apt_norec[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
   fi
   if [ ${#need_apt_norec[@]} -gt 0 ]; then
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt_norec[@]}" >/dev/null
+    # Optional: without them the PyTorch reference tests print SKIP, so a failure only warns.
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt_norec[@]}" >/dev/null ||
+      echo "setup: warning: could not install ${need_apt_norec[*]}; the PyTorch reference tests will SKIP"
   fi
 fi
 
