@@ -479,3 +479,39 @@ fn cli_encode_decode_round_trip() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--jnd is required"));
 }
+
+/// `featjnd encode --strategy capped`: the file decodes to the encoder's reconstruction, the
+/// measured MSE matches the budget up to the steps' rounding to the grid, no step exceeds κ times
+/// its token's RMS times β (rounding allowed), and a channel step mode is refused.
+#[test]
+fn cli_encode_capped() {
+    let _rng = common::rng_lock();
+    let d = tempfile::tempdir().unwrap();
+    let (x, j) = feature(&[1, 16, 8, 8], Kind::Float, 23, true);
+    io::save_tensor(&d.path().join("x.npy"), &x).unwrap();
+    io::save_tensor(&d.path().join("j.npy"), &j).unwrap();
+    let ms = f64::try_from(x.square().mean(Kind::Double)).unwrap();
+    let budget = format!("{}", 0.3 * ms);
+    let args = ["encode", "--x", "x.npy", "--jnd", "j.npy", "--budget", &budget, "--strategy", "capped", "--measured", "-o", "c.fjq"];
+    let s = ok_json(d.path(), &args);
+    assert_eq!(s["strategy"].as_str(), Some("capped"));
+    let bytes = std::fs::read(d.path().join("c.fjq")).unwrap();
+    let dec = codec::decode(&bytes).unwrap();
+    let mse = f64::try_from((&dec.recon - &x).square().mean(Kind::Double)).unwrap();
+    // The grid rounding (16 per octave: steps within ±2.2%) moves the MSE by a few percent at most.
+    assert!((mse / (0.3 * ms) - 1.0).abs() < 0.1, "{mse} vs {}", 0.3 * ms);
+    let beta = s["beta"].as_f64().unwrap();
+    let rms = floats(&x.square().mean_dim([1i64].as_slice(), false, Kind::Float).sqrt().flatten(0, -1));
+    let st = floats(&dec.steps);
+    assert_eq!(st.len(), 64);
+    for (t, (s, r)) in st.iter().zip(&rms).enumerate() {
+        let cap = 2.0 * (*r as f64).max(1e-30) * beta;
+        assert!((*s as f64) <= cap * 1.03 || *r == 0.0, "token {t}: step {s} above cap {cap}");
+    }
+    let o = featjnd(
+        d.path(),
+        &["encode", "--x", "x.npy", "--jnd", "j.npy", "--budget", &budget, "--strategy", "capped", "--step-mode", "channel", "-o", "n.fjq"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("token step mode"));
+}

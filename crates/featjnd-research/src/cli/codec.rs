@@ -29,6 +29,8 @@ pub enum StrategyArg {
     Jnd,
     Uniform,
     Permuted,
+    /// Contract §3.5: `min(α·j_t, κ·rms_t)` (token step modes only).
+    Capped,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -79,6 +81,9 @@ pub struct EncodeArgs {
     pub reduce: ReduceArg,
     #[arg(long, value_enum, default_value_t = StrategyArg::Jnd)]
     pub strategy: StrategyArg,
+    /// Cap factor κ of the capped strategy (steps ≤ κ × the token's RMS).
+    #[arg(long, default_value_t = 2.0)]
+    pub kappa: f32,
     /// Seed of the permuted strategy.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -205,7 +210,7 @@ pub fn encode(a: &EncodeArgs) -> Result<Value> {
         ReduceArg::Min => Reduce::Min,
     };
     let strategy = match a.strategy {
-        StrategyArg::Jnd => Strategy::Jnd,
+        StrategyArg::Jnd | StrategyArg::Capped => Strategy::Jnd,
         StrategyArg::Uniform => Strategy::Uniform,
         StrategyArg::Permuted => Strategy::Permuted { seed: a.seed },
     };
@@ -227,6 +232,9 @@ pub fn encode(a: &EncodeArgs) -> Result<Value> {
     let channel_mode = matches!(a.step_mode, StepModeArg::Channel | StepModeArg::ChannelF16);
     let grid_coding = StepCoding::LogGrid { per_octave: a.grid };
     if channel_mode {
+        if a.strategy == StrategyArg::Capped {
+            return Err(Error::Arg("--strategy capped caps each token's step: use a token step mode (auto, token, token-f16)".into()));
+        }
         if a.measured {
             return Err(Error::Arg("--measured is not supported with the channel step modes (nominal budget only)".into()));
         }
@@ -266,7 +274,18 @@ pub fn encode(a: &EncodeArgs) -> Result<Value> {
         // Uniform ignores j_t; any positive values do.
         None => Tensor::f_ones([grid.tokens() as i64], (Kind::Float, Device::Cpu))?,
     };
-    let (allocated, beta) = if a.measured {
+    let caps = match a.strategy {
+        StrategyArg::Capped => Some(ops::caps_from_rms(&ops::token_rms(&x, layout, patch)?, a.kappa)?),
+        _ => None,
+    };
+    let (allocated, beta) = if let Some(caps) = &caps {
+        if a.measured {
+            let (s, m) = ops::allocate_steps_capped_measured(&x, layout, patch, &jt, caps, a.budget, bits)?;
+            (s, Some(m.beta))
+        } else {
+            (ops::allocate_steps_capped(&jt, caps, a.budget, 1.0)?, None)
+        }
+    } else if a.measured {
         let (s, m) = ops::allocate_steps_measured(&x, layout, patch, &jt, a.budget, strategy, bits)?;
         (s, Some(m.beta))
     } else {

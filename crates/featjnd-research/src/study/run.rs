@@ -460,7 +460,11 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
                         )
                     })
                     .collect();
-                writeln!(report, "Spearman ρ of 1/J with Grad-CAM / |grad×input| over positions: {}.\n", rho.join(", ")).ok();
+                if rho.is_empty() {
+                    writeln!(report, "No attribution panels for this task (no Grad-CAM target at the split).\n").ok();
+                } else {
+                    writeln!(report, "Spearman ρ of 1/J with Grad-CAM / |grad×input| over positions: {}.\n", rho.join(", ")).ok();
+                }
                 split_json = serde_json::to_value(&curves).unwrap_or_default();
                 split_json["attribution"] = Value::Array(attr);
                 split_json["goal"] = Value::Object(goals_json);
