@@ -251,23 +251,7 @@ pub fn encode(a: &EncodeArgs) -> Result<Value> {
         let coding = if a.step_mode == StepModeArg::ChannelF16 { StepCoding::F16 } else { grid_coding };
         let enc = codec::encode_with(&x, Steps::Channel(&cs), layout, patch, bits, coding)?;
         write_file(&a.out, &enc.bytes)?;
-        let dtype = crate::Dtype::from_kind(x.kind())?;
-        return Ok(json!({
-            "command": "encode",
-            "input": a.x,
-            "out": a.out,
-            "shape": x.size(), "dtype": dtype.name(), "layout": layout_name(layout), "patch": patch,
-            "k": grid.k(), "bits": bits.bits(),
-            "strategy": format!("{:?}", a.strategy).to_lowercase(),
-            "seed": match strategy { Strategy::Permuted { seed } => Some(seed), _ => None },
-            "step_mode": mode_json(enc.step_mode),
-            "budget": a.budget, "measured_budget": false, "beta": 1.0,
-            "nominal_mse_allocated": steps::nominal_mse(&host_f32(&cs)?),
-            "nominal_mse": stored_nominal_mse(enc.step_mode, &enc.steps, &enc.channel_steps)?,
-            "measured_mse": enc.mse,
-            "clamped": enc.clamped,
-            "rate": rate_json(&enc.rate, &enc.sections),
-        }));
+        return encode_summary(a, &x, layout, &grid, bits, strategy, &enc, None, steps::nominal_mse(&host_f32(&cs)?));
     }
     let jt = match &j {
         Some(j) => ops::token_tolerance(j, layout, patch, reduce)?,
@@ -278,19 +262,8 @@ pub fn encode(a: &EncodeArgs) -> Result<Value> {
         StrategyArg::Capped => Some(ops::caps_from_rms(&ops::token_rms(&x, layout, patch)?, a.kappa)?),
         _ => None,
     };
-    let (allocated, beta) = if let Some(caps) = &caps {
-        if a.measured {
-            let (s, m) = ops::allocate_steps_capped_measured(&x, layout, patch, &jt, caps, a.budget, bits)?;
-            (s, Some(m.beta))
-        } else {
-            (ops::allocate_steps_capped(&jt, caps, a.budget, 1.0)?, None)
-        }
-    } else if a.measured {
-        let (s, m) = ops::allocate_steps_measured(&x, layout, patch, &jt, a.budget, strategy, bits)?;
-        (s, Some(m.beta))
-    } else {
-        (ops::allocate_steps(&jt, a.budget, strategy)?, None)
-    };
+    let (allocated, m) = super::allocate(&x, layout, patch, &jt, caps.as_ref(), a.budget, strategy, bits, a.measured)?;
+    let beta = m.map(|m| m.beta);
     let enc = match a.step_mode {
         StepModeArg::Auto | StepModeArg::Token => {
             let v = host_f32(&allocated)?;
@@ -310,18 +283,35 @@ pub fn encode(a: &EncodeArgs) -> Result<Value> {
         StepModeArg::Channel | StepModeArg::ChannelF16 => unreachable!("handled above"),
     };
     write_file(&a.out, &enc.bytes)?;
+    encode_summary(a, &x, layout, &grid, bits, strategy, &enc, beta, steps::nominal_mse(&host_f32(&allocated)?))
+}
+
+/// `featjnd encode`'s JSON summary. `beta`: the measured budget's factor (`None`: nominal);
+/// `nominal_allocated`: the nominal MSE of the steps before they were rounded to the file's.
+#[allow(clippy::too_many_arguments)]
+fn encode_summary(
+    a: &EncodeArgs,
+    x: &Tensor,
+    layout: Layout,
+    grid: &crate::TokenGrid,
+    bits: Bits,
+    strategy: Strategy,
+    enc: &codec::Encoded,
+    beta: Option<f64>,
+    nominal_allocated: f64,
+) -> Result<serde_json::Value> {
     let dtype = crate::Dtype::from_kind(x.kind())?;
     Ok(json!({
         "command": "encode",
         "input": a.x,
         "out": a.out,
-        "shape": x.size(), "dtype": dtype.name(), "layout": layout_name(layout), "patch": patch,
+        "shape": x.size(), "dtype": dtype.name(), "layout": layout_name(layout), "patch": a.patch,
         "k": grid.k(), "bits": bits.bits(),
         "strategy": format!("{:?}", a.strategy).to_lowercase(),
         "seed": match strategy { Strategy::Permuted { seed } => Some(seed), _ => None },
         "step_mode": mode_json(enc.step_mode),
-        "budget": a.budget, "measured_budget": a.measured, "beta": beta.unwrap_or(1.0),
-        "nominal_mse_allocated": steps::nominal_mse(&host_f32(&allocated)?),
+        "budget": a.budget, "measured_budget": beta.is_some(), "beta": beta.unwrap_or(1.0),
+        "nominal_mse_allocated": nominal_allocated,
         // The file's steps (rounded as stored) and the MSE of the coded reconstruction.
         "nominal_mse": stored_nominal_mse(enc.step_mode, &enc.steps, &enc.channel_steps)?,
         "measured_mse": enc.mse,

@@ -303,19 +303,7 @@ fn quantize_run(
     capped: Option<(&Tensor, f32)>,
 ) -> Result<QuantRun> {
     let grid = ops::grid_of(x, layout, patch)?;
-    let (steps, m) = if let Some((caps, _)) = capped {
-        if measured {
-            let (s, m) = ops::allocate_steps_capped_measured(x, layout, patch, jt, caps, budget, bits)?;
-            (s, Some(m))
-        } else {
-            (ops::allocate_steps_capped(jt, caps, budget, 1.0)?, None)
-        }
-    } else if measured {
-        let (s, m) = ops::allocate_steps_measured(x, layout, patch, jt, budget, strategy, bits)?;
-        (s, Some(m))
-    } else {
-        (ops::allocate_steps(jt, budget, strategy)?, None)
-    };
+    let (steps, m) = super::allocate(x, layout, patch, jt, capped.map(|c| c.0), budget, strategy, bits, measured)?;
     let q = ops::quantize(x, layout, patch, &steps, &QuantizeOptions { bits, ..Default::default() })?;
     let rate = q.rate.ok_or_else(|| Error::Arg("quantize returned no rate".into()))?;
     let summary = json!({

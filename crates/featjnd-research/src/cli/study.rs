@@ -112,18 +112,24 @@ pub struct TrainJndArgs {
     pub quiet: bool,
 }
 
+impl TrainJndArgs {
+    /// The training configuration: `defaults` with the options given on the command line.
+    pub fn train_config(&self, defaults: JndTrain) -> JndTrain {
+        JndTrain {
+            steps: self.steps.unwrap_or(defaults.steps),
+            eps: self.eps.unwrap_or(defaults.eps),
+            tau: self.tau.unwrap_or(defaults.tau),
+            hidden: self.hidden.unwrap_or(defaults.hidden),
+            seed: self.seed,
+            quiet: self.quiet,
+            ..defaults
+        }
+    }
+}
+
 pub fn train(a: &TrainJndArgs) -> Result<serde_json::Value> {
     let (Some(task), Some(split)) = (a.task, a.split.clone()) else { return super::user::train(a) };
-    let d = jnd_defaults(task, &split);
-    let t = JndTrain {
-        steps: a.steps.unwrap_or(d.steps),
-        eps: a.eps.unwrap_or(d.eps),
-        tau: a.tau.unwrap_or(d.tau),
-        hidden: a.hidden.unwrap_or(d.hidden),
-        seed: a.seed,
-        quiet: a.quiet,
-        ..d
-    };
+    let t = a.train_config(jnd_defaults(task, &split));
     let out = a.out.clone().unwrap_or_else(|| estimator_path(&a.models, task, &split));
     let meta = train_jnd(task, &split, &a.models, &out, &t, super::parse_device(&a.device)?)?;
     Ok(serde_json::json!({"checkpoint": out, "metrics": meta.metrics}))

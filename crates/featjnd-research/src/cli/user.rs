@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
 use super::study::{RunArgs, TrainJndArgs};
-use crate::codec::{self, StepCoding, Steps};
+use crate::codec;
 use crate::estimator::train::LogPoint;
 use crate::estimator::JndEstimator;
 use crate::model::checkpoint;
@@ -228,16 +228,7 @@ pub fn train(a: &TrainJndArgs) -> Result<Value> {
             return Err(Error::Arg(format!("the model has the one split {split:?}, not {s:?}")));
         }
     }
-    let d = user::jnd_defaults(task.id);
-    let t = crate::estimator::train::JndTrain {
-        steps: a.steps.unwrap_or(d.steps),
-        eps: a.eps.unwrap_or(d.eps),
-        tau: a.tau.unwrap_or(d.tau),
-        hidden: a.hidden.unwrap_or(d.hidden),
-        seed: a.seed,
-        quiet: a.quiet,
-        ..d
-    };
+    let t = a.train_config(user::jnd_defaults(task.id));
     let out = a.out.clone().unwrap_or_else(|| spec.model.join(format!("featjnd-{split}.safetensors")));
     let (est, meta, log) = user::train(&mut task, &t)?;
     est.save(&meta, &out)?;
@@ -311,29 +302,25 @@ pub fn encode(a: &EncodeModelArgs) -> Result<Value> {
                     let j = j[k].to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
                     let jt = ops::token_tolerance(&j, Layout::Nchw, patch, Reduce::Mean)?;
                     let caps = ops::caps_from_rms(&ops::token_rms(&f, Layout::Nchw, patch)?, a.kappa)?;
-                    let (s, m) = ops::allocate_steps_capped_measured(&f, Layout::Nchw, patch, &jt, &caps, budget, Bits::B8)?;
+                    let (s, m) = super::allocate(&f, Layout::Nchw, patch, &jt, Some(&caps), budget, Strategy::Jnd, Bits::B8, true)?;
                     (s, m, format!("capped-{}", a.kappa))
                 }
                 None => {
                     let grid = ops::grid_of(&f, Layout::Nchw, patch)?;
                     let jt = Tensor::ones([grid.tokens() as i64], (Kind::Float, Device::Cpu));
-                    let (s, m) = ops::allocate_steps_measured(&f, Layout::Nchw, patch, &jt, budget, Strategy::Uniform, Bits::B8)?;
+                    let (s, m) = super::allocate(&f, Layout::Nchw, patch, &jt, None, budget, Strategy::Uniform, Bits::B8, true)?;
                     (s, m, "uniform".to_string())
                 }
             };
-            let v = Vec::<f32>::try_from(&steps)?;
-            let coding = StepCoding::LogGrid { per_octave: codec::DEFAULT_PER_OCTAVE };
-            let enc = if v.iter().all(|s| s.to_bits() == v[0].to_bits()) {
-                codec::encode_with(&f, Steps::Tensor(v[0]), Layout::Nchw, patch, Bits::B8, coding)?
-            } else {
-                codec::encode_with(&f, Steps::Token(&steps), Layout::Nchw, patch, Bits::B8, coding)?
-            };
+            // One step for the whole tensor when the steps are all equal, else token steps on the
+            // default grid.
+            let enc = codec::encode(&f, &steps, Layout::Nchw, patch, Bits::B8)?;
             let name = if feats.len() == 1 { format!("{stem}.fjq") } else { format!("{stem}.{k}.fjq") };
             let file = a.out.join(name);
             std::fs::write(&file, &enc.bytes).map_err(|e| Error::Io(format!("{}: {e}", file.display())))?;
             files.push(json!({
                 "image": path, "file": file, "feature": k, "shape": f.size(), "patch": patch, "strategy": strategy,
-                "budget_rel": a.budget, "budget": budget, "beta": m.beta, "measured_mse": enc.mse, "relative_mse": enc.mse / ms,
+                "budget_rel": a.budget, "budget": budget, "beta": m.map(|m| m.beta), "measured_mse": enc.mse, "relative_mse": enc.mse / ms,
                 "file_bytes": enc.rate.file_bytes, "bits_per_element": enc.rate.bits_per_element,
             }));
         }

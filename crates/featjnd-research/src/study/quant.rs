@@ -17,7 +17,7 @@
 //!   element, which no token-wise strategy can win back.
 
 use super::resample::{self, ImageOutputs};
-use super::tasks::{Scorer, Task};
+use super::tasks::Task;
 use crate::estimator::JndEstimator;
 use crate::train::Progress;
 use crate::{cpu, steps, Bits, Error, FeatureShape, Reduce, Result, Strategy, TokenGrid};
@@ -105,6 +105,19 @@ pub struct ImageCost {
     pub clamped: u64,
 }
 
+impl ImageCost {
+    /// Adds another level's cost (an image's cost is the sum over its feature levels).
+    fn add(&mut self, o: &ImageCost) {
+        self.file_bits += o.file_bits;
+        self.step_bits += o.step_bits;
+        self.estimate_bits += o.estimate_bits;
+        self.elements += o.elements;
+        self.sse += o.sse;
+        self.energy += o.energy;
+        self.clamped += o.clamped;
+    }
+}
+
 /// One point of the sweep: a strategy at one relative budget, over all held-out images.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct QPoint {
@@ -133,6 +146,10 @@ impl QPoint {
     pub fn rate_point(&self, metric: &str) -> (f64, f64) {
         (self.bits_per_element, self.metrics[metric])
     }
+    /// File bits per element over the images `idx` (a bootstrap replicate).
+    pub fn bits_on(&self, idx: &[usize]) -> f64 {
+        idx.iter().map(|&i| self.costs[i].file_bits).sum::<f64>() / idx.iter().map(|&i| self.costs[i].elements).sum::<f64>()
+    }
 }
 
 /// The sweep at one split.
@@ -160,25 +177,28 @@ pub fn choose_patch(levels: &[Vec<i64>]) -> usize {
     best as usize
 }
 
-/// Per-token `max|x|` (a tiny floor keeps an all-zero token's tolerance positive).
+/// Raises every value to `1e-6` of the largest, so an all-zero token or channel still gets a
+/// positive step.
+fn floored(mut m: Vec<f32>) -> Vec<f32> {
+    let floor = m.iter().cloned().fold(0.0f32, f32::max).max(f32::MIN_POSITIVE) * 1e-6;
+    m.iter_mut().for_each(|v| *v = v.max(floor));
+    m
+}
+
+/// Per-token `max|x|`, [`floored`].
 fn token_absmax(x: &[f32], grid: &TokenGrid) -> Vec<f32> {
     let mut m = vec![0.0f32; grid.tokens()];
     for (i, v) in x.iter().enumerate() {
         let t = grid.token_of(i);
         m[t] = m[t].max(v.abs());
     }
-    let floor = m.iter().cloned().fold(0.0f32, f32::max).max(f32::MIN_POSITIVE) * 1e-6;
-    m.iter_mut().for_each(|v| *v = v.max(floor));
-    m
+    floored(m)
 }
 
-/// Per-channel `max|x|` of a `[1, C, H, W]` feature (floored like [`token_absmax`]).
+/// Per-channel `max|x|` of a `[1, C, H, W]` feature, [`floored`].
 fn channel_absmax(x: &[f32], c: usize) -> Vec<f32> {
     let hw = x.len() / c;
-    let mut m: Vec<f32> = x.chunks(hw).map(|ch| ch.iter().fold(0.0f32, |a, v| a.max(v.abs()))).collect();
-    let floor = m.iter().cloned().fold(0.0f32, f32::max).max(f32::MIN_POSITIVE) * 1e-6;
-    m.iter_mut().for_each(|v| *v = v.max(floor));
-    m
+    floored(x.chunks(hw).map(|ch| ch.iter().fold(0.0f32, |a, v| a.max(v.abs()))).collect())
 }
 
 /// Squared error of contract §4's quantizer with one step per channel (what the codec's channel
@@ -228,8 +248,12 @@ fn code_level(x: &[f32], j: &[f32], grid: &TokenGrid, s: QStrategy, d: f64) -> R
         QStrategy::Capped(k, _) => Some(steps::caps_from_rms(&cpu::token_rms(x, grid)?, k)?),
         _ => None,
     };
-    let amax_c = channel_absmax(x, c);
-    let ch_scale = (12.0 * budget * c as f64 / amax_c.iter().map(|&a| (a as f64).powi(2)).sum::<f64>()).sqrt();
+    // The channel strategy's steps `Δ_c = scale·β·max|x_c|` (nominal budget at β = 1).
+    let channel = (s == QStrategy::Channel).then(|| {
+        let amax = channel_absmax(x, c);
+        let scale = (12.0 * budget * c as f64 / amax.iter().map(|&a| (a as f64).powi(2)).sum::<f64>()).sqrt();
+        (amax, scale)
+    });
     let fill = |beta: f64, st: &mut [f32]| -> Result<()> {
         match (s, &caps) {
             (QStrategy::Capped(..), Some(cp)) => steps::allocate_capped_into(&jt, cp, budget, beta, st),
@@ -238,7 +262,9 @@ fn code_level(x: &[f32], j: &[f32], grid: &TokenGrid, s: QStrategy, d: f64) -> R
             _ => steps::allocate_into(&jt, budget, Strategy::Jnd, beta, st),
         }
     };
-    let ch_steps = |beta: f64| -> Vec<f32> { amax_c.iter().map(|&a| (ch_scale * beta) as f32 * a).collect() };
+    let ch_steps = |beta: f64| -> Vec<f32> {
+        channel.as_ref().map(|(amax, scale)| amax.iter().map(|&a| (scale * beta) as f32 * a).collect()).unwrap_or_default()
+    };
     let matched = steps::bisect_beta(budget, |beta| {
         if s == QStrategy::Channel {
             Ok(channel_sse(x, &ch_steps(beta), qmax) / n)
@@ -339,14 +365,7 @@ pub fn run_split(
                     let mut flat = Vec::with_capacity(coded.iter().map(|c| c.0.len()).sum());
                     for (i, (r, c, um)) in coded.into_iter().enumerate() {
                         flat.extend_from_slice(&r);
-                        let a = &mut img_cost[i];
-                        a.file_bits += c.file_bits;
-                        a.step_bits += c.step_bits;
-                        a.estimate_bits += c.estimate_bits;
-                        a.elements += c.elements;
-                        a.sse += c.sse;
-                        a.energy += c.energy;
-                        a.clamped += c.clamped;
+                        img_cost[i].add(&c);
                         unmatched += um as usize;
                     }
                     let kind = feats[bi][li].kind();
@@ -382,16 +401,4 @@ pub fn curve<'a>(points: &'a [QPoint], strategy: &str) -> Vec<&'a QPoint> {
     let mut v: Vec<&QPoint> = points.iter().filter(|p| p.strategy == strategy).collect();
     v.sort_by(|a, b| a.budget.total_cmp(&b.budget));
     v
-}
-
-/// The rate–metric curve of `pts` on the images `idx` (a bootstrap replicate): the headline
-/// metric re-scored on those images and their total file bits over total elements.
-pub fn resampled_curve(scorer: &Scorer, pts: &[&QPoint], idx: &[usize], metric: &str) -> Result<Vec<(f64, f64)>> {
-    pts.iter()
-        .map(|p| {
-            let bits: f64 = idx.iter().map(|&i| p.costs[i].file_bits).sum();
-            let el: f64 = idx.iter().map(|&i| p.costs[i].elements).sum();
-            Ok((bits / el, resample::score(resample::Rescorer::of(scorer), &p.outputs, idx, metric)?))
-        })
-        .collect()
 }

@@ -7,7 +7,7 @@ use super::tasks::Scorer;
 use crate::coco::{self, GroundTruth, IouType};
 use crate::eval::{detect, nanodet};
 use crate::{Error, Result};
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
 /// What a replicate needs to score one point.
 #[derive(Debug, Clone)]
@@ -40,19 +40,9 @@ impl ImageOutputs {
 pub fn outputs(scorer: &Scorer, outs: &[Vec<Tensor>], clean: &[Vec<Tensor>], metric: &str) -> Result<ImageOutputs> {
     match scorer {
         Scorer::Custom(_) => Ok(ImageOutputs::Opaque(outs.iter().map(|o| o.first().map_or(0, |t| t.size()[0] as usize)).sum())),
-        Scorer::Labels(_) | Scorer::Unlabelled => {
-            let mut v = Vec::new();
-            for (i, (o, c)) in outs.iter().zip(clean).enumerate() {
-                let pred = o[0].argmax(-1, false);
-                let hit = match (scorer, metric) {
-                    (Scorer::Labels(l), "top1") => pred.eq_tensor(&l[i].to_device(pred.device())),
-                    (_, "agreement") => pred.eq_tensor(&c[0].argmax(-1, false)),
-                    _ => return Err(Error::Arg(format!("no per-image form of metric {metric}"))),
-                };
-                v.extend(Vec::<f64>::try_from(&hit.to_kind(Kind::Double).to_device(Device::Cpu))?);
-            }
-            Ok(ImageOutputs::Mean(v))
-        }
+        Scorer::Labels(_) | Scorer::Unlabelled => super::perturb::per_image(scorer, outs, clean, metric)
+            .map(ImageOutputs::Mean)
+            .ok_or_else(|| Error::Arg(format!("no per-image form of metric {metric}"))),
         Scorer::Scenes { h, w, .. } => {
             let mut d = Vec::new();
             for o in outs {

@@ -668,9 +668,6 @@ fn quant_section(
         memo.insert(key, v.clone());
         Ok(v)
     };
-    let replicate_bits = |p: &quant::QPoint, idx: &[usize]| -> f64 {
-        idx.iter().map(|&i| p.costs[i].file_bits).sum::<f64>() / idx.iter().map(|&i| p.costs[i].elements).sum::<f64>()
-    };
     let uni = quant::curve(&q.points, "uniform-step");
     let per_ch = quant::curve(&q.points, "per-channel");
     let fmt_bd = |(p, ci): BdRate| match (p, ci) {
@@ -693,8 +690,8 @@ fn quant_section(
                 .iter()
                 .enumerate()
                 .map(|(r, idx)| {
-                    let ca: Vec<(f64, f64)> = anchor.iter().zip(&ma).map(|(p, m)| (replicate_bits(p, idx), m[r])).collect();
-                    let ct: Vec<(f64, f64)> = c.iter().zip(&mt).map(|(p, m)| (replicate_bits(p, idx), m[r])).collect();
+                    let ca: Vec<(f64, f64)> = anchor.iter().zip(&ma).map(|(p, m)| (p.bits_on(idx), m[r])).collect();
+                    let ct: Vec<(f64, f64)> = c.iter().zip(&mt).map(|(p, m)| (p.bits_on(idx), m[r])).collect();
                     stats::bd_rate(&ca, &ct, 0.0).unwrap_or(f64::NAN)
                 })
                 .collect();
