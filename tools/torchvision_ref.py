@@ -4,7 +4,7 @@
     torchvision_ref.py mobilenet --weights W.safetensors --input x.npy --out DIR
         torchvision's mobilenet_v2 with the weights of featjnd's own safetensors file (read here
         without the safetensors package), on x [B, 3, H, W] RGB in [0, 1]; writes DIR/logits.npy
-        and DIR/stage2.npy, stage3.npy, stage5.npy (the outputs of features[:4], [:7], [:14]).
+        and DIR/stage2.npy, stage3.npy, stage5.npy, final.npy (the outputs of features[:4], [:7], [:14], [:19]).
 
     torchvision_ref.py pair --dir PAIR --input x.npy --out DIR
         torch.jit.load of PAIR/head.pt and PAIR/tail.pt (as written by export_torchvision.py);
@@ -66,7 +66,7 @@ def mobilenet(args) -> None:
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     with torch.no_grad():
         z = (x - mean) / std
-        for name, k in (("stage2", 4), ("stage3", 7), ("stage5", 14)):
+        for name, k in (("stage2", 4), ("stage3", 7), ("stage5", 14), ("final", 19)):
             save(os.path.join(args.out, f"{name}.npy"), model.features[:k](z))
         save(os.path.join(args.out, "logits.npy"), model(z))
 

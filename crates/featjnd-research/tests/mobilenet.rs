@@ -309,13 +309,13 @@ fn split_head_tail_equals_forward() {
     let _rng = common::rng_lock();
     let Some(_) = weights_or_skip("split_head_tail_equals_forward") else { return };
     let m = model();
-    assert_eq!(m.split_points(), ["stage2", "stage3", "stage5"]);
+    assert_eq!(m.split_points(), ["stage2", "stage3", "stage5", "final"]);
     tch::manual_seed(11);
     let x = Tensor::rand([2, 3, 224, 224], (Kind::Float, Device::Cpu));
     let full = m.forward(&x).unwrap();
     assert_eq!(full.len(), 1);
     assert_eq!(full[0].size(), [2, 1000]);
-    let shapes = [("stage2", [2, 24, 56, 56]), ("stage3", [2, 32, 28, 28]), ("stage5", [2, 96, 14, 14])];
+    let shapes = [("stage2", [2, 24, 56, 56]), ("stage3", [2, 32, 28, 28]), ("stage5", [2, 96, 14, 14]), ("final", [2, 1280, 7, 7])];
     for (s, shape) in shapes {
         let f = m.head(&x, s).unwrap();
         assert_eq!(f.len(), 1);

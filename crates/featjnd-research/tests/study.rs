@@ -132,6 +132,7 @@ fn point(r: f64, v: &[f64], reps: &[Vec<usize>]) -> Point {
         max: one(m),
         ci95: BTreeMap::from([("agreement".to_string(), interval95(&boot).unwrap())]),
         per_image: BTreeMap::from([("agreement".to_string(), v.to_vec())]),
+        replicates: BTreeMap::new(),
     }
 }
 
@@ -153,6 +154,7 @@ fn goal_rows_carry_bootstrap_intervals_and_count_wins_only_when_they_separate() 
         clean: BTreeMap::from([("agreement".to_string(), 1.0)]),
         curves,
         clean_per_image: BTreeMap::from([("agreement".to_string(), vec![1.0; n])]),
+        clean_replicates: BTreeMap::new(),
         resamples: reps.clone(),
     };
     let g = goal(&c, "agreement", 0.10).unwrap();
@@ -177,4 +179,18 @@ fn goal_rows_carry_bootstrap_intervals_and_count_wins_only_when_they_separate() 
     d.clean_per_image.clear();
     let g = goal(&d, "agreement", 0.10).unwrap();
     assert_eq!((g.gaussian_ci, g.featjnd_ci, g.paired_ci, g.separated()), (None, None, None, None));
+    // A metric scored again per replicate (detection AP) carries the same intervals as per-image
+    // means do when each replicate's value is that mean.
+    let mean_on = |v: &[f64]| reps.iter().map(|i| i.iter().map(|&k| v[k]).sum::<f64>() / i.len() as f64).collect::<Vec<f64>>();
+    let mut e = d.clone();
+    e.clean_replicates.insert("agreement".into(), mean_on(&vec![1.0; n]));
+    for pts in e.curves.values_mut() {
+        for p in pts.iter_mut() {
+            let v = p.per_image.remove("agreement").unwrap();
+            p.replicates.insert("agreement".into(), mean_on(&v));
+        }
+    }
+    let (a, b) = (goal(&c, "agreement", 0.10).unwrap(), goal(&e, "agreement", 0.10).unwrap());
+    assert_eq!((a.gaussian_ci, a.featjnd_ci, a.paired_ci), (b.gaussian_ci, b.featjnd_ci, b.paired_ci));
+    assert_eq!(b.separated(), Some(true));
 }

@@ -11,7 +11,8 @@ pub struct RunArgs {
     /// Report folder (report.md, summary.json, PNGs).
     #[arg(long, default_value = "out/report")]
     pub out: PathBuf,
-    /// Tasks to run (default: fmnist, shapes, mobilenet; `nanodet` runs only when named).
+    /// Tasks to run (default: fmnist, shapes, mobilenet, nanodet; a task whose data is missing is
+    /// skipped with the reason in the report).
     #[arg(long, value_enum, value_delimiter = ',', conflicts_with = "model")]
     pub tasks: Vec<TaskId>,
     /// A user's model instead of the bundled tasks (`--model DIR --images DIR`, see `cli::user`).
@@ -24,8 +25,9 @@ pub struct RunArgs {
     /// none is committed or cached.
     #[arg(long)]
     pub quick: bool,
-    /// The longer preset: 7 quantization budgets (0.003–0.5) and the `absmax` strategy as well
-    /// (the defaults keep the main job within 10 minutes on a 2-core machine).
+    /// The longer preset: three noise seeds, all nine NRMSE levels on NanoDet, NanoDet's
+    /// quantization study, 7 quantization budgets (0.003–0.5) and the `absmax` strategy (the
+    /// defaults keep the main job within 10 minutes on a 2-core machine).
     #[arg(long, conflicts_with = "quick")]
     pub full: bool,
     #[arg(long, default_value = "models")]
@@ -110,6 +112,10 @@ pub struct TrainJndArgs {
     pub device: String,
     #[arg(long)]
     pub quiet: bool,
+    /// A diagnostic, not the method: train the estimator to reproduce the oracle control's maps
+    /// (`estimator::distill`) instead of the constrained objective. Bundled tasks only.
+    #[arg(long, requires = "task")]
+    pub distill_oracle: bool,
 }
 
 impl TrainJndArgs {
@@ -131,6 +137,10 @@ pub fn train(a: &TrainJndArgs) -> Result<serde_json::Value> {
     let (Some(task), Some(split)) = (a.task, a.split.clone()) else { return super::user::train(a) };
     let t = a.train_config(jnd_defaults(task, &split));
     let out = a.out.clone().unwrap_or_else(|| estimator_path(&a.models, task, &split));
+    if a.distill_oracle {
+        let meta = crate::study::run::distill_jnd(task, &split, &a.models, &out, &t, super::parse_device(&a.device)?)?;
+        return Ok(serde_json::json!({"out": out, "metrics": meta.metrics}));
+    }
     let meta = train_jnd(task, &split, &a.models, &out, &t, super::parse_device(&a.device)?)?;
     Ok(serde_json::json!({"checkpoint": out, "metrics": meta.metrics}))
 }

@@ -11,6 +11,7 @@
 //! the weights, so `J` is a function of the feature alone.
 
 pub mod discrepancy;
+pub mod distill;
 pub mod train;
 
 use crate::model::checkpoint::{self, Meta};

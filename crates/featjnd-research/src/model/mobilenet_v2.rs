@@ -56,8 +56,11 @@ pub const WEIGHTS_ENV: &str = "FEATJND_MOBILENET_V2";
 pub const SETTINGS: [(i64, i64, usize, i64); 7] =
     [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)];
 
-/// `(name, index of the last `features` module in the head, channels, stride)`.
-pub const SPLITS: [(&str, usize, i64, i64); 3] = [("stage2", 3, 24, 4), ("stage3", 6, 32, 8), ("stage5", 13, 96, 16)];
+/// `(name, index of the last `features` module in the head, channels, stride)`. `final` is the
+/// last convolution (`features.18`, 1280 channels): where Grad-CAM is read (the study codes the
+/// three stages; see `TaskId::study_splits`).
+pub const SPLITS: [(&str, usize, i64, i64); 4] =
+    [("stage2", 3, 24, 4), ("stage3", 6, 32, 8), ("stage5", 13, 96, 16), ("final", 18, 1280, 32)];
 
 /// The number of `features` modules (`features.0..=18`).
 const N_FEATURES: usize = 19;
@@ -249,6 +252,9 @@ impl SplitModel for MobileNetV2 {
     }
     fn split_points(&self) -> Vec<String> {
         SPLITS.iter().map(|s| s.0.to_string()).collect()
+    }
+    fn gradcam_split(&self) -> Option<&str> {
+        Some("final")
     }
     fn head(&self, x: &Tensor, split: &str) -> Result<Vec<Tensor>> {
         let (k, _) = self.split(split)?;

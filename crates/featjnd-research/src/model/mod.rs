@@ -42,6 +42,11 @@ pub trait SplitModel {
     fn head(&self, x: &Tensor, split: &str) -> Result<Vec<Tensor>>;
     /// `feature(s) → task output(s)`; for classification one logits tensor.
     fn tail(&self, feats: &[Tensor], split: &str) -> Result<Vec<Tensor>>;
+    /// The split point whose features Grad-CAM reads: the network's last convolutional layer
+    /// (for a detector, the inputs of its heads). `None`: the study's split point itself.
+    fn gradcam_split(&self) -> Option<&str> {
+        None
+    }
     /// The whole network; the default runs head then tail at the first split point.
     fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
         let s = self.split_points().into_iter().next().ok_or_else(|| Error::Model(format!("{} has no split points", self.arch())))?;

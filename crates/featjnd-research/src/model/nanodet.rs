@@ -451,6 +451,9 @@ impl SplitModel for NanoDet {
     fn split_points(&self) -> Vec<String> {
         SPLITS.iter().map(|s| s.to_string()).collect()
     }
+    fn gradcam_split(&self) -> Option<&str> {
+        Some("neck")
+    }
     fn head(&self, x: &Tensor, split: &str) -> Result<Vec<Tensor>> {
         if !SPLITS.contains(&split) {
             return Err(unknown_split(self, split));

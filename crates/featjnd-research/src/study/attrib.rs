@@ -1,5 +1,6 @@
-//! Attribution pictures (issue 4): for a sample image, the gradient-based attributions at the
-//! split point (Grad-CAM and |gradient × input|, both channel-aggregated), the channel-aggregated
+//! Attribution pictures (issue 4): for a sample image, the gradient-based attributions (Grad-CAM
+//! where the model says it is meaningful — the last convolution, a detector's head inputs —
+//! resized to the split's grid; |gradient × input| at the split point; both channel-aggregated), the channel-aggregated
 //! inverse tolerance `mean_c(std_c / J_c)` (high where FeatJND says the task is sensitive), and the
 //! energy `mean_c δ²` of one FeatJND noise draw, side by side with colour bars. Also the Spearman
 //! rank correlation of each attribution with `1/J` over positions, the number behind the picture.
@@ -10,7 +11,7 @@
 
 use super::tasks::Task;
 use crate::estimator::JndEstimator;
-use crate::model::TaskKind;
+use crate::model::{SplitModel, TaskKind};
 use crate::ops::{self, Noise};
 use crate::{Error, Result};
 use plotters::prelude::*;
@@ -67,17 +68,11 @@ fn flat(t: &Tensor) -> Vec<f64> {
     Vec::<f64>::try_from(&t).unwrap_or_default()
 }
 
-/// Computes the maps of `x` (`[C, H, W]`) at `split`.
-pub fn maps(task: &Task, split: &str, est: &JndEstimator, x: &Tensor, nrmse: f64) -> Result<Maps> {
-    let model = task.model.as_ref();
-    let device = task.eval[0].device();
-    let xb = x.unsqueeze(0).to_device(device);
-    let feats = tch::no_grad(|| model.head(&xb, split))?;
-    let f0 = feats[0].detach().set_requires_grad(true);
-    let mut inputs = vec![f0.shallow_clone()];
-    inputs.extend(feats[1..].iter().map(|f| f.detach()));
-    let out = model.tail(&inputs, split)?;
-    let target = match model.task() {
+/// The attribution target of a batch-of-one output: the clean top-1 logit (classification), the
+/// heat-map logits at the confident detections (shapes detector), the best class logit of every
+/// confident anchor (NanoDet); the strongest single value where nothing is confident.
+fn target(kind: TaskKind, out: &[Tensor]) -> Tensor {
+    match kind {
         TaskKind::Classification => {
             let k = out[0].argmax(-1, false).int64_value(&[0]);
             out[0].get(0).get(k)
@@ -94,8 +89,6 @@ pub fn maps(task: &Task, split: &str, est: &JndEstimator, x: &Tensor, nrmse: f64
             }
         }
         TaskKind::Detection => {
-            // The best class logit of every anchor the detector is confident about (score ≥ 0.3),
-            // summed; the single best anchor where none is.
             let best = out[0].get(0).amax([1i64].as_slice(), false);
             let keep = best.sigmoid().ge(0.3).to_kind(Kind::Float);
             if keep.sum(Kind::Float).double_value(&[]) > 0.0 {
@@ -104,14 +97,49 @@ pub fn maps(task: &Task, split: &str, est: &JndEstimator, x: &Tensor, nrmse: f64
                 best.max()
             }
         }
-    };
+    }
+}
+
+/// Grad-CAM of the batch-of-one input `xb` read at split point `layer` (every level of it):
+/// `relu(Σ_c mean_hw(∂target/∂A_c) · A_c)` per level, each resized (bilinear) to `hw` and summed.
+pub fn gradcam_at(model: &dyn SplitModel, layer: &str, xb: &Tensor, hw: (i64, i64)) -> Result<Tensor> {
+    let acts: Vec<Tensor> = tch::no_grad(|| model.head(xb, layer))?.iter().map(|a| a.detach().set_requires_grad(true)).collect();
+    let out = model.tail(&acts, layer)?;
+    let grads = Tensor::run_backward(&[target(model.task(), &out)], &acts.iter().collect::<Vec<_>>(), false, false);
+    let mut cam = Tensor::zeros([hw.0, hw.1], (Kind::Float, xb.device()));
+    for (a, g) in acts.iter().zip(&grads) {
+        let w = g.mean_dim([2i64, 3].as_slice(), true, Kind::Float);
+        let c = (&w * a.detach()).sum_dim_intlist(1, true, Kind::Float).relu();
+        cam += c.upsample_bilinear2d([hw.0, hw.1], false, None, None).get(0).get(0);
+    }
+    Ok(cam)
+}
+
+/// Computes the maps of `x` (`[C, H, W]`) at `split`. Grad-CAM is read where the model says it is
+/// meaningful ([`SplitModel::gradcam_split`]: the last convolution, a detector's head inputs),
+/// resized to the split's grid; |grad × input| is taken at the split itself.
+pub fn maps(task: &Task, split: &str, est: &JndEstimator, x: &Tensor, nrmse: f64) -> Result<Maps> {
+    let model = task.model.as_ref();
+    let device = task.eval[0].device();
+    let xb = x.unsqueeze(0).to_device(device);
+    let feats = tch::no_grad(|| model.head(&xb, split))?;
+    let f0 = feats[0].detach().set_requires_grad(true);
+    let mut inputs = vec![f0.shallow_clone()];
+    inputs.extend(feats[1..].iter().map(|f| f.detach()));
+    let out = model.tail(&inputs, split)?;
+    let target = target(model.task(), &out);
     let g = Tensor::run_backward(&[target], &[&f0], false, false)
         .pop()
         .ok_or_else(|| Error::Model("no gradient at the split point".into()))?
         .get(0);
     let f = f0.detach().get(0);
-    let w = g.mean_dim([1i64, 2].as_slice(), true, Kind::Float);
-    let gradcam = (&w * &f).sum_dim_intlist(0, false, Kind::Float).relu();
+    let gradcam = match model.gradcam_split() {
+        Some(layer) => gradcam_at(model, layer, &xb, (f.size()[1], f.size()[2]))?,
+        None => {
+            let w = g.mean_dim([1i64, 2].as_slice(), true, Kind::Float);
+            (&w * &f).sum_dim_intlist(0, false, Kind::Float).relu()
+        }
+    };
     let grad_input = (&g * &f).abs().sum_dim_intlist(0, false, Kind::Float);
     let (j, inv_j) = tch::no_grad(|| -> Result<(Tensor, Tensor)> {
         let maps = est.forward_log(&feats)?;
@@ -132,6 +160,25 @@ pub fn maps(task: &Task, split: &str, est: &JndEstimator, x: &Tensor, nrmse: f64
         inv_j: inv_j.to_device(tch::Device::Cpu),
         noise_energy: noise_energy.to_device(tch::Device::Cpu),
     })
+}
+
+/// At most this many held-out images for the rank correlations' intervals.
+pub const RHO_IMAGES: usize = 64;
+
+/// Spearman ρ of 1/J with Grad-CAM and with |grad × input| on each of the first [`RHO_IMAGES`]
+/// held-out images (pairs; NaN where a map is constant).
+pub fn rho_per_image(task: &Task, split: &str, est: &JndEstimator) -> Result<Vec<(f64, f64)>> {
+    let mut v = Vec::new();
+    for xb in &task.eval {
+        for i in 0..xb.size()[0] {
+            if v.len() == RHO_IMAGES {
+                return Ok(v);
+            }
+            let m = maps(task, split, est, &xb.get(i), 0.3)?;
+            v.push((m.rho_gradcam, m.rho_grad_input));
+        }
+    }
+    Ok(v)
 }
 
 /// A perceptually ordered dark-blue → teal → yellow colour map (viridis-like control points).

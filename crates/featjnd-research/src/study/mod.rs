@@ -2,9 +2,11 @@
 //! FeatJND-guided token-wise quantization, on the bundled tasks; `featjnd run` drives them.
 
 pub mod attrib;
+pub mod oracle;
 pub mod perturb;
 pub mod plot;
 pub mod quant;
+pub mod real_gt;
 pub mod resample;
 pub mod run;
 pub mod stats;

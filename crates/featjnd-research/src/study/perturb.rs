@@ -4,15 +4,21 @@
 //!
 //! Shapes: FeatJND `J ⊙ ξ`; Gaussian `ξ`; uniform (unit variance); magnitude-proportional
 //! `(|f| + 1e-6·mean|f|) ⊙ ξ` (the tiny offset keeps `J > 0` as SPEC §7 requires where a ReLU
-//! feature is exactly 0; it changes nothing measurable).
+//! feature is exactly 0; it changes nothing measurable); and the oracle control `J_o ⊙ ξ`, `J_o`
+//! from the task's gradients on the very image ([`super::oracle`]; not deployable, it bounds what
+//! a tolerance map can do).
 //!
 //! Intervals: for the classification metrics (top-1, agreement, top-5 agreement: per-image means)
 //! every point carries a 95% percentile bootstrap interval over images ([`BOOT_REPLICATES`]
 //! replicates of the held-out images drawn with replacement, seeded with [`BOOT_SEED`]; the same
 //! replicates for every shape and level, so the comparisons are paired). Each image's value is its
 //! mean over the noise seeds. Detection AP is not a mean over images (precision and recall are
-//! pooled over the whole set before the integral), so detection points have no interval.
+//! pooled over the whole set before the integral): for the headline detection metric (the task's
+//! first) each of [`DET_REPLICATES`] replicates is scored again by a COCO evaluation on the
+//! resampled images (`super::resample`), averaged over the seeds; other detection metrics carry
+//! the min–max over seeds.
 
+use super::resample::{self, ImageOutputs, Rescorer};
 use super::stats;
 use super::tasks::{Scorer, Task};
 use crate::estimator::JndEstimator;
@@ -26,6 +32,8 @@ use tch::{Device, Kind, Tensor};
 pub const BOOT_REPLICATES: usize = 200;
 /// Seed of the bootstrap resamples.
 pub const BOOT_SEED: u64 = 12;
+/// Bootstrap replicates of the detection intervals (each one a COCO evaluation per seed).
+pub const DET_REPLICATES: usize = 50;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -34,16 +42,19 @@ pub enum NoiseShape {
     Gaussian,
     Uniform,
     Magnitude,
+    Oracle,
 }
 
 impl NoiseShape {
-    pub const ALL: [NoiseShape; 4] = [NoiseShape::FeatJnd, NoiseShape::Gaussian, NoiseShape::Uniform, NoiseShape::Magnitude];
+    pub const ALL: [NoiseShape; 5] =
+        [NoiseShape::FeatJnd, NoiseShape::Gaussian, NoiseShape::Uniform, NoiseShape::Magnitude, NoiseShape::Oracle];
     pub fn name(self) -> &'static str {
         match self {
             NoiseShape::FeatJnd => "featjnd",
             NoiseShape::Gaussian => "gaussian",
             NoiseShape::Uniform => "uniform",
             NoiseShape::Magnitude => "magnitude",
+            NoiseShape::Oracle => "oracle",
         }
     }
 }
@@ -62,6 +73,10 @@ pub struct Point {
     /// Per image, the metric averaged over seeds (per-image metrics only; not serialised).
     #[serde(skip)]
     pub per_image: BTreeMap<String, Vec<f64>>,
+    /// Per bootstrap replicate, the metric (mean over seeds) where it is not a per-image mean:
+    /// the headline detection AP (not serialised).
+    #[serde(skip)]
+    pub replicates: BTreeMap<String, Vec<f64>>,
 }
 
 /// Curves of one split point: noise shape → points (ascending `r`), plus the clean metrics.
@@ -72,7 +87,10 @@ pub struct SplitCurves {
     /// Per image, the clean metric (per-image metrics only; not serialised).
     #[serde(skip)]
     pub clean_per_image: BTreeMap<String, Vec<f64>>,
-    /// The bootstrap resamples of the held-out images (empty without per-image metrics).
+    /// The clean metric per bootstrap replicate, where points carry `replicates`.
+    #[serde(skip)]
+    pub clean_replicates: BTreeMap<String, Vec<f64>>,
+    /// The bootstrap resamples of the held-out images.
     #[serde(skip)]
     pub resamples: Vec<Vec<usize>>,
 }
@@ -86,6 +104,9 @@ impl SplitCurves {
     /// Bootstrap replicates of `clean − metric` of `shape` at level index `i` (`None` where the
     /// metric has no per-image values).
     pub fn drop_replicates(&self, shape: &str, i: usize, metric: &str) -> Option<Vec<f64>> {
+        if let (Some(c), Some(p)) = (self.clean_replicates.get(metric), self.point(shape, i)?.replicates.get(metric)) {
+            return Some(c.iter().zip(p).map(|(c, p)| c - p).collect());
+        }
         let c = self.clean_per_image.get(metric)?;
         let p = self.point(shape, i)?.per_image.get(metric)?;
         if self.resamples.is_empty() || c.len() != p.len() {
@@ -140,7 +161,8 @@ fn nrmse_sum(f: &[Tensor], pert: &[Tensor]) -> (f64, usize) {
     ((num / den.clamp_min(1e-300)).sqrt().sum(Kind::Double).double_value(&[]), b as usize)
 }
 
-/// Perturbs every level of `feats` to NRMSE `r` with noise `shape`.
+/// Perturbs every level of `feats` to NRMSE `r` with noise `shape`; `jnd` holds the shape's maps
+/// for the map-shaped noises (FeatJND's, or the oracle's for [`NoiseShape::Oracle`]).
 pub fn perturb_levels(feats: &[Tensor], jnd: &[Tensor], shape: NoiseShape, r: f64, seed: u64, batch: usize) -> Result<Vec<Tensor>> {
     feats
         .iter()
@@ -150,7 +172,7 @@ pub fn perturb_levels(feats: &[Tensor], jnd: &[Tensor], shape: NoiseShape, r: f6
             // Streams separate levels and batches; the seed separates repetitions.
             let noise = Noise { kind, seed, subsequence: (batch * 8 + l) as u32 };
             let j = match shape {
-                NoiseShape::FeatJnd => Some(jnd[l].shallow_clone()),
+                NoiseShape::FeatJnd | NoiseShape::Oracle => Some(jnd[l].shallow_clone()),
                 NoiseShape::Magnitude => {
                     let a = f.abs();
                     let tiny = a.mean(Kind::Float).double_value(&[]).max(1e-30) * 1e-6;
@@ -177,11 +199,40 @@ pub fn run_split(
 ) -> Result<SplitCurves> {
     let model = task.model.as_ref();
     let (feats, jnds, clean) = super::held_out_features(task, split, est)?;
+    let oracle: Vec<Vec<Tensor>> = if shapes.contains(&NoiseShape::Oracle) {
+        let mut pb = Progress::new(feats.len() as u64, &format!("{} {split} oracle", task.id.name()), quiet);
+        let mut v = Vec::with_capacity(feats.len());
+        for (b, (f, c)) in feats.iter().zip(&clean).enumerate() {
+            v.push(super::oracle::maps(task, split, f, c, b)?);
+            pb.step(format!("batch {b}"));
+        }
+        pb.finish();
+        v
+    } else {
+        Vec::new()
+    };
     let clean_metrics = task.scorer.score(&clean, &clean)?;
     let metrics = task.id.metrics();
     let clean_per_image: BTreeMap<String, Vec<f64>> =
         metrics.iter().filter_map(|&m| per_image(&task.scorer, &clean, &clean, m).map(|v| (m.to_string(), v))).collect();
-    let resamples = clean_per_image.values().next().map(|v| stats::resamples(v.len(), BOOT_REPLICATES, BOOT_SEED)).unwrap_or_default();
+    // Detection: the headline metric is re-scored on every replicate (module docs).
+    let rescorer = Rescorer::of(&task.scorer);
+    let det_metric = match rescorer {
+        Rescorer::Scenes { .. } | Rescorer::Pseudo { .. } if !task.eval.is_empty() => metrics.first().copied(),
+        _ => None,
+    };
+    let clean_io = det_metric.map(|m| resample::outputs(&task.scorer, &clean, &clean, m)).transpose()?;
+    let resamples = match (&clean_io, clean_per_image.values().next()) {
+        (Some(io), _) => stats::resamples(io.len(), DET_REPLICATES, BOOT_SEED),
+        (None, Some(v)) => stats::resamples(v.len(), BOOT_REPLICATES, BOOT_SEED),
+        (None, None) => Vec::new(),
+    };
+    let rescore =
+        |io: &ImageOutputs, m: &str| -> Result<Vec<f64>> { resamples.iter().map(|idx| resample::score(rescorer, io, idx, m)).collect() };
+    let mut clean_replicates = BTreeMap::new();
+    if let (Some(io), Some(m)) = (&clean_io, det_metric) {
+        clean_replicates.insert(m.to_string(), rescore(io, m)?);
+    }
     let mut curves = BTreeMap::new();
     let mut pb = Progress::new((shapes.len() * levels.len() * seeds.len()) as u64, &format!("{} {split}", task.id.name()), quiet);
     for &shape in shapes {
@@ -189,11 +240,13 @@ pub fn run_split(
         for &r in levels {
             let mut runs: Vec<BTreeMap<String, f64>> = Vec::new();
             let mut per_img: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+            let mut reps: Vec<f64> = vec![0.0; if det_metric.is_some() { resamples.len() } else { 0 }];
             let (mut nsum, mut ncount) = (0.0, 0usize);
             for &seed in seeds {
                 let outs = tch::no_grad(|| -> Result<Vec<Vec<Tensor>>> {
                     let mut outs = Vec::new();
                     for (b, (f, j)) in feats.iter().zip(&jnds).enumerate() {
+                        let j = if shape == NoiseShape::Oracle { &oracle[b] } else { j };
                         let p = perturb_levels(f, j, shape, r, seed, b)?;
                         let (s, c) = nrmse_sum(f, &p);
                         nsum += s;
@@ -203,6 +256,10 @@ pub fn run_split(
                     Ok(outs)
                 })?;
                 runs.push(task.scorer.score(&outs, &clean)?);
+                if let Some(m) = det_metric {
+                    let io = resample::outputs(&task.scorer, &outs, &clean, m)?;
+                    reps.iter_mut().zip(rescore(&io, m)?).for_each(|(a, x)| *a += x / seeds.len() as f64);
+                }
                 for m in clean_per_image.keys() {
                     if let Some(v) = per_image(&task.scorer, &outs, &clean, m) {
                         let acc = per_img.entry(m.clone()).or_insert_with(|| vec![0.0; v.len()]);
@@ -220,11 +277,28 @@ pub fn run_split(
                 min.insert(k.clone(), v.iter().cloned().fold(f64::INFINITY, f64::min));
                 max.insert(k.clone(), v.iter().cloned().fold(f64::NEG_INFINITY, f64::max));
             }
-            let ci95 = per_img.iter().filter_map(|(k, v)| mean_interval(v, &resamples).map(|ci| (k.clone(), ci))).collect();
-            points.push(Point { nrmse: r, measured_nrmse: nsum / ncount.max(1) as f64, mean, min, max, ci95, per_image: per_img });
+            let mut ci95: BTreeMap<String, (f64, f64)> =
+                per_img.iter().filter_map(|(k, v)| mean_interval(v, &resamples).map(|ci| (k.clone(), ci))).collect();
+            let mut replicates = BTreeMap::new();
+            if let Some(m) = det_metric {
+                if let Some(ci) = stats::interval95(&reps) {
+                    ci95.insert(m.to_string(), ci);
+                }
+                replicates.insert(m.to_string(), reps);
+            }
+            points.push(Point {
+                nrmse: r,
+                measured_nrmse: nsum / ncount.max(1) as f64,
+                mean,
+                min,
+                max,
+                ci95,
+                per_image: per_img,
+                replicates,
+            });
         }
         curves.insert(shape.name().to_string(), points);
     }
     pb.finish();
-    Ok(SplitCurves { clean: clean_metrics, curves, clean_per_image, resamples })
+    Ok(SplitCurves { clean: clean_metrics, curves, clean_per_image, clean_replicates, resamples })
 }

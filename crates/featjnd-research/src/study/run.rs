@@ -44,19 +44,34 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    pub fn levels(&self) -> Vec<f64> {
+    /// The NRMSE levels of `task`. The defaults are sized so that the main job stays within 10
+    /// minutes on a 2-core machine: NanoDet's tail costs ≈ 2 s per pass over its 65 held-out
+    /// photos there, so it gets the five levels around where Gaussian noise starts to cost
+    /// points (the low ones cost none on any shape).
+    pub fn levels_for(&self, task: TaskId) -> Vec<f64> {
         if self.quick {
             vec![0.1, 0.5]
+        } else if task == TaskId::Nanodet && !self.full {
+            vec![0.3, 0.5, 1.0, 1.5, 2.0]
         } else {
             vec![0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0]
         }
     }
-    pub fn seeds(&self) -> Vec<u64> {
-        if self.quick {
-            vec![1]
-        } else {
+    /// The noise seeds of `task`: one by default (the intervals are over images, and an image's
+    /// variation between noise draws is small against the variation between images; every image
+    /// already draws its own noise); three with `--full`.
+    pub fn seeds_for(&self, _task: TaskId) -> Vec<u64> {
+        if self.full {
             vec![1, 2, 3]
+        } else {
+            vec![1]
         }
+    }
+    /// Whether the quantization study runs on `task`: NanoDet's (≈ 25 passes per split plus a
+    /// COCO evaluation per bootstrap replicate) only with `--full` or when NanoDet is the only
+    /// task named.
+    pub fn quant_on(&self, task: TaskId) -> bool {
+        self.quant && (task != TaskId::Nanodet || self.full || self.tasks == [TaskId::Nanodet])
     }
     pub fn budgets(&self) -> Vec<f64> {
         if self.quick {
@@ -217,6 +232,9 @@ pub struct GoalRow {
     pub featjnd_ci: Option<(f64, f64)>,
     /// 95% interval of FeatJND's drop minus Gaussian's over the same resamples (paired).
     pub paired_ci: Option<(f64, f64)>,
+    /// The oracle control's drop at the same level and its interval (`None` without the oracle).
+    pub oracle: Option<f64>,
+    pub oracle_ci: Option<(f64, f64)>,
 }
 
 impl GoalRow {
@@ -242,21 +260,25 @@ pub fn goal(c: &SplitCurves, metric: &str, drop: f64) -> Option<GoalRow> {
             .drop_replicates("featjnd", i, metric)
             .zip(c.drop_replicates("gaussian", i, metric))
             .and_then(|(j, g)| stats::interval95(&j.iter().zip(&g).map(|(a, b)| a - b).collect::<Vec<_>>())),
+        oracle: c.curves.get("oracle").and_then(|o| o.get(i)).map(|p| clean - p.mean[metric]),
+        oracle_ci: c.drop_interval("oracle", i, metric),
     })
 }
 
-/// FeatJND against each other shape at the levels where any shape loses ≥ 1 point of `metric`:
+/// FeatJND against each other deployable shape (not the oracle control) at the levels where any
+/// of them loses ≥ 1 point of `metric`:
 /// (better, overlapping, worse) counts of (level, shape) pairs, by the 95% intervals of the metric
 /// (better: FeatJND's interval entirely above); by the point values where there are no intervals.
 pub fn versus_others(c: &SplitCurves, metric: &str) -> (usize, usize, usize) {
     let (mut better, mut tie, mut worse) = (0, 0, 0);
     let Some(clean) = c.clean.get(metric).copied() else { return (0, 0, 0) };
     let Some(j) = c.curves.get("featjnd") else { return (0, 0, 0) };
+    let deployable = || c.curves.iter().filter(|(n, _)| n.as_str() != "oracle");
     for (i, pj) in j.iter().enumerate() {
-        if !c.curves.values().any(|pts| pts.get(i).is_some_and(|p| clean - p.mean[metric] >= 0.01)) {
+        if !deployable().any(|(_, pts)| pts.get(i).is_some_and(|p| clean - p.mean[metric] >= 0.01)) {
             continue;
         }
-        for pts in c.curves.iter().filter(|(n, _)| n.as_str() != "featjnd").map(|(_, p)| p) {
+        for pts in deployable().filter(|(n, _)| n.as_str() != "featjnd").map(|(_, p)| p) {
             let Some(po) = pts.get(i) else { continue };
             match (pj.ci95.get(metric), po.ci95.get(metric)) {
                 (Some(a), Some(b)) if a.0 > b.1 => better += 1,
@@ -285,17 +307,17 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
     let t0 = std::time::Instant::now();
     let mut report = String::new();
     let mut summary = serde_json::Map::new();
-    let levels = cfg.levels();
-    let seeds = cfg.seeds();
     writeln!(report, "# FeatJND study report\n").ok();
     writeln!(
         report,
-        "Command: `{}`. Mode: {}. NRMSE levels {levels:?}, noise seeds {seeds:?}. Bands and [intervals]: 95% percentile bootstrap over \
+        "Command: `{}`. Mode: {}. NRMSE levels and noise seeds: per task, in each task's section. Bands and [intervals]: 95% percentile bootstrap over \
          held-out images ({} replicates; each image's value is its mean over the seeds) for per-image metrics (top-1, agreement); \
-         min–max over seeds for detection AP, which has no per-image decomposition.\n",
+         for the headline detection AP, {} replicates each scored again by a COCO evaluation on the resampled images (mean over \
+         seeds); min–max over seeds for the other detection metrics.\n",
         crate::cli::command_line(),
         if cfg.quick { "quick (smoke test: tiny sets, numbers not meaningful)" } else { "full" },
-        super::perturb::BOOT_REPLICATES
+        super::perturb::BOOT_REPLICATES,
+        super::perturb::DET_REPLICATES
     )
     .ok();
     let mut skipped = Vec::new();
@@ -311,8 +333,31 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
                 continue;
             }
         };
+        let (levels, seeds) = (cfg.levels_for(id), cfg.seeds_for(id));
         writeln!(report, "## Task `{}` ({})\n", id.name(), task.model.arch()).ok();
+        writeln!(report, "NRMSE levels {levels:?}, noise seeds {seeds:?}.\n").ok();
         let mut task_json = serde_json::Map::new();
+        task_json.insert("levels".into(), json!(levels));
+        task_json.insert("seeds".into(), json!(seeds));
+        if id == TaskId::Nanodet && !cfg.quick {
+            let corpus = crate::data::corpus::Corpus::open_default()?;
+            if let Some(g) = super::real_gt::evaluate(task.model.as_ref(), &corpus, cfg.device)? {
+                writeln!(
+                    report,
+                    "Sanity check against **real** boxes (not the study's protocol): the clean detector on the {} annotated held-out photos \
+                     ({}; {} boxes): AP {:.3}, AP50 {:.3}; {} of {} boxes found (same class, IoU ≥ 0.5, score ≥ 0.3).\n",
+                    g.photos.len(),
+                    g.photos.join(", "),
+                    g.boxes,
+                    g.ap,
+                    g.ap50,
+                    g.found,
+                    g.boxes
+                )
+                .ok();
+                task_json.insert("real_gt".into(), serde_json::to_value(&g).unwrap_or_default());
+            }
+        }
         let splits: Vec<String> = match id.study_splits() {
             Some(s) => s.iter().map(|s| s.to_string()).collect(),
             None => task.model.split_points(),
@@ -347,6 +392,7 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
             )
             .ok();
             let mut split_json = json!({});
+            let t_split = std::time::Instant::now();
             if cfg.perturb {
                 let curves = run_split(&task, &split, &est, &levels, &seeds, &NoiseShape::ALL, cfg.quiet)?;
                 if let (Some(n), Some(b)) = (curves.clean.get("images"), curves.clean.get("pseudo_gt_boxes")) {
@@ -379,7 +425,9 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
                 // Table of the headline metrics.
                 let mut goals_json = serde_json::Map::new();
                 for &metric in &id.metrics()[..id.metrics().len().min(2)] {
-                    let band = if curves.clean_per_image.contains_key(metric) {
+                    let band = if curves.clean_replicates.contains_key(metric) {
+                        "95% bootstrap interval over images, COCO AP recomputed per replicate"
+                    } else if curves.clean_per_image.contains_key(metric) {
                         "95% bootstrap interval over images"
                     } else {
                         "min, max over seeds"
@@ -414,6 +462,10 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
                         if let Some(p) = g.paired_ci {
                             gj["paired_difference_ci95"] = json!(p);
                         }
+                        if let Some(o) = g.oracle {
+                            gj["oracle_drop"] = json!(o);
+                            gj["oracle_drop_ci95"] = json!(g.oracle_ci);
+                        }
                         let met = match (g.featjnd <= 0.025, g.featjnd_ci) {
                             (true, Some((_, hi))) if hi <= 0.025 => "met (interval ≤ 2.5)",
                             (true, Some(_)) => "met (point; interval above 2.5)",
@@ -426,16 +478,19 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
                             None => "n/a (AP: point values only)",
                         };
                         goal_rows.push(format!(
-                            "| {} | {split} | {metric} | {} | {} | {} | {met} | {win} | {} | {vs} |",
+                            "| {} | {split} | {metric} | {} | {} | {} | {} | {met} | {win} | {} | {vs} |",
                             id.name(),
                             g.nrmse,
                             pts(g.gaussian, g.gaussian_ci),
                             pts(g.featjnd, g.featjnd_ci),
+                            g.oracle.map_or("–".into(), |o| pts(o, g.oracle_ci)),
                             g.paired_ci.map_or("–".into(), |ci| pts(g.featjnd - g.gaussian, Some(ci))),
                         ));
                     } else {
-                        goal_rows
-                            .push(format!("| {} | {split} | {metric} | – | < 10 at every level | – | n/a | n/a | – | {vs} |", id.name()));
+                        goal_rows.push(format!(
+                            "| {} | {split} | {metric} | – | < 10 at every level | – | – | n/a | n/a | – | {vs} |",
+                            id.name()
+                        ));
                     }
                     goals_json.insert(metric.to_string(), gj);
                 }
@@ -465,13 +520,50 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
                 } else {
                     writeln!(report, "Spearman ρ of 1/J with Grad-CAM / |grad×input| over positions: {}.\n", rho.join(", ")).ok();
                 }
+                // The same correlations over held-out images, with bootstrap intervals.
+                let per_image = if cfg.quick { Vec::new() } else { attrib::rho_per_image(&task, &split, &est)? };
+                let mut rho_json = serde_json::Map::new();
+                for (name, pick) in [("gradcam", 0usize), ("grad_input", 1)] {
+                    let v: Vec<f64> = per_image.iter().map(|p| if pick == 0 { p.0 } else { p.1 }).filter(|r| r.is_finite()).collect();
+                    if v.len() < 2 {
+                        continue;
+                    }
+                    let mean = v.iter().sum::<f64>() / v.len() as f64;
+                    let reps: Vec<f64> = stats::resamples(v.len(), super::perturb::BOOT_REPLICATES, super::perturb::BOOT_SEED)
+                        .iter()
+                        .map(|idx| idx.iter().map(|&k| v[k]).sum::<f64>() / idx.len() as f64)
+                        .collect();
+                    let ci = stats::interval95(&reps);
+                    rho_json.insert(name.into(), json!({"mean": mean, "ci95": ci, "images": v.len()}));
+                }
+                if let (Some(a), Some(b)) = (rho_json.get("gradcam"), rho_json.get("grad_input")) {
+                    let f = |x: &Value| {
+                        let ci = x["ci95"]
+                            .as_array()
+                            .map(|c| format!(" [{:.2}, {:.2}]", c[0].as_f64().unwrap_or(f64::NAN), c[1].as_f64().unwrap_or(f64::NAN)));
+                        format!("{:.2}{}", x["mean"].as_f64().unwrap_or(f64::NAN), ci.unwrap_or_default())
+                    };
+                    writeln!(
+                        report,
+                        "Over {} held-out images (mean ρ [95% bootstrap interval]): 1/J vs Grad-CAM{} {}, 1/J vs |grad×input| {}.\n",
+                        a["images"],
+                        task.model.gradcam_split().map(|l| format!(" (read at `{l}`, resized to the split's grid)")).unwrap_or_default(),
+                        f(a),
+                        f(b)
+                    )
+                    .ok();
+                }
                 split_json = serde_json::to_value(&curves).unwrap_or_default();
                 split_json["attribution"] = Value::Array(attr);
+                split_json["attribution_over_images"] = Value::Object(rho_json);
                 split_json["goal"] = Value::Object(goals_json);
             }
-            if cfg.quant {
+            let perturb_seconds = t_split.elapsed().as_secs_f64();
+            if cfg.quant_on(id) {
                 split_json["quant"] = quant_section(&mut report, &mut goal_rows_q, &task, &split, &est, cfg)?;
             }
+            split_json["seconds"] =
+                json!({"perturb_and_attribution": perturb_seconds, "quant": t_split.elapsed().as_secs_f64() - perturb_seconds});
             split_json["estimator"] = json!({"path": from, "metrics": meta.metrics, "log_points": log.as_ref().map(|l| l.len()).unwrap_or(0),
                 "seconds_per_pass": t_est, "model_seconds_per_pass": t_model, "cost_fraction": t_est / t_model});
             if let Some(log) = &log {
@@ -489,16 +581,17 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
     writeln!(head, "## The goal: where Gaussian noise costs ≥ 10 points, FeatJND costs ≤ 2.5\n").ok();
     writeln!(
         head,
-        "Drops in points with their 95% bootstrap intervals over held-out images (per-image metrics; detection AP is pooled over \
-         the set, so it has point values only). Win: FeatJND's drop interval lies entirely below Gaussian's. vs others: at the \
+        "Drops in points with their 95% bootstrap intervals over held-out images (per-image metrics, and the headline detection \
+         AP re-scored per replicate; the second detection metric has point values only). Win: FeatJND's drop interval lies entirely below Gaussian's. vs others: at the \
          levels where any shape loses ≥ 1 point, (level, shape) pairs where FeatJND's interval is above / overlaps / is below the \
-         other shape's (point values for AP). Paired: FeatJND's drop minus Gaussian's on the same resampled images, for \
-         information (the win rule above is the stricter one).\n"
+         other deployable shape's (point values for AP). Paired: FeatJND's drop minus Gaussian's on the same resampled images, for \
+         information (the win rule above is the stricter one). Oracle: the control shaped by the task's own gradients on each \
+         image (`study::oracle`; not deployable): how much room a tolerance-shaped noise has at that NRMSE.\n"
     )
     .ok();
     writeln!(
         head,
-        "| task | split | metric | NRMSE | Gaussian drop (pts) | FeatJND drop (pts) | goal (≤ 2.5) | win | FeatJND − Gaussian (pts, paired) | vs others (better/overlap/worse) |\n|---|---|---|---|---|---|---|---|---|---|"
+        "| task | split | metric | NRMSE | Gaussian drop (pts) | FeatJND drop (pts) | oracle drop (pts) | goal (≤ 2.5) | win | FeatJND − Gaussian (pts, paired) | vs others (better/overlap/worse) |\n|---|---|---|---|---|---|---|---|---|---|---|"
     )
     .ok();
     for r in &goal_rows {
@@ -532,7 +625,7 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
     report.insert_str(idx, &head);
     writeln!(report, "\nWall time: {:.0} s.", t0.elapsed().as_secs_f64()).ok();
     let summary = json!({
-        "config": {"levels": levels, "seeds": seeds, "quick": cfg.quick, "sizes": cfg.sizes(), "device": format!("{:?}", cfg.device)},
+        "config": {"quick": cfg.quick, "full": cfg.full, "sizes": cfg.sizes(), "device": format!("{:?}", cfg.device)},
         "tasks": Value::Object(summary),
         "seconds": t0.elapsed().as_secs_f64(),
     });
@@ -756,6 +849,23 @@ pub fn train_jnd(id: TaskId, split: &str, models: &Path, out: &Path, t: &JndTrai
         return Err(crate::model::unknown_split(task.model.as_ref(), split));
     }
     let (est, mut meta, log) = train_estimator(task.model.as_ref(), split, &mut task.train, t)?;
+    meta.command = crate::cli::command_line();
+    est.save(&meta, out)?;
+    save_log(out, &log)?;
+    Ok(meta)
+}
+
+/// `featjnd train-jnd --distill-oracle`: an estimator trained to reproduce the oracle control's
+/// maps on the task's training inputs (a diagnostic, `estimator::distill`).
+pub fn distill_jnd(id: TaskId, split: &str, models: &Path, out: &Path, t: &JndTrain, device: Device) -> Result<Meta> {
+    let mut task = build(id, models, Sizes::QUICK, device)?;
+    if !task.model.split_points().iter().any(|s| s == split) {
+        return Err(crate::model::unknown_split(task.model.as_ref(), split));
+    }
+    let disc = super::oracle::task_disc(&task, 0);
+    let model = task.model.as_ref();
+    let target = |f: &[tch::Tensor], c: &[tch::Tensor], step: usize| super::oracle::maps_with(model, &disc, split, f, c, 1000 + step);
+    let (est, mut meta, log) = crate::estimator::distill::distill_estimator(model, split, &mut task.train, t, &target)?;
     meta.command = crate::cli::command_line();
     est.save(&meta, out)?;
     save_log(out, &log)?;

@@ -10,8 +10,10 @@
 //! * `nanodet`: NanoDet (COCO) on the real photo corpus ([`crate::data::corpus`]), photos
 //!   stretched to 416×416. Held-out: the `heldout` photos only; estimator training: random crops
 //!   and flips of the `train` photos only. Scored by COCO box AP / AP50 of the detections against
-//!   the clean model's detections with score ≥ [`PSEUDO_GT_SCORE`] as pseudo ground truth. Not
-//!   in the defaults of `featjnd run` (`--tasks nanodet`).
+//!   the clean model's detections with score ≥ [`PSEUDO_GT_SCORE`] as pseudo ground truth; the
+//!   few held-out photos with real boxes give a sanity figure ([`super::real_gt`]). In the
+//!   defaults of `featjnd run` with five NRMSE levels and without the quantization study
+//!   (`RunConfig::levels_for`, `quant_on`).
 //! * `user` / `user-det`: a user's TorchScript classifier / torchvision detector and photo folder
 //!   (`featjnd run --model DIR --images DIR`), built by [`super::user`]; not selectable by `--tasks`.
 
@@ -51,7 +53,7 @@ pub enum TaskId {
 }
 
 impl TaskId {
-    pub const ALL: [TaskId; 3] = [TaskId::Fmnist, TaskId::Shapes, TaskId::Mobilenet];
+    pub const ALL: [TaskId; 4] = [TaskId::Fmnist, TaskId::Shapes, TaskId::Mobilenet, TaskId::Nanodet];
     pub fn name(self) -> &'static str {
         match self {
             TaskId::Fmnist => "fmnist",
@@ -77,6 +79,7 @@ impl TaskId {
     pub fn study_splits(self) -> Option<&'static [&'static str]> {
         match self {
             TaskId::Nanodet => Some(&["stage2", "neck"]),
+            TaskId::Mobilenet => Some(&["stage2", "stage3", "stage5"]),
             _ => None,
         }
     }

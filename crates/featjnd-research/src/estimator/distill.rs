@@ -1,0 +1,80 @@
+//! A diagnostic, not the method: train `G_θ` to reproduce a given tolerance map (the oracle
+//! control of `study::oracle`) instead of the constrained objective of [`super::train`]. If the
+//! distilled estimator, which sees only the features, gets close to the oracle on held-out
+//! images, the estimator's capacity and inputs suffice and the gap lies in the training
+//! objective; if it does not, the oracle's per-image gradient information is out of its reach.
+//!
+//! Loss: the mean squared difference of the per-sample-centred logarithms, `log J − mean log J`
+//! against the same of the target. The perturbation study rescales every map per sample to the
+//! requested NRMSE, so only the shape of `J` matters, not its level.
+
+use super::train::{JndTrain, LogPoint};
+use super::{EstimatorConfig, JndEstimator, ARCH};
+use crate::model::checkpoint::Meta;
+use crate::model::SplitModel;
+use crate::train::Progress;
+use crate::Result;
+use tch::nn::OptimizerConfig;
+use tch::{Kind, Tensor};
+
+/// `log t − its mean over each sample`.
+fn centred_log(t: &Tensor) -> Tensor {
+    let l = t.clamp_min(1e-30).log();
+    let m = l.flatten(1, -1).mean_dim(1, true, Kind::Float);
+    let shape: Vec<i64> = std::iter::once(l.size()[0]).chain(std::iter::repeat_n(1, l.dim() - 1)).collect();
+    &l - m.view(shape.as_slice())
+}
+
+/// The target maps of a batch: `(features, clean outputs, step) → J` per level.
+pub type TargetFn<'a> = dyn Fn(&[Tensor], &[Tensor], usize) -> Result<Vec<Tensor>> + 'a;
+
+/// Trains an estimator of `model` at `split` to match `target(feats, clean, step)` (per level) on
+/// the batches `batch(step)` yields. `cfg` supplies steps, learning rate, width, floor, seed.
+pub fn distill_estimator(
+    model: &dyn SplitModel,
+    split: &str,
+    batch: &mut dyn FnMut(usize) -> Result<Tensor>,
+    cfg: &JndTrain,
+    target: &TargetFn,
+) -> Result<(JndEstimator, Meta, Vec<LogPoint>)> {
+    let x0 = batch(0)?;
+    let device = x0.device();
+    let f0 = tch::no_grad(|| model.head(&x0, split))?;
+    let config = EstimatorConfig {
+        channels: f0.iter().map(|f| f.size()[1]).collect(),
+        hidden: cfg.hidden,
+        floor: cfg.floor,
+        init: cfg.init,
+        model: model.arch().to_string(),
+        split: split.to_string(),
+    };
+    tch::manual_seed(cfg.seed as i64);
+    let mut est = JndEstimator::new(config.clone(), device);
+    est.calibrate(&f0)?;
+    let mut opt = tch::nn::Adam::default().build(&est.vs, cfg.lr)?;
+    let mut log = Vec::with_capacity(cfg.steps);
+    let mut pb = Progress::new(cfg.steps as u64, &format!("distil {split}"), cfg.quiet);
+    for step in 0..cfg.steps {
+        let x = if step == 0 { x0.shallow_clone() } else { batch(step)? };
+        let (feats, clean) = tch::no_grad(|| -> Result<_> {
+            let f = model.head(&x, split)?;
+            let c = model.tail(&f, split)?;
+            Ok((f, c))
+        })?;
+        let goal: Vec<Tensor> = target(&feats, &clean, step)?.iter().map(|t| centred_log(&t.detach())).collect();
+        let maps = est.forward(&feats)?;
+        let terms: Vec<Tensor> = maps.iter().zip(&goal).map(|(j, g)| (centred_log(j) - g).square().mean(Kind::Float)).collect();
+        let loss = Tensor::stack(&terms, 0).mean(Kind::Float);
+        opt.backward_step(&loss);
+        let l = loss.double_value(&[]);
+        log.push(LogPoint { step, hinge: l, lambda: 0.0, log_j: 0.0, d: 0.0 });
+        pb.step(format!("loss {l:.4}"));
+    }
+    pb.finish();
+    let tail = &log[log.len() - (log.len() / 5).max(1)..];
+    let mut meta = Meta::new(ARCH, serde_json::to_value(&config).unwrap_or_default(), vec![split.to_string()]);
+    meta.train_seed = cfg.seed;
+    meta.metrics.insert("final_distill_loss".into(), tail.iter().map(|p| p.hinge).sum::<f64>() / tail.len() as f64);
+    meta.metrics.insert("steps".into(), cfg.steps as f64);
+    Ok((est, meta, log))
+}
