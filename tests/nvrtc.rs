@@ -25,6 +25,7 @@ fn kernel_names_match_what_the_launchers_ask_for() {
             "fj_token_stats_ntc_",
             "fj_quantize_nchw_",
             "fj_quantize_ntc_",
+            "fj_quantize_batch_",
             "fj_perturb_norms_",
             "fj_perturb_apply_",
         ] {

@@ -1,0 +1,451 @@
+//! The sync-free calls (issue 15 §1, §3): the fused JND quantization, the quantization with given
+//! steps, the perturbation and a batch of quantizations, each with its statistics in a
+//! caller-owned i64 tensor (the workspace, sized by the `*_stats_slots` functions, in the layout
+//! of `cuda::raw`) and its outputs in caller-owned tensors.
+//!
+//! On CUDA a call only enqueues work on torch's current stream: a memset node that zeroes the
+//! statistics, then the kernels. No host read, no sync, no allocation, so a loop of calls can be
+//! captured into a CUDA graph. Errors the kernels find (a non-finite x, a bad J) land in the
+//! statistics with their index; the returned `Pending*` value's `decode()` copies them to the host
+//! when the caller chooses (that is the sync) and gives today's results or today's typed errors,
+//! through the decoders of `cuda::raw`.
+//!
+//! On the CPU the same calls run synchronously and write the same statistics layout into a CPU
+//! i64 tensor (`raw::encode_*`), so `decode()` behaves identically. Errors that need no data
+//! (shapes, dtypes, devices, budget, NRMSE, buffers) are returned by the call itself on every
+//! device.
+use tch::{Device, Kind, Tensor};
+
+use super::{
+    check_device, check_disjoint, check_perturb, check_steps_tensor, check_tensor, cuda_ops, cuda_ordinal, grid_of, out_tensor,
+    perturb_cpu, prepare_outs, quantize_cpu, same_device, slice, slice_mut, Outs, QuantizeBuffers, QuantizeOptions, Quantized,
+};
+use crate::cpu::{self, perturb::NoiseSpec, PerturbReport};
+use crate::cuda::raw::{self, BadElement, Input};
+use crate::element::with_elem;
+use crate::error::{Error, Result};
+use crate::geom::{Bits, Layout, Reduce, Strategy, TokenGrid};
+use crate::rate::Rate;
+use crate::steps;
+
+/// Statistics slots of [`quantize_async`] (histogram room always included, so one workspace fits
+/// any [`QuantizeOptions`] of these `bits`).
+pub fn quantize_stats_slots(bits: Bits) -> usize {
+    raw::quantize_slots(bits, true)
+}
+
+/// Workspace slots of [`quantize_with_jnd_async`] for a feature of `tokens` tokens: the
+/// statistics of [`quantize_stats_slots`], then the token tolerances as scratch.
+pub fn quantize_with_jnd_stats_slots(bits: Bits, tokens: usize) -> usize {
+    raw::jnd_chain_slots(bits, tokens)
+}
+
+/// Statistics slots of [`perturb_async`] for `samples` samples.
+pub fn perturb_stats_slots(samples: usize) -> usize {
+    raw::perturb_slots(samples)
+}
+
+/// Statistics slots of [`quantize_batch_async`] for `items` items: item `i` owns the slots
+/// `i·s .. (i+1)·s`, `s = quantize_stats_slots(bits)`.
+pub fn quantize_batch_stats_slots(bits: Bits, items: usize) -> usize {
+    items * quantize_stats_slots(bits)
+}
+
+/// A workspace of `slots` i64 on `device` (allocate it once, outside the loop).
+pub fn stats_buffer(slots: usize, device: Device) -> Result<Tensor> {
+    Ok(Tensor::f_zeros([slots as i64], (Kind::Int64, device))?)
+}
+
+/// Checks a caller's workspace: a contiguous 1-D i64 tensor on `x`'s device with at least `slots`
+/// slots.
+fn check_stats(stats: &Tensor, slots: usize, x: &Tensor) -> Result<()> {
+    if !stats.defined() || stats.kind() != Kind::Int64 || stats.dim() != 1 || !stats.is_contiguous() {
+        return Err(Error::Arg("the statistics workspace must be a contiguous 1-D i64 tensor".into()));
+    }
+    if stats.device() != x.device() {
+        return Err(Error::Arg(format!(
+            "the statistics workspace is on {:?}, x on {:?}: it must be on x's device",
+            stats.device(),
+            x.device()
+        )));
+    }
+    if stats.numel() < slots {
+        return Err(Error::Shape(format!("the statistics workspace has {} slots, the call needs {slots}", stats.numel())));
+    }
+    Ok(())
+}
+
+/// Requested outputs must come from the caller: the sync-free calls allocate nothing.
+fn require_bufs(opts: &QuantizeOptions, bufs: &QuantizeBuffers) -> Result<()> {
+    for (wanted, given, name) in [
+        (opts.symbols, bufs.symbols.is_some(), "symbols"),
+        (opts.recon, bufs.recon.is_some(), "recon"),
+        (opts.token_sse, bufs.token_sse.is_some(), "token_sse"),
+    ] {
+        if wanted && !given {
+            return Err(Error::Arg(format!("the sync-free call allocates nothing: pass a {name} buffer (or turn {name} off)")));
+        }
+    }
+    Ok(())
+}
+
+/// The workspace must share no memory with anything the call reads or writes.
+fn stats_disjoint(stats: &Tensor, others: &[(&Tensor, &str)], outs: &Outs) -> Result<()> {
+    for (t, n) in others {
+        check_disjoint(stats, "statistics workspace", t, n)?;
+    }
+    for (t, n) in [(&outs.symbols, "symbols"), (&outs.recon, "reconstruction"), (&outs.token_sse, "token_sse")] {
+        if let Some(t) = t {
+            check_disjoint(stats, "statistics workspace", t, n)?;
+        }
+    }
+    Ok(())
+}
+
+/// The first `slots` of a checked CPU workspace.
+///
+/// # Safety
+/// `stats` passed [`check_stats`] for `slots` on the CPU and shares no memory with anything else
+/// the call touches ([`stats_disjoint`]).
+#[allow(clippy::mut_from_ref)]
+unsafe fn cpu_slots(stats: &Tensor, slots: usize) -> &mut [i64] {
+    // SAFETY: a contiguous CPU i64 tensor of at least `slots` values, used only here (contract).
+    unsafe { &mut slice_mut::<i64>(stats)[..slots] }
+}
+
+/// Records a CPU quantization in the kernels' layout: its statistics, or the bad element of a
+/// `NonFinite`/`Jnd` error (any other error is the call's own).
+fn record_quantize(s: &mut [i64], r: Result<(u64, f64, Option<Vec<u64>>)>) -> Result<()> {
+    match r {
+        Ok((clamped, sse, hist)) => raw::encode_quantize(s, None, clamped, sse, hist.as_deref()),
+        Err(e) => match raw::bad_of_error(&e) {
+            Some(b) => raw::encode_quantize(s, Some(b), 0, 0.0, None),
+            None => return Err(e),
+        },
+    }
+    Ok(())
+}
+
+/// The statistics of one call, copied to the host (on CUDA: after everything torch's current
+/// stream holds, i.e. the sync the caller chose).
+fn host_slots(stats: &Tensor, offset: usize, slots: usize) -> Result<Vec<i64>> {
+    let v = stats.f_narrow(0, offset as i64, slots as i64)?.f_to_device(Device::Cpu)?;
+    Ok(Vec::<i64>::try_from(&v)?)
+}
+
+/// The typed error of a bad element, with its value read back from `x` or `J` (NaN if absent).
+fn bad_error(b: BadElement, x: &Tensor, jnd: Option<&Tensor>) -> Error {
+    let src = match b.input {
+        Input::X => Some(x),
+        Input::Jnd => jnd,
+    };
+    let value = src.and_then(|t| t.f_view([-1]).ok()).and_then(|t| t.f_double_value(&[b.index as i64]).ok()).map_or(f32::NAN, |v| v as f32);
+    b.error(value)
+}
+
+/// A quantization enqueued by [`quantize_async`] or [`quantize_with_jnd_async`] (or one item of
+/// a batch): what [`decode`](Self::decode) needs.
+#[derive(Clone, Copy, Debug)]
+#[must_use = "the statistics (and any error the kernels found) are only seen through decode()"]
+pub struct PendingQuantize<'a> {
+    stats: &'a Tensor,
+    offset: usize,
+    x: &'a Tensor,
+    jnd: Option<&'a Tensor>,
+    grid: TokenGrid,
+    bits: Bits,
+    histogram: bool,
+}
+
+impl PendingQuantize<'_> {
+    /// Reads the statistics (a sync on CUDA) and gives what the synchronous call returns: the
+    /// clamp count, total error, MSE, histogram and rate (the output tensors are the caller's, so
+    /// `symbols`, `recon` and `token_sse` are `None`), or its typed error for a bad J or x.
+    pub fn decode(&self) -> Result<Quantized> {
+        let v = host_slots(self.stats, self.offset, quantize_stats_slots(self.bits))?;
+        let s = raw::decode_quantize(&v, self.bits, self.histogram);
+        if let Some(b) = s.bad {
+            return Err(bad_error(b, self.x, self.jnd));
+        }
+        let g = &self.grid;
+        Ok(Quantized {
+            symbols: None,
+            recon: None,
+            token_sse: None,
+            clamped: s.clamped,
+            total_sse: s.total_sse,
+            mse: s.total_sse / g.numel() as f64,
+            rate: s.histogram.as_ref().map(|h| Rate::from_histogram(h, g.tokens(), g.k())),
+            histogram: s.histogram,
+        })
+    }
+}
+
+/// A perturbation enqueued by [`perturb_async`].
+#[derive(Clone, Copy, Debug)]
+#[must_use = "the statistics (and any error the kernels found) are only seen through decode()"]
+pub struct PendingPerturb<'a> {
+    stats: &'a Tensor,
+    x: &'a Tensor,
+    jnd: Option<&'a Tensor>,
+    samples: usize,
+    nrmse: f64,
+}
+
+impl PendingPerturb<'_> {
+    /// Reads the statistics (a sync on CUDA) and gives the synchronous call's report or its typed
+    /// error (bad x, bad J, a scale beyond f32).
+    pub fn decode(&self) -> Result<PerturbReport> {
+        let v = host_slots(self.stats, 0, perturb_stats_slots(self.samples))?;
+        let (bad, report) = raw::decode_perturb(&v, self.samples);
+        if let Some(b) = bad {
+            return Err(bad_error(b, self.x, self.jnd));
+        }
+        raw::check_scales(&report, self.nrmse)?;
+        Ok(report)
+    }
+}
+
+/// [`super::quantize_into`] without a sync or an allocation: every output `opts` asks for must be
+/// in `bufs`; the statistics (histogram included when asked for) go to `stats`
+/// ([`quantize_stats_slots`]). Out of place only.
+pub fn quantize_async<'a>(
+    x: &'a Tensor,
+    layout: Layout,
+    patch: usize,
+    steps: &Tensor,
+    opts: &QuantizeOptions,
+    bufs: &QuantizeBuffers,
+    stats: &'a Tensor,
+) -> Result<PendingQuantize<'a>> {
+    let dt = check_tensor(x, "x")?;
+    check_device(x, "x")?;
+    let grid = grid_of(x, layout, patch)?;
+    check_steps_tensor(x, steps, &grid)?;
+    require_bufs(opts, bufs)?;
+    let outs = prepare_outs(x, &[(steps, "steps")], &grid, opts, false, bufs)?;
+    let slots = quantize_stats_slots(opts.bits);
+    check_stats(stats, slots, x)?;
+    stats_disjoint(stats, &[(x, "x"), (steps, "steps")], &outs)?;
+    let pending = PendingQuantize { stats, offset: 0, x, jnd: None, grid, bits: opts.bits, histogram: opts.histogram };
+    if let Some(o) = cuda_ordinal(x.device()) {
+        cuda_ops::quantize_async(o, x, dt, &grid, steps, opts, &outs, stats, slots)?;
+        return Ok(pending);
+    }
+    let r = quantize_cpu(x, dt, &grid, steps, opts, false, outs).map(|q| (q.clamped, q.total_sse, q.histogram));
+    // SAFETY: `stats` was checked for `slots` on the CPU and is disjoint from everything else.
+    record_quantize(unsafe { cpu_slots(stats, slots) }, r)?;
+    Ok(pending)
+}
+
+/// [`super::quantize_with_jnd_into`] without a sync or an allocation: the steps go to `steps_out`
+/// (`T` f32 on x's device), the token tolerances to the scratch of `stats`
+/// ([`quantize_with_jnd_stats_slots`]). `Strategy::Permuted` is refused (its permutation is made
+/// on the host).
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_with_jnd_async<'a>(
+    x: &'a Tensor,
+    jnd: &'a Tensor,
+    layout: Layout,
+    patch: usize,
+    reduce: Reduce,
+    budget: f64,
+    strategy: Strategy,
+    opts: &QuantizeOptions,
+    bufs: &QuantizeBuffers,
+    steps_out: &Tensor,
+    stats: &'a Tensor,
+) -> Result<PendingQuantize<'a>> {
+    let (dt, dj) = (check_tensor(x, "x")?, check_tensor(jnd, "J")?);
+    check_device(x, "x")?;
+    same_device(x, "x", jnd, "J")?;
+    if x.size() != jnd.size() {
+        return Err(Error::Shape(format!("x is {:?}, J is {:?}", x.size(), jnd.size())));
+    }
+    steps::check_budget(budget)?;
+    if matches!(strategy, Strategy::Permuted { .. }) {
+        return Err(Error::Arg("the permuted strategy needs a permutation made on the host: use quantize_with_jnd".into()));
+    }
+    let grid = grid_of(x, layout, patch)?;
+    require_bufs(opts, bufs)?;
+    let outs = prepare_outs(x, &[(jnd, "J")], &grid, opts, false, bufs)?;
+    let st = out_tensor(Some(steps_out), "steps", &[grid.tokens() as i64], Kind::Float, x.device())?;
+    check_disjoint(&st, "steps", x, "x")?;
+    check_disjoint(&st, "steps", jnd, "J")?;
+    for (t, n) in [(&outs.symbols, "symbols"), (&outs.recon, "reconstruction"), (&outs.token_sse, "token_sse")] {
+        if let Some(t) = t {
+            check_disjoint(&st, "steps", t, n)?;
+        }
+    }
+    let slots = quantize_with_jnd_stats_slots(opts.bits, grid.tokens());
+    check_stats(stats, slots, x)?;
+    stats_disjoint(stats, &[(x, "x"), (jnd, "J"), (&st, "steps")], &outs)?;
+    let pending = PendingQuantize { stats, offset: 0, x, jnd: Some(jnd), grid, bits: opts.bits, histogram: opts.histogram };
+    if let Some(o) = cuda_ordinal(x.device()) {
+        cuda_ops::quantize_with_jnd_async(o, x, dt, jnd, dj, &grid, reduce, budget, strategy, opts, &outs, &st, stats, slots)?;
+        return Ok(pending);
+    }
+    // The CPU chain of `quantize_with_jnd_into`: j_t, the steps (into the caller's tensor), the
+    // quantization. A bad J or x is recorded for decode(), as the kernels would.
+    // SAFETY: `stats` was checked for `slots` on the CPU and is disjoint from everything else.
+    let s = unsafe { cpu_slots(stats, quantize_stats_slots(opts.bits)) };
+    // SAFETY: `jnd` is a checked contiguous CPU tensor of `dj`'s element type, only read here.
+    let jt = match with_elem!(dj, E => cpu::token_tolerance::<E>(unsafe { slice(jnd) }, &grid, reduce)) {
+        Ok(jt) => jt,
+        Err(e) => return record_quantize(s, Err(e)).map(|()| pending),
+    };
+    // SAFETY: `st` is a checked contiguous f32 CPU tensor of `T` values, disjoint from every other
+    // tensor of the call, viewed only here.
+    steps::allocate_into(&jt, budget, strategy, 1.0, unsafe { slice_mut::<f32>(&st) })?;
+    let r = quantize_cpu(x, dt, &grid, &st, opts, false, outs).map(|q| (q.clamped, q.total_sse, q.histogram));
+    record_quantize(s, r)?;
+    Ok(pending)
+}
+
+/// [`super::perturb_into`] without a sync or an allocation: the report's scales, the zero samples
+/// and a bad x or J go to `stats` ([`perturb_stats_slots`] for the first dimension of `x`).
+pub fn perturb_async<'a>(
+    x: &'a Tensor,
+    jnd: Option<&'a Tensor>,
+    nrmse: f64,
+    noise: NoiseSpec,
+    out: &Tensor,
+    stats: &'a Tensor,
+) -> Result<PendingPerturb<'a>> {
+    check_tensor(x, "x")?;
+    let out = out_tensor(Some(out), "output", &x.size(), x.kind(), x.device())?;
+    check_disjoint(&out, "output", x, "x")?;
+    if let Some(j) = jnd {
+        check_disjoint(&out, "output", j, "J")?;
+    }
+    let (dt, samples) = check_perturb(x, jnd, Some(&out))?;
+    if !(nrmse.is_finite() && nrmse >= 0.0) {
+        return Err(Error::Nrmse(nrmse));
+    }
+    let slots = perturb_stats_slots(samples);
+    check_stats(stats, slots, x)?;
+    check_disjoint(stats, "statistics workspace", &out, "output")?;
+    check_disjoint(stats, "statistics workspace", x, "x")?;
+    if let Some(j) = jnd {
+        check_disjoint(stats, "statistics workspace", j, "J")?;
+    }
+    let pending = PendingPerturb { stats, x, jnd, samples, nrmse };
+    if let Some(o) = cuda_ordinal(x.device()) {
+        cuda_ops::perturb_async(o, x, jnd, dt, samples, nrmse, noise, &out, stats, slots)?;
+        return Ok(pending);
+    }
+    // SAFETY: `stats` was checked for `slots` on the CPU and is disjoint from everything else.
+    let s = unsafe { cpu_slots(stats, slots) };
+    match perturb_cpu(x, jnd, dt, samples, nrmse, noise, Some(&out)) {
+        Ok(rep) => raw::encode_perturb(s, None, &rep),
+        Err(e) => match raw::bad_of_error(&e) {
+            Some(b) => raw::encode_perturb(s, Some(b), &PerturbReport { scales: vec![0.0; samples], zero_samples: vec![] }),
+            None => return Err(e),
+        },
+    }
+    Ok(pending)
+}
+
+/// One feature of a batched quantization: its own layout, patch, steps and output buffers.
+#[derive(Clone, Copy)]
+pub struct QuantizeItem<'a> {
+    pub x: &'a Tensor,
+    pub layout: Layout,
+    pub patch: usize,
+    pub steps: &'a Tensor,
+    pub bufs: QuantizeBuffers<'a>,
+}
+
+/// A batch enqueued by [`quantize_batch_async`].
+#[must_use = "the statistics (and any error the kernels found) are only seen through decode()"]
+pub struct PendingBatch<'a> {
+    items: Vec<PendingQuantize<'a>>,
+}
+
+impl PendingBatch<'_> {
+    /// One sync, then each item's result as [`PendingQuantize::decode`] gives it.
+    pub fn decode(&self) -> Vec<Result<Quantized>> {
+        let Some(first) = self.items.first() else { return Vec::new() };
+        let per = quantize_stats_slots(first.bits);
+        // One copy for the whole batch; each item then decodes its own slice on the host.
+        let all = match host_slots(first.stats, 0, per * self.items.len()) {
+            Ok(v) => v,
+            Err(e) => return self.items.iter().map(|_| Err(e.clone())).collect(),
+        };
+        let cpu = Tensor::from_slice(&all);
+        self.items.iter().map(|p| PendingQuantize { stats: &cpu, ..*p }.decode()).collect()
+    }
+
+    /// The enqueued items (each can also be decoded alone).
+    pub fn items(&self) -> &[PendingQuantize<'_>] {
+        &self.items
+    }
+}
+
+/// Quantizes independent features of one dtype and device, each with its own steps and outputs,
+/// in one call: on CUDA one kernel launch for up to 32 items (the descriptor table travels in the
+/// kernel's parameters), on the CPU a loop. Item `i`'s statistics are slots `i·s .. (i+1)·s` of
+/// `stats` ([`quantize_batch_stats_slots`]); its results equal those of [`quantize_async`] on it
+/// alone, bit for bit.
+pub fn quantize_batch_async<'a>(items: &[QuantizeItem<'a>], opts: &QuantizeOptions, stats: &'a Tensor) -> Result<PendingBatch<'a>> {
+    let Some(first) = items.first() else { return Ok(PendingBatch { items: Vec::new() }) };
+    let dt = check_tensor(first.x, "x")?;
+    check_device(first.x, "x")?;
+    let per = quantize_stats_slots(opts.bits);
+    check_stats(stats, per * items.len(), first.x)?;
+    require_bufs(opts, &first.bufs)?;
+    let mut prepared = Vec::with_capacity(items.len());
+    // Every array of the batch, with whether the call writes it: no write may overlap anything else.
+    let mut arrays: Vec<(&Tensor, bool)> = Vec::new();
+    for (i, it) in items.iter().enumerate() {
+        if check_tensor(it.x, "x")? != dt {
+            return Err(Error::Dtype(format!(
+                "batch item {i} is {}, item 0 {}: a batch has one dtype",
+                check_tensor(it.x, "x")?.name(),
+                dt.name()
+            )));
+        }
+        same_device(first.x, "item 0", it.x, "another item")?;
+        let grid = grid_of(it.x, it.layout, it.patch)?;
+        check_steps_tensor(it.x, it.steps, &grid)?;
+        require_bufs(opts, &it.bufs)?;
+        let outs = prepare_outs(it.x, &[(it.steps, "steps")], &grid, opts, false, &it.bufs)?;
+        stats_disjoint(stats, &[(it.x, "x"), (it.steps, "steps")], &outs)?;
+        arrays.extend([(it.x, false), (it.steps, false)]);
+        arrays.extend([&it.bufs.symbols, &it.bufs.recon, &it.bufs.token_sse].into_iter().flatten().map(|t| (*t, true)));
+        prepared.push((grid, outs));
+    }
+    for (i, &(a, wa)) in arrays.iter().enumerate() {
+        for &(b, wb) in &arrays[i + 1..] {
+            if wa || wb {
+                check_disjoint(a, "a batch output", b, "another array of the batch")?;
+            }
+        }
+    }
+    let pending = items
+        .iter()
+        .zip(&prepared)
+        .enumerate()
+        .map(|(i, (it, (grid, _)))| PendingQuantize {
+            stats,
+            offset: i * per,
+            x: it.x,
+            jnd: None,
+            grid: *grid,
+            bits: opts.bits,
+            histogram: opts.histogram,
+        })
+        .collect();
+    if let Some(o) = cuda_ordinal(first.x.device()) {
+        let launch: Vec<_> = items.iter().zip(&prepared).map(|(it, (g, outs))| (it.x, it.steps, *g, outs)).collect();
+        cuda_ops::quantize_batch_async(o, dt, &launch, opts, stats, per)?;
+        return Ok(PendingBatch { items: pending });
+    }
+    // SAFETY: `stats` was checked for all items' slots on the CPU and is disjoint from every array.
+    let all = unsafe { cpu_slots(stats, per * items.len()) };
+    for ((it, (grid, outs)), s) in items.iter().zip(prepared).zip(all.chunks_mut(per)) {
+        let r = quantize_cpu(it.x, dt, &grid, it.steps, opts, false, outs).map(|q| (q.clamped, q.total_sse, q.histogram));
+        record_quantize(s, r)?;
+    }
+    Ok(PendingBatch { items: pending })
+}
