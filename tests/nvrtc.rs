@@ -72,3 +72,17 @@ fn nvtx_ranges_are_harmless_without_the_library() {
     let r = featjnd_kernels::nvtx::range("featjnd_kernels::test");
     drop(r);
 }
+
+#[test]
+fn the_batch_kernel_reads_its_descriptor_table_in_place() {
+    // The table (FjQuantizeBatchParams, ~3.7 KiB) is indexed by the block's item at run time: it
+    // must be read from the parameter space, not copied into every thread's local memory.
+    let all = compile::compile_all("compute_90").unwrap();
+    let ptx = &all.iter().find(|c| c.name == "quantize.cu").unwrap().ptx;
+    for dt in ["f32", "f16", "bf16"] {
+        let start = ptx.find(&format!(".entry fj_quantize_batch_{dt}(")).unwrap_or_else(|| panic!("no batch kernel for {dt}"));
+        let body = &ptx[start..];
+        let body = &body[..body[1..].find(".entry ").map_or(body.len(), |e| e + 1)];
+        assert!(!body.contains(".local") && !body.contains("st.local"), "fj_quantize_batch_{dt} copies its table to local memory");
+    }
+}

@@ -17,7 +17,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::{
-    check_device, check_disjoint, check_perturb, check_steps_tensor, check_tensor, cuda_ops, cuda_ordinal, grid_of, out_tensor,
+    byte_range, check_device, check_disjoint, check_perturb, check_steps_tensor, check_tensor, cuda_ops, cuda_ordinal, grid_of, out_tensor,
     perturb_cpu, prepare_outs, quantize_cpu, same_device, slice, slice_mut, Outs, QuantizeBuffers, QuantizeOptions, Quantized,
 };
 use crate::cpu::{self, perturb::NoiseSpec, PerturbReport};
@@ -162,8 +162,12 @@ impl PendingQuantize<'_> {
     /// clamp count, total error, MSE, histogram and rate (the output tensors are the caller's, so
     /// `symbols`, `recon` and `token_sse` are `None`), or its typed error for a bad J or x.
     pub fn decode(&self) -> Result<Quantized> {
-        let v = host_slots(self.stats, self.offset, quantize_stats_slots(self.bits))?;
-        let s = raw::decode_quantize(&v, self.bits, self.histogram);
+        self.decode_slots(&host_slots(self.stats, self.offset, quantize_stats_slots(self.bits))?)
+    }
+
+    /// [`decode`](Self::decode) of this call's slots already on the host.
+    fn decode_slots(&self, v: &[i64]) -> Result<Quantized> {
+        let s = raw::decode_quantize(v, self.bits, self.histogram);
         if let Some(b) = s.bad {
             return Err(bad_error(b, self.x, self.jnd));
         }
@@ -346,6 +350,26 @@ pub fn perturb_async<'a>(
     Ok(pending)
 }
 
+/// Errors if a written range overlaps any other range (reads may overlap reads): one sort and a
+/// sweep, so a batch of many items costs no quadratic number of checks.
+fn no_write_overlaps(ranges: &mut [(usize, usize, bool)]) -> Result<()> {
+    ranges.sort_unstable();
+    let (mut hi_read, mut hi_write) = (0usize, 0usize);
+    for &(lo, hi, write) in ranges.iter() {
+        if lo < hi_write || (write && lo < hi_read) {
+            return Err(Error::Arg(
+                "an output of a batch item overlaps another array of the batch: no output may share memory with any input or output".into(),
+            ));
+        }
+        if write {
+            hi_write = hi_write.max(hi);
+        } else {
+            hi_read = hi_read.max(hi);
+        }
+    }
+    Ok(())
+}
+
 /// One feature of a batched quantization: its own layout, patch, steps and output buffers.
 #[derive(Clone, Copy)]
 pub struct QuantizeItem<'a> {
@@ -372,8 +396,7 @@ impl PendingBatch<'_> {
             Ok(v) => v,
             Err(e) => return self.items.iter().map(|_| Err(e.clone())).collect(),
         };
-        let cpu = Tensor::from_slice(&all);
-        self.items.iter().map(|p| PendingQuantize { stats: &cpu, ..*p }.decode()).collect()
+        self.items.iter().zip(all.chunks(per)).map(|(p, v)| p.decode_slots(v)).collect()
     }
 
     /// The enqueued items (each can also be decoded alone).
@@ -395,15 +418,12 @@ pub fn quantize_batch_async<'a>(items: &[QuantizeItem<'a>], opts: &QuantizeOptio
     check_stats(stats, per * items.len(), first.x)?;
     require_bufs(opts, &first.bufs)?;
     let mut prepared = Vec::with_capacity(items.len());
-    // Every array of the batch, with whether the call writes it: no write may overlap anything else.
-    let mut arrays: Vec<(&Tensor, bool)> = Vec::new();
+    // Every array of the batch as a byte range, with whether the call writes it.
+    let mut ranges: Vec<(usize, usize, bool)> = Vec::with_capacity(5 * items.len());
     for (i, it) in items.iter().enumerate() {
-        if check_tensor(it.x, "x")? != dt {
-            return Err(Error::Dtype(format!(
-                "batch item {i} is {}, item 0 {}: a batch has one dtype",
-                check_tensor(it.x, "x")?.name(),
-                dt.name()
-            )));
+        let di = check_tensor(it.x, "x")?;
+        if di != dt {
+            return Err(Error::Dtype(format!("batch item {i} is {}, item 0 {}: a batch has one dtype", di.name(), dt.name())));
         }
         same_device(first.x, "item 0", it.x, "another item")?;
         let grid = grid_of(it.x, it.layout, it.patch)?;
@@ -411,17 +431,12 @@ pub fn quantize_batch_async<'a>(items: &[QuantizeItem<'a>], opts: &QuantizeOptio
         require_bufs(opts, &it.bufs)?;
         let outs = prepare_outs(it.x, &[(it.steps, "steps")], &grid, opts, false, &it.bufs)?;
         stats_disjoint(stats, &[(it.x, "x"), (it.steps, "steps")], &outs)?;
-        arrays.extend([(it.x, false), (it.steps, false)]);
-        arrays.extend([&it.bufs.symbols, &it.bufs.recon, &it.bufs.token_sse].into_iter().flatten().map(|t| (*t, true)));
+        ranges.extend([(it.x, false), (it.steps, false)].map(|(t, w)| (byte_range(t), w)).map(|((lo, hi), w)| (lo, hi, w)));
+        let written = [&outs.symbols, &outs.recon, &outs.token_sse];
+        ranges.extend(written.into_iter().flatten().map(byte_range).map(|(lo, hi)| (lo, hi, true)));
         prepared.push((grid, outs));
     }
-    for (i, &(a, wa)) in arrays.iter().enumerate() {
-        for &(b, wb) in &arrays[i + 1..] {
-            if wa || wb {
-                check_disjoint(a, "a batch output", b, "another array of the batch")?;
-            }
-        }
-    }
+    no_write_overlaps(&mut ranges)?;
     let pending = items
         .iter()
         .zip(&prepared)
@@ -448,4 +463,20 @@ pub fn quantize_batch_async<'a>(items: &[QuantizeItem<'a>], opts: &QuantizeOptio
         record_quantize(s, r)?;
     }
     Ok(PendingBatch { items: pending })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::no_write_overlaps;
+
+    #[test]
+    fn the_overlap_sweep_allows_shared_reads_only() {
+        let ok = |mut v: Vec<(usize, usize, bool)>| no_write_overlaps(&mut v).is_ok();
+        assert!(ok(vec![(0, 10, false), (5, 15, false), (15, 20, true), (20, 30, true)]));
+        assert!(!ok(vec![(0, 100, false), (40, 50, true)])); // a write inside a read
+        assert!(!ok(vec![(40, 50, false), (0, 100, true)])); // a read inside a write
+        assert!(!ok(vec![(0, 10, true), (0, 10, true)])); // one buffer written twice
+        assert!(!ok(vec![(0, 100, true), (200, 300, false), (90, 95, false)]));
+        assert!(ok(vec![]));
+    }
 }
