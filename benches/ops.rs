@@ -351,8 +351,8 @@ fn graph_bench(
     });
 }
 
-/// 16 features of mixed sizes (NCHW and NTC, 1 K to 37 K elements, 302 592 in all) in one batched
-/// call vs loops of single calls.
+/// 16 features of mixed sizes (NCHW and NTC, 1 K to 37 K elements, 302 592 in all) quantized in one
+/// batched call vs loops of single calls, then perturbed the same two ways.
 fn batch_bench(c: &mut Criterion, d: Device, dn: &str, opts: &QuantizeOptions) {
     let shapes: Vec<(Layout, Vec<i64>)> = (0..16)
         .map(|i| match i % 4 {
@@ -402,6 +402,19 @@ fn batch_bench(c: &mut Criterion, d: Device, dn: &str, opts: &QuantizeOptions) {
                 .collect();
             p.iter().map(|p| p.decode().unwrap().clamped).sum::<u64>()
         })
+    });
+
+    // The same 16 features perturbed (Gaussian with J = 1, r = 0.1): one batched call vs a loop.
+    let pouts: Vec<Tensor> = xs.iter().map(|x| x.empty_like()).collect();
+    let noise = Noise { kind: NoiseKind::Gaussian, seed: 3, subsequence: 0 };
+    let pitems: Vec<ops::PerturbItem> =
+        (0..xs.len()).map(|i| ops::PerturbItem { x: &xs[i], jnd: None, nrmse: 0.1, noise, out: &pouts[i] }).collect();
+    let pws = ops::stats_buffer(ops::perturb_batch_stats_slots(&pitems), d).unwrap();
+    g.bench_with_input(BenchmarkId::new("perturb_batched", mib), &mib, |b, _| {
+        b.iter(|| ops::perturb_batch_async(&pitems, &pws).unwrap().decode().into_iter().map(|r| r.unwrap().scales.len()).sum::<usize>())
+    });
+    g.bench_with_input(BenchmarkId::new("perturb_loop_sync", mib), &mib, |b, _| {
+        b.iter(|| pitems.iter().map(|it| ops::perturb_into(it.x, None, 0.1, noise, it.out).unwrap().scales.len()).sum::<usize>())
     });
     g.finish();
 }

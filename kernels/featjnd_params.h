@@ -172,6 +172,14 @@ typedef struct FjPerturbParams {
     uint32_t pad0;
 } FjPerturbParams;
 
+/* perturb.cu: a batch of independent perturbations, two launches (norms, apply) over one table,
+ * laid out and used as FjQuantizeBatchParams (issue 15 §3). */
+typedef struct FjPerturbBatchParams {
+    FjPerturbParams items[FJ_BATCH_MAX];
+    uint32_t block_start[FJ_BATCH_MAX];    /* first grid block of each item (prefix sums) */
+    uint32_t count;                        /* items used, 1..FJ_BATCH_MAX */
+} FjPerturbBatchParams;
+
 /* perturb.cu: materialise noise xi (tests and tools; the perturbation never stores it). */
 typedef struct FjNoiseParams {
     uint64_t out;          /* float* */

@@ -207,8 +207,7 @@ __device__ void quantize_ntc(const FjQuantizeParams& p, u32 blk) {
 // those of its own launch bit for bit.
 template <class D>
 __device__ void quantize_batch(const FjQuantizeBatchParams& b) {
-    u32 i = 0;
-    while (i + 1 < b.count && blockIdx.x >= b.block_start[i + 1]) ++i;
+    const u32 i = fj_batch_item(b.block_start, b.count);
     const FjQuantizeParams& p = b.items[i];
     const u32 blk = blockIdx.x - b.block_start[i];
     if (p.geom.layout == FJ_LAYOUT_NCHW) quantize_nchw<D>(p, blk);

@@ -2,7 +2,7 @@
 //! kernels' statistics layout, so `decode()` must give exactly what the synchronous calls give
 //! (bit for bit), the same typed errors for bad inputs, and clear errors for bad workspaces.
 //! The CUDA side (the same calls only enqueued, and captured into a graph) is in tests/gpu.rs.
-use featjnd_kernels::ops::{self, Noise, QuantizeBuffers, QuantizeItem, QuantizeOptions};
+use featjnd_kernels::ops::{self, Noise, PerturbItem, QuantizeBuffers, QuantizeItem, QuantizeOptions};
 use featjnd_kernels::{Bits, Error, Layout, NoiseKind, Reduce, Strategy};
 use tch::{Device, Kind, Tensor};
 
@@ -252,4 +252,43 @@ fn a_batch_reports_each_items_error_and_refuses_mixed_or_aliased_items() {
     let short = ops::stats_buffer(ops::quantize_batch_stats_slots(Bits::B8, 1), Device::Cpu).unwrap();
     assert!(matches!(ops::quantize_batch_async(&[item(&a, &sa, &oa), item(&b, &sb, &ob)], &q, &short), Err(Error::Shape(_))));
     assert!(ops::quantize_batch_async(&[], &q, &short).unwrap().decode().is_empty());
+}
+
+#[test]
+fn a_perturbation_batch_on_cpu_equals_a_loop_of_single_calls() {
+    for kind in KINDS {
+        let shapes: Vec<Vec<i64>> = vec![vec![1, 1], vec![1, 7], vec![2, 17], vec![1, 1025], vec![3, 5137], vec![2, 7, 5, 3]];
+        let xs: Vec<Tensor> = shapes.iter().enumerate().map(|(i, s)| feature(s, kind, 200 + i as i64)).collect();
+        let js: Vec<Tensor> = shapes.iter().enumerate().map(|(i, s)| jnd(s, kind, 200 + i as i64)).collect();
+        let outs: Vec<Tensor> = xs.iter().map(|x| x.zeros_like()).collect();
+        let items: Vec<PerturbItem> = (0..xs.len())
+            .map(|i| PerturbItem {
+                x: &xs[i],
+                jnd: (i % 2 == 0).then_some(&js[i]),
+                nrmse: 0.05 * (i + 1) as f64,
+                noise: Noise { kind: if i % 3 == 0 { NoiseKind::Uniform } else { NoiseKind::Gaussian }, seed: i as u64, subsequence: 4 },
+                out: &outs[i],
+            })
+            .collect();
+        let ws = ops::stats_buffer(ops::perturb_batch_stats_slots(&items), Device::Cpu).unwrap();
+        let got = ops::perturb_batch_async(&items, &ws).unwrap().decode();
+        for (i, (it, g)) in items.iter().zip(got).enumerate() {
+            let want = it.x.zeros_like();
+            let rep = ops::perturb_into(it.x, it.jnd, it.nrmse, it.noise, &want).unwrap();
+            assert_eq!(g.unwrap(), rep, "item {i} {kind:?}");
+            bits_eq(&outs[i], &want, &format!("item {i} {kind:?}"));
+        }
+        // An item writing into another item's input, and a bad value in one item only.
+        let o2 = xs[1].zeros_like();
+        let alias = [items[1], PerturbItem { x: &outs[1], jnd: None, out: &o2, ..items[1] }]; // reads what item 0 writes
+        assert!(matches!(ops::perturb_batch_async(&alias, &ws), Err(Error::Arg(_))));
+        let bad = xs[2].copy();
+        let _ = bad.view([-1]).get(20).fill_(f64::NAN);
+        let two = [items[0], PerturbItem { x: &bad, ..items[2] }];
+        let got = ops::perturb_batch_async(&two, &ws).unwrap().decode();
+        assert!(got[0].is_ok());
+        assert!(matches!(got[1], Err(Error::NonFinite { index: 20, .. })), "{:?}", got[1]);
+        let short = ops::stats_buffer(ops::perturb_batch_stats_slots(&two) - 1, Device::Cpu).unwrap();
+        assert!(matches!(ops::perturb_batch_async(&two, &short), Err(Error::Shape(_))));
+    }
 }

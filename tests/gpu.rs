@@ -573,3 +573,40 @@ fn a_batch_on_gpu_equals_single_calls_and_the_cpu() {
         }
     }
 }
+
+#[test]
+fn a_perturbation_batch_on_gpu_equals_single_calls() {
+    let Some(d) = gpu() else { return };
+    // 40 items (two chunks of launches), 1 to 5137 elements per sample, with and without J.
+    let base: [Vec<i64>; 6] = [vec![1, 1], vec![1, 7], vec![2, 17], vec![1, 1025], vec![3, 5137], vec![2, 7, 5, 3]];
+    for kind in KINDS {
+        let shapes: Vec<&Vec<i64>> = (0..40).map(|i| &base[i % base.len()]).collect();
+        let xs: Vec<Tensor> = shapes.iter().enumerate().map(|(i, s)| feature(s, kind, 700 + i as i64).to_device(d)).collect();
+        let js: Vec<Tensor> = shapes.iter().enumerate().map(|(i, s)| jnd(s, kind, 700 + i as i64).to_device(d)).collect();
+        let outs: Vec<Tensor> = xs.iter().map(|x| x.zeros_like()).collect();
+        let items: Vec<ops::PerturbItem> = (0..xs.len())
+            .map(|i| ops::PerturbItem {
+                x: &xs[i],
+                jnd: (i % 2 == 0).then_some(&js[i]),
+                nrmse: 0.02 * (i + 1) as f64,
+                noise: Noise { kind: if i % 3 == 0 { NoiseKind::Uniform } else { NoiseKind::Gaussian }, seed: i as u64, subsequence: 1 },
+                out: &outs[i],
+            })
+            .collect();
+        let ws = ops::stats_buffer(ops::perturb_batch_stats_slots(&items), d).unwrap();
+        let got = ops::perturb_batch_async(&items, &ws).unwrap().decode();
+        for (i, (it, g)) in items.iter().zip(got).enumerate() {
+            let what = format!("item {i} {:?} {kind:?}", shapes[i]);
+            let one = it.x.zeros_like();
+            let ows = ops::stats_buffer(ops::perturb_stats_slots(it.x.size()[0] as usize), d).unwrap();
+            let rep = ops::perturb_async(it.x, it.jnd, it.nrmse, it.noise, &one, &ows).unwrap().decode().unwrap();
+            let g = g.unwrap();
+            // The same kernels on the same data; the per-sample norms are atomic f64 sums, so a
+            // scale may differ in its last bit between two runs.
+            close(&Tensor::from_slice(&g.scales), &Tensor::from_slice(&rep.scales), 1e-6, 0.0, &format!("{what}: scales"));
+            assert_eq!(g.zero_samples, rep.zero_samples, "{what}");
+            let tol = if kind == Kind::Float { 1e-5 } else { 1e-2 };
+            close(&outs[i], &one, tol, tol * it.x.to_kind(Kind::Double).abs().max().double_value(&[]), &what);
+        }
+    }
+}

@@ -137,6 +137,8 @@ unsafe impl DeviceRepr for FjNoiseParams {}
 unsafe impl DeviceRepr for FjCappedParams {}
 // SAFETY: see above (an array of `FjQuantizeParams`, the prefix sums and a count, all plain data).
 unsafe impl DeviceRepr for FjQuantizeBatchParams {}
+// SAFETY: see above (the same for `FjPerturbParams`).
+unsafe impl DeviceRepr for FjPerturbBatchParams {}
 
 // ---- kernel names: static, picked per dtype (and layout), no formatting on the launch path ----
 
@@ -163,6 +165,8 @@ const QUANTIZE_BATCH: [&str; 3] = ["fj_quantize_batch_f32", "fj_quantize_batch_f
 const PERTURB_FILE: &str = "perturb.cu";
 const PERTURB_NORMS: [&str; 3] = ["fj_perturb_norms_f32", "fj_perturb_norms_f16", "fj_perturb_norms_bf16"];
 const PERTURB_APPLY: [&str; 3] = ["fj_perturb_apply_f32", "fj_perturb_apply_f16", "fj_perturb_apply_bf16"];
+const PERTURB_NORMS_BATCH: [&str; 3] = ["fj_perturb_norms_batch_f32", "fj_perturb_norms_batch_f16", "fj_perturb_norms_batch_bf16"];
+const PERTURB_APPLY_BATCH: [&str; 3] = ["fj_perturb_apply_batch_f32", "fj_perturb_apply_batch_f16", "fj_perturb_apply_batch_bf16"];
 const NOISE: &str = "fj_noise";
 
 /// Every (kernel file, kernel name) the launchers ask for (for tests against the compiled PTX).
@@ -177,6 +181,8 @@ pub fn kernel_names() -> Vec<(&'static str, &'static str)> {
         (QUANTIZE_FILE, &QUANTIZE_BATCH),
         (PERTURB_FILE, &PERTURB_NORMS),
         (PERTURB_FILE, &PERTURB_APPLY),
+        (PERTURB_FILE, &PERTURB_NORMS_BATCH),
+        (PERTURB_FILE, &PERTURB_APPLY_BATCH),
     ] {
         v.extend(table.iter().map(|n| (file, *n)));
     }
@@ -836,7 +842,22 @@ pub struct PerturbPtrs {
 /// as many; `out` must not overlap `jnd`, and must equal `x` or not overlap it; `stats` zeroed
 /// slots; none used by other work until the launches complete in stream order.
 pub unsafe fn perturb(on: Launch, a: &PerturbPtrs, nrmse: f64, noise: NoiseSpec, stats: StatsBuf) -> Result<()> {
-    let (dt, numel, samples) = (a.dt, a.numel, a.samples);
+    let (p, blocks) = perturb_params(a, nrmse, noise, stats)?;
+    let norms = by_dtype(&PERTURB_NORMS, a.dt);
+    let apply = by_dtype(&PERTURB_APPLY, a.dt);
+    // SAFETY: the addresses in `p` are the caller's, valid by this function's contract; the
+    // statistics slots exist (checked by `perturb_params`). The two launches are ordered on
+    // `stream`: apply reads the norms that the first one completed.
+    unsafe {
+        go(on, PERTURB_FILE, norms, &p, blocks)?;
+        go(on, PERTURB_FILE, apply, &p, blocks)
+    }
+}
+
+/// The kernel parameters and grid of one perturbation (single or an item of a batch); a bad
+/// NRMSE, sample split or statistics room is an error.
+fn perturb_params(a: &PerturbPtrs, nrmse: f64, noise: NoiseSpec, stats: StatsBuf) -> Result<(FjPerturbParams, u64)> {
+    let (numel, samples) = (a.numel, a.samples);
     if !(nrmse.is_finite() && nrmse >= 0.0) {
         return Err(Error::Nrmse(nrmse));
     }
@@ -862,15 +883,46 @@ pub unsafe fn perturb(on: Launch, a: &PerturbPtrs, nrmse: f64, noise: NoiseSpec,
         pad0: 0,
     };
     let blocks = samples as u64 * p.sample_len.div_ceil(PERTURB_CHUNK);
-    let norms = by_dtype(&PERTURB_NORMS, dt);
-    let apply = by_dtype(&PERTURB_APPLY, dt);
-    // SAFETY: the addresses in `p` are the caller's, valid by this function's contract; the
-    // statistics slots exist (checked above). The two launches are ordered on `stream`: apply
-    // reads the norms that the first one completed.
-    unsafe {
-        go(on, PERTURB_FILE, norms, &p, blocks)?;
-        go(on, PERTURB_FILE, apply, &p, blocks)
+    Ok((p, blocks))
+}
+
+/// One item of a batched perturbation: its arrays, strength, noise and statistics slots.
+#[derive(Clone, Copy, Debug)]
+pub struct PerturbItem {
+    pub a: PerturbPtrs,
+    pub nrmse: f64,
+    pub noise: NoiseSpec,
+    pub stats: StatsBuf,
+}
+
+/// Enqueues a batch of independent perturbations of one dtype (`items[..].a.dt`): per
+/// [`FJ_BATCH_MAX`] items, one norms launch and one apply launch over a descriptor table passed by
+/// value. Each item's results are those of its own [`perturb`].
+///
+/// # Safety
+/// For every item, what [`perturb`] requires of its arrays and statistics.
+pub unsafe fn perturb_batch(on: Launch, dt: Dtype, items: &[PerturbItem]) -> Result<()> {
+    for chunk in items.chunks(FJ_BATCH_MAX as usize) {
+        let mut b = FjPerturbBatchParams { count: chunk.len() as u32, ..Default::default() };
+        let mut blocks = 0u64;
+        for (i, it) in chunk.iter().enumerate() {
+            if it.a.dt != dt {
+                return Err(Error::Dtype("a batch has one dtype".into()));
+            }
+            let (p, n) = perturb_params(&it.a, it.nrmse, it.noise, it.stats)?;
+            b.items[i] = p;
+            // As in `quantize_batch`: `cfg` refuses a grid that does not fit.
+            b.block_start[i] = u32::try_from(blocks).unwrap_or(u32::MAX);
+            blocks += n;
+        }
+        // SAFETY: every item's addresses are valid by this function's contract; the statistics
+        // slots exist (checked by `perturb_params`); apply follows norms on the stream.
+        unsafe {
+            go(on, PERTURB_FILE, by_dtype(&PERTURB_NORMS_BATCH, dt), &b, blocks)?;
+            go(on, PERTURB_FILE, by_dtype(&PERTURB_APPLY_BATCH, dt), &b, blocks)?;
+        }
     }
+    Ok(())
 }
 
 /// A perturbation's statistics: the first bad element (a bad x before a bad J, as the CPU path
@@ -926,6 +978,8 @@ pub unsafe fn noise(on: Launch, out: DevPtrMut<f32>, numel: usize, offset: u64, 
 /// `stats` must be device memory of the launch's device, not used by other work until the memset
 /// completes in stream order.
 pub unsafe fn zero_stats(on: Launch, stats: StatsBuf) -> Result<()> {
+    // The driver call needs the stream's context current on this thread (a launch binds it too).
+    on.stream.context().bind_to_thread().map_err(cuda_err)?;
     // SAFETY: `stats.len` slots of 8 bytes at `stats.base` are device memory of this stream's
     // context by the contract; the memset is ordered on the stream like a kernel.
     unsafe { cu::memset_d8_async(stats.base.addr(), 0, 8 * stats.len, on.stream.cu_stream()) }.map_err(cuda_err)
@@ -1155,7 +1209,7 @@ mod tests {
         assert_eq!(token_grid(&g, &QUANTIZE_NCHW, &QUANTIZE_NTC, Dtype::F16), ("fj_quantize_nchw_f16", 2));
         g.layout = FJ_LAYOUT_NTC;
         assert_eq!(token_grid(&g, &QUANTIZE_NCHW, &QUANTIZE_NTC, Dtype::Bf16), ("fj_quantize_ntc_bf16", 5));
-        assert_eq!(kernel_names().len(), 2 + 4 + 7 * 3);
+        assert_eq!(kernel_names().len(), 2 + 4 + 9 * 3);
     }
 
     #[test]

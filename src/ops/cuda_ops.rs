@@ -516,3 +516,22 @@ pub(super) fn quantize_batch_async(
     // or the workspace (checked by the caller); each item has its own zeroed slots.
     unsafe { raw::quantize_batch(on.launch(), dt, &batch, opts.bits, opts.histogram) }
 }
+
+/// One item of a batched perturbation: x, J, output, samples, NRMSE, noise and its first slot.
+pub(super) type PerturbBatchItem<'a> = (&'a Tensor, Option<&'a Tensor>, &'a Tensor, usize, f64, NoiseSpec, usize);
+
+/// Zeroes every item's statistics (one memset) and enqueues the batch (two launches per 32 items).
+pub(super) fn perturb_batch_async(o: usize, dt: Dtype, items: &[PerturbBatchItem], stats: &Tensor, total: usize) -> Result<()> {
+    let on = On::new(o)?;
+    let ws = workspace(stats, total);
+    on.zero(ws)?;
+    let mut batch = Vec::with_capacity(items.len());
+    for &(x, jnd, out, samples, nrmse, noise, offset) in items {
+        let a = PerturbPtrs { dt, x: src(x), jnd: jnd.map_or(DevPtr::null(), src), out: dst(out), numel: x.numel(), samples };
+        batch.push(raw::PerturbItem { a, nrmse, noise, stats: ws.sub(offset, raw::perturb_slots(samples))? });
+    }
+    // SAFETY: every item's x, J (same sizes and dtype) and output are checked contiguous CUDA
+    // tensors of device `o`; no output overlaps another array of the batch or the workspace
+    // (checked by the caller); each item has its own zeroed slots; torch's stream.
+    unsafe { raw::perturb_batch(on.launch(), dt, &batch) }
+}

@@ -16,8 +16,9 @@ use crate::steps::{self, Measured};
 
 pub use crate::cpu::perturb::NoiseSpec as Noise;
 pub use pending::{
-    perturb_async, perturb_stats_slots, quantize_async, quantize_batch_async, quantize_batch_stats_slots, quantize_stats_slots,
-    quantize_with_jnd_async, quantize_with_jnd_stats_slots, stats_buffer, PendingBatch, PendingPerturb, PendingQuantize, QuantizeItem,
+    perturb_async, perturb_batch_async, perturb_batch_stats_slots, perturb_stats_slots, quantize_async, quantize_batch_async,
+    quantize_batch_stats_slots, quantize_stats_slots, quantize_with_jnd_async, quantize_with_jnd_stats_slots, stats_buffer, PendingBatch,
+    PendingPerturb, PendingPerturbBatch, PendingQuantize, PerturbItem, QuantizeItem,
 };
 
 use crate::element::with_elem;

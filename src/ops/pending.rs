@@ -190,6 +190,7 @@ impl PendingQuantize<'_> {
 #[must_use = "the statistics (and any error the kernels found) are only seen through decode()"]
 pub struct PendingPerturb<'a> {
     stats: &'a Tensor,
+    offset: usize,
     x: &'a Tensor,
     jnd: Option<&'a Tensor>,
     samples: usize,
@@ -200,8 +201,12 @@ impl PendingPerturb<'_> {
     /// Reads the statistics (a sync on CUDA) and gives the synchronous call's report or its typed
     /// error (bad x, bad J, a scale beyond f32).
     pub fn decode(&self) -> Result<PerturbReport> {
-        let v = host_slots(self.stats, 0, perturb_stats_slots(self.samples))?;
-        let (bad, report) = raw::decode_perturb(&v, self.samples);
+        self.decode_slots(&host_slots(self.stats, self.offset, perturb_stats_slots(self.samples))?)
+    }
+
+    /// [`decode`](Self::decode) of this call's slots already on the host.
+    fn decode_slots(&self, v: &[i64]) -> Result<PerturbReport> {
+        let (bad, report) = raw::decode_perturb(v, self.samples);
         if let Some(b) = bad {
             return Err(bad_error(b, self.x, self.jnd));
         }
@@ -333,7 +338,7 @@ pub fn perturb_async<'a>(
     if let Some(j) = jnd {
         check_disjoint(stats, "statistics workspace", j, "J")?;
     }
-    let pending = PendingPerturb { stats, x, jnd, samples, nrmse };
+    let pending = PendingPerturb { stats, offset: 0, x, jnd, samples, nrmse };
     if let Some(o) = cuda_ordinal(x.device()) {
         cuda_ops::perturb_async(o, x, jnd, dt, samples, nrmse, noise, &out, stats, slots)?;
         return Ok(pending);
@@ -463,6 +468,102 @@ pub fn quantize_batch_async<'a>(items: &[QuantizeItem<'a>], opts: &QuantizeOptio
         record_quantize(s, r)?;
     }
     Ok(PendingBatch { items: pending })
+}
+
+/// One feature of a batched perturbation: its own J (or none), strength, noise and output.
+#[derive(Clone, Copy)]
+pub struct PerturbItem<'a> {
+    pub x: &'a Tensor,
+    pub jnd: Option<&'a Tensor>,
+    pub nrmse: f64,
+    pub noise: NoiseSpec,
+    pub out: &'a Tensor,
+}
+
+/// The samples of a batch item (its first dimension; 1 for a tensor without one, which the call
+/// then refuses).
+fn item_samples(it: &PerturbItem) -> usize {
+    it.x.size().first().map_or(1, |&n| n.max(1) as usize)
+}
+
+/// Workspace slots of [`perturb_batch_async`]: each item's [`perturb_stats_slots`], in item order.
+pub fn perturb_batch_stats_slots(items: &[PerturbItem]) -> usize {
+    items.iter().map(|it| perturb_stats_slots(item_samples(it))).sum()
+}
+
+/// A batch enqueued by [`perturb_batch_async`].
+#[must_use = "the statistics (and any error the kernels found) are only seen through decode()"]
+pub struct PendingPerturbBatch<'a> {
+    items: Vec<PendingPerturb<'a>>,
+}
+
+impl PendingPerturbBatch<'_> {
+    /// One sync, then each item's result as [`PendingPerturb::decode`] gives it.
+    pub fn decode(&self) -> Vec<Result<PerturbReport>> {
+        let Some(first) = self.items.first() else { return Vec::new() };
+        let total: usize = self.items.iter().map(|p| perturb_stats_slots(p.samples)).sum();
+        let all = match host_slots(first.stats, 0, total) {
+            Ok(v) => v,
+            Err(e) => return self.items.iter().map(|_| Err(e.clone())).collect(),
+        };
+        self.items.iter().map(|p| p.decode_slots(&all[p.offset..p.offset + perturb_stats_slots(p.samples)])).collect()
+    }
+}
+
+/// Perturbs independent features of one dtype and device, each with its own J, NRMSE, noise and
+/// output, in one call: on CUDA two launches (norms, apply) for up to 32 items, on the CPU a loop.
+/// Item `i`'s statistics follow item `i − 1`'s in `stats` ([`perturb_batch_stats_slots`]); its
+/// results equal those of [`perturb_async`] on it alone.
+pub fn perturb_batch_async<'a>(items: &[PerturbItem<'a>], stats: &'a Tensor) -> Result<PendingPerturbBatch<'a>> {
+    let Some(first) = items.first() else { return Ok(PendingPerturbBatch { items: Vec::new() }) };
+    let dt = check_tensor(first.x, "x")?;
+    check_device(first.x, "x")?;
+    let total = perturb_batch_stats_slots(items);
+    check_stats(stats, total, first.x)?;
+    let mut ranges: Vec<(usize, usize, bool)> = Vec::with_capacity(3 * items.len());
+    let mut pending = Vec::with_capacity(items.len());
+    let mut offset = 0;
+    for (i, it) in items.iter().enumerate() {
+        let di = check_tensor(it.x, "x")?;
+        if di != dt {
+            return Err(Error::Dtype(format!("batch item {i} is {}, item 0 {}: a batch has one dtype", di.name(), dt.name())));
+        }
+        same_device(first.x, "item 0", it.x, "another item")?;
+        let out = out_tensor(Some(it.out), "output", &it.x.size(), it.x.kind(), it.x.device())?;
+        let (_, samples) = check_perturb(it.x, it.jnd, Some(&out))?;
+        if !(it.nrmse.is_finite() && it.nrmse >= 0.0) {
+            return Err(Error::Nrmse(it.nrmse));
+        }
+        let mut arrays = vec![(it.x, false), (it.out, true)];
+        arrays.extend(it.jnd.map(|j| (j, false)));
+        for &(t, w) in &arrays {
+            check_disjoint(stats, "statistics workspace", t, "an array of the batch")?;
+            let (lo, hi) = byte_range(t);
+            ranges.push((lo, hi, w));
+        }
+        pending.push(PendingPerturb { stats, offset, x: it.x, jnd: it.jnd, samples, nrmse: it.nrmse });
+        offset += perturb_stats_slots(samples);
+    }
+    no_write_overlaps(&mut ranges)?;
+    if let Some(o) = cuda_ordinal(first.x.device()) {
+        let launch: Vec<_> =
+            items.iter().zip(&pending).map(|(it, p)| (it.x, it.jnd, it.out, p.samples, it.nrmse, it.noise, p.offset)).collect();
+        cuda_ops::perturb_batch_async(o, dt, &launch, stats, total)?;
+        return Ok(PendingPerturbBatch { items: pending });
+    }
+    // SAFETY: `stats` was checked for all items' slots on the CPU and is disjoint from every array.
+    let all = unsafe { cpu_slots(stats, total) };
+    for (it, p) in items.iter().zip(&pending) {
+        let s = &mut all[p.offset..p.offset + perturb_stats_slots(p.samples)];
+        match perturb_cpu(it.x, it.jnd, dt, p.samples, it.nrmse, it.noise, Some(it.out)) {
+            Ok(rep) => raw::encode_perturb(s, None, &rep),
+            Err(e) => match raw::bad_of_error(&e) {
+                Some(b) => raw::encode_perturb(s, Some(b), &PerturbReport { scales: vec![0.0; p.samples], zero_samples: vec![] }),
+                None => return Err(e),
+            },
+        }
+    }
+    Ok(PendingPerturbBatch { items: pending })
 }
 
 #[cfg(test)]
