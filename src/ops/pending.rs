@@ -1,14 +1,16 @@
 //! The sync-free calls (issue 15 §1, §3): the fused JND quantization, the quantization with given
-//! steps, the perturbation and a batch of quantizations, each with its statistics in a
-//! caller-owned i64 tensor (the workspace, sized by the `*_stats_slots` functions, in the layout
-//! of `cuda::raw`) and its outputs in caller-owned tensors.
+//! steps, the perturbation, and batches of quantizations or perturbations, each with its
+//! statistics in a caller-owned i64 tensor (the workspace, sized by the `*_stats_slots`
+//! functions, in the layout of `cuda::raw`) and its outputs in caller-owned tensors.
 //!
 //! On CUDA a call only enqueues work on torch's current stream: a memset node that zeroes the
-//! statistics, then the kernels. No host read, no sync, no allocation, so a loop of calls can be
-//! captured into a CUDA graph. Errors the kernels find (a non-finite x, a bad J) land in the
-//! statistics with their index; the returned `Pending*` value's `decode()` copies them to the host
-//! when the caller chooses (that is the sync) and gives today's results or today's typed errors,
-//! through the decoders of `cuda::raw`.
+//! statistics, then the kernels. No host read of device memory, no sync, no device allocation
+//! (the host work is the argument checks and a few small host objects), so a loop of calls can be
+//! captured into a CUDA graph where torch's current stream is a capturing stream (e.g. under
+//! `torch.cuda.graph`; the C ABI takes the stream as an argument). Errors the kernels find (a
+//! non-finite x, a bad J) land in the statistics with their index; the returned `Pending*`
+//! value's `decode()` copies them to the host when the caller chooses (that is the sync) and
+//! gives today's results or today's typed errors, through the decoders of `cuda::raw`.
 //!
 //! On the CPU the same calls run synchronously and write the same statistics layout into a CPU
 //! i64 tensor (`raw::encode_*`), so `decode()` behaves identically. Errors that need no data
