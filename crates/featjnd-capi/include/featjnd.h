@@ -377,7 +377,8 @@ int32_t fj_perturb_async(const struct FjContext *ctx,
 // Decodes the statistics of `fj_quantize_async` or `fj_quantize_with_jnd_async` (same `x`,
 // `patch` and `bits`; `jnd` as given to the fused call, else null) into `result` (and the
 // histogram into the host array `hist_out`, 255 or 512 `uint64_t`, unless null), or the status
-// the synchronous call would return (`FJ_ERR_JND` before `FJ_ERR_NONFINITE`). On a CUDA context
+// the synchronous call would return (`FJ_ERR_JND` before `FJ_ERR_NONFINITE`; the message's value
+// is read from `x` now, so after an in-place call it is what `x` holds then). On a CUDA context
 // `stats` is device memory: it is copied on `stream` and the stream synchronized.
 //
 // # Safety
