@@ -233,5 +233,191 @@ fn noise_bench(c: &mut Criterion, mib: usize, numel: usize) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// The serving path (issue 15 §1, §3) at 1 and 16 MiB: the fused JND quantization as the
+/// synchronous call (`sync_call`), as the sync-free call with a decode (one sync) per call
+/// (`async_decode_each`), and as a loop of sync-free calls with one sync at the end
+/// (`async_loop`, the time per call); on CUDA also the same chain captured into a CUDA graph and
+/// replayed (`graph_replay`, per call). Then a batch of 16 features of mixed sizes (1 K to 37 K
+/// f32 elements, 1.15 MiB in all) in one call (`batched`) against a loop of 16 synchronous calls (`loop_sync`) and of 16
+/// sync-free calls with one decode each (`loop_async`).
+fn serving_bench(c: &mut Criterion) {
+    for d in devices() {
+        let dn = if d == Device::Cpu { "cpu" } else { "cuda" };
+        let opts = QuantizeOptions { histogram: false, ..Default::default() };
+        for mib in [1usize, 16].into_iter().filter(|&m| sizes_mib().iter().any(|&s| s >= m)) {
+            let n = (mib as i64 * (1 << 20) / 4) / (256 * 32 * 32);
+            let numel = n * 256 * 32 * 32;
+            let x = bench_feature(&[n, 256, 32, 32], 1, d);
+            let j = bench_feature(&[n, 256, 32, 32], 2, d).abs() + 0.1;
+            let t = n * 32 * 32;
+            let mut g = c.benchmark_group(format!("serving_{dn}"));
+            g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+            g.throughput(Throughput::Bytes(13 * numel as u64));
+            let sym = Tensor::empty([n, 256, 32, 32], (Kind::Int8, d));
+            let rec = x.empty_like();
+            let sse = Tensor::empty([t], (Kind::Float, d));
+            let steps = Tensor::empty([t], (Kind::Float, d));
+            let bufs = ops::QuantizeBuffers { symbols: Some(&sym), recon: Some(&rec), token_sse: Some(&sse) };
+            let ws = ops::stats_buffer(ops::quantize_with_jnd_stats_slots(opts.bits, t as usize), d).unwrap();
+            let call = || {
+                ops::quantize_with_jnd_async(&x, &j, Layout::Nchw, 1, Reduce::Mean, BUDGET, Strategy::Jnd, &opts, &bufs, &steps, &ws)
+                    .unwrap()
+            };
+            g.bench_with_input(BenchmarkId::new("sync_call", mib), &mib, |b, _| {
+                b.iter(|| ops::quantize_with_jnd_into(&x, &j, Layout::Nchw, 1, Reduce::Mean, BUDGET, Strategy::Jnd, &opts, &bufs).unwrap())
+            });
+            g.bench_with_input(BenchmarkId::new("async_decode_each", mib), &mib, |b, _| b.iter(|| call().decode().unwrap()));
+            g.bench_with_input(BenchmarkId::new("async_loop", mib), &mib, |b, _| {
+                b.iter_custom(|iters| {
+                    let t0 = Instant::now();
+                    for _ in 0..iters {
+                        let _ = std::hint::black_box(call());
+                    }
+                    sync(d);
+                    t0.elapsed()
+                })
+            });
+            if let Device::Cuda(o) = d {
+                graph_bench(&mut g, o, mib, &x, &j, &bufs, &steps, &ws);
+            }
+            g.finish();
+        }
+        batch_bench(c, d, dn, &opts);
+    }
+}
+
+/// A feature from Philox (no torch global RNG): Gaussian values on `d`.
+fn bench_feature(sizes: &[i64], seed: u64, d: Device) -> Tensor {
+    let mut v = vec![0.0f32; sizes.iter().product::<i64>() as usize];
+    philox::fill(&mut v, 0, seed, 0, NoiseKind::Gaussian);
+    Tensor::from_slice(&v).reshape(sizes).to_device(d)
+}
+
+/// The fused chain captured into a CUDA graph on a stream of our own (with the raw launchers, as
+/// a server embedding the C ABI would), then replayed: the time per replay.
+#[allow(clippy::too_many_arguments)]
+fn graph_bench(
+    g: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>,
+    o: usize,
+    mib: usize,
+    x: &Tensor,
+    j: &Tensor,
+    bufs: &ops::QuantizeBuffers,
+    steps: &Tensor,
+    ws: &Tensor,
+) {
+    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    use featjnd_kernels::cuda::raw::{self, DevPtr, DevPtrMut, Elems, Launch, QuantPtrs, StatsBuf};
+    use featjnd_kernels::{Bits, Dtype};
+    let dev = featjnd_kernels::cuda::Device::get(o).unwrap();
+    let stream = dev.ctx.new_stream().unwrap();
+    let grid = ops::grid_of(x, Layout::Nchw, 1).unwrap();
+    let on = Launch { dev: &dev, stream: &stream };
+    let out = |t: Option<&Tensor>| t.map_or(DevPtrMut::null(), |t| DevPtrMut::from_addr(t.data_ptr() as u64));
+    let p = QuantPtrs {
+        x: DevPtr::from_addr(x.data_ptr() as u64),
+        steps: DevPtr::from_addr(steps.data_ptr() as u64),
+        symbols: out(bufs.symbols),
+        recon: out(bufs.recon),
+        token_sse: out(bufs.token_sse).cast(),
+    };
+    let wsb = StatsBuf::new(DevPtrMut::from_addr(ws.data_ptr() as u64), ws.numel());
+    let jnd = Elems { ptr: DevPtr::from_addr(j.data_ptr() as u64), dt: Dtype::F32 };
+    let enqueue = || {
+        // SAFETY: every pointer is a live CUDA tensor of the sizes the chain needs (x, J, the
+        // outputs and the steps of the grid, the workspace of quantize_with_jnd_stats_slots), all
+        // disjoint, alive until the benchmark group ends; the stream is synchronized before.
+        unsafe {
+            raw::zero_stats(on, wsb.sub(0, raw::quantize_slots(Bits::B8, true)).unwrap()).unwrap();
+            let st = DevPtrMut::from_addr(steps.data_ptr() as u64);
+            raw::quantize_with_jnd(on, Dtype::F32, &grid, jnd, Reduce::Mean, BUDGET, Strategy::Jnd, &p, st, Bits::B8, false, wsb).unwrap();
+        }
+    };
+    tch::Cuda::synchronize(o as i64);
+    enqueue(); // compiles and caches the kernels before the capture
+    stream.synchronize().unwrap();
+    stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).unwrap();
+    enqueue();
+    let graph = stream.end_capture(CUgraphInstantiate_flags(0)).unwrap().expect("an empty capture");
+    g.bench_with_input(BenchmarkId::new("graph_replay", mib), &mib, |b, _| {
+        b.iter_custom(|iters| {
+            let t0 = Instant::now();
+            for _ in 0..iters {
+                graph.launch().unwrap();
+            }
+            stream.synchronize().unwrap();
+            t0.elapsed()
+        })
+    });
+}
+
+/// 16 features of mixed sizes (NCHW and NTC, 1 K to 37 K elements, 302 592 in all) quantized in one
+/// batched call vs loops of single calls, then perturbed the same two ways.
+fn batch_bench(c: &mut Criterion, d: Device, dn: &str, opts: &QuantizeOptions) {
+    let shapes: Vec<(Layout, Vec<i64>)> = (0..16)
+        .map(|i| match i % 4 {
+            0 => (Layout::Ntc, vec![1, 4 << (i / 4), 256]),
+            1 => (Layout::Nchw, vec![1, 64, 4 << (i / 4), 16]),
+            2 => (Layout::Ntc, vec![1, 49, 768]),
+            _ => (Layout::Nchw, vec![1, 256, 7, 7 << (i / 8)]),
+        })
+        .collect();
+    let xs: Vec<Tensor> = shapes.iter().enumerate().map(|(i, (_, s))| bench_feature(s, 10 + i as u64, d)).collect();
+    let tokens: Vec<i64> = shapes.iter().zip(&xs).map(|((l, _), x)| ops::grid_of(x, *l, 1).unwrap().tokens() as i64).collect();
+    let steps: Vec<Tensor> = tokens.iter().map(|&t| Tensor::full([t], 0.05, (Kind::Float, d))).collect();
+    let syms: Vec<Tensor> = xs.iter().map(|x| Tensor::empty(x.size(), (Kind::Int8, d))).collect();
+    let recs: Vec<Tensor> = xs.iter().map(|x| x.empty_like()).collect();
+    let sses: Vec<Tensor> = tokens.iter().map(|&t| Tensor::empty([t], (Kind::Float, d))).collect();
+    let items: Vec<ops::QuantizeItem> = (0..xs.len())
+        .map(|i| ops::QuantizeItem {
+            x: &xs[i],
+            layout: shapes[i].0,
+            patch: 1,
+            steps: &steps[i],
+            bufs: ops::QuantizeBuffers { symbols: Some(&syms[i]), recon: Some(&recs[i]), token_sse: Some(&sses[i]) },
+        })
+        .collect();
+    let total: i64 = xs.iter().map(|x| x.numel() as i64).sum();
+    let ws = ops::stats_buffer(ops::quantize_batch_stats_slots(opts.bits, items.len()), d).unwrap();
+    let one = ops::stats_buffer(ops::quantize_batch_stats_slots(opts.bits, items.len()), d).unwrap();
+    let per = ops::quantize_stats_slots(opts.bits) as i64;
+    let mut g = c.benchmark_group(format!("batch16_{dn}"));
+    g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    // Floor: read x, write x̂ (4 B each) and the symbol (1 B).
+    g.throughput(Throughput::Bytes(9 * total as u64));
+    let mib = (4 * total as usize) >> 20;
+    g.bench_with_input(BenchmarkId::new("batched", mib), &mib, |b, _| {
+        b.iter(|| ops::quantize_batch_async(&items, opts, &ws).unwrap().decode().into_iter().map(|r| r.unwrap().clamped).sum::<u64>())
+    });
+    g.bench_with_input(BenchmarkId::new("loop_sync", mib), &mib, |b, _| {
+        b.iter(|| items.iter().map(|it| ops::quantize_into(it.x, it.layout, 1, it.steps, opts, &it.bufs).unwrap().clamped).sum::<u64>())
+    });
+    let slices: Vec<Tensor> = (0..items.len() as i64).map(|i| one.narrow(0, i * per, per)).collect();
+    g.bench_with_input(BenchmarkId::new("loop_async", mib), &mib, |b, _| {
+        b.iter(|| {
+            let p: Vec<_> = items
+                .iter()
+                .zip(&slices)
+                .map(|(it, s)| ops::quantize_async(it.x, it.layout, 1, it.steps, opts, &it.bufs, s).unwrap())
+                .collect();
+            p.iter().map(|p| p.decode().unwrap().clamped).sum::<u64>()
+        })
+    });
+
+    // The same 16 features perturbed (Gaussian with J = 1, r = 0.1): one batched call vs a loop.
+    let pouts: Vec<Tensor> = xs.iter().map(|x| x.empty_like()).collect();
+    let noise = Noise { kind: NoiseKind::Gaussian, seed: 3, subsequence: 0 };
+    let pitems: Vec<ops::PerturbItem> =
+        (0..xs.len()).map(|i| ops::PerturbItem { x: &xs[i], jnd: None, nrmse: 0.1, noise, out: &pouts[i] }).collect();
+    let pws = ops::stats_buffer(ops::perturb_batch_stats_slots(&pitems), d).unwrap();
+    g.bench_with_input(BenchmarkId::new("perturb_batched", mib), &mib, |b, _| {
+        b.iter(|| ops::perturb_batch_async(&pitems, &pws).unwrap().decode().into_iter().map(|r| r.unwrap().scales.len()).sum::<usize>())
+    });
+    g.bench_with_input(BenchmarkId::new("perturb_loop_sync", mib), &mib, |b, _| {
+        b.iter(|| pitems.iter().map(|it| ops::perturb_into(it.x, None, 0.1, noise, it.out).unwrap().scales.len()).sum::<usize>())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, serving_bench);
 criterion_main!(benches);

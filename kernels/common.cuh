@@ -139,6 +139,15 @@ __device__ __forceinline__ void report_max_pos(u32* cell, float v) {
 }
 __device__ __forceinline__ bool bad_seen(u64 cell) { return cell && *(const u64*)cell != 0ull; }
 
+// ---- batches (FjQuantizeBatchParams, FjPerturbBatchParams) ----
+// The item whose blocks contain this block: the last i < count with starts[i] <= blockIdx.x (the
+// starts ascend). Every thread of a block gets the same item, so the item's body may synchronize.
+__device__ __forceinline__ u32 fj_batch_item(const uint32_t* starts, u32 count) {
+    u32 i = 0;
+    while (i + 1 < count && blockIdx.x >= starts[i + 1]) ++i;
+    return i;
+}
+
 // ---- fast division by a runtime constant (unsigned 32-bit, n < 2^31) ----
 struct FastDiv {
     u32 d, m, s;

@@ -139,6 +139,20 @@ typedef struct FjQuantizeParams {
     uint32_t pad0;
 } FjQuantizeParams;
 
+/* quantize.cu: a batch of independent quantizations in one launch (issue 15 §3). Item i owns the
+ * grid blocks from block_start[i] up to the next item's start (the last item: to the grid's end)
+ * and runs exactly the single-item kernel of its layout on them, with its own geometry, steps,
+ * outputs and statistics cells. The table travels by value in the kernel's parameter space
+ * (FJ_BATCH_MAX items keep it under the 4 KiB parameter limit), so a batched call needs no device
+ * upload and is capturable into a graph.
+ * Every item has the launch's dtype and bits; the grid is exactly the items' blocks. */
+#define FJ_BATCH_MAX 32
+typedef struct FjQuantizeBatchParams {
+    FjQuantizeParams items[FJ_BATCH_MAX];
+    uint32_t block_start[FJ_BATCH_MAX];    /* first grid block of each item (prefix sums) */
+    uint32_t count;                        /* items used, 1..FJ_BATCH_MAX */
+} FjQuantizeBatchParams;
+
 /* perturb.cu: x' = x + s_n * J ⊙ xi with s_n = r ||x_n|| / ||J_n ⊙ xi_n|| (contract §6). */
 typedef struct FjPerturbParams {
     uint64_t x;            /* const elem* */
@@ -157,6 +171,14 @@ typedef struct FjPerturbParams {
     uint32_t noise;        /* FJ_NOISE_* */
     uint32_t pad0;
 } FjPerturbParams;
+
+/* perturb.cu: a batch of independent perturbations, two launches (norms, apply) over one table,
+ * laid out and used as FjQuantizeBatchParams (issue 15 §3). */
+typedef struct FjPerturbBatchParams {
+    FjPerturbParams items[FJ_BATCH_MAX];
+    uint32_t block_start[FJ_BATCH_MAX];    /* first grid block of each item (prefix sums) */
+    uint32_t count;                        /* items used, 1..FJ_BATCH_MAX */
+} FjPerturbBatchParams;
 
 /* perturb.cu: materialise noise xi (tests and tools; the perturbation never stores it). */
 typedef struct FjNoiseParams {

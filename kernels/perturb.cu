@@ -44,11 +44,12 @@ struct Span {
     u32 n;
     u64 lo, hi, g0, g1;
 };
-__device__ __forceinline__ Span span_of(const FjPerturbParams& p) {
+// `blk` is the block's index within its item's grid (blockIdx.x for a single perturbation).
+__device__ __forceinline__ Span span_of(const FjPerturbParams& p, u32 blk) {
     const u64 bps = (p.sample_len + FJ_PT_CHUNK - 1) / FJ_PT_CHUNK;
     Span s;
-    s.n = (u32)(blockIdx.x / bps);
-    const u64 c = blockIdx.x % bps;
+    s.n = (u32)(blk / bps);
+    const u64 c = blk % bps;
     const u64 start = (u64)s.n * p.sample_len;
     s.lo = start + c * FJ_PT_CHUNK;
     s.hi = min(start + p.sample_len, s.lo + FJ_PT_CHUNK);
@@ -60,8 +61,8 @@ __device__ __forceinline__ Span span_of(const FjPerturbParams& p) {
 // Every thread takes FJ_PT_ITEMS Philox blocks per round and issues all their loads before any
 // noise math, so the memory system sees several requests in flight per thread.
 template <class D>
-__device__ void perturb_norms(const FjPerturbParams& p) {
-    const Span s = span_of(p);
+__device__ void perturb_norms(const FjPerturbParams& p, u32 blk) {
+    const Span s = span_of(p, blk);
     const bool vec = (p.x % 16 == 0) && (p.jnd % 16 == 0);
     float sx = 0.0f, sj = 0.0f;
     u64 badx = ~0ull, badj = ~0ull;
@@ -105,10 +106,10 @@ __device__ __forceinline__ float scale_of(const FjPerturbParams& p, u32 n) {
 }
 
 template <class D>
-__device__ void perturb_apply(const FjPerturbParams& p) {
+__device__ void perturb_apply(const FjPerturbParams& p, u32 blk) {
     // Pass 1 found a bad x or J: write nothing (the in-place input stays intact, no host sync).
     if (bad_seen(p.bad_index) || bad_seen(p.bad_jnd)) return;
-    const Span s = span_of(p);
+    const Span s = span_of(p, blk);
     const float sc = scale_of(p, s.n);
     if (threadIdx.x == 0 && s.lo == (u64)s.n * p.sample_len && p.scales) ((float*)p.scales)[s.n] = sc;
     const bool vec = (p.x % 16 == 0) && (p.jnd % 16 == 0) && (p.out % 16 == 0);
@@ -137,11 +138,28 @@ __device__ void perturb_apply(const FjPerturbParams& p) {
     }
 }
 
+// A batch (FjPerturbBatchParams): each block runs the single-item pass of its item, so every
+// item's result is that of its own launch.
+template <class D>
+__device__ void perturb_norms_batch(const FjPerturbBatchParams& b) {
+    const u32 i = fj_batch_item(b.block_start, b.count);
+    perturb_norms<D>(b.items[i], blockIdx.x - b.block_start[i]);
+}
+template <class D>
+__device__ void perturb_apply_batch(const FjPerturbBatchParams& b) {
+    const u32 i = fj_batch_item(b.block_start, b.count);
+    perturb_apply<D>(b.items[i], blockIdx.x - b.block_start[i]);
+}
+
 #define FJ_PERTURB(NAME, D)                                                                  \
     extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                                  \
-        fj_perturb_norms_##NAME(const FjPerturbParams p) { perturb_norms<D>(p); }           \
+        fj_perturb_norms_##NAME(const FjPerturbParams p) { perturb_norms<D>(p, blockIdx.x); } \
     extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                                  \
-        fj_perturb_apply_##NAME(const FjPerturbParams p) { perturb_apply<D>(p); }
+        fj_perturb_apply_##NAME(const FjPerturbParams p) { perturb_apply<D>(p, blockIdx.x); } \
+    extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                                  \
+        fj_perturb_norms_batch_##NAME(const FjPerturbBatchParams b) { perturb_norms_batch<D>(b); } \
+    extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                                  \
+        fj_perturb_apply_batch_##NAME(const FjPerturbBatchParams b) { perturb_apply_batch<D>(b); }
 FJ_FOR_DTYPES(FJ_PERTURB)
 
 extern "C" __global__ void __launch_bounds__(FJ_BLOCK) fj_noise(const FjNoiseParams p) {

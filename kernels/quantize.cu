@@ -83,15 +83,16 @@ __device__ __forceinline__ void finish_block(const FjQuantizeParams& p, u32* sh,
 
 // NCHW: a block owns 32 consecutive tokens (one per lane) and splits the channels over its warps,
 // so even few, deep tokens fill the GPU; partial errors are summed in a fixed warp order.
+// `blk` is the block's index within its item's grid (blockIdx.x for a single quantization).
 template <class D>
-__device__ void quantize_nchw(const FjQuantizeParams& p) {
+__device__ void quantize_nchw(const FjQuantizeParams& p, u32 blk) {
     __shared__ u32 sh[FJ_HIST_BINS];
     __shared__ float part[FJ_WARPS][FJ_NCHW_TOKENS_PER_BLOCK];
     const bool hist = p.histogram != 0;
     if (hist) hist_init(sh);
     const FjTokenGeom g = p.geom;
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const u32 t = blockIdx.x * FJ_NCHW_TOKENS_PER_BLOCK + lane;
+    const u32 t = blk * FJ_NCHW_TOKENS_PER_BLOCK + lane;
     const bool live = t < g.tokens;
     const float qmax = p.bits == 8 ? (float)FJ_QMAX_B8 : (float)FJ_QMAX_B16;
     QState st = {0.0f, 0u, ~0ull};
@@ -132,13 +133,13 @@ __device__ void quantize_nchw(const FjQuantizeParams& p) {
 }
 
 template <class D>
-__device__ void quantize_ntc(const FjQuantizeParams& p) {
+__device__ void quantize_ntc(const FjQuantizeParams& p, u32 blk) {
     __shared__ u32 sh[FJ_HIST_BINS];
     const bool hist = p.histogram != 0;
     if (hist) hist_init(sh);
     const FjTokenGeom g = p.geom;
     const u32 lane = threadIdx.x & 31;
-    const u32 t = blockIdx.x * FJ_NTC_TOKENS_PER_BLOCK + (threadIdx.x >> 5);
+    const u32 t = blk * FJ_NTC_TOKENS_PER_BLOCK + (threadIdx.x >> 5);
     const bool live = t < g.tokens;
     const float qmax = p.bits == 8 ? (float)FJ_QMAX_B8 : (float)FJ_QMAX_B16;
     QState st = {0.0f, 0u, ~0ull};
@@ -201,9 +202,23 @@ __device__ void quantize_ntc(const FjQuantizeParams& p) {
     finish_block(p, sh, hist, live && lane == 0, t, st);
 }
 
+// A batch: the block finds its item by a scan of the (at most FJ_BATCH_MAX) prefix sums, the same
+// for every thread of the block, then runs the single-item body, so each item's results are
+// those of its own launch bit for bit.
+template <class D>
+__device__ void quantize_batch(const FjQuantizeBatchParams& b) {
+    const u32 i = fj_batch_item(b.block_start, b.count);
+    const FjQuantizeParams& p = b.items[i];
+    const u32 blk = blockIdx.x - b.block_start[i];
+    if (p.geom.layout == FJ_LAYOUT_NCHW) quantize_nchw<D>(p, blk);
+    else quantize_ntc<D>(p, blk);
+}
+
 #define FJ_QUANTIZE(NAME, D)                                                              \
     extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                               \
-        fj_quantize_nchw_##NAME(const FjQuantizeParams p) { quantize_nchw<D>(p); }       \
+        fj_quantize_nchw_##NAME(const FjQuantizeParams p) { quantize_nchw<D>(p, blockIdx.x); } \
     extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                               \
-        fj_quantize_ntc_##NAME(const FjQuantizeParams p) { quantize_ntc<D>(p); }
+        fj_quantize_ntc_##NAME(const FjQuantizeParams p) { quantize_ntc<D>(p, blockIdx.x); }   \
+    extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                               \
+        fj_quantize_batch_##NAME(const FjQuantizeBatchParams b) { quantize_batch<D>(b); }
 FJ_FOR_DTYPES(FJ_QUANTIZE)

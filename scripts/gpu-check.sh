@@ -13,6 +13,10 @@ echo "== GPU tests"; start=$(date +%s)
 .gpu/gpu-tests --test-threads=1 --nocapture 2>&1 | tee "$OUT/gpu-tests.log" | grep -E "^test |test result|SKIP|panicked" ; tr=${PIPESTATUS[0]}
 .gpu/capi-gpu-tests --test-threads=1 --nocapture 2>&1 | tee "$OUT/capi-gpu-tests.log" | grep -E "^test |test result|SKIP|panicked" ; [ "${PIPESTATUS[0]}" = 0 ] || tr=1
 echo "gpu tests: rc=$tr in $(( $(date +%s) - start )) s"
+# Issue 15: the sync-free calls, the CUDA-graph capture/replay and the batched launch (tensor API
+# and C ABI), picked out of the two logs above so the note can quote them.
+echo "== issue 15 (sync-free calls, CUDA graph, batches)"
+grep -hE "^test .*(async|batch|graph)|SKIP .*(async|batch|graph)" "$OUT/gpu-tests.log" "$OUT/capi-gpu-tests.log" | tee "$OUT/issue15-tests.log"
 echo "== Python package on CUDA (torch tensors through DLPack)"; start=$(date +%s)
 py_site=/tmp/fj-pysite; rm -rf "$py_site"; mkdir -p "$py_site"
 for w in .gpu/wheels/*.whl; do python3 -m zipfile -e "$w" "$py_site"; done
@@ -28,7 +32,8 @@ if [ -n "$cs" ]; then
   grep -E "ERROR SUMMARY|test result" "$OUT/memcheck.log"; echo "memcheck: rc=$mr in $(( $(date +%s) - start )) s"
 else mr=127; echo "compute-sanitizer not found"; fi
 echo "== GPU benchmarks"; start=$(date +%s)
-# FEATJND_BENCH_FILTER (a criterion filter, e.g. "/256") and FEATJND_BENCH_ARGS shorten the run.
+# FEATJND_BENCH_FILTER (a criterion filter, e.g. "/256") and FEATJND_BENCH_ARGS shorten the run;
+# the issue 15 groups alone: FEATJND_BENCH_FILTER='serving|batch16'.
 FEATJND_BENCH_DEVICES=cuda CRITERION_HOME="$PWD/target/criterion" .gpu/ops-bench --bench --noplot ${FEATJND_BENCH_ARGS:-} ${FEATJND_BENCH_FILTER:-} > "$OUT/bench.log" 2>&1; br=$?
 echo "bench: rc=$br in $(( $(date +%s) - start )) s"
 python3 .gpu/bench-table.py target/criterion | tee "$OUT/bench-table.md"

@@ -435,3 +435,178 @@ fn capped_gpu_errors_match_cpu() {
     }
     assert!(matches!(ops::allocate_steps_capped(&jt.to_device(d), &caps, 0.1, 1.0), Err(Error::MixedDevices(_))));
 }
+
+// ---- the sync-free calls (issue 15 §1, §3): enqueue only, statistics in a caller workspace ----
+
+/// Output buffers of a quantization on `dev`.
+fn outs_on(x: &Tensor, tokens: i64, dev: Device) -> [Tensor; 3] {
+    [Tensor::zeros(x.size(), (Kind::Int8, dev)), Tensor::zeros(x.size(), (x.kind(), dev)), Tensor::zeros([tokens], (Kind::Float, dev))]
+}
+
+fn bufs_of(o: &[Tensor; 3]) -> ops::QuantizeBuffers<'_> {
+    ops::QuantizeBuffers { symbols: Some(&o[0]), recon: Some(&o[1]), token_sse: Some(&o[2]) }
+}
+
+#[test]
+fn async_calls_on_gpu_match_the_synchronous_calls_and_cpu() {
+    let Some(d) = gpu() else { return };
+    let q = QuantizeOptions::default();
+    for (i, (layout, sizes, patch)) in shapes().into_iter().enumerate() {
+        for kind in KINDS {
+            let what = format!("{layout:?} {sizes:?} p{patch} {kind:?}");
+            let (x, j) = (feature(&sizes, kind, 300 + i as i64), jnd(&sizes, kind, 300 + i as i64));
+            let (xd, jd) = (x.to_device(d), j.to_device(d));
+            let t = ops::grid_of(&x, layout, patch).unwrap().tokens() as i64;
+            // The fused chain: its steps as the synchronous device chain's (Σj² is an atomic f64
+            // sum: equal to an ulp), and given those steps, quantization bit-identical to the CPU.
+            let (sync_steps, _) = ops::quantize_with_jnd(&xd, &jd, layout, patch, Reduce::Mean, 0.02, Strategy::Jnd, &q).unwrap();
+            let o = outs_on(&xd, t, d);
+            let st = Tensor::zeros([t], (Kind::Float, d));
+            let mut ws = ops::stats_buffer(ops::quantize_with_jnd_stats_slots(Bits::B8, t as usize), d).unwrap();
+            let _ = ws.fill_(-1); // the call zeroes what it needs on the stream
+            let p = ops::quantize_with_jnd_async(&xd, &jd, layout, patch, Reduce::Mean, 0.02, Strategy::Jnd, &q, &bufs_of(&o), &st, &ws)
+                .unwrap();
+            let got = p.decode().unwrap();
+            close(&st, &sync_steps, 3e-7, 0.0, &format!("fused steps {what}"));
+            let cpu = ops::quantize(&x, layout, patch, &st.to_device(Device::Cpu), &q).unwrap();
+            bits_eq(&o[0], cpu.symbols.as_ref().unwrap(), &format!("fused symbols {what}"));
+            bits_eq(&o[1], cpu.recon.as_ref().unwrap(), &format!("fused recon {what}"));
+            assert_eq!((got.clamped, &got.histogram), (cpu.clamped, &cpu.histogram), "{what}");
+            assert!((got.total_sse - cpu.total_sse).abs() <= 1e-4 * cpu.total_sse.max(1e-30), "{what}");
+            // The plain async quantization with the CPU's steps: bit-identical to the CPU.
+            let steps = jnd(&[t], Kind::Float, i as i64) * 0.25;
+            let o = outs_on(&xd, t, d);
+            let qws = ops::stats_buffer(ops::quantize_stats_slots(Bits::B8), d).unwrap();
+            let got = ops::quantize_async(&xd, layout, patch, &steps.to_device(d), &q, &bufs_of(&o), &qws).unwrap().decode().unwrap();
+            let cpu = ops::quantize(&x, layout, patch, &steps, &q).unwrap();
+            bits_eq(&o[0], cpu.symbols.as_ref().unwrap(), &format!("symbols {what}"));
+            bits_eq(&o[1], cpu.recon.as_ref().unwrap(), &format!("recon {what}"));
+            assert_eq!((got.clamped, &got.histogram), (cpu.clamped, &cpu.histogram), "{what}");
+            // The async perturbation against the synchronous device call.
+            let spec = Noise { kind: NoiseKind::Gaussian, seed: 11, subsequence: 2 };
+            let (want, rep) = ops::perturb(&xd, Some(&jd), 0.2, spec).unwrap();
+            let out = xd.zeros_like();
+            let pws = ops::stats_buffer(ops::perturb_stats_slots(sizes[0] as usize), d).unwrap();
+            let got = ops::perturb_async(&xd, Some(&jd), 0.2, spec, &out, &pws).unwrap().decode().unwrap();
+            let tol = if kind == Kind::Float { 1e-5 } else { 1e-2 };
+            close(&out, &want, tol, tol * x.to_kind(Kind::Double).abs().max().double_value(&[]), &format!("perturb {what}"));
+            assert_eq!(got.zero_samples, rep.zero_samples, "{what}");
+        }
+    }
+}
+
+#[test]
+fn async_errors_on_gpu_decode_like_the_cpu() {
+    use featjnd_kernels::Error;
+    let Some(d) = gpu() else { return };
+    let sizes = [2i64, 5, 3, 4];
+    let (x, j) = (feature(&sizes, Kind::Float, 1), jnd(&sizes, Kind::Float, 1));
+    let _ = x.view([-1]).get(37).fill_(f64::NAN);
+    let _ = j.view([-1]).get(11).fill_(-0.5);
+    let t = 2 * 3 * 4;
+    let q = QuantizeOptions::default();
+    let steps = jnd(&[t], Kind::Float, 3);
+    for (dev, ws_dev) in [(Device::Cpu, Device::Cpu), (d, d)] {
+        let (xd, jd) = (x.to_device(dev), j.to_device(dev));
+        let o = outs_on(&xd, t, dev);
+        let st = Tensor::zeros([t], (Kind::Float, dev));
+        let ws = ops::stats_buffer(ops::quantize_with_jnd_stats_slots(Bits::B8, t as usize), ws_dev).unwrap();
+        let e = ops::quantize_with_jnd_async(&xd, &jd, Layout::Nchw, 1, Reduce::Mean, 0.1, Strategy::Jnd, &q, &bufs_of(&o), &st, &ws)
+            .unwrap()
+            .decode();
+        assert!(matches!(e, Err(Error::Jnd { index: 11, .. })), "{dev:?}: {e:?}");
+        let e = ops::quantize_async(&xd, Layout::Nchw, 1, &steps.to_device(dev), &q, &bufs_of(&o), &ws).unwrap().decode();
+        assert!(matches!(e, Err(Error::NonFinite { index: 37, .. })), "{dev:?}: {e:?}");
+        let out = xd.zeros_like();
+        let spec = Noise { kind: NoiseKind::Uniform, seed: 1, subsequence: 0 };
+        let e = ops::perturb_async(&xd, Some(&jd), 0.1, spec, &out, &ws).unwrap().decode();
+        assert!(matches!(e, Err(Error::NonFinite { index: 37, .. })), "{dev:?}: {e:?}");
+    }
+    // A workspace on another device than x is refused before anything is enqueued.
+    let (xd, o) = (x.to_device(d), outs_on(&x.to_device(d), t, d));
+    let host_ws = ops::stats_buffer(ops::quantize_stats_slots(Bits::B8), Device::Cpu).unwrap();
+    let e = ops::quantize_async(&xd, Layout::Nchw, 1, &steps.to_device(d), &q, &bufs_of(&o), &host_ws);
+    assert!(matches!(e, Err(Error::Arg(_))), "{e:?}");
+}
+
+#[test]
+fn a_batch_on_gpu_equals_single_calls_and_the_cpu() {
+    let Some(d) = gpu() else { return };
+    // 1, 7, 17, 1025 and 5137 elements among them; both layouts; 40 items, so two launches.
+    let base = [
+        (Layout::Ntc, vec![1i64, 1, 1], 1usize),
+        (Layout::Ntc, vec![1, 1, 7], 1),
+        (Layout::Nchw, vec![1, 17, 1, 1], 1),
+        (Layout::Ntc, vec![1, 1, 1025], 1),
+        (Layout::Nchw, vec![1, 11, 467, 1], 1),
+        (Layout::Nchw, vec![2, 7, 6, 4], 2),
+        (Layout::Ntc, vec![3, 33, 64], 1),
+        (Layout::Nchw, vec![1, 64, 28, 28], 4),
+    ];
+    let shapes: Vec<_> = (0..40).map(|i| base[i % base.len()].clone()).collect();
+    for kind in KINDS {
+        let q = QuantizeOptions::default();
+        let xs: Vec<Tensor> = shapes.iter().enumerate().map(|(i, (_, s, _))| feature(s, kind, 500 + i as i64)).collect();
+        let ts: Vec<i64> = shapes.iter().zip(&xs).map(|((l, _, p), x)| ops::grid_of(x, *l, *p).unwrap().tokens() as i64).collect();
+        let steps: Vec<Tensor> = ts.iter().enumerate().map(|(i, &t)| jnd(&[t], Kind::Float, i as i64) * 0.2).collect();
+        let (xg, sg): (Vec<Tensor>, Vec<Tensor>) =
+            (xs.iter().map(|x| x.to_device(d)).collect(), steps.iter().map(|s| s.to_device(d)).collect());
+        let outs: Vec<[Tensor; 3]> = xg.iter().zip(&ts).map(|(x, &t)| outs_on(x, t, d)).collect();
+        let items: Vec<ops::QuantizeItem> = (0..xs.len())
+            .map(|i| ops::QuantizeItem { x: &xg[i], layout: shapes[i].0, patch: shapes[i].2, steps: &sg[i], bufs: bufs_of(&outs[i]) })
+            .collect();
+        let ws = ops::stats_buffer(ops::quantize_batch_stats_slots(Bits::B8, items.len()), d).unwrap();
+        let got = ops::quantize_batch_async(&items, &q, &ws).unwrap().decode();
+        for (i, g) in got.into_iter().enumerate() {
+            let g = g.unwrap();
+            let what = format!("item {i} {:?} {kind:?}", shapes[i].1);
+            let one = outs_on(&xg[i], ts[i], d);
+            let ows = ops::stats_buffer(ops::quantize_stats_slots(Bits::B8), d).unwrap();
+            let single = ops::quantize_async(&xg[i], shapes[i].0, shapes[i].2, &sg[i], &q, &bufs_of(&one), &ows).unwrap().decode().unwrap();
+            for k in 0..3 {
+                bits_eq(&outs[i][k], &one[k], &format!("{what} output {k}"));
+            }
+            assert_eq!((g.clamped, &g.histogram), (single.clamped, &single.histogram), "{what}");
+            let cpu = ops::quantize(&xs[i], shapes[i].0, shapes[i].2, &steps[i], &q).unwrap();
+            bits_eq(&outs[i][0], cpu.symbols.as_ref().unwrap(), &format!("{what} vs cpu"));
+            assert!((g.total_sse - cpu.total_sse).abs() <= 1e-4 * cpu.total_sse.max(1e-30), "{what}");
+        }
+    }
+}
+
+#[test]
+fn a_perturbation_batch_on_gpu_equals_single_calls() {
+    let Some(d) = gpu() else { return };
+    // 40 items (two chunks of launches), 1 to 5137 elements per sample, with and without J.
+    let base: [Vec<i64>; 6] = [vec![1, 1], vec![1, 7], vec![2, 17], vec![1, 1025], vec![3, 5137], vec![2, 7, 5, 3]];
+    for kind in KINDS {
+        let shapes: Vec<&Vec<i64>> = (0..40).map(|i| &base[i % base.len()]).collect();
+        let xs: Vec<Tensor> = shapes.iter().enumerate().map(|(i, s)| feature(s, kind, 700 + i as i64).to_device(d)).collect();
+        let js: Vec<Tensor> = shapes.iter().enumerate().map(|(i, s)| jnd(s, kind, 700 + i as i64).to_device(d)).collect();
+        let outs: Vec<Tensor> = xs.iter().map(|x| x.zeros_like()).collect();
+        let items: Vec<ops::PerturbItem> = (0..xs.len())
+            .map(|i| ops::PerturbItem {
+                x: &xs[i],
+                jnd: (i % 2 == 0).then_some(&js[i]),
+                nrmse: 0.02 * (i + 1) as f64,
+                noise: Noise { kind: if i % 3 == 0 { NoiseKind::Uniform } else { NoiseKind::Gaussian }, seed: i as u64, subsequence: 1 },
+                out: &outs[i],
+            })
+            .collect();
+        let ws = ops::stats_buffer(ops::perturb_batch_stats_slots(&items), d).unwrap();
+        let got = ops::perturb_batch_async(&items, &ws).unwrap().decode();
+        for (i, (it, g)) in items.iter().zip(got).enumerate() {
+            let what = format!("item {i} {:?} {kind:?}", shapes[i]);
+            let one = it.x.zeros_like();
+            let ows = ops::stats_buffer(ops::perturb_stats_slots(it.x.size()[0] as usize), d).unwrap();
+            let rep = ops::perturb_async(it.x, it.jnd, it.nrmse, it.noise, &one, &ows).unwrap().decode().unwrap();
+            let g = g.unwrap();
+            // The same kernels on the same data; the per-sample norms are atomic f64 sums, so a
+            // scale may differ in its last bit between two runs.
+            close(&Tensor::from_slice(&g.scales), &Tensor::from_slice(&rep.scales), 1e-6, 0.0, &format!("{what}: scales"));
+            assert_eq!(g.zero_samples, rep.zero_samples, "{what}");
+            let tol = if kind == Kind::Float { 1e-5 } else { 1e-2 };
+            close(&outs[i], &one, tol, tol * it.x.to_kind(Kind::Double).abs().max().double_value(&[]), &what);
+        }
+    }
+}

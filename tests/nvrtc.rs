@@ -25,8 +25,11 @@ fn kernel_names_match_what_the_launchers_ask_for() {
             "fj_token_stats_ntc_",
             "fj_quantize_nchw_",
             "fj_quantize_ntc_",
+            "fj_quantize_batch_",
             "fj_perturb_norms_",
             "fj_perturb_apply_",
+            "fj_perturb_norms_batch_",
+            "fj_perturb_apply_batch_",
         ] {
             assert!(ptx.contains(&format!(".entry {k}{dt}(")), "missing kernel {k}{dt}");
         }
@@ -70,4 +73,31 @@ fn nvtx_ranges_are_harmless_without_the_library() {
     // CI has no libnvToolsExt: ranges must be no-ops, never a panic.
     let r = featjnd_kernels::nvtx::range("featjnd_kernels::test");
     drop(r);
+}
+
+#[test]
+fn the_batch_kernels_read_their_descriptor_table_in_place() {
+    // The tables (FjQuantizeBatchParams, FjPerturbBatchParams: 3-4 KiB) are indexed by the block's
+    // item at run time: they must be read from the parameter space, not copied into every
+    // thread's local memory. (The perturbation kernels keep a small local frame of their own, for
+    // the slow path of sinf/cosf: far below a table's size.)
+    let all = compile::compile_all("compute_90").unwrap();
+    for (file, kernel) in
+        [("quantize.cu", "fj_quantize_batch"), ("perturb.cu", "fj_perturb_norms_batch"), ("perturb.cu", "fj_perturb_apply_batch")]
+    {
+        let ptx = &all.iter().find(|c| c.name == file).unwrap().ptx;
+        for dt in ["f32", "f16", "bf16"] {
+            let start = ptx.find(&format!(".entry {kernel}_{dt}(")).unwrap_or_else(|| panic!("no {kernel}_{dt}"));
+            let body = &ptx[start..];
+            let body = &body[..body[1..].find(".entry ").map_or(body.len(), |e| e + 1)];
+            // `.local .align A .b8 __local_depotN[BYTES];`
+            let frame: usize = body
+                .lines()
+                .filter(|l| l.contains("__local_depot") && l.contains('['))
+                .filter_map(|l| l.split('[').nth(1)?.split(']').next()?.parse().ok())
+                .max()
+                .unwrap_or(0);
+            assert!(frame < 256, "{kernel}_{dt} has a local frame of {frame} bytes: its table is copied to local memory");
+        }
+    }
 }

@@ -135,6 +135,10 @@ unsafe impl DeviceRepr for FjPerturbParams {}
 unsafe impl DeviceRepr for FjNoiseParams {}
 // SAFETY: see above.
 unsafe impl DeviceRepr for FjCappedParams {}
+// SAFETY: see above (an array of `FjQuantizeParams`, the prefix sums and a count, all plain data).
+unsafe impl DeviceRepr for FjQuantizeBatchParams {}
+// SAFETY: see above (the same for `FjPerturbParams`).
+unsafe impl DeviceRepr for FjPerturbBatchParams {}
 
 // ---- kernel names: static, picked per dtype (and layout), no formatting on the launch path ----
 
@@ -157,9 +161,12 @@ const CAPPED_STEPS: &str = "fj_capped_steps";
 const QUANTIZE_FILE: &str = "quantize.cu";
 const QUANTIZE_NCHW: [&str; 3] = ["fj_quantize_nchw_f32", "fj_quantize_nchw_f16", "fj_quantize_nchw_bf16"];
 const QUANTIZE_NTC: [&str; 3] = ["fj_quantize_ntc_f32", "fj_quantize_ntc_f16", "fj_quantize_ntc_bf16"];
+const QUANTIZE_BATCH: [&str; 3] = ["fj_quantize_batch_f32", "fj_quantize_batch_f16", "fj_quantize_batch_bf16"];
 const PERTURB_FILE: &str = "perturb.cu";
 const PERTURB_NORMS: [&str; 3] = ["fj_perturb_norms_f32", "fj_perturb_norms_f16", "fj_perturb_norms_bf16"];
 const PERTURB_APPLY: [&str; 3] = ["fj_perturb_apply_f32", "fj_perturb_apply_f16", "fj_perturb_apply_bf16"];
+const PERTURB_NORMS_BATCH: [&str; 3] = ["fj_perturb_norms_batch_f32", "fj_perturb_norms_batch_f16", "fj_perturb_norms_batch_bf16"];
+const PERTURB_APPLY_BATCH: [&str; 3] = ["fj_perturb_apply_batch_f32", "fj_perturb_apply_batch_f16", "fj_perturb_apply_batch_bf16"];
 const NOISE: &str = "fj_noise";
 
 /// Every (kernel file, kernel name) the launchers ask for (for tests against the compiled PTX).
@@ -171,8 +178,11 @@ pub fn kernel_names() -> Vec<(&'static str, &'static str)> {
         (TOKEN_STATS_FILE, &TOKEN_STATS_NTC),
         (QUANTIZE_FILE, &QUANTIZE_NCHW),
         (QUANTIZE_FILE, &QUANTIZE_NTC),
+        (QUANTIZE_FILE, &QUANTIZE_BATCH),
         (PERTURB_FILE, &PERTURB_NORMS),
         (PERTURB_FILE, &PERTURB_APPLY),
+        (PERTURB_FILE, &PERTURB_NORMS_BATCH),
+        (PERTURB_FILE, &PERTURB_APPLY_BATCH),
     ] {
         v.extend(table.iter().map(|n| (file, *n)));
     }
@@ -738,11 +748,21 @@ pub struct QuantPtrs {
 /// outputs must overlap neither each other nor the inputs except `recon == x` exactly, `stats`
 /// must be zeroed slots; none used by other work until this launch completes in stream order.
 pub unsafe fn quantize(on: Launch, dt: Dtype, grid: &TokenGrid, p: &QuantPtrs, bits: Bits, histogram: bool, stats: StatsBuf) -> Result<()> {
+    let q = quant_params(grid, p, bits, histogram, stats)?;
+    let (name, blocks) = token_grid(&q.geom, &QUANTIZE_NCHW, &QUANTIZE_NTC, dt);
+    // SAFETY: the addresses in `q` are the caller's, valid by this function's contract; the
+    // statistics slots exist (checked by `quant_params`).
+    unsafe { go(on, QUANTIZE_FILE, name, &q, blocks) }
+}
+
+/// The kernel parameters of one quantization (single or an item of a batch), its statistics room
+/// checked.
+fn quant_params(grid: &TokenGrid, p: &QuantPtrs, bits: Bits, histogram: bool, stats: StatsBuf) -> Result<FjQuantizeParams> {
     stats.need(quantize_slots(bits, histogram))?;
     if p.x.is_null() || p.steps.is_null() {
         return Err(Error::Arg("quantize needs x and the steps".into()));
     }
-    let q = FjQuantizeParams {
+    Ok(FjQuantizeParams {
         geom: grid.to_params(),
         x: p.x.addr(),
         steps: p.steps.addr(),
@@ -755,11 +775,7 @@ pub unsafe fn quantize(on: Launch, dt: Dtype, grid: &TokenGrid, p: &QuantPtrs, b
         bad_index: stats.slot::<u64>(Q_BAD_X).addr(),
         bits: bits.bits(),
         pad0: 0,
-    };
-    let (name, blocks) = token_grid(&q.geom, &QUANTIZE_NCHW, &QUANTIZE_NTC, dt);
-    // SAFETY: the addresses in `q` are the caller's, valid by this function's contract; the
-    // statistics slots exist (checked above).
-    unsafe { go(on, QUANTIZE_FILE, name, &q, blocks) }
+    })
 }
 
 /// A quantization's statistics, read back.
@@ -826,7 +842,22 @@ pub struct PerturbPtrs {
 /// as many; `out` must not overlap `jnd`, and must equal `x` or not overlap it; `stats` zeroed
 /// slots; none used by other work until the launches complete in stream order.
 pub unsafe fn perturb(on: Launch, a: &PerturbPtrs, nrmse: f64, noise: NoiseSpec, stats: StatsBuf) -> Result<()> {
-    let (dt, numel, samples) = (a.dt, a.numel, a.samples);
+    let (p, blocks) = perturb_params(a, nrmse, noise, stats)?;
+    let norms = by_dtype(&PERTURB_NORMS, a.dt);
+    let apply = by_dtype(&PERTURB_APPLY, a.dt);
+    // SAFETY: the addresses in `p` are the caller's, valid by this function's contract; the
+    // statistics slots exist (checked by `perturb_params`). The two launches are ordered on
+    // `stream`: apply reads the norms that the first one completed.
+    unsafe {
+        go(on, PERTURB_FILE, norms, &p, blocks)?;
+        go(on, PERTURB_FILE, apply, &p, blocks)
+    }
+}
+
+/// The kernel parameters and grid of one perturbation (single or an item of a batch); a bad
+/// NRMSE, sample split or statistics room is an error.
+fn perturb_params(a: &PerturbPtrs, nrmse: f64, noise: NoiseSpec, stats: StatsBuf) -> Result<(FjPerturbParams, u64)> {
+    let (numel, samples) = (a.numel, a.samples);
     if !(nrmse.is_finite() && nrmse >= 0.0) {
         return Err(Error::Nrmse(nrmse));
     }
@@ -852,15 +883,46 @@ pub unsafe fn perturb(on: Launch, a: &PerturbPtrs, nrmse: f64, noise: NoiseSpec,
         pad0: 0,
     };
     let blocks = samples as u64 * p.sample_len.div_ceil(PERTURB_CHUNK);
-    let norms = by_dtype(&PERTURB_NORMS, dt);
-    let apply = by_dtype(&PERTURB_APPLY, dt);
-    // SAFETY: the addresses in `p` are the caller's, valid by this function's contract; the
-    // statistics slots exist (checked above). The two launches are ordered on `stream`: apply
-    // reads the norms that the first one completed.
-    unsafe {
-        go(on, PERTURB_FILE, norms, &p, blocks)?;
-        go(on, PERTURB_FILE, apply, &p, blocks)
+    Ok((p, blocks))
+}
+
+/// One item of a batched perturbation: its arrays, strength, noise and statistics slots.
+#[derive(Clone, Copy, Debug)]
+pub struct PerturbItem {
+    pub a: PerturbPtrs,
+    pub nrmse: f64,
+    pub noise: NoiseSpec,
+    pub stats: StatsBuf,
+}
+
+/// Enqueues a batch of independent perturbations of one dtype (`items[..].a.dt`): per
+/// [`FJ_BATCH_MAX`] items, one norms launch and one apply launch over a descriptor table passed by
+/// value. Each item's results are those of its own [`perturb`].
+///
+/// # Safety
+/// For every item, what [`perturb`] requires of its arrays and statistics.
+pub unsafe fn perturb_batch(on: Launch, dt: Dtype, items: &[PerturbItem]) -> Result<()> {
+    for chunk in items.chunks(FJ_BATCH_MAX as usize) {
+        let mut b = FjPerturbBatchParams { count: chunk.len() as u32, ..Default::default() };
+        let mut blocks = 0u64;
+        for (i, it) in chunk.iter().enumerate() {
+            if it.a.dt != dt {
+                return Err(Error::Dtype("a batch has one dtype".into()));
+            }
+            let (p, n) = perturb_params(&it.a, it.nrmse, it.noise, it.stats)?;
+            b.items[i] = p;
+            // As in `quantize_batch`: `cfg` refuses a grid that does not fit.
+            b.block_start[i] = u32::try_from(blocks).unwrap_or(u32::MAX);
+            blocks += n;
+        }
+        // SAFETY: every item's addresses are valid by this function's contract; the statistics
+        // slots exist (checked by `perturb_params`); apply follows norms on the stream.
+        unsafe {
+            go(on, PERTURB_FILE, by_dtype(&PERTURB_NORMS_BATCH, dt), &b, blocks)?;
+            go(on, PERTURB_FILE, by_dtype(&PERTURB_APPLY_BATCH, dt), &b, blocks)?;
+        }
     }
+    Ok(())
 }
 
 /// A perturbation's statistics: the first bad element (a bad x before a bad J, as the CPU path
@@ -907,6 +969,153 @@ pub unsafe fn noise(on: Launch, out: DevPtrMut<f32>, numel: usize, offset: u64, 
     unsafe { go(on, PERTURB_FILE, NOISE, &p, groups.div_ceil(BLOCK as u64)) }
 }
 
+// ---- caller-owned statistics: the sync-free calls (issue 15 §1) and batches (§3) ----
+
+/// Enqueues the zeroing of `stats` on the launch's stream: one memset node, which a CUDA graph
+/// capture records like a kernel (no host work, no sync).
+///
+/// # Safety
+/// `stats` must be device memory of the launch's device, not used by other work until the memset
+/// completes in stream order.
+pub unsafe fn zero_stats(on: Launch, stats: StatsBuf) -> Result<()> {
+    // The driver call needs the stream's context current on this thread (a launch binds it too).
+    on.stream.context().bind_to_thread().map_err(cuda_err)?;
+    // SAFETY: `stats.len` slots of 8 bytes at `stats.base` are device memory of this stream's
+    // context by the contract; the memset is ordered on the stream like a kernel.
+    unsafe { cu::memset_d8_async(stats.base.addr(), 0, 8 * stats.len, on.stream.cu_stream()) }.map_err(cuda_err)
+}
+
+/// Slots of the fused chain `J → j_t → Δ_t → quantize` that runs without the host: a
+/// quantization's (histogram room included, [`quantize_slots`]), which must start zeroed, then the
+/// token tolerances `j_t` as scratch, two f32 a slot (need not be zeroed).
+pub fn jnd_chain_slots(bits: Bits, tokens: usize) -> usize {
+    quantize_slots(bits, true) + tokens.div_ceil(2)
+}
+
+/// Enqueues the fused chain on device memory only: token stats of `jnd` (its `j_t` into the
+/// scratch tail of `ws`, `Σ j_t²` into its slot), the step allocation into `steps`, and the
+/// quantization of `p` (whose `steps` must be `steps`). Three launches, nothing on the host, no
+/// allocation; the statistics decode with [`decode_quantize`]. The permuted strategy needs a
+/// device permutation made on the host, so it is refused here (the synchronous call has it).
+///
+/// # Safety
+/// As [`token_stats`], [`step_alloc`] and [`quantize`] together: `jnd` and `x` hold
+/// `grid.numel()` elements, `steps` room for `grid.tokens()` f32, the outputs of `p` what its
+/// fields say, nothing overlapping but `recon == x`; the first [`quantize_slots`]`(bits, true)`
+/// slots of `ws` zeroed; none used by other work until the launches complete in stream order.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn quantize_with_jnd(
+    on: Launch,
+    dt: Dtype,
+    grid: &TokenGrid,
+    jnd: Elems,
+    reduce: Reduce,
+    budget: f64,
+    strategy: Strategy,
+    p: &QuantPtrs,
+    steps: DevPtrMut<f32>,
+    bits: Bits,
+    histogram: bool,
+    ws: StatsBuf,
+) -> Result<()> {
+    crate::steps::check_budget(budget)?;
+    if matches!(strategy, Strategy::Permuted { .. }) {
+        return Err(Error::Arg("the permuted strategy needs a permutation made on the host: use the synchronous call".into()));
+    }
+    ws.need(jnd_chain_slots(bits, grid.tokens()))?;
+    if p.steps != steps.as_const() {
+        return Err(Error::Arg("the fused chain quantizes with the steps it allocates".into()));
+    }
+    let stats = ws.sub(0, quantize_slots(bits, true))?;
+    let jt = ws.slot::<f32>(stats.len);
+    let sp = StepPtrs { token_tol: jt.as_const(), sum_sq: stats.sum_sq(), perm: DevPtr::null(), steps };
+    // SAFETY: by this function's contract (the scratch `j_t` lies in `ws` past the statistics and
+    // overlaps nothing else); the three launches are ordered on one stream, each reading what the
+    // one before wrote.
+    unsafe {
+        token_stats(on, grid, reduce, jnd, jt, stats, true)?;
+        step_alloc(on, &sp, grid.tokens(), budget, strategy, 1.0)?;
+        quantize(on, dt, grid, p, bits, histogram, stats)
+    }
+}
+
+/// One item of a batched quantization: its grid, pointers and its own statistics slots.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchItem {
+    pub grid: TokenGrid,
+    pub p: QuantPtrs,
+    pub stats: StatsBuf,
+}
+
+/// Enqueues a batch of independent quantizations of one dtype and `bits`: one launch per
+/// [`FJ_BATCH_MAX`] items, the descriptor table passed by value (no upload, capturable). Each
+/// item's results (outputs and statistics) are those of its own [`quantize`] bit for bit.
+///
+/// # Safety
+/// For every item, what [`quantize`] requires of its pointers and statistics.
+pub unsafe fn quantize_batch(on: Launch, dt: Dtype, items: &[BatchItem], bits: Bits, histogram: bool) -> Result<()> {
+    for chunk in items.chunks(FJ_BATCH_MAX as usize) {
+        let mut b = FjQuantizeBatchParams { count: chunk.len() as u32, ..Default::default() };
+        let mut blocks = 0u64;
+        for (i, it) in chunk.iter().enumerate() {
+            b.items[i] = quant_params(&it.grid, &it.p, bits, histogram, it.stats)?;
+            // `cfg` refuses a grid of 2^31 blocks or more before the launch, so a start that does
+            // not fit in u32 is never used.
+            b.block_start[i] = u32::try_from(blocks).unwrap_or(u32::MAX);
+            blocks += token_grid(&b.items[i].geom, &QUANTIZE_NCHW, &QUANTIZE_NTC, dt).1;
+        }
+        // SAFETY: every item's addresses are valid by this function's contract; the statistics
+        // slots exist (checked by `quant_params`); the grid covers exactly the items' blocks.
+        unsafe { go(on, QUANTIZE_FILE, by_dtype(&QUANTIZE_BATCH, dt), &b, blocks)? };
+    }
+    Ok(())
+}
+
+/// The bad-element cell an op's typed error corresponds to (the CPU path of the async calls
+/// records a `NonFinite` or `Jnd` error this way, so that decoding finds it where a kernel puts it).
+pub fn bad_of_error(e: &Error) -> Option<BadElement> {
+    match *e {
+        Error::NonFinite { index, .. } => Some(BadElement { input: Input::X, index }),
+        Error::Jnd { index, .. } => Some(BadElement { input: Input::Jnd, index }),
+        _ => None,
+    }
+}
+
+/// Writes a quantization's statistics in the kernels' layout (the CPU path of the async calls:
+/// one decoder, [`decode_quantize`], serves both). `s` must hold [`quantize_slots`] slots.
+pub fn encode_quantize(s: &mut [i64], bad: Option<BadElement>, clamped: u64, total_sse: f64, histogram: Option<&[u64]>) {
+    s.fill(0);
+    match bad {
+        Some(BadElement { input: Input::X, index }) => s[Q_BAD_X] = !(index as u64) as i64,
+        Some(BadElement { input: Input::Jnd, index }) => s[T_BAD_J] = !(index as u64) as i64,
+        None => {}
+    }
+    s[Q_CLAMP] = clamped as i64;
+    s[Q_SSE] = total_sse.to_bits() as i64;
+    if let Some(h) = histogram {
+        s[Q_HIST..Q_HIST + h.len()].iter_mut().zip(h).for_each(|(d, &v)| *d = v as i64);
+    }
+}
+
+/// Writes a perturbation's statistics in the kernels' layout (see [`encode_quantize`]). The CPU
+/// keeps no norms: a sample's `Σx²` slot holds 0 for a zero sample and 1 otherwise, which is all
+/// [`decode_perturb`] reads from it. `s` must hold [`perturb_slots`] slots.
+pub fn encode_perturb(s: &mut [i64], bad: Option<BadElement>, report: &PerturbReport) {
+    s.fill(0);
+    match bad {
+        Some(BadElement { input: Input::X, index }) => s[P_BAD_X] = !(index as u64) as i64,
+        Some(BadElement { input: Input::Jnd, index }) => s[P_BAD_J] = !(index as u64) as i64,
+        None => {}
+    }
+    let samples = report.scales.len();
+    for n in 0..samples {
+        let sx = if report.zero_samples.contains(&n) { 0.0f64 } else { 1.0 };
+        s[P_NORMS + 2 * n] = sx.to_bits() as i64;
+        let packed = &mut s[p_scales(samples) + n / 2];
+        *packed |= ((report.scales[n].to_bits() as u64) << (32 * (n % 2))) as i64;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -939,6 +1148,24 @@ mod tests {
         assert_eq!(bad, Some(BadElement { input: Input::Jnd, index: 1 }));
         assert_eq!(rep.scales, vec![0.0, 0.0, 2.5]);
         assert_eq!(rep.zero_samples, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn cpu_encoding_decodes_like_the_kernels() {
+        let mut s = vec![7i64; quantize_slots(Bits::B8, true)];
+        let h: Vec<u64> = (0..255).collect();
+        encode_quantize(&mut s, Some(BadElement { input: Input::X, index: 12 }), 3, 1.5, Some(&h));
+        let q = decode_quantize(&s, Bits::B8, true);
+        assert_eq!((q.bad, q.clamped, q.total_sse), (Some(BadElement { input: Input::X, index: 12 }), 3, 1.5));
+        assert_eq!(q.histogram.unwrap(), h);
+        encode_quantize(&mut s, bad_of_error(&Error::Jnd { index: 4, value: 0.0 }), 0, 0.0, None);
+        assert_eq!(decode_quantize(&s, Bits::B8, false).bad, Some(BadElement { input: Input::Jnd, index: 4 }));
+        let rep = PerturbReport { scales: vec![0.5, 0.0, -2.0], zero_samples: vec![1] };
+        let mut p = vec![-1i64; perturb_slots(3)];
+        encode_perturb(&mut p, None, &rep);
+        assert_eq!(decode_perturb(&p, 3), (None, rep));
+        assert_eq!(bad_of_error(&Error::Nrmse(-1.0)), None);
+        assert_eq!(jnd_chain_slots(Bits::B8, 5), quantize_slots(Bits::B8, true) + 3);
     }
 
     #[test]
@@ -982,7 +1209,7 @@ mod tests {
         assert_eq!(token_grid(&g, &QUANTIZE_NCHW, &QUANTIZE_NTC, Dtype::F16), ("fj_quantize_nchw_f16", 2));
         g.layout = FJ_LAYOUT_NTC;
         assert_eq!(token_grid(&g, &QUANTIZE_NCHW, &QUANTIZE_NTC, Dtype::Bf16), ("fj_quantize_ntc_bf16", 5));
-        assert_eq!(kernel_names().len(), 2 + 4 + 6 * 3);
+        assert_eq!(kernel_names().len(), 2 + 4 + 9 * 3);
     }
 
     #[test]

@@ -378,3 +378,160 @@ pub(super) fn quantize_capped(
         Quantized { symbols, recon, token_sse, clamped: q.clamped, total_sse: q.total_sse, mse: 0.0, histogram: q.histogram, rate: None };
     Ok((steps, q))
 }
+
+// ---- the sync-free calls (issue 15 §1, §3): enqueue only, statistics in the caller's workspace ----
+
+/// The caller's workspace as statistics slots (checked by `super::pending`: a contiguous i64 CUDA
+/// tensor of at least `slots` values on the op's device).
+fn workspace(stats: &Tensor, slots: usize) -> StatsBuf {
+    StatsBuf::new(dst(stats), slots)
+}
+
+impl On {
+    /// Enqueues the zeroing of `stats` (a memset node on torch's stream).
+    fn zero(&self, stats: StatsBuf) -> Result<()> {
+        // SAFETY: `stats` is a live i64 CUDA tensor of this device with at least `stats.len()`
+        // slots (checked by the caller), disjoint from every other array of the op; torch's stream.
+        unsafe { raw::zero_stats(self.launch(), stats) }
+    }
+}
+
+/// The pointers of an out-of-place quantization into the given outputs.
+fn quant_ptrs(x: &Tensor, steps: &Tensor, outs: &Outs) -> QuantPtrs {
+    QuantPtrs {
+        x: src(x),
+        steps: src(steps),
+        symbols: outs.symbols.as_ref().map_or(DevPtrMut::null(), dst::<c_void>),
+        recon: outs.recon.as_ref().map_or(DevPtrMut::null(), dst),
+        token_sse: outs.token_sse.as_ref().map_or(DevPtrMut::null(), dst),
+    }
+}
+
+/// Zeroes the statistics and enqueues the quantization; nothing else.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn quantize_async(
+    o: usize,
+    x: &Tensor,
+    dt: Dtype,
+    grid: &TokenGrid,
+    steps: &Tensor,
+    opts: &QuantizeOptions,
+    outs: &Outs,
+    stats: &Tensor,
+    slots: usize,
+) -> Result<()> {
+    let on = On::new(o)?;
+    let ws = workspace(stats, slots);
+    on.zero(ws)?;
+    // SAFETY: as in `quantize_with` (out of place; the outputs were checked by the caller for
+    // shape, device and disjointness, the workspace too); all on torch's stream.
+    unsafe { raw::quantize(on.launch(), dt, grid, &quant_ptrs(x, steps, outs), opts.bits, opts.histogram, ws) }
+}
+
+/// Zeroes the statistics and enqueues the fused chain (token stats, steps into `steps`, quantize).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn quantize_with_jnd_async(
+    o: usize,
+    x: &Tensor,
+    dt: Dtype,
+    jnd: &Tensor,
+    dj: Dtype,
+    grid: &TokenGrid,
+    reduce: Reduce,
+    budget: f64,
+    strategy: Strategy,
+    opts: &QuantizeOptions,
+    outs: &Outs,
+    steps: &Tensor,
+    stats: &Tensor,
+    slots: usize,
+) -> Result<()> {
+    let on = On::new(o)?;
+    let ws = workspace(stats, slots);
+    on.zero(ws.sub(0, raw::quantize_slots(opts.bits, true))?)?;
+    let p = quant_ptrs(x, steps, outs);
+    // SAFETY: `x` and `J` are checked contiguous CUDA tensors of `dt`/`dj` with the grid's sizes
+    // on device `o`; `steps` holds `T` f32 and the outputs their shapes, all disjoint from each
+    // other, the inputs and the workspace (checked by the caller); the statistics part of the
+    // workspace is zeroed just above on the same stream.
+    unsafe {
+        raw::quantize_with_jnd(
+            on.launch(),
+            dt,
+            grid,
+            elems(jnd, dj),
+            reduce,
+            budget,
+            strategy,
+            &p,
+            dst(steps),
+            opts.bits,
+            opts.histogram,
+            ws,
+        )
+    }
+}
+
+/// Zeroes the statistics and enqueues the two perturbation passes.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn perturb_async(
+    o: usize,
+    x: &Tensor,
+    jnd: Option<&Tensor>,
+    dt: Dtype,
+    samples: usize,
+    nrmse: f64,
+    noise: NoiseSpec,
+    out: &Tensor,
+    stats: &Tensor,
+    slots: usize,
+) -> Result<()> {
+    let on = On::new(o)?;
+    let ws = workspace(stats, slots);
+    on.zero(ws)?;
+    let p = PerturbPtrs { dt, x: src(x), jnd: jnd.map_or(DevPtr::null(), src), out: dst(out), numel: x.numel(), samples };
+    // SAFETY: as in `perturb` (out of place: `out` checked disjoint from `x` and `J`, the
+    // workspace from all three); all on torch's stream.
+    unsafe { raw::perturb(on.launch(), &p, nrmse, noise, ws) }
+}
+
+/// Zeroes every item's statistics (one memset) and enqueues the batch (one launch per 32 items).
+pub(super) fn quantize_batch_async(
+    o: usize,
+    dt: Dtype,
+    items: &[(&Tensor, &Tensor, TokenGrid, &Outs)],
+    opts: &QuantizeOptions,
+    stats: &Tensor,
+    per: usize,
+) -> Result<()> {
+    let on = On::new(o)?;
+    let ws = workspace(stats, per * items.len());
+    on.zero(ws)?;
+    let mut batch = Vec::with_capacity(items.len());
+    for (i, (x, steps, grid, outs)) in items.iter().enumerate() {
+        batch.push(raw::BatchItem { grid: *grid, p: quant_ptrs(x, steps, outs), stats: ws.sub(i * per, per)? });
+    }
+    // SAFETY: every item's `x` (dtype `dt`), steps and outputs are checked contiguous CUDA tensors
+    // of device `o` with the item's shapes; no written array overlaps another array of the batch
+    // or the workspace (checked by the caller); each item has its own zeroed slots.
+    unsafe { raw::quantize_batch(on.launch(), dt, &batch, opts.bits, opts.histogram) }
+}
+
+/// One item of a batched perturbation: x, J, output, samples, NRMSE, noise and its first slot.
+pub(super) type PerturbBatchItem<'a> = (&'a Tensor, Option<&'a Tensor>, &'a Tensor, usize, f64, NoiseSpec, usize);
+
+/// Zeroes every item's statistics (one memset) and enqueues the batch (two launches per 32 items).
+pub(super) fn perturb_batch_async(o: usize, dt: Dtype, items: &[PerturbBatchItem], stats: &Tensor, total: usize) -> Result<()> {
+    let on = On::new(o)?;
+    let ws = workspace(stats, total);
+    on.zero(ws)?;
+    let mut batch = Vec::with_capacity(items.len());
+    for &(x, jnd, out, samples, nrmse, noise, offset) in items {
+        let a = PerturbPtrs { dt, x: src(x), jnd: jnd.map_or(DevPtr::null(), src), out: dst(out), numel: x.numel(), samples };
+        batch.push(raw::PerturbItem { a, nrmse, noise, stats: ws.sub(offset, raw::perturb_slots(samples))? });
+    }
+    // SAFETY: every item's x, J (same sizes and dtype) and output are checked contiguous CUDA
+    // tensors of device `o`; no output overlaps another array of the batch or the workspace
+    // (checked by the caller); each item has its own zeroed slots; torch's stream.
+    unsafe { raw::perturb_batch(on.launch(), dt, &batch) }
+}

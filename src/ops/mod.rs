@@ -3,6 +3,7 @@
 //! CUDA tensors run the NVRTC kernels on torch's current stream.
 
 mod cuda_ops;
+mod pending;
 
 use tch::{Device, Kind, Tensor};
 
@@ -14,6 +15,11 @@ use crate::rate::Rate;
 use crate::steps::{self, Measured};
 
 pub use crate::cpu::perturb::NoiseSpec as Noise;
+pub use pending::{
+    perturb_async, perturb_batch_async, perturb_batch_stats_slots, perturb_stats_slots, quantize_async, quantize_batch_async,
+    quantize_batch_stats_slots, quantize_stats_slots, quantize_with_jnd_async, quantize_with_jnd_stats_slots, stats_buffer, PendingBatch,
+    PendingPerturb, PendingPerturbBatch, PendingQuantize, PerturbItem, QuantizeItem,
+};
 
 use crate::element::with_elem;
 
@@ -602,8 +608,9 @@ pub fn perturb_(x: &mut Tensor, jnd: Option<&Tensor>, nrmse: f64, noise: NoiseSp
     perturb_impl(x, jnd, nrmse, noise, None)
 }
 
-fn perturb_impl(x: &Tensor, jnd: Option<&Tensor>, nrmse: f64, noise: NoiseSpec, out: Option<&Tensor>) -> Result<PerturbReport> {
-    let _range = crate::nvtx::range("featjnd::perturb");
+/// The checks every perturbation runs before it touches data: `x` and `J` (same sizes, dtype and
+/// device), a sample dimension, and in place `J` disjoint from `x`. Returns the dtype and samples.
+fn check_perturb(x: &Tensor, jnd: Option<&Tensor>, out: Option<&Tensor>) -> Result<(Dtype, usize)> {
     let dt = check_tensor(x, "x")?;
     check_device(x, "x")?;
     if x.dim() < 1 {
@@ -623,14 +630,33 @@ fn perturb_impl(x: &Tensor, jnd: Option<&Tensor>, nrmse: f64, noise: NoiseSpec, 
         // In place, x is written while J is read (on every device): they must not share memory.
         check_disjoint(x, "x (in place)", j, "J")?;
     }
-    let samples = x.size()[0] as usize;
+    Ok((dt, x.size()[0] as usize))
+}
+
+fn perturb_impl(x: &Tensor, jnd: Option<&Tensor>, nrmse: f64, noise: NoiseSpec, out: Option<&Tensor>) -> Result<PerturbReport> {
+    let _range = crate::nvtx::range("featjnd::perturb");
+    let (dt, samples) = check_perturb(x, jnd, out)?;
     if let Some(o) = cuda_ordinal(x.device()) {
         return cuda_ops::perturb(o, x, jnd, dt, samples, nrmse, noise, out);
     }
+    perturb_cpu(x, jnd, dt, samples, nrmse, noise, out)
+}
+
+/// The CPU perturbation of checked tensors ([`check_perturb`]; `out` allocated by the caller or
+/// checked disjoint from `x` and `J`).
+fn perturb_cpu(
+    x: &Tensor,
+    jnd: Option<&Tensor>,
+    dt: Dtype,
+    samples: usize,
+    nrmse: f64,
+    noise: NoiseSpec,
+    out: Option<&Tensor>,
+) -> Result<PerturbReport> {
     with_elem!(dt, E => {
         // SAFETY: checked contiguous CPU tensors of `dt`'s element type. `out` was allocated by
-        // `perturb` or checked disjoint from `x` and `J` by `perturb_into`; in place, `J` was
-        // checked disjoint from `x` above, and `x` is viewed once, mutably. Nothing else
+        // `perturb` or checked disjoint from `x` and `J` by `perturb_into` / `perturb_async`; in
+        // place, `J` was checked disjoint from `x` by `check_perturb`, and `x` is viewed once, mutably. Nothing else
         // touches these tensors while the op runs.
         let js = jnd.map(|j| unsafe { slice::<E>(j) });
         match out {

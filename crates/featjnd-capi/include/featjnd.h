@@ -10,7 +10,8 @@
  *  - outputs overlap neither the inputs nor each other, except where a call allows the output to
  *    be the input itself (the reconstruction of fj_quantize, the output of fj_perturb); an
  *    overlap is refused with FJ_ERR_ARG before anything is written;
- *  - nothing else writes a call's inputs or touches its outputs until the call returns.
+ *  - nothing else writes a call's inputs or touches its outputs until the call returns (for an
+ *    _async call on a CUDA context: until its stream has run the enqueued work).
  * Null, alignment, sizes and overlap are checked (and, on a CUDA context, the memory kind,
  * device and allocation length of every array); the rest is the caller's promise. */
 
@@ -295,6 +296,120 @@ int32_t fj_perturb(const struct FjContext *ctx,
                    const struct FjPerturbOptions *opts,
                    void *out,
                    void *stream);
+
+// How many `int64_t` statistics slots `fj_quantize_async` needs for `bits` (8 or 16; 0 = 8).
+//
+// # Safety
+// `out_slots` is null or writable for one `uint64_t`.
+int32_t fj_quantize_stats_slots(uint32_t bits, uint64_t *out_slots);
+
+// How many `int64_t` workspace slots `fj_quantize_with_jnd_async` needs for feature `x` (its
+// data is not read) with `patch` and `bits`: the statistics, then room for the token tolerances.
+//
+// # Safety
+// `x` is null or a readable `FjFeature`; `out_slots` null or writable for one `uint64_t`.
+int32_t fj_quantize_with_jnd_stats_slots(const struct FjFeature *x,
+                                         uint32_t patch,
+                                         uint32_t bits,
+                                         uint64_t *out_slots);
+
+// How many `int64_t` statistics slots `fj_perturb_async` needs for feature `x` (N samples; its
+// data is not read).
+//
+// # Safety
+// `x` is null or a readable `FjFeature`; `out_slots` null or writable for one `uint64_t`.
+int32_t fj_perturb_stats_slots(const struct FjFeature *x, uint64_t *out_slots);
+
+// `fj_quantize` without a sync or an allocation: the clamp count, total error, histogram (always
+// counted; `opts->histogram` must be null) and a bad x go to `stats[stats_len]`
+// (`fj_quantize_stats_slots`), decoded by `fj_quantize_decode`. On a CPU context it runs
+// synchronously.
+//
+// # Safety
+// As `fj_quantize`, with `stats` writable for `stats_len` `int64_t` in the context's memory; on
+// a CUDA context the arrays must stay valid and untouched until `stream` has run the work.
+int32_t fj_quantize_async(const struct FjContext *ctx,
+                          const struct FjFeature *x,
+                          const float *steps,
+                          const struct FjQuantizeOptions *opts,
+                          int64_t *stats,
+                          uint64_t stats_len,
+                          void *stream);
+
+// The fused chain `J → j_t → Δ_t → quantize` (docs/contract.md §2–§4) without a sync, an
+// allocation or a host round trip: the steps go to `steps_out[tokens]`, the statistics (as
+// `fj_quantize_async`'s) and the token tolerances to `stats[stats_len]`
+// (`fj_quantize_with_jnd_stats_slots`); decode with `fj_quantize_decode` (passing `jnd`).
+// `strategy` is `FJ_UNIFORM` or `FJ_JND` (`FJ_PERMUTED` needs a host permutation: `FJ_ERR_ARG`).
+//
+// # Safety
+// As `fj_quantize_async`, with `jnd` a readable `FjFeature` of x's dims whose data holds its
+// elements and `steps_out` writable for `tokens` floats.
+int32_t fj_quantize_with_jnd_async(const struct FjContext *ctx,
+                                   const struct FjFeature *x,
+                                   const struct FjFeature *jnd,
+                                   uint32_t reduce,
+                                   double budget,
+                                   uint32_t strategy,
+                                   const struct FjQuantizeOptions *opts,
+                                   float *steps_out,
+                                   int64_t *stats,
+                                   uint64_t stats_len,
+                                   void *stream);
+
+// `fj_perturb` without a sync or an allocation: the per-sample scales, the zero samples and a bad
+// x or J go to `stats[stats_len]` (`fj_perturb_stats_slots`; `opts->scales` must be null: decode
+// gives them), decoded by `fj_perturb_decode`.
+//
+// # Safety
+// As `fj_perturb`, with `stats` writable for `stats_len` `int64_t` in the context's memory; on a
+// CUDA context the arrays must stay valid and untouched until `stream` has run the work.
+int32_t fj_perturb_async(const struct FjContext *ctx,
+                         const struct FjFeature *x,
+                         const struct FjFeature *jnd,
+                         double nrmse,
+                         const struct FjPerturbOptions *opts,
+                         void *out,
+                         int64_t *stats,
+                         uint64_t stats_len,
+                         void *stream);
+
+// Decodes the statistics of `fj_quantize_async` or `fj_quantize_with_jnd_async` (same `x`,
+// `patch` and `bits`; `jnd` as given to the fused call, else null) into `result` (and the
+// histogram into the host array `hist_out`, 255 or 512 `uint64_t`, unless null), or the status
+// the synchronous call would return (`FJ_ERR_JND` before `FJ_ERR_NONFINITE`; the message's value
+// is read from `x` now, so after an in-place call it is what `x` holds then). On a CUDA context
+// `stats` is device memory: it is copied on `stream` and the stream synchronized.
+//
+// # Safety
+// `ctx` live; `x` (and `jnd`) readable `FjFeature`s as given to the async call, their data still
+// valid; `stats` valid for `stats_len` `int64_t` in the context's memory; `result` null or
+// writable; `hist_out` null or writable host memory; `stream` as for the async call.
+int32_t fj_quantize_decode(const struct FjContext *ctx,
+                           const struct FjFeature *x,
+                           const struct FjFeature *jnd,
+                           uint32_t patch,
+                           uint32_t bits,
+                           const int64_t *stats,
+                           uint64_t stats_len,
+                           void *stream,
+                           struct FjQuantizeResult *result,
+                           uint64_t *hist_out);
+
+// Decodes the statistics of `fj_perturb_async` (same `x`, `jnd` and `nrmse`): the per-sample
+// scales into the host array `scales_out[N]` (unless null), or the status the synchronous call
+// would return. On a CUDA context `stats` is copied on `stream` and the stream synchronized.
+//
+// # Safety
+// As `fj_quantize_decode`; `scales_out` null or writable host memory for N floats.
+int32_t fj_perturb_decode(const struct FjContext *ctx,
+                          const struct FjFeature *x,
+                          const struct FjFeature *jnd,
+                          double nrmse,
+                          const int64_t *stats,
+                          uint64_t stats_len,
+                          void *stream,
+                          float *scales_out);
 
 #ifdef __cplusplus
 }  // extern "C"

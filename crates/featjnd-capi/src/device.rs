@@ -371,4 +371,168 @@ impl Gpu {
         }
         Ok(report)
     }
+
+    // ---- the sync-free calls: enqueue on the caller's stream, statistics in the caller's memory ----
+
+    /// Checks the caller's statistics array and enqueues its zeroing (a memset node).
+    ///
+    /// # Safety
+    /// `stats` is device memory of this device for `slots` i64 (checked here with the driver);
+    /// `on`'s stream is the call's.
+    unsafe fn zeroed_stats(&self, on: Launch, stats: *mut i64, slots: usize) -> R<StatsBuf> {
+        self.check(stats as *const c_void, slots * 8, "stats")?;
+        let view = StatsBuf::new(DevPtrMut::from_raw(stats), slots);
+        // SAFETY: device memory of this device with `slots` i64 (contract, checked above).
+        unsafe { raw::zero_stats(on, view)? };
+        Ok(view)
+    }
+
+    /// Like [`Gpu::quantize`] with the histogram always counted, its statistics in the caller's
+    /// `stats[slots]`: enqueued only.
+    ///
+    /// # Safety
+    /// As [`Gpu::quantize`], and `stats` device memory of this device for `slots` i64 overlapping
+    /// nothing else.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn quantize_async(
+        &self,
+        dt: Dtype,
+        g: &TokenGrid,
+        p: &QuantPtrs,
+        bits: Bits,
+        stats: *mut i64,
+        slots: usize,
+        stream: *mut c_void,
+    ) -> R<()> {
+        self.check_quant(dt, g, p, bits)?;
+        // SAFETY: null or a live stream of this device (contract).
+        let s = unsafe { self.stream(stream)? };
+        let on = Launch { dev: &self.dev, stream: &s };
+        // SAFETY: `stats` as the contract says (checked with the driver inside).
+        let view = unsafe { self.zeroed_stats(on, stats, slots)? };
+        // SAFETY: every non-null pointer is device memory of this device with the bytes the kernel
+        // touches (contract, checked with the driver); the aliasing rule was checked by the caller;
+        // the statistics were zeroed just above on the same stream.
+        unsafe { raw::quantize(on, dt, g, p, bits, true, view)? };
+        Ok(())
+    }
+
+    /// The fused chain on device pointers, enqueued only (see `raw::quantize_with_jnd`).
+    ///
+    /// # Safety
+    /// As [`Gpu::quantize_async`], with `jnd` holding `g.numel()` elements of `dj` and `p.steps`
+    /// (written here) room for `g.tokens()` floats, overlapping nothing else.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn quantize_with_jnd_async(
+        &self,
+        g: &TokenGrid,
+        jnd: *const c_void,
+        dj: Dtype,
+        reduce: Reduce,
+        budget: f64,
+        strategy: Strategy,
+        dt: Dtype,
+        p: &QuantPtrs,
+        bits: Bits,
+        stats: *mut i64,
+        slots: usize,
+        stream: *mut c_void,
+    ) -> R<()> {
+        self.check_quant(dt, g, p, bits)?;
+        self.check(jnd, g.numel() * dj.size(), "jnd->data")?;
+        // SAFETY: null or a live stream of this device (contract).
+        let s = unsafe { self.stream(stream)? };
+        let on = Launch { dev: &self.dev, stream: &s };
+        self.check(stats as *const c_void, slots * 8, "stats")?;
+        let ws = StatsBuf::new(DevPtrMut::from_raw(stats), slots);
+        // SAFETY: device memory of this device with `slots` i64 (contract, checked above); only the
+        // statistics part needs zeroing (the token tolerances are scratch).
+        unsafe { raw::zero_stats(on, ws.sub(0, raw::quantize_slots(bits, true))?)? };
+        let j = Elems { ptr: DevPtr::from_raw(jnd), dt: dj };
+        let steps = DevPtrMut::from_addr(p.steps.addr());
+        // SAFETY: every pointer is device memory of this device with the bytes the kernels touch
+        // (contract, checked with the driver); the aliasing rule was checked by the caller.
+        unsafe { raw::quantize_with_jnd(on, dt, g, j, reduce, budget, strategy, p, steps, bits, true, ws)? };
+        Ok(())
+    }
+
+    /// Like [`Gpu::perturb`] with its statistics in the caller's `stats[slots]`: enqueued only.
+    ///
+    /// # Safety
+    /// As [`Gpu::perturb`] (without `scales`), and `stats` device memory of this device for
+    /// `slots` i64 overlapping nothing else.
+    pub unsafe fn perturb_async(
+        &self,
+        a: &PerturbPtrs,
+        nrmse: f64,
+        noise: NoiseSpec,
+        stats: *mut i64,
+        slots: usize,
+        stream: *mut c_void,
+    ) -> R<()> {
+        let bytes = a.numel * a.dt.size();
+        self.check(a.x.addr() as _, bytes, "x->data")?;
+        self.check(a.out.addr() as _, bytes, "out")?;
+        if !a.jnd.is_null() {
+            self.check(a.jnd.addr() as _, bytes, "jnd->data")?;
+        }
+        // SAFETY: null or a live stream of this device (contract).
+        let s = unsafe { self.stream(stream)? };
+        let on = Launch { dev: &self.dev, stream: &s };
+        // SAFETY: `stats` as the contract says (checked with the driver inside).
+        let view = unsafe { self.zeroed_stats(on, stats, slots)? };
+        // SAFETY: `x`, `jnd` and `out` are device memory of this device with `numel` elements
+        // (contract, checked above); the aliasing rule was checked by the caller; the statistics
+        // were zeroed just above on the same stream.
+        unsafe { raw::perturb(on, a, nrmse, noise, view)? };
+        Ok(())
+    }
+
+    /// The pointer checks of a quantization (x, steps, the outputs).
+    fn check_quant(&self, dt: Dtype, g: &TokenGrid, p: &QuantPtrs, bits: Bits) -> R<()> {
+        let n = g.numel();
+        self.check(p.x.addr() as _, n * dt.size(), "x->data")?;
+        self.check(p.steps.addr() as _, g.tokens() * 4, "steps")?;
+        let sym_size = if bits == Bits::B8 { 1 } else { 2 };
+        for (ptr, bytes, what) in [
+            (p.symbols.addr(), n * sym_size, "opts->symbols"),
+            (p.recon.addr(), n * dt.size(), "opts->recon"),
+            (p.token_sse.addr(), g.tokens() * 4, "opts->token_sse"),
+        ] {
+            if ptr != 0 {
+                self.check(ptr as _, bytes, what)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies `slots` statistics to the host on `stream` and synchronizes it.
+    ///
+    /// # Safety
+    /// `stats` is device memory of this device for `slots` i64 (checked with the driver), written
+    /// by work ordered before on `stream`; `stream` null or a live stream of this device.
+    pub unsafe fn read_stats(&self, stats: *const i64, slots: usize, stream: *mut c_void) -> R<Vec<i64>> {
+        self.check(stats as *const c_void, slots * 8, "stats")?;
+        // SAFETY: null or a live stream of this device (contract).
+        let s = unsafe { self.stream(stream)? };
+        // SAFETY: `slots` i64 of device memory of this device (contract, checked above).
+        Ok(unsafe { raw::read_stats(StatsBuf::new(DevPtrMut::from_raw(stats as *mut i64), slots), &s) }?)
+    }
+
+    /// The typed error of a bad element, its value copied from the device array `data`.
+    ///
+    /// # Safety
+    /// `data` is device memory of this device holding element `b.index` of `dt`; `stream` null or
+    /// a live stream of this device.
+    pub unsafe fn bad_status(&self, b: raw::BadElement, data: *const c_void, dt: Dtype, stream: *mut c_void) -> R<()> {
+        // SAFETY: null or a live stream of this device (contract).
+        let s = unsafe { self.stream(stream)? };
+        let e = Elems { ptr: DevPtr::from_raw(data), dt };
+        let (x, j) = match b.input {
+            raw::Input::X => (Some(e), None),
+            raw::Input::Jnd => (None, Some(e)),
+        };
+        // SAFETY: the array holds element `b.index` (contract).
+        Ok(unsafe { raw::check_bad(Some(b), x, j, &s) }?)
+    }
 }

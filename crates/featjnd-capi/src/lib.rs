@@ -35,12 +35,13 @@ use std::mem::size_of;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use featjnd_kernels::cpu::{self, perturb::NoiseSpec, QuantOut, Symbols};
+use featjnd_kernels::cuda::raw;
 use featjnd_kernels::element::with_elem;
 use featjnd_kernels::error::Error;
 use featjnd_kernels::geom::{Bits, FeatureShape, NoiseKind, Reduce, Strategy, TokenGrid};
 use featjnd_kernels::params;
 use featjnd_kernels::rate::Rate;
-use featjnd_kernels::{steps, Dtype};
+use featjnd_kernels::{steps, Dtype, Element};
 
 mod device;
 
@@ -809,85 +810,134 @@ pub unsafe extern "C" fn fj_quantize(
         // SAFETY: `ctx` is null or live (contract).
         let c = unsafe { ctx_ref(ctx)? };
         check_stream(c, stream)?;
-        // SAFETY: `x` is null or a readable struct (contract).
-        let f = unsafe { feature(x, "x")? };
-        // SAFETY: `opts` is null or readable for its declared size (contract).
-        let o = unsafe { read_opts(opts, "opts")? };
-        nonnull(steps, "steps")?;
-        aligned(steps as *const c_void, 4, "steps")?;
-        let bits = match o.bits {
-            0 | 8 => Bits::B8,
-            16 => Bits::B16,
-            b => return fail(FJ_ERR_ARG, format!("bits {b} (use 8 or 16)")),
-        };
-        let (dt, xd) = (f.dt, f.data);
-        let g = TokenGrid::new(f.shape, o.patch.max(1) as usize)?;
-        let (n, t) = (g.numel(), g.tokens());
-        let sym_size = if bits == Bits::B8 { 1 } else { 2 };
-        if !o.symbols.is_null() {
-            aligned(o.symbols, sym_size, "opts->symbols")?;
-        }
-        if !o.recon.is_null() {
-            aligned(o.recon, dt.size(), "opts->recon")?;
-        }
-        if !o.token_sse.is_null() {
-            aligned(o.token_sse as *const c_void, 4, "opts->token_sse")?;
-        }
-        if !o.histogram.is_null() {
-            aligned(o.histogram as *const c_void, 8, "opts->histogram")?;
-        }
-        let inputs = [span("x->data", xd, n * dt.size()), span("steps", steps, t * 4)];
-        let outputs = [
-            span("opts->symbols", o.symbols, n * sym_size),
-            span("opts->recon", o.recon, n * dt.size()),
-            span("opts->token_sse", o.token_sse, t * 4),
-            span("opts->histogram", o.histogram, bits.hist_bins() * 8),
-            span("result", result, size_of::<FjQuantizeResult>()),
-        ];
-        no_overlap(&inputs, &outputs, Some(("opts->recon", "x->data")))?;
+        // SAFETY: `x` and `opts` are null or readable (contract).
+        let q = unsafe { quant_call(x, steps, opts, false, &[], &[span("result", result, size_of::<FjQuantizeResult>())])? };
+        let (o, g) = (&q.o, &q.g);
         let hist = !o.histogram.is_null();
         if let Some(gpu) = &c.gpu {
-            let p = device::quant_ptrs(xd, steps, o.symbols, o.recon, o.token_sse);
+            let p = device::quant_ptrs(q.f.data, steps, o.symbols, o.recon, o.token_sse);
             // SAFETY: every non-null array is device memory of the context's device with the
             // sizes above (contract; checked with the driver inside); outputs overlap nothing but
             // `recon == x` (checked).
-            let q = unsafe { gpu.quantize(dt, &g, &p, bits, o.histogram, stream)? };
+            let r = unsafe { gpu.quantize(q.f.dt, g, &p, q.bits, o.histogram, stream)? };
             // The histogram is on the device (copied there by `gpu.quantize`): not again.
             // SAFETY: `result` is null or writable (contract).
-            return unsafe { finish_quantize(&g, q.clamped, q.total_sse, q.histogram.as_deref(), std::ptr::null_mut(), result) };
+            return unsafe { finish_quantize(g, r.clamped, r.total_sse, r.histogram.as_deref(), std::ptr::null_mut(), result) };
         }
-        let in_place = std::ptr::eq(o.recon as *const c_void, xd);
-        // SAFETY: (this and the slices below) each pointer is non-null and aligned to its element type
-        // (checked: `feature`, the `aligned` calls above) and holds the element count used
-        // (contract: `n` elements of x and its outputs, `t` steps and token errors); no output
-        // overlaps an input or another output (checked), so each mutable slice is the only
-        // access to its memory; in place, `x` is reached only through its one mutable slice.
-        let st: &[f32] = unsafe { slice(steps as *const c_void, t) };
-        let sym = match (o.symbols.is_null(), bits) {
-            (true, _) => Symbols::None,
-            // SAFETY: see above.
-            (false, Bits::B8) => Symbols::I8(unsafe { slice_mut(o.symbols, n) }),
-            // SAFETY: see above.
-            (false, Bits::B16) => Symbols::I16(unsafe { slice_mut(o.symbols, n) }),
-        };
-        // SAFETY: see above.
-        let sse = (!o.token_sse.is_null()).then(|| unsafe { slice_mut::<f32>(o.token_sse as *mut c_void, t) });
-        let stats = with_elem!(dt, E => {
-            if in_place {
-                // SAFETY: see above.
-                let xs: &mut [E] = unsafe { slice_mut(xd as *mut c_void, n) };
-                in_pool(c, || cpu::quantize_in_place::<E>(xs, &g, st, bits, sym, sse, hist))
-            } else {
-                // SAFETY: see above.
-                let xs: &[E] = unsafe { slice(xd, n) };
-                // SAFETY: see above.
-                let recon = (!o.recon.is_null()).then(|| unsafe { slice_mut::<E>(o.recon, n) });
-                in_pool(c, || cpu::quantize::<E>(xs, &g, st, bits, QuantOut { symbols: sym, recon, token_sse: sse, histogram: hist }))
-            }
-        })?;
+        // SAFETY: a host call validated by `quant_call` (contract: host arrays of those sizes).
+        let stats = unsafe { quantize_host(c, &q, hist)? };
         // SAFETY: `o.histogram` is null or host memory for `hist_bins` u64 and `result` null or
         // writable (contract); neither overlaps anything the op used (checked).
-        unsafe { finish_quantize(&g, stats.clamped, stats.total_sse, stats.histogram.as_deref(), o.histogram, result) }
+        unsafe { finish_quantize(g, stats.clamped, stats.total_sse, stats.histogram.as_deref(), o.histogram, result) }
+    })
+}
+
+/// A validated quantization call: the feature, its grid, the options and the steps.
+struct QuantCall {
+    f: Feat,
+    g: TokenGrid,
+    bits: Bits,
+    o: FjQuantizeOptions,
+    steps: *const f32,
+}
+
+/// The checks of `fj_quantize` (and its async and fused variants) before anything is touched:
+/// feature, options, alignment of every array, and the aliasing rule with `extra_in` and
+/// `extra_out` added (the steps count as an output where the call writes them: `steps_out`).
+///
+/// # Safety
+/// `x` and `opts` are null or readable for one struct (`opts` for its declared size).
+unsafe fn quant_call(
+    x: *const FjFeature,
+    steps: *const f32,
+    opts: *const FjQuantizeOptions,
+    steps_out: bool,
+    extra_in: &[Span],
+    extra_out: &[Span],
+) -> R<QuantCall> {
+    // SAFETY: `x` is null or a readable struct (contract).
+    let f = unsafe { feature(x, "x")? };
+    // SAFETY: `opts` is null or readable for its declared size (contract).
+    let o = unsafe { read_opts(opts, "opts")? };
+    let steps_name = if steps_out { "steps_out" } else { "steps" };
+    nonnull(steps, steps_name)?;
+    aligned(steps as *const c_void, 4, steps_name)?;
+    let bits = match o.bits {
+        0 | 8 => Bits::B8,
+        16 => Bits::B16,
+        b => return fail(FJ_ERR_ARG, format!("bits {b} (use 8 or 16)")),
+    };
+    let (dt, xd) = (f.dt, f.data);
+    let g = TokenGrid::new(f.shape, o.patch.max(1) as usize)?;
+    let (n, t) = (g.numel(), g.tokens());
+    let sym_size = if bits == Bits::B8 { 1 } else { 2 };
+    if !o.symbols.is_null() {
+        aligned(o.symbols, sym_size, "opts->symbols")?;
+    }
+    if !o.recon.is_null() {
+        aligned(o.recon, dt.size(), "opts->recon")?;
+    }
+    if !o.token_sse.is_null() {
+        aligned(o.token_sse as *const c_void, 4, "opts->token_sse")?;
+    }
+    if !o.histogram.is_null() {
+        aligned(o.histogram as *const c_void, 8, "opts->histogram")?;
+    }
+    let steps_span = span(steps_name, steps, t * 4);
+    let mut inputs = vec![span("x->data", xd, n * dt.size())];
+    let mut outputs = vec![
+        span("opts->symbols", o.symbols, n * sym_size),
+        span("opts->recon", o.recon, n * dt.size()),
+        span("opts->token_sse", o.token_sse, t * 4),
+        span("opts->histogram", o.histogram, bits.hist_bins() * 8),
+    ];
+    if steps_out {
+        outputs.push(steps_span);
+    } else {
+        inputs.push(steps_span);
+    }
+    inputs.extend_from_slice(extra_in);
+    outputs.extend_from_slice(extra_out);
+    no_overlap(&inputs, &outputs, Some(("opts->recon", "x->data")))?;
+    Ok(QuantCall { f, g, bits, o, steps })
+}
+
+/// The CPU quantization of a validated call (`hist`: count the histogram).
+///
+/// # Safety
+/// `q` came from [`quant_call`] for a CPU context: every non-null array is host memory of the
+/// sizes its field names (contract) and the aliasing rule was checked.
+unsafe fn quantize_host(c: &FjContext, q: &QuantCall, hist: bool) -> Result<cpu::QuantStats, Error> {
+    let (o, g, bits, dt, xd) = (&q.o, &q.g, q.bits, q.f.dt, q.f.data);
+    let (n, t) = (g.numel(), g.tokens());
+    let in_place = std::ptr::eq(o.recon as *const c_void, xd);
+    // SAFETY: (this and the slices below) each pointer is non-null and aligned to its element type
+    // (checked: `feature`, the `aligned` calls of `quant_call`) and holds the element count used
+    // (contract: `n` elements of x and its outputs, `t` steps and token errors); no output
+    // overlaps an input or another output (checked), so each mutable slice is the only
+    // access to its memory; in place, `x` is reached only through its one mutable slice.
+    let st: &[f32] = unsafe { slice(q.steps as *const c_void, t) };
+    let sym = match (o.symbols.is_null(), bits) {
+        (true, _) => Symbols::None,
+        // SAFETY: see above.
+        (false, Bits::B8) => Symbols::I8(unsafe { slice_mut(o.symbols, n) }),
+        // SAFETY: see above.
+        (false, Bits::B16) => Symbols::I16(unsafe { slice_mut(o.symbols, n) }),
+    };
+    // SAFETY: see above.
+    let sse = (!o.token_sse.is_null()).then(|| unsafe { slice_mut::<f32>(o.token_sse as *mut c_void, t) });
+    with_elem!(dt, E => {
+        if in_place {
+            // SAFETY: see above.
+            let xs: &mut [E] = unsafe { slice_mut(xd as *mut c_void, n) };
+            in_pool(c, || cpu::quantize_in_place::<E>(xs, g, st, bits, sym, sse, hist))
+        } else {
+            // SAFETY: see above.
+            let xs: &[E] = unsafe { slice(xd, n) };
+            // SAFETY: see above.
+            let recon = (!o.recon.is_null()).then(|| unsafe { slice_mut::<E>(o.recon, n) });
+            in_pool(c, || cpu::quantize::<E>(xs, g, st, bits, QuantOut { symbols: sym, recon, token_sse: sse, histogram: hist }))
+        }
     })
 }
 
@@ -947,65 +997,521 @@ pub unsafe extern "C" fn fj_perturb(
         // SAFETY: `ctx` is null or live (contract).
         let c = unsafe { ctx_ref(ctx)? };
         check_stream(c, stream)?;
-        // SAFETY: `x` is null or a readable struct (contract).
-        let f = unsafe { feature(x, "x")? };
-        // SAFETY: `opts` is null or readable for its declared size (contract).
-        let o = if opts.is_null() { FjPerturbOptions::default() } else { unsafe { read_opts(opts, "opts")? } };
-        let (dt, shape, xd) = (f.dt, f.shape, f.data);
-        nonnull(out, "out")?;
-        aligned(out, dt.size(), "out")?;
-        let n = shape.numel();
-        let jd = if jnd.is_null() {
-            None
-        } else {
-            // SAFETY: `jnd` is a readable struct (contract).
-            let j = unsafe { feature(jnd, "jnd")? };
-            if j.dt != dt || j.shape != shape {
-                return fail(FJ_ERR_SHAPE, "jnd must have the dtype, layout and dims of x");
-            }
-            Some(j.data)
-        };
-        let kind = match o.noise {
-            FJ_GAUSSIAN => NoiseKind::Gaussian,
-            FJ_UNIFORM_NOISE => NoiseKind::Uniform,
-            k => return fail(FJ_ERR_ARG, format!("noise {k} (use FJ_GAUSSIAN or FJ_UNIFORM_NOISE)")),
-        };
-        let spec = NoiseSpec { kind, seed: o.seed, subsequence: o.subsequence };
-        let samples = shape.samples();
-        if !o.scales.is_null() {
-            aligned(o.scales as *const c_void, 4, "opts->scales")?;
-        }
-        let bytes = n * dt.size();
-        let inputs = [span("x->data", xd, bytes), span("jnd->data", jd.unwrap_or(std::ptr::null()), bytes)];
-        let outputs = [span("out", out, bytes), span("opts->scales", o.scales, samples * 4)];
-        no_overlap(&inputs, &outputs, Some(("out", "x->data")))?;
+        // SAFETY: `x`, `jnd` and `opts` are null or readable (contract).
+        let pc = unsafe { perturb_call(x, jnd, opts, out, &[])? };
+        let scales = pc.o.scales;
         if let Some(gpu) = &c.gpu {
-            let p = device::perturb_ptrs(dt, xd, jd.unwrap_or(std::ptr::null()), out, n, samples);
+            let p = device::perturb_ptrs(pc.dt, pc.x, pc.jnd, out, pc.numel, pc.samples);
             // SAFETY: every non-null array is device memory of the context's device with the
             // sizes above (contract; checked with the driver inside); `out` is `x` or overlaps
             // neither input, `scales` overlaps nothing (checked).
-            unsafe { gpu.perturb(&p, nrmse, spec, o.scales, stream)? };
+            unsafe { gpu.perturb(&p, nrmse, pc.spec, scales, stream)? };
             return Ok(());
         }
-        let rep = with_elem!(dt, E => {
-            // SAFETY: (this and the slices below) non-null and aligned to `E` (checked by `feature` and
-            // `aligned`), `n` elements each (contract); `out` is `x` itself or overlaps neither
-            // input (checked), so each mutable slice is the only access to its memory.
-            let j: Option<&[E]> = jd.map(|p| unsafe { slice::<E>(p, n) });
-            if std::ptr::eq(out as *const c_void, xd) {
-                // SAFETY: see above.
-                let xs: &mut [E] = unsafe { slice_mut(out, n) };
-                in_pool(c, || cpu::perturb_in_place::<E>(xs, j, samples, nrmse, spec))
-            } else {
-                // SAFETY: see above.
-                let (xs, os): (&[E], &mut [E]) = unsafe { (slice(xd, n), slice_mut(out, n)) };
-                in_pool(c, || cpu::perturb::<E>(xs, j, samples, nrmse, spec, os))
-            }
-        })?;
-        if !o.scales.is_null() {
+        // SAFETY: a host call validated by `perturb_call` (contract: host arrays of those sizes).
+        let rep = unsafe { perturb_host(c, &pc, nrmse, out)? };
+        if !scales.is_null() {
             // SAFETY: `scales` is non-null, aligned (checked), writable for N == rep.scales.len()
             // floats (contract) and disjoint from the fresh Vec.
-            unsafe { std::ptr::copy_nonoverlapping(rep.scales.as_ptr(), o.scales, rep.scales.len()) };
+            unsafe { std::ptr::copy_nonoverlapping(rep.scales.as_ptr(), scales, rep.scales.len()) };
+        }
+        Ok(())
+    })
+}
+
+/// A validated perturbation call.
+struct PerturbCall {
+    dt: Dtype,
+    x: *const c_void,
+    /// Null for J ≡ 1.
+    jnd: *const c_void,
+    numel: usize,
+    samples: usize,
+    spec: NoiseSpec,
+    o: FjPerturbOptions,
+}
+
+/// The checks of `fj_perturb` (and `fj_perturb_async`) before anything is touched, with
+/// `extra_out` added to the outputs of the aliasing rule.
+///
+/// # Safety
+/// `x` (and `jnd`, `opts` unless null) readable for one struct (`opts` for its declared size).
+unsafe fn perturb_call(
+    x: *const FjFeature,
+    jnd: *const FjFeature,
+    opts: *const FjPerturbOptions,
+    out: *mut c_void,
+    extra_out: &[Span],
+) -> R<PerturbCall> {
+    // SAFETY: `x` is null or a readable struct (contract).
+    let f = unsafe { feature(x, "x")? };
+    // SAFETY: `opts` is null or readable for its declared size (contract).
+    let o = if opts.is_null() { FjPerturbOptions::default() } else { unsafe { read_opts(opts, "opts")? } };
+    let (dt, shape, xd) = (f.dt, f.shape, f.data);
+    nonnull(out, "out")?;
+    aligned(out, dt.size(), "out")?;
+    let n = shape.numel();
+    let jd = if jnd.is_null() {
+        std::ptr::null()
+    } else {
+        // SAFETY: `jnd` is a readable struct (contract).
+        let j = unsafe { feature(jnd, "jnd")? };
+        if j.dt != dt || j.shape != shape {
+            return fail(FJ_ERR_SHAPE, "jnd must have the dtype, layout and dims of x");
+        }
+        j.data
+    };
+    let kind = match o.noise {
+        FJ_GAUSSIAN => NoiseKind::Gaussian,
+        FJ_UNIFORM_NOISE => NoiseKind::Uniform,
+        k => return fail(FJ_ERR_ARG, format!("noise {k} (use FJ_GAUSSIAN or FJ_UNIFORM_NOISE)")),
+    };
+    let spec = NoiseSpec { kind, seed: o.seed, subsequence: o.subsequence };
+    let samples = shape.samples();
+    if !o.scales.is_null() {
+        aligned(o.scales as *const c_void, 4, "opts->scales")?;
+    }
+    let bytes = n * dt.size();
+    let inputs = [span("x->data", xd, bytes), span("jnd->data", jd, bytes)];
+    let mut outputs = vec![span("out", out, bytes), span("opts->scales", o.scales, samples * 4)];
+    outputs.extend_from_slice(extra_out);
+    no_overlap(&inputs, &outputs, Some(("out", "x->data")))?;
+    Ok(PerturbCall { dt, x: xd, jnd: jd, numel: n, samples, spec, o })
+}
+
+/// The CPU perturbation of a validated call.
+///
+/// # Safety
+/// `pc` came from [`perturb_call`] with this `out` for a CPU context: host arrays of the sizes
+/// it names (contract), the aliasing rule checked.
+unsafe fn perturb_host(c: &FjContext, pc: &PerturbCall, nrmse: f64, out: *mut c_void) -> Result<cpu::PerturbReport, Error> {
+    // Plain values for the pool's closures (the call's raw pointers are not `Sync`).
+    let (n, samples, spec) = (pc.numel, pc.samples, pc.spec);
+    with_elem!(pc.dt, E => {
+        // SAFETY: (this and the slices below) non-null and aligned to `E` (checked by `feature` and
+        // `aligned`), `n` elements each (contract); `out` is `x` itself or overlaps neither
+        // input (checked), so each mutable slice is the only access to its memory.
+        let j: Option<&[E]> = (!pc.jnd.is_null()).then(|| unsafe { slice::<E>(pc.jnd, n) });
+        if std::ptr::eq(out as *const c_void, pc.x) {
+            // SAFETY: see above.
+            let xs: &mut [E] = unsafe { slice_mut(out, n) };
+            in_pool(c, || cpu::perturb_in_place::<E>(xs, j, samples, nrmse, spec))
+        } else {
+            // SAFETY: see above.
+            let (xs, os): (&[E], &mut [E]) = unsafe { (slice(pc.x, n), slice_mut(out, n)) };
+            in_pool(c, || cpu::perturb::<E>(xs, j, samples, nrmse, spec, os))
+        }
+    })
+}
+
+// ---- the sync-free calls (issue 15 §1): statistics in caller memory, decoded later ----
+//
+// On a CUDA context an `_async` call checks its arguments and pointers, enqueues a memset of its
+// statistics and its kernels on `stream`, and returns: no allocation, no host read, no sync, so
+// the calls can be captured into a CUDA graph. Its outputs and statistics are complete when the
+// stream reaches that point; `fj_*_decode` (after the caller's sync, or on the same stream: it
+// copies and syncs) turns the statistics into the result struct or the status the synchronous
+// call would have returned (`FJ_ERR_NONFINITE`, `FJ_ERR_JND` with the first index). On a CPU
+// context the same calls run synchronously and write the same statistics into host memory, so
+// decoding behaves identically. The statistics layout is the library's (`cuda::raw`): opaque to
+// the caller, sized by the `fj_*_stats_slots` calls.
+
+/// How many `int64_t` statistics slots `fj_quantize_async` needs for `bits` (8 or 16; 0 = 8).
+///
+/// # Safety
+/// `out_slots` is null or writable for one `uint64_t`.
+#[no_mangle]
+pub unsafe extern "C" fn fj_quantize_stats_slots(bits: u32, out_slots: *mut u64) -> i32 {
+    guard(|| {
+        nonnull(out_slots, "out_slots")?;
+        // SAFETY: non-null (checked) and writable (contract).
+        unsafe { put(out_slots, raw::quantize_slots(bits_of(bits)?, true) as u64) };
+        Ok(())
+    })
+}
+
+/// How many `int64_t` workspace slots `fj_quantize_with_jnd_async` needs for feature `x` (its
+/// data is not read) with `patch` and `bits`: the statistics, then room for the token tolerances.
+///
+/// # Safety
+/// `x` is null or a readable `FjFeature`; `out_slots` null or writable for one `uint64_t`.
+#[no_mangle]
+pub unsafe extern "C" fn fj_quantize_with_jnd_stats_slots(x: *const FjFeature, patch: u32, bits: u32, out_slots: *mut u64) -> i32 {
+    guard(|| {
+        nonnull(out_slots, "out_slots")?;
+        // SAFETY: `x` is null or a readable struct (contract).
+        let f = unsafe { feature(x, "x")? };
+        let g = TokenGrid::new(f.shape, patch.max(1) as usize)?;
+        // SAFETY: non-null (checked) and writable (contract).
+        unsafe { put(out_slots, raw::jnd_chain_slots(bits_of(bits)?, g.tokens()) as u64) };
+        Ok(())
+    })
+}
+
+/// How many `int64_t` statistics slots `fj_perturb_async` needs for feature `x` (N samples; its
+/// data is not read).
+///
+/// # Safety
+/// `x` is null or a readable `FjFeature`; `out_slots` null or writable for one `uint64_t`.
+#[no_mangle]
+pub unsafe extern "C" fn fj_perturb_stats_slots(x: *const FjFeature, out_slots: *mut u64) -> i32 {
+    guard(|| {
+        nonnull(out_slots, "out_slots")?;
+        // SAFETY: `x` is null or a readable struct (contract).
+        let f = unsafe { feature(x, "x")? };
+        // SAFETY: non-null (checked) and writable (contract).
+        unsafe { put(out_slots, raw::perturb_slots(f.shape.samples()) as u64) };
+        Ok(())
+    })
+}
+
+fn bits_of(b: u32) -> R<Bits> {
+    match b {
+        0 | 8 => Ok(Bits::B8),
+        16 => Ok(Bits::B16),
+        b => fail(FJ_ERR_ARG, format!("bits {b} (use 8 or 16)")),
+    }
+}
+
+/// The checks of a caller's statistics array: non-null, 8-byte aligned, at least `slots` long.
+fn check_stats(stats: *mut i64, stats_len: u64, slots: usize) -> R<Span> {
+    nonnull(stats, "stats")?;
+    aligned(stats as *const c_void, 8, "stats")?;
+    if (stats_len as usize) < slots {
+        return fail(FJ_ERR_SHAPE, format!("stats_len is {stats_len}, the call needs {slots} slots"));
+    }
+    Ok(span("stats", stats, slots * 8))
+}
+
+/// Records a CPU op's outcome in its statistics: the stats, or the bad element of a
+/// `NonFinite`/`Jnd` error (any other error is the call's own status).
+fn record<T>(r: Result<T, Error>, write: impl FnOnce(Option<raw::BadElement>, Option<T>)) -> R<()> {
+    match r {
+        Ok(v) => write(None, Some(v)),
+        Err(e) => match raw::bad_of_error(&e) {
+            Some(b) => write(Some(b), None),
+            None => return Err(e.into()),
+        },
+    }
+    Ok(())
+}
+
+/// `fj_quantize` without a sync or an allocation: the clamp count, total error, histogram (always
+/// counted; `opts->histogram` must be null) and a bad x go to `stats[stats_len]`
+/// (`fj_quantize_stats_slots`), decoded by `fj_quantize_decode`. On a CPU context it runs
+/// synchronously.
+///
+/// # Safety
+/// As `fj_quantize`, with `stats` writable for `stats_len` `int64_t` in the context's memory; on
+/// a CUDA context the arrays must stay valid and untouched until `stream` has run the work.
+#[no_mangle]
+pub unsafe extern "C" fn fj_quantize_async(
+    ctx: *const FjContext,
+    x: *const FjFeature,
+    steps: *const f32,
+    opts: *const FjQuantizeOptions,
+    stats: *mut i64,
+    stats_len: u64,
+    stream: *mut c_void,
+) -> i32 {
+    guard(|| {
+        // SAFETY: `ctx` is null or live (contract).
+        let c = unsafe { ctx_ref(ctx)? };
+        check_stream(c, stream)?;
+        // SAFETY: `opts` is null or readable for its declared size (contract).
+        let bits = bits_of(unsafe { read_opts(opts, "opts")? }.bits)?;
+        let slots = raw::quantize_slots(bits, true);
+        let st = check_stats(stats, stats_len, slots)?;
+        // SAFETY: `x` and `opts` are null or readable (contract).
+        let q = unsafe { quant_call(x, steps, opts, false, &[], &[st])? };
+        if !q.o.histogram.is_null() {
+            return fail(FJ_ERR_ARG, "opts->histogram must be null: the async call counts the histogram into stats");
+        }
+        if let Some(gpu) = &c.gpu {
+            let p = device::quant_ptrs(q.f.data, steps, q.o.symbols, q.o.recon, q.o.token_sse);
+            // SAFETY: every non-null array is device memory of the context's device with the
+            // sizes above (contract; checked with the driver inside); no overlap but `recon == x`
+            // (checked), the statistics included.
+            return unsafe { gpu.quantize_async(q.f.dt, &q.g, &p, q.bits, stats, slots, stream) };
+        }
+        // SAFETY: a host call validated by `quant_call` (contract: host arrays of those sizes).
+        let r = unsafe { quantize_host(c, &q, true) };
+        // SAFETY: `stats` is non-null, aligned and holds `slots` i64 of host memory (checked,
+        // contract), overlapping nothing the op used (checked).
+        let s: &mut [i64] = unsafe { slice_mut(stats as *mut c_void, slots) };
+        record(r, |bad, v| match v {
+            Some(v) => raw::encode_quantize(s, None, v.clamped, v.total_sse, v.histogram.as_deref()),
+            None => raw::encode_quantize(s, bad, 0, 0.0, None),
+        })
+    })
+}
+
+/// The fused chain `J → j_t → Δ_t → quantize` (docs/contract.md §2–§4) without a sync, an
+/// allocation or a host round trip: the steps go to `steps_out[tokens]`, the statistics (as
+/// `fj_quantize_async`'s) and the token tolerances to `stats[stats_len]`
+/// (`fj_quantize_with_jnd_stats_slots`); decode with `fj_quantize_decode` (passing `jnd`).
+/// `strategy` is `FJ_UNIFORM` or `FJ_JND` (`FJ_PERMUTED` needs a host permutation: `FJ_ERR_ARG`).
+///
+/// # Safety
+/// As `fj_quantize_async`, with `jnd` a readable `FjFeature` of x's dims whose data holds its
+/// elements and `steps_out` writable for `tokens` floats.
+#[no_mangle]
+pub unsafe extern "C" fn fj_quantize_with_jnd_async(
+    ctx: *const FjContext,
+    x: *const FjFeature,
+    jnd: *const FjFeature,
+    reduce: u32,
+    budget: f64,
+    strategy: u32,
+    opts: *const FjQuantizeOptions,
+    steps_out: *mut f32,
+    stats: *mut i64,
+    stats_len: u64,
+    stream: *mut c_void,
+) -> i32 {
+    guard(|| {
+        // SAFETY: `ctx` is null or live (contract).
+        let c = unsafe { ctx_ref(ctx)? };
+        check_stream(c, stream)?;
+        let reduce = reduce_of(reduce)?;
+        steps::check_budget(budget)?;
+        let strategy = match strategy {
+            FJ_UNIFORM => Strategy::Uniform,
+            FJ_JND => Strategy::Jnd,
+            FJ_PERMUTED => return fail(FJ_ERR_ARG, "FJ_PERMUTED needs a permutation made on the host: use the synchronous calls"),
+            s => return fail(FJ_ERR_ARG, format!("strategy {s} (use FJ_UNIFORM or FJ_JND)")),
+        };
+        // SAFETY: `jnd` is null or a readable struct (contract).
+        let j = unsafe { feature(jnd, "jnd")? };
+        // SAFETY: `x` and `opts` are null or readable (contract).
+        let (xf, o) = unsafe { (feature(x, "x")?, read_opts(opts, "opts")?) };
+        if j.shape != xf.shape {
+            return fail(FJ_ERR_SHAPE, "jnd must have the layout and dims of x");
+        }
+        let bits = bits_of(o.bits)?;
+        let g = TokenGrid::new(xf.shape, o.patch.max(1) as usize)?;
+        let slots = raw::jnd_chain_slots(bits, g.tokens());
+        let st = check_stats(stats, stats_len, slots)?;
+        // SAFETY: `x` and `opts` are null or readable (contract).
+        let q = unsafe { quant_call(x, steps_out, opts, true, &[span("jnd->data", j.data, j.bytes())], &[st])? };
+        if !q.o.histogram.is_null() {
+            return fail(FJ_ERR_ARG, "opts->histogram must be null: the async call counts the histogram into stats");
+        }
+        if let Some(gpu) = &c.gpu {
+            let p = device::quant_ptrs(q.f.data, steps_out, q.o.symbols, q.o.recon, q.o.token_sse);
+            // SAFETY: every non-null array is device memory of the context's device with the
+            // sizes above (contract; checked with the driver inside); no overlap but `recon == x`
+            // (checked), `steps_out` and the statistics included.
+            return unsafe {
+                gpu.quantize_with_jnd_async(&q.g, j.data, j.dt, reduce, budget, strategy, q.f.dt, &p, q.bits, stats, slots, stream)
+            };
+        }
+        // SAFETY: `stats` is non-null, aligned and holds `slots` i64 of host memory (checked,
+        // contract), overlapping nothing the op used (checked).
+        let s: &mut [i64] = unsafe { slice_mut(stats as *mut c_void, raw::quantize_slots(bits, true)) };
+        let jt = with_elem!(j.dt, E => {
+            // SAFETY: `j.data` is non-null, aligned (checked by `feature`) and holds `g.numel()`
+            // elements (contract) that nothing writes during the call (checked: no output overlaps it).
+            let js: &[E] = unsafe { slice(j.data, g.numel()) };
+            in_pool(c, || cpu::token_tolerance::<E>(js, &g, reduce))
+        });
+        let jt = match jt {
+            Ok(v) => v,
+            Err(e) => return record(Err::<(), _>(e), |bad, _| raw::encode_quantize(s, bad, 0, 0.0, None)),
+        };
+        // SAFETY: `steps_out` is non-null, aligned (checked) and writable for `tokens` floats
+        // (contract), overlapping nothing else (checked).
+        steps::allocate_into(&jt, budget, strategy, 1.0, unsafe { slice_mut::<f32>(steps_out as *mut c_void, g.tokens()) })?;
+        // SAFETY: a host call validated by `quant_call` (contract: host arrays of those sizes).
+        let r = unsafe { quantize_host(c, &q, true) };
+        record(r, |bad, v| match v {
+            Some(v) => raw::encode_quantize(s, None, v.clamped, v.total_sse, v.histogram.as_deref()),
+            None => raw::encode_quantize(s, bad, 0, 0.0, None),
+        })
+    })
+}
+
+/// `fj_perturb` without a sync or an allocation: the per-sample scales, the zero samples and a bad
+/// x or J go to `stats[stats_len]` (`fj_perturb_stats_slots`; `opts->scales` must be null: decode
+/// gives them), decoded by `fj_perturb_decode`.
+///
+/// # Safety
+/// As `fj_perturb`, with `stats` writable for `stats_len` `int64_t` in the context's memory; on a
+/// CUDA context the arrays must stay valid and untouched until `stream` has run the work.
+#[no_mangle]
+pub unsafe extern "C" fn fj_perturb_async(
+    ctx: *const FjContext,
+    x: *const FjFeature,
+    jnd: *const FjFeature,
+    nrmse: f64,
+    opts: *const FjPerturbOptions,
+    out: *mut c_void,
+    stats: *mut i64,
+    stats_len: u64,
+    stream: *mut c_void,
+) -> i32 {
+    guard(|| {
+        // SAFETY: `ctx` is null or live (contract).
+        let c = unsafe { ctx_ref(ctx)? };
+        check_stream(c, stream)?;
+        if !(nrmse.is_finite() && nrmse >= 0.0) {
+            return Err(Error::Nrmse(nrmse).into());
+        }
+        // SAFETY: `x` is null or a readable struct (contract).
+        let slots = raw::perturb_slots(unsafe { feature(x, "x")? }.shape.samples());
+        let st = check_stats(stats, stats_len, slots)?;
+        // SAFETY: `x`, `jnd` and `opts` are null or readable (contract).
+        let pc = unsafe { perturb_call(x, jnd, opts, out, &[st])? };
+        if !pc.o.scales.is_null() {
+            return fail(FJ_ERR_ARG, "opts->scales must be null: fj_perturb_decode gives the scales");
+        }
+        if let Some(gpu) = &c.gpu {
+            let p = device::perturb_ptrs(pc.dt, pc.x, pc.jnd, out, pc.numel, pc.samples);
+            // SAFETY: every non-null array is device memory of the context's device with the
+            // sizes above (contract; checked with the driver inside); `out` is `x` or overlaps
+            // neither input, the statistics overlap nothing (checked).
+            return unsafe { gpu.perturb_async(&p, nrmse, pc.spec, stats, slots, stream) };
+        }
+        // SAFETY: a host call validated by `perturb_call` (contract: host arrays of those sizes).
+        let r = unsafe { perturb_host(c, &pc, nrmse, out) };
+        // SAFETY: `stats` is non-null, aligned and holds `slots` i64 of host memory (checked,
+        // contract), overlapping nothing the op used (checked).
+        let s: &mut [i64] = unsafe { slice_mut(stats as *mut c_void, slots) };
+        let empty = cpu::PerturbReport { scales: vec![0.0; pc.samples], zero_samples: vec![] };
+        record(r, |bad, rep| raw::encode_perturb(s, bad, rep.as_ref().unwrap_or(&empty)))
+    })
+}
+
+/// The statistics of an async call on the host: a copy (and a sync of `stream`) on a CUDA
+/// context.
+///
+/// # Safety
+/// `stats` is valid for `slots` i64 in the context's memory, written by work ordered before on
+/// `stream` (CUDA) or complete (CPU).
+unsafe fn host_stats(c: &FjContext, stats: *const i64, stats_len: u64, slots: usize, stream: *mut c_void) -> R<Vec<i64>> {
+    check_stats(stats as *mut i64, stats_len, slots)?;
+    if let Some(gpu) = &c.gpu {
+        // SAFETY: by this function's contract.
+        return unsafe { gpu.read_stats(stats, slots, stream) };
+    }
+    // SAFETY: host memory of `slots` i64 (checked non-null and aligned; contract).
+    Ok(unsafe { slice::<i64>(stats as *const c_void, slots) }.to_vec())
+}
+
+/// The typed error of a bad element, its value read from `x` or `J` (host memory on a CPU
+/// context, a small copy on a CUDA one).
+///
+/// # Safety
+/// `x` and `jnd` (unless null) are validated features whose data holds their elements in the
+/// context's memory; `stream` as for the decode call.
+unsafe fn bad_status(c: &FjContext, b: raw::BadElement, x: &Feat, jnd: *const c_void, stream: *mut c_void) -> R<()> {
+    let data = match b.input {
+        raw::Input::X => x.data,
+        raw::Input::Jnd => jnd,
+    };
+    if data.is_null() || b.index >= x.shape.numel() {
+        return Err(b.error(f32::NAN).into());
+    }
+    if let Some(gpu) = &c.gpu {
+        // SAFETY: by this function's contract (the index lies inside the array: checked).
+        return unsafe { gpu.bad_status(b, data, x.dt, stream) };
+    }
+    // SAFETY: host memory holding `numel > index` elements of `x.dt` (contract, checked).
+    let v = with_elem!(x.dt, E => unsafe { slice::<E>(data, x.shape.numel()) }[b.index].to_f32());
+    Err(b.error(v).into())
+}
+
+/// Decodes the statistics of `fj_quantize_async` or `fj_quantize_with_jnd_async` (same `x`,
+/// `patch` and `bits`; `jnd` as given to the fused call, else null) into `result` (and the
+/// histogram into the host array `hist_out`, 255 or 512 `uint64_t`, unless null), or the status
+/// the synchronous call would return (`FJ_ERR_JND` before `FJ_ERR_NONFINITE`; the message's value
+/// is read from `x` now, so after an in-place call it is what `x` holds then). On a CUDA context
+/// `stats` is device memory: it is copied on `stream` and the stream synchronized.
+///
+/// # Safety
+/// `ctx` live; `x` (and `jnd`) readable `FjFeature`s as given to the async call, their data still
+/// valid; `stats` valid for `stats_len` `int64_t` in the context's memory; `result` null or
+/// writable; `hist_out` null or writable host memory; `stream` as for the async call.
+#[no_mangle]
+pub unsafe extern "C" fn fj_quantize_decode(
+    ctx: *const FjContext,
+    x: *const FjFeature,
+    jnd: *const FjFeature,
+    patch: u32,
+    bits: u32,
+    stats: *const i64,
+    stats_len: u64,
+    stream: *mut c_void,
+    result: *mut FjQuantizeResult,
+    hist_out: *mut u64,
+) -> i32 {
+    guard(|| {
+        // SAFETY: `ctx` is null or live (contract).
+        let c = unsafe { ctx_ref(ctx)? };
+        check_stream(c, stream)?;
+        // SAFETY: `x` is null or a readable struct (contract).
+        let f = unsafe { feature(x, "x")? };
+        // SAFETY: `jnd` is null or a readable struct (contract).
+        let jd = if jnd.is_null() { std::ptr::null() } else { unsafe { feature(jnd, "jnd")? }.data };
+        let bits = bits_of(bits)?;
+        let g = TokenGrid::new(f.shape, patch.max(1) as usize)?;
+        if !hist_out.is_null() {
+            aligned(hist_out as *const c_void, 8, "hist_out")?;
+        }
+        // SAFETY: by the contract.
+        let v = unsafe { host_stats(c, stats, stats_len, raw::quantize_slots(bits, true), stream)? };
+        let q = raw::decode_quantize(&v, bits, true);
+        if let Some(b) = q.bad {
+            // SAFETY: the features as given to the async call (contract).
+            return unsafe { bad_status(c, b, &f, jd, stream) };
+        }
+        // SAFETY: `hist_out` null or writable host memory for the bins, `result` null or writable
+        // (contract); `v` is a fresh Vec.
+        unsafe { finish_quantize(&g, q.clamped, q.total_sse, q.histogram.as_deref(), hist_out, result) }
+    })
+}
+
+/// Decodes the statistics of `fj_perturb_async` (same `x`, `jnd` and `nrmse`): the per-sample
+/// scales into the host array `scales_out[N]` (unless null), or the status the synchronous call
+/// would return. On a CUDA context `stats` is copied on `stream` and the stream synchronized.
+///
+/// # Safety
+/// As `fj_quantize_decode`; `scales_out` null or writable host memory for N floats.
+#[no_mangle]
+pub unsafe extern "C" fn fj_perturb_decode(
+    ctx: *const FjContext,
+    x: *const FjFeature,
+    jnd: *const FjFeature,
+    nrmse: f64,
+    stats: *const i64,
+    stats_len: u64,
+    stream: *mut c_void,
+    scales_out: *mut f32,
+) -> i32 {
+    guard(|| {
+        // SAFETY: `ctx` is null or live (contract).
+        let c = unsafe { ctx_ref(ctx)? };
+        check_stream(c, stream)?;
+        // SAFETY: `x` is null or a readable struct (contract).
+        let f = unsafe { feature(x, "x")? };
+        // SAFETY: `jnd` is null or a readable struct (contract).
+        let jd = if jnd.is_null() { std::ptr::null() } else { unsafe { feature(jnd, "jnd")? }.data };
+        let samples = f.shape.samples();
+        if !scales_out.is_null() {
+            aligned(scales_out as *const c_void, 4, "scales_out")?;
+        }
+        // SAFETY: by the contract.
+        let v = unsafe { host_stats(c, stats, stats_len, raw::perturb_slots(samples), stream)? };
+        let (bad, report) = raw::decode_perturb(&v, samples);
+        if let Some(b) = bad {
+            // SAFETY: the features as given to the async call (contract).
+            return unsafe { bad_status(c, b, &f, jd, stream) };
+        }
+        raw::check_scales(&report, nrmse)?;
+        if !scales_out.is_null() {
+            // SAFETY: writable host memory for N == report.scales.len() floats (contract), aligned
+            // (checked), disjoint from the fresh Vec.
+            unsafe { std::ptr::copy_nonoverlapping(report.scales.as_ptr(), scales_out, samples) };
         }
         Ok(())
     })

@@ -283,4 +283,221 @@ mod capi_device {
             fj_context_destroy(gpu_ctx);
         }
     }
+
+    /// The buffers of one round of a server loop: the fused chain on (x, J), the perturbation of
+    /// its reconstruction, and a plain quantization of the perturbed feature with the same steps.
+    struct Round {
+        x: Tensor,
+        j: Tensor,
+        layout: Layout,
+        patch: u32,
+        steps: Tensor,
+        sym: Tensor,
+        rec: Tensor,
+        sse: Tensor,
+        qstats: Tensor,
+        pert: Tensor,
+        pstats: Tensor,
+        sym2: Tensor,
+        q2stats: Tensor,
+    }
+
+    impl Round {
+        fn new(x: &Tensor, j: &Tensor, layout: Layout, patch: u32, dev: Device) -> Round {
+            let (mut t, mut qs, mut ps, mut fs) = (0u64, 0u64, 0u64, 0u64);
+            let (fx, fj) = (feat(x, layout), feat(j, layout));
+            // SAFETY: readable feature structs and writable counters; no data is read.
+            unsafe {
+                assert_eq!(fj_token_count(&fx, patch, &mut t), FJ_OK);
+                assert_eq!(fj_quantize_stats_slots(8, &mut qs), FJ_OK);
+                assert_eq!(fj_perturb_stats_slots(&fj, &mut ps), FJ_OK);
+                assert_eq!(fj_quantize_with_jnd_stats_slots(&fx, patch, 8, &mut fs), FJ_OK);
+            }
+            let z = |sizes: &[i64], k: Kind| Tensor::zeros(sizes, (k, dev));
+            Round {
+                x: x.shallow_clone(),
+                j: j.shallow_clone(),
+                layout,
+                patch,
+                steps: z(&[t as i64], Kind::Float),
+                sym: z(&x.size(), Kind::Int8),
+                rec: z(&x.size(), x.kind()),
+                sse: z(&[t as i64], Kind::Float),
+                qstats: z(&[fs as i64], Kind::Int64),
+                pert: z(&x.size(), x.kind()),
+                pstats: z(&[ps as i64], Kind::Int64),
+                sym2: z(&x.size(), Kind::Int8),
+                q2stats: z(&[qs as i64], Kind::Int64),
+            }
+        }
+
+        fn qopts(&self, sym: &Tensor, rec: *mut c_void, sse: *mut f32) -> FjQuantizeOptions {
+            FjQuantizeOptions {
+                size: std::mem::size_of::<FjQuantizeOptions>() as u32,
+                bits: 8,
+                patch: self.patch,
+                pad0: 0,
+                symbols: p(sym),
+                recon: rec,
+                token_sse: sse,
+                histogram: null_mut(),
+            }
+        }
+
+        /// Enqueues the round's three async calls on `stream`.
+        fn enqueue(&self, c: *const FjContext, stream: *mut c_void) {
+            let (fx, fj, fr, fp) =
+                (feat(&self.x, self.layout), feat(&self.j, self.layout), feat(&self.rec, self.layout), feat(&self.pert, self.layout));
+            let o = self.qopts(&self.sym, p(&self.rec), p(&self.sse));
+            let po = FjPerturbOptions {
+                size: std::mem::size_of::<FjPerturbOptions>() as u32,
+                noise: FJ_GAUSSIAN,
+                seed: 77,
+                subsequence: 1,
+                pad0: 0,
+                scales: null_mut(),
+            };
+            let o2 = self.qopts(&self.sym2, null_mut(), null_mut());
+            let len = |t: &Tensor| t.numel() as u64;
+            // SAFETY: live device tensors of the documented sizes, allocated (and synchronized)
+            // before; they outlive the stream's work (the test synchronizes before dropping them).
+            unsafe {
+                let rc = fj_quantize_with_jnd_async(
+                    c,
+                    &fx,
+                    &fj,
+                    FJ_MEAN,
+                    0.02,
+                    FJ_JND,
+                    &o,
+                    p(&self.steps),
+                    p(&self.qstats),
+                    len(&self.qstats),
+                    stream,
+                );
+                assert_eq!(rc, FJ_OK, "{}", err());
+                let rc = fj_perturb_async(c, &fr, &fj, 0.1, &po, p(&self.pert), p(&self.pstats), len(&self.pstats), stream);
+                assert_eq!(rc, FJ_OK, "{}", err());
+                let rc = fj_quantize_async(c, &fp, p(&self.steps), &o2, p(&self.q2stats), len(&self.q2stats), stream);
+                assert_eq!(rc, FJ_OK, "{}", err());
+            }
+        }
+
+        /// Decodes the three calls' statistics (on `stream`, which this synchronizes).
+        fn decode(&self, c: *const FjContext, stream: *mut c_void) -> (FjQuantizeResult, Vec<u64>, Vec<f32>, FjQuantizeResult) {
+            let (fx, fj, fr, fp) =
+                (feat(&self.x, self.layout), feat(&self.j, self.layout), feat(&self.rec, self.layout), feat(&self.pert, self.layout));
+            let (mut r, mut r2, mut h) = (FjQuantizeResult::default(), FjQuantizeResult::default(), vec![0u64; 255]);
+            let mut scales = vec![0f32; self.x.size()[0] as usize];
+            let len = |t: &Tensor| t.numel() as u64;
+            // SAFETY: as in `enqueue`; the histogram and scales outputs are host vectors of the
+            // documented lengths.
+            unsafe {
+                let rc = fj_quantize_decode(c, &fx, &fj, self.patch, 8, p(&self.qstats), len(&self.qstats), stream, &mut r, h.as_mut_ptr());
+                assert_eq!(rc, FJ_OK, "{}", err());
+                let rc = fj_perturb_decode(c, &fr, &fj, 0.1, p(&self.pstats), len(&self.pstats), stream, scales.as_mut_ptr());
+                assert_eq!(rc, FJ_OK, "{}", err());
+                let rc =
+                    fj_quantize_decode(c, &fp, null(), self.patch, 8, p(&self.q2stats), len(&self.q2stats), stream, &mut r2, null_mut());
+                assert_eq!(rc, FJ_OK, "{}", err());
+            }
+            (r, h, scales, r2)
+        }
+
+        fn outputs(&self) -> [&Tensor; 6] {
+            [&self.steps, &self.sym, &self.rec, &self.sse, &self.pert, &self.sym2]
+        }
+    }
+
+    #[test]
+    fn c_abi_async_calls_capture_into_a_cuda_graph_and_replay_bit_for_bit() {
+        use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+        let Some(d) = gpu() else { return };
+        let c = context(0);
+        let dev = featjnd_kernels::cuda::Device::get(0).unwrap();
+        let stream = dev.ctx.new_stream().unwrap();
+        let s = stream.cu_stream() as *mut c_void;
+        let cases =
+            [(Layout::Nchw, vec![2i64, 7, 5, 3], 1u32), (Layout::Ntc, vec![3, 33, 1025], 1), (Layout::Nchw, vec![1, 64, 28, 28], 4)];
+        for kind in KINDS {
+            let inputs: Vec<_> = cases
+                .iter()
+                .enumerate()
+                .map(|(i, (l, sz, pt))| (feature(sz, kind, 40 + i as i64).to_device(d), jnd(sz, kind, 40 + i as i64).to_device(d), *l, *pt))
+                .collect();
+            let eager: Vec<Round> = inputs.iter().map(|(x, j, l, pt)| Round::new(x, j, *l, *pt, d)).collect();
+            let graph: Vec<Round> = inputs.iter().map(|(x, j, l, pt)| Round::new(x, j, *l, *pt, d)).collect();
+            tch::Cuda::synchronize(0);
+            // Eager: the loop on the stream, then one sync.
+            eager.iter().for_each(|r| r.enqueue(c, s));
+            stream.synchronize().unwrap();
+            // Captured: nothing runs while capturing (the outputs stay zero), then two replays (the
+            // graph zeroes its own statistics, so a replay starts clean).
+            stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).unwrap();
+            graph.iter().for_each(|r| r.enqueue(c, s));
+            let g = stream.end_capture(CUgraphInstantiate_flags(0)).unwrap().expect("an empty capture");
+            stream.synchronize().unwrap();
+            assert_eq!(graph[0].rec.abs().sum(Kind::Double).double_value(&[]), 0.0, "capture must not run the work");
+            g.launch().unwrap();
+            g.launch().unwrap();
+            stream.synchronize().unwrap();
+            for (i, (e, r)) in eager.iter().zip(&graph).enumerate() {
+                let what = format!("round {i} {kind:?}");
+                for (k, (a, b)) in e.outputs().into_iter().zip(r.outputs()).enumerate() {
+                    bits_eq(a, b, &format!("{what}: output {k}"));
+                }
+                let (qa, ha, sa, q2a) = e.decode(c, s);
+                let (qb, hb, sb, q2b) = r.decode(c, s);
+                assert_eq!((qa.clamped, q2a.clamped, &ha, &sa), (qb.clamped, q2b.clamped, &hb, &sb), "{what}");
+                assert_eq!(qa.entropy_bits, qb.entropy_bits, "{what}");
+                // The total error is an atomic f64 sum: its order (not its terms) may differ.
+                assert!((qa.total_sse - qb.total_sse).abs() <= 1e-9 * qa.total_sse, "{what}");
+            }
+        }
+        // SAFETY: a live context, used by no one after this.
+        unsafe { fj_context_destroy(c) };
+    }
+
+    #[test]
+    fn c_abi_async_device_errors_decode_like_the_cpu_context() {
+        let Some(d) = gpu() else { return };
+        let (cpu, gpu_ctx) = (context(-1), context(0));
+        let sizes = [2i64, 4, 3, 3];
+        let (x, j) = (feature(&sizes, Kind::Float, 3), jnd(&sizes, Kind::Float, 3));
+        let _ = x.view([-1]).get(29).fill_(f64::NAN);
+        let r = |c: *const FjContext, dev: Device| {
+            let round = Round::new(&x.to_device(dev), &j.to_device(dev), Layout::Nchw, 1, dev);
+            tch::Cuda::synchronize(0);
+            let (fx, fj) = (feat(&round.x, Layout::Nchw), feat(&round.j, Layout::Nchw));
+            let o = round.qopts(&round.sym, p(&round.rec), null_mut());
+            let mut res = FjQuantizeResult::default();
+            let n = round.qstats.numel() as u64;
+            // SAFETY: live tensors of the documented sizes on the context's device, synchronized.
+            unsafe {
+                let rc =
+                    fj_quantize_with_jnd_async(c, &fx, &fj, FJ_MEAN, 0.02, FJ_JND, &o, p(&round.steps), p(&round.qstats), n, null_mut());
+                assert_eq!(rc, FJ_OK, "{}", err());
+                let rc = fj_quantize_decode(c, &fx, &fj, 1, 8, p(&round.qstats), n, null_mut(), &mut res, null_mut());
+                (rc, err())
+            }
+        };
+        let (a, b) = (r(cpu, Device::Cpu), r(gpu_ctx, d));
+        assert_eq!(a.0, FJ_ERR_NONFINITE);
+        assert_eq!(a, b);
+        // A host statistics array on a device context is refused before anything is enqueued.
+        let round = Round::new(&x.to_device(d), &j.to_device(d), Layout::Nchw, 1, d);
+        let host = Tensor::zeros([round.q2stats.numel() as i64], (Kind::Int64, Device::Cpu));
+        tch::Cuda::synchronize(0);
+        let o = round.qopts(&round.sym2, null_mut(), null_mut());
+        // SAFETY: live tensors of the documented sizes; the host array must be refused unread.
+        let rc = unsafe {
+            fj_quantize_async(gpu_ctx, &feat(&round.x, Layout::Nchw), p(&round.steps), &o, p(&host), host.numel() as u64, null_mut())
+        };
+        assert_eq!(rc, FJ_ERR_ARG, "{}", err());
+        // SAFETY: live contexts, used by no one after this.
+        unsafe {
+            fj_context_destroy(cpu);
+            fj_context_destroy(gpu_ctx);
+        }
+    }
 }
