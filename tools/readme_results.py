@@ -56,6 +56,23 @@ def main():
             rho = d.get("attribution_over_images", {}).get("gradcam")
             rho = f"{rho['mean']:.2f} [{rho['ci95'][0]:.2f}, {rho['ci95'][1]:.2f}]" if rho and rho.get("ci95") else "–"
             curves_rows.append(f"| {task} / {split} | {metric} ({clean:.3f}) | {' | '.join(row)} | {rho} |")
+    print("\nQuantization, BD-rate of real `.fjq` file sizes [95% bootstrap interval]:\n")
+    print("| task / split | `capped-2` vs uniform | `jnd` vs uniform | `capped-2` vs per-channel |")
+    print("|---|---|---|---|")
+    for task, splits in s["tasks"].items():
+        for split, d in splits.items() if isinstance(splits, dict) else []:
+            q = d.get("quant") if isinstance(d, dict) else None
+            if not q:
+                continue
+            g = q["goals"]
+
+            def bd(strategy, vs):
+                e = g.get(strategy, {})
+                v, ci = e.get(f"bd_rate_vs_{vs}"), e.get(f"bd_rate_vs_{vs}_ci")
+                if v is None:
+                    return "—"
+                return f"{100 * v:+.1f}%" + (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else "")
+            print(f"| {task} / {split} | {bd('capped-2', 'uniform')} | {bd('jnd', 'uniform')} | {bd('capped-2', 'per_channel')} |")
     print("\nMetric at r = 0.5 / 1.0 / 2.0, **FeatJND / Gaussian / uniform / magnitude / oracle**; ρ(1/J, Grad-CAM) over held-out images:\n")
     print("| task / split | metric (clean) | r = 0.5 | r = 1.0 | r = 2.0 | ρ(1/J, Grad-CAM) |")
     print("|---|---|---|---|---|---|")

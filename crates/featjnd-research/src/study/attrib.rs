@@ -163,7 +163,7 @@ pub fn maps(task: &Task, split: &str, est: &JndEstimator, x: &Tensor, nrmse: f64
 }
 
 /// At most this many held-out images for the rank correlations' intervals.
-pub const RHO_IMAGES: usize = 64;
+pub const RHO_IMAGES: usize = 32;
 
 /// Spearman ρ of 1/J with Grad-CAM and with |grad × input| on each of the first [`RHO_IMAGES`]
 /// held-out images (pairs; NaN where a map is constant).

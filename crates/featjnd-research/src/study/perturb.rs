@@ -187,7 +187,9 @@ pub fn perturb_levels(feats: &[Tensor], jnd: &[Tensor], shape: NoiseShape, r: f6
         .collect()
 }
 
-/// Runs the study on `task` at `split` with estimator `est`.
+/// Runs the study on `task` at `split` with estimator `est`. `det_intervals`: bootstrap the
+/// headline detection AP (a COCO evaluation per replicate, seed and point; see the module docs).
+#[allow(clippy::too_many_arguments)]
 pub fn run_split(
     task: &Task,
     split: &str,
@@ -195,6 +197,7 @@ pub fn run_split(
     levels: &[f64],
     seeds: &[u64],
     shapes: &[NoiseShape],
+    det_intervals: bool,
     quiet: bool,
 ) -> Result<SplitCurves> {
     let model = task.model.as_ref();
@@ -218,7 +221,7 @@ pub fn run_split(
     // Detection: the headline metric is re-scored on every replicate (module docs).
     let rescorer = Rescorer::of(&task.scorer);
     let det_metric = match rescorer {
-        Rescorer::Scenes { .. } | Rescorer::Pseudo { .. } if !task.eval.is_empty() => metrics.first().copied(),
+        Rescorer::Scenes { .. } | Rescorer::Pseudo { .. } if det_intervals && !task.eval.is_empty() => metrics.first().copied(),
         _ => None,
     };
     let clean_io = det_metric.map(|m| resample::outputs(&task.scorer, &clean, &clean, m)).transpose()?;
@@ -227,8 +230,10 @@ pub fn run_split(
         (None, Some(v)) => stats::resamples(v.len(), BOOT_REPLICATES, BOOT_SEED),
         (None, None) => Vec::new(),
     };
-    let rescore =
-        |io: &ImageOutputs, m: &str| -> Result<Vec<f64>> { resamples.iter().map(|idx| resample::score(rescorer, io, idx, m)).collect() };
+    let rescore = |io: &ImageOutputs, m: &str| -> Result<Vec<f64>> {
+        use rayon::prelude::*;
+        resamples.par_iter().map(|idx| resample::score(rescorer, io, idx, m)).collect()
+    };
     let mut clean_replicates = BTreeMap::new();
     if let (Some(io), Some(m)) = (&clean_io, det_metric) {
         clean_replicates.insert(m.to_string(), rescore(io, m)?);

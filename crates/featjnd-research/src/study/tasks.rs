@@ -192,7 +192,10 @@ pub struct Sizes {
 }
 
 impl Sizes {
-    pub const DEFAULT: Sizes = Sizes { fmnist_eval: 1000, shapes_eval: 100, mobilenet_eval: usize::MAX, nanodet_eval: usize::MAX };
+    pub const DEFAULT: Sizes = Sizes { fmnist_eval: 1000, shapes_eval: 64, mobilenet_eval: usize::MAX, nanodet_eval: usize::MAX };
+    /// `--full`: the shapes detector's 100 held-out scenes (the defaults take 64 to stay within
+    /// the main job's 10 minutes).
+    pub const FULL: Sizes = Sizes { shapes_eval: 100, ..Sizes::DEFAULT };
     pub const QUICK: Sizes = Sizes { fmnist_eval: 200, shapes_eval: 16, mobilenet_eval: 8, nanodet_eval: 8 };
 }
 
