@@ -295,19 +295,9 @@ impl Gpu {
         histogram: *mut u64,
         stream: *mut c_void,
     ) -> R<raw::QuantStats> {
-        let n = g.numel();
-        self.check(p.x.addr() as _, n * dt.size(), "x->data")?;
-        self.check(p.steps.addr() as _, g.tokens() * 4, "steps")?;
-        let sym_size = if bits == Bits::B8 { 1 } else { 2 };
-        for (ptr, bytes, what) in [
-            (p.symbols.addr(), n * sym_size, "opts->symbols"),
-            (p.recon.addr(), n * dt.size(), "opts->recon"),
-            (p.token_sse.addr(), g.tokens() * 4, "opts->token_sse"),
-            (histogram as u64, bits.hist_bins() * 8, "opts->histogram"),
-        ] {
-            if ptr != 0 {
-                self.check(ptr as _, bytes, what)?;
-            }
+        self.check_quant(dt, g, p, bits)?;
+        if !histogram.is_null() {
+            self.check(histogram as _, bits.hist_bins() * 8, "opts->histogram")?;
         }
         // SAFETY: null or a live stream of this device (contract).
         let s = unsafe { self.stream(stream)? };

@@ -8,13 +8,12 @@
 //! against the same of the target. The perturbation study rescales every map per sample to the
 //! requested NRMSE, so only the shape of `J` matters, not its level.
 
-use super::train::{JndTrain, LogPoint};
-use super::{EstimatorConfig, JndEstimator, ARCH};
+use super::train::{clean_pass, new_estimator, JndTrain, LogPoint};
+use super::JndEstimator;
 use crate::model::checkpoint::Meta;
 use crate::model::SplitModel;
 use crate::train::Progress;
 use crate::Result;
-use tch::nn::OptimizerConfig;
 use tch::{Kind, Tensor};
 
 /// `log t − its mean over each sample`.
@@ -38,29 +37,12 @@ pub fn distill_estimator(
     target: &TargetFn,
 ) -> Result<(JndEstimator, Meta, Vec<LogPoint>)> {
     let x0 = batch(0)?;
-    let device = x0.device();
-    let f0 = tch::no_grad(|| model.head(&x0, split))?;
-    let config = EstimatorConfig {
-        channels: f0.iter().map(|f| f.size()[1]).collect(),
-        hidden: cfg.hidden,
-        floor: cfg.floor,
-        init: cfg.init,
-        model: model.arch().to_string(),
-        split: split.to_string(),
-    };
-    tch::manual_seed(cfg.seed as i64);
-    let mut est = JndEstimator::new(config.clone(), device);
-    est.calibrate(&f0)?;
-    let mut opt = tch::nn::Adam::default().build(&est.vs, cfg.lr)?;
+    let (est, mut opt, mut meta) = new_estimator(model, split, &x0, cfg)?;
     let mut log = Vec::with_capacity(cfg.steps);
     let mut pb = Progress::new(cfg.steps as u64, &format!("distil {split}"), cfg.quiet);
     for step in 0..cfg.steps {
         let x = if step == 0 { x0.shallow_clone() } else { batch(step)? };
-        let (feats, clean) = tch::no_grad(|| -> Result<_> {
-            let f = model.head(&x, split)?;
-            let c = model.tail(&f, split)?;
-            Ok((f, c))
-        })?;
+        let (feats, clean) = clean_pass(model, &x, split)?;
         let goal: Vec<Tensor> = target(&feats, &clean, step)?.iter().map(|t| centred_log(&t.detach())).collect();
         let maps = est.forward(&feats)?;
         let terms: Vec<Tensor> = maps.iter().zip(&goal).map(|(j, g)| (centred_log(j) - g).square().mean(Kind::Float)).collect();
@@ -72,8 +54,6 @@ pub fn distill_estimator(
     }
     pb.finish();
     let tail = &log[log.len() - (log.len() / 5).max(1)..];
-    let mut meta = Meta::new(ARCH, serde_json::to_value(&config).unwrap_or_default(), vec![split.to_string()]);
-    meta.train_seed = cfg.seed;
     meta.metrics.insert("final_distill_loss".into(), tail.iter().map(|p| p.hinge).sum::<f64>() / tail.len() as f64);
     meta.metrics.insert("steps".into(), cfg.steps as f64);
     Ok((est, meta, log))

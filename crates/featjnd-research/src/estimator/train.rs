@@ -13,7 +13,7 @@ use crate::model::SplitModel;
 use crate::ops::{self, Noise};
 use crate::train::Progress;
 use crate::{NoiseKind, Result};
-use tch::nn::OptimizerConfig;
+use tch::nn::{Optimizer, OptimizerConfig};
 use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -74,6 +74,37 @@ pub fn philox_like(f: &Tensor, seed: u64, subsequence: u32, offset: u64, kind: N
     Ok(xi.reshape(f.size()).to_kind(f.kind()))
 }
 
+/// A fresh estimator for `model` at `split`, sized and calibrated on the features of `x0` (torch's
+/// RNG seeded with `cfg.seed` first), its Adam optimiser and its checkpoint metadata (metrics
+/// still empty). Shared by [`train_estimator_with`] and `super::distill`.
+pub(super) fn new_estimator(model: &dyn SplitModel, split: &str, x0: &Tensor, cfg: &JndTrain) -> Result<(JndEstimator, Optimizer, Meta)> {
+    let f0 = tch::no_grad(|| model.head(x0, split))?;
+    let config = EstimatorConfig {
+        channels: f0.iter().map(|f| f.size()[1]).collect(),
+        hidden: cfg.hidden,
+        floor: cfg.floor,
+        init: cfg.init,
+        model: model.arch().to_string(),
+        split: split.to_string(),
+    };
+    tch::manual_seed(cfg.seed as i64);
+    let mut est = JndEstimator::new(config.clone(), x0.device());
+    est.calibrate(&f0)?;
+    let opt = tch::nn::Adam::default().build(&est.vs, cfg.lr)?;
+    let mut meta = Meta::new(ARCH, serde_json::to_value(&config).unwrap_or_default(), vec![split.to_string()]);
+    meta.train_seed = cfg.seed;
+    Ok((est, opt, meta))
+}
+
+/// The split features of `x` and the clean tail outputs, without gradients.
+pub(super) fn clean_pass(model: &dyn SplitModel, x: &Tensor, split: &str) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+    tch::no_grad(|| {
+        let f = model.head(x, split)?;
+        let c = model.tail(&f, split)?;
+        Ok((f, c))
+    })
+}
+
 /// Trains an estimator for `model` at `split` on the batches `batch(step)` yields (images in the
 /// model's input convention). Returns the estimator, its checkpoint metadata and the log.
 pub fn train_estimator(
@@ -97,19 +128,7 @@ pub fn train_estimator_with(
 ) -> Result<(JndEstimator, Meta, Vec<LogPoint>)> {
     let x0 = batch(0)?;
     let device = x0.device();
-    let f0 = tch::no_grad(|| model.head(&x0, split))?;
-    let config = EstimatorConfig {
-        channels: f0.iter().map(|f| f.size()[1]).collect(),
-        hidden: cfg.hidden,
-        floor: cfg.floor,
-        init: cfg.init,
-        model: model.arch().to_string(),
-        split: split.to_string(),
-    };
-    tch::manual_seed(cfg.seed as i64);
-    let mut est = JndEstimator::new(config.clone(), device);
-    est.calibrate(&f0)?;
-    let mut opt = tch::nn::Adam::default().build(&est.vs, cfg.lr)?;
+    let (est, mut opt, mut meta) = new_estimator(model, split, &x0, cfg)?;
     let mut lambda = cfg.lambda0;
     let mut log = Vec::with_capacity(cfg.steps);
     let mut offset = 0u64;
@@ -117,11 +136,7 @@ pub fn train_estimator_with(
     let mut ema: Option<(f64, f64)> = None;
     for step in 0..cfg.steps {
         let x = if step == 0 { x0.shallow_clone() } else { batch(step)? };
-        let (feats, clean) = tch::no_grad(|| -> Result<_> {
-            let f = model.head(&x, split)?;
-            let c = model.tail(&f, split)?;
-            Ok((f, c))
-        })?;
+        let (feats, clean) = clean_pass(model, &x, split)?;
         let maps = est.forward_log(&feats)?;
         let mut pert = Vec::with_capacity(feats.len());
         let mut reward = Tensor::zeros([], (Kind::Float, device));
@@ -155,8 +170,6 @@ pub fn train_estimator_with(
     pb.finish();
     let tail = &log[log.len() - (log.len() / 5).max(1)..];
     let mean = |g: fn(&LogPoint) -> f64| tail.iter().map(g).sum::<f64>() / tail.len() as f64;
-    let mut meta = Meta::new(ARCH, serde_json::to_value(&config).unwrap_or_default(), vec![split.to_string()]);
-    meta.train_seed = cfg.seed;
     meta.metrics.insert("final_hinge".into(), mean(|p| p.hinge));
     meta.metrics.insert("tau".into(), cfg.tau);
     meta.metrics.insert("eps".into(), cfg.eps);
