@@ -1196,6 +1196,14 @@ fn record<T>(r: Result<T, Error>, write: impl FnOnce(Option<raw::BadElement>, Op
     Ok(())
 }
 
+/// [`record`] for a CPU quantization: its statistics, or the bad element it reported, into `s`.
+fn record_quantize(s: &mut [i64], r: Result<cpu::QuantStats, Error>) -> R<()> {
+    record(r, |bad, v| match v {
+        Some(v) => raw::encode_quantize(s, None, v.clamped, v.total_sse, v.histogram.as_deref()),
+        None => raw::encode_quantize(s, bad, 0, 0.0, None),
+    })
+}
+
 /// `fj_quantize` without a sync or an allocation: the clamp count, total error, histogram (always
 /// counted; `opts->histogram` must be null) and a bad x go to `stats[stats_len]`
 /// (`fj_quantize_stats_slots`), decoded by `fj_quantize_decode`. On a CPU context it runs
@@ -1239,10 +1247,7 @@ pub unsafe extern "C" fn fj_quantize_async(
         // SAFETY: `stats` is non-null, aligned and holds `slots` i64 of host memory (checked,
         // contract), overlapping nothing the op used (checked).
         let s: &mut [i64] = unsafe { slice_mut(stats as *mut c_void, slots) };
-        record(r, |bad, v| match v {
-            Some(v) => raw::encode_quantize(s, None, v.clamped, v.total_sse, v.histogram.as_deref()),
-            None => raw::encode_quantize(s, bad, 0, 0.0, None),
-        })
+        record_quantize(s, r)
     })
 }
 
@@ -1317,17 +1322,14 @@ pub unsafe extern "C" fn fj_quantize_with_jnd_async(
         });
         let jt = match jt {
             Ok(v) => v,
-            Err(e) => return record(Err::<(), _>(e), |bad, _| raw::encode_quantize(s, bad, 0, 0.0, None)),
+            Err(e) => return record_quantize(s, Err(e)),
         };
         // SAFETY: `steps_out` is non-null, aligned (checked) and writable for `tokens` floats
         // (contract), overlapping nothing else (checked).
         steps::allocate_into(&jt, budget, strategy, 1.0, unsafe { slice_mut::<f32>(steps_out as *mut c_void, g.tokens()) })?;
         // SAFETY: a host call validated by `quant_call` (contract: host arrays of those sizes).
         let r = unsafe { quantize_host(c, &q, true) };
-        record(r, |bad, v| match v {
-            Some(v) => raw::encode_quantize(s, None, v.clamped, v.total_sse, v.histogram.as_deref()),
-            None => raw::encode_quantize(s, bad, 0, 0.0, None),
-        })
+        record_quantize(s, r)
     })
 }
 
