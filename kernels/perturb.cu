@@ -6,13 +6,28 @@
 
 // FJ_PT_ITEMS and FJ_PT_CHUNK (elements per block) are in featjnd_params.h: the launcher sizes the
 // grid from the same FJ_PT_CHUNK.
+//
+// Specialised at compile time (issue 15 §2): the single perturbation's kernels are built once per
+// (noise kind, J given or J == 1) with -DFJ_P_NOISE=0|1 -DFJ_P_JND=0|1, so their loops carry
+// neither the other noise's code nor a test for J; without J they load nothing for it. The module
+// without those defines holds what must decide at run time: the batch kernels (items may differ
+// in noise and J) and fj_noise. A template argument of -1 means "read it from the parameters".
+#if defined(FJ_P_NOISE) != defined(FJ_P_JND)
+#error "define both FJ_P_NOISE and FJ_P_JND (a specialised module) or neither (the generic one)"
+#endif
+
+// The noise kind and "J given" of a specialisation (NOISE, JND >= 0) or of the parameters (-1).
+template <int NOISE>
+__device__ __forceinline__ u32 noise_of(const FjPerturbParams& p) { return NOISE < 0 ? p.noise : (u32)NOISE; }
+template <int JND>
+__device__ __forceinline__ bool has_jnd(const FjPerturbParams& p) { return JND < 0 ? p.jnd != 0 : JND != 0; }
 
 // Loads the 4 elements of Philox block g that lie in [lo, hi) (others read as 0 / J = 1).
-template <class D>
+template <class D, int JND>
 __device__ __forceinline__ void load_group(const FjPerturbParams& p, u64 g, u64 lo, u64 hi, bool vec,
                                            float v[4], float j[4], bool in[4]) {
     const typename D::T* x = (const typename D::T*)p.x;
-    const typename D::T* jp = (const typename D::T*)p.jnd;
+    const typename D::T* jp = has_jnd<JND>(p) ? (const typename D::T*)p.jnd : nullptr;
     const u64 i0 = 4 * g;
     if (vec && i0 >= lo && i0 + 4 <= hi) {
         load4<D>(x, i0, v);
@@ -32,11 +47,11 @@ __device__ __forceinline__ void load_group(const FjPerturbParams& p, u64 g, u64 
 }
 
 // Loads FJ_PT_ITEMS Philox blocks (gb, gb + blockDim.x, ...) before any math uses them.
-template <class D>
+template <class D, int JND>
 __device__ __forceinline__ void load_items(const FjPerturbParams& p, u64 gb, u64 lo, u64 hi, bool vec,
                                            float v[FJ_PT_ITEMS][4], float j[FJ_PT_ITEMS][4], bool in[FJ_PT_ITEMS][4]) {
 #pragma unroll
-    for (int k = 0; k < FJ_PT_ITEMS; ++k) load_group<D>(p, gb + k * blockDim.x, lo, hi, vec, v[k], j[k], in[k]);
+    for (int k = 0; k < FJ_PT_ITEMS; ++k) load_group<D, JND>(p, gb + k * blockDim.x, lo, hi, vec, v[k], j[k], in[k]);
 }
 
 // Block -> (sample, chunk); the groups of this thread overlap [lo, hi).
@@ -60,7 +75,7 @@ __device__ __forceinline__ Span span_of(const FjPerturbParams& p, u32 blk) {
 
 // Every thread takes FJ_PT_ITEMS Philox blocks per round and issues all their loads before any
 // noise math, so the memory system sees several requests in flight per thread.
-template <class D>
+template <class D, int NOISE, int JND>
 __device__ void perturb_norms(const FjPerturbParams& p, u32 blk) {
     const Span s = span_of(p, blk);
     const bool vec = (p.x % 16 == 0) && (p.jnd % 16 == 0);
@@ -69,13 +84,13 @@ __device__ void perturb_norms(const FjPerturbParams& p, u32 blk) {
     for (u64 gb = s.g0 + threadIdx.x; gb < s.g1; gb += FJ_PT_ITEMS * blockDim.x) {
         float v[FJ_PT_ITEMS][4], j[FJ_PT_ITEMS][4];
         bool in[FJ_PT_ITEMS][4];
-        load_items<D>(p, gb, s.lo, s.hi, vec, v, j, in);
+        load_items<D, JND>(p, gb, s.lo, s.hi, vec, v, j, in);
 #pragma unroll
         for (int k = 0; k < FJ_PT_ITEMS; ++k) {
             const u64 g = gb + k * blockDim.x;
             if (g >= s.g1) continue;
             float xi[4];
-            noise4(g, p.seed, p.subsequence, p.noise, xi);
+            noise4(g, p.seed, p.subsequence, noise_of<NOISE>(p), xi);
 #pragma unroll
             for (int l = 0; l < 4; ++l) {
                 if (!in[k][l]) continue;
@@ -105,10 +120,10 @@ __device__ __forceinline__ float scale_of(const FjPerturbParams& p, u32 n) {
     return (float)(p.nrmse * sqrt(sx) / sqrt(sj));
 }
 
-template <class D>
+template <class D, int NOISE, int JND>
 __device__ void perturb_apply(const FjPerturbParams& p, u32 blk) {
     // Pass 1 found a bad x or J: write nothing (the in-place input stays intact, no host sync).
-    if (bad_seen(p.bad_index) || bad_seen(p.bad_jnd)) return;
+    if (bad_seen(p.bad_index) || (has_jnd<JND>(p) && bad_seen(p.bad_jnd))) return;
     const Span s = span_of(p, blk);
     const float sc = scale_of(p, s.n);
     if (threadIdx.x == 0 && s.lo == (u64)s.n * p.sample_len && p.scales) ((float*)p.scales)[s.n] = sc;
@@ -117,13 +132,13 @@ __device__ void perturb_apply(const FjPerturbParams& p, u32 blk) {
     for (u64 gb = s.g0 + threadIdx.x; gb < s.g1; gb += FJ_PT_ITEMS * blockDim.x) {
         float v[FJ_PT_ITEMS][4], j[FJ_PT_ITEMS][4];
         bool in[FJ_PT_ITEMS][4];
-        load_items<D>(p, gb, s.lo, s.hi, vec, v, j, in);
+        load_items<D, JND>(p, gb, s.lo, s.hi, vec, v, j, in);
 #pragma unroll
         for (int k = 0; k < FJ_PT_ITEMS; ++k) {
             const u64 g = gb + k * blockDim.x;
             if (g >= s.g1) continue;
             float xi[4], o[4];
-            noise4(g, p.seed, p.subsequence, p.noise, xi);
+            noise4(g, p.seed, p.subsequence, noise_of<NOISE>(p), xi);
 #pragma unroll
             for (int l = 0; l < 4; ++l)
                 o[l] = sc == 0.0f ? v[k][l] : __fadd_rn(v[k][l], __fmul_rn(sc, __fmul_rn(j[k][l], xi[l])));
@@ -138,29 +153,36 @@ __device__ void perturb_apply(const FjPerturbParams& p, u32 blk) {
     }
 }
 
-// A batch (FjPerturbBatchParams): each block runs the single-item pass of its item, so every
-// item's result is that of its own launch.
+#ifdef FJ_P_NOISE
+// A specialised module: the single perturbation's two passes.
+#define FJ_PERTURB(NAME, D)                                                                  \
+    extern "C" __global__ void __launch_bounds__(FJ_BLOCK) fj_perturb_norms_##NAME(const FjPerturbParams p) { \
+        perturb_norms<D, FJ_P_NOISE, FJ_P_JND>(p, blockIdx.x);                               \
+    }                                                                                        \
+    extern "C" __global__ void __launch_bounds__(FJ_BLOCK) fj_perturb_apply_##NAME(const FjPerturbParams p) { \
+        perturb_apply<D, FJ_P_NOISE, FJ_P_JND>(p, blockIdx.x);                               \
+    }
+FJ_FOR_DTYPES(FJ_PERTURB)
+#else
+// The generic module. A batch (FjPerturbBatchParams): each block runs the single-item pass of its
+// item, so every item's result is that of its own launch.
 template <class D>
 __device__ void perturb_norms_batch(const FjPerturbBatchParams& b) {
     const u32 i = fj_batch_item(b.block_start, b.count);
-    perturb_norms<D>(b.items[i], blockIdx.x - b.block_start[i]);
+    perturb_norms<D, -1, -1>(b.items[i], blockIdx.x - b.block_start[i]);
 }
 template <class D>
 __device__ void perturb_apply_batch(const FjPerturbBatchParams& b) {
     const u32 i = fj_batch_item(b.block_start, b.count);
-    perturb_apply<D>(b.items[i], blockIdx.x - b.block_start[i]);
+    perturb_apply<D, -1, -1>(b.items[i], blockIdx.x - b.block_start[i]);
 }
 
-#define FJ_PERTURB(NAME, D)                                                                  \
-    extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                                  \
-        fj_perturb_norms_##NAME(const FjPerturbParams p) { perturb_norms<D>(p, blockIdx.x); } \
-    extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                                  \
-        fj_perturb_apply_##NAME(const FjPerturbParams p) { perturb_apply<D>(p, blockIdx.x); } \
+#define FJ_PERTURB_BATCH(NAME, D)                                                            \
     extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                                  \
         fj_perturb_norms_batch_##NAME(const FjPerturbBatchParams b) { perturb_norms_batch<D>(b); } \
     extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                                  \
         fj_perturb_apply_batch_##NAME(const FjPerturbBatchParams b) { perturb_apply_batch<D>(b); }
-FJ_FOR_DTYPES(FJ_PERTURB)
+FJ_FOR_DTYPES(FJ_PERTURB_BATCH)
 
 extern "C" __global__ void __launch_bounds__(FJ_BLOCK) fj_noise(const FjNoiseParams p) {
     const u64 g0 = p.offset / 4, g1 = (p.offset + p.numel + 3) / 4;
@@ -174,3 +196,4 @@ extern "C" __global__ void __launch_bounds__(FJ_BLOCK) fj_noise(const FjNoisePar
         if (i >= p.offset && i < p.offset + p.numel) ((float*)p.out)[i - p.offset] = xi[l];
     }
 }
+#endif

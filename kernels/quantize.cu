@@ -4,9 +4,20 @@
 // rint (ties to even), no contraction (__fmul_rn; the module is also compiled with --fmad=false).
 // NCHW: one thread per token (coalesced across neighbouring patches). NTC: one warp per token,
 // 16-byte vector loads when the row is aligned, scalar otherwise.
+//
+// Specialised at compile time (issue 15 §2): NVRTC builds this file once per (bits, histogram)
+// pair, -DFJ_Q_BITS=8|16 -DFJ_Q_HIST=0|1 (the modules of src/cuda/compile.rs), so the inner loops
+// carry no run-time test of either and a kernel without a histogram reserves no shared memory for
+// one. The launcher picks the module from the call; every kernel name exists in every module.
+#if !defined(FJ_Q_BITS) || !defined(FJ_Q_HIST)
+#error "quantize.cu is compiled per specialisation: -DFJ_Q_BITS=8|16 -DFJ_Q_HIST=0|1"
+#endif
+#if FJ_Q_BITS != 8 && FJ_Q_BITS != 16
+#error "FJ_Q_BITS must be 8 or 16"
+#endif
 
-// Shared-memory histogram: room for the larger (b = 16) one.
-#define FJ_HIST_BINS FJ_HIST_BINS_B16
+// Shared-memory histogram bins of this specialisation (1 unused cell without a histogram).
+#define FJ_HIST_BINS (!FJ_Q_HIST ? 1 : FJ_Q_BITS == 8 ? FJ_HIST_BINS_B8 : FJ_HIST_BINS_B16)
 #define FJ_QN_BATCH 8
 #define FJ_QT_BATCH 4
 
@@ -27,9 +38,10 @@ __device__ __forceinline__ float quant1(float v, float inv, float qmax, QState& 
     return __fadd_rn(r, 0.0f);
 }
 
-__device__ __forceinline__ void hist_add(u32* sh, float q, u32 bits, bool live) {
+template <u32 BITS>
+__device__ __forceinline__ void hist_add(u32* sh, float q, bool live) {
     int bin;
-    if (bits == 8) bin = (int)q + FJ_QMAX_B8;
+    if (BITS == 8) bin = (int)q + FJ_QMAX_B8;
     else bin = fabsf(q) <= (float)FJ_HIST_RANGE_B16 ? (int)q + FJ_HIST_RANGE_B16 : FJ_HIST_BINS_B16 - 1;
     // Warp-aggregated: most symbols are near 0, so many lanes hit the same bin.
     const u32 active = __activemask();
@@ -40,19 +52,19 @@ __device__ __forceinline__ void hist_add(u32* sh, float q, u32 bits, bool live) 
 }
 
 // One element end to end: quantize, write symbol and reconstruction, accumulate error.
-template <class D>
+template <class D, u32 BITS, bool HIST>
 __device__ __forceinline__ void quant_elem(const FjQuantizeParams& p, u64 idx, float v, float inv,
-                                           float step, float qmax, QState& st, u32* sh, bool hist) {
+                                           float step, float qmax, QState& st, u32* sh) {
     const float q = quant1(v, inv, qmax, st, idx);
     const float xh = __fmul_rn(q, step);
     if (p.symbols) {
-        if (p.bits == 8) ((signed char*)p.symbols)[idx] = (signed char)(int)q;
+        if (BITS == 8) ((signed char*)p.symbols)[idx] = (signed char)(int)q;
         else ((short*)p.symbols)[idx] = (short)(int)q;
     }
     if (p.recon) ((typename D::T*)p.recon)[idx] = D::store(xh);
     const float d = __fsub_rn(v, xh);
     st.sse = __fadd_rn(st.sse, __fmul_rn(d, d));
-    if (hist) hist_add(sh, q, p.bits, true);
+    if (HIST) hist_add<BITS>(sh, q, true);
 }
 
 __device__ __forceinline__ void hist_init(u32* sh) {
@@ -61,8 +73,8 @@ __device__ __forceinline__ void hist_init(u32* sh) {
 }
 
 // Block epilogue: per-token error, totals, histogram flush.
-__device__ __forceinline__ void finish_block(const FjQuantizeParams& p, u32* sh, bool hist, bool owner,
-                                             u32 t, QState st) {
+template <u32 BITS, bool HIST>
+__device__ __forceinline__ void finish_block(const FjQuantizeParams& p, u32* sh, bool owner, u32 t, QState st) {
     if (owner && p.token_sse) ((float*)p.token_sse)[t] = st.sse;
     report_bad((u64*)p.bad_index, st.bad);
     if (p.total_sse) {
@@ -73,9 +85,9 @@ __device__ __forceinline__ void finish_block(const FjQuantizeParams& p, u32* sh,
         const double c = block_sum_d((double)st.clamped);
         if (threadIdx.x == 0 && c > 0.0) atomicAdd((u64*)p.clamp_count, (u64)c);
     }
-    if (hist) {
+    if (HIST) {
         __syncthreads();
-        const u32 nb = p.bits == 8 ? (u32)FJ_HIST_BINS_B8 : (u32)FJ_HIST_BINS_B16;
+        const u32 nb = BITS == 8 ? (u32)FJ_HIST_BINS_B8 : (u32)FJ_HIST_BINS_B16;
         for (u32 i = threadIdx.x; i < nb; i += blockDim.x)
             if (sh[i]) atomicAdd(&((u64*)p.histogram)[i], (u64)sh[i]);
     }
@@ -84,41 +96,39 @@ __device__ __forceinline__ void finish_block(const FjQuantizeParams& p, u32* sh,
 // NCHW: a block owns 32 consecutive tokens (one per lane) and splits the channels over its warps,
 // so even few, deep tokens fill the GPU; partial errors are summed in a fixed warp order.
 // `blk` is the block's index within its item's grid (blockIdx.x for a single quantization).
-template <class D>
+template <class D, u32 BITS, bool HIST>
 __device__ void quantize_nchw(const FjQuantizeParams& p, u32 blk) {
     __shared__ u32 sh[FJ_HIST_BINS];
     __shared__ float part[FJ_WARPS][FJ_NCHW_TOKENS_PER_BLOCK];
-    const bool hist = p.histogram != 0;
-    if (hist) hist_init(sh);
+    if (HIST) hist_init(sh);
     const FjTokenGeom g = p.geom;
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const u32 t = blk * FJ_NCHW_TOKENS_PER_BLOCK + lane;
     const bool live = t < g.tokens;
-    const float qmax = p.bits == 8 ? (float)FJ_QMAX_B8 : (float)FJ_QMAX_B16;
+    const float qmax = BITS == 8 ? (float)FJ_QMAX_B8 : (float)FJ_QMAX_B16;
     QState st = {0.0f, 0u, ~0ull};
     if (live) {
         const typename D::T* x = (const typename D::T*)p.x;
         const float step = ((const float*)p.steps)[t];
         const float inv = __fdiv_rn(1.0f, step);
-        const u64 plane = (u64)g.h * g.w;
+        // Offsets advance by additions: a warp's channels are FJ_WARPS planes apart, a batch of
+        // them FJ_QN_BATCH times that (no 64-bit multiply per element).
+        const u64 wstride = (u64)FJ_WARPS * ((u64)g.h * g.w);
         const u64 base = nchw_token_base(g, t, warp);
         // FJ_QN_BATCH channels' loads are issued before any store: x and the outputs may alias
         // (in place), so without the batch the compiler must serialise load -> store -> load.
         for (u32 r = 0; r < g.patch; ++r)
             for (u32 q = 0; q < g.patch; ++q) {
-                const u64 pos = base + (u64)r * g.w + q;
-                for (u32 c = warp; c < g.c; c += FJ_WARPS * FJ_QN_BATCH) {
+                u64 off = base + (u64)r * g.w + q;  // element (warp's channel c, this pixel)
+                for (u32 c = warp; c < g.c; c += FJ_WARPS * FJ_QN_BATCH, off += FJ_QN_BATCH * wstride) {
                     float v[FJ_QN_BATCH];
 #pragma unroll
-                    for (int b = 0; b < FJ_QN_BATCH; ++b) {
-                        const u32 cc = c + b * FJ_WARPS;
-                        v[b] = cc < g.c ? D::load(x[pos + (u64)(cc - warp) * plane]) : 0.0f;
-                    }
+                    for (int b = 0; b < FJ_QN_BATCH; ++b)
+                        v[b] = c + b * FJ_WARPS < g.c ? D::load(x[off + b * wstride]) : 0.0f;
 #pragma unroll
-                    for (int b = 0; b < FJ_QN_BATCH; ++b) {
-                        const u32 cc = c + b * FJ_WARPS;
-                        if (cc < g.c) quant_elem<D>(p, pos + (u64)(cc - warp) * plane, v[b], inv, step, qmax, st, sh, hist);
-                    }
+                    for (int b = 0; b < FJ_QN_BATCH; ++b)
+                        if (c + b * FJ_WARPS < g.c)
+                            quant_elem<D, BITS, HIST>(p, off + b * wstride, v[b], inv, step, qmax, st, sh);
                 }
             }
     }
@@ -129,19 +139,18 @@ __device__ void quantize_nchw(const FjQuantizeParams& p, u32 blk) {
         for (int w = 1; w < FJ_WARPS; ++w) e = __fadd_rn(e, part[w][lane]);
         st.sse = e;
     }
-    finish_block(p, sh, hist, live && warp == 0, t, st);
+    finish_block<BITS, HIST>(p, sh, live && warp == 0, t, st);
 }
 
-template <class D>
+template <class D, u32 BITS, bool HIST>
 __device__ void quantize_ntc(const FjQuantizeParams& p, u32 blk) {
     __shared__ u32 sh[FJ_HIST_BINS];
-    const bool hist = p.histogram != 0;
-    if (hist) hist_init(sh);
+    if (HIST) hist_init(sh);
     const FjTokenGeom g = p.geom;
     const u32 lane = threadIdx.x & 31;
     const u32 t = blk * FJ_NTC_TOKENS_PER_BLOCK + (threadIdx.x >> 5);
     const bool live = t < g.tokens;
-    const float qmax = p.bits == 8 ? (float)FJ_QMAX_B8 : (float)FJ_QMAX_B16;
+    const float qmax = BITS == 8 ? (float)FJ_QMAX_B8 : (float)FJ_QMAX_B16;
     QState st = {0.0f, 0u, ~0ull};
     if (live) {
         const typename D::T* x = (const typename D::T*)p.x;
@@ -151,7 +160,7 @@ __device__ void quantize_ntc(const FjQuantizeParams& p, u32 blk) {
         const u32 esz = sizeof(typename D::T);
         // Vector path: rows of a multiple of 4 elements with every buffer 4-element aligned.
         const bool vec = (g.k % 4 == 0) && ((p.x | p.recon) % (4 * esz) == 0) &&
-                         (p.symbols % (p.bits / 2) == 0);
+                         (p.symbols % (BITS / 2) == 0);
         u32 e = 0;
         if (vec) {
             // Up to FJ_QT_BATCH 16-byte loads per lane in flight before the first store.
@@ -176,7 +185,7 @@ __device__ void quantize_ntc(const FjQuantizeParams& p, u32 blk) {
                     }
                     if (p.recon) store4<D>((typename D::T*)p.recon, base + ee, xh);
                     if (p.symbols) {
-                        if (p.bits == 8) {
+                        if (BITS == 8) {
                             const u32 w = ((u32)(unsigned char)(signed char)(int)qs[0]) |
                                           ((u32)(unsigned char)(signed char)(int)qs[1] << 8) |
                                           ((u32)(unsigned char)(signed char)(int)qs[2] << 16) |
@@ -189,36 +198,38 @@ __device__ void quantize_ntc(const FjQuantizeParams& p, u32 blk) {
                             *(uint2*)((short*)p.symbols + base + ee) = w;
                         }
                     }
-                    if (hist)
-                        for (int i = 0; i < 4; ++i) hist_add(sh, qs[i], p.bits, true);
+                    if (HIST)
+                        for (int i = 0; i < 4; ++i) hist_add<BITS>(sh, qs[i], true);
                 }
             }
         } else {
             for (e = lane; e < g.k; e += 32)
-                quant_elem<D>(p, base + e, D::load(x[base + e]), inv, step, qmax, st, sh, hist);
+                quant_elem<D, BITS, HIST>(p, base + e, D::load(x[base + e]), inv, step, qmax, st, sh);
         }
     }
     st.sse = warp_sum(st.sse);
-    finish_block(p, sh, hist, live && lane == 0, t, st);
+    finish_block<BITS, HIST>(p, sh, live && lane == 0, t, st);
 }
 
 // A batch: the block finds its item by a scan of the (at most FJ_BATCH_MAX) prefix sums, the same
 // for every thread of the block, then runs the single-item body, so each item's results are
 // those of its own launch bit for bit.
-template <class D>
+template <class D, u32 BITS, bool HIST>
 __device__ void quantize_batch(const FjQuantizeBatchParams& b) {
     const u32 i = fj_batch_item(b.block_start, b.count);
     const FjQuantizeParams& p = b.items[i];
     const u32 blk = blockIdx.x - b.block_start[i];
-    if (p.geom.layout == FJ_LAYOUT_NCHW) quantize_nchw<D>(p, blk);
-    else quantize_ntc<D>(p, blk);
+    if (p.geom.layout == FJ_LAYOUT_NCHW) quantize_nchw<D, BITS, HIST>(p, blk);
+    else quantize_ntc<D, BITS, HIST>(p, blk);
 }
 
-#define FJ_QUANTIZE(NAME, D)                                                              \
-    extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                               \
-        fj_quantize_nchw_##NAME(const FjQuantizeParams p) { quantize_nchw<D>(p, blockIdx.x); } \
-    extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                               \
-        fj_quantize_ntc_##NAME(const FjQuantizeParams p) { quantize_ntc<D>(p, blockIdx.x); }   \
-    extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                               \
-        fj_quantize_batch_##NAME(const FjQuantizeBatchParams b) { quantize_batch<D>(b); }
+// The module's specialisation, as template arguments.
+#define FJ_QSPEC FJ_Q_BITS, (FJ_Q_HIST != 0)
+#define FJ_QUANTIZE(NAME, D)                                                                        \
+    extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                                         \
+        fj_quantize_nchw_##NAME(const FjQuantizeParams p) { quantize_nchw<D, FJ_QSPEC>(p, blockIdx.x); } \
+    extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                                         \
+        fj_quantize_ntc_##NAME(const FjQuantizeParams p) { quantize_ntc<D, FJ_QSPEC>(p, blockIdx.x); }   \
+    extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                                         \
+        fj_quantize_batch_##NAME(const FjQuantizeBatchParams b) { quantize_batch<D, FJ_QSPEC>(b); }
 FJ_FOR_DTYPES(FJ_QUANTIZE)

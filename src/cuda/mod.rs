@@ -9,7 +9,6 @@ pub mod raw;
 
 pub use raw::{DevPtr, DevPtrMut};
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 #[cfg(feature = "torch")]
@@ -57,22 +56,43 @@ fn probe() -> Result<()> {
     Ok(())
 }
 
+/// Kernel names a module may hold at most (the launchers' name tables index below this).
+pub const MAX_KERNELS_PER_MODULE: usize = 16;
+
 /// One device: its context and its compiled kernels.
+///
+/// The launch path reads kernel handles from a fixed table, one cell per (module, kernel index),
+/// filled once: no lock, no hashing, no formatting (issue 15 §2). Only a cell's first fill
+/// (compiling its module, loading the function) takes the `cold` lock, which also keeps two
+/// threads from compiling the same module at once.
 pub struct Device {
     pub ctx: Arc<CudaContext>,
     pub arch: String,
-    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
-    /// Kernel handles by their static name (no allocation on the launch path).
-    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    modules: [OnceLock<Arc<CudaModule>>; compile::MODULES.len()],
+    functions: [[OnceLock<CudaFunction>; MAX_KERNELS_PER_MODULE]; compile::MODULES.len()],
+    cold: Mutex<()>,
 }
 
 impl Device {
-    /// The cached device for a CUDA ordinal (created on first use).
+    /// The cached device for a CUDA ordinal (created on first use). After the first call for an
+    /// ordinal this is a table read and a reference count, without a lock.
     pub fn get(ordinal: usize) -> Result<Arc<Device>> {
-        static DEVICES: OnceLock<Mutex<HashMap<usize, Arc<Device>>>> = OnceLock::new();
-        available()?;
-        let mut map = DEVICES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(d) = map.get(&ordinal) {
+        static DEVICES: OnceLock<Result<Box<[OnceLock<Arc<Device>>]>>> = OnceLock::new();
+        static CREATE: Mutex<()> = Mutex::new(());
+        let slots = DEVICES.get_or_init(|| {
+            available()?;
+            let n = CudaContext::device_count().map_err(|e| Error::CudaUnavailable(format!("cannot count devices: {e:?}")))?;
+            Ok((0..n.max(0)).map(|_| OnceLock::new()).collect())
+        });
+        let slots = slots.as_ref().map_err(Clone::clone)?;
+        let slot = slots
+            .get(ordinal)
+            .ok_or_else(|| Error::CudaUnavailable(format!("no CUDA device {ordinal} (this machine has {})", slots.len())))?;
+        if let Some(d) = slot.get() {
+            return Ok(d.clone());
+        }
+        let _one = CREATE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = slot.get() {
             return Ok(d.clone());
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| Error::CudaUnavailable(format!("device {ordinal}: {e:?}")))?;
@@ -83,40 +103,39 @@ impl Device {
         let d = Arc::new(Device {
             ctx,
             arch: format!("compute_{maj}{min}"),
-            modules: Mutex::new(HashMap::new()),
-            functions: Mutex::new(HashMap::new()),
+            modules: std::array::from_fn(|_| OnceLock::new()),
+            functions: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
+            cold: Mutex::new(()),
         });
-        map.insert(ordinal, d.clone());
-        Ok(d)
+        Ok(slot.get_or_init(|| d).clone())
     }
 
-    /// A kernel function, compiling its file on first use (both cached).
-    pub fn function(&self, file: &'static str, name: &'static str) -> Result<CudaFunction> {
-        if let Some(f) = self.functions.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
-            return Ok(f.clone());
+    /// Kernel `name`, index `index` of module slot `module` (`compile::MODULES`), compiling the
+    /// module on first use. The launchers' tables give the triple; a wrong index is an error, and
+    /// a name the module lacks fails at load.
+    pub fn kernel(&self, module: usize, index: usize, name: &'static str) -> Result<&CudaFunction> {
+        let cell = self
+            .functions
+            .get(module)
+            .and_then(|m| m.get(index))
+            .ok_or_else(|| Error::Arg(format!("kernel {name}: no slot ({module}, {index})")))?;
+        if let Some(f) = cell.get() {
+            return Ok(f);
         }
-        let f = self.load(file, name)?;
-        self.functions.lock().unwrap_or_else(|e| e.into_inner()).insert(name, f.clone());
-        Ok(f)
-    }
-
-    fn load(&self, file: &'static str, name: &str) -> Result<CudaFunction> {
-        let mut mods = self.modules.lock().unwrap_or_else(|e| e.into_inner());
-        let module = match mods.get(file) {
+        let _cold = self.cold.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = cell.get() {
+            return Ok(f);
+        }
+        let m = match self.modules[module].get() {
             Some(m) => m.clone(),
             None => {
-                let src = compile::KERNELS
-                    .iter()
-                    .find(|(n, _)| *n == file)
-                    .map(|(_, s)| *s)
-                    .ok_or_else(|| Error::Arg(format!("no kernel file {file}")))?;
-                let c = compile::compile(file, src, &self.arch)?;
+                let c = compile::compile_module(&compile::MODULES[module], &self.arch)?;
                 let m = self.ctx.load_module(Ptx::from_src(c.ptx)).map_err(cuda_err)?;
-                mods.insert(file, m.clone());
-                m
+                self.modules[module].get_or_init(|| m).clone()
             }
         };
-        module.load_function(name).map_err(cuda_err)
+        let f = m.load_function(name).map_err(cuda_err)?;
+        Ok(cell.get_or_init(|| f))
     }
 
     #[cfg(feature = "torch")]

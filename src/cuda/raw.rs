@@ -21,6 +21,7 @@ use std::marker::PhantomData;
 
 use cudarc::driver::{result as cu, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 
+use super::compile::{M_PERTURB, M_PERTURB_GENERIC, M_QUANTIZE, M_STEP_ALLOC, M_TOKEN_STATS};
 use super::{cuda_err, Device};
 use crate::cpu::{perturb::NoiseSpec, PerturbReport};
 use crate::element::{with_elem, Dtype, Element};
@@ -140,52 +141,87 @@ unsafe impl DeviceRepr for FjQuantizeBatchParams {}
 // SAFETY: see above (the same for `FjPerturbParams`).
 unsafe impl DeviceRepr for FjPerturbBatchParams {}
 
-// ---- kernel names: static, picked per dtype (and layout), no formatting on the launch path ----
+// ---- kernels: static tables, picked per module, dtype and layout; nothing formatted on the launch path ----
 
-const fn by_dtype(names: &[&'static str; 3], dt: Dtype) -> &'static str {
-    match dt {
-        Dtype::F32 => names[0],
-        Dtype::F16 => names[1],
-        Dtype::Bf16 => names[2],
+/// A kernel as the launchers name it: its module (a slot of [`MODULES`]), its index in the
+/// device's handle table for that module, and its name. [`Device::kernel`] turns it into a cached
+/// handle with one table read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kernel {
+    pub module: usize,
+    pub index: usize,
+    pub name: &'static str,
+}
+
+/// A kernel per dtype (f32, f16, bf16) at indices `first..first + 3` of its module's table.
+struct Family {
+    names: [&'static str; 3],
+    first: usize,
+}
+
+impl Family {
+    const fn at(&self, module: usize, dt: Dtype) -> Kernel {
+        Kernel { module, index: self.first + dt as usize, name: self.names[dt as usize] }
     }
 }
-const TOKEN_STATS_FILE: &str = "token_stats.cu";
-const TOKEN_STATS_NCHW: [&str; 3] = ["fj_token_stats_nchw_f32", "fj_token_stats_nchw_f16", "fj_token_stats_nchw_bf16"];
-const TOKEN_STATS_NTC: [&str; 3] = ["fj_token_stats_ntc_f32", "fj_token_stats_ntc_f16", "fj_token_stats_ntc_bf16"];
-const STEP_ALLOC_FILE: &str = "step_alloc.cu";
-const STEP_ALLOC: &str = "fj_step_alloc";
-const MAX_POS: &str = "fj_max_pos";
-const CAPS: &str = "fj_caps";
-const CAPPED_SOLVE: &str = "fj_capped_solve";
-const CAPPED_STEPS: &str = "fj_capped_steps";
-const QUANTIZE_FILE: &str = "quantize.cu";
-const QUANTIZE_NCHW: [&str; 3] = ["fj_quantize_nchw_f32", "fj_quantize_nchw_f16", "fj_quantize_nchw_bf16"];
-const QUANTIZE_NTC: [&str; 3] = ["fj_quantize_ntc_f32", "fj_quantize_ntc_f16", "fj_quantize_ntc_bf16"];
-const QUANTIZE_BATCH: [&str; 3] = ["fj_quantize_batch_f32", "fj_quantize_batch_f16", "fj_quantize_batch_bf16"];
-const PERTURB_FILE: &str = "perturb.cu";
-const PERTURB_NORMS: [&str; 3] = ["fj_perturb_norms_f32", "fj_perturb_norms_f16", "fj_perturb_norms_bf16"];
-const PERTURB_APPLY: [&str; 3] = ["fj_perturb_apply_f32", "fj_perturb_apply_f16", "fj_perturb_apply_bf16"];
-const PERTURB_NORMS_BATCH: [&str; 3] = ["fj_perturb_norms_batch_f32", "fj_perturb_norms_batch_f16", "fj_perturb_norms_batch_bf16"];
-const PERTURB_APPLY_BATCH: [&str; 3] = ["fj_perturb_apply_batch_f32", "fj_perturb_apply_batch_f16", "fj_perturb_apply_batch_bf16"];
-const NOISE: &str = "fj_noise";
 
-/// Every (kernel file, kernel name) the launchers ask for (for tests against the compiled PTX).
-pub fn kernel_names() -> Vec<(&'static str, &'static str)> {
-    let mut v = vec![(STEP_ALLOC_FILE, STEP_ALLOC), (PERTURB_FILE, NOISE)];
-    v.extend([MAX_POS, CAPS, CAPPED_SOLVE, CAPPED_STEPS].map(|n| (STEP_ALLOC_FILE, n)));
-    for (file, table) in [
-        (TOKEN_STATS_FILE, &TOKEN_STATS_NCHW),
-        (TOKEN_STATS_FILE, &TOKEN_STATS_NTC),
-        (QUANTIZE_FILE, &QUANTIZE_NCHW),
-        (QUANTIZE_FILE, &QUANTIZE_NTC),
-        (QUANTIZE_FILE, &QUANTIZE_BATCH),
-        (PERTURB_FILE, &PERTURB_NORMS),
-        (PERTURB_FILE, &PERTURB_APPLY),
-        (PERTURB_FILE, &PERTURB_NORMS_BATCH),
-        (PERTURB_FILE, &PERTURB_APPLY_BATCH),
-    ] {
-        v.extend(table.iter().map(|n| (file, *n)));
+const fn single(module: usize, index: usize, name: &'static str) -> Kernel {
+    Kernel { module, index, name }
+}
+
+const TOKEN_STATS_NCHW: Family = Family { names: ["fj_token_stats_nchw_f32", "fj_token_stats_nchw_f16", "fj_token_stats_nchw_bf16"], first: 0 };
+const TOKEN_STATS_NTC: Family = Family { names: ["fj_token_stats_ntc_f32", "fj_token_stats_ntc_f16", "fj_token_stats_ntc_bf16"], first: 3 };
+const STEP_ALLOC: Kernel = single(M_STEP_ALLOC, 0, "fj_step_alloc");
+const MAX_POS: Kernel = single(M_STEP_ALLOC, 1, "fj_max_pos");
+const CAPS: Kernel = single(M_STEP_ALLOC, 2, "fj_caps");
+const CAPPED_SOLVE: Kernel = single(M_STEP_ALLOC, 3, "fj_capped_solve");
+const CAPPED_STEPS: Kernel = single(M_STEP_ALLOC, 4, "fj_capped_steps");
+// In each of the four quantize.cu modules ([`quantize_module`]).
+const QUANTIZE_NCHW: Family = Family { names: ["fj_quantize_nchw_f32", "fj_quantize_nchw_f16", "fj_quantize_nchw_bf16"], first: 0 };
+const QUANTIZE_NTC: Family = Family { names: ["fj_quantize_ntc_f32", "fj_quantize_ntc_f16", "fj_quantize_ntc_bf16"], first: 3 };
+const QUANTIZE_BATCH: Family = Family { names: ["fj_quantize_batch_f32", "fj_quantize_batch_f16", "fj_quantize_batch_bf16"], first: 6 };
+// In each of the four specialised perturb.cu modules ([`perturb_module`]).
+const PERTURB_NORMS: Family = Family { names: ["fj_perturb_norms_f32", "fj_perturb_norms_f16", "fj_perturb_norms_bf16"], first: 0 };
+const PERTURB_APPLY: Family = Family { names: ["fj_perturb_apply_f32", "fj_perturb_apply_f16", "fj_perturb_apply_bf16"], first: 3 };
+// In the generic perturb.cu module.
+const PERTURB_NORMS_BATCH: Family =
+    Family { names: ["fj_perturb_norms_batch_f32", "fj_perturb_norms_batch_f16", "fj_perturb_norms_batch_bf16"], first: 0 };
+const PERTURB_APPLY_BATCH: Family =
+    Family { names: ["fj_perturb_apply_batch_f32", "fj_perturb_apply_batch_f16", "fj_perturb_apply_batch_bf16"], first: 3 };
+const NOISE: Kernel = single(M_PERTURB_GENERIC, 6, "fj_noise");
+
+/// The quantize.cu module specialised for `bits` and a histogram or none.
+fn quantize_module(bits: Bits, histogram: bool) -> usize {
+    M_QUANTIZE + 2 * usize::from(bits == Bits::B16) + usize::from(histogram)
+}
+
+/// The perturb.cu module specialised for a noise kind and J given (or J == 1).
+fn perturb_module(noise: NoiseKind, jnd: bool) -> usize {
+    M_PERTURB + 2 * noise_code(noise) as usize + usize::from(jnd)
+}
+
+/// Every kernel the launchers may ask for, in every module (for tests against the compiled PTX).
+pub fn kernel_names() -> Vec<Kernel> {
+    let dts = [Dtype::F32, Dtype::F16, Dtype::Bf16];
+    let mut v = vec![STEP_ALLOC, MAX_POS, CAPS, CAPPED_SOLVE, CAPPED_STEPS, NOISE];
+    let mut fam = |f: &Family, m: usize| v.extend(dts.map(|dt| f.at(m, dt)));
+    fam(&TOKEN_STATS_NCHW, M_TOKEN_STATS);
+    fam(&TOKEN_STATS_NTC, M_TOKEN_STATS);
+    for bits in [Bits::B8, Bits::B16] {
+        for hist in [false, true] {
+            for f in [&QUANTIZE_NCHW, &QUANTIZE_NTC, &QUANTIZE_BATCH] {
+                fam(f, quantize_module(bits, hist));
+            }
+        }
     }
+    for noise in [NoiseKind::Gaussian, NoiseKind::Uniform] {
+        for jnd in [false, true] {
+            fam(&PERTURB_NORMS, perturb_module(noise, jnd));
+            fam(&PERTURB_APPLY, perturb_module(noise, jnd));
+        }
+    }
+    fam(&PERTURB_NORMS_BATCH, M_PERTURB_GENERIC);
+    fam(&PERTURB_APPLY_BATCH, M_PERTURB_GENERIC);
     v
 }
 
@@ -213,15 +249,15 @@ fn cfg(blocks: u64) -> Result<LaunchConfig> {
     Ok(LaunchConfig { grid_dim: (b, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 })
 }
 
-/// Enqueues kernel `name` of `file` with its parameter struct.
+/// Enqueues kernel `k` with its parameter struct.
 ///
 /// # Safety
 /// Every address in `p` must be what the kernel expects (see the launcher that fills `p`), and
-/// `name` must be a kernel of `file` taking a `P` by value.
-unsafe fn go<P: DeviceRepr>(on: Launch, file: &'static str, name: &'static str, p: &P, blocks: u64) -> Result<()> {
+/// `k` must be a kernel taking a `P` by value.
+unsafe fn go<P: DeviceRepr>(on: Launch, k: Kernel, p: &P, blocks: u64) -> Result<()> {
     let cfg = cfg(blocks)?;
-    let f = on.dev.function(file, name)?;
-    let mut b = on.stream.launch_builder(&f);
+    let f = on.dev.kernel(k.module, k.index, k.name)?;
+    let mut b = on.stream.launch_builder(f);
     b.arg(p);
     // SAFETY: `name` takes exactly one `P` by value (the kernels are declared with the header's
     // structs and the tables above match them, tests/nvrtc.rs checks the names); the addresses in
@@ -229,13 +265,13 @@ unsafe fn go<P: DeviceRepr>(on: Launch, file: &'static str, name: &'static str, 
     unsafe { b.launch(cfg) }.map(|_| ()).map_err(cuda_err)
 }
 
-/// Blocks of a token kernel (token stats, quantize) and its name for the layout.
-fn token_grid(geom: &FjTokenGeom, nchw: &[&'static str; 3], ntc: &[&'static str; 3], dt: Dtype) -> (&'static str, u64) {
+/// Blocks of a token kernel (token stats, quantize) and the kernel of module `m` for the layout.
+fn token_grid(geom: &FjTokenGeom, nchw: &Family, ntc: &Family, m: usize, dt: Dtype) -> (Kernel, u64) {
     let t = geom.tokens as u64;
     if geom.layout == FJ_LAYOUT_NCHW {
-        (by_dtype(nchw, dt), t.div_ceil(FJ_NCHW_TOKENS_PER_BLOCK as u64))
+        (nchw.at(m, dt), t.div_ceil(FJ_NCHW_TOKENS_PER_BLOCK as u64))
     } else {
-        (by_dtype(ntc, dt), t.div_ceil(FJ_NTC_TOKENS_PER_BLOCK as u64))
+        (ntc.at(m, dt), t.div_ceil(FJ_NTC_TOKENS_PER_BLOCK as u64))
     }
 }
 
@@ -416,10 +452,10 @@ pub unsafe fn token_stats(
         },
         check: FJ_CHECK_JND,
     };
-    let (name, blocks) = token_grid(&p.geom, &TOKEN_STATS_NCHW, &TOKEN_STATS_NTC, jnd.dt);
+    let (k, blocks) = token_grid(&p.geom, &TOKEN_STATS_NCHW, &TOKEN_STATS_NTC, M_TOKEN_STATS, jnd.dt);
     // SAFETY: the addresses in `p` are the caller's, valid by this function's contract; the
     // statistics slots exist (checked above).
-    unsafe { go(on, TOKEN_STATS_FILE, name, &p, blocks) }
+    unsafe { go(on, k, &p, blocks) }
 }
 
 /// The first bad J a [`token_stats`] launch found.
@@ -467,7 +503,7 @@ pub unsafe fn step_alloc(on: Launch, p: &StepPtrs, tokens: usize, budget: f64, s
         },
     };
     // SAFETY: the addresses in `p` are valid by this function's contract.
-    unsafe { go(on, STEP_ALLOC_FILE, STEP_ALLOC, &p, (tokens as u64).div_ceil(BLOCK as u64)) }
+    unsafe { go(on, STEP_ALLOC, &p, (tokens as u64).div_ceil(BLOCK as u64)) }
 }
 
 // ---- the capped allocation (contract §3.5): token RMS, caps, solve, steps ----
@@ -508,10 +544,10 @@ pub unsafe fn token_rms(on: Launch, grid: &TokenGrid, x: Elems, rms: DevPtrMut<f
         reduce: FJ_REDUCE_RMS,
         check: FJ_CHECK_FINITE,
     };
-    let (name, blocks) = token_grid(&p.geom, &TOKEN_STATS_NCHW, &TOKEN_STATS_NTC, x.dt);
+    let (k, blocks) = token_grid(&p.geom, &TOKEN_STATS_NCHW, &TOKEN_STATS_NTC, M_TOKEN_STATS, x.dt);
     // SAFETY: the addresses in `p` are the caller's, valid by this function's contract; the
     // statistics slots exist (checked above).
-    unsafe { go(on, TOKEN_STATS_FILE, name, &p, blocks) }
+    unsafe { go(on, k, &p, blocks) }
 }
 
 fn tokens_u32(tokens: usize) -> Result<u32> {
@@ -565,9 +601,9 @@ pub unsafe fn capped_caps(
     // before the caps kernel reads the maximum (same stream).
     unsafe {
         if !max_known {
-            go(on, STEP_ALLOC_FILE, MAX_POS, &p, blocks)?;
+            go(on, MAX_POS, &p, blocks)?;
         }
-        go(on, STEP_ALLOC_FILE, CAPS, &p, blocks)
+        go(on, CAPS, &p, blocks)
     }
 }
 
@@ -600,7 +636,7 @@ pub unsafe fn capped_solve(
     };
     // SAFETY: the addresses in `p` are valid by this function's contract; one block, as the
     // solver requires (it reduces over all tokens within the block).
-    unsafe { go(on, STEP_ALLOC_FILE, CAPPED_SOLVE, &p, 1) }
+    unsafe { go(on, CAPPED_SOLVE, &p, 1) }
 }
 
 /// Enqueues `steps_t = min(f32(a·β)·j_t, f32(b·β)·c_t)` with the scales a [`capped_solve`] launch
@@ -630,7 +666,7 @@ pub unsafe fn capped_steps(
         ..Default::default()
     };
     // SAFETY: the addresses in `p` are valid by this function's contract.
-    unsafe { go(on, STEP_ALLOC_FILE, CAPPED_STEPS, &p, (tokens as u64).div_ceil(BLOCK as u64)) }
+    unsafe { go(on, CAPPED_STEPS, &p, (tokens as u64).div_ceil(BLOCK as u64)) }
 }
 
 /// What went wrong in a capped allocation, in the order the CPU path checks it.
@@ -749,10 +785,11 @@ pub struct QuantPtrs {
 /// must be zeroed slots; none used by other work until this launch completes in stream order.
 pub unsafe fn quantize(on: Launch, dt: Dtype, grid: &TokenGrid, p: &QuantPtrs, bits: Bits, histogram: bool, stats: StatsBuf) -> Result<()> {
     let q = quant_params(grid, p, bits, histogram, stats)?;
-    let (name, blocks) = token_grid(&q.geom, &QUANTIZE_NCHW, &QUANTIZE_NTC, dt);
+    let (k, blocks) = token_grid(&q.geom, &QUANTIZE_NCHW, &QUANTIZE_NTC, quantize_module(bits, histogram), dt);
     // SAFETY: the addresses in `q` are the caller's, valid by this function's contract; the
-    // statistics slots exist (checked by `quant_params`).
-    unsafe { go(on, QUANTIZE_FILE, name, &q, blocks) }
+    // statistics slots exist (checked by `quant_params`); the module is specialised for exactly
+    // these bits and histogram (`quant_params` sets the histogram pointer iff `histogram`).
+    unsafe { go(on, k, &q, blocks) }
 }
 
 /// The kernel parameters of one quantization (single or an item of a batch), its statistics room
@@ -843,14 +880,14 @@ pub struct PerturbPtrs {
 /// slots; none used by other work until the launches complete in stream order.
 pub unsafe fn perturb(on: Launch, a: &PerturbPtrs, nrmse: f64, noise: NoiseSpec, stats: StatsBuf) -> Result<()> {
     let (p, blocks) = perturb_params(a, nrmse, noise, stats)?;
-    let norms = by_dtype(&PERTURB_NORMS, a.dt);
-    let apply = by_dtype(&PERTURB_APPLY, a.dt);
+    let m = perturb_module(noise.kind, !a.jnd.is_null());
+    let (norms, apply) = (PERTURB_NORMS.at(m, a.dt), PERTURB_APPLY.at(m, a.dt));
     // SAFETY: the addresses in `p` are the caller's, valid by this function's contract; the
     // statistics slots exist (checked by `perturb_params`). The two launches are ordered on
     // `stream`: apply reads the norms that the first one completed.
     unsafe {
-        go(on, PERTURB_FILE, norms, &p, blocks)?;
-        go(on, PERTURB_FILE, apply, &p, blocks)
+        go(on, norms, &p, blocks)?;
+        go(on, apply, &p, blocks)
     }
 }
 
@@ -918,8 +955,8 @@ pub unsafe fn perturb_batch(on: Launch, dt: Dtype, items: &[PerturbItem]) -> Res
         // SAFETY: every item's addresses are valid by this function's contract; the statistics
         // slots exist (checked by `perturb_params`); apply follows norms on the stream.
         unsafe {
-            go(on, PERTURB_FILE, by_dtype(&PERTURB_NORMS_BATCH, dt), &b, blocks)?;
-            go(on, PERTURB_FILE, by_dtype(&PERTURB_APPLY_BATCH, dt), &b, blocks)?;
+            go(on, PERTURB_NORMS_BATCH.at(M_PERTURB_GENERIC, dt), &b, blocks)?;
+            go(on, PERTURB_APPLY_BATCH.at(M_PERTURB_GENERIC, dt), &b, blocks)?;
         }
     }
     Ok(())
@@ -966,7 +1003,7 @@ pub unsafe fn noise(on: Launch, out: DevPtrMut<f32>, numel: usize, offset: u64, 
     let groups = end.div_ceil(lanes) - offset / lanes;
     // SAFETY: `out` is valid for `numel` f32 by this function's contract; the kernel writes only
     // indices below `numel`.
-    unsafe { go(on, PERTURB_FILE, NOISE, &p, groups.div_ceil(BLOCK as u64)) }
+    unsafe { go(on, NOISE, &p, groups.div_ceil(BLOCK as u64)) }
 }
 
 // ---- caller-owned statistics: the sync-free calls (issue 15 §1) and batches (§3) ----
@@ -1054,6 +1091,7 @@ pub struct BatchItem {
 /// # Safety
 /// For every item, what [`quantize`] requires of its pointers and statistics.
 pub unsafe fn quantize_batch(on: Launch, dt: Dtype, items: &[BatchItem], bits: Bits, histogram: bool) -> Result<()> {
+    let m = quantize_module(bits, histogram);
     for chunk in items.chunks(FJ_BATCH_MAX as usize) {
         let mut b = FjQuantizeBatchParams { count: chunk.len() as u32, ..Default::default() };
         let mut blocks = 0u64;
@@ -1062,11 +1100,11 @@ pub unsafe fn quantize_batch(on: Launch, dt: Dtype, items: &[BatchItem], bits: B
             // `cfg` refuses a grid of 2^31 blocks or more before the launch, so a start that does
             // not fit in u32 is never used.
             b.block_start[i] = u32::try_from(blocks).unwrap_or(u32::MAX);
-            blocks += token_grid(&b.items[i].geom, &QUANTIZE_NCHW, &QUANTIZE_NTC, dt).1;
+            blocks += token_grid(&b.items[i].geom, &QUANTIZE_NCHW, &QUANTIZE_NTC, m, dt).1;
         }
         // SAFETY: every item's addresses are valid by this function's contract; the statistics
         // slots exist (checked by `quant_params`); the grid covers exactly the items' blocks.
-        unsafe { go(on, QUANTIZE_FILE, by_dtype(&QUANTIZE_BATCH, dt), &b, blocks)? };
+        unsafe { go(on, QUANTIZE_BATCH.at(m, dt), &b, blocks)? };
     }
     Ok(())
 }
@@ -1206,10 +1244,23 @@ mod tests {
         assert_eq!(cfg(0).unwrap().grid_dim.0, 1);
         assert!(cfg(1 << 31).is_err());
         let mut g = FjTokenGeom { layout: FJ_LAYOUT_NCHW, tokens: 33, ..Default::default() };
-        assert_eq!(token_grid(&g, &QUANTIZE_NCHW, &QUANTIZE_NTC, Dtype::F16), ("fj_quantize_nchw_f16", 2));
+        let m = quantize_module(Bits::B16, true);
+        assert_eq!(m, M_QUANTIZE + 3);
+        assert_eq!(token_grid(&g, &QUANTIZE_NCHW, &QUANTIZE_NTC, m, Dtype::F16), (Kernel { module: m, index: 1, name: "fj_quantize_nchw_f16" }, 2));
         g.layout = FJ_LAYOUT_NTC;
-        assert_eq!(token_grid(&g, &QUANTIZE_NCHW, &QUANTIZE_NTC, Dtype::Bf16), ("fj_quantize_ntc_bf16", 5));
-        assert_eq!(kernel_names().len(), 2 + 4 + 9 * 3);
+        assert_eq!(token_grid(&g, &QUANTIZE_NCHW, &QUANTIZE_NTC, m, Dtype::Bf16), (Kernel { module: m, index: 5, name: "fj_quantize_ntc_bf16" }, 5));
+        assert_eq!(perturb_module(NoiseKind::Uniform, false), M_PERTURB + 2);
+        // step + noise, token stats, 4 quantize modules, 4 specialised perturb modules, the batch pair.
+        let all = kernel_names();
+        assert_eq!(all.len(), 6 + 6 + 4 * 9 + 4 * 6 + 6);
+        // One handle cell per (module, index): no two names share one, every index has room.
+        for (i, a) in all.iter().enumerate() {
+            assert!(a.module < super::super::compile::MODULES.len() && a.index < crate::cuda::MAX_KERNELS_PER_MODULE, "{a:?}");
+            for b in &all[i + 1..] {
+                assert!(!(a.module == b.module && a.index == b.index), "{a:?} and {b:?} share a handle cell");
+                assert!(a.module != b.module || a.name != b.name, "{a:?} listed twice");
+            }
+        }
     }
 
     #[test]
@@ -1219,9 +1270,8 @@ mod tests {
             return;
         }
         let all = super::super::compile::compile_all("compute_80").unwrap();
-        for (file, name) in kernel_names() {
-            let c = all.iter().find(|c| c.name == file).unwrap_or_else(|| panic!("no kernel file {file}"));
-            assert!(c.ptx.contains(&format!(".entry {name}(")), "{file} has no kernel {name}");
+        for k in kernel_names() {
+            assert!(all[k.module].ptx.contains(&format!(".entry {}(", k.name)), "{} has no kernel {}", super::super::compile::MODULES[k.module].label(), k.name);
         }
     }
 }
