@@ -6,7 +6,14 @@ fn main() {
     for (i, m) in compile::MODULES.iter().enumerate() {
         let t = std::time::Instant::now();
         let c = compile::compile_module(m, &arch).unwrap_or_else(|e| panic!("{}: {e}", m.label()));
-        println!("{:2} {:45} {:.2} s, {:5} KB ptx, {:2} entries", i, m.label(), t.elapsed().as_secs_f64(), c.ptx.len() / 1024, c.ptx.matches(".entry").count());
+        println!(
+            "{:2} {:45} {:.2} s, {:5} KB ptx, {:2} entries",
+            i,
+            m.label(),
+            t.elapsed().as_secs_f64(),
+            c.ptx.len() / 1024,
+            c.ptx.matches(".entry").count()
+        );
         std::fs::write(format!("target/ptx/{i:02}-{}.ptx", m.label().replace(['[', ']', ','], "_")), &c.ptx).unwrap();
     }
 }

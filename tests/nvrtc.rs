@@ -87,7 +87,7 @@ fn the_quantizer_is_specialised_for_bits_and_histogram() {
     for (what, ptx) in modules("quantize.cu", &["FJ_Q_HIST=0"]) {
         // No histogram: no warp match, no shared atomics, no shared histogram at all.
         assert!(!ptx.contains("match.any") && !ptx.contains("atom.shared"), "{what} counts a histogram");
-        assert!(hist_smem(&ptx).iter().all(|&b| b <= 4), "{what} reserves histogram memory: {:?}", hist_smem(ptx));
+        assert!(hist_smem(ptx).iter().all(|&b| b <= 4), "{what} reserves histogram memory: {:?}", hist_smem(ptx));
         seen += 1;
     }
     for (what, ptx) in modules("quantize.cu", &["FJ_Q_HIST=1"]) {
@@ -105,7 +105,7 @@ fn the_quantizer_is_specialised_for_bits_and_histogram() {
     assert_eq!(seen, 4);
     // Without a specialisation the file refuses to compile, naming what it needs.
     let src = MODULES.iter().find(|m| m.file == "quantize.cu").unwrap().source();
-    let e = compile::compile("quantize.cu", src, "compute_90").err().expect("quantize.cu compiled without -D").to_string();
+    let e = compile::compile("quantize.cu", src, "compute_90").expect_err("quantize.cu compiled without -D").to_string();
     assert!(e.contains("FJ_Q_BITS"), "{e}");
 }
 

@@ -77,7 +77,9 @@ impl Device {
     /// The cached device for a CUDA ordinal (created on first use). After the first call for an
     /// ordinal this is a table read and a reference count, without a lock.
     pub fn get(ordinal: usize) -> Result<Arc<Device>> {
-        static DEVICES: OnceLock<Result<Box<[OnceLock<Arc<Device>>]>>> = OnceLock::new();
+        // One cell per ordinal the driver reports, or why there are none.
+        type Slots = Result<Box<[OnceLock<Arc<Device>>]>>;
+        static DEVICES: OnceLock<Slots> = OnceLock::new();
         static CREATE: Mutex<()> = Mutex::new(());
         let slots = DEVICES.get_or_init(|| {
             available()?;

@@ -169,7 +169,8 @@ const fn single(module: usize, index: usize, name: &'static str) -> Kernel {
     Kernel { module, index, name }
 }
 
-const TOKEN_STATS_NCHW: Family = Family { names: ["fj_token_stats_nchw_f32", "fj_token_stats_nchw_f16", "fj_token_stats_nchw_bf16"], first: 0 };
+const TOKEN_STATS_NCHW: Family =
+    Family { names: ["fj_token_stats_nchw_f32", "fj_token_stats_nchw_f16", "fj_token_stats_nchw_bf16"], first: 0 };
 const TOKEN_STATS_NTC: Family = Family { names: ["fj_token_stats_ntc_f32", "fj_token_stats_ntc_f16", "fj_token_stats_ntc_bf16"], first: 3 };
 const STEP_ALLOC: Kernel = single(M_STEP_ALLOC, 0, "fj_step_alloc");
 const MAX_POS: Kernel = single(M_STEP_ALLOC, 1, "fj_max_pos");
@@ -1246,9 +1247,15 @@ mod tests {
         let mut g = FjTokenGeom { layout: FJ_LAYOUT_NCHW, tokens: 33, ..Default::default() };
         let m = quantize_module(Bits::B16, true);
         assert_eq!(m, M_QUANTIZE + 3);
-        assert_eq!(token_grid(&g, &QUANTIZE_NCHW, &QUANTIZE_NTC, m, Dtype::F16), (Kernel { module: m, index: 1, name: "fj_quantize_nchw_f16" }, 2));
+        assert_eq!(
+            token_grid(&g, &QUANTIZE_NCHW, &QUANTIZE_NTC, m, Dtype::F16),
+            (Kernel { module: m, index: 1, name: "fj_quantize_nchw_f16" }, 2)
+        );
         g.layout = FJ_LAYOUT_NTC;
-        assert_eq!(token_grid(&g, &QUANTIZE_NCHW, &QUANTIZE_NTC, m, Dtype::Bf16), (Kernel { module: m, index: 5, name: "fj_quantize_ntc_bf16" }, 5));
+        assert_eq!(
+            token_grid(&g, &QUANTIZE_NCHW, &QUANTIZE_NTC, m, Dtype::Bf16),
+            (Kernel { module: m, index: 5, name: "fj_quantize_ntc_bf16" }, 5)
+        );
         assert_eq!(perturb_module(NoiseKind::Uniform, false), M_PERTURB + 2);
         // step + noise, token stats, 4 quantize modules, 4 specialised perturb modules, the batch pair.
         let all = kernel_names();
@@ -1271,7 +1278,12 @@ mod tests {
         }
         let all = super::super::compile::compile_all("compute_80").unwrap();
         for k in kernel_names() {
-            assert!(all[k.module].ptx.contains(&format!(".entry {}(", k.name)), "{} has no kernel {}", super::super::compile::MODULES[k.module].label(), k.name);
+            assert!(
+                all[k.module].ptx.contains(&format!(".entry {}(", k.name)),
+                "{} has no kernel {}",
+                super::super::compile::MODULES[k.module].label(),
+                k.name
+            );
         }
     }
 }
