@@ -9,10 +9,18 @@
 //! thread, f32 into a reused buffer; floor: 4 B written per element) beside torch's `normal_` /
 //! `uniform_` (all threads) and a copy of a buffer of the same size.
 //!
+//! `paths_*` (issue 15 §5, 1 and 16 MiB) times the pieces and variants of the chain one by one,
+//! with 8-bit symbols, reconstruction and token errors reused: the token tolerance alone
+//! (`token_tolerance`), the quantizer with given steps in NCHW without and with its histogram
+//! (`quantize_nchw`, `quantize_nchw_hist`), with 16-bit symbols (`quantize_nchw_b16`), on the same
+//! elements as NTC `[N, 1024, 256]` (`quantize_ntc`), the perturbation without J in both noises
+//! (`perturb_gaussian_no_j`, `perturb_uniform_no_j`), and the noise alone (`noise_gaussian`).
+//! Each specialised kernel module of the GPU path is one of these rows.
+//!
 //! Env: FEATJND_BENCH_MAX_MIB caps the sizes (default 256), FEATJND_BENCH_DEVICES=cpu,cuda.
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use featjnd_kernels::ops::{self, Noise, QuantizeOptions};
-use featjnd_kernels::{philox, Layout, NoiseKind, Reduce, Strategy};
+use featjnd_kernels::{philox, Bits, Layout, NoiseKind, Reduce, Strategy};
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 
@@ -419,5 +427,72 @@ fn batch_bench(c: &mut Criterion, d: Device, dn: &str, opts: &QuantizeOptions) {
     g.finish();
 }
 
-criterion_group!(benches, bench, serving_bench);
+/// The pieces and variants of the chain, one row each (see the module comment).
+fn paths_bench(c: &mut Criterion) {
+    for d in devices() {
+        let dn = if d == Device::Cpu { "cpu" } else { "cuda" };
+        for mib in [1usize, 16].into_iter().filter(|&m| sizes_mib().iter().any(|&s| s >= m)) {
+            let n = (mib as i64 * (1 << 20) / 4) / (256 * 32 * 32);
+            let numel = n * 256 * 32 * 32;
+            let t = n * 32 * 32;
+            let x = bench_feature(&[n, 256, 32, 32], 1, d);
+            let j = bench_feature(&[n, 256, 32, 32], 2, d).abs() + 0.1;
+            let xt = bench_feature(&[n, 1024, 256], 1, d);
+            let jt = ops::token_tolerance(&j, Layout::Nchw, 1, Reduce::Mean).unwrap();
+            let steps = ops::allocate_steps(&jt, BUDGET, Strategy::Jnd).unwrap();
+            let mut g = c.benchmark_group(format!("paths_{dn}"));
+            g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+            // Throughput against each row's own floor would make the rows incomparable; report
+            // elements per second instead.
+            g.throughput(Throughput::Elements(numel as u64));
+            g.bench_with_input(BenchmarkId::new("token_tolerance", mib), &mib, |b, _| {
+                b.iter(|| {
+                    let r = ops::token_tolerance(&j, Layout::Nchw, 1, Reduce::Mean).unwrap();
+                    sync(d);
+                    r
+                })
+            });
+            let sse = Tensor::empty([t], (Kind::Float, d));
+            for (name, bits, hist, ntc) in [
+                ("quantize_nchw", Bits::B8, false, false),
+                ("quantize_nchw_hist", Bits::B8, true, false),
+                ("quantize_nchw_b16", Bits::B16, false, false),
+                ("quantize_ntc", Bits::B8, false, true),
+            ] {
+                let opts = QuantizeOptions { bits, histogram: hist, ..Default::default() };
+                let (xx, layout) = if ntc { (&xt, Layout::Ntc) } else { (&x, Layout::Nchw) };
+                let sym = Tensor::empty(xx.size(), (if bits == Bits::B8 { Kind::Int8 } else { Kind::Int16 }, d));
+                let rec = xx.empty_like();
+                let bufs = ops::QuantizeBuffers { symbols: Some(&sym), recon: Some(&rec), token_sse: Some(&sse) };
+                g.bench_with_input(BenchmarkId::new(name, mib), &mib, |b, _| {
+                    b.iter(|| {
+                        let r = ops::quantize_into(xx, layout, 1, &steps, &opts, &bufs).unwrap();
+                        sync(d);
+                        r
+                    })
+                });
+            }
+            let out = x.empty_like();
+            for (name, kind) in [("perturb_gaussian_no_j", NoiseKind::Gaussian), ("perturb_uniform_no_j", NoiseKind::Uniform)] {
+                g.bench_with_input(BenchmarkId::new(name, mib), &mib, |b, _| {
+                    b.iter(|| {
+                        let r = ops::perturb_into(&x, None, 0.1, Noise { kind, seed: 3, subsequence: 0 }, &out).unwrap();
+                        sync(d);
+                        r
+                    })
+                });
+            }
+            g.bench_with_input(BenchmarkId::new("noise_gaussian", mib), &mib, |b, _| {
+                b.iter(|| {
+                    let r = ops::noise(numel as usize, 0, Noise { kind: NoiseKind::Gaussian, seed: 3, subsequence: 0 }, d).unwrap();
+                    sync(d);
+                    r
+                })
+            });
+            g.finish();
+        }
+    }
+}
+
+criterion_group!(benches, bench, serving_bench, paths_bench);
 criterion_main!(benches);

@@ -117,6 +117,18 @@ __device__ __forceinline__ double block_sum_d(double v) {
     }
     return s;
 }
+// Block-wide min of one u64 per thread; result valid in thread 0. blockDim.x == FJ_BLOCK.
+__device__ __forceinline__ u64 block_min_u64(u64 v) {
+    __shared__ u64 part[FJ_WARPS];
+    v = warp_min_u64(v);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();  // `part` may still be read by a previous call
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    u64 m = ~0ull;
+    if (warp == 0) m = warp_min_u64(lane < FJ_WARPS ? part[lane] : ~0ull);
+    return m;
+}
 // Records the smallest offending flat index (one atomic per warp at most). The cell starts at 0
 // and holds ~index: atomicMax of ~index keeps the smallest index, and a zeroed buffer means "none",
 // so one memset initialises every statistic of an op.
@@ -138,6 +150,16 @@ __device__ __forceinline__ void report_max_pos(u32* cell, float v) {
     if ((threadIdx.x & 31) == 0 && m != 0u && cell) atomicMax(cell, m);
 }
 __device__ __forceinline__ bool bad_seen(u64 cell) { return cell && *(const u64*)cell != 0ull; }
+
+// ---- step allocation (contract §3): the one definition of the scale, f64 rounded once to f32 ----
+// fj_step_alloc and the two-launch chain's quantizer both call these, so their steps agree bit for
+// bit by construction.
+__device__ __forceinline__ float fj_uniform_step(double budget, double beta) {
+    return (float)(sqrt(12.0 * budget) * beta);
+}
+__device__ __forceinline__ float fj_jnd_scale(double budget, u32 tokens, double sum_sq, double beta) {
+    return (float)(sqrt(12.0 * budget * (double)tokens / sum_sq) * beta);
+}
 
 // ---- batches (FjQuantizeBatchParams, FjPerturbBatchParams) ----
 // The item whose blocks contain this block: the last i < count with starts[i] <= blockIdx.x (the

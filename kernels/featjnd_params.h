@@ -83,6 +83,15 @@ typedef struct FjTokenStatsParams {
                               0 = skip */
     uint32_t reduce;
     uint32_t check;        /* FJ_CHECK_* */
+    /* The two-launch chain (FjQuantizeChainParams, issue 15 §2). Where `partials` is set, block b
+     * writes its own sum of j_t^2 to ((double*)partials)[b] and its first bad index (~0 = none) to
+     * ((uint64_t*)partials)[gridDim.x + b] instead of adding into sum_sq and bad_index, so nothing
+     * needs zeroing before; and block 0 sets the `zero_count` cells at `zero` to 0 (the
+     * quantizer's accumulators, which the next launch adds into). 0 = off. */
+    uint64_t partials;
+    uint64_t zero;         /* unsigned long long*: cells to clear; 0 = none */
+    uint32_t zero_count;
+    uint32_t pad0;
 } FjTokenStatsParams;
 
 /* step_alloc.cu: steps_t from token tolerances and a budget, no host round-trip.
@@ -138,6 +147,27 @@ typedef struct FjQuantizeParams {
     uint32_t bits;         /* 8 or 16 */
     uint32_t pad0;
 } FjQuantizeParams;
+
+/* quantize.cu: the second launch of the two-launch chain J -> j_t -> steps -> quantize (issue 15
+ * §2; the first is token_stats.cu with `partials` set). Every block sums the first launch's
+ * per-block partials in one fixed order (so the chain needs no zeroed accumulator and no launch
+ * between), computes the scale exactly as fj_step_alloc does, quantizes its tokens with
+ * step_t = scale * j_t (Jnd) or scale (Uniform), and the owner of each token writes step_t to
+ * q.steps. Block 0 writes sum_t j_t^2 and J's bad cell. The grid is the quantizer's own, so the
+ * partials are re-read by every block: the launcher uses this form only up to
+ * FJ_CHAIN_MAX_PARTS partials. */
+#define FJ_CHAIN_MAX_PARTS 512
+typedef struct FjQuantizeChainParams {
+    FjQuantizeParams q;    /* q.steps is written here (float*: out, T values) */
+    uint64_t token_tol;    /* const float*: j_t */
+    uint64_t partials;     /* const: nparts doubles, then nparts bad indices (~0 = none) */
+    uint64_t sum_sq_out;   /* double*: sum_t j_t^2 (written by block 0) */
+    uint64_t bad_jnd_out;  /* unsigned long long*: J's bad cell (written by block 0: ~index or 0) */
+    double budget;         /* D > 0 */
+    double beta;
+    uint32_t nparts;
+    uint32_t strategy;     /* FJ_STRATEGY_UNIFORM or FJ_STRATEGY_JND */
+} FjQuantizeChainParams;
 
 /* quantize.cu: a batch of independent quantizations in one launch (issue 15 §3). Item i owns the
  * grid blocks from block_start[i] up to the next item's start (the last item: to the grid's end)

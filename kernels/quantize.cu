@@ -51,6 +51,26 @@ __device__ __forceinline__ void hist_add(u32* sh, float q, bool live) {
     if (live && (int)(threadIdx.x & 31) == leader) atomicAdd(&sh[bin], (u32)__popc(peers));
 }
 
+// Where a block's token steps come from: the given steps (a plain quantization), or the
+// two-launch chain's scale and j_t (FjQuantizeChainParams), the owner of each token writing the
+// step it used to p.steps, as fj_step_alloc would have.
+struct StepSrc {
+    const float* jt;  // null: read p.steps
+    float scale;
+    bool uniform;
+};
+__device__ __forceinline__ StepSrc given_steps() {
+    StepSrc s = {nullptr, 0.0f, false};
+    return s;
+}
+__device__ __forceinline__ float token_step(const FjQuantizeParams& p, const StepSrc& s, u32 t, bool owner) {
+    if (!s.jt) return ((const float*)p.steps)[t];
+    // fj_step_alloc's arithmetic: one f32 multiply of the f32 scale (Jnd), or the scale (Uniform).
+    const float step = s.uniform ? s.scale : __fmul_rn(s.scale, s.jt[t]);
+    if (owner) ((float*)p.steps)[t] = step;
+    return step;
+}
+
 // One element end to end: quantize, write symbol and reconstruction, accumulate error.
 template <class D, u32 BITS, bool HIST>
 __device__ __forceinline__ void quant_elem(const FjQuantizeParams& p, u64 idx, float v, float inv,
@@ -97,7 +117,7 @@ __device__ __forceinline__ void finish_block(const FjQuantizeParams& p, u32* sh,
 // so even few, deep tokens fill the GPU; partial errors are summed in a fixed warp order.
 // `blk` is the block's index within its item's grid (blockIdx.x for a single quantization).
 template <class D, u32 BITS, bool HIST>
-__device__ void quantize_nchw(const FjQuantizeParams& p, u32 blk) {
+__device__ void quantize_nchw(const FjQuantizeParams& p, u32 blk, const StepSrc& src) {
     __shared__ u32 sh[FJ_HIST_BINS];
     __shared__ float part[FJ_WARPS][FJ_NCHW_TOKENS_PER_BLOCK];
     if (HIST) hist_init(sh);
@@ -109,7 +129,7 @@ __device__ void quantize_nchw(const FjQuantizeParams& p, u32 blk) {
     QState st = {0.0f, 0u, ~0ull};
     if (live) {
         const typename D::T* x = (const typename D::T*)p.x;
-        const float step = ((const float*)p.steps)[t];
+        const float step = token_step(p, src, t, warp == 0);
         const float inv = __fdiv_rn(1.0f, step);
         // Offsets advance by additions: a warp's channels are FJ_WARPS planes apart, a batch of
         // them FJ_QN_BATCH times that (no 64-bit multiply per element).
@@ -143,7 +163,7 @@ __device__ void quantize_nchw(const FjQuantizeParams& p, u32 blk) {
 }
 
 template <class D, u32 BITS, bool HIST>
-__device__ void quantize_ntc(const FjQuantizeParams& p, u32 blk) {
+__device__ void quantize_ntc(const FjQuantizeParams& p, u32 blk, const StepSrc& src) {
     __shared__ u32 sh[FJ_HIST_BINS];
     if (HIST) hist_init(sh);
     const FjTokenGeom g = p.geom;
@@ -154,7 +174,7 @@ __device__ void quantize_ntc(const FjQuantizeParams& p, u32 blk) {
     QState st = {0.0f, 0u, ~0ull};
     if (live) {
         const typename D::T* x = (const typename D::T*)p.x;
-        const float step = ((const float*)p.steps)[t];
+        const float step = token_step(p, src, t, lane == 0);
         const float inv = __fdiv_rn(1.0f, step);
         const u64 base = (u64)t * g.k;
         const u32 esz = sizeof(typename D::T);
@@ -219,17 +239,53 @@ __device__ void quantize_batch(const FjQuantizeBatchParams& b) {
     const u32 i = fj_batch_item(b.block_start, b.count);
     const FjQuantizeParams& p = b.items[i];
     const u32 blk = blockIdx.x - b.block_start[i];
-    if (p.geom.layout == FJ_LAYOUT_NCHW) quantize_nchw<D, BITS, HIST>(p, blk);
-    else quantize_ntc<D, BITS, HIST>(p, blk);
+    if (p.geom.layout == FJ_LAYOUT_NCHW) quantize_nchw<D, BITS, HIST>(p, blk, given_steps());
+    else quantize_ntc<D, BITS, HIST>(p, blk, given_steps());
+}
+
+// The chain's prologue, in every block: the first launch's partials summed in one fixed order
+// (each thread a strided run, then the block reduction), the scale as fj_step_alloc computes it
+// (f64, rounded once to f32), and from block 0 the chain's two token-stats cells.
+__device__ __forceinline__ StepSrc chain_steps(const FjQuantizeChainParams& c) {
+    __shared__ double sum_sh;
+    const double* ps = (const double*)c.partials;
+    const u64* pb = (const u64*)c.partials + c.nparts;
+    double s = 0.0;
+    u64 b = ~0ull;
+    for (u32 i = threadIdx.x; i < c.nparts; i += blockDim.x) {
+        s += ps[i];
+        b = pb[i] < b ? pb[i] : b;
+    }
+    s = block_sum_d(s);
+    b = block_min_u64(b);
+    if (threadIdx.x == 0) {
+        sum_sh = s;
+        if (blockIdx.x == 0) {
+            *(double*)c.sum_sq_out = s;
+            *(u64*)c.bad_jnd_out = b == ~0ull ? 0ull : ~b;
+        }
+    }
+    __syncthreads();
+    StepSrc r;
+    r.jt = (const float*)c.token_tol;
+    r.uniform = c.strategy == FJ_STRATEGY_UNIFORM;
+    r.scale = r.uniform ? fj_uniform_step(c.budget, c.beta) : fj_jnd_scale(c.budget, c.q.geom.tokens, sum_sh, c.beta);
+    return r;
 }
 
 // The module's specialisation, as template arguments.
 #define FJ_QSPEC FJ_Q_BITS, (FJ_Q_HIST != 0)
 #define FJ_QUANTIZE(NAME, D)                                                                        \
     extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                                         \
-        fj_quantize_nchw_##NAME(const FjQuantizeParams p) { quantize_nchw<D, FJ_QSPEC>(p, blockIdx.x); } \
+        fj_quantize_nchw_##NAME(const FjQuantizeParams p) { quantize_nchw<D, FJ_QSPEC>(p, blockIdx.x, given_steps()); } \
     extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                                         \
-        fj_quantize_ntc_##NAME(const FjQuantizeParams p) { quantize_ntc<D, FJ_QSPEC>(p, blockIdx.x); }   \
+        fj_quantize_ntc_##NAME(const FjQuantizeParams p) { quantize_ntc<D, FJ_QSPEC>(p, blockIdx.x, given_steps()); } \
     extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                                         \
-        fj_quantize_batch_##NAME(const FjQuantizeBatchParams b) { quantize_batch<D, FJ_QSPEC>(b); }
+        fj_quantize_batch_##NAME(const FjQuantizeBatchParams b) { quantize_batch<D, FJ_QSPEC>(b); }      \
+    extern "C" __global__ void __launch_bounds__(FJ_BLOCK) fj_quantize_chain_nchw_##NAME(const FjQuantizeChainParams c) { \
+        quantize_nchw<D, FJ_QSPEC>(c.q, blockIdx.x, chain_steps(c));                                \
+    }                                                                                               \
+    extern "C" __global__ void __launch_bounds__(FJ_BLOCK) fj_quantize_chain_ntc_##NAME(const FjQuantizeChainParams c) { \
+        quantize_ntc<D, FJ_QSPEC>(c.q, blockIdx.x, chain_steps(c));                                 \
+    }
 FJ_FOR_DTYPES(FJ_QUANTIZE)

@@ -8,11 +8,10 @@ extern "C" __global__ void __launch_bounds__(FJ_BLOCK) fj_step_alloc(const FjSte
     if (t >= p.tokens) return;
     float* steps = (float*)p.steps;
     if (p.strategy == FJ_STRATEGY_UNIFORM) {
-        steps[t] = (float)(sqrt(12.0 * p.budget) * p.beta);
+        steps[t] = fj_uniform_step(p.budget, p.beta);
         return;
     }
-    const double sum_sq = *(const double*)p.sum_sq;
-    const float scale = (float)(sqrt(12.0 * p.budget * (double)p.tokens / sum_sq) * p.beta);
+    const float scale = fj_jnd_scale(p.budget, p.tokens, *(const double*)p.sum_sq, p.beta);
     const u32 src = p.strategy == FJ_STRATEGY_PERMUTED ? ((const u32*)p.perm)[t] : t;
     steps[t] = __fmul_rn(scale, ((const float*)p.token_tol)[src]);
 }

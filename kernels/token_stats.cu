@@ -24,6 +24,18 @@ __device__ __forceinline__ float finish(float a, u32 reduce, u32 k) {
 
 __device__ __forceinline__ void emit(const FjTokenStatsParams& p, u32 t, bool live, float jt, u64 bad) {
     if (live) ((float*)p.token_tol)[t] = jt;
+    if (p.partials) {
+        // The two-launch chain: this block's own cells, nothing accumulated across blocks.
+        const double s = block_sum_d(live ? (double)jt * (double)jt : 0.0);
+        const u64 b = block_min_u64(bad);
+        if (threadIdx.x == 0) {
+            ((double*)p.partials)[blockIdx.x] = s;
+            ((u64*)p.partials)[gridDim.x + blockIdx.x] = b;
+        }
+        if (blockIdx.x == 0)
+            for (u32 i = threadIdx.x; i < p.zero_count; i += blockDim.x) ((u64*)p.zero)[i] = 0ull;
+        return;
+    }
     report_bad((u64*)p.bad_index, bad);
     if (p.max_out) report_max_pos((u32*)p.max_out, live ? jt : 0.0f);
     if (p.sum_sq) {

@@ -496,6 +496,52 @@ fn async_calls_on_gpu_match_the_synchronous_calls_and_cpu() {
 }
 
 #[test]
+fn async_chain_on_gpu_two_launch_and_fallback_forms_match_cpu() {
+    // At most FJ_CHAIN_MAX_PARTS (512) token-stats blocks the chain runs as two launches without a
+    // memset (NCHW: 32 tokens a block, NTC: 8); above, as memset + three launches. Both sides of
+    // the boundary, with a workspace full of garbage and then reused without clearing: each call
+    // must clear what it accumulates into itself.
+    let Some(d) = gpu() else { return };
+    let q = QuantizeOptions::default();
+    for (layout, sizes) in [
+        (Layout::Nchw, vec![1i64, 8, 128, 128]), // 16 384 tokens: 512 blocks, two launches
+        (Layout::Nchw, vec![1, 8, 128, 129]),    // 16 512 tokens: 516 blocks, fallback
+        (Layout::Ntc, vec![1, 4096, 16]),        // 512 blocks, two launches
+        (Layout::Ntc, vec![1, 4097, 16]),        // 513 blocks, fallback
+    ] {
+        let what = format!("{layout:?} {sizes:?}");
+        let (x, j) = (feature(&sizes, Kind::Float, 7), jnd(&sizes, Kind::Float, 7));
+        let (xd, jd) = (x.to_device(d), j.to_device(d));
+        let t = ops::grid_of(&x, layout, 1).unwrap().tokens() as i64;
+        let (sync_steps, _) = ops::quantize_with_jnd(&xd, &jd, layout, 1, Reduce::Mean, 0.02, Strategy::Jnd, &q).unwrap();
+        let mut ws = ops::stats_buffer(ops::quantize_with_jnd_stats_slots(Bits::B8, t as usize), d).unwrap();
+        let _ = ws.fill_(-1);
+        let mut first = None;
+        for round in 0..2 {
+            let o = outs_on(&xd, t, d);
+            let st = Tensor::zeros([t], (Kind::Float, d));
+            let got = ops::quantize_with_jnd_async(&xd, &jd, layout, 1, Reduce::Mean, 0.02, Strategy::Jnd, &q, &bufs_of(&o), &st, &ws)
+                .unwrap()
+                .decode()
+                .unwrap();
+            close(&st, &sync_steps, 3e-7, 0.0, &format!("steps {what} round {round}"));
+            let cpu = ops::quantize(&x, layout, 1, &st.to_device(Device::Cpu), &q).unwrap();
+            bits_eq(&o[0], cpu.symbols.as_ref().unwrap(), &format!("symbols {what} round {round}"));
+            bits_eq(&o[1], cpu.recon.as_ref().unwrap(), &format!("recon {what} round {round}"));
+            assert_eq!((got.clamped, &got.histogram), (cpu.clamped, &cpu.histogram), "{what} round {round}");
+            // Same counts; the total error is an atomic f64 sum (its order varies between runs).
+            match &first {
+                None => first = Some((got.clamped, got.histogram.clone(), got.total_sse)),
+                Some((c, h, e)) => {
+                    assert_eq!((c, h), (&got.clamped, &got.histogram), "{what}: the second call on the same workspace differs");
+                    assert!((e - got.total_sse).abs() <= 1e-9 * e.abs(), "{what}: total error {e} then {}", got.total_sse);
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn async_errors_on_gpu_decode_like_the_cpu() {
     use featjnd_kernels::Error;
     let Some(d) = gpu() else { return };

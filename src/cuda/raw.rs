@@ -115,7 +115,8 @@ const _: () = assert!(FJ_HIST_BINS_B8 == 2 * FJ_QMAX_B8 + 1 && FJ_HIST_BINS_B16 
 // pin what the launchers below rely on, so a reordering in the header fails the build here).
 const _: () = assert!(std::mem::offset_of!(FjTokenStatsParams, max_out) == 32 + 4 * 8);
 const _: () = assert!(std::mem::offset_of!(FjTokenStatsParams, check) == std::mem::offset_of!(FjTokenStatsParams, reduce) + 4);
-const _: () = assert!(std::mem::size_of::<FjTokenStatsParams>() == 32 + 5 * 8 + 8);
+const _: () = assert!(std::mem::size_of::<FjTokenStatsParams>() == 32 + 5 * 8 + 8 + 2 * 8 + 8);
+const _: () = assert!(std::mem::offset_of!(FjTokenStatsParams, partials) == 32 + 5 * 8 + 8);
 const _: () = assert!(std::mem::offset_of!(FjCappedParams, budget) == 9 * 8 && std::mem::offset_of!(FjCappedParams, kappa) == 11 * 8);
 const _: () = assert!(std::mem::size_of::<FjCappedParams>() == 12 * 8);
 const _: () = assert!(FJ_CHECK_JND != FJ_CHECK_FINITE && FJ_CAPPED_ZERO_FEATURE != 0);
@@ -140,6 +141,8 @@ unsafe impl DeviceRepr for FjCappedParams {}
 unsafe impl DeviceRepr for FjQuantizeBatchParams {}
 // SAFETY: see above (the same for `FjPerturbParams`).
 unsafe impl DeviceRepr for FjPerturbBatchParams {}
+// SAFETY: see above (an `FjQuantizeParams` followed by addresses, floats and counts).
+unsafe impl DeviceRepr for FjQuantizeChainParams {}
 
 // ---- kernels: static tables, picked per module, dtype and layout; nothing formatted on the launch path ----
 
@@ -181,6 +184,10 @@ const CAPPED_STEPS: Kernel = single(M_STEP_ALLOC, 4, "fj_capped_steps");
 const QUANTIZE_NCHW: Family = Family { names: ["fj_quantize_nchw_f32", "fj_quantize_nchw_f16", "fj_quantize_nchw_bf16"], first: 0 };
 const QUANTIZE_NTC: Family = Family { names: ["fj_quantize_ntc_f32", "fj_quantize_ntc_f16", "fj_quantize_ntc_bf16"], first: 3 };
 const QUANTIZE_BATCH: Family = Family { names: ["fj_quantize_batch_f32", "fj_quantize_batch_f16", "fj_quantize_batch_bf16"], first: 6 };
+const QUANTIZE_CHAIN_NCHW: Family =
+    Family { names: ["fj_quantize_chain_nchw_f32", "fj_quantize_chain_nchw_f16", "fj_quantize_chain_nchw_bf16"], first: 9 };
+const QUANTIZE_CHAIN_NTC: Family =
+    Family { names: ["fj_quantize_chain_ntc_f32", "fj_quantize_chain_ntc_f16", "fj_quantize_chain_ntc_bf16"], first: 12 };
 // In each of the four specialised perturb.cu modules ([`perturb_module`]).
 const PERTURB_NORMS: Family = Family { names: ["fj_perturb_norms_f32", "fj_perturb_norms_f16", "fj_perturb_norms_bf16"], first: 0 };
 const PERTURB_APPLY: Family = Family { names: ["fj_perturb_apply_f32", "fj_perturb_apply_f16", "fj_perturb_apply_bf16"], first: 3 };
@@ -210,7 +217,7 @@ pub fn kernel_names() -> Vec<Kernel> {
     fam(&TOKEN_STATS_NTC, M_TOKEN_STATS);
     for bits in [Bits::B8, Bits::B16] {
         for hist in [false, true] {
-            for f in [&QUANTIZE_NCHW, &QUANTIZE_NTC, &QUANTIZE_BATCH] {
+            for f in [&QUANTIZE_NCHW, &QUANTIZE_NTC, &QUANTIZE_BATCH, &QUANTIZE_CHAIN_NCHW, &QUANTIZE_CHAIN_NTC] {
                 fam(f, quantize_module(bits, hist));
             }
         }
@@ -438,8 +445,24 @@ pub unsafe fn token_stats(
     stats: StatsBuf,
     sum_sq: bool,
 ) -> Result<()> {
+    let p = token_stats_params(grid, reduce, jnd, token_tol, stats, sum_sq)?;
+    let (k, blocks) = token_grid(&p.geom, &TOKEN_STATS_NCHW, &TOKEN_STATS_NTC, M_TOKEN_STATS, jnd.dt);
+    // SAFETY: the addresses in `p` are the caller's, valid by this function's contract; the
+    // statistics slots exist (checked by `token_stats_params`).
+    unsafe { go(on, k, &p, blocks) }
+}
+
+/// The parameters of a token-stats launch over J, its statistics room checked.
+fn token_stats_params(
+    grid: &TokenGrid,
+    reduce: Reduce,
+    jnd: Elems,
+    token_tol: DevPtrMut<f32>,
+    stats: StatsBuf,
+    sum_sq: bool,
+) -> Result<FjTokenStatsParams> {
     stats.need(TOKEN_STATS_SLOTS)?;
-    let p = FjTokenStatsParams {
+    Ok(FjTokenStatsParams {
         geom: grid.to_params(),
         jnd: jnd.ptr.addr(),
         token_tol: token_tol.addr(),
@@ -452,11 +475,8 @@ pub unsafe fn token_stats(
             Reduce::Min => FJ_REDUCE_MIN,
         },
         check: FJ_CHECK_JND,
-    };
-    let (k, blocks) = token_grid(&p.geom, &TOKEN_STATS_NCHW, &TOKEN_STATS_NTC, M_TOKEN_STATS, jnd.dt);
-    // SAFETY: the addresses in `p` are the caller's, valid by this function's contract; the
-    // statistics slots exist (checked above).
-    unsafe { go(on, k, &p, blocks) }
+        ..Default::default()
+    })
 }
 
 /// The first bad J a [`token_stats`] launch found.
@@ -544,6 +564,7 @@ pub unsafe fn token_rms(on: Launch, grid: &TokenGrid, x: Elems, rms: DevPtrMut<f
         max_out: stats.slot::<u32>(R_MAX).addr(),
         reduce: FJ_REDUCE_RMS,
         check: FJ_CHECK_FINITE,
+        ..Default::default()
     };
     let (k, blocks) = token_grid(&p.geom, &TOKEN_STATS_NCHW, &TOKEN_STATS_NTC, M_TOKEN_STATS, x.dt);
     // SAFETY: the addresses in `p` are the caller's, valid by this function's contract; the
@@ -1024,23 +1045,37 @@ pub unsafe fn zero_stats(on: Launch, stats: StatsBuf) -> Result<()> {
 }
 
 /// Slots of the fused chain `J → j_t → Δ_t → quantize` that runs without the host: a
-/// quantization's (histogram room included, [`quantize_slots`]), which must start zeroed, then the
-/// token tolerances `j_t` as scratch, two f32 a slot (need not be zeroed).
+/// quantization's (histogram room included, [`quantize_slots`]), then the token tolerances `j_t`
+/// as scratch, two f32 a slot, then room for the two-launch form's per-block partials (two slots
+/// a block of the token-stats launch, at most [`FJ_CHAIN_MAX_PARTS`] blocks). None of it needs
+/// zeroing by the caller: [`quantize_with_jnd`] clears what it accumulates into.
 pub fn jnd_chain_slots(bits: Bits, tokens: usize) -> usize {
+    chain_partials_at(bits, tokens) + 2 * tokens.div_ceil(FJ_NTC_TOKENS_PER_BLOCK as usize).min(FJ_CHAIN_MAX_PARTS as usize)
+}
+
+/// The first slot of the chain's partials in its workspace.
+fn chain_partials_at(bits: Bits, tokens: usize) -> usize {
     quantize_slots(bits, true) + tokens.div_ceil(2)
 }
 
 /// Enqueues the fused chain on device memory only: token stats of `jnd` (its `j_t` into the
-/// scratch tail of `ws`, `Σ j_t²` into its slot), the step allocation into `steps`, and the
-/// quantization of `p` (whose `steps` must be `steps`). Three launches, nothing on the host, no
-/// allocation; the statistics decode with [`decode_quantize`]. The permuted strategy needs a
-/// device permutation made on the host, so it is refused here (the synchronous call has it).
+/// scratch tail of `ws`), the steps into `steps`, and the quantization of `p` (whose `steps` must
+/// be `steps`); nothing on the host, no allocation; the statistics decode with
+/// [`decode_quantize`]. The permuted strategy needs a device permutation made on the host, so it
+/// is refused here (the synchronous call has it).
+///
+/// Two launches and no memset where the token-stats launch has at most [`FJ_CHAIN_MAX_PARTS`]
+/// blocks (issue 15 §2: up to 16 384 NCHW or 4 096 NTC tokens): its blocks leave per-block
+/// partials instead of adding into zeroed cells and clear the quantizer's accumulators, and the
+/// quantizer (`fj_quantize_chain_*`) sums the partials, makes each token's step and writes it.
+/// Larger inputs take a memset and three launches (token stats, [`step_alloc`], [`quantize`]).
+/// The two forms compute the same values (`Σ j_t²` summed in another order, in f64).
 ///
 /// # Safety
 /// As [`token_stats`], [`step_alloc`] and [`quantize`] together: `jnd` and `x` hold
 /// `grid.numel()` elements, `steps` room for `grid.tokens()` f32, the outputs of `p` what its
-/// fields say, nothing overlapping but `recon == x`; the first [`quantize_slots`]`(bits, true)`
-/// slots of `ws` zeroed; none used by other work until the launches complete in stream order.
+/// fields say, nothing overlapping but `recon == x`; `ws` (any contents) not used by other work
+/// until the launches complete in stream order.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn quantize_with_jnd(
     on: Launch,
@@ -1066,14 +1101,55 @@ pub unsafe fn quantize_with_jnd(
     }
     let stats = ws.sub(0, quantize_slots(bits, true))?;
     let jt = ws.slot::<f32>(stats.len);
-    let sp = StepPtrs { token_tol: jt.as_const(), sum_sq: stats.sum_sq(), perm: DevPtr::null(), steps };
-    // SAFETY: by this function's contract (the scratch `j_t` lies in `ws` past the statistics and
-    // overlaps nothing else); the three launches are ordered on one stream, each reading what the
-    // one before wrote.
+    let tp = token_stats_params(grid, reduce, jnd, jt, stats, true)?;
+    let (ts, parts) = token_grid(&tp.geom, &TOKEN_STATS_NCHW, &TOKEN_STATS_NTC, M_TOKEN_STATS, jnd.dt);
+    if parts > FJ_CHAIN_MAX_PARTS as u64 {
+        let sp = StepPtrs { token_tol: jt.as_const(), sum_sq: stats.sum_sq(), perm: DevPtr::null(), steps };
+        // SAFETY: by this function's contract (the scratch `j_t` lies in `ws` past the statistics
+        // and overlaps nothing else); the memset and the three launches are ordered on one stream,
+        // each reading what the one before wrote.
+        return unsafe {
+            zero_stats(on, stats)?;
+            go(on, ts, &tp, parts)?;
+            step_alloc(on, &sp, grid.tokens(), budget, strategy, 1.0)?;
+            quantize(on, dt, grid, p, bits, histogram, stats)
+        };
+    }
+    let partials = ws.slot::<f64>(chain_partials_at(bits, grid.tokens()));
+    // The token-stats launch writes its partials (two slots a block) instead of accumulating, and
+    // clears the quantizer's cells (everything past the chain's two token-stats cells).
+    let zero = stats.sub(Q_BAD_X, stats.len - Q_BAD_X)?;
+    let tp = FjTokenStatsParams {
+        sum_sq: 0,
+        bad_index: 0,
+        partials: partials.addr(),
+        zero: zero.base.addr(),
+        zero_count: zero.len as u32,
+        ..tp
+    };
+    let q = quant_params(grid, p, bits, histogram, stats)?;
+    let c = FjQuantizeChainParams {
+        q,
+        token_tol: jt.addr(),
+        partials: partials.addr(),
+        sum_sq_out: stats.slot::<f64>(T_SUM_SQ).addr(),
+        bad_jnd_out: stats.slot::<u64>(T_BAD_J).addr(),
+        budget,
+        beta: 1.0,
+        nparts: parts as u32,
+        strategy: if strategy == Strategy::Uniform { FJ_STRATEGY_UNIFORM } else { FJ_STRATEGY_JND },
+    };
+    let m = quantize_module(bits, histogram);
+    let (qk, blocks) = token_grid(&q.geom, &QUANTIZE_CHAIN_NCHW, &QUANTIZE_CHAIN_NTC, m, dt);
+    // The quantizer's grid is the token-stats grid (same tokens per block for each layout).
+    debug_assert_eq!(blocks, parts);
+    // SAFETY: by this function's contract: `j_t`, the partials (`2 * parts` slots, room checked by
+    // `ws.need` above since `parts <= FJ_CHAIN_MAX_PARTS`) and the statistics lie in `ws` apart
+    // from each other and from every other array; the second launch reads what the first wrote,
+    // in stream order, and writes `steps` (= `p.steps`) for every token.
     unsafe {
-        token_stats(on, grid, reduce, jnd, jt, stats, true)?;
-        step_alloc(on, &sp, grid.tokens(), budget, strategy, 1.0)?;
-        quantize(on, dt, grid, p, bits, histogram, stats)
+        go(on, ts, &tp, parts)?;
+        go(on, qk, &c, blocks)
     }
 }
 
@@ -1204,7 +1280,12 @@ mod tests {
         encode_perturb(&mut p, None, &rep);
         assert_eq!(decode_perturb(&p, 3), (None, rep));
         assert_eq!(bad_of_error(&Error::Nrmse(-1.0)), None);
-        assert_eq!(jnd_chain_slots(Bits::B8, 5), quantize_slots(Bits::B8, true) + 3);
+        // Statistics, j_t two a slot, two partial slots per token-stats block (NTC: 8 tokens a
+        // block, the larger count), at most FJ_CHAIN_MAX_PARTS blocks' worth.
+        assert_eq!(jnd_chain_slots(Bits::B8, 5), quantize_slots(Bits::B8, true) + 3 + 2);
+        assert_eq!(jnd_chain_slots(Bits::B16, 1024), quantize_slots(Bits::B16, true) + 512 + 2 * 128);
+        let big = 8 * FJ_CHAIN_MAX_PARTS as usize + 1;
+        assert_eq!(jnd_chain_slots(Bits::B8, big), quantize_slots(Bits::B8, true) + big.div_ceil(2) + 2 * FJ_CHAIN_MAX_PARTS as usize);
     }
 
     #[test]
@@ -1257,9 +1338,10 @@ mod tests {
             (Kernel { module: m, index: 5, name: "fj_quantize_ntc_bf16" }, 5)
         );
         assert_eq!(perturb_module(NoiseKind::Uniform, false), M_PERTURB + 2);
-        // step + noise, token stats, 4 quantize modules, 4 specialised perturb modules, the batch pair.
+        // step + noise, token stats, 4 quantize modules (single, batch, chain), 4 specialised perturb
+        // modules, the batch pair.
         let all = kernel_names();
-        assert_eq!(all.len(), 6 + 6 + 4 * 9 + 4 * 6 + 6);
+        assert_eq!(all.len(), 6 + 6 + 4 * 15 + 4 * 6 + 6);
         // One handle cell per (module, index): no two names share one, every index has room.
         for (i, a) in all.iter().enumerate() {
             assert!(a.module < super::super::compile::MODULES.len() && a.index < crate::cuda::MAX_KERNELS_PER_MODULE, "{a:?}");

@@ -428,7 +428,7 @@ pub(super) fn quantize_async(
     unsafe { raw::quantize(on.launch(), dt, grid, &quant_ptrs(x, steps, outs), opts.bits, opts.histogram, ws) }
 }
 
-/// Zeroes the statistics and enqueues the fused chain (token stats, steps into `steps`, quantize).
+/// Enqueues the fused chain (token stats, steps into `steps`, quantize; it zeroes what it needs).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn quantize_with_jnd_async(
     o: usize,
@@ -448,12 +448,11 @@ pub(super) fn quantize_with_jnd_async(
 ) -> Result<()> {
     let on = On::new(o)?;
     let ws = workspace(stats, slots);
-    on.zero(ws.sub(0, raw::quantize_slots(opts.bits, true))?)?;
     let p = quant_ptrs(x, steps, outs);
     // SAFETY: `x` and `J` are checked contiguous CUDA tensors of `dt`/`dj` with the grid's sizes
     // on device `o`; `steps` holds `T` f32 and the outputs their shapes, all disjoint from each
-    // other, the inputs and the workspace (checked by the caller); the statistics part of the
-    // workspace is zeroed just above on the same stream.
+    // other, the inputs and the workspace (checked by the caller); the chain clears what it
+    // accumulates into itself, on the same stream.
     unsafe {
         raw::quantize_with_jnd(
             on.launch(),

@@ -4,7 +4,8 @@
 //! functions, in the layout of `cuda::raw`) and its outputs in caller-owned tensors.
 //!
 //! On CUDA a call only enqueues work on torch's current stream: a memset node that zeroes the
-//! statistics, then the kernels. No host read of device memory, no sync, no device allocation
+//! statistics, then the kernels (the fused chain on inputs of up to 512 token-stats blocks: two
+//! kernels and no memset, `raw::quantize_with_jnd`). No host read of device memory, no sync, no device allocation
 //! (the host work is the argument checks and a few small host objects), so a loop of calls can be
 //! captured into a CUDA graph where torch's current stream is a capturing stream (e.g. under
 //! `torch.cuda.graph`; the C ABI takes the stream as an argument). Errors the kernels find (a

@@ -434,10 +434,8 @@ impl Gpu {
         let s = unsafe { self.stream(stream)? };
         let on = Launch { dev: &self.dev, stream: &s };
         self.check(stats as *const c_void, slots * 8, "stats")?;
+        // The chain clears what it accumulates into itself (no memset of the caller's array).
         let ws = StatsBuf::new(DevPtrMut::from_raw(stats), slots);
-        // SAFETY: device memory of this device with `slots` i64 (contract, checked above); only the
-        // statistics part needs zeroing (the token tolerances are scratch).
-        unsafe { raw::zero_stats(on, ws.sub(0, raw::quantize_slots(bits, true))?)? };
         let j = Elems { ptr: DevPtr::from_raw(jnd), dt: dj };
         let steps = DevPtrMut::from_addr(p.steps.addr());
         // SAFETY: every pointer is device memory of this device with the bytes the kernels touch
