@@ -58,23 +58,20 @@ __device__ void token_stats_nchw(const FjTokenStatsParams& p) {
     u64 bad = ~0ull;
     if (live) {
         const typename D::T* j = (const typename D::T*)p.jnd;
-        const u64 plane = (u64)g.h * g.w;
+        // Offsets advance by additions (as in quantize.cu): a warp's channels are FJ_WARPS planes
+        // apart, a batch of 8 of them 8 times that.
+        const u64 wstride = (u64)FJ_WARPS * ((u64)g.h * g.w);
         const u64 base = nchw_token_base(g, t, warp);
         for (u32 r = 0; r < g.patch; ++r)
             for (u32 q = 0; q < g.patch; ++q) {
-                const u64 pos = base + (u64)r * g.w + q;
-                for (u32 c = warp; c < g.c; c += FJ_WARPS * 8) {
+                u64 off = base + (u64)r * g.w + q;  // element (warp's channel c, this pixel)
+                for (u32 c = warp; c < g.c; c += FJ_WARPS * 8, off += 8 * wstride) {
                     float v[8];
 #pragma unroll
-                    for (int b = 0; b < 8; ++b) {
-                        const u32 cc = c + b * FJ_WARPS;
-                        v[b] = cc < g.c ? D::load(j[pos + (u64)(cc - warp) * plane]) : 0.0f;
-                    }
+                    for (int b = 0; b < 8; ++b) v[b] = c + b * FJ_WARPS < g.c ? D::load(j[off + b * wstride]) : 0.0f;
 #pragma unroll
-                    for (int b = 0; b < 8; ++b) {
-                        const u32 cc = c + b * FJ_WARPS;
-                        if (cc < g.c) acc_elem<D>(v[b], pos + (u64)(cc - warp) * plane, p.reduce, p.check, a, bad);
-                    }
+                    for (int b = 0; b < 8; ++b)
+                        if (c + b * FJ_WARPS < g.c) acc_elem<D>(v[b], off + b * wstride, p.reduce, p.check, a, bad);
                 }
             }
     }
