@@ -241,6 +241,52 @@ struct Acc {
     sse: f64,
     bad: usize,
     hist: Vec<u64>,
+    /// The task's histogram counts not yet in `hist`.
+    counts: HistCounts,
+}
+
+/// A symbol histogram counted into four interleaved `u32` tables: most symbols sit near 0, so
+/// consecutive increments of one counter would wait on each other (a store-to-load chain per
+/// element); four tables let four run at once. Flushed into `u64` bins before a counter could
+/// overflow and at the end of a task.
+struct HistCounts {
+    tabs: Vec<u32>,
+    nbins: usize,
+    pending: u64,
+}
+
+impl HistCounts {
+    fn new(nbins: usize) -> HistCounts {
+        HistCounts { tabs: vec![0; 4 * nbins], nbins, pending: 0 }
+    }
+
+    fn count(&mut self, q: &[i32], bits: Bits, hist: &mut [u64]) {
+        if self.pending + q.len() as u64 > u32::MAX as u64 {
+            self.flush(hist);
+        }
+        self.pending += q.len() as u64;
+        let (t01, t23) = self.tabs.split_at_mut(2 * self.nbins);
+        let (t0, t1) = t01.split_at_mut(self.nbins);
+        let (t2, t3) = t23.split_at_mut(self.nbins);
+        let mut quads = q.chunks_exact(4);
+        for c in &mut quads {
+            t0[bits.bin(c[0])] += 1;
+            t1[bits.bin(c[1])] += 1;
+            t2[bits.bin(c[2])] += 1;
+            t3[bits.bin(c[3])] += 1;
+        }
+        for &v in quads.remainder() {
+            t0[bits.bin(v)] += 1;
+        }
+    }
+
+    fn flush(&mut self, hist: &mut [u64]) {
+        for (k, h) in hist.iter_mut().enumerate() {
+            *h += (0..4).map(|i| self.tabs[i * self.nbins + k] as u64).sum::<u64>();
+        }
+        self.tabs.fill(0);
+        self.pending = 0;
+    }
 }
 
 struct Scratch {
@@ -261,7 +307,7 @@ fn run<E: Element>(raw: Raw<E>, grid: &TokenGrid, steps: &[f32], bits: Bits) -> 
     let nchw = grid.shape.layout == Layout::Nchw;
     let nbins = if raw.hist { bits.hist_bins() } else { 0 };
     let raw = &raw;
-    let new_acc = || Acc { clamped: 0, sse: 0.0, bad: usize::MAX, hist: vec![0; nbins] };
+    let new_acc = || Acc { clamped: 0, sse: 0.0, bad: usize::MAX, hist: vec![0; nbins], counts: HistCounts::new(nbins) };
     let acc = (0..bands.count)
         .into_par_iter()
         .with_min_len(bands.min_len())
@@ -344,9 +390,7 @@ fn run<E: Element>(raw: Raw<E>, grid: &TokenGrid, steps: &[f32], bits: Bits) -> 
                         }
                     }
                     if raw.hist {
-                        for &q in &s.q[..len] {
-                            acc.hist[bits.bin(q)] += 1;
-                        }
+                        acc.counts.count(&s.q[..len], bits, &mut acc.hist);
                     }
                 });
                 if nchw {
@@ -366,7 +410,10 @@ fn run<E: Element>(raw: Raw<E>, grid: &TokenGrid, steps: &[f32], bits: Bits) -> 
                 (acc, s)
             },
         )
-        .map(|(a, _)| a)
+        .map(|(mut a, _)| {
+            a.counts.flush(&mut a.hist);
+            a
+        })
         .reduce(new_acc, |mut a, b| {
             a.clamped += b.clamped;
             a.sse += b.sse;
