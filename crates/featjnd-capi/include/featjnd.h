@@ -154,6 +154,50 @@ typedef struct FjPerturbOptions {
   float *scales;
 } FjPerturbOptions;
 
+// One feature of `fj_perturb_batch_async`: what `fj_perturb_async` takes as `x`, `jnd`, `nrmse`,
+// `opts` (its noise fields; the scales come from `fj_perturb_decode`) and `out`. Zero-initialise,
+// set `size = sizeof(FjPerturbItem)` in every item (the array's stride). `out` may equal
+// `x->data` (in place); it must not otherwise overlap `x`, `jnd`, the statistics or any array of
+// another item.
+typedef struct FjPerturbItem {
+  uint32_t size;
+  // `FJ_GAUSSIAN` or `FJ_UNIFORM_NOISE`.
+  uint32_t noise;
+  uint64_t seed;
+  // The Philox subsequence (third counter word): independent noise for the same seed.
+  uint32_t subsequence;
+  uint32_t pad0;
+  // The per-sample NRMSE `r` (finite, >= 0).
+  double nrmse;
+  // The feature (every item of a batch has the same dtype).
+  const struct FjFeature *x;
+  // Null for J ≡ 1, else the dtype, layout and dims of `x`.
+  const struct FjFeature *jnd;
+  // As many elements of x's dtype as `x` has.
+  void *out;
+} FjPerturbItem;
+
+// One feature of `fj_quantize_batch_async`: what `fj_quantize_async` takes as `x`, `steps` and
+// `opts` (the batch's `bits` is the call's; no histogram pointer: the statistics hold it).
+// Zero-initialise, set `size = sizeof(FjQuantizeItem)` in every item (the array's stride).
+// Null outputs are skipped. No output may overlap its item's `x->data` or `steps`, its other
+// outputs, the statistics or any array of another item, except `recon == x->data` (in place).
+typedef struct FjQuantizeItem {
+  uint32_t size;
+  // Patch size for NCHW tokens (0 means 1).
+  uint32_t patch;
+  // The feature (every item of a batch has the same dtype).
+  const struct FjFeature *x;
+  // `float[tokens]`: this item's steps.
+  const float *steps;
+  // `int8_t[numel]` (8 bits) or `int16_t[numel]` (16 bits).
+  void *symbols;
+  // Reconstruction, dtype of x, `numel` elements; may equal `x->data` (in place).
+  void *recon;
+  // `float[tokens]`: per-token squared error.
+  float *token_sse;
+} FjQuantizeItem;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -373,6 +417,76 @@ int32_t fj_perturb_async(const struct FjContext *ctx,
                          int64_t *stats,
                          uint64_t stats_len,
                          void *stream);
+
+// How many `int64_t` statistics slots `fj_quantize_batch_async` needs for `count` items of `bits`
+// (8 or 16; 0 = 8): `count · fj_quantize_stats_slots(bits)`. Item `i`'s statistics are the
+// `fj_quantize_stats_slots(bits)` slots from `stats + i · fj_quantize_stats_slots(bits)`.
+//
+// # Safety
+// `out_slots` is null or writable for one `uint64_t`.
+int32_t fj_quantize_batch_stats_slots(uint32_t bits, uint32_t count, uint64_t *out_slots);
+
+// How many `int64_t` statistics slots `fj_perturb_batch_async` needs for `items[count]` (their
+// features' dims only; no data is read): the sum of every item's `fj_perturb_stats_slots(x)`, in
+// item order. Item `i`'s slice starts at the sum over the items before it; `out_offsets`, unless
+// null, receives those starts (`uint64_t[count]`, host memory). `count` 0 gives 0.
+//
+// # Safety
+// `items` is null or readable for `count` `FjPerturbItem`s of `items[0].size` bytes each, whose
+// `x` are readable `FjFeature`s; `out_slots` null or writable for one `uint64_t`; `out_offsets`
+// null or writable for `count` `uint64_t`.
+int32_t fj_perturb_batch_stats_slots(const struct FjPerturbItem *items,
+                                     uint32_t count,
+                                     uint64_t *out_slots,
+                                     uint64_t *out_offsets);
+
+// `fj_quantize_async` on `count` independent features in one call (issue 15 §3): every item has
+// its own feature, patch, steps and outputs; all share the dtype (else `FJ_ERR_DTYPE`) and `bits`
+// (8 or 16; 0 = 8). Item `i`'s statistics go to the `fj_quantize_stats_slots(bits)` slots from
+// `stats + i · fj_quantize_stats_slots(bits)` (`stats_len` at least
+// `fj_quantize_batch_stats_slots(bits, count)`); decode each with `fj_quantize_decode(ctx,
+// items[i].x, NULL, items[i].patch, bits, stats + i · s, s, stream, ...)`. Every item is checked
+// as `fj_quantize_async` checks its arguments (a message names the item: `items[i]: ...`), and no
+// output may overlap any other array of the batch or the statistics (`FJ_ERR_ARG`), all before
+// anything is written or enqueued. A bad element of item `i` (NaN or ±Inf) is not the call's
+// status: it is recorded in item `i`'s statistics, and the other items are unaffected.
+// On a CUDA context: one launch per 32 items on `stream`, nothing else (no sync, no allocation;
+// capturable). On a CPU context the items run in order, synchronously. `count` 0 is a no-op that
+// returns `FJ_OK` (`items` and `stats` are not read). `items` is an array of structs whose
+// stride is `items[0].size`.
+//
+// # Safety
+// As `fj_quantize_async` for every item; `items` readable for `count` `FjQuantizeItem`s of
+// `items[0].size` bytes each (unless `count` is 0); `stats` writable for `stats_len` `int64_t` in
+// the context's memory; on a CUDA context every array must stay valid and untouched until
+// `stream` has run the work.
+int32_t fj_quantize_batch_async(const struct FjContext *ctx,
+                                const struct FjQuantizeItem *items,
+                                uint32_t count,
+                                uint32_t bits,
+                                int64_t *stats,
+                                uint64_t stats_len,
+                                void *stream);
+
+// `fj_perturb_async` on `count` independent features in one call (issue 15 §3): every item has
+// its own feature, J (or none), NRMSE, noise and output; all share the dtype (else
+// `FJ_ERR_DTYPE`). Item `i`'s statistics follow item `i − 1`'s in `stats`
+// (`fj_perturb_batch_stats_slots` gives the total and each item's offset `off[i]`); decode each
+// with `fj_perturb_decode(ctx, items[i].x, items[i].jnd, items[i].nrmse, stats + off[i],
+// stats_len - off[i], stream, scales)`. Checks, overlap rule, bad elements, `count` 0 and the
+// CUDA and CPU paths as `fj_quantize_batch_async` (two launches per 32 items on CUDA).
+//
+// # Safety
+// As `fj_perturb_async` for every item; `items` readable for `count` `FjPerturbItem`s of
+// `items[0].size` bytes each (unless `count` is 0); `stats` writable for `stats_len` `int64_t` in
+// the context's memory; on a CUDA context every array must stay valid and untouched until
+// `stream` has run the work.
+int32_t fj_perturb_batch_async(const struct FjContext *ctx,
+                               const struct FjPerturbItem *items,
+                               uint32_t count,
+                               int64_t *stats,
+                               uint64_t stats_len,
+                               void *stream);
 
 // Decodes the statistics of `fj_quantize_async` or `fj_quantize_with_jnd_async` (same `x`,
 // `patch` and `bits`; `jnd` as given to the fused call, else null) into `result` (and the

@@ -332,12 +332,7 @@ impl Gpu {
             // Before the pointer checks, as on the CPU path (the launcher checks it again).
             return Err(Error::Nrmse(nrmse).into());
         }
-        let bytes = a.numel * a.dt.size();
-        self.check(a.x.addr() as _, bytes, "x->data")?;
-        self.check(a.out.addr() as _, bytes, "out")?;
-        if !a.jnd.is_null() {
-            self.check(a.jnd.addr() as _, bytes, "jnd->data")?;
-        }
+        self.check_perturb(a)?;
         if !scales.is_null() {
             self.check(scales as _, a.samples * 4, "opts->scales")?;
         }
@@ -458,12 +453,7 @@ impl Gpu {
         slots: usize,
         stream: *mut c_void,
     ) -> R<()> {
-        let bytes = a.numel * a.dt.size();
-        self.check(a.x.addr() as _, bytes, "x->data")?;
-        self.check(a.out.addr() as _, bytes, "out")?;
-        if !a.jnd.is_null() {
-            self.check(a.jnd.addr() as _, bytes, "jnd->data")?;
-        }
+        self.check_perturb(a)?;
         // SAFETY: null or a live stream of this device (contract).
         let s = unsafe { self.stream(stream)? };
         let on = Launch { dev: &self.dev, stream: &s };
@@ -473,6 +463,92 @@ impl Gpu {
         // (contract, checked above); the aliasing rule was checked by the caller; the statistics
         // were zeroed just above on the same stream.
         unsafe { raw::perturb(on, a, nrmse, noise, view)? };
+        Ok(())
+    }
+
+    /// A batch of quantizations on device pointers, enqueued only: every item's pointers checked
+    /// as [`Gpu::quantize_async`] checks them (the message names the item), the caller's
+    /// `stats[per · items]` zeroed (one memset), then one launch per `FJ_BATCH_MAX` items; item `i`'s
+    /// statistics are the `per` slots from `i · per`.
+    ///
+    /// # Safety
+    /// As [`Gpu::quantize_async`] for every item, no item's output overlapping another item's
+    /// arrays; `stats` device memory of this device for `per · items.len()` i64 overlapping
+    /// nothing else.
+    pub unsafe fn quantize_batch_async(
+        &self,
+        dt: Dtype,
+        items: &[(TokenGrid, QuantPtrs)],
+        bits: Bits,
+        stats: *mut i64,
+        per: usize,
+        stream: *mut c_void,
+    ) -> R<()> {
+        for (i, (g, p)) in items.iter().enumerate() {
+            self.check_quant(dt, g, p, bits).map_err(|f| f.in_item(i))?;
+        }
+        // SAFETY: null or a live stream of this device (contract).
+        let s = unsafe { self.stream(stream)? };
+        let on = Launch { dev: &self.dev, stream: &s };
+        // SAFETY: `stats` as the contract says (checked with the driver inside).
+        let view = unsafe { self.zeroed_stats(on, stats, per * items.len())? };
+        let batch = items
+            .iter()
+            .enumerate()
+            .map(|(i, &(grid, p))| Ok(raw::BatchItem { grid, p, stats: view.sub(i * per, per)? }))
+            .collect::<Result<Vec<_>, Error>>()?;
+        // SAFETY: every non-null pointer is device memory of this device with the bytes the kernel
+        // touches (contract, checked with the driver above); the aliasing rule, within and across
+        // items, was checked by the caller; the statistics were zeroed just above on the same
+        // stream, each item owning its own slots.
+        unsafe { raw::quantize_batch(on, dt, &batch, bits, true)? };
+        Ok(())
+    }
+
+    /// A batch of perturbations on device pointers, enqueued only: every item (arrays, NRMSE,
+    /// noise, the offset of its statistics) checked as [`Gpu::perturb_async`] checks it, the
+    /// caller's `stats[total]` zeroed (one memset), then two launches per `FJ_BATCH_MAX` items.
+    ///
+    /// # Safety
+    /// As [`Gpu::perturb_async`] for every item, no item's output overlapping another item's
+    /// arrays; `stats` device memory of this device for `total` i64 overlapping nothing else, each
+    /// item's `perturb_slots(samples)` slots from its offset inside it and disjoint from the others'.
+    pub unsafe fn perturb_batch_async(
+        &self,
+        dt: Dtype,
+        items: &[(PerturbPtrs, f64, NoiseSpec, usize)],
+        stats: *mut i64,
+        total: usize,
+        stream: *mut c_void,
+    ) -> R<()> {
+        for (i, (a, ..)) in items.iter().enumerate() {
+            self.check_perturb(a).map_err(|f| f.in_item(i))?;
+        }
+        // SAFETY: null or a live stream of this device (contract).
+        let s = unsafe { self.stream(stream)? };
+        let on = Launch { dev: &self.dev, stream: &s };
+        // SAFETY: `stats` as the contract says (checked with the driver inside).
+        let view = unsafe { self.zeroed_stats(on, stats, total)? };
+        let batch = items
+            .iter()
+            .map(|&(a, nrmse, noise, off)| Ok(raw::PerturbItem { a, nrmse, noise, stats: view.sub(off, raw::perturb_slots(a.samples))? }))
+            .collect::<Result<Vec<_>, Error>>()?;
+        // SAFETY: `x`, `jnd` and `out` of every item are device memory of this device with `numel`
+        // elements (contract, checked above); the aliasing rule, within and across items, was
+        // checked by the caller; the statistics were zeroed just above on the same stream, each
+        // item owning its own slots.
+        unsafe { raw::perturb_batch(on, dt, &batch)? };
+        Ok(())
+    }
+
+    /// The pointer checks of a perturbation (x, out, J unless null).
+    fn check_perturb(&self, a: &PerturbPtrs) -> R<()> {
+        let bytes = a.numel * a.dt.size();
+        self.check(a.x.addr() as _, bytes, "x->data")?;
+        self.check(a.out.addr() as _, bytes, "out")?;
+        if !a.jnd.is_null() {
+            self.check(a.jnd.addr() as _, bytes, "jnd->data")?;
+        }
         Ok(())
     }
 

@@ -120,6 +120,7 @@ pub struct FjContextOptions {
 
 /// A dense, contiguous feature: host memory for a CPU context, device memory for a CUDA one.
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct FjFeature {
     /// `FJ_F32`, `FJ_F16` or `FJ_BF16`.
     pub dtype: u32,
@@ -175,6 +176,54 @@ pub struct FjPerturbOptions {
     pub scales: *mut f32,
 }
 
+/// One feature of `fj_quantize_batch_async`: what `fj_quantize_async` takes as `x`, `steps` and
+/// `opts` (the batch's `bits` is the call's; no histogram pointer: the statistics hold it).
+/// Zero-initialise, set `size = sizeof(FjQuantizeItem)` in every item (the array's stride).
+/// Null outputs are skipped. No output may overlap its item's `x->data` or `steps`, its other
+/// outputs, the statistics or any array of another item, except `recon == x->data` (in place).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FjQuantizeItem {
+    pub size: u32,
+    /// Patch size for NCHW tokens (0 means 1).
+    pub patch: u32,
+    /// The feature (every item of a batch has the same dtype).
+    pub x: *const FjFeature,
+    /// `float[tokens]`: this item's steps.
+    pub steps: *const f32,
+    /// `int8_t[numel]` (8 bits) or `int16_t[numel]` (16 bits).
+    pub symbols: *mut c_void,
+    /// Reconstruction, dtype of x, `numel` elements; may equal `x->data` (in place).
+    pub recon: *mut c_void,
+    /// `float[tokens]`: per-token squared error.
+    pub token_sse: *mut f32,
+}
+
+/// One feature of `fj_perturb_batch_async`: what `fj_perturb_async` takes as `x`, `jnd`, `nrmse`,
+/// `opts` (its noise fields; the scales come from `fj_perturb_decode`) and `out`. Zero-initialise,
+/// set `size = sizeof(FjPerturbItem)` in every item (the array's stride). `out` may equal
+/// `x->data` (in place); it must not otherwise overlap `x`, `jnd`, the statistics or any array of
+/// another item.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FjPerturbItem {
+    pub size: u32,
+    /// `FJ_GAUSSIAN` or `FJ_UNIFORM_NOISE`.
+    pub noise: u32,
+    pub seed: u64,
+    /// The Philox subsequence (third counter word): independent noise for the same seed.
+    pub subsequence: u32,
+    pub pad0: u32,
+    /// The per-sample NRMSE `r` (finite, >= 0).
+    pub nrmse: f64,
+    /// The feature (every item of a batch has the same dtype).
+    pub x: *const FjFeature,
+    /// Null for J ≡ 1, else the dtype, layout and dims of `x`.
+    pub jnd: *const FjFeature,
+    /// As many elements of x's dtype as `x` has.
+    pub out: *mut c_void,
+}
+
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
 }
@@ -204,6 +253,13 @@ impl From<Error> for Fail {
             Error::Checkpoint { .. } | Error::Model(_) | Error::Torch(_) => FJ_ERR_ARG,
         };
         Fail(code, e.to_string())
+    }
+}
+
+impl Fail {
+    /// The failure of one item of a batch: its message names the item.
+    fn in_item(self, i: usize) -> Fail {
+        Fail(self.0, format!("items[{i}]: {}", self.1))
     }
 }
 
@@ -289,6 +345,34 @@ impl Default for FjQuantizeOptions {
 impl Default for FjPerturbOptions {
     fn default() -> Self {
         FjPerturbOptions { size: 0, noise: 0, seed: 0, subsequence: 0, pad0: 0, scales: std::ptr::null_mut() }
+    }
+}
+impl Default for FjQuantizeItem {
+    fn default() -> Self {
+        FjQuantizeItem {
+            size: 0,
+            patch: 0,
+            x: std::ptr::null(),
+            steps: std::ptr::null(),
+            symbols: std::ptr::null_mut(),
+            recon: std::ptr::null_mut(),
+            token_sse: std::ptr::null_mut(),
+        }
+    }
+}
+impl Default for FjPerturbItem {
+    fn default() -> Self {
+        FjPerturbItem {
+            size: 0,
+            noise: 0,
+            seed: 0,
+            subsequence: 0,
+            pad0: 0,
+            nrmse: 0.0,
+            x: std::ptr::null(),
+            jnd: std::ptr::null(),
+            out: std::ptr::null_mut(),
+        }
     }
 }
 
@@ -1204,6 +1288,13 @@ fn record_quantize(s: &mut [i64], r: Result<cpu::QuantStats, Error>) -> R<()> {
     })
 }
 
+/// [`record`] for a CPU perturbation of `samples` samples: its report, or the bad element it
+/// reported (with zero scales), into `s`.
+fn record_perturb(s: &mut [i64], samples: usize, r: Result<cpu::PerturbReport, Error>) -> R<()> {
+    let empty = cpu::PerturbReport { scales: vec![0.0; samples], zero_samples: vec![] };
+    record(r, |bad, rep| raw::encode_perturb(s, bad, rep.as_ref().unwrap_or(&empty)))
+}
+
 /// `fj_quantize` without a sync or an allocation: the clamp count, total error, histogram (always
 /// counted; `opts->histogram` must be null) and a bad x go to `stats[stats_len]`
 /// (`fj_quantize_stats_slots`), decoded by `fj_quantize_decode`. On a CPU context it runs
@@ -1379,8 +1470,381 @@ pub unsafe extern "C" fn fj_perturb_async(
         // SAFETY: `stats` is non-null, aligned and holds `slots` i64 of host memory (checked,
         // contract), overlapping nothing the op used (checked).
         let s: &mut [i64] = unsafe { slice_mut(stats as *mut c_void, slots) };
-        let empty = cpu::PerturbReport { scales: vec![0.0; pc.samples], zero_samples: vec![] };
-        record(r, |bad, rep| raw::encode_perturb(s, bad, rep.as_ref().unwrap_or(&empty)))
+        record_perturb(s, pc.samples, r)
+    })
+}
+
+// ---- batches (issue 15 §3): many independent features in one call ----
+//
+// A batch call checks every item as its single async call would, then the aliasing rule across
+// the batch (no written array may overlap any other array of the batch or the statistics), all
+// before anything is written or enqueued. On a CUDA context it zeroes the whole statistics array
+// (one memset node) and enqueues one launch per 32 items (two for the perturbation) through the
+// kernel library's batch launchers; on a CPU context it runs the items in order, synchronously.
+// Each item's statistics slice decodes with the single call's decoder.
+
+/// Reads item `i` of a caller's array of versioned structs. The array's stride is the `size` its
+/// first item declares (the caller's `sizeof`), and every item must declare the same.
+///
+/// # Safety
+/// `items` is non-null and readable for `count` items of its declared size each; `i < count`;
+/// `T` as for [`read_opts`].
+unsafe fn read_item<T: Default>(items: *const T, i: usize, stride: usize) -> R<T> {
+    // Address arithmetic only (no access yet): item `i` lies inside the caller's array (contract).
+    let p = (items as *const u8).wrapping_add(i * stride) as *const T;
+    // SAFETY: item `i` is readable for `stride` bytes (contract, `stride` being the caller's size).
+    let v = unsafe { read_opts(p, "item") }.map_err(|f| f.in_item(i))?;
+    // SAFETY: as above; the leading `u32` was just read through `read_opts`.
+    let declared = unsafe { std::ptr::read_unaligned(p as *const u32) } as usize;
+    if declared != stride {
+        return fail(FJ_ERR_ARG, format!("items[{i}].size is {declared}, items[0].size {stride}: every item declares the same size"));
+    }
+    Ok(v)
+}
+
+/// The stride of a caller's item array (its first item's `size`), checked against `count`. A size
+/// that is not a multiple of the struct's alignment is no `sizeof` of it and could end inside a
+/// pointer (which would then read as half an address): refused.
+///
+/// # Safety
+/// `items` is null or readable for its first item's leading `u32`.
+unsafe fn item_stride<T>(items: *const T, count: u32) -> R<usize> {
+    nonnull(items, "items")?;
+    // SAFETY: non-null (checked) and readable for the leading `u32` (contract; unaligned allowed).
+    let stride = unsafe { std::ptr::read_unaligned(items as *const u32) } as usize;
+    let fits = stride.checked_mul(count as usize).is_some_and(|b| b <= isize::MAX as usize);
+    if stride == 0 || !stride.is_multiple_of(std::mem::align_of::<T>()) || !fits {
+        return fail(FJ_ERR_ARG, format!("items[0].size must be sizeof the item struct, got {stride}"));
+    }
+    Ok(stride)
+}
+
+/// One array of a batch for the cross-item aliasing rule: its item (`None`: the statistics), the
+/// array, and whether the call writes it.
+#[derive(Clone, Copy)]
+struct BatchSpan {
+    item: Option<usize>,
+    span: Span,
+    write: bool,
+}
+
+impl BatchSpan {
+    fn name(&self) -> String {
+        match self.item {
+            Some(i) => format!("items[{i}].{}", self.span.what),
+            None => self.span.what.to_string(),
+        }
+    }
+    fn end(&self) -> u128 {
+        self.span.addr as u128 + self.span.bytes as u128
+    }
+}
+
+/// The aliasing rule across a batch: no written array may overlap any other array of the batch
+/// (reads may share memory). Each item's own arrays passed its single call's rule, which allows an
+/// output to be exactly its input (in place): such an item lists that array once, as written. One
+/// sort and a sweep, so a batch of many items costs no quadratic number of checks.
+fn no_overlap_across(spans: &mut Vec<BatchSpan>) -> R<()> {
+    spans.retain(|s| s.span.addr != 0 && s.span.bytes > 0);
+    spans.sort_unstable_by_key(|s| (s.span.addr, s.span.bytes, s.write));
+    // The read and the written array reaching furthest among those starting at or before this one.
+    let (mut read, mut written): (Option<BatchSpan>, Option<BatchSpan>) = (None, None);
+    for s in spans.iter() {
+        let lo = s.span.addr as u128;
+        let hit = written.filter(|w| w.end() > lo).or(read.filter(|r| s.write && r.end() > lo));
+        if let Some(o) = hit {
+            let (a, b) = if s.write { (s, &o) } else { (&o, s) };
+            return fail(
+                FJ_ERR_ARG,
+                format!(
+                    "{} overlaps {} in memory: an output of a batch may overlap no other array of the batch (only an item's \
+                     output may be its own input, for in-place work)",
+                    a.name(),
+                    b.name()
+                ),
+            );
+        }
+        let furthest = if s.write { &mut written } else { &mut read };
+        if furthest.is_none_or(|f| f.end() < s.end()) {
+            *furthest = Some(*s);
+        }
+    }
+    Ok(())
+}
+
+/// The arrays of a validated quantization for [`no_overlap_across`] (in place: `x` once, written).
+fn quant_spans(i: usize, q: &QuantCall, out: &mut Vec<BatchSpan>) {
+    let (n, t, es) = (q.g.numel(), q.g.tokens(), q.f.dt.size());
+    let sym_size = if q.bits == Bits::B8 { 1 } else { 2 };
+    let in_place = std::ptr::eq(q.o.recon as *const c_void, q.f.data);
+    let arrays = [
+        (span("x->data", q.f.data, n * es), in_place),
+        (span("steps", q.steps, t * 4), false),
+        (span("symbols", q.o.symbols, n * sym_size), true),
+        (span("recon", q.o.recon, if in_place { 0 } else { n * es }), true),
+        (span("token_sse", q.o.token_sse, t * 4), true),
+    ];
+    out.extend(arrays.into_iter().map(|(span, write)| BatchSpan { item: Some(i), span, write }));
+}
+
+/// The arrays of a validated perturbation for [`no_overlap_across`] (in place: `x` once, written).
+fn perturb_spans(i: usize, pc: &PerturbCall, out: *mut c_void, spans: &mut Vec<BatchSpan>) {
+    let bytes = pc.numel * pc.dt.size();
+    let in_place = std::ptr::eq(out as *const c_void, pc.x);
+    let arrays = [
+        (span("x->data", pc.x, bytes), in_place),
+        (span("jnd->data", pc.jnd, bytes), false),
+        (span("out", out, if in_place { 0 } else { bytes }), true),
+    ];
+    spans.extend(arrays.into_iter().map(|(span, write)| BatchSpan { item: Some(i), span, write }));
+}
+
+/// Every item of a batch has the first item's dtype.
+fn same_dtype(i: usize, dt: Dtype, first: Dtype) -> R<()> {
+    if dt != first {
+        return fail(FJ_ERR_DTYPE, format!("items[{i}] is {}, items[0] {}: a batch has one dtype", dt.name(), first.name()));
+    }
+    Ok(())
+}
+
+/// How many `int64_t` statistics slots `fj_quantize_batch_async` needs for `count` items of `bits`
+/// (8 or 16; 0 = 8): `count · fj_quantize_stats_slots(bits)`. Item `i`'s statistics are the
+/// `fj_quantize_stats_slots(bits)` slots from `stats + i · fj_quantize_stats_slots(bits)`.
+///
+/// # Safety
+/// `out_slots` is null or writable for one `uint64_t`.
+#[no_mangle]
+pub unsafe extern "C" fn fj_quantize_batch_stats_slots(bits: u32, count: u32, out_slots: *mut u64) -> i32 {
+    guard(|| {
+        nonnull(out_slots, "out_slots")?;
+        let per = raw::quantize_slots(bits_of(bits)?, true) as u64;
+        // SAFETY: non-null (checked) and writable (contract).
+        unsafe { put(out_slots, per * count as u64) };
+        Ok(())
+    })
+}
+
+/// How many `int64_t` statistics slots `fj_perturb_batch_async` needs for `items[count]` (their
+/// features' dims only; no data is read): the sum of every item's `fj_perturb_stats_slots(x)`, in
+/// item order. Item `i`'s slice starts at the sum over the items before it; `out_offsets`, unless
+/// null, receives those starts (`uint64_t[count]`, host memory). `count` 0 gives 0.
+///
+/// # Safety
+/// `items` is null or readable for `count` `FjPerturbItem`s of `items[0].size` bytes each, whose
+/// `x` are readable `FjFeature`s; `out_slots` null or writable for one `uint64_t`; `out_offsets`
+/// null or writable for `count` `uint64_t`.
+#[no_mangle]
+pub unsafe extern "C" fn fj_perturb_batch_stats_slots(
+    items: *const FjPerturbItem,
+    count: u32,
+    out_slots: *mut u64,
+    out_offsets: *mut u64,
+) -> i32 {
+    guard(|| {
+        nonnull(out_slots, "out_slots")?;
+        if !out_offsets.is_null() {
+            aligned(out_offsets as *const c_void, 8, "out_offsets")?;
+        }
+        // SAFETY: `items` is readable as the contract says; `out_offsets` null or writable.
+        let offsets = unsafe { perturb_offsets(items, count)? };
+        if !out_offsets.is_null() {
+            // SAFETY: writable, aligned (checked) host memory for `count` u64 (contract), disjoint
+            // from the fresh Vec.
+            unsafe { std::ptr::copy_nonoverlapping(offsets.as_ptr(), out_offsets, count as usize) };
+        }
+        // SAFETY: non-null (checked) and writable (contract).
+        unsafe { put(out_slots, offsets[count as usize]) };
+        Ok(())
+    })
+}
+
+/// The start of every item's statistics in a perturbation batch, then the total (`count + 1`
+/// values; `[0]` for an empty batch).
+///
+/// # Safety
+/// As `fj_perturb_batch_stats_slots`'s `items`.
+unsafe fn perturb_offsets(items: *const FjPerturbItem, count: u32) -> R<Vec<u64>> {
+    let mut v = vec![0u64];
+    if count == 0 {
+        return Ok(v);
+    }
+    // SAFETY: null or readable for its leading `u32` (contract).
+    let stride = unsafe { item_stride(items, count)? };
+    for i in 0..count as usize {
+        // SAFETY: `i < count` items of `stride` bytes are readable (contract); `x` is null or a
+        // readable struct (contract).
+        let f = unsafe { read_item(items, i, stride).and_then(|it| feature(it.x, "x").map_err(|f| f.in_item(i)))? };
+        v.push(v[i] + raw::perturb_slots(f.shape.samples()) as u64);
+    }
+    Ok(v)
+}
+
+/// `fj_quantize_async` on `count` independent features in one call (issue 15 §3): every item has
+/// its own feature, patch, steps and outputs; all share the dtype (else `FJ_ERR_DTYPE`) and `bits`
+/// (8 or 16; 0 = 8). Item `i`'s statistics go to the `fj_quantize_stats_slots(bits)` slots from
+/// `stats + i · fj_quantize_stats_slots(bits)` (`stats_len` at least
+/// `fj_quantize_batch_stats_slots(bits, count)`); decode each with `fj_quantize_decode(ctx,
+/// items[i].x, NULL, items[i].patch, bits, stats + i · s, s, stream, ...)`. Every item is checked
+/// as `fj_quantize_async` checks its arguments (a message names the item: `items[i]: ...`), and no
+/// output may overlap any other array of the batch or the statistics (`FJ_ERR_ARG`), all before
+/// anything is written or enqueued. A bad element of item `i` (NaN or ±Inf) is not the call's
+/// status: it is recorded in item `i`'s statistics, and the other items are unaffected.
+/// On a CUDA context: one launch per 32 items on `stream`, nothing else (no sync, no allocation;
+/// capturable). On a CPU context the items run in order, synchronously. `count` 0 is a no-op that
+/// returns `FJ_OK` (`items` and `stats` are not read). `items` is an array of structs whose
+/// stride is `items[0].size`.
+///
+/// # Safety
+/// As `fj_quantize_async` for every item; `items` readable for `count` `FjQuantizeItem`s of
+/// `items[0].size` bytes each (unless `count` is 0); `stats` writable for `stats_len` `int64_t` in
+/// the context's memory; on a CUDA context every array must stay valid and untouched until
+/// `stream` has run the work.
+#[no_mangle]
+pub unsafe extern "C" fn fj_quantize_batch_async(
+    ctx: *const FjContext,
+    items: *const FjQuantizeItem,
+    count: u32,
+    bits: u32,
+    stats: *mut i64,
+    stats_len: u64,
+    stream: *mut c_void,
+) -> i32 {
+    guard(|| {
+        // SAFETY: `ctx` is null or live (contract).
+        let c = unsafe { ctx_ref(ctx)? };
+        check_stream(c, stream)?;
+        if count == 0 {
+            return Ok(());
+        }
+        // SAFETY: null or readable for its leading `u32` (contract).
+        let stride = unsafe { item_stride(items, count)? };
+        let b = bits_of(bits)?;
+        let per = raw::quantize_slots(b, true);
+        let st = check_stats(stats, stats_len, per * count as usize)?;
+        let mut calls: Vec<QuantCall> = Vec::with_capacity(count as usize);
+        let mut spans = vec![BatchSpan { item: None, span: st, write: true }];
+        for i in 0..count as usize {
+            // SAFETY: `i < count` items of `stride` bytes are readable (contract).
+            let it = unsafe { read_item(items, i, stride)? };
+            let o = FjQuantizeOptions {
+                size: size_of::<FjQuantizeOptions>() as u32,
+                bits,
+                patch: it.patch,
+                pad0: 0,
+                symbols: it.symbols,
+                recon: it.recon,
+                token_sse: it.token_sse,
+                histogram: std::ptr::null_mut(),
+            };
+            // SAFETY: `it.x` is null or readable (contract); `o` is a local of its full size.
+            let q = unsafe { quant_call(it.x, it.steps, &o, false, &[], &[st]) }.map_err(|f| f.in_item(i))?;
+            same_dtype(i, q.f.dt, calls.first().map_or(q.f.dt, |f| f.f.dt))?;
+            quant_spans(i, &q, &mut spans);
+            calls.push(q);
+        }
+        no_overlap_across(&mut spans)?;
+        if let Some(gpu) = &c.gpu {
+            let launch: Vec<_> =
+                calls.iter().map(|q| (q.g, device::quant_ptrs(q.f.data, q.steps, q.o.symbols, q.o.recon, q.o.token_sse))).collect();
+            // SAFETY: every non-null array is device memory of the context's device with the
+            // sizes above (contract; checked with the driver inside); within an item no overlap
+            // but `recon == x`, across items and with the statistics none (checked).
+            return unsafe { gpu.quantize_batch_async(calls[0].f.dt, &launch, b, stats, per, stream) };
+        }
+        // SAFETY: `stats` is non-null, aligned and holds `per · count` i64 of host memory (checked,
+        // contract), overlapping nothing the items use (checked).
+        let all: &mut [i64] = unsafe { slice_mut(stats as *mut c_void, per * count as usize) };
+        for (q, s) in calls.iter().zip(all.chunks_mut(per)) {
+            // SAFETY: a host call validated by `quant_call`, disjoint from every other item's
+            // arrays and the statistics (checked; contract: host arrays of those sizes).
+            let r = unsafe { quantize_host(c, q, true) };
+            record_quantize(s, r)?;
+        }
+        Ok(())
+    })
+}
+
+/// `fj_perturb_async` on `count` independent features in one call (issue 15 §3): every item has
+/// its own feature, J (or none), NRMSE, noise and output; all share the dtype (else
+/// `FJ_ERR_DTYPE`). Item `i`'s statistics follow item `i − 1`'s in `stats`
+/// (`fj_perturb_batch_stats_slots` gives the total and each item's offset `off[i]`); decode each
+/// with `fj_perturb_decode(ctx, items[i].x, items[i].jnd, items[i].nrmse, stats + off[i],
+/// stats_len - off[i], stream, scales)`. Checks, overlap rule, bad elements, `count` 0 and the
+/// CUDA and CPU paths as `fj_quantize_batch_async` (two launches per 32 items on CUDA).
+///
+/// # Safety
+/// As `fj_perturb_async` for every item; `items` readable for `count` `FjPerturbItem`s of
+/// `items[0].size` bytes each (unless `count` is 0); `stats` writable for `stats_len` `int64_t` in
+/// the context's memory; on a CUDA context every array must stay valid and untouched until
+/// `stream` has run the work.
+#[no_mangle]
+pub unsafe extern "C" fn fj_perturb_batch_async(
+    ctx: *const FjContext,
+    items: *const FjPerturbItem,
+    count: u32,
+    stats: *mut i64,
+    stats_len: u64,
+    stream: *mut c_void,
+) -> i32 {
+    guard(|| {
+        // SAFETY: `ctx` is null or live (contract).
+        let c = unsafe { ctx_ref(ctx)? };
+        check_stream(c, stream)?;
+        if count == 0 {
+            return Ok(());
+        }
+        // SAFETY: null or readable for its leading `u32` (contract).
+        let stride = unsafe { item_stride(items, count)? };
+        let mut calls: Vec<(PerturbCall, f64, *mut c_void, usize)> = Vec::with_capacity(count as usize);
+        let mut spans = Vec::with_capacity(3 * count as usize + 1);
+        let mut total = 0usize;
+        for i in 0..count as usize {
+            // SAFETY: `i < count` items of `stride` bytes are readable (contract).
+            let it = unsafe { read_item(items, i, stride)? };
+            if !(it.nrmse.is_finite() && it.nrmse >= 0.0) {
+                return Err(Fail::from(Error::Nrmse(it.nrmse)).in_item(i));
+            }
+            let o = FjPerturbOptions {
+                size: size_of::<FjPerturbOptions>() as u32,
+                noise: it.noise,
+                seed: it.seed,
+                subsequence: it.subsequence,
+                pad0: 0,
+                scales: std::ptr::null_mut(),
+            };
+            // SAFETY: `it.x` and `it.jnd` are null or readable (contract); `o` is a local of its
+            // full size.
+            let pc = unsafe { perturb_call(it.x, it.jnd, &o, it.out, &[]) }.map_err(|f| f.in_item(i))?;
+            same_dtype(i, pc.dt, calls.first().map_or(pc.dt, |f| f.0.dt))?;
+            perturb_spans(i, &pc, it.out, &mut spans);
+            let slots = raw::perturb_slots(pc.samples);
+            calls.push((pc, it.nrmse, it.out, total));
+            total += slots;
+        }
+        let st = check_stats(stats, stats_len, total)?;
+        spans.push(BatchSpan { item: None, span: st, write: true });
+        no_overlap_across(&mut spans)?;
+        if let Some(gpu) = &c.gpu {
+            let launch: Vec<_> = calls
+                .iter()
+                .map(|(pc, nrmse, out, off)| (device::perturb_ptrs(pc.dt, pc.x, pc.jnd, *out, pc.numel, pc.samples), *nrmse, pc.spec, *off))
+                .collect();
+            // SAFETY: every non-null array is device memory of the context's device with the
+            // sizes above (contract; checked with the driver inside); within an item `out` is `x`
+            // or overlaps neither input, across items and with the statistics nothing overlaps a
+            // written array (checked).
+            return unsafe { gpu.perturb_batch_async(calls[0].0.dt, &launch, stats, total, stream) };
+        }
+        // SAFETY: `stats` is non-null, aligned and holds `total` i64 of host memory (checked,
+        // contract), overlapping nothing the items use (checked).
+        let all: &mut [i64] = unsafe { slice_mut(stats as *mut c_void, total) };
+        for (pc, nrmse, out, off) in &calls {
+            // SAFETY: a host call validated by `perturb_call` with this `out`, disjoint from every
+            // other item's arrays and the statistics (checked; contract: host arrays of those sizes).
+            let r = unsafe { perturb_host(c, pc, *nrmse, *out) };
+            record_perturb(&mut all[*off..*off + raw::perturb_slots(pc.samples)], pc.samples, r)?;
+        }
+        Ok(())
     })
 }
 
@@ -1564,5 +2028,31 @@ mod tests {
         let e = no_overlap(&[x], &[s("opts->symbols", 1200, 4)], Some(("opts->recon", "x"))).err().unwrap();
         assert_eq!(e.0, FJ_ERR_ARG);
         assert!(e.1.contains("opts->symbols overlaps x") && e.1.contains("only opts->recon"), "{}", e.1);
+    }
+    #[test]
+    fn overlap_rule_across_a_batch() {
+        // Addresses from 1000 (0 is null: absent).
+        let b = |item: Option<usize>, addr: usize, bytes, write| {
+            let addr = if addr == 0 && item.is_none() { 0 } else { addr.saturating_add(1000) };
+            BatchSpan { item, span: Span { what: "a", addr, bytes }, write }
+        };
+        let ok = |mut v: Vec<BatchSpan>| no_overlap_across(&mut v).is_ok();
+        // Reads may share memory; touching, null and empty arrays are fine.
+        assert!(ok(vec![b(Some(0), 100, 50, false), b(Some(1), 120, 50, false), b(Some(1), 170, 8, true), b(None, 0, 64, true)]));
+        assert!(ok(vec![b(Some(0), 100, 50, true), b(Some(1), 150, 50, true), b(Some(2), 120, 0, true)]));
+        assert!(ok(vec![]));
+        // A write inside a read, a read inside a write, one array written twice, a write that
+        // only a long earlier read reaches.
+        assert!(!ok(vec![b(Some(0), 0, 100, false), b(Some(1), 40, 10, true)]));
+        assert!(!ok(vec![b(Some(0), 40, 10, false), b(Some(1), 0, 100, true)]));
+        assert!(!ok(vec![b(Some(0), 0, 10, true), b(Some(1), 0, 10, true)]));
+        assert!(!ok(vec![b(Some(0), 0, 100, false), b(Some(1), 10, 5, false), b(Some(2), 90, 4, true)]));
+        assert!(!ok(vec![b(Some(3), 60, 8, true), b(None, 1, 64, true)]));
+        // No wrap-around at the top of the address space.
+        assert!(!ok(vec![b(Some(0), usize::MAX - 1008, 8, false), b(Some(1), usize::MAX - 1004, 4, true)]));
+        let mut v = vec![b(Some(2), 40, 10, true), b(Some(0), 0, 100, false)];
+        let e = no_overlap_across(&mut v).err().unwrap();
+        assert_eq!(e.0, FJ_ERR_ARG);
+        assert!(e.1.contains("items[2].a overlaps items[0].a"), "{}", e.1);
     }
 }

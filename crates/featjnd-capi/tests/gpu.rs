@@ -500,4 +500,305 @@ mod capi_device {
             fj_context_destroy(gpu_ctx);
         }
     }
+    // ---- the batched calls (issue 15 §3) ----
+
+    /// One batch item's inputs: the feature and its J (host tensors), layout, patch and the steps
+    /// a CPU context allocated for it.
+    struct BatchInput {
+        x: Tensor,
+        j: Tensor,
+        layout: Layout,
+        patch: u32,
+        steps: Tensor,
+    }
+
+    /// `count` items cycling through the awkward shapes, each its own data.
+    fn batch_inputs(cpu: *const FjContext, kind: Kind, count: usize) -> Vec<BatchInput> {
+        let shapes = shapes();
+        (0..count)
+            .map(|k| {
+                let (layout, sizes, patch) = shapes[k % shapes.len()].clone();
+                let (x, j) = (feature(&sizes, kind, 3000 + k as i64), jnd(&sizes, kind, 3000 + k as i64));
+                let (_, steps) = tolerances_and_steps(cpu, &j, layout, patch, Device::Cpu, null_mut());
+                BatchInput { x, j, layout, patch: patch as u32, steps }
+            })
+            .collect()
+    }
+
+    /// The outputs of one quantization of a batch on `dev`: per item symbols, reconstruction and
+    /// token errors, and the statistics of all items (`per` slots each).
+    struct QuantRun {
+        x: Vec<Tensor>,
+        steps: Vec<Tensor>,
+        outs: Vec<[Tensor; 3]>,
+        stats: Tensor,
+    }
+
+    impl QuantRun {
+        fn new(inputs: &[BatchInput], bits: u32, per: usize, dev: Device) -> QuantRun {
+            let sym_kind = if bits == 16 { Kind::Int16 } else { Kind::Int8 };
+            let outs = inputs
+                .iter()
+                .map(|b| {
+                    let z = |sizes: &[i64], k: Kind| Tensor::full(sizes, -3, (k, dev));
+                    [z(&b.x.size(), sym_kind), z(&b.x.size(), b.x.kind()), z(&[b.steps.numel() as i64], Kind::Float)]
+                })
+                .collect();
+            QuantRun {
+                x: inputs.iter().map(|b| b.x.to_device(dev)).collect(),
+                steps: inputs.iter().map(|b| b.steps.to_device(dev)).collect(),
+                outs,
+                stats: Tensor::full([(per * inputs.len()) as i64], -3, (Kind::Int64, dev)),
+            }
+        }
+
+        fn feats(&self, inputs: &[BatchInput]) -> Vec<FjFeature> {
+            self.x.iter().zip(inputs).map(|(x, b)| feat(x, b.layout)).collect()
+        }
+
+        fn items(&self, inputs: &[BatchInput], feats: &[FjFeature]) -> Vec<FjQuantizeItem> {
+            (0..inputs.len())
+                .map(|i| FjQuantizeItem {
+                    size: std::mem::size_of::<FjQuantizeItem>() as u32,
+                    patch: inputs[i].patch,
+                    x: &feats[i],
+                    steps: p(&self.steps[i]),
+                    symbols: p(&self.outs[i][0]),
+                    recon: p(&self.outs[i][1]),
+                    token_sse: p(&self.outs[i][2]),
+                })
+                .collect()
+        }
+
+        /// The whole batch in one `fj_quantize_batch_async` on `stream` (torch's work on the
+        /// tensors must be complete: the caller synchronizes).
+        fn batch(&self, c: *const FjContext, inputs: &[BatchInput], bits: u32, stream: *mut c_void) {
+            let feats = self.feats(inputs);
+            let items = self.items(inputs, &feats);
+            // SAFETY: live tensors (device or host, as the context takes) of the documented sizes,
+            // synchronized with torch's stream by the caller (no sync here: this runs under
+            // capture too); they outlive the stream's work (decoded before drop).
+            let rc = unsafe {
+                fj_quantize_batch_async(c, items.as_ptr(), items.len() as u32, bits, p(&self.stats), self.stats.numel() as u64, stream)
+            };
+            assert_eq!(rc, FJ_OK, "{}", err());
+        }
+
+        /// Each item alone through `fj_quantize_async` on `stream`, its statistics in its slice.
+        fn singles(&self, c: *const FjContext, inputs: &[BatchInput], bits: u32, per: usize, stream: *mut c_void) {
+            let feats = self.feats(inputs);
+            tch::Cuda::synchronize(0);
+            for (i, it) in self.items(inputs, &feats).iter().enumerate() {
+                let o = FjQuantizeOptions {
+                    size: std::mem::size_of::<FjQuantizeOptions>() as u32,
+                    bits,
+                    patch: it.patch,
+                    pad0: 0,
+                    symbols: it.symbols,
+                    recon: it.recon,
+                    token_sse: it.token_sse,
+                    histogram: null_mut(),
+                };
+                // SAFETY: as in `batch`; item `i`'s slice of the statistics holds `per` slots.
+                let rc = unsafe { fj_quantize_async(c, &feats[i], it.steps, &o, p::<i64>(&self.stats).add(i * per), per as u64, stream) };
+                assert_eq!(rc, FJ_OK, "{}", err());
+            }
+        }
+
+        /// Item `i`'s decoded result and histogram (a sync of `stream`).
+        fn decode(
+            &self,
+            c: *const FjContext,
+            inputs: &[BatchInput],
+            i: usize,
+            bits: u32,
+            per: usize,
+            stream: *mut c_void,
+        ) -> (FjQuantizeResult, Vec<u64>) {
+            let f = feat(&self.x[i], inputs[i].layout);
+            let (mut r, mut h) = (FjQuantizeResult::default(), vec![0u64; if bits == 16 { 512 } else { 255 }]);
+            // SAFETY: live tensors of the documented sizes; item `i`'s slice holds `per` slots; `h`
+            // is host memory for the bins.
+            let rc = unsafe {
+                let st = p::<i64>(&self.stats).add(i * per);
+                fj_quantize_decode(c, &f, null(), inputs[i].patch, bits, st, per as u64, stream, &mut r, h.as_mut_ptr())
+            };
+            assert_eq!(rc, FJ_OK, "item {i}: {}", err());
+            (r, h)
+        }
+    }
+
+    /// The batched quantization and perturbation on a device context: 40 items of mixed shapes
+    /// (two launches' worth) against the same batch on a CPU context (the contract's equalities)
+    /// and against a loop of single async calls on the device (bit for bit for the quantization);
+    /// a captured batch replays bit for bit. Not yet run on a GPU.
+    #[test]
+    fn c_abi_batch_calls_on_device_match_the_cpu_context_and_single_calls() {
+        use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+        let Some(d) = gpu() else { return };
+        let (cpu, gpu_ctx) = (context(-1), context(0));
+        let dev = featjnd_kernels::cuda::Device::get(0).unwrap();
+        let stream = dev.ctx.new_stream().unwrap();
+        let s = stream.cu_stream() as *mut c_void;
+        let count = 40;
+        for kind in KINDS {
+            let inputs = batch_inputs(cpu, kind, count);
+            for bits in [8u32, 16] {
+                let mut per = 0u64;
+                // SAFETY: a writable counter.
+                assert_eq!(unsafe { fj_quantize_stats_slots(bits, &mut per) }, FJ_OK);
+                let per = per as usize;
+                let (host, batch, single, graph) = (
+                    QuantRun::new(&inputs, bits, per, Device::Cpu),
+                    QuantRun::new(&inputs, bits, per, d),
+                    QuantRun::new(&inputs, bits, per, d),
+                    QuantRun::new(&inputs, bits, per, d),
+                );
+                tch::Cuda::synchronize(0);
+                host.batch(cpu, &inputs, bits, null_mut());
+                batch.batch(gpu_ctx, &inputs, bits, s);
+                single.singles(gpu_ctx, &inputs, bits, per, s);
+                // Captured: nothing runs while capturing, then one replay.
+                stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).unwrap();
+                graph.batch(gpu_ctx, &inputs, bits, s);
+                let g = stream.end_capture(CUgraphInstantiate_flags(0)).unwrap().expect("an empty capture");
+                stream.synchronize().unwrap();
+                assert_eq!(
+                    graph.outs[3][1].abs().sum(Kind::Double).double_value(&[]),
+                    3.0 * graph.outs[3][1].numel() as f64,
+                    "capture must not run the work"
+                );
+                g.launch().unwrap();
+                stream.synchronize().unwrap();
+                for i in 0..count {
+                    let what = format!("{kind:?} bits {bits} item {i} {:?}", inputs[i].x.size());
+                    for (k, name) in ["symbols", "recon", "token_sse"].into_iter().enumerate() {
+                        bits_eq(&batch.outs[i][k], &single.outs[i][k], &format!("{what}: {name} batch vs single"));
+                        bits_eq(&batch.outs[i][k], &graph.outs[i][k], &format!("{what}: {name} batch vs replay"));
+                    }
+                    // Given the same steps, quantization is bit-identical to the CPU (contract §4).
+                    bits_eq(&batch.outs[i][0], &host.outs[i][0], &format!("{what}: symbols vs cpu"));
+                    bits_eq(&batch.outs[i][1], &host.outs[i][1], &format!("{what}: recon vs cpu"));
+                    close(&batch.outs[i][2], &host.outs[i][2], 1e-4, 1e-30, &format!("{what}: token sse vs cpu"));
+                    let (rb, hb) = batch.decode(gpu_ctx, &inputs, i, bits, per, s);
+                    let (rs, hs) = single.decode(gpu_ctx, &inputs, i, bits, per, s);
+                    let (rc, hc) = host.decode(cpu, &inputs, i, bits, per, null_mut());
+                    assert_eq!((rb.clamped, &hb), (rs.clamped, &hs), "{what}: vs single");
+                    assert_eq!((rb.clamped, &hb, rb.entropy_bits), (rc.clamped, &hc, rc.entropy_bits), "{what}: vs cpu");
+                    // The total error is an atomic f64 sum: its order (not its terms) may differ.
+                    assert!((rb.total_sse - rs.total_sse).abs() <= 1e-9 * rs.total_sse.max(1e-30), "{what}");
+                    assert!((rb.total_sse - rc.total_sse).abs() <= 1e-4 * rc.total_sse.max(1e-30), "{what}");
+                }
+            }
+            // The perturbation: per item its own J (or none), noise, seed and strength.
+            let items_on = |dev: Device| -> (Vec<Tensor>, Vec<Option<Tensor>>, Vec<Tensor>) {
+                let x: Vec<Tensor> = inputs.iter().map(|b| b.x.to_device(dev)).collect();
+                let j = inputs.iter().enumerate().map(|(k, b)| (!k.is_multiple_of(3)).then(|| b.j.to_device(dev))).collect();
+                let out = inputs.iter().map(|b| Tensor::zeros(b.x.size(), (kind, dev))).collect();
+                (x, j, out)
+            };
+            let run = |c: *const FjContext, dev: Device, one_by_one: bool, stream: *mut c_void| -> (Vec<Tensor>, Vec<Vec<f32>>) {
+                let (x, j, out) = items_on(dev);
+                let fx: Vec<FjFeature> = x.iter().zip(&inputs).map(|(t, b)| feat(t, b.layout)).collect();
+                let fj: Vec<Option<FjFeature>> = j.iter().zip(&inputs).map(|(t, b)| t.as_ref().map(|t| feat(t, b.layout))).collect();
+                let items: Vec<FjPerturbItem> = (0..count)
+                    .map(|k| FjPerturbItem {
+                        size: std::mem::size_of::<FjPerturbItem>() as u32,
+                        noise: [FJ_GAUSSIAN, FJ_UNIFORM_NOISE][k % 2],
+                        seed: 40 + k as u64,
+                        subsequence: (k % 3) as u32,
+                        pad0: 0,
+                        nrmse: 0.05 + 0.01 * k as f64,
+                        x: &fx[k],
+                        jnd: fj[k].as_ref().map_or(null(), |f| f as *const FjFeature),
+                        out: p(&out[k]),
+                    })
+                    .collect();
+                let (mut total, mut offsets) = (0u64, vec![0u64; count]);
+                // SAFETY: readable item structs and writable counters; no data is read.
+                assert_eq!(unsafe { fj_perturb_batch_stats_slots(items.as_ptr(), count as u32, &mut total, offsets.as_mut_ptr()) }, FJ_OK);
+                let stats = Tensor::full([total as i64], -3, (Kind::Int64, dev));
+                tch::Cuda::synchronize(0);
+                // SAFETY: live tensors (device or host, as the context takes) of the documented
+                // sizes, synchronized with torch's stream; decoded (a sync) before they drop.
+                unsafe {
+                    if one_by_one {
+                        for (k, it) in items.iter().enumerate() {
+                            let o = FjPerturbOptions {
+                                size: std::mem::size_of::<FjPerturbOptions>() as u32,
+                                noise: it.noise,
+                                seed: it.seed,
+                                subsequence: it.subsequence,
+                                pad0: 0,
+                                scales: null_mut(),
+                            };
+                            let st = p::<i64>(&stats).add(offsets[k] as usize);
+                            let rc = fj_perturb_async(c, it.x, it.jnd, it.nrmse, &o, it.out, st, total - offsets[k], stream);
+                            assert_eq!(rc, FJ_OK, "{}", err());
+                        }
+                    } else {
+                        let rc = fj_perturb_batch_async(c, items.as_ptr(), count as u32, p(&stats), total, stream);
+                        assert_eq!(rc, FJ_OK, "{}", err());
+                    }
+                }
+                let scales = items
+                    .iter()
+                    .enumerate()
+                    .map(|(k, it)| {
+                        let mut sc = vec![0f32; inputs[k].x.size()[0] as usize];
+                        // SAFETY: as above; `sc` is host memory for N floats.
+                        let rc = unsafe {
+                            let st = p::<i64>(&stats).add(offsets[k] as usize);
+                            fj_perturb_decode(c, it.x, it.jnd, it.nrmse, st, total - offsets[k], stream, sc.as_mut_ptr())
+                        };
+                        assert_eq!(rc, FJ_OK, "item {k}: {}", err());
+                        sc
+                    })
+                    .collect();
+                (out.iter().map(|t| t.to_device(Device::Cpu)).collect(), scales)
+            };
+            let (oc, sc) = run(cpu, Device::Cpu, false, null_mut());
+            let (og, sg) = run(gpu_ctx, d, false, s);
+            let (o1, s1) = run(gpu_ctx, d, true, s);
+            let tol = if kind == Kind::Float { 1e-5 } else { 1e-2 };
+            for k in 0..count {
+                let what = format!("perturb {kind:?} item {k} {:?}", inputs[k].x.size());
+                let scale = inputs[k].x.to_kind(Kind::Double).abs().max().double_value(&[]);
+                close(&og[k], &oc[k], tol, tol * scale, &format!("{what}: vs cpu"));
+                close(&og[k], &o1[k], tol, tol * scale, &format!("{what}: vs single"));
+                let t = |v: &[f32]| Tensor::from_slice(v);
+                close(&t(&sg[k]), &t(&sc[k]), 1e-5, 0.0, &format!("{what}: scales vs cpu"));
+                close(&t(&sg[k]), &t(&s1[k]), 1e-6, 0.0, &format!("{what}: scales vs single"));
+            }
+        }
+        // A device context refuses a host array in any item, or host statistics, before anything
+        // is enqueued; the message names the item.
+        let inputs = batch_inputs(cpu, Kind::Float, 3);
+        let run = QuantRun::new(&inputs, 8, 0, d);
+        let mut per = 0u64;
+        // SAFETY: a writable counter.
+        assert_eq!(unsafe { fj_quantize_batch_stats_slots(8, 3, &mut per) }, FJ_OK);
+        let stats = Tensor::full([per as i64], -3, (Kind::Int64, d));
+        let host_stats = Tensor::full([per as i64], -3, (Kind::Int64, Device::Cpu));
+        let mut feats = run.feats(&inputs);
+        feats[1] = feat(&inputs[1].x, inputs[1].layout);
+        let items = run.items(&inputs, &feats);
+        tch::Cuda::synchronize(0);
+        // SAFETY: live tensors; the host arrays must be refused unread.
+        unsafe {
+            assert_eq!(fj_quantize_batch_async(gpu_ctx, items.as_ptr(), 3, 8, p(&stats), per, s), FJ_ERR_ARG);
+            assert!(err().contains("items[1]: x->data") && err().contains("not CUDA device memory"), "{}", err());
+            let feats = run.feats(&inputs);
+            let items = run.items(&inputs, &feats);
+            assert_eq!(fj_quantize_batch_async(gpu_ctx, items.as_ptr(), 3, 8, p(&host_stats), per, s), FJ_ERR_ARG);
+            assert!(err().contains("stats"), "{}", err());
+        }
+        assert_eq!(stats.eq(-3).all().int64_value(&[]), 1, "nothing was enqueued");
+        assert!(run.outs.iter().all(|o| o[0].eq(-3).all().int64_value(&[]) == 1), "nothing was enqueued");
+        // SAFETY: live contexts, used by no one after this.
+        unsafe {
+            fj_context_destroy(cpu);
+            fj_context_destroy(gpu_ctx);
+        }
+    }
 }

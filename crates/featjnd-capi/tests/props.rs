@@ -72,6 +72,24 @@ proptest! {
             let jf = FjFeature { dtype, layout, dims, data: vals.as_ptr() as *const _ };
             let st = fj_perturb(c, &f, if with_j { &jf } else { null() }, nrmse, &po, out.as_mut_ptr() as *mut _, null_mut());
             prop_assert!(STATUSES.contains(&st) && st != FJ_ERR_PANIC, "status {}", st);
+            // The batched calls on one item of the drawn size, in a zeroed 8 KiB array (readable
+            // for any declared size).
+            let mut stats = vec![-3i64; 600];
+            let mut items = vec![0u64; 1024];
+            let qi = FjQuantizeItem { size, patch, x: &f, steps: steps.as_ptr(), symbols: sym.as_mut_ptr() as *mut _, recon: null_mut(), token_sse: null_mut() };
+            std::ptr::write(items.as_mut_ptr() as *mut FjQuantizeItem, qi);
+            let st = fj_quantize_batch_async(c, items.as_ptr() as *const FjQuantizeItem, 1, bits, stats.as_mut_ptr(), 600, null_mut());
+            prop_assert!(STATUSES.contains(&st) && st != FJ_ERR_PANIC, "status {}", st);
+            if st != FJ_OK && st != FJ_ERR_NONFINITE {
+                prop_assert!(stats.iter().all(|&v| v == -3), "an error wrote the statistics");
+            }
+            let pi = FjPerturbItem { size, noise, seed, subsequence: 0, pad0: 0, nrmse, x: &f, jnd: if with_j { &jf } else { null() }, out: out.as_mut_ptr() as *mut _ };
+            std::ptr::write(items.as_mut_ptr() as *mut FjPerturbItem, pi);
+            let mut total = 0u64;
+            let st = fj_perturb_batch_stats_slots(items.as_ptr() as *const FjPerturbItem, 1, &mut total, null_mut());
+            prop_assert!(STATUSES.contains(&st) && st != FJ_ERR_PANIC, "status {}", st);
+            let st = fj_perturb_batch_async(c, items.as_ptr() as *const FjPerturbItem, 1, stats.as_mut_ptr(), 600, null_mut());
+            prop_assert!(STATUSES.contains(&st) && st != FJ_ERR_PANIC, "status {}", st);
             fj_context_destroy(c);
         }
     }
