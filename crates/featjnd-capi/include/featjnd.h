@@ -89,6 +89,16 @@
 
 #define FJ_UNIFORM_NOISE 1
 
+// `FjContextOptions::pointer_checks`: ask the driver about every device pointer of every call
+// (its memory type, device and allocation size; the default).
+#define FJ_POINTERS_CHECKED 0
+
+// `FjContextOptions::pointer_checks`: the caller vouches that every device pointer it passes is
+// memory of the context's device with room for what the call touches; the driver is not asked
+// (one query per array saved per call, for a serving loop). A wrong pointer is then a CUDA
+// fault, not `FJ_ERR_ARG`. Null, alignment, size and overlap checks still run.
+#define FJ_POINTERS_TRUSTED 1
+
 // Opaque context.
 typedef struct FjContext FjContext;
 
@@ -100,6 +110,9 @@ typedef struct FjContextOptions {
   int32_t device;
   // CPU worker threads for this context; 0 = the process-wide pool.
   uint32_t num_threads;
+  // `FJ_POINTERS_CHECKED` (0, also what an older, shorter struct means) or
+  // `FJ_POINTERS_TRUSTED`; only a CUDA context asks the driver about pointers.
+  uint32_t pointer_checks;
 } FjContextOptions;
 
 // A dense, contiguous feature: host memory for a CPU context, device memory for a CUDA one.

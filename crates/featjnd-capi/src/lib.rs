@@ -90,6 +90,14 @@ pub const FJ_PERMUTED: u32 = 2;
 /// Noise kinds.
 pub const FJ_GAUSSIAN: u32 = 0;
 pub const FJ_UNIFORM_NOISE: u32 = 1;
+/// `FjContextOptions::pointer_checks`: ask the driver about every device pointer of every call
+/// (its memory type, device and allocation size; the default).
+pub const FJ_POINTERS_CHECKED: u32 = 0;
+/// `FjContextOptions::pointer_checks`: the caller vouches that every device pointer it passes is
+/// memory of the context's device with room for what the call touches; the driver is not asked
+/// (one query per array saved per call, for a serving loop). A wrong pointer is then a CUDA
+/// fault, not `FJ_ERR_ARG`. Null, alignment, size and overlap checks still run.
+pub const FJ_POINTERS_TRUSTED: u32 = 1;
 
 // The C codes are literals (cbindgen writes them into the header) and must be the kernels' codes
 // from kernels/featjnd_params.h, the one definition.
@@ -116,6 +124,9 @@ pub struct FjContextOptions {
     pub device: i32,
     /// CPU worker threads for this context; 0 = the process-wide pool.
     pub num_threads: u32,
+    /// `FJ_POINTERS_CHECKED` (0, also what an older, shorter struct means) or
+    /// `FJ_POINTERS_TRUSTED`; only a CUDA context asks the driver about pointers.
+    pub pointer_checks: u32,
 }
 
 /// A dense, contiguous feature: host memory for a CPU context, device memory for a CUDA one.
@@ -325,7 +336,7 @@ unsafe fn read_opts<T: Default>(p: *const T, what: &str) -> R<T> {
 
 impl Default for FjContextOptions {
     fn default() -> Self {
-        FjContextOptions { size: 0, device: -1, num_threads: 0 }
+        FjContextOptions { size: 0, device: -1, num_threads: 0, pointer_checks: FJ_POINTERS_CHECKED }
     }
 }
 impl Default for FjQuantizeOptions {
@@ -569,7 +580,12 @@ pub unsafe extern "C" fn fj_context_create(opts: *const FjContextOptions, out: *
         if device < -1 {
             return fail(FJ_ERR_ARG, format!("opts->device {device} (use -1 for the CPU or a CUDA ordinal)"));
         }
-        let gpu = if device >= 0 { Some(device::Gpu::new(device as usize)?) } else { None };
+        let trusted = match o.pointer_checks {
+            FJ_POINTERS_CHECKED => false,
+            FJ_POINTERS_TRUSTED => true,
+            c => return fail(FJ_ERR_ARG, format!("opts->pointer_checks {c} (use FJ_POINTERS_CHECKED or FJ_POINTERS_TRUSTED)")),
+        };
+        let gpu = if device >= 0 { Some(device::Gpu::new(device as usize, trusted)?) } else { None };
         let pool = if o.num_threads > 0 {
             Some(rayon::ThreadPoolBuilder::new().num_threads(o.num_threads as usize).build().map_err(|e| Fail(FJ_ERR_ARG, e.to_string()))?)
         } else {

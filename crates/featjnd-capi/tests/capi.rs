@@ -117,7 +117,12 @@ fn err() -> String {
 }
 
 fn ctx(threads: u32) -> *mut FjContext {
-    let o = FjContextOptions { size: std::mem::size_of::<FjContextOptions>() as u32, device: -1, num_threads: threads };
+    let o = FjContextOptions {
+        size: std::mem::size_of::<FjContextOptions>() as u32,
+        device: -1,
+        num_threads: threads,
+        pointer_checks: FJ_POINTERS_CHECKED,
+    };
     let mut c = null_mut();
     // SAFETY: `o` is a full options struct and `c` a writable out-pointer.
     assert_eq!(unsafe { fj_context_create(&o, &mut c) }, FJ_OK, "{}", err());
@@ -236,7 +241,12 @@ fn bad_arguments_give_a_status_a_message_and_write_nothing() {
         assert!(out.iter().all(|&v| v == 7.0), "an error wrote to the output");
         // A device context without a GPU is refused clearly (tests/gpu.rs covers it with one);
         // a device ordinal below -1 is an argument error.
-        let mut o = FjContextOptions { size: std::mem::size_of::<FjContextOptions>() as u32, device: 0, num_threads: 0 };
+        let mut o = FjContextOptions {
+            size: std::mem::size_of::<FjContextOptions>() as u32,
+            device: 0,
+            num_threads: 0,
+            pointer_checks: FJ_POINTERS_CHECKED,
+        };
         let mut d = null_mut();
         if let Err(why) = featjnd_kernels::cuda::available() {
             assert_eq!(fj_context_create(&o, &mut d), FJ_ERR_DEVICE);
@@ -246,6 +256,25 @@ fn bad_arguments_give_a_status_a_message_and_write_nothing() {
         o.device = -2;
         assert_eq!(fj_context_create(&o, &mut d), FJ_ERR_ARG);
         assert!(d.is_null());
+        // The pointer policy: the two named values (a CPU context has no device pointers to ask
+        // about, so it takes either), anything else refused, an older struct without the field
+        // reads as FJ_POINTERS_CHECKED.
+        o.device = -1;
+        for (checks, want) in [(FJ_POINTERS_CHECKED, FJ_OK), (FJ_POINTERS_TRUSTED, FJ_OK), (2, FJ_ERR_ARG), (u32::MAX, FJ_ERR_ARG)] {
+            o.pointer_checks = checks;
+            let mut d = null_mut();
+            assert_eq!(fj_context_create(&o, &mut d), want, "pointer_checks {checks}: {}", err());
+            assert_eq!(d.is_null(), want != FJ_OK);
+            if want != FJ_OK {
+                assert!(err().contains("pointer_checks"), "{}", err());
+            }
+            fj_context_destroy(d);
+        }
+        o.pointer_checks = 7;
+        o.size = std::mem::offset_of!(FjContextOptions, pointer_checks) as u32;
+        let mut d = null_mut();
+        assert_eq!(fj_context_create(&o, &mut d), FJ_OK, "an older struct stops before pointer_checks: {}", err());
+        fj_context_destroy(d);
         // Success clears the message.
         let mut t = 0;
         assert_eq!(fj_token_count(&fx, 1, &mut t), FJ_OK);

@@ -15,7 +15,12 @@ fn err() -> String {
 }
 
 fn ctx() -> *mut FjContext {
-    let o = FjContextOptions { size: std::mem::size_of::<FjContextOptions>() as u32, device: -1, num_threads: 0 };
+    let o = FjContextOptions {
+        size: std::mem::size_of::<FjContextOptions>() as u32,
+        device: -1,
+        num_threads: 0,
+        pointer_checks: FJ_POINTERS_CHECKED,
+    };
     let mut c = null_mut();
     // SAFETY: `o` is a full options struct and `c` a writable out-pointer.
     assert_eq!(unsafe { fj_context_create(&o, &mut c) }, FJ_OK, "{}", err());

@@ -21,7 +21,10 @@ mod capi_device {
         unsafe { CStr::from_ptr(fj_last_error()) }.to_string_lossy().into_owned()
     }
     fn context(device: i32) -> *mut FjContext {
-        let o = FjContextOptions { size: std::mem::size_of::<FjContextOptions>() as u32, device, num_threads: 0 };
+        context_with(device, FJ_POINTERS_CHECKED)
+    }
+    fn context_with(device: i32, pointer_checks: u32) -> *mut FjContext {
+        let o = FjContextOptions { size: std::mem::size_of::<FjContextOptions>() as u32, device, num_threads: 0, pointer_checks };
         let mut c = null_mut();
         // SAFETY: live tensors (device or host, as the context takes) of the documented sizes, synchronized with torch's stream.
         assert_eq!(unsafe { fj_context_create(&o, &mut c) }, FJ_OK, "{}", err());
@@ -413,7 +416,10 @@ mod capi_device {
     fn c_abi_async_calls_capture_into_a_cuda_graph_and_replay_bit_for_bit() {
         use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
         let Some(d) = gpu() else { return };
+        // The eager loop asks the driver about every pointer; the captured one runs on a context
+        // that trusts them (FJ_POINTERS_TRUSTED): both must give the same bits.
         let c = context(0);
+        let trusted = context_with(0, FJ_POINTERS_TRUSTED);
         let dev = featjnd_kernels::cuda::Device::get(0).unwrap();
         let stream = dev.ctx.new_stream().unwrap();
         let s = stream.cu_stream() as *mut c_void;
@@ -434,7 +440,7 @@ mod capi_device {
             // Captured: nothing runs while capturing (the outputs stay zero), then two replays (the
             // graph zeroes its own statistics, so a replay starts clean).
             stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).unwrap();
-            graph.iter().for_each(|r| r.enqueue(c, s));
+            graph.iter().for_each(|r| r.enqueue(trusted, s));
             let g = stream.end_capture(CUgraphInstantiate_flags(0)).unwrap().expect("an empty capture");
             stream.synchronize().unwrap();
             assert_eq!(graph[0].rec.abs().sum(Kind::Double).double_value(&[]), 0.0, "capture must not run the work");
