@@ -28,8 +28,9 @@ for (group, size), v in sorted(rows.items()):
     copy = v.get("copy_floor")
     eager = v.get("eager_tch")
     for func, (t_ns, nbytes) in sorted(v.items()):
-        gbs = nbytes / t_ns if t_ns else 0.0
+        # Groups measured in elements (paths_*) have no byte floor: "—" rather than a false 0.
+        gbs = f"{nbytes / t_ns:.1f}" if t_ns and nbytes else "—"
         speed = f"{eager[0] / t_ns:.2f}× faster" if eager and func.startswith("fused") else ""
         frac = f"{(nbytes / t_ns) / (copy[1] / copy[0]) * 100:.0f}%" if copy and func.startswith("fused") else ""
         t = f"{t_ns / 1e6:.3f} ms" if t_ns >= 1e5 else f"{t_ns / 1e3:.1f} µs"
-        print(f"| {group} | {size} | {func} | {t} | {gbs:.1f} | {speed} | {frac} |")
+        print(f"| {group} | {size} | {func} | {t} | {gbs} | {speed} | {frac} |")

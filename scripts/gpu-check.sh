@@ -33,7 +33,7 @@ if [ -n "$cs" ]; then
 else mr=127; echo "compute-sanitizer not found"; fi
 echo "== GPU benchmarks"; start=$(date +%s)
 # FEATJND_BENCH_FILTER (a criterion filter, e.g. "/256") and FEATJND_BENCH_ARGS shorten the run;
-# the issue 15 groups alone: FEATJND_BENCH_FILTER='serving|batch16'.
+# the issue 15 groups alone: FEATJND_BENCH_FILTER='serving|batch16|paths'.
 FEATJND_BENCH_DEVICES=cuda CRITERION_HOME="$PWD/target/criterion" .gpu/ops-bench --bench --noplot ${FEATJND_BENCH_ARGS:-} ${FEATJND_BENCH_FILTER:-} > "$OUT/bench.log" 2>&1; br=$?
 echo "bench: rc=$br in $(( $(date +%s) - start )) s"
 python3 .gpu/bench-table.py target/criterion | tee "$OUT/bench-table.md"
