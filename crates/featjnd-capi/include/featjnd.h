@@ -431,6 +431,43 @@ int32_t fj_perturb_async(const struct FjContext *ctx,
                          uint64_t stats_len,
                          void *stream);
 
+// Decodes the statistics of `fj_quantize_async` or `fj_quantize_with_jnd_async` (same `x`,
+// `patch` and `bits`; `jnd` as given to the fused call, else null) into `result` (and the
+// histogram into the host array `hist_out`, 255 or 512 `uint64_t`, unless null), or the status
+// the synchronous call would return (`FJ_ERR_JND` before `FJ_ERR_NONFINITE`; the message's value
+// is read from `x` now, so after an in-place call it is what `x` holds then). On a CUDA context
+// `stats` is device memory: it is copied on `stream` and the stream synchronized.
+//
+// # Safety
+// `ctx` live; `x` (and `jnd`) readable `FjFeature`s as given to the async call, their data still
+// valid; `stats` valid for `stats_len` `int64_t` in the context's memory; `result` null or
+// writable; `hist_out` null or writable host memory; `stream` as for the async call.
+int32_t fj_quantize_decode(const struct FjContext *ctx,
+                           const struct FjFeature *x,
+                           const struct FjFeature *jnd,
+                           uint32_t patch,
+                           uint32_t bits,
+                           const int64_t *stats,
+                           uint64_t stats_len,
+                           void *stream,
+                           struct FjQuantizeResult *result,
+                           uint64_t *hist_out);
+
+// Decodes the statistics of `fj_perturb_async` (same `x`, `jnd` and `nrmse`): the per-sample
+// scales into the host array `scales_out[N]` (unless null), or the status the synchronous call
+// would return. On a CUDA context `stats` is copied on `stream` and the stream synchronized.
+//
+// # Safety
+// As `fj_quantize_decode`; `scales_out` null or writable host memory for N floats.
+int32_t fj_perturb_decode(const struct FjContext *ctx,
+                          const struct FjFeature *x,
+                          const struct FjFeature *jnd,
+                          double nrmse,
+                          const int64_t *stats,
+                          uint64_t stats_len,
+                          void *stream,
+                          float *scales_out);
+
 // How many `int64_t` statistics slots `fj_quantize_batch_async` needs for `count` items of `bits`
 // (8 or 16; 0 = 8): `count · fj_quantize_stats_slots(bits)`. Item `i`'s statistics are the
 // `fj_quantize_stats_slots(bits)` slots from `stats + i · fj_quantize_stats_slots(bits)`.
@@ -501,42 +538,50 @@ int32_t fj_perturb_batch_async(const struct FjContext *ctx,
                                uint64_t stats_len,
                                void *stream);
 
-// Decodes the statistics of `fj_quantize_async` or `fj_quantize_with_jnd_async` (same `x`,
-// `patch` and `bits`; `jnd` as given to the fused call, else null) into `result` (and the
-// histogram into the host array `hist_out`, 255 or 512 `uint64_t`, unless null), or the status
-// the synchronous call would return (`FJ_ERR_JND` before `FJ_ERR_NONFINITE`; the message's value
-// is read from `x` now, so after an in-place call it is what `x` holds then). On a CUDA context
-// `stats` is device memory: it is copied on `stream` and the stream synchronized.
+// Decodes every item of `fj_quantize_batch_async` (the same `items`, `count` and `bits`) with
+// one copy of the statistics and, on a CUDA context, one sync of `stream`: `statuses[i]` (host,
+// `int32_t[count]`, required) receives what `fj_quantize_decode` would return for item `i`
+// (`FJ_OK`, `FJ_ERR_JND`, `FJ_ERR_NONFINITE`), `results[i]` (unless null) its result when
+// `FJ_OK`, and `hists + i · bins` (unless null; `bins` = 255 for 8 bits, 512 for 16) its
+// histogram. The call returns `FJ_OK` when it could decode every item, whatever their statuses;
+// a bad argument is its own status and writes nothing. An item's message (with the offending
+// value) comes from `fj_quantize_decode` on its slice.
 //
 // # Safety
-// `ctx` live; `x` (and `jnd`) readable `FjFeature`s as given to the async call, their data still
-// valid; `stats` valid for `stats_len` `int64_t` in the context's memory; `result` null or
-// writable; `hist_out` null or writable host memory; `stream` as for the async call.
-int32_t fj_quantize_decode(const struct FjContext *ctx,
-                           const struct FjFeature *x,
-                           const struct FjFeature *jnd,
-                           uint32_t patch,
-                           uint32_t bits,
-                           const int64_t *stats,
-                           uint64_t stats_len,
-                           void *stream,
-                           struct FjQuantizeResult *result,
-                           uint64_t *hist_out);
+// As `fj_quantize_batch_async` for `items` (their `x` still valid); `stats` valid for
+// `stats_len` `int64_t` in the context's memory, written by that call (complete on the CPU,
+// ordered before on `stream` on CUDA); `statuses` writable for `count` `int32_t`; `results`
+// null or writable for `count` `FjQuantizeResult`; `hists` null or writable for `count · bins`
+// `uint64_t`; all three host memory.
+int32_t fj_quantize_batch_decode(const struct FjContext *ctx,
+                                 const struct FjQuantizeItem *items,
+                                 uint32_t count,
+                                 uint32_t bits,
+                                 const int64_t *stats,
+                                 uint64_t stats_len,
+                                 void *stream,
+                                 int32_t *statuses,
+                                 struct FjQuantizeResult *results,
+                                 uint64_t *hists);
 
-// Decodes the statistics of `fj_perturb_async` (same `x`, `jnd` and `nrmse`): the per-sample
-// scales into the host array `scales_out[N]` (unless null), or the status the synchronous call
-// would return. On a CUDA context `stats` is copied on `stream` and the stream synchronized.
+// Decodes every item of `fj_perturb_batch_async` (the same `items` and `count`) with one copy of
+// the statistics and one sync on CUDA: `statuses[i]` receives what `fj_perturb_decode` would
+// return for item `i` (`FJ_OK`, `FJ_ERR_NONFINITE`, `FJ_ERR_JND`, `FJ_ERR_BUDGET` for a scale
+// beyond `f32`), and `scales` (unless null) every item's per-sample scales one after the other
+// (item `i`'s `N_i` floats after those of the items before it). Return value and messages as
+// `fj_quantize_batch_decode`.
 //
 // # Safety
-// As `fj_quantize_decode`; `scales_out` null or writable host memory for N floats.
-int32_t fj_perturb_decode(const struct FjContext *ctx,
-                          const struct FjFeature *x,
-                          const struct FjFeature *jnd,
-                          double nrmse,
-                          const int64_t *stats,
-                          uint64_t stats_len,
-                          void *stream,
-                          float *scales_out);
+// As `fj_perturb_batch_async` for `items`; `stats`, `statuses` as for
+// `fj_quantize_batch_decode`; `scales` null or writable host memory for `Σ N_i` floats.
+int32_t fj_perturb_batch_decode(const struct FjContext *ctx,
+                                const struct FjPerturbItem *items,
+                                uint32_t count,
+                                const int64_t *stats,
+                                uint64_t stats_len,
+                                void *stream,
+                                int32_t *statuses,
+                                float *scales);
 
 #ifdef __cplusplus
 }  // extern "C"

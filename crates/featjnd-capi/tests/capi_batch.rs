@@ -727,3 +727,137 @@ fn bad_perturb_batches_are_refused_before_anything_is_written() {
     // SAFETY: a live context made by `ctx`, used by no one after this.
     unsafe { fj_context_destroy(c) };
 }
+
+/// `fj_quantize_batch_decode` / `fj_perturb_batch_decode` give, item by item, what the single
+/// decoders give on each slice (status, result, histogram, scales), from one read of the array;
+/// bad arguments are refused without writing anything.
+#[test]
+fn batch_decodes_equal_the_per_item_decodes() {
+    let c = ctx();
+    for (dtype, bits) in [(FJ_F32, 8u32), (FJ_F16, 16), (FJ_BF16, 8)] {
+        let mut items: Vec<QItem> = (0..7).map(|k| QItem::new(k % 5, dtype, bits, 700 + k as u64)).collect();
+        set(&mut items[3].x, dtype, 11, f32::NAN);
+        let (rc, stats) = quantize_batch(c, &mut items, bits);
+        assert_eq!(rc, FJ_OK, "{}", err());
+        let feats: Vec<FjFeature> = items.iter().map(QItem::feat).collect();
+        let list: Vec<FjQuantizeItem> = items.iter_mut().zip(&feats).map(|(it, f)| it.item(f)).collect();
+        let (n, bins) = (list.len(), if bits == 16 { 512 } else { 255 });
+        let mut statuses = vec![-99i32; n];
+        let mut results: Vec<FjQuantizeResult> = (0..n).map(|_| FjQuantizeResult::default()).collect();
+        let mut hists = vec![u64::MAX; n * bins];
+        // SAFETY: live buffers of the documented sizes.
+        let rc = unsafe {
+            fj_quantize_batch_decode(
+                c,
+                list.as_ptr(),
+                n as u32,
+                bits,
+                stats.as_ptr(),
+                stats.len() as u64,
+                null_mut(),
+                statuses.as_mut_ptr(),
+                results.as_mut_ptr(),
+                hists.as_mut_ptr(),
+            )
+        };
+        assert_eq!(rc, FJ_OK, "{}", err());
+        let per = quantize_slots(bits);
+        for (i, it) in items.iter().enumerate() {
+            let (code, msg, r, h) = qdecode(c, &it.feat(), it.patch, bits, &stats[i * per..(i + 1) * per]);
+            assert_eq!(statuses[i], code, "item {i}: {msg}");
+            if code == FJ_OK {
+                let got = &results[i];
+                let got =
+                    [got.clamped, got.total_sse.to_bits(), got.mse.to_bits(), got.entropy_bits.to_bits(), got.bits_per_element.to_bits()];
+                assert_eq!(got, r, "item {i}");
+                assert_eq!(&hists[i * bins..(i + 1) * bins], &h[..], "item {i}");
+            } else {
+                assert_eq!((i, code), (3, FJ_ERR_NONFINITE));
+                assert!(hists[i * bins..(i + 1) * bins].iter().all(|&v| v == u64::MAX), "a failed item's histogram was written");
+            }
+        }
+        // Bad arguments: nothing written.
+        let mut st = vec![-99i32; n + 1];
+        let call = |statuses: *mut i32, len: usize| {
+            // SAFETY: live buffers; `statuses` deliberately null or misaligned where refused.
+            unsafe {
+                fj_quantize_batch_decode(
+                    c,
+                    list.as_ptr(),
+                    n as u32,
+                    bits,
+                    stats.as_ptr(),
+                    len as u64,
+                    null_mut(),
+                    statuses,
+                    null_mut(),
+                    null_mut(),
+                )
+            }
+        };
+        assert_eq!(call(null_mut(), stats.len()), FJ_ERR_NULL);
+        let odd = (st.as_mut_ptr() as *mut u8).wrapping_add(1) as *mut i32;
+        assert_ne!(call(odd, stats.len()), FJ_OK);
+        assert_eq!(call(st.as_mut_ptr(), stats.len() - 1), FJ_ERR_SHAPE, "{}", err());
+        assert!(st.iter().all(|&v| v == -99), "a refused decode wrote statuses");
+        // SAFETY: count 0 reads nothing.
+        let rc = unsafe { fj_quantize_batch_decode(c, null(), 0, bits, null(), 0, null_mut(), null_mut(), null_mut(), null_mut()) };
+        assert_eq!(rc, FJ_OK);
+    }
+    for dtype in DTYPES {
+        let mut items: Vec<PItem> =
+            (0..6).map(|k| PItem::new(k % 5, dtype, 900 + k as u64, k % 2 == 0, [FJ_GAUSSIAN, FJ_UNIFORM_NOISE][k % 2])).collect();
+        set(items[4].j.as_mut().unwrap(), dtype, 2, -1.0);
+        let (rc, stats, offsets) = perturb_batch(c, &mut items);
+        assert_eq!(rc, FJ_OK, "{}", err());
+        let feats: Vec<_> = items.iter().map(PItem::feats).collect();
+        let list: Vec<FjPerturbItem> = items.iter_mut().zip(&feats).map(|(it, (fx, fj))| it.item(fx, fj.as_ref())).collect();
+        let n = list.len();
+        let samples: Vec<usize> = items.iter().map(|it| it.f.dims[0] as usize).collect();
+        let mut statuses = vec![-99i32; n];
+        let mut scales = vec![f32::NAN; samples.iter().sum()];
+        // SAFETY: live buffers of the documented sizes.
+        let rc = unsafe {
+            fj_perturb_batch_decode(
+                c,
+                list.as_ptr(),
+                n as u32,
+                stats.as_ptr(),
+                stats.len() as u64,
+                null_mut(),
+                statuses.as_mut_ptr(),
+                scales.as_mut_ptr(),
+            )
+        };
+        assert_eq!(rc, FJ_OK, "{}", err());
+        let mut at = 0;
+        for (i, it) in items.iter().enumerate() {
+            let (code, msg, sc) = pdecode(c, it, slice_of(&stats, &offsets, i));
+            assert_eq!(statuses[i], code, "item {i}: {msg}");
+            let got: Vec<u32> = scales[at..at + samples[i]].iter().map(|s| s.to_bits()).collect();
+            if code == FJ_OK {
+                assert_eq!(got, sc, "item {i}");
+            } else {
+                assert_eq!((i, code), (4, FJ_ERR_JND));
+                assert!(scales[at..at + samples[i]].iter().all(|s| s.is_nan()), "a failed item's scales were written");
+            }
+            at += samples[i];
+        }
+        // SAFETY: live buffers; statistics one slot short.
+        let rc = unsafe {
+            fj_perturb_batch_decode(
+                c,
+                list.as_ptr(),
+                n as u32,
+                stats.as_ptr(),
+                stats.len() as u64 - 1,
+                null_mut(),
+                statuses.as_mut_ptr(),
+                null_mut(),
+            )
+        };
+        assert_eq!(rc, FJ_ERR_SHAPE, "{}", err());
+    }
+    // SAFETY: a live context made by `ctx`, used by no one after this.
+    unsafe { fj_context_destroy(c) };
+}

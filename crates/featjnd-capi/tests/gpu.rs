@@ -695,6 +695,35 @@ mod capi_device {
                     assert!((rb.total_sse - rs.total_sse).abs() <= 1e-9 * rs.total_sse.max(1e-30), "{what}");
                     assert!((rb.total_sse - rc.total_sse).abs() <= 1e-4 * rc.total_sse.max(1e-30), "{what}");
                 }
+                // The whole batch decoded with one copy (and one sync): item by item the same.
+                let feats = batch.feats(&inputs);
+                let items = batch.items(&inputs, &feats);
+                let bins = if bits == 16 { 512 } else { 255 };
+                let (mut st, mut hists) = (vec![-9i32; count], vec![0u64; count * bins]);
+                let mut res: Vec<FjQuantizeResult> = (0..count).map(|_| FjQuantizeResult::default()).collect();
+                // SAFETY: live device tensors of the documented sizes, written by work on `s`; host
+                // arrays for the statuses, results and histograms.
+                let rc = unsafe {
+                    fj_quantize_batch_decode(
+                        gpu_ctx,
+                        items.as_ptr(),
+                        count as u32,
+                        bits,
+                        p(&batch.stats),
+                        batch.stats.numel() as u64,
+                        s,
+                        st.as_mut_ptr(),
+                        res.as_mut_ptr(),
+                        hists.as_mut_ptr(),
+                    )
+                };
+                assert_eq!(rc, FJ_OK, "{}", err());
+                for i in 0..count {
+                    let (rb, hb) = batch.decode(gpu_ctx, &inputs, i, bits, per, s);
+                    assert_eq!(st[i], FJ_OK, "{kind:?} bits {bits} item {i}");
+                    assert_eq!((res[i].clamped, res[i].total_sse.to_bits()), (rb.clamped, rb.total_sse.to_bits()), "item {i}");
+                    assert_eq!(&hists[i * bins..(i + 1) * bins], &hb[..], "{kind:?} bits {bits} item {i}");
+                }
             }
             // The perturbation: per item its own J (or none), noise, seed and strength.
             let items_on = |dev: Device| -> (Vec<Tensor>, Vec<Option<Tensor>>, Vec<Tensor>) {
