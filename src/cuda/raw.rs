@@ -1247,6 +1247,44 @@ mod tests {
     }
 
     #[test]
+    fn the_two_launch_chain_fits_its_workspace() {
+        // For every size on both sides of the boundary: the token-stats grid (= the chain
+        // quantizer's grid) decides the form; where it is the two-launch one, the partials (two
+        // slots a block) lie past the statistics and the j_t scratch and inside the workspace.
+        use crate::geom::FeatureShape;
+        let shapes = [
+            FeatureShape::nchw(1, 1, 1, 1),
+            FeatureShape::nchw(2, 7, 5, 3),
+            FeatureShape::nchw(1, 8, 128, 128),
+            FeatureShape::nchw(1, 8, 128, 129),
+            FeatureShape::nchw(3, 17, 61, 97),
+            FeatureShape::ntc(1, 1, 1),
+            FeatureShape::ntc(3, 33, 1025),
+            FeatureShape::ntc(1, 4096, 16),
+            FeatureShape::ntc(1, 4097, 16),
+            FeatureShape::ntc(2, 5137, 3),
+        ];
+        let mut forms = [0usize; 2];
+        for shape in shapes {
+            let g = TokenGrid::new(shape, 1).unwrap().to_params();
+            let (ts, parts) = token_grid(&g, &TOKEN_STATS_NCHW, &TOKEN_STATS_NTC, M_TOKEN_STATS, Dtype::F32);
+            let (qk, blocks) = token_grid(&g, &QUANTIZE_CHAIN_NCHW, &QUANTIZE_CHAIN_NTC, quantize_module(Bits::B8, true), Dtype::F32);
+            assert_eq!(parts, blocks, "{shape:?}: the chain's two grids differ");
+            assert!(ts.name.starts_with("fj_token_stats_") && qk.name.starts_with("fj_quantize_chain_"));
+            let t = g.tokens as usize;
+            for bits in [Bits::B8, Bits::B16] {
+                let at = chain_partials_at(bits, t);
+                assert!(at >= quantize_slots(bits, true) + t.div_ceil(2), "{shape:?}: partials over the scratch");
+                if parts <= FJ_CHAIN_MAX_PARTS as u64 {
+                    assert!(at + 2 * parts as usize <= jnd_chain_slots(bits, t), "{shape:?} {bits:?}: partials past the workspace");
+                }
+            }
+            forms[usize::from(parts <= FJ_CHAIN_MAX_PARTS as u64)] += 1;
+        }
+        assert_eq!(forms, [4, 6], "both forms covered");
+    }
+
+    #[test]
     fn statistics_layouts_do_not_overlap() {
         let mut s = vec![0i64; quantize_slots(Bits::B8, true)];
         s[T_BAD_J] = !5;
