@@ -186,3 +186,35 @@ fn the_batch_kernels_read_their_descriptor_table_in_place() {
         }
     }
 }
+
+#[test]
+fn the_ptx_cache_returns_what_nvrtc_made_and_survives_a_bad_file() {
+    let dir = std::env::temp_dir().join(format!("featjnd-kernel-cache-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let m = &MODULES[compile::M_STEP_ALLOC];
+    let fresh = compile::compile_module_in(m, "compute_90", Some(&dir)).unwrap();
+    assert!(!fresh.cached);
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "one file per module and architecture: {files:?}");
+    let again = compile::compile_module_in(m, "compute_90", Some(&dir)).unwrap();
+    assert!(again.cached && again.ptx == fresh.ptx, "the cached PTX is the compiled PTX");
+    // Another architecture or specialisation is another key.
+    assert_ne!(compile::cache_key(m, "compute_80"), compile::cache_key(m, "compute_90"));
+    assert_ne!(
+        compile::cache_key(&MODULES[compile::M_QUANTIZE], "compute_90"),
+        compile::cache_key(&MODULES[compile::M_QUANTIZE + 1], "compute_90")
+    );
+    // A truncated or foreign file is not trusted: recompiled and rewritten.
+    for junk in ["", "// featjnd kernel cache 0000000000000000\n.entry x(", "garbage"] {
+        std::fs::write(&files[0], junk).unwrap();
+        let c = compile::compile_module_in(m, "compute_90", Some(&dir)).unwrap();
+        assert!(!c.cached && c.ptx == fresh.ptx, "after {junk:?}");
+        assert!(compile::compile_module_in(m, "compute_90", Some(&dir)).unwrap().cached, "rewritten after {junk:?}");
+    }
+    // An unwritable cache only costs the time: the compile still succeeds.
+    let blocked = dir.join("a-file-not-a-dir");
+    std::fs::write(&blocked, "x").unwrap();
+    let c = compile::compile_module_in(m, "compute_90", Some(&blocked)).unwrap();
+    assert!(!c.cached && c.ptx == fresh.ptx);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -82,6 +82,8 @@ pub struct Compiled {
     pub ptx: String,
     /// The NVRTC log (empty when clean; warnings land here).
     pub log: String,
+    /// Read from the on-disk PTX cache instead of compiled ([`compile_module_cached`]).
+    pub cached: bool,
 }
 
 /// The full translation unit NVRTC sees for one kernel file.
@@ -156,7 +158,13 @@ fn compile_with(name: &'static str, src: &str, arch: &str, defines: &'static [&'
         Ok(()) => unsafe { nv::get_ptx(prog) }
             .map_err(|e| Error::Nvrtc { kernel: name.into(), log: format!("{e:?}") })
             // SAFETY: NVRTC returns the PTX NUL-terminated in the owned buffer `raw`.
-            .map(|raw| Compiled { name, defines, ptx: unsafe { CStr::from_ptr(raw.as_ptr()) }.to_string_lossy().into_owned(), log }),
+            .map(|raw| Compiled {
+                name,
+                defines,
+                ptx: unsafe { CStr::from_ptr(raw.as_ptr()) }.to_string_lossy().into_owned(),
+                log,
+                cached: false,
+            }),
     };
     // SAFETY: see above; `prog` is not used after this.
     unsafe {
@@ -168,4 +176,92 @@ fn compile_with(name: &'static str, src: &str, arch: &str, defines: &'static [&'
 /// Compiles every module for `arch`, in [`MODULES`] order.
 pub fn compile_all(arch: &str) -> Result<Vec<Compiled>> {
     MODULES.iter().map(|m| compile_module(m, arch)).collect()
+}
+
+// ---- the on-disk PTX cache ----
+//
+// NVRTC takes 0.1-1.1 s per module (BENCHMARKS.md), which every process paid again on its first
+// call of each kind. The PTX of a module depends only on the translation unit, the options, the
+// architecture and the NVRTC version, so it is kept on disk under a key made of exactly those
+// (FNV-1a 64 over them: stable across builds and Rust versions). A file that does not start with
+// its own key line or holds no kernel is ignored and rewritten; writes go to a temporary file
+// renamed into place, so concurrent processes never read half a file. (The driver keeps its own
+// cache of the PTX-to-SASS step in ~/.nv/ComputeCache.)
+
+/// Where [`compile_module_cached`] keeps PTX: `FEATJND_KERNEL_CACHE` (a directory; `off` or empty
+/// turns the cache off), else `$XDG_CACHE_HOME/featjnd/kernels`, else `$HOME/.cache/featjnd/kernels`.
+pub fn cache_dir() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    match std::env::var_os("FEATJND_KERNEL_CACHE") {
+        Some(v) if v.is_empty() || v == "off" || v == "0" => None,
+        Some(v) => Some(PathBuf::from(v)),
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache")))
+            .map(|d| d.join("featjnd").join("kernels")),
+    }
+}
+
+/// The NVRTC version (major, minor), part of the cache key.
+fn nvrtc_version() -> (i32, i32) {
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: two valid out-pointers; only called once NVRTC is known to be loadable.
+    let _ = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    (major, minor)
+}
+
+/// FNV-1a, 64 bits, over `parts` separated by a 0 byte.
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for &b in p.iter().chain(&[0u8]) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// The cache key of a module for `arch`: what its PTX depends on.
+pub fn cache_key(m: &Module, arch: &str) -> String {
+    let (major, minor) = nvrtc_version();
+    let mut opts = options(arch);
+    opts.extend(m.defines.iter().map(|d| format!("-D{d}")));
+    let nv = format!("nvrtc {major}.{minor}");
+    let tu = translation_unit(m.source());
+    let mut parts: Vec<&[u8]> = vec![tu.as_bytes(), nv.as_bytes(), arch.as_bytes()];
+    parts.extend(opts.iter().map(|o| o.as_bytes()));
+    format!("{:016x}", fnv1a(&parts))
+}
+
+/// [`compile_module`] through the PTX cache in `dir` (`None`: no cache). A cache that cannot be
+/// read or written is skipped silently: the cache only saves time, it never fails a compile.
+pub fn compile_module_in(m: &Module, arch: &str, dir: Option<&std::path::Path>) -> Result<Compiled> {
+    let Some(dir) = dir else { return compile_module(m, arch) };
+    if !nvrtc_present() {
+        return compile_module(m, arch); // the error names what is missing
+    }
+    let key = cache_key(m, arch);
+    let stem = m.file.trim_end_matches(".cu");
+    let path = dir.join(format!("{stem}-{arch}-{key}.ptx"));
+    let head = format!("// featjnd kernel cache {key}\n");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Some(ptx) = text.strip_prefix(&head).filter(|p| p.contains(".entry")) {
+            return Ok(Compiled { name: m.file, defines: m.defines, ptx: ptx.to_string(), log: String::new(), cached: true });
+        }
+    }
+    let c = compile_module(m, arch)?;
+    if c.log.is_empty() && std::fs::create_dir_all(dir).is_ok() {
+        let tmp = dir.join(format!(".{stem}-{key}-{}.tmp", std::process::id()));
+        if std::fs::write(&tmp, format!("{head}{}", c.ptx)).is_ok() && std::fs::rename(&tmp, &path).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    Ok(c)
+}
+
+/// [`compile_module_in`] the [`cache_dir`] (what a device uses on a module's first launch).
+pub fn compile_module_cached(m: &Module, arch: &str) -> Result<Compiled> {
+    compile_module_in(m, arch, cache_dir().as_deref())
 }

@@ -131,7 +131,7 @@ impl Device {
         let m = match self.modules[module].get() {
             Some(m) => m.clone(),
             None => {
-                let c = compile::compile_module(&compile::MODULES[module], &self.arch)?;
+                let c = compile::compile_module_cached(&compile::MODULES[module], &self.arch)?;
                 let m = self.ctx.load_module(Ptx::from_src(c.ptx)).map_err(cuda_err)?;
                 self.modules[module].get_or_init(|| m).clone()
             }
