@@ -155,16 +155,11 @@ fn compile_with(name: &'static str, src: &str, arch: &str, defines: &'static [&'
     let out = match res {
         Err(e) => Err(Error::Nvrtc { kernel: name.into(), log: format!("{e:?} with {opts:?}:\n{log}") }),
         // SAFETY: see above; the program compiled.
-        Ok(()) => unsafe { nv::get_ptx(prog) }
-            .map_err(|e| Error::Nvrtc { kernel: name.into(), log: format!("{e:?}") })
+        Ok(()) => unsafe { nv::get_ptx(prog) }.map_err(|e| Error::Nvrtc { kernel: name.into(), log: format!("{e:?}") }).map(|raw| {
             // SAFETY: NVRTC returns the PTX NUL-terminated in the owned buffer `raw`.
-            .map(|raw| Compiled {
-                name,
-                defines,
-                ptx: unsafe { CStr::from_ptr(raw.as_ptr()) }.to_string_lossy().into_owned(),
-                log,
-                cached: false,
-            }),
+            let ptx = unsafe { CStr::from_ptr(raw.as_ptr()) }.to_string_lossy().into_owned();
+            Compiled { name, defines, ptx, log, cached: false }
+        }),
     };
     // SAFETY: see above; `prog` is not used after this.
     unsafe {
