@@ -59,7 +59,12 @@ impl Bands {
             Layout::Nchw => {
                 let p = grid.patch;
                 let hp = h / p;
+                // Segments of about SEGMENT elements; but where that leaves fewer bands than two
+                // per thread (few, small samples: a 1 MiB [1, 256, 32, 32] was one band, so one
+                // thread did all of it), shorter bands, down to one token row.
                 let per = (SEGMENT / (p * w)).clamp(1, hp);
+                let want = 2 * rayon::current_num_threads();
+                let per = if n * hp.div_ceil(per) < want { hp.div_ceil(want.div_ceil(n)).clamp(1, per) } else { per };
                 let per_sample = hp.div_ceil(per);
                 Bands { grid, count: n * per_sample, per, per_sample, elems: c * per * p * w }
             }
