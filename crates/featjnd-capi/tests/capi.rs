@@ -69,7 +69,8 @@ fn build_and_run_example(link: &[String]) {
     let out = std::process::Command::new(&exe).arg("0.02").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "the C example failed: {text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("0 mismatches"), "{text}");
+    assert!(text.contains(" 0 mismatches"), "{text}");
+    assert!(text.contains("batch: 2 items ok, 0 batch mismatches"), "{text}");
     assert!(text.contains("null feature -> status 1: x is null"), "{text}");
 }
 
