@@ -387,6 +387,12 @@ pub unsafe extern "C" fn fj_perturb_batch_async(
 
 // ---- decoding a batch with one copy of its statistics ----
 
+/// The per-item status array of a batch decode: required, 4-byte aligned.
+fn check_statuses(statuses: *mut i32) -> R<()> {
+    nonnull(statuses, "statuses")?;
+    aligned(statuses as *const c_void, 4, "statuses")
+}
+
 /// The status an item's bad element gives (`FJ_ERR_JND` or `FJ_ERR_NONFINITE`; the value is not
 /// read back: `fj_quantize_decode` / `fj_perturb_decode` on the item's slice give the message).
 fn bad_code(b: raw::BadElement) -> i32 {
@@ -429,8 +435,7 @@ pub unsafe extern "C" fn fj_quantize_batch_decode(
         if count == 0 {
             return Ok(());
         }
-        nonnull(statuses, "statuses")?;
-        aligned(statuses as *const c_void, 4, "statuses")?;
+        check_statuses(statuses)?;
         if !results.is_null() {
             aligned(results as *const c_void, std::mem::align_of::<FjQuantizeResult>(), "results")?;
         }
@@ -502,32 +507,33 @@ pub unsafe extern "C" fn fj_perturb_batch_decode(
         if count == 0 {
             return Ok(());
         }
-        nonnull(statuses, "statuses")?;
-        aligned(statuses as *const c_void, 4, "statuses")?;
+        check_statuses(statuses)?;
         if !scales.is_null() {
             aligned(scales as *const c_void, 4, "scales")?;
         }
-        // SAFETY: `items` readable as the contract says.
-        let offsets = unsafe { perturb_offsets(items, count)? };
-        // SAFETY: null or readable for its leading `u32` (checked by `perturb_offsets`).
+        // SAFETY: null or readable for its leading `u32` (contract).
         let stride = unsafe { item_stride(items, count)? };
+        // Each item read once: its samples and NRMSE, and where its slots start (the prefix sums
+        // `perturb_offsets` gives).
         let mut meta = Vec::with_capacity(count as usize);
+        let mut offsets = vec![0usize];
         for i in 0..count as usize {
-            // SAFETY: `i < count` items of `stride` bytes are readable (contract); `x` readable
-            // (read already by `perturb_offsets`).
+            // SAFETY: `i < count` items of `stride` bytes are readable (contract); `x` is null or
+            // a readable struct (contract).
             let (it, f) = unsafe {
                 let it = read_item(items, i, stride)?;
                 let f = feature(it.x, "x").map_err(|f| f.in_item(i))?;
                 (it, f)
             };
             meta.push((f.shape.samples(), it.nrmse));
+            offsets.push(offsets[i] + raw::perturb_slots(f.shape.samples()));
         }
-        let total = offsets[count as usize] as usize;
+        let total = offsets[count as usize];
         // SAFETY: by the contract (one copy and one sync on CUDA).
         let v = unsafe { host_stats(c, stats, stats_len, total, stream)? };
         let mut out = 0usize;
         for (i, &(samples, nrmse)) in meta.iter().enumerate() {
-            let s = &v[offsets[i] as usize..offsets[i + 1] as usize];
+            let s = &v[offsets[i]..offsets[i + 1]];
             let (bad, report) = raw::decode_perturb(s, samples);
             let code = match bad {
                 Some(b) => bad_code(b),
