@@ -5,33 +5,11 @@
 //!
 //! Every `unsafe` block calls the C entry points with pointers to live Rust buffers of the sizes
 //! the call documents (or deliberately bad ones, which the entry points must refuse).
+mod common;
+use common::{ctx, data, err, numel, CASES};
 use featjnd::*;
-use std::ffi::{c_void, CStr};
+use std::ffi::c_void;
 use std::ptr::{null, null_mut};
-
-fn err() -> String {
-    // SAFETY: fj_last_error returns this thread's NUL-terminated message, valid until the next call.
-    unsafe { CStr::from_ptr(fj_last_error()) }.to_string_lossy().into_owned()
-}
-
-fn ctx() -> *mut FjContext {
-    let o = FjContextOptions {
-        size: std::mem::size_of::<FjContextOptions>() as u32,
-        device: -1,
-        num_threads: 0,
-        pointer_checks: FJ_POINTERS_CHECKED,
-    };
-    let mut c = null_mut();
-    // SAFETY: `o` is a full options struct and `c` a writable out-pointer.
-    assert_eq!(unsafe { fj_context_create(&o, &mut c) }, FJ_OK, "{}", err());
-    c
-}
-
-fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut v = vec![0.0f32; n];
-    featjnd_kernels::philox::fill(&mut v, 0, seed, 0, featjnd_kernels::NoiseKind::Gaussian);
-    v
-}
 
 fn feat(v: &[f32], layout: u32, dims: [u64; 4]) -> FjFeature {
     FjFeature { dtype: FJ_F32, layout, dims, data: v.as_ptr() as *const _ }
@@ -68,22 +46,6 @@ impl Outs {
 
 fn bits_eq(a: &[f32], b: &[f32], what: &str) {
     assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "{what}");
-}
-
-const CASES: [(u32, [u64; 4], u32); 5] = [
-    (FJ_NCHW, [1, 1, 1, 1], 1),
-    (FJ_NCHW, [2, 7, 5, 3], 1),
-    (FJ_NCHW, [3, 17, 6, 10], 2),
-    (FJ_NTC, [1, 3, 1025, 0], 1),
-    (FJ_NTC, [2, 1, 5137, 0], 1),
-];
-
-fn numel(layout: u32, d: [u64; 4]) -> usize {
-    if layout == FJ_NTC {
-        (d[0] * d[1] * d[2]) as usize
-    } else {
-        (d[0] * d[1] * d[2] * d[3]) as usize
-    }
 }
 
 #[test]

@@ -7,32 +7,13 @@
 //!
 //! Every `unsafe` block calls the C entry points with pointers to live Rust buffers of the sizes
 //! the call documents (or deliberately bad ones, which the entry points must refuse).
+mod common;
+use common::{ctx, data, err, numel, CASES};
 use featjnd::*;
 use featjnd_kernels::__half::{bf16, f16};
-use std::ffi::{c_void, CStr};
+use std::ffi::c_void;
 use std::mem::size_of;
 use std::ptr::{null, null_mut};
-
-fn err() -> String {
-    // SAFETY: fj_last_error returns this thread's NUL-terminated message, valid until the next call.
-    unsafe { CStr::from_ptr(fj_last_error()) }.to_string_lossy().into_owned()
-}
-
-fn ctx() -> *mut FjContext {
-    let o =
-        FjContextOptions { size: size_of::<FjContextOptions>() as u32, device: -1, num_threads: 0, pointer_checks: FJ_POINTERS_CHECKED };
-    let mut c = null_mut();
-    // SAFETY: `o` is a full options struct and `c` a writable out-pointer.
-    assert_eq!(unsafe { fj_context_create(&o, &mut c) }, FJ_OK, "{}", err());
-    c
-}
-
-/// Philox values (key `seed`): no global RNG, so tests cannot disturb each other.
-fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut v = vec![0.0f32; n];
-    featjnd_kernels::philox::fill(&mut v, 0, seed, 0, featjnd_kernels::NoiseKind::Gaussian);
-    v
-}
 
 /// A host array of `len` elements of `es` bytes, 8-byte aligned (any dtype, symbols, statistics).
 #[derive(Clone, PartialEq, Debug)]
@@ -79,23 +60,6 @@ fn es_of(dtype: u32) -> usize {
 }
 
 const DTYPES: [u32; 3] = [FJ_F32, FJ_F16, FJ_BF16];
-
-/// (layout, dims, patch): 1, 210, 3060 (patch 2), 3075 and 10274 elements.
-const CASES: [(u32, [u64; 4], u32); 5] = [
-    (FJ_NCHW, [1, 1, 1, 1], 1),
-    (FJ_NCHW, [2, 7, 5, 3], 1),
-    (FJ_NCHW, [3, 17, 6, 10], 2),
-    (FJ_NTC, [1, 3, 1025, 0], 1),
-    (FJ_NTC, [2, 1, 5137, 0], 1),
-];
-
-fn numel(layout: u32, d: [u64; 4]) -> usize {
-    if layout == FJ_NTC {
-        (d[0] * d[1] * d[2]) as usize
-    } else {
-        (d[0] * d[1] * d[2] * d[3]) as usize
-    }
-}
 
 /// One quantization item's inputs and outputs (sentinel-filled, so a skipped write shows).
 #[derive(Clone)]
