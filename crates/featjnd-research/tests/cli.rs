@@ -242,3 +242,28 @@ fn bad_inputs_give_clear_errors() {
     let e = fails(d.path(), &["ops", "quantize", "--x", "x.npy", "--budget", "0.1", "--patch", "3", "--strategy", "uniform", "--out", "q"]);
     assert!(e.contains("patch 3"), "{e}");
 }
+
+#[test]
+fn run_on_a_photo_folder_checks_the_folder_and_the_tasks_before_any_work() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir(d.path().join("empty")).unwrap();
+    let e = fails(d.path(), &["run", "--images", "empty", "--out", "r"]);
+    assert!(e.contains("no png/jpg photos"), "{e}");
+    let e = fails(d.path(), &["run", "--images", "missing", "--out", "r"]);
+    assert!(e.contains("not a folder"), "{e}");
+    std::fs::create_dir(d.path().join("mixed")).unwrap();
+    std::fs::write(d.path().join("mixed/readme.md"), b"hi").unwrap();
+    let e = fails(d.path(), &["run", "--images", "mixed", "--out", "r"]);
+    assert!(e.contains("readme.md"), "{e}");
+    // The bundled non-photo tasks have their own data: naming one is an error, not a corpus run.
+    let e = fails(d.path(), &["run", "--images", "empty", "--tasks", "mobilenet,fmnist", "--out", "r"]);
+    assert!(e.contains("fmnist") && e.contains("--tasks"), "{e}");
+    let e = fails(d.path(), &["run", "--images", "empty", "--validation", "--out", "r"]);
+    assert!(e.contains("--validation"), "{e}");
+    assert!(!d.path().join("r").exists(), "nothing written");
+    // train-jnd for a bundled task takes no --images.
+    let e = fails(d.path(), &["train-jnd", "--task", "fmnist", "--split", "stage1", "--images", "empty"]);
+    assert!(e.contains("--images"), "{e}");
+    let e = fails(d.path(), &["train-jnd", "--task", "fmnist", "--split", "stage1", "--objective", "pow:2"]);
+    assert!(e.contains("objective"), "{e}");
+}

@@ -100,3 +100,22 @@ fn voc_and_coco_annotations_parse_to_corner_boxes() {
     assert!(parse_voc("<size><height>1</height><width>1</width></size><object><name>unicorn</name></object>").is_err());
     assert!(parse_coco("{}").is_err());
 }
+
+#[test]
+fn oracle_exponents_are_powers_of_one_sensitivity_and_the_diagnostic_set_is_checked() {
+    let _rng = common::rng_lock();
+    let t = task();
+    let f = t.model.head(&t.eval[0], "s").unwrap();
+    let clean = t.model.tail(&f, "s").unwrap();
+    let disc = oracle::task_disc(&t, 2);
+    let j1 = oracle::maps_with_power(t.model.as_ref(), &disc, "s", &f, &clean, 0, 1.0).unwrap().remove(0);
+    let j2 = oracle::maps_with_power(t.model.as_ref(), &disc, "s", &f, &clean, 0, 2.0).unwrap().remove(0);
+    // The same probes (seeded): J_2 = J_1², and the control is the p = 2 one.
+    assert!(j2.allclose(&j1.square(), 1e-5, 0.0, false));
+    assert!(oracle::maps(&t, "s", &f, &clean, 0).unwrap()[0].allclose(&j2, 1e-6, 0.0, false));
+    assert_eq!(NoiseShape::oracle_power(0.5).unwrap().name(), "oracle-p0.5");
+    assert_eq!(NoiseShape::oracle_power(3.0).unwrap().name(), "oracle-p3");
+    for bad in [0.0, 0.7, 2.5, -1.0, 100.0, f64::NAN] {
+        assert!(NoiseShape::oracle_power(bad).is_err(), "{bad}");
+    }
+}

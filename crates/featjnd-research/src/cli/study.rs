@@ -1,9 +1,9 @@
 //! `featjnd run` (the main job) and `featjnd train-jnd`.
 
-use crate::estimator::train::JndTrain;
+use crate::estimator::train::{JndTrain, Objective};
 use crate::study::run::{estimator_path, jnd_defaults, run as run_study, train_jnd, RunConfig};
-use crate::study::tasks::TaskId;
-use crate::Result;
+use crate::study::tasks::{EvalPhotos, TaskId};
+use crate::{Error, Result};
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -51,21 +51,59 @@ pub struct RunArgs {
     /// `capped[:KAPPA[:GAMMA]]` (cap factor κ, default 2; tolerances raised to γ, default 1).
     #[arg(long, value_delimiter = ',')]
     pub quant_strategies: Vec<String>,
+    /// Evaluate the photo tasks on the corpus's validation photos (carved from its training
+    /// photos by group) instead of the held-out ones: for choosing settings, never for reporting.
+    #[arg(long, conflicts_with = "model")]
+    pub validation: bool,
+    /// The room-per-split diagnostic: add oracle controls of these exponents (of 0.5, 1, 1.5, 2,
+    /// 3, 4) to the study's one (p = 2), e.g. `--oracle-powers 0.5,1,3 --perturb-only`.
+    #[arg(long, value_delimiter = ',')]
+    pub oracle_powers: Vec<f64>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
     #[arg(long)]
     pub quiet: bool,
 }
 
+/// The photos the run evaluates the photo tasks on, and the tasks: `--images DIR` without
+/// `--model` takes the photo tasks only (mobilenet and nanodet by default; naming another task is
+/// an error, not a silent corpus run).
+fn eval_photos(a: &RunArgs) -> Result<(EvalPhotos, Vec<TaskId>)> {
+    let tasks = |default: &[TaskId]| if a.tasks.is_empty() { default.to_vec() } else { a.tasks.clone() };
+    match (&a.user.data.images, a.validation) {
+        (Some(_), true) => Err(Error::Arg("--images and --validation exclude each other".into())),
+        (Some(dir), false) => {
+            let tasks = tasks(&EvalPhotos::TASKS);
+            if let Some(t) = tasks.iter().find(|t| !EvalPhotos::TASKS.contains(t)) {
+                return Err(Error::Arg(format!(
+                    "--images DIR evaluates the photo tasks (mobilenet, nanodet); task `{}` has its own data (drop it from --tasks)",
+                    t.name()
+                )));
+            }
+            // Checked now, before any model is loaded: an empty or bad folder fails at once.
+            crate::study::tasks::load_folder(dir)?;
+            Ok((EvalPhotos::Folder(dir.clone()), tasks))
+        }
+        (None, true) => Ok((EvalPhotos::Validation, tasks(&EvalPhotos::TASKS))),
+        (None, false) => Ok((EvalPhotos::HeldOut, tasks(&TaskId::ALL))),
+    }
+}
+
 pub fn run(a: &RunArgs) -> Result<serde_json::Value> {
     if a.user.data.model.is_some() {
         return super::user::run(a);
     }
+    let (photos, tasks) = eval_photos(a)?;
+    for &p in &a.oracle_powers {
+        crate::study::perturb::NoiseShape::oracle_power(p)?;
+    }
     let cfg = RunConfig {
+        oracle_powers: a.oracle_powers.clone(),
+        photos,
         out: a.out.clone(),
         models: a.models.clone(),
         cache: a.cache.clone(),
-        tasks: if a.tasks.is_empty() { TaskId::ALL.to_vec() } else { a.tasks.clone() },
+        tasks,
         quick: a.quick,
         full: a.full,
         splits: a.splits.clone(),
@@ -106,6 +144,11 @@ pub struct TrainJndArgs {
     /// Hidden width of the estimator (default: the task's, see `jnd_defaults`).
     #[arg(long)]
     pub hidden: Option<i64>,
+    /// Training objective: `sensitivity` (the default: shape from the task's per-element
+    /// sensitivity with the task's validated exponent, scale held at the constraint),
+    /// `sensitivity:P` (exponent P), or `log` (the paper's relaxation, the `featjnd-log` ablation).
+    #[arg(long)]
+    pub objective: Option<String>,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     #[arg(long, default_value = "cpu")]
@@ -116,12 +159,26 @@ pub struct TrainJndArgs {
     /// (`estimator::distill`) instead of the constrained objective. Bundled tasks only.
     #[arg(long, requires = "task")]
     pub distill_oracle: bool,
+    /// Only set the scale of the sensitivity-objective estimator at --out again (its shape is
+    /// kept): bisection on fresh training batches so that E[max(0, D−ε)] = τ, then measured on
+    /// others. Bundled tasks only.
+    #[arg(long, requires = "task", conflicts_with = "distill_oracle")]
+    pub recalibrate: bool,
 }
 
 impl TrainJndArgs {
     /// The training configuration: `defaults` with the options given on the command line.
-    pub fn train_config(&self, defaults: JndTrain) -> JndTrain {
-        JndTrain {
+    pub fn train_config(&self, defaults: JndTrain) -> Result<JndTrain> {
+        let default_power = match defaults.objective {
+            Objective::Sensitivity { power } => power,
+            Objective::Log => crate::estimator::sensitivity::DEFAULT_POWER,
+        };
+        let objective = match &self.objective {
+            Some(o) => Objective::parse(o, default_power)?,
+            None => defaults.objective,
+        };
+        Ok(JndTrain {
+            objective,
             steps: self.steps.unwrap_or(defaults.steps),
             eps: self.eps.unwrap_or(defaults.eps),
             tau: self.tau.unwrap_or(defaults.tau),
@@ -129,14 +186,21 @@ impl TrainJndArgs {
             seed: self.seed,
             quiet: self.quiet,
             ..defaults
-        }
+        })
     }
 }
 
 pub fn train(a: &TrainJndArgs) -> Result<serde_json::Value> {
     let (Some(task), Some(split)) = (a.task, a.split.clone()) else { return super::user::train(a) };
-    let t = a.train_config(jnd_defaults(task, &split));
+    if a.user.images.is_some() {
+        return Err(Error::Arg("--images is for --model DIR; a bundled task trains on its own data".into()));
+    }
+    let t = a.train_config(jnd_defaults(task, &split))?;
     let out = a.out.clone().unwrap_or_else(|| estimator_path(&a.models, task, &split));
+    if a.recalibrate {
+        let meta = crate::study::run::recalibrate_jnd(task, &split, &a.models, &out, &t, super::parse_device(&a.device)?)?;
+        return Ok(serde_json::json!({"checkpoint": out, "metrics": meta.metrics}));
+    }
     if a.distill_oracle {
         let meta = crate::study::run::distill_jnd(task, &split, &a.models, &out, &t, super::parse_device(&a.device)?)?;
         return Ok(serde_json::json!({"out": out, "metrics": meta.metrics}));

@@ -27,8 +27,9 @@ pub struct UserData {
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// The photos for --model: a folder of png/jpg files, split by file name into estimator-training
-    /// and held-out photos.
-    #[arg(long, value_name = "DIR", requires = "model")]
+    /// and held-out photos. Without --model (`featjnd run` only): evaluate the bundled photo tasks
+    /// (mobilenet, nanodet) with their committed estimators on every photo in the folder.
+    #[arg(long, value_name = "DIR")]
     pub images: Option<PathBuf>,
     /// Input size HxW the photos are stretched to (default 224x224 for a classifier, 320x448 for a
     /// detector).
@@ -122,7 +123,7 @@ pub fn run(a: &RunArgs) -> Result<Value> {
     if let Some(s) = a.jnd_steps.or(if a.quick { Some(15) } else { None }) {
         t.steps = s;
     }
-    let fp = fingerprint(&spec, t.steps);
+    let fp = format!("{}\nobjective {}", fingerprint(&spec, t.steps), t.objective.name());
     let fp_path = ckpt.with_extension("source.txt");
     let estimator_from = if let Some(given) = &a.user.jnd {
         let (est, meta) = JndEstimator::load(given, device)?;
@@ -164,6 +165,8 @@ pub fn run(a: &RunArgs) -> Result<Value> {
         perturb: !a.quant_only,
         quant: !a.perturb_only,
         quant_strategies: a.quant_strategies.iter().map(|s| crate::study::quant::QStrategy::parse(s)).collect::<Result<_>>()?,
+        photos: crate::study::tasks::EvalPhotos::HeldOut,
+        oracle_powers: a.oracle_powers.clone(),
     };
     let s = run_study(&cfg)?;
     // The user section: the model, the photos held out, the discrepancy.
@@ -228,7 +231,7 @@ pub fn train(a: &TrainJndArgs) -> Result<Value> {
             return Err(Error::Arg(format!("the model has the one split {split:?}, not {s:?}")));
         }
     }
-    let t = a.train_config(user::jnd_defaults(task.id));
+    let t = a.train_config(user::jnd_defaults(task.id))?;
     let out = a.out.clone().unwrap_or_else(|| spec.model.join(format!("featjnd-{split}.safetensors")));
     let (est, meta, log) = user::train(&mut task, &t)?;
     est.save(&meta, &out)?;

@@ -27,6 +27,27 @@ pub enum CorpusSplit {
     HeldOut,
 }
 
+/// Share of the `train` photo *groups* carved out as the validation photos (by a hash of the group
+/// name, so a group stays on one side): settings such as the sensitivity objective's exponent are
+/// chosen on them, never on the held-out photos; estimators train on the rest of `train`.
+pub const VALIDATION_FRACTION: f64 = 0.2;
+
+/// Whether the `train` photos of `group` are validation photos ([`VALIDATION_FRACTION`]).
+pub fn is_validation_group(group: &str) -> bool {
+    crate::study::user::name_hash(group) < VALIDATION_FRACTION
+}
+
+/// The three disjoint photo sets of the corpus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Subset {
+    /// `train` photos outside the validation groups: estimator training.
+    Fit,
+    /// `train` photos of the validation groups ([`is_validation_group`]): model selection.
+    Validation,
+    /// `heldout` photos: every reported number.
+    HeldOut,
+}
+
 /// One manifest row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -92,6 +113,21 @@ impl Corpus {
     /// Paths of the photos of `split`, in manifest order.
     pub fn files(&self, split: CorpusSplit) -> Vec<PathBuf> {
         self.entries.iter().filter(|e| e.split == split).map(|e| self.dir.join(&e.name)).collect()
+    }
+
+    /// Paths of the photos of `subset`, in manifest order.
+    pub fn subset_files(&self, subset: Subset) -> Vec<PathBuf> {
+        let keep = |e: &Entry| match subset {
+            Subset::Fit => e.split == CorpusSplit::Train && !is_validation_group(&e.group),
+            Subset::Validation => e.split == CorpusSplit::Train && is_validation_group(&e.group),
+            Subset::HeldOut => e.split == CorpusSplit::HeldOut,
+        };
+        self.entries.iter().filter(|e| keep(e)).map(|e| self.dir.join(&e.name)).collect()
+    }
+
+    /// Decodes the photos of `subset`.
+    pub fn load_subset(&self, subset: Subset) -> Result<Vec<crate::data::photos::Photo>> {
+        self.subset_files(subset).iter().map(|p| crate::data::photos::load_photo(p)).collect()
     }
 
     /// Decodes the photos of `split` (see [`crate::data::photos::load_photo`]).

@@ -49,7 +49,7 @@ pub fn distill_estimator(
         let loss = Tensor::stack(&terms, 0).mean(Kind::Float);
         opt.backward_step(&loss);
         let l = loss.double_value(&[]);
-        log.push(LogPoint { step, hinge: l, lambda: 0.0, log_j: 0.0, d: 0.0 });
+        log.push(LogPoint { step, hinge: l, lambda: 0.0, log_j: 0.0, d: 0.0, shape_loss: l, log_scale: 0.0 });
         pb.step(format!("loss {l:.4}"));
     }
     pb.finish();

@@ -12,6 +12,7 @@
 
 pub mod discrepancy;
 pub mod distill;
+pub mod sensitivity;
 pub mod train;
 
 use crate::model::checkpoint::{self, Meta};
@@ -36,6 +37,19 @@ pub struct EstimatorConfig {
     /// The task model and split this estimator belongs to.
     pub model: String,
     pub split: String,
+    /// A global multiplier of `J`: the scale `s` of `J = s·S(f)` that the sensitivity objective
+    /// (`sensitivity`) holds at the constraint; 1 for the log objective (and for checkpoints
+    /// written before it existed).
+    #[serde(default = "one")]
+    pub scale: f64,
+    /// The training objective that produced the weights (`log`, or `sensitivity:p=P`); empty in
+    /// checkpoints written before it was recorded (they are `log`).
+    #[serde(default)]
+    pub objective: String,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 struct Level {
@@ -128,7 +142,7 @@ impl JndEstimator {
             .map(|(l, f)| {
                 let (m, s) = (l.mean.view([1, -1, 1, 1]), l.std.view([1, -1, 1, 1]));
                 let z = ((f - &m) / &s).apply(&l.c1).relu().apply(&l.c2).relu().apply(&l.c3);
-                let unit = z.softplus() + self.config.floor;
+                let unit = (z.softplus() + self.config.floor) * self.config.scale;
                 (&unit * &s, unit.log())
             })
             .collect())

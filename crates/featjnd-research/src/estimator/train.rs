@@ -16,8 +16,52 @@ use crate::{NoiseKind, Result};
 use tch::nn::{Optimizer, OptimizerConfig};
 use tch::{Kind, Tensor};
 
+/// What trains the estimator. Both keep FeatJND's meaning: `J` is the largest perturbation whose
+/// task discrepancy stays within the constraint `E[max(0, D − ε)] ≤ τ`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub enum Objective {
+    /// The paper's relaxation: `L = λ·E[max(0, D−ε)] − E[mean log(J/std)]`, dual ascent on `λ`
+    /// ([`train_estimator_with`]). Shown in the study as the ablation `featjnd-log`.
+    Log,
+    /// Shape and scale split (`super::sensitivity`): `J = s·S(f)`, the shape `S` regressed onto
+    /// per-image sensitivity maps `(g + c)^-p` from the task's gradients at noise probes, the
+    /// scale `s` held at the constraint.
+    Sensitivity { power: f64 },
+}
+
+impl Objective {
+    /// `log` or `sensitivity:p=P` (what the checkpoint's config records).
+    pub fn name(&self) -> String {
+        match self {
+            Objective::Log => "log".into(),
+            Objective::Sensitivity { power } => format!("sensitivity:p={power}"),
+        }
+    }
+
+    /// `log`, `sensitivity` (with `default_power`) or `sensitivity:P`.
+    pub fn parse(s: &str, default_power: f64) -> Result<Objective> {
+        let bad = || crate::Error::Arg(format!("objective `{s}`: expected `log`, `sensitivity` or `sensitivity:P` with P > 0"));
+        match s.split_once(':') {
+            None if s == "log" => Ok(Objective::Log),
+            None if s == "sensitivity" => Ok(Objective::Sensitivity { power: default_power }),
+            Some(("sensitivity", p)) => {
+                let power: f64 = p.trim_start_matches("p=").parse().map_err(|_| bad())?;
+                if power.is_finite() && power > 0.0 {
+                    Ok(Objective::Sensitivity { power })
+                } else {
+                    Err(bad())
+                }
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct JndTrain {
+    pub objective: Objective,
+    /// Step of `log s` per unit of relative constraint error (sensitivity objective only).
+    pub scale_lr: f64,
     pub steps: usize,
     pub lr: f64,
     /// Discrepancy tolerated per sample.
@@ -38,6 +82,8 @@ pub struct JndTrain {
 impl Default for JndTrain {
     fn default() -> Self {
         JndTrain {
+            objective: Objective::Sensitivity { power: super::sensitivity::DEFAULT_POWER },
+            scale_lr: 0.05,
             steps: 300,
             lr: 2e-3,
             eps: 0.02,
@@ -65,6 +111,12 @@ pub struct LogPoint {
     pub log_j: f64,
     /// Mean `D_t`.
     pub d: f64,
+    /// Sensitivity objective: the shape loss (centred-log MSE to the sensitivity maps).
+    #[serde(default)]
+    pub shape_loss: f64,
+    /// Sensitivity objective: `log s` after the step.
+    #[serde(default)]
+    pub log_scale: f64,
 }
 
 /// Noise `ξ` shaped like `f`, from Philox counters `offset..` of `subsequence`.
@@ -86,6 +138,8 @@ pub(super) fn new_estimator(model: &dyn SplitModel, split: &str, x0: &Tensor, cf
         init: cfg.init,
         model: model.arch().to_string(),
         split: split.to_string(),
+        scale: 1.0,
+        objective: cfg.objective.name(),
     };
     tch::manual_seed(cfg.seed as i64);
     let mut est = JndEstimator::new(config.clone(), x0.device());
@@ -126,6 +180,9 @@ pub fn train_estimator_with(
     cfg: &JndTrain,
     disc: &dyn Fn(&[Tensor], &[Tensor]) -> Tensor,
 ) -> Result<(JndEstimator, Meta, Vec<LogPoint>)> {
+    if let Objective::Sensitivity { power } = cfg.objective {
+        return super::sensitivity::train(model, split, batch, cfg, disc, power);
+    }
     let x0 = batch(0)?;
     let device = x0.device();
     let (est, mut opt, mut meta) = new_estimator(model, split, &x0, cfg)?;
@@ -159,7 +216,7 @@ pub fn train_estimator_with(
         opt.backward_step(&loss);
         let (h, r, dm) = (hinge.double_value(&[]), reward.double_value(&[]), d.mean(Kind::Float).double_value(&[]));
         lambda = (lambda + cfg.dual_lr * (h - cfg.tau)).max(0.0);
-        log.push(LogPoint { step, hinge: h, lambda, log_j: r, d: dm });
+        log.push(LogPoint { step, hinge: h, lambda, log_j: r, d: dm, shape_loss: 0.0, log_scale: 0.0 });
         let e = match ema {
             None => (h, r),
             Some((eh, er)) => (0.95 * eh + 0.05 * h, 0.95 * er + 0.05 * r),

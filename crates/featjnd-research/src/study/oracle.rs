@@ -66,6 +66,21 @@ pub fn maps_with(
     clean: &[Tensor],
     batch: usize,
 ) -> Result<Vec<Tensor>> {
+    maps_with_power(model, disc, split, feats, clean, batch, POWER)
+}
+
+/// [`maps_with`] with another exponent `p` of `J = (g + c)^-p` than the control's [`POWER`]: the
+/// shape targets of the sensitivity objective (`estimator::sensitivity`), whose `p` is chosen
+/// on validation photos.
+pub fn maps_with_power(
+    model: &dyn SplitModel,
+    disc: &dyn Fn(&[Tensor], &[Tensor]) -> Tensor,
+    split: &str,
+    feats: &[Tensor],
+    clean: &[Tensor],
+    batch: usize,
+    power: f64,
+) -> Result<Vec<Tensor>> {
     if feats.is_empty() {
         return Err(Error::Model("oracle: no features".into()));
     }
@@ -95,7 +110,7 @@ pub fn maps_with(
             let g = (s / DRAWS as f64).sqrt();
             let c = g.flatten(1, -1).mean_dim(1, true, Kind::Float).clamp_min(1e-30) * FLOOR;
             let shape: Vec<i64> = std::iter::once(g.size()[0]).chain(std::iter::repeat_n(1, g.dim() - 1)).collect();
-            (g + c.view(shape.as_slice())).pow_tensor_scalar(-POWER)
+            (g + c.view(shape.as_slice())).pow_tensor_scalar(-power)
         })
         .collect())
 }

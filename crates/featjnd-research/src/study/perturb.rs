@@ -39,23 +39,48 @@ pub const DET_REPLICATES: usize = 50;
 #[serde(rename_all = "lowercase")]
 pub enum NoiseShape {
     FeatJnd,
+    /// The ablation: an estimator trained with the paper's log objective (`models/jnd-log/`).
+    FeatJndLog,
     Gaussian,
     Uniform,
     Magnitude,
     Oracle,
+    /// The oracle control with another exponent `p` (in tenths: `OracleP(5)` is `p = 0.5`), for
+    /// the room-per-split diagnostic (`featjnd run --oracle-powers`); see [`NoiseShape::oracle_power`].
+    OracleP(u8),
 }
 
 impl NoiseShape {
+    /// The shapes of every study (the ablation [`NoiseShape::FeatJndLog`] joins where its
+    /// estimator exists).
     pub const ALL: [NoiseShape; 5] =
         [NoiseShape::FeatJnd, NoiseShape::Gaussian, NoiseShape::Uniform, NoiseShape::Magnitude, NoiseShape::Oracle];
     pub fn name(self) -> &'static str {
         match self {
             NoiseShape::FeatJnd => "featjnd",
+            NoiseShape::FeatJndLog => "featjnd-log",
             NoiseShape::Gaussian => "gaussian",
             NoiseShape::Uniform => "uniform",
             NoiseShape::Magnitude => "magnitude",
             NoiseShape::Oracle => "oracle",
+            NoiseShape::OracleP(5) => "oracle-p0.5",
+            NoiseShape::OracleP(10) => "oracle-p1",
+            NoiseShape::OracleP(15) => "oracle-p1.5",
+            NoiseShape::OracleP(20) => "oracle-p2",
+            NoiseShape::OracleP(30) => "oracle-p3",
+            NoiseShape::OracleP(40) => "oracle-p4",
+            NoiseShape::OracleP(_) => "oracle-p?",
         }
+    }
+
+    /// The oracle shape of exponent `p` for the diagnostic; `p` ∈ {0.5, 1, 1.5, 2, 3, 4}.
+    pub fn oracle_power(p: f64) -> crate::Result<NoiseShape> {
+        let tenths = (p * 10.0).round();
+        let s = NoiseShape::OracleP(tenths.clamp(0.0, 255.0) as u8);
+        if (p * 10.0 - tenths).abs() > 1e-9 || s.name() == "oracle-p?" {
+            return Err(crate::Error::Arg(format!("oracle exponent {p}: one of 0.5, 1, 1.5, 2, 3, 4")));
+        }
+        Ok(s)
     }
 }
 
@@ -172,7 +197,7 @@ pub fn perturb_levels(feats: &[Tensor], jnd: &[Tensor], shape: NoiseShape, r: f6
             // Streams separate levels and batches; the seed separates repetitions.
             let noise = Noise { kind, seed, subsequence: (batch * 8 + l) as u32 };
             let j = match shape {
-                NoiseShape::FeatJnd | NoiseShape::Oracle => Some(jnd[l].shallow_clone()),
+                NoiseShape::FeatJnd | NoiseShape::FeatJndLog | NoiseShape::Oracle | NoiseShape::OracleP(_) => Some(jnd[l].shallow_clone()),
                 NoiseShape::Magnitude => {
                     let a = f.abs();
                     let tiny = a.mean(Kind::Float).double_value(&[]).max(1e-30) * 1e-6;
@@ -187,13 +212,15 @@ pub fn perturb_levels(feats: &[Tensor], jnd: &[Tensor], shape: NoiseShape, r: f6
         .collect()
 }
 
-/// Runs the study on `task` at `split` with estimator `est`. `det_intervals`: bootstrap the
-/// headline detection AP (a COCO evaluation per replicate, seed and point; see the module docs).
+/// Runs the study on `task` at `split` with estimator `est` (and `ablation`, the log-objective
+/// estimator, for [`NoiseShape::FeatJndLog`]). `det_intervals`: bootstrap the headline detection
+/// AP (a COCO evaluation per replicate, seed and point; see the module docs).
 #[allow(clippy::too_many_arguments)]
 pub fn run_split(
     task: &Task,
     split: &str,
     est: &JndEstimator,
+    ablation: Option<&JndEstimator>,
     levels: &[f64],
     seeds: &[u64],
     shapes: &[NoiseShape],
@@ -202,6 +229,29 @@ pub fn run_split(
 ) -> Result<SplitCurves> {
     let model = task.model.as_ref();
     let (feats, jnds, clean) = super::held_out_features(task, split, est)?;
+    let log_maps: Vec<Vec<Tensor>> = match ablation {
+        Some(a) if shapes.contains(&NoiseShape::FeatJndLog) => tch::no_grad(|| feats.iter().map(|f| a.forward(f)).collect::<Result<_>>())?,
+        _ if shapes.contains(&NoiseShape::FeatJndLog) => {
+            return Err(crate::Error::Model("the featjnd-log shape needs the log-objective estimator".into()))
+        }
+        _ => Vec::new(),
+    };
+    // The diagnostic oracles of other exponents: per shape, per batch.
+    let mut oracle_p: BTreeMap<NoiseShape, Vec<Vec<Tensor>>> = BTreeMap::new();
+    for &shape in shapes {
+        if let NoiseShape::OracleP(t) = shape {
+            let maps = feats
+                .iter()
+                .zip(&clean)
+                .enumerate()
+                .map(|(b, (f, c))| {
+                    let disc = super::oracle::task_disc(task, f[0].size()[0]);
+                    super::oracle::maps_with_power(model, &disc, split, f, c, b, t as f64 / 10.0)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            oracle_p.insert(shape, maps);
+        }
+    }
     let oracle: Vec<Vec<Tensor>> = if shapes.contains(&NoiseShape::Oracle) {
         let mut pb = Progress::new(feats.len() as u64, &format!("{} {split} oracle", task.id.name()), quiet);
         let mut v = Vec::with_capacity(feats.len());
@@ -251,7 +301,12 @@ pub fn run_split(
                 let outs = tch::no_grad(|| -> Result<Vec<Vec<Tensor>>> {
                     let mut outs = Vec::new();
                     for (b, (f, j)) in feats.iter().zip(&jnds).enumerate() {
-                        let j = if shape == NoiseShape::Oracle { &oracle[b] } else { j };
+                        let j = match shape {
+                            NoiseShape::Oracle => &oracle[b],
+                            NoiseShape::FeatJndLog => &log_maps[b],
+                            NoiseShape::OracleP(_) => &oracle_p[&shape][b],
+                            _ => j,
+                        };
                         let p = perturb_levels(f, j, shape, r, seed, b)?;
                         let (s, c) = nrmse_sum(f, &p);
                         nsum += s;

@@ -7,8 +7,8 @@ use super::perturb::{run_split, NoiseShape, SplitCurves};
 use super::plot::{line_chart, Series};
 use super::quant::{self, QStrategy};
 use super::stats;
-use super::tasks::{build, Sizes, Task, TaskId};
-use crate::estimator::train::{train_estimator, JndTrain, LogPoint};
+use super::tasks::{build, build_with, EvalPhotos, Sizes, Task, TaskId};
+use crate::estimator::train::{train_estimator, JndTrain, LogPoint, Objective};
 use crate::estimator::JndEstimator;
 use crate::model::checkpoint::{self, Meta};
 use crate::{Error, Result};
@@ -41,6 +41,11 @@ pub struct RunConfig {
     pub quant: bool,
     /// The quantization study's strategies (empty: the defaults).
     pub quant_strategies: Vec<QStrategy>,
+    /// The photos of the photo tasks (held-out corpus photos by default).
+    pub photos: EvalPhotos,
+    /// The room-per-split diagnostic: oracle controls of these exponents beside the study's
+    /// (`p = 2`) one (empty: none).
+    pub oracle_powers: Vec<f64>,
 }
 
 impl RunConfig {
@@ -119,34 +124,57 @@ impl RunConfig {
     }
 }
 
-/// Default estimator training of each task (and split point, where the capacity differs).
+/// Default estimator training of each task (and split point, where the capacity differs): the
+/// sensitivity objective (`estimator::sensitivity`) with the exponent `p` chosen per task on
+/// validation photos ([`VALIDATED_POWER`]).
 pub fn jnd_defaults(id: TaskId, split: &str) -> JndTrain {
-    let d = JndTrain::default();
+    let d = JndTrain { objective: Objective::Sensitivity { power: validated_power(id) }, ..JndTrain::default() };
     match id {
-        TaskId::Fmnist => JndTrain { steps: 200, ..d },
+        TaskId::Fmnist => JndTrain { steps: 300, ..d },
         TaskId::Shapes => JndTrain { steps: 150, ..d },
         // Capacity per split by the cost bound (≤ 10% of the backbone's forward time; MobileNetV2
         // is ≈ 300 M multiply-adds at 224×224). Per position the estimator costs 2·C·h + 9·h²:
         // stage2 (C 24, 56²) h 24 → 20 M (≈ 7%), stage3 (C 32, 28²) h 48 → 19 M (≈ 6%), stage5
         // (C 96, 14²) h 96 → 20 M (≈ 7%); `featjnd run` measures the time fraction (3–9%).
-        // λ starts near where 400-step runs were still climbing (34–37; from λ = 1, λ first
-        // decays to 0 and the hinge then overshoots τ tenfold). 1200 steps: the final hinge is
-        // the mean over the last 240, and with dual ascent it is τ + Δλ / (η · 240), so it lands
-        // within ±10% of τ once λ moves by less than 2.4 over that window.
         TaskId::Mobilenet => {
             let hidden = match split {
                 "stage2" => 24,
                 "stage3" => 48,
                 _ => 96,
             };
-            JndTrain { steps: 1200, hidden, lambda0: 38.0, ..d }
+            JndTrain { steps: 300, hidden, ..d }
         }
         // Hidden width 32: 2·128·32 + 9·32² ≈ 17 k multiply-adds per position, 47 M at `stage2`
         // and 62 M at `neck` against ≈ 2 G for NanoDet at 416×416 (≈ 3%; `featjnd run` measures it).
-        TaskId::Nanodet => JndTrain { steps: 1000, hidden: 32, ..d },
+        TaskId::Nanodet => JndTrain { steps: 300, hidden: 32, ..d },
         // A user's model (`featjnd run --model`): see `study::user::jnd_defaults`.
         TaskId::User | TaskId::UserDet => super::user::jnd_defaults(id),
     }
+}
+
+/// The exponent `p` of the sensitivity objective per task, chosen on validation photos (never
+/// the held-out ones) by the goal metric: `models/README.md` has the validation numbers.
+pub const VALIDATED_POWER: [(TaskId, f64); 4] =
+    [(TaskId::Fmnist, 2.0), (TaskId::Shapes, 2.0), (TaskId::Mobilenet, 2.0), (TaskId::Nanodet, 2.0)];
+
+/// [`VALIDATED_POWER`] of `id` (the oracle control's exponent for a user's model).
+pub fn validated_power(id: TaskId) -> f64 {
+    VALIDATED_POWER.iter().find(|(t, _)| *t == id).map_or(crate::estimator::sensitivity::DEFAULT_POWER, |(_, p)| *p)
+}
+
+/// The log-objective estimator of `task`/`split` kept as the `featjnd-log` ablation, where one is
+/// committed (`<models>/jnd-log/<task>-<split>.safetensors`); never trained by `run`.
+pub fn ablation_path(models: &Path, id: TaskId, split: &str) -> PathBuf {
+    models.join("jnd-log").join(format!("{}-{split}.safetensors", id.name()))
+}
+
+fn ablation_estimator(id: TaskId, split: &str, cfg: &RunConfig) -> Result<Option<(JndEstimator, PathBuf)>> {
+    let p = ablation_path(&cfg.models, id, split);
+    if !p.is_file() {
+        return Ok(None);
+    }
+    let (e, _) = JndEstimator::load(&p, cfg.device)?;
+    Ok(Some((e, p)))
 }
 
 /// Committed estimator of `task`/`split`.
@@ -214,6 +242,20 @@ fn plot_log(out: &Path, name: &str, log: &[LogPoint], tau: f64) -> Result<(PathB
         ],
     )?;
     let b = out.join(format!("jnd-lambda-{name}.png"));
+    if log.iter().any(|p| p.shape_loss != 0.0) {
+        // The sensitivity objective: no multiplier; the shape loss and the scale instead.
+        line_chart(
+            &b,
+            &format!("{name}: shape loss (centred-log MSE) and log s"),
+            "step",
+            "value",
+            &[
+                Series { name: "shape loss".into(), x: x.clone(), y: log.iter().map(|p| p.shape_loss).collect(), lo: vec![], hi: vec![] },
+                Series { name: "log s".into(), x, y: log.iter().map(|p| p.log_scale).collect(), lo: vec![], hi: vec![] },
+            ],
+        )?;
+        return Ok((a, b));
+    }
     line_chart(
         &b,
         &format!("{name}: multiplier lambda and mean log(J/std)"),
@@ -246,6 +288,9 @@ pub struct GoalRow {
     /// The oracle control's drop at the same level and its interval (`None` without the oracle).
     pub oracle: Option<f64>,
     pub oracle_ci: Option<(f64, f64)>,
+    /// The `featjnd-log` ablation's drop at the same level and its interval (`None` without it).
+    pub ablation: Option<f64>,
+    pub ablation_ci: Option<(f64, f64)>,
 }
 
 impl GoalRow {
@@ -273,10 +318,12 @@ pub fn goal(c: &SplitCurves, metric: &str, drop: f64) -> Option<GoalRow> {
             .and_then(|(j, g)| stats::interval95(&j.iter().zip(&g).map(|(a, b)| a - b).collect::<Vec<_>>())),
         oracle: c.curves.get("oracle").and_then(|o| o.get(i)).map(|p| clean - p.mean[metric]),
         oracle_ci: c.drop_interval("oracle", i, metric),
+        ablation: c.curves.get("featjnd-log").and_then(|o| o.get(i)).map(|p| clean - p.mean[metric]),
+        ablation_ci: c.drop_interval("featjnd-log", i, metric),
     })
 }
 
-/// FeatJND against each other deployable shape (not the oracle control) at the levels where any
+/// FeatJND against each other deployable shape (not the oracle controls) at the levels where any
 /// of them loses ≥ 1 point of `metric`:
 /// (better, overlapping, worse) counts of (level, shape) pairs, by the 95% intervals of the metric
 /// (better: FeatJND's interval entirely above); by the point values where there are no intervals.
@@ -284,7 +331,7 @@ pub fn versus_others(c: &SplitCurves, metric: &str) -> (usize, usize, usize) {
     let (mut better, mut tie, mut worse) = (0, 0, 0);
     let Some(clean) = c.clean.get(metric).copied() else { return (0, 0, 0) };
     let Some(j) = c.curves.get("featjnd") else { return (0, 0, 0) };
-    let deployable = || c.curves.iter().filter(|(n, _)| n.as_str() != "oracle");
+    let deployable = || c.curves.iter().filter(|(n, _)| !n.starts_with("oracle"));
     for (i, pj) in j.iter().enumerate() {
         if !deployable().any(|(_, pts)| pts.get(i).is_some_and(|p| clean - p.mean[metric] >= 0.01)) {
             continue;
@@ -335,7 +382,7 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
     let mut goal_rows = Vec::new();
     let mut goal_rows_q = Vec::new();
     for &id in &cfg.tasks {
-        let mut task = match build(id, &cfg.models, cfg.sizes(), cfg.device) {
+        let mut task = match build_with(id, &cfg.models, cfg.sizes(), cfg.device, &cfg.photos) {
             Ok(t) => t,
             Err(e) => {
                 skipped.push(format!("{}: {e}", id.name()));
@@ -347,10 +394,14 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
         let (levels, seeds) = (cfg.levels_for(id), cfg.seeds_for(id));
         writeln!(report, "## Task `{}` ({})\n", id.name(), task.model.arch()).ok();
         writeln!(report, "NRMSE levels {levels:?}, noise seeds {seeds:?}.\n").ok();
+        if EvalPhotos::TASKS.contains(&id) {
+            writeln!(report, "Evaluated on {} ({} photos).\n", cfg.photos.describe(), task.eval.iter().map(|x| x.size()[0]).sum::<i64>())
+                .ok();
+        }
         let mut task_json = serde_json::Map::new();
         task_json.insert("levels".into(), json!(levels));
         task_json.insert("seeds".into(), json!(seeds));
-        if id == TaskId::Nanodet && !cfg.quick {
+        if id == TaskId::Nanodet && !cfg.quick && cfg.photos == EvalPhotos::HeldOut {
             let corpus = crate::data::corpus::Corpus::open_default()?;
             if let Some(g) = super::real_gt::evaluate(task.model.as_ref(), &corpus, cfg.device)? {
                 writeln!(
@@ -405,7 +456,27 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
             let mut split_json = json!({});
             let t_split = std::time::Instant::now();
             if cfg.perturb {
-                let curves = run_split(&task, &split, &est, &levels, &seeds, &NoiseShape::ALL, cfg.det_intervals(id), cfg.quiet)?;
+                let ablation = ablation_estimator(task.id, &split, cfg)?;
+                let mut shapes = NoiseShape::ALL.to_vec();
+                for &p in cfg.oracle_powers.iter().filter(|&&p| p != super::oracle::POWER) {
+                    shapes.push(NoiseShape::oracle_power(p)?);
+                }
+                if let Some((_, p)) = &ablation {
+                    shapes.insert(1, NoiseShape::FeatJndLog);
+                    writeln!(report, "Ablation `featjnd-log`: `{}`, the estimator trained with the paper's log objective.\n", p.display())
+                        .ok();
+                }
+                let curves = run_split(
+                    &task,
+                    &split,
+                    &est,
+                    ablation.as_ref().map(|(e, _)| e),
+                    &levels,
+                    &seeds,
+                    &shapes,
+                    cfg.det_intervals(id),
+                    cfg.quiet,
+                )?;
                 if let (Some(n), Some(b)) = (curves.clean.get("images"), curves.clean.get("pseudo_gt_boxes")) {
                     writeln!(
                         report,
@@ -416,7 +487,7 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
                 }
                 // Curves, one PNG per metric.
                 for &metric in id.metrics() {
-                    let series: Vec<Series> = NoiseShape::ALL
+                    let series: Vec<Series> = shapes
                         .iter()
                         .map(|s| {
                             let pts = &curves.curves[s.name()];
@@ -444,10 +515,10 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
                         "min, max over seeds"
                     };
                     writeln!(report, "`{metric}` (clean {:.4}); mean over seeds [{band}]:\n", curves.clean[metric]).ok();
-                    writeln!(report, "| NRMSE | {} |", NoiseShape::ALL.map(|s| s.name()).join(" | ")).ok();
-                    writeln!(report, "|---|{}", "---|".repeat(NoiseShape::ALL.len())).ok();
+                    writeln!(report, "| NRMSE | {} |", shapes.iter().map(|s| s.name()).collect::<Vec<_>>().join(" | ")).ok();
+                    writeln!(report, "|---|{}", "---|".repeat(shapes.len())).ok();
                     for (i, &r) in levels.iter().enumerate() {
-                        let cells: Vec<String> = NoiseShape::ALL
+                        let cells: Vec<String> = shapes
                             .iter()
                             .map(|s| {
                                 let p = &curves.curves[s.name()][i];
@@ -477,6 +548,10 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
                             gj["oracle_drop"] = json!(o);
                             gj["oracle_drop_ci95"] = json!(g.oracle_ci);
                         }
+                        if let Some(o) = g.ablation {
+                            gj["featjnd_log_drop"] = json!(o);
+                            gj["featjnd_log_drop_ci95"] = json!(g.ablation_ci);
+                        }
                         let met = match (g.featjnd <= 0.025, g.featjnd_ci) {
                             (true, Some((_, hi))) if hi <= 0.025 => "met (interval ≤ 2.5)",
                             (true, Some(_)) => "met (point; interval above 2.5)",
@@ -489,17 +564,18 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
                             None => "n/a (AP: point values only)",
                         };
                         goal_rows.push(format!(
-                            "| {} | {split} | {metric} | {} | {} | {} | {} | {met} | {win} | {} | {vs} |",
+                            "| {} | {split} | {metric} | {} | {} | {} | {} | {} | {met} | {win} | {} | {vs} |",
                             id.name(),
                             g.nrmse,
                             pts(g.gaussian, g.gaussian_ci),
                             pts(g.featjnd, g.featjnd_ci),
+                            g.ablation.map_or("–".into(), |o| pts(o, g.ablation_ci)),
                             g.oracle.map_or("–".into(), |o| pts(o, g.oracle_ci)),
                             g.paired_ci.map_or("–".into(), |ci| pts(g.featjnd - g.gaussian, Some(ci))),
                         ));
                     } else {
                         goal_rows.push(format!(
-                            "| {} | {split} | {metric} | – | < 10 at every level | – | – | n/a | n/a | – | {vs} |",
+                            "| {} | {split} | {metric} | – | < 10 at every level | – | – | – | n/a | n/a | – | {vs} |",
                             id.name()
                         ));
                     }
@@ -597,12 +673,13 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
          levels where any shape loses ≥ 1 point, (level, shape) pairs where FeatJND's interval is above / overlaps / is below the \
          other deployable shape's (point values for AP). Paired: FeatJND's drop minus Gaussian's on the same resampled images, for \
          information (the win rule above is the stricter one). Oracle: the control shaped by the task's own gradients on each \
-         image (`study::oracle`; not deployable): how much room a tolerance-shaped noise has at that NRMSE.\n"
+         image (`study::oracle`; not deployable): how much room a tolerance-shaped noise has at that NRMSE. FeatJND-log: the ablation \
+         estimator trained with the paper's log objective (`models/jnd-log/`), where one is committed.\n"
     )
     .ok();
     writeln!(
         head,
-        "| task | split | metric | NRMSE | Gaussian drop (pts) | FeatJND drop (pts) | oracle drop (pts) | goal (≤ 2.5) | win | FeatJND − Gaussian (pts, paired) | vs others (better/overlap/worse) |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        "| task | split | metric | NRMSE | Gaussian drop (pts) | FeatJND drop (pts) | FeatJND-log drop (pts) | oracle drop (pts) | goal (≤ 2.5) | win | FeatJND − Gaussian (pts, paired) | vs others (better/overlap/worse) |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     .ok();
     for r in &goal_rows {
@@ -866,6 +943,29 @@ pub fn train_jnd(id: TaskId, split: &str, models: &Path, out: &Path, t: &JndTrai
     meta.command = crate::cli::command_line();
     est.save(&meta, out)?;
     save_log(out, &log)?;
+    Ok(meta)
+}
+
+/// `featjnd train-jnd --recalibrate`: sets the scale of the sensitivity-objective estimator at
+/// `out` again on fresh training batches (`estimator::sensitivity::calibrate_scale`) and
+/// rewrites it; its shape is unchanged. The checkpoint's command records both steps.
+pub fn recalibrate_jnd(id: TaskId, split: &str, models: &Path, out: &Path, t: &JndTrain, device: Device) -> Result<Meta> {
+    let mut task = build(id, models, Sizes::QUICK, device)?;
+    let (mut est, mut meta) = JndEstimator::load(out, device)?;
+    if est.config.split != split || !est.config.objective.starts_with("sensitivity") {
+        return Err(Error::Arg(format!(
+            "{}: an estimator of split `{}` with objective `{}`; --recalibrate needs a sensitivity-objective estimator of `{split}`",
+            out.display(),
+            est.config.split,
+            est.config.objective
+        )));
+    }
+    let disc = super::oracle::task_disc(&task, 0);
+    let first = meta.metrics.get("steps").copied().unwrap_or(0.0) as usize;
+    let n = crate::estimator::sensitivity::CALIBRATION_BATCHES;
+    crate::estimator::sensitivity::calibrate_scale(&mut est, &mut meta, task.model.as_ref(), split, &mut task.train, t, &disc, first, n)?;
+    meta.command = format!("{}; then {}", meta.command, crate::cli::command_line());
+    est.save(&meta, out)?;
     Ok(meta)
 }
 

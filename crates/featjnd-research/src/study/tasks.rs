@@ -18,7 +18,7 @@
 //!   (`featjnd run --model DIR --images DIR`), built by [`super::user`]; not selectable by `--tasks`.
 
 use crate::coco::GroundTruth;
-use crate::data::corpus::{Corpus, CorpusSplit};
+use crate::data::corpus::{Corpus, Subset};
 use crate::data::fashion_mnist::{FashionMnist, Split};
 use crate::data::photos::Augment;
 use crate::data::shapes::{Scene, SceneConfig};
@@ -219,8 +219,90 @@ fn missing(path: &Path, id: TaskId) -> Error {
     Error::Io(format!("{} model {} not found: {how}", id.name(), path.display()))
 }
 
-/// Builds task `id` with its checkpoint from `models`.
+/// Which photos the photo tasks (`mobilenet`, `nanodet`) are evaluated on.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum EvalPhotos {
+    /// The corpus's `heldout` photos (every reported number).
+    #[default]
+    HeldOut,
+    /// The corpus's validation photos (carved from `train` by group; model selection only).
+    Validation,
+    /// Every photo in a folder (`featjnd run --images DIR`), all of them held out: the committed
+    /// estimators never saw them.
+    Folder(PathBuf),
+}
+
+impl EvalPhotos {
+    /// The tasks that evaluate on photos (the others ignore this setting).
+    pub const TASKS: [TaskId; 2] = [TaskId::Mobilenet, TaskId::Nanodet];
+
+    /// Words for the report.
+    pub fn describe(&self) -> String {
+        match self {
+            EvalPhotos::HeldOut => "the corpus's held-out photos".into(),
+            EvalPhotos::Validation => "the corpus's validation photos (carved from its training photos by group)".into(),
+            EvalPhotos::Folder(d) => format!("every photo in {}", d.display()),
+        }
+    }
+
+    /// Decodes the photos (a folder: every png/jpg in it, checked by [`load_folder`]).
+    pub fn load(&self, corpus: &Corpus) -> Result<Vec<crate::data::photos::Photo>> {
+        match self {
+            EvalPhotos::HeldOut => corpus.load_subset(Subset::HeldOut),
+            EvalPhotos::Validation => corpus.load_subset(Subset::Validation),
+            EvalPhotos::Folder(d) => load_folder(d),
+        }
+    }
+}
+
+/// Every png/jpg photo in `dir` (sorted by name), as RGB in `[0, 1]` (grey is replicated, 16-bit
+/// scaled, alpha dropped). Clear errors before any work: a missing or unreadable folder, a folder
+/// with no photo, a file that does not decode (named), or files that are not png/jpg (named; a
+/// folder of evaluation photos should hold photos only).
+pub fn load_folder(dir: &Path) -> Result<Vec<crate::data::photos::Photo>> {
+    if !dir.is_dir() {
+        return Err(Error::Io(format!("--images {}: not a folder", dir.display())));
+    }
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::Io(format!("--images {}: cannot read the folder: {e}", dir.display())))?;
+    let mut others = Vec::new();
+    for entry in rd {
+        let p = entry.map_err(|e| Error::Io(format!("--images {}: {e}", dir.display())))?.path();
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let photo =
+            p.extension().and_then(|e| e.to_str()).is_some_and(|e| ["png", "jpg", "jpeg"].contains(&e.to_ascii_lowercase().as_str()));
+        if !photo && p.is_file() && !name.starts_with('.') {
+            others.push(name);
+        }
+    }
+    if !others.is_empty() {
+        others.sort();
+        return Err(Error::Io(format!(
+            "--images {}: not png/jpg files: {} (the folder must hold the photos only)",
+            dir.display(),
+            others.join(", ")
+        )));
+    }
+    let files = super::user::image_files(dir)?;
+    if files.is_empty() {
+        return Err(Error::Io(format!("--images {}: no png/jpg photos in the folder", dir.display())));
+    }
+    files
+        .iter()
+        .map(|p| {
+            let image = super::user::load_image(p)?;
+            let name = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            Ok(crate::data::photos::Photo { name, image })
+        })
+        .collect()
+}
+
+/// Builds task `id` with its checkpoint from `models`, the photo tasks on the held-out photos.
 pub fn build(id: TaskId, models: &Path, sizes: Sizes, device: Device) -> Result<Task> {
+    build_with(id, models, sizes, device, &EvalPhotos::HeldOut)
+}
+
+/// [`build`] with the photo tasks evaluated on `photos`.
+pub fn build_with(id: TaskId, models: &Path, sizes: Sizes, device: Device, photos: &EvalPhotos) -> Result<Task> {
     let path = checkpoint_path(models, id);
     if !path.is_file() {
         return Err(missing(&path, id));
@@ -265,8 +347,8 @@ pub fn build(id: TaskId, models: &Path, sizes: Sizes, device: Device) -> Result<
             let train_fn: BatchFn = Box::new(move |step| Ok(images(&scenes(seed, (step * 8) as u64, 8, &sc_cfg)).to_device(device)));
             Ok(Task { id, model: Box::new(m), eval, scorer: Scorer::Scenes { gt, h, w }, samples, train: train_fn })
         }
-        TaskId::Mobilenet => build_mobilenet(&path, sizes, device),
-        TaskId::Nanodet => build_nanodet(sizes, device),
+        TaskId::Mobilenet => build_mobilenet(&path, sizes, device, photos),
+        TaskId::Nanodet => build_nanodet(sizes, device, photos),
         TaskId::User | TaskId::UserDet => super::user::build_registered(id, sizes, device),
     }
 }
@@ -279,12 +361,12 @@ pub const MOBILENET_TRAIN_BATCH: usize = 8;
 pub const MOBILENET_SAMPLES: [&str; 4] = ["skimage-coffee", "darknet-horses", "lomiri-kleiber", "gcompris-monument-eiffeltower"];
 
 /// The `mobilenet` task (see the module docs).
-fn build_mobilenet(path: &Path, sizes: Sizes, device: Device) -> Result<Task> {
+fn build_mobilenet(path: &Path, sizes: Sizes, device: Device, photos: &EvalPhotos) -> Result<Task> {
     let corpus = Corpus::open_default().map_err(|e| Error::Io(format!("mobilenet needs the real photo corpus: {e}")))?;
+    let held = photos.load(&corpus)?;
     let m = MobileNetV2::load(path, device)?;
-    let held = corpus.load(CorpusSplit::HeldOut)?;
     let held = &held[..held.len().min(sizes.mobilenet_eval)];
-    let train = corpus.load(CorpusSplit::Train)?;
+    let train = corpus.load_subset(Subset::Fit)?;
     if held.is_empty() || train.is_empty() {
         return Err(Error::Io(format!("photo corpus {}: empty train or held-out split", corpus.dir.display())));
     }
@@ -292,11 +374,12 @@ fn build_mobilenet(path: &Path, sizes: Sizes, device: Device) -> Result<Task> {
     // CenterCrop(224)), so the bootstrap over images resamples independent photos.
     let xs = held.iter().map(|p| p.eval_tensor()).collect::<Result<Vec<_>>>()?;
     let eval = xs.chunks(16).map(|c| Tensor::stack(c, 0).to_device(device)).collect();
-    let samples = held
-        .iter()
-        .filter(|p| MOBILENET_SAMPLES.contains(&p.name.as_str()))
-        .map(|p| Ok((p.name.clone(), p.eval_tensor()?)))
-        .collect::<Result<Vec<_>>>()?;
+    let mut chosen: Vec<_> = held.iter().filter(|p| MOBILENET_SAMPLES.contains(&p.name.as_str())).collect();
+    if chosen.is_empty() {
+        // Another photo set (validation, a user's folder): its first four photos.
+        chosen = held.iter().take(4).collect();
+    }
+    let samples = chosen.iter().map(|p| Ok((p.name.clone(), p.eval_tensor()?))).collect::<Result<Vec<_>>>()?;
     // Training: random resized crops (area ≥ 25%, milder than torchvision's 8% so the objects stay
     // in view) and flips of the `train` photos only, photo drawn at random per crop.
     let aug = Augment { scale: (0.25, 1.0), ..Augment::default() };
@@ -318,13 +401,13 @@ fn build_mobilenet(path: &Path, sizes: Sizes, device: Device) -> Result<Task> {
 pub const NANODET_TRAIN_BATCH: usize = 4;
 
 /// The `nanodet` task (see the module docs).
-fn build_nanodet(sizes: Sizes, device: Device) -> Result<Task> {
+fn build_nanodet(sizes: Sizes, device: Device, photos: &EvalPhotos) -> Result<Task> {
     use crate::model::nanodet::{input_tensor, NanoDet, INPUT_SIZE};
     let corpus = Corpus::open_default()?;
+    let held = photos.load(&corpus)?;
     let m = NanoDet::load(&crate::model::nanodet::default_dir(), device)?;
-    let held = corpus.load(CorpusSplit::HeldOut)?;
     let held = &held[..held.len().min(sizes.nanodet_eval)];
-    let train = corpus.load(CorpusSplit::Train)?;
+    let train = corpus.load_subset(Subset::Fit)?;
     if held.is_empty() || train.is_empty() {
         return Err(Error::Io(format!("photo corpus {}: empty train or held-out split", corpus.dir.display())));
     }
