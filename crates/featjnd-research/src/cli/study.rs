@@ -164,6 +164,10 @@ pub struct TrainJndArgs {
     /// others. Bundled tasks only.
     #[arg(long, requires = "task", conflicts_with = "distill_oracle")]
     pub recalibrate: bool,
+    /// With --recalibrate: fresh batches for the bisection, and as many for the measurement
+    /// (default 32; more where the hinge of a batch is heavy-tailed).
+    #[arg(long, requires = "recalibrate", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub calibration_batches: Option<u32>,
 }
 
 impl TrainJndArgs {
@@ -198,7 +202,8 @@ pub fn train(a: &TrainJndArgs) -> Result<serde_json::Value> {
     let t = a.train_config(jnd_defaults(task, &split))?;
     let out = a.out.clone().unwrap_or_else(|| estimator_path(&a.models, task, &split));
     if a.recalibrate {
-        let meta = crate::study::run::recalibrate_jnd(task, &split, &a.models, &out, &t, super::parse_device(&a.device)?)?;
+        let n = a.calibration_batches.map_or(crate::estimator::sensitivity::CALIBRATION_BATCHES, |n| n as usize);
+        let meta = crate::study::run::recalibrate_jnd(task, &split, &a.models, &out, &t, n, super::parse_device(&a.device)?)?;
         return Ok(serde_json::json!({"checkpoint": out, "metrics": meta.metrics}));
     }
     if a.distill_oracle {

@@ -173,6 +173,12 @@ fn ablation_estimator(id: TaskId, split: &str, cfg: &RunConfig) -> Result<Option
     if !p.is_file() {
         return Ok(None);
     }
+    // Where the default estimator is the log one itself (a task not retrained yet), the ablation
+    // would repeat the featjnd curve: skip it.
+    let same = |a: &Path, b: &Path| std::fs::read(a).ok().zip(std::fs::read(b).ok()).is_some_and(|(x, y)| x == y);
+    if same(&p, &estimator_path(&cfg.models, id, split)) {
+        return Ok(None);
+    }
     let (e, _) = JndEstimator::load(&p, cfg.device)?;
     Ok(Some((e, p)))
 }
@@ -442,14 +448,23 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
                 100.0 * t_est / t_model
             )
             .ok();
+            let how = if est.config.objective.starts_with("sensitivity") {
+                format!(
+                    "objective `{}`, scale s = {:.3} set by bisection on fresh training batches, hinge measured on {} others",
+                    est.config.objective,
+                    est.config.scale,
+                    meta.metrics.get("check_batches").copied().unwrap_or(f64::NAN)
+                )
+            } else {
+                format!("objective `log`, λ = {:.2}", meta.metrics.get("final_lambda").copied().unwrap_or(f64::NAN))
+            };
             writeln!(
                 report,
-                "Estimator `{}`: final E[max(0, D−ε)] = {:.4} against τ = {} (ε = {}), λ = {:.2}, mean log(J/std) = {:.2}.\n",
+                "Estimator `{}`: final E[max(0, D−ε)] = {:.4} against τ = {} (ε = {}); {how}; mean log(J/std) = {:.2}.\n",
                 rel(&from, &cfg.out),
                 meta.metrics.get("final_hinge").copied().unwrap_or(f64::NAN),
                 meta.metrics.get("tau").copied().unwrap_or(f64::NAN),
                 meta.metrics.get("eps").copied().unwrap_or(f64::NAN),
-                meta.metrics.get("final_lambda").copied().unwrap_or(f64::NAN),
                 meta.metrics.get("final_log_j").copied().unwrap_or(f64::NAN),
             )
             .ok();
@@ -948,8 +963,9 @@ pub fn train_jnd(id: TaskId, split: &str, models: &Path, out: &Path, t: &JndTrai
 
 /// `featjnd train-jnd --recalibrate`: sets the scale of the sensitivity-objective estimator at
 /// `out` again on fresh training batches (`estimator::sensitivity::calibrate_scale`) and
-/// rewrites it; its shape is unchanged. The checkpoint's command records both steps.
-pub fn recalibrate_jnd(id: TaskId, split: &str, models: &Path, out: &Path, t: &JndTrain, device: Device) -> Result<Meta> {
+/// rewrites it; its shape is unchanged. `n` batches for the bisection and `n` others for the
+/// measurement. The checkpoint's command records both steps.
+pub fn recalibrate_jnd(id: TaskId, split: &str, models: &Path, out: &Path, t: &JndTrain, n: usize, device: Device) -> Result<Meta> {
     let mut task = build(id, models, Sizes::QUICK, device)?;
     let (mut est, mut meta) = JndEstimator::load(out, device)?;
     if est.config.split != split || !est.config.objective.starts_with("sensitivity") {
@@ -962,7 +978,6 @@ pub fn recalibrate_jnd(id: TaskId, split: &str, models: &Path, out: &Path, t: &J
     }
     let disc = super::oracle::task_disc(&task, 0);
     let first = meta.metrics.get("steps").copied().unwrap_or(0.0) as usize;
-    let n = crate::estimator::sensitivity::CALIBRATION_BATCHES;
     crate::estimator::sensitivity::calibrate_scale(&mut est, &mut meta, task.model.as_ref(), split, &mut task.train, t, &disc, first, n)?;
     meta.command = format!("{}; then {}", meta.command, crate::cli::command_line());
     est.save(&meta, out)?;
