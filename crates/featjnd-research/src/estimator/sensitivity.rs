@@ -93,23 +93,16 @@ pub fn train(
         // study's, which number held-out batches from 0).
         let target = crate::study::oracle::maps_with_power(model, disc, split, &feats, &clean, 1000 + step, power)?;
         let goal: Vec<Tensor> = centred_logs(&target.iter().map(|t| t.detach()).collect::<Vec<_>>());
-        let maps = est.forward_log(&feats)?;
-        let loss = shape_loss(&maps.iter().map(|(j, _)| j.shallow_clone()).collect::<Vec<_>>(), &goal);
+        let loss = shape_loss(&est.forward(&feats)?, &goal);
         opt.backward_step(&loss);
         // Scale: the constraint at the updated J.
+        let xis = noise_like(&feats, cfg, &mut offset)?;
         let (h, dm, lj) = tch::no_grad(|| -> Result<(f64, f64, f64)> {
             let maps = est.forward_log(&feats)?;
-            let mut pert = Vec::with_capacity(feats.len());
-            let mut lj = 0.0;
-            for (l, (f, (j, u))) in feats.iter().zip(&maps).enumerate() {
-                let xi = philox_like(f, cfg.seed, NOISE_SUBSEQUENCE + l as u32, offset, cfg.noise)?;
-                offset += f.numel() as u64;
-                pert.push(f + j * xi);
-                lj += u.mean(Kind::Float).double_value(&[]) / feats.len() as f64;
-            }
-            let d = disc(&clean, &model.tail(&pert, split)?);
-            let h = (&d - cfg.eps).relu().mean(Kind::Float).double_value(&[]);
-            Ok((h, d.mean(Kind::Float).double_value(&[]), lj))
+            let lj = maps.iter().map(|(_, u)| u.mean(Kind::Float).double_value(&[]) / feats.len() as f64).sum::<f64>();
+            let js: Vec<Tensor> = maps.into_iter().map(|(j, _)| j).collect();
+            let d = perturbed_discrepancy(&js, &feats, &clean, &xis, model, split, disc)?;
+            Ok((hinge(&d, cfg.eps), d.mean(Kind::Float).double_value(&[]), lj))
         })?;
         // Robbins–Monro: steps decaying as 1/t settle on E[h] = τ. The relative error is clipped
         // to [−1, 10] only against a first overshoot; a symmetric clip would bias the root,
@@ -147,6 +140,39 @@ pub fn train(
     Ok((est, meta, log))
 }
 
+/// The constraint's noise `ξ` for every level of `feats`, from Philox counters `offset..` (advanced
+/// past them) of the constraint's subsequences.
+fn noise_like(feats: &[Tensor], cfg: &JndTrain, offset: &mut u64) -> Result<Vec<Tensor>> {
+    feats
+        .iter()
+        .enumerate()
+        .map(|(l, f)| {
+            let xi = philox_like(f, cfg.seed, NOISE_SUBSEQUENCE + l as u32, *offset, cfg.noise)?;
+            *offset += f.numel() as u64;
+            Ok(xi)
+        })
+        .collect()
+}
+
+/// `[B]` task discrepancies of the tail on `f + J ⊙ ξ` per level against the clean outputs.
+fn perturbed_discrepancy(
+    maps: &[Tensor],
+    feats: &[Tensor],
+    clean: &[Tensor],
+    xis: &[Tensor],
+    model: &dyn SplitModel,
+    split: &str,
+    disc: &dyn Fn(&[Tensor], &[Tensor]) -> Tensor,
+) -> Result<Tensor> {
+    let pert: Vec<Tensor> = feats.iter().zip(maps).zip(xis).map(|((f, j), xi)| f + j * xi).collect();
+    Ok(disc(clean, &model.tail(&pert, split)?))
+}
+
+/// `E[max(0, D − ε)]` over a batch's discrepancies.
+fn hinge(d: &Tensor, eps: f64) -> f64 {
+    (d - eps).relu().mean(Kind::Float).double_value(&[])
+}
+
 /// The mean hinge `E[max(0, D − ε)]` of `J = s·S` on prepared batches `(features, clean outputs,
 /// noise)` at `log s`.
 fn hinge_at(
@@ -162,10 +188,7 @@ fn hinge_at(
     tch::no_grad(|| {
         let mut sum = 0.0;
         for (feats, clean, xis) in sets {
-            let maps = est.forward(feats)?;
-            let pert: Vec<Tensor> = feats.iter().zip(&maps).zip(xis).map(|((f, j), xi)| f + j * xi).collect();
-            let d = disc(clean, &model.tail(&pert, split)?);
-            sum += (&d - eps).relu().mean(Kind::Float).double_value(&[]);
+            sum += hinge(&perturbed_discrepancy(&est.forward(feats)?, feats, clean, xis, model, split, disc)?, eps);
         }
         Ok(sum / sets.len().max(1) as f64)
     })
@@ -198,11 +221,7 @@ pub fn calibrate_scale(
     for k in 0..2 * n {
         let x = batch(first + k)?;
         let (feats, clean) = clean_pass(model, &x, split)?;
-        let mut xis = Vec::with_capacity(feats.len());
-        for (l, f) in feats.iter().enumerate() {
-            xis.push(philox_like(f, cfg.seed, NOISE_SUBSEQUENCE + l as u32, offset, cfg.noise)?);
-            offset += f.numel() as u64;
-        }
+        let xis = noise_like(&feats, cfg, &mut offset)?;
         sets.push((feats, clean, xis));
         pb.step("batches");
     }

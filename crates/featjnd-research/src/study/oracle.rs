@@ -53,8 +53,14 @@ pub fn task_disc(task: &Task, batch: i64) -> Discrepancy {
 /// (module docs), with the batch's clean outputs `clean`. `batch` numbers the probes' Philox
 /// subsequences.
 pub fn maps(task: &Task, split: &str, feats: &[Tensor], clean: &[Tensor], batch: usize) -> Result<Vec<Tensor>> {
+    Ok(shape(&task_sensitivity(task, split, feats, clean, batch)?, POWER))
+}
+
+/// The measured sensitivity ([`sensitivity`]) of one held-out batch of `task`, with the task's own
+/// discrepancy.
+pub fn task_sensitivity(task: &Task, split: &str, feats: &[Tensor], clean: &[Tensor], batch: usize) -> Result<Vec<Tensor>> {
     let b = feats.first().ok_or_else(|| Error::Model("oracle: no features".into()))?.size()[0];
-    maps_with(task.model.as_ref(), &task_disc(task, b), split, feats, clean, batch)
+    sensitivity(task.model.as_ref(), &task_disc(task, b), split, feats, clean, batch)
 }
 
 /// [`maps`] for any split model and task discrepancy `disc(clean, perturbed) → [B]`.
@@ -81,6 +87,20 @@ pub fn maps_with_power(
     batch: usize,
     power: f64,
 ) -> Result<Vec<Tensor>> {
+    Ok(shape(&sensitivity(model, disc, split, feats, clean, batch)?, power))
+}
+
+/// The measured sensitivity `g = sqrt(mean_k (∂D/∂f)²)` per level of `feats` (module docs): the
+/// probes are the expensive part, so callers that need several exponents measure once and call
+/// [`shape`] per exponent.
+pub fn sensitivity(
+    model: &dyn SplitModel,
+    disc: &dyn Fn(&[Tensor], &[Tensor]) -> Tensor,
+    split: &str,
+    feats: &[Tensor],
+    clean: &[Tensor],
+    batch: usize,
+) -> Result<Vec<Tensor>> {
     if feats.is_empty() {
         return Err(Error::Model("oracle: no features".into()));
     }
@@ -104,13 +124,17 @@ pub fn maps_with_power(
             *acc += g.square();
         }
     }
-    Ok(g2
-        .into_iter()
-        .map(|s| {
-            let g = (s / DRAWS as f64).sqrt();
+    Ok(g2.into_iter().map(|s| (s / DRAWS as f64).sqrt()).collect())
+}
+
+/// The tolerance shape `J = (g + c)^-p` of measured sensitivities `g` ([`sensitivity`]), `c` =
+/// [`FLOOR`] × the mean of `g` over each sample's level.
+pub fn shape(g: &[Tensor], power: f64) -> Vec<Tensor> {
+    g.iter()
+        .map(|g| {
             let c = g.flatten(1, -1).mean_dim(1, true, Kind::Float).clamp_min(1e-30) * FLOOR;
-            let shape: Vec<i64> = std::iter::once(g.size()[0]).chain(std::iter::repeat_n(1, g.dim() - 1)).collect();
-            (g + c.view(shape.as_slice())).pow_tensor_scalar(-power)
+            let dims: Vec<i64> = std::iter::once(g.size()[0]).chain(std::iter::repeat_n(1, g.dim() - 1)).collect();
+            (g + c.view(dims.as_slice())).pow_tensor_scalar(-power)
         })
-        .collect())
+        .collect()
 }

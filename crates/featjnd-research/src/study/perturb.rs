@@ -236,34 +236,27 @@ pub fn run_split(
         }
         _ => Vec::new(),
     };
-    // The diagnostic oracles of other exponents: per shape, per batch.
-    let mut oracle_p: BTreeMap<NoiseShape, Vec<Vec<Tensor>>> = BTreeMap::new();
-    for &shape in shapes {
-        if let NoiseShape::OracleP(t) = shape {
-            let maps = feats
-                .iter()
-                .zip(&clean)
-                .enumerate()
-                .map(|(b, (f, c))| {
-                    let disc = super::oracle::task_disc(task, f[0].size()[0]);
-                    super::oracle::maps_with_power(model, &disc, split, f, c, b, t as f64 / 10.0)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            oracle_p.insert(shape, maps);
-        }
-    }
-    let oracle: Vec<Vec<Tensor>> = if shapes.contains(&NoiseShape::Oracle) {
+    // The oracle controls (the study's, and other exponents for the room diagnostic): the task's
+    // sensitivity is probed once per batch, each exponent's maps derived from it.
+    let oracle_power = |shape: NoiseShape| match shape {
+        NoiseShape::Oracle => Some(super::oracle::POWER),
+        NoiseShape::OracleP(t) => Some(t as f64 / 10.0),
+        _ => None,
+    };
+    let mut oracle: BTreeMap<NoiseShape, Vec<Vec<Tensor>>> = BTreeMap::new();
+    if shapes.iter().any(|&s| oracle_power(s).is_some()) {
         let mut pb = Progress::new(feats.len() as u64, &format!("{} {split} oracle", task.id.name()), quiet);
-        let mut v = Vec::with_capacity(feats.len());
         for (b, (f, c)) in feats.iter().zip(&clean).enumerate() {
-            v.push(super::oracle::maps(task, split, f, c, b)?);
+            let g = super::oracle::task_sensitivity(task, split, f, c, b)?;
+            for &shape in shapes {
+                if let Some(p) = oracle_power(shape) {
+                    oracle.entry(shape).or_default().push(super::oracle::shape(&g, p));
+                }
+            }
             pb.step(format!("batch {b}"));
         }
         pb.finish();
-        v
-    } else {
-        Vec::new()
-    };
+    }
     let clean_metrics = task.scorer.score(&clean, &clean)?;
     let metrics = task.id.metrics();
     let clean_per_image: BTreeMap<String, Vec<f64>> =
@@ -302,9 +295,8 @@ pub fn run_split(
                     let mut outs = Vec::new();
                     for (b, (f, j)) in feats.iter().zip(&jnds).enumerate() {
                         let j = match shape {
-                            NoiseShape::Oracle => &oracle[b],
+                            NoiseShape::Oracle | NoiseShape::OracleP(_) => &oracle[&shape][b],
                             NoiseShape::FeatJndLog => &log_maps[b],
-                            NoiseShape::OracleP(_) => &oracle_p[&shape][b],
                             _ => j,
                         };
                         let p = perturb_levels(f, j, shape, r, seed, b)?;

@@ -268,9 +268,7 @@ pub fn load_folder(dir: &Path) -> Result<Vec<crate::data::photos::Photo>> {
     for entry in rd {
         let p = entry.map_err(|e| Error::Io(format!("--images {}: {e}", dir.display())))?.path();
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let photo =
-            p.extension().and_then(|e| e.to_str()).is_some_and(|e| ["png", "jpg", "jpeg"].contains(&e.to_ascii_lowercase().as_str()));
-        if !photo && p.is_file() && !name.starts_with('.') {
+        if !super::user::is_photo_name(&p) && p.is_file() && !name.starts_with('.') {
             others.push(name);
         }
     }

@@ -151,14 +151,18 @@ impl UserImages {
     }
 }
 
+/// Whether `p` is named as a photo this crate decodes (`.png`, `.jpg`, `.jpeg`, any case).
+pub fn is_photo_name(p: &Path) -> bool {
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| ["png", "jpg", "jpeg"].contains(&e.to_ascii_lowercase().as_str()))
+}
+
 /// The image files of `dir` (png, jpg, jpeg; sorted by name).
 pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd = std::fs::read_dir(dir).map_err(|e| Error::Io(format!("image folder {}: {e}", dir.display())))?;
     let mut v = Vec::new();
     for entry in rd {
         let p = entry.map_err(|e| Error::Io(format!("{}: {e}", dir.display())))?.path();
-        let ok = p.extension().and_then(|e| e.to_str()).is_some_and(|e| ["png", "jpg", "jpeg"].contains(&e.to_ascii_lowercase().as_str()));
-        if ok && p.is_file() {
+        if is_photo_name(&p) && p.is_file() {
             v.push(p);
         }
     }
