@@ -28,23 +28,29 @@ use tch::{Device, Kind, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub enum QStrategy {
-    Jnd,
-    Permuted(u64),
+    /// Steps `∝ j_t^γ` (γ = 1: contract §3.2 `Jnd`), `j_t` the token's mean tolerance.
+    Jnd(f32),
+    /// `(seed, γ)`: the steps of `Jnd(γ)`, shuffled over the tokens (the control that keeps the
+    /// distribution of steps and drops their placement).
+    Permuted(u64, f32),
     /// `(κ, γ)`: contract §3.5 with caps `κ·rms_t` and tolerances `j_t^γ`.
     Capped(f32, f32),
     Uniform,
     Channel,
     Absmax,
+    /// The control for the room (not deployable): steps `∝ F_t^(−1/2)`, `F_t` the token's mean
+    /// squared task gradient measured on the image being coded ([`oracle_token_tolerance`]).
+    Oracle,
 }
 
 impl QStrategy {
-    /// From the command line: `jnd`, `permuted`, `uniform`, `per-channel`, `absmax`,
-    /// `capped[:KAPPA[:GAMMA]]`.
+    /// From the command line: `jnd[:GAMMA]`, `permuted[:GAMMA]`, `uniform`, `per-channel`,
+    /// `absmax`, `capped[:KAPPA[:GAMMA]]`, `oracle`.
     pub fn parse(s: &str) -> Result<QStrategy> {
         let mut it = s.split(':');
         let bad = || {
             Error::Arg(format!(
-                "quantization strategy {s:?}: expected jnd, permuted, uniform, per-channel, absmax or capped[:KAPPA[:GAMMA]]"
+                "quantization strategy {s:?}: expected jnd[:GAMMA], permuted[:GAMMA], uniform, per-channel, absmax, capped[:KAPPA[:GAMMA]] or oracle"
             ))
         };
         let num = |v: Option<&str>, d: f32| -> Result<f32> {
@@ -54,12 +60,13 @@ impl QStrategy {
             }
         };
         let q = match it.next().unwrap_or("") {
-            "jnd" => QStrategy::Jnd,
-            "permuted" => QStrategy::Permuted(1),
+            "jnd" => QStrategy::Jnd(num(it.next(), 1.0)?),
+            "permuted" => QStrategy::Permuted(1, num(it.next(), 1.0)?),
             "uniform" | "uniform-step" => QStrategy::Uniform,
             "per-channel" => QStrategy::Channel,
             "absmax" => QStrategy::Absmax,
             "capped" => QStrategy::Capped(num(it.next(), 2.0)?, num(it.next(), 1.0)?),
+            "oracle" | "oracle-steps" => QStrategy::Oracle,
             _ => return Err(bad()),
         };
         if it.next().is_some() {
@@ -70,15 +77,65 @@ impl QStrategy {
 
     pub fn name(&self) -> String {
         match self {
-            QStrategy::Jnd => "jnd".into(),
-            QStrategy::Permuted(_) => "permuted".into(),
+            QStrategy::Jnd(g) if *g == 1.0 => "jnd".into(),
+            QStrategy::Jnd(g) => format!("jnd-g{g}"),
+            QStrategy::Permuted(_, g) if *g == 1.0 => "permuted".into(),
+            QStrategy::Permuted(_, g) => format!("permuted-g{g}"),
             QStrategy::Capped(k, g) if *g == 1.0 => format!("capped-{k}"),
             QStrategy::Capped(k, g) => format!("capped-{k}-g{g}"),
             QStrategy::Uniform => "uniform-step".into(),
             QStrategy::Channel => "per-channel".into(),
             QStrategy::Absmax => "absmax".into(),
+            QStrategy::Oracle => "oracle-steps".into(),
         }
     }
+
+    /// Whether the steps follow an estimator's tolerance map (the strategies the goals test).
+    pub fn guided(&self) -> bool {
+        matches!(self, QStrategy::Jnd(_) | QStrategy::Capped(..))
+    }
+
+    /// The shuffled control of a guided strategy (the same γ).
+    pub fn permuted_control(&self) -> Option<QStrategy> {
+        match self {
+            QStrategy::Jnd(g) | QStrategy::Capped(_, g) => Some(QStrategy::Permuted(1, *g)),
+            _ => None,
+        }
+    }
+}
+
+/// `v^γ` elementwise, kept positive (a tiny tolerance raised to a large γ must not reach 0).
+fn powered(v: Vec<f32>, g: f32) -> Vec<f32> {
+    if g == 1.0 {
+        v
+    } else {
+        v.into_iter().map(|x| x.powf(g).max(f32::MIN_POSITIVE)).collect()
+    }
+}
+
+/// The oracle's token tolerance from per-element squared task gradients `g2` (`g²` of
+/// `study::oracle::sensitivity`): `F_t = mean_{k∈t} g2_k`, tolerance `F_t^(−1/2)`, so that the
+/// steps (`∝` tolerance at the matched budget) are the high-rate optimum for a task loss
+/// `Σ_t F_t e_t` (reverse water-filling with weights: `Δ_t ∝ F_t^(−1/2)`, saving
+/// `½·log2(AM(F)/GM(F))` bits per element over one uniform step). Floored at `1e-6` of the
+/// largest `F_t` so a token with no measured sensitivity gets a finite step.
+/// (Zeros are common, e.g. behind a ReLU that never fires, so this is its own mean and not
+/// contract §3.2's token tolerance, which refuses non-positive maps.)
+pub fn oracle_token_tolerance(g2: &[f32], grid: &TokenGrid) -> Result<Vec<f32>> {
+    if g2.len() != grid.numel() {
+        return Err(Error::Shape(format!("g² has {} values for a grid of {}", g2.len(), grid.numel())));
+    }
+    let (mut sum, mut count) = (vec![0.0f64; grid.tokens()], vec![0u32; grid.tokens()]);
+    for (i, &v) in g2.iter().enumerate() {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(Error::Arg(format!("g²[{i}] = {v}: squared gradients are finite and ≥ 0")));
+        }
+        let t = grid.token_of(i);
+        sum[t] += v as f64;
+        count[t] += 1;
+    }
+    let f = floored(sum.iter().zip(&count).map(|(&s, &c)| (s / c.max(1) as f64) as f32).collect());
+    Ok(f.into_iter().map(|v| v.powf(-0.5)).collect())
 }
 
 /// Symbol width of the study's files: 16 bits, because with 8 the finest budgets clamp symbols of
@@ -99,6 +156,9 @@ pub struct ImageCost {
     pub step_bits: f64,
     /// SPEC §4's estimate (symbol entropy + 16 bits per token), for comparison.
     pub estimate_bits: f64,
+    /// [`scale_class_bits`]: what a coder with one table per token scale class would need (an
+    /// estimate, not a file).
+    pub context_bits: f64,
     pub elements: f64,
     pub sse: f64,
     pub energy: f64,
@@ -111,6 +171,7 @@ impl ImageCost {
         self.file_bits += o.file_bits;
         self.step_bits += o.step_bits;
         self.estimate_bits += o.estimate_bits;
+        self.context_bits += o.context_bits;
         self.elements += o.elements;
         self.sse += o.sse;
         self.energy += o.energy;
@@ -131,6 +192,8 @@ pub struct QPoint {
     pub step_bits_per_element: f64,
     /// SPEC §4's estimate (entropy + 16 bits per token) per element.
     pub estimate_bits_per_element: f64,
+    /// The scale-class coder estimate ([`scale_class_bits`]) per element.
+    pub context_bits_per_element: f64,
     pub clamped: u64,
     /// Images whose budget could not be matched (coded at the closest β found; counted here).
     pub unmatched: usize,
@@ -145,6 +208,10 @@ pub struct QPoint {
 impl QPoint {
     pub fn rate_point(&self, metric: &str) -> (f64, f64) {
         (self.bits_per_element, self.metrics[metric])
+    }
+    /// The same point at the scale-class coder estimate's rate.
+    pub fn context_rate_point(&self, metric: &str) -> (f64, f64) {
+        (self.context_bits_per_element, self.metrics[metric])
     }
     /// File bits per element over the images `idx` (a bootstrap replicate).
     pub fn bits_on(&self, idx: &[usize]) -> f64 {
@@ -215,7 +282,7 @@ fn channel_sse(x: &[f32], steps: &[f32], qmax: f32) -> f64 {
 }
 
 /// Codes one image's level at relative budget `d`; returns the decoded feature and its cost.
-fn code_level(x: &[f32], j: &[f32], grid: &TokenGrid, s: QStrategy, d: f64) -> Result<(Vec<f32>, ImageCost, bool)> {
+fn code_level(x: &[f32], j: &[f32], g2: Option<&[f32]>, grid: &TokenGrid, s: QStrategy, d: f64) -> Result<(Vec<f32>, ImageCost, bool)> {
     let n = x.len() as f64;
     let energy: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
     if energy == 0.0 {
@@ -232,14 +299,10 @@ fn code_level(x: &[f32], j: &[f32], grid: &TokenGrid, s: QStrategy, d: f64) -> R
     // The unrounded steps at β for every strategy; the channel strategy fills `ch` instead.
     let c = grid.shape.sizes()[1] as usize;
     let jt = match s {
-        QStrategy::Jnd | QStrategy::Permuted(_) => cpu::token_tolerance(j, grid, Reduce::Mean)?,
-        QStrategy::Capped(_, g) => {
-            let jt = cpu::token_tolerance(j, grid, Reduce::Mean)?;
-            if g == 1.0 {
-                jt
-            } else {
-                jt.iter().map(|&v| v.powf(g).max(f32::MIN_POSITIVE)).collect()
-            }
+        QStrategy::Jnd(g) | QStrategy::Permuted(_, g) | QStrategy::Capped(_, g) => powered(cpu::token_tolerance(j, grid, Reduce::Mean)?, g),
+        QStrategy::Oracle => {
+            let g2 = g2.ok_or_else(|| Error::Arg("the oracle-steps strategy needs the measured sensitivity".into()))?;
+            oracle_token_tolerance(g2, grid)?
         }
         QStrategy::Absmax => token_absmax(x, grid),
         QStrategy::Uniform | QStrategy::Channel => vec![1.0; t],
@@ -257,7 +320,7 @@ fn code_level(x: &[f32], j: &[f32], grid: &TokenGrid, s: QStrategy, d: f64) -> R
     let fill = |beta: f64, st: &mut [f32]| -> Result<()> {
         match (s, &caps) {
             (QStrategy::Capped(..), Some(cp)) => steps::allocate_capped_into(&jt, cp, budget, beta, st),
-            (QStrategy::Permuted(seed), _) => steps::allocate_into(&jt, budget, Strategy::Permuted { seed }, beta, st),
+            (QStrategy::Permuted(seed, _), _) => steps::allocate_into(&jt, budget, Strategy::Permuted { seed }, beta, st),
             (QStrategy::Uniform, _) => steps::allocate_into(&jt, budget, Strategy::Uniform, beta, st),
             _ => steps::allocate_into(&jt, budget, Strategy::Jnd, beta, st),
         }
@@ -295,6 +358,7 @@ fn code_level(x: &[f32], j: &[f32], grid: &TokenGrid, s: QStrategy, d: f64) -> R
         file_bits: 8.0 * enc.bytes.len() as f64,
         step_bits: 8.0 * enc.sections.steps as f64,
         estimate_bits: enc.rate.estimate_bits_per_element * n,
+        context_bits: scale_class_bits(&enc.symbols, grid),
         elements: n,
         sse: enc.mse * n,
         energy,
@@ -303,27 +367,70 @@ fn code_level(x: &[f32], j: &[f32], grid: &TokenGrid, s: QStrategy, d: f64) -> R
     Ok((enc.recon, cost, unmatched))
 }
 
+/// Half-octave classes of a token's symbol RMS ([`scale_class_bits`]).
+const CLASSES_PER_OCTAVE: f64 = 2.0;
+
+/// Bits of an ideal coder that keeps one symbol table per token *scale class* (the token's symbol
+/// RMS on a half-octave grid, sent as a fixed-length index per token): `Σ_c n_c·H_c + T·⌈log2 K⌉`
+/// over the `K` classes that occur; the tables themselves are not counted. An estimate, not a
+/// file: today's `.fjq` has one table per tensor, so its symbols cost the entropy of the mixture
+/// over tokens, and token-wise steps that change the symbols' scale from token to token pay for
+/// the mixing (`tests/quant_steps.rs`: a 1.24-bit saving in theory, 0.51 in the file). This
+/// measures how much of the rate a context-coded format would win back.
+pub fn scale_class_bits(symbols: &fjq::SymbolVec, grid: &TokenGrid) -> f64 {
+    let sym: Vec<i32> = match symbols {
+        fjq::SymbolVec::I8(v) => v.iter().map(|&q| q as i32).collect(),
+        fjq::SymbolVec::I16(v) => v.iter().map(|&q| q as i32).collect(),
+    };
+    let t = grid.tokens();
+    let mut ss = vec![0.0f64; t];
+    let mut count = vec![0u64; t];
+    for (i, &q) in sym.iter().enumerate() {
+        let k = grid.token_of(i);
+        ss[k] += (q as f64) * (q as f64);
+        count[k] += 1;
+    }
+    let class: Vec<i64> = ss
+        .iter()
+        .zip(&count)
+        .map(|(&s, &c)| if s == 0.0 { i64::MIN } else { (CLASSES_PER_OCTAVE * 0.5 * (s / c.max(1) as f64).log2()).round() as i64 })
+        .collect();
+    let mut hist: BTreeMap<i64, BTreeMap<i32, u64>> = BTreeMap::new();
+    for (i, &q) in sym.iter().enumerate() {
+        *hist.entry(class[grid.token_of(i)]).or_default().entry(q).or_default() += 1;
+    }
+    let symbol_bits: f64 = hist
+        .values()
+        .map(|h| {
+            let counts: Vec<u64> = h.values().copied().collect();
+            crate::rate::entropy_bits(&counts) * counts.iter().sum::<u64>() as f64
+        })
+        .sum();
+    symbol_bits + t as f64 * (hist.len() as f64).log2().ceil()
+}
+
 /// A feature level of one image, flat f32 on the host, with its grid.
 struct Level {
     x: Vec<f32>,
     j: Vec<f32>,
+    /// The squared task gradient per element (only when the oracle-steps control runs).
+    g2: Option<Vec<f32>>,
     grid: TokenGrid,
 }
 
-fn host_images(f: &Tensor, j: &Tensor, patch: usize) -> Result<Vec<Level>> {
+/// One image of a host copy of `t` (`[B, …]`), flat f32.
+fn host_image(t: &Tensor, i: usize) -> Result<Vec<f32>> {
+    Ok(Vec::<f32>::try_from(&t.get(i as i64).flatten(0, -1))?)
+}
+
+fn host_images(f: &Tensor, j: &Tensor, g: Option<&Tensor>, patch: usize) -> Result<Vec<Level>> {
     let s = f.size();
     let (b, c, h, w) = (s[0] as usize, s[1] as usize, s[2] as usize, s[3] as usize);
     let grid = TokenGrid::new(FeatureShape::nchw(1, c, h, w), patch)?;
-    let fx = f.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
-    let jx = j.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+    let host = |t: &Tensor| t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+    let (fx, jx, g2) = (host(f), host(j), g.map(|g| host(&g.square())));
     (0..b)
-        .map(|i| {
-            Ok(Level {
-                x: Vec::<f32>::try_from(&fx.get(i as i64).flatten(0, -1))?,
-                j: Vec::<f32>::try_from(&jx.get(i as i64).flatten(0, -1))?,
-                grid,
-            })
-        })
+        .map(|i| Ok(Level { x: host_image(&fx, i)?, j: host_image(&jx, i)?, g2: g2.as_ref().map(|g| host_image(g, i)).transpose()?, grid }))
         .collect()
 }
 
@@ -341,11 +448,24 @@ pub fn run_split(
     let clean_metrics = task.scorer.score(&clean, &clean)?;
     let headline = task.id.metrics()[0];
     let patch = choose_patch(&feats[0].iter().map(|f| f.size()).collect::<Vec<_>>());
+    // The oracle control's measured sensitivity (three gradient probes per batch, as the
+    // perturbation study's oracle), only when it runs.
+    let sens: Vec<Option<Vec<Tensor>>> = feats
+        .iter()
+        .zip(&clean)
+        .enumerate()
+        .map(|(bi, (f, c))| {
+            strategies.contains(&QStrategy::Oracle).then(|| super::oracle::task_sensitivity(task, split, f, c, bi)).transpose()
+        })
+        .collect::<Result<_>>()?;
     // Host copies, per batch → level → image.
     let host: Vec<Vec<Vec<Level>>> = feats
         .iter()
         .zip(&jnds)
-        .map(|(fs, js)| fs.iter().zip(js).map(|(f, j)| host_images(f, j, patch)).collect::<Result<_>>())
+        .zip(&sens)
+        .map(|((fs, js), gs)| {
+            fs.iter().zip(js).enumerate().map(|(li, (f, j))| host_images(f, j, gs.as_ref().map(|g| &g[li]), patch)).collect::<Result<_>>()
+        })
         .collect::<Result<_>>()?;
     let mut pb = Progress::new((strategies.len() * budgets.len()) as u64, &format!("quant {} {split}", task.id.name()), quiet);
     let mut points = Vec::new();
@@ -360,7 +480,7 @@ pub fn run_split(
                 let mut img_cost = vec![ImageCost::default(); nimg];
                 for (li, imgs) in levels.iter().enumerate() {
                     let coded: Vec<(Vec<f32>, ImageCost, bool)> =
-                        imgs.par_iter().map(|l| code_level(&l.x, &l.j, &l.grid, s, d)).collect::<Result<_>>()?;
+                        imgs.par_iter().map(|l| code_level(&l.x, &l.j, l.g2.as_deref(), &l.grid, s, d)).collect::<Result<_>>()?;
                     let size = feats[bi][li].size();
                     let mut flat = Vec::with_capacity(coded.iter().map(|c| c.0.len()).sum());
                     for (i, (r, c, um)) in coded.into_iter().enumerate() {
@@ -383,6 +503,7 @@ pub fn run_split(
                 bits_per_element: sum(|c| c.file_bits) / elems,
                 step_bits_per_element: sum(|c| c.step_bits) / elems,
                 estimate_bits_per_element: sum(|c| c.estimate_bits) / elems,
+                context_bits_per_element: sum(|c| c.context_bits) / elems,
                 clamped: costs.iter().map(|c| c.clamped).sum(),
                 unmatched,
                 metrics: task.scorer.score(&outs, &clean)?,

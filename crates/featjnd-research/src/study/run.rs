@@ -96,22 +96,30 @@ impl RunConfig {
             vec![0.01, 0.03, 0.1, 0.3, 0.5]
         }
     }
-    /// The quantization study's strategies (contract §3.5's cap at its default κ = 2; the κ
-    /// ablation is `docs/quantization.md`'s).
-    pub fn quant_strategies(&self) -> Vec<QStrategy> {
+    /// The quantization study's strategies for `task`: its guided rule ([`quant_rule`]), that
+    /// rule's shuffled control, one uniform step, per-channel steps and the oracle-steps control;
+    /// `--full` adds plain `jnd`, contract §3.5's cap at κ = 2 and `absmax`.
+    pub fn quant_strategies(&self, task: TaskId) -> Vec<QStrategy> {
         use QStrategy::*;
         if !self.quant_strategies.is_empty() {
             return self.quant_strategies.clone();
         }
+        let rule = quant_rule(task);
+        let mut v = vec![rule];
         if self.quick {
-            vec![Capped(2.0, 1.0), Jnd, Uniform, Channel]
-        } else {
-            let mut v = vec![Capped(2.0, 1.0), Jnd, Permuted(1), Uniform, Channel];
-            if self.full {
-                v.push(Absmax);
-            }
-            v
+            v.extend([Uniform, Channel]);
+            return v;
         }
+        v.extend(rule.permuted_control());
+        v.extend([Uniform, Channel, Oracle]);
+        if self.full {
+            for s in [Jnd(1.0), Capped(2.0, 1.0), Absmax] {
+                if !v.contains(&s) {
+                    v.push(s);
+                }
+            }
+        }
+        v
     }
     pub fn sizes(&self) -> Sizes {
         if self.quick {
@@ -122,6 +130,12 @@ impl RunConfig {
             Sizes::DEFAULT
         }
     }
+}
+
+/// The guided quantization rule of each task: steps `∝ j_t^γ` (`QStrategy::Jnd(γ)`), γ chosen
+/// on the validation photos (docs/quantization.md §"Choosing the rule").
+pub fn quant_rule(_id: TaskId) -> QStrategy {
+    QStrategy::Jnd(0.5)
 }
 
 /// Default estimator training of each task (and split point, where the capacity differs): the
@@ -715,7 +729,11 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
              bootstrap interval.\n"
         )
         .ok();
-        writeln!(head, "| task | split | metric | strategy | BD-rate vs uniform | BD-rate vs per-channel | worst gap at equal MSE |\n|---|---|---|---|---|---|---|").ok();
+        writeln!(
+            head,
+            "| task | split | metric | strategy | BD-rate vs uniform | class-coder est.: strategy / oracle vs uniform | BD-rate vs per-channel | oracle steps vs uniform | equal-budget claim | worst gap at equal MSE |\n|---|---|---|---|---|---|---|---|---|---|"
+        )
+        .ok();
         for r in &goal_rows_q {
             writeln!(head, "{r}").ok();
         }
@@ -788,7 +806,7 @@ fn quant_section(
 ) -> Result<Value> {
     let id = task.id;
     let budgets = cfg.budgets();
-    let strategies = cfg.quant_strategies();
+    let strategies = cfg.quant_strategies(id);
     let q = quant::run_split(task, split, est, &budgets, &strategies, cfg.quiet)?;
     let names: Vec<String> = strategies.iter().map(|s| s.name()).collect();
     let metric = id.metrics()[0];
@@ -822,25 +840,27 @@ fn quant_section(
     writeln!(
         report,
         "`{metric}` (clean {:.4}). Budget d = D / mean(x²) per image, matched on the measured MSE; MSE below is the decoded files'. \
-         bits = file size (all side information) per element; steps = of which the step section; §4 est = entropy + 16 bits/token.\n",
+         bits = file size (all side information) per element; steps = of which the step section; §4 est = entropy + 16 bits/token; \
+         class-coder est = an estimate of a coder with one table per token scale class (`quant::scale_class_bits`, not a file).\n",
         q.clean[metric]
     )
     .ok();
     writeln!(
         report,
-        "| strategy | d | measured MSE | bits/elem | steps | §4 est | unmatched | {metric} |\n|---|---|---|---|---|---|---|---|"
+        "| strategy | d | measured MSE | bits/elem | steps | §4 est | class-coder est | unmatched | {metric} |\n|---|---|---|---|---|---|---|---|---|"
     )
     .ok();
     for p in &q.points {
         writeln!(
             report,
-            "| {} | {} | {:.4} | {:.3} | {:.3} | {:.3} | {} | {:.4} |",
+            "| {} | {} | {:.4} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {:.4} |",
             p.strategy,
             p.budget,
             p.measured_mse,
             p.bits_per_element,
             p.step_bits_per_element,
             p.estimate_bits_per_element,
+            p.context_bits_per_element,
             p.unmatched,
             p.metrics[metric]
         )
@@ -869,61 +889,122 @@ fn quant_section(
     };
     let uni = quant::curve(&q.points, "uniform-step");
     let per_ch = quant::curve(&q.points, "per-channel");
+    let oracle = quant::curve(&q.points, &QStrategy::Oracle.name());
     let fmt_bd = |(p, ci): BdRate| match (p, ci) {
         (Some(p), Some((lo, hi))) => format!("{:+.1}% [{:+.1}, {:+.1}]", 100.0 * p, 100.0 * lo, 100.0 * hi),
         (Some(p), None) => format!("{:+.1}%", 100.0 * p),
         (None, _) => "—".into(),
     };
+    // A BD-rate of `test` against `anchor` with its bootstrap interval (the same resampled images
+    // for both curves, so the interval is paired).
+    type Metrics<'a> = dyn FnMut(&quant::QPoint) -> Result<Vec<f64>> + 'a;
+    let bd = |anchor: &[&quant::QPoint], test: &[&quant::QPoint], replicate_metrics: &mut Metrics| -> Result<BdRate> {
+        if anchor.is_empty() || test.is_empty() {
+            return Ok((None, None));
+        }
+        let rp = |v: &[&quant::QPoint]| v.iter().map(|p| p.rate_point(metric)).collect::<Vec<_>>();
+        let point = stats::bd_rate(&rp(anchor), &rp(test), 0.0);
+        let ma = anchor.iter().map(|p| replicate_metrics(p)).collect::<Result<Vec<Vec<f64>>>>()?;
+        let mt = test.iter().map(|p| replicate_metrics(p)).collect::<Result<Vec<Vec<f64>>>>()?;
+        let v: Vec<f64> = reps
+            .iter()
+            .enumerate()
+            .map(|(r, idx)| {
+                let ca: Vec<(f64, f64)> = anchor.iter().zip(&ma).map(|(p, m)| (p.bits_on(idx), m[r])).collect();
+                let ct: Vec<(f64, f64)> = test.iter().zip(&mt).map(|(p, m)| (p.bits_on(idx), m[r])).collect();
+                stats::bd_rate(&ca, &ct, 0.0).unwrap_or(f64::NAN)
+            })
+            .collect();
+        Ok((point, stats::interval95(&v)))
+    };
+    let b_oracle = bd(&uni, &oracle, &mut replicate_metrics)?;
     let mut json_goals = serde_json::Map::new();
-    for test in names.iter().filter(|n| n.starts_with("capped") || *n == "jnd") {
-        let c = quant::curve(&q.points, test);
-        let mut bd = |anchor: &[&quant::QPoint]| -> Result<BdRate> {
-            if anchor.is_empty() {
-                return Ok((None, None));
+    if let Some(p) = b_oracle.0 {
+        json_goals.insert("oracle_bd_rate_vs_uniform".into(), json!(p));
+    }
+    if let Some((lo, hi)) = b_oracle.1 {
+        json_goals.insert("oracle_bd_rate_vs_uniform_ci".into(), json!([lo, hi]));
+    }
+    for s in strategies.iter().filter(|s| s.guided()) {
+        let test = s.name();
+        let c = quant::curve(&q.points, &test);
+        let (b_uni, b_ch) = (bd(&uni, &c, &mut replicate_metrics)?, bd(&per_ch, &c, &mut replicate_metrics)?);
+        // The paper's claim, budget by budget at equal measured MSE: the guided steps against
+        // their shuffled control and one uniform step, each difference with its paired interval.
+        let controls: Vec<String> = ["uniform-step".to_string()].into_iter().chain(s.permuted_control().map(|p| p.name())).collect();
+        let mut claim_rows = Vec::new();
+        let mut claim_json = Vec::new();
+        let (mut never_below, mut above) = (true, vec![false; controls.len()]);
+        // Per control: the budget index of the lowest difference, the difference, its interval.
+        type Worst = Option<(usize, f64, Option<(f64, f64)>)>;
+        let mut worst: Vec<Worst> = vec![None; controls.len()];
+        let curves: Vec<Vec<&quant::QPoint>> = controls.iter().map(|n| quant::curve(&q.points, n)).collect();
+        for (i, p) in c.iter().enumerate() {
+            let mt = replicate_metrics(p)?;
+            let mut cells = vec![format!("{}", p.budget), format!("{:.4}", p.measured_mse), format!("{:.4}", p.metrics[metric])];
+            let mut row_json = json!({"budget": p.budget, "measured_mse": p.measured_mse, "metric": p.metrics[metric]});
+            for (k, (name, o)) in controls.iter().zip(&curves).enumerate() {
+                let Some(o) = o.get(i).filter(|o| o.budget == p.budget) else {
+                    cells.push("—".into());
+                    continue;
+                };
+                let mo = replicate_metrics(o)?;
+                let gap = p.metrics[metric] - o.metrics[metric];
+                let ci = stats::interval95(&mt.iter().zip(&mo).map(|(a, b)| a - b).collect::<Vec<_>>());
+                if let Some((lo, hi)) = ci {
+                    never_below &= hi >= 0.0;
+                    above[k] |= lo > 0.0;
+                }
+                if worst[k].is_none_or(|(_, g, _)| gap < g) {
+                    worst[k] = Some((i, gap, ci));
+                }
+                let cis = ci.map(|(lo, hi)| format!(" [{lo:+.3}, {hi:+.3}]")).unwrap_or_default();
+                cells.push(format!("{:.4} ({gap:+.3}{cis})", o.metrics[metric]));
+                row_json[name.as_str()] = json!({"metric": o.metrics[metric], "gap": gap, "ci": ci.map(|(lo, hi)| [lo, hi])});
             }
-            let rp = |v: &[&quant::QPoint]| v.iter().map(|p| p.rate_point(metric)).collect::<Vec<_>>();
-            let point = stats::bd_rate(&rp(anchor), &rp(&c), 0.0);
-            let ma = anchor.iter().map(|p| replicate_metrics(p)).collect::<Result<Vec<Vec<f64>>>>()?;
-            let mt = c.iter().map(|p| replicate_metrics(p)).collect::<Result<Vec<Vec<f64>>>>()?;
-            let v: Vec<f64> = reps
-                .iter()
-                .enumerate()
-                .map(|(r, idx)| {
-                    let ca: Vec<(f64, f64)> = anchor.iter().zip(&ma).map(|(p, m)| (p.bits_on(idx), m[r])).collect();
-                    let ct: Vec<(f64, f64)> = c.iter().zip(&mt).map(|(p, m)| (p.bits_on(idx), m[r])).collect();
-                    stats::bd_rate(&ca, &ct, 0.0).unwrap_or(f64::NAN)
-                })
-                .collect();
-            Ok((point, stats::interval95(&v)))
+            claim_rows.push(format!("| {} |", cells.join(" | ")));
+            claim_json.push(row_json);
+        }
+        let holds = never_below && above.iter().all(|&a| a);
+        let verdict = if holds {
+            "holds"
+        } else if never_below {
+            "not shown (never below, but not strictly better at any budget)"
+        } else {
+            "fails (an interval below 0)"
         };
-        let (b_uni, b_ch) = (bd(&uni)?, bd(&per_ch)?);
-        // Worst gap at equal MSE against uniform and permuted, with its paired interval.
-        let mut worst = Vec::new();
+        writeln!(
+            report,
+            "Equal-budget claim for `{test}` (the paper's statement: at the same measured MSE, guided steps ≥ {} at every budget, \
+             strictly better at one or more): **{verdict}**. Cells: metric (difference guided − control [paired 95% interval]).\n",
+            controls.join(" and ")
+        )
+        .ok();
+        writeln!(report, "| d | measured MSE | {test} | {} |\n|{}", controls.join(" | "), "---|".repeat(3 + controls.len())).ok();
+        for r in &claim_rows {
+            writeln!(report, "{r}").ok();
+        }
+        writeln!(report).ok();
         let mut worst_json = serde_json::Map::new();
-        for other in ["uniform-step", "permuted"] {
-            let o = quant::curve(&q.points, other);
-            if o.len() != c.len() {
-                continue;
-            }
-            let gaps: Vec<(usize, f64)> = c.iter().zip(&o).map(|(a, b)| a.metrics[metric] - b.metrics[metric]).enumerate().collect();
-            if let Some(&(i, gap)) = gaps.iter().min_by(|a, b| a.1.total_cmp(&b.1)) {
-                let (mt, mo) = (replicate_metrics(c[i])?, replicate_metrics(o[i])?);
-                let d: Vec<f64> = mt.iter().zip(&mo).map(|(a, b)| a - b).collect();
-                let ci = stats::interval95(&d);
+        let worst_txt: Vec<String> = controls
+            .iter()
+            .zip(&worst)
+            .filter_map(|(name, w)| {
+                let (i, gap, ci) = (*w)?;
                 let sig = match ci {
                     Some((_, hi)) if hi < 0.0 => " (worse: interval below 0)",
                     Some(_) => " (interval includes 0)",
                     None => "",
                 };
                 let cis = ci.map(|(lo, hi)| format!(" [{lo:+.3}, {hi:+.3}]")).unwrap_or_default();
-                worst.push(format!("vs {other}: {gap:+.3}{cis} at d={}{sig}", c[i].budget));
                 let mut w = json!({"budget": c[i].budget, "gap": gap});
                 if let Some((lo, hi)) = ci {
                     w["ci"] = json!([lo, hi]);
                 }
-                worst_json.insert(other.into(), w);
-            }
-        }
+                worst_json.insert(if name.starts_with("permuted") { "permuted".into() } else { name.clone() }, w);
+                Some(format!("vs {name}: {gap:+.3}{cis} at d={}{sig}", c[i].budget))
+            })
+            .collect();
         // Undefined values are left out (the summary holds no nulls).
         let mut g = serde_json::Map::new();
         for (k, (p, ci)) in [("vs_uniform", b_uni), ("vs_per_channel", b_ch)] {
@@ -934,15 +1015,41 @@ fn quant_section(
                 g.insert(format!("bd_rate_{k}_ci"), json!([lo, hi]));
             }
         }
+        // The share of the oracle's saving the guided steps capture (where the oracle saves).
+        let capture = match (b_uni.0, b_oracle.0) {
+            (Some(t), Some(o)) if o < 0.0 => Some(t / o),
+            _ => None,
+        };
+        if let Some(f) = capture {
+            g.insert("oracle_capture".into(), json!(f));
+        }
+        // The same comparison at the scale-class coder estimate's rates (points only).
+        let ctx = |v: &[&quant::QPoint]| v.iter().map(|p| p.context_rate_point(metric)).collect::<Vec<_>>();
+        let ctx_uni = stats::bd_rate(&ctx(&uni), &ctx(&c), 0.0);
+        let ctx_oracle = stats::bd_rate(&ctx(&uni), &ctx(&oracle), 0.0);
+        for (k, v) in [("bd_rate_vs_uniform_class_coder", ctx_uni), ("oracle_bd_rate_vs_uniform_class_coder", ctx_oracle)] {
+            if let Some(v) = v {
+                g.insert(k.into(), json!(v));
+            }
+        }
         g.insert("worst_gap".into(), Value::Object(worst_json));
+        g.insert("claim".into(), json!({"holds": holds, "never_below": never_below, "per_budget": claim_json}));
         json_goals.insert(test.clone(), Value::Object(g));
+        let pct = |v: Option<f64>| v.map(|v| format!("{:+.1}%", 100.0 * v)).unwrap_or_else(|| "—".into());
         goal_rows.push(format!(
-            "| {} | {split} | {metric} | {} | {} | {} | {} |",
+            "| {} | {split} | {metric} | {} | {} | {} | {} / {} | {} | {} | {} |",
             id.name(),
             test,
             fmt_bd(b_uni),
+            pct(ctx_uni),
+            pct(ctx_oracle),
             fmt_bd(b_ch),
-            if worst.is_empty() { "—".into() } else { worst.join("; ") }
+            match (fmt_bd(b_oracle), capture) {
+                (o, Some(f)) => format!("{o} (captured {:.0}%)", 100.0 * f),
+                (o, None) => o,
+            },
+            verdict.split(' ').next().unwrap_or(verdict),
+            if worst_txt.is_empty() { "—".into() } else { worst_txt.join("; ") }
         ));
     }
     Ok(json!({"clean": q.clean, "patch": q.patch, "points": q.points, "goals": json_goals}))
