@@ -57,9 +57,11 @@ def main():
             rho = d.get("attribution_over_images", {}).get("gradcam")
             rho = f"{rho['mean']:.2f} [{rho['ci95'][0]:.2f}, {rho['ci95'][1]:.2f}]" if rho and rho.get("ci95") else "–"
             curves_rows.append(f"| {task} / {split} | {metric} ({clean:.3f}) | {' | '.join(row)} | {rho} |")
-    print("\nQuantization, BD-rate of real `.fjq` file sizes [95% bootstrap interval]:\n")
-    print("| task / split | `capped-2` vs uniform | `jnd` vs uniform | `capped-2` vs per-channel |")
-    print("|---|---|---|---|")
+    print("\nQuantization, BD-rate of real `.fjq` file sizes against one uniform step [95% bootstrap interval]; "
+          "the guided rule is the default `jnd-gγ` (steps ∝ j_t^γ); oracle = steps ∝ F_t^(−1/2) from the task's own gradients; "
+          "class-coder est. = the same comparison at the rate of an ideal coder with one table per token scale class (not files):\n")
+    print("| task / split | guided rule | guided vs uniform | oracle vs uniform | class-coder est. guided / oracle | guided vs per-channel | equal-budget claim |")
+    print("|---|---|---|---|---|---|---|")
     for task, splits in s["tasks"].items():
         for split, d in splits.items() if isinstance(splits, dict) else []:
             q = d.get("quant") if isinstance(d, dict) else None
@@ -67,13 +69,47 @@ def main():
                 continue
             g = q["goals"]
 
-            def bd(strategy, vs):
-                e = g.get(strategy, {})
-                v, ci = e.get(f"bd_rate_vs_{vs}"), e.get(f"bd_rate_vs_{vs}_ci")
+            def pct(v, ci=None):
                 if v is None:
                     return "—"
                 return f"{100 * v:+.1f}%" + (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else "")
-            print(f"| {task} / {split} | {bd('capped-2', 'uniform')} | {bd('jnd', 'uniform')} | {bd('capped-2', 'per_channel')} |")
+            oracle = pct(g.get("oracle_bd_rate_vs_uniform"), g.get("oracle_bd_rate_vs_uniform_ci"))
+            for strategy, e in g.items():
+                if not isinstance(e, dict) or not (strategy.startswith("jnd") or strategy.startswith("capped")):
+                    continue
+                claim = e.get("claim", {})
+                verdict = "holds" if claim.get("holds") else ("never below, not strictly better" if claim.get("never_below") else "fails")
+                print(f"| {task} / {split} | `{strategy}` | {pct(e.get('bd_rate_vs_uniform'), e.get('bd_rate_vs_uniform_ci'))} | {oracle} | "
+                      f"{pct(e.get('bd_rate_vs_uniform_class_coder'))} / {pct(e.get('oracle_bd_rate_vs_uniform_class_coder'))} | "
+                      f"{pct(e.get('bd_rate_vs_per_channel'), e.get('bd_rate_vs_per_channel_ci'))} | {verdict} |")
+    print("\nThe equal-budget claim, guided rule − control at equal measured MSE (points of the headline metric ×100, "
+          "paired 95% bootstrap interval), per budget d:\n")
+    print("| task / split | control | " + " | ".join(f"d = {d}" for d in (0.01, 0.03, 0.1, 0.3, 0.5)) + " | verdict |")
+    print("|---|---|" + "---|" * 6)
+    for task, splits in s["tasks"].items():
+        for split, d in splits.items() if isinstance(splits, dict) else []:
+            q = d.get("quant") if isinstance(d, dict) else None
+            if not q:
+                continue
+            for strategy, e in q["goals"].items():
+                if not isinstance(e, dict) or "claim" not in e:
+                    continue
+                rows = e["claim"]["per_budget"]
+                controls = [k for k in rows[0] if k not in ("budget", "measured_mse", "metric")] if rows else []
+                for c in controls:
+                    cells = []
+                    for d_ in (0.01, 0.03, 0.1, 0.3, 0.5):
+                        r = next((r for r in rows if abs(r["budget"] - d_) < 1e-12), None)
+                        if not r or c not in r:
+                            cells.append("–")
+                            continue
+                        g, ci = r[c]["gap"], r[c].get("ci")
+                        txt = f"{100 * g:+.1f}" + (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else "")
+                        if ci and ci[1] < 0:
+                            txt = f"**{txt}**"
+                        cells.append(txt)
+                    verdict = "holds" if e["claim"]["holds"] else ("never below, not strictly better" if e["claim"]["never_below"] else "fails")
+                    print(f"| {task} / {split} (`{strategy}`) | {c} | " + " | ".join(cells) + f" | {verdict} |")
     print("\nMetric at r = 0.5 / 1.0 / 2.0, **FeatJND / FeatJND-log / Gaussian / uniform / magnitude / oracle**; ρ(1/J, Grad-CAM) over held-out images:\n")
     print("| task / split | metric (clean) | r = 0.5 | r = 1.0 | r = 2.0 | ρ(1/J, Grad-CAM) |")
     print("|---|---|---|---|---|---|")

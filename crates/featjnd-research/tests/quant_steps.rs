@@ -126,4 +126,9 @@ fn oracle_steps_are_rate_optimal_on_a_known_sensitivity() {
     let closed = 0.5 * (am / gm).log2();
     assert!((saving - closed).abs() < 0.03, "saving {saving:.4} bits/element, closed form {closed:.4}");
     assert!(bits_u - bits_c < closed - 0.3, "the over-concentrated rule saves {:.4}, the optimum {closed:.4}", bits_u - bits_c);
+    // Today's files have one symbol table per tensor: the symbols of tokens with different steps
+    // mix, and the file saves less than the closed form (measured 0.51 of 1.25 bits here; the
+    // scale-class estimate of the quantization study quantifies this on real features). They
+    // still save.
+    assert!(file_u - file_o > 0.3, "one-table files: uniform {file_u:.4}, optimal {file_o:.4}");
 }

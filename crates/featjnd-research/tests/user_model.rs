@@ -136,12 +136,16 @@ fn train_jnd_and_encode_with_a_model() {
         v.truncate(2);
         v
     };
-    for (jnd, strategy) in [(Some(&est), "capped-2"), (None, "uniform")] {
+    // The default rule (steps ∝ j_t^0.25), the capped allocation on request, uniform without J.
+    for (jnd, extra, strategy) in
+        [(Some(&est), &[][..], "jnd-g0.25"), (Some(&est), &["--kappa", "2", "--gamma", "1"][..], "capped-2"), (None, &[][..], "uniform")]
+    {
         let out = dir.path().join(strategy);
         let mut args = vec!["encode", "--model", s(&model), "--out", s(&out)];
         if let Some(j) = jnd {
             args.extend(["--jnd", s(j)]);
         }
+        args.extend(extra.iter().copied());
         args.extend(imgs.iter().map(|p| s(p)));
         let e = json(&featjnd(&args));
         let files = e["files"].as_array().unwrap();
@@ -159,6 +163,12 @@ fn train_jnd_and_encode_with_a_model() {
             assert!((rel - 0.03).abs() < 0.003, "relative MSE {rel}");
         }
     }
+    // Shaping options without an estimator are an error, not silently ignored.
+    let o = Command::new(env!("CARGO_BIN_EXE_featjnd"))
+        .args(["encode", "--model", s(&model), "--kappa", "2", "--out", s(&dir.path().join("k")), s(&imgs[0])])
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("need --jnd"), "{o:?}");
     // The feature-file `encode` is unchanged: --x is still required without --model.
     let o = Command::new(env!("CARGO_BIN_EXE_featjnd")).args(["encode", "--budget", "1", "--out", "x.fjq"]).output().unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--x"));

@@ -1,5 +1,6 @@
 //! `featjnd`: the command line. Parsing and dispatch only; each command lives in
-//! `featjnd_research::cli`. Errors print as `error: ...`, exit code 1.
+//! `featjnd_research::cli`. Errors print as `error: ...`, exit code 1; a panic (a bug) prints one
+//! `error: internal error …` line, exit code 2.
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -51,12 +52,21 @@ fn main() -> ExitCode {
     {
         args[1] = "encode-model".into();
     }
-    match run(Cli::parse_from(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    let cli = Cli::parse_from(args);
+    // Every expected failure is an `Err` (exit 1). A panic is a bug: one line that says so and
+    // where (not a backtrace dump), exit 2.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info.payload().downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| info.payload().downcast_ref::<String>().cloned());
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        eprintln!("error: internal error (a bug in featjnd, please report it){at}: {}", msg.unwrap_or_default().replace('\n', " "));
+    }));
+    match std::panic::catch_unwind(|| run(cli)) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             eprintln!("error: {e}");
             ExitCode::from(1)
         }
+        Err(_) => ExitCode::from(2),
     }
 }
 

@@ -247,8 +247,8 @@ pub struct EncodeModelArgs {
     /// The model: a directory with head.pt, tail.pt and split.json.
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
-    /// The model's estimator (from `train-jnd --model`): capped token-wise steps (contract §3.5).
-    /// Without it, uniform steps.
+    /// The model's estimator (from `train-jnd --model`): token-wise steps `∝ j_t^γ` (the
+    /// quantization study's rule, docs/quantization.md §5). Without it, uniform steps.
     #[arg(long, value_name = "FILE")]
     pub jnd: Option<PathBuf>,
     /// Photos (png/jpg), stretched to the input size.
@@ -261,9 +261,14 @@ pub struct EncodeModelArgs {
     /// Budget d: the measured MSE per element as a share of the feature's mean square (D = d·mean(x²)).
     #[arg(long, default_value_t = 0.03)]
     pub budget: f64,
-    /// Cap factor κ of the capped strategy.
-    #[arg(long, default_value_t = 2.0)]
-    pub kappa: f32,
+    /// Exponent γ of the token tolerances (steps ∝ j_t^γ; needs --jnd). Default: the quantization
+    /// study's choice on validation photos (`study::run::QUANT_GAMMA`, 0.25).
+    #[arg(long)]
+    pub gamma: Option<f32>,
+    /// Cap each token's step at κ × its RMS (contract §3.5's capped allocation; needs --jnd).
+    /// Default: no cap.
+    #[arg(long)]
+    pub kappa: Option<f32>,
     /// NCHW patch size (default: the quantization study's choice, C·p² ≥ 64).
     #[arg(long)]
     pub patch: Option<usize>,
@@ -281,10 +286,24 @@ pub fn encode(a: &EncodeModelArgs) -> Result<Value> {
     let mut spec = UserSpec::new(&a.model, "");
     spec.size = a.size.as_deref().map(user::parse_size).transpose()?;
     let size = user::input_size(&spec, &pair);
+    user::check_pair(&pair, size)?;
     if !(a.budget > 0.0 && a.budget.is_finite()) {
         return Err(Error::Arg(format!("--budget {} must be > 0", a.budget)));
     }
+    if a.jnd.is_none() && (a.gamma.is_some() || a.kappa.is_some()) {
+        return Err(Error::Arg("--gamma and --kappa shape the token-wise steps of an estimator: they need --jnd FILE".into()));
+    }
+    let gamma = a.gamma.unwrap_or(crate::study::run::QUANT_GAMMA);
+    if !(gamma.is_finite() && gamma > 0.0) {
+        return Err(Error::Arg(format!("--gamma {gamma} must be > 0")));
+    }
+    if let Some(k) = a.kappa.filter(|k| !(k.is_finite() && *k > 0.0)) {
+        return Err(Error::Arg(format!("--kappa {k} must be > 0")));
+    }
     let est = a.jnd.as_ref().map(|p| JndEstimator::load(p, device).map(|(e, _)| e)).transpose()?;
+    for path in &a.images {
+        user::check_photo(path)?;
+    }
     std::fs::create_dir_all(&a.out).map_err(|e| Error::Io(format!("{}: {e}", a.out.display())))?;
     let mut files = Vec::new();
     for path in &a.images {
@@ -298,15 +317,20 @@ pub fn encode(a: &EncodeModelArgs) -> Result<Value> {
         let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
         for (k, f) in feats.iter().enumerate() {
             let f = f.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
-            let ms = f.square().mean(Kind::Float).double_value(&[]);
+            let ms = f.square().mean(Kind::Float).f_double_value(&[])?;
             let budget = a.budget * ms;
             let (steps, m, strategy) = match &maps {
                 Some(j) => {
                     let j = j[k].to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
                     let jt = ops::token_tolerance(&j, Layout::Nchw, patch, Reduce::Mean)?;
-                    let caps = ops::caps_from_rms(&ops::token_rms(&f, Layout::Nchw, patch)?, a.kappa)?;
-                    let (s, m) = super::allocate(&f, Layout::Nchw, patch, &jt, Some(&caps), budget, Strategy::Jnd, Bits::B8, true)?;
-                    (s, m, format!("capped-{}", a.kappa))
+                    let jt = if gamma == 1.0 { jt } else { jt.f_pow_tensor_scalar(gamma as f64)?.f_clamp_min(f32::MIN_POSITIVE as f64)? };
+                    let caps = a.kappa.map(|k| ops::caps_from_rms(&ops::token_rms(&f, Layout::Nchw, patch)?, k)).transpose()?;
+                    let (s, m) = super::allocate(&f, Layout::Nchw, patch, &jt, caps.as_ref(), budget, Strategy::Jnd, Bits::B8, true)?;
+                    let name = match a.kappa {
+                        Some(k) => crate::study::quant::QStrategy::Capped(k, gamma).name(),
+                        None => crate::study::quant::QStrategy::Jnd(gamma).name(),
+                    };
+                    (s, m, name)
                 }
                 None => {
                     let grid = ops::grid_of(&f, Layout::Nchw, patch)?;

@@ -48,7 +48,7 @@ pub fn distill_estimator(
         let terms: Vec<Tensor> = maps.iter().zip(&goal).map(|(j, g)| (centred_log(j) - g).square().mean(Kind::Float)).collect();
         let loss = Tensor::stack(&terms, 0).mean(Kind::Float);
         opt.backward_step(&loss);
-        let l = loss.double_value(&[]);
+        let l = loss.f_double_value(&[])?;
         log.push(LogPoint { step, hinge: l, lambda: 0.0, log_j: 0.0, d: 0.0, shape_loss: l, log_scale: 0.0 });
         pb.step(format!("loss {l:.4}"));
     }

@@ -99,10 +99,11 @@ pub fn train(
         let xis = noise_like(&feats, cfg, &mut offset)?;
         let (h, dm, lj) = tch::no_grad(|| -> Result<(f64, f64, f64)> {
             let maps = est.forward_log(&feats)?;
-            let lj = maps.iter().map(|(_, u)| u.mean(Kind::Float).double_value(&[]) / feats.len() as f64).sum::<f64>();
+            let lj =
+                maps.iter().map(|(_, u)| u.mean(Kind::Float).f_double_value(&[]).unwrap_or(f64::NAN) / feats.len() as f64).sum::<f64>();
             let js: Vec<Tensor> = maps.into_iter().map(|(j, _)| j).collect();
             let d = perturbed_discrepancy(&js, &feats, &clean, &xis, model, split, disc)?;
-            Ok((hinge(&d, cfg.eps), d.mean(Kind::Float).double_value(&[]), lj))
+            Ok((hinge(&d, cfg.eps), d.mean(Kind::Float).f_double_value(&[])?, lj))
         })?;
         // Robbins–Monro: steps decaying as 1/t settle on E[h] = τ. The relative error is clipped
         // to [−1, 10] only against a first overshoot; a symmetric clip would bias the root,
@@ -110,7 +111,7 @@ pub fn train(
         let eta = cfg.scale_lr / (1.0 + step as f64 / 50.0);
         log_s -= eta * ((h - cfg.tau) / cfg.tau).clamp(-1.0, 10.0);
         est.config.scale = log_s.exp();
-        let l = loss.double_value(&[]);
+        let l = loss.f_double_value(&[])?;
         log.push(LogPoint { step, hinge: h, lambda: 0.0, log_j: lj, d: dm, shape_loss: l, log_scale: log_s });
         let e = match ema {
             None => (h, l),
@@ -170,7 +171,7 @@ fn perturbed_discrepancy(
 
 /// `E[max(0, D − ε)]` over a batch's discrepancies.
 fn hinge(d: &Tensor, eps: f64) -> f64 {
-    (d - eps).relu().mean(Kind::Float).double_value(&[])
+    (d - eps).relu().mean(Kind::Float).f_double_value(&[]).unwrap_or(f64::NAN)
 }
 
 /// The mean hinge `E[max(0, D − ε)]` of `J = s·S` on prepared batches `(features, clean outputs,

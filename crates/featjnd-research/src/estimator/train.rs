@@ -214,7 +214,7 @@ pub fn train_estimator_with(
         let hinge = (&d - cfg.eps).relu().mean(Kind::Float);
         let loss = &hinge * lambda - &reward;
         opt.backward_step(&loss);
-        let (h, r, dm) = (hinge.double_value(&[]), reward.double_value(&[]), d.mean(Kind::Float).double_value(&[]));
+        let (h, r, dm) = (hinge.f_double_value(&[])?, reward.f_double_value(&[])?, d.mean(Kind::Float).f_double_value(&[])?);
         lambda = (lambda + cfg.dual_lr * (h - cfg.tau)).max(0.0);
         log.push(LogPoint { step, hinge: h, lambda, log_j: r, d: dm, shape_loss: 0.0, log_scale: 0.0 });
         let e = match ema {

@@ -461,9 +461,21 @@ fn torch_error(path: &Path, what: &str, e: tch::TchError) -> Error {
 }
 
 /// A libtorch message without its C++ backtrace.
+/// One line of a libtorch error: its C++ backtrace dropped; a TorchScript traceback reduced to the
+/// exception raised and the last frame of the module's source that raised it.
 fn short(msg: &str) -> String {
     let cut = msg.find("Exception raised from").unwrap_or(msg.len());
-    msg[..cut].trim_end().to_string()
+    let msg = msg[..cut].trim_end();
+    let lines: Vec<&str> = msg.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    if msg.contains("Traceback of TorchScript") {
+        let raised = lines.last().copied().unwrap_or_default();
+        match lines.iter().rev().find(|l| l.starts_with("File ")) {
+            Some(frame) => format!("{raised} ({frame})"),
+            None => raised.to_string(),
+        }
+    } else {
+        lines.join(" ")
+    }
 }
 
 /// The name of an `IValue`'s variant, for error messages.

@@ -71,18 +71,21 @@ fn flat(t: &Tensor) -> Vec<f64> {
 /// The attribution target of a batch-of-one output: the clean top-1 logit (classification), the
 /// heat-map logits at the confident detections (shapes detector), the best class logit of every
 /// confident anchor (NanoDet); the strongest single value where nothing is confident.
-fn target(kind: TaskKind, out: &[Tensor]) -> Tensor {
-    match kind {
+fn target(kind: TaskKind, out: &[Tensor]) -> Result<Tensor> {
+    Ok(match kind {
         TaskKind::Classification => {
-            let k = out[0].argmax(-1, false).int64_value(&[0]);
-            out[0].get(0).get(k)
+            let logits = out.first().filter(|o| o.dim() == 2).ok_or_else(|| {
+                crate::Error::Model(format!("attribution: a classifier's output must be [1, classes] logits, got {} tensor(s)", out.len()))
+            })?;
+            let k = logits.f_argmax(-1, false)?.f_int64_value(&[0])?;
+            logits.get(0).get(k)
         }
         TaskKind::DetectionSegmentation => {
             let heat = out[0].get(0);
             let p = heat.sigmoid();
             let peaks = p.unsqueeze(0).max_pool2d([3, 3], [1, 1], [1, 1], [1, 1], false).squeeze_dim(0);
             let keep = p.eq_tensor(&peaks).logical_and(&p.ge(0.3)).to_kind(Kind::Float);
-            if keep.sum(Kind::Float).double_value(&[]) > 0.0 {
+            if keep.sum(Kind::Float).f_double_value(&[])? > 0.0 {
                 (heat * keep).sum(Kind::Float)
             } else {
                 heat.max()
@@ -91,13 +94,13 @@ fn target(kind: TaskKind, out: &[Tensor]) -> Tensor {
         TaskKind::Detection => {
             let best = out[0].get(0).amax([1i64].as_slice(), false);
             let keep = best.sigmoid().ge(0.3).to_kind(Kind::Float);
-            if keep.sum(Kind::Float).double_value(&[]) > 0.0 {
+            if keep.sum(Kind::Float).f_double_value(&[])? > 0.0 {
                 (best * keep).sum(Kind::Float)
             } else {
                 best.max()
             }
         }
-    }
+    })
 }
 
 /// Grad-CAM of the batch-of-one input `xb` read at split point `layer` (every level of it):
@@ -105,7 +108,7 @@ fn target(kind: TaskKind, out: &[Tensor]) -> Tensor {
 pub fn gradcam_at(model: &dyn SplitModel, layer: &str, xb: &Tensor, hw: (i64, i64)) -> Result<Tensor> {
     let acts: Vec<Tensor> = tch::no_grad(|| model.head(xb, layer))?.iter().map(|a| a.detach().set_requires_grad(true)).collect();
     let out = model.tail(&acts, layer)?;
-    let grads = Tensor::run_backward(&[target(model.task(), &out)], &acts.iter().collect::<Vec<_>>(), false, false);
+    let grads = Tensor::run_backward(&[target(model.task(), &out)?], &acts.iter().collect::<Vec<_>>(), false, false);
     let mut cam = Tensor::zeros([hw.0, hw.1], (Kind::Float, xb.device()));
     for (a, g) in acts.iter().zip(&grads) {
         let w = g.mean_dim([2i64, 3].as_slice(), true, Kind::Float);
@@ -127,7 +130,7 @@ pub fn maps(task: &Task, split: &str, est: &JndEstimator, x: &Tensor, nrmse: f64
     let mut inputs = vec![f0.shallow_clone()];
     inputs.extend(feats[1..].iter().map(|f| f.detach()));
     let out = model.tail(&inputs, split)?;
-    let target = target(model.task(), &out);
+    let target = target(model.task(), &out)?;
     let g = Tensor::run_backward(&[target], &[&f0], false, false)
         .pop()
         .ok_or_else(|| Error::Model("no gradient at the split point".into()))?

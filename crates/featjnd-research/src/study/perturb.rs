@@ -183,7 +183,7 @@ fn nrmse_sum(f: &[Tensor], pert: &[Tensor]) -> (f64, usize) {
         num += d.square().sum_dim_intlist(1, false, Kind::Double);
         den += x.to_kind(Kind::Double).flatten(1, -1).square().sum_dim_intlist(1, false, Kind::Double);
     }
-    ((num / den.clamp_min(1e-300)).sqrt().sum(Kind::Double).double_value(&[]), b as usize)
+    ((num / den.clamp_min(1e-300)).sqrt().sum(Kind::Double).f_double_value(&[]).unwrap_or(f64::NAN), b as usize)
 }
 
 /// Perturbs every level of `feats` to NRMSE `r` with noise `shape`; `jnd` holds the shape's maps
@@ -200,7 +200,7 @@ pub fn perturb_levels(feats: &[Tensor], jnd: &[Tensor], shape: NoiseShape, r: f6
                 NoiseShape::FeatJnd | NoiseShape::FeatJndLog | NoiseShape::Oracle | NoiseShape::OracleP(_) => Some(jnd[l].shallow_clone()),
                 NoiseShape::Magnitude => {
                     let a = f.abs();
-                    let tiny = a.mean(Kind::Float).double_value(&[]).max(1e-30) * 1e-6;
+                    let tiny = a.mean(Kind::Float).f_double_value(&[])?.max(1e-30) * 1e-6;
                     Some(a + tiny)
                 }
                 NoiseShape::Gaussian | NoiseShape::Uniform => None,

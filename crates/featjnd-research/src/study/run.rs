@@ -135,8 +135,14 @@ impl RunConfig {
 /// The guided quantization rule of each task: steps `∝ j_t^γ` (`QStrategy::Jnd(γ)`), γ chosen
 /// on the validation photos (docs/quantization.md §"Choosing the rule").
 pub fn quant_rule(_id: TaskId) -> QStrategy {
-    QStrategy::Jnd(0.5)
+    QStrategy::Jnd(QUANT_GAMMA)
 }
+
+/// γ of [`quant_rule`]: on the 30 validation photos (2026-12-07), mean BD-rate vs one uniform step
+/// over each photo task's splits for γ = 1 / 0.5 / 0.25: MobileNetV2 +48 / +18 / +11%, NanoDet
+/// −11 / −4 / −22% (`capped:2` +21% / −14%, `capped:2:0.5` +16% / −6%). Fashion-MNIST and the
+/// shapes detector have no validation photos and take the photo tasks' choice.
+pub const QUANT_GAMMA: f32 = 0.25;
 
 /// Default estimator training of each task (and split point, where the capacity differs): the
 /// sensitivity objective (`estimator::sensitivity`) with the exponent `p` chosen per task on
@@ -718,7 +724,7 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
     if cfg.quant {
         writeln!(
             head,
-            "## Quantization goals: BD-rate ≤ −20% against uniform steps (real file sizes); never below uniform or permuted at equal MSE\n"
+            "## Quantization goals: BD-rate ≤ −15% against uniform steps (real file sizes) on two or more real splits, half of the oracle steps' saving where it is ≥ 15%; at equal measured MSE never below uniform or permuted, strictly better at one budget or more\n"
         )
         .ok();
         writeln!(
@@ -726,7 +732,11 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
             "BD-rate: mean log-rate difference over the shared metric range (negative = fewer bits). Brackets: percentile bootstrap \
              95% interval over images (200 replicates for classification; 50 for detection, where each replicate recomputes COCO AP \
              on the resampled images, so those intervals are coarser). Worst gap: the lowest metric difference over the budgets at equal measured MSE, with its paired \
-             bootstrap interval.\n"
+             bootstrap interval. Oracle steps: `Δ_t ∝ F_t^(−1/2)` from the task's own gradients on the image being coded (a control for \
+             the room, not deployable); \"captured\": the strategy's BD-rate over the oracle's, shown where the oracle saves ≥ 15%. \
+             Class-coder est.: BD-rates at the rate of an ideal coder with one table per token scale class (an estimate, not files; \
+             today's files have one table per tensor). Equal-budget claim: guided ≥ uniform and ≥ its permuted control at every budget \
+             (no paired interval below 0) and strictly better against both at one budget or more (the per-budget tables below).\n"
         )
         .ok();
         writeln!(
@@ -779,6 +789,10 @@ fn estimator_cost(task: &Task, split: &str, est: &JndEstimator) -> Result<(f64, 
         Ok((tm, te))
     })
 }
+
+/// The oracle steps' BD-rate saving from which the share the guided steps capture is reported
+/// (issue 23: where the oracle saves ≥ 15%, the guided steps should capture half of it).
+const ORACLE_ROOM: f64 = 0.15;
 
 /// A BD-rate and its bootstrap interval (`None`: undefined, e.g. no shared metric range).
 type BdRate = (Option<f64>, Option<(f64, f64)>);
@@ -960,7 +974,11 @@ fn quant_section(
                 }
                 let cis = ci.map(|(lo, hi)| format!(" [{lo:+.3}, {hi:+.3}]")).unwrap_or_default();
                 cells.push(format!("{:.4} ({gap:+.3}{cis})", o.metrics[metric]));
-                row_json[name.as_str()] = json!({"metric": o.metrics[metric], "gap": gap, "ci": ci.map(|(lo, hi)| [lo, hi])});
+                // Undefined intervals are left out (the summary holds no nulls).
+                row_json[name.as_str()] = json!({"metric": o.metrics[metric], "gap": gap});
+                if let Some((lo, hi)) = ci {
+                    row_json[name.as_str()]["ci"] = json!([lo, hi]);
+                }
             }
             claim_rows.push(format!("| {} |", cells.join(" | ")));
             claim_json.push(row_json);
@@ -1015,9 +1033,10 @@ fn quant_section(
                 g.insert(format!("bd_rate_{k}_ci"), json!([lo, hi]));
             }
         }
-        // The share of the oracle's saving the guided steps capture (where the oracle saves).
+        // The share of the oracle's saving the guided steps capture, where the oracle saves at
+        // least [`ORACLE_ROOM`] (below it the ratio of two small numbers means nothing).
         let capture = match (b_uni.0, b_oracle.0) {
-            (Some(t), Some(o)) if o < 0.0 => Some(t / o),
+            (Some(t), Some(o)) if o <= -ORACLE_ROOM => Some(t / o),
             _ => None,
         };
         if let Some(f) = capture {
@@ -1037,7 +1056,7 @@ fn quant_section(
         json_goals.insert(test.clone(), Value::Object(g));
         let pct = |v: Option<f64>| v.map(|v| format!("{:+.1}%", 100.0 * v)).unwrap_or_else(|| "—".into());
         goal_rows.push(format!(
-            "| {} | {split} | {metric} | {} | {} | {} | {} / {} | {} | {} | {} |",
+            "| {} | {split} | {metric} | {} | {} | {} / {} | {} | {} | {} | {} |",
             id.name(),
             test,
             fmt_bd(b_uni),

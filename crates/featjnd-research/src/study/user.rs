@@ -42,7 +42,7 @@ use crate::estimator::train::{train_estimator_with, JndTrain, LogPoint};
 use crate::estimator::JndEstimator;
 use crate::model::checkpoint::Meta;
 use crate::model::torchscript::TorchScriptPair;
-use crate::model::TaskKind;
+use crate::model::{SplitModel, TaskKind};
 use crate::train::SplitMix;
 use crate::{Error, Result};
 use image::{imageops, Rgb32FImage};
@@ -170,11 +170,29 @@ pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
+/// Checks from its header that `path` is a photo of at least [`MIN_PHOTO_SIDE`] pixels a side (no
+/// decoding: for the up-front checks of commands that decode one photo at a time).
+pub fn check_photo(path: &Path) -> Result<()> {
+    let (w, h) = image::image_dimensions(path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+    if w < MIN_PHOTO_SIDE || h < MIN_PHOTO_SIDE {
+        return Err(Error::Io(format!(
+            "{}: a {w}x{h} image; featjnd needs photos of at least {MIN_PHOTO_SIDE}x{MIN_PHOTO_SIDE} pixels",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Decodes one photo to RGB in `[0, 1]`.
 pub fn load_image(path: &Path) -> Result<Rgb32FImage> {
     let img = image::open(path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
-    if img.width() == 0 || img.height() == 0 {
-        return Err(Error::Io(format!("{}: empty image", path.display())));
+    if img.width() < MIN_PHOTO_SIDE || img.height() < MIN_PHOTO_SIDE {
+        return Err(Error::Io(format!(
+            "{}: a {}x{} image; featjnd needs photos of at least {MIN_PHOTO_SIDE}x{MIN_PHOTO_SIDE} pixels",
+            path.display(),
+            img.width(),
+            img.height()
+        )));
     }
     Ok(img.to_rgb32f())
 }
@@ -241,12 +259,94 @@ pub fn train_view(img: &Rgb32FImage, (h, w): (u32, u32), index: u64) -> Result<T
     Ok(to_tensor(&out))
 }
 
+/// The smallest photo side featjnd accepts: a photo is stretched to the model's input size, and
+/// one a few pixels wide holds no scene to study.
+pub const MIN_PHOTO_SIDE: u32 = 16;
+
+/// Shapes of a list of tensors, for messages.
+fn shapes(ts: &[Tensor]) -> String {
+    ts.iter().map(|t| format!("{:?}", t.size())).collect::<Vec<_>>().join(", ")
+}
+
+/// Runs `pair` once on one mid-grey input of `size` and checks what comes out against the task
+/// its sidecar declares, before any photo is read or any work is done (issue 27): features and
+/// outputs finite, a classification tail returning one `[1, classes]` tensor of logits, a
+/// detection tail returning torchvision's `(boxes [N, 4], labels [N], scores [N], masks,
+/// batch_index [N])`. The message names the shapes and the sidecar field to set.
+pub fn check_pair(pair: &TorchScriptPair, size: (u32, u32)) -> Result<()> {
+    let split = pair.split_points().remove(0);
+    let (head, tail) = pair.paths();
+    let x = Tensor::f_full([1, 3, size.0 as i64, size.1 as i64], 0.5, (Kind::Float, pair.device()))?;
+    let (feats, outs) = tch::no_grad(|| -> Result<_> {
+        let f = pair.head(&x, &split)?;
+        for (i, t) in f.iter().enumerate() {
+            if !t.is_floating_point() || !bool::try_from(t.f_isfinite()?.f_all()?)? {
+                return Err(Error::Model(format!(
+                    "{}: feature {i} ({:?}, {:?}) is not finite floating point on a mid-grey {}x{} input",
+                    head.display(),
+                    t.size(),
+                    t.kind(),
+                    size.0,
+                    size.1
+                )));
+            }
+        }
+        let o = pair.tail(&f, &split)?;
+        Ok((f, o))
+    })?;
+    let sidecar = pair.paths().0.parent().map(|d| d.join(crate::model::torchscript::SIDECAR)).unwrap_or_default();
+    match pair.spec().task {
+        TaskKind::Classification => {
+            let logits = outs.len() == 1 && outs[0].dim() == 2 && outs[0].size()[0] == 1 && outs[0].size()[1] >= 2;
+            if !logits {
+                return Err(Error::Model(format!(
+                    "{} returns {} for one input, not [B, classes] logits, but the task is `classification` (the default): \
+                     set `task` in {} to `detection-segmentation` for torchvision detection outputs; dense-output tails \
+                     (segmentation, heat-maps, depth) are not supported yet (see docs/user-models.md)",
+                    tail.display(),
+                    shapes(&outs),
+                    sidecar.display()
+                )));
+            }
+            if !outs[0].is_floating_point() || !bool::try_from(outs[0].f_isfinite()?.f_all()?)? {
+                return Err(Error::Model(format!("{}: the logits are not finite on a mid-grey input", tail.display())));
+            }
+        }
+        TaskKind::DetectionSegmentation => {
+            let n = outs.first().map(|b| b.size()[0]).unwrap_or(-1);
+            let det = outs.len() >= 5
+                && outs[0].dim() == 2
+                && outs[0].size()[1] == 4
+                && [1usize, 2, 4].iter().all(|&k| outs[k].dim() == 1 && outs[k].size()[0] == n);
+            if !det {
+                return Err(Error::Model(format!(
+                    "{} returns {}, not torchvision's (boxes [N, 4], labels [N], scores [N], masks, batch_index [N]), but the task is \
+                     `detection-segmentation`: set `task` in {} to `classification` for one [B, classes] tensor of logits \
+                     (see docs/user-models.md)",
+                    tail.display(),
+                    shapes(&outs),
+                    sidecar.display()
+                )));
+            }
+        }
+        other => {
+            return Err(Error::Model(format!(
+                "{}: task {other:?} is not one a user model can declare (classification or detection-segmentation)",
+                sidecar.display()
+            )))
+        }
+    }
+    drop(feats);
+    Ok(())
+}
+
 /// The user task of `spec`, with its split of the photos.
 pub fn build(spec: &UserSpec, sizes: Sizes, device: Device) -> Result<(Task, UserImages)> {
     let pair = TorchScriptPair::load_dir(&spec.model, device)?;
     let id = task_id(&pair);
     let det = is_detection(&pair);
     let size = input_size(spec, &pair);
+    check_pair(&pair, size)?;
     if det && !(size.0.is_multiple_of(32) && size.1.is_multiple_of(32)) {
         return Err(Error::Arg(format!(
             "a torchvision detector needs an input size with both sides multiples of 32, got {}x{}",
