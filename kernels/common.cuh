@@ -43,6 +43,13 @@ __device__ __forceinline__ fj_bf16 fj_f32_to_bf16(float v) {
     return h;
 }
 #endif
+// f32 -> s32 rounding toward zero as PTX's cvt.rzi.s32.f32: NaN gives 0, out-of-range values
+// saturate. The quantizer's histogram indexes with it, and a NaN symbol (an input the call then
+// rejects) lands in bin 0's neighbour 127 instead of out of bounds. A C++ cast of NaN is undefined
+// (x86 gives INT_MIN): the emulation tier supplies this function, with the PTX semantics.
+#ifndef FJ_EMU
+__device__ __forceinline__ int fj_f2i(float v) { return (int)v; }
+#endif
 struct F16 {
     typedef fj_f16 T;
     static __device__ __forceinline__ float load(T v) { return fj_f16_to_f32(v); }

@@ -41,8 +41,8 @@ __device__ __forceinline__ float quant1(float v, float inv, float qmax, QState& 
 template <u32 BITS>
 __device__ __forceinline__ void hist_add(u32* sh, float q, bool live) {
     int bin;
-    if (BITS == 8) bin = (int)q + FJ_QMAX_B8;
-    else bin = fabsf(q) <= (float)FJ_HIST_RANGE_B16 ? (int)q + FJ_HIST_RANGE_B16 : FJ_HIST_BINS_B16 - 1;
+    if (BITS == 8) bin = fj_f2i(q) + FJ_QMAX_B8;
+    else bin = fabsf(q) <= (float)FJ_HIST_RANGE_B16 ? fj_f2i(q) + FJ_HIST_RANGE_B16 : FJ_HIST_BINS_B16 - 1;
     // Warp-aggregated: most symbols are near 0, so many lanes hit the same bin.
     const u32 active = __activemask();
     const u32 key = live ? (u32)bin : 0xffffffffu;
