@@ -45,6 +45,14 @@ const MUTANTS: &[(&str, usize, &str, &str)] = &[
         "for (e = lane; e < g.k; e += 32)\n                quant_elem",
         "for (e = lane; e <= g.k; e += 32)\n                quant_elem",
     ),
+    // The solver's uniform early return made per thread: a thread that saw a bad token leaves
+    // while the others enter the block reductions (a warp shuffle then waits for an exited lane).
+    (
+        "capped_divergent_return",
+        1,
+        "if (block_all_sum(bad_j != ~0ull || bad_c != ~0ull ? 1.0 : 0.0) > 0.0) {",
+        "if (bad_j != ~0ull || bad_c != ~0ull) {",
+    ),
 ];
 
 const DTYPES: [&str; 3] = ["f32", "f16", "bf16"];

@@ -57,6 +57,8 @@ pub const SCHEDS: [Sched; 2] =
 #[derive(Clone, Copy)]
 pub struct Kernel {
     raw: *const RawKernel,
+    /// The label of its module (or mutant).
+    pub owner: &'static str,
 }
 
 impl Kernel {
@@ -97,11 +99,12 @@ fn table(kind: c_int, i: usize) -> Option<Module> {
     // SAFETY: the table is a static array ended by an entry with a null name (build.rs), and
     // `label` is a static NUL-terminated literal.
     unsafe {
+        let owner = CStr::from_ptr(label).to_str().unwrap();
         while !(*k).name.is_null() {
-            kernels.push(Kernel { raw: k });
+            kernels.push(Kernel { raw: k, owner });
             k = k.add(1);
         }
-        Some(Module { label: CStr::from_ptr(label).to_str().unwrap(), kernels })
+        Some(Module { label: owner, kernels })
     }
 }
 
@@ -122,6 +125,7 @@ pub fn mutant(name: &str) -> Module {
 /// be valid host memory for what the kernel reads and writes there, as on a device.
 pub unsafe fn launch<P>(kernel: Kernel, p: &P, grid: u32, sched: Sched) -> Result<(), String> {
     assert_eq!(std::mem::size_of::<P>(), kernel.params_size(), "{}: parameter struct size", kernel.name());
+    record(kernel);
     let mut err = vec![0u8; 1024];
     // SAFETY: `kernel.raw` is a static table entry; `p` is a live struct of the kernel's type
     // (caller's contract, size checked above); `err` has the room passed with it.
@@ -130,6 +134,22 @@ pub unsafe fn launch<P>(kernel: Kernel, p: &P, grid: u32, sched: Sched) -> Resul
         Ok(())
     } else {
         Err(CStr::from_bytes_until_nul(&err).map(|c| c.to_string_lossy().into_owned()).unwrap_or_default())
+    }
+}
+
+/// With `FEATJND_EMU_COUNTS=FILE`, every launch appends `module-or-mutant<TAB>kernel` to FILE, so
+/// that `tests/coverage.rs` can check afterwards that the tier launched every kernel entry point
+/// and count the cases of each.
+fn record(kernel: Kernel) {
+    use std::io::Write as _;
+    static FILE: std::sync::Mutex<Option<std::fs::File>> = std::sync::Mutex::new(None);
+    let Some(path) = std::env::var_os("FEATJND_EMU_COUNTS").filter(|p| !p.is_empty()) else { return };
+    let mut f = FILE.lock().unwrap_or_else(|e| e.into_inner());
+    if f.is_none() {
+        *f = std::fs::OpenOptions::new().create(true).append(true).open(path).ok();
+    }
+    if let Some(f) = f.as_mut() {
+        let _ = writeln!(f, "{}\t{}", kernel.owner, kernel.name());
     }
 }
 

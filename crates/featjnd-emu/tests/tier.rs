@@ -337,7 +337,7 @@ fn chain_modules(bits: Bits, hist: bool) -> [featjnd_emu::Module; 3] {
 fn chain_matches_cpu_on_the_gpu_test_shapes() {
     for (i, (layout, sizes, patch)) in shapes().into_iter().enumerate() {
         let g = grid_of(layout, &sizes, patch);
-        for (bits, hist) in [(Bits::B8, false), (Bits::B16, true)] {
+        for (bits, hist) in [(Bits::B8, false), (Bits::B16, true), (Bits::B8, true), (Bits::B16, false)] {
             let [ts, sa, q] = chain_modules(bits, hist);
             for strategy in [Strategy::Jnd, Strategy::Uniform] {
                 both(&format!("{sizes:?}"), |s| cases::chain::<f32>(&ts, &sa, &q, &g, Reduce::Rms, strategy, bits, hist, 0.01, 300 + i as u64, None, s));
