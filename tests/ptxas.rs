@@ -132,6 +132,12 @@ fn no_kernel_spills_or_overflows_shared_memory_on_sm80_and_sm90() {
         std::fs::write(path, &table).unwrap();
     }
     let max = rows.iter().max_by_key(|r| r.3.registers).unwrap();
-    eprintln!("ptxas ({version}): {} kernel entries over sm_80 and sm_90; most registers {} ({} sm_{})", rows.len(), max.3.registers, max.2, max.0);
+    eprintln!(
+        "ptxas ({version}): {} kernel entries over sm_80 and sm_90; most registers {} ({} sm_{})",
+        rows.len(),
+        max.3.registers,
+        max.2,
+        max.0
+    );
     assert!(failures.is_empty(), "{} kernel(s) over the limits:\n{}", failures.len(), failures.join("\n"));
 }

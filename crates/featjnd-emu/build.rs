@@ -82,7 +82,8 @@ fn kernels(file: &str, defines: &[&str]) -> Vec<(String, &'static str)> {
             per_dtype(&[("fj_perturb_norms", "FjPerturbParams"), ("fj_perturb_apply", "FjPerturbParams")])
         }
         "perturb.cu" => {
-            let mut v = per_dtype(&[("fj_perturb_norms_batch", "FjPerturbBatchParams"), ("fj_perturb_apply_batch", "FjPerturbBatchParams")]);
+            let mut v =
+                per_dtype(&[("fj_perturb_norms_batch", "FjPerturbBatchParams"), ("fj_perturb_apply_batch", "FjPerturbBatchParams")]);
             v.push(("fj_noise".into(), "FjNoiseParams"));
             v
         }

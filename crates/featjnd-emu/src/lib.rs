@@ -23,8 +23,15 @@ struct RawKernel {
 
 extern "C" {
     fn fj_emu_table(kind: c_int, i: c_int, label: *mut *const c_char) -> *const RawKernel;
-    fn fj_emu_run(kernel: *const RawKernel, params: *const c_void, grid: u32, block: u32, flags: u32, err: *mut c_char, errlen: usize)
-        -> c_int;
+    fn fj_emu_run(
+        kernel: *const RawKernel,
+        params: *const c_void,
+        grid: u32,
+        block: u32,
+        flags: u32,
+        err: *mut c_char,
+        errlen: usize,
+    ) -> c_int;
 }
 
 /// Threads per block of every kernel (`FJ_BLOCK`).
@@ -129,7 +136,8 @@ pub unsafe fn launch<P>(kernel: Kernel, p: &P, grid: u32, sched: Sched) -> Resul
     let mut err = vec![0u8; 1024];
     // SAFETY: `kernel.raw` is a static table entry; `p` is a live struct of the kernel's type
     // (caller's contract, size checked above); `err` has the room passed with it.
-    let rc = unsafe { fj_emu_run(kernel.raw, p as *const P as *const c_void, grid, BLOCK, sched.flags(), err.as_mut_ptr().cast(), err.len()) };
+    let rc =
+        unsafe { fj_emu_run(kernel.raw, p as *const P as *const c_void, grid, BLOCK, sched.flags(), err.as_mut_ptr().cast(), err.len()) };
     if rc == 0 {
         Ok(())
     } else {

@@ -9,7 +9,9 @@ use featjnd_kernels::cuda::compile::MODULES;
 #[test]
 fn the_tier_launched_every_kernel_entry_point() {
     let Some(path) = std::env::var_os("FEATJND_EMU_COUNTS").filter(|p| !p.is_empty()) else {
-        eprintln!("\nSKIP the_tier_launched_every_kernel_entry_point (FEATJND_EMU_COUNTS not set: run the tier first, as scripts/test.sh does)");
+        eprintln!(
+            "\nSKIP the_tier_launched_every_kernel_entry_point (FEATJND_EMU_COUNTS not set: run the tier first, as scripts/test.sh does)"
+        );
         return;
     };
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.to_string_lossy()));

@@ -3,9 +3,9 @@
 //! `__syncthreads`, a wrong partial index, a histogram that counts leaders instead of peers, a
 //! quantizer tail loop one element too far). Each test runs a case of the tier on the intact module
 //! (it must pass) and on the broken copy (it must fail), and prints what caught it.
-mod common;
 #[path = "common/cases.rs"]
 mod cases;
+mod common;
 
 use common::*;
 use featjnd_emu::{mutant, SCHEDS};
@@ -57,7 +57,8 @@ fn wrong_chain_partial_index_is_caught() {
         let g = grid_of(Layout::Ntc, &sizes, 1);
         let s = SCHEDS[0];
         let intact = module(0);
-        let run = |ts: &featjnd_emu::Module| cases::chain::<f32>(ts, &sa, &q, &g, Reduce::Mean, Strategy::Jnd, Bits::B8, false, 0.01, 4, None, s);
+        let run =
+            |ts: &featjnd_emu::Module| cases::chain::<f32>(ts, &sa, &q, &g, Reduce::Mean, Strategy::Jnd, Bits::B8, false, 0.01, 4, None, s);
         caught("chain_wrong_partial_index", run(&intact), run(&bad));
     }
 }

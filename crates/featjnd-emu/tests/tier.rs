@@ -5,9 +5,9 @@
 //! within its tolerance elsewhere (see `featjnd_emu` for the rule). Where a kernel uses warp
 //! collectives or shared memory, a second schedule (reverse thread order, fully diverged
 //! `__activemask`) must give the very same bits.
-mod common;
 #[path = "common/cases.rs"]
 mod cases;
+mod common;
 
 use common::*;
 use featjnd_emu::{Guarded, Sched, BLOCK, SCHEDS};
@@ -38,7 +38,12 @@ fn every_launched_kernel_is_emulated() {
             assert!(e.kernels.iter().any(|x| x.name() == k.name), "{} launches {} but the emulation has none", m.label(), k.name);
         }
         for k in &e.kernels {
-            assert!(launched.iter().any(|x| x.module == slot && x.name == k.name()), "{}: emulated {} is launched by nobody", m.label(), k.name());
+            assert!(
+                launched.iter().any(|x| x.module == slot && x.name == k.name()),
+                "{}: emulated {} is launched by nobody",
+                m.label(),
+                k.name()
+            );
         }
         emulated += e.kernels.len();
     }
@@ -175,7 +180,14 @@ fn run_capped(jt: &[f32], rms: &[f32], budget: f64, beta: f64, kappa: f32, s: Sc
     run(&m, "fj_caps", &p, blocks, s)?;
     run(&m, "fj_capped_solve", &p, 1, s)?;
     run(&m, "fj_capped_steps", &p, blocks, s)?;
-    for r in [c.jt.check_res("j"), c.rms.check_res("rms"), c.caps.check_res("caps"), c.scales.check_res("scales"), c.steps.check_res("steps"), c.cells.check_res("cells")] {
+    for r in [
+        c.jt.check_res("j"),
+        c.rms.check_res("rms"),
+        c.caps.check_res("caps"),
+        c.scales.check_res("scales"),
+        c.steps.check_res("steps"),
+        c.cells.check_res("cells"),
+    ] {
         r?;
     }
     Ok(c)
@@ -203,7 +215,12 @@ fn capped_allocation_matches_cpu() {
                         let d = (a.to_bits() as i64 - b.to_bits() as i64).abs();
                         ensure(*a > 0.0 && a.is_finite() && d <= 1, || format!("{what}: step {k}: {a} vs {b} ({d} ulps)"))?;
                     }
-                    Ok(c.steps.as_slice().iter().map(|v| v.to_bits() as u64).chain(c.scales.as_slice().iter().map(|v| v.to_bits())).collect())
+                    Ok(c.steps
+                        .as_slice()
+                        .iter()
+                        .map(|v| v.to_bits() as u64)
+                        .chain(c.scales.as_slice().iter().map(|v| v.to_bits()))
+                        .collect())
                 };
                 if t >= 1025 {
                     both(&what, fp);
@@ -288,7 +305,12 @@ fn quantize_reports_the_first_non_finite_value() {
 /// bit for bit (and so the CPU's).
 #[test]
 fn quantize_batch_items_equal_their_single_launches() {
-    let items = [(Layout::Nchw, vec![2, 7, 5, 3], 1), (Layout::Ntc, vec![2, 7, 17], 1), (Layout::Nchw, vec![3, 17, 6, 10], 2), (Layout::Ntc, vec![1, 3, 5137], 1)];
+    let items = [
+        (Layout::Nchw, vec![2, 7, 5, 3], 1),
+        (Layout::Ntc, vec![2, 7, 17], 1),
+        (Layout::Nchw, vec![3, 17, 6, 10], 2),
+        (Layout::Ntc, vec![1, 3, 5137], 1),
+    ];
     for (bits, hist) in [(Bits::B8, true), (Bits::B16, false), (Bits::B8, false), (Bits::B16, true)] {
         let m = module(cases::quantize_module(bits, hist));
         batch::<f32>(&m, &items, bits, hist);
@@ -297,7 +319,12 @@ fn quantize_batch_items_equal_their_single_launches() {
     }
 }
 
-fn batch<E: featjnd_kernels::Element + featjnd_emu::Plain>(m: &featjnd_emu::Module, items: &[(Layout, Vec<usize>, usize)], bits: Bits, hist: bool) {
+fn batch<E: featjnd_kernels::Element + featjnd_emu::Plain>(
+    m: &featjnd_emu::Module,
+    items: &[(Layout, Vec<usize>, usize)],
+    bits: Bits,
+    hist: bool,
+) {
     let mut bufs = Vec::new();
     let mut bp = FjQuantizeBatchParams::default();
     let mut start = 0u32;
@@ -340,7 +367,9 @@ fn chain_matches_cpu_on_the_gpu_test_shapes() {
         for (bits, hist) in [(Bits::B8, false), (Bits::B16, true), (Bits::B8, true), (Bits::B16, false)] {
             let [ts, sa, q] = chain_modules(bits, hist);
             for strategy in [Strategy::Jnd, Strategy::Uniform] {
-                both(&format!("{sizes:?}"), |s| cases::chain::<f32>(&ts, &sa, &q, &g, Reduce::Rms, strategy, bits, hist, 0.01, 300 + i as u64, None, s));
+                both(&format!("{sizes:?}"), |s| {
+                    cases::chain::<f32>(&ts, &sa, &q, &g, Reduce::Rms, strategy, bits, hist, 0.01, 300 + i as u64, None, s)
+                });
             }
             one(|s| cases::chain::<f16>(&ts, &sa, &q, &g, Reduce::Mean, Strategy::Jnd, bits, hist, 0.01, 300 + i as u64, None, s));
             one(|s| cases::chain::<bf16>(&ts, &sa, &q, &g, Reduce::Min, Strategy::Jnd, bits, hist, 0.01, 300 + i as u64, None, s));
@@ -355,9 +384,9 @@ fn chain_matches_cpu_on_the_gpu_test_shapes() {
 fn chain_on_both_sides_of_its_512_block_boundary() {
     let [ts, sa, q] = chain_modules(Bits::B8, true);
     let cases: [(Layout, Vec<usize>); 6] = [
-        (Layout::Ntc, vec![1, 4088, 3]),  // 511 blocks
-        (Layout::Ntc, vec![2, 2048, 5]),  // 512
-        (Layout::Ntc, vec![1, 4097, 3]),  // 513: the fallback
+        (Layout::Ntc, vec![1, 4088, 3]),      // 511 blocks
+        (Layout::Ntc, vec![2, 2048, 5]),      // 512
+        (Layout::Ntc, vec![1, 4097, 3]),      // 513: the fallback
         (Layout::Nchw, vec![1, 1, 16, 1022]), // 511
         (Layout::Nchw, vec![1, 2, 16, 1024]), // 512
         (Layout::Nchw, vec![1, 1, 16, 1025]), // 513: the fallback
@@ -366,7 +395,9 @@ fn chain_on_both_sides_of_its_512_block_boundary() {
         let g = grid_of(layout, &sizes, 1);
         let parts = cases::token_blocks(&g);
         assert!((511..=513).contains(&parts), "{sizes:?}: {parts} blocks");
-        both(&format!("{sizes:?}"), |s| cases::chain::<f32>(&ts, &sa, &q, &g, Reduce::Mean, Strategy::Jnd, Bits::B8, true, 0.01, 900 + i as u64, None, s));
+        both(&format!("{sizes:?}"), |s| {
+            cases::chain::<f32>(&ts, &sa, &q, &g, Reduce::Mean, Strategy::Jnd, Bits::B8, true, 0.01, 900 + i as u64, None, s)
+        });
         one(|s| cases::chain::<bf16>(&ts, &sa, &q, &g, Reduce::Rms, Strategy::Uniform, Bits::B8, true, 0.01, 900 + i as u64, None, s));
         let bad = g.numel() - 2 - i;
         one(|s| cases::chain::<f32>(&ts, &sa, &q, &g, Reduce::Mean, Strategy::Jnd, Bits::B8, true, 0.01, 900 + i as u64, Some(bad), s));
@@ -414,10 +445,18 @@ fn perturbation_with_a_bad_x_reports_it_and_writes_nothing() {
 #[test]
 fn perturb_batch_items_equal_their_single_launches() {
     let generic = module(10);
-    let items = [(2usize, 105usize, NoiseKind::Gaussian, true), (1, 5137, NoiseKind::Uniform, false), (3, 4097, NoiseKind::Uniform, true), (1, 1, NoiseKind::Gaussian, false)];
-    perturb_batch::<f32>(&generic, &items);
-    perturb_batch::<f16>(&generic, &items);
-    perturb_batch::<bf16>(&generic, &items);
+    let items = [
+        (2usize, 105usize, NoiseKind::Gaussian, true),
+        (1, 5137, NoiseKind::Uniform, false),
+        (3, 4097, NoiseKind::Uniform, true),
+        (1, 1, NoiseKind::Gaussian, false),
+    ];
+    let other = [(1usize, 17usize, NoiseKind::Uniform, true), (2, 4096, NoiseKind::Gaussian, true), (1, 7, NoiseKind::Uniform, false)];
+    for items in [&items[..], &other[..]] {
+        perturb_batch::<f32>(&generic, items);
+        perturb_batch::<f16>(&generic, items);
+        perturb_batch::<bf16>(&generic, items);
+    }
 }
 
 fn perturb_batch<E: featjnd_kernels::Element + featjnd_emu::Plain>(m: &featjnd_emu::Module, items: &[(usize, usize, NoiseKind, bool)]) {

@@ -45,7 +45,15 @@ fn fp_f32(v: &[f32]) -> impl Iterator<Item = u64> + '_ {
 /// Token tolerance (check = J) or token RMS (check = finite) of `vals` through
 /// fj_token_stats_*, with the sum of squares and the max; `bad` = an index set to 0 (J) or NaN (x)
 /// whose report is checked instead of the values.
-pub fn token_stats<E: Element + featjnd_emu::Plain>(m: &Module, g: &TokenGrid, reduce: Reduce, rms_of_x: bool, seed: u64, bad: Option<usize>, s: Sched) -> Out {
+pub fn token_stats<E: Element + featjnd_emu::Plain>(
+    m: &Module,
+    g: &TokenGrid,
+    reduce: Reduce,
+    rms_of_x: bool,
+    seed: u64,
+    bad: Option<usize>,
+    s: Sched,
+) -> Out {
     let n = g.numel();
     let mut v = if rms_of_x { feature(n, seed) } else { jnd(n, seed) };
     if let Some(i) = bad {
@@ -88,7 +96,9 @@ pub fn token_stats<E: Element + featjnd_emu::Plain>(m: &Module, g: &TokenGrid, r
             close(tt.as_slice(), &jt, 1e-5, 0.0, &format!("{what}: j_t"))?;
             close64(ss.as_slice()[0], steps::sum_sq(tt.as_slice()), 1e-12, &format!("{what}: sum_sq"))?;
             let want_max = tt.as_slice().iter().fold(0.0f32, |a, &b| a.max(b));
-            ensure(f32::from_bits(mx.as_slice()[0]) == want_max, || format!("{what}: max {} vs {want_max}", f32::from_bits(mx.as_slice()[0])))?;
+            ensure(f32::from_bits(mx.as_slice()[0]) == want_max, || {
+                format!("{what}: max {} vs {want_max}", f32::from_bits(mx.as_slice()[0]))
+            })?;
         }
         (b, c) => return Err(format!("{what}: bad {b:?} but CPU says {c:?}")),
     }
@@ -200,8 +210,9 @@ pub fn cpu_quantize<E: Element>(x: &[E], g: &TokenGrid, st: &[f32], bits: Bits, 
     let mut recon = vec![E::from_f32(0.0); n];
     let mut sse = vec![0.0f32; g.tokens()];
     let symbols = if bits == Bits::B8 { Symbols::I8(&mut s8) } else { Symbols::I16(&mut s16) };
-    let stats = cpu::quantize::quantize(x, g, st, bits, QuantOut { symbols, recon: Some(&mut recon), token_sse: Some(&mut sse), histogram: hist })
-        .map_err(|e| format!("CPU: {e}"))?;
+    let stats =
+        cpu::quantize::quantize(x, g, st, bits, QuantOut { symbols, recon: Some(&mut recon), token_sse: Some(&mut sse), histogram: hist })
+            .map_err(|e| format!("CPU: {e}"))?;
     Ok(QRun {
         symbols: if bits == Bits::B8 { s8.iter().map(|&v| v as i16).collect() } else { s16 },
         recon,
@@ -226,7 +237,9 @@ pub fn compare_quant<E: Element>(e: &QRun<E>, c: &QRun<E>, hist: bool, what: &st
     close64(e.total, c.total, 1e-4, &format!("{what}: total sse"))?;
     ensure(e.clamped == c.clamped, || format!("{what}: clamped {} vs {}", e.clamped, c.clamped))?;
     if hist {
-        ensure(e.hist == c.hist, || format!("{what}: histogram differs (sums {} vs {})", e.hist.iter().sum::<u64>(), c.hist.iter().sum::<u64>()))?;
+        ensure(e.hist == c.hist, || {
+            format!("{what}: histogram differs (sums {} vs {})", e.hist.iter().sum::<u64>(), c.hist.iter().sum::<u64>())
+        })?;
     }
     Ok(())
 }
@@ -246,7 +259,18 @@ pub fn qfp<E: Element>(r: &QRun<E>) -> Vec<u64> {
 /// elements (the NTC vector path then falls back to scalar loads); `bad` puts a NaN there (and an
 /// Inf later) and checks the first is reported.
 #[allow(clippy::too_many_arguments)]
-pub fn quantize<E: Element + featjnd_emu::Plain>(m: &Module, g: &TokenGrid, bits: Bits, hist: bool, budget: f64, seed: u64, in_place: bool, misalign: usize, bad: Option<usize>, s: Sched) -> Out {
+pub fn quantize<E: Element + featjnd_emu::Plain>(
+    m: &Module,
+    g: &TokenGrid,
+    bits: Bits,
+    hist: bool,
+    budget: f64,
+    seed: u64,
+    in_place: bool,
+    misalign: usize,
+    bad: Option<usize>,
+    s: Sched,
+) -> Out {
     let n = g.numel();
     let mut xv = feature(n, seed);
     if let Some(i) = bad {
@@ -258,7 +282,12 @@ pub fn quantize<E: Element + featjnd_emu::Plain>(m: &Module, g: &TokenGrid, bits
     let x: Vec<E> = narrow(&xv);
     let jt = cpu::token_stats::token_tolerance(&narrow::<E>(&jnd(n, seed)), g, Reduce::Mean).unwrap();
     let st = steps::allocate(&jt, budget, Strategy::Jnd).unwrap();
-    let what = format!("quantize {:?} p{} {:?} {bits:?} hist={hist} D={budget} in_place={in_place} misalign={misalign} bad={bad:?}", g.shape, g.patch, E::DTYPE);
+    let what = format!(
+        "quantize {:?} p{} {:?} {bits:?} hist={hist} D={budget} in_place={in_place} misalign={misalign} bad={bad:?}",
+        g.shape,
+        g.patch,
+        E::DTYPE
+    );
     let b = QBufs::new(&x, &st, bits, misalign);
     let p = b.params(g, bits, hist, in_place);
     run(m, &format!("fj_quantize_{}_{}", lay(g), E::DTYPE.name()), &p, token_blocks(g), s).map_err(|e| format!("{what}: {e}"))?;
@@ -303,7 +332,8 @@ pub fn chain<E: Element + featjnd_emu::Plain>(
     let j: Vec<E> = narrow(&jv);
     let parts = token_blocks(g);
     let two_launch = parts <= FJ_CHAIN_MAX_PARTS as u64;
-    let what = format!("chain {:?} p{} {:?} {reduce:?} {strategy:?} {bits:?} hist={hist} parts={parts} bad={bad_j:?}", g.shape, g.patch, E::DTYPE);
+    let what =
+        format!("chain {:?} p{} {:?} {reduce:?} {strategy:?} {bits:?} hist={hist} parts={parts} bad={bad_j:?}", g.shape, g.patch, E::DTYPE);
     let jb = Guarded::new(&j, E::from_f32(1.0));
     let jt = Guarded::filled(t, GARBAGE_F32);
     let partials = Guarded::filled(2 * parts as usize, GARBAGE_U64);
@@ -314,7 +344,14 @@ pub fn chain<E: Element + featjnd_emu::Plain>(
     let q = b.params(g, bits, hist, false);
     let dt = E::DTYPE.name();
     let ts_name = format!("fj_token_stats_{}_{dt}", lay(g));
-    let tp = FjTokenStatsParams { geom: g.to_params(), jnd: jb.addr(), token_tol: jt.addr(), reduce: reduce_code(reduce), check: FJ_CHECK_JND, ..Default::default() };
+    let tp = FjTokenStatsParams {
+        geom: g.to_params(),
+        jnd: jb.addr(),
+        token_tol: jt.addr(),
+        reduce: reduce_code(reduce),
+        check: FJ_CHECK_JND,
+        ..Default::default()
+    };
     if two_launch {
         let tp = FjTokenStatsParams { partials: partials.addr(), zero: b.cells.addr(), zero_count: b.cells.as_slice().len() as u32, ..tp };
         run(m_ts, &ts_name, &tp, parts, s).map_err(|e| format!("{what}: {e}"))?;
@@ -430,14 +467,26 @@ impl<E: Element + featjnd_emu::Plain> PBufs<E> {
     }
     pub fn check(&self, what: &str) -> Res {
         let j = self.j.as_ref().map_or(Ok(()), |j| j.check_res("J"));
-        for r in [self.x.check_res("x"), j, self.out.check_res("out"), self.norms.check_res("norms"), self.scales.check_res("scales"), self.cells.check_res("cells")] {
+        for r in [
+            self.x.check_res("x"),
+            j,
+            self.out.check_res("out"),
+            self.norms.check_res("norms"),
+            self.scales.check_res("scales"),
+            self.cells.check_res("cells"),
+        ] {
             r.map_err(|e| format!("{what}: {e}"))?;
         }
         Ok(())
     }
     pub fn fp(&self, in_place: bool) -> Vec<u64> {
         let o = if in_place { self.x.as_slice() } else { self.out.as_slice() };
-        bits_of(o).into_iter().map(|b| b as u64).chain(fp_f32(self.scales.as_slice())).chain(self.cells.as_slice().iter().copied()).collect()
+        bits_of(o)
+            .into_iter()
+            .map(|b| b as u64)
+            .chain(fp_f32(self.scales.as_slice()))
+            .chain(self.cells.as_slice().iter().copied())
+            .collect()
     }
 }
 
@@ -450,7 +499,17 @@ pub fn perturb_blocks(numel: usize, samples: usize) -> u64 {
 /// cpu::perturb (tolerance: the per-sample f64 norms are summed in another order, and Gaussian
 /// noise uses glibc's logf/sincosf); `bad` puts a NaN into x (in place: x must stay untouched).
 #[allow(clippy::too_many_arguments)]
-pub fn perturb<E: Element + featjnd_emu::Plain>(m: &Module, samples: usize, sample_len: usize, noise: NoiseKind, with_j: bool, in_place: bool, seed: u64, bad: Option<usize>, s: Sched) -> Out {
+pub fn perturb<E: Element + featjnd_emu::Plain>(
+    m: &Module,
+    samples: usize,
+    sample_len: usize,
+    noise: NoiseKind,
+    with_j: bool,
+    in_place: bool,
+    seed: u64,
+    bad: Option<usize>,
+    s: Sched,
+) -> Out {
     let n = samples * sample_len;
     let mut xv = feature(n, seed);
     if let Some(i) = bad {

@@ -1,7 +1,7 @@
 //! Shared by the emulation tier's tests: inputs from Philox (as tests/common/gpu.rs makes them, no
 //! global RNG), the GPU tests' awkward shapes, launches, and comparisons that return an error
 //! instead of panicking (the broken-kernel tests need the failure as a value).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::neg_cmp_op_on_partial_ord)]
 use featjnd_emu::{self as emu, Module, Sched};
 use featjnd_kernels::{philox, Element, FeatureShape, Layout, NoiseKind, TokenGrid};
 
