@@ -162,7 +162,7 @@ __device__ void perturb_apply(const FjPerturbParams& p, u32 blk) {
     extern "C" __global__ void __launch_bounds__(FJ_BLOCK, FJ_PERTURB_MIN_BLOCKS) fj_perturb_norms_##NAME(const FjPerturbParams p) { \
         perturb_norms<D, FJ_P_NOISE, FJ_P_JND>(p, blockIdx.x);                               \
     }                                                                                        \
-    extern "C" __global__ void __launch_bounds__(FJ_BLOCK, FJ_PERTURB_MIN_BLOCKS) fj_perturb_apply_##NAME(const FjPerturbParams p) { \
+    extern "C" __global__ void __launch_bounds__(FJ_BLOCK, FJ_PERTURB_APPLY_MIN_BLOCKS) fj_perturb_apply_##NAME(const FjPerturbParams p) { \
         perturb_apply<D, FJ_P_NOISE, FJ_P_JND>(p, blockIdx.x);                               \
     }
 FJ_FOR_DTYPES(FJ_PERTURB)

@@ -311,11 +311,14 @@ fn quantize_batch_items_equal_their_single_launches() {
         (Layout::Nchw, vec![3, 17, 6, 10], 2),
         (Layout::Ntc, vec![1, 3, 5137], 1),
     ];
+    let other = [(Layout::Ntc, vec![1, 1, 1], 1), (Layout::Nchw, vec![1, 64, 28, 28], 4), (Layout::Ntc, vec![2, 50, 768], 1)];
     for (bits, hist) in [(Bits::B8, true), (Bits::B16, false), (Bits::B8, false), (Bits::B16, true)] {
         let m = module(cases::quantize_module(bits, hist));
-        batch::<f32>(&m, &items, bits, hist);
-        batch::<f16>(&m, &items, bits, hist);
-        batch::<bf16>(&m, &items, bits, hist);
+        for items in [&items[..], &other[..]] {
+            batch::<f32>(&m, items, bits, hist);
+            batch::<f16>(&m, items, bits, hist);
+            batch::<bf16>(&m, items, bits, hist);
+        }
     }
 }
 
