@@ -45,6 +45,13 @@ const MUTANTS: &[(&str, usize, &str, &str)] = &[
         "for (e = lane; e < g.k; e += 32)\n                quant_elem",
         "for (e = lane; e <= g.k; e += 32)\n                quant_elem",
     ),
+    // A barrier inside a branch only warp 0 takes: it meets the other warps' next barrier.
+    (
+        "nchw_barrier_in_a_branch",
+        0,
+        "    if (warp == 0) {\n        a = part[0][lane];",
+        "    if (warp == 0) {\n        __syncthreads();\n        a = part[0][lane];",
+    ),
     // The solver's uniform early return made per thread: a thread that saw a bad token leaves
     // while the others enter the block reductions (a warp shuffle then waits for an exited lane).
     (

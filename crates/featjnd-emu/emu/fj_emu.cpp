@@ -27,7 +27,7 @@ enum Wait { RUN = 0, BAR, COLL, ACTIVE };
 enum Kind { SHFL_XOR = 1, MATCH_ANY = 2 };
 
 // Launch flags (crates/featjnd-emu/src/lib.rs mirrors them).
-enum { FLAG_REVERSE = 1, FLAG_ALTERNATE = 2, FLAG_DIVERGED = 4 };
+enum { FLAG_REVERSE = 1, FLAG_ALTERNATE = 2, FLAG_DIVERGED = 4, FLAG_BLOCKS_BACKWARD = 8 };
 
 struct Fiber {
 #if defined(__x86_64__)
@@ -256,7 +256,10 @@ unsigned activemask(int line) {
 }
 
 static int run_launch(Block& b, unsigned grid, unsigned flags) {
-    for (unsigned blk = 0; blk < grid; ++blk) {
+    for (unsigned step = 0; step < grid; ++step) {
+        // Blocks one after another, first to last or last to first: a kernel whose blocks
+        // depended on each other within one launch would see the difference.
+        const unsigned blk = (flags & FLAG_BLOCKS_BACKWARD) ? grid - 1 - step : step;
         t_block_idx = fj_dim3{blk, 0, 0};
         for (unsigned i = 0; i < b.n; ++i) {
             Fiber& f = b.f[i];

@@ -116,3 +116,12 @@ fn divergent_early_return_is_caught() {
     assert_eq!(BLOCK, 256);
     caught("capped_divergent_return", run(&module(1)), run(&mutant("capped_divergent_return")));
 }
+
+/// `__syncthreads` in a branch that only warp 0 takes: the emulator refuses a barrier that two
+/// call sites meet in (on a GPU: undefined; in practice a hang or a silent mismatch).
+#[test]
+fn barrier_in_a_divergent_branch_is_caught() {
+    let g = grid_of(Layout::Nchw, &[2, 7, 5, 3], 1);
+    let run = |m: &featjnd_emu::Module| cases::token_stats::<f32>(m, &g, Reduce::Mean, false, 3, None, SCHEDS[0]);
+    caught("nchw_barrier_in_a_branch", run(&module(0)), run(&mutant("nchw_barrier_in_a_branch")));
+}

@@ -10,7 +10,7 @@ mod cases;
 mod common;
 
 use common::*;
-use featjnd_emu::{Guarded, Sched, BLOCK, SCHEDS};
+use featjnd_emu::{Guarded, Sched, BACKWARD, BLOCK, SCHEDS};
 use featjnd_kernels::cuda::compile::MODULES;
 use featjnd_kernels::params::*;
 use featjnd_kernels::{steps, Bits, Layout, NoiseKind, Reduce, Strategy};
@@ -25,6 +25,12 @@ fn both(what: &str, f: impl Fn(Sched) -> cases::Out) {
 
 fn one(f: impl Fn(Sched) -> cases::Out) {
     f(SCHEDS[0]).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Also with the blocks run last to first (against the CPU only: f64 sums over blocks may round
+/// differently): a kernel whose blocks depended on each other within a launch would fail here.
+fn backward(f: impl Fn(Sched) -> cases::Out) {
+    f(BACKWARD).unwrap_or_else(|e| panic!("{e} (blocks last to first)"));
 }
 
 #[test]
@@ -62,6 +68,7 @@ fn token_stats_match_cpu() {
         let seed = i as u64;
         for reduce in [Reduce::Mean, Reduce::Rms, Reduce::Min] {
             both(&format!("{sizes:?} {reduce:?}"), |s| cases::token_stats::<f32>(&m, &g, reduce, false, seed, None, s));
+            backward(|s| cases::token_stats::<f32>(&m, &g, reduce, false, seed, None, s));
             one(|s| cases::token_stats::<f16>(&m, &g, reduce, false, seed, None, s));
             one(|s| cases::token_stats::<bf16>(&m, &g, reduce, false, seed, None, s));
         }
@@ -265,6 +272,7 @@ fn quantize_is_bit_identical_to_cpu() {
                 for budget in [0.05, 1e-6] {
                     let w = format!("{sizes:?} {bits:?} hist={hist} D={budget}");
                     both(&w, |s| cases::quantize::<f32>(&m, &g, bits, hist, budget, seed, false, 0, None, s));
+                    backward(|s| cases::quantize::<f32>(&m, &g, bits, hist, budget, seed, false, 0, None, s));
                     one(|s| cases::quantize::<f16>(&m, &g, bits, hist, budget, seed, false, 0, None, s));
                     if hist {
                         both(&w, |s| cases::quantize::<bf16>(&m, &g, bits, hist, budget, seed, false, 0, None, s));
@@ -373,6 +381,7 @@ fn chain_matches_cpu_on_the_gpu_test_shapes() {
                 both(&format!("{sizes:?}"), |s| {
                     cases::chain::<f32>(&ts, &sa, &q, &g, Reduce::Rms, strategy, bits, hist, 0.01, 300 + i as u64, None, s)
                 });
+                backward(|s| cases::chain::<f32>(&ts, &sa, &q, &g, Reduce::Rms, strategy, bits, hist, 0.01, 300 + i as u64, None, s));
             }
             one(|s| cases::chain::<f16>(&ts, &sa, &q, &g, Reduce::Mean, Strategy::Jnd, bits, hist, 0.01, 300 + i as u64, None, s));
             one(|s| cases::chain::<bf16>(&ts, &sa, &q, &g, Reduce::Min, Strategy::Jnd, bits, hist, 0.01, 300 + i as u64, None, s));
@@ -401,6 +410,23 @@ fn chain_on_both_sides_of_its_512_block_boundary() {
         both(&format!("{sizes:?}"), |s| {
             cases::chain::<f32>(&ts, &sa, &q, &g, Reduce::Mean, Strategy::Jnd, Bits::B8, true, 0.01, 900 + i as u64, None, s)
         });
+        backward(|s| cases::chain::<f32>(&ts, &sa, &q, &g, Reduce::Mean, Strategy::Jnd, Bits::B8, true, 0.01, 900 + i as u64, None, s));
+        backward(|s| {
+            cases::chain::<f32>(
+                &ts,
+                &sa,
+                &q,
+                &g,
+                Reduce::Mean,
+                Strategy::Jnd,
+                Bits::B8,
+                true,
+                0.01,
+                900 + i as u64,
+                Some(g.numel() - 2 - i),
+                s,
+            )
+        });
         one(|s| cases::chain::<bf16>(&ts, &sa, &q, &g, Reduce::Rms, Strategy::Uniform, Bits::B8, true, 0.01, 900 + i as u64, None, s));
         let bad = g.numel() - 2 - i;
         one(|s| cases::chain::<f32>(&ts, &sa, &q, &g, Reduce::Mean, Strategy::Jnd, Bits::B8, true, 0.01, 900 + i as u64, Some(bad), s));
@@ -425,6 +451,7 @@ fn perturbation_matches_cpu() {
                 let m = module(cases::perturb_module(noise, with_j));
                 let seed = 500 + i as u64;
                 both(&format!("{n}x{len}"), |s| cases::perturb::<f32>(&m, n, len, noise, with_j, false, seed, None, s));
+                backward(|s| cases::perturb::<f32>(&m, n, len, noise, with_j, false, seed, None, s));
                 one(|s| cases::perturb::<f16>(&m, n, len, noise, with_j, i % 2 == 0, seed, None, s));
                 one(|s| cases::perturb::<bf16>(&m, n, len, noise, with_j, i % 2 == 1, seed, None, s));
             }
@@ -438,6 +465,7 @@ fn perturbation_with_a_bad_x_reports_it_and_writes_nothing() {
         for (noise, with_j) in [(NoiseKind::Gaussian, false), (NoiseKind::Uniform, true)] {
             let m = module(cases::perturb_module(noise, with_j));
             both(&format!("{n}x{len}"), |s| cases::perturb::<f32>(&m, n, len, noise, with_j, true, 1, Some(at), s));
+            backward(|s| cases::perturb::<f32>(&m, n, len, noise, with_j, true, 1, Some(at), s));
             one(|s| cases::perturb::<bf16>(&m, n, len, noise, with_j, true, 1, Some(at), s));
         }
     }
