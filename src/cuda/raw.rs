@@ -297,6 +297,10 @@ impl StatsBuf {
     pub const fn new(base: DevPtrMut<i64>, len: usize) -> Self {
         StatsBuf { base, len }
     }
+    /// The first slot's address.
+    pub const fn base(self) -> DevPtrMut<i64> {
+        self.base
+    }
     pub const fn len(self) -> usize {
         self.len
     }
@@ -505,11 +509,18 @@ pub struct StepPtrs {
 /// On the launch's device: every pointer of `p` the strategy reads must hold what its field says,
 /// `steps` must overlap none of them; all ordered before this launch on its stream.
 pub unsafe fn step_alloc(on: Launch, p: &StepPtrs, tokens: usize, budget: f64, strategy: Strategy, beta: f64) -> Result<()> {
+    let p = step_alloc_params(p, tokens, budget, strategy, beta)?;
+    // SAFETY: the addresses in `p` are valid by this function's contract.
+    unsafe { go(on, STEP_ALLOC, &p, (tokens as u64).div_ceil(BLOCK as u64)) }
+}
+
+/// The kernel parameters of one step allocation, checked.
+fn step_alloc_params(p: &StepPtrs, tokens: usize, budget: f64, strategy: Strategy, beta: f64) -> Result<FjStepAllocParams> {
     let tokens32 = u32::try_from(tokens).map_err(|_| Error::Arg(format!("{tokens} tokens exceed the kernels' 32-bit token index")))?;
     if matches!(strategy, Strategy::Permuted { .. }) && p.perm.is_null() {
         return Err(Error::Arg("the permuted strategy needs its device permutation".into()));
     }
-    let p = FjStepAllocParams {
+    Ok(FjStepAllocParams {
         token_tol: p.token_tol.addr(),
         sum_sq: p.sum_sq.addr(),
         perm: p.perm.addr(),
@@ -522,9 +533,7 @@ pub unsafe fn step_alloc(on: Launch, p: &StepPtrs, tokens: usize, budget: f64, s
             Strategy::Jnd => FJ_STRATEGY_JND,
             Strategy::Permuted { .. } => FJ_STRATEGY_PERMUTED,
         },
-    };
-    // SAFETY: the addresses in `p` are valid by this function's contract.
-    unsafe { go(on, STEP_ALLOC, &p, (tokens as u64).div_ceil(BLOCK as u64)) }
+    })
 }
 
 // ---- the capped allocation (contract §3.5): token RMS, caps, solve, steps ----
@@ -1091,6 +1100,66 @@ pub unsafe fn quantize_with_jnd(
     histogram: bool,
     ws: StatsBuf,
 ) -> Result<()> {
+    match plan_quantize_with_jnd(dt, grid, jnd, reduce, budget, strategy, p, steps, bits, histogram, ws)? {
+        // SAFETY: by this function's contract (the scratch `j_t` lies in `ws` past the statistics
+        // and overlaps nothing else); the memset and the three launches are ordered on one stream,
+        // each reading what the one before wrote.
+        ChainPlan::Fallback { zero, ts, tp, parts, sa, sa_blocks, qk, q, q_blocks } => unsafe {
+            zero_stats(on, zero)?;
+            go(on, ts, &tp, parts)?;
+            go(on, STEP_ALLOC, &sa, sa_blocks)?;
+            go(on, qk, &q, q_blocks)
+        },
+        // SAFETY: by this function's contract: `j_t`, the partials (`2 * parts` slots, room checked
+        // by the plan since `parts <= FJ_CHAIN_MAX_PARTS`) and the statistics lie in `ws` apart
+        // from each other and from every other array; the second launch reads what the first
+        // wrote, in stream order, and writes `steps` (= `p.steps`) for every token.
+        ChainPlan::TwoLaunch { ts, tp, parts, qk, c, blocks } => unsafe {
+            go(on, ts, &tp, parts)?;
+            go(on, qk, &c, blocks)
+        },
+    }
+}
+
+/// The launches [`quantize_with_jnd`] enqueues, as data: every check and every parameter is made
+/// here, without a device, so the CPU emulation tier (`crates/featjnd-emu`) runs exactly what the
+/// launcher would.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+pub enum ChainPlan {
+    /// Up to [`FJ_CHAIN_MAX_PARTS`] token-stats blocks: token stats leaving per-block partials,
+    /// then the chain quantizer over the same number of blocks.
+    TwoLaunch { ts: Kernel, tp: FjTokenStatsParams, parts: u64, qk: Kernel, c: FjQuantizeChainParams, blocks: u64 },
+    /// More: zero `zero`, then token stats, [`step_alloc`] and [`quantize`].
+    Fallback {
+        zero: StatsBuf,
+        ts: Kernel,
+        tp: FjTokenStatsParams,
+        parts: u64,
+        sa: FjStepAllocParams,
+        sa_blocks: u64,
+        qk: Kernel,
+        q: FjQuantizeParams,
+        q_blocks: u64,
+    },
+}
+
+/// The plan of [`quantize_with_jnd`] (same arguments, no launch).
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub fn plan_quantize_with_jnd(
+    dt: Dtype,
+    grid: &TokenGrid,
+    jnd: Elems,
+    reduce: Reduce,
+    budget: f64,
+    strategy: Strategy,
+    p: &QuantPtrs,
+    steps: DevPtrMut<f32>,
+    bits: Bits,
+    histogram: bool,
+    ws: StatsBuf,
+) -> Result<ChainPlan> {
     crate::steps::check_budget(budget)?;
     if matches!(strategy, Strategy::Permuted { .. }) {
         return Err(Error::Arg("the permuted strategy needs a permutation made on the host: use the synchronous call".into()));
@@ -1105,15 +1174,11 @@ pub unsafe fn quantize_with_jnd(
     let (ts, parts) = token_grid(&tp.geom, &TOKEN_STATS_NCHW, &TOKEN_STATS_NTC, M_TOKEN_STATS, jnd.dt);
     if parts > FJ_CHAIN_MAX_PARTS as u64 {
         let sp = StepPtrs { token_tol: jt.as_const(), sum_sq: stats.sum_sq(), perm: DevPtr::null(), steps };
-        // SAFETY: by this function's contract (the scratch `j_t` lies in `ws` past the statistics
-        // and overlaps nothing else); the memset and the three launches are ordered on one stream,
-        // each reading what the one before wrote.
-        return unsafe {
-            zero_stats(on, stats)?;
-            go(on, ts, &tp, parts)?;
-            step_alloc(on, &sp, grid.tokens(), budget, strategy, 1.0)?;
-            quantize(on, dt, grid, p, bits, histogram, stats)
-        };
+        let sa = step_alloc_params(&sp, grid.tokens(), budget, strategy, 1.0)?;
+        let q = quant_params(grid, p, bits, histogram, stats)?;
+        let (qk, q_blocks) = token_grid(&q.geom, &QUANTIZE_NCHW, &QUANTIZE_NTC, quantize_module(bits, histogram), dt);
+        let sa_blocks = (grid.tokens() as u64).div_ceil(BLOCK as u64);
+        return Ok(ChainPlan::Fallback { zero: stats, ts, tp, parts, sa, sa_blocks, qk, q, q_blocks });
     }
     let partials = ws.slot::<f64>(chain_partials_at(bits, grid.tokens()));
     // The token-stats launch writes its partials (two slots a block) instead of accumulating, and
@@ -1143,14 +1208,7 @@ pub unsafe fn quantize_with_jnd(
     let (qk, blocks) = token_grid(&q.geom, &QUANTIZE_CHAIN_NCHW, &QUANTIZE_CHAIN_NTC, m, dt);
     // The quantizer's grid is the token-stats grid (same tokens per block for each layout).
     debug_assert_eq!(blocks, parts);
-    // SAFETY: by this function's contract: `j_t`, the partials (`2 * parts` slots, room checked by
-    // `ws.need` above since `parts <= FJ_CHAIN_MAX_PARTS`) and the statistics lie in `ws` apart
-    // from each other and from every other array; the second launch reads what the first wrote,
-    // in stream order, and writes `steps` (= `p.steps`) for every token.
-    unsafe {
-        go(on, ts, &tp, parts)?;
-        go(on, qk, &c, blocks)
-    }
+    Ok(ChainPlan::TwoLaunch { ts, tp, parts, qk, c, blocks })
 }
 
 /// One item of a batched quantization: its grid, pointers and its own statistics slots.

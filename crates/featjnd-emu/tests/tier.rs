@@ -532,3 +532,26 @@ fn noise_matches_cpu() {
         }
     }
 }
+
+/// The fused chain exactly as `raw::quantize_with_jnd` plans it (its workspace layout, partials,
+/// cleared cells, kernels and grids; decoded by `raw::decode_quantize`), on both sides of the
+/// 512-block boundary, with a bad J reported through the launcher's own decoding.
+#[test]
+fn chain_as_the_launcher_plans_it() {
+    let sizes: [(Layout, Vec<usize>, usize); 6] = [
+        (Layout::Nchw, vec![2, 7, 5, 3], 1),
+        (Layout::Ntc, vec![3, 33, 1025], 1),
+        (Layout::Ntc, vec![2, 2048, 5], 1),
+        (Layout::Ntc, vec![1, 4097, 3], 1),
+        (Layout::Nchw, vec![1, 2, 16, 1024], 1),
+        (Layout::Nchw, vec![1, 1, 16, 1025], 1),
+    ];
+    for (i, (layout, s, patch)) in sizes.into_iter().enumerate() {
+        let g = grid_of(layout, &s, patch);
+        for (bits, hist) in [(Bits::B8, true), (Bits::B16, false)] {
+            both(&format!("{s:?}"), |sc| cases::chain_planned::<f32>(&g, Reduce::Mean, Strategy::Jnd, bits, hist, 40 + i as u64, None, sc));
+            one(|sc| cases::chain_planned::<bf16>(&g, Reduce::Rms, Strategy::Uniform, bits, hist, 40 + i as u64, None, sc));
+            one(|sc| cases::chain_planned::<f16>(&g, Reduce::Min, Strategy::Jnd, bits, hist, 40 + i as u64, Some(g.numel() / 2 + i), sc));
+        }
+    }
+}

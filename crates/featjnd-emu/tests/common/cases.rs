@@ -590,3 +590,119 @@ pub fn noise(m: &Module, numel: usize, offset: u64, kind: NoiseKind, s: Sched) -
     }
     Ok(fp_f32(out.as_slice()).collect())
 }
+
+// ---------------------------------------------------------------- the chain, as the launcher plans it
+
+/// The fused chain through `raw::plan_quantize_with_jnd`, the very plan `raw::quantize_with_jnd`
+/// enqueues (workspace layout, partials, zeroed cells, kernels, grids), run on the emulator over a
+/// host workspace full of garbage and decoded with `raw::decode_quantize`.
+#[allow(clippy::too_many_arguments)]
+pub fn chain_planned<E: Element + featjnd_emu::Plain>(
+    g: &TokenGrid,
+    reduce: Reduce,
+    strategy: Strategy,
+    bits: Bits,
+    hist: bool,
+    seed: u64,
+    bad_j: Option<usize>,
+    s: Sched,
+) -> Out {
+    use featjnd_kernels::cuda::raw::{self, ChainPlan, DevPtr, DevPtrMut, Elems, QuantPtrs, StatsBuf};
+    let (n, t) = (g.numel(), g.tokens());
+    let budget = 0.01;
+    let x: Vec<E> = narrow(&feature(n, seed));
+    let mut jv = jnd(n, seed);
+    if let Some(i) = bad_j {
+        jv[i] = f32::NAN;
+    }
+    let j: Vec<E> = narrow(&jv);
+    let xb = Guarded::new(&x, E::from_f32(0.0));
+    let jb = Guarded::new(&j, E::from_f32(1.0));
+    let steps = Guarded::filled(t, GARBAGE_F32);
+    let sym8 = Guarded::filled(if bits == Bits::B8 { n } else { 0 }, 0x55i8);
+    let sym16 = Guarded::filled(if bits == Bits::B16 { n } else { 0 }, 0x5555i16);
+    let recon = Guarded::filled(n, E::from_f32(GARBAGE_F32));
+    let sse = Guarded::filled(t, GARBAGE_F32);
+    let slots = raw::jnd_chain_slots(bits, t);
+    let mut ws = Guarded::filled(slots, GARBAGE_U64);
+    let p = QuantPtrs {
+        x: DevPtr::from_addr(xb.addr()),
+        steps: DevPtr::from_addr(steps.addr()),
+        symbols: DevPtrMut::from_addr(if bits == Bits::B8 { sym8.addr() } else { sym16.addr() }),
+        recon: DevPtrMut::from_addr(recon.addr()),
+        token_sse: DevPtrMut::from_addr(sse.addr()),
+    };
+    let jnd_e = Elems { ptr: DevPtr::from_addr(jb.addr()), dt: E::DTYPE };
+    let plan = raw::plan_quantize_with_jnd(
+        E::DTYPE,
+        g,
+        jnd_e,
+        reduce,
+        budget,
+        strategy,
+        &p,
+        DevPtrMut::from_addr(steps.addr()),
+        bits,
+        hist,
+        StatsBuf::new(DevPtrMut::from_addr(ws.addr()), slots),
+    )
+    .map_err(|e| format!("plan: {e}"))?;
+    let what =
+        format!("planned chain {:?} p{} {:?} {reduce:?} {strategy:?} {bits:?} hist={hist} bad={bad_j:?}", g.shape, g.patch, E::DTYPE);
+    let go =
+        |k: raw::Kernel, f: &dyn Fn(&featjnd_emu::Module, &str) -> Res| f(&module(k.module), k.name).map_err(|e| format!("{what}: {e}"));
+    let two_launch = matches!(plan, ChainPlan::TwoLaunch { .. });
+    match plan {
+        ChainPlan::TwoLaunch { ts, tp, parts, qk, c, blocks } => {
+            go(ts, &|m, name| run(m, name, &tp, parts, s))?;
+            go(qk, &|m, name| run(m, name, &c, blocks, s))?;
+        }
+        ChainPlan::Fallback { zero, ts, tp, parts, sa, sa_blocks, qk, q, q_blocks } => {
+            let at = ((zero.base().addr() - ws.addr()) / 8) as usize;
+            ws.as_mut_slice()[at..at + zero.len()].fill(0);
+            go(ts, &|m, name| run(m, name, &tp, parts, s))?;
+            go(raw::kernel_names().into_iter().find(|k| k.name == "fj_step_alloc").unwrap(), &|m, name| run(m, name, &sa, sa_blocks, s))?;
+            go(qk, &|m, name| run(m, name, &q, q_blocks, s))?;
+        }
+    }
+    for r in [
+        xb.check_res("x"),
+        jb.check_res("J"),
+        steps.check_res("steps"),
+        sym8.check_res("symbols"),
+        sym16.check_res("symbols"),
+        recon.check_res("recon"),
+        sse.check_res("token sse"),
+        ws.check_res("workspace"),
+    ] {
+        r.map_err(|e| format!("{what}: {e}"))?;
+    }
+    let cells: Vec<i64> = ws.as_slice()[..raw::quantize_slots(bits, true)].iter().map(|&v| v as i64).collect();
+    let st = raw::decode_quantize(&cells, bits, hist);
+    if let Some(i) = bad_j {
+        let b = st.bad.ok_or_else(|| format!("{what}: no bad element reported"))?;
+        ensure(b.index == i, || format!("{what}: bad element {b:?}, want J[{i}]"))?;
+        return Ok(vec![b.index as u64]);
+    }
+    ensure(st.bad.is_none(), || format!("{what}: bad element {:?} on valid input", st.bad))?;
+    let cjt = cpu::token_stats::token_tolerance(&j, g, reduce).unwrap();
+    close(
+        steps.as_slice(),
+        &steps::allocate(&cjt, budget, strategy).unwrap(),
+        1e-6,
+        0.0,
+        &format!("{what}: steps vs CPU (two launches: {two_launch})"),
+    )?;
+    let c = cpu_quantize(&x, g, steps.as_slice(), bits, hist)?;
+    let e = QRun {
+        symbols: if bits == Bits::B8 { sym8.as_slice().iter().map(|&v| v as i16).collect() } else { sym16.as_slice().to_vec() },
+        recon: recon.as_slice().to_vec(),
+        sse: sse.as_slice().to_vec(),
+        total: st.total_sse,
+        clamped: st.clamped,
+        hist: st.histogram.clone().unwrap_or_default(),
+        bad: 0,
+    };
+    compare_quant(&e, &c, hist, &what)?;
+    Ok(qfp(&e))
+}
