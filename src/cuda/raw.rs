@@ -815,12 +815,27 @@ pub struct QuantPtrs {
 /// outputs must overlap neither each other nor the inputs except `recon == x` exactly, `stats`
 /// must be zeroed slots; none used by other work until this launch completes in stream order.
 pub unsafe fn quantize(on: Launch, dt: Dtype, grid: &TokenGrid, p: &QuantPtrs, bits: Bits, histogram: bool, stats: StatsBuf) -> Result<()> {
-    let q = quant_params(grid, p, bits, histogram, stats)?;
-    let (k, blocks) = token_grid(&q.geom, &QUANTIZE_NCHW, &QUANTIZE_NTC, quantize_module(bits, histogram), dt);
+    let (k, q, blocks) = plan_quantize(dt, grid, p, bits, histogram, stats)?;
     // SAFETY: the addresses in `q` are the caller's, valid by this function's contract; the
     // statistics slots exist (checked by `quant_params`); the module is specialised for exactly
     // these bits and histogram (`quant_params` sets the histogram pointer iff `histogram`).
     unsafe { go(on, k, &q, blocks) }
+}
+
+/// What [`quantize`] launches (kernel, parameters, blocks), built without a device (for the CPU
+/// emulation tier, `crates/featjnd-emu`).
+#[doc(hidden)]
+pub fn plan_quantize(
+    dt: Dtype,
+    grid: &TokenGrid,
+    p: &QuantPtrs,
+    bits: Bits,
+    histogram: bool,
+    stats: StatsBuf,
+) -> Result<(Kernel, FjQuantizeParams, u64)> {
+    let q = quant_params(grid, p, bits, histogram, stats)?;
+    let (k, blocks) = token_grid(&q.geom, &QUANTIZE_NCHW, &QUANTIZE_NTC, quantize_module(bits, histogram), dt);
+    Ok((k, q, blocks))
 }
 
 /// The kernel parameters of one quantization (single or an item of a batch), its statistics room
@@ -910,9 +925,7 @@ pub struct PerturbPtrs {
 /// as many; `out` must not overlap `jnd`, and must equal `x` or not overlap it; `stats` zeroed
 /// slots; none used by other work until the launches complete in stream order.
 pub unsafe fn perturb(on: Launch, a: &PerturbPtrs, nrmse: f64, noise: NoiseSpec, stats: StatsBuf) -> Result<()> {
-    let (p, blocks) = perturb_params(a, nrmse, noise, stats)?;
-    let m = perturb_module(noise.kind, !a.jnd.is_null());
-    let (norms, apply) = (PERTURB_NORMS.at(m, a.dt), PERTURB_APPLY.at(m, a.dt));
+    let ([norms, apply], p, blocks) = plan_perturb(a, nrmse, noise, stats)?;
     // SAFETY: the addresses in `p` are the caller's, valid by this function's contract; the
     // statistics slots exist (checked by `perturb_params`). The two launches are ordered on
     // `stream`: apply reads the norms that the first one completed.
@@ -920,6 +933,15 @@ pub unsafe fn perturb(on: Launch, a: &PerturbPtrs, nrmse: f64, noise: NoiseSpec,
         go(on, norms, &p, blocks)?;
         go(on, apply, &p, blocks)
     }
+}
+
+/// What [`perturb`] launches ([norms, apply] kernels, parameters, blocks), built without a device
+/// (for the CPU emulation tier, `crates/featjnd-emu`).
+#[doc(hidden)]
+pub fn plan_perturb(a: &PerturbPtrs, nrmse: f64, noise: NoiseSpec, stats: StatsBuf) -> Result<([Kernel; 2], FjPerturbParams, u64)> {
+    let (p, blocks) = perturb_params(a, nrmse, noise, stats)?;
+    let m = perturb_module(noise.kind, !a.jnd.is_null());
+    Ok(([PERTURB_NORMS.at(m, a.dt), PERTURB_APPLY.at(m, a.dt)], p, blocks))
 }
 
 /// The kernel parameters and grid of one perturbation (single or an item of a batch); a bad
@@ -970,8 +992,26 @@ pub struct PerturbItem {
 /// # Safety
 /// For every item, what [`perturb`] requires of its arrays and statistics.
 pub unsafe fn perturb_batch(on: Launch, dt: Dtype, items: &[PerturbItem]) -> Result<()> {
+    for ([norms, apply], b, blocks) in plan_perturb_batch(dt, items)? {
+        // SAFETY: every item's addresses are valid by this function's contract; the statistics
+        // slots exist (checked by `perturb_params`); apply follows norms on the stream.
+        unsafe {
+            go(on, norms, &*b, blocks)?;
+            go(on, apply, &*b, blocks)?;
+        }
+    }
+    Ok(())
+}
+
+/// What [`perturb_batch`] launches: per [`FJ_BATCH_MAX`] items, the [norms, apply] kernels, the
+/// table and the blocks, every item checked before the first launch (for the CPU emulation tier,
+/// `crates/featjnd-emu`).
+#[doc(hidden)]
+#[allow(clippy::type_complexity)]
+pub fn plan_perturb_batch(dt: Dtype, items: &[PerturbItem]) -> Result<Vec<([Kernel; 2], Box<FjPerturbBatchParams>, u64)>> {
+    let mut plan = Vec::new();
     for chunk in items.chunks(FJ_BATCH_MAX as usize) {
-        let mut b = FjPerturbBatchParams { count: chunk.len() as u32, ..Default::default() };
+        let mut b = Box::new(FjPerturbBatchParams { count: chunk.len() as u32, ..Default::default() });
         let mut blocks = 0u64;
         for (i, it) in chunk.iter().enumerate() {
             if it.a.dt != dt {
@@ -983,14 +1023,9 @@ pub unsafe fn perturb_batch(on: Launch, dt: Dtype, items: &[PerturbItem]) -> Res
             b.block_start[i] = u32::try_from(blocks).unwrap_or(u32::MAX);
             blocks += n;
         }
-        // SAFETY: every item's addresses are valid by this function's contract; the statistics
-        // slots exist (checked by `perturb_params`); apply follows norms on the stream.
-        unsafe {
-            go(on, PERTURB_NORMS_BATCH.at(M_PERTURB_GENERIC, dt), &b, blocks)?;
-            go(on, PERTURB_APPLY_BATCH.at(M_PERTURB_GENERIC, dt), &b, blocks)?;
-        }
+        plan.push(([PERTURB_NORMS_BATCH.at(M_PERTURB_GENERIC, dt), PERTURB_APPLY_BATCH.at(M_PERTURB_GENERIC, dt)], b, blocks));
     }
-    Ok(())
+    Ok(plan)
 }
 
 /// A perturbation's statistics: the first bad element (a bad x before a bad J, as the CPU path
@@ -1226,9 +1261,27 @@ pub struct BatchItem {
 /// # Safety
 /// For every item, what [`quantize`] requires of its pointers and statistics.
 pub unsafe fn quantize_batch(on: Launch, dt: Dtype, items: &[BatchItem], bits: Bits, histogram: bool) -> Result<()> {
+    for (k, b, blocks) in plan_quantize_batch(dt, items, bits, histogram)? {
+        // SAFETY: every item's addresses are valid by this function's contract; the statistics
+        // slots exist (checked by `quant_params`); the grid covers exactly the items' blocks.
+        unsafe { go(on, k, &*b, blocks)? };
+    }
+    Ok(())
+}
+
+/// What [`quantize_batch`] launches: one (kernel, table, blocks) per [`FJ_BATCH_MAX`] items, every
+/// item checked before the first launch (for the CPU emulation tier, `crates/featjnd-emu`).
+#[doc(hidden)]
+pub fn plan_quantize_batch(
+    dt: Dtype,
+    items: &[BatchItem],
+    bits: Bits,
+    histogram: bool,
+) -> Result<Vec<(Kernel, Box<FjQuantizeBatchParams>, u64)>> {
     let m = quantize_module(bits, histogram);
+    let mut plan = Vec::new();
     for chunk in items.chunks(FJ_BATCH_MAX as usize) {
-        let mut b = FjQuantizeBatchParams { count: chunk.len() as u32, ..Default::default() };
+        let mut b = Box::new(FjQuantizeBatchParams { count: chunk.len() as u32, ..Default::default() });
         let mut blocks = 0u64;
         for (i, it) in chunk.iter().enumerate() {
             b.items[i] = quant_params(&it.grid, &it.p, bits, histogram, it.stats)?;
@@ -1237,11 +1290,9 @@ pub unsafe fn quantize_batch(on: Launch, dt: Dtype, items: &[BatchItem], bits: B
             b.block_start[i] = u32::try_from(blocks).unwrap_or(u32::MAX);
             blocks += token_grid(&b.items[i].geom, &QUANTIZE_NCHW, &QUANTIZE_NTC, m, dt).1;
         }
-        // SAFETY: every item's addresses are valid by this function's contract; the statistics
-        // slots exist (checked by `quant_params`); the grid covers exactly the items' blocks.
-        unsafe { go(on, QUANTIZE_BATCH.at(m, dt), &b, blocks)? };
+        plan.push((QUANTIZE_BATCH.at(m, dt), b, blocks));
     }
-    Ok(())
+    Ok(plan)
 }
 
 /// The bad-element cell an op's typed error corresponds to (the CPU path of the async calls

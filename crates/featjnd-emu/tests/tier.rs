@@ -555,3 +555,38 @@ fn chain_as_the_launcher_plans_it() {
         }
     }
 }
+
+/// Single and batched quantizations and perturbations exactly as `raw::plan_quantize`,
+/// `raw::plan_quantize_batch`, `raw::plan_perturb` and `raw::plan_perturb_batch` build them (the
+/// launchers enqueue those plans), statistics decoded by the launchers' own decoders.
+#[test]
+fn quantize_and_perturb_as_the_launchers_plan_them() {
+    let q: Vec<(featjnd_kernels::TokenGrid, u64)> = [
+        (Layout::Nchw, vec![2, 7, 5, 3], 1),
+        (Layout::Ntc, vec![3, 33, 1025], 1),
+        (Layout::Nchw, vec![3, 17, 6, 10], 2),
+        (Layout::Ntc, vec![1, 1, 1], 1),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (l, s, p))| (grid_of(l, &s, p), 60 + i as u64))
+    .collect();
+    for (bits, hist) in [(Bits::B8, true), (Bits::B16, false), (Bits::B8, false), (Bits::B16, true)] {
+        for batched in [false, true] {
+            cases::quantize_planned::<f32>(&q, bits, hist, batched, SCHEDS[0]).unwrap();
+            cases::quantize_planned::<bf16>(&q, bits, hist, batched, SCHEDS[1]).unwrap();
+            cases::quantize_planned::<f16>(&q, bits, hist, batched, BACKWARD).unwrap();
+        }
+    }
+    let p = [
+        (2usize, 105usize, NoiseKind::Gaussian, true),
+        (1, 5137, NoiseKind::Uniform, false),
+        (3, 4097, NoiseKind::Uniform, true),
+        (1, 1, NoiseKind::Gaussian, false),
+    ];
+    for batched in [false, true] {
+        cases::perturb_planned::<f32>(&p, batched, None, SCHEDS[0]).unwrap();
+        cases::perturb_planned::<f16>(&p, batched, None, SCHEDS[1]).unwrap();
+        cases::perturb_planned::<bf16>(&p, batched, Some(150), BACKWARD).unwrap();
+    }
+}

@@ -706,3 +706,150 @@ pub fn chain_planned<E: Element + featjnd_emu::Plain>(
     compare_quant(&e, &c, hist, &what)?;
     Ok(qfp(&e))
 }
+
+// ---------------------------------------------------------------- quantize and perturb, as the launchers plan them
+
+fn ptr<T>(addr: u64) -> featjnd_kernels::cuda::raw::DevPtr<T> {
+    featjnd_kernels::cuda::raw::DevPtr::from_addr(addr)
+}
+fn ptr_mut<T>(addr: u64) -> featjnd_kernels::cuda::raw::DevPtrMut<T> {
+    featjnd_kernels::cuda::raw::DevPtrMut::from_addr(addr)
+}
+
+/// Quantizations through `raw::plan_quantize` (one item) or `raw::plan_quantize_batch` (all of
+/// them), statistics in the launcher's slots (zeroed, as its contract asks) decoded by
+/// `raw::decode_quantize`, each item against the CPU.
+pub fn quantize_planned<E: Element + featjnd_emu::Plain>(
+    items: &[(TokenGrid, u64)],
+    bits: Bits,
+    hist: bool,
+    batched: bool,
+    s: Sched,
+) -> Res {
+    use featjnd_kernels::cuda::raw::{self, BatchItem, QuantPtrs, StatsBuf};
+    let slots = raw::quantize_slots(bits, hist);
+    let mut bufs = Vec::new();
+    for (g, seed) in items {
+        let n = g.numel();
+        let x: Vec<E> = narrow(&feature(n, *seed));
+        let jt = cpu::token_stats::token_tolerance(&narrow::<E>(&jnd(n, *seed)), g, Reduce::Mean).unwrap();
+        let st = steps::allocate(&jt, 0.02, Strategy::Jnd).unwrap();
+        let b = QBufs::new(&x, &st, bits, 0);
+        let stats = Guarded::filled(slots, 0u64);
+        bufs.push((g, x, st, b, stats));
+    }
+    let ptrs = |b: &QBufs<E>| QuantPtrs {
+        x: ptr(b.x.addr()),
+        steps: ptr(b.steps.addr()),
+        symbols: ptr_mut(if bits == Bits::B8 { b.sym8.addr() } else { b.sym16.addr() }),
+        recon: ptr_mut(b.recon.addr()),
+        token_sse: ptr_mut(b.sse.addr()),
+    };
+    let what = format!("planned quantize {:?} {bits:?} hist={hist} batched={batched}", E::DTYPE);
+    if batched {
+        let its: Vec<BatchItem> = bufs
+            .iter()
+            .map(|(g, _, _, b, st)| BatchItem { grid: **g, p: ptrs(b), stats: StatsBuf::new(ptr_mut(st.addr()), slots) })
+            .collect();
+        for (k, t, blocks) in raw::plan_quantize_batch(E::DTYPE, &its, bits, hist).map_err(|e| format!("{what}: plan: {e}"))? {
+            run(&module(k.module), k.name, &*t, blocks, s).map_err(|e| format!("{what}: {e}"))?;
+        }
+    } else {
+        for (g, _, _, b, st) in &bufs {
+            let (k, q, blocks) = raw::plan_quantize(E::DTYPE, g, &ptrs(b), bits, hist, StatsBuf::new(ptr_mut(st.addr()), slots))
+                .map_err(|e| format!("{what}: plan: {e}"))?;
+            run(&module(k.module), k.name, &q, blocks, s).map_err(|e| format!("{what}: {e}"))?;
+        }
+    }
+    for (i, (g, x, st, b, stats)) in bufs.iter().enumerate() {
+        let what = format!("{what} item {i} {:?}", g.shape);
+        b.check(&what)?;
+        stats.check_res("statistics").map_err(|e| format!("{what}: {e}"))?;
+        let cells: Vec<i64> = stats.as_slice().iter().map(|&v| v as i64).collect();
+        let d = raw::decode_quantize(&cells, bits, hist);
+        ensure(d.bad.is_none(), || format!("{what}: bad {:?}", d.bad))?;
+        let mut e = b.result(bits, false);
+        (e.total, e.clamped, e.hist) = (d.total_sse, d.clamped, d.histogram.clone().unwrap_or_default());
+        compare_quant(&e, &cpu_quantize(x, g, st, bits, hist)?, hist, &what)?;
+    }
+    Ok(())
+}
+
+/// Perturbations through `raw::plan_perturb` / `raw::plan_perturb_batch`, statistics in the
+/// launcher's slots decoded by `raw::decode_perturb`, each against the CPU; `bad` puts a NaN into
+/// the first item's x.
+pub fn perturb_planned<E: Element + featjnd_emu::Plain>(
+    items: &[(usize, usize, NoiseKind, bool)],
+    batched: bool,
+    bad: Option<usize>,
+    s: Sched,
+) -> Res {
+    use featjnd_kernels::cuda::raw::{self, PerturbItem, PerturbPtrs, StatsBuf};
+    let mut bufs = Vec::new();
+    for (i, &(n, len, noise, with_j)) in items.iter().enumerate() {
+        let mut xv = feature(n * len, 800 + i as u64);
+        if let (0, Some(at)) = (i, bad) {
+            xv[at] = f32::NAN;
+        }
+        let x: Vec<E> = narrow(&xv);
+        let j: Vec<E> = narrow(&jnd(n * len, 800 + i as u64));
+        let spec = NoiseSpec { kind: noise, seed: 60 + i as u64, subsequence: 1 + i as u32 };
+        let b = PBufs::new(&x, with_j.then_some(&j[..]), n);
+        let stats = Guarded::filled(raw::perturb_slots(n), 0u64);
+        bufs.push((x, j, spec, b, stats));
+    }
+    let what = format!("planned perturb {:?} batched={batched} bad={bad:?}", E::DTYPE);
+    let its: Vec<PerturbItem> = bufs
+        .iter()
+        .zip(items)
+        .map(|((_, _, spec, b, st), &(n, len, _, _))| PerturbItem {
+            a: PerturbPtrs {
+                dt: E::DTYPE,
+                x: ptr(b.x.addr()),
+                jnd: ptr(b.j.as_ref().map_or(0, |j| j.addr())),
+                out: ptr_mut(b.out.addr()),
+                numel: n * len,
+                samples: n,
+            },
+            nrmse: 0.25,
+            noise: *spec,
+            stats: StatsBuf::new(ptr_mut(st.addr()), raw::perturb_slots(n)),
+        })
+        .collect();
+    if batched {
+        for ([norms, apply], t, blocks) in raw::plan_perturb_batch(E::DTYPE, &its).map_err(|e| format!("{what}: plan: {e}"))? {
+            run(&module(norms.module), norms.name, &*t, blocks, s).map_err(|e| format!("{what}: {e}"))?;
+            run(&module(apply.module), apply.name, &*t, blocks, s).map_err(|e| format!("{what}: {e}"))?;
+        }
+    } else {
+        for it in &its {
+            let ([norms, apply], p, blocks) =
+                raw::plan_perturb(&it.a, it.nrmse, it.noise, it.stats).map_err(|e| format!("{what}: plan: {e}"))?;
+            run(&module(norms.module), norms.name, &p, blocks, s).map_err(|e| format!("{what}: {e}"))?;
+            run(&module(apply.module), apply.name, &p, blocks, s).map_err(|e| format!("{what}: {e}"))?;
+        }
+    }
+    for (i, ((x, j, spec, b, stats), &(n, len, noise, with_j))) in bufs.iter().zip(items).enumerate() {
+        let what = format!("{what} item {i} {n}x{len} {noise:?} J={with_j}");
+        stats.check_res("statistics").map_err(|e| format!("{what}: {e}"))?;
+        for r in [b.x.check_res("x"), b.out.check_res("out")] {
+            r.map_err(|e| format!("{what}: {e}"))?;
+        }
+        let cells: Vec<i64> = stats.as_slice().iter().map(|&v| v as i64).collect();
+        let (bad_el, rep) = raw::decode_perturb(&cells, n);
+        if let (0, Some(at)) = (i, bad) {
+            ensure(bad_el.map(|e| e.index) == Some(at), || format!("{what}: bad {bad_el:?}, want x[{at}]"))?;
+            continue;
+        }
+        ensure(bad_el.is_none(), || format!("{what}: bad {bad_el:?} on valid input"))?;
+        let mut out = vec![E::from_f32(0.0); x.len()];
+        let cpu = cpu::perturb::perturb(x, with_j.then_some(&j[..]), n, 0.25, *spec, &mut out).map_err(|e| format!("{what}: CPU: {e}"))?;
+        let f = |v: &[E]| v.iter().map(|e| e.to_f32()).collect::<Vec<f32>>();
+        let tol = if E::DTYPE == featjnd_kernels::Dtype::F32 { 1e-5 } else { 1e-2 };
+        let scale = x.iter().fold(0.0f32, |a, v| a.max(v.to_f32().abs()));
+        close(&f(b.out.as_slice()), &f(&out), tol, tol * scale, &format!("{what}: x'"))?;
+        close(&rep.scales, &cpu.scales, 1e-5, 0.0, &format!("{what}: scales"))?;
+        ensure(rep.zero_samples == cpu.zero_samples, || format!("{what}: zero samples {:?} vs {:?}", rep.zero_samples, cpu.zero_samples))?;
+    }
+    Ok(())
+}
