@@ -449,11 +449,26 @@ pub unsafe fn token_stats(
     stats: StatsBuf,
     sum_sq: bool,
 ) -> Result<()> {
-    let p = token_stats_params(grid, reduce, jnd, token_tol, stats, sum_sq)?;
-    let (k, blocks) = token_grid(&p.geom, &TOKEN_STATS_NCHW, &TOKEN_STATS_NTC, M_TOKEN_STATS, jnd.dt);
+    let (k, p, blocks) = plan_token_stats(grid, reduce, jnd, token_tol, stats, sum_sq)?;
     // SAFETY: the addresses in `p` are the caller's, valid by this function's contract; the
     // statistics slots exist (checked by `token_stats_params`).
     unsafe { go(on, k, &p, blocks) }
+}
+
+/// What [`token_stats`] launches, built without a device
+/// (for the CPU emulation tier, `crates/featjnd-emu`).
+#[doc(hidden)]
+pub fn plan_token_stats(
+    grid: &TokenGrid,
+    reduce: Reduce,
+    jnd: Elems,
+    token_tol: DevPtrMut<f32>,
+    stats: StatsBuf,
+    sum_sq: bool,
+) -> Result<(Kernel, FjTokenStatsParams, u64)> {
+    let p = token_stats_params(grid, reduce, jnd, token_tol, stats, sum_sq)?;
+    let (k, blocks) = token_grid(&p.geom, &TOKEN_STATS_NCHW, &TOKEN_STATS_NTC, M_TOKEN_STATS, jnd.dt);
+    Ok((k, p, blocks))
 }
 
 /// The parameters of a token-stats launch over J, its statistics room checked.
@@ -509,9 +524,22 @@ pub struct StepPtrs {
 /// On the launch's device: every pointer of `p` the strategy reads must hold what its field says,
 /// `steps` must overlap none of them; all ordered before this launch on its stream.
 pub unsafe fn step_alloc(on: Launch, p: &StepPtrs, tokens: usize, budget: f64, strategy: Strategy, beta: f64) -> Result<()> {
-    let p = step_alloc_params(p, tokens, budget, strategy, beta)?;
+    let (k, p, blocks) = plan_step_alloc(p, tokens, budget, strategy, beta)?;
     // SAFETY: the addresses in `p` are valid by this function's contract.
-    unsafe { go(on, STEP_ALLOC, &p, (tokens as u64).div_ceil(BLOCK as u64)) }
+    unsafe { go(on, k, &p, blocks) }
+}
+
+/// What [`step_alloc`] launches, built without a device
+/// (for the CPU emulation tier, `crates/featjnd-emu`).
+#[doc(hidden)]
+pub fn plan_step_alloc(
+    p: &StepPtrs,
+    tokens: usize,
+    budget: f64,
+    strategy: Strategy,
+    beta: f64,
+) -> Result<(Kernel, FjStepAllocParams, u64)> {
+    Ok((STEP_ALLOC, step_alloc_params(p, tokens, budget, strategy, beta)?, (tokens as u64).div_ceil(BLOCK as u64)))
 }
 
 /// The kernel parameters of one step allocation, checked.
@@ -563,6 +591,16 @@ const _: () = assert!(R_BAD_X < TOKEN_RMS_SLOTS && R_MAX < TOKEN_RMS_SLOTS && CA
 /// f32 not overlapping `x`; `stats` zeroed slots; none of them used by other work until this launch
 /// completes in stream order.
 pub unsafe fn token_rms(on: Launch, grid: &TokenGrid, x: Elems, rms: DevPtrMut<f32>, stats: StatsBuf) -> Result<()> {
+    let (k, p, blocks) = plan_token_rms(grid, x, rms, stats)?;
+    // SAFETY: the addresses in `p` are the caller's, valid by this function's contract; the
+    // statistics slots exist (checked by the plan).
+    unsafe { go(on, k, &p, blocks) }
+}
+
+/// What [`token_rms`] launches, built without a device
+/// (for the CPU emulation tier, `crates/featjnd-emu`).
+#[doc(hidden)]
+pub fn plan_token_rms(grid: &TokenGrid, x: Elems, rms: DevPtrMut<f32>, stats: StatsBuf) -> Result<(Kernel, FjTokenStatsParams, u64)> {
     stats.need(TOKEN_RMS_SLOTS)?;
     let p = FjTokenStatsParams {
         geom: grid.to_params(),
@@ -576,9 +614,7 @@ pub unsafe fn token_rms(on: Launch, grid: &TokenGrid, x: Elems, rms: DevPtrMut<f
         ..Default::default()
     };
     let (k, blocks) = token_grid(&p.geom, &TOKEN_STATS_NCHW, &TOKEN_STATS_NTC, M_TOKEN_STATS, x.dt);
-    // SAFETY: the addresses in `p` are the caller's, valid by this function's contract; the
-    // statistics slots exist (checked above).
-    unsafe { go(on, k, &p, blocks) }
+    Ok((k, p, blocks))
 }
 
 fn tokens_u32(tokens: usize) -> Result<u32> {
@@ -616,6 +652,29 @@ pub unsafe fn capped_caps(
     caps: DevPtrMut<f32>,
     stats: StatsBuf,
 ) -> Result<()> {
+    let (ks, p, blocks) = plan_capped_caps(rms, tokens, kappa, max_known, caps, stats)?;
+    // SAFETY: the addresses in `p` are valid by this function's contract; the max kernel (when
+    // planned) completes before the caps kernel reads the maximum (same stream).
+    unsafe {
+        for k in ks.into_iter().flatten() {
+            go(on, k, &p, blocks)?;
+        }
+    }
+    Ok(())
+}
+
+/// What [`capped_caps`] launches ([max kernel unless the max is known, caps kernel]), built
+/// without a device
+/// (for the CPU emulation tier, `crates/featjnd-emu`).
+#[doc(hidden)]
+pub fn plan_capped_caps(
+    rms: DevPtr<f32>,
+    tokens: usize,
+    kappa: f32,
+    max_known: bool,
+    caps: DevPtrMut<f32>,
+    stats: StatsBuf,
+) -> Result<([Option<Kernel>; 2], FjCappedParams, u64)> {
     check_kappa(kappa)?;
     stats.need(CAPPED_SLOTS)?;
     let p = FjCappedParams {
@@ -628,14 +687,7 @@ pub unsafe fn capped_caps(
         ..Default::default()
     };
     let blocks = (tokens as u64).div_ceil(BLOCK as u64);
-    // SAFETY: the addresses in `p` are valid by this function's contract; the max kernel completes
-    // before the caps kernel reads the maximum (same stream).
-    unsafe {
-        if !max_known {
-            go(on, MAX_POS, &p, blocks)?;
-        }
-        go(on, CAPS, &p, blocks)
-    }
+    Ok(([(!max_known).then_some(MAX_POS), Some(CAPS)], p, blocks))
 }
 
 /// Enqueues the one-block solver for the scales `(a, b)` of the capped allocation (into `stats`),
@@ -653,6 +705,22 @@ pub unsafe fn capped_solve(
     budget: f64,
     stats: StatsBuf,
 ) -> Result<()> {
+    let (k, p, blocks) = plan_capped_solve(token_tol, caps, tokens, budget, stats)?;
+    // SAFETY: the addresses in `p` are valid by this function's contract; one block, as the
+    // solver requires (it reduces over all tokens within the block).
+    unsafe { go(on, k, &p, blocks) }
+}
+
+/// What [`capped_solve`] launches (one block), built without a device
+/// (for the CPU emulation tier, `crates/featjnd-emu`).
+#[doc(hidden)]
+pub fn plan_capped_solve(
+    token_tol: DevPtr<f32>,
+    caps: DevPtr<f32>,
+    tokens: usize,
+    budget: f64,
+    stats: StatsBuf,
+) -> Result<(Kernel, FjCappedParams, u64)> {
     crate::steps::check_budget(budget)?;
     stats.need(CAPPED_SLOTS)?;
     let p = FjCappedParams {
@@ -665,9 +733,7 @@ pub unsafe fn capped_solve(
         tokens: tokens_u32(tokens)?,
         ..Default::default()
     };
-    // SAFETY: the addresses in `p` are valid by this function's contract; one block, as the
-    // solver requires (it reduces over all tokens within the block).
-    unsafe { go(on, CAPPED_SOLVE, &p, 1) }
+    Ok((CAPPED_SOLVE, p, 1))
 }
 
 /// Enqueues `steps_t = min(f32(a·β)·j_t, f32(b·β)·c_t)` with the scales a [`capped_solve`] launch
@@ -686,6 +752,22 @@ pub unsafe fn capped_steps(
     steps: DevPtrMut<f32>,
     stats: StatsBuf,
 ) -> Result<()> {
+    let (k, p, blocks) = plan_capped_steps(token_tol, caps, tokens, beta, steps, stats)?;
+    // SAFETY: the addresses in `p` are valid by this function's contract.
+    unsafe { go(on, k, &p, blocks) }
+}
+
+/// What [`capped_steps`] launches, built without a device
+/// (for the CPU emulation tier, `crates/featjnd-emu`).
+#[doc(hidden)]
+pub fn plan_capped_steps(
+    token_tol: DevPtr<f32>,
+    caps: DevPtr<f32>,
+    tokens: usize,
+    beta: f64,
+    steps: DevPtrMut<f32>,
+    stats: StatsBuf,
+) -> Result<(Kernel, FjCappedParams, u64)> {
     stats.need(CAPPED_SLOTS)?;
     let p = FjCappedParams {
         token_tol: token_tol.addr(),
@@ -696,8 +778,7 @@ pub unsafe fn capped_steps(
         tokens: tokens_u32(tokens)?,
         ..Default::default()
     };
-    // SAFETY: the addresses in `p` are valid by this function's contract.
-    unsafe { go(on, CAPPED_STEPS, &p, (tokens as u64).div_ceil(BLOCK as u64)) }
+    Ok((CAPPED_STEPS, p, (tokens as u64).div_ceil(BLOCK as u64)))
 }
 
 /// What went wrong in a capped allocation, in the order the CPU path checks it.
@@ -1056,6 +1137,16 @@ pub fn check_scales(report: &PerturbReport, nrmse: f64) -> Result<()> {
 /// `out` must be device memory of the launch's device with room for `numel` f32, not used by other
 /// work until the launch completes in stream order.
 pub unsafe fn noise(on: Launch, out: DevPtrMut<f32>, numel: usize, offset: u64, noise: NoiseSpec) -> Result<()> {
+    let (k, p, blocks) = plan_noise(out, numel, offset, noise)?;
+    // SAFETY: `out` is valid for `numel` f32 by this function's contract; the kernel writes only
+    // indices below `numel`.
+    unsafe { go(on, k, &p, blocks) }
+}
+
+/// What [`noise`] launches, built without a device
+/// (for the CPU emulation tier, `crates/featjnd-emu`).
+#[doc(hidden)]
+pub fn plan_noise(out: DevPtrMut<f32>, numel: usize, offset: u64, noise: NoiseSpec) -> Result<(Kernel, FjNoiseParams, u64)> {
     let end = offset.checked_add(numel as u64).ok_or_else(|| Error::Arg(format!("noise offset {offset} + {numel} overflows")))?;
     let p = FjNoiseParams {
         out: out.addr(),
@@ -1067,9 +1158,7 @@ pub unsafe fn noise(on: Launch, out: DevPtrMut<f32>, numel: usize, offset: u64, 
     };
     let lanes = FJ_PHILOX_LANES as u64;
     let groups = end.div_ceil(lanes) - offset / lanes;
-    // SAFETY: `out` is valid for `numel` f32 by this function's contract; the kernel writes only
-    // indices below `numel`.
-    unsafe { go(on, NOISE, &p, groups.div_ceil(BLOCK as u64)) }
+    Ok((NOISE, p, groups.div_ceil(BLOCK as u64)))
 }
 
 // ---- caller-owned statistics: the sync-free calls (issue 15 §1) and batches (§3) ----

@@ -590,3 +590,28 @@ fn quantize_and_perturb_as_the_launchers_plan_them() {
         cases::perturb_planned::<bf16>(&p, batched, Some(150), BACKWARD).unwrap();
     }
 }
+
+/// Token stats, step allocation, noise and the capped allocation exactly as the launchers plan
+/// them (`raw::plan_token_stats`, `plan_step_alloc`, `plan_noise`, `plan_token_rms`,
+/// `plan_capped_caps`, `plan_capped_solve`, `plan_capped_steps`), decoded by their decoders.
+#[test]
+fn stats_steps_capped_and_noise_as_the_launchers_plan_them() {
+    let grids = [
+        grid_of(Layout::Nchw, &[2, 7, 5, 3], 1),
+        grid_of(Layout::Ntc, &[1, 3, 5137], 1),
+        grid_of(Layout::Nchw, &[3, 17, 6, 10], 2),
+        grid_of(Layout::Ntc, &[2, 50, 768], 1),
+    ];
+    for (i, g) in grids.iter().enumerate() {
+        for strategy in [Strategy::Uniform, Strategy::Jnd, Strategy::Permuted { seed: 5 }] {
+            cases::stats_steps_noise_planned::<f32>(g, Reduce::Mean, strategy, None, SCHEDS[0]).unwrap();
+        }
+        cases::stats_steps_noise_planned::<bf16>(g, Reduce::Rms, Strategy::Jnd, None, SCHEDS[1]).unwrap();
+        cases::stats_steps_noise_planned::<f16>(g, Reduce::Min, Strategy::Jnd, Some(g.numel() - 1 - i), BACKWARD).unwrap();
+        for (kappa, budget) in [(0.5f32, 0.02), (0.05, 0.5), (2.0, 1e-4)] {
+            cases::capped_planned::<f32>(g, kappa, budget, i % 2 == 0, None, SCHEDS[0]).unwrap();
+            cases::capped_planned::<bf16>(g, kappa, budget, i % 2 == 1, None, SCHEDS[1]).unwrap();
+        }
+        cases::capped_planned::<f16>(g, 0.5, 0.02, true, Some(g.numel() / 3), BACKWARD).unwrap();
+    }
+}

@@ -853,3 +853,142 @@ pub fn perturb_planned<E: Element + featjnd_emu::Plain>(
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------- token stats, steps, capped allocation and noise, as planned
+
+/// J -> j_t (`raw::plan_token_stats`, with Σj²) -> steps (`raw::plan_step_alloc` reading that
+/// device Σj²), and noise (`raw::plan_noise`): decoded by `raw::decode_token_stats`.
+pub fn stats_steps_noise_planned<E: Element + featjnd_emu::Plain>(
+    g: &TokenGrid,
+    reduce: Reduce,
+    strategy: Strategy,
+    bad: Option<usize>,
+    s: Sched,
+) -> Res {
+    use featjnd_kernels::cuda::raw::{self, Elems, StatsBuf, StepPtrs};
+    let (n, t) = (g.numel(), g.tokens());
+    let mut jv = jnd(n, 31);
+    if let Some(i) = bad {
+        jv[i] = -1.0;
+    }
+    let j: Vec<E> = narrow(&jv);
+    let what = format!("planned token stats + steps {:?} {:?} {reduce:?} {strategy:?} bad={bad:?}", g.shape, E::DTYPE);
+    let jb = Guarded::new(&j, E::from_f32(1.0));
+    let jt = Guarded::filled(t, GARBAGE_F32);
+    let stats = Guarded::filled(raw::TOKEN_STATS_SLOTS, 0u64);
+    let sb = StatsBuf::new(ptr_mut(stats.addr()), raw::TOKEN_STATS_SLOTS);
+    let (k, p, blocks) = raw::plan_token_stats(g, reduce, Elems { ptr: ptr(jb.addr()), dt: E::DTYPE }, ptr_mut(jt.addr()), sb, true)
+        .map_err(|e| format!("{what}: {e}"))?;
+    run(&module(k.module), k.name, &p, blocks, s).map_err(|e| format!("{what}: {e}"))?;
+    let cells: Vec<i64> = stats.as_slice().iter().map(|&v| v as i64).collect();
+    let decoded = raw::decode_token_stats(&cells);
+    if let Some(i) = bad {
+        ensure(decoded.map(|b| b.index) == Some(i), || format!("{what}: bad {decoded:?}, want J[{i}]"))?;
+        return Ok(());
+    }
+    ensure(decoded.is_none(), || format!("{what}: bad {decoded:?} on valid J"))?;
+    let cjt = cpu::token_stats::token_tolerance(&j, g, reduce).unwrap();
+    close(jt.as_slice(), &cjt, 1e-5, 0.0, &format!("{what}: j_t"))?;
+    let perm = featjnd_kernels::philox::permutation(t, 5);
+    let pb = Guarded::new(&perm, 0u32);
+    let steps = Guarded::filled(t, GARBAGE_F32);
+    let sp = StepPtrs {
+        token_tol: ptr(jt.addr()),
+        sum_sq: sb.sum_sq(),
+        perm: if matches!(strategy, Strategy::Permuted { .. }) { ptr(pb.addr()) } else { ptr(0) },
+        steps: ptr_mut(steps.addr()),
+    };
+    let (k, p, blocks) = raw::plan_step_alloc(&sp, t, 0.03, strategy, 0.9).map_err(|e| format!("{what}: {e}"))?;
+    run(&module(k.module), k.name, &p, blocks, s).map_err(|e| format!("{what}: {e}"))?;
+    let mut want = vec![0.0f32; t];
+    steps::allocate_into(jt.as_slice(), 0.03, strategy, 0.9, &mut want).unwrap();
+    let strategy_seed_5 = match strategy {
+        Strategy::Permuted { seed } => seed == 5,
+        _ => true,
+    };
+    ensure(strategy_seed_5, || format!("{what}: the test's permutation has seed 5"))?;
+    // Σj² summed by the device in another order than steps::sum_sq: the scale within an ulp.
+    close(steps.as_slice(), &want, 3e-7, 0.0, &format!("{what}: steps"))?;
+    for r in [jb.check_res("J"), jt.check_res("j_t"), stats.check_res("stats"), steps.check_res("steps")] {
+        r.map_err(|e| format!("{what}: {e}"))?;
+    }
+    // Noise over the same number of elements, at an odd offset.
+    let out = Guarded::filled(n, GARBAGE_F32);
+    let spec = NoiseSpec { kind: NoiseKind::Uniform, seed: 77, subsequence: 4 };
+    let (k, p, blocks) = raw::plan_noise(ptr_mut(out.addr()), n, 13, spec).map_err(|e| format!("{what}: {e}"))?;
+    run(&module(k.module), k.name, &p, blocks, s).map_err(|e| format!("{what}: {e}"))?;
+    let mut want = vec![0.0f32; n];
+    philox::fill(&mut want, 13, 77, 4, NoiseKind::Uniform);
+    bits_eq(out.as_slice(), &want, &format!("{what}: noise"))?;
+    out.check_res("noise").map_err(|e| format!("{what}: {e}"))
+}
+
+/// x -> r_t (`raw::plan_token_rms`) -> caps (`raw::plan_capped_caps`, max from the RMS launch or
+/// from its own max kernel) -> (a, b) (`raw::plan_capped_solve`) -> steps
+/// (`raw::plan_capped_steps`), decoded by `raw::decode_capped`, against the CPU.
+pub fn capped_planned<E: Element + featjnd_emu::Plain>(
+    g: &TokenGrid,
+    kappa: f32,
+    budget: f64,
+    max_known: bool,
+    bad_x: Option<usize>,
+    s: Sched,
+) -> Res {
+    use featjnd_kernels::cuda::raw::{self, CappedBad, Elems, StatsBuf};
+    let (n, t) = (g.numel(), g.tokens());
+    let mut xv = feature(n, 91);
+    if let Some(i) = bad_x {
+        xv[i] = f32::INFINITY;
+    }
+    let x: Vec<E> = narrow(&xv);
+    let j: Vec<E> = narrow(&jnd(n, 92));
+    let cjt = cpu::token_stats::token_tolerance(&j, g, Reduce::Mean).unwrap();
+    let what = format!("planned capped {:?} {:?} kappa={kappa} D={budget} max_known={max_known} bad={bad_x:?}", g.shape, E::DTYPE);
+    let xb = Guarded::new(&x, E::from_f32(0.0));
+    let jt = Guarded::new(&cjt, GARBAGE_F32);
+    let rms = Guarded::filled(t, GARBAGE_F32);
+    let caps = Guarded::filled(t, GARBAGE_F32);
+    let steps = Guarded::filled(t, GARBAGE_F32);
+    let stats = Guarded::filled(raw::CAPPED_SLOTS, 0u64);
+    let sb = StatsBuf::new(ptr_mut(stats.addr()), raw::CAPPED_SLOTS);
+    let e = |e: featjnd_kernels::Error| format!("{what}: plan: {e}");
+    let (k, p, b) = raw::plan_token_rms(g, Elems { ptr: ptr(xb.addr()), dt: E::DTYPE }, ptr_mut(rms.addr()), sb).map_err(e)?;
+    run(&module(k.module), k.name, &p, b, s).map_err(|e| format!("{what}: {e}"))?;
+    let (ks, p, b) = raw::plan_capped_caps(ptr(rms.addr()), t, kappa, max_known, ptr_mut(caps.addr()), sb).map_err(e)?;
+    for k in ks.into_iter().flatten() {
+        run(&module(k.module), k.name, &p, b, s).map_err(|e| format!("{what}: {e}"))?;
+    }
+    let (k, p, b) = raw::plan_capped_solve(ptr(jt.addr()), ptr(caps.addr()), t, budget, sb).map_err(e)?;
+    run(&module(k.module), k.name, &p, b, s).map_err(|e| format!("{what}: {e}"))?;
+    let (k, p, b) = raw::plan_capped_steps(ptr(jt.addr()), ptr(caps.addr()), t, 1.0, ptr_mut(steps.addr()), sb).map_err(e)?;
+    run(&module(k.module), k.name, &p, b, s).map_err(|e| format!("{what}: {e}"))?;
+    for r in [
+        xb.check_res("x"),
+        jt.check_res("j_t"),
+        rms.check_res("rms"),
+        caps.check_res("caps"),
+        steps.check_res("steps"),
+        stats.check_res("stats"),
+    ] {
+        r.map_err(|e| format!("{what}: {e}"))?;
+    }
+    let cells: Vec<i64> = stats.as_slice().iter().map(|&v| v as i64).collect();
+    let d = raw::decode_capped(&cells);
+    if let Some(i) = bad_x {
+        ensure(d.bad == Some(CappedBad::X(i)), || format!("{what}: bad {:?}, want x[{i}]", d.bad))?;
+        return Ok(());
+    }
+    ensure(d.bad.is_none(), || format!("{what}: bad {:?}", d.bad))?;
+    let crms = cpu::token_stats::token_rms(&x, g).unwrap();
+    close(rms.as_slice(), &crms, 1e-5, 0.0, &format!("{what}: r_t"))?;
+    // The caps from the emulated r_t: exactly the CPU's formula (max, one multiply each).
+    let want_caps = steps::caps_from_rms(rms.as_slice(), kappa).unwrap();
+    bits_eq(caps.as_slice(), &want_caps, &format!("{what}: caps"))?;
+    let mut want = vec![0.0f32; t];
+    steps::allocate_capped_into(&cjt, &want_caps, budget, 1.0, &mut want).unwrap();
+    for (i, (a, b)) in steps.as_slice().iter().zip(&want).enumerate() {
+        let ulps = (a.to_bits() as i64 - b.to_bits() as i64).abs();
+        ensure(ulps <= 1, || format!("{what}: step {i}: {a} vs {b}"))?;
+    }
+    Ok(())
+}
