@@ -9,10 +9,10 @@
 // for sm_80 and sm_90, table in BENCHMARKS.md): with the default target ptxas capped the quantizers
 // at 48 registers and spilled 4-28 bytes on sm_90; asking for 4 blocks of FJ_BLOCK threads per SM
 // (at most 64 registers) removes every spill of quantize.cu. The single perturbation's apply pass
-// fits 3 blocks (at most 85 registers, 75-80 used, as before); its norms pass and both batch
-// passes spill at 3 and take 2 (at most 128; 92-105 used, one block per SM fewer than the 64-80
-// they used before, with spills). That occupancy change awaits a GPU measurement (BENCHMARKS.md).
-// tests/ptxas.rs fails on any spill.
+// fits 3 blocks (at most 85 registers; 56-80 used); its norms pass and both batch passes spill at
+// 3 and take 2 (at most 128; 71-105 used, where 64-101 were used before, the f16/bf16 uniform
+// norms with spills): up to one block per SM fewer than before, a change of occupancy that awaits
+// a GPU measurement (BENCHMARKS.md). tests/ptxas.rs fails on any spill.
 #define FJ_QUANTIZE_MIN_BLOCKS 4
 #define FJ_PERTURB_MIN_BLOCKS 2
 #define FJ_PERTURB_APPLY_MIN_BLOCKS 3
@@ -48,9 +48,10 @@ __device__ __forceinline__ fj_bf16 fj_f32_to_bf16(float v) {
 }
 #endif
 // f32 -> s32 rounding toward zero as PTX's cvt.rzi.s32.f32: NaN gives 0, out-of-range values
-// saturate. The quantizer's histogram indexes with it, and a NaN symbol (an input the call then
-// rejects) lands in bin 0's neighbour 127 instead of out of bounds. A C++ cast of NaN is undefined
-// (x86 gives INT_MIN): the emulation tier supplies this function, with the PTX semantics.
+// saturate. The quantizer's histogram indexes with it, so the NaN symbol of a NaN input (which the
+// call then rejects) is counted in symbol 0's bin (8 bits; 16 bits: the overflow bin) instead of
+// out of bounds. A C++ cast of NaN is undefined (x86 gives INT_MIN): the emulation tier supplies
+// this function with the PTX semantics.
 #ifndef FJ_EMU
 __device__ __forceinline__ int fj_f2i(float v) { return (int)v; }
 #endif

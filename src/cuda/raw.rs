@@ -455,8 +455,8 @@ pub unsafe fn token_stats(
     unsafe { go(on, k, &p, blocks) }
 }
 
-/// What [`token_stats`] launches, built without a device
-/// (for the CPU emulation tier, `crates/featjnd-emu`).
+/// What [`token_stats`] launches, built without a device (for the CPU emulation tier,
+/// `crates/featjnd-emu`).
 #[doc(hidden)]
 pub fn plan_token_stats(
     grid: &TokenGrid,
@@ -529,8 +529,8 @@ pub unsafe fn step_alloc(on: Launch, p: &StepPtrs, tokens: usize, budget: f64, s
     unsafe { go(on, k, &p, blocks) }
 }
 
-/// What [`step_alloc`] launches, built without a device
-/// (for the CPU emulation tier, `crates/featjnd-emu`).
+/// What [`step_alloc`] launches, built without a device (for the CPU emulation tier,
+/// `crates/featjnd-emu`).
 #[doc(hidden)]
 pub fn plan_step_alloc(
     p: &StepPtrs,
@@ -597,8 +597,8 @@ pub unsafe fn token_rms(on: Launch, grid: &TokenGrid, x: Elems, rms: DevPtrMut<f
     unsafe { go(on, k, &p, blocks) }
 }
 
-/// What [`token_rms`] launches, built without a device
-/// (for the CPU emulation tier, `crates/featjnd-emu`).
+/// What [`token_rms`] launches, built without a device (for the CPU emulation tier,
+/// `crates/featjnd-emu`).
 #[doc(hidden)]
 pub fn plan_token_rms(grid: &TokenGrid, x: Elems, rms: DevPtrMut<f32>, stats: StatsBuf) -> Result<(Kernel, FjTokenStatsParams, u64)> {
     stats.need(TOKEN_RMS_SLOTS)?;
@@ -664,8 +664,7 @@ pub unsafe fn capped_caps(
 }
 
 /// What [`capped_caps`] launches ([max kernel unless the max is known, caps kernel]), built
-/// without a device
-/// (for the CPU emulation tier, `crates/featjnd-emu`).
+/// without a device (for the CPU emulation tier, `crates/featjnd-emu`).
 #[doc(hidden)]
 pub fn plan_capped_caps(
     rms: DevPtr<f32>,
@@ -711,8 +710,8 @@ pub unsafe fn capped_solve(
     unsafe { go(on, k, &p, blocks) }
 }
 
-/// What [`capped_solve`] launches (one block), built without a device
-/// (for the CPU emulation tier, `crates/featjnd-emu`).
+/// What [`capped_solve`] launches (one block), built without a device (for the CPU emulation tier,
+/// `crates/featjnd-emu`).
 #[doc(hidden)]
 pub fn plan_capped_solve(
     token_tol: DevPtr<f32>,
@@ -757,8 +756,8 @@ pub unsafe fn capped_steps(
     unsafe { go(on, k, &p, blocks) }
 }
 
-/// What [`capped_steps`] launches, built without a device
-/// (for the CPU emulation tier, `crates/featjnd-emu`).
+/// What [`capped_steps`] launches, built without a device (for the CPU emulation tier,
+/// `crates/featjnd-emu`).
 #[doc(hidden)]
 pub fn plan_capped_steps(
     token_tol: DevPtr<f32>,
@@ -903,8 +902,8 @@ pub unsafe fn quantize(on: Launch, dt: Dtype, grid: &TokenGrid, p: &QuantPtrs, b
     unsafe { go(on, k, &q, blocks) }
 }
 
-/// What [`quantize`] launches (kernel, parameters, blocks), built without a device (for the CPU
-/// emulation tier, `crates/featjnd-emu`).
+/// What [`quantize`] launches (kernel, parameters, blocks), built without a device (for the CPU emulation tier,
+/// `crates/featjnd-emu`).
 #[doc(hidden)]
 pub fn plan_quantize(
     dt: Dtype,
@@ -1016,8 +1015,8 @@ pub unsafe fn perturb(on: Launch, a: &PerturbPtrs, nrmse: f64, noise: NoiseSpec,
     }
 }
 
-/// What [`perturb`] launches ([norms, apply] kernels, parameters, blocks), built without a device
-/// (for the CPU emulation tier, `crates/featjnd-emu`).
+/// What [`perturb`] launches ([norms, apply] kernels, parameters, blocks), built without a device (for the CPU emulation tier,
+/// `crates/featjnd-emu`).
 #[doc(hidden)]
 pub fn plan_perturb(a: &PerturbPtrs, nrmse: f64, noise: NoiseSpec, stats: StatsBuf) -> Result<([Kernel; 2], FjPerturbParams, u64)> {
     let (p, blocks) = perturb_params(a, nrmse, noise, stats)?;
@@ -1143,8 +1142,8 @@ pub unsafe fn noise(on: Launch, out: DevPtrMut<f32>, numel: usize, offset: u64, 
     unsafe { go(on, k, &p, blocks) }
 }
 
-/// What [`noise`] launches, built without a device
-/// (for the CPU emulation tier, `crates/featjnd-emu`).
+/// What [`noise`] launches, built without a device (for the CPU emulation tier,
+/// `crates/featjnd-emu`).
 #[doc(hidden)]
 pub fn plan_noise(out: DevPtrMut<f32>, numel: usize, offset: u64, noise: NoiseSpec) -> Result<(Kernel, FjNoiseParams, u64)> {
     let end = offset.checked_add(numel as u64).ok_or_else(|| Error::Arg(format!("noise offset {offset} + {numel} overflows")))?;
