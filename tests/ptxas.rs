@@ -141,3 +141,27 @@ fn no_kernel_spills_or_overflows_shared_memory_on_sm80_and_sm90() {
     );
     assert!(failures.is_empty(), "{} kernel(s) over the limits:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// The gate can fail: the same parse of a module's PTX, its launch bounds raised to 8 blocks of 256
+/// threads per SM (at most 32 registers, which the quantizer cannot fit), reports the spills.
+#[test]
+fn the_gate_sees_a_forced_spill() {
+    let Some(ptxas) = ptxas() else {
+        eprintln!("\nSKIP the_gate_sees_a_forced_spill (no ptxas): see no_kernel_spills_or_overflows_shared_memory_on_sm80_and_sm90");
+        return;
+    };
+    assert!(compile::nvrtc_present(), "libnvrtc not found: run scripts/setup.sh (CI installs it)");
+    let slot = compile::M_QUANTIZE + 1; // 8 bits with the histogram
+    let c = compile::compile_module(&MODULES[slot], "compute_90").unwrap();
+    let bounds = ".minnctapersm 4";
+    assert!(c.ptx.contains(bounds), "the quantizer's PTX has no `{bounds}` (FJ_QUANTIZE_MIN_BLOCKS changed? update this test)");
+    let ptx = std::env::temp_dir().join(format!("featjnd-ptxas-forced-{}.ptx", std::process::id()));
+    std::fs::write(&ptx, c.ptx.replace(bounds, ".minnctapersm 8")).unwrap();
+    let o = Command::new(&ptxas).args(["-arch=sm_90", "-v", "-o", "/dev/null"]).arg(&ptx).output().expect("running ptxas");
+    let _ = std::fs::remove_file(&ptx);
+    let log = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{log}");
+    let usage = parse(&log);
+    let u = usage.get("fj_quantize_nchw_f32").unwrap_or_else(|| panic!("no fj_quantize_nchw_f32 in:\n{log}"));
+    assert!(u.registers <= 32 && u.spill_stores > 0 && u.spill_loads > 0, "no spill seen at 32 registers: {u:?}\n{log}");
+}
