@@ -27,7 +27,7 @@ enum Wait { RUN = 0, BAR, COLL, ACTIVE };
 enum Kind { SHFL_XOR = 1, MATCH_ANY = 2 };
 
 // Launch flags (crates/featjnd-emu/src/lib.rs mirrors them).
-enum { FLAG_REVERSE = 1, FLAG_ALTERNATE = 2, FLAG_DIVERGED = 4, FLAG_BLOCKS_BACKWARD = 8 };
+enum { FLAG_REVERSE = 1, FLAG_ALTERNATE = 2, FLAG_DIVERGED = 4, FLAG_BLOCKS_BACKWARD = 8, FLAG_SHUFFLE = 16 };
 
 struct Fiber {
 #if defined(__x86_64__)
@@ -271,10 +271,18 @@ static int run_launch(Block& b, unsigned grid, unsigned flags) {
         b.exited = 0;
         const bool reverse = (flags & FLAG_REVERSE) || ((flags & FLAG_ALTERNATE) && (blk & 1u));
         unsigned live = b.n;
+        // FLAG_SHUFFLE: each pass resumes the threads in another order, (start + k * stride) mod n
+        // with an odd stride (a permutation for a power-of-two block), from a fixed LCG seeded by
+        // the block index: deterministic, but no fixed order for a race to hide behind.
+        uint32_t rng = 0x9e3779b9u ^ (blk * 0x85ebca6bu);
+        const bool shuffle = (flags & FLAG_SHUFFLE) && (b.n & (b.n - 1)) == 0;
         while (live > 0) {
             b.progress = false;
+            rng = rng * 1664525u + 1013904223u;
+            const unsigned start = (rng >> 8) % b.n, stride = shuffle ? (((rng >> 20) % b.n) | 1u) : 1u;
             for (unsigned k = 0; k < b.n; ++k) {
-                Fiber& f = b.f[reverse ? b.n - 1 - k : k];
+                const unsigned i = shuffle ? (start + k * stride) % b.n : reverse ? b.n - 1 - k : k;
+                Fiber& f = b.f[i];
                 // Blocked fibers are resumed only to re-check __activemask (see above).
                 if (f.done || f.wait == BAR || f.wait == COLL) continue;
                 b.cur = &f;

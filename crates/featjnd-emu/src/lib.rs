@@ -50,24 +50,30 @@ pub struct Sched {
     /// Run the blocks last to first (default: first to last). Blocks add into global f64 cells
     /// in another order then, so results may differ in the last bits of such sums.
     pub blocks_backward: bool,
+    /// Resume a block's threads in another (deterministic, pseudo-random) order every pass.
+    pub shuffle: bool,
 }
 
 impl Sched {
     fn flags(self) -> u32 {
-        (self.reverse as u32) | ((self.alternate as u32) << 1) | ((self.diverged as u32) << 2) | ((self.blocks_backward as u32) << 3)
+        (self.reverse as u32)
+            | ((self.alternate as u32) << 1)
+            | ((self.diverged as u32) << 2)
+            | ((self.blocks_backward as u32) << 3)
+            | ((self.shuffle as u32) << 4)
     }
 }
 
 /// The schedules a test runs a kernel under: converged warps in alternating block order, and
 /// diverged warps in reverse order.
 pub const SCHEDS: [Sched; 2] = [
-    Sched { reverse: false, alternate: true, diverged: false, blocks_backward: false },
-    Sched { reverse: true, alternate: false, diverged: true, blocks_backward: false },
+    Sched { reverse: false, alternate: true, diverged: false, blocks_backward: false, shuffle: false },
+    Sched { reverse: true, alternate: false, diverged: true, blocks_backward: false, shuffle: false },
 ];
 
-/// Blocks last to first (threads in alternating order): compared with the CPU only, since f64
-/// sums over blocks round differently in another block order.
-pub const BACKWARD: Sched = Sched { reverse: false, alternate: true, diverged: false, blocks_backward: true };
+/// Blocks last to first, threads in a shuffled order every pass: compared with the CPU only, since
+/// f64 sums over blocks round differently in another block order.
+pub const BACKWARD: Sched = Sched { reverse: false, alternate: false, diverged: false, blocks_backward: true, shuffle: true };
 
 /// One compiled kernel of a module (or of a deliberately broken copy of one).
 #[derive(Clone, Copy)]

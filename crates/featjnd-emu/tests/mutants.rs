@@ -33,20 +33,21 @@ fn off_by_one_in_the_token_row_tail_is_caught() {
     );
 }
 
-/// Caught by the tier's first schedule, which resumes the threads of even blocks first to last:
-/// warp 0 then reads the other warps' partials before they are written. (Last to first, as the
-/// second schedule runs every block, the writes happen to come first and hide this race: a race
-/// shows only under an order that exposes it, which is why the tier's default alternates.)
+/// Caught by the tier's first schedule, which resumes the threads of even blocks first to last
+/// (warp 0 then reads the other warps' partials before they are written), and by the shuffled
+/// one. (Last to first, as the second schedule runs every block, the writes happen to come first
+/// and hide this race: a race shows only under an order that exposes it.)
 #[test]
 fn missing_syncthreads_is_caught() {
     let g = grid_of(Layout::Nchw, &[2, 256, 14, 14], 1);
     let bad = mutant("nchw_missing_syncthreads");
-    let s = SCHEDS[0];
-    caught(
-        "nchw_missing_syncthreads",
-        cases::token_stats::<f32>(&module(0), &g, Reduce::Rms, false, 2, None, s),
-        cases::token_stats::<f32>(&bad, &g, Reduce::Rms, false, 2, None, s),
-    );
+    for s in [SCHEDS[0], featjnd_emu::BACKWARD] {
+        caught(
+            "nchw_missing_syncthreads",
+            cases::token_stats::<f32>(&module(0), &g, Reduce::Rms, false, 2, None, s),
+            cases::token_stats::<f32>(&bad, &g, Reduce::Rms, false, 2, None, s),
+        );
+    }
 }
 
 #[test]
