@@ -5,6 +5,18 @@
 
 // FJ_BLOCK, FJ_WARPS and the other launch constants come from featjnd_params.h (prepended too).
 
+// Occupancy targets of the hot kernels' __launch_bounds__ (issue 25 §2, ptxas 13.0 on every module
+// for sm_80 and sm_90, table in BENCHMARKS.md): with the default target ptxas capped the quantizers
+// at 48 registers and spilled 4-28 bytes on sm_90; asking for 4 blocks of FJ_BLOCK threads per SM
+// (at most 64 registers) removes every spill of quantize.cu. The single perturbation's apply pass
+// fits 3 blocks (at most 85 registers; 56-80 used); its norms pass and both batch passes spill at
+// 3 and take 2 (at most 128; 71-105 used, where 64-101 were used before, the f16/bf16 uniform
+// norms with spills): up to one block per SM fewer than before, a change of occupancy that awaits
+// a GPU measurement (BENCHMARKS.md). tests/ptxas.rs fails on any spill.
+#define FJ_QUANTIZE_MIN_BLOCKS 4
+#define FJ_PERTURB_MIN_BLOCKS 2
+#define FJ_PERTURB_APPLY_MIN_BLOCKS 3
+
 typedef unsigned short fj_f16;   // IEEE binary16 bits
 typedef unsigned short fj_bf16;  // bfloat16 bits
 typedef unsigned long long u64;
@@ -16,27 +28,42 @@ struct F32 {
     static __device__ __forceinline__ float load(T v) { return v; }
     static __device__ __forceinline__ T store(float v) { return v; }
 };
+// The three conversions that need PTX. The CPU emulation tier (crates/featjnd-emu) defines FJ_EMU
+// and supplies the same three functions (IEEE round-to-nearest-even in software) from its header.
+#ifndef FJ_EMU
+__device__ __forceinline__ float fj_f16_to_f32(fj_f16 v) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v));
+    return f;
+}
+__device__ __forceinline__ fj_f16 fj_f32_to_f16(float v) {
+    fj_f16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    return h;
+}
+__device__ __forceinline__ fj_bf16 fj_f32_to_bf16(float v) {
+    fj_bf16 h;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    return h;
+}
+#endif
+// f32 -> s32 rounding toward zero as PTX's cvt.rzi.s32.f32: NaN gives 0, out-of-range values
+// saturate. The quantizer's histogram indexes with it, so the NaN symbol of a NaN input (which the
+// call then rejects) is counted in symbol 0's bin (8 bits; 16 bits: the overflow bin) instead of
+// out of bounds. A C++ cast of NaN is undefined (x86 gives INT_MIN): the emulation tier supplies
+// this function with the PTX semantics.
+#ifndef FJ_EMU
+__device__ __forceinline__ int fj_f2i(float v) { return (int)v; }
+#endif
 struct F16 {
     typedef fj_f16 T;
-    static __device__ __forceinline__ float load(T v) {
-        float f;
-        asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v));
-        return f;
-    }
-    static __device__ __forceinline__ T store(float v) {
-        T h;
-        asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
-        return h;
-    }
+    static __device__ __forceinline__ float load(T v) { return fj_f16_to_f32(v); }
+    static __device__ __forceinline__ T store(float v) { return fj_f32_to_f16(v); }
 };
 struct BF16 {
     typedef fj_bf16 T;
     static __device__ __forceinline__ float load(T v) { return __uint_as_float(((u32)v) << 16); }
-    static __device__ __forceinline__ T store(float v) {
-        T h;
-        asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(v));
-        return h;
-    }
+    static __device__ __forceinline__ T store(float v) { return fj_f32_to_bf16(v); }
 };
 
 // Loads 4 consecutive elements with one 16-byte (f32) or 8-byte (f16/bf16) load.

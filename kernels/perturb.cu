@@ -61,9 +61,12 @@ struct Span {
 };
 // `blk` is the block's index within its item's grid (blockIdx.x for a single perturbation).
 __device__ __forceinline__ Span span_of(const FjPerturbParams& p, u32 blk) {
-    const u64 bps = (p.sample_len + FJ_PT_CHUNK - 1) / FJ_PT_CHUNK;
+    // Blocks per sample, in 32 bits: the launcher's grid (samples x bps blocks) is at most 2^31 - 1
+    // blocks, so bps fits. A 64-bit division here was a call to ptxas's u64 division subroutine,
+    // whose calling convention made the f16/bf16 norms kernels spill on sm_90 (issue 25 §2).
+    const u32 bps = (u32)((p.sample_len + FJ_PT_CHUNK - 1) / FJ_PT_CHUNK);
     Span s;
-    s.n = (u32)(blk / bps);
+    s.n = blk / bps;
     const u64 c = blk % bps;
     const u64 start = (u64)s.n * p.sample_len;
     s.lo = start + c * FJ_PT_CHUNK;
@@ -156,10 +159,10 @@ __device__ void perturb_apply(const FjPerturbParams& p, u32 blk) {
 #ifdef FJ_P_NOISE
 // A specialised module: the single perturbation's two passes.
 #define FJ_PERTURB(NAME, D)                                                                  \
-    extern "C" __global__ void __launch_bounds__(FJ_BLOCK) fj_perturb_norms_##NAME(const FjPerturbParams p) { \
+    extern "C" __global__ void __launch_bounds__(FJ_BLOCK, FJ_PERTURB_MIN_BLOCKS) fj_perturb_norms_##NAME(const FjPerturbParams p) { \
         perturb_norms<D, FJ_P_NOISE, FJ_P_JND>(p, blockIdx.x);                               \
     }                                                                                        \
-    extern "C" __global__ void __launch_bounds__(FJ_BLOCK) fj_perturb_apply_##NAME(const FjPerturbParams p) { \
+    extern "C" __global__ void __launch_bounds__(FJ_BLOCK, FJ_PERTURB_APPLY_MIN_BLOCKS) fj_perturb_apply_##NAME(const FjPerturbParams p) { \
         perturb_apply<D, FJ_P_NOISE, FJ_P_JND>(p, blockIdx.x);                               \
     }
 FJ_FOR_DTYPES(FJ_PERTURB)
@@ -178,9 +181,9 @@ __device__ void perturb_apply_batch(const FjPerturbBatchParams& b) {
 }
 
 #define FJ_PERTURB_BATCH(NAME, D)                                                            \
-    extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                                  \
+    extern "C" __global__ void __launch_bounds__(FJ_BLOCK, FJ_PERTURB_MIN_BLOCKS)                                  \
         fj_perturb_norms_batch_##NAME(const FjPerturbBatchParams b) { perturb_norms_batch<D>(b); } \
-    extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                                  \
+    extern "C" __global__ void __launch_bounds__(FJ_BLOCK, FJ_PERTURB_MIN_BLOCKS)                                  \
         fj_perturb_apply_batch_##NAME(const FjPerturbBatchParams b) { perturb_apply_batch<D>(b); }
 FJ_FOR_DTYPES(FJ_PERTURB_BATCH)
 

@@ -41,8 +41,8 @@ __device__ __forceinline__ float quant1(float v, float inv, float qmax, QState& 
 template <u32 BITS>
 __device__ __forceinline__ void hist_add(u32* sh, float q, bool live) {
     int bin;
-    if (BITS == 8) bin = (int)q + FJ_QMAX_B8;
-    else bin = fabsf(q) <= (float)FJ_HIST_RANGE_B16 ? (int)q + FJ_HIST_RANGE_B16 : FJ_HIST_BINS_B16 - 1;
+    if (BITS == 8) bin = fj_f2i(q) + FJ_QMAX_B8;
+    else bin = fabsf(q) <= (float)FJ_HIST_RANGE_B16 ? fj_f2i(q) + FJ_HIST_RANGE_B16 : FJ_HIST_BINS_B16 - 1;
     // Warp-aggregated: most symbols are near 0, so many lanes hit the same bin.
     const u32 active = __activemask();
     const u32 key = live ? (u32)bin : 0xffffffffu;
@@ -137,9 +137,12 @@ __device__ void quantize_nchw(const FjQuantizeParams& p, u32 blk, const StepSrc&
         const u64 base = nchw_token_base(g, t, warp);
         // FJ_QN_BATCH channels' loads are issued before any store: x and the outputs may alias
         // (in place), so without the batch the compiler must serialise load -> store -> load.
-        for (u32 r = 0; r < g.patch; ++r)
+        // The patch row's first element, advanced by an addition (one u64 fewer live across the
+        // loops than base + r * w: ptxas spilled it on sm_90 before, issue 25 §2).
+        u64 row = base;
+        for (u32 r = 0; r < g.patch; ++r, row += g.w)
             for (u32 q = 0; q < g.patch; ++q) {
-                u64 off = base + (u64)r * g.w + q;  // element (warp's channel c, this pixel)
+                u64 off = row + q;  // element (warp's channel c, this pixel)
                 for (u32 c = warp; c < g.c; c += FJ_WARPS * FJ_QN_BATCH, off += FJ_QN_BATCH * wstride) {
                     float v[FJ_QN_BATCH];
 #pragma unroll
@@ -276,16 +279,16 @@ __device__ __forceinline__ StepSrc chain_steps(const FjQuantizeChainParams& c) {
 // The module's specialisation, as template arguments.
 #define FJ_QSPEC FJ_Q_BITS, (FJ_Q_HIST != 0)
 #define FJ_QUANTIZE(NAME, D)                                                                        \
-    extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                                         \
+    extern "C" __global__ void __launch_bounds__(FJ_BLOCK, FJ_QUANTIZE_MIN_BLOCKS)                                         \
         fj_quantize_nchw_##NAME(const FjQuantizeParams p) { quantize_nchw<D, FJ_QSPEC>(p, blockIdx.x, given_steps()); } \
-    extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                                         \
+    extern "C" __global__ void __launch_bounds__(FJ_BLOCK, FJ_QUANTIZE_MIN_BLOCKS)                                         \
         fj_quantize_ntc_##NAME(const FjQuantizeParams p) { quantize_ntc<D, FJ_QSPEC>(p, blockIdx.x, given_steps()); } \
-    extern "C" __global__ void __launch_bounds__(FJ_BLOCK)                                         \
+    extern "C" __global__ void __launch_bounds__(FJ_BLOCK, FJ_QUANTIZE_MIN_BLOCKS)                                         \
         fj_quantize_batch_##NAME(const FjQuantizeBatchParams b) { quantize_batch<D, FJ_QSPEC>(b); }      \
-    extern "C" __global__ void __launch_bounds__(FJ_BLOCK) fj_quantize_chain_nchw_##NAME(const FjQuantizeChainParams c) { \
+    extern "C" __global__ void __launch_bounds__(FJ_BLOCK, FJ_QUANTIZE_MIN_BLOCKS) fj_quantize_chain_nchw_##NAME(const FjQuantizeChainParams c) { \
         quantize_nchw<D, FJ_QSPEC>(c.q, blockIdx.x, chain_steps(c));                                \
     }                                                                                               \
-    extern "C" __global__ void __launch_bounds__(FJ_BLOCK) fj_quantize_chain_ntc_##NAME(const FjQuantizeChainParams c) { \
+    extern "C" __global__ void __launch_bounds__(FJ_BLOCK, FJ_QUANTIZE_MIN_BLOCKS) fj_quantize_chain_ntc_##NAME(const FjQuantizeChainParams c) { \
         quantize_ntc<D, FJ_QSPEC>(c.q, blockIdx.x, chain_steps(c));                                 \
     }
 FJ_FOR_DTYPES(FJ_QUANTIZE)

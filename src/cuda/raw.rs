@@ -297,6 +297,10 @@ impl StatsBuf {
     pub const fn new(base: DevPtrMut<i64>, len: usize) -> Self {
         StatsBuf { base, len }
     }
+    /// The first slot's address.
+    pub const fn base(self) -> DevPtrMut<i64> {
+        self.base
+    }
     pub const fn len(self) -> usize {
         self.len
     }
@@ -445,11 +449,26 @@ pub unsafe fn token_stats(
     stats: StatsBuf,
     sum_sq: bool,
 ) -> Result<()> {
-    let p = token_stats_params(grid, reduce, jnd, token_tol, stats, sum_sq)?;
-    let (k, blocks) = token_grid(&p.geom, &TOKEN_STATS_NCHW, &TOKEN_STATS_NTC, M_TOKEN_STATS, jnd.dt);
+    let (k, p, blocks) = plan_token_stats(grid, reduce, jnd, token_tol, stats, sum_sq)?;
     // SAFETY: the addresses in `p` are the caller's, valid by this function's contract; the
     // statistics slots exist (checked by `token_stats_params`).
     unsafe { go(on, k, &p, blocks) }
+}
+
+/// What [`token_stats`] launches, built without a device (for the CPU emulation tier,
+/// `crates/featjnd-emu`).
+#[doc(hidden)]
+pub fn plan_token_stats(
+    grid: &TokenGrid,
+    reduce: Reduce,
+    jnd: Elems,
+    token_tol: DevPtrMut<f32>,
+    stats: StatsBuf,
+    sum_sq: bool,
+) -> Result<(Kernel, FjTokenStatsParams, u64)> {
+    let p = token_stats_params(grid, reduce, jnd, token_tol, stats, sum_sq)?;
+    let (k, blocks) = token_grid(&p.geom, &TOKEN_STATS_NCHW, &TOKEN_STATS_NTC, M_TOKEN_STATS, jnd.dt);
+    Ok((k, p, blocks))
 }
 
 /// The parameters of a token-stats launch over J, its statistics room checked.
@@ -505,11 +524,31 @@ pub struct StepPtrs {
 /// On the launch's device: every pointer of `p` the strategy reads must hold what its field says,
 /// `steps` must overlap none of them; all ordered before this launch on its stream.
 pub unsafe fn step_alloc(on: Launch, p: &StepPtrs, tokens: usize, budget: f64, strategy: Strategy, beta: f64) -> Result<()> {
+    let (k, p, blocks) = plan_step_alloc(p, tokens, budget, strategy, beta)?;
+    // SAFETY: the addresses in `p` are valid by this function's contract.
+    unsafe { go(on, k, &p, blocks) }
+}
+
+/// What [`step_alloc`] launches, built without a device (for the CPU emulation tier,
+/// `crates/featjnd-emu`).
+#[doc(hidden)]
+pub fn plan_step_alloc(
+    p: &StepPtrs,
+    tokens: usize,
+    budget: f64,
+    strategy: Strategy,
+    beta: f64,
+) -> Result<(Kernel, FjStepAllocParams, u64)> {
+    Ok((STEP_ALLOC, step_alloc_params(p, tokens, budget, strategy, beta)?, (tokens as u64).div_ceil(BLOCK as u64)))
+}
+
+/// The kernel parameters of one step allocation, checked.
+fn step_alloc_params(p: &StepPtrs, tokens: usize, budget: f64, strategy: Strategy, beta: f64) -> Result<FjStepAllocParams> {
     let tokens32 = u32::try_from(tokens).map_err(|_| Error::Arg(format!("{tokens} tokens exceed the kernels' 32-bit token index")))?;
     if matches!(strategy, Strategy::Permuted { .. }) && p.perm.is_null() {
         return Err(Error::Arg("the permuted strategy needs its device permutation".into()));
     }
-    let p = FjStepAllocParams {
+    Ok(FjStepAllocParams {
         token_tol: p.token_tol.addr(),
         sum_sq: p.sum_sq.addr(),
         perm: p.perm.addr(),
@@ -522,9 +561,7 @@ pub unsafe fn step_alloc(on: Launch, p: &StepPtrs, tokens: usize, budget: f64, s
             Strategy::Jnd => FJ_STRATEGY_JND,
             Strategy::Permuted { .. } => FJ_STRATEGY_PERMUTED,
         },
-    };
-    // SAFETY: the addresses in `p` are valid by this function's contract.
-    unsafe { go(on, STEP_ALLOC, &p, (tokens as u64).div_ceil(BLOCK as u64)) }
+    })
 }
 
 // ---- the capped allocation (contract §3.5): token RMS, caps, solve, steps ----
@@ -554,6 +591,16 @@ const _: () = assert!(R_BAD_X < TOKEN_RMS_SLOTS && R_MAX < TOKEN_RMS_SLOTS && CA
 /// f32 not overlapping `x`; `stats` zeroed slots; none of them used by other work until this launch
 /// completes in stream order.
 pub unsafe fn token_rms(on: Launch, grid: &TokenGrid, x: Elems, rms: DevPtrMut<f32>, stats: StatsBuf) -> Result<()> {
+    let (k, p, blocks) = plan_token_rms(grid, x, rms, stats)?;
+    // SAFETY: the addresses in `p` are the caller's, valid by this function's contract; the
+    // statistics slots exist (checked by the plan).
+    unsafe { go(on, k, &p, blocks) }
+}
+
+/// What [`token_rms`] launches, built without a device (for the CPU emulation tier,
+/// `crates/featjnd-emu`).
+#[doc(hidden)]
+pub fn plan_token_rms(grid: &TokenGrid, x: Elems, rms: DevPtrMut<f32>, stats: StatsBuf) -> Result<(Kernel, FjTokenStatsParams, u64)> {
     stats.need(TOKEN_RMS_SLOTS)?;
     let p = FjTokenStatsParams {
         geom: grid.to_params(),
@@ -567,9 +614,7 @@ pub unsafe fn token_rms(on: Launch, grid: &TokenGrid, x: Elems, rms: DevPtrMut<f
         ..Default::default()
     };
     let (k, blocks) = token_grid(&p.geom, &TOKEN_STATS_NCHW, &TOKEN_STATS_NTC, M_TOKEN_STATS, x.dt);
-    // SAFETY: the addresses in `p` are the caller's, valid by this function's contract; the
-    // statistics slots exist (checked above).
-    unsafe { go(on, k, &p, blocks) }
+    Ok((k, p, blocks))
 }
 
 fn tokens_u32(tokens: usize) -> Result<u32> {
@@ -607,6 +652,28 @@ pub unsafe fn capped_caps(
     caps: DevPtrMut<f32>,
     stats: StatsBuf,
 ) -> Result<()> {
+    let (ks, p, blocks) = plan_capped_caps(rms, tokens, kappa, max_known, caps, stats)?;
+    // SAFETY: the addresses in `p` are valid by this function's contract; the max kernel (when
+    // planned) completes before the caps kernel reads the maximum (same stream).
+    unsafe {
+        for k in ks.into_iter().flatten() {
+            go(on, k, &p, blocks)?;
+        }
+    }
+    Ok(())
+}
+
+/// What [`capped_caps`] launches ([max kernel unless the max is known, caps kernel]), built
+/// without a device (for the CPU emulation tier, `crates/featjnd-emu`).
+#[doc(hidden)]
+pub fn plan_capped_caps(
+    rms: DevPtr<f32>,
+    tokens: usize,
+    kappa: f32,
+    max_known: bool,
+    caps: DevPtrMut<f32>,
+    stats: StatsBuf,
+) -> Result<([Option<Kernel>; 2], FjCappedParams, u64)> {
     check_kappa(kappa)?;
     stats.need(CAPPED_SLOTS)?;
     let p = FjCappedParams {
@@ -619,14 +686,7 @@ pub unsafe fn capped_caps(
         ..Default::default()
     };
     let blocks = (tokens as u64).div_ceil(BLOCK as u64);
-    // SAFETY: the addresses in `p` are valid by this function's contract; the max kernel completes
-    // before the caps kernel reads the maximum (same stream).
-    unsafe {
-        if !max_known {
-            go(on, MAX_POS, &p, blocks)?;
-        }
-        go(on, CAPS, &p, blocks)
-    }
+    Ok(([(!max_known).then_some(MAX_POS), Some(CAPS)], p, blocks))
 }
 
 /// Enqueues the one-block solver for the scales `(a, b)` of the capped allocation (into `stats`),
@@ -644,6 +704,22 @@ pub unsafe fn capped_solve(
     budget: f64,
     stats: StatsBuf,
 ) -> Result<()> {
+    let (k, p, blocks) = plan_capped_solve(token_tol, caps, tokens, budget, stats)?;
+    // SAFETY: the addresses in `p` are valid by this function's contract; one block, as the
+    // solver requires (it reduces over all tokens within the block).
+    unsafe { go(on, k, &p, blocks) }
+}
+
+/// What [`capped_solve`] launches (one block), built without a device (for the CPU emulation tier,
+/// `crates/featjnd-emu`).
+#[doc(hidden)]
+pub fn plan_capped_solve(
+    token_tol: DevPtr<f32>,
+    caps: DevPtr<f32>,
+    tokens: usize,
+    budget: f64,
+    stats: StatsBuf,
+) -> Result<(Kernel, FjCappedParams, u64)> {
     crate::steps::check_budget(budget)?;
     stats.need(CAPPED_SLOTS)?;
     let p = FjCappedParams {
@@ -656,9 +732,7 @@ pub unsafe fn capped_solve(
         tokens: tokens_u32(tokens)?,
         ..Default::default()
     };
-    // SAFETY: the addresses in `p` are valid by this function's contract; one block, as the
-    // solver requires (it reduces over all tokens within the block).
-    unsafe { go(on, CAPPED_SOLVE, &p, 1) }
+    Ok((CAPPED_SOLVE, p, 1))
 }
 
 /// Enqueues `steps_t = min(f32(a·β)·j_t, f32(b·β)·c_t)` with the scales a [`capped_solve`] launch
@@ -677,6 +751,22 @@ pub unsafe fn capped_steps(
     steps: DevPtrMut<f32>,
     stats: StatsBuf,
 ) -> Result<()> {
+    let (k, p, blocks) = plan_capped_steps(token_tol, caps, tokens, beta, steps, stats)?;
+    // SAFETY: the addresses in `p` are valid by this function's contract.
+    unsafe { go(on, k, &p, blocks) }
+}
+
+/// What [`capped_steps`] launches, built without a device (for the CPU emulation tier,
+/// `crates/featjnd-emu`).
+#[doc(hidden)]
+pub fn plan_capped_steps(
+    token_tol: DevPtr<f32>,
+    caps: DevPtr<f32>,
+    tokens: usize,
+    beta: f64,
+    steps: DevPtrMut<f32>,
+    stats: StatsBuf,
+) -> Result<(Kernel, FjCappedParams, u64)> {
     stats.need(CAPPED_SLOTS)?;
     let p = FjCappedParams {
         token_tol: token_tol.addr(),
@@ -687,8 +777,7 @@ pub unsafe fn capped_steps(
         tokens: tokens_u32(tokens)?,
         ..Default::default()
     };
-    // SAFETY: the addresses in `p` are valid by this function's contract.
-    unsafe { go(on, CAPPED_STEPS, &p, (tokens as u64).div_ceil(BLOCK as u64)) }
+    Ok((CAPPED_STEPS, p, (tokens as u64).div_ceil(BLOCK as u64)))
 }
 
 /// What went wrong in a capped allocation, in the order the CPU path checks it.
@@ -806,12 +895,27 @@ pub struct QuantPtrs {
 /// outputs must overlap neither each other nor the inputs except `recon == x` exactly, `stats`
 /// must be zeroed slots; none used by other work until this launch completes in stream order.
 pub unsafe fn quantize(on: Launch, dt: Dtype, grid: &TokenGrid, p: &QuantPtrs, bits: Bits, histogram: bool, stats: StatsBuf) -> Result<()> {
-    let q = quant_params(grid, p, bits, histogram, stats)?;
-    let (k, blocks) = token_grid(&q.geom, &QUANTIZE_NCHW, &QUANTIZE_NTC, quantize_module(bits, histogram), dt);
+    let (k, q, blocks) = plan_quantize(dt, grid, p, bits, histogram, stats)?;
     // SAFETY: the addresses in `q` are the caller's, valid by this function's contract; the
     // statistics slots exist (checked by `quant_params`); the module is specialised for exactly
     // these bits and histogram (`quant_params` sets the histogram pointer iff `histogram`).
     unsafe { go(on, k, &q, blocks) }
+}
+
+/// What [`quantize`] launches (kernel, parameters, blocks), built without a device (for the CPU emulation tier,
+/// `crates/featjnd-emu`).
+#[doc(hidden)]
+pub fn plan_quantize(
+    dt: Dtype,
+    grid: &TokenGrid,
+    p: &QuantPtrs,
+    bits: Bits,
+    histogram: bool,
+    stats: StatsBuf,
+) -> Result<(Kernel, FjQuantizeParams, u64)> {
+    let q = quant_params(grid, p, bits, histogram, stats)?;
+    let (k, blocks) = token_grid(&q.geom, &QUANTIZE_NCHW, &QUANTIZE_NTC, quantize_module(bits, histogram), dt);
+    Ok((k, q, blocks))
 }
 
 /// The kernel parameters of one quantization (single or an item of a batch), its statistics room
@@ -901,9 +1005,7 @@ pub struct PerturbPtrs {
 /// as many; `out` must not overlap `jnd`, and must equal `x` or not overlap it; `stats` zeroed
 /// slots; none used by other work until the launches complete in stream order.
 pub unsafe fn perturb(on: Launch, a: &PerturbPtrs, nrmse: f64, noise: NoiseSpec, stats: StatsBuf) -> Result<()> {
-    let (p, blocks) = perturb_params(a, nrmse, noise, stats)?;
-    let m = perturb_module(noise.kind, !a.jnd.is_null());
-    let (norms, apply) = (PERTURB_NORMS.at(m, a.dt), PERTURB_APPLY.at(m, a.dt));
+    let ([norms, apply], p, blocks) = plan_perturb(a, nrmse, noise, stats)?;
     // SAFETY: the addresses in `p` are the caller's, valid by this function's contract; the
     // statistics slots exist (checked by `perturb_params`). The two launches are ordered on
     // `stream`: apply reads the norms that the first one completed.
@@ -911,6 +1013,15 @@ pub unsafe fn perturb(on: Launch, a: &PerturbPtrs, nrmse: f64, noise: NoiseSpec,
         go(on, norms, &p, blocks)?;
         go(on, apply, &p, blocks)
     }
+}
+
+/// What [`perturb`] launches ([norms, apply] kernels, parameters, blocks), built without a device (for the CPU emulation tier,
+/// `crates/featjnd-emu`).
+#[doc(hidden)]
+pub fn plan_perturb(a: &PerturbPtrs, nrmse: f64, noise: NoiseSpec, stats: StatsBuf) -> Result<([Kernel; 2], FjPerturbParams, u64)> {
+    let (p, blocks) = perturb_params(a, nrmse, noise, stats)?;
+    let m = perturb_module(noise.kind, !a.jnd.is_null());
+    Ok(([PERTURB_NORMS.at(m, a.dt), PERTURB_APPLY.at(m, a.dt)], p, blocks))
 }
 
 /// The kernel parameters and grid of one perturbation (single or an item of a batch); a bad
@@ -961,8 +1072,26 @@ pub struct PerturbItem {
 /// # Safety
 /// For every item, what [`perturb`] requires of its arrays and statistics.
 pub unsafe fn perturb_batch(on: Launch, dt: Dtype, items: &[PerturbItem]) -> Result<()> {
+    for ([norms, apply], b, blocks) in plan_perturb_batch(dt, items)? {
+        // SAFETY: every item's addresses are valid by this function's contract; the statistics
+        // slots exist (checked by `perturb_params`); apply follows norms on the stream.
+        unsafe {
+            go(on, norms, &*b, blocks)?;
+            go(on, apply, &*b, blocks)?;
+        }
+    }
+    Ok(())
+}
+
+/// What [`perturb_batch`] launches: per [`FJ_BATCH_MAX`] items, the [norms, apply] kernels, the
+/// table and the blocks, every item checked before the first launch (for the CPU emulation tier,
+/// `crates/featjnd-emu`).
+#[doc(hidden)]
+#[allow(clippy::type_complexity)]
+pub fn plan_perturb_batch(dt: Dtype, items: &[PerturbItem]) -> Result<Vec<([Kernel; 2], Box<FjPerturbBatchParams>, u64)>> {
+    let mut plan = Vec::new();
     for chunk in items.chunks(FJ_BATCH_MAX as usize) {
-        let mut b = FjPerturbBatchParams { count: chunk.len() as u32, ..Default::default() };
+        let mut b = Box::new(FjPerturbBatchParams { count: chunk.len() as u32, ..Default::default() });
         let mut blocks = 0u64;
         for (i, it) in chunk.iter().enumerate() {
             if it.a.dt != dt {
@@ -974,14 +1103,9 @@ pub unsafe fn perturb_batch(on: Launch, dt: Dtype, items: &[PerturbItem]) -> Res
             b.block_start[i] = u32::try_from(blocks).unwrap_or(u32::MAX);
             blocks += n;
         }
-        // SAFETY: every item's addresses are valid by this function's contract; the statistics
-        // slots exist (checked by `perturb_params`); apply follows norms on the stream.
-        unsafe {
-            go(on, PERTURB_NORMS_BATCH.at(M_PERTURB_GENERIC, dt), &b, blocks)?;
-            go(on, PERTURB_APPLY_BATCH.at(M_PERTURB_GENERIC, dt), &b, blocks)?;
-        }
+        plan.push(([PERTURB_NORMS_BATCH.at(M_PERTURB_GENERIC, dt), PERTURB_APPLY_BATCH.at(M_PERTURB_GENERIC, dt)], b, blocks));
     }
-    Ok(())
+    Ok(plan)
 }
 
 /// A perturbation's statistics: the first bad element (a bad x before a bad J, as the CPU path
@@ -1012,6 +1136,16 @@ pub fn check_scales(report: &PerturbReport, nrmse: f64) -> Result<()> {
 /// `out` must be device memory of the launch's device with room for `numel` f32, not used by other
 /// work until the launch completes in stream order.
 pub unsafe fn noise(on: Launch, out: DevPtrMut<f32>, numel: usize, offset: u64, noise: NoiseSpec) -> Result<()> {
+    let (k, p, blocks) = plan_noise(out, numel, offset, noise)?;
+    // SAFETY: `out` is valid for `numel` f32 by this function's contract; the kernel writes only
+    // indices below `numel`.
+    unsafe { go(on, k, &p, blocks) }
+}
+
+/// What [`noise`] launches, built without a device (for the CPU emulation tier,
+/// `crates/featjnd-emu`).
+#[doc(hidden)]
+pub fn plan_noise(out: DevPtrMut<f32>, numel: usize, offset: u64, noise: NoiseSpec) -> Result<(Kernel, FjNoiseParams, u64)> {
     let end = offset.checked_add(numel as u64).ok_or_else(|| Error::Arg(format!("noise offset {offset} + {numel} overflows")))?;
     let p = FjNoiseParams {
         out: out.addr(),
@@ -1023,9 +1157,7 @@ pub unsafe fn noise(on: Launch, out: DevPtrMut<f32>, numel: usize, offset: u64, 
     };
     let lanes = FJ_PHILOX_LANES as u64;
     let groups = end.div_ceil(lanes) - offset / lanes;
-    // SAFETY: `out` is valid for `numel` f32 by this function's contract; the kernel writes only
-    // indices below `numel`.
-    unsafe { go(on, NOISE, &p, groups.div_ceil(BLOCK as u64)) }
+    Ok((NOISE, p, groups.div_ceil(BLOCK as u64)))
 }
 
 // ---- caller-owned statistics: the sync-free calls (issue 15 §1) and batches (§3) ----
@@ -1091,6 +1223,66 @@ pub unsafe fn quantize_with_jnd(
     histogram: bool,
     ws: StatsBuf,
 ) -> Result<()> {
+    match plan_quantize_with_jnd(dt, grid, jnd, reduce, budget, strategy, p, steps, bits, histogram, ws)? {
+        // SAFETY: by this function's contract (the scratch `j_t` lies in `ws` past the statistics
+        // and overlaps nothing else); the memset and the three launches are ordered on one stream,
+        // each reading what the one before wrote.
+        ChainPlan::Fallback { zero, ts, tp, parts, sa, sa_blocks, qk, q, q_blocks } => unsafe {
+            zero_stats(on, zero)?;
+            go(on, ts, &tp, parts)?;
+            go(on, STEP_ALLOC, &sa, sa_blocks)?;
+            go(on, qk, &q, q_blocks)
+        },
+        // SAFETY: by this function's contract: `j_t`, the partials (`2 * parts` slots, room checked
+        // by the plan since `parts <= FJ_CHAIN_MAX_PARTS`) and the statistics lie in `ws` apart
+        // from each other and from every other array; the second launch reads what the first
+        // wrote, in stream order, and writes `steps` (= `p.steps`) for every token.
+        ChainPlan::TwoLaunch { ts, tp, parts, qk, c, blocks } => unsafe {
+            go(on, ts, &tp, parts)?;
+            go(on, qk, &c, blocks)
+        },
+    }
+}
+
+/// The launches [`quantize_with_jnd`] enqueues, as data: every check and every parameter is made
+/// here, without a device, so the CPU emulation tier (`crates/featjnd-emu`) runs exactly what the
+/// launcher would.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+pub enum ChainPlan {
+    /// Up to [`FJ_CHAIN_MAX_PARTS`] token-stats blocks: token stats leaving per-block partials,
+    /// then the chain quantizer over the same number of blocks.
+    TwoLaunch { ts: Kernel, tp: FjTokenStatsParams, parts: u64, qk: Kernel, c: FjQuantizeChainParams, blocks: u64 },
+    /// More: zero `zero`, then token stats, [`step_alloc`] and [`quantize`].
+    Fallback {
+        zero: StatsBuf,
+        ts: Kernel,
+        tp: FjTokenStatsParams,
+        parts: u64,
+        sa: FjStepAllocParams,
+        sa_blocks: u64,
+        qk: Kernel,
+        q: FjQuantizeParams,
+        q_blocks: u64,
+    },
+}
+
+/// The plan of [`quantize_with_jnd`] (same arguments, no launch).
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub fn plan_quantize_with_jnd(
+    dt: Dtype,
+    grid: &TokenGrid,
+    jnd: Elems,
+    reduce: Reduce,
+    budget: f64,
+    strategy: Strategy,
+    p: &QuantPtrs,
+    steps: DevPtrMut<f32>,
+    bits: Bits,
+    histogram: bool,
+    ws: StatsBuf,
+) -> Result<ChainPlan> {
     crate::steps::check_budget(budget)?;
     if matches!(strategy, Strategy::Permuted { .. }) {
         return Err(Error::Arg("the permuted strategy needs a permutation made on the host: use the synchronous call".into()));
@@ -1105,15 +1297,11 @@ pub unsafe fn quantize_with_jnd(
     let (ts, parts) = token_grid(&tp.geom, &TOKEN_STATS_NCHW, &TOKEN_STATS_NTC, M_TOKEN_STATS, jnd.dt);
     if parts > FJ_CHAIN_MAX_PARTS as u64 {
         let sp = StepPtrs { token_tol: jt.as_const(), sum_sq: stats.sum_sq(), perm: DevPtr::null(), steps };
-        // SAFETY: by this function's contract (the scratch `j_t` lies in `ws` past the statistics
-        // and overlaps nothing else); the memset and the three launches are ordered on one stream,
-        // each reading what the one before wrote.
-        return unsafe {
-            zero_stats(on, stats)?;
-            go(on, ts, &tp, parts)?;
-            step_alloc(on, &sp, grid.tokens(), budget, strategy, 1.0)?;
-            quantize(on, dt, grid, p, bits, histogram, stats)
-        };
+        let sa = step_alloc_params(&sp, grid.tokens(), budget, strategy, 1.0)?;
+        let q = quant_params(grid, p, bits, histogram, stats)?;
+        let (qk, q_blocks) = token_grid(&q.geom, &QUANTIZE_NCHW, &QUANTIZE_NTC, quantize_module(bits, histogram), dt);
+        let sa_blocks = (grid.tokens() as u64).div_ceil(BLOCK as u64);
+        return Ok(ChainPlan::Fallback { zero: stats, ts, tp, parts, sa, sa_blocks, qk, q, q_blocks });
     }
     let partials = ws.slot::<f64>(chain_partials_at(bits, grid.tokens()));
     // The token-stats launch writes its partials (two slots a block) instead of accumulating, and
@@ -1143,14 +1331,7 @@ pub unsafe fn quantize_with_jnd(
     let (qk, blocks) = token_grid(&q.geom, &QUANTIZE_CHAIN_NCHW, &QUANTIZE_CHAIN_NTC, m, dt);
     // The quantizer's grid is the token-stats grid (same tokens per block for each layout).
     debug_assert_eq!(blocks, parts);
-    // SAFETY: by this function's contract: `j_t`, the partials (`2 * parts` slots, room checked by
-    // `ws.need` above since `parts <= FJ_CHAIN_MAX_PARTS`) and the statistics lie in `ws` apart
-    // from each other and from every other array; the second launch reads what the first wrote,
-    // in stream order, and writes `steps` (= `p.steps`) for every token.
-    unsafe {
-        go(on, ts, &tp, parts)?;
-        go(on, qk, &c, blocks)
-    }
+    Ok(ChainPlan::TwoLaunch { ts, tp, parts, qk, c, blocks })
 }
 
 /// One item of a batched quantization: its grid, pointers and its own statistics slots.
@@ -1168,9 +1349,27 @@ pub struct BatchItem {
 /// # Safety
 /// For every item, what [`quantize`] requires of its pointers and statistics.
 pub unsafe fn quantize_batch(on: Launch, dt: Dtype, items: &[BatchItem], bits: Bits, histogram: bool) -> Result<()> {
+    for (k, b, blocks) in plan_quantize_batch(dt, items, bits, histogram)? {
+        // SAFETY: every item's addresses are valid by this function's contract; the statistics
+        // slots exist (checked by `quant_params`); the grid covers exactly the items' blocks.
+        unsafe { go(on, k, &*b, blocks)? };
+    }
+    Ok(())
+}
+
+/// What [`quantize_batch`] launches: one (kernel, table, blocks) per [`FJ_BATCH_MAX`] items, every
+/// item checked before the first launch (for the CPU emulation tier, `crates/featjnd-emu`).
+#[doc(hidden)]
+pub fn plan_quantize_batch(
+    dt: Dtype,
+    items: &[BatchItem],
+    bits: Bits,
+    histogram: bool,
+) -> Result<Vec<(Kernel, Box<FjQuantizeBatchParams>, u64)>> {
     let m = quantize_module(bits, histogram);
+    let mut plan = Vec::new();
     for chunk in items.chunks(FJ_BATCH_MAX as usize) {
-        let mut b = FjQuantizeBatchParams { count: chunk.len() as u32, ..Default::default() };
+        let mut b = Box::new(FjQuantizeBatchParams { count: chunk.len() as u32, ..Default::default() });
         let mut blocks = 0u64;
         for (i, it) in chunk.iter().enumerate() {
             b.items[i] = quant_params(&it.grid, &it.p, bits, histogram, it.stats)?;
@@ -1179,11 +1378,9 @@ pub unsafe fn quantize_batch(on: Launch, dt: Dtype, items: &[BatchItem], bits: B
             b.block_start[i] = u32::try_from(blocks).unwrap_or(u32::MAX);
             blocks += token_grid(&b.items[i].geom, &QUANTIZE_NCHW, &QUANTIZE_NTC, m, dt).1;
         }
-        // SAFETY: every item's addresses are valid by this function's contract; the statistics
-        // slots exist (checked by `quant_params`); the grid covers exactly the items' blocks.
-        unsafe { go(on, QUANTIZE_BATCH.at(m, dt), &b, blocks)? };
+        plan.push((QUANTIZE_BATCH.at(m, dt), b, blocks));
     }
-    Ok(())
+    Ok(plan)
 }
 
 /// The bad-element cell an op's typed error corresponds to (the CPU path of the async calls
