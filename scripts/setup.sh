@@ -61,7 +61,8 @@ if [ ! -x "$deps/nvcc/bin/ptxas" ]; then
   tmp=$(mktemp -d)
   if python3 -m pip download -q --no-deps --only-binary=:all: --disable-pip-version-check \
        --platform manylinux2014_x86_64 nvidia-cuda-nvcc==13.0.88 -d "$tmp" >/dev/null 2>&1 &&
-     unzip -q "$tmp"/nvidia_cuda_nvcc-*.whl 'nvidia/cu13/bin/ptxas' -d "$tmp/x" &&
+     python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("nvidia/cu13/bin/ptxas", sys.argv[2])' \
+       "$(ls "$tmp"/nvidia_cuda_nvcc-*.whl | head -n1)" "$tmp/x" &&
      mkdir -p "$deps/nvcc/bin" && mv "$tmp/x/nvidia/cu13/bin/ptxas" "$deps/nvcc/bin/ptxas" &&
      chmod +x "$deps/nvcc/bin/ptxas"; then :
   else
