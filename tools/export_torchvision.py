@@ -49,6 +49,15 @@ Models and splits:
       - featjnd's `detection-segmentation` task reads the outputs of its own shapes detector; these
         Mask R-CNN outputs are not understood by featjnd's detection metrics yet.
 
+  * Semantic segmentation (fcn_resnet50/101, deeplabv3_resnet50/101, deeplabv3_mobilenet_v3_large,
+    lraspp_mobilenet_v3_large): split `backbone`. head = normalise + backbone -> the backbone's
+    ordered dict without the auxiliary output ({"out"} for FCN/DeepLabV3, {"low", "high"} for
+    LR-ASPP). tail = classifier + bilinear upsampling by the backbone's measured output stride ->
+    logits [B, classes, H, W], what the eager model returns as result["out"] when H and W are
+    multiples of that stride (8 or 16; the head asserts nothing, the check uses 224 x 224).
+    split.json: `task: "dense"`, `outputs: ["softmax"]` (docs/user-models.md). The auxiliary
+    classifier of FCN/DeepLabV3 (`aux_loss`) is left out.
+
 The script checks `tail(head(x))` against the eager model on an example input (random unless
 --image is given; random noise usually yields no Mask R-CNN detections, so use --image there),
 after saving and re-loading the TorchScript files, prints the max abs differences and exits with
@@ -266,6 +275,92 @@ def export_maskrcnn(model, args, norm: Normalize, x: Tensor):
 # ---------------------------------------------------------------------------------------------
 
 
+# ---------------------------------------------------------------------------------------------
+# Semantic segmentation (backbone split)
+
+SEGMENTATION = ("fcn_", "deeplabv3_", "lraspp_")
+
+
+def is_segmentation(name: str) -> bool:
+    return name.startswith(SEGMENTATION)
+
+
+class SegHead(nn.Module):
+    def __init__(self, norm: Normalize, backbone: nn.Module):
+        super().__init__()
+        self.norm = norm
+        self.backbone = backbone
+
+    def forward(self, x: Tensor) -> Dict[str, Tensor]:
+        return self.backbone(self.norm(x))
+
+
+class SegTailOut(nn.Module):
+    """FCN / DeepLabV3: classifier(out), upsampled by `stride`."""
+
+    def __init__(self, classifier: nn.Module, stride: int):
+        super().__init__()
+        self.classifier = classifier
+        self.stride = stride
+
+    def forward(self, out: Tensor) -> Tensor:
+        y = self.classifier(out)
+        size = [out.shape[-2] * self.stride, out.shape[-1] * self.stride]
+        return nn.functional.interpolate(y, size=size, mode="bilinear", align_corners=False)
+
+
+class SegTailLowHigh(nn.Module):
+    """LR-ASPP: classifier({"low", "high"}), upsampled from the `low` resolution by `stride`."""
+
+    def __init__(self, classifier: nn.Module, stride: int):
+        super().__init__()
+        self.classifier = classifier
+        self.stride = stride
+
+    def forward(self, low: Tensor, high: Tensor) -> Tensor:
+        y = self.classifier({"low": low, "high": high})
+        size = [low.shape[-2] * self.stride, low.shape[-1] * self.stride]
+        return nn.functional.interpolate(y, size=size, mode="bilinear", align_corners=False)
+
+
+def export_segmentation(model, args, norm: Normalize, x: Tensor):
+    if args.split != "backbone":
+        sys.exit(f"unknown split {args.split!r} for {args.model}; valid: backbone")
+    bb = model.backbone
+    bb.return_layers = {k: v for k, v in bb.return_layers.items() if v != "aux"}
+    head = SegHead(norm, bb).eval()
+    with torch.no_grad():
+        f = head(x)
+    names = list(f.keys())
+    lraspp = names == ["low", "high"]
+    if not lraspp and names != ["out"]:
+        sys.exit(f"{args.model}: unexpected backbone outputs {names}")
+    first = f["low"] if lraspp else f["out"]
+    if x.shape[-2] % first.shape[-2] or x.shape[-1] % first.shape[-1]:
+        sys.exit(f"--check-size {list(x.shape[-2:])} is not a multiple of the backbone's stride")
+    stride = x.shape[-2] // first.shape[-2]
+    tail = (SegTailLowHigh if lraspp else SegTailOut)(model.classifier, stride).eval()
+    head_ts, tail_ts = torch.jit.script(head), torch.jit.script(tail)
+
+    def reference(x: Tensor) -> List[Tensor]:
+        with torch.no_grad():
+            return [model(norm_always(norm)(x))["out"]]
+
+    def composed(h, t, x: Tensor) -> List[Tensor]:
+        with torch.no_grad():
+            feats = h(feed(norm, x))
+            return [t(*[feats[k] for k in names])]
+
+    spec = {
+        "split": "backbone",
+        "task": "dense",
+        "outputs": ["softmax"],
+        "num_features": len(names),
+        "feature_names": names,
+    }
+    return head_ts, tail_ts, spec, reference, composed
+
+
 def norm_always(norm: Normalize) -> Normalize:
     """The normalisation the eager model needs, whether or not the head does it."""
     return Normalize(norm.mean.flatten().tolist(), norm.std.flatten().tolist(), True)
@@ -295,7 +390,7 @@ def load_model(args) -> nn.Module:
     torch.manual_seed(args.seed)
     w = args.weights
     if w.lower() == "none" or os.path.isfile(w):
-        if detection:
+        if detection or is_segmentation(args.model):
             kw["weights_backbone"] = None  # never download backbone weights
         model = torchvision.models.get_model(args.model, weights=None, **kw)
         if os.path.isfile(w):
@@ -338,13 +433,14 @@ def max_abs_diff(a: Tensor, b: Tensor) -> float:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("model", help="torchvision model name: resnet50 (any ResNet), maskrcnn_resnet50_fpn[_v2]")
+    ap.add_argument("model", help="torchvision model name: resnet50 (any ResNet), maskrcnn_resnet50_fpn[_v2], "
+                                  "fcn_resnet50, deeplabv3_mobilenet_v3_large, lraspp_mobilenet_v3_large, ...")
     ap.add_argument("--weights", default="DEFAULT",
                     help="a torchvision weight enum name (DEFAULT, IMAGENET1K_V2, COCO_V1, ...), "
                          "a state-dict file (.pth/.pt), or 'none' (random init)")
     ap.add_argument("--num-classes", type=int, default=None,
                     help="number of classes of the model in a state-dict file, if not torchvision's")
-    ap.add_argument("--split", required=True, help="stem | layerK | layerK.i (ResNet); fpn (Mask R-CNN)")
+    ap.add_argument("--split", required=True, help="stem | layerK | layerK.i (ResNet); fpn (Mask R-CNN); backbone (segmentation)")
     ap.add_argument("--out", required=True, help="output directory (created)")
     ap.add_argument("--normalize", choices=["inside", "outside"], default="inside",
                     help="ImageNet normalisation in head.pt (inside) or done by featjnd (outside)")
@@ -385,10 +481,12 @@ def main():
             print(f"warning: the eager model will resize {args.check_size} (min_size {model.transform.min_size}, "
                   f"max_size {model.transform.max_size}); the check then compares different pixels")
         head_ts, tail_ts, spec, reference, composed = export_maskrcnn(model, args, norm, x)
+    elif is_segmentation(args.model):
+        head_ts, tail_ts, spec, reference, composed = export_segmentation(model, args, norm, x)
     elif is_resnet(model):
         head_ts, tail_ts, spec, reference, composed = export_resnet(model, args, norm, x)
     else:
-        sys.exit(f"{args.model}: only the ResNet family and Mask R-CNN are supported")
+        sys.exit(f"{args.model}: only the ResNet family, Mask R-CNN and the segmentation models are supported")
 
     os.makedirs(args.out, exist_ok=True)
     head_path, tail_path = os.path.join(args.out, "head.pt"), os.path.join(args.out, "tail.pt")
@@ -400,6 +498,8 @@ def main():
     ref = reference(x)
     got = composed(head_ld, tail_ld, x)
     names = ["logits"] if not detection else ["boxes", "labels", "scores", "masks", "batch_index"]
+    if is_segmentation(args.model):
+        names = ["logits [B, classes, H, W]"]
     worst = 0.0
     for name, a, b in zip(names, ref, got):
         d = max_abs_diff(a, b)

@@ -1,5 +1,6 @@
 //! A user's model that does not fit, through the commands (issue 27): every case stops before any
-//! work with a non-zero exit, a one-line `error: …` on stderr, and no output written. The pairs
+//! work with a non-zero exit, a one-line `error: …` on stderr, and no output written; and a
+//! dense-output model declared as such goes through every command. The pairs
 //! are tiny TorchScript modules written by `tests/data/user/bad_pairs.py` with Debian's
 //! python3-torch (`$FEATJND_TORCH_PYTHON`, else `/usr/bin/python3`); without it the tests print a
 //! SKIP line and pass.
@@ -8,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-/// The folder holding the pairs (`good`, `dense`, `det`, `raises`, `nan_head`, `typo`, `no_tail`)
+/// The folder holding the pairs of `bad_pairs.py` (`good`, `dense`, `det`, `raises`, `nan_head`,
+/// `typo`, `no_tail`, `dense_softmax`, `dense_two`, `dense_wrong`, `dense_no_outputs`)
 /// and the photo folders (`photos`: four 40×48 RGB photos; `tiny`: those and a 1×1 one; `grey`:
 /// two grey-scale ones), or why not.
 fn fixtures() -> &'static Result<PathBuf, String> {
@@ -91,12 +93,15 @@ fn a_model_that_does_not_fit_stops_before_any_work() {
     let m = |name: &str| d.join(name);
     let cases: Vec<(PathBuf, Vec<&str>)> = vec![
         // A dense tail under the default `classification`: the shapes and the field to set.
-        (m("dense"), vec!["[1, 2, 112, 112]", "not [B, classes] logits", "`task`", "split.json"]),
+        (m("dense"), vec!["[1, 2, 112, 112]", "not [B, classes] logits", "`task`", "split.json", "`dense`"]),
         (m("det"), vec!["[1, 10]", "detection-segmentation", "`task`"]),
         (m("raises"), vec!["tail.pt", "this tail always fails"]),
         (m("nan_head"), vec!["head.pt", "not finite"]),
         (m("typo"), vec!["split.json", "unknown field `taks`"]),
         (m("no_tail"), vec!["tail.pt", "file not found"]),
+        // A dense task whose `outputs` do not match what the tail returns, or are missing.
+        (m("dense_wrong"), vec!["[1, 3, 112, 112], [1, 1, 112, 112]", "`outputs`", "sigmoid"]),
+        (m("dense_no_outputs"), vec!["split.json", "task `dense` needs `outputs`"]),
     ];
     for (model, needles) in &cases {
         let (model, photos) = (s(model), s(&photos));
@@ -120,4 +125,43 @@ fn a_photo_too_small_is_an_error_and_grey_photos_are_converted() {
     let o = featjnd(&["train-jnd", "--model", s(&good), "--images", s(&d.join("grey")), "--steps", "1", "--quiet", "--out", s(&est)]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(est.is_file());
+}
+
+#[test]
+fn a_dense_model_goes_through_every_command() {
+    let Some(d) = fixtures_or_skip("a_dense_model_goes_through_every_command") else { return };
+    let (photos, tmp) = (d.join("photos"), tempfile::tempdir().unwrap());
+    for name in ["dense_softmax", "dense_two"] {
+        let model = d.join(name);
+        let est = tmp.path().join(format!("{name}.safetensors"));
+        let ok = |args: &[&str]| -> serde_json::Value {
+            let o = featjnd(args);
+            assert!(o.status.success(), "featjnd {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+            serde_json::from_slice(&o.stdout).unwrap()
+        };
+        ok(&["train-jnd", "--model", s(&model), "--images", s(&photos), "--steps", "3", "--quiet", "--out", s(&est)]);
+        assert!(est.is_file());
+        let out = tmp.path().join(format!("{name}-run"));
+        ok(&["run", "--model", s(&model), "--images", s(&photos), "--jnd", s(&est), "--quick", "--quiet", "--out", s(&out)]);
+        let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(summary["user"]["task"], "dense");
+        let split = &summary["tasks"]["user-dense"]["split"];
+        for metric in ["agreement", "iou", "psnr", "rel_l2"] {
+            let clean = split["clean"][metric].as_f64().unwrap_or(f64::NAN);
+            assert!(clean.is_finite(), "{name}: clean {metric} = {clean}");
+        }
+        // Against itself the clean output agrees fully; the Gaussian curve is a real measurement.
+        assert_eq!(split["clean"]["agreement"], 1.0);
+        for p in split["curves"]["gaussian"].as_array().unwrap() {
+            let a = p["mean"]["agreement"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&a), "{name}: agreement {a}");
+        }
+        let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+        assert!(report.contains("Dense outputs"), "{report}");
+        let enc = tmp.path().join(format!("{name}-fjq"));
+        let e = ok(&["encode", "--model", s(&model), "--jnd", s(&est), "--out", s(&enc), s(&photos.join("p0.png"))]);
+        let f = &e["files"][0];
+        assert_eq!(f["strategy"], "jnd-g0.25");
+        assert!((f["relative_mse"].as_f64().unwrap() - 0.03).abs() < 0.003, "{f}");
+    }
 }

@@ -246,3 +246,75 @@ fn detection_discrepancy_is_zero_when_equal_and_one_when_lost() {
     d.sum(Kind::Float).backward();
     assert!(boxes.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
 }
+
+/// Issue 27: torchvision's LR-ASPP (random, seeded weights) exported at its backbone as a dense
+/// task (`task: dense`, `outputs: [softmax]`) matches PyTorch's run of the same files, and goes
+/// through `train-jnd --model`, `run --model --quick` and `encode --model`.
+#[test]
+fn lraspp_dense_export_matches_pytorch_and_runs_through_every_command() {
+    let Some((_, photos)) = fixture_or_skip("lraspp_dense_export_matches_pytorch_and_runs_through_every_command") else { return };
+    let py = std::env::var_os("FEATJND_TORCH_PYTHON").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/python3"));
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("lraspp");
+    let o = Command::new(&py)
+        .arg(repo().join("tools/export_torchvision.py"))
+        .args(["lraspp_mobilenet_v3_large", "--weights", "none", "--seed", "0", "--split", "backbone", "--out"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "export: {}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(model.join("split.json")).unwrap()).unwrap();
+    assert_eq!((spec["task"].as_str(), spec["outputs"][0].as_str()), (Some("dense"), Some("softmax")));
+
+    // PyTorch 1.13's run of the files against featjnd's (libtorch 2.11) on two photos.
+    let imgs: Vec<PathBuf> = {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&photos).unwrap().map(|e| e.unwrap().path()).collect();
+        v.sort();
+        v.truncate(2);
+        v
+    };
+    let x = Tensor::stack(
+        &imgs
+            .iter()
+            .map(|p| featjnd_research::study::user::image_tensor(&featjnd_research::study::user::load_image(p).unwrap(), (224, 224)))
+            .collect::<Vec<_>>(),
+        0,
+    );
+    let input = dir.path().join("x.npy");
+    x.write_npy(&input).unwrap();
+    let o = Command::new(&py)
+        .arg(repo().join("tools/torchvision_ref.py"))
+        .args(["pair", "--dir", s(&model), "--input", s(&input), "--out", s(dir.path())])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "torchvision_ref: {}", String::from_utf8_lossy(&o.stderr));
+    let theirs = Tensor::read_npy(dir.path().join("out_0.npy")).unwrap();
+    let pair = featjnd_research::model::torchscript::TorchScriptPair::load_dir(&model, tch::Device::Cpu).unwrap();
+    use featjnd_research::model::SplitModel;
+    let ours = tch::no_grad(|| {
+        let f = pair.head(&x, "backbone").unwrap();
+        assert_eq!(f.len(), 2);
+        pair.tail(&f, "backbone").unwrap().remove(0)
+    });
+    assert_eq!(ours.size(), [2, 21, 224, 224]);
+    let diff = (&ours - &theirs).abs().max().double_value(&[]);
+    let scale = theirs.abs().max().double_value(&[]);
+    assert!(scale > 1e-3 && diff <= 1e-4 * scale.max(1.0), "logits differ by {diff:.3e} (scale {scale:.3e})");
+
+    // The commands.
+    let est = dir.path().join("lraspp.safetensors");
+    json(&featjnd(&["train-jnd", "--model", s(&model), "--images", s(&photos), "--steps", "3", "--quiet", "--out", s(&est)]));
+    let out = dir.path().join("run");
+    json(&featjnd(&["run", "--model", s(&model), "--images", s(&photos), "--jnd", s(&est), "--quick", "--quiet", "--out", s(&out)]));
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["user"]["task"], "dense");
+    assert_eq!(summary["tasks"]["user-dense"]["backbone"]["clean"]["agreement"], 1.0);
+    let enc = dir.path().join("fjq");
+    let e = json(&featjnd(&["encode", "--model", s(&model), "--jnd", s(&est), "--out", s(&enc), s(&imgs[0])]));
+    // Two feature tensors (low, high): one file each.
+    assert_eq!(e["files"].as_array().unwrap().len(), 2);
+    for f in e["files"].as_array().unwrap() {
+        assert_eq!(f["strategy"], "jnd-g0.25");
+        assert!(Path::new(f["file"].as_str().unwrap()).is_file());
+    }
+}

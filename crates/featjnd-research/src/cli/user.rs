@@ -172,13 +172,19 @@ pub fn run(a: &RunArgs) -> Result<Value> {
     // The user section: the model, the photos held out, the discrepancy.
     let pair = TorchScriptPair::load_dir(&spec.model, device)?;
     let det = user::is_detection(&pair);
+    let dense = pair.spec().outputs.clone().filter(|_| user::task_id(&pair) == crate::study::tasks::TaskId::UserDense);
+    let task_name = match (&dense, det) {
+        (Some(_), _) => "dense",
+        (None, true) => "detection",
+        (None, false) => "classification",
+    };
     let size = user::input_size(&spec, &pair);
     let mut section = format!(
         "\n## Your model\n\nModel `{}` ({}, split `{split}`, task {}), photos `{}` stretched to {}x{} (RGB in [0, 1]). Estimator: {estimator_from}, \
          `{}`.\n\nHeld out ({} of {} photos, by a hash of the file name, fraction {}): {}.\n\nEstimator training photos: {}.\n\n",
         spec.model.display(),
         pair.spec().arch,
-        if det { "torchvision detection" } else { "classification" },
+        if det { "torchvision detection" } else { task_name },
         spec.images.display(),
         size.0,
         size.1,
@@ -201,6 +207,14 @@ pub fn run(a: &RunArgs) -> Result<Value> {
              (the `pseudo ground truth` line above quotes the bundled default). No attribution pictures for a detector.\n",
             spec.pseudo_gt_score
         ));
+    } else if let Some(kinds) = &dense {
+        section.push_str(&format!(
+            "Dense outputs ({}). Task discrepancy per output: softmax KL per pixel, Bernoulli KL per element, or relative squared \
+             error (identity), summed. Metrics against the clean output, mean over outputs and images: `agreement` (same argmax / \
+             same side of 0.5 / within 10% of the clean RMS), `iou` (mean IoU of the argmax maps / IoU of the maps at 0.5 / IoU of \
+             the regions above the clean median), `psnr`, `rel_l2` (see `study::dense`). No attribution pictures for a dense tail.\n",
+            kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+        ));
     } else {
         section.push_str("Task discrepancy: KL of the logits. Metrics: agreement with the clean top-1, top-5 agreement, KL (no labels).\n");
     }
@@ -212,7 +226,7 @@ pub fn run(a: &RunArgs) -> Result<Value> {
     let summary_path = a.out.join("summary.json");
     let mut summary = s.clone();
     summary["user"] = json!({
-        "model": spec.model, "images": spec.images, "size": [size.0, size.1], "task": if det { "detection" } else { "classification" },
+        "model": spec.model, "images": spec.images, "size": [size.0, size.1], "task": task_name,
         "split": split, "heldout_fraction": spec.heldout_fraction, "pseudo_gt_score": spec.pseudo_gt_score,
         "estimator": ckpt, "estimator_from": estimator_from, "photos": images_json(&imgs),
     });

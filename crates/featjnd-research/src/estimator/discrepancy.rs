@@ -45,5 +45,13 @@ pub fn discrepancy(task: TaskKind, clean: &[Tensor], pert: &[Tensor]) -> Tensor 
             d_heat + d_box + d_fg + d_vote
         }
         TaskKind::Detection => crate::eval::nanodet::discrepancy(clean, pert),
+        // A user's dense tail is compared output by output as its sidecar says
+        // (`study::dense::discrepancy`, through `study::user::task_discrepancy`); without that,
+        // the relative squared error of all outputs.
+        TaskKind::Dense => {
+            let num: Tensor = clean.iter().zip(pert).map(|(c, p)| per_sample_sum(&(p - c).square())).sum();
+            let den: Tensor = clean.iter().map(|c| per_sample_sum(&c.square())).sum();
+            num / (den + 1e-12)
+        }
     }
 }

@@ -27,6 +27,9 @@ pub enum TaskKind {
     /// A dense one-stage detector with generalised-focal-loss boxes (NanoDet, see
     /// [`crate::model::nanodet`]): `[class logits [B, N, K], box-distribution logits [B, N, 4·bins]]`.
     Detection,
+    /// A user's dense-output tail: maps `[B, C, H, W]`, each read as its sidecar's
+    /// `outputs` entry says (`crate::study::dense`).
+    Dense,
 }
 
 /// A network that can be cut at named split points. Implementations are in eval mode by

@@ -107,6 +107,31 @@ pub struct SplitSpec {
     /// Free text (provenance: source model, weights, exporter versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// `task: "dense"` only: how each tail output compares, in the tail's order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Vec<OutputKind>>,
+}
+
+/// How a dense output compares to the clean one (`crate::study::dense`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputKind {
+    /// Logits over the channels (semantic segmentation).
+    Softmax,
+    /// Independent logits per element (heat-maps).
+    Sigmoid,
+    /// Values (regression, e.g. depth).
+    Identity,
+}
+
+impl OutputKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputKind::Softmax => "softmax",
+            OutputKind::Sigmoid => "sigmoid",
+            OutputKind::Identity => "identity",
+        }
+    }
 }
 
 /// The input convention of a pair (sidecar field `input`).
@@ -166,6 +191,7 @@ impl Default for SplitSpec {
             head: default_head(),
             tail: default_tail(),
             description: None,
+            outputs: None,
         }
     }
 }
@@ -198,6 +224,14 @@ impl SplitSpec {
         }
         if self.head.is_empty() || self.tail.is_empty() {
             return Err("head/tail file names must not be empty".into());
+        }
+        match (self.task, &self.outputs) {
+            (TaskKind::Dense, None) => {
+                return Err("task `dense` needs `outputs`: one of \"softmax\", \"sigmoid\", \"identity\" per tail output".into())
+            }
+            (TaskKind::Dense, Some(o)) if o.is_empty() => return Err("`outputs` of a dense task must not be empty".into()),
+            (TaskKind::Dense, Some(_)) | (_, None) => {}
+            (t, Some(_)) => return Err(format!("`outputs` is for task `dense` only, not {t:?}")),
         }
         if self.num_features == Some(0) {
             return Err("num_features must be >= 1".into());

@@ -73,6 +73,7 @@ fn flat(t: &Tensor) -> Vec<f64> {
 /// confident anchor (NanoDet); the strongest single value where nothing is confident.
 fn target(kind: TaskKind, out: &[Tensor]) -> Result<Tensor> {
     Ok(match kind {
+        TaskKind::Dense => return Err(crate::Error::Model("attribution: no target for a dense-output tail".into())),
         TaskKind::Classification => {
             let logits = out.first().filter(|o| o.dim() == 2).ok_or_else(|| {
                 crate::Error::Model(format!("attribution: a classifier's output must be [1, classes] logits, got {} tensor(s)", out.len()))

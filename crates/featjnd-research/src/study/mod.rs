@@ -2,6 +2,7 @@
 //! FeatJND-guided token-wise quantization, on the bundled tasks; `featjnd run` drives them.
 
 pub mod attrib;
+pub mod dense;
 pub mod oracle;
 pub mod perturb;
 pub mod plot;

@@ -41,7 +41,7 @@ const SEED: u64 = 977;
 /// The task discrepancy of `task` (the estimator's training objective) for batches of `batch`.
 pub fn task_disc(task: &Task, batch: i64) -> Discrepancy {
     match task.id {
-        TaskId::User | TaskId::UserDet => task_discrepancy(task.id, batch),
+        TaskId::User | TaskId::UserDet | TaskId::UserDense => task_discrepancy(task, batch),
         _ => {
             let kind = task.model.task();
             Box::new(move |c: &[Tensor], p: &[Tensor]| discrepancy(kind, c, p))

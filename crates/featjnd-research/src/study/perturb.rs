@@ -150,6 +150,9 @@ impl SplitCurves {
 /// (against the labels), `agreement` (top-1 equals the clean top-1), `top5_agreement` (the clean
 /// top-1 is among the top 5). `None` for other metrics and for detection.
 pub fn per_image(scorer: &Scorer, outs: &[Vec<Tensor>], clean: &[Vec<Tensor>], metric: &str) -> Option<Vec<f64>> {
+    if let Scorer::Dense(kinds) = scorer {
+        return super::dense::per_image_metric(kinds, outs, clean, metric).ok();
+    }
     let mut v = Vec::new();
     for (i, (o, c)) in outs.iter().zip(clean).enumerate() {
         let (o, c) = (&o[0], c[0].argmax(-1, false));

@@ -39,6 +39,7 @@ impl ImageOutputs {
 /// The per-image outputs of `outs` (per batch) for `metric`, the first of the task's metrics.
 pub fn outputs(scorer: &Scorer, outs: &[Vec<Tensor>], clean: &[Vec<Tensor>], metric: &str) -> Result<ImageOutputs> {
     match scorer {
+        Scorer::Dense(kinds) => Ok(ImageOutputs::Mean(super::dense::per_image_metric(kinds, outs, clean, metric)?)),
         Scorer::Custom(_) => Ok(ImageOutputs::Opaque(outs.iter().map(|o| o.first().map_or(0, |t| t.size()[0] as usize)).sum())),
         Scorer::Labels(_) | Scorer::Unlabelled => super::perturb::per_image(scorer, outs, clean, metric)
             .map(ImageOutputs::Mean)
@@ -99,7 +100,7 @@ pub enum Rescorer<'a> {
 impl<'a> Rescorer<'a> {
     pub fn of(scorer: &'a Scorer) -> Self {
         match scorer {
-            Scorer::Labels(_) | Scorer::Unlabelled => Rescorer::Mean,
+            Scorer::Labels(_) | Scorer::Unlabelled | Scorer::Dense(_) => Rescorer::Mean,
             Scorer::Scenes { gt, h, w } => Rescorer::Scenes { gt, h: *h, w: *w },
             Scorer::Pseudo { h, w, min_score } => Rescorer::Pseudo { h: *h, w: *w, min_score: *min_score },
             Scorer::Custom(_) => Rescorer::Opaque,

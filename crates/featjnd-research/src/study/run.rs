@@ -168,7 +168,7 @@ pub fn jnd_defaults(id: TaskId, split: &str) -> JndTrain {
         // and 62 M at `neck` against ≈ 2 G for NanoDet at 416×416 (≈ 3%; `featjnd run` measures it).
         TaskId::Nanodet => JndTrain { steps: 300, hidden: 32, ..d },
         // A user's model (`featjnd run --model`): see `study::user::jnd_defaults`.
-        TaskId::User | TaskId::UserDet => super::user::jnd_defaults(id),
+        TaskId::User | TaskId::UserDet | TaskId::UserDense => super::user::jnd_defaults(id),
     }
 }
 
@@ -804,7 +804,7 @@ fn quant_replicates(cfg: &RunConfig, scorer: &super::tasks::Scorer) -> usize {
     use super::tasks::Scorer;
     match (cfg.quick, scorer) {
         (true, _) => 40,
-        (false, Scorer::Labels(_) | Scorer::Unlabelled) => 200,
+        (false, Scorer::Labels(_) | Scorer::Unlabelled | Scorer::Dense(_)) => 200,
         (false, _) => 50,
     }
 }

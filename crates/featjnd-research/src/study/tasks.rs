@@ -50,6 +50,10 @@ pub enum TaskId {
     #[value(skip)]
     #[serde(rename = "user-det")]
     UserDet,
+    /// A user's dense-output model (`task: "dense"`, [`super::dense`]).
+    #[value(skip)]
+    #[serde(rename = "user-dense")]
+    UserDense,
 }
 
 impl TaskId {
@@ -62,6 +66,7 @@ impl TaskId {
             TaskId::Nanodet => "nanodet",
             TaskId::User => "user",
             TaskId::UserDet => "user-det",
+            TaskId::UserDense => "user-dense",
         }
     }
     /// The metrics the studies plot, each read as "higher is better", first = headline.
@@ -73,6 +78,8 @@ impl TaskId {
             TaskId::Nanodet => &["ap50", "ap"],
             TaskId::User => &["agreement", "top5_agreement"],
             TaskId::UserDet => &["box_ap50", "box_ap", "mask_ap50", "mask_ap"],
+            // `rel_l2` (lower is better) is in the summary, not plotted.
+            TaskId::UserDense => &["agreement", "iou", "psnr"],
         }
     }
     /// The split points the studies run on (`None`: all of the model's).
@@ -98,6 +105,8 @@ pub enum Scorer {
     Pseudo { h: i64, w: i64, min_score: f32 },
     /// Any other scoring, e.g. a user's torchvision detector ([`super::user`]).
     Custom(CustomScore),
+    /// A user's dense outputs against the clean ones, one kind per output ([`super::dense`]).
+    Dense(Vec<crate::model::torchscript::OutputKind>),
 }
 
 /// The metrics of the outputs (per batch) against the clean outputs (per batch).
@@ -114,6 +123,7 @@ impl Scorer {
         let mut m = BTreeMap::new();
         match self {
             Scorer::Custom(f) => return f(outs, clean),
+            Scorer::Dense(kinds) => return super::dense::metrics(kinds, outs, clean),
             Scorer::Labels(_) | Scorer::Unlabelled => {
                 let mut st = ClassStats::default();
                 let mut top5 = 0i64;
@@ -206,7 +216,7 @@ pub fn checkpoint_path(models: &Path, id: TaskId) -> PathBuf {
         TaskId::Shapes => models.join("shapes-det.safetensors"),
         TaskId::Mobilenet => crate::model::mobilenet_v2::default_weights(),
         TaskId::Nanodet => crate::model::nanodet::default_dir().join("nanodet.json"),
-        TaskId::User | TaskId::UserDet => super::user::registered_head(models),
+        TaskId::User | TaskId::UserDet | TaskId::UserDense => super::user::registered_head(models),
     }
 }
 
@@ -347,7 +357,7 @@ pub fn build_with(id: TaskId, models: &Path, sizes: Sizes, device: Device, photo
         }
         TaskId::Mobilenet => build_mobilenet(&path, sizes, device, photos),
         TaskId::Nanodet => build_nanodet(sizes, device, photos),
-        TaskId::User | TaskId::UserDet => super::user::build_registered(id, sizes, device),
+        TaskId::User | TaskId::UserDet | TaskId::UserDense => super::user::build_registered(id, sizes, device),
     }
 }
 

@@ -23,6 +23,8 @@
 //! * `classification` (split.json's `task`, the default): the task discrepancy is the KL of the
 //!   logits (as for the bundled classifiers); the metrics are the agreement with the clean top-1,
 //!   the top-5 agreement and the KL to the clean output.
+//! * `dense` (`outputs` in split.json, one kind per tail output): maps `[B, C, H, W]`, with the
+//!   discrepancy and metrics of [`super::dense`].
 //! * `detection-segmentation` with torchvision's outputs `(boxes [N, 4] xyxy, labels [N],
 //!   scores [N], masks [N, 1, H, W], batch_index [N])` (what `export_torchvision.py` writes for
 //!   Mask R-CNN): the metrics are COCO box AP / AP50 (and mask AP / AP50 when the tail returns
@@ -100,15 +102,15 @@ pub fn parse_size(s: &str) -> Result<(u32, u32)> {
 
 /// Whether the pair's tail is a torchvision detector (split.json's `task`).
 pub fn is_detection(pair: &TorchScriptPair) -> bool {
-    pair.spec().task != TaskKind::Classification
+    pair.spec().task == TaskKind::DetectionSegmentation
 }
 
 /// The task id of a pair.
 pub fn task_id(pair: &TorchScriptPair) -> TaskId {
-    if is_detection(pair) {
-        TaskId::UserDet
-    } else {
-        TaskId::User
+    match pair.spec().task {
+        TaskKind::DetectionSegmentation => TaskId::UserDet,
+        TaskKind::Dense => TaskId::UserDense,
+        _ => TaskId::User,
     }
 }
 
@@ -301,8 +303,8 @@ pub fn check_pair(pair: &TorchScriptPair, size: (u32, u32)) -> Result<()> {
             if !logits {
                 return Err(Error::Model(format!(
                     "{} returns {} for one input, not [B, classes] logits, but the task is `classification` (the default): \
-                     set `task` in {} to `detection-segmentation` for torchvision detection outputs; dense-output tails \
-                     (segmentation, heat-maps, depth) are not supported yet (see docs/user-models.md)",
+                     set `task` in {} to `dense` with `outputs` (softmax, sigmoid or identity per output) for maps [B, C, H, W], \
+                     or to `detection-segmentation` for torchvision detection outputs (see docs/user-models.md)",
                     tail.display(),
                     shapes(&outs),
                     sidecar.display()
@@ -329,9 +331,24 @@ pub fn check_pair(pair: &TorchScriptPair, size: (u32, u32)) -> Result<()> {
                 )));
             }
         }
+        TaskKind::Dense => {
+            let kinds = pair.spec().outputs.clone().unwrap_or_default();
+            super::dense::per_image(&kinds, &outs, &outs).map_err(|e| {
+                Error::Model(format!(
+                    "{} returns {} for one input, but {} declares `outputs` {:?}: {e}",
+                    tail.display(),
+                    shapes(&outs),
+                    sidecar.display(),
+                    kinds.iter().map(|k| k.name()).collect::<Vec<_>>()
+                ))
+            })?;
+            if outs.iter().any(|o| !o.is_floating_point() || !bool::try_from(o.isfinite().all()).unwrap_or(false)) {
+                return Err(Error::Model(format!("{}: the dense outputs are not finite on a mid-grey input", tail.display())));
+            }
+        }
         other => {
             return Err(Error::Model(format!(
-                "{}: task {other:?} is not one a user model can declare (classification or detection-segmentation)",
+                "{}: task {other:?} is not one a user model can declare (classification, detection-segmentation or dense)",
                 sidecar.display()
             )))
         }
@@ -360,8 +377,9 @@ pub fn build(spec: &UserSpec, sizes: Sizes, device: Device) -> Result<(Task, Use
     let per_batch = if det { 4 } else { 16 };
     let eval: Vec<Tensor> = xs.chunks(per_batch).map(|c| Tensor::stack(c, 0).to_device(device)).collect();
     let batch_sizes: Vec<i64> = eval.iter().map(|x| x.size()[0]).collect();
-    let samples = if det {
-        // The attribution pictures read the bundled tasks' outputs; none for a torchvision detector.
+    let samples = if det || id == TaskId::UserDense {
+        // The attribution pictures read the bundled tasks' outputs; none for a torchvision
+        // detector or a dense tail.
         Vec::new()
     } else {
         held.iter().take(4).map(|i| (stem(&i.file), image_tensor(&i.image, size))).collect()
@@ -381,6 +399,8 @@ pub fn build(spec: &UserSpec, sizes: Sizes, device: Device) -> Result<(Task, Use
     let scorer = if det {
         let (h, w, min_score) = (size.0, size.1, spec.pseudo_gt_score);
         Scorer::Custom(Box::new(move |outs, clean| det_metrics(outs, clean, &batch_sizes, h, w, min_score)))
+    } else if let Some(kinds) = pair.spec().outputs.clone().filter(|_| id == TaskId::UserDense) {
+        Scorer::Dense(kinds)
     } else {
         Scorer::Unlabelled
     };
@@ -437,9 +457,17 @@ pub fn jnd_defaults(id: TaskId) -> JndTrain {
 pub type Discrepancy = Box<dyn Fn(&[Tensor], &[Tensor]) -> Tensor>;
 
 /// The task discrepancy of a user task.
-pub fn task_discrepancy(id: TaskId, batch: i64) -> Discrepancy {
-    match id {
-        TaskId::UserDet => Box::new(move |c: &[Tensor], p: &[Tensor]| det_discrepancy(c, p, batch)),
+pub fn task_discrepancy(task: &Task, batch: i64) -> Discrepancy {
+    match (&task.scorer, task.id) {
+        (_, TaskId::UserDet) => Box::new(move |c: &[Tensor], p: &[Tensor]| det_discrepancy(c, p, batch)),
+        (Scorer::Dense(kinds), _) => {
+            let kinds = kinds.clone();
+            // The outputs were checked against the kinds when the pair was loaded (`check_pair`);
+            // the relative squared error is the fallback should a later call differ.
+            Box::new(move |c: &[Tensor], p: &[Tensor]| {
+                super::dense::discrepancy(&kinds, c, p).unwrap_or_else(|_| discrepancy(TaskKind::Dense, c, p))
+            })
+        }
         _ => Box::new(|c: &[Tensor], p: &[Tensor]| discrepancy(TaskKind::Classification, c, p)),
     }
 }
@@ -448,7 +476,7 @@ pub fn task_discrepancy(id: TaskId, batch: i64) -> Discrepancy {
 pub fn train(task: &mut Task, t: &JndTrain) -> Result<(JndEstimator, Meta, Vec<LogPoint>)> {
     let split = task.model.split_points().remove(0);
     let batch = if task.id == TaskId::UserDet { DETECT_TRAIN_BATCH } else { CLASSIFY_TRAIN_BATCH } as i64;
-    let disc = task_discrepancy(task.id, batch);
+    let disc = task_discrepancy(task, batch);
     let (est, mut meta, log) = train_estimator_with(task.model.as_ref(), &split, &mut task.train, t, disc.as_ref())?;
     meta.command = crate::cli::command_line();
     Ok((est, meta, log))

@@ -79,3 +79,22 @@ save("raises", head, Raises())
 save("nan_head", NanHead(), Logits())
 save("typo", head, Logits(), '{"taks": "classification"}')
 save("no_tail", head, None)
+
+
+class TwoMaps(torch.nn.Module):
+    """Segmentation logits [B, 3, h, w] and a depth-like map [B, 1, h, w]."""
+
+    def __init__(self):
+        super().__init__()
+        self.seg = torch.nn.Conv2d(8, 3, 1)
+        self.depth = torch.nn.Conv2d(8, 1, 1)
+
+    def forward(self, f):
+        return self.seg(f), self.depth(f)
+
+
+# Dense tails declared as such (tests/user_errors.rs runs them through every command).
+save("dense_softmax", head, Dense(), json.dumps({"task": "dense", "outputs": ["softmax"]}))
+save("dense_two", head, TwoMaps(), json.dumps({"task": "dense", "outputs": ["softmax", "identity"]}))
+save("dense_wrong", head, TwoMaps(), json.dumps({"task": "dense", "outputs": ["sigmoid"]}))
+save("dense_no_outputs", head, Dense(), json.dumps({"task": "dense"}))
