@@ -342,8 +342,10 @@ pub fn check_pair(pair: &TorchScriptPair, size: (u32, u32)) -> Result<()> {
                     kinds.iter().map(|k| k.name()).collect::<Vec<_>>()
                 ))
             })?;
-            if outs.iter().any(|o| !o.is_floating_point() || !bool::try_from(o.isfinite().all()).unwrap_or(false)) {
-                return Err(Error::Model(format!("{}: the dense outputs are not finite on a mid-grey input", tail.display())));
+            for o in &outs {
+                if !o.is_floating_point() || !bool::try_from(o.f_isfinite()?.f_all()?)? {
+                    return Err(Error::Model(format!("{}: the dense outputs are not finite on a mid-grey input", tail.display())));
+                }
             }
         }
         other => {
