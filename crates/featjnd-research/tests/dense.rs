@@ -84,3 +84,33 @@ fn metrics_average_over_images_and_outputs_and_shapes_are_checked() {
     assert!(per_image(&[OutputKind::Softmax], std::slice::from_ref(&id), std::slice::from_ref(&id)).is_err());
     assert!(discrepancy(&kinds, &[c.shallow_clone()], &[c]).is_err());
 }
+
+#[test]
+fn peak_f1_by_hand() {
+    // One channel, 8×8. Clean peaks (logit 3 on a background of −3) at (1, 1) and (6, 6); the
+    // perturbed map keeps the first one moved by one pixel to (2, 1) (found: within 2 pixels),
+    // loses the second and adds one at (1, 6) (no clean peak near): precision 1/2, recall 1/2,
+    // F1 1/2. The maps agree at 60 of 64 elements (thresholded at 0.5).
+    let map = |pts: &[(i64, i64)]| {
+        let t = Tensor::full([1, 1, 8, 8], -3.0, (Kind::Float, tch::Device::Cpu));
+        for &(y, x) in pts {
+            let _ = t.get(0).get(0).get(y).get(x).fill_(3.0);
+        }
+        t
+    };
+    let (c, p) = (map(&[(1, 1), (6, 6)]), map(&[(2, 1), (1, 6)]));
+    let m = per_image(&[OutputKind::Sigmoid], &[p], &[c.shallow_clone()]).unwrap();
+    assert!((m["peak_f1"][0] - 0.5).abs() < 1e-12, "{:?}", m["peak_f1"]);
+    assert!((m["agreement"][0] - 60.0 / 64.0).abs() < 1e-12);
+    // Against itself: 1; no peaks on either side: 1; only on one side: 0.
+    assert_eq!(per_image(&[OutputKind::Sigmoid], std::slice::from_ref(&c), std::slice::from_ref(&c)).unwrap()["peak_f1"], vec![1.0]);
+    let empty = map(&[]);
+    assert_eq!(
+        per_image(&[OutputKind::Sigmoid], std::slice::from_ref(&empty), std::slice::from_ref(&empty)).unwrap()["peak_f1"],
+        vec![1.0]
+    );
+    assert_eq!(per_image(&[OutputKind::Sigmoid], std::slice::from_ref(&empty), std::slice::from_ref(&c)).unwrap()["peak_f1"], vec![0.0]);
+    // Softmax-only tasks have no peak_f1.
+    let two = Tensor::zeros([1, 2, 2, 2], (Kind::Float, tch::Device::Cpu));
+    assert!(!per_image(&[OutputKind::Softmax], std::slice::from_ref(&two), std::slice::from_ref(&two)).unwrap().contains_key("peak_f1"));
+}

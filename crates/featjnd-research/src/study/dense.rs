@@ -21,9 +21,12 @@
 //!   `sigmoid`, peak 1; raw values for `identity`, peak = the clean map's largest magnitude),
 //!   capped at 100 dB for identical maps.
 //! * `rel_l2`: `‖p − c‖ / ‖c‖` of the same maps (lower is better; not a study metric).
-//!
-//! Not built: F1 of heat-map peaks (the issue's `sigmoid` metric), a PyTorch reference export of
-//! torchvision's segmentation models.
+//! * `peak_f1` (only with `sigmoid` outputs, the mean over those; not a study metric): peaks are
+//!   the elements above 0.5 that are the maximum of their 3×3 neighbourhood in their channel; a
+//!   perturbed peak is found when a clean peak of its channel lies within [`PEAK_RADIUS`] pixels
+//!   (Chebyshev), and a clean peak is recalled likewise; F1 of that precision and recall (1 when
+//!   neither map has a peak). Matching is by neighbourhood, not one-to-one: two perturbed peaks
+//!   next to one clean peak both count as found.
 
 use crate::model::torchscript::OutputKind;
 use crate::{Error, Result};
@@ -37,6 +40,30 @@ pub const METRICS: [&str; 4] = ["agreement", "iou", "psnr", "rel_l2"];
 const PSNR_CAP: f64 = 100.0;
 /// `identity` agreement: within this share of the clean map's RMS.
 const IDENTITY_TOL: f64 = 0.1;
+/// `peak_f1`: a peak is found within this many pixels (Chebyshev distance).
+pub const PEAK_RADIUS: i64 = 2;
+
+/// Peaks of sigmoid logits `[B, C, H, W]`: above 0.5 and the maximum of their 3×3 neighbourhood.
+fn peaks(logits: &Tensor) -> Tensor {
+    let p = logits.sigmoid();
+    let m = p.max_pool2d([3, 3], [1, 1], [1, 1], [1, 1], false);
+    p.eq_tensor(&m).logical_and(&p.gt(0.5))
+}
+
+/// Per image: F1 of the perturbed peaks against the clean ones (module docs).
+fn peak_f1(o: &Tensor, c: &Tensor) -> Tensor {
+    let (po, pc) = (peaks(o), peaks(c));
+    let k = 2 * PEAK_RADIUS + 1;
+    let near = |m: &Tensor| m.to_kind(Kind::Double).max_pool2d([k, k], [1, 1], [PEAK_RADIUS, PEAK_RADIUS], [1, 1], false).gt(0.0);
+    let count = |m: &Tensor| per_sample_sum(&m.to_kind(Kind::Double)).to_kind(Kind::Double);
+    let (no, nc) = (count(&po), count(&pc));
+    let found = count(&po.logical_and(&near(&pc)));
+    let recalled = count(&pc.logical_and(&near(&po)));
+    let precision = (&found / no.clamp_min(1.0)).where_self(&no.gt(0.0), &nc.eq(0.0).to_kind(Kind::Double));
+    let recall = (&recalled / nc.clamp_min(1.0)).where_self(&nc.gt(0.0), &no.eq(0.0).to_kind(Kind::Double));
+    let sum = &precision + &recall;
+    (precision * recall * 2.0 / sum.clamp_min(1e-300)).where_self(&sum.gt(0.0), &sum.zeros_like())
+}
 
 fn check(kinds: &[OutputKind], outs: &[Tensor], what: &str) -> Result<()> {
     if outs.len() != kinds.len() {
@@ -138,6 +165,14 @@ pub fn per_image(kinds: &[OutputKind], outs: &[Tensor], clean: &[Tensor]) -> Res
                 (agree, iou, o.shallow_clone(), c.shallow_clone(), Some(peak))
             }
         };
+        if *kind == OutputKind::Sigmoid {
+            let f1 = peak_f1(&o, &c);
+            let acc = match sums.remove("peak_f1") {
+                Some(s) => s + f1,
+                None => f1,
+            };
+            sums.insert("peak_f1", acc);
+        }
         let mse = per_sample_mean(&(&po - &pc).square()).to_kind(Kind::Double);
         let peak2 = peak.map(|p| p.square()).unwrap_or_else(|| mse.ones_like());
         let psnr = ((peak2 / mse.clamp_min(1e-300)).log10() * 10.0).clamp(-PSNR_CAP, PSNR_CAP);
@@ -154,7 +189,13 @@ pub fn per_image(kinds: &[OutputKind], outs: &[Tensor], clean: &[Tensor]) -> Res
         }
     }
     let n = kinds.len() as f64;
-    sums.into_iter().map(|(k, v)| Ok((k, Vec::<f64>::try_from(&(v / n).to_device(Device::Cpu).contiguous())?))).collect()
+    let n_sigmoid = kinds.iter().filter(|k| **k == OutputKind::Sigmoid).count() as f64;
+    sums.into_iter()
+        .map(|(k, v)| {
+            let n = if k == "peak_f1" { n_sigmoid } else { n };
+            Ok((k, Vec::<f64>::try_from(&(v / n).to_device(Device::Cpu).contiguous())?))
+        })
+        .collect()
 }
 
 /// The means over all images of [`per_image`] over batches.
