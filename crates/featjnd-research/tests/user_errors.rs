@@ -158,6 +158,8 @@ fn a_dense_model_goes_through_every_command() {
         }
         let report = std::fs::read_to_string(out.join("report.md")).unwrap();
         assert!(report.contains("Dense outputs"), "{report}");
+        // Attribution pictures exist for a dense tail too (target: every pixel's largest logit).
+        assert!(report.contains("![attribution"), "{report}");
         let enc = tmp.path().join(format!("{name}-fjq"));
         let e = ok(&["encode", "--model", s(&model), "--jnd", s(&est), "--out", s(&enc), s(&photos.join("p0.png"))]);
         let f = &e["files"][0];

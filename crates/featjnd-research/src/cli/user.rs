@@ -212,7 +212,7 @@ pub fn run(a: &RunArgs) -> Result<Value> {
             "Dense outputs ({}). Task discrepancy per output: softmax KL per pixel, Bernoulli KL per element, or relative squared \
              error (identity), summed. Metrics against the clean output, mean over outputs and images: `agreement` (same argmax / \
              same side of 0.5 / within 10% of the clean RMS), `iou` (mean IoU of the argmax maps / IoU of the maps at 0.5 / IoU of \
-             the regions above the clean median), `psnr`, `rel_l2`, and `peak_f1` with sigmoid outputs (see `study::dense`). No attribution pictures for a dense tail.\n",
+             the regions above the clean median), `psnr`, `rel_l2`, and `peak_f1` with sigmoid outputs (see `study::dense`). Attribution target: every pixel's largest logit, summed over pixels and outputs.\n",
             kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
         ));
     } else {

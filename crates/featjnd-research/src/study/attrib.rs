@@ -6,8 +6,9 @@
 //! rank correlation of each attribution with `1/J` over positions, the number behind the picture.
 //!
 //! For a multi-level split (FPN) the finest level is shown. The attribution target is the clean
-//! top-1 logit (classification) or the sum of the heat-map logits at the confident detections
-//! (score ≥ 0.3; the strongest peak when there is none).
+//! top-1 logit (classification), the sum of the heat-map logits at the confident detections
+//! (score ≥ 0.3; the strongest peak when there is none), or every pixel's largest logit summed
+//! over pixels and outputs (a user's dense tail).
 
 use super::tasks::Task;
 use crate::estimator::JndEstimator;
@@ -73,7 +74,13 @@ fn flat(t: &Tensor) -> Vec<f64> {
 /// confident anchor (NanoDet); the strongest single value where nothing is confident.
 fn target(kind: TaskKind, out: &[Tensor]) -> Result<Tensor> {
     Ok(match kind {
-        TaskKind::Dense => return Err(crate::Error::Model("attribution: no target for a dense-output tail".into())),
+        // Every pixel's winning logit (its argmax over the channels), summed over pixels and
+        // outputs: the dense analogue of the top-1 logit.
+        TaskKind::Dense => out
+            .iter()
+            .map(|o| o.amax([1i64].as_slice(), false).sum(Kind::Float))
+            .reduce(|a, b| a + b)
+            .ok_or_else(|| crate::Error::Model("attribution: a dense tail with no outputs".into()))?,
         TaskKind::Classification => {
             let logits = out.first().filter(|o| o.dim() == 2).ok_or_else(|| {
                 crate::Error::Model(format!("attribution: a classifier's output must be [1, classes] logits, got {} tensor(s)", out.len()))

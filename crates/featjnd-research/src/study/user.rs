@@ -379,9 +379,8 @@ pub fn build(spec: &UserSpec, sizes: Sizes, device: Device) -> Result<(Task, Use
     let per_batch = if det { 4 } else { 16 };
     let eval: Vec<Tensor> = xs.chunks(per_batch).map(|c| Tensor::stack(c, 0).to_device(device)).collect();
     let batch_sizes: Vec<i64> = eval.iter().map(|x| x.size()[0]).collect();
-    let samples = if det || id == TaskId::UserDense {
-        // The attribution pictures read the bundled tasks' outputs; none for a torchvision
-        // detector or a dense tail.
+    let samples = if det {
+        // The attribution pictures read the bundled tasks' outputs; none for a torchvision detector.
         Vec::new()
     } else {
         held.iter().take(4).map(|i| (stem(&i.file), image_tensor(&i.image, size))).collect()
