@@ -46,9 +46,11 @@ pub struct RunArgs {
     /// Only the matched-NRMSE study and the attribution pictures.
     #[arg(long)]
     pub perturb_only: bool,
-    /// Strategies of the quantization study, comma-separated (default: capped,jnd,permuted,
-    /// uniform,per-channel,absmax): `jnd`, `permuted`, `uniform`, `per-channel`, `absmax`,
-    /// `capped[:KAPPA[:GAMMA]]` (cap factor κ, default 2; tolerances raised to γ, default 1).
+    /// Strategies of the quantization study, comma-separated (default: the task's guided rule
+    /// `jnd:0.25`, its shuffled control `permuted:0.25`, `uniform`, `per-channel` and `oracle`;
+    /// `--full` adds `jnd`, `capped` and `absmax`): `jnd[:GAMMA]` (steps ∝ j_t^γ), `permuted[:GAMMA]`,
+    /// `uniform`, `per-channel`, `absmax`, `capped[:KAPPA[:GAMMA]]` (cap factor κ, default 2;
+    /// tolerances raised to γ, default 1), `oracle` (steps ∝ F_t^(−1/2) from the task's gradients).
     #[arg(long, value_delimiter = ',')]
     pub quant_strategies: Vec<String>,
     /// Evaluate the photo tasks on the corpus's validation photos (carved from its training
