@@ -222,7 +222,7 @@ pub fn perturb_levels(feats: &[Tensor], jnd: &[Tensor], shape: NoiseShape, r: f6
 pub fn run_split(
     task: &Task,
     split: &str,
-    est: &JndEstimator,
+    held: &super::HeldOut,
     ablation: Option<&JndEstimator>,
     levels: &[f64],
     seeds: &[u64],
@@ -231,7 +231,7 @@ pub fn run_split(
     quiet: bool,
 ) -> Result<SplitCurves> {
     let model = task.model.as_ref();
-    let (feats, jnds, clean) = super::held_out_features(task, split, est)?;
+    let (feats, jnds, clean) = (&held.feats, &held.jnds, &held.clean);
     let log_maps: Vec<Vec<Tensor>> = match ablation {
         Some(a) if shapes.contains(&NoiseShape::FeatJndLog) => tch::no_grad(|| feats.iter().map(|f| a.forward(f)).collect::<Result<_>>())?,
         _ if shapes.contains(&NoiseShape::FeatJndLog) => {
@@ -248,29 +248,25 @@ pub fn run_split(
     };
     let mut oracle: BTreeMap<NoiseShape, Vec<Vec<Tensor>>> = BTreeMap::new();
     if shapes.iter().any(|&s| oracle_power(s).is_some()) {
-        let mut pb = Progress::new(feats.len() as u64, &format!("{} {split} oracle", task.id.name()), quiet);
-        for (b, (f, c)) in feats.iter().zip(&clean).enumerate() {
-            let g = super::oracle::task_sensitivity(task, split, f, c, b)?;
+        for g in held.sensitivity(task, split, quiet)? {
             for &shape in shapes {
                 if let Some(p) = oracle_power(shape) {
-                    oracle.entry(shape).or_default().push(super::oracle::shape(&g, p));
+                    oracle.entry(shape).or_default().push(super::oracle::shape(g, p));
                 }
             }
-            pb.step(format!("batch {b}"));
         }
-        pb.finish();
     }
-    let clean_metrics = task.scorer.score(&clean, &clean)?;
+    let clean_metrics = task.scorer.score(clean, clean)?;
     let metrics = task.id.metrics();
     let clean_per_image: BTreeMap<String, Vec<f64>> =
-        metrics.iter().filter_map(|&m| per_image(&task.scorer, &clean, &clean, m).map(|v| (m.to_string(), v))).collect();
+        metrics.iter().filter_map(|&m| per_image(&task.scorer, clean, clean, m).map(|v| (m.to_string(), v))).collect();
     // Detection: the headline metric is re-scored on every replicate (module docs).
     let rescorer = Rescorer::of(&task.scorer);
     let det_metric = match rescorer {
         Rescorer::Scenes { .. } | Rescorer::Pseudo { .. } if det_intervals && !task.eval.is_empty() => metrics.first().copied(),
         _ => None,
     };
-    let clean_io = det_metric.map(|m| resample::outputs(&task.scorer, &clean, &clean, m)).transpose()?;
+    let clean_io = det_metric.map(|m| resample::outputs(&task.scorer, clean, clean, m)).transpose()?;
     let resamples = match (&clean_io, clean_per_image.values().next()) {
         (Some(io), _) => stats::resamples(io.len(), DET_REPLICATES, BOOT_SEED),
         (None, Some(v)) => stats::resamples(v.len(), BOOT_REPLICATES, BOOT_SEED),
@@ -296,7 +292,7 @@ pub fn run_split(
             for &seed in seeds {
                 let outs = tch::no_grad(|| -> Result<Vec<Vec<Tensor>>> {
                     let mut outs = Vec::new();
-                    for (b, (f, j)) in feats.iter().zip(&jnds).enumerate() {
+                    for (b, (f, j)) in feats.iter().zip(jnds).enumerate() {
                         let j = match shape {
                             NoiseShape::Oracle | NoiseShape::OracleP(_) => &oracle[&shape][b],
                             NoiseShape::FeatJndLog => &log_maps[b],
@@ -310,13 +306,13 @@ pub fn run_split(
                     }
                     Ok(outs)
                 })?;
-                runs.push(task.scorer.score(&outs, &clean)?);
+                runs.push(task.scorer.score(&outs, clean)?);
                 if let Some(m) = det_metric {
-                    let io = resample::outputs(&task.scorer, &outs, &clean, m)?;
+                    let io = resample::outputs(&task.scorer, &outs, clean, m)?;
                     reps.iter_mut().zip(rescore(&io, m)?).for_each(|(a, x)| *a += x / seeds.len() as f64);
                 }
                 for m in clean_per_image.keys() {
-                    if let Some(v) = per_image(&task.scorer, &outs, &clean, m) {
+                    if let Some(v) = per_image(&task.scorer, &outs, clean, m) {
                         let acc = per_img.entry(m.clone()).or_insert_with(|| vec![0.0; v.len()]);
                         acc.iter_mut().zip(&v).for_each(|(a, x)| *a += x / seeds.len() as f64);
                     }

@@ -18,7 +18,6 @@
 
 use super::resample::{self, ImageOutputs};
 use super::tasks::Task;
-use crate::estimator::JndEstimator;
 use crate::train::Progress;
 use crate::{cpu, steps, Bits, Error, FeatureShape, Reduce, Result, Strategy, TokenGrid};
 use featjnd_kernels::codec as fjq;
@@ -434,37 +433,30 @@ fn host_images(f: &Tensor, j: &Tensor, g: Option<&Tensor>, patch: usize) -> Resu
         .collect()
 }
 
-/// Runs the sweep on `task` at `split` (estimator `est`) for relative budgets `budgets`.
+/// Runs the sweep on `task` at `split` (its held-out batches `held`) for relative budgets `budgets`.
 pub fn run_split(
     task: &Task,
     split: &str,
-    est: &JndEstimator,
+    held: &super::HeldOut,
     budgets: &[f64],
     strategies: &[QStrategy],
     quiet: bool,
 ) -> Result<SplitQuant> {
     let model = task.model.as_ref();
-    let (feats, jnds, clean) = super::held_out_features(task, split, est)?;
-    let clean_metrics = task.scorer.score(&clean, &clean)?;
+    let (feats, jnds, clean) = (&held.feats, &held.jnds, &held.clean);
+    let clean_metrics = task.scorer.score(clean, clean)?;
     let headline = task.id.metrics()[0];
     let patch = choose_patch(&feats[0].iter().map(|f| f.size()).collect::<Vec<_>>());
-    // The oracle control's measured sensitivity (three gradient probes per batch, as the
-    // perturbation study's oracle), only when it runs.
-    let sens: Vec<Option<Vec<Tensor>>> = feats
-        .iter()
-        .zip(&clean)
-        .enumerate()
-        .map(|(bi, (f, c))| {
-            strategies.contains(&QStrategy::Oracle).then(|| super::oracle::task_sensitivity(task, split, f, c, bi)).transpose()
-        })
-        .collect::<Result<_>>()?;
+    // The oracle control's measured sensitivity (the perturbation study's probes, shared through
+    // `held`), only when it runs.
+    let sens = if strategies.contains(&QStrategy::Oracle) { Some(held.sensitivity(task, split, quiet)?) } else { None };
     // Host copies, per batch → level → image.
     let host: Vec<Vec<Vec<Level>>> = feats
         .iter()
-        .zip(&jnds)
-        .zip(&sens)
-        .map(|((fs, js), gs)| {
-            fs.iter().zip(js).enumerate().map(|(li, (f, j))| host_images(f, j, gs.as_ref().map(|g| &g[li]), patch)).collect::<Result<_>>()
+        .zip(jnds)
+        .enumerate()
+        .map(|(bi, (fs, js))| {
+            fs.iter().zip(js).enumerate().map(|(li, (f, j))| host_images(f, j, sens.map(|g| &g[bi][li]), patch)).collect::<Result<_>>()
         })
         .collect::<Result<_>>()?;
     let mut pb = Progress::new((strategies.len() * budgets.len()) as u64, &format!("quant {} {split}", task.id.name()), quiet);
@@ -506,8 +498,8 @@ pub fn run_split(
                 context_bits_per_element: sum(|c| c.context_bits) / elems,
                 clamped: costs.iter().map(|c| c.clamped).sum(),
                 unmatched,
-                metrics: task.scorer.score(&outs, &clean)?,
-                outputs: resample::outputs(&task.scorer, &outs, &clean, headline)?,
+                metrics: task.scorer.score(&outs, clean)?,
+                outputs: resample::outputs(&task.scorer, &outs, clean, headline)?,
                 costs,
             });
             pb.step(format!("{} d={d}", s.name()));

@@ -490,6 +490,8 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
             .ok();
             let mut split_json = json!({});
             let t_split = std::time::Instant::now();
+            // The held-out batches (and, once needed, the oracle's probes) for both studies.
+            let held = super::HeldOut::new(&task, &split, &est)?;
             if cfg.perturb {
                 let ablation = ablation_estimator(task.id, &split, cfg)?;
                 let mut shapes = NoiseShape::ALL.to_vec();
@@ -504,7 +506,7 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
                 let curves = run_split(
                     &task,
                     &split,
-                    &est,
+                    &held,
                     ablation.as_ref().map(|(e, _)| e),
                     &levels,
                     &seeds,
@@ -682,7 +684,7 @@ pub fn run(cfg: &RunConfig) -> Result<Value> {
             }
             let perturb_seconds = t_split.elapsed().as_secs_f64();
             if cfg.quant_on(id) {
-                split_json["quant"] = quant_section(&mut report, &mut goal_rows_q, &task, &split, &est, cfg)?;
+                split_json["quant"] = quant_section(&mut report, &mut goal_rows_q, &task, &split, &held, cfg)?;
             }
             split_json["seconds"] =
                 json!({"perturb_and_attribution": perturb_seconds, "quant": t_split.elapsed().as_secs_f64() - perturb_seconds});
@@ -815,13 +817,13 @@ fn quant_section(
     goal_rows: &mut Vec<String>,
     task: &Task,
     split: &str,
-    est: &JndEstimator,
+    held: &super::HeldOut,
     cfg: &RunConfig,
 ) -> Result<Value> {
     let id = task.id;
     let budgets = cfg.budgets();
     let strategies = cfg.quant_strategies(id);
-    let q = quant::run_split(task, split, est, &budgets, &strategies, cfg.quiet)?;
+    let q = quant::run_split(task, split, held, &budgets, &strategies, cfg.quiet)?;
     let names: Vec<String> = strategies.iter().map(|s| s.name()).collect();
     let metric = id.metrics()[0];
     writeln!(
