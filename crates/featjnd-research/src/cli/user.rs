@@ -172,7 +172,8 @@ pub fn run(a: &RunArgs) -> Result<Value> {
     // The user section: the model, the photos held out, the discrepancy.
     let pair = TorchScriptPair::load_dir(&spec.model, device)?;
     let det = user::is_detection(&pair);
-    let dense = pair.spec().outputs.clone().filter(|_| user::task_id(&pair) == crate::study::tasks::TaskId::UserDense);
+    // `outputs` is set exactly for a dense task (`SplitSpec::validate`).
+    let dense = pair.spec().outputs.clone();
     let task_name = match (&dense, det) {
         (Some(_), _) => "dense",
         (None, true) => "detection",

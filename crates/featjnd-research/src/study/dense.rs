@@ -43,6 +43,31 @@ const IDENTITY_TOL: f64 = 0.1;
 /// `peak_f1`: a peak is found within this many pixels (Chebyshev distance).
 pub const PEAK_RADIUS: i64 = 2;
 
+/// Per image: how many elements of the boolean map `m` are set (f64).
+fn count(m: &Tensor) -> Tensor {
+    per_sample_sum(&m.to_kind(Kind::Double)).to_kind(Kind::Double)
+}
+
+/// Per image: how many elements of the boolean maps `a` and `b` are set in both, and in either.
+fn inter_union(a: &Tensor, b: &Tensor) -> (Tensor, Tensor) {
+    (count(&a.logical_and(b)), count(&a.logical_or(b)))
+}
+
+/// Per image: the IoU of the boolean maps `a` and `b`, 1 where both are empty.
+fn iou_or_one(a: &Tensor, b: &Tensor) -> Tensor {
+    let (inter, union) = inter_union(a, b);
+    (&inter / union.clamp_min(1.0)).where_self(&union.gt(0.0), &union.ones_like())
+}
+
+/// Adds `v` to `sums[name]` (a per-image sum over the outputs).
+fn accumulate(sums: &mut BTreeMap<&'static str, Tensor>, name: &'static str, v: Tensor) {
+    let acc = match sums.remove(name) {
+        Some(s) => s + v,
+        None => v,
+    };
+    sums.insert(name, acc);
+}
+
 /// Peaks of sigmoid logits `[B, C, H, W]`: above 0.5 and the maximum of their 3×3 neighbourhood.
 fn peaks(logits: &Tensor) -> Tensor {
     let p = logits.sigmoid();
@@ -55,7 +80,6 @@ fn peak_f1(o: &Tensor, c: &Tensor) -> Tensor {
     let (po, pc) = (peaks(o), peaks(c));
     let k = 2 * PEAK_RADIUS + 1;
     let near = |m: &Tensor| m.to_kind(Kind::Double).max_pool2d([k, k], [1, 1], [PEAK_RADIUS, PEAK_RADIUS], [1, 1], false).gt(0.0);
-    let count = |m: &Tensor| per_sample_sum(&m.to_kind(Kind::Double)).to_kind(Kind::Double);
     let (no, nc) = (count(&po), count(&pc));
     let found = count(&po.logical_and(&near(&pc)));
     let recalled = count(&pc.logical_and(&near(&po)));
@@ -65,7 +89,9 @@ fn peak_f1(o: &Tensor, c: &Tensor) -> Tensor {
     (precision * recall * 2.0 / sum.clamp_min(1e-300)).where_self(&sum.gt(0.0), &sum.zeros_like())
 }
 
-fn check(kinds: &[OutputKind], outs: &[Tensor], what: &str) -> Result<()> {
+/// Checks that `outs` are maps fitting `kinds`: one per kind, each `[B, C, H, W]`, `C ≥ 2` for
+/// `softmax`; `what` names the outputs in the message.
+pub fn check_outputs(kinds: &[OutputKind], outs: &[Tensor], what: &str) -> Result<()> {
     if outs.len() != kinds.len() {
         return Err(Error::Model(format!("a dense tail declared with {} output(s) returned {} ({what})", kinds.len(), outs.len())));
     }
@@ -92,7 +118,7 @@ fn per_sample_sum(t: &Tensor) -> Tensor {
 
 /// `[B]` task discrepancies of the dense outputs `pert` against `clean` (module docs).
 pub fn discrepancy(kinds: &[OutputKind], clean: &[Tensor], pert: &[Tensor]) -> Result<Tensor> {
-    check(kinds, pert, "perturbed")?;
+    check_outputs(kinds, pert, "perturbed")?;
     let mut total: Option<Tensor> = None;
     for ((c, p), kind) in clean.iter().zip(pert).zip(kinds) {
         let (c, p) = (c.to_kind(Kind::Float), p.to_kind(Kind::Float));
@@ -118,8 +144,8 @@ pub fn discrepancy(kinds: &[OutputKind], clean: &[Tensor], pert: &[Tensor]) -> R
 
 /// Per-image values of [`METRICS`] of one batch: `metric → [B]` (module docs).
 pub fn per_image(kinds: &[OutputKind], outs: &[Tensor], clean: &[Tensor]) -> Result<BTreeMap<&'static str, Vec<f64>>> {
-    check(kinds, outs, "perturbed")?;
-    check(kinds, clean, "clean")?;
+    check_outputs(kinds, outs, "perturbed")?;
+    check_outputs(kinds, clean, "clean")?;
     let b = outs[0].size()[0];
     let mut sums: BTreeMap<&'static str, Tensor> = BTreeMap::new();
     for ((o, c), kind) in outs.iter().zip(clean).zip(kinds) {
@@ -133,9 +159,7 @@ pub fn per_image(kinds: &[OutputKind], outs: &[Tensor], clean: &[Tensor]) -> Res
                 let (mut iou_sum, mut present) =
                     (Tensor::zeros([b], (Kind::Double, o.device())), Tensor::zeros([b], (Kind::Double, o.device())));
                 for k in 0..classes {
-                    let (mo, mc) = (ao.eq(k), ac.eq(k));
-                    let inter = per_sample_sum(&mo.logical_and(&mc).to_kind(Kind::Double)).to_kind(Kind::Double);
-                    let union = per_sample_sum(&mo.logical_or(&mc).to_kind(Kind::Double)).to_kind(Kind::Double);
+                    let (inter, union) = inter_union(&ao.eq(k), &ac.eq(k));
                     let has = union.gt(0.0).to_kind(Kind::Double);
                     iou_sum += &inter / union.clamp_min(1.0) * &has;
                     present += has;
@@ -146,10 +170,7 @@ pub fn per_image(kinds: &[OutputKind], outs: &[Tensor], clean: &[Tensor]) -> Res
             OutputKind::Sigmoid => {
                 let (mo, mc) = (o.gt(0.0), c.gt(0.0));
                 let agree = per_sample_mean(&mo.eq_tensor(&mc).to_kind(Kind::Double));
-                let inter = per_sample_sum(&mo.logical_and(&mc).to_kind(Kind::Double)).to_kind(Kind::Double);
-                let union = per_sample_sum(&mo.logical_or(&mc).to_kind(Kind::Double)).to_kind(Kind::Double);
-                let iou = (&inter / union.clamp_min(1.0)).where_self(&union.gt(0.0), &union.ones_like());
-                (agree, iou, o.sigmoid(), c.sigmoid(), None)
+                (agree, iou_or_one(&mo, &mc), o.sigmoid(), c.sigmoid(), None)
             }
             OutputKind::Identity => {
                 let cf = c.flatten(1, -1);
@@ -157,21 +178,13 @@ pub fn per_image(kinds: &[OutputKind], outs: &[Tensor], clean: &[Tensor]) -> Res
                 let close = (&o - &c).abs().flatten(1, -1).le_tensor(&(rms * IDENTITY_TOL));
                 let agree = close.to_kind(Kind::Double).mean_dim(1, false, Kind::Double);
                 let med = cf.nanmedian_dim(1, true).0;
-                let (mo, mc) = (o.flatten(1, -1).gt_tensor(&med), cf.gt_tensor(&med));
-                let inter = per_sample_sum(&mo.logical_and(&mc).to_kind(Kind::Double)).to_kind(Kind::Double);
-                let union = per_sample_sum(&mo.logical_or(&mc).to_kind(Kind::Double)).to_kind(Kind::Double);
-                let iou = (&inter / union.clamp_min(1.0)).where_self(&union.gt(0.0), &union.ones_like());
+                let iou = iou_or_one(&o.flatten(1, -1).gt_tensor(&med), &cf.gt_tensor(&med));
                 let peak = cf.abs().amax([1i64].as_slice(), false);
                 (agree, iou, o.shallow_clone(), c.shallow_clone(), Some(peak))
             }
         };
         if *kind == OutputKind::Sigmoid {
-            let f1 = peak_f1(&o, &c);
-            let acc = match sums.remove("peak_f1") {
-                Some(s) => s + f1,
-                None => f1,
-            };
-            sums.insert("peak_f1", acc);
+            accumulate(&mut sums, "peak_f1", peak_f1(&o, &c));
         }
         let mse = per_sample_mean(&(&po - &pc).square()).to_kind(Kind::Double);
         let peak2 = peak.map(|p| p.square()).unwrap_or_else(|| mse.ones_like());
@@ -180,12 +193,7 @@ pub fn per_image(kinds: &[OutputKind], outs: &[Tensor], clean: &[Tensor]) -> Res
             / per_sample_sum(&pc.square()).to_kind(Kind::Double).clamp_min(1e-300))
         .sqrt();
         for (name, v) in [("agreement", agree), ("iou", iou), ("psnr", psnr), ("rel_l2", rel)] {
-            let v = v.to_kind(Kind::Double);
-            let acc = match sums.remove(name) {
-                Some(s) => s + v,
-                None => v,
-            };
-            sums.insert(name, acc);
+            accumulate(&mut sums, name, v.to_kind(Kind::Double));
         }
     }
     let n = kinds.len() as f64;

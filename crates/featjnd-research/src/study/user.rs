@@ -270,6 +270,11 @@ fn shapes(ts: &[Tensor]) -> String {
     ts.iter().map(|t| format!("{:?}", t.size())).collect::<Vec<_>>().join(", ")
 }
 
+/// Whether `t` is floating point with every value finite.
+fn finite_float(t: &Tensor) -> Result<bool> {
+    Ok(t.is_floating_point() && bool::try_from(t.f_isfinite()?.f_all()?)?)
+}
+
 /// Runs `pair` once on one mid-grey input of `size` and checks what comes out against the task
 /// its sidecar declares, before any photo is read or any work is done (issue 27): features and
 /// outputs finite, a classification tail returning one `[1, classes]` tensor of logits, a
@@ -279,10 +284,10 @@ pub fn check_pair(pair: &TorchScriptPair, size: (u32, u32)) -> Result<()> {
     let split = pair.split_points().remove(0);
     let (head, tail) = pair.paths();
     let x = Tensor::f_full([1, 3, size.0 as i64, size.1 as i64], 0.5, (Kind::Float, pair.device()))?;
-    let (feats, outs) = tch::no_grad(|| -> Result<_> {
+    let outs = tch::no_grad(|| -> Result<_> {
         let f = pair.head(&x, &split)?;
         for (i, t) in f.iter().enumerate() {
-            if !t.is_floating_point() || !bool::try_from(t.f_isfinite()?.f_all()?)? {
+            if !finite_float(t)? {
                 return Err(Error::Model(format!(
                     "{}: feature {i} ({:?}, {:?}) is not finite floating point on a mid-grey {}x{} input",
                     head.display(),
@@ -293,10 +298,9 @@ pub fn check_pair(pair: &TorchScriptPair, size: (u32, u32)) -> Result<()> {
                 )));
             }
         }
-        let o = pair.tail(&f, &split)?;
-        Ok((f, o))
+        pair.tail(&f, &split)
     })?;
-    let sidecar = pair.paths().0.parent().map(|d| d.join(crate::model::torchscript::SIDECAR)).unwrap_or_default();
+    let sidecar = head.parent().map(|d| d.join(crate::model::torchscript::SIDECAR)).unwrap_or_default();
     match pair.spec().task {
         TaskKind::Classification => {
             let logits = outs.len() == 1 && outs[0].dim() == 2 && outs[0].size()[0] == 1 && outs[0].size()[1] >= 2;
@@ -310,7 +314,7 @@ pub fn check_pair(pair: &TorchScriptPair, size: (u32, u32)) -> Result<()> {
                     sidecar.display()
                 )));
             }
-            if !outs[0].is_floating_point() || !bool::try_from(outs[0].f_isfinite()?.f_all()?)? {
+            if !finite_float(&outs[0])? {
                 return Err(Error::Model(format!("{}: the logits are not finite on a mid-grey input", tail.display())));
             }
         }
@@ -333,7 +337,7 @@ pub fn check_pair(pair: &TorchScriptPair, size: (u32, u32)) -> Result<()> {
         }
         TaskKind::Dense => {
             let kinds = pair.spec().outputs.clone().unwrap_or_default();
-            super::dense::per_image(&kinds, &outs, &outs).map_err(|e| {
+            super::dense::check_outputs(&kinds, &outs, "for one input").map_err(|e| {
                 Error::Model(format!(
                     "{} returns {} for one input, but {} declares `outputs` {:?}: {e}",
                     tail.display(),
@@ -343,7 +347,7 @@ pub fn check_pair(pair: &TorchScriptPair, size: (u32, u32)) -> Result<()> {
                 ))
             })?;
             for o in &outs {
-                if !o.is_floating_point() || !bool::try_from(o.f_isfinite()?.f_all()?)? {
+                if !finite_float(o)? {
                     return Err(Error::Model(format!("{}: the dense outputs are not finite on a mid-grey input", tail.display())));
                 }
             }
@@ -355,7 +359,6 @@ pub fn check_pair(pair: &TorchScriptPair, size: (u32, u32)) -> Result<()> {
             )))
         }
     }
-    drop(feats);
     Ok(())
 }
 
@@ -400,7 +403,8 @@ pub fn build(spec: &UserSpec, sizes: Sizes, device: Device) -> Result<(Task, Use
     let scorer = if det {
         let (h, w, min_score) = (size.0, size.1, spec.pseudo_gt_score);
         Scorer::Custom(Box::new(move |outs, clean| det_metrics(outs, clean, &batch_sizes, h, w, min_score)))
-    } else if let Some(kinds) = pair.spec().outputs.clone().filter(|_| id == TaskId::UserDense) {
+    } else if let Some(kinds) = pair.spec().outputs.clone() {
+        // `outputs` is set exactly for a dense task (`SplitSpec::validate`).
         Scorer::Dense(kinds)
     } else {
         Scorer::Unlabelled
