@@ -28,14 +28,7 @@ fn repo() -> PathBuf {
 /// The Python to run, when it imports torch, torchvision and numpy; else prints SKIP for `test`.
 fn python_or_skip(test: &str) -> Option<PathBuf> {
     static PY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let r = PY.get_or_init(|| {
-        let py = std::env::var_os("FEATJND_TORCH_PYTHON").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/python3"));
-        match Command::new(&py).args(["-c", "import torch, torchvision, numpy"]).output() {
-            Ok(o) if o.status.success() => Ok(py),
-            Ok(o) => Err(format!("{} cannot import torch, torchvision and numpy: {}", py.display(), last_line(&o.stderr))),
-            Err(e) => Err(format!("{}: {e}", py.display())),
-        }
-    });
+    let r = PY.get_or_init(|| common::torch_python_with("torch, torchvision, numpy"));
     match r {
         Ok(py) => Some(py.clone()),
         Err(why) => {
@@ -43,10 +36,6 @@ fn python_or_skip(test: &str) -> Option<PathBuf> {
             None
         }
     }
-}
-
-fn last_line(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
 }
 
 /// Runs `python tools/<script> args...`; panics with its output on failure.

@@ -16,12 +16,7 @@ use std::sync::OnceLock;
 fn fixtures() -> &'static Result<PathBuf, String> {
     static F: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     F.get_or_init(|| {
-        let py = std::env::var_os("FEATJND_TORCH_PYTHON").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/python3"));
-        match Command::new(&py).args(["-c", "import torch"]).output() {
-            Ok(o) if o.status.success() => {}
-            Ok(_) => return Err(format!("{} cannot import torch", py.display())),
-            Err(e) => return Err(format!("{}: {e}", py.display())),
-        }
+        let py = common::torch_python_with("torch")?;
         // Kept for the whole test process (the OnceLock never drops it).
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?.keep();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/user/bad_pairs.py");

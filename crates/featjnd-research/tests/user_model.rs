@@ -25,12 +25,7 @@ const PHOTOS: usize = 10;
 fn fixture() -> &'static Result<(PathBuf, PathBuf), String> {
     static F: OnceLock<Result<(PathBuf, PathBuf), String>> = OnceLock::new();
     F.get_or_init(|| {
-        let py = std::env::var_os("FEATJND_TORCH_PYTHON").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/python3"));
-        match Command::new(&py).args(["-c", "import torch, torchvision"]).output() {
-            Ok(o) if o.status.success() => {}
-            Ok(_) => return Err(format!("{} cannot import torch and torchvision", py.display())),
-            Err(e) => return Err(format!("{}: {e}", py.display())),
-        }
+        let py = common::torch_python_with("torch, torchvision")?;
         let corpus = repo().join(".deps/data/photos");
         let mut files: Vec<PathBuf> = std::fs::read_dir(&corpus)
             .map_err(|e| format!("no photo corpus {} ({e}; run scripts/setup.sh)", corpus.display()))?
@@ -253,7 +248,7 @@ fn detection_discrepancy_is_zero_when_equal_and_one_when_lost() {
 #[test]
 fn lraspp_dense_export_matches_pytorch_and_runs_through_every_command() {
     let Some((_, photos)) = fixture_or_skip("lraspp_dense_export_matches_pytorch_and_runs_through_every_command") else { return };
-    let py = std::env::var_os("FEATJND_TORCH_PYTHON").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/python3"));
+    let py = common::torch_python();
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("lraspp");
     let o = Command::new(&py)

@@ -1,6 +1,30 @@
-//! Shared by the pipeline tests: a lock around torch's global RNG.
+//! Shared by the pipeline tests: a lock around torch's global RNG, the Python of the PyTorch
+//! reference tests.
 #![allow(dead_code)]
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
+
+/// The Python the PyTorch reference tests run: `$FEATJND_TORCH_PYTHON`, else `/usr/bin/python3`
+/// (Debian's python3-torch and python3-torchvision, scripts/setup.sh).
+pub fn torch_python() -> PathBuf {
+    std::env::var_os("FEATJND_TORCH_PYTHON").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/python3"))
+}
+
+/// The last non-empty line of a process's output.
+pub fn last_line(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
+}
+
+/// [`torch_python`] when it imports `modules` (e.g. `"torch, torchvision"`); else why not.
+pub fn torch_python_with(modules: &str) -> Result<PathBuf, String> {
+    let py = torch_python();
+    match Command::new(&py).args(["-c", &format!("import {modules}")]).output() {
+        Ok(o) if o.status.success() => Ok(py),
+        Ok(o) => Err(format!("{} cannot import {modules}: {}", py.display(), last_line(&o.stderr))),
+        Err(e) => Err(format!("{}: {e}", py.display())),
+    }
+}
 
 /// Serialises the tests of one test binary that use torch's global RNG (`tch::manual_seed`,
 /// `randn`, weight initialisation, training). The test harness runs tests on parallel threads
