@@ -33,20 +33,11 @@ pub fn skip(line: &str) {
 
 pub const KINDS: [Kind; 3] = [Kind::Float, Kind::Half, Kind::BFloat16];
 
-/// Shapes with awkward sizes: (layout, sizes, patch).
+include!("shapes.rs");
+
+/// Shapes with awkward sizes ([`SHAPES`], shared with the emulation tier): (layout, sizes, patch).
 pub fn shapes() -> Vec<(Layout, Vec<i64>, usize)> {
-    vec![
-        (Layout::Nchw, vec![1, 1, 1, 1], 1),
-        (Layout::Nchw, vec![2, 7, 5, 3], 1),
-        (Layout::Nchw, vec![3, 17, 6, 10], 2),
-        (Layout::Nchw, vec![1, 64, 28, 28], 4),
-        (Layout::Nchw, vec![2, 256, 14, 14], 1),
-        (Layout::Ntc, vec![1, 1, 1], 1),
-        (Layout::Ntc, vec![2, 7, 17], 1),
-        (Layout::Ntc, vec![3, 33, 1025], 1),
-        (Layout::Ntc, vec![2, 50, 768], 1),
-        (Layout::Ntc, vec![1, 3, 5137], 1),
-    ]
+    SHAPES.iter().map(|&(l, s, p)| (l, s.iter().map(|&d| d as i64).collect(), p)).collect()
 }
 
 /// Gaussian values times 3 from Philox (key `seed`): no torch global RNG, so parallel tests

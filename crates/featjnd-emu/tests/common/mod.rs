@@ -20,20 +20,12 @@ pub fn run<P>(m: &Module, name: &str, p: &P, grid: u64, s: Sched) -> Res {
     unsafe { emu::launch(m.kernel(name), p, grid, s) }.map_err(|e| format!("emulator: {e}"))
 }
 
-/// The GPU tests' shapes (tests/common/gpu.rs): (layout, sizes, patch).
+include!("../../../../tests/common/shapes.rs");
+
+/// The GPU tests' shapes ([`SHAPES`], the kernel crate's `tests/common/shapes.rs`): (layout,
+/// sizes, patch).
 pub fn shapes() -> Vec<(Layout, Vec<usize>, usize)> {
-    vec![
-        (Layout::Nchw, vec![1, 1, 1, 1], 1),
-        (Layout::Nchw, vec![2, 7, 5, 3], 1),
-        (Layout::Nchw, vec![3, 17, 6, 10], 2),
-        (Layout::Nchw, vec![1, 64, 28, 28], 4),
-        (Layout::Nchw, vec![2, 256, 14, 14], 1),
-        (Layout::Ntc, vec![1, 1, 1], 1),
-        (Layout::Ntc, vec![2, 7, 17], 1),
-        (Layout::Ntc, vec![3, 33, 1025], 1),
-        (Layout::Ntc, vec![2, 50, 768], 1),
-        (Layout::Ntc, vec![1, 3, 5137], 1),
-    ]
+    SHAPES.iter().map(|&(l, s, p)| (l, s.to_vec(), p)).collect()
 }
 
 pub fn grid_of(layout: Layout, s: &[usize], patch: usize) -> TokenGrid {
