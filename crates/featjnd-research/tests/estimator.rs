@@ -121,36 +121,14 @@ fn violated_constraint_raises_lambda_and_shrinks_j() {
     let _ = m.split_points();
 }
 
-/// A toy task with known per-element sensitivity: the head is the identity on `[B, 4, 5, 5]`
-/// inputs and the tail a linear classifier of the spatial means whose weights on channel `k` are
-/// scaled by `A[k]`, so the discrepancy's sensitivity to an element of channel `k` grows as `A[k]²`.
-struct Graded {
-    w: Tensor,
-}
-
+/// A toy task with known per-element sensitivity ([`common::MeanLinear`] on `[B, 4, 5, 5]`
+/// inputs) whose classifier weights on channel `k` are scaled by `A[k]`, so the discrepancy's
+/// sensitivity to an element of channel `k` grows as `A[k]²`.
 const A: [f64; 4] = [4.0, 0.25, 2.0, 1.0];
 
-impl SplitModel for Graded {
-    fn arch(&self) -> &str {
-        "graded"
-    }
-    fn task(&self) -> featjnd_research::model::TaskKind {
-        featjnd_research::model::TaskKind::Classification
-    }
-    fn split_points(&self) -> Vec<String> {
-        vec!["s".into()]
-    }
-    fn head(&self, x: &Tensor, _split: &str) -> Result<Vec<Tensor>> {
-        Ok(vec![x.shallow_clone()])
-    }
-    fn tail(&self, feats: &[Tensor], _split: &str) -> Result<Vec<Tensor>> {
-        Ok(vec![feats[0].mean_dim([2i64, 3].as_slice(), false, Kind::Float).matmul(&self.w.tr())])
-    }
-}
-
-fn graded() -> Graded {
+fn graded() -> common::MeanLinear {
     let base = (Tensor::arange(6 * 4, (Kind::Float, Device::Cpu)).view([6, 4]) * 1.7).sin() * 2.0;
-    Graded { w: base * Tensor::from_slice(&A).to_kind(Kind::Float).unsqueeze(0) }
+    common::MeanLinear { w: base * Tensor::from_slice(&A).to_kind(Kind::Float).unsqueeze(0) }
 }
 
 /// Deterministic inputs (no global RNG): a pattern with a pseudo-random phase per step, from one

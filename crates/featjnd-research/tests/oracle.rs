@@ -6,38 +6,13 @@
 //! noise must change the output far less than Gaussian noise does.
 
 mod common;
-use featjnd_research::model::{SplitModel, TaskKind};
 use featjnd_research::study::oracle;
 use featjnd_research::study::perturb::{perturb_levels, NoiseShape};
 use featjnd_research::study::real_gt::{parse_coco, parse_voc};
 use featjnd_research::study::tasks::{Scorer, Task, TaskId};
-use featjnd_research::Result;
 use tch::{Device, Kind, Tensor};
 
 const C: i64 = 8;
-
-/// `tail(f) = W · mean_hw(f)` with `W` zero on channels `C/2..C`; the head is the identity.
-struct HalfBlind {
-    w: Tensor,
-}
-
-impl SplitModel for HalfBlind {
-    fn arch(&self) -> &str {
-        "half-blind"
-    }
-    fn task(&self) -> TaskKind {
-        TaskKind::Classification
-    }
-    fn split_points(&self) -> Vec<String> {
-        vec!["s".into()]
-    }
-    fn head(&self, x: &Tensor, _split: &str) -> Result<Vec<Tensor>> {
-        Ok(vec![x.shallow_clone()])
-    }
-    fn tail(&self, feats: &[Tensor], _split: &str) -> Result<Vec<Tensor>> {
-        Ok(vec![feats[0].mean_dim([2i64, 3].as_slice(), false, Kind::Float).matmul(&self.w.tr())])
-    }
-}
 
 fn task() -> Task {
     // Deterministic weights: 5 classes, reading channels 0..C/2 only.
@@ -47,7 +22,8 @@ fn task() -> Task {
     let x = (Tensor::arange(2 * C * 5 * 3, (Kind::Float, Device::Cpu)).view([2, C, 5, 3]) * 0.37).cos() + 0.2;
     Task {
         id: TaskId::Fmnist,
-        model: Box::new(HalfBlind { w }),
+        // `tail(f) = W · mean_hw(f)` with `W` zero on channels `C/2..C`.
+        model: Box::new(common::MeanLinear { w }),
         eval: vec![x],
         scorer: Scorer::Unlabelled,
         samples: Vec::new(),

@@ -26,6 +26,31 @@ pub fn torch_python_with(modules: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// A toy split model whose per-element sensitivity is known: the head is the identity, the tail a
+/// linear classifier `W · mean_hw(f)`, so the discrepancy's sensitivity to an element of channel
+/// `k` follows column `k` of `W` (the estimator's and the oracle's known-answer tests).
+pub struct MeanLinear {
+    pub w: tch::Tensor,
+}
+
+impl featjnd_research::model::SplitModel for MeanLinear {
+    fn arch(&self) -> &str {
+        "mean-linear"
+    }
+    fn task(&self) -> featjnd_research::model::TaskKind {
+        featjnd_research::model::TaskKind::Classification
+    }
+    fn split_points(&self) -> Vec<String> {
+        vec!["s".into()]
+    }
+    fn head(&self, x: &tch::Tensor, _split: &str) -> featjnd_research::Result<Vec<tch::Tensor>> {
+        Ok(vec![x.shallow_clone()])
+    }
+    fn tail(&self, feats: &[tch::Tensor], _split: &str) -> featjnd_research::Result<Vec<tch::Tensor>> {
+        Ok(vec![feats[0].mean_dim([2i64, 3].as_slice(), false, tch::Kind::Float).matmul(&self.w.tr())])
+    }
+}
+
 /// Serialises the tests of one test binary that use torch's global RNG (`tch::manual_seed`,
 /// `randn`, weight initialisation, training). The test harness runs tests on parallel threads
 /// and torch has one RNG per process: without the lock one test's draws shift another's, and a
