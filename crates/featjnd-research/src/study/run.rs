@@ -268,30 +268,20 @@ fn plot_log(out: &Path, name: &str, log: &[LogPoint], tau: f64) -> Result<(PathB
         ],
     )?;
     let b = out.join(format!("jnd-lambda-{name}.png"));
-    if log.iter().any(|p| p.shape_loss != 0.0) {
-        // The sensitivity objective: no multiplier; the shape loss and the scale instead.
-        line_chart(
-            &b,
-            &format!("{name}: shape loss (centred-log MSE) and log s"),
-            "step",
-            "value",
-            &[
-                Series { name: "shape loss".into(), x: x.clone(), y: log.iter().map(|p| p.shape_loss).collect(), lo: vec![], hi: vec![] },
-                Series { name: "log s".into(), x, y: log.iter().map(|p| p.log_scale).collect(), lo: vec![], hi: vec![] },
-            ],
-        )?;
-        return Ok((a, b));
-    }
-    line_chart(
-        &b,
-        &format!("{name}: multiplier lambda and mean log(J/std)"),
-        "step",
-        "value",
-        &[
-            Series { name: "lambda".into(), x: x.clone(), y: log.iter().map(|p| p.lambda).collect(), lo: vec![], hi: vec![] },
-            Series { name: "log J".into(), x, y: log.iter().map(|p| p.log_j).collect(), lo: vec![], hi: vec![] },
-        ],
-    )?;
+    // The sensitivity objective has no multiplier: its shape loss and scale instead.
+    let (title, curves): (&str, [(&str, Vec<f64>); 2]) = if log.iter().any(|p| p.shape_loss != 0.0) {
+        (
+            "shape loss (centred-log MSE) and log s",
+            [("shape loss", log.iter().map(|p| p.shape_loss).collect()), ("log s", log.iter().map(|p| p.log_scale).collect())],
+        )
+    } else {
+        (
+            "multiplier lambda and mean log(J/std)",
+            [("lambda", log.iter().map(|p| p.lambda).collect()), ("log J", log.iter().map(|p| p.log_j).collect())],
+        )
+    };
+    let series: Vec<Series> = curves.into_iter().map(|(n, y)| Series { name: n.into(), x: x.clone(), y, lo: vec![], hi: vec![] }).collect();
+    line_chart(&b, &format!("{name}: {title}"), "step", "value", &series)?;
     Ok((a, b))
 }
 
