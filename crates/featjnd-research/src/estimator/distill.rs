@@ -53,8 +53,7 @@ pub fn distill_estimator(
         pb.step(format!("loss {l:.4}"));
     }
     pb.finish();
-    let tail = &log[log.len() - (log.len() / 5).max(1)..];
-    meta.metrics.insert("final_distill_loss".into(), tail.iter().map(|p| p.hinge).sum::<f64>() / tail.len() as f64);
+    meta.metrics.insert("final_distill_loss".into(), super::train::final_mean(&log, |p| p.hinge));
     meta.metrics.insert("steps".into(), cfg.steps as f64);
     Ok((est, meta, log))
 }

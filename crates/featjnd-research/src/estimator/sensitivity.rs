@@ -121,8 +121,7 @@ pub fn train(
         pb.step(format!("hinge {:.4} (τ {}) shape {:.3} log s {log_s:.2}", e.0, cfg.tau, e.1));
     }
     pb.finish();
-    let tail = &log[log.len() - (log.len() / 5).max(1)..];
-    let mean = |g: fn(&LogPoint) -> f64| tail.iter().map(g).sum::<f64>() / tail.len() as f64;
+    let mean = |g: fn(&LogPoint) -> f64| super::train::final_mean(&log, g);
     meta.metrics.insert("train_final_hinge".into(), mean(|p| p.hinge));
     // Short runs (smoke tests) calibrate on fewer batches.
     let n = (cfg.steps / 4).clamp(2, CALIBRATION_BATCHES);

@@ -100,6 +100,13 @@ impl Default for JndTrain {
     }
 }
 
+/// The mean of `g` over the last fifth of `log` (at least one step): the "final" value of a
+/// training run that the checkpoint's metrics report.
+pub fn final_mean(log: &[LogPoint], g: fn(&LogPoint) -> f64) -> f64 {
+    let tail = &log[log.len() - (log.len() / 5).max(1)..];
+    tail.iter().map(g).sum::<f64>() / tail.len() as f64
+}
+
 /// One logged step of training.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct LogPoint {
@@ -225,8 +232,7 @@ pub fn train_estimator_with(
         pb.step(format!("hinge {:.4} (τ {}) λ {lambda:.2} log J {:.2}", e.0, cfg.tau, e.1));
     }
     pb.finish();
-    let tail = &log[log.len() - (log.len() / 5).max(1)..];
-    let mean = |g: fn(&LogPoint) -> f64| tail.iter().map(g).sum::<f64>() / tail.len() as f64;
+    let mean = |g: fn(&LogPoint) -> f64| final_mean(&log, g);
     meta.metrics.insert("final_hinge".into(), mean(|p| p.hinge));
     meta.metrics.insert("tau".into(), cfg.tau);
     meta.metrics.insert("eps".into(), cfg.eps);
