@@ -28,6 +28,9 @@ pub enum Error {
     NonFinite { index: usize, value: f32 },
     #[error("invalid argument: {0}")]
     Arg(String),
+    /// An array whose address is not a multiple of its element size (only raw pointers can be).
+    #[error("{0}")]
+    Align(String),
     #[error("measured budget D = {budget} cannot be reached: {why}")]
     Unreachable { budget: f64, why: String },
     #[error("CUDA path unavailable: {0}")]

@@ -188,6 +188,15 @@ pub enum Bits {
 }
 
 impl Bits {
+    /// The one rule for a symbol width given as a number, on every surface (C, Python, CLI):
+    /// 8 or 16, and 0 for the default (8), which is what a zero-filled C option struct holds.
+    pub fn from_code(b: u32) -> crate::Result<Bits> {
+        match b {
+            0 | 8 => Ok(Bits::B8),
+            16 => Ok(Bits::B16),
+            b => Err(crate::Error::Arg(format!("bits {b} (use 8 or 16; 0 means 8)"))),
+        }
+    }
     pub fn qmax(self) -> f32 {
         match self {
             Bits::B8 => 127.0,

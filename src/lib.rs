@@ -17,6 +17,7 @@
 #![allow(clippy::neg_cmp_op_on_partial_ord, clippy::needless_range_loop)]
 
 pub mod boxmuller;
+pub mod call;
 #[cfg(feature = "codec")]
 pub mod codec;
 pub mod cpu;

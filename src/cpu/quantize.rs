@@ -171,6 +171,11 @@ fn check_steps(steps: &[f32], grid: &TokenGrid) -> Result<()> {
     if steps.len() != grid.tokens() {
         return Err(Error::Shape(format!("{} steps for {} tokens", steps.len(), grid.tokens())));
     }
+    check_steps_values(steps)
+}
+
+/// Contract §4.2: every step finite, > 0, with a finite reciprocal (the first bad one is named).
+pub fn check_steps_values(steps: &[f32]) -> Result<()> {
     match steps.iter().position(|&d| !(d.is_finite() && d > 0.0 && (1.0 / d).is_finite())) {
         Some(t) => Err(Error::Arg(format!("step Δ[{t}] = {} must be finite and > 0 (and 1/Δ finite)", steps[t]))),
         None => Ok(()),

@@ -159,22 +159,6 @@ pub(super) fn quantize_with_jnd(
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn quantize(
-    o: usize,
-    x: &Tensor,
-    dt: Dtype,
-    grid: &TokenGrid,
-    steps: &Tensor,
-    opts: &QuantizeOptions,
-    in_place: bool,
-    outs: Outs,
-) -> Result<Quantized> {
-    let on = On::new(o)?;
-    let (_keep, stats) = on.stats(raw::quantize_slots(opts.bits, opts.histogram))?;
-    quantize_with(&on, x, dt, grid, steps, opts, in_place, stats, None, outs)
-}
-
-#[allow(clippy::too_many_arguments)]
 fn quantize_with(
     on: &On,
     x: &Tensor,

@@ -7,7 +7,8 @@ mod pending;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::cpu::{self, perturb::NoiseSpec, PerturbReport, QuantOut, Symbols};
+use crate::call::{no_overlap, Buf, Cuda, Elem, Executor, Mem, QuantizeArgs, QuantizeCall};
+use crate::cpu::{self, perturb::NoiseSpec, PerturbReport};
 use crate::element::Dtype;
 use crate::error::{Error, Result};
 use crate::geom::{Bits, FeatureShape, Layout, Reduce, Strategy, TokenGrid};
@@ -375,11 +376,11 @@ fn out_tensor(given: Option<&Tensor>, name: &str, sizes: &[i64], kind: Kind, dev
     }
 }
 
-/// The outputs of one quantization of `x`: caller buffers checked (shape, dtype, device, and no
-/// overlap with `x`, the other `inputs` or each other), the rest allocated.
+/// The outputs of one quantization of `x`: caller buffers checked for shape, kind and device
+/// (the core's `validate` checks their aliasing), the rest allocated.
 fn prepare_outs(
     x: &Tensor,
-    inputs: &[(&Tensor, &str)],
+    inputs: &[(&Tensor, &'static str)],
     grid: &TokenGrid,
     opts: &QuantizeOptions,
     in_place: bool,
@@ -396,18 +397,11 @@ fn prepare_outs(
             None
         },
     };
-    // Caller buffers must not alias the inputs or each other (fresh ones cannot).
+    // Caller buffers must not alias the inputs or each other (fresh ones cannot): the core's rule.
+    let ins = std::iter::once(buf(x, "x")).chain(inputs.iter().map(|&(t, n)| buf(t, n))).collect::<Result<Vec<_>>>()?;
     let named = [(&outs.symbols, "symbols"), (&outs.recon, "reconstruction"), (&outs.token_sse, "token_sse")];
-    let given: Vec<(&Tensor, &str)> = named.iter().filter_map(|(t, n)| t.as_ref().map(|t| (t, *n))).collect();
-    for (i, &(t, n)) in given.iter().enumerate() {
-        check_disjoint(t, n, x, "x")?;
-        for &(input, name) in inputs {
-            check_disjoint(t, n, input, name)?;
-        }
-        for &(u, m) in &given[i + 1..] {
-            check_disjoint(t, n, u, m)?;
-        }
-    }
+    let given = named.iter().filter_map(|&(t, n)| t.as_ref().map(|t| buf(t, n))).collect::<Result<Vec<_>>>()?;
+    no_overlap(&ins, &given, None)?;
     Ok(outs)
 }
 
@@ -448,21 +442,95 @@ fn quantize_impl(
     check_device(x, "x")?;
     let grid = grid_of(x, layout, patch)?;
     check_steps_tensor(x, steps, &grid)?;
-    if in_place {
-        // `x` is written while the steps are read.
-        check_disjoint(x, "x (in place)", steps, "steps")?;
-    }
     let outs = prepare_outs(x, &[(steps, "steps")], &grid, opts, in_place, bufs)?;
-    let mut q = if let Some(o) = cuda_ordinal(x.device()) {
-        cuda_ops::quantize(o, x, dt, &grid, steps, opts, in_place, outs)?
-    } else {
-        quantize_cpu(x, dt, &grid, steps, opts, in_place, outs)?
-    };
-    q.mse = q.total_sse / grid.numel() as f64;
-    q.rate = q.histogram.as_ref().map(|h| Rate::from_histogram(h, grid.tokens(), grid.k()));
-    Ok(q)
+    match cuda_ordinal(x.device()) {
+        Some(o) => run_quantize(&Executor::Cuda(&Cuda::torch(o)?), x, dt, &grid, steps, opts, in_place, outs),
+        None => quantize_cpu(x, dt, &grid, steps, opts, in_place, outs),
+    }
 }
 
+/// A tensor as the core's array view (`crate::call`): conversion only, the call's `validate`
+/// checks sizes, types, memory and aliasing.
+pub(crate) fn buf(t: &Tensor, name: &'static str) -> Result<Buf> {
+    if !t.defined() {
+        return Err(Error::Arg(format!("{name} is an undefined tensor")));
+    }
+    if !t.is_contiguous() {
+        return Err(Error::NonContiguous(name));
+    }
+    let elem = match t.kind() {
+        Kind::Float => Elem::F32,
+        Kind::Half => Elem::F16,
+        Kind::BFloat16 => Elem::Bf16,
+        Kind::Int8 => Elem::I8,
+        Kind::Int16 => Elem::I16,
+        Kind::Int64 => Elem::I64,
+        k => return Err(Error::Dtype(format!("{name} is {k:?}"))),
+    };
+    let mem = match t.device() {
+        Device::Cpu => Mem::Host,
+        Device::Cuda(o) => Mem::Cuda(o),
+        other => return Err(Error::Arg(format!("{name} is on {other:?}: featjnd runs on CPU or CUDA"))),
+    };
+    // SAFETY: a defined contiguous tensor's storage holds `numel` elements of its kind at
+    // `data_ptr` on its device, alive while the caller's handle lives (the whole call). The
+    // tensor API cannot see other handles to the same storage: as for every op here, callers
+    // must not use them while the op runs (outputs are fresh or caller buffers for this call).
+    Ok(unsafe { Buf::new(name, t.data_ptr() as usize, t.numel(), elem, mem, true) })
+}
+
+/// The core's quantization call for tensors already checked and outputs already made.
+fn quantize_call(
+    x: &Tensor,
+    grid: &TokenGrid,
+    steps: &Tensor,
+    opts: &QuantizeOptions,
+    in_place: bool,
+    outs: &Outs,
+) -> Result<QuantizeCall> {
+    let xb = buf(x, "x")?;
+    let out = |t: &Option<Tensor>, name| t.as_ref().map(|t| buf(t, name)).transpose();
+    QuantizeArgs {
+        x: xb,
+        shape: grid.shape,
+        patch: grid.patch,
+        steps: buf(steps, "steps")?,
+        bits: opts.bits,
+        symbols: out(&outs.symbols, "symbols")?,
+        recon: if in_place { Some(xb) } else { out(&outs.recon, "reconstruction")? },
+        token_sse: out(&outs.token_sse, "token_sse")?,
+        histogram: opts.histogram,
+        histogram_out: None,
+    }
+    .validate()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_quantize(
+    ex: &Executor,
+    x: &Tensor,
+    _dt: Dtype,
+    grid: &TokenGrid,
+    steps: &Tensor,
+    opts: &QuantizeOptions,
+    in_place: bool,
+    outs: Outs,
+) -> Result<Quantized> {
+    let r = ex.quantize(&quantize_call(x, grid, steps, opts, in_place, &outs)?)?;
+    let Outs { symbols, recon, token_sse } = outs;
+    Ok(Quantized {
+        symbols,
+        recon,
+        token_sse,
+        clamped: r.clamped,
+        total_sse: r.total_sse,
+        mse: r.mse,
+        histogram: r.histogram,
+        rate: r.rate,
+    })
+}
+
+/// The CPU quantization of checked tensors into made outputs (the core's host executor).
 fn quantize_cpu(
     x: &Tensor,
     dt: Dtype,
@@ -472,42 +540,7 @@ fn quantize_cpu(
     in_place: bool,
     outs: Outs,
 ) -> Result<Quantized> {
-    let Outs { symbols, recon, token_sse } = outs;
-    // SAFETY: every tensor viewed below is a checked contiguous CPU tensor of the element type it
-    // is viewed as (steps f32, symbols i8/i16 by `bits`, token errors f32, x and recon `dt`). The
-    // outputs were allocated by this call or checked by `prepare_outs` to share no memory with
-    // `x`, `steps` or each other; in place, `steps` was checked disjoint from `x`. Each tensor is
-    // viewed once, so no mutable slice aliases another slice, and nothing else touches these
-    // tensors while the op runs.
-    let (st, sym, sse) = unsafe {
-        let sym = match (&symbols, opts.bits) {
-            (None, _) => Symbols::None,
-            (Some(s), Bits::B8) => Symbols::I8(slice_mut(s)),
-            (Some(s), Bits::B16) => Symbols::I16(slice_mut(s)),
-        };
-        (slice::<f32>(steps), sym, token_sse.as_ref().map(|t| slice_mut::<f32>(t)))
-    };
-    let stats = with_elem!(dt, E => {
-        if in_place {
-            // SAFETY: as above; `x` is viewed only here, mutably.
-            let xs = unsafe { slice_mut::<E>(x) };
-            cpu::quantize_in_place::<E>(xs, grid, st, opts.bits, sym, sse, opts.histogram)
-        } else {
-            // SAFETY: as above; `x` is only read, `recon` only written.
-            let (xs, rec) = unsafe { (slice::<E>(x), recon.as_ref().map(|t| slice_mut::<E>(t))) };
-            cpu::quantize::<E>(xs, grid, st, opts.bits, QuantOut { symbols: sym, recon: rec, token_sse: sse, histogram: opts.histogram })
-        }
-    })?;
-    Ok(Quantized {
-        symbols,
-        recon,
-        token_sse,
-        clamped: stats.clamped,
-        total_sse: stats.total_sse,
-        mse: 0.0,
-        histogram: stats.histogram,
-        rate: None,
-    })
+    run_quantize(&Executor::Host(None), x, dt, grid, steps, opts, in_place, outs)
 }
 
 /// Steps whose **measured** quantize–dequantize MSE equals `D` within 1e-3 relative (SPEC §3):

@@ -6,7 +6,6 @@ use std::mem::size_of;
 
 use featjnd_kernels::cuda::raw;
 use featjnd_kernels::error::Error;
-use featjnd_kernels::geom::Bits;
 use featjnd_kernels::Dtype;
 
 use super::*;
@@ -61,19 +60,19 @@ unsafe fn item_stride<T>(items: *const T, count: u32) -> R<usize> {
 #[derive(Clone, Copy)]
 struct BatchSpan {
     item: Option<usize>,
-    span: Span,
+    span: Buf,
     write: bool,
 }
 
 impl BatchSpan {
     fn name(&self) -> String {
         match self.item {
-            Some(i) => format!("items[{i}].{}", self.span.what),
-            None => self.span.what.to_string(),
+            Some(i) => format!("items[{i}].{}", self.span.name),
+            None => self.span.name.to_string(),
         }
     }
     fn end(&self) -> u128 {
-        self.span.addr as u128 + self.span.bytes as u128
+        self.span.addr() as u128 + self.span.bytes() as u128
     }
 }
 
@@ -82,12 +81,12 @@ impl BatchSpan {
 /// output to be exactly its input (in place): such an item lists that array once, as written. One
 /// sort and a sweep, so a batch of many items costs no quadratic number of checks.
 fn no_overlap_across(spans: &mut Vec<BatchSpan>) -> R<()> {
-    spans.retain(|s| s.span.addr != 0 && s.span.bytes > 0);
-    spans.sort_unstable_by_key(|s| (s.span.addr, s.span.bytes, s.write));
+    spans.retain(|s| s.span.addr() != 0 && s.span.bytes() > 0);
+    spans.sort_unstable_by_key(|s| (s.span.addr(), s.span.bytes(), s.write));
     // The read and the written array reaching furthest among those starting at or before this one.
     let (mut read, mut written): (Option<BatchSpan>, Option<BatchSpan>) = (None, None);
     for s in spans.iter() {
-        let lo = s.span.addr as u128;
+        let lo = s.span.addr() as u128;
         let hit = written.filter(|w| w.end() > lo).or(read.filter(|r| s.write && r.end() > lo));
         if let Some(o) = hit {
             let (a, b) = if s.write { (s, &o) } else { (&o, s) };
@@ -111,27 +110,22 @@ fn no_overlap_across(spans: &mut Vec<BatchSpan>) -> R<()> {
 
 /// The arrays of a validated quantization for [`no_overlap_across`] (in place: `x` once, written).
 fn quant_spans(i: usize, q: &QuantCall, out: &mut Vec<BatchSpan>) {
-    let (n, t, es) = (q.g.numel(), q.g.tokens(), q.f.dt.size());
-    let sym_size = if q.bits == Bits::B8 { 1 } else { 2 };
-    let in_place = std::ptr::eq(q.o.recon as *const c_void, q.f.data);
-    let arrays = [
-        (span("x->data", q.f.data, n * es), in_place),
-        (span("steps", q.steps, t * 4), false),
-        (span("symbols", q.o.symbols, n * sym_size), true),
-        (span("recon", q.o.recon, if in_place { 0 } else { n * es }), true),
-        (span("token_sse", q.o.token_sse, t * 4), true),
-    ];
+    let (a, in_place) = (q.call.args(), q.call.in_place());
+    // An item's fields are named as in `FjQuantizeItem` (`items[i].recon`, not `opts->recon`).
+    let mut arrays = vec![(a.x, in_place), (a.steps, false)];
+    let outs = [(a.symbols, "symbols"), (if in_place { None } else { a.recon }, "recon"), (a.token_sse, "token_sse")];
+    arrays.extend(outs.into_iter().filter_map(|(b, name)| b.map(|b| (b.named(name), true))));
     out.extend(arrays.into_iter().map(|(span, write)| BatchSpan { item: Some(i), span, write }));
 }
 
 /// The arrays of a validated perturbation for [`no_overlap_across`] (in place: `x` once, written).
-fn perturb_spans(i: usize, pc: &PerturbCall, out: *mut c_void, spans: &mut Vec<BatchSpan>) {
+fn perturb_spans(c: &FjContext, i: usize, pc: &PerturbCall, out: *mut c_void, spans: &mut Vec<BatchSpan>) {
     let bytes = pc.numel * pc.dt.size();
     let in_place = std::ptr::eq(out as *const c_void, pc.x);
     let arrays = [
-        (span("x->data", pc.x, bytes), in_place),
-        (span("jnd->data", pc.jnd, bytes), false),
-        (span("out", out, if in_place { 0 } else { bytes }), true),
+        (span(c, "x->data", pc.x, bytes), in_place),
+        (span(c, "jnd->data", pc.jnd, bytes), false),
+        (span(c, "out", out, if in_place { 0 } else { bytes }), true),
     ];
     spans.extend(arrays.into_iter().map(|(span, write)| BatchSpan { item: Some(i), span, write }));
 }
@@ -257,7 +251,7 @@ pub unsafe extern "C" fn fj_quantize_batch_async(
         let stride = unsafe { item_stride(items, count)? };
         let b = bits_of(bits)?;
         let per = raw::quantize_slots(b, true);
-        let st = check_stats(stats, stats_len, per * count as usize)?;
+        let st = check_stats(c, stats, stats_len, per * count as usize)?;
         let mut calls: Vec<QuantCall> = Vec::with_capacity(count as usize);
         let mut spans = vec![BatchSpan { item: None, span: st, write: true }];
         for i in 0..count as usize {
@@ -274,7 +268,7 @@ pub unsafe extern "C" fn fj_quantize_batch_async(
                 histogram: std::ptr::null_mut(),
             };
             // SAFETY: `it.x` is null or readable (contract); `o` is a local of its full size.
-            let q = unsafe { quant_call(it.x, it.steps, &o, false, &[], &[st]) }.map_err(|f| f.in_item(i))?;
+            let q = unsafe { quant_call(c, it.x, it.steps, &o, false, Some(true), &[], &[st]) }.map_err(|f| f.in_item(i))?;
             same_dtype(i, q.f.dt, calls.first().map_or(q.f.dt, |f| f.f.dt))?;
             quant_spans(i, &q, &mut spans);
             calls.push(q);
@@ -292,10 +286,8 @@ pub unsafe extern "C" fn fj_quantize_batch_async(
         // contract), overlapping nothing the items use (checked).
         let all: &mut [i64] = unsafe { slice_mut(stats as *mut c_void, per * count as usize) };
         for (q, s) in calls.iter().zip(all.chunks_mut(per)) {
-            // SAFETY: a host call validated by `quant_call`, disjoint from every other item's
-            // arrays and the statistics (checked; contract: host arrays of those sizes).
-            let r = unsafe { quantize_host(c, q, true) };
-            record_quantize(s, r)?;
+            // Validated by `quant_call`, disjoint from every other item's arrays and the statistics.
+            record_quantize(s, quantize_host(c, q))?;
         }
         Ok(())
     })
@@ -351,14 +343,14 @@ pub unsafe extern "C" fn fj_perturb_batch_async(
             };
             // SAFETY: `it.x` and `it.jnd` are null or readable (contract); `o` is a local of its
             // full size.
-            let pc = unsafe { perturb_call(it.x, it.jnd, &o, it.out, &[]) }.map_err(|f| f.in_item(i))?;
+            let pc = unsafe { perturb_call(c, it.x, it.jnd, &o, it.out, &[]) }.map_err(|f| f.in_item(i))?;
             same_dtype(i, pc.dt, calls.first().map_or(pc.dt, |f| f.0.dt))?;
-            perturb_spans(i, &pc, it.out, &mut spans);
+            perturb_spans(c, i, &pc, it.out, &mut spans);
             let slots = raw::perturb_slots(pc.samples);
             calls.push((pc, it.nrmse, it.out, total));
             total += slots;
         }
-        let st = check_stats(stats, stats_len, total)?;
+        let st = check_stats(c, stats, stats_len, total)?;
         spans.push(BatchSpan { item: None, span: st, write: true });
         no_overlap_across(&mut spans)?;
         if let Some(gpu) = &c.gpu {
@@ -467,8 +459,8 @@ pub unsafe extern "C" fn fj_quantize_batch_decode(
                     let r = if results.is_null() { std::ptr::null_mut() } else { results.wrapping_add(i) };
                     let h = if hists.is_null() { std::ptr::null_mut() } else { hists.wrapping_add(i * bins) };
                     // SAFETY: `r` and `h` are null or item `i`'s cells of the caller's host arrays
-                    // (contract), aligned (checked), disjoint from the fresh `v`.
-                    unsafe { finish_quantize(g, q.clamped, q.total_sse, q.histogram.as_deref(), h, r)? };
+                    // (contract), aligned (checked).
+                    unsafe { finish_quantize(&QuantizeReport::finish(g, q.clamped, q.total_sse, q.histogram), h, r)? };
                     FJ_OK
                 }
             };
@@ -561,7 +553,8 @@ mod tests {
         // Addresses from 1000 (0 is null: absent).
         let b = |item: Option<usize>, addr: usize, bytes, write| {
             let addr = if addr == 0 && item.is_none() { 0 } else { addr.saturating_add(1000) };
-            BatchSpan { item, span: Span { what: "a", addr, bytes }, write }
+            // SAFETY: an address range for the rule only, never dereferenced.
+            BatchSpan { item, span: unsafe { Buf::new("a", addr, bytes, Elem::I8, Mem::Host, true) }, write }
         };
         let ok = |mut v: Vec<BatchSpan>| no_overlap_across(&mut v).is_ok();
         // Reads may share memory; touching, null and empty arrays are fine.

@@ -17,6 +17,7 @@ use cudarc::driver::sys::{self, CUdeviceptr, CUmemorytype, CUpointer_attribute, 
 use cudarc::driver::{result as cu, CudaSlice, CudaStream, DevicePtr};
 
 use super::{fail, Fail, FJ_ERR_ARG, FJ_ERR_DEVICE, R};
+use featjnd_kernels::call::Cuda;
 use featjnd_kernels::cpu::{perturb::NoiseSpec, PerturbReport};
 use featjnd_kernels::cuda::raw::{self, DevPtr, DevPtrMut, Elems, Launch, PerturbPtrs, QuantPtrs, StatsBuf};
 use featjnd_kernels::cuda::Device;
@@ -285,46 +286,13 @@ impl Gpu {
         Ok(unsafe { raw::check_capped(c.bad, None, jt, cs, &s) }?)
     }
 
-    /// The fused quantization on device pointers; returns its statistics.
+    /// The core's executor on the caller's stream, with this context's pointer checks.
     ///
     /// # Safety
-    /// The C contract of `fj_quantize` for a CUDA context: every non-null pointer of `p` and
-    /// `histogram` is device memory of this device with the sizes its field names, outputs
-    /// disjoint from the inputs and each other except `recon == x`; `stream` null or a live
-    /// stream of this device.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn quantize(
-        &self,
-        dt: Dtype,
-        g: &TokenGrid,
-        p: &QuantPtrs,
-        bits: Bits,
-        histogram: *mut u64,
-        stream: *mut c_void,
-    ) -> R<raw::QuantStats> {
-        self.check_quant(dt, g, p, bits)?;
-        if !histogram.is_null() {
-            self.check(histogram as _, bits.hist_bins() * 8, "opts->histogram")?;
-        }
-        // SAFETY: null or a live stream of this device (contract).
-        let s = unsafe { self.stream(stream)? };
-        let want_hist = !histogram.is_null();
-        let st = self.stats(&s, raw::quantize_slots(bits, want_hist))?;
-        // SAFETY: every non-null pointer is device memory of this device with the bytes the
-        // kernel touches (contract, and checked with the driver above); the aliasing rule was
-        // checked by the caller; the statistics are a fresh zeroed allocation on the same stream.
-        unsafe { raw::quantize(Launch { dev: &self.dev, stream: &s }, dt, g, p, bits, want_hist, st.view)? };
-        let q = raw::decode_quantize(&self.read(&s, &st)?, bits, want_hist);
-        // In place, x is overwritten: the message cannot show the bad value.
-        let xs = (p.recon.addr() != p.x.addr()).then_some(Elems { ptr: p.x, dt });
-        // SAFETY: `x` holds every index the kernel can report (contract, checked above).
-        unsafe { raw::check_bad(q.bad, xs, None, &s) }?;
-        if let Some(h) = &q.histogram {
-            // SAFETY: `histogram` is device memory with room for `hist_bins == h.len()` u64
-            // (contract, checked above); the copy is synchronous.
-            unsafe { cu::memcpy_htod_sync(histogram as u64, h) }.map_err(dev_err)?;
-        }
-        Ok(q)
+    /// `stream` is null or a live stream of this device that outlives the executor.
+    pub unsafe fn executor(&self, stream: *mut c_void) -> R<Cuda> {
+        // SAFETY: this fn's contract.
+        Ok(unsafe { Cuda::borrowed(self.ordinal(), stream, !self.trusted) }?)
     }
 
     /// The matched-NRMSE perturbation on device pointers; `scales` (device `float[N]`) may be null.

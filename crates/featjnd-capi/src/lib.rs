@@ -34,13 +34,13 @@ use std::ffi::{c_char, c_void, CString};
 use std::mem::size_of;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use featjnd_kernels::cpu::{self, perturb::NoiseSpec, QuantOut, Symbols};
+use featjnd_kernels::call::{no_overlap, symbol_elem, Buf, Elem, Executor, Mem, QuantizeArgs, QuantizeCall, QuantizeReport};
+use featjnd_kernels::cpu::{self, perturb::NoiseSpec};
 use featjnd_kernels::cuda::raw;
 use featjnd_kernels::element::with_elem;
 use featjnd_kernels::error::Error;
 use featjnd_kernels::geom::{Bits, FeatureShape, NoiseKind, Reduce, Strategy, TokenGrid};
 use featjnd_kernels::params;
-use featjnd_kernels::rate::Rate;
 use featjnd_kernels::{steps, Dtype, Element};
 
 mod batch;
@@ -118,6 +118,13 @@ pub struct FjContext {
     pool: Option<rayon::ThreadPool>,
     /// Set for a CUDA context.
     gpu: Option<device::Gpu>,
+}
+
+impl FjContext {
+    /// Where every array of this context's calls lives.
+    fn mem(&self) -> Mem {
+        self.gpu.as_ref().map_or(Mem::Host, |g| Mem::Cuda(g.ordinal()))
+    }
 }
 
 /// Options of `fj_context_create`. Zero-initialise, set `size = sizeof(FjContextOptions)`.
@@ -263,6 +270,7 @@ impl From<Error> for Fail {
             Error::Unreachable { .. } => FJ_ERR_UNREACHABLE,
             Error::CudaUnavailable(_) | Error::Cuda(_) | Error::Nvrtc { .. } | Error::MixedDevices(_) => FJ_ERR_DEVICE,
             Error::NonContiguous(_) | Error::Arg(_) | Error::Io(_) => FJ_ERR_ARG,
+            Error::Align(_) => FJ_ERR_ALIGN,
             // Errors of code this crate never calls: the research pipeline (checkpoints, models)
             // and libtorch (the C ABI links no libtorch). Listed, not wildcarded, so a new variant
             // needs a decision here.
@@ -454,50 +462,11 @@ fn aligned(p: *const c_void, align: usize, what: &str) -> R<()> {
     Ok(())
 }
 
-/// One array a call touches: its name (as the message says it), address and length in bytes.
-#[derive(Clone, Copy)]
-struct Span {
-    what: &'static str,
-    addr: usize,
-    bytes: usize,
-}
-
-fn span<T>(what: &'static str, p: *const T, bytes: usize) -> Span {
-    Span { what, addr: p as usize, bytes }
-}
-
-impl Span {
-    fn overlaps(&self, o: &Span) -> bool {
-        let (a0, b0) = (self.addr as u128, o.addr as u128);
-        self.addr != 0 && o.addr != 0 && self.bytes > 0 && o.bytes > 0 && a0 < b0 + o.bytes as u128 && b0 < a0 + self.bytes as u128
-    }
-}
-
-/// The aliasing rule of the C ABI, checked before anything is written: no output may overlap an
-/// input or another output, except the pair `in_place` = (output, input), which may be the very
-/// same array (same address and length). Null arrays are absent; inputs may overlap each other
-/// (they are only read).
-fn no_overlap(inputs: &[Span], outputs: &[Span], in_place: Option<(&str, &str)>) -> R<()> {
-    for (i, o) in outputs.iter().enumerate() {
-        for other in inputs.iter().chain(&outputs[..i]) {
-            if !o.overlaps(other) {
-                continue;
-            }
-            let exact = o.addr == other.addr && o.bytes == other.bytes;
-            if exact && in_place == Some((o.what, other.what)) {
-                continue;
-            }
-            let allowed = match in_place {
-                Some((out, inp)) => format!(" (only {out} may be {inp} itself, for in-place work)"),
-                None => String::new(),
-            };
-            return fail(
-                FJ_ERR_ARG,
-                format!("{} overlaps {} in memory: outputs must not overlap the inputs or each other{allowed}", o.what, other.what),
-            );
-        }
-    }
-    Ok(())
+/// A C array as a byte range for the aliasing rule (the core's `no_overlap`), in the context's
+/// memory. Only its address range is used: nothing reads or writes through it.
+fn span<T>(c: &FjContext, what: &'static str, p: *const T, bytes: usize) -> Buf {
+    // SAFETY: the `Buf` is used for the overlap rule only, never dereferenced.
+    unsafe { Buf::new(what, p as usize, bytes, Elem::I8, c.mem(), true) }
 }
 
 /// The context behind a handle.
@@ -671,7 +640,7 @@ pub unsafe extern "C" fn fj_token_tolerance(
         if out_len as usize != g.tokens() {
             return fail(FJ_ERR_SHAPE, format!("out_len is {out_len}, the feature has {} tokens", g.tokens()));
         }
-        no_overlap(&[span("jnd->data", j.data, j.bytes())], &[span("out", out, g.tokens() * 4)], None)?;
+        no_overlap(&[span(c, "jnd->data", j.data, j.bytes())], &[span(c, "out", out, g.tokens() * 4)], None)?;
         if let Some(gpu) = &c.gpu {
             // SAFETY: device memory of the context's device holding `g.numel()` elements of `j.dt`
             // and `g.tokens()` floats (contract; checked with the driver inside), disjoint (checked).
@@ -726,7 +695,7 @@ pub unsafe extern "C" fn fj_allocate_steps(
             FJ_PERMUTED => Strategy::Permuted { seed },
             c => return fail(FJ_ERR_ARG, format!("strategy {c} (use FJ_UNIFORM, FJ_JND or FJ_PERMUTED)")),
         };
-        no_overlap(&[span("token_tol", token_tol, n * 4)], &[span("steps_out", steps_out, n * 4)], None)?;
+        no_overlap(&[span(c, "token_tol", token_tol, n * 4)], &[span(c, "steps_out", steps_out, n * 4)], None)?;
         if let Some(gpu) = &c.gpu {
             // SAFETY: device memory of the context's device holding `n` floats each (contract;
             // checked with the driver inside), disjoint (checked).
@@ -771,7 +740,7 @@ pub unsafe extern "C" fn fj_token_rms(
         if out_len as usize != g.tokens() {
             return fail(FJ_ERR_SHAPE, format!("out_len is {out_len}, the feature has {} tokens", g.tokens()));
         }
-        no_overlap(&[span("x->data", f.data, f.bytes())], &[span("out", out, g.tokens() * 4)], None)?;
+        no_overlap(&[span(c, "x->data", f.data, f.bytes())], &[span(c, "out", out, g.tokens() * 4)], None)?;
         if let Some(gpu) = &c.gpu {
             // SAFETY: device memory of the context's device holding `g.numel()` elements of `f.dt`
             // and `g.tokens()` floats (contract; checked with the driver inside), disjoint (checked).
@@ -829,7 +798,7 @@ pub unsafe extern "C" fn fj_caps_from_rms(
         let c = unsafe { ctx_ref(ctx)? };
         check_stream(c, stream)?;
         let n = token_arrays(tokens, &[(rms as *const c_void, "rms"), (caps_out as *const c_void, "caps_out")])?;
-        no_overlap(&[span("rms", rms, n * 4)], &[span("caps_out", caps_out, n * 4)], None)?;
+        no_overlap(&[span(c, "rms", rms, n * 4)], &[span(c, "caps_out", caps_out, n * 4)], None)?;
         if let Some(gpu) = &c.gpu {
             // SAFETY: device memory of the context's device holding `n` floats each (contract;
             // checked with the driver inside), disjoint (checked).
@@ -874,7 +843,11 @@ pub unsafe extern "C" fn fj_allocate_steps_capped(
             tokens,
             &[(token_tol as *const c_void, "token_tol"), (caps as *const c_void, "caps"), (steps_out as *const c_void, "steps_out")],
         )?;
-        no_overlap(&[span("token_tol", token_tol, n * 4), span("caps", caps, n * 4)], &[span("steps_out", steps_out, n * 4)], None)?;
+        no_overlap(
+            &[span(c, "token_tol", token_tol, n * 4), span(c, "caps", caps, n * 4)],
+            &[span(c, "steps_out", steps_out, n * 4)],
+            None,
+        )?;
         if let Some(gpu) = &c.gpu {
             // SAFETY: device memory of the context's device holding `n` floats each (contract;
             // checked with the driver inside), `steps_out` disjoint from the inputs (checked).
@@ -915,30 +888,25 @@ pub unsafe extern "C" fn fj_quantize(
         // SAFETY: `ctx` is null or live (contract).
         let c = unsafe { ctx_ref(ctx)? };
         check_stream(c, stream)?;
+        // SAFETY: `result` is null or writable for one struct (contract); only its range is used.
+        let res = unsafe { c_buf("result", result, size_of::<FjQuantizeResult>(), Elem::I8, c.mem()) };
         // SAFETY: `x` and `opts` are null or readable (contract).
-        let q = unsafe { quant_call(x, steps, opts, false, &[], &[span("result", result, size_of::<FjQuantizeResult>())])? };
-        let (o, g) = (&q.o, &q.g);
-        let hist = !o.histogram.is_null();
-        if let Some(gpu) = &c.gpu {
-            let p = device::quant_ptrs(q.f.data, steps, o.symbols, o.recon, o.token_sse);
-            // SAFETY: every non-null array is device memory of the context's device with the
-            // sizes above (contract; checked with the driver inside); outputs overlap nothing but
-            // `recon == x` (checked).
-            let r = unsafe { gpu.quantize(q.f.dt, g, &p, q.bits, o.histogram, stream)? };
-            // The histogram is on the device (copied there by `gpu.quantize`): not again.
-            // SAFETY: `result` is null or writable (contract).
-            return unsafe { finish_quantize(g, r.clamped, r.total_sse, r.histogram.as_deref(), std::ptr::null_mut(), result) };
-        }
-        // SAFETY: a host call validated by `quant_call` (contract: host arrays of those sizes).
-        let stats = unsafe { quantize_host(c, &q, hist)? };
-        // SAFETY: `o.histogram` is null or host memory for `hist_bins` u64 and `result` null or
-        // writable (contract); neither overlaps anything the op used (checked).
-        unsafe { finish_quantize(g, stats.clamped, stats.total_sse, stats.histogram.as_deref(), o.histogram, result) }
+        let q = unsafe { quant_call(c, x, steps, opts, false, None, &[], res.as_slice())? };
+        let r = match &c.gpu {
+            // SAFETY: `stream` is null or a live stream of the context's device (contract); the
+            // executor lives for this call only. The histogram goes to its device array.
+            Some(gpu) => Executor::Cuda(&unsafe { gpu.executor(stream)? }).quantize(&q.call)?,
+            None => quantize_host(c, &q)?,
+        };
+        // SAFETY: `result` is null or writable (contract); the histogram already went to
+        // `opts->histogram` through the call.
+        unsafe { finish_quantize(&r, std::ptr::null_mut(), result) }
     })
 }
 
-/// A validated quantization call: the feature, its grid, the options and the steps.
+/// A validated quantization call: the core's call, plus the feature and options as given.
 struct QuantCall {
+    call: QuantizeCall,
     f: Feat,
     g: TokenGrid,
     bits: Bits,
@@ -946,19 +914,33 @@ struct QuantCall {
     steps: *const f32,
 }
 
-/// The checks of `fj_quantize` (and its async and fused variants) before anything is touched:
-/// feature, options, alignment of every array, and the aliasing rule with `extra_in` and
-/// `extra_out` added (the steps count as an output where the call writes them: `steps_out`).
+/// A C array as the core's view, in the context's memory (`None` for null).
 ///
 /// # Safety
-/// `x` and `opts` are null or readable for one struct (`opts` for its declared size).
+/// `p` is null or valid for `len` elements of `elem` in `mem` for the call (the pointer rules).
+unsafe fn c_buf<T>(name: &'static str, p: *const T, len: usize, elem: Elem, mem: Mem) -> Option<Buf> {
+    // SAFETY: the pointer rules of every entry point (this fn's contract).
+    (!p.is_null()).then(|| unsafe { Buf::new(name, p as usize, len, elem, mem, true) })
+}
+
+/// Converts the arguments of `fj_quantize` (and its async and fused variants) and runs the core's
+/// checks before anything is touched (`extra_in` and `extra_out` join the aliasing rule; the
+/// steps are named `steps_out` where the call writes them). `hist`: count the histogram (`None`:
+/// where `opts->histogram` asks for it).
+///
+/// # Safety
+/// `x` and `opts` are null or readable for one struct (`opts` for its declared size); the arrays
+/// they name follow the pointer rules.
+#[allow(clippy::too_many_arguments)]
 unsafe fn quant_call(
+    c: &FjContext,
     x: *const FjFeature,
     steps: *const f32,
     opts: *const FjQuantizeOptions,
     steps_out: bool,
-    extra_in: &[Span],
-    extra_out: &[Span],
+    hist: Option<bool>,
+    extra_in: &[Buf],
+    extra_out: &[Buf],
 ) -> R<QuantCall> {
     // SAFETY: `x` is null or a readable struct (contract).
     let f = unsafe { feature(x, "x")? };
@@ -966,112 +948,52 @@ unsafe fn quant_call(
     let o = unsafe { read_opts(opts, "opts")? };
     let steps_name = if steps_out { "steps_out" } else { "steps" };
     nonnull(steps, steps_name)?;
-    aligned(steps as *const c_void, 4, steps_name)?;
-    let bits = match o.bits {
-        0 | 8 => Bits::B8,
-        16 => Bits::B16,
-        b => return fail(FJ_ERR_ARG, format!("bits {b} (use 8 or 16)")),
-    };
-    let (dt, xd) = (f.dt, f.data);
+    let bits = Bits::from_code(o.bits)?;
     let g = TokenGrid::new(f.shape, o.patch.max(1) as usize)?;
-    let (n, t) = (g.numel(), g.tokens());
-    let sym_size = if bits == Bits::B8 { 1 } else { 2 };
-    if !o.symbols.is_null() {
-        aligned(o.symbols, sym_size, "opts->symbols")?;
-    }
-    if !o.recon.is_null() {
-        aligned(o.recon, dt.size(), "opts->recon")?;
-    }
-    if !o.token_sse.is_null() {
-        aligned(o.token_sse as *const c_void, 4, "opts->token_sse")?;
-    }
-    if !o.histogram.is_null() {
-        aligned(o.histogram as *const c_void, 8, "opts->histogram")?;
-    }
-    let steps_span = span(steps_name, steps, t * 4);
-    let mut inputs = vec![span("x->data", xd, n * dt.size())];
-    let mut outputs = vec![
-        span("opts->symbols", o.symbols, n * sym_size),
-        span("opts->recon", o.recon, n * dt.size()),
-        span("opts->token_sse", o.token_sse, t * 4),
-        span("opts->histogram", o.histogram, bits.hist_bins() * 8),
-    ];
-    if steps_out {
-        outputs.push(steps_span);
-    } else {
-        inputs.push(steps_span);
-    }
-    inputs.extend_from_slice(extra_in);
-    outputs.extend_from_slice(extra_out);
-    no_overlap(&inputs, &outputs, Some(("opts->recon", "x->data")))?;
-    Ok(QuantCall { f, g, bits, o, steps })
-}
-
-/// The CPU quantization of a validated call (`hist`: count the histogram).
-///
-/// # Safety
-/// `q` came from [`quant_call`] for a CPU context: every non-null array is host memory of the
-/// sizes its field names (contract) and the aliasing rule was checked.
-unsafe fn quantize_host(c: &FjContext, q: &QuantCall, hist: bool) -> Result<cpu::QuantStats, Error> {
-    let (o, g, bits, dt, xd) = (&q.o, &q.g, q.bits, q.f.dt, q.f.data);
-    let (n, t) = (g.numel(), g.tokens());
-    let in_place = std::ptr::eq(o.recon as *const c_void, xd);
-    // SAFETY: (this and the slices below) each pointer is non-null and aligned to its element type
-    // (checked: `feature`, the `aligned` calls of `quant_call`) and holds the element count used
-    // (contract: `n` elements of x and its outputs, `t` steps and token errors); no output
-    // overlaps an input or another output (checked), so each mutable slice is the only
-    // access to its memory; in place, `x` is reached only through its one mutable slice.
-    let st: &[f32] = unsafe { slice(q.steps as *const c_void, t) };
-    let sym = match (o.symbols.is_null(), bits) {
-        (true, _) => Symbols::None,
-        // SAFETY: see above.
-        (false, Bits::B8) => Symbols::I8(unsafe { slice_mut(o.symbols, n) }),
-        // SAFETY: see above.
-        (false, Bits::B16) => Symbols::I16(unsafe { slice_mut(o.symbols, n) }),
+    let (n, t, dt, mem) = (g.numel(), g.tokens(), f.dt.into(), c.mem());
+    // SAFETY: (every `c_buf`) the pointer rules: each non-null array holds the elements its
+    // field names, in the context's memory.
+    let args = unsafe {
+        QuantizeArgs {
+            x: Buf::new("x->data", f.data as usize, n, dt, mem, true),
+            shape: f.shape,
+            patch: g.patch,
+            steps: Buf::new(steps_name, steps as usize, t, Elem::F32, mem, true),
+            bits,
+            symbols: c_buf("opts->symbols", o.symbols, n, symbol_elem(bits), mem),
+            recon: c_buf("opts->recon", o.recon, n, dt, mem),
+            token_sse: c_buf("opts->token_sse", o.token_sse, t, Elem::F32, mem),
+            histogram: hist.unwrap_or(!o.histogram.is_null()),
+            histogram_out: c_buf("opts->histogram", o.histogram, bits.hist_bins(), Elem::U64, mem),
+        }
     };
-    // SAFETY: see above.
-    let sse = (!o.token_sse.is_null()).then(|| unsafe { slice_mut::<f32>(o.token_sse as *mut c_void, t) });
-    with_elem!(dt, E => {
-        if in_place {
-            // SAFETY: see above.
-            let xs: &mut [E] = unsafe { slice_mut(xd as *mut c_void, n) };
-            in_pool(c, || cpu::quantize_in_place::<E>(xs, g, st, bits, sym, sse, hist))
-        } else {
-            // SAFETY: see above.
-            let xs: &[E] = unsafe { slice(xd, n) };
-            // SAFETY: see above.
-            let recon = (!o.recon.is_null()).then(|| unsafe { slice_mut::<E>(o.recon, n) });
-            in_pool(c, || cpu::quantize::<E>(xs, g, st, bits, QuantOut { symbols: sym, recon, token_sse: sse, histogram: hist }))
-        }
-    })
+    let call = args.validate_with(extra_in, extra_out)?;
+    Ok(QuantCall { call, f, g, bits, o, steps })
 }
 
-/// Fills the result struct (and copies a host histogram out when `hist_out` is set).
+/// The CPU quantization of a validated call, in the context's pool.
+fn quantize_host(c: &FjContext, q: &QuantCall) -> Result<QuantizeReport, Error> {
+    Executor::Host(c.pool.as_ref()).quantize(&q.call)
+}
+
+/// Fills the result struct (and copies the histogram to the host array `hist_out` when set).
 ///
 /// # Safety
-/// `hist_out` is null or writable for `hist.len()` aligned u64 (host memory); `result` is null
-/// or writable for one `FjQuantizeResult`; neither overlaps `hist`.
-unsafe fn finish_quantize(
-    g: &TokenGrid,
-    clamped: u64,
-    total_sse: f64,
-    hist: Option<&[u64]>,
-    hist_out: *mut u64,
-    result: *mut FjQuantizeResult,
-) -> R<()> {
-    let mut r = FjQuantizeResult { clamped, total_sse, mse: total_sse / g.numel() as f64, ..Default::default() };
-    if let Some(h) = hist {
-        if !hist_out.is_null() {
-            // SAFETY: writable for `h.len()` u64 and disjoint from `h` (contract).
-            unsafe { std::ptr::copy_nonoverlapping(h.as_ptr(), hist_out, h.len()) };
-        }
-        let rate = Rate::from_histogram(h, g.tokens(), g.k());
-        r.entropy_bits = rate.entropy_bits;
-        r.bits_per_element = rate.bits_per_element;
+/// `hist_out` is null or writable for `r.histogram`'s length of aligned u64 (host memory);
+/// `result` is null or writable for one `FjQuantizeResult`.
+unsafe fn finish_quantize(r: &QuantizeReport, hist_out: *mut u64, result: *mut FjQuantizeResult) -> R<()> {
+    if let (Some(h), false) = (&r.histogram, hist_out.is_null()) {
+        // SAFETY: writable for `h.len()` u64 and disjoint from the fresh `h` (contract).
+        unsafe { std::ptr::copy_nonoverlapping(h.as_ptr(), hist_out, h.len()) };
+    }
+    let mut out = FjQuantizeResult { clamped: r.clamped, total_sse: r.total_sse, mse: r.mse, ..Default::default() };
+    if let Some(rate) = &r.rate {
+        out.entropy_bits = rate.entropy_bits;
+        out.bits_per_element = rate.bits_per_element;
     }
     if !result.is_null() {
         // SAFETY: non-null (checked) and writable for one struct (contract).
-        unsafe { put(result, r) };
+        unsafe { put(result, out) };
     }
     Ok(())
 }
@@ -1103,7 +1025,7 @@ pub unsafe extern "C" fn fj_perturb(
         let c = unsafe { ctx_ref(ctx)? };
         check_stream(c, stream)?;
         // SAFETY: `x`, `jnd` and `opts` are null or readable (contract).
-        let pc = unsafe { perturb_call(x, jnd, opts, out, &[])? };
+        let pc = unsafe { perturb_call(c, x, jnd, opts, out, &[])? };
         let scales = pc.o.scales;
         if let Some(gpu) = &c.gpu {
             let p = device::perturb_ptrs(pc.dt, pc.x, pc.jnd, out, pc.numel, pc.samples);
@@ -1142,11 +1064,12 @@ struct PerturbCall {
 /// # Safety
 /// `x` (and `jnd`, `opts` unless null) readable for one struct (`opts` for its declared size).
 unsafe fn perturb_call(
+    c: &FjContext,
     x: *const FjFeature,
     jnd: *const FjFeature,
     opts: *const FjPerturbOptions,
     out: *mut c_void,
-    extra_out: &[Span],
+    extra_out: &[Buf],
 ) -> R<PerturbCall> {
     // SAFETY: `x` is null or a readable struct (contract).
     let f = unsafe { feature(x, "x")? };
@@ -1177,8 +1100,8 @@ unsafe fn perturb_call(
         aligned(o.scales as *const c_void, 4, "opts->scales")?;
     }
     let bytes = n * dt.size();
-    let inputs = [span("x->data", xd, bytes), span("jnd->data", jd, bytes)];
-    let mut outputs = vec![span("out", out, bytes), span("opts->scales", o.scales, samples * 4)];
+    let inputs = [span(c, "x->data", xd, bytes), span(c, "jnd->data", jd, bytes)];
+    let mut outputs = vec![span(c, "out", out, bytes), span(c, "opts->scales", o.scales, samples * 4)];
     outputs.extend_from_slice(extra_out);
     no_overlap(&inputs, &outputs, Some(("out", "x->data")))?;
     Ok(PerturbCall { dt, x: xd, jnd: jd, numel: n, samples, spec, o })
@@ -1271,21 +1194,18 @@ pub unsafe extern "C" fn fj_perturb_stats_slots(x: *const FjFeature, out_slots: 
 }
 
 fn bits_of(b: u32) -> R<Bits> {
-    match b {
-        0 | 8 => Ok(Bits::B8),
-        16 => Ok(Bits::B16),
-        b => fail(FJ_ERR_ARG, format!("bits {b} (use 8 or 16)")),
-    }
+    Ok(Bits::from_code(b)?)
 }
 
 /// The checks of a caller's statistics array: non-null, 8-byte aligned, at least `slots` long.
-fn check_stats(stats: *mut i64, stats_len: u64, slots: usize) -> R<Span> {
+fn check_stats(c: &FjContext, stats: *mut i64, stats_len: u64, slots: usize) -> R<Buf> {
     nonnull(stats, "stats")?;
     aligned(stats as *const c_void, 8, "stats")?;
     if (stats_len as usize) < slots {
         return fail(FJ_ERR_SHAPE, format!("stats_len is {stats_len}, the call needs {slots} slots"));
     }
-    Ok(span("stats", stats, slots * 8))
+    // SAFETY: `stats_len >= slots` i64 in the context's memory (the pointer rules).
+    Ok(unsafe { Buf::new("stats", stats as usize, slots, Elem::I64, c.mem(), true) })
 }
 
 /// Records a CPU op's outcome in its statistics: the stats, or the bad element of a
@@ -1302,7 +1222,7 @@ fn record<T>(r: Result<T, Error>, write: impl FnOnce(Option<raw::BadElement>, Op
 }
 
 /// [`record`] for a CPU quantization: its statistics, or the bad element it reported, into `s`.
-fn record_quantize(s: &mut [i64], r: Result<cpu::QuantStats, Error>) -> R<()> {
+fn record_quantize(s: &mut [i64], r: Result<QuantizeReport, Error>) -> R<()> {
     record(r, |bad, v| match v {
         Some(v) => raw::encode_quantize(s, None, v.clamped, v.total_sse, v.histogram.as_deref()),
         None => raw::encode_quantize(s, bad, 0, 0.0, None),
@@ -1341,9 +1261,9 @@ pub unsafe extern "C" fn fj_quantize_async(
         // SAFETY: `opts` is null or readable for its declared size (contract).
         let bits = bits_of(unsafe { read_opts(opts, "opts")? }.bits)?;
         let slots = raw::quantize_slots(bits, true);
-        let st = check_stats(stats, stats_len, slots)?;
+        let st = check_stats(c, stats, stats_len, slots)?;
         // SAFETY: `x` and `opts` are null or readable (contract).
-        let q = unsafe { quant_call(x, steps, opts, false, &[], &[st])? };
+        let q = unsafe { quant_call(c, x, steps, opts, false, Some(true), &[], &[st])? };
         if !q.o.histogram.is_null() {
             return fail(FJ_ERR_ARG, "opts->histogram must be null: the async call counts the histogram into stats");
         }
@@ -1354,8 +1274,7 @@ pub unsafe extern "C" fn fj_quantize_async(
             // (checked), the statistics included.
             return unsafe { gpu.quantize_async(q.f.dt, &q.g, &p, q.bits, stats, slots, stream) };
         }
-        // SAFETY: a host call validated by `quant_call` (contract: host arrays of those sizes).
-        let r = unsafe { quantize_host(c, &q, true) };
+        let r = quantize_host(c, &q);
         // SAFETY: `stats` is non-null, aligned and holds `slots` i64 of host memory (checked,
         // contract), overlapping nothing the op used (checked).
         let s: &mut [i64] = unsafe { slice_mut(stats as *mut c_void, slots) };
@@ -1408,9 +1327,13 @@ pub unsafe extern "C" fn fj_quantize_with_jnd_async(
         let bits = bits_of(o.bits)?;
         let g = TokenGrid::new(xf.shape, o.patch.max(1) as usize)?;
         let slots = raw::jnd_chain_slots(bits, g.tokens());
-        let st = check_stats(stats, stats_len, slots)?;
+        let st = check_stats(c, stats, stats_len, slots)?;
+        // SAFETY: `j.data` holds the elements of its dims in the context's memory (contract).
+        let jb = unsafe { Buf::new("jnd->data", j.data as usize, g.numel(), j.dt.into(), c.mem(), false) };
         // SAFETY: `x` and `opts` are null or readable (contract).
-        let q = unsafe { quant_call(x, steps_out, opts, true, &[span("jnd->data", j.data, j.bytes())], &[st])? };
+        let q = unsafe { quant_call(c, x, steps_out, opts, true, Some(true), &[jb], &[st])? };
+        // The core reads the steps; here they are written while J is read.
+        no_overlap(&[jb], &[q.call.args().steps], None)?;
         if !q.o.histogram.is_null() {
             return fail(FJ_ERR_ARG, "opts->histogram must be null: the async call counts the histogram into stats");
         }
@@ -1439,9 +1362,7 @@ pub unsafe extern "C" fn fj_quantize_with_jnd_async(
         // SAFETY: `steps_out` is non-null, aligned (checked) and writable for `tokens` floats
         // (contract), overlapping nothing else (checked).
         steps::allocate_into(&jt, budget, strategy, 1.0, unsafe { slice_mut::<f32>(steps_out as *mut c_void, g.tokens()) })?;
-        // SAFETY: a host call validated by `quant_call` (contract: host arrays of those sizes).
-        let r = unsafe { quantize_host(c, &q, true) };
-        record_quantize(s, r)
+        record_quantize(s, quantize_host(c, &q))
     })
 }
 
@@ -1473,9 +1394,9 @@ pub unsafe extern "C" fn fj_perturb_async(
         }
         // SAFETY: `x` is null or a readable struct (contract).
         let slots = raw::perturb_slots(unsafe { feature(x, "x")? }.shape.samples());
-        let st = check_stats(stats, stats_len, slots)?;
+        let st = check_stats(c, stats, stats_len, slots)?;
         // SAFETY: `x`, `jnd` and `opts` are null or readable (contract).
-        let pc = unsafe { perturb_call(x, jnd, opts, out, &[st])? };
+        let pc = unsafe { perturb_call(c, x, jnd, opts, out, &[st])? };
         if !pc.o.scales.is_null() {
             return fail(FJ_ERR_ARG, "opts->scales must be null: fj_perturb_decode gives the scales");
         }
@@ -1502,7 +1423,7 @@ pub unsafe extern "C" fn fj_perturb_async(
 /// `stats` is valid for `slots` i64 in the context's memory, written by work ordered before on
 /// `stream` (CUDA) or complete (CPU).
 unsafe fn host_stats(c: &FjContext, stats: *const i64, stats_len: u64, slots: usize, stream: *mut c_void) -> R<Vec<i64>> {
-    check_stats(stats as *mut i64, stats_len, slots)?;
+    check_stats(c, stats as *mut i64, stats_len, slots)?;
     if let Some(gpu) = &c.gpu {
         // SAFETY: by this function's contract.
         return unsafe { gpu.read_stats(stats, slots, stream) };
@@ -1579,8 +1500,8 @@ pub unsafe extern "C" fn fj_quantize_decode(
             return unsafe { bad_status(c, b, &f, jd, stream) };
         }
         // SAFETY: `hist_out` null or writable host memory for the bins, `result` null or writable
-        // (contract); `v` is a fresh Vec.
-        unsafe { finish_quantize(&g, q.clamped, q.total_sse, q.histogram.as_deref(), hist_out, result) }
+        // (contract).
+        unsafe { finish_quantize(&QuantizeReport::finish(&g, q.clamped, q.total_sse, q.histogram), hist_out, result) }
     })
 }
 
@@ -1651,29 +1572,5 @@ mod tests {
         let o = unsafe { read_opts(short.as_ptr() as *const FjQuantizeOptions, "opts") }.ok().unwrap();
         assert_eq!((o.size, o.bits, o.patch), (4, 0, 0));
         assert!(o.symbols.is_null());
-    }
-
-    #[test]
-    fn overlap_rule() {
-        let s = |what, addr, bytes| Span { what, addr, bytes };
-        let ok = |i: &[Span], o: &[Span], ip| no_overlap(i, o, ip).is_ok();
-        let x = s("x", 1000, 400);
-        // Disjoint, touching, null and empty arrays are fine.
-        assert!(ok(&[x], &[s("a", 1400, 4), s("b", 0, 1 << 20), s("c", 1100, 0)], None));
-        assert!(ok(&[x], &[s("a", 600, 400)], None));
-        // Any overlap is refused, in place only for the named pair and only exactly.
-        assert!(!ok(&[x], &[s("a", 1396, 8)], None));
-        assert!(!ok(&[x], &[s("a", 1000, 400)], None));
-        assert!(ok(&[x], &[s("a", 1000, 400)], Some(("a", "x"))));
-        assert!(!ok(&[x], &[s("a", 1004, 400)], Some(("a", "x"))));
-        assert!(!ok(&[x], &[s("b", 1000, 400)], Some(("a", "x"))));
-        // Outputs against each other; inputs may overlap each other.
-        assert!(!ok(&[], &[s("a", 0x10, 16), s("b", 0x18, 16)], None));
-        assert!(ok(&[x, s("y", 1000, 400)], &[], None));
-        // No wrap-around at the top of the address space.
-        assert!(!ok(&[s("x", usize::MAX - 8, 8)], &[s("a", usize::MAX - 4, 4)], None));
-        let e = no_overlap(&[x], &[s("opts->symbols", 1200, 4)], Some(("opts->recon", "x"))).err().unwrap();
-        assert_eq!(e.0, FJ_ERR_ARG);
-        assert!(e.1.contains("opts->symbols overlaps x") && e.1.contains("only opts->recon"), "{}", e.1);
     }
 }

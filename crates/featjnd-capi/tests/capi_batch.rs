@@ -577,7 +577,7 @@ fn bad_quantize_batches_are_refused_before_anything_is_written() {
     // SAFETY: live buffers; the overlap must be refused unwritten.
     let rc = unsafe { fj_quantize_batch_async(c, list.as_ptr(), 3, bits, big.as_mut_ptr(), big.len() as u64, null_mut()) };
     assert_eq!(rc, FJ_ERR_ARG, "{}", err());
-    assert!(err().contains("items[0]: stats overlaps opts->symbols"), "{}", err());
+    assert!(err().contains("items[0]: invalid argument: stats overlaps opts->symbols"), "{}", err());
     assert!(big.iter().all(|&s| s == -3));
     // Inputs may be shared (two items quantizing one feature), outputs not.
     let f0 = feats[0];

@@ -10,6 +10,7 @@
 use dlpark::ffi::{DLDataTypeCode, DLDeviceType, DLPACK_MAJOR_VERSION, DLPACK_MINOR_VERSION};
 use dlpark::python::ImportedDlpack;
 use dlpark::DlpackFlags;
+use featjnd_kernels::call::{self, Buf, Mem};
 use featjnd_kernels::{Dtype, Error};
 use half::{bf16, f16};
 use pyo3::exceptions::{PyBufferError, PyTypeError};
@@ -126,6 +127,25 @@ impl Array {
         let (b0, b1) = (o.addr, o.addr + o.bytes());
         a0 < a1 && b0 < b1 && a0 < b1 && b0 < a1 && self.dev == o.dev
     }
+    /// The array as the core's view (`featjnd_kernels::call`), for one call.
+    pub fn buf(&self) -> Buf {
+        let elem = match self.kind {
+            Kind::F32 => call::Elem::F32,
+            Kind::F16 => call::Elem::F16,
+            Kind::Bf16 => call::Elem::Bf16,
+            Kind::I8 => call::Elem::I8,
+            Kind::I16 => call::Elem::I16,
+        };
+        let mem = match self.dev {
+            Dev::Cpu => Mem::Host,
+            Dev::Cuda(o) => Mem::Cuda(o.max(0) as usize),
+        };
+        // SAFETY: the owner keeps `numel` elements alive at `addr` while `self` lives, which is
+        // the whole call; the package's contract (as numpy's and torch's ops) is that nothing else
+        // writes a call's arrays while it runs; the producer's read-only flag is kept.
+        unsafe { Buf::new(self.name, self.addr, self.numel(), elem, mem, !self.readonly) }
+    }
+
     /// Is `o` exactly this array's memory (same address, kind and size)?
     pub fn same_memory(&self, o: &Array) -> bool {
         self.dev == o.dev && self.addr == o.addr && self.kind == o.kind && self.numel() == o.numel()

@@ -357,49 +357,6 @@ impl Gpu {
         Ok(m)
     }
 
-    /// The fused quantization; returns its statistics. `recon` may be `x` (in place).
-    ///
-    /// # Safety
-    /// Every array is device memory of this device with the size its role needs (`x`, `recon`,
-    /// `symbols`: `g.numel()` elements; `steps`, `token_sse`: `g.tokens()` f32); outputs overlap
-    /// no input and each other, except `recon == x`.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn quantize(
-        &self,
-        x: DArr,
-        dt: Dtype,
-        g: &TokenGrid,
-        steps: DArr,
-        bits: Bits,
-        symbols: Option<DArr>,
-        recon: Option<DArr>,
-        token_sse: Option<DArr>,
-        histogram: bool,
-    ) -> Result<raw::QuantStats, Error> {
-        // Contract §4.2 on the host (the kernel does not check the steps).
-        // SAFETY: `steps` holds `g.tokens()` floats (contract).
-        let host = unsafe { self.to_host(steps, g.tokens()) }?;
-        if let Some(t) = host.iter().position(|&d| !(d.is_finite() && d > 0.0 && (1.0 / d).is_finite())) {
-            return Err(Error::Arg(format!("step Δ[{t}] = {} must be finite and > 0 (and 1/Δ finite)", host[t])));
-        }
-        let p = QuantPtrs {
-            x: elems(x, dt).ptr,
-            steps: DevPtr::from_addr(steps.addr as u64),
-            symbols: out_ptr::<c_void>(symbols),
-            recon: out_ptr::<c_void>(recon),
-            token_sse: out_ptr::<f32>(token_sse),
-        };
-        let st = self.stats(raw::quantize_slots(bits, histogram))?;
-        // SAFETY: sizes and aliasing by this fn's contract; fresh zeroed statistics on the stream.
-        unsafe { raw::quantize(self.on(), dt, g, &p, bits, histogram, st.view)? };
-        let q = raw::decode_quantize(&self.read(&st)?, bits, histogram);
-        // In place, x is overwritten: the message cannot show the bad value.
-        let xs = recon.is_none_or(|r| r.addr != x.addr).then(|| elems(x, dt));
-        // SAFETY: `x` holds every index the kernel can report.
-        unsafe { raw::check_bad(q.bad, xs, None, &self.stream) }?;
-        Ok(q)
-    }
-
     /// The matched-NRMSE perturbation into `out` (which may be `x`).
     ///
     /// # Safety

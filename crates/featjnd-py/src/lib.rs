@@ -13,9 +13,10 @@
 //! * catch panics at the boundary: none reaches Python as a `PanicException`.
 use std::panic::AssertUnwindSafe;
 
-use featjnd_kernels::cpu::{self, perturb::NoiseSpec, QuantOut, Symbols};
+use featjnd_kernels::call::{Cuda, Executor, QuantizeArgs};
+use featjnd_kernels::cpu::{self, perturb::NoiseSpec, QuantOut};
 use featjnd_kernels::geom::{Bits, FeatureShape, Layout, NoiseKind, Reduce, Strategy, TokenGrid};
-use featjnd_kernels::{codec, philox, rate, steps, with_elem, Dtype, Error};
+use featjnd_kernels::{codec, philox, steps, with_elem, Dtype, Error};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict};
 
@@ -96,6 +97,7 @@ fn to_py(py: Python<'_>, e: Error) -> PyErr {
         Error::Jnd { .. } => (JndError::new_err(msg), "Jnd"),
         Error::NonFinite { .. } => (NonFiniteError::new_err(msg), "NonFinite"),
         Error::Arg(_) => (ArgError::new_err(msg), "Arg"),
+        Error::Align(_) => (ArgError::new_err(msg), "Align"),
         Error::Unreachable { .. } => (UnreachableError::new_err(msg), "Unreachable"),
         Error::Overflow(_) => (ResultOverflowError::new_err(msg), "Overflow"),
         Error::CudaUnavailable(_) => (CudaError::new_err(msg), "CudaUnavailable"),
@@ -172,11 +174,7 @@ fn parse_noise(s: &str) -> Result<NoiseKind, Error> {
 }
 
 fn parse_bits(b: u32) -> Result<Bits, Error> {
-    match b {
-        8 => Ok(Bits::B8),
-        16 => Ok(Bits::B16),
-        _ => Err(Error::Arg(format!("bits must be 8 or 16, got {b}"))),
-    }
+    Bits::from_code(b)
 }
 
 fn token_grid(shape: &[usize], layout: Layout, patch: usize) -> Result<TokenGrid, Error> {
@@ -598,120 +596,52 @@ fn quantize<'py>(
     histogram: bool,
     stream: usize,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let stats = guard(py, || {
+    let (r, g) = guard(py, || {
         let (layout, bits) = (parse_layout(layout)?, parse_bits(bits)?);
-        let mut xa = import(x, "x", stream)?;
+        let xa = import(x, "x", stream)?;
         let sa = import(steps, "steps", stream)?;
-        let mut sym = symbols.map(|o| import(o, "symbols", stream)).transpose()?;
-        let mut rec = recon.map(|o| import(o, "recon", stream)).transpose()?;
-        let mut sse = token_sse.map(|o| import(o, "token_sse", stream)).transpose()?;
+        let sym = symbols.map(|o| import(o, "symbols", stream)).transpose()?;
+        let rec = recon.map(|o| import(o, "recon", stream)).transpose()?;
+        let sse = token_sse.map(|o| import(o, "token_sse", stream)).transpose()?;
         let all: Vec<&Array> = [Some(&xa), Some(&sa), sym.as_ref(), rec.as_ref(), sse.as_ref()].into_iter().flatten().collect();
         let dev = device_of(&all)?;
         let g = token_grid(&xa.shape, layout, patch)?;
-        let dt = xa.float_dtype()?;
         f32_vector(&sa, Error::Shape)?;
-        check_numel(&sa, g.tokens(), "x's token grid")?;
-        if let Some(s) = &sym {
-            let want = if bits == Bits::B8 { Kind::I8 } else { Kind::I16 };
-            if s.kind != want || s.shape != xa.shape {
-                return Err(Error::Shape(format!(
-                    "symbols must be {} values of i{} for {}-bit symbols, shaped like x",
-                    g.numel(),
-                    bits.bits(),
-                    bits.bits()
-                ))
-                .into());
+        for o in [&sym, &rec].into_iter().flatten() {
+            check_same_shape(o, &xa)?;
+        }
+        let call = QuantizeArgs {
+            x: xa.buf(),
+            shape: g.shape,
+            patch: g.patch,
+            steps: sa.buf(),
+            bits,
+            symbols: sym.as_ref().map(Array::buf),
+            recon: rec.as_ref().map(Array::buf),
+            token_sse: sse.as_ref().map(Array::buf),
+            histogram,
+            histogram_out: None,
+        }
+        .validate()?;
+        let r = match dev {
+            Dev::Cuda(ord) => {
+                // SAFETY: the `stream=` contract.
+                let cuda = unsafe { Cuda::borrowed(ord as usize, stream as *mut std::ffi::c_void, false) }?;
+                py.detach(|| Executor::Cuda(&cuda).quantize(&call))?
             }
-        }
-        if let Some(r) = &rec {
-            check_same_shape(r, &xa)?;
-            if r.kind != xa.kind {
-                return Err(Error::Shape(format!("recon is {}, x is {}", r.kind.name(), xa.kind.name())).into());
-            }
-        }
-        if let Some(s) = &sse {
-            check_numel(s, g.tokens(), "token_sse")?;
-            if s.kind != Kind::F32 {
-                return Err(Error::Shape(format!("token_sse must be float32, got {}", s.kind.name())).into());
-            }
-        }
-        let in_place = rec.as_ref().is_some_and(|r| r.same_memory(&xa));
-        {
-            let outs: Vec<&Array> =
-                [sym.as_ref(), if in_place { None } else { rec.as_ref() }, sse.as_ref()].into_iter().flatten().collect();
-            check_disjoint(&outs, &[&xa, &sa])?;
-            if in_place {
-                check_disjoint(&[&xa], &[&sa])?;
-                if xa.readonly {
-                    return Err(Error::Arg("x is read-only (in place)".into()).into());
-                }
-            }
-        }
-        if let Dev::Cuda(ord) = dev {
-            // SAFETY: the `stream=` contract.
-            let gpu = unsafe { gpu_for(ord, stream, &all) }?;
-            let (xd, sd) = (DArr::from(&xa), DArr::from(&sa));
-            let (symd, recd, ssed) = (sym.as_ref().map(DArr::from), rec.as_ref().map(DArr::from), sse.as_ref().map(DArr::from));
-            // SAFETY: device arrays of this device with the sizes checked above; outputs overlap
-            // no input and each other, except recon == x (checked above).
-            let q = py.detach(|| unsafe { gpu.quantize(xd, dt, &g, sd, bits, symd, recd, ssed, histogram) })?;
-            return Ok((cpu::QuantStats { clamped: q.clamped, total_sse: q.total_sse, histogram: q.histogram }, g));
-        }
-        // Every view below: each output overlaps no input and no other output (checked above; in
-        // place, x overlaps neither the steps nor another output), so it is the only view of its
-        // memory; inputs are only read.
-        // SAFETY: see above (the steps are only read).
-        let st = unsafe { sa.as_slice::<f32>() }?;
-        let symbols = match sym.as_mut() {
-            None => Symbols::None,
-            // SAFETY: see above.
-            Some(s) if bits == Bits::B8 => Symbols::I8(unsafe { s.as_mut_slice::<i8>() }?),
-            // SAFETY: see above.
-            Some(s) => Symbols::I16(unsafe { s.as_mut_slice::<i16>() }?),
+            Dev::Cpu => py.detach(|| Executor::Host(None).quantize(&call))?,
         };
-        let token_sse = match sse.as_mut() {
-            // SAFETY: see above.
-            Some(s) => Some(unsafe { s.as_mut_slice::<f32>() }?),
-            None => None,
-        };
-        let stats = with_elem!(dt, E => {
-            if in_place {
-                // SAFETY: see above (x is the reconstruction; nothing else views it).
-                let xs = unsafe { xa.as_mut_slice::<E>() }?;
-                py.detach(|| cpu::quantize_in_place(xs, &g, st, bits, symbols, token_sse, histogram))?
-            } else {
-                // SAFETY: see above (x is only read).
-                let xs = unsafe { xa.as_slice::<E>() }?;
-                let recon = match rec.as_mut() {
-                    // SAFETY: see above.
-                    Some(r) => Some(unsafe { r.as_mut_slice::<E>() }?),
-                    None => None,
-                };
-                py.detach(|| cpu::quantize(xs, &g, st, bits, QuantOut { symbols, recon, token_sse, histogram }))?
-            }
-        });
-        Ok((stats, g))
+        Ok((r, g))
     })?;
-    let (stats, g) = stats;
     let d = PyDict::new(py);
-    d.set_item("clamped", stats.clamped)?;
-    d.set_item("total_sse", stats.total_sse)?;
-    d.set_item("mse", stats.mse(g.numel()))?;
+    d.set_item("clamped", r.clamped)?;
+    d.set_item("total_sse", r.total_sse)?;
+    d.set_item("mse", r.mse)?;
     d.set_item("tokens", g.tokens())?;
     d.set_item("k", g.k())?;
-    match &stats.histogram {
-        Some(h) => {
-            let r = rate::Rate::from_histogram(h, g.tokens(), g.k());
-            d.set_item("histogram", h.clone())?;
-            d.set_item("entropy_bits", r.entropy_bits)?;
-            d.set_item("bits_per_element", r.bits_per_element)?;
-        }
-        None => {
-            d.set_item("histogram", py.None())?;
-            d.set_item("entropy_bits", py.None())?;
-            d.set_item("bits_per_element", py.None())?;
-        }
-    }
+    d.set_item("histogram", r.histogram.clone())?;
+    d.set_item("entropy_bits", r.rate.as_ref().map(|r| r.entropy_bits))?;
+    d.set_item("bits_per_element", r.rate.as_ref().map(|r| r.bits_per_element))?;
     Ok(d)
 }
 

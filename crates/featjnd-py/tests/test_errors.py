@@ -243,3 +243,16 @@ def test_overflowing_strength(rng):
 def test_not_an_array():
     with raises(featjnd.ArgError, "Arg", match="expected an array"):
         featjnd.quantize([[1.0]], np.ones(1, np.float32), layout="ntc")
+
+
+def test_bits_follow_the_one_rule_of_every_surface(rng):
+    # contract §9: 8 or 16, and 0 for the default 8, exactly as the C ABI takes them.
+    x = feature(rng, (1, 2, 4, 4), np.float32)
+    steps = np.full(32, 0.25, np.float32)
+    default = featjnd.quantize(x, steps, bits=8)
+    zero = featjnd.quantize(x, steps, bits=0)
+    assert zero["histogram"] == default["histogram"] and len(zero["histogram"]) == 255
+    assert len(featjnd.quantize(x, steps, bits=16)["histogram"]) == 512
+    for b in (1, 7, 9, 15, 17, 32):
+        with raises(featjnd.ArgError, "Arg", match="bits"):
+            featjnd.quantize(x, steps, bits=b)

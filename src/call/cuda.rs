@@ -1,0 +1,193 @@
+//! The CUDA executor: validated calls on one device and one stream (the caller's, torch's current
+//! one, or the legacy default stream), through the launchers of [`crate::cuda::raw`]. One zeroed
+//! statistics buffer per call, a stream-ordered cudarc allocation on that stream, and one stream
+//! sync when the statistics come back. It replaces the device structs the tensor API, the C ABI
+//! and the Python package each had.
+//!
+//! With pointer checks on (the C ABI's default), every array is first described by the driver:
+//! it must be device (or managed) memory of this device whose allocation holds the bytes the op
+//! touches, so a host pointer or a short buffer is `Error::Arg` instead of an illegal-address
+//! fault. Torch and DLPack producers own their allocations, so the other surfaces skip it.
+//!
+//! NOT RUN YET on a GPU in this form (no device was lent when it was written); the kernels it
+//! launches are the ones the CPU emulation tier (`crates/featjnd-emu`) runs.
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::driver::result as cu;
+use cudarc::driver::sys::{self, CUdeviceptr, CUmemorytype, CUpointer_attribute, CUresult};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+
+use super::buf::{Buf, Mem};
+use super::quantize::{QuantizeCall, QuantizeReport};
+use crate::cuda::raw::{self, DevPtr, DevPtrMut, Elems, Launch, QuantPtrs, StatsBuf};
+use crate::cuda::{cuda_err, Device};
+use crate::error::{Error, Result};
+
+/// One device and one stream.
+pub struct Cuda {
+    dev: Arc<Device>,
+    stream: Arc<CudaStream>,
+    check_pointers: bool,
+}
+
+/// A zeroed statistics buffer on the executor's stream and its view for the launchers.
+struct Stats {
+    buf: CudaSlice<i64>,
+    view: StatsBuf,
+}
+
+impl Cuda {
+    /// Device `ordinal` and the caller's `stream` (null: the legacy default stream).
+    ///
+    /// # Safety
+    /// `stream` is null or a live stream of device `ordinal`'s primary context that outlives the
+    /// returned executor (which never destroys it).
+    pub unsafe fn borrowed(ordinal: usize, stream: *mut c_void, check_pointers: bool) -> Result<Cuda> {
+        crate::cuda::available()?;
+        let dev = Device::get(ordinal)?;
+        dev.ctx.bind_to_thread().map_err(cuda_err)?;
+        // SAFETY: null or a live stream of this device that outlives the wrapper (this fn's
+        // contract); a borrowed wrapper never destroys it.
+        let stream = unsafe { dev.ctx.wrap_borrowed_stream(stream as sys::CUstream) };
+        Ok(Cuda { dev, stream, check_pointers })
+    }
+
+    /// Torch's current stream on device `ordinal`, so the work is ordered with torch's.
+    #[cfg(feature = "torch")]
+    pub fn torch(ordinal: usize) -> Result<Cuda> {
+        let dev = Device::get(ordinal)?;
+        dev.ctx.bind_to_thread().map_err(cuda_err)?;
+        let stream = dev.torch_stream();
+        Ok(Cuda { dev, stream, check_pointers: false })
+    }
+
+    pub fn ordinal(&self) -> usize {
+        self.dev.ctx.ordinal()
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    pub(crate) fn launch(&self) -> Launch<'_> {
+        Launch { dev: &self.dev, stream: &self.stream }
+    }
+
+    /// Every array must be in this device's memory; with pointer checks, the driver must agree.
+    pub(crate) fn check(&self, bufs: &[&Buf]) -> Result<()> {
+        for b in bufs {
+            if b.mem() != Mem::Cuda(self.ordinal()) {
+                return Err(Error::MixedDevices(format!(
+                    "{} is in {}; this executor runs on CUDA device {}",
+                    b.name,
+                    b.mem(),
+                    self.ordinal()
+                )));
+            }
+            if self.check_pointers {
+                self.ask_driver(b)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn ask_driver(&self, b: &Buf) -> Result<()> {
+        let (p, bytes, what) = (b.addr(), b.bytes(), b.name);
+        let (mut mem, mut ord, mut start, mut size) = (0u32, -1i32, 0u64, 0usize);
+        let mut attrs = [
+            CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
+            CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+            CUpointer_attribute::CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
+            CUpointer_attribute::CU_POINTER_ATTRIBUTE_RANGE_SIZE,
+        ];
+        let mut data: [*mut c_void; 4] =
+            [&mut mem as *mut u32 as _, &mut ord as *mut i32 as _, &mut start as *mut u64 as _, &mut size as *mut usize as _];
+        // Unlike cuPointerGetAttribute, this succeeds on unknown (host) pointers with zeroed values.
+        // SAFETY: four attributes, each with an out-pointer to a local of the attribute's type
+        // (CUmemorytype and the ordinal are 32-bit, the range start a CUdeviceptr, the size a
+        // size_t); the driver only inspects `p`, never dereferences it.
+        let r = unsafe { sys::cuPointerGetAttributes(4, attrs.as_mut_ptr(), data.as_mut_ptr(), p as CUdeviceptr) };
+        if r != CUresult::CUDA_SUCCESS {
+            return Err(Error::Arg(format!("{what} ({p:#x}): the driver cannot describe this pointer ({r:?})")));
+        }
+        let device = mem == CUmemorytype::CU_MEMORYTYPE_DEVICE as u32;
+        if !(device || mem == CUmemorytype::CU_MEMORYTYPE_UNIFIED as u32) {
+            return Err(Error::Arg(format!(
+                "{what} ({p:#x}) is not CUDA device memory; this context runs on device {}: pass device pointers",
+                self.ordinal()
+            )));
+        }
+        if device && ord >= 0 && ord as usize != self.ordinal() {
+            return Err(Error::Arg(format!("{what} is memory of device {ord}; this context runs on device {}", self.ordinal())));
+        }
+        if size > 0 && (p as u64).saturating_add(bytes as u64) > start.saturating_add(size as u64) {
+            let left = start + size as u64 - p as u64;
+            return Err(Error::Arg(format!("{what} needs {bytes} bytes, its allocation holds {left} from this pointer")));
+        }
+        Ok(())
+    }
+
+    fn stats(&self, slots: usize) -> Result<Stats> {
+        let buf = self.stream.alloc_zeros::<i64>(slots).map_err(cuda_err)?;
+        // Event tracking is off (`Device::get`): the guard records nothing, the address is all.
+        let base = buf.device_ptr(&self.stream).0;
+        Ok(Stats { view: StatsBuf::new(DevPtrMut::from_addr(base), slots), buf })
+    }
+
+    fn read(&self, st: &Stats) -> Result<Vec<i64>> {
+        let _live = &st.buf;
+        // SAFETY: `st.view` describes `st.buf`, alive for this borrow, on `self.stream`, where
+        // every kernel writing it was enqueued.
+        unsafe { raw::read_stats(st.view, &self.stream) }
+    }
+
+    /// A validated f32 device array, copied to the host (ordered on the stream, then synced).
+    fn f32_to_host(&self, b: &Buf) -> Result<Vec<f32>> {
+        let mut v = vec![0f32; b.len()];
+        // SAFETY: a checked array of `len` f32 on this device (validated call); `v` has room for
+        // them; the synchronize below completes the copy before `v` is used or dropped.
+        unsafe { cu::memcpy_dtoh_async(&mut v, b.addr() as u64, self.stream.cu_stream()) }.map_err(cuda_err)?;
+        self.stream.synchronize().map_err(cuda_err)?;
+        Ok(v)
+    }
+
+    /// The quantization of a validated call. The `T` steps make one trip to the host first, where
+    /// they are checked as on the CPU (contract §4.2), so every surface refuses a bad step with
+    /// the same error and index.
+    pub fn quantize(&self, c: &QuantizeCall) -> Result<QuantizeReport> {
+        let (a, g) = (c.args(), c.grid());
+        let outs = [&a.symbols, &a.recon, &a.token_sse, &a.histogram_out];
+        let mut all = vec![&a.x, &a.steps];
+        all.extend(outs.iter().filter_map(|o| o.as_ref()));
+        self.check(&all)?;
+        crate::cpu::check_steps_values(&self.f32_to_host(&a.steps)?)?;
+        let dt = a.x.elem().dtype().expect("validated");
+        fn out<T>(b: &Option<Buf>) -> DevPtrMut<T> {
+            b.map_or(DevPtrMut::null(), |b| DevPtrMut::from_addr(b.addr() as u64))
+        }
+        let p = QuantPtrs {
+            x: DevPtr::from_addr(a.x.addr() as u64),
+            steps: DevPtr::from_addr(a.steps.addr() as u64),
+            symbols: out(&a.symbols),
+            recon: out(&a.recon),
+            token_sse: out(&a.token_sse),
+        };
+        let st = self.stats(raw::quantize_slots(a.bits, a.histogram))?;
+        // SAFETY: every array is device memory of this device with the sizes the launch touches
+        // (validated call; driver-checked where asked); outputs overlap no input and each other,
+        // except recon == x in place (validated); fresh zeroed statistics on the same stream.
+        unsafe { raw::quantize(self.launch(), dt, g, &p, a.bits, a.histogram, st.view)? };
+        let q = raw::decode_quantize(&self.read(&st)?, a.bits, a.histogram);
+        // In place, x is overwritten: the message cannot show the bad value.
+        let xs = (!c.in_place()).then(|| Elems { ptr: DevPtr::from_addr(a.x.addr() as u64), dt });
+        // SAFETY: `x` holds every index the kernel can report; the stream was synced by `read`.
+        unsafe { raw::check_bad(q.bad, xs, None, &self.stream) }?;
+        if let (Some(o), Some(h)) = (&a.histogram_out, &q.histogram) {
+            // SAFETY: a validated device output of `hist_bins == h.len()` u64 that overlaps no
+            // other array; the copy is synchronous.
+            unsafe { cu::memcpy_htod_sync(o.addr() as u64, h) }.map_err(cuda_err)?;
+        }
+        Ok(QuantizeReport::finish(g, q.clamped, q.total_sse, q.histogram))
+    }
+}

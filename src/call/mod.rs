@@ -1,0 +1,42 @@
+//! One validated call per op (issue 24): every surface — the tch tensor API (`ops`), the C ABI
+//! and the Python package — describes its arrays as framework-free [`Buf`]s, fills in the op's
+//! `Args`, and calls `validate()`, which runs the contract's checks in the contract's order and
+//! returns a `Call`. Only a validated call runs, on an [`Executor`]: the host (a rayon pool) or
+//! one CUDA device and stream ([`Cuda`]). The result is finished (MSE, rate) in one place per op.
+//!
+//! So a check, a default or a message is written once and every surface agrees on it; the
+//! surfaces keep only the conversion of their own types (tensors, `FjFeature`s, DLPack arrays)
+//! and of the errors (`FJ_ERR_*` codes, Python exceptions).
+pub mod buf;
+pub mod cuda;
+pub mod quantize;
+
+pub use buf::{no_overlap, Buf, Elem, Mem};
+pub use cuda::Cuda;
+pub use quantize::{symbol_elem, QuantizeArgs, QuantizeCall, QuantizeReport};
+
+use crate::error::Result;
+
+/// Where a validated call runs.
+pub enum Executor<'a> {
+    /// The CPU, on this pool (or rayon's global one).
+    Host(Option<&'a rayon::ThreadPool>),
+    /// One CUDA device and stream.
+    Cuda(&'a Cuda),
+}
+
+impl Executor<'_> {
+    fn on_host<T: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> T + Send) -> T {
+        match pool {
+            Some(p) => p.install(f),
+            None => f(),
+        }
+    }
+
+    pub fn quantize(&self, c: &QuantizeCall) -> Result<QuantizeReport> {
+        match self {
+            Executor::Host(pool) => Self::on_host(*pool, || c.run_host()),
+            Executor::Cuda(g) => g.quantize(c),
+        }
+    }
+}
