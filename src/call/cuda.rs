@@ -93,39 +93,7 @@ impl Cuda {
     }
 
     fn ask_driver(&self, b: &Buf) -> Result<()> {
-        let (p, bytes, what) = (b.addr(), b.bytes(), b.name);
-        let (mut mem, mut ord, mut start, mut size) = (0u32, -1i32, 0u64, 0usize);
-        let mut attrs = [
-            CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
-            CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
-            CUpointer_attribute::CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
-            CUpointer_attribute::CU_POINTER_ATTRIBUTE_RANGE_SIZE,
-        ];
-        let mut data: [*mut c_void; 4] =
-            [&mut mem as *mut u32 as _, &mut ord as *mut i32 as _, &mut start as *mut u64 as _, &mut size as *mut usize as _];
-        // Unlike cuPointerGetAttribute, this succeeds on unknown (host) pointers with zeroed values.
-        // SAFETY: four attributes, each with an out-pointer to a local of the attribute's type
-        // (CUmemorytype and the ordinal are 32-bit, the range start a CUdeviceptr, the size a
-        // size_t); the driver only inspects `p`, never dereferences it.
-        let r = unsafe { sys::cuPointerGetAttributes(4, attrs.as_mut_ptr(), data.as_mut_ptr(), p as CUdeviceptr) };
-        if r != CUresult::CUDA_SUCCESS {
-            return Err(Error::Arg(format!("{what} ({p:#x}): the driver cannot describe this pointer ({r:?})")));
-        }
-        let device = mem == CUmemorytype::CU_MEMORYTYPE_DEVICE as u32;
-        if !(device || mem == CUmemorytype::CU_MEMORYTYPE_UNIFIED as u32) {
-            return Err(Error::Arg(format!(
-                "{what} ({p:#x}) is not CUDA device memory; this context runs on device {}: pass device pointers",
-                self.ordinal()
-            )));
-        }
-        if device && ord >= 0 && ord as usize != self.ordinal() {
-            return Err(Error::Arg(format!("{what} is memory of device {ord}; this context runs on device {}", self.ordinal())));
-        }
-        if size > 0 && (p as u64).saturating_add(bytes as u64) > start.saturating_add(size as u64) {
-            let left = start + size as u64 - p as u64;
-            return Err(Error::Arg(format!("{what} needs {bytes} bytes, its allocation holds {left} from this pointer")));
-        }
-        Ok(())
+        check_device_pointer(self.ordinal(), b.addr(), b.bytes(), b.name)
     }
 
     fn stats(&self, slots: usize) -> Result<Stats> {
@@ -190,4 +158,41 @@ impl Cuda {
         }
         Ok(QuantizeReport::finish(g, q.clamped, q.total_sse, q.histogram))
     }
+}
+
+/// Asks the driver about `p`: it must be device (or managed) memory of device `ordinal` whose
+/// allocation holds `bytes` bytes from `p` (`Error::Arg` naming `what` otherwise). The calling
+/// thread must have the device's context bound.
+pub fn check_device_pointer(ordinal: usize, p: usize, bytes: usize, what: &str) -> Result<()> {
+    let (mut mem, mut ord, mut start, mut size) = (0u32, -1i32, 0u64, 0usize);
+    let mut attrs = [
+        CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
+        CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+        CUpointer_attribute::CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
+        CUpointer_attribute::CU_POINTER_ATTRIBUTE_RANGE_SIZE,
+    ];
+    let mut data: [*mut c_void; 4] =
+        [&mut mem as *mut u32 as _, &mut ord as *mut i32 as _, &mut start as *mut u64 as _, &mut size as *mut usize as _];
+    // Unlike cuPointerGetAttribute, this succeeds on unknown (host) pointers with zeroed values.
+    // SAFETY: four attributes, each with an out-pointer to a local of the attribute's type
+    // (CUmemorytype and the ordinal are 32-bit, the range start a CUdeviceptr, the size a
+    // size_t); the driver only inspects `p`, never dereferences it.
+    let r = unsafe { sys::cuPointerGetAttributes(4, attrs.as_mut_ptr(), data.as_mut_ptr(), p as CUdeviceptr) };
+    if r != CUresult::CUDA_SUCCESS {
+        return Err(Error::Arg(format!("{what} ({p:#x}): the driver cannot describe this pointer ({r:?})")));
+    }
+    let device = mem == CUmemorytype::CU_MEMORYTYPE_DEVICE as u32;
+    if !(device || mem == CUmemorytype::CU_MEMORYTYPE_UNIFIED as u32) {
+        return Err(Error::Arg(format!(
+            "{what} ({p:#x}) is not CUDA device memory; this context runs on device {ordinal}: pass device pointers"
+        )));
+    }
+    if device && ord >= 0 && ord as usize != ordinal {
+        return Err(Error::Arg(format!("{what} is memory of device {ord}; this context runs on device {ordinal}")));
+    }
+    if size > 0 && (p as u64).saturating_add(bytes as u64) > start.saturating_add(size as u64) {
+        let left = start + size as u64 - p as u64;
+        return Err(Error::Arg(format!("{what} needs {bytes} bytes, its allocation holds {left} from this pointer")));
+    }
+    Ok(())
 }

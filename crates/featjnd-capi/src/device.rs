@@ -13,10 +13,10 @@
 use std::ffi::c_void;
 use std::sync::Arc;
 
-use cudarc::driver::sys::{self, CUdeviceptr, CUmemorytype, CUpointer_attribute, CUresult};
+use cudarc::driver::sys;
 use cudarc::driver::{result as cu, CudaSlice, CudaStream, DevicePtr};
 
-use super::{fail, Fail, FJ_ERR_ARG, FJ_ERR_DEVICE, R};
+use super::{Fail, FJ_ERR_DEVICE, R};
 use featjnd_kernels::call::Cuda;
 use featjnd_kernels::cpu::{perturb::NoiseSpec, PerturbReport};
 use featjnd_kernels::cuda::raw::{self, DevPtr, DevPtrMut, Elems, Launch, PerturbPtrs, QuantPtrs, StatsBuf};
@@ -89,38 +89,7 @@ impl Gpu {
         if self.trusted {
             return Ok(());
         }
-        let (mut mem, mut ord, mut start, mut size) = (0u32, -1i32, 0u64, 0usize);
-        let mut attrs = [
-            CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
-            CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
-            CUpointer_attribute::CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
-            CUpointer_attribute::CU_POINTER_ATTRIBUTE_RANGE_SIZE,
-        ];
-        let mut data: [*mut c_void; 4] =
-            [&mut mem as *mut u32 as _, &mut ord as *mut i32 as _, &mut start as *mut u64 as _, &mut size as *mut usize as _];
-        // Unlike cuPointerGetAttribute, this succeeds on unknown (host) pointers with zeroed values.
-        // SAFETY: four attributes, each with an out-pointer to a local of the attribute's type
-        // (CUmemorytype and the ordinal are 32-bit, the range start a CUdeviceptr, the size a
-        // size_t); the driver only inspects `p`, never dereferences it.
-        let r = unsafe { sys::cuPointerGetAttributes(4, attrs.as_mut_ptr(), data.as_mut_ptr(), p as CUdeviceptr) };
-        if r != CUresult::CUDA_SUCCESS {
-            return fail(FJ_ERR_ARG, format!("{what} ({p:p}): the driver cannot describe this pointer ({r:?})"));
-        }
-        let device = mem == CUmemorytype::CU_MEMORYTYPE_DEVICE as u32;
-        if !(device || mem == CUmemorytype::CU_MEMORYTYPE_UNIFIED as u32) {
-            return fail(
-                FJ_ERR_ARG,
-                format!("{what} ({p:p}) is not CUDA device memory; this context runs on device {}: pass device pointers", self.ordinal()),
-            );
-        }
-        if device && ord >= 0 && ord as usize != self.ordinal() {
-            return fail(FJ_ERR_ARG, format!("{what} is memory of device {ord}; this context runs on device {}", self.ordinal()));
-        }
-        if size > 0 && (p as u64).saturating_add(bytes as u64) > start.saturating_add(size as u64) {
-            let left = start + size as u64 - p as u64;
-            return fail(FJ_ERR_ARG, format!("{what} needs {bytes} bytes, its allocation holds {left} from this pointer"));
-        }
-        Ok(())
+        Ok(featjnd_kernels::call::cuda::check_device_pointer(self.ordinal(), p as usize, bytes, what)?)
     }
 
     fn stats(&self, s: &Arc<CudaStream>, slots: usize) -> R<Stats> {

@@ -248,11 +248,13 @@ def test_not_an_array():
 def test_bits_follow_the_one_rule_of_every_surface(rng):
     # contract §9: 8 or 16, and 0 for the default 8, exactly as the C ABI takes them.
     x = feature(rng, (1, 2, 4, 4), np.float32)
-    steps = np.full(32, 0.25, np.float32)
+    steps = np.full(16, 0.25, np.float32)  # T = N·H·W at patch 1
     default = featjnd.quantize(x, steps, bits=8)
     zero = featjnd.quantize(x, steps, bits=0)
-    assert zero["histogram"] == default["histogram"] and len(zero["histogram"]) == 255
-    assert len(featjnd.quantize(x, steps, bits=16)["histogram"]) == 512
+    assert zero.symbols.dtype == np.int8 and np.array_equal(zero.symbols, default.symbols)
+    assert list(zero.histogram) == list(default.histogram) and len(zero.histogram) == 255
+    wide = featjnd.quantize(x, steps, bits=16)
+    assert wide.symbols.dtype == np.int16 and len(wide.histogram) == 512
     for b in (1, 7, 9, 15, 17, 32):
         with raises(featjnd.ArgError, "Arg", match="bits"):
             featjnd.quantize(x, steps, bits=b)

@@ -512,9 +512,10 @@ def _resolve(v: Any, make: Any) -> Any:
 
 
 def _outputs(x: Any, shape: Tuple[int, ...], tokens: int, bits: int, symbols: Any, recon: Any, token_sse: Any, in_place: bool) -> Tuple[Any, Any, Any]:
-    if bits not in (8, 16):
-        raise ArgError(f"bits must be 8 or 16, got {bits}")
-    sym = _resolve(symbols, lambda: _empty(x, shape, "int8" if bits == 8 else "int16"))
+    # The symbol type must be known to allocate: the rule is the core's (contract §9: 8, 16, 0 = 8).
+    if bits not in (0, 8, 16):
+        raise ArgError(f"bits {bits} (use 8 or 16; 0 means 8)")
+    sym = _resolve(symbols, lambda: _empty(x, shape, "int16" if bits == 16 else "int8"))
     if in_place:
         if recon is not True and recon is not None and recon is not False and recon is not x:
             raise ArgError("in_place=True writes the reconstruction into x: do not also pass recon=")
