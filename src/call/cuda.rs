@@ -19,8 +19,10 @@ use cudarc::driver::sys::{self, CUdeviceptr, CUmemorytype, CUpointer_attribute, 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 
 use super::buf::{Buf, Mem};
+use super::perturb::PerturbCall;
 use super::quantize::{QuantizeCall, QuantizeReport};
-use crate::cuda::raw::{self, DevPtr, DevPtrMut, Elems, Launch, QuantPtrs, StatsBuf};
+use crate::cpu::PerturbReport;
+use crate::cuda::raw::{self, DevPtr, DevPtrMut, Elems, Launch, PerturbPtrs, QuantPtrs, StatsBuf};
 use crate::cuda::{cuda_err, Device};
 use crate::error::{Error, Result};
 
@@ -157,6 +159,42 @@ impl Cuda {
             unsafe { cu::memcpy_htod_sync(o.addr() as u64, h) }.map_err(cuda_err)?;
         }
         Ok(QuantizeReport::finish(g, q.clamped, q.total_sse, q.histogram))
+    }
+}
+
+impl Cuda {
+    /// The perturbation of a validated call. A bad element stops pass 2 from writing, so `x` is
+    /// intact even in place; a scale beyond f32 is `Error::Overflow` after the write (§7.4).
+    pub fn perturb(&self, c: &PerturbCall) -> Result<PerturbReport> {
+        let a = c.args();
+        let mut all = vec![&a.x, &a.out];
+        all.extend(a.jnd.iter().chain(a.scales_out.iter()));
+        self.check(&all)?;
+        let dt = a.x.elem().dtype().expect("validated");
+        let p = PerturbPtrs {
+            dt,
+            x: DevPtr::from_addr(a.x.addr() as u64),
+            jnd: a.jnd.map_or(DevPtr::null(), |j| DevPtr::from_addr(j.addr() as u64)),
+            out: DevPtrMut::from_addr(a.out.addr() as u64),
+            numel: a.x.len(),
+            samples: a.samples,
+        };
+        let st = self.stats(raw::perturb_slots(a.samples))?;
+        // SAFETY: `x`, `J` and `out` are device memory of this device with `numel` elements of
+        // `dt` (validated call; driver-checked where asked); `out` is `x` or overlaps neither
+        // input (validated); fresh zeroed statistics on the same stream.
+        unsafe { raw::perturb(self.launch(), &p, a.nrmse, a.noise, st.view)? };
+        let (bad, report) = raw::decode_perturb(&self.read(&st)?, a.samples);
+        let elems = |b: &Buf| Elems { ptr: DevPtr::from_addr(b.addr() as u64), dt };
+        // SAFETY: `x` and `J` hold every index the kernels can report; the stream was synced.
+        unsafe { raw::check_bad(bad, Some(elems(&a.x)), a.jnd.as_ref().map(elems), &self.stream) }?;
+        raw::check_scales(&report, a.nrmse)?;
+        if let Some(s) = &a.scales_out {
+            // SAFETY: a validated device output of `samples == report.scales.len()` f32 that
+            // overlaps no other array; the copy is synchronous.
+            unsafe { cu::memcpy_htod_sync(s.addr() as u64, &report.scales) }.map_err(cuda_err)?;
+        }
+        Ok(report)
     }
 }
 

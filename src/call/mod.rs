@@ -3,18 +3,22 @@
 //! `Args`, and calls `validate()`, which runs the contract's checks in the contract's order and
 //! returns a `Call`. Only a validated call runs, on an [`Executor`]: the host (a rayon pool) or
 //! one CUDA device and stream ([`Cuda`]). The result is finished (MSE, rate) in one place per op.
+//! Migrated so far: quantize and perturb.
 //!
 //! So a check, a default or a message is written once and every surface agrees on it; the
 //! surfaces keep only the conversion of their own types (tensors, `FjFeature`s, DLPack arrays)
 //! and of the errors (`FJ_ERR_*` codes, Python exceptions).
 pub mod buf;
 pub mod cuda;
+pub mod perturb;
 pub mod quantize;
 
 pub use buf::{no_overlap, Buf, Elem, Mem};
 pub use cuda::Cuda;
+pub use perturb::{PerturbArgs, PerturbCall};
 pub use quantize::{symbol_elem, QuantizeArgs, QuantizeCall, QuantizeReport};
 
+use crate::cpu::PerturbReport;
 use crate::error::Result;
 
 /// Where a validated call runs.
@@ -37,6 +41,13 @@ impl Executor<'_> {
         match self {
             Executor::Host(pool) => Self::on_host(*pool, || c.run_host()),
             Executor::Cuda(g) => g.quantize(c),
+        }
+    }
+
+    pub fn perturb(&self, c: &PerturbCall) -> Result<PerturbReport> {
+        match self {
+            Executor::Host(pool) => Self::on_host(*pool, || c.run_host()),
+            Executor::Cuda(g) => g.perturb(c),
         }
     }
 }

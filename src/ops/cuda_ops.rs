@@ -15,7 +15,7 @@ use cudarc::driver::CudaStream;
 use tch::{Device as TDevice, Kind, Tensor};
 
 use super::{Outs, QuantizeOptions, Quantized};
-use crate::cpu::{perturb::NoiseSpec, PerturbReport};
+use crate::cpu::perturb::NoiseSpec;
 use crate::cuda::raw::{self, DevPtr, DevPtrMut, Elems, Launch, PerturbPtrs, QuantPtrs, StatsBuf, StepPtrs};
 use crate::cuda::Device;
 use crate::element::Dtype;
@@ -189,31 +189,6 @@ fn quantize_with(
     let xs = (!in_place).then(|| elems(x, dt));
     on.check(s.bad, xs, jnd)?;
     Ok(Quantized { symbols, recon, token_sse, clamped: s.clamped, total_sse: s.total_sse, mse: 0.0, histogram: s.histogram, rate: None })
-}
-
-#[allow(clippy::too_many_arguments)]
-pub(super) fn perturb(
-    o: usize,
-    x: &Tensor,
-    jnd: Option<&Tensor>,
-    dt: Dtype,
-    samples: usize,
-    nrmse: f64,
-    noise: NoiseSpec,
-    out: Option<&Tensor>,
-) -> Result<PerturbReport> {
-    let on = On::new(o)?;
-    let (_keep, stats) = on.stats(raw::perturb_slots(samples))?;
-    let p = PerturbPtrs { dt, x: src(x), jnd: jnd.map_or(DevPtr::null(), src), out: out.map_or(dst(x), dst), numel: x.numel(), samples };
-    // SAFETY: `x`, `J` (same sizes and dtype) and `out` (same sizes and dtype, or `x` itself in
-    // place) are checked contiguous CUDA tensors on device `o`; `out` is disjoint from `x` and `J`
-    // unless it is `x` (checked by the caller, J against x in place too); all on torch's stream.
-    unsafe { raw::perturb(on.launch(), &p, nrmse, noise, stats) }?;
-    let (bad, report) = raw::decode_perturb(&on.read(stats)?, samples);
-    // A bad element stops pass 2 from writing, so x is intact even in place.
-    on.check(bad, Some(elems(x, dt)), jnd.map(|j| elems(j, dt)))?;
-    raw::check_scales(&report, nrmse)?;
-    Ok(report)
 }
 
 pub(super) fn noise(o: usize, numel: usize, offset: u64, noise: NoiseSpec) -> Result<Tensor> {

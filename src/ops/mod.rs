@@ -7,7 +7,7 @@ mod pending;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::call::{no_overlap, Buf, Cuda, Elem, Executor, Mem, QuantizeArgs, QuantizeCall};
+use crate::call::{no_overlap, Buf, Cuda, Elem, Executor, Mem, PerturbArgs, PerturbCall, QuantizeArgs, QuantizeCall};
 use crate::cpu::{self, perturb::NoiseSpec, PerturbReport};
 use crate::element::Dtype;
 use crate::error::{Error, Result};
@@ -629,10 +629,8 @@ pub fn perturb(x: &Tensor, jnd: Option<&Tensor>, nrmse: f64, noise: NoiseSpec) -
 pub fn perturb_into(x: &Tensor, jnd: Option<&Tensor>, nrmse: f64, noise: NoiseSpec, out: &Tensor) -> Result<PerturbReport> {
     check_tensor(x, "x")?;
     let _ = out_tensor(Some(out), "output", &x.size(), x.kind(), x.device())?;
+    // The core allows `out == x` (in place); the tensor API has its own call for that.
     check_disjoint(out, "output", x, "x")?;
-    if let Some(j) = jnd {
-        check_disjoint(out, "output", j, "J")?;
-    }
     perturb_impl(x, jnd, nrmse, noise, Some(out))
 }
 
@@ -641,9 +639,10 @@ pub fn perturb_(x: &mut Tensor, jnd: Option<&Tensor>, nrmse: f64, noise: NoiseSp
     perturb_impl(x, jnd, nrmse, noise, None)
 }
 
-/// The checks every perturbation runs before it touches data: `x` and `J` (same sizes, dtype and
-/// device), a sample dimension, and in place `J` disjoint from `x`. Returns the dtype and samples.
-fn check_perturb(x: &Tensor, jnd: Option<&Tensor>, out: Option<&Tensor>) -> Result<(Dtype, usize)> {
+/// The tensor checks every perturbation runs before it touches data: `x` and `J` (same sizes,
+/// dtype and device) and a sample dimension (the core's `validate` checks the rest, aliasing
+/// included). Returns the dtype and samples.
+fn check_perturb(x: &Tensor, jnd: Option<&Tensor>) -> Result<(Dtype, usize)> {
     let dt = check_tensor(x, "x")?;
     check_device(x, "x")?;
     if x.dim() < 1 {
@@ -659,46 +658,56 @@ fn check_perturb(x: &Tensor, jnd: Option<&Tensor>, out: Option<&Tensor>) -> Resu
             return Err(Error::Dtype(format!("x is {}, J is {}: they must match", dt.name(), dj.name())));
         }
     }
-    if let (None, Some(j)) = (out, jnd) {
-        // In place, x is written while J is read (on every device): they must not share memory.
-        check_disjoint(x, "x (in place)", j, "J")?;
-    }
     Ok((dt, x.size()[0] as usize))
 }
 
 fn perturb_impl(x: &Tensor, jnd: Option<&Tensor>, nrmse: f64, noise: NoiseSpec, out: Option<&Tensor>) -> Result<PerturbReport> {
     let _range = crate::nvtx::range("featjnd::perturb");
-    let (dt, samples) = check_perturb(x, jnd, out)?;
-    if let Some(o) = cuda_ordinal(x.device()) {
-        return cuda_ops::perturb(o, x, jnd, dt, samples, nrmse, noise, out);
+    let (dt, samples) = check_perturb(x, jnd)?;
+    match cuda_ordinal(x.device()) {
+        Some(o) => Executor::Cuda(&Cuda::torch(o)?).perturb(&perturb_call(x, jnd, samples, nrmse, noise, out, &[])?),
+        None => perturb_cpu(x, jnd, dt, samples, nrmse, noise, out),
     }
-    perturb_cpu(x, jnd, dt, samples, nrmse, noise, out)
 }
 
-/// The CPU perturbation of checked tensors ([`check_perturb`]; `out` allocated by the caller or
-/// checked disjoint from `x` and `J`).
+/// The core's perturbation call for checked tensors (`out = None`: in place; `extra_out`: further
+/// arrays the caller's op writes, for the aliasing rule).
+pub(crate) fn perturb_call(
+    x: &Tensor,
+    jnd: Option<&Tensor>,
+    samples: usize,
+    nrmse: f64,
+    noise: NoiseSpec,
+    out: Option<&Tensor>,
+    extra_out: &[Buf],
+) -> Result<PerturbCall> {
+    let xb = buf(x, "x")?;
+    PerturbArgs {
+        x: xb,
+        samples,
+        jnd: jnd.map(|j| buf(j, "J")).transpose()?,
+        out: match out {
+            Some(o) => buf(o, "output")?,
+            None => xb,
+        },
+        nrmse,
+        noise,
+        scales_out: None,
+    }
+    .validate_with(extra_out)
+}
+
+/// The CPU perturbation of checked tensors (the core's host executor).
 fn perturb_cpu(
     x: &Tensor,
     jnd: Option<&Tensor>,
-    dt: Dtype,
+    _dt: Dtype,
     samples: usize,
     nrmse: f64,
     noise: NoiseSpec,
     out: Option<&Tensor>,
 ) -> Result<PerturbReport> {
-    with_elem!(dt, E => {
-        // SAFETY: checked contiguous CPU tensors of `dt`'s element type. `out` was allocated by
-        // `perturb` or checked disjoint from `x` and `J` by `perturb_into` / `perturb_async`; in
-        // place, `J` was checked disjoint from `x` by `check_perturb`, and `x` is viewed once, mutably. Nothing else
-        // touches these tensors while the op runs.
-        let js = jnd.map(|j| unsafe { slice::<E>(j) });
-        match out {
-            // SAFETY: as above.
-            Some(o) => cpu::perturb::<E>(unsafe { slice(x) }, js, samples, nrmse, noise, unsafe { slice_mut(o) }),
-            // SAFETY: as above.
-            None => cpu::perturb_in_place::<E>(unsafe { slice_mut(x) }, js, samples, nrmse, noise),
-        }
-    })
+    Executor::Host(None).perturb(&perturb_call(x, jnd, samples, nrmse, noise, out, &[])?)
 }
 
 /// The noise `ξ` of flat elements `offset .. offset + numel` (SPEC §5) as an f32 tensor on `device`.

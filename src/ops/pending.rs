@@ -20,9 +20,11 @@
 use tch::{Device, Kind, Tensor};
 
 use super::{
-    byte_range, check_device, check_disjoint, check_perturb, check_steps_tensor, check_tensor, cuda_ops, cuda_ordinal, grid_of, out_tensor,
-    perturb_cpu, prepare_outs, quantize_cpu, same_device, slice, slice_mut, Outs, QuantizeBuffers, QuantizeOptions, Quantized,
+    buf, byte_range, check_device, check_disjoint, check_perturb, check_steps_tensor, check_tensor, cuda_ops, cuda_ordinal, grid_of,
+    out_tensor, perturb_call, perturb_cpu, prepare_outs, quantize_cpu, same_device, slice, slice_mut, Outs, QuantizeBuffers,
+    QuantizeOptions, Quantized,
 };
+use crate::call::Executor;
 use crate::cpu::{self, perturb::NoiseSpec, PerturbReport};
 use crate::cuda::raw::{self, BadElement, Input};
 use crate::element::with_elem;
@@ -326,21 +328,13 @@ pub fn perturb_async<'a>(
 ) -> Result<PendingPerturb<'a>> {
     check_tensor(x, "x")?;
     let out = out_tensor(Some(out), "output", &x.size(), x.kind(), x.device())?;
+    // The core allows `out == x` (in place); the sync-free call does not.
     check_disjoint(&out, "output", x, "x")?;
-    if let Some(j) = jnd {
-        check_disjoint(&out, "output", j, "J")?;
-    }
-    let (dt, samples) = check_perturb(x, jnd, Some(&out))?;
-    if !(nrmse.is_finite() && nrmse >= 0.0) {
-        return Err(Error::Nrmse(nrmse));
-    }
+    let (dt, samples) = check_perturb(x, jnd)?;
     let slots = perturb_stats_slots(samples);
     check_stats(stats, slots, x)?;
-    check_disjoint(stats, "statistics workspace", &out, "output")?;
-    check_disjoint(stats, "statistics workspace", x, "x")?;
-    if let Some(j) = jnd {
-        check_disjoint(stats, "statistics workspace", j, "J")?;
-    }
+    // The core's checks, the workspace joining the aliasing rule.
+    let call = perturb_call(x, jnd, samples, nrmse, noise, Some(&out), &[buf(stats, "statistics workspace")?])?;
     let pending = PendingPerturb { stats, offset: 0, x, jnd, samples, nrmse };
     if let Some(o) = cuda_ordinal(x.device()) {
         cuda_ops::perturb_async(o, x, jnd, dt, samples, nrmse, noise, &out, stats, slots)?;
@@ -348,7 +342,7 @@ pub fn perturb_async<'a>(
     }
     // SAFETY: `stats` was checked for `slots` on the CPU and is disjoint from everything else.
     let s = unsafe { cpu_slots(stats, slots) };
-    match perturb_cpu(x, jnd, dt, samples, nrmse, noise, Some(&out)) {
+    match Executor::Host(None).perturb(&call) {
         Ok(rep) => raw::encode_perturb(s, None, &rep),
         Err(e) => match raw::bad_of_error(&e) {
             Some(b) => raw::encode_perturb(s, Some(b), &PerturbReport { scales: vec![0.0; samples], zero_samples: vec![] }),
@@ -532,8 +526,8 @@ pub fn perturb_batch_async<'a>(items: &[PerturbItem<'a>], stats: &'a Tensor) -> 
             return Err(Error::Dtype(format!("batch item {i} is {}, item 0 {}: a batch has one dtype", di.name(), dt.name())));
         }
         same_device(first.x, "item 0", it.x, "another item")?;
-        let out = out_tensor(Some(it.out), "output", &it.x.size(), it.x.kind(), it.x.device())?;
-        let (_, samples) = check_perturb(it.x, it.jnd, Some(&out))?;
+        let _ = out_tensor(Some(it.out), "output", &it.x.size(), it.x.kind(), it.x.device())?;
+        let (_, samples) = check_perturb(it.x, it.jnd)?;
         if !(it.nrmse.is_finite() && it.nrmse >= 0.0) {
             return Err(Error::Nrmse(it.nrmse));
         }

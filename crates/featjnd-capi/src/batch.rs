@@ -119,14 +119,13 @@ fn quant_spans(i: usize, q: &QuantCall, out: &mut Vec<BatchSpan>) {
 }
 
 /// The arrays of a validated perturbation for [`no_overlap_across`] (in place: `x` once, written).
-fn perturb_spans(c: &FjContext, i: usize, pc: &PerturbCall, out: *mut c_void, spans: &mut Vec<BatchSpan>) {
-    let bytes = pc.numel * pc.dt.size();
-    let in_place = std::ptr::eq(out as *const c_void, pc.x);
-    let arrays = [
-        (span(c, "x->data", pc.x, bytes), in_place),
-        (span(c, "jnd->data", pc.jnd, bytes), false),
-        (span(c, "out", out, if in_place { 0 } else { bytes }), true),
-    ];
+fn perturb_spans(i: usize, pc: &PerturbCall, spans: &mut Vec<BatchSpan>) {
+    let (a, in_place) = (pc.call.args(), pc.call.in_place());
+    let mut arrays = vec![(a.x, in_place)];
+    arrays.extend(a.jnd.map(|j| (j, false)));
+    if !in_place {
+        arrays.push((a.out, true));
+    }
     spans.extend(arrays.into_iter().map(|(span, write)| BatchSpan { item: Some(i), span, write }));
 }
 
@@ -343,9 +342,9 @@ pub unsafe extern "C" fn fj_perturb_batch_async(
             };
             // SAFETY: `it.x` and `it.jnd` are null or readable (contract); `o` is a local of its
             // full size.
-            let pc = unsafe { perturb_call(c, it.x, it.jnd, &o, it.out, &[]) }.map_err(|f| f.in_item(i))?;
+            let pc = unsafe { perturb_call(c, it.x, it.jnd, it.nrmse, &o, it.out, &[]) }.map_err(|f| f.in_item(i))?;
             same_dtype(i, pc.dt, calls.first().map_or(pc.dt, |f| f.0.dt))?;
-            perturb_spans(c, i, &pc, it.out, &mut spans);
+            perturb_spans(i, &pc, &mut spans);
             let slots = raw::perturb_slots(pc.samples);
             calls.push((pc, it.nrmse, it.out, total));
             total += slots;
@@ -367,11 +366,9 @@ pub unsafe extern "C" fn fj_perturb_batch_async(
         // SAFETY: `stats` is non-null, aligned and holds `total` i64 of host memory (checked,
         // contract), overlapping nothing the items use (checked).
         let all: &mut [i64] = unsafe { slice_mut(stats as *mut c_void, total) };
-        for (pc, nrmse, out, off) in &calls {
-            // SAFETY: a host call validated by `perturb_call` with this `out`, disjoint from every
-            // other item's arrays and the statistics (checked; contract: host arrays of those sizes).
-            let r = unsafe { perturb_host(c, pc, *nrmse, *out) };
-            record_perturb(&mut all[*off..*off + raw::perturb_slots(pc.samples)], pc.samples, r)?;
+        for (pc, _, _, off) in &calls {
+            // Validated by `perturb_call`, disjoint from every other item's arrays and the statistics.
+            record_perturb(&mut all[*off..*off + raw::perturb_slots(pc.samples)], pc.samples, perturb_host(c, pc))?;
         }
         Ok(())
     })

@@ -18,7 +18,7 @@ use cudarc::driver::{result as cu, CudaSlice, CudaStream, DevicePtr};
 
 use super::{Fail, FJ_ERR_DEVICE, R};
 use featjnd_kernels::call::Cuda;
-use featjnd_kernels::cpu::{perturb::NoiseSpec, PerturbReport};
+use featjnd_kernels::cpu::perturb::NoiseSpec;
 use featjnd_kernels::cuda::raw::{self, DevPtr, DevPtrMut, Elems, Launch, PerturbPtrs, QuantPtrs, StatsBuf};
 use featjnd_kernels::cuda::Device;
 use featjnd_kernels::element::Dtype;
@@ -262,43 +262,6 @@ impl Gpu {
     pub unsafe fn executor(&self, stream: *mut c_void) -> R<Cuda> {
         // SAFETY: this fn's contract.
         Ok(unsafe { Cuda::borrowed(self.ordinal(), stream, !self.trusted) }?)
-    }
-
-    /// The matched-NRMSE perturbation on device pointers; `scales` (device `float[N]`) may be null.
-    ///
-    /// # Safety
-    /// The C contract of `fj_perturb` for a CUDA context: `x`, `jnd` (unless null) and `out` of
-    /// `a` hold `numel` elements of `dt` and `scales` (unless null) room for `samples` floats, all
-    /// device memory of this device; `out` is `x` or overlaps neither input, `scales` nothing;
-    /// `stream` null or a live stream of this device.
-    pub unsafe fn perturb(&self, a: &PerturbPtrs, nrmse: f64, noise: NoiseSpec, scales: *mut f32, stream: *mut c_void) -> R<PerturbReport> {
-        if !(nrmse.is_finite() && nrmse >= 0.0) {
-            // Before the pointer checks, as on the CPU path (the launcher checks it again).
-            return Err(Error::Nrmse(nrmse).into());
-        }
-        self.check_perturb(a)?;
-        if !scales.is_null() {
-            self.check(scales as _, a.samples * 4, "opts->scales")?;
-        }
-        // SAFETY: null or a live stream of this device (contract).
-        let s = unsafe { self.stream(stream)? };
-        let st = self.stats(&s, raw::perturb_slots(a.samples))?;
-        // SAFETY: `x`, `jnd` and `out` are device memory of this device with `numel` elements
-        // (contract, and checked with the driver above); the aliasing rule was checked by the
-        // caller; the statistics are a fresh zeroed allocation on the same stream.
-        unsafe { raw::perturb(Launch { dev: &self.dev, stream: &s }, a, nrmse, noise, st.view)? };
-        let (bad, report) = raw::decode_perturb(&self.read(&s, &st)?, a.samples);
-        // A bad element stops pass 2 from writing, so x is intact even in place.
-        let (xs, js) = (Elems { ptr: a.x, dt: a.dt }, Elems { ptr: a.jnd, dt: a.dt });
-        // SAFETY: `x` and `jnd` hold every index the kernels can report (contract, checked above).
-        unsafe { raw::check_bad(bad, Some(xs), (!a.jnd.is_null()).then_some(js), &s) }?;
-        raw::check_scales(&report, nrmse)?;
-        if !scales.is_null() {
-            // SAFETY: `scales` is device memory with room for `samples == report.scales.len()`
-            // floats (contract, checked above); the copy is synchronous.
-            unsafe { cu::memcpy_htod_sync(scales as u64, &report.scales) }.map_err(dev_err)?;
-        }
-        Ok(report)
     }
 
     // ---- the sync-free calls: enqueue on the caller's stream, statistics in the caller's memory ----

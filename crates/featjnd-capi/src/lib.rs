@@ -34,7 +34,10 @@ use std::ffi::{c_char, c_void, CString};
 use std::mem::size_of;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use featjnd_kernels::call::{no_overlap, symbol_elem, Buf, Elem, Executor, Mem, QuantizeArgs, QuantizeCall, QuantizeReport};
+use featjnd_kernels::call::{
+    no_overlap, symbol_elem, Buf, Elem, Executor, Mem, PerturbArgs, PerturbCall as CorePerturbCall, QuantizeArgs, QuantizeCall,
+    QuantizeReport,
+};
 use featjnd_kernels::cpu::{self, perturb::NoiseSpec};
 use featjnd_kernels::cuda::raw;
 use featjnd_kernels::element::with_elem;
@@ -1025,29 +1028,20 @@ pub unsafe extern "C" fn fj_perturb(
         let c = unsafe { ctx_ref(ctx)? };
         check_stream(c, stream)?;
         // SAFETY: `x`, `jnd` and `opts` are null or readable (contract).
-        let pc = unsafe { perturb_call(c, x, jnd, opts, out, &[])? };
-        let scales = pc.o.scales;
-        if let Some(gpu) = &c.gpu {
-            let p = device::perturb_ptrs(pc.dt, pc.x, pc.jnd, out, pc.numel, pc.samples);
-            // SAFETY: every non-null array is device memory of the context's device with the
-            // sizes above (contract; checked with the driver inside); `out` is `x` or overlaps
-            // neither input, `scales` overlaps nothing (checked).
-            unsafe { gpu.perturb(&p, nrmse, pc.spec, scales, stream)? };
-            return Ok(());
-        }
-        // SAFETY: a host call validated by `perturb_call` (contract: host arrays of those sizes).
-        let rep = unsafe { perturb_host(c, &pc, nrmse, out)? };
-        if !scales.is_null() {
-            // SAFETY: `scales` is non-null, aligned (checked), writable for N == rep.scales.len()
-            // floats (contract) and disjoint from the fresh Vec.
-            unsafe { std::ptr::copy_nonoverlapping(rep.scales.as_ptr(), scales, rep.scales.len()) };
-        }
+        let pc = unsafe { perturb_call(c, x, jnd, nrmse, opts, out, &[])? };
+        match &c.gpu {
+            // SAFETY: `stream` is null or a live stream of the context's device (contract); the
+            // executor lives for this call only. The scales go to their device array.
+            Some(gpu) => Executor::Cuda(&unsafe { gpu.executor(stream)? }).perturb(&pc.call)?,
+            None => perturb_host(c, &pc)?,
+        };
         Ok(())
     })
 }
 
-/// A validated perturbation call.
+/// A validated perturbation call: the core's call, plus what the device paths read.
 struct PerturbCall {
+    call: CorePerturbCall,
     dt: Dtype,
     x: *const c_void,
     /// Null for J ≡ 1.
@@ -1058,15 +1052,18 @@ struct PerturbCall {
     o: FjPerturbOptions,
 }
 
-/// The checks of `fj_perturb` (and `fj_perturb_async`) before anything is touched, with
-/// `extra_out` added to the outputs of the aliasing rule.
+/// Converts the arguments of `fj_perturb` (and `fj_perturb_async`, a batch item) and runs the
+/// core's checks before anything is touched, with `extra_out` added to the aliasing rule.
 ///
 /// # Safety
-/// `x` (and `jnd`, `opts` unless null) readable for one struct (`opts` for its declared size).
+/// `x` (and `jnd`, `opts` unless null) readable for one struct (`opts` for its declared size);
+/// the arrays they name follow the pointer rules.
+#[allow(clippy::too_many_arguments)]
 unsafe fn perturb_call(
     c: &FjContext,
     x: *const FjFeature,
     jnd: *const FjFeature,
+    nrmse: f64,
     opts: *const FjPerturbOptions,
     out: *mut c_void,
     extra_out: &[Buf],
@@ -1075,16 +1072,13 @@ unsafe fn perturb_call(
     let f = unsafe { feature(x, "x")? };
     // SAFETY: `opts` is null or readable for its declared size (contract).
     let o = if opts.is_null() { FjPerturbOptions::default() } else { unsafe { read_opts(opts, "opts")? } };
-    let (dt, shape, xd) = (f.dt, f.shape, f.data);
     nonnull(out, "out")?;
-    aligned(out, dt.size(), "out")?;
-    let n = shape.numel();
     let jd = if jnd.is_null() {
         std::ptr::null()
     } else {
         // SAFETY: `jnd` is a readable struct (contract).
         let j = unsafe { feature(jnd, "jnd")? };
-        if j.dt != dt || j.shape != shape {
+        if j.dt != f.dt || j.shape != f.shape {
             return fail(FJ_ERR_SHAPE, "jnd must have the dtype, layout and dims of x");
         }
         j.data
@@ -1095,41 +1089,28 @@ unsafe fn perturb_call(
         k => return fail(FJ_ERR_ARG, format!("noise {k} (use FJ_GAUSSIAN or FJ_UNIFORM_NOISE)")),
     };
     let spec = NoiseSpec { kind, seed: o.seed, subsequence: o.subsequence };
-    let samples = shape.samples();
-    if !o.scales.is_null() {
-        aligned(o.scales as *const c_void, 4, "opts->scales")?;
-    }
-    let bytes = n * dt.size();
-    let inputs = [span(c, "x->data", xd, bytes), span(c, "jnd->data", jd, bytes)];
-    let mut outputs = vec![span(c, "out", out, bytes), span(c, "opts->scales", o.scales, samples * 4)];
-    outputs.extend_from_slice(extra_out);
-    no_overlap(&inputs, &outputs, Some(("out", "x->data")))?;
-    Ok(PerturbCall { dt, x: xd, jnd: jd, numel: n, samples, spec, o })
+    let (n, samples, dt, mem) = (f.shape.numel(), f.shape.samples(), f.dt.into(), c.mem());
+    // SAFETY: (every `Buf`) the pointer rules: each non-null array holds the elements its
+    // argument names, in the context's memory.
+    let args = unsafe {
+        PerturbArgs {
+            x: Buf::new("x->data", f.data as usize, n, dt, mem, true),
+            samples,
+            jnd: c_buf("jnd->data", jd, n, dt, mem),
+            out: Buf::new("out", out as usize, n, dt, mem, true),
+            nrmse,
+            noise: spec,
+            scales_out: c_buf("opts->scales", o.scales, samples, Elem::F32, mem),
+        }
+    };
+    let call = args.validate_with(extra_out)?;
+    Ok(PerturbCall { call, dt: f.dt, x: f.data, jnd: jd, numel: n, samples, spec, o })
 }
 
-/// The CPU perturbation of a validated call.
-///
-/// # Safety
-/// `pc` came from [`perturb_call`] with this `out` for a CPU context: host arrays of the sizes
-/// it names (contract), the aliasing rule checked.
-unsafe fn perturb_host(c: &FjContext, pc: &PerturbCall, nrmse: f64, out: *mut c_void) -> Result<cpu::PerturbReport, Error> {
-    // Plain values for the pool's closures (the call's raw pointers are not `Sync`).
-    let (n, samples, spec) = (pc.numel, pc.samples, pc.spec);
-    with_elem!(pc.dt, E => {
-        // SAFETY: (this and the slices below) non-null and aligned to `E` (checked by `feature` and
-        // `aligned`), `n` elements each (contract); `out` is `x` itself or overlaps neither
-        // input (checked), so each mutable slice is the only access to its memory.
-        let j: Option<&[E]> = (!pc.jnd.is_null()).then(|| unsafe { slice::<E>(pc.jnd, n) });
-        if std::ptr::eq(out as *const c_void, pc.x) {
-            // SAFETY: see above.
-            let xs: &mut [E] = unsafe { slice_mut(out, n) };
-            in_pool(c, || cpu::perturb_in_place::<E>(xs, j, samples, nrmse, spec))
-        } else {
-            // SAFETY: see above.
-            let (xs, os): (&[E], &mut [E]) = unsafe { (slice(pc.x, n), slice_mut(out, n)) };
-            in_pool(c, || cpu::perturb::<E>(xs, j, samples, nrmse, spec, os))
-        }
-    })
+/// The CPU perturbation of a validated call, in the context's pool (the scales also go to
+/// `opts->scales` when given).
+fn perturb_host(c: &FjContext, pc: &PerturbCall) -> Result<cpu::PerturbReport, Error> {
+    Executor::Host(c.pool.as_ref()).perturb(&pc.call)
 }
 
 // ---- the sync-free calls (issue 15 §1): statistics in caller memory, decoded later ----
@@ -1396,7 +1377,7 @@ pub unsafe extern "C" fn fj_perturb_async(
         let slots = raw::perturb_slots(unsafe { feature(x, "x")? }.shape.samples());
         let st = check_stats(c, stats, stats_len, slots)?;
         // SAFETY: `x`, `jnd` and `opts` are null or readable (contract).
-        let pc = unsafe { perturb_call(c, x, jnd, opts, out, &[st])? };
+        let pc = unsafe { perturb_call(c, x, jnd, nrmse, opts, out, &[st])? };
         if !pc.o.scales.is_null() {
             return fail(FJ_ERR_ARG, "opts->scales must be null: fj_perturb_decode gives the scales");
         }
@@ -1407,8 +1388,7 @@ pub unsafe extern "C" fn fj_perturb_async(
             // neither input, the statistics overlap nothing (checked).
             return unsafe { gpu.perturb_async(&p, nrmse, pc.spec, stats, slots, stream) };
         }
-        // SAFETY: a host call validated by `perturb_call` (contract: host arrays of those sizes).
-        let r = unsafe { perturb_host(c, &pc, nrmse, out) };
+        let r = perturb_host(c, &pc);
         // SAFETY: `stats` is non-null, aligned and holds `slots` i64 of host memory (checked,
         // contract), overlapping nothing the op used (checked).
         let s: &mut [i64] = unsafe { slice_mut(stats as *mut c_void, slots) };

@@ -146,11 +146,6 @@ impl Array {
         unsafe { Buf::new(self.name, self.addr, self.numel(), elem, mem, !self.readonly) }
     }
 
-    /// Is `o` exactly this array's memory (same address, kind and size)?
-    pub fn same_memory(&self, o: &Array) -> bool {
-        self.dev == o.dev && self.addr == o.addr && self.kind == o.kind && self.numel() == o.numel()
-    }
-
     /// The feature dtype (f32, f16 or bf16), or `Error::Dtype`.
     pub fn float_dtype(&self) -> Result<Dtype, Error> {
         self.kind

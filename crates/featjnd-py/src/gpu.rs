@@ -13,15 +13,13 @@
 //! unlike the C ABI they are not re-checked with the driver.
 //!
 //! NOT RUN YET: written on a machine without a GPU; the CPU path is what the tests exercise.
-use std::ffi::c_void;
 use std::sync::Arc;
 
 use cudarc::driver::result as cu;
 use cudarc::driver::sys::CUstream;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use featjnd_kernels::cpu::perturb::NoiseSpec;
-use featjnd_kernels::cpu::PerturbReport;
-use featjnd_kernels::cuda::raw::{self, DevPtr, DevPtrMut, Elems, Launch, PerturbPtrs, QuantPtrs, StatsBuf};
+use featjnd_kernels::cuda::raw::{self, DevPtr, DevPtrMut, Elems, Launch, QuantPtrs, StatsBuf};
 use featjnd_kernels::cuda::Device;
 use featjnd_kernels::geom::{Bits, Reduce, Strategy, TokenGrid};
 use featjnd_kernels::{steps, Dtype, Error};
@@ -355,48 +353,6 @@ impl Gpu {
         unsafe { raw::capped_steps(self.on(), j, c, tokens, m.beta, out_ptr(Some(out)), st.view)? };
         self.stream.synchronize().map_err(cuda)?;
         Ok(m)
-    }
-
-    /// The matched-NRMSE perturbation into `out` (which may be `x`).
-    ///
-    /// # Safety
-    /// `x`, `j` (if any) and `out` hold `numel` elements of `dt` in device memory of this
-    /// device; `out` is `x` or overlaps neither input.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn perturb(
-        &self,
-        x: DArr,
-        j: Option<DArr>,
-        out: DArr,
-        dt: Dtype,
-        samples: usize,
-        nrmse: f64,
-        noise: NoiseSpec,
-    ) -> Result<PerturbReport, Error> {
-        let numel = x.numel;
-        if numel == 0 || samples == 0 {
-            return Err(Error::Empty("feature"));
-        }
-        let a = PerturbPtrs {
-            dt,
-            x: elems(x, dt).ptr,
-            jnd: j.map_or(DevPtr::null(), |j| elems(j, dt).ptr),
-            out: out_ptr::<c_void>(Some(out)),
-            numel,
-            samples,
-        };
-        if !(nrmse.is_finite() && nrmse >= 0.0) {
-            return Err(Error::Nrmse(nrmse));
-        }
-        let st = self.stats(raw::perturb_slots(samples))?;
-        // SAFETY: sizes and aliasing by this fn's contract; fresh zeroed statistics on the stream.
-        unsafe { raw::perturb(self.on(), &a, nrmse, noise, st.view)? };
-        let (bad, report) = raw::decode_perturb(&self.read(&st)?, samples);
-        // A bad element stops pass 2 from writing, so x is intact even in place.
-        // SAFETY: `x` and `j` hold every index the kernels can report.
-        unsafe { raw::check_bad(bad, Some(elems(x, dt)), j.map(|j| elems(j, dt)), &self.stream) }?;
-        raw::check_scales(&report, nrmse)?;
-        Ok(report)
     }
 
     /// The §5 noise into the device f32 `out`, enqueued on the stream (no sync).

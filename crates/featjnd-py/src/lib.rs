@@ -13,7 +13,7 @@
 //! * catch panics at the boundary: none reaches Python as a `PanicException`.
 use std::panic::AssertUnwindSafe;
 
-use featjnd_kernels::call::{Cuda, Executor, QuantizeArgs};
+use featjnd_kernels::call::{Cuda, Executor, PerturbArgs, QuantizeArgs};
 use featjnd_kernels::cpu::{self, perturb::NoiseSpec, QuantOut};
 use featjnd_kernels::geom::{Bits, FeatureShape, Layout, NoiseKind, Reduce, Strategy, TokenGrid};
 use featjnd_kernels::{codec, philox, steps, with_elem, Dtype, Error};
@@ -663,65 +663,40 @@ fn perturb(
 ) -> PyResult<(Vec<f32>, Vec<usize>)> {
     guard(py, || {
         let spec = NoiseSpec { kind: parse_noise(noise)?, seed, subsequence };
-        let mut xa = import(x, "x", stream)?;
+        let xa = import(x, "x", stream)?;
         let ja = j.map(|j| import(j, "J", stream)).transpose()?;
-        let mut oa = import(out, "out", stream)?;
+        let oa = import(out, "out", stream)?;
         let all: Vec<&Array> = [Some(&xa), ja.as_ref(), Some(&oa)].into_iter().flatten().collect();
         let dev = device_of(&all)?;
-        let dt = xa.float_dtype()?;
+        xa.float_dtype()?;
         if xa.shape.is_empty() {
             return Err(Error::Shape("x has no sample dimension (a 0-d array)".into()).into());
         }
-        if let Some(j) = &ja {
-            if j.kind != xa.kind {
-                return Err(Error::Dtype(format!("J is {}, x is {}: perturb needs J in x's dtype", j.kind.name(), xa.kind.name())).into());
-            }
-            check_same_shape(j, &xa)?;
+        if let Some(j) = ja.as_ref().filter(|j| j.kind != xa.kind) {
+            // Said in numpy's names (the core would say "f16").
+            return Err(Error::Dtype(format!("J is {}, x is {}: perturb needs J in x's dtype", j.kind.name(), xa.kind.name())).into());
         }
-        if oa.kind != xa.kind {
-            return Err(Error::Shape(format!("out is {}, x is {}", oa.kind.name(), xa.kind.name())).into());
+        for a in [ja.as_ref(), Some(&oa)].into_iter().flatten() {
+            check_same_shape(a, &xa)?;
         }
-        check_same_shape(&oa, &xa)?;
-        let samples = xa.shape[0];
-        let in_place = oa.same_memory(&xa);
-        if in_place {
-            if let Some(j) = &ja {
-                check_disjoint(&[&xa], &[j])?;
-            }
-            if xa.readonly {
-                return Err(Error::Arg("x is read-only (in place)".into()).into());
-            }
-        } else {
-            let ins: Vec<&Array> = [Some(&xa), ja.as_ref()].into_iter().flatten().collect();
-            check_disjoint(&[&oa], &ins)?;
+        let call = PerturbArgs {
+            x: xa.buf(),
+            samples: xa.shape[0],
+            jnd: ja.as_ref().map(Array::buf),
+            out: oa.buf(),
+            nrmse,
+            noise: spec,
+            scales_out: None,
         }
-        if let Dev::Cuda(ord) = dev {
-            // SAFETY: the `stream=` contract.
-            let gpu = unsafe { gpu_for(ord, stream, &all) }?;
-            let (xd, jd, od) = (DArr::from(&xa), ja.as_ref().map(DArr::from), DArr::from(&oa));
-            // SAFETY: device arrays of this device, all of x's size (checked above); `out` is x
-            // or overlaps neither input (checked above).
-            let rep = py.detach(|| unsafe { gpu.perturb(xd, jd, od, dt, samples, nrmse, spec) })?;
-            return Ok((rep.scales, rep.zero_samples));
-        }
-        let rep = with_elem!(dt, E => {
-            let js = match &ja {
-                // SAFETY: J is only read; no output overlaps it (checked above).
-                Some(j) => Some(unsafe { j.as_slice::<E>() }?),
-                None => None,
-            };
-            if in_place {
-                // SAFETY: x is the output and overlaps J nowhere (checked above): the only view.
-                let xs = unsafe { xa.as_mut_slice::<E>() }?;
-                py.detach(|| cpu::perturb_in_place(xs, js, samples, nrmse, spec))?
-            } else {
-                // SAFETY: x is only read; `out` overlaps no input (checked above).
-                let xs = unsafe { xa.as_slice::<E>() }?;
-                // SAFETY: `out` overlaps no input (checked above): the only view of it.
-                let os = unsafe { oa.as_mut_slice::<E>() }?;
-                py.detach(|| cpu::perturb(xs, js, samples, nrmse, spec, os))?
+        .validate()?;
+        let rep = match dev {
+            Dev::Cuda(ord) => {
+                // SAFETY: the `stream=` contract.
+                let cuda = unsafe { Cuda::borrowed(ord as usize, stream as *mut std::ffi::c_void, false) }?;
+                py.detach(|| Executor::Cuda(&cuda).perturb(&call))?
             }
-        });
+            Dev::Cpu => py.detach(|| Executor::Host(None).perturb(&call))?,
+        };
         Ok((rep.scales, rep.zero_samples))
     })
 }

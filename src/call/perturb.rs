@@ -1,0 +1,117 @@
+//! Perturbation at a matched per-sample NRMSE (contract §6) as one validated call: the arguments
+//! every surface fills in, their checks in the contract's order, and the host run.
+use crate::cpu::{self, perturb::NoiseSpec, PerturbReport};
+use crate::error::{Error, Result};
+use crate::with_elem;
+
+use super::buf::{no_overlap, Buf, Elem, Mem};
+
+/// What a perturbation reads and writes: `out = x + s_n·J⊙ξ`. `out` may be `x` itself (same
+/// address and length, writable): the in-place call. `jnd = None` is `J ≡ 1`.
+#[derive(Debug, Clone, Copy)]
+pub struct PerturbArgs {
+    /// The feature: f32, f16 or bf16, `samples` samples of equal size.
+    pub x: Buf,
+    /// The sample count `N` (the leading dimension).
+    pub samples: usize,
+    /// `J`, in `x`'s dtype, length and memory.
+    pub jnd: Option<Buf>,
+    pub out: Buf,
+    pub nrmse: f64,
+    pub noise: NoiseSpec,
+    /// Where to copy the per-sample scales as well: `N` f32 in `x`'s memory.
+    pub scales_out: Option<Buf>,
+}
+
+/// A perturbation whose arguments passed every check that does not read element values.
+#[derive(Debug, Clone, Copy)]
+pub struct PerturbCall {
+    pub(crate) a: PerturbArgs,
+    pub(crate) in_place: bool,
+}
+
+impl PerturbArgs {
+    /// The checks of contract §6 and §7 before any element is read: `x`'s dtype and size, the
+    /// samples, `J` (dtype, then length and memory), the output, the scales, `r`, then the
+    /// aliasing rule.
+    pub fn validate(self) -> Result<PerturbCall> {
+        self.validate_with(&[])
+    }
+
+    /// [`PerturbArgs::validate`] where the caller's op also writes `extra_out` (a statistics
+    /// buffer): it joins the aliasing rule.
+    pub fn validate_with(self, extra_out: &[Buf]) -> Result<PerturbCall> {
+        let x = &self.x;
+        let dt =
+            x.elem().dtype().ok_or_else(|| Error::Dtype(format!("{} is {} (featjnd takes f32, f16 or bf16)", x.name, x.elem().name())))?;
+        let (n, mem) = (x.len(), x.mem());
+        if n == 0 || self.samples == 0 {
+            return Err(Error::Empty("feature"));
+        }
+        if !n.is_multiple_of(self.samples) {
+            return Err(Error::Shape(format!("{n} elements do not split into {} samples", self.samples)));
+        }
+        x.expect(dt.into(), n, mem)?;
+        if let Some(j) = &self.jnd {
+            if j.elem() != x.elem() {
+                return Err(Error::Dtype(format!("{} is {}, {} is {}: they must match", x.name, dt.name(), j.name, j.elem().name())));
+            }
+            j.expect(dt.into(), n, mem)?;
+        }
+        self.out.expect_out(dt.into(), n, mem)?;
+        let in_place = self.out.same_array(x);
+        if in_place && !x.writable() {
+            return Err(Error::Arg(format!("{} is read-only (in place)", x.name)));
+        }
+        if let Some(s) = &self.scales_out {
+            s.expect_out(Elem::F32, self.samples, mem)?;
+        }
+        if !(self.nrmse.is_finite() && self.nrmse >= 0.0) {
+            return Err(Error::Nrmse(self.nrmse));
+        }
+        let inputs: Vec<Buf> = [Some(*x), self.jnd].into_iter().flatten().collect();
+        let mut outputs: Vec<Buf> = [Some(self.out), self.scales_out].into_iter().flatten().collect();
+        outputs.extend_from_slice(extra_out);
+        no_overlap(&inputs, &outputs, Some((self.out.name, x.name)))?;
+        Ok(PerturbCall { a: self, in_place })
+    }
+}
+
+impl PerturbCall {
+    pub fn args(&self) -> &PerturbArgs {
+        &self.a
+    }
+    pub fn in_place(&self) -> bool {
+        self.in_place
+    }
+
+    /// The CPU path (multi-threaded on the current rayon pool).
+    pub(crate) fn run_host(&self) -> Result<PerturbReport> {
+        let a = &self.a;
+        if a.x.mem() != Mem::Host {
+            return Err(Error::MixedDevices(format!("{} is in {}; this executor runs on the host", a.x.name, a.x.mem())));
+        }
+        let dt = a.x.elem().dtype().expect("validated");
+        // Every slice below: host arrays of a validated call, live, aligned and as long as
+        // viewed (`Buf::new`'s contract, `validate`'s checks); the output overlaps no input
+        // unless it is `x` itself (checked), so each mutable slice is the only view of its
+        // memory; in place, `x` is viewed once, mutably, and `J` overlaps it nowhere.
+        let report = with_elem!(dt, E => {
+            // SAFETY: see above.
+            let js: Option<&[E]> = a.jnd.map(|j| unsafe { j.slice() });
+            if self.in_place {
+                // SAFETY: see above.
+                cpu::perturb_in_place::<E>(unsafe { a.x.slice_mut() }, js, a.samples, a.nrmse, a.noise)?
+            } else {
+                // SAFETY: see above.
+                let (xs, os): (&[E], &mut [E]) = unsafe { (a.x.slice(), a.out.slice_mut()) };
+                cpu::perturb::<E>(xs, js, a.samples, a.nrmse, a.noise, os)?
+            }
+        });
+        if let Some(s) = &a.scales_out {
+            // SAFETY: see above (a validated output of `samples == report.scales.len()` f32).
+            unsafe { s.slice_mut::<f32>() }.copy_from_slice(&report.scales);
+        }
+        Ok(report)
+    }
+}
