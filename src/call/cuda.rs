@@ -21,6 +21,7 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use super::buf::{Buf, Mem};
 use super::perturb::PerturbCall;
 use super::quantize::{QuantizeCall, QuantizeReport};
+use super::token_stats::{TokenStat, TokenStatsCall};
 use crate::cpu::PerturbReport;
 use crate::cuda::raw::{self, DevPtr, DevPtrMut, Elems, Launch, PerturbPtrs, QuantPtrs, StatsBuf};
 use crate::cuda::{cuda_err, Device};
@@ -195,6 +196,37 @@ impl Cuda {
             unsafe { cu::memcpy_htod_sync(s.addr() as u64, &report.scales) }.map_err(cuda_err)?;
         }
         Ok(report)
+    }
+}
+
+impl Cuda {
+    /// Token tolerance or token RMS of a validated call into its device output.
+    pub fn token_stats(&self, c: &TokenStatsCall) -> Result<()> {
+        let (a, g) = (c.args(), c.grid());
+        self.check(&[&a.input, &a.out])?;
+        let dt = a.input.elem().dtype().expect("validated");
+        let input = Elems { ptr: DevPtr::from_addr(a.input.addr() as u64), dt };
+        let out = DevPtrMut::from_addr(a.out.addr() as u64);
+        match a.stat {
+            TokenStat::Tolerance(reduce) => {
+                let st = self.stats(raw::TOKEN_STATS_SLOTS)?;
+                // SAFETY: `J` and the output are device memory of this device with `numel`
+                // elements and `T` floats (validated; driver-checked where asked), disjoint;
+                // fresh zeroed statistics on the same stream.
+                unsafe { raw::token_stats(self.launch(), g, reduce, input, out, st.view, false)? };
+                let bad = raw::decode_token_stats(&self.read(&st)?);
+                // SAFETY: `J` holds every index the kernel can report; the stream was synced.
+                unsafe { raw::check_bad(bad, None, Some(input), &self.stream) }
+            }
+            TokenStat::Rms => {
+                let st = self.stats(raw::TOKEN_RMS_SLOTS)?;
+                // SAFETY: as above, with `x` for `J`.
+                unsafe { raw::token_rms(self.launch(), g, input, out, st.view)? };
+                let s = raw::decode_capped(&self.read(&st)?);
+                // SAFETY: `x` holds every index the kernel can report; the stream was synced.
+                unsafe { raw::check_capped(s.bad, Some(input), DevPtr::null(), DevPtr::null(), &self.stream) }
+            }
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! `Args`, and calls `validate()`, which runs the contract's checks in the contract's order and
 //! returns a `Call`. Only a validated call runs, on an [`Executor`]: the host (a rayon pool) or
 //! one CUDA device and stream ([`Cuda`]). The result is finished (MSE, rate) in one place per op.
-//! Migrated so far: quantize and perturb.
+//! Migrated so far: quantize, perturb, token statistics.
 //!
 //! So a check, a default or a message is written once and every surface agrees on it; the
 //! surfaces keep only the conversion of their own types (tensors, `FjFeature`s, DLPack arrays)
@@ -12,11 +12,13 @@ pub mod buf;
 pub mod cuda;
 pub mod perturb;
 pub mod quantize;
+pub mod token_stats;
 
 pub use buf::{no_overlap, Buf, Elem, Mem};
 pub use cuda::Cuda;
 pub use perturb::{PerturbArgs, PerturbCall};
 pub use quantize::{symbol_elem, QuantizeArgs, QuantizeCall, QuantizeReport};
+pub use token_stats::{TokenStat, TokenStatsArgs, TokenStatsCall};
 
 use crate::cpu::PerturbReport;
 use crate::error::Result;
@@ -48,6 +50,13 @@ impl Executor<'_> {
         match self {
             Executor::Host(pool) => Self::on_host(*pool, || c.run_host()),
             Executor::Cuda(g) => g.perturb(c),
+        }
+    }
+
+    pub fn token_stats(&self, c: &TokenStatsCall) -> Result<()> {
+        match self {
+            Executor::Host(pool) => Self::on_host(*pool, || c.run_host()),
+            Executor::Cuda(g) => g.token_stats(c),
         }
     }
 }

@@ -80,18 +80,6 @@ impl On {
     }
 }
 
-pub(super) fn token_tolerance(o: usize, jnd: &Tensor, dt: Dtype, grid: &TokenGrid, reduce: Reduce) -> Result<Tensor> {
-    let on = On::new(o)?;
-    let (_keep, stats) = on.stats(raw::TOKEN_STATS_SLOTS)?;
-    let jt = on.empty(&[grid.tokens() as i64], Kind::Float)?;
-    // SAFETY: `jnd` is a checked contiguous CUDA tensor of `dt` with `grid.numel()` elements on
-    // device `o`; `jt` was just allocated there with `grid.tokens()` f32; `stats` is zeroed; all
-    // three belong to torch's stream, which the launch uses.
-    unsafe { raw::token_stats(on.launch(), grid, reduce, elems(jnd, dt), dst(&jt), stats, false) }?;
-    on.check(raw::decode_token_stats(&on.read(stats)?), None, Some(elems(jnd, dt)))?;
-    Ok(jt)
-}
-
 /// Enqueues the step allocation. `sum_sq` is a device f64 `Σ j²` (from the token-stats kernel
 /// when fused); without it torch reduces it on the device. Never syncs.
 pub(super) fn allocate_steps(
@@ -206,19 +194,6 @@ pub(super) fn noise(o: usize, numel: usize, offset: u64, noise: NoiseSpec) -> Re
 // ---- the capped allocation (contract §3.5) ----
 
 /// `r_t` of a feature: the token-stats kernel in its "finite" mode; one sync (the bad-x check).
-pub(super) fn token_rms(o: usize, x: &Tensor, dt: Dtype, grid: &TokenGrid) -> Result<Tensor> {
-    let on = On::new(o)?;
-    let (_keep, stats) = on.stats(raw::TOKEN_RMS_SLOTS)?;
-    let rms = on.empty(&[grid.tokens() as i64], Kind::Float)?;
-    // SAFETY: `x` is a checked contiguous CUDA tensor of `dt` with `grid.numel()` elements on
-    // device `o`; `rms` was just allocated there with `grid.tokens()` f32; `stats` is zeroed; all
-    // on torch's stream.
-    unsafe { raw::token_rms(on.launch(), grid, elems(x, dt), dst(&rms), stats) }?;
-    let s = raw::decode_capped(&on.read(stats)?);
-    on.check_capped(s.bad, Some(elems(x, dt)), None, None)?;
-    Ok(rms)
-}
-
 /// `c_t` from a device `r_t` (max kernel, caps kernel); one sync (the zero-feature check).
 pub(super) fn caps_from_rms(o: usize, rms: &Tensor, kappa: f32) -> Result<Tensor> {
     let on = On::new(o)?;

@@ -7,8 +7,10 @@ mod pending;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::call::{no_overlap, Buf, Cuda, Elem, Executor, Mem, PerturbArgs, PerturbCall, QuantizeArgs, QuantizeCall};
-use crate::cpu::{self, perturb::NoiseSpec, PerturbReport};
+use crate::call::{
+    no_overlap, Buf, Cuda, Elem, Executor, Mem, PerturbArgs, PerturbCall, QuantizeArgs, QuantizeCall, TokenStat, TokenStatsArgs,
+};
+use crate::cpu::{perturb::NoiseSpec, PerturbReport};
 use crate::element::Dtype;
 use crate::error::{Error, Result};
 use crate::geom::{Bits, FeatureShape, Layout, Reduce, Strategy, TokenGrid};
@@ -21,8 +23,6 @@ pub use pending::{
     quantize_batch_stats_slots, quantize_stats_slots, quantize_with_jnd_async, quantize_with_jnd_stats_slots, stats_buffer, PendingBatch,
     PendingPerturb, PendingPerturbBatch, PendingQuantize, PerturbItem, QuantizeItem,
 };
-
-use crate::element::with_elem;
 
 /// Checks a tensor is usable as feature data (defined, f32/f16/bf16, contiguous, non-empty) and
 /// returns its dtype.
@@ -117,15 +117,26 @@ fn check_device(t: &Tensor, name: &str) -> Result<()> {
 /// Token tolerance `j_t` (SPEC §2) of a tolerance map `J`: an f32 tensor of `T` values on `J`'s device.
 pub fn token_tolerance(jnd: &Tensor, layout: Layout, patch: usize, reduce: Reduce) -> Result<Tensor> {
     let _range = crate::nvtx::range("featjnd::token_tolerance");
-    let dt = check_tensor(jnd, "J")?;
-    check_device(jnd, "J")?;
-    let grid = grid_of(jnd, layout, patch)?;
-    if let Some(o) = cuda_ordinal(jnd.device()) {
-        return cuda_ops::token_tolerance(o, jnd, dt, &grid, reduce);
+    token_stat(jnd, "J", layout, patch, TokenStat::Tolerance(reduce))
+}
+
+/// One per-token statistic of `t` into a fresh f32 tensor of `T` values on `t`'s device.
+fn token_stat(t: &Tensor, name: &'static str, layout: Layout, patch: usize, stat: TokenStat) -> Result<Tensor> {
+    check_tensor(t, name)?;
+    check_device(t, name)?;
+    let grid = grid_of(t, layout, patch)?;
+    let out = Tensor::f_empty([grid.tokens() as i64], (Kind::Float, t.device()))?;
+    let call = TokenStatsArgs { input: buf(t, name)?, shape: grid.shape, patch, stat, out: buf(&out, "out")? }.validate()?;
+    on_device(t.device(), |ex| ex.token_stats(&call))?;
+    Ok(out)
+}
+
+/// Runs `f` on the executor of a tensor device: the host, or torch's stream on a CUDA device.
+fn on_device<T>(d: Device, f: impl FnOnce(&Executor) -> Result<T>) -> Result<T> {
+    match cuda_ordinal(d) {
+        Some(o) => f(&Executor::Cuda(&Cuda::torch(o)?)),
+        None => f(&Executor::Host(None)),
     }
-    // SAFETY: `jnd` is a checked contiguous CPU tensor of `dt`'s element type, only read here.
-    let v = with_elem!(dt, E => cpu::token_tolerance::<E>(unsafe { slice(jnd) }, &grid, reduce))?;
-    Ok(Tensor::f_from_slice(&v)?)
 }
 
 /// Token RMS `r_t = sqrt(Σx²/K)` of a feature (contract §3.5), an f32 tensor of `T` values on
@@ -133,15 +144,7 @@ pub fn token_tolerance(jnd: &Tensor, layout: Layout, patch: usize, reduce: Reduc
 /// token-stats kernel in its "finite" mode (one sync, for the check).
 pub fn token_rms(x: &Tensor, layout: Layout, patch: usize) -> Result<Tensor> {
     let _range = crate::nvtx::range("featjnd::token_rms");
-    let dt = check_tensor(x, "x")?;
-    check_device(x, "x")?;
-    let grid = grid_of(x, layout, patch)?;
-    if let Some(o) = cuda_ordinal(x.device()) {
-        return cuda_ops::token_rms(o, x, dt, &grid);
-    }
-    // SAFETY: `x` is a checked contiguous CPU tensor of `dt`'s element type, only read here.
-    let v = with_elem!(dt, E => cpu::token_rms::<E>(unsafe { slice(x) }, &grid))?;
-    Ok(Tensor::f_from_slice(&v)?)
+    token_stat(x, "x", layout, patch, TokenStat::Rms)
 }
 
 /// A 1-D f32 tensor of token values (token tolerances, RMS, caps) on CPU or CUDA.
@@ -443,10 +446,7 @@ fn quantize_impl(
     let grid = grid_of(x, layout, patch)?;
     check_steps_tensor(x, steps, &grid)?;
     let outs = prepare_outs(x, &[(steps, "steps")], &grid, opts, in_place, bufs)?;
-    match cuda_ordinal(x.device()) {
-        Some(o) => run_quantize(&Executor::Cuda(&Cuda::torch(o)?), x, dt, &grid, steps, opts, in_place, outs),
-        None => quantize_cpu(x, dt, &grid, steps, opts, in_place, outs),
-    }
+    on_device(x.device(), |ex| run_quantize(ex, x, dt, &grid, steps, opts, in_place, outs))
 }
 
 /// A tensor as the core's array view (`crate::call`): conversion only, the call's `validate`
@@ -663,11 +663,8 @@ fn check_perturb(x: &Tensor, jnd: Option<&Tensor>) -> Result<(Dtype, usize)> {
 
 fn perturb_impl(x: &Tensor, jnd: Option<&Tensor>, nrmse: f64, noise: NoiseSpec, out: Option<&Tensor>) -> Result<PerturbReport> {
     let _range = crate::nvtx::range("featjnd::perturb");
-    let (dt, samples) = check_perturb(x, jnd)?;
-    match cuda_ordinal(x.device()) {
-        Some(o) => Executor::Cuda(&Cuda::torch(o)?).perturb(&perturb_call(x, jnd, samples, nrmse, noise, out, &[])?),
-        None => perturb_cpu(x, jnd, dt, samples, nrmse, noise, out),
-    }
+    let (_, samples) = check_perturb(x, jnd)?;
+    on_device(x.device(), |ex| ex.perturb(&perturb_call(x, jnd, samples, nrmse, noise, out, &[])?))
 }
 
 /// The core's perturbation call for checked tensors (`out = None`: in place; `extra_out`: further

@@ -106,36 +106,6 @@ impl Gpu {
         Ok(unsafe { raw::read_stats(st.view, s) }?)
     }
 
-    /// `j_t` of a device J into the device `out[tokens]`.
-    ///
-    /// # Safety
-    /// The C contract of `fj_token_tolerance` for a CUDA context: `jnd` holds `g.numel()`
-    /// elements of `dt`, `out` room for `g.tokens()` floats, disjoint, both device memory of this
-    /// device; `stream` null or a live stream of it.
-    pub unsafe fn token_tolerance(
-        &self,
-        jnd: *const c_void,
-        dt: Dtype,
-        g: &TokenGrid,
-        reduce: Reduce,
-        out: *mut f32,
-        stream: *mut c_void,
-    ) -> R<()> {
-        self.check(jnd, g.numel() * dt.size(), "jnd->data")?;
-        self.check(out as *const c_void, g.tokens() * 4, "out")?;
-        // SAFETY: null or a live stream of this device (contract).
-        let s = unsafe { self.stream(stream)? };
-        let st = self.stats(&s, raw::TOKEN_STATS_SLOTS)?;
-        let j = Elems { ptr: DevPtr::from_raw(jnd), dt };
-        // SAFETY: `jnd` and `out` are device memory of this device with the sizes the kernel
-        // touches (contract, and checked with the driver above), disjoint (checked by the caller);
-        // the statistics are a fresh zeroed allocation on the same stream.
-        unsafe { raw::token_stats(Launch { dev: &self.dev, stream: &s }, g, reduce, j, DevPtrMut::from_raw(out), st.view, false)? };
-        let bad = raw::decode_token_stats(&self.read(&s, &st)?);
-        // SAFETY: `jnd` holds every index the kernel can report (contract, checked above).
-        Ok(unsafe { raw::check_bad(bad, None, Some(j), &s) }?)
-    }
-
     /// Steps from device token tolerances. `T` values are few (one per token): they make one round
     /// trip through the host, where the contract's reference allocates them.
     ///
@@ -161,28 +131,6 @@ impl Gpu {
         // checked above); the copy is synchronous.
         unsafe { cu::memcpy_htod_sync(steps_out as u64, &v) }.map_err(dev_err)?;
         Ok(())
-    }
-
-    /// `r_t` of a device feature into the device `out[tokens]`.
-    ///
-    /// # Safety
-    /// The C contract of `fj_token_rms` for a CUDA context: `x` holds `g.numel()` elements of
-    /// `dt`, `out` room for `g.tokens()` floats, disjoint, both device memory of this device;
-    /// `stream` null or a live stream of it.
-    pub unsafe fn token_rms(&self, x: *const c_void, dt: Dtype, g: &TokenGrid, out: *mut f32, stream: *mut c_void) -> R<()> {
-        self.check(x, g.numel() * dt.size(), "x->data")?;
-        self.check(out as *const c_void, g.tokens() * 4, "out")?;
-        // SAFETY: null or a live stream of this device (contract).
-        let s = unsafe { self.stream(stream)? };
-        let st = self.stats(&s, raw::TOKEN_RMS_SLOTS)?;
-        let xs = Elems { ptr: DevPtr::from_raw(x), dt };
-        // SAFETY: `x` and `out` are device memory of this device with the sizes the kernel touches
-        // (contract, and checked with the driver above), disjoint (checked by the caller); the
-        // statistics are a fresh zeroed allocation on the same stream.
-        unsafe { raw::token_rms(Launch { dev: &self.dev, stream: &s }, g, xs, DevPtrMut::from_raw(out), st.view)? };
-        let c = raw::decode_capped(&self.read(&s, &st)?);
-        // SAFETY: `x` holds every index the kernel can report (contract, checked above).
-        Ok(unsafe { raw::check_capped(c.bad, Some(xs), DevPtr::null(), DevPtr::null(), &s) }?)
     }
 
     /// Caps from device token RMS values into the device `caps_out[tokens]`.

@@ -36,7 +36,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use featjnd_kernels::call::{
     no_overlap, symbol_elem, Buf, Elem, Executor, Mem, PerturbArgs, PerturbCall as CorePerturbCall, QuantizeArgs, QuantizeCall,
-    QuantizeReport,
+    QuantizeReport, TokenStat, TokenStatsArgs,
 };
 use featjnd_kernels::cpu::{self, perturb::NoiseSpec};
 use featjnd_kernels::cuda::raw;
@@ -420,12 +420,6 @@ struct Feat {
     data: *const c_void,
 }
 
-impl Feat {
-    fn bytes(&self) -> usize {
-        self.shape.numel() * self.dt.size()
-    }
-}
-
 /// Validates a feature description: dtype, layout, dims (non-empty, no overflow, at most
 /// `isize::MAX` bytes), data non-null and aligned.
 ///
@@ -587,6 +581,43 @@ pub unsafe extern "C" fn fj_context_destroy(ctx: *mut FjContext) {
     }
 }
 
+/// `fj_token_tolerance` and `fj_token_rms`: one statistic of `f`'s data into `out[out_len]`.
+///
+/// # Safety
+/// `f` is null or a readable `FjFeature`; `out` holds `out_len` floats; both arrays follow the
+/// pointer rules; `stream` is null or a live stream of a CUDA context's device.
+#[allow(clippy::too_many_arguments)]
+unsafe fn token_stat(
+    c: &FjContext,
+    f: *const FjFeature,
+    name: &'static str,
+    patch: u32,
+    stat: TokenStat,
+    out: *mut f32,
+    out_len: u64,
+    stream: *mut c_void,
+) -> R<()> {
+    // SAFETY: `f` is null or a readable struct (contract).
+    let feat = unsafe { feature(f, name)? };
+    nonnull(out, "out")?;
+    let data = if name == "jnd" { "jnd->data" } else { "x->data" };
+    let n = feat.shape.numel();
+    // SAFETY: the pointer rules (this fn's contract).
+    let (input, out) = unsafe {
+        (
+            Buf::new(data, feat.data as usize, n, feat.dt.into(), c.mem(), false),
+            Buf::new("out", out as usize, out_len as usize, Elem::F32, c.mem(), true),
+        )
+    };
+    let call = TokenStatsArgs { input, shape: feat.shape, patch: patch.max(1) as usize, stat, out }.validate()?;
+    match &c.gpu {
+        // SAFETY: `stream` is null or a live stream of the context's device (contract).
+        Some(gpu) => Executor::Cuda(&unsafe { gpu.executor(stream)? }).token_stats(&call)?,
+        None => Executor::Host(c.pool.as_ref()).token_stats(&call)?,
+    }
+    Ok(())
+}
+
 fn reduce_of(r: u32) -> R<Reduce> {
     match r {
         FJ_MEAN => Ok(Reduce::Mean),
@@ -634,32 +665,9 @@ pub unsafe extern "C" fn fj_token_tolerance(
         // SAFETY: `ctx` is null or live (contract).
         let c = unsafe { ctx_ref(ctx)? };
         check_stream(c, stream)?;
-        // SAFETY: `jnd` is null or a readable struct (contract).
-        let j = unsafe { feature(jnd, "jnd")? };
-        let g = TokenGrid::new(j.shape, patch.max(1) as usize)?;
         let reduce = reduce_of(reduce)?;
-        nonnull(out, "out")?;
-        aligned(out as *const c_void, 4, "out")?;
-        if out_len as usize != g.tokens() {
-            return fail(FJ_ERR_SHAPE, format!("out_len is {out_len}, the feature has {} tokens", g.tokens()));
-        }
-        no_overlap(&[span(c, "jnd->data", j.data, j.bytes())], &[span(c, "out", out, g.tokens() * 4)], None)?;
-        if let Some(gpu) = &c.gpu {
-            // SAFETY: device memory of the context's device holding `g.numel()` elements of `j.dt`
-            // and `g.tokens()` floats (contract; checked with the driver inside), disjoint (checked).
-            return unsafe { gpu.token_tolerance(j.data, j.dt, &g, reduce, out, stream) };
-        }
-        let v = with_elem!(j.dt, E => {
-            // SAFETY: `j.data` is non-null and aligned to `E` (checked by `feature`) and holds
-            // `g.numel()` elements (contract) that nothing writes during the call (contract; `out`
-            // does not overlap it, checked).
-            let js: &[E] = unsafe { slice(j.data, g.numel()) };
-            in_pool(c, || cpu::token_tolerance::<E>(js, &g, reduce))
-        })?;
-        // SAFETY: `out` is non-null, aligned (checked) and writable for `out_len == v.len()`
-        // floats (contract); `v` is a fresh Vec, so the two cannot overlap.
-        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), out, v.len()) };
-        Ok(())
+        // SAFETY: `jnd` is null or a readable struct; `out` holds `out_len` floats (contract).
+        unsafe { token_stat(c, jnd, "jnd", patch, TokenStat::Tolerance(reduce), out, out_len, stream) }
     })
 }
 
@@ -735,31 +743,8 @@ pub unsafe extern "C" fn fj_token_rms(
         // SAFETY: `ctx` is null or live (contract).
         let c = unsafe { ctx_ref(ctx)? };
         check_stream(c, stream)?;
-        // SAFETY: `x` is null or a readable struct (contract).
-        let f = unsafe { feature(x, "x")? };
-        let g = TokenGrid::new(f.shape, patch.max(1) as usize)?;
-        nonnull(out, "out")?;
-        aligned(out as *const c_void, 4, "out")?;
-        if out_len as usize != g.tokens() {
-            return fail(FJ_ERR_SHAPE, format!("out_len is {out_len}, the feature has {} tokens", g.tokens()));
-        }
-        no_overlap(&[span(c, "x->data", f.data, f.bytes())], &[span(c, "out", out, g.tokens() * 4)], None)?;
-        if let Some(gpu) = &c.gpu {
-            // SAFETY: device memory of the context's device holding `g.numel()` elements of `f.dt`
-            // and `g.tokens()` floats (contract; checked with the driver inside), disjoint (checked).
-            return unsafe { gpu.token_rms(f.data, f.dt, &g, out, stream) };
-        }
-        let v = with_elem!(f.dt, E => {
-            // SAFETY: `f.data` is non-null and aligned to `E` (checked by `feature`) and holds
-            // `g.numel()` elements (contract) that nothing writes during the call (contract; `out`
-            // does not overlap it, checked).
-            let xs: &[E] = unsafe { slice(f.data, g.numel()) };
-            in_pool(c, || cpu::token_rms::<E>(xs, &g))
-        })?;
-        // SAFETY: `out` is non-null, aligned (checked) and writable for `out_len == v.len()`
-        // floats (contract); `v` is a fresh Vec, so the two cannot overlap.
-        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), out, v.len()) };
-        Ok(())
+        // SAFETY: `x` is null or a readable struct; `out` holds `out_len` floats (contract).
+        unsafe { token_stat(c, x, "x", patch, TokenStat::Rms, out, out_len, stream) }
     })
 }
 

@@ -21,7 +21,7 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use featjnd_kernels::cpu::perturb::NoiseSpec;
 use featjnd_kernels::cuda::raw::{self, DevPtr, DevPtrMut, Elems, Launch, QuantPtrs, StatsBuf};
 use featjnd_kernels::cuda::Device;
-use featjnd_kernels::geom::{Bits, Reduce, Strategy, TokenGrid};
+use featjnd_kernels::geom::{Bits, Strategy, TokenGrid};
 use featjnd_kernels::{steps, Dtype, Error};
 
 use crate::array::{Array, Dev, Kind};
@@ -125,22 +125,6 @@ impl Gpu {
         self.stream.synchronize().map_err(cuda)
     }
 
-    /// `j_t` of a device `J` into the device `out` (f32, `T` values).
-    ///
-    /// # Safety
-    /// `j` holds `g.numel()` elements of `dt` and `out` room for `g.tokens()` f32, both device
-    /// memory of this device, disjoint.
-    pub unsafe fn token_tolerance(&self, j: DArr, dt: Dtype, g: &TokenGrid, reduce: Reduce, out: DArr) -> Result<(), Error> {
-        let st = self.stats(raw::TOKEN_STATS_SLOTS)?;
-        let je = elems(j, dt);
-        // SAFETY: sizes and disjointness by this fn's contract; the statistics are a fresh zeroed
-        // allocation on the same stream.
-        unsafe { raw::token_stats(self.on(), g, reduce, je, out_ptr(Some(out)), st.view, false)? };
-        let bad = raw::decode_token_stats(&self.read(&st)?);
-        // SAFETY: `j` holds every index the kernel can report.
-        unsafe { raw::check_bad(bad, None, Some(je), &self.stream) }
-    }
-
     /// Steps from device token tolerances: `T` values make one round trip through the host,
     /// where they are validated and allocated exactly as on the CPU.
     ///
@@ -239,23 +223,6 @@ impl Gpu {
         // SAFETY: `out` has room for `g.tokens()` floats, disjoint from the inputs (contract).
         unsafe { self.to_device(out, &probe) }?;
         Ok(m)
-    }
-
-    /// `r_t` of a device feature into the device `out` (f32, `T` values); errors on the first
-    /// non-finite `x` (contract §3.5).
-    ///
-    /// # Safety
-    /// `x` holds `g.numel()` elements of `dt` and `out` room for `g.tokens()` f32, both device
-    /// memory of this device, disjoint.
-    pub unsafe fn token_rms(&self, x: DArr, dt: Dtype, g: &TokenGrid, out: DArr) -> Result<(), Error> {
-        let st = self.stats(raw::TOKEN_RMS_SLOTS)?;
-        let xe = elems(x, dt);
-        // SAFETY: sizes and disjointness by this fn's contract; the statistics are a fresh zeroed
-        // allocation on the same stream.
-        unsafe { raw::token_rms(self.on(), g, xe, out_ptr(Some(out)), st.view)? };
-        let c = raw::decode_capped(&self.read(&st)?);
-        // SAFETY: `x` holds every index the kernel can report; the stream is synchronized.
-        unsafe { raw::check_capped(c.bad, Some(xe), DevPtr::null(), DevPtr::null(), &self.stream) }
     }
 
     /// Caps `c_t = κ·max(r_t, 2^-24·max_t r_t)` from device token RMS values into the device `out`.

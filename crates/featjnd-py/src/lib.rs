@@ -13,7 +13,7 @@
 //! * catch panics at the boundary: none reaches Python as a `PanicException`.
 use std::panic::AssertUnwindSafe;
 
-use featjnd_kernels::call::{Cuda, Executor, PerturbArgs, QuantizeArgs};
+use featjnd_kernels::call::{Cuda, Executor, PerturbArgs, QuantizeArgs, TokenStat, TokenStatsArgs};
 use featjnd_kernels::cpu::{self, perturb::NoiseSpec, QuantOut};
 use featjnd_kernels::geom::{Bits, FeatureShape, Layout, NoiseKind, Reduce, Strategy, TokenGrid};
 use featjnd_kernels::{codec, philox, steps, with_elem, Dtype, Error};
@@ -241,37 +241,36 @@ fn token_tolerance(
 ) -> PyResult<()> {
     guard(py, || {
         let (layout, reduce) = (parse_layout(layout)?, parse_reduce(reduce)?);
-        let ja = import(j, "J", stream)?;
-        let mut oa = import(out, "out", stream)?;
-        let g = token_grid(&ja.shape, layout, patch)?;
-        let dt = ja.float_dtype()?;
-        let dev = device_of(&[&ja, &oa])?;
-        check_numel(&oa, g.tokens(), "the token tolerances")?;
-        if oa.kind != Kind::F32 {
-            return Err(Error::Shape(format!("out must be float32, got {}", oa.kind.name())).into());
-        }
-        check_disjoint(&[&oa], &[&ja])?;
-        if let Dev::Cuda(ord) = dev {
-            // SAFETY: the `stream=` contract.
-            let gpu = unsafe { gpu_for(ord, stream, &[&ja, &oa]) }?;
-            let (jd, od) = (DArr::from(&ja), DArr::from(&oa));
-            // SAFETY: both are device arrays of this device (DLPack) with the sizes checked above,
-            // disjoint (checked above).
-            py.detach(|| unsafe { gpu.token_tolerance(jd, dt, &g, reduce, od) })?;
-            return Ok(());
-        }
-        // SAFETY: `out` overlaps no input (checked above) and this call holds the only view of it.
-        let o = unsafe { oa.as_mut_slice::<f32>() }?;
-        with_elem!(dt, E => {
-            // SAFETY: `J` is only read, and no output overlaps it (checked above).
-            let js = unsafe { ja.as_slice::<E>() }?;
-            py.detach(|| -> Result<(), Error> {
-                o.copy_from_slice(&cpu::token_tolerance(js, &g, reduce)?);
-                Ok(())
-            })?;
-        });
-        Ok(())
+        token_stat(py, j, "J", layout, patch, TokenStat::Tolerance(reduce), out, stream)
     })
+}
+
+/// `token_tolerance` and `token_rms`: one statistic of `a` into `out` (`T` float32).
+#[allow(clippy::too_many_arguments)]
+fn token_stat(
+    py: Python<'_>,
+    a: &Bound<'_, PyAny>,
+    name: &'static str,
+    layout: Layout,
+    patch: usize,
+    stat: TokenStat,
+    out: &Bound<'_, PyAny>,
+    stream: usize,
+) -> R<()> {
+    let ia = import(a, name, stream)?;
+    let oa = import(out, "out", stream)?;
+    let g = token_grid(&ia.shape, layout, patch)?;
+    let dev = device_of(&[&ia, &oa])?;
+    let call = TokenStatsArgs { input: ia.buf(), shape: g.shape, patch, stat, out: oa.buf() }.validate()?;
+    match dev {
+        Dev::Cuda(ord) => {
+            // SAFETY: the `stream=` contract.
+            let cuda = unsafe { Cuda::borrowed(ord as usize, stream as *mut std::ffi::c_void, false) }?;
+            py.detach(|| Executor::Cuda(&cuda).token_stats(&call))?
+        }
+        Dev::Cpu => py.detach(|| Executor::Host(None).token_stats(&call))?,
+    };
+    Ok(())
 }
 
 /// Nominal steps `Δ_t` for budget `D` (contract §3.2), times `beta`.
@@ -383,39 +382,7 @@ fn allocate_steps_measured(
 #[pyfunction]
 #[pyo3(signature = (x, layout, patch, out, stream=0))]
 fn token_rms(py: Python<'_>, x: &Bound<'_, PyAny>, layout: &str, patch: usize, out: &Bound<'_, PyAny>, stream: usize) -> PyResult<()> {
-    guard(py, || {
-        let layout = parse_layout(layout)?;
-        let xa = import(x, "x", stream)?;
-        let mut oa = import(out, "out", stream)?;
-        let g = token_grid(&xa.shape, layout, patch)?;
-        let dt = xa.float_dtype()?;
-        let dev = device_of(&[&xa, &oa])?;
-        check_numel(&oa, g.tokens(), "the token RMS")?;
-        if oa.kind != Kind::F32 {
-            return Err(Error::Shape(format!("out must be float32, got {}", oa.kind.name())).into());
-        }
-        check_disjoint(&[&oa], &[&xa])?;
-        if let Dev::Cuda(ord) = dev {
-            // SAFETY: the `stream=` contract.
-            let gpu = unsafe { gpu_for(ord, stream, &[&xa, &oa]) }?;
-            let (xd, od) = (DArr::from(&xa), DArr::from(&oa));
-            // SAFETY: both are device arrays of this device (DLPack) with the sizes checked above,
-            // disjoint (checked above).
-            py.detach(|| unsafe { gpu.token_rms(xd, dt, &g, od) })?;
-            return Ok(());
-        }
-        // SAFETY: `out` overlaps no input (checked above) and this call holds the only view of it.
-        let o = unsafe { oa.as_mut_slice::<f32>() }?;
-        with_elem!(dt, E => {
-            // SAFETY: `x` is only read, and no output overlaps it (checked above).
-            let xs = unsafe { xa.as_slice::<E>() }?;
-            py.detach(|| -> Result<(), Error> {
-                o.copy_from_slice(&cpu::token_rms(xs, &g)?);
-                Ok(())
-            })?;
-        });
-        Ok(())
-    })
+    guard(py, || token_stat(py, x, "x", parse_layout(layout)?, patch, TokenStat::Rms, out, stream))
 }
 
 /// Caps `c_t = κ·max(r_t, 2^-24·max_t r_t)` from the token RMS values `rms` (contract §3.5).
