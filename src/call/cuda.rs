@@ -21,11 +21,13 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use super::buf::{Buf, Mem};
 use super::perturb::PerturbCall;
 use super::quantize::{QuantizeCall, QuantizeReport};
+use super::steps::{AllocateCall, MeasuredCall};
 use super::token_stats::{TokenStat, TokenStatsCall};
 use crate::cpu::PerturbReport;
 use crate::cuda::raw::{self, DevPtr, DevPtrMut, Elems, Launch, PerturbPtrs, QuantPtrs, StatsBuf};
 use crate::cuda::{cuda_err, Device};
 use crate::error::{Error, Result};
+use crate::steps::Measured;
 
 /// One device and one stream.
 pub struct Cuda {
@@ -227,6 +229,59 @@ impl Cuda {
                 unsafe { raw::check_capped(s.bad, Some(input), DevPtr::null(), DevPtr::null(), &self.stream) }
             }
         }
+    }
+}
+
+impl Cuda {
+    /// Host values into a validated device array, ordered on the stream, then synced.
+    fn f32_to_device(&self, b: &Buf, v: &[f32]) -> Result<()> {
+        debug_assert_eq!(b.len(), v.len());
+        // SAFETY: a checked writable array of `len == v.len()` f32 on this device that overlaps
+        // no input (validated call); the synchronize completes the copy before `v` can go.
+        unsafe { cu::memcpy_htod_async(b.addr() as u64, v, self.stream.cu_stream()) }.map_err(cuda_err)?;
+        self.stream.synchronize().map_err(cuda_err)
+    }
+
+    /// Steps from device token tolerances: the `T` values are allocated on the host (§3).
+    pub fn allocate(&self, c: &AllocateCall) -> Result<()> {
+        let a = c.args();
+        self.check(&[&a.token_tol, &a.out])?;
+        let v = c.steps(&self.f32_to_host(&a.token_tol)?)?;
+        self.f32_to_device(&a.out, &v)
+    }
+
+    /// The measured budget: every probe quantizes `x` on the device (statistics only) with the
+    /// probe's steps copied to a scratch buffer.
+    pub fn allocate_measured(&self, c: &MeasuredCall) -> Result<Measured> {
+        let (a, g) = (c.args(), c.grid());
+        self.check(&[&a.alloc.token_tol, &a.alloc.out, &a.x])?;
+        let dt = a.x.elem().dtype().expect("validated");
+        let x = Elems { ptr: DevPtr::from_addr(a.x.addr() as u64), dt };
+        let scratch = self.stream.alloc_zeros::<f32>(g.tokens()).map_err(cuda_err)?;
+        let sp = scratch.device_ptr(&self.stream).0;
+        let (m, v) = c.bisect(&self.f32_to_host(&a.alloc.token_tol)?, |steps| {
+            // SAFETY: `scratch` holds `T == steps.len()` floats and is only used here; the copy
+            // is ordered before the launch on the same stream, and `steps` outlives the sync in
+            // `read`.
+            unsafe { cu::memcpy_htod_async(sp, steps, self.stream.cu_stream()) }.map_err(cuda_err)?;
+            let p = QuantPtrs {
+                x: x.ptr,
+                steps: DevPtr::from_addr(sp),
+                symbols: DevPtrMut::null(),
+                recon: DevPtrMut::null(),
+                token_sse: DevPtrMut::null(),
+            };
+            let st = self.stats(raw::quantize_slots(a.bits, false))?;
+            // SAFETY: `x` is a validated device array of `numel` elements of `dt`, the steps were
+            // just copied, no outputs; fresh zeroed statistics on the same stream.
+            unsafe { raw::quantize(self.launch(), dt, g, &p, a.bits, false, st.view)? };
+            let q = raw::decode_quantize(&self.read(&st)?, a.bits, false);
+            // SAFETY: `x` holds every index the kernel can report; the stream was synced.
+            unsafe { raw::check_bad(q.bad, Some(x), None, &self.stream) }?;
+            Ok(q.total_sse / g.numel() as f64)
+        })?;
+        self.f32_to_device(&a.alloc.out, &v)?;
+        Ok(m)
     }
 }
 

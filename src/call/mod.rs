@@ -3,7 +3,7 @@
 //! `Args`, and calls `validate()`, which runs the contract's checks in the contract's order and
 //! returns a `Call`. Only a validated call runs, on an [`Executor`]: the host (a rayon pool) or
 //! one CUDA device and stream ([`Cuda`]). The result is finished (MSE, rate) in one place per op.
-//! Migrated so far: quantize, perturb, token statistics.
+//! Migrated so far: quantize, perturb, token statistics, step allocation (plain and measured).
 //!
 //! So a check, a default or a message is written once and every surface agrees on it; the
 //! surfaces keep only the conversion of their own types (tensors, `FjFeature`s, DLPack arrays)
@@ -12,16 +12,19 @@ pub mod buf;
 pub mod cuda;
 pub mod perturb;
 pub mod quantize;
+pub mod steps;
 pub mod token_stats;
 
 pub use buf::{no_overlap, Buf, Elem, Mem};
 pub use cuda::Cuda;
 pub use perturb::{PerturbArgs, PerturbCall};
 pub use quantize::{symbol_elem, QuantizeArgs, QuantizeCall, QuantizeReport};
+pub use steps::{AllocateArgs, AllocateCall, MeasuredArgs, MeasuredCall};
 pub use token_stats::{TokenStat, TokenStatsArgs, TokenStatsCall};
 
 use crate::cpu::PerturbReport;
 use crate::error::Result;
+use crate::steps::Measured;
 
 /// Where a validated call runs.
 pub enum Executor<'a> {
@@ -57,6 +60,20 @@ impl Executor<'_> {
         match self {
             Executor::Host(pool) => Self::on_host(*pool, || c.run_host()),
             Executor::Cuda(g) => g.token_stats(c),
+        }
+    }
+
+    pub fn allocate(&self, c: &AllocateCall) -> Result<()> {
+        match self {
+            Executor::Host(pool) => Self::on_host(*pool, || c.run_host()),
+            Executor::Cuda(g) => g.allocate(c),
+        }
+    }
+
+    pub fn allocate_measured(&self, c: &MeasuredCall) -> Result<Measured> {
+        match self {
+            Executor::Host(pool) => Self::on_host(*pool, || c.run_host()),
+            Executor::Cuda(g) => g.allocate_measured(c),
         }
     }
 }

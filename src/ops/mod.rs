@@ -8,7 +8,8 @@ mod pending;
 use tch::{Device, Kind, Tensor};
 
 use crate::call::{
-    no_overlap, Buf, Cuda, Elem, Executor, Mem, PerturbArgs, PerturbCall, QuantizeArgs, QuantizeCall, TokenStat, TokenStatsArgs,
+    no_overlap, AllocateArgs, Buf, Cuda, Elem, Executor, MeasuredArgs, Mem, PerturbArgs, PerturbCall, QuantizeArgs, QuantizeCall,
+    TokenStat, TokenStatsArgs,
 };
 use crate::cpu::{perturb::NoiseSpec, PerturbReport};
 use crate::element::Dtype;
@@ -283,21 +284,20 @@ pub fn allocate_steps(jt: &Tensor, budget: f64, strategy: Strategy) -> Result<Te
 /// Steps with every step scaled by a common factor `beta`.
 pub fn allocate_steps_scaled(jt: &Tensor, budget: f64, strategy: Strategy, beta: f64) -> Result<Tensor> {
     let _range = crate::nvtx::range("featjnd::allocate_steps");
-    steps::check_budget(budget)?;
+    let (alloc, out) = allocate_args(jt, budget, strategy, beta)?;
+    let call = alloc.validate()?;
+    on_device(jt.device(), |ex| ex.allocate(&call))?;
+    Ok(out)
+}
+
+/// The core's allocation arguments for a tensor of token tolerances, with a fresh output.
+fn allocate_args(jt: &Tensor, budget: f64, strategy: Strategy, beta: f64) -> Result<(AllocateArgs, Tensor)> {
     if !jt.defined() || jt.kind() != Kind::Float || jt.dim() != 1 || !jt.is_contiguous() {
         return Err(Error::Arg("token tolerances must be a contiguous 1-D f32 tensor".into()));
     }
-    if jt.numel() == 0 {
-        return Err(Error::Empty("token tolerances"));
-    }
-    check_device(jt, "token tolerances")?;
-    if let Some(o) = cuda_ordinal(jt.device()) {
-        return cuda_ops::allocate_steps(o, jt, budget, strategy, beta, None);
-    }
-    let mut out = vec![0.0f32; jt.numel()];
-    // SAFETY: `jt` is a checked contiguous 1-D f32 CPU tensor, only read here.
-    steps::allocate_into(unsafe { slice(jt) }, budget, strategy, beta, &mut out)?;
-    Ok(Tensor::f_from_slice(&out)?)
+    let out = Tensor::f_empty([jt.numel() as i64], (Kind::Float, jt.device()))?;
+    let args = AllocateArgs { token_tol: buf(jt, "token tolerances")?, budget, strategy, beta, out: buf(&out, "steps")? };
+    Ok((args, out))
 }
 
 /// What [`quantize`] should produce.
@@ -557,12 +557,11 @@ pub fn allocate_steps_measured(
     let _range = crate::nvtx::range("featjnd::allocate_steps_measured");
     check_tensor(x, "x")?;
     same_device(x, "x", jt, "token tolerances")?;
-    let probe = QuantizeOptions { bits, symbols: false, recon: false, token_sse: false, histogram: false };
-    let m = steps::bisect_beta(budget, |beta| {
-        let s = allocate_steps_scaled(jt, budget, strategy, beta)?;
-        Ok(quantize(x, layout, patch, &s, &probe)?.mse)
-    })?;
-    Ok((allocate_steps_scaled(jt, budget, strategy, m.beta)?, m))
+    let grid = grid_of(x, layout, patch)?;
+    let (alloc, out) = allocate_args(jt, budget, strategy, 1.0)?;
+    let call = MeasuredArgs { alloc, x: buf(x, "x")?, shape: grid.shape, patch, bits }.validate()?;
+    let m = on_device(x.device(), |ex| ex.allocate_measured(&call))?;
+    Ok((out, m))
 }
 
 /// The whole JND-guided chain on one device: `J → j_t → Δ_t → quantize`, fused so that on CUDA

@@ -14,7 +14,7 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 use cudarc::driver::sys;
-use cudarc::driver::{result as cu, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 
 use super::{Fail, FJ_ERR_DEVICE, R};
 use featjnd_kernels::call::Cuda;
@@ -104,33 +104,6 @@ impl Gpu {
         // SAFETY: `st.view` describes `st.buf`, alive for this borrow, on stream `s`, where every
         // kernel writing it was enqueued.
         Ok(unsafe { raw::read_stats(st.view, s) }?)
-    }
-
-    /// Steps from device token tolerances. `T` values are few (one per token): they make one round
-    /// trip through the host, where the contract's reference allocates them.
-    ///
-    /// # Safety
-    /// The C contract of `fj_allocate_steps` for a CUDA context: `token_tol` holds `tokens`
-    /// floats and `steps_out` room for as many, disjoint, both device memory of this device.
-    pub unsafe fn allocate_steps(
-        &self,
-        token_tol: *const f32,
-        tokens: usize,
-        budget: f64,
-        strategy: Strategy,
-        steps_out: *mut f32,
-    ) -> R<()> {
-        self.check(token_tol as *const c_void, tokens * 4, "token_tol")?;
-        self.check(steps_out as *const c_void, tokens * 4, "steps_out")?; // also binds the context
-        let mut jt = vec![0f32; tokens];
-        // SAFETY: `token_tol` is device memory with `tokens` floats (contract, checked above);
-        // `jt` has room for them; the copy is synchronous.
-        unsafe { cu::memcpy_dtoh_sync(&mut jt, token_tol as u64) }.map_err(dev_err)?;
-        let v = steps::allocate(&jt, budget, strategy)?;
-        // SAFETY: `steps_out` is device memory with room for `tokens == v.len()` floats (contract,
-        // checked above); the copy is synchronous.
-        unsafe { cu::memcpy_htod_sync(steps_out as u64, &v) }.map_err(dev_err)?;
-        Ok(())
     }
 
     /// Caps from device token RMS values into the device `caps_out[tokens]`.

@@ -35,8 +35,8 @@ use std::mem::size_of;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use featjnd_kernels::call::{
-    no_overlap, symbol_elem, Buf, Elem, Executor, Mem, PerturbArgs, PerturbCall as CorePerturbCall, QuantizeArgs, QuantizeCall,
-    QuantizeReport, TokenStat, TokenStatsArgs,
+    no_overlap, symbol_elem, AllocateArgs, Buf, Elem, Executor, Mem, PerturbArgs, PerturbCall as CorePerturbCall, QuantizeArgs,
+    QuantizeCall, QuantizeReport, TokenStat, TokenStatsArgs,
 };
 use featjnd_kernels::cpu::{self, perturb::NoiseSpec};
 use featjnd_kernels::cuda::raw;
@@ -691,8 +691,6 @@ pub unsafe extern "C" fn fj_allocate_steps(
         let c = unsafe { ctx_ref(ctx)? };
         nonnull(token_tol, "token_tol")?;
         nonnull(steps_out, "steps_out")?;
-        aligned(token_tol as *const c_void, 4, "token_tol")?;
-        aligned(steps_out as *const c_void, 4, "steps_out")?;
         if tokens == 0 {
             return fail(FJ_ERR_SHAPE, "tokens is 0");
         }
@@ -706,19 +704,20 @@ pub unsafe extern "C" fn fj_allocate_steps(
             FJ_PERMUTED => Strategy::Permuted { seed },
             c => return fail(FJ_ERR_ARG, format!("strategy {c} (use FJ_UNIFORM, FJ_JND or FJ_PERMUTED)")),
         };
-        no_overlap(&[span(c, "token_tol", token_tol, n * 4)], &[span(c, "steps_out", steps_out, n * 4)], None)?;
-        if let Some(gpu) = &c.gpu {
-            // SAFETY: device memory of the context's device holding `n` floats each (contract;
-            // checked with the driver inside), disjoint (checked).
-            return unsafe { gpu.allocate_steps(token_tol, n, budget, s, steps_out) };
+        // SAFETY: `n` floats each in the context's memory (the pointer rules).
+        let (jt, out) = unsafe {
+            (
+                Buf::new("token_tol", token_tol as usize, n, Elem::F32, c.mem(), false),
+                Buf::new("steps_out", steps_out as usize, n, Elem::F32, c.mem(), true),
+            )
+        };
+        let call = AllocateArgs { token_tol: jt, budget, strategy: s, beta: 1.0, out }.validate()?;
+        match &c.gpu {
+            // The `T` values make one trip through the host (contract §3), as on every surface.
+            // SAFETY: null is the legacy default stream, valid for the whole call.
+            Some(gpu) => Executor::Cuda(&unsafe { gpu.executor(std::ptr::null_mut())? }).allocate(&call)?,
+            None => Executor::Host(c.pool.as_ref()).allocate(&call)?,
         }
-        // SAFETY: non-null, aligned (checked), `n` floats (contract, at most isize::MAX bytes:
-        // checked), not written during the call (`steps_out` does not overlap it: checked).
-        let jt: &[f32] = unsafe { slice(token_tol as *const c_void, n) };
-        let v = steps::allocate(jt, budget, s)?;
-        // SAFETY: `steps_out` is non-null, aligned (checked) and writable for `n == v.len()`
-        // floats (contract); `v` is a fresh Vec.
-        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), steps_out, v.len()) };
         Ok(())
     })
 }

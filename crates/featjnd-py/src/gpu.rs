@@ -15,13 +15,12 @@
 //! NOT RUN YET: written on a machine without a GPU; the CPU path is what the tests exercise.
 use std::sync::Arc;
 
-use cudarc::driver::result as cu;
 use cudarc::driver::sys::CUstream;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use featjnd_kernels::cpu::perturb::NoiseSpec;
 use featjnd_kernels::cuda::raw::{self, DevPtr, DevPtrMut, Elems, Launch, QuantPtrs, StatsBuf};
 use featjnd_kernels::cuda::Device;
-use featjnd_kernels::geom::{Bits, Strategy, TokenGrid};
+use featjnd_kernels::geom::{Bits, TokenGrid};
 use featjnd_kernels::{steps, Dtype, Error};
 
 use crate::array::{Array, Dev, Kind};
@@ -100,76 +99,6 @@ impl Gpu {
         unsafe { raw::read_stats(st.view, &self.stream) }
     }
 
-    /// `n` f32 values of device memory at `a` to the host, ordered on the call's stream.
-    ///
-    /// # Safety
-    /// `a` holds `n` f32 in device memory of this device.
-    unsafe fn to_host(&self, a: DArr, n: usize) -> Result<Vec<f32>, Error> {
-        let mut v = vec![0f32; n];
-        // SAFETY: `a` holds `n` floats (contract); `v` has room for them; the synchronize below
-        // completes the copy before `v` is used or dropped.
-        unsafe { cu::memcpy_dtoh_async(&mut v, a.addr as u64, self.stream.cu_stream()) }.map_err(cuda)?;
-        self.stream.synchronize().map_err(cuda)?;
-        Ok(v)
-    }
-
-    /// Host values into device memory at `a`, ordered on the call's stream.
-    ///
-    /// # Safety
-    /// `a` has room for `v.len()` f32 in device memory of this device, and nothing else reads or
-    /// writes it meanwhile.
-    unsafe fn to_device(&self, a: DArr, v: &[f32]) -> Result<(), Error> {
-        // SAFETY: room for `v.len()` floats (contract); the synchronize below completes the copy
-        // before `v` can be dropped.
-        unsafe { cu::memcpy_htod_async(a.addr as u64, v, self.stream.cu_stream()) }.map_err(cuda)?;
-        self.stream.synchronize().map_err(cuda)
-    }
-
-    /// Steps from device token tolerances: `T` values make one round trip through the host,
-    /// where they are validated and allocated exactly as on the CPU.
-    ///
-    /// # Safety
-    /// `jt` holds `tokens` f32 and `out` room for as many, device memory of this device, disjoint.
-    pub unsafe fn allocate_steps(
-        &self,
-        jt: DArr,
-        tokens: usize,
-        budget: f64,
-        strategy: Strategy,
-        beta: f64,
-        out: DArr,
-    ) -> Result<(), Error> {
-        // SAFETY: `jt` holds `tokens` floats (contract).
-        let host = unsafe { self.to_host(jt, tokens) }?;
-        let mut v = vec![0f32; tokens];
-        steps::allocate_into(&host, budget, strategy, beta, &mut v)?;
-        // SAFETY: `out` has room for `tokens` floats and overlaps `jt` nowhere (contract).
-        unsafe { self.to_device(out, &v) }
-    }
-
-    /// The quantization, statistics only (the measured budget's probe), with host steps.
-    ///
-    /// # Safety
-    /// `x` holds `g.numel()` elements of `dt` in device memory of this device; `scratch` is a
-    /// device buffer of `g.tokens()` f32 that nothing else uses.
-    unsafe fn probe_mse(
-        &self,
-        x: DArr,
-        dt: Dtype,
-        g: &TokenGrid,
-        bits: Bits,
-        steps: &[f32],
-        scratch: &CudaSlice<f32>,
-    ) -> Result<f64, Error> {
-        let addr = scratch.device_ptr(&self.stream).0;
-        // SAFETY: `scratch` holds `g.tokens() == steps.len()` floats, only used here; the copy is
-        // ordered before the launch on the same stream, and `steps` outlives the sync in `read`.
-        unsafe { cu::memcpy_htod_async(addr, steps, self.stream.cu_stream()) }.map_err(cuda)?;
-        // SAFETY: `x` per this fn's contract; `addr` holds the `g.tokens()` steps just copied,
-        // ordered before the probe's launch on the same stream.
-        unsafe { self.probe_mse_at(x, dt, g, bits, addr) }
-    }
-
     /// The quantization, statistics only (the measured budget's probe), with device steps at
     /// `steps` (written earlier on the call's stream).
     ///
@@ -191,38 +120,6 @@ impl Gpu {
         // SAFETY: `x` holds every index the kernel can report.
         unsafe { raw::check_bad(q.bad, Some(elems(x, dt)), None, &self.stream) }?;
         Ok(q.total_sse / g.numel() as f64)
-    }
-
-    /// Steps matched to the measured budget of quantizing the device `x` (contract §3.4).
-    ///
-    /// # Safety
-    /// As [`Gpu::allocate_steps`] with `tokens = g.tokens()`, and `x` holds `g.numel()`
-    /// elements of `dt` in device memory of this device.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn allocate_steps_measured(
-        &self,
-        jt: DArr,
-        x: DArr,
-        dt: Dtype,
-        g: &TokenGrid,
-        budget: f64,
-        strategy: Strategy,
-        bits: Bits,
-        out: DArr,
-    ) -> Result<steps::Measured, Error> {
-        // SAFETY: `jt` holds `g.tokens()` floats (contract).
-        let host = unsafe { self.to_host(jt, g.tokens()) }?;
-        let scratch = self.stream.alloc_zeros::<f32>(g.tokens()).map_err(cuda)?;
-        let mut probe = vec![0f32; g.tokens()];
-        let m = steps::bisect_beta(budget, |beta| {
-            steps::allocate_into(&host, budget, strategy, beta, &mut probe)?;
-            // SAFETY: `x` per this fn's contract; `scratch` is ours, `g.tokens()` floats.
-            unsafe { self.probe_mse(x, dt, g, bits, &probe, &scratch) }
-        })?;
-        steps::allocate_into(&host, budget, strategy, m.beta, &mut probe)?;
-        // SAFETY: `out` has room for `g.tokens()` floats, disjoint from the inputs (contract).
-        unsafe { self.to_device(out, &probe) }?;
-        Ok(m)
     }
 
     /// Caps `c_t = κ·max(r_t, 2^-24·max_t r_t)` from device token RMS values into the device `out`.

@@ -13,7 +13,7 @@
 //! * catch panics at the boundary: none reaches Python as a `PanicException`.
 use std::panic::AssertUnwindSafe;
 
-use featjnd_kernels::call::{Cuda, Executor, PerturbArgs, QuantizeArgs, TokenStat, TokenStatsArgs};
+use featjnd_kernels::call::{AllocateArgs, Cuda, Executor, MeasuredArgs, PerturbArgs, QuantizeArgs, TokenStat, TokenStatsArgs};
 use featjnd_kernels::cpu::{self, perturb::NoiseSpec, QuantOut};
 use featjnd_kernels::geom::{Bits, FeatureShape, Layout, NoiseKind, Reduce, Strategy, TokenGrid};
 use featjnd_kernels::{codec, philox, steps, with_elem, Dtype, Error};
@@ -262,15 +262,7 @@ fn token_stat(
     let g = token_grid(&ia.shape, layout, patch)?;
     let dev = device_of(&[&ia, &oa])?;
     let call = TokenStatsArgs { input: ia.buf(), shape: g.shape, patch, stat, out: oa.buf() }.validate()?;
-    match dev {
-        Dev::Cuda(ord) => {
-            // SAFETY: the `stream=` contract.
-            let cuda = unsafe { Cuda::borrowed(ord as usize, stream as *mut std::ffi::c_void, false) }?;
-            py.detach(|| Executor::Cuda(&cuda).token_stats(&call))?
-        }
-        Dev::Cpu => py.detach(|| Executor::Host(None).token_stats(&call))?,
-    };
-    Ok(())
+    on_device(py, dev, stream, |ex| ex.token_stats(&call))
 }
 
 /// Nominal steps `Δ_t` for budget `D` (contract §3.2), times `beta`.
@@ -290,29 +282,24 @@ fn allocate_steps(
     guard(py, || {
         let strategy = parse_strategy(strategy, seed)?;
         let ja = import(jt, "token tolerances", stream)?;
-        let mut oa = import(out, "out", stream)?;
+        let oa = import(out, "out", stream)?;
         let dev = device_of(&[&ja, &oa])?;
         f32_vector(&ja, Error::Arg)?;
         f32_vector(&oa, Error::Shape)?;
-        check_numel(&oa, ja.numel(), "the steps")?;
-        check_disjoint(&[&oa], &[&ja])?;
-        if let Dev::Cuda(ord) = dev {
-            if ja.numel() == 0 {
-                return Err(Error::Empty("token tolerances").into());
-            }
+        let call = AllocateArgs { token_tol: ja.buf(), budget, strategy, beta, out: oa.buf() }.validate()?;
+        on_device(py, dev, stream, |ex| ex.allocate(&call))
+    })
+}
+
+/// Runs `f` without the GIL on the executor of `dev`: the host, or the caller's stream.
+fn on_device<T: Send>(py: Python<'_>, dev: Dev, stream: usize, f: impl FnOnce(&Executor) -> Result<T, Error> + Send) -> R<T> {
+    Ok(match dev {
+        Dev::Cuda(ord) => {
             // SAFETY: the `stream=` contract.
-            let gpu = unsafe { gpu_for(ord, stream, &[&ja, &oa]) }?;
-            let (jd, od, t) = (DArr::from(&ja), DArr::from(&oa), ja.numel());
-            // SAFETY: device arrays of this device with `t` floats each, disjoint (checked above).
-            py.detach(|| unsafe { gpu.allocate_steps(jd, t, budget, strategy, beta, od) })?;
-            return Ok(());
+            let cuda = unsafe { Cuda::borrowed(ord as usize, stream as *mut std::ffi::c_void, false) }?;
+            py.detach(|| f(&Executor::Cuda(&cuda)))?
         }
-        // SAFETY: only read; `out` overlaps it nowhere (checked above).
-        let js = unsafe { ja.as_slice::<f32>() }?;
-        // SAFETY: `out` overlaps no input (checked above); the only view of it.
-        let o = unsafe { oa.as_mut_slice::<f32>() }?;
-        py.detach(|| steps::allocate_into(js, budget, strategy, beta, o))?;
-        Ok(())
+        Dev::Cpu => py.detach(|| f(&Executor::Host(None)))?,
     })
 }
 
@@ -337,42 +324,14 @@ fn allocate_steps_measured(
         let (layout, strategy, bits) = (parse_layout(layout)?, parse_strategy(strategy, seed)?, parse_bits(bits)?);
         let ja = import(jt, "token tolerances", stream)?;
         let xa = import(x, "x", stream)?;
-        let mut oa = import(out, "out", stream)?;
+        let oa = import(out, "out", stream)?;
         let dev = device_of(&[&xa, &ja, &oa])?;
         let g = token_grid(&xa.shape, layout, patch)?;
-        let dt = xa.float_dtype()?;
         f32_vector(&ja, Error::Arg)?;
         f32_vector(&oa, Error::Shape)?;
-        check_numel(&ja, g.tokens(), "x's token grid")?;
-        check_numel(&oa, g.tokens(), "the steps")?;
-        check_disjoint(&[&oa], &[&ja, &xa])?;
-        if let Dev::Cuda(ord) = dev {
-            steps::check_budget(budget)?;
-            // SAFETY: the `stream=` contract.
-            let gpu = unsafe { gpu_for(ord, stream, &[&ja, &xa, &oa]) }?;
-            let (jd, xd, od) = (DArr::from(&ja), DArr::from(&xa), DArr::from(&oa));
-            // SAFETY: device arrays of this device with the sizes checked above; `out` overlaps
-            // no input (checked above).
-            let m = py.detach(|| unsafe { gpu.allocate_steps_measured(jd, xd, dt, &g, budget, strategy, bits, od) })?;
-            return Ok((m.beta, m.measured_mse, m.evaluations));
-        }
-        // SAFETY: only read; the output overlaps neither input (checked above).
-        let js = unsafe { ja.as_slice::<f32>() }?;
-        // SAFETY: `out` overlaps no input (checked above); the only view of it.
-        let o = unsafe { oa.as_mut_slice::<f32>() }?;
-        let m = with_elem!(dt, E => {
-            // SAFETY: only read; the output overlaps it nowhere (checked above).
-            let xs = unsafe { xa.as_slice::<E>() }?;
-            py.detach(|| -> Result<steps::Measured, Error> {
-                let mut probe = vec![0f32; g.tokens()];
-                let m = steps::bisect_beta(budget, |beta| {
-                    steps::allocate_into(js, budget, strategy, beta, &mut probe)?;
-                    Ok(cpu::quantize(xs, &g, &probe, bits, QuantOut::default())?.mse(g.numel()))
-                })?;
-                steps::allocate_into(js, budget, strategy, m.beta, o)?;
-                Ok(m)
-            })?
-        });
+        let alloc = AllocateArgs { token_tol: ja.buf(), budget, strategy, beta: 1.0, out: oa.buf() };
+        let call = MeasuredArgs { alloc, x: xa.buf(), shape: g.shape, patch, bits }.validate()?;
+        let m = on_device(py, dev, stream, |ex| ex.allocate_measured(&call))?;
         Ok((m.beta, m.measured_mse, m.evaluations))
     })
 }
@@ -590,14 +549,7 @@ fn quantize<'py>(
             histogram_out: None,
         }
         .validate()?;
-        let r = match dev {
-            Dev::Cuda(ord) => {
-                // SAFETY: the `stream=` contract.
-                let cuda = unsafe { Cuda::borrowed(ord as usize, stream as *mut std::ffi::c_void, false) }?;
-                py.detach(|| Executor::Cuda(&cuda).quantize(&call))?
-            }
-            Dev::Cpu => py.detach(|| Executor::Host(None).quantize(&call))?,
-        };
+        let r = on_device(py, dev, stream, |ex| ex.quantize(&call))?;
         Ok((r, g))
     })?;
     let d = PyDict::new(py);
@@ -656,14 +608,7 @@ fn perturb(
             scales_out: None,
         }
         .validate()?;
-        let rep = match dev {
-            Dev::Cuda(ord) => {
-                // SAFETY: the `stream=` contract.
-                let cuda = unsafe { Cuda::borrowed(ord as usize, stream as *mut std::ffi::c_void, false) }?;
-                py.detach(|| Executor::Cuda(&cuda).perturb(&call))?
-            }
-            Dev::Cpu => py.detach(|| Executor::Host(None).perturb(&call))?,
-        };
+        let rep = on_device(py, dev, stream, |ex| ex.perturb(&call))?;
         Ok((rep.scales, rep.zero_samples))
     })
 }
