@@ -19,6 +19,8 @@ use cudarc::driver::sys::{self, CUdeviceptr, CUmemorytype, CUpointer_attribute, 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 
 use super::buf::{Buf, Mem};
+use super::capped::{CappedArgs, CappedCall, CappedMeasuredCall, CapsCall};
+use super::noise::NoiseCall;
 use super::perturb::PerturbCall;
 use super::quantize::{QuantizeCall, QuantizeReport};
 use super::steps::{AllocateCall, MeasuredCall};
@@ -27,6 +29,7 @@ use crate::cpu::PerturbReport;
 use crate::cuda::raw::{self, DevPtr, DevPtrMut, Elems, Launch, PerturbPtrs, QuantPtrs, StatsBuf};
 use crate::cuda::{cuda_err, Device};
 use crate::error::{Error, Result};
+use crate::geom::{Bits, TokenGrid};
 use crate::steps::Measured;
 
 /// One device and one stream.
@@ -262,26 +265,108 @@ impl Cuda {
         let (m, v) = c.bisect(&self.f32_to_host(&a.alloc.token_tol)?, |steps| {
             // SAFETY: `scratch` holds `T == steps.len()` floats and is only used here; the copy
             // is ordered before the launch on the same stream, and `steps` outlives the sync in
-            // `read`.
+            // the probe's `read`.
             unsafe { cu::memcpy_htod_async(sp, steps, self.stream.cu_stream()) }.map_err(cuda_err)?;
-            let p = QuantPtrs {
-                x: x.ptr,
-                steps: DevPtr::from_addr(sp),
-                symbols: DevPtrMut::null(),
-                recon: DevPtrMut::null(),
-                token_sse: DevPtrMut::null(),
-            };
-            let st = self.stats(raw::quantize_slots(a.bits, false))?;
-            // SAFETY: `x` is a validated device array of `numel` elements of `dt`, the steps were
-            // just copied, no outputs; fresh zeroed statistics on the same stream.
-            unsafe { raw::quantize(self.launch(), dt, g, &p, a.bits, false, st.view)? };
-            let q = raw::decode_quantize(&self.read(&st)?, a.bits, false);
-            // SAFETY: `x` holds every index the kernel can report; the stream was synced.
-            unsafe { raw::check_bad(q.bad, Some(x), None, &self.stream) }?;
-            Ok(q.total_sse / g.numel() as f64)
+            self.probe_mse(x, g, a.bits, sp)
         })?;
         self.f32_to_device(&a.alloc.out, &v)?;
         Ok(m)
+    }
+
+    /// One probe of a measured budget: the MSE of quantizing the validated device feature `x`
+    /// with the device steps at `steps` (written before on this stream), statistics only.
+    fn probe_mse(&self, x: Elems, g: &TokenGrid, bits: Bits, steps: u64) -> Result<f64> {
+        let p = QuantPtrs {
+            x: x.ptr,
+            steps: DevPtr::from_addr(steps),
+            symbols: DevPtrMut::null(),
+            recon: DevPtrMut::null(),
+            token_sse: DevPtrMut::null(),
+        };
+        let st = self.stats(raw::quantize_slots(bits, false))?;
+        // SAFETY: `x` is a validated device array of `numel` elements, the steps a device buffer
+        // of `T` floats written before on the stream, no outputs; fresh zeroed statistics.
+        unsafe { raw::quantize(self.launch(), x.dt, g, &p, bits, false, st.view)? };
+        let q = raw::decode_quantize(&self.read(&st)?, bits, false);
+        // SAFETY: `x` holds every index the kernel can report; the stream was synced.
+        unsafe { raw::check_bad(q.bad, Some(x), None, &self.stream) }?;
+        Ok(q.total_sse / g.numel() as f64)
+    }
+
+    /// Caps from device token RMS values.
+    pub fn caps(&self, c: &CapsCall) -> Result<()> {
+        let a = c.args();
+        self.check(&[&a.rms, &a.out])?;
+        let st = self.stats(raw::CAPPED_SLOTS)?;
+        let (rms, out) = (DevPtr::from_addr(a.rms.addr() as u64), DevPtrMut::from_addr(a.out.addr() as u64));
+        // SAFETY: validated device arrays of `T` floats each, disjoint; fresh zeroed statistics
+        // on the same stream (the max kernel runs first: the maximum is not known).
+        unsafe { raw::capped_caps(self.launch(), rms, a.rms.len(), a.kappa, false, out, st.view)? };
+        let s = raw::decode_capped(&self.read(&st)?);
+        // SAFETY: no array is read back (only the zero-feature status can be set here).
+        unsafe { raw::check_capped(s.bad, None, DevPtr::null(), DevPtr::null(), &self.stream) }
+    }
+
+    /// Solves the capped scales on the device into fresh statistics (one sync); a bad `j_t` or
+    /// cap is reported as on the CPU before any step is written.
+    fn capped_solve(&self, a: &CappedArgs) -> Result<(Stats, DevPtr<f32>, DevPtr<f32>)> {
+        self.check(&[&a.token_tol, &a.caps, &a.out])?;
+        let st = self.stats(raw::CAPPED_SLOTS)?;
+        let (j, c) = (DevPtr::from_addr(a.token_tol.addr() as u64), DevPtr::from_addr(a.caps.addr() as u64));
+        // SAFETY: validated device arrays of `T` floats each; fresh zeroed statistics.
+        unsafe { raw::capped_solve(self.launch(), j, c, a.token_tol.len(), a.budget, st.view)? };
+        let s = raw::decode_capped(&self.read(&st)?);
+        // SAFETY: `jt` and `caps` hold every index the solver can report; the stream is synced.
+        unsafe { raw::check_capped(s.bad, None, j, c, &self.stream) }?;
+        Ok((st, j, c))
+    }
+
+    /// Capped steps `min(f32(a·β)·j_t, f32(b·β)·c_t)` on the device.
+    pub fn capped(&self, call: &CappedCall) -> Result<()> {
+        let a = call.args();
+        let (st, j, c) = self.capped_solve(a)?;
+        let out = DevPtrMut::from_addr(a.out.addr() as u64);
+        // SAFETY: validated device arrays, the output disjoint from both inputs; `st` holds the
+        // solved scales, ordered before this launch, and lives past the sync below.
+        unsafe { raw::capped_steps(self.launch(), j, c, a.token_tol.len(), a.beta, out, st.view)? };
+        self.stream.synchronize().map_err(cuda_err)
+    }
+
+    /// Capped steps matched to the measured budget: solved once; each `β` is one steps launch
+    /// into a scratch buffer and one probe quantization.
+    pub fn capped_measured(&self, call: &CappedMeasuredCall) -> Result<Measured> {
+        let (a, g) = (call.args(), call.grid());
+        self.check(&[&a.x])?;
+        let (st, j, c) = self.capped_solve(&a.capped)?;
+        let x = Elems { ptr: DevPtr::from_addr(a.x.addr() as u64), dt: a.x.elem().dtype().expect("validated") };
+        let t = g.tokens();
+        let scratch = self.stream.alloc_zeros::<f32>(t).map_err(cuda_err)?;
+        let sp = scratch.device_ptr(&self.stream).0;
+        let m = crate::steps::bisect_beta(a.capped.budget, |beta| {
+            // SAFETY: `scratch` is ours with `T` floats; `st` holds the solved scales; the probe
+            // reads the steps after this launch in stream order and syncs before the next.
+            unsafe { raw::capped_steps(self.launch(), j, c, t, beta, DevPtrMut::from_addr(sp), st.view)? };
+            self.probe_mse(x, g, a.bits, sp)
+        })?;
+        let out = DevPtrMut::from_addr(a.capped.out.addr() as u64);
+        // SAFETY: a validated device output of `T` floats, disjoint from the inputs; `st` and
+        // `scratch` live past the sync below.
+        unsafe { raw::capped_steps(self.launch(), j, c, t, m.beta, out, st.view)? };
+        self.stream.synchronize().map_err(cuda_err)?;
+        Ok(m)
+    }
+}
+
+impl Cuda {
+    /// The noise into a validated device array, enqueued on the stream (no sync).
+    pub fn noise(&self, c: &NoiseCall) -> Result<()> {
+        let a = c.args();
+        self.check(&[&a.out])?;
+        if a.out.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: a validated device array of `len` f32 on this device, the call's only array.
+        unsafe { raw::noise(self.launch(), DevPtrMut::from_addr(a.out.addr() as u64), a.out.len(), a.offset, a.noise) }
     }
 }
 

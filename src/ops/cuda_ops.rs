@@ -19,7 +19,7 @@ use crate::cpu::perturb::NoiseSpec;
 use crate::cuda::raw::{self, DevPtr, DevPtrMut, Elems, Launch, PerturbPtrs, QuantPtrs, StatsBuf, StepPtrs};
 use crate::cuda::Device;
 use crate::element::Dtype;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::geom::{Reduce, Strategy, TokenGrid};
 use crate::philox;
 
@@ -179,33 +179,7 @@ fn quantize_with(
     Ok(Quantized { symbols, recon, token_sse, clamped: s.clamped, total_sse: s.total_sse, mse: 0.0, histogram: s.histogram, rate: None })
 }
 
-pub(super) fn noise(o: usize, numel: usize, offset: u64, noise: NoiseSpec) -> Result<Tensor> {
-    let on = On::new(o)?;
-    let len = i64::try_from(numel).map_err(|_| Error::Arg(format!("noise of {numel} elements")))?;
-    let out = on.empty(&[len], Kind::Float)?;
-    if numel == 0 {
-        return Ok(out);
-    }
-    // SAFETY: `out` was just allocated on device `o` with `numel` f32, on torch's stream.
-    unsafe { raw::noise(on.launch(), dst(&out), numel, offset, noise) }?;
-    Ok(out)
-}
-
 // ---- the capped allocation (contract §3.5) ----
-
-/// `r_t` of a feature: the token-stats kernel in its "finite" mode; one sync (the bad-x check).
-/// `c_t` from a device `r_t` (max kernel, caps kernel); one sync (the zero-feature check).
-pub(super) fn caps_from_rms(o: usize, rms: &Tensor, kappa: f32) -> Result<Tensor> {
-    let on = On::new(o)?;
-    let (_keep, stats) = on.stats(raw::CAPPED_SLOTS)?;
-    let caps = on.empty(&[rms.numel() as i64], Kind::Float)?;
-    // SAFETY: `rms` is a checked contiguous 1-D f32 CUDA tensor on device `o`; `caps` was just
-    // allocated there with as many values; `stats` is zeroed; all on torch's stream.
-    unsafe { raw::capped_caps(on.launch(), src(rms), rms.numel(), kappa, false, dst(&caps), stats) }?;
-    let s = raw::decode_capped(&on.read(stats)?);
-    on.check_capped(s.bad, None, None, None)?;
-    Ok(caps)
-}
 
 impl On {
     /// `Ok`, or the typed error for what a capped allocation found (see `raw::check_capped`).
@@ -215,41 +189,6 @@ impl On {
         // checked f32 tensors of `T` values (the indices the kernels report lie inside them); the
         // stream was synchronized by `read`, and nothing writes them.
         unsafe { raw::check_capped(bad, x, p(jt), p(caps), &self.stream) }
-    }
-}
-
-/// A solved capped allocation: the device scales `(a, b)` (in a statistics buffer kept alive
-/// here), from which steps for any `β` are one launch and no sync, so the measured budget's
-/// bisection solves once.
-pub(super) struct CappedSolved {
-    on: On,
-    _stats: Tensor,
-    buf: StatsBuf,
-    jt: Tensor,
-    caps: Tensor,
-}
-
-impl CappedSolved {
-    /// Validates `j_t` and `c_t` and solves for the scales on the device; one sync (the checks).
-    pub(super) fn new(o: usize, jt: &Tensor, caps: &Tensor, budget: f64) -> Result<CappedSolved> {
-        let on = On::new(o)?;
-        let (keep, buf) = on.stats(raw::CAPPED_SLOTS)?;
-        // SAFETY: `jt` and `caps` are checked contiguous 1-D f32 CUDA tensors of `jt.numel()`
-        // values on device `o`; `buf` is zeroed; all on torch's stream.
-        unsafe { raw::capped_solve(on.launch(), src(jt), src(caps), jt.numel(), budget, buf) }?;
-        let s = raw::decode_capped(&on.read(buf)?);
-        on.check_capped(s.bad, None, Some(jt), Some(caps))?;
-        Ok(CappedSolved { on, _stats: keep, buf, jt: jt.shallow_clone(), caps: caps.shallow_clone() })
-    }
-
-    /// The steps at `β` (enqueued; no sync).
-    pub(super) fn steps(&self, beta: f64) -> Result<Tensor> {
-        let t = self.jt.numel();
-        let steps = self.on.empty(&[t as i64], Kind::Float)?;
-        // SAFETY: `jt`, `caps` (held here) and the fresh `steps` hold `t` f32 on device `o`; the
-        // buffer holds the scales of the solve enqueued (and completed) before; torch's stream.
-        unsafe { raw::capped_steps(self.on.launch(), src(&self.jt), src(&self.caps), t, beta, dst(&steps), self.buf) }?;
-        Ok(steps)
     }
 }
 

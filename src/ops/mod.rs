@@ -8,8 +8,8 @@ mod pending;
 use tch::{Device, Kind, Tensor};
 
 use crate::call::{
-    no_overlap, AllocateArgs, Buf, Cuda, Elem, Executor, MeasuredArgs, Mem, PerturbArgs, PerturbCall, QuantizeArgs, QuantizeCall,
-    TokenStat, TokenStatsArgs,
+    no_overlap, AllocateArgs, Buf, CappedArgs, CappedMeasuredArgs, CapsArgs, Cuda, Elem, Executor, MeasuredArgs, Mem, NoiseArgs,
+    PerturbArgs, PerturbCall, QuantizeArgs, QuantizeCall, TokenStat, TokenStatsArgs,
 };
 use crate::cpu::{perturb::NoiseSpec, PerturbReport};
 use crate::element::Dtype;
@@ -156,39 +156,30 @@ fn check_token_values(t: &Tensor, what: &str) -> Result<()> {
     check_device(t, what)
 }
 
-fn host_f32(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(Vec::<f32>::try_from(&t.contiguous())?)
-}
-
 /// Caps `c_t = κ·max(r_t, 2^-24·max_t r_t)` (contract §3.5, `steps::caps_from_rms`) from a 1-D
 /// f32 tensor of token RMS values, on its device. A feature that is zero in every token is
 /// [`Error::Arg`]; on CUDA that is found on the device (one sync).
 pub fn caps_from_rms(rms: &Tensor, kappa: f32) -> Result<Tensor> {
     check_token_values(rms, "token RMS")?;
-    if rms.numel() == 0 {
-        return Err(Error::Empty("token RMS"));
-    }
-    if let Some(o) = cuda_ordinal(rms.device()) {
-        crate::cuda::raw::check_kappa(kappa)?;
-        return cuda_ops::caps_from_rms(o, &rms.f_contiguous()?, kappa);
-    }
-    Ok(Tensor::f_from_slice(&steps::caps_from_rms(&host_f32(rms)?, kappa)?)?)
+    let rms = rms.f_contiguous()?;
+    let out = Tensor::f_empty([rms.numel() as i64], (Kind::Float, rms.device()))?;
+    let call = CapsArgs { rms: buf(&rms, "token RMS")?, kappa, out: buf(&out, "caps")? }.validate()?;
+    on_device(rms.device(), |ex| ex.caps(&call))?;
+    Ok(out)
 }
 
 /// Checks a capped allocation's inputs in the CPU's order (budget, `j_t`, caps) as far as that
 /// needs no values: both on one device, `T > 0`, as many caps as tolerances.
-fn check_capped_inputs(jt: &Tensor, caps: &Tensor, budget: f64) -> Result<()> {
+/// The core's capped arguments for tensors of token tolerances and caps, with a fresh output.
+fn capped_args(jt: &Tensor, caps: &Tensor, budget: f64, beta: f64) -> Result<(CappedArgs, Tensor, [Tensor; 2])> {
     check_token_values(jt, "token tolerances")?;
     check_token_values(caps, "caps")?;
     same_device(jt, "token tolerances", caps, "caps")?;
-    steps::check_budget(budget)?;
-    if jt.numel() == 0 {
-        return Err(Error::Empty("token tolerances"));
-    }
-    if caps.numel() != jt.numel() {
-        return Err(Error::Shape(format!("caps has {} values for {} tokens", caps.numel(), jt.numel())));
-    }
-    Ok(())
+    let (jt, caps) = (jt.f_contiguous()?, caps.f_contiguous()?);
+    let out = Tensor::f_empty([jt.numel() as i64], (Kind::Float, jt.device()))?;
+    let args = CappedArgs { token_tol: buf(&jt, "token tolerances")?, caps: buf(&caps, "caps")?, budget, beta, out: buf(&out, "steps")? };
+    // The contiguous copies (or the tensors themselves) must outlive the call: returned.
+    Ok((args, out, [jt, caps]))
 }
 
 /// Capped steps `Δ_t = min(f32(a·β)·j_t, f32(b·β)·c_t)` (contract §3.5) from token tolerances and
@@ -196,14 +187,10 @@ fn check_capped_inputs(jt: &Tensor, caps: &Tensor, budget: f64) -> Result<()> {
 /// solver and the steps kernel, then one sync to report a bad `j_t` or cap as the CPU does.
 pub fn allocate_steps_capped(jt: &Tensor, caps: &Tensor, budget: f64, beta: f64) -> Result<Tensor> {
     let _range = crate::nvtx::range("featjnd::allocate_steps_capped");
-    check_capped_inputs(jt, caps, budget)?;
-    if let Some(o) = cuda_ordinal(jt.device()) {
-        return cuda_ops::CappedSolved::new(o, &jt.f_contiguous()?, &caps.f_contiguous()?, budget)?.steps(beta);
-    }
-    let (j, c) = (host_f32(jt)?, host_f32(caps)?);
-    let mut out = vec![0.0f32; j.len()];
-    steps::allocate_capped_into(&j, &c, budget, beta, &mut out)?;
-    Ok(Tensor::f_from_slice(&out)?)
+    let (args, out, _inputs) = capped_args(jt, caps, budget, beta)?;
+    let call = args.validate()?;
+    on_device(jt.device(), |ex| ex.capped(&call))?;
+    Ok(out)
 }
 
 /// [`allocate_steps_capped`] with the measured budget (contract §3.4): a common `β` by bisection.
@@ -220,19 +207,12 @@ pub fn allocate_steps_capped_measured(
 ) -> Result<(Tensor, Measured)> {
     let _range = crate::nvtx::range("featjnd::allocate_steps_capped_measured");
     check_tensor(x, "x")?;
-    check_capped_inputs(jt, caps, budget)?;
     same_device(x, "x", jt, "token tolerances")?;
-    let probe = QuantizeOptions { bits, symbols: false, recon: false, token_sse: false, histogram: false };
-    if let Some(o) = cuda_ordinal(x.device()) {
-        let solved = cuda_ops::CappedSolved::new(o, &jt.f_contiguous()?, &caps.f_contiguous()?, budget)?;
-        let m = steps::bisect_beta(budget, |beta| Ok(quantize(x, layout, patch, &solved.steps(beta)?, &probe)?.mse))?;
-        return Ok((solved.steps(m.beta)?, m));
-    }
-    let m = steps::bisect_beta(budget, |beta| {
-        let s = allocate_steps_capped(jt, caps, budget, beta)?;
-        Ok(quantize(x, layout, patch, &s, &probe)?.mse)
-    })?;
-    Ok((allocate_steps_capped(jt, caps, budget, m.beta)?, m))
+    let grid = grid_of(x, layout, patch)?;
+    let (capped, out, _inputs) = capped_args(jt, caps, budget, 1.0)?;
+    let call = CappedMeasuredArgs { capped, x: buf(x, "x")?, shape: grid.shape, patch, bits }.validate()?;
+    let m = on_device(x.device(), |ex| ex.capped_measured(&call))?;
+    Ok((out, m))
 }
 
 /// The capped chain on one device (contract §3.5): `J → j_t`, `x → r_t → c_t = κ·max(r_t, …)`,
@@ -709,13 +689,17 @@ fn perturb_cpu(
 /// The noise `ξ` of flat elements `offset .. offset + numel` (SPEC §5) as an f32 tensor on `device`.
 pub fn noise(numel: usize, offset: u64, noise: NoiseSpec, device: Device) -> Result<Tensor> {
     let _range = crate::nvtx::range("featjnd::noise");
-    if let Some(o) = cuda_ordinal(device) {
-        return cuda_ops::noise(o, numel, offset, noise);
+    // An impossible size is an error, not an allocation failure deep in libtorch.
+    if numel.checked_mul(4).is_none_or(|b| b > isize::MAX as usize) {
+        return Err(Error::Arg(format!("noise of {numel} elements does not fit in memory")));
     }
-    // An impossible size is an error, not an allocation abort.
-    let mut v: Vec<f32> = Vec::new();
-    v.try_reserve_exact(numel).map_err(|e| Error::Arg(format!("noise of {numel} elements: {e}")))?;
-    v.resize(numel, 0.0);
-    crate::philox::fill(&mut v, offset, noise.seed, noise.subsequence, noise.kind);
-    Ok(Tensor::f_from_slice(&v)?)
+    // The device first: without a GPU this is `CudaUnavailable`, before torch is asked for memory.
+    let cuda = cuda_ordinal(device).map(Cuda::torch).transpose()?;
+    let out = Tensor::f_empty([numel as i64], (Kind::Float, device))?;
+    let call = NoiseArgs { out: buf(&out, "noise")?, offset, noise }.validate()?;
+    match &cuda {
+        Some(c) => Executor::Cuda(c).noise(&call)?,
+        None => Executor::Host(None).noise(&call)?,
+    }
+    Ok(out)
 }

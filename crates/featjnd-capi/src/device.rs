@@ -14,7 +14,7 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 use cudarc::driver::sys;
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::CudaStream;
 
 use super::{Fail, FJ_ERR_DEVICE, R};
 use featjnd_kernels::call::Cuda;
@@ -24,7 +24,6 @@ use featjnd_kernels::cuda::Device;
 use featjnd_kernels::element::Dtype;
 use featjnd_kernels::error::Error;
 use featjnd_kernels::geom::{Bits, Reduce, Strategy, TokenGrid};
-use featjnd_kernels::steps;
 
 fn dev_err(e: impl std::fmt::Debug) -> Fail {
     Fail(FJ_ERR_DEVICE, format!("CUDA error: {e:?}"))
@@ -44,12 +43,6 @@ pub(super) fn quant_ptrs(x: *const c_void, steps: *const f32, symbols: *mut c_vo
         recon: DevPtrMut::from_raw(recon),
         token_sse: DevPtrMut::from_raw(token_sse),
     }
-}
-
-/// A zeroed statistics buffer on the caller's stream, and its view for the launchers.
-struct Stats {
-    buf: CudaSlice<i64>,
-    view: StatsBuf,
 }
 
 /// The device a context runs on.
@@ -90,90 +83,6 @@ impl Gpu {
             return Ok(());
         }
         Ok(featjnd_kernels::call::cuda::check_device_pointer(self.ordinal(), p as usize, bytes, what)?)
-    }
-
-    fn stats(&self, s: &Arc<CudaStream>, slots: usize) -> R<Stats> {
-        let buf = s.alloc_zeros::<i64>(slots).map_err(dev_err)?;
-        // With event tracking off (`Device::get`) the guard records nothing: the address is all.
-        let base = buf.device_ptr(s).0;
-        Ok(Stats { view: StatsBuf::new(DevPtrMut::from_addr(base), slots), buf })
-    }
-
-    fn read(&self, s: &Arc<CudaStream>, st: &Stats) -> R<Vec<i64>> {
-        let _live = &st.buf;
-        // SAFETY: `st.view` describes `st.buf`, alive for this borrow, on stream `s`, where every
-        // kernel writing it was enqueued.
-        Ok(unsafe { raw::read_stats(st.view, s) }?)
-    }
-
-    /// Caps from device token RMS values into the device `caps_out[tokens]`.
-    ///
-    /// # Safety
-    /// The C contract of `fj_caps_from_rms` for a CUDA context: `rms` holds `tokens` floats and
-    /// `caps_out` room for as many, disjoint, both device memory of this device; `stream` null or
-    /// a live stream of it.
-    pub unsafe fn caps_from_rms(&self, rms: *const f32, tokens: usize, kappa: f32, caps_out: *mut f32, stream: *mut c_void) -> R<()> {
-        raw::check_kappa(kappa)?;
-        self.check(rms as *const c_void, tokens * 4, "rms")?;
-        self.check(caps_out as *const c_void, tokens * 4, "caps_out")?;
-        // SAFETY: null or a live stream of this device (contract).
-        let s = unsafe { self.stream(stream)? };
-        let st = self.stats(&s, raw::CAPPED_SLOTS)?;
-        // SAFETY: `rms` and `caps_out` are device memory of this device with `tokens` floats
-        // (contract, and checked with the driver above), disjoint (checked by the caller); the
-        // statistics are a fresh zeroed allocation on the same stream.
-        unsafe {
-            raw::capped_caps(
-                Launch { dev: &self.dev, stream: &s },
-                DevPtr::from_raw(rms),
-                tokens,
-                kappa,
-                false,
-                DevPtrMut::from_raw(caps_out),
-                st.view,
-            )?
-        };
-        let c = raw::decode_capped(&self.read(&s, &st)?);
-        // SAFETY: no array is read back (only the zero-feature status can be set here).
-        Ok(unsafe { raw::check_capped(c.bad, None, DevPtr::null(), DevPtr::null(), &s) }?)
-    }
-
-    /// Capped steps from device token tolerances and caps, solved on the device.
-    ///
-    /// # Safety
-    /// The C contract of `fj_allocate_steps_capped` for a CUDA context: `token_tol` and `caps`
-    /// hold `tokens` floats and `steps_out` room for as many, `steps_out` disjoint from both, all
-    /// device memory of this device; `stream` null or a live stream of it.
-    pub unsafe fn allocate_steps_capped(
-        &self,
-        token_tol: *const f32,
-        caps: *const f32,
-        tokens: usize,
-        budget: f64,
-        steps_out: *mut f32,
-        stream: *mut c_void,
-    ) -> R<()> {
-        steps::check_budget(budget)?;
-        self.check(token_tol as *const c_void, tokens * 4, "token_tol")?;
-        self.check(caps as *const c_void, tokens * 4, "caps")?;
-        self.check(steps_out as *const c_void, tokens * 4, "steps_out")?;
-        // SAFETY: null or a live stream of this device (contract).
-        let s = unsafe { self.stream(stream)? };
-        let st = self.stats(&s, raw::CAPPED_SLOTS)?;
-        let (jt, cs) = (DevPtr::from_raw(token_tol), DevPtr::from_raw(caps));
-        let on = Launch { dev: &self.dev, stream: &s };
-        // SAFETY: the three arrays are device memory of this device with `tokens` floats
-        // (contract, and checked with the driver above), `steps_out` disjoint from the inputs
-        // (checked by the caller); the statistics are a fresh zeroed allocation on the same
-        // stream, so the steps kernel reads the scales the solver wrote.
-        unsafe {
-            raw::capped_solve(on, jt, cs, tokens, budget, st.view)?;
-            raw::capped_steps(on, jt, cs, tokens, 1.0, DevPtrMut::from_raw(steps_out), st.view)?;
-        }
-        let c = raw::decode_capped(&self.read(&s, &st)?);
-        // SAFETY: `token_tol` and `caps` hold every index the solver can report (contract,
-        // checked above); the stream is synchronized and nothing writes them.
-        Ok(unsafe { raw::check_capped(c.bad, None, jt, cs, &s) }?)
     }
 
     /// The core's executor on the caller's stream, with this context's pointer checks.

@@ -35,8 +35,8 @@ use std::mem::size_of;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use featjnd_kernels::call::{
-    no_overlap, symbol_elem, AllocateArgs, Buf, Elem, Executor, Mem, PerturbArgs, PerturbCall as CorePerturbCall, QuantizeArgs,
-    QuantizeCall, QuantizeReport, TokenStat, TokenStatsArgs,
+    no_overlap, symbol_elem, AllocateArgs, Buf, CappedArgs, CapsArgs, Elem, Executor, Mem, PerturbArgs, PerturbCall as CorePerturbCall,
+    QuantizeArgs, QuantizeCall, QuantizeReport, TokenStat, TokenStatsArgs,
 };
 use featjnd_kernels::cpu::{self, perturb::NoiseSpec};
 use featjnd_kernels::cuda::raw;
@@ -459,13 +459,6 @@ fn aligned(p: *const c_void, align: usize, what: &str) -> R<()> {
     Ok(())
 }
 
-/// A C array as a byte range for the aliasing rule (the core's `no_overlap`), in the context's
-/// memory. Only its address range is used: nothing reads or writes through it.
-fn span<T>(c: &FjContext, what: &'static str, p: *const T, bytes: usize) -> Buf {
-    // SAFETY: the `Buf` is used for the overlap rule only, never dereferenced.
-    unsafe { Buf::new(what, p as usize, bytes, Elem::I8, c.mem(), true) }
-}
-
 /// The context behind a handle.
 ///
 /// # Safety
@@ -610,12 +603,8 @@ unsafe fn token_stat(
         )
     };
     let call = TokenStatsArgs { input, shape: feat.shape, patch: patch.max(1) as usize, stat, out }.validate()?;
-    match &c.gpu {
-        // SAFETY: `stream` is null or a live stream of the context's device (contract).
-        Some(gpu) => Executor::Cuda(&unsafe { gpu.executor(stream)? }).token_stats(&call)?,
-        None => Executor::Host(c.pool.as_ref()).token_stats(&call)?,
-    }
-    Ok(())
+    // SAFETY: `stream` per this fn's contract.
+    unsafe { run_on(c, stream, |ex| ex.token_stats(&call)) }
 }
 
 fn reduce_of(r: u32) -> R<Reduce> {
@@ -689,36 +678,18 @@ pub unsafe extern "C" fn fj_allocate_steps(
     guard(|| {
         // SAFETY: `ctx` is null or live (contract).
         let c = unsafe { ctx_ref(ctx)? };
-        nonnull(token_tol, "token_tol")?;
-        nonnull(steps_out, "steps_out")?;
-        if tokens == 0 {
-            return fail(FJ_ERR_SHAPE, "tokens is 0");
-        }
-        if tokens > (isize::MAX / 4) as u64 {
-            return fail(FJ_ERR_SHAPE, format!("tokens {tokens} overflow the address space"));
-        }
-        let n = tokens as usize;
         let s = match strategy {
             FJ_UNIFORM => Strategy::Uniform,
             FJ_JND => Strategy::Jnd,
             FJ_PERMUTED => Strategy::Permuted { seed },
             c => return fail(FJ_ERR_ARG, format!("strategy {c} (use FJ_UNIFORM, FJ_JND or FJ_PERMUTED)")),
         };
-        // SAFETY: `n` floats each in the context's memory (the pointer rules).
-        let (jt, out) = unsafe {
-            (
-                Buf::new("token_tol", token_tol as usize, n, Elem::F32, c.mem(), false),
-                Buf::new("steps_out", steps_out as usize, n, Elem::F32, c.mem(), true),
-            )
-        };
+        // SAFETY: `tokens` floats each in the context's memory (contract).
+        let [jt, out] = unsafe { token_arrays(c, tokens, [(token_tol, "token_tol", false), (steps_out, "steps_out", true)])? };
         let call = AllocateArgs { token_tol: jt, budget, strategy: s, beta: 1.0, out }.validate()?;
-        match &c.gpu {
-            // The `T` values make one trip through the host (contract §3), as on every surface.
-            // SAFETY: null is the legacy default stream, valid for the whole call.
-            Some(gpu) => Executor::Cuda(&unsafe { gpu.executor(std::ptr::null_mut())? }).allocate(&call)?,
-            None => Executor::Host(c.pool.as_ref()).allocate(&call)?,
-        }
-        Ok(())
+        // SAFETY: null is the legacy default stream, valid for the whole call. The `T` values
+        // make one trip through the host (contract §3), as on every surface.
+        unsafe { run_on(c, std::ptr::null_mut(), |ex| ex.allocate(&call)) }
     })
 }
 
@@ -747,12 +718,14 @@ pub unsafe extern "C" fn fj_token_rms(
     })
 }
 
-/// Checks a token-array call's common arguments: `tokens` in range, the arrays non-null and
-/// aligned. Returns `tokens` as a length.
-fn token_arrays(tokens: u64, arrays: &[(*const c_void, &str)]) -> R<usize> {
-    for &(p, what) in arrays {
+/// `tokens` f32 arrays of a token-level call as the core's views (`writable` for outputs): each
+/// non-null, at least one token, at most `isize::MAX` bytes (alignment is the core's check).
+///
+/// # Safety
+/// Each pointer is null or valid for `tokens` floats in the context's memory (the pointer rules).
+unsafe fn token_arrays<const N: usize>(c: &FjContext, tokens: u64, arrays: [(*const f32, &'static str, bool); N]) -> R<[Buf; N]> {
+    for &(p, what, _) in &arrays {
         nonnull(p, what)?;
-        aligned(p, 4, what)?;
     }
     if tokens == 0 {
         return fail(FJ_ERR_SHAPE, "tokens is 0");
@@ -760,7 +733,20 @@ fn token_arrays(tokens: u64, arrays: &[(*const c_void, &str)]) -> R<usize> {
     if tokens > (isize::MAX / 4) as u64 {
         return fail(FJ_ERR_SHAPE, format!("tokens {tokens} overflow the address space"));
     }
-    Ok(tokens as usize)
+    // SAFETY: non-null and valid for `tokens` floats (this fn's contract).
+    Ok(arrays.map(|(p, what, w)| unsafe { Buf::new(what, p as usize, tokens as usize, Elem::F32, c.mem(), w) }))
+}
+
+/// Runs `f` on the context's executor: its pool, or its device on the caller's `stream`.
+///
+/// # Safety
+/// `stream` is null or a live stream of a CUDA context's device.
+unsafe fn run_on<T>(c: &FjContext, stream: *mut c_void, f: impl FnOnce(&Executor) -> Result<T, Error>) -> R<T> {
+    Ok(match &c.gpu {
+        // SAFETY: this fn's contract; the executor lives for this call only.
+        Some(gpu) => f(&Executor::Cuda(&unsafe { gpu.executor(stream)? }))?,
+        None => f(&Executor::Host(c.pool.as_ref()))?,
+    })
 }
 
 /// Caps `c_t = kappa·max(r_t, 2^-24·max_t r_t)` (docs/contract.md §3.5) from token RMS values
@@ -784,21 +770,11 @@ pub unsafe extern "C" fn fj_caps_from_rms(
         // SAFETY: `ctx` is null or live (contract).
         let c = unsafe { ctx_ref(ctx)? };
         check_stream(c, stream)?;
-        let n = token_arrays(tokens, &[(rms as *const c_void, "rms"), (caps_out as *const c_void, "caps_out")])?;
-        no_overlap(&[span(c, "rms", rms, n * 4)], &[span(c, "caps_out", caps_out, n * 4)], None)?;
-        if let Some(gpu) = &c.gpu {
-            // SAFETY: device memory of the context's device holding `n` floats each (contract;
-            // checked with the driver inside), disjoint (checked).
-            return unsafe { gpu.caps_from_rms(rms, n, kappa, caps_out, stream) };
-        }
-        // SAFETY: non-null, aligned (checked), `n` floats (contract, at most isize::MAX bytes:
-        // checked), not written during the call (`caps_out` does not overlap it: checked).
-        let r: &[f32] = unsafe { slice(rms as *const c_void, n) };
-        let v = steps::caps_from_rms(r, kappa)?;
-        // SAFETY: `caps_out` is non-null, aligned (checked) and writable for `n == v.len()` floats
-        // (contract); `v` is a fresh Vec.
-        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), caps_out, v.len()) };
-        Ok(())
+        // SAFETY: `tokens` floats each in the context's memory (contract).
+        let [rms, out] = unsafe { token_arrays(c, tokens, [(rms, "rms", false), (caps_out, "caps_out", true)])? };
+        let call = CapsArgs { rms, kappa, out }.validate()?;
+        // SAFETY: `stream` per the contract.
+        unsafe { run_on(c, stream, |ex| ex.caps(&call)) }
     })
 }
 
@@ -826,28 +802,12 @@ pub unsafe extern "C" fn fj_allocate_steps_capped(
         // SAFETY: `ctx` is null or live (contract).
         let c = unsafe { ctx_ref(ctx)? };
         check_stream(c, stream)?;
-        let n = token_arrays(
-            tokens,
-            &[(token_tol as *const c_void, "token_tol"), (caps as *const c_void, "caps"), (steps_out as *const c_void, "steps_out")],
-        )?;
-        no_overlap(
-            &[span(c, "token_tol", token_tol, n * 4), span(c, "caps", caps, n * 4)],
-            &[span(c, "steps_out", steps_out, n * 4)],
-            None,
-        )?;
-        if let Some(gpu) = &c.gpu {
-            // SAFETY: device memory of the context's device holding `n` floats each (contract;
-            // checked with the driver inside), `steps_out` disjoint from the inputs (checked).
-            return unsafe { gpu.allocate_steps_capped(token_tol, caps, n, budget, steps_out, stream) };
-        }
-        // SAFETY: non-null, aligned (checked), `n` floats each (contract, at most isize::MAX
-        // bytes: checked), not written during the call (`steps_out` overlaps neither: checked).
-        let (jt, cs): (&[f32], &[f32]) = unsafe { (slice(token_tol as *const c_void, n), slice(caps as *const c_void, n)) };
-        let v = steps::allocate_capped(jt, cs, budget)?;
-        // SAFETY: `steps_out` is non-null, aligned (checked) and writable for `n == v.len()`
-        // floats (contract); `v` is a fresh Vec.
-        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), steps_out, v.len()) };
-        Ok(())
+        // SAFETY: `tokens` floats each in the context's memory (contract).
+        let [token_tol, caps, out] =
+            unsafe { token_arrays(c, tokens, [(token_tol, "token_tol", false), (caps, "caps", false), (steps_out, "steps_out", true)])? };
+        let call = CappedArgs { token_tol, caps, budget, beta: 1.0, out }.validate()?;
+        // SAFETY: `stream` per the contract.
+        unsafe { run_on(c, stream, |ex| ex.capped(&call)) }
     })
 }
 
@@ -879,12 +839,8 @@ pub unsafe extern "C" fn fj_quantize(
         let res = unsafe { c_buf("result", result, size_of::<FjQuantizeResult>(), Elem::I8, c.mem()) };
         // SAFETY: `x` and `opts` are null or readable (contract).
         let q = unsafe { quant_call(c, x, steps, opts, false, None, &[], res.as_slice())? };
-        let r = match &c.gpu {
-            // SAFETY: `stream` is null or a live stream of the context's device (contract); the
-            // executor lives for this call only. The histogram goes to its device array.
-            Some(gpu) => Executor::Cuda(&unsafe { gpu.executor(stream)? }).quantize(&q.call)?,
-            None => quantize_host(c, &q)?,
-        };
+        // SAFETY: `stream` per the contract. On CUDA the histogram goes to its device array.
+        let r = unsafe { run_on(c, stream, |ex| ex.quantize(&q.call))? };
         // SAFETY: `result` is null or writable (contract); the histogram already went to
         // `opts->histogram` through the call.
         unsafe { finish_quantize(&r, std::ptr::null_mut(), result) }
@@ -1013,13 +969,8 @@ pub unsafe extern "C" fn fj_perturb(
         check_stream(c, stream)?;
         // SAFETY: `x`, `jnd` and `opts` are null or readable (contract).
         let pc = unsafe { perturb_call(c, x, jnd, nrmse, opts, out, &[])? };
-        match &c.gpu {
-            // SAFETY: `stream` is null or a live stream of the context's device (contract); the
-            // executor lives for this call only. The scales go to their device array.
-            Some(gpu) => Executor::Cuda(&unsafe { gpu.executor(stream)? }).perturb(&pc.call)?,
-            None => perturb_host(c, &pc)?,
-        };
-        Ok(())
+        // SAFETY: `stream` per the contract. On CUDA the scales go to their device array.
+        unsafe { run_on(c, stream, |ex| ex.perturb(&pc.call).map(drop)) }
     })
 }
 

@@ -118,15 +118,7 @@ impl Array {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
-    pub fn bytes(&self) -> usize {
-        self.numel() * self.kind.size()
-    }
-    /// Do the byte ranges of two arrays intersect? (Empty arrays overlap nothing.)
-    pub fn overlaps(&self, o: &Array) -> bool {
-        let (a0, a1) = (self.addr, self.addr + self.bytes());
-        let (b0, b1) = (o.addr, o.addr + o.bytes());
-        a0 < a1 && b0 < b1 && a0 < b1 && b0 < a1 && self.dev == o.dev
-    }
+
     /// The array as the core's view (`featjnd_kernels::call`), for one call.
     pub fn buf(&self) -> Buf {
         let elem = match self.kind {
@@ -189,26 +181,6 @@ impl Array {
         // from `addr` are one live allocation while `self._owner` lives (the borrow of `self`);
         // nobody writes them meanwhile (this fn's contract).
         Ok(unsafe { std::slice::from_raw_parts(self.addr as *const E, n) })
-    }
-
-    /// The elements as a mutable slice; the array must be writable.
-    ///
-    /// # Safety
-    /// No one else reads or writes the array's memory while the slice lives: no other view of
-    /// overlapping memory exists (the ops check overlaps first) and no other thread touches it.
-    pub unsafe fn as_mut_slice<E: Elem>(&mut self) -> Result<&mut [E], Error> {
-        self.check_view::<E>()?;
-        if self.readonly {
-            return Err(Error::Arg(format!("{} is read-only", self.name)));
-        }
-        let n = self.numel();
-        if n == 0 {
-            return Ok(&mut []);
-        }
-        // SAFETY: as in `as_slice` (kind, device, alignment checked; the allocation lives as long
-        // as `self`); the producer did not mark the memory read-only, and the access is exclusive
-        // (this fn's contract, and `&mut self` for this `Array`).
-        Ok(unsafe { std::slice::from_raw_parts_mut(self.addr as *mut E, n) })
     }
 }
 
@@ -366,14 +338,11 @@ fn from_array_interface(obj: &Bound<'_, PyAny>, name: &'static str) -> Result<Ar
     Ok(Array { name, addr: ptr, shape, kind, dev: Dev::Cpu, readonly, _owner: Owner::Object(obj.clone().unbind()) })
 }
 
-/// Every output must overlap no input and no other output (in place goes through its own calls).
-pub fn check_disjoint(outputs: &[&Array], inputs: &[&Array]) -> Result<(), Error> {
-    for (i, o) in outputs.iter().enumerate() {
-        for a in inputs.iter().chain(&outputs[i + 1..]) {
-            if o.overlaps(a) {
-                return Err(Error::Arg(format!("{} overlaps {}", o.name, a.name)));
-            }
-        }
+/// The one device of a call's arrays (CPU, or one CUDA device), or `Error::MixedDevices`.
+pub fn device_of(arrays: &[&Array]) -> Result<Dev, Error> {
+    let d = arrays.first().map_or(Dev::Cpu, |a| a.dev);
+    match arrays.iter().find(|a| a.dev != d) {
+        None => Ok(d),
+        Some(b) => Err(Error::MixedDevices(format!("{} is on {}, {} on {}", arrays[0].name, d, b.name, b.dev))),
     }
-    Ok(())
 }

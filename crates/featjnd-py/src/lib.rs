@@ -13,17 +13,18 @@
 //! * catch panics at the boundary: none reaches Python as a `PanicException`.
 use std::panic::AssertUnwindSafe;
 
-use featjnd_kernels::call::{AllocateArgs, Cuda, Executor, MeasuredArgs, PerturbArgs, QuantizeArgs, TokenStat, TokenStatsArgs};
-use featjnd_kernels::cpu::{self, perturb::NoiseSpec, QuantOut};
+use featjnd_kernels::call::{
+    AllocateArgs, CappedArgs, CappedMeasuredArgs, CapsArgs, Cuda, Executor, MeasuredArgs, NoiseArgs, PerturbArgs, QuantizeArgs, TokenStat,
+    TokenStatsArgs,
+};
+use featjnd_kernels::cpu::perturb::NoiseSpec;
 use featjnd_kernels::geom::{Bits, FeatureShape, Layout, NoiseKind, Reduce, Strategy, TokenGrid};
-use featjnd_kernels::{codec, philox, steps, with_elem, Dtype, Error};
+use featjnd_kernels::{codec, philox, with_elem, Dtype, Error};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict};
 
 mod array;
-mod gpu;
-use array::{check_disjoint, import, Array, Dev, Kind};
-use gpu::{device_of, DArr, Gpu};
+use array::{device_of, import, Array, Dev, Kind};
 
 /// The exception classes (`featjnd.Error` and its subclasses).
 mod exc {
@@ -204,19 +205,6 @@ fn f32_vector(a: &Array, err: impl Fn(String) -> Error) -> Result<(), Error> {
     Ok(())
 }
 
-/// The call's stream on a CUDA device (checks every array's element kind and alignment first).
-///
-/// # Safety
-/// `stream` is 0 (the legacy default stream) or a live stream of device `ordinal`, alive for
-/// the call: the Python API's contract for `stream=` (torch's current stream by default).
-unsafe fn gpu_for(ordinal: i32, stream: usize, arrays: &[&Array]) -> Result<Gpu, Error> {
-    for a in arrays {
-        gpu::check_device_array(a, a.kind)?;
-    }
-    // SAFETY: this fn's contract.
-    unsafe { Gpu::new(ordinal, stream) }
-}
-
 /// `(T, K)` of a feature shape: tokens and elements per token (validates layout, rank and patch).
 #[pyfunction]
 fn grid(py: Python<'_>, shape: Vec<usize>, layout: &str, patch: usize) -> PyResult<(usize, usize)> {
@@ -350,47 +338,14 @@ fn token_rms(py: Python<'_>, x: &Bound<'_, PyAny>, layout: &str, patch: usize, o
 fn caps_from_rms(py: Python<'_>, rms: &Bound<'_, PyAny>, kappa: f32, out: &Bound<'_, PyAny>, stream: usize) -> PyResult<()> {
     guard(py, || {
         let ra = import(rms, "token RMS", stream)?;
-        let mut oa = import(out, "out", stream)?;
+        let oa = import(out, "out", stream)?;
         let dev = device_of(&[&ra, &oa])?;
         f32_vector(&ra, Error::Arg)?;
         f32_vector(&oa, Error::Shape)?;
-        check_numel(&oa, ra.numel(), "the caps")?;
-        check_disjoint(&[&oa], &[&ra])?;
-        if ra.numel() == 0 {
-            return Err(Error::Empty("token RMS").into());
-        }
-        if let Dev::Cuda(ord) = dev {
-            // SAFETY: the `stream=` contract.
-            let gpu = unsafe { gpu_for(ord, stream, &[&ra, &oa]) }?;
-            let (rd, od, t) = (DArr::from(&ra), DArr::from(&oa), ra.numel());
-            // SAFETY: device arrays of this device with `t` floats each, disjoint (checked above).
-            py.detach(|| unsafe { gpu.caps_from_rms(rd, t, kappa, od) })?;
-            return Ok(());
-        }
-        // SAFETY: only read; `out` overlaps it nowhere (checked above).
-        let rs = unsafe { ra.as_slice::<f32>() }?;
-        // SAFETY: `out` overlaps no input (checked above); the only view of it.
-        let o = unsafe { oa.as_mut_slice::<f32>() }?;
-        py.detach(|| -> Result<(), Error> {
-            o.copy_from_slice(&steps::caps_from_rms(rs, kappa)?);
-            Ok(())
-        })?;
+        let call = CapsArgs { rms: ra.buf(), kappa, out: oa.buf() }.validate()?;
+        on_device(py, dev, stream, |ex| ex.caps(&call))?;
         Ok(())
     })
-}
-
-/// Checks a capped allocation's token tolerances and caps as far as that needs no values (on
-/// CUDA, where the values are checked on the device): the budget, `T > 0`, as many caps as
-/// tolerances (the CPU's order).
-fn check_capped_sizes(budget: f64, ja: &Array, ca: &Array) -> Result<(), Error> {
-    steps::check_budget(budget)?;
-    if ja.numel() == 0 {
-        return Err(Error::Empty("token tolerances"));
-    }
-    if ca.numel() != ja.numel() {
-        return Err(Error::Shape(format!("caps has {} values for {} tokens", ca.numel(), ja.numel())));
-    }
-    Ok(())
 }
 
 /// Capped steps `Δ_t = min(f32(a·β)·j_t, f32(b·β)·c_t)` for budget `D` (contract §3.5).
@@ -409,30 +364,13 @@ fn allocate_steps_capped(
     guard(py, || {
         let ja = import(jt, "token tolerances", stream)?;
         let ca = import(caps, "caps", stream)?;
-        let mut oa = import(out, "out", stream)?;
+        let oa = import(out, "out", stream)?;
         let dev = device_of(&[&ja, &ca, &oa])?;
         f32_vector(&ja, Error::Arg)?;
         f32_vector(&ca, Error::Arg)?;
         f32_vector(&oa, Error::Shape)?;
-        check_numel(&oa, ja.numel(), "the steps")?;
-        check_disjoint(&[&oa], &[&ja, &ca])?;
-        if let Dev::Cuda(ord) = dev {
-            check_capped_sizes(budget, &ja, &ca)?;
-            // SAFETY: the `stream=` contract.
-            let gpu = unsafe { gpu_for(ord, stream, &[&ja, &ca, &oa]) }?;
-            let (jd, cd, od, t) = (DArr::from(&ja), DArr::from(&ca), DArr::from(&oa), ja.numel());
-            // SAFETY: device arrays of this device with `t` floats each, `out` disjoint from both
-            // inputs (checked above).
-            py.detach(|| unsafe { gpu.allocate_steps_capped(jd, cd, t, budget, beta, od) })?;
-            return Ok(());
-        }
-        // SAFETY: only read; `out` overlaps it nowhere (checked above).
-        let js = unsafe { ja.as_slice::<f32>() }?;
-        // SAFETY: only read; `out` overlaps it nowhere (checked above).
-        let cs = unsafe { ca.as_slice::<f32>() }?;
-        // SAFETY: `out` overlaps no input (checked above); the only view of it.
-        let o = unsafe { oa.as_mut_slice::<f32>() }?;
-        py.detach(|| steps::allocate_capped_into(js, cs, budget, beta, o))?;
+        let call = CappedArgs { token_tol: ja.buf(), caps: ca.buf(), budget, beta, out: oa.buf() }.validate()?;
+        on_device(py, dev, stream, |ex| ex.capped(&call))?;
         Ok(())
     })
 }
@@ -459,47 +397,15 @@ fn allocate_steps_capped_measured(
         let ja = import(jt, "token tolerances", stream)?;
         let ca = import(caps, "caps", stream)?;
         let xa = import(x, "x", stream)?;
-        let mut oa = import(out, "out", stream)?;
+        let oa = import(out, "out", stream)?;
         let dev = device_of(&[&xa, &ja, &ca, &oa])?;
         let g = token_grid(&xa.shape, layout, patch)?;
-        let dt = xa.float_dtype()?;
         f32_vector(&ja, Error::Arg)?;
         f32_vector(&ca, Error::Arg)?;
         f32_vector(&oa, Error::Shape)?;
-        check_numel(&ja, g.tokens(), "x's token grid")?;
-        check_numel(&ca, g.tokens(), "x's token grid")?;
-        check_numel(&oa, g.tokens(), "the steps")?;
-        check_disjoint(&[&oa], &[&ja, &ca, &xa])?;
-        if let Dev::Cuda(ord) = dev {
-            check_capped_sizes(budget, &ja, &ca)?;
-            // SAFETY: the `stream=` contract.
-            let gpu = unsafe { gpu_for(ord, stream, &[&ja, &ca, &xa, &oa]) }?;
-            let (jd, cd, xd, od) = (DArr::from(&ja), DArr::from(&ca), DArr::from(&xa), DArr::from(&oa));
-            // SAFETY: device arrays of this device with the sizes checked above; `out` overlaps
-            // no input (checked above).
-            let m = py.detach(|| unsafe { gpu.allocate_steps_capped_measured(jd, cd, xd, dt, &g, budget, bits, od) })?;
-            return Ok((m.beta, m.measured_mse, m.evaluations));
-        }
-        // SAFETY: only read; the output overlaps no input (checked above).
-        let js = unsafe { ja.as_slice::<f32>() }?;
-        // SAFETY: only read; the output overlaps no input (checked above).
-        let cs = unsafe { ca.as_slice::<f32>() }?;
-        // SAFETY: `out` overlaps no input (checked above); the only view of it.
-        let o = unsafe { oa.as_mut_slice::<f32>() }?;
-        let m = with_elem!(dt, E => {
-            // SAFETY: only read; the output overlaps it nowhere (checked above).
-            let xs = unsafe { xa.as_slice::<E>() }?;
-            py.detach(|| -> Result<steps::Measured, Error> {
-                // Each probe checks j_t and the caps before its quantization.
-                let mut probe = vec![0f32; g.tokens()];
-                let m = steps::bisect_beta(budget, |beta| {
-                    steps::allocate_capped_into(js, cs, budget, beta, &mut probe)?;
-                    Ok(cpu::quantize(xs, &g, &probe, bits, QuantOut::default())?.mse(g.numel()))
-                })?;
-                steps::allocate_capped_into(js, cs, budget, m.beta, o)?;
-                Ok(m)
-            })?
-        });
+        let capped = CappedArgs { token_tol: ja.buf(), caps: ca.buf(), budget, beta: 1.0, out: oa.buf() };
+        let call = CappedMeasuredArgs { capped, x: xa.buf(), shape: g.shape, patch, bits }.validate()?;
+        let m = on_device(py, dev, stream, |ex| ex.capped_measured(&call))?;
         Ok((m.beta, m.measured_mse, m.evaluations))
     })
 }
@@ -619,24 +525,9 @@ fn perturb(
 fn noise(py: Python<'_>, out: &Bound<'_, PyAny>, offset: u64, seed: u64, subsequence: u32, noise: &str, stream: usize) -> PyResult<()> {
     guard(py, || {
         let spec = NoiseSpec { kind: parse_noise(noise)?, seed, subsequence };
-        let mut oa = import(out, "out", stream)?;
-        if offset.checked_add(oa.numel() as u64).is_none() {
-            return Err(Error::Arg(format!("noise of {} elements from offset {offset} runs past 2^64", oa.numel())).into());
-        }
-        if let Dev::Cuda(ord) = oa.dev {
-            if oa.kind != Kind::F32 {
-                return Err(Error::Dtype(format!("out is {}, expected float32", oa.kind.name())).into());
-            }
-            // SAFETY: the `stream=` contract.
-            let gpu = unsafe { gpu_for(ord, stream, &[&oa]) }?;
-            let od = DArr::from(&oa);
-            // SAFETY: a device array of this device with `numel` floats, used by nothing else.
-            py.detach(|| unsafe { gpu.noise(od, offset, spec) })?;
-            return Ok(());
-        }
-        // SAFETY: the only view of `out` (the call has no inputs).
-        let o = unsafe { oa.as_mut_slice::<f32>() }?;
-        py.detach(|| philox::fill(o, offset, spec.seed, spec.subsequence, spec.kind));
+        let oa = import(out, "out", stream)?;
+        let call = NoiseArgs { out: oa.buf(), offset, noise: spec }.validate()?;
+        on_device(py, oa.dev, stream, |ex| ex.noise(&call))?;
         Ok(())
     })
 }

@@ -1,0 +1,193 @@
+//! The capped allocation (contract §3.5) as validated calls: caps from token RMS values, capped
+//! steps from token tolerances and caps, and the capped steps matched to a measured budget
+//! (§3.4). On CUDA the solve runs on the device (`fj_capped_solve`), once per call.
+use crate::cpu::{self, QuantOut};
+use crate::cuda::raw;
+use crate::error::{Error, Result};
+use crate::geom::{Bits, FeatureShape, TokenGrid};
+use crate::steps::{self, Measured};
+use crate::with_elem;
+
+use super::buf::{no_overlap, Buf, Elem, Mem};
+
+/// `T` f32 token values (tolerances, RMS values, caps): f32, at least one, in `mem`.
+fn token_values(b: &Buf, what: &'static str, len: Option<usize>) -> Result<()> {
+    if b.elem() != Elem::F32 {
+        return Err(Error::Arg(format!("{} must be f32, got {}", b.name, b.elem().name())));
+    }
+    if b.is_empty() {
+        return Err(Error::Empty(what));
+    }
+    if let Some(n) = len.filter(|&n| n != b.len()) {
+        return Err(Error::Shape(format!("{} has {} values for {n} tokens", b.name, b.len())));
+    }
+    b.expect(Elem::F32, b.len(), b.mem())
+}
+
+fn host_only(b: &Buf) -> Result<()> {
+    if b.mem() != Mem::Host {
+        return Err(Error::MixedDevices(format!("{} is in {}; this executor runs on the host", b.name, b.mem())));
+    }
+    Ok(())
+}
+
+/// Caps `c_t = κ·max(r_t, 2^-24·max_t r_t)` from token RMS values.
+#[derive(Debug, Clone, Copy)]
+pub struct CapsArgs {
+    pub rms: Buf,
+    pub kappa: f32,
+    /// `T` f32, in the RMS values' memory.
+    pub out: Buf,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CapsCall {
+    pub(crate) a: CapsArgs,
+}
+
+impl CapsArgs {
+    pub fn validate(self) -> Result<CapsCall> {
+        token_values(&self.rms, "token RMS", None)?;
+        raw::check_kappa(self.kappa)?;
+        self.out.expect_out(Elem::F32, self.rms.len(), self.rms.mem())?;
+        no_overlap(&[self.rms], &[self.out], None)?;
+        Ok(CapsCall { a: self })
+    }
+}
+
+impl CapsCall {
+    pub fn args(&self) -> &CapsArgs {
+        &self.a
+    }
+
+    pub(crate) fn run_host(&self) -> Result<()> {
+        let a = &self.a;
+        host_only(&a.rms)?;
+        // SAFETY: a validated host input of `T` f32, only read; the output overlaps it nowhere.
+        let v = steps::caps_from_rms(unsafe { a.rms.slice() }, a.kappa)?;
+        // SAFETY: a validated writable host output of `T` f32, overlapping nothing.
+        unsafe { a.out.slice_mut::<f32>() }.copy_from_slice(&v);
+        Ok(())
+    }
+}
+
+/// Capped steps `min(f32(a·β)·j_t, f32(b·β)·c_t)`.
+#[derive(Debug, Clone, Copy)]
+pub struct CappedArgs {
+    pub token_tol: Buf,
+    pub caps: Buf,
+    pub budget: f64,
+    pub beta: f64,
+    /// `T` f32, in the inputs' memory.
+    pub out: Buf,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CappedCall {
+    pub(crate) a: CappedArgs,
+}
+
+impl CappedArgs {
+    /// The token tolerances and caps (f32, `T` each, one memory), the budget, the output, then
+    /// the aliasing rule. Their values are checked by the run (the solver), before any step is
+    /// written.
+    pub fn validate(self) -> Result<CappedCall> {
+        token_values(&self.token_tol, "token tolerances", None)?;
+        token_values(&self.caps, "caps", Some(self.token_tol.len()))?;
+        if self.caps.mem() != self.token_tol.mem() {
+            return Err(Error::MixedDevices(format!(
+                "{} is in {}, {} in {}",
+                self.caps.name,
+                self.caps.mem(),
+                self.token_tol.name,
+                self.token_tol.mem()
+            )));
+        }
+        steps::check_budget(self.budget)?;
+        self.out.expect_out(Elem::F32, self.token_tol.len(), self.token_tol.mem())?;
+        no_overlap(&[self.token_tol, self.caps], &[self.out], None)?;
+        Ok(CappedCall { a: self })
+    }
+}
+
+impl CappedCall {
+    pub fn args(&self) -> &CappedArgs {
+        &self.a
+    }
+
+    pub(crate) fn run_host(&self) -> Result<()> {
+        let a = &self.a;
+        host_only(&a.token_tol)?;
+        // SAFETY: validated host inputs of `T` f32, only read; the output overlaps them nowhere.
+        let (j, c): (&[f32], &[f32]) = unsafe { (a.token_tol.slice(), a.caps.slice()) };
+        let mut v = vec![0f32; j.len()];
+        steps::allocate_capped_into(j, c, a.budget, a.beta, &mut v)?;
+        // SAFETY: a validated writable host output of `T` f32, overlapping nothing.
+        unsafe { a.out.slice_mut::<f32>() }.copy_from_slice(&v);
+        Ok(())
+    }
+}
+
+/// Capped steps matched to the measured budget of quantizing `x` (its `beta` is ignored).
+#[derive(Debug, Clone, Copy)]
+pub struct CappedMeasuredArgs {
+    pub capped: CappedArgs,
+    pub x: Buf,
+    pub shape: FeatureShape,
+    pub patch: usize,
+    pub bits: Bits,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CappedMeasuredCall {
+    pub(crate) a: CappedMeasuredArgs,
+    pub(crate) grid: TokenGrid,
+}
+
+impl CappedMeasuredArgs {
+    pub fn validate(self) -> Result<CappedMeasuredCall> {
+        self.capped.validate()?;
+        let x = &self.x;
+        let dt =
+            x.elem().dtype().ok_or_else(|| Error::Dtype(format!("{} is {} (featjnd takes f32, f16 or bf16)", x.name, x.elem().name())))?;
+        let grid = TokenGrid::new(self.shape, self.patch)?;
+        x.expect(dt.into(), grid.numel(), self.capped.token_tol.mem())?;
+        let j = &self.capped.token_tol;
+        if j.len() != grid.tokens() {
+            return Err(Error::Shape(format!("{} has {} values, x has {} tokens", j.name, j.len(), grid.tokens())));
+        }
+        no_overlap(&[*x], &[self.capped.out], None)?;
+        Ok(CappedMeasuredCall { a: self, grid })
+    }
+}
+
+impl CappedMeasuredCall {
+    pub fn args(&self) -> &CappedMeasuredArgs {
+        &self.a
+    }
+    pub fn grid(&self) -> &TokenGrid {
+        &self.grid
+    }
+
+    pub(crate) fn run_host(&self) -> Result<Measured> {
+        let (a, g) = (&self.a, &self.grid);
+        host_only(&a.x)?;
+        let c = &a.capped;
+        // SAFETY: validated host inputs of `T` f32, only read; the output overlaps them nowhere.
+        let (j, cp): (&[f32], &[f32]) = unsafe { (c.token_tol.slice(), c.caps.slice()) };
+        let mut probe = vec![0f32; j.len()];
+        let dt = a.x.elem().dtype().expect("validated");
+        let m = with_elem!(dt, E => {
+            // SAFETY: a validated host input of `numel` elements of `E`, only read.
+            let xs: &[E] = unsafe { a.x.slice() };
+            steps::bisect_beta(c.budget, |beta| {
+                steps::allocate_capped_into(j, cp, c.budget, beta, &mut probe)?;
+                Ok(cpu::quantize::<E>(xs, g, &probe, a.bits, QuantOut::default())?.mse(g.numel()))
+            })?
+        });
+        steps::allocate_capped_into(j, cp, c.budget, m.beta, &mut probe)?;
+        // SAFETY: a validated writable host output of `T` f32, overlapping nothing.
+        unsafe { c.out.slice_mut::<f32>() }.copy_from_slice(&probe);
+        Ok(m)
+    }
+}

@@ -1,0 +1,39 @@
+//! The §5 noise as a validated call (`featjnd_kernels::call`, contract §9): the host executor
+//! writes exactly `philox::fill`'s values at every offset and length, and the bad arguments are
+//! refused (the CUDA executor runs under `tests/gpu.rs`'s `noise_gpu_matches_cpu`).
+use featjnd_kernels::call::{Buf, Elem, Executor, Mem, NoiseArgs};
+use featjnd_kernels::cpu::perturb::NoiseSpec;
+use featjnd_kernels::{philox, Error, NoiseKind};
+
+fn host_mut<T>(name: &'static str, v: &mut [T], elem: Elem) -> Buf {
+    // SAFETY: `v` outlives every call made from this view; the test reads it only after the call.
+    unsafe { Buf::new(name, v.as_mut_ptr() as usize, v.len(), elem, Mem::Host, true) }
+}
+
+#[test]
+fn host_executor_writes_the_generator_s_values() {
+    for (len, offset) in [(0usize, 0u64), (1, 0), (7, 3), (17, 1 << 40), (1025, 5), (5137, u64::MAX - 6000)] {
+        for kind in [NoiseKind::Gaussian, NoiseKind::Uniform] {
+            let noise = NoiseSpec { kind, seed: 42, subsequence: 3 };
+            let mut out = vec![f32::NAN; len];
+            let call = NoiseArgs { out: host_mut("out", &mut out, Elem::F32), offset, noise }.validate().unwrap();
+            Executor::Host(None).noise(&call).unwrap();
+            let mut want = vec![0f32; len];
+            philox::fill(&mut want, offset, 42, 3, kind);
+            assert_eq!(out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        }
+    }
+}
+
+#[test]
+fn bad_arguments_are_refused() {
+    let noise = NoiseSpec::default();
+    let mut out = vec![0f32; 8];
+    let e = NoiseArgs { out: host_mut("out", &mut out, Elem::F32), offset: u64::MAX - 3, noise }.validate().unwrap_err();
+    assert!(matches!(&e, Error::Arg(m) if m.contains("2^64")), "{e}");
+    let mut ints = vec![0i16; 8];
+    assert!(matches!(NoiseArgs { out: host_mut("out", &mut ints, Elem::I16), offset: 0, noise }.validate(), Err(Error::Dtype(_))));
+    // SAFETY: never dereferenced: the call is refused.
+    let ro = unsafe { Buf::new("out", out.as_ptr() as usize, 8, Elem::F32, Mem::Host, false) };
+    assert!(matches!(NoiseArgs { out: ro, offset: 0, noise }.validate(), Err(Error::Arg(_))));
+}
