@@ -21,6 +21,7 @@ fn config(channels: Vec<i64>) -> EstimatorConfig {
         split: "s".into(),
         scale: 1.0,
         objective: "log".into(),
+        context: 0,
     }
 }
 
@@ -189,4 +190,121 @@ fn sensitivity_objective_refuses_a_zero_tau() {
     let disc = |c: &[Tensor], p: &[Tensor]| featjnd_research::estimator::discrepancy::discrepancy(m.task(), c, p);
     let cfg = JndTrain { tau: 0.0, steps: 2, quiet: true, ..JndTrain::default() };
     assert!(train_estimator_with(&m, "s", &mut graded_batch, &cfg, &disc).is_err());
+}
+
+/// Issue 22's context branch: a config written before the field existed (here the committed
+/// NanoDet `stage2` estimator's) reads as `context = 0`, and a config with 0 is written without
+/// the field, so old checkpoints and configs are unchanged.
+#[test]
+fn context_old_config_deserialises_to_zero() {
+    let old = r#"{"channels":[128],"floor":0.001,"hidden":32,"init":0.05,"model":"nanodet","objective":"sensitivity:p=2","scale":7.117065447538218,"split":"stage2"}"#;
+    let c: EstimatorConfig = serde_json::from_str(old).unwrap();
+    assert_eq!(c.context, 0);
+    let back = serde_json::to_value(&c).unwrap();
+    assert!(back.get("context").is_none(), "context 0 is not written: {back}");
+    assert_eq!(back, serde_json::from_str::<serde_json::Value>(old).unwrap());
+    let with = serde_json::to_value(EstimatorConfig { context: 4, ..c }).unwrap();
+    assert_eq!(with["context"], 4);
+}
+
+/// With `context = 0` the estimator is the original network, bit for bit: its maps equal the
+/// chain 1×1 conv, ReLU, 3×3 conv, ReLU, 1×1 conv written out from its own variables, and it has
+/// no other variables.
+#[test]
+fn context_zero_is_the_original_network() {
+    let _rng = common::rng_lock();
+    tch::manual_seed(21);
+    let f = vec![Tensor::randn([2, 6, 9, 7], (Kind::Float, Device::Cpu)) * 2.0 + 0.5];
+    let mut est = JndEstimator::new(EstimatorConfig { scale: 1.7, ..config(vec![6]) }, Device::Cpu);
+    est.calibrate(&f).unwrap();
+    let v = est.vs.variables();
+    let mut names: Vec<&String> = v.keys().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "level.0.c1.bias",
+            "level.0.c1.weight",
+            "level.0.c2.bias",
+            "level.0.c2.weight",
+            "level.0.mean",
+            "level.0.out.bias",
+            "level.0.out.weight",
+            "level.0.std"
+        ]
+    );
+    // Give the weights some structure (they start near zero).
+    tch::no_grad(|| {
+        for (n, t) in est.vs.variables() {
+            if n.ends_with("weight") || n.ends_with("bias") {
+                let mut t = t;
+                let _ = t.normal_(0.0, 0.3);
+            }
+        }
+    });
+    let v = est.vs.variables();
+    let conv = |x: &Tensor, n: &str, pad: i64| x.conv2d(&v[&format!("level.0.{n}.weight")], Some(&v[&format!("level.0.{n}.bias")]), [1, 1], [pad, pad], [1, 1], 1);
+    let (m, s) = (v["level.0.mean"].view([1, -1, 1, 1]), v["level.0.std"].view([1, -1, 1, 1]));
+    let z = conv(&conv(&conv(&((&f[0] - &m) / &s), "c1", 0).relu(), "c2", 1).relu(), "out", 0);
+    let want = (z.softplus() + 1e-3) * 1.7 * &s;
+    let got = est.forward(&f).unwrap().remove(0);
+    assert_eq!((&got - &want).abs().max().double_value(&[]), 0.0);
+}
+
+/// With `context > 0` the maps keep the input's shape for odd and tiny grids (ceil-mode pooling,
+/// upsampling to exactly H×W), are positive and finite, the branch starts at zero (same maps as
+/// without it, same seed), trains (gradients reach both of its convs) and survives a checkpoint
+/// round trip with its config.
+#[test]
+fn context_branch_keeps_odd_shapes() {
+    let _rng = common::rng_lock();
+    for k in [2, 4, 8] {
+        for (h, w) in [(1, 1), (7, 5), (17, 13), (4, 9)] {
+            tch::manual_seed(31);
+            let f = vec![Tensor::randn([2, 5, h, w], (Kind::Float, Device::Cpu)) * 3.0 + 1.0];
+            tch::manual_seed(32);
+            let mut plain = JndEstimator::new(config(vec![5]), Device::Cpu);
+            tch::manual_seed(32);
+            let mut est = JndEstimator::new(EstimatorConfig { context: k, ..config(vec![5]) }, Device::Cpu);
+            plain.calibrate(&f).unwrap();
+            est.calibrate(&f).unwrap();
+            let j = est.forward(&f).unwrap().remove(0);
+            assert_eq!(j.size(), f[0].size(), "context {k}, {h}×{w}");
+            let d = (&j - &plain.forward(&f).unwrap()[0]).abs().max().double_value(&[]);
+            assert_eq!(d, 0.0, "a fresh branch adds nothing (context {k}, {h}×{w})");
+            // A non-zero branch (only its weights change): still the input's shape, positive, finite.
+            tch::no_grad(|| {
+                for (n, t) in est.vs.variables() {
+                    if n.contains("ctx") {
+                        let mut t = t;
+                        let _ = t.normal_(0.0, 0.3);
+                    }
+                }
+            });
+            let (j, lj) = est.forward_log(&f).unwrap().remove(0);
+            assert_eq!(j.size(), f[0].size());
+            assert!(j.min().double_value(&[]) > 0.0 && j.isfinite().all().int64_value(&[]) == 1);
+            assert!((&j - &plain.forward(&f).unwrap()[0]).abs().max().double_value(&[]) > 0.0, "the branch changes J");
+            lj.mean(Kind::Float).backward();
+            let v = est.vs.variables();
+            for n in ["level.0.ctx1.weight", "level.0.ctx2.weight"] {
+                let g = v[n].grad();
+                assert!(g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{n} gets a gradient");
+            }
+            if (h, w) == (7, 5) {
+                let dir = tempfile::tempdir().unwrap();
+                let p = dir.path().join("e.safetensors");
+                let meta = featjnd_research::model::checkpoint::Meta::new(
+                    featjnd_research::estimator::ARCH,
+                    serde_json::to_value(&est.config).unwrap(),
+                    vec!["s".into()],
+                );
+                est.save(&meta, &p).unwrap();
+                let (back, _) = JndEstimator::load(&p, Device::Cpu).unwrap();
+                assert_eq!(back.config.context, k);
+                let d = (&est.forward(&f).unwrap()[0] - &back.forward(&f).unwrap()[0]).abs().max().double_value(&[]);
+                assert_eq!(d, 0.0);
+            }
+        }
+    }
 }

@@ -146,6 +146,10 @@ pub struct TrainJndArgs {
     /// Hidden width of the estimator (default: the task's, see `jnd_defaults`).
     #[arg(long)]
     pub hidden: Option<i64>,
+    /// Context branch of the estimator: pool the hidden map by this factor, two 3×3 convs on the
+    /// coarse grid, upsample and add (`estimator` module docs). 0 (the default) = no branch.
+    #[arg(long, value_parser = clap::value_parser!(i64).range(0..=64))]
+    pub context: Option<i64>,
     /// Training objective: `sensitivity` (the default: shape from the task's per-element
     /// sensitivity with the task's validated exponent, scale held at the constraint),
     /// `sensitivity:P` (exponent P), or `log` (the paper's relaxation, the `featjnd-log` ablation).
@@ -189,6 +193,7 @@ impl TrainJndArgs {
             eps: self.eps.unwrap_or(defaults.eps),
             tau: self.tau.unwrap_or(defaults.tau),
             hidden: self.hidden.unwrap_or(defaults.hidden),
+            context: self.context.unwrap_or(defaults.context),
             seed: self.seed,
             quiet: self.quiet,
             ..defaults

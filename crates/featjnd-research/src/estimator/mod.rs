@@ -9,6 +9,15 @@
 //!
 //! The channel statistics are measured once on clean features before training and stored with
 //! the weights, so `J` is a function of the feature alone.
+//!
+//! Optional context branch (`EstimatorConfig::context = k > 0`, issue 22): the 3×3 receptive
+//! field cannot tell where objects are on a fine grid (NanoDet `stage2`, stride 8). With it, the
+//! hidden map after c1's ReLU is also average-pooled by `k` (ceil mode: odd sizes keep their
+//! last partial cell), passed through 3×3 conv `h → h`, ReLU, 3×3 conv `h → h` on the coarse
+//! grid, upsampled bilinearly to exactly the level's `H×W` and added to c2's output before its
+//! ReLU. Extra cost `18·h²/k²` multiply-adds per position. Its last conv starts at zero, so a
+//! fresh estimator computes what it would without the branch; `context = 0` (the default, and
+//! every checkpoint written before it existed) creates no branch at all.
 
 pub mod discrepancy;
 pub mod distill;
@@ -46,10 +55,18 @@ pub struct EstimatorConfig {
     /// checkpoints written before it was recorded (they are `log`).
     #[serde(default)]
     pub objective: String,
+    /// Pooling factor of the context branch (module docs); 0 = no branch (the default, and
+    /// checkpoints written before it existed). Not written when 0, so those configs stay as they were.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub context: i64,
 }
 
 fn one() -> f64 {
     1.0
+}
+
+fn is_zero(k: &i64) -> bool {
+    *k == 0
 }
 
 struct Level {
@@ -58,6 +75,8 @@ struct Level {
     c1: nn::Conv2D,
     c2: nn::Conv2D,
     c3: nn::Conv2D,
+    /// The context branch's two 3×3 convs (coarse grid), where `context > 0`.
+    ctx: Option<(nn::Conv2D, nn::Conv2D)>,
 }
 
 pub struct JndEstimator {
@@ -71,7 +90,10 @@ fn conv(p: nn::Path, i: i64, o: i64, k: i64) -> nn::Conv2D {
 }
 
 impl JndEstimator {
+    /// A fresh estimator. Panics where `config.context < 0` (configs from files are checked by
+    /// [`JndEstimator::load`]).
     pub fn new(config: EstimatorConfig, device: Device) -> JndEstimator {
+        assert!(config.context >= 0, "estimator context must be ≥ 0, got {}", config.context);
         let vs = VarStore::new(device);
         let r = vs.root();
         let h = config.hidden;
@@ -90,13 +112,21 @@ impl JndEstimator {
                         let _ = b.fill_(b0);
                     }
                 });
-                Level {
-                    mean: p.zeros_no_train("mean", &[c]),
-                    std: p.ones_no_train("std", &[c]),
-                    c1: conv(&p / "c1", c, h, 1),
-                    c2: conv(&p / "c2", h, h, 3),
-                    c3,
-                }
+                let (mean, std) = (p.zeros_no_train("mean", &[c]), p.ones_no_train("std", &[c]));
+                let (c1, c2) = (conv(&p / "c1", c, h, 1), conv(&p / "c2", h, h, 3));
+                // Created after the others, so the rest start as without the branch (same seed).
+                let ctx = (config.context > 0).then(|| {
+                    let a = conv(&p / "ctx1", h, h, 3);
+                    let mut b = conv(&p / "ctx2", h, h, 3);
+                    tch::no_grad(|| {
+                        let _ = b.ws.zero_();
+                        if let Some(bias) = b.bs.as_mut() {
+                            let _ = bias.zero_();
+                        }
+                    });
+                    (a, b)
+                });
+                Level { mean, std, c1, c2, c3, ctx }
             })
             .collect();
         JndEstimator { vs, config, levels }
@@ -141,7 +171,17 @@ impl JndEstimator {
             .zip(feats)
             .map(|(l, f)| {
                 let (m, s) = (l.mean.view([1, -1, 1, 1]), l.std.view([1, -1, 1, 1]));
-                let z = ((f - &m) / &s).apply(&l.c1).relu().apply(&l.c2).relu().apply(&l.c3);
+                let a = ((f - &m) / &s).apply(&l.c1).relu();
+                let y = a.apply(&l.c2);
+                let y = match &l.ctx {
+                    None => y,
+                    Some((c1, c2)) => {
+                        let (k, size) = (self.config.context, a.size());
+                        let g = a.avg_pool2d([k, k], [k, k], [0, 0], true, false, None::<i64>).apply(c1).relu().apply(c2);
+                        y + g.upsample_bilinear2d([size[2], size[3]], false, None::<f64>, None::<f64>)
+                    }
+                };
+                let z = y.relu().apply(&l.c3);
                 let unit = (z.softplus() + self.config.floor) * self.config.scale;
                 (&unit * &s, unit.log())
             })
@@ -160,6 +200,9 @@ impl JndEstimator {
     /// Loads an estimator checkpoint (its config is in the metadata).
     pub fn load(path: &Path, device: Device) -> Result<(JndEstimator, Meta)> {
         let (_, config): (_, EstimatorConfig) = checkpoint::read_config(path)?;
+        if config.context < 0 {
+            return Err(Error::Model(format!("{}: estimator context {} < 0", path.display(), config.context)));
+        }
         let mut est = JndEstimator::new(config, device);
         let meta = checkpoint::load(&mut est.vs, ARCH, path)?;
         Ok((est, meta))

@@ -72,6 +72,8 @@ pub struct JndTrain {
     pub dual_lr: f64,
     pub lambda0: f64,
     pub hidden: i64,
+    /// Pooling factor of the estimator's context branch (`EstimatorConfig::context`; 0 = none).
+    pub context: i64,
     pub floor: f64,
     pub init: f64,
     pub noise: NoiseKind,
@@ -91,6 +93,7 @@ impl Default for JndTrain {
             dual_lr: 20.0,
             lambda0: 1.0,
             hidden: 8,
+            context: 0,
             floor: 1e-3,
             init: 0.05,
             noise: NoiseKind::Gaussian,
@@ -147,6 +150,7 @@ pub(super) fn new_estimator(model: &dyn SplitModel, split: &str, x0: &Tensor, cf
         split: split.to_string(),
         scale: 1.0,
         objective: cfg.objective.name(),
+        context: cfg.context,
     };
     tch::manual_seed(cfg.seed as i64);
     let mut est = JndEstimator::new(config.clone(), x0.device());
