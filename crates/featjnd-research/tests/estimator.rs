@@ -243,7 +243,9 @@ fn context_zero_is_the_original_network() {
         }
     });
     let v = est.vs.variables();
-    let conv = |x: &Tensor, n: &str, pad: i64| x.conv2d(&v[&format!("level.0.{n}.weight")], Some(&v[&format!("level.0.{n}.bias")]), [1, 1], [pad, pad], [1, 1], 1);
+    let conv = |x: &Tensor, n: &str, pad: i64| {
+        x.conv2d(&v[&format!("level.0.{n}.weight")], Some(&v[&format!("level.0.{n}.bias")]), [1, 1], [pad, pad], [1, 1], 1)
+    };
     let (m, s) = (v["level.0.mean"].view([1, -1, 1, 1]), v["level.0.std"].view([1, -1, 1, 1]));
     let z = conv(&conv(&conv(&((&f[0] - &m) / &s), "c1", 0).relu(), "c2", 1).relu(), "out", 0);
     let want = (z.softplus() + 1e-3) * 1.7 * &s;
