@@ -25,7 +25,7 @@ fn caps_and_capped_steps_match_the_slice_api() {
         let mut caps = vec![0f32; t];
         let call =
             CapsArgs { rms: host("rms", &rms, Elem::F32), kappa: 2.0, out: host_mut("caps", &mut caps, Elem::F32) }.validate().unwrap();
-        Executor::Host(None).caps(&call).unwrap();
+        Executor::Host(None).run(&call).unwrap();
         assert_eq!(caps, steps::caps_from_rms(&rms, 2.0).unwrap(), "T = {t}");
         let mut out = vec![0f32; t];
         let args = CappedArgs {
@@ -35,7 +35,7 @@ fn caps_and_capped_steps_match_the_slice_api() {
             beta: 0.7,
             out: host_mut("out", &mut out, Elem::F32),
         };
-        Executor::Host(None).capped(&args.validate().unwrap()).unwrap();
+        Executor::Host(None).run(&args.validate().unwrap()).unwrap();
         let mut want = vec![0f32; t];
         steps::allocate_capped_into(&jt, &caps, 0.05, 0.7, &mut want).unwrap();
         assert_eq!(out, want, "T = {t}");
@@ -58,7 +58,7 @@ fn the_capped_measured_budget_matches_the_slice_api() {
         out: host_mut("out", &mut out, Elem::F32),
     };
     let call = CappedMeasuredArgs { capped, x: host("x", &x, Elem::F32), shape, patch: 1, bits: Bits::B8 }.validate().unwrap();
-    let m = Executor::Host(None).capped_measured(&call).unwrap();
+    let m = Executor::Host(None).run(&call).unwrap();
     let want = steps::bisect_beta(0.01, |beta| {
         let mut s = vec![0f32; g.tokens()];
         steps::allocate_capped_into(&jt, &caps, 0.01, beta, &mut s)?;
@@ -101,6 +101,6 @@ fn bad_arguments_are_refused() {
     let mut bad = vec![1f32; 6];
     bad[4] = f32::NAN;
     let call = CappedArgs { caps: host("caps", &bad, Elem::F32), ..ok }.validate().unwrap();
-    assert!(Executor::Host(None).capped(&call).is_err());
+    assert!(Executor::Host(None).run(&call).is_err());
     assert!(out.iter().all(|&v| v == 0.0));
 }

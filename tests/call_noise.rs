@@ -17,7 +17,7 @@ fn host_executor_writes_the_generator_s_values() {
             let noise = NoiseSpec { kind, seed: 42, subsequence: 3 };
             let mut out = vec![f32::NAN; len];
             let call = NoiseArgs { out: host_mut("out", &mut out, Elem::F32), offset, noise }.validate().unwrap();
-            Executor::Host(None).noise(&call).unwrap();
+            Executor::Host(None).run(&call).unwrap();
             let mut want = vec![0f32; len];
             philox::fill(&mut want, offset, 42, 3, kind);
             assert_eq!(out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>());

@@ -42,7 +42,7 @@ fn case<E: Element>(samples: usize, len: usize, with_j: bool, kind: NoiseKind, s
     };
     let call = args.validate().unwrap();
     assert!(!call.in_place());
-    let rep = Executor::Host(None).perturb(&call).unwrap();
+    let rep = Executor::Host(None).run(&call).unwrap();
     // f16/bf16 round each element once more than the f64 reference.
     let tol = if E::DTYPE == featjnd_kernels::Dtype::F32 { 1e-5 } else { 1e-2 };
     for (i, (a, b)) in out.iter().zip(&want).enumerate() {
@@ -58,7 +58,7 @@ fn case<E: Element>(samples: usize, len: usize, with_j: bool, kind: NoiseKind, s
     let xb = host_mut("x", &mut xi, dt);
     let call = PerturbArgs { x: xb, out: xb, scales_out: None, ..args }.validate().unwrap();
     assert!(call.in_place());
-    Executor::Host(None).perturb(&call).unwrap();
+    Executor::Host(None).run(&call).unwrap();
     assert!(xi == out, "{label}: in place differs from out of place");
 }
 
@@ -129,6 +129,6 @@ fn every_bad_argument_is_refused_before_anything_runs() {
     let call = PerturbArgs { x: host("x", &bad, Elem::F32), jnd: None, out: host_mut("out", &mut o2, Elem::F32), scales_out: None, ..ok }
         .validate()
         .unwrap();
-    let e = Executor::Host(None).perturb(&call).unwrap_err();
+    let e = Executor::Host(None).run(&call).unwrap_err();
     assert!(matches!(e, Error::NonFinite { index: 13, .. }), "{e}");
 }

@@ -58,7 +58,7 @@ fn case<E: Element>(layout: Layout, dims: [usize; 4], patch: usize, bits: Bits, 
     };
     let call = args.validate().unwrap();
     assert!(!call.in_place());
-    let r = Executor::Host(None).quantize(&call).unwrap();
+    let r = Executor::Host(None).run(&call).unwrap();
     let label = format!("{layout:?} {dims:?} p={patch} {bits:?} {}", E::DTYPE.name());
     let syms: Vec<i32> = match bits {
         Bits::B8 => s8.iter().map(|&v| v as i32).collect(),
@@ -83,7 +83,7 @@ fn case<E: Element>(layout: Layout, dims: [usize; 4], patch: usize, bits: Bits, 
     let args = QuantizeArgs { x: xb, recon: Some(xb.named("recon")), symbols: None, token_sse: None, histogram_out: None, ..args };
     let call = args.validate().unwrap();
     assert!(call.in_place());
-    let ri = Executor::Host(None).quantize(&call).unwrap();
+    let ri = Executor::Host(None).run(&call).unwrap();
     assert!(xi == want.recon, "{label}: in place");
     assert_eq!(ri.histogram, r.histogram, "{label}: in place histogram");
 }
@@ -179,7 +179,7 @@ fn every_bad_argument_is_refused_before_anything_runs() {
     // step values are checked when the call runs, before anything is written (contract §4.2)
     let bad = vec![0.5f32, 0.5, f32::NAN, 0.5];
     let call = args(&x, &bad, &mut sse).validate().unwrap();
-    let e = Executor::Host(None).quantize(&call).err().unwrap();
+    let e = Executor::Host(None).run(&call).err().unwrap();
     assert!(matches!(&e, Error::Arg(m) if m.contains("Δ[2]")), "{e}");
     assert!(sse.iter().all(|&v| v == 0.0));
 }

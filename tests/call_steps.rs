@@ -31,7 +31,7 @@ fn allocation_matches_the_slice_api() {
                 beta: 0.5,
                 out: host_mut("out", &mut out, Elem::F32),
             };
-            Executor::Host(None).allocate(&args.validate().unwrap()).unwrap();
+            Executor::Host(None).run(&args.validate().unwrap()).unwrap();
             let mut want = vec![0f32; t];
             steps::allocate_into(&jt, 0.01, strategy, 0.5, &mut want).unwrap();
             assert_eq!(out, want, "T = {t} {strategy:?}");
@@ -54,7 +54,7 @@ fn the_measured_budget_matches_the_slice_api() {
         out: host_mut("out", &mut out, Elem::F32),
     };
     let call = MeasuredArgs { alloc, x: host("x", &x, Elem::F32), shape, patch: 7, bits: Bits::B8 }.validate().unwrap();
-    let m = Executor::Host(None).allocate_measured(&call).unwrap();
+    let m = Executor::Host(None).run(&call).unwrap();
     let want = steps::bisect_beta(0.02, |beta| {
         let mut s = vec![0f32; g.tokens()];
         steps::allocate_into(&jt, 0.02, Strategy::Jnd, beta, &mut s)?;
@@ -96,7 +96,7 @@ fn every_bad_argument_is_refused() {
     let mut bad = vec![1f32; 8];
     bad[5] = -2.0;
     let call = AllocateArgs { token_tol: host("jt", &bad, Elem::F32), ..ok }.validate().unwrap();
-    assert!(matches!(Executor::Host(None).allocate(&call), Err(Error::Jnd { index: 5, .. })));
+    assert!(matches!(Executor::Host(None).run(&call), Err(Error::Jnd { index: 5, .. })));
     assert!(out.iter().all(|&v| v == 0.0));
     // The measured call: x's token count must match, and the output must not overlap x.
     let shape = FeatureShape::nchw(1, 2, 3, 3);

@@ -33,13 +33,13 @@ fn case<E: Element>(shape: FeatureShape, patch: usize, seed: u64) {
             stat: TokenStat::Tolerance(reduce),
             out: host_mut("out", &mut out, Elem::F32),
         };
-        Executor::Host(None).token_stats(&args.validate().unwrap()).unwrap();
+        Executor::Host(None).run(&args.validate().unwrap()).unwrap();
         for (a, b) in out.iter().zip(reference::token_tolerance(&j, &g, reduce)) {
             assert!(rel_close(*a as f64, b as f64, 1e-5, 0.0), "{label} {reduce:?}: {a} vs {b}");
         }
     }
     let args = TokenStatsArgs { input: host("x", &x, dt), shape, patch, stat: TokenStat::Rms, out: host_mut("out", &mut out, Elem::F32) };
-    Executor::Host(None).token_stats(&args.validate().unwrap()).unwrap();
+    Executor::Host(None).run(&args.validate().unwrap()).unwrap();
     for (a, b) in out.iter().zip(reference::token_rms(&x, &g)) {
         assert!(rel_close(*a as f64, b as f64, 1e-5, 1e-30), "{label} rms: {a} vs {b}");
     }
@@ -92,8 +92,8 @@ fn every_bad_argument_is_refused_and_bad_values_name_their_index() {
     let mut bad = vec![1f32; 32];
     bad[21] = 0.0;
     let call = TokenStatsArgs { input: host("J", &bad, Elem::F32), ..ok }.validate().unwrap();
-    assert!(matches!(Executor::Host(None).token_stats(&call), Err(Error::Jnd { index: 21, .. })));
+    assert!(matches!(Executor::Host(None).run(&call), Err(Error::Jnd { index: 21, .. })));
     bad[21] = f32::INFINITY;
     let call = TokenStatsArgs { input: host("x", &bad, Elem::F32), stat: TokenStat::Rms, ..ok }.validate().unwrap();
-    assert!(matches!(Executor::Host(None).token_stats(&call), Err(Error::NonFinite { index: 21, .. })));
+    assert!(matches!(Executor::Host(None).run(&call), Err(Error::NonFinite { index: 21, .. })));
 }

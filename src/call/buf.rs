@@ -180,6 +180,14 @@ impl Buf {
         Ok(())
     }
 
+    /// The host executor's precondition: `Error::MixedDevices` unless the array is host memory.
+    pub fn on_host(&self) -> Result<()> {
+        if self.mem != Mem::Host {
+            return Err(Error::MixedDevices(format!("{} is in {}; this executor runs on the host", self.name, self.mem)));
+        }
+        Ok(())
+    }
+
     /// The array as a slice.
     ///
     /// # Safety

@@ -8,7 +8,7 @@ use crate::geom::{Bits, FeatureShape, TokenGrid};
 use crate::steps::{self, Measured};
 use crate::with_elem;
 
-use super::buf::{no_overlap, Buf, Elem, Mem};
+use super::buf::{no_overlap, Buf, Elem};
 
 /// `T` f32 token values (tolerances, RMS values, caps): f32, at least one, in `mem`.
 fn token_values(b: &Buf, what: &'static str, len: Option<usize>) -> Result<()> {
@@ -22,13 +22,6 @@ fn token_values(b: &Buf, what: &'static str, len: Option<usize>) -> Result<()> {
         return Err(Error::Shape(format!("{} has {} values for {n} tokens", b.name, b.len())));
     }
     b.expect(Elem::F32, b.len(), b.mem())
-}
-
-fn host_only(b: &Buf) -> Result<()> {
-    if b.mem() != Mem::Host {
-        return Err(Error::MixedDevices(format!("{} is in {}; this executor runs on the host", b.name, b.mem())));
-    }
-    Ok(())
 }
 
 /// Caps `c_t = κ·max(r_t, 2^-24·max_t r_t)` from token RMS values.
@@ -62,7 +55,7 @@ impl CapsCall {
 
     pub(crate) fn run_host(&self) -> Result<()> {
         let a = &self.a;
-        host_only(&a.rms)?;
+        a.rms.on_host()?;
         // SAFETY: a validated host input of `T` f32, only read; the output overlaps it nowhere.
         let v = steps::caps_from_rms(unsafe { a.rms.slice() }, a.kappa)?;
         // SAFETY: a validated writable host output of `T` f32, overlapping nothing.
@@ -117,7 +110,7 @@ impl CappedCall {
 
     pub(crate) fn run_host(&self) -> Result<()> {
         let a = &self.a;
-        host_only(&a.token_tol)?;
+        a.token_tol.on_host()?;
         // SAFETY: validated host inputs of `T` f32, only read; the output overlaps them nowhere.
         let (j, c): (&[f32], &[f32]) = unsafe { (a.token_tol.slice(), a.caps.slice()) };
         let mut v = vec![0f32; j.len()];
@@ -171,7 +164,7 @@ impl CappedMeasuredCall {
 
     pub(crate) fn run_host(&self) -> Result<Measured> {
         let (a, g) = (&self.a, &self.grid);
-        host_only(&a.x)?;
+        a.x.on_host()?;
         let c = &a.capped;
         // SAFETY: validated host inputs of `T` f32, only read; the output overlaps them nowhere.
         let (j, cp): (&[f32], &[f32]) = unsafe { (c.token_tol.slice(), c.caps.slice()) };

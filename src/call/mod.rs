@@ -38,74 +38,48 @@ pub enum Executor<'a> {
     Cuda(&'a Cuda),
 }
 
+/// A validated call: what it computes on each executor. Every op's `Call` type implements it,
+/// and only those types exist, so an executor can only run a call that passed its `validate()`.
+pub trait Call: Sync {
+    type Output: Send;
+    #[doc(hidden)]
+    fn run_host(&self) -> Result<Self::Output>;
+    #[doc(hidden)]
+    fn run_cuda(&self, g: &Cuda) -> Result<Self::Output>;
+}
+
 impl Executor<'_> {
-    fn on_host<T: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> T + Send) -> T {
-        match pool {
-            Some(p) => p.install(f),
-            None => f(),
-        }
-    }
-
-    pub fn quantize(&self, c: &QuantizeCall) -> Result<QuantizeReport> {
+    /// Runs a validated call here: in the pool on the host, on the device's stream on CUDA.
+    pub fn run<C: Call>(&self, c: &C) -> Result<C::Output> {
         match self {
-            Executor::Host(pool) => Self::on_host(*pool, || c.run_host()),
-            Executor::Cuda(g) => g.quantize(c),
-        }
-    }
-
-    pub fn perturb(&self, c: &PerturbCall) -> Result<PerturbReport> {
-        match self {
-            Executor::Host(pool) => Self::on_host(*pool, || c.run_host()),
-            Executor::Cuda(g) => g.perturb(c),
-        }
-    }
-
-    pub fn token_stats(&self, c: &TokenStatsCall) -> Result<()> {
-        match self {
-            Executor::Host(pool) => Self::on_host(*pool, || c.run_host()),
-            Executor::Cuda(g) => g.token_stats(c),
-        }
-    }
-
-    pub fn allocate(&self, c: &AllocateCall) -> Result<()> {
-        match self {
-            Executor::Host(pool) => Self::on_host(*pool, || c.run_host()),
-            Executor::Cuda(g) => g.allocate(c),
-        }
-    }
-
-    pub fn allocate_measured(&self, c: &MeasuredCall) -> Result<Measured> {
-        match self {
-            Executor::Host(pool) => Self::on_host(*pool, || c.run_host()),
-            Executor::Cuda(g) => g.allocate_measured(c),
-        }
-    }
-
-    pub fn caps(&self, c: &CapsCall) -> Result<()> {
-        match self {
-            Executor::Host(pool) => Self::on_host(*pool, || c.run_host()),
-            Executor::Cuda(g) => g.caps(c),
-        }
-    }
-
-    pub fn capped(&self, c: &CappedCall) -> Result<()> {
-        match self {
-            Executor::Host(pool) => Self::on_host(*pool, || c.run_host()),
-            Executor::Cuda(g) => g.capped(c),
-        }
-    }
-
-    pub fn capped_measured(&self, c: &CappedMeasuredCall) -> Result<Measured> {
-        match self {
-            Executor::Host(pool) => Self::on_host(*pool, || c.run_host()),
-            Executor::Cuda(g) => g.capped_measured(c),
-        }
-    }
-
-    pub fn noise(&self, c: &NoiseCall) -> Result<()> {
-        match self {
-            Executor::Host(pool) => Self::on_host(*pool, || c.run_host()),
-            Executor::Cuda(g) => g.noise(c),
+            Executor::Host(Some(p)) => p.install(|| c.run_host()),
+            Executor::Host(None) => c.run_host(),
+            Executor::Cuda(g) => c.run_cuda(g),
         }
     }
 }
+
+/// `Call` for an op's call type: its host run and its CUDA executor method.
+macro_rules! call {
+    ($t:ty => $out:ty, $cuda:ident) => {
+        impl Call for $t {
+            type Output = $out;
+            fn run_host(&self) -> Result<$out> {
+                <$t>::run_host(self)
+            }
+            fn run_cuda(&self, g: &Cuda) -> Result<$out> {
+                g.$cuda(self)
+            }
+        }
+    };
+}
+
+call!(QuantizeCall => QuantizeReport, quantize);
+call!(PerturbCall => PerturbReport, perturb);
+call!(TokenStatsCall => (), token_stats);
+call!(AllocateCall => (), allocate);
+call!(MeasuredCall => Measured, allocate_measured);
+call!(CapsCall => (), caps);
+call!(CappedCall => (), capped);
+call!(CappedMeasuredCall => Measured, capped_measured);
+call!(NoiseCall => (), noise);

@@ -40,9 +40,7 @@ impl NoiseCall {
 
     pub(crate) fn run_host(&self) -> Result<()> {
         let a = &self.a;
-        if a.out.mem() != super::Mem::Host {
-            return Err(Error::MixedDevices(format!("{} is in {}; this executor runs on the host", a.out.name, a.out.mem())));
-        }
+        a.out.on_host()?;
         // SAFETY: a validated writable host output of `len` f32, the call's only array.
         crate::philox::fill(unsafe { a.out.slice_mut::<f32>() }, a.offset, a.noise.seed, a.noise.subsequence, a.noise.kind);
         Ok(())

@@ -4,7 +4,7 @@ use crate::cpu::{self, perturb::NoiseSpec, PerturbReport};
 use crate::error::{Error, Result};
 use crate::with_elem;
 
-use super::buf::{no_overlap, Buf, Elem, Mem};
+use super::buf::{no_overlap, Buf, Elem};
 
 /// What a perturbation reads and writes: `out = x + s_n·J⊙ξ`. `out` may be `x` itself (same
 /// address and length, writable): the in-place call. `jnd = None` is `J ≡ 1`.
@@ -88,9 +88,7 @@ impl PerturbCall {
     /// The CPU path (multi-threaded on the current rayon pool).
     pub(crate) fn run_host(&self) -> Result<PerturbReport> {
         let a = &self.a;
-        if a.x.mem() != Mem::Host {
-            return Err(Error::MixedDevices(format!("{} is in {}; this executor runs on the host", a.x.name, a.x.mem())));
-        }
+        a.x.on_host()?;
         let dt = a.x.elem().dtype().expect("validated");
         // Every slice below: host arrays of a validated call, live, aligned and as long as
         // viewed (`Buf::new`'s contract, `validate`'s checks); the output overlaps no input

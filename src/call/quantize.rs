@@ -6,7 +6,7 @@ use crate::geom::{Bits, FeatureShape, TokenGrid};
 use crate::rate::Rate;
 use crate::with_elem;
 
-use super::buf::{no_overlap, Buf, Elem, Mem};
+use super::buf::{no_overlap, Buf, Elem};
 
 /// What a quantization reads and writes. `recon` may be `x` itself (same address and length,
 /// writable): the in-place call.
@@ -132,9 +132,7 @@ impl QuantizeCall {
     /// before anything is read (contract §4.2).
     pub(crate) fn run_host(&self) -> Result<QuantizeReport> {
         let (a, g) = (&self.a, &self.grid);
-        if a.x.mem() != Mem::Host {
-            return Err(Error::MixedDevices(format!("{} is in {}; this executor runs on the host", a.x.name, a.x.mem())));
-        }
+        a.x.on_host()?;
         // Every slice below: host arrays of a validated call, so each is live, aligned and as long
         // as viewed (`Buf::new`'s contract, `validate`'s checks); outputs overlap no input and no
         // other output (checked), so each mutable slice is the only view of its memory; in place,

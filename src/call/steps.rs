@@ -8,7 +8,7 @@ use crate::geom::{Bits, FeatureShape, Strategy, TokenGrid};
 use crate::steps::{self, Measured};
 use crate::with_elem;
 
-use super::buf::{no_overlap, Buf, Elem, Mem};
+use super::buf::{no_overlap, Buf, Elem};
 
 /// Nominal steps `Δ_t` (times a common `β`) from token tolerances `j_t`.
 #[derive(Debug, Clone, Copy)]
@@ -97,9 +97,7 @@ impl AllocateCall {
 
     pub(crate) fn run_host(&self) -> Result<()> {
         let a = &self.a;
-        if a.token_tol.mem() != Mem::Host {
-            return Err(Error::MixedDevices(format!("{} is in {}; this executor runs on the host", a.token_tol.name, a.token_tol.mem())));
-        }
+        a.token_tol.on_host()?;
         // SAFETY: a validated host input of `T` f32, only read; the output overlaps it nowhere.
         let v = self.steps(unsafe { a.token_tol.slice() })?;
         // SAFETY: a validated writable host output of `T` f32, overlapping nothing.
@@ -131,9 +129,7 @@ impl MeasuredCall {
 
     pub(crate) fn run_host(&self) -> Result<Measured> {
         let (a, g) = (&self.a, &self.grid);
-        if a.x.mem() != Mem::Host {
-            return Err(Error::MixedDevices(format!("{} is in {}; this executor runs on the host", a.x.name, a.x.mem())));
-        }
+        a.x.on_host()?;
         let dt = a.x.elem().dtype().expect("validated");
         // SAFETY: a validated host input of `T` f32, only read; the output overlaps it nowhere.
         let jt: &[f32] = unsafe { a.alloc.token_tol.slice() };

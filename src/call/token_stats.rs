@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::geom::{FeatureShape, Reduce, TokenGrid};
 use crate::with_elem;
 
-use super::buf::{no_overlap, Buf, Elem, Mem};
+use super::buf::{no_overlap, Buf, Elem};
 
 /// Which statistic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,9 +62,7 @@ impl TokenStatsCall {
 
     pub(crate) fn run_host(&self) -> Result<()> {
         let (a, g) = (&self.a, &self.grid);
-        if a.input.mem() != Mem::Host {
-            return Err(Error::MixedDevices(format!("{} is in {}; this executor runs on the host", a.input.name, a.input.mem())));
-        }
+        a.input.on_host()?;
         let dt = a.input.elem().dtype().expect("validated");
         let v = with_elem!(dt, E => {
             // SAFETY: a validated host input of `numel` elements of `E`, only read; the output

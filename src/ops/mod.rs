@@ -128,7 +128,7 @@ fn token_stat(t: &Tensor, name: &'static str, layout: Layout, patch: usize, stat
     let grid = grid_of(t, layout, patch)?;
     let out = Tensor::f_empty([grid.tokens() as i64], (Kind::Float, t.device()))?;
     let call = TokenStatsArgs { input: buf(t, name)?, shape: grid.shape, patch, stat, out: buf(&out, "out")? }.validate()?;
-    on_device(t.device(), |ex| ex.token_stats(&call))?;
+    on_device(t.device(), |ex| ex.run(&call))?;
     Ok(out)
 }
 
@@ -164,7 +164,7 @@ pub fn caps_from_rms(rms: &Tensor, kappa: f32) -> Result<Tensor> {
     let rms = rms.f_contiguous()?;
     let out = Tensor::f_empty([rms.numel() as i64], (Kind::Float, rms.device()))?;
     let call = CapsArgs { rms: buf(&rms, "token RMS")?, kappa, out: buf(&out, "caps")? }.validate()?;
-    on_device(rms.device(), |ex| ex.caps(&call))?;
+    on_device(rms.device(), |ex| ex.run(&call))?;
     Ok(out)
 }
 
@@ -189,7 +189,7 @@ pub fn allocate_steps_capped(jt: &Tensor, caps: &Tensor, budget: f64, beta: f64)
     let _range = crate::nvtx::range("featjnd::allocate_steps_capped");
     let (args, out, _inputs) = capped_args(jt, caps, budget, beta)?;
     let call = args.validate()?;
-    on_device(jt.device(), |ex| ex.capped(&call))?;
+    on_device(jt.device(), |ex| ex.run(&call))?;
     Ok(out)
 }
 
@@ -211,7 +211,7 @@ pub fn allocate_steps_capped_measured(
     let grid = grid_of(x, layout, patch)?;
     let (capped, out, _inputs) = capped_args(jt, caps, budget, 1.0)?;
     let call = CappedMeasuredArgs { capped, x: buf(x, "x")?, shape: grid.shape, patch, bits }.validate()?;
-    let m = on_device(x.device(), |ex| ex.capped_measured(&call))?;
+    let m = on_device(x.device(), |ex| ex.run(&call))?;
     Ok((out, m))
 }
 
@@ -266,7 +266,7 @@ pub fn allocate_steps_scaled(jt: &Tensor, budget: f64, strategy: Strategy, beta:
     let _range = crate::nvtx::range("featjnd::allocate_steps");
     let (alloc, out) = allocate_args(jt, budget, strategy, beta)?;
     let call = alloc.validate()?;
-    on_device(jt.device(), |ex| ex.allocate(&call))?;
+    on_device(jt.device(), |ex| ex.run(&call))?;
     Ok(out)
 }
 
@@ -496,7 +496,7 @@ fn run_quantize(
     in_place: bool,
     outs: Outs,
 ) -> Result<Quantized> {
-    let r = ex.quantize(&quantize_call(x, grid, steps, opts, in_place, &outs)?)?;
+    let r = ex.run(&quantize_call(x, grid, steps, opts, in_place, &outs)?)?;
     let Outs { symbols, recon, token_sse } = outs;
     Ok(Quantized {
         symbols,
@@ -540,7 +540,7 @@ pub fn allocate_steps_measured(
     let grid = grid_of(x, layout, patch)?;
     let (alloc, out) = allocate_args(jt, budget, strategy, 1.0)?;
     let call = MeasuredArgs { alloc, x: buf(x, "x")?, shape: grid.shape, patch, bits }.validate()?;
-    let m = on_device(x.device(), |ex| ex.allocate_measured(&call))?;
+    let m = on_device(x.device(), |ex| ex.run(&call))?;
     Ok((out, m))
 }
 
@@ -643,7 +643,7 @@ fn check_perturb(x: &Tensor, jnd: Option<&Tensor>) -> Result<(Dtype, usize)> {
 fn perturb_impl(x: &Tensor, jnd: Option<&Tensor>, nrmse: f64, noise: NoiseSpec, out: Option<&Tensor>) -> Result<PerturbReport> {
     let _range = crate::nvtx::range("featjnd::perturb");
     let (_, samples) = check_perturb(x, jnd)?;
-    on_device(x.device(), |ex| ex.perturb(&perturb_call(x, jnd, samples, nrmse, noise, out, &[])?))
+    on_device(x.device(), |ex| ex.run(&perturb_call(x, jnd, samples, nrmse, noise, out, &[])?))
 }
 
 /// The core's perturbation call for checked tensors (`out = None`: in place; `extra_out`: further
@@ -683,7 +683,7 @@ fn perturb_cpu(
     noise: NoiseSpec,
     out: Option<&Tensor>,
 ) -> Result<PerturbReport> {
-    Executor::Host(None).perturb(&perturb_call(x, jnd, samples, nrmse, noise, out, &[])?)
+    Executor::Host(None).run(&perturb_call(x, jnd, samples, nrmse, noise, out, &[])?)
 }
 
 /// The noise `ξ` of flat elements `offset .. offset + numel` (SPEC §5) as an f32 tensor on `device`.
@@ -698,8 +698,8 @@ pub fn noise(numel: usize, offset: u64, noise: NoiseSpec, device: Device) -> Res
     let out = Tensor::f_empty([numel as i64], (Kind::Float, device))?;
     let call = NoiseArgs { out: buf(&out, "noise")?, offset, noise }.validate()?;
     match &cuda {
-        Some(c) => Executor::Cuda(c).noise(&call)?,
-        None => Executor::Host(None).noise(&call)?,
+        Some(c) => Executor::Cuda(c).run(&call)?,
+        None => Executor::Host(None).run(&call)?,
     }
     Ok(out)
 }

@@ -342,7 +342,7 @@ pub fn perturb_async<'a>(
     }
     // SAFETY: `stats` was checked for `slots` on the CPU and is disjoint from everything else.
     let s = unsafe { cpu_slots(stats, slots) };
-    match Executor::Host(None).perturb(&call) {
+    match Executor::Host(None).run(&call) {
         Ok(rep) => raw::encode_perturb(s, None, &rep),
         Err(e) => match raw::bad_of_error(&e) {
             Some(b) => raw::encode_perturb(s, Some(b), &PerturbReport { scales: vec![0.0; samples], zero_samples: vec![] }),

@@ -604,7 +604,7 @@ unsafe fn token_stat(
     };
     let call = TokenStatsArgs { input, shape: feat.shape, patch: patch.max(1) as usize, stat, out }.validate()?;
     // SAFETY: `stream` per this fn's contract.
-    unsafe { run_on(c, stream, |ex| ex.token_stats(&call)) }
+    unsafe { run_on(c, stream, |ex| ex.run(&call)) }
 }
 
 fn reduce_of(r: u32) -> R<Reduce> {
@@ -689,7 +689,7 @@ pub unsafe extern "C" fn fj_allocate_steps(
         let call = AllocateArgs { token_tol: jt, budget, strategy: s, beta: 1.0, out }.validate()?;
         // SAFETY: null is the legacy default stream, valid for the whole call. The `T` values
         // make one trip through the host (contract §3), as on every surface.
-        unsafe { run_on(c, std::ptr::null_mut(), |ex| ex.allocate(&call)) }
+        unsafe { run_on(c, std::ptr::null_mut(), |ex| ex.run(&call)) }
     })
 }
 
@@ -774,7 +774,7 @@ pub unsafe extern "C" fn fj_caps_from_rms(
         let [rms, out] = unsafe { token_arrays(c, tokens, [(rms, "rms", false), (caps_out, "caps_out", true)])? };
         let call = CapsArgs { rms, kappa, out }.validate()?;
         // SAFETY: `stream` per the contract.
-        unsafe { run_on(c, stream, |ex| ex.caps(&call)) }
+        unsafe { run_on(c, stream, |ex| ex.run(&call)) }
     })
 }
 
@@ -807,7 +807,7 @@ pub unsafe extern "C" fn fj_allocate_steps_capped(
             unsafe { token_arrays(c, tokens, [(token_tol, "token_tol", false), (caps, "caps", false), (steps_out, "steps_out", true)])? };
         let call = CappedArgs { token_tol, caps, budget, beta: 1.0, out }.validate()?;
         // SAFETY: `stream` per the contract.
-        unsafe { run_on(c, stream, |ex| ex.capped(&call)) }
+        unsafe { run_on(c, stream, |ex| ex.run(&call)) }
     })
 }
 
@@ -840,7 +840,7 @@ pub unsafe extern "C" fn fj_quantize(
         // SAFETY: `x` and `opts` are null or readable (contract).
         let q = unsafe { quant_call(c, x, steps, opts, false, None, &[], res.as_slice())? };
         // SAFETY: `stream` per the contract. On CUDA the histogram goes to its device array.
-        let r = unsafe { run_on(c, stream, |ex| ex.quantize(&q.call))? };
+        let r = unsafe { run_on(c, stream, |ex| ex.run(&q.call))? };
         // SAFETY: `result` is null or writable (contract); the histogram already went to
         // `opts->histogram` through the call.
         unsafe { finish_quantize(&r, std::ptr::null_mut(), result) }
@@ -916,7 +916,7 @@ unsafe fn quant_call(
 
 /// The CPU quantization of a validated call, in the context's pool.
 fn quantize_host(c: &FjContext, q: &QuantCall) -> Result<QuantizeReport, Error> {
-    Executor::Host(c.pool.as_ref()).quantize(&q.call)
+    Executor::Host(c.pool.as_ref()).run(&q.call)
 }
 
 /// Fills the result struct (and copies the histogram to the host array `hist_out` when set).
@@ -970,7 +970,7 @@ pub unsafe extern "C" fn fj_perturb(
         // SAFETY: `x`, `jnd` and `opts` are null or readable (contract).
         let pc = unsafe { perturb_call(c, x, jnd, nrmse, opts, out, &[])? };
         // SAFETY: `stream` per the contract. On CUDA the scales go to their device array.
-        unsafe { run_on(c, stream, |ex| ex.perturb(&pc.call).map(drop)) }
+        unsafe { run_on(c, stream, |ex| ex.run(&pc.call).map(drop)) }
     })
 }
 
@@ -1045,7 +1045,7 @@ unsafe fn perturb_call(
 /// The CPU perturbation of a validated call, in the context's pool (the scales also go to
 /// `opts->scales` when given).
 fn perturb_host(c: &FjContext, pc: &PerturbCall) -> Result<cpu::PerturbReport, Error> {
-    Executor::Host(c.pool.as_ref()).perturb(&pc.call)
+    Executor::Host(c.pool.as_ref()).run(&pc.call)
 }
 
 // ---- the sync-free calls (issue 15 §1): statistics in caller memory, decoded later ----

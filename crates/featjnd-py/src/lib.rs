@@ -250,7 +250,7 @@ fn token_stat(
     let g = token_grid(&ia.shape, layout, patch)?;
     let dev = device_of(&[&ia, &oa])?;
     let call = TokenStatsArgs { input: ia.buf(), shape: g.shape, patch, stat, out: oa.buf() }.validate()?;
-    on_device(py, dev, stream, |ex| ex.token_stats(&call))
+    on_device(py, dev, stream, |ex| ex.run(&call))
 }
 
 /// Nominal steps `Δ_t` for budget `D` (contract §3.2), times `beta`.
@@ -275,7 +275,7 @@ fn allocate_steps(
         f32_vector(&ja, Error::Arg)?;
         f32_vector(&oa, Error::Shape)?;
         let call = AllocateArgs { token_tol: ja.buf(), budget, strategy, beta, out: oa.buf() }.validate()?;
-        on_device(py, dev, stream, |ex| ex.allocate(&call))
+        on_device(py, dev, stream, |ex| ex.run(&call))
     })
 }
 
@@ -319,7 +319,7 @@ fn allocate_steps_measured(
         f32_vector(&oa, Error::Shape)?;
         let alloc = AllocateArgs { token_tol: ja.buf(), budget, strategy, beta: 1.0, out: oa.buf() };
         let call = MeasuredArgs { alloc, x: xa.buf(), shape: g.shape, patch, bits }.validate()?;
-        let m = on_device(py, dev, stream, |ex| ex.allocate_measured(&call))?;
+        let m = on_device(py, dev, stream, |ex| ex.run(&call))?;
         Ok((m.beta, m.measured_mse, m.evaluations))
     })
 }
@@ -343,7 +343,7 @@ fn caps_from_rms(py: Python<'_>, rms: &Bound<'_, PyAny>, kappa: f32, out: &Bound
         f32_vector(&ra, Error::Arg)?;
         f32_vector(&oa, Error::Shape)?;
         let call = CapsArgs { rms: ra.buf(), kappa, out: oa.buf() }.validate()?;
-        on_device(py, dev, stream, |ex| ex.caps(&call))?;
+        on_device(py, dev, stream, |ex| ex.run(&call))?;
         Ok(())
     })
 }
@@ -370,7 +370,7 @@ fn allocate_steps_capped(
         f32_vector(&ca, Error::Arg)?;
         f32_vector(&oa, Error::Shape)?;
         let call = CappedArgs { token_tol: ja.buf(), caps: ca.buf(), budget, beta, out: oa.buf() }.validate()?;
-        on_device(py, dev, stream, |ex| ex.capped(&call))?;
+        on_device(py, dev, stream, |ex| ex.run(&call))?;
         Ok(())
     })
 }
@@ -405,7 +405,7 @@ fn allocate_steps_capped_measured(
         f32_vector(&oa, Error::Shape)?;
         let capped = CappedArgs { token_tol: ja.buf(), caps: ca.buf(), budget, beta: 1.0, out: oa.buf() };
         let call = CappedMeasuredArgs { capped, x: xa.buf(), shape: g.shape, patch, bits }.validate()?;
-        let m = on_device(py, dev, stream, |ex| ex.capped_measured(&call))?;
+        let m = on_device(py, dev, stream, |ex| ex.run(&call))?;
         Ok((m.beta, m.measured_mse, m.evaluations))
     })
 }
@@ -455,7 +455,7 @@ fn quantize<'py>(
             histogram_out: None,
         }
         .validate()?;
-        let r = on_device(py, dev, stream, |ex| ex.quantize(&call))?;
+        let r = on_device(py, dev, stream, |ex| ex.run(&call))?;
         Ok((r, g))
     })?;
     let d = PyDict::new(py);
@@ -514,7 +514,7 @@ fn perturb(
             scales_out: None,
         }
         .validate()?;
-        let rep = on_device(py, dev, stream, |ex| ex.perturb(&call))?;
+        let rep = on_device(py, dev, stream, |ex| ex.run(&call))?;
         Ok((rep.scales, rep.zero_samples))
     })
 }
@@ -527,7 +527,7 @@ fn noise(py: Python<'_>, out: &Bound<'_, PyAny>, offset: u64, seed: u64, subsequ
         let spec = NoiseSpec { kind: parse_noise(noise)?, seed, subsequence };
         let oa = import(out, "out", stream)?;
         let call = NoiseArgs { out: oa.buf(), offset, noise: spec }.validate()?;
-        on_device(py, oa.dev, stream, |ex| ex.noise(&call))?;
+        on_device(py, oa.dev, stream, |ex| ex.run(&call))?;
         Ok(())
     })
 }
