@@ -18,18 +18,18 @@ use cudarc::driver::result as cu;
 use cudarc::driver::sys::{self, CUdeviceptr, CUmemorytype, CUpointer_attribute, CUresult};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 
-use super::buf::{Buf, Mem};
+use super::buf::{Buf, Elem, Mem};
 use super::capped::{CappedArgs, CappedCall, CappedMeasuredCall, CapsCall};
 use super::noise::NoiseCall;
-use super::perturb::PerturbCall;
-use super::quantize::{QuantizeCall, QuantizeReport};
+use super::perturb::{PerturbArgs, PerturbCall};
+use super::quantize::{QuantizeArgs, QuantizeCall, QuantizeReport};
 use super::steps::{AllocateCall, MeasuredCall};
 use super::token_stats::{TokenStat, TokenStatsCall};
 use crate::cpu::PerturbReport;
 use crate::cuda::raw::{self, DevPtr, DevPtrMut, Elems, Launch, PerturbPtrs, QuantPtrs, StatsBuf};
 use crate::cuda::{cuda_err, Device};
 use crate::error::{Error, Result};
-use crate::geom::{Bits, TokenGrid};
+use crate::geom::{Bits, Reduce, Strategy, TokenGrid};
 use crate::steps::Measured;
 
 /// One device and one stream.
@@ -367,6 +367,172 @@ impl Cuda {
         }
         // SAFETY: a validated device array of `len` f32 on this device, the call's only array.
         unsafe { raw::noise(self.launch(), DevPtrMut::from_addr(a.out.addr() as u64), a.out.len(), a.offset, a.noise) }
+    }
+}
+
+// ---- the sync-free calls (contract §8): enqueue only, statistics in the caller's array ----
+
+impl Cuda {
+    /// The caller's statistics array (`I64`, in this device's memory) as the launchers' view.
+    fn stats_view(&self, stats: &Buf) -> Result<StatsBuf> {
+        if stats.elem() != Elem::I64 {
+            return Err(Error::Arg(format!("{} must be i64, got {}", stats.name, stats.elem().name())));
+        }
+        self.check(&[stats])?;
+        Ok(StatsBuf::new(DevPtrMut::from_addr(stats.addr() as u64), stats.len()))
+    }
+
+    /// Checks and zeroes (a memset node) the caller's statistics.
+    fn zeroed(&self, stats: &Buf) -> Result<StatsBuf> {
+        let view = self.stats_view(stats)?;
+        // SAFETY: a checked device array of `len` i64 on this device, overlapping no array of the
+        // call (the callers' `validate_with` put it in the aliasing rule); ordered on the stream.
+        unsafe { raw::zero_stats(self.launch(), view)? };
+        Ok(view)
+    }
+
+    fn quant_ptrs(a: &QuantizeArgs) -> QuantPtrs {
+        fn out<T>(b: &Option<Buf>) -> DevPtrMut<T> {
+            b.map_or(DevPtrMut::null(), |b| DevPtrMut::from_addr(b.addr() as u64))
+        }
+        QuantPtrs {
+            x: DevPtr::from_addr(a.x.addr() as u64),
+            steps: DevPtr::from_addr(a.steps.addr() as u64),
+            symbols: out(&a.symbols),
+            recon: out(&a.recon),
+            token_sse: out(&a.token_sse),
+        }
+    }
+
+    fn quant_check(&self, a: &QuantizeArgs) -> Result<()> {
+        let mut all = vec![&a.x, &a.steps];
+        all.extend([&a.symbols, &a.recon, &a.token_sse, &a.histogram_out].into_iter().flatten());
+        self.check(&all)
+    }
+
+    fn perturb_ptrs(a: &PerturbArgs) -> Result<PerturbPtrs> {
+        Ok(PerturbPtrs {
+            dt: a.x.elem().dtype().ok_or_else(|| Error::Dtype(a.x.elem().name().into()))?,
+            x: DevPtr::from_addr(a.x.addr() as u64),
+            jnd: a.jnd.map_or(DevPtr::null(), |j| DevPtr::from_addr(j.addr() as u64)),
+            out: DevPtrMut::from_addr(a.out.addr() as u64),
+            numel: a.x.len(),
+            samples: a.samples,
+        })
+    }
+
+    fn perturb_check(&self, a: &PerturbArgs) -> Result<()> {
+        let mut all = vec![&a.x, &a.out];
+        all.extend(a.jnd.iter().chain(a.scales_out.iter()));
+        self.check(&all)
+    }
+
+    /// A validated quantization with its statistics in the caller's `stats`
+    /// (`raw::quantize_slots(bits, true)` slots, validated with the call): enqueued only.
+    pub fn quantize_enqueue(&self, c: &QuantizeCall, stats: &Buf) -> Result<()> {
+        let (a, g) = (c.args(), c.grid());
+        self.quant_check(a)?;
+        let view = self.zeroed(stats)?;
+        let dt = a.x.elem().dtype().expect("validated");
+        // SAFETY: the call's arrays are device memory of this device with the sizes the kernel
+        // touches (validated; driver-checked where asked), outputs overlapping nothing but
+        // recon == x; the statistics were zeroed just above on the same stream.
+        unsafe { raw::quantize(self.launch(), dt, g, &Self::quant_ptrs(a), a.bits, a.histogram, view) }
+    }
+
+    /// The fused chain `J → j_t → Δ_t → quantize` of a validated call whose steps are the
+    /// chain's output, enqueued only (`raw::quantize_with_jnd`; statistics and the scratch `j_t`
+    /// in the caller's `stats`, `raw::jnd_chain_slots` long).
+    pub fn quantize_with_jnd_enqueue(
+        &self,
+        c: &QuantizeCall,
+        jnd: &Buf,
+        reduce: Reduce,
+        budget: f64,
+        strategy: Strategy,
+        stats: &Buf,
+    ) -> Result<()> {
+        let (a, g) = (c.args(), c.grid());
+        self.quant_check(a)?;
+        self.check(&[jnd])?;
+        // The chain clears what it accumulates into itself (no memset of the caller's array).
+        let ws = self.stats_view(stats)?;
+        let dt = a.x.elem().dtype().expect("validated");
+        let dj = jnd.elem().dtype().ok_or_else(|| Error::Dtype(format!("{} is {}", jnd.name, jnd.elem().name())))?;
+        let j = Elems { ptr: DevPtr::from_addr(jnd.addr() as u64), dt: dj };
+        let steps = DevPtrMut::from_addr(a.steps.addr() as u64);
+        // SAFETY: every array is device memory of this device with the bytes the kernels touch
+        // (validated; driver-checked where asked); the aliasing rule (with J and the statistics)
+        // was checked by the caller's `validate_with`.
+        unsafe {
+            raw::quantize_with_jnd(self.launch(), dt, g, j, reduce, budget, strategy, &Self::quant_ptrs(a), steps, a.bits, a.histogram, ws)
+        }
+    }
+
+    /// A validated perturbation with its statistics in the caller's `stats`: enqueued only.
+    pub fn perturb_enqueue(&self, c: &PerturbCall, stats: &Buf) -> Result<()> {
+        let a = c.args();
+        self.perturb_check(a)?;
+        let view = self.zeroed(stats)?;
+        // SAFETY: `x`, `J` and `out` are device memory of this device with `numel` elements
+        // (validated); the statistics were zeroed just above on the same stream.
+        unsafe { raw::perturb(self.launch(), &Self::perturb_ptrs(a)?, a.nrmse, a.noise, view) }
+    }
+
+    /// A batch of validated quantizations of one dtype and `bits` (histograms counted), item `i`'s
+    /// statistics the `per` slots from `i·per` of `stats`: one memset, one launch per
+    /// `FJ_BATCH_MAX` items, enqueued only. The cross-item aliasing rule is the caller's.
+    pub fn quantize_batch_enqueue(&self, calls: &[&QuantizeCall], stats: &Buf, per: usize) -> Result<()> {
+        let Some(first) = calls.first() else { return Ok(()) };
+        for (i, c) in calls.iter().enumerate() {
+            self.quant_check(c.args()).map_err(|e| in_item(e, i))?;
+        }
+        let view = self.zeroed(stats)?;
+        let items = calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Ok(raw::BatchItem { grid: *c.grid(), p: Self::quant_ptrs(c.args()), stats: view.sub(i * per, per)? }))
+            .collect::<Result<Vec<_>>>()?;
+        let dt = first.args().x.elem().dtype().expect("validated");
+        // SAFETY: every item's arrays are device memory of this device (validated, checked above),
+        // no output overlapping another item's arrays (the caller's rule); the statistics were
+        // zeroed just above on the same stream, each item owning its slots.
+        unsafe { raw::quantize_batch(self.launch(), dt, &items, first.args().bits, first.args().histogram) }
+    }
+
+    /// A batch of validated perturbations of one dtype, item `i`'s statistics the
+    /// `raw::perturb_slots` slots from its offset in `stats`: one memset, two launches per
+    /// `FJ_BATCH_MAX` items, enqueued only. The cross-item aliasing rule is the caller's.
+    pub fn perturb_batch_enqueue(&self, calls: &[(&PerturbCall, usize)], stats: &Buf) -> Result<()> {
+        let Some((first, _)) = calls.first() else { return Ok(()) };
+        for (i, (c, _)) in calls.iter().enumerate() {
+            self.perturb_check(c.args()).map_err(|e| in_item(e, i))?;
+        }
+        let view = self.zeroed(stats)?;
+        let items = calls
+            .iter()
+            .map(|&(c, off)| {
+                let a = c.args();
+                Ok(raw::PerturbItem {
+                    a: Self::perturb_ptrs(a)?,
+                    nrmse: a.nrmse,
+                    noise: a.noise,
+                    stats: view.sub(off, raw::perturb_slots(a.samples))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let dt = first.args().x.elem().dtype().expect("validated");
+        // SAFETY: as `quantize_batch_enqueue`, with each item's statistics at its own offset.
+        unsafe { raw::perturb_batch(self.launch(), dt, &items) }
+    }
+}
+
+/// An error of batch item `i` (its message names the item).
+fn in_item(e: Error, i: usize) -> Error {
+    match e {
+        Error::Arg(m) => Error::Arg(format!("items[{i}]: {m}")),
+        Error::MixedDevices(m) => Error::MixedDevices(format!("items[{i}]: {m}")),
+        other => other,
     }
 }
 

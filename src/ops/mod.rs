@@ -460,7 +460,7 @@ pub(crate) fn buf(t: &Tensor, name: &'static str) -> Result<Buf> {
 }
 
 /// The core's quantization call for tensors already checked and outputs already made.
-fn quantize_call(
+pub(crate) fn quantize_call(
     x: &Tensor,
     grid: &TokenGrid,
     steps: &Tensor,

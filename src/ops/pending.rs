@@ -20,11 +20,11 @@
 use tch::{Device, Kind, Tensor};
 
 use super::{
-    buf, byte_range, check_device, check_disjoint, check_perturb, check_steps_tensor, check_tensor, cuda_ops, cuda_ordinal, grid_of,
-    out_tensor, perturb_call, perturb_cpu, prepare_outs, quantize_cpu, same_device, slice, slice_mut, Outs, QuantizeBuffers,
+    buf, byte_range, check_device, check_disjoint, check_perturb, check_steps_tensor, check_tensor, cuda_ordinal, grid_of, out_tensor,
+    perturb_call, perturb_cpu, prepare_outs, quantize_call, quantize_cpu, same_device, slice, slice_mut, Outs, QuantizeBuffers,
     QuantizeOptions, Quantized,
 };
-use crate::call::Executor;
+use crate::call::{Buf, Cuda, Executor};
 use crate::cpu::{self, perturb::NoiseSpec, PerturbReport};
 use crate::cuda::raw::{self, BadElement, Input};
 use crate::element::with_elem;
@@ -32,6 +32,15 @@ use crate::error::{Error, Result};
 use crate::geom::{Bits, Layout, Reduce, Strategy, TokenGrid};
 use crate::rate::Rate;
 use crate::steps;
+
+/// The first `slots` values of a checked workspace as the core's view (the enqueue zeroes exactly
+/// those, as the contract's layout says; a longer workspace's tail is left alone).
+fn stats_buf(stats: &Tensor, slots: usize) -> Result<Buf> {
+    let b = buf(stats, "statistics workspace")?;
+    // SAFETY: a prefix of the checked workspace (`check_stats`: at least `slots` i64 on the op's
+    // device), alive while the caller's handle lives.
+    Ok(unsafe { Buf::new(b.name, b.addr(), slots.min(b.len()), b.elem(), b.mem(), true) })
+}
 
 /// Statistics slots of [`quantize_async`] (histogram room always included, so one workspace fits
 /// any [`QuantizeOptions`] of these `bits`).
@@ -243,7 +252,7 @@ pub fn quantize_async<'a>(
     stats_disjoint(stats, &[(x, "x"), (steps, "steps")], &outs)?;
     let pending = PendingQuantize { stats, offset: 0, x, jnd: None, grid, bits: opts.bits, histogram: opts.histogram };
     if let Some(o) = cuda_ordinal(x.device()) {
-        cuda_ops::quantize_async(o, x, dt, &grid, steps, opts, &outs, stats, slots)?;
+        Cuda::torch(o)?.quantize_enqueue(&quantize_call(x, &grid, steps, opts, false, &outs)?, &stats_buf(stats, slots)?)?;
         return Ok(pending);
     }
     let r = quantize_cpu(x, dt, &grid, steps, opts, false, outs).map(|q| (q.clamped, q.total_sse, q.histogram));
@@ -296,7 +305,8 @@ pub fn quantize_with_jnd_async<'a>(
     stats_disjoint(stats, &[(x, "x"), (jnd, "J"), (&st, "steps")], &outs)?;
     let pending = PendingQuantize { stats, offset: 0, x, jnd: Some(jnd), grid, bits: opts.bits, histogram: opts.histogram };
     if let Some(o) = cuda_ordinal(x.device()) {
-        cuda_ops::quantize_with_jnd_async(o, x, dt, jnd, dj, &grid, reduce, budget, strategy, opts, &outs, &st, stats, slots)?;
+        let call = quantize_call(x, &grid, &st, opts, false, &outs)?;
+        Cuda::torch(o)?.quantize_with_jnd_enqueue(&call, &buf(jnd, "J")?, reduce, budget, strategy, &stats_buf(stats, slots)?)?;
         return Ok(pending);
     }
     // The CPU chain of `quantize_with_jnd_into`: j_t, the steps (into the caller's tensor), the
@@ -330,14 +340,14 @@ pub fn perturb_async<'a>(
     let out = out_tensor(Some(out), "output", &x.size(), x.kind(), x.device())?;
     // The core allows `out == x` (in place); the sync-free call does not.
     check_disjoint(&out, "output", x, "x")?;
-    let (dt, samples) = check_perturb(x, jnd)?;
+    let (_, samples) = check_perturb(x, jnd)?;
     let slots = perturb_stats_slots(samples);
     check_stats(stats, slots, x)?;
     // The core's checks, the workspace joining the aliasing rule.
     let call = perturb_call(x, jnd, samples, nrmse, noise, Some(&out), &[buf(stats, "statistics workspace")?])?;
     let pending = PendingPerturb { stats, offset: 0, x, jnd, samples, nrmse };
     if let Some(o) = cuda_ordinal(x.device()) {
-        cuda_ops::perturb_async(o, x, jnd, dt, samples, nrmse, noise, &out, stats, slots)?;
+        Cuda::torch(o)?.perturb_enqueue(&call, &stats_buf(stats, slots)?)?;
         return Ok(pending);
     }
     // SAFETY: `stats` was checked for `slots` on the CPU and is disjoint from everything else.
@@ -454,8 +464,12 @@ pub fn quantize_batch_async<'a>(items: &[QuantizeItem<'a>], opts: &QuantizeOptio
         })
         .collect();
     if let Some(o) = cuda_ordinal(first.x.device()) {
-        let launch: Vec<_> = items.iter().zip(&prepared).map(|(it, (g, outs))| (it.x, it.steps, *g, outs)).collect();
-        cuda_ops::quantize_batch_async(o, dt, &launch, opts, stats, per)?;
+        let calls = items
+            .iter()
+            .zip(&prepared)
+            .map(|(it, (g, outs))| quantize_call(it.x, g, it.steps, opts, false, outs))
+            .collect::<Result<Vec<_>>>()?;
+        Cuda::torch(o)?.quantize_batch_enqueue(&calls.iter().collect::<Vec<_>>(), &stats_buf(stats, per * items.len())?, per)?;
         return Ok(PendingBatch { items: pending });
     }
     // SAFETY: `stats` was checked for all items' slots on the CPU and is disjoint from every array.
@@ -543,9 +557,12 @@ pub fn perturb_batch_async<'a>(items: &[PerturbItem<'a>], stats: &'a Tensor) -> 
     }
     no_write_overlaps(&mut ranges)?;
     if let Some(o) = cuda_ordinal(first.x.device()) {
-        let launch: Vec<_> =
-            items.iter().zip(&pending).map(|(it, p)| (it.x, it.jnd, it.out, p.samples, it.nrmse, it.noise, p.offset)).collect();
-        cuda_ops::perturb_batch_async(o, dt, &launch, stats, total)?;
+        let calls = items
+            .iter()
+            .zip(&pending)
+            .map(|(it, p)| Ok((perturb_call(it.x, it.jnd, p.samples, it.nrmse, it.noise, Some(it.out), &[])?, p.offset)))
+            .collect::<Result<Vec<_>>>()?;
+        Cuda::torch(o)?.perturb_batch_enqueue(&calls.iter().map(|(c, off)| (c, *off)).collect::<Vec<_>>(), &stats_buf(stats, total)?)?;
         return Ok(PendingPerturbBatch { items: pending });
     }
     // SAFETY: `stats` was checked for all items' slots on the CPU and is disjoint from every array.

@@ -274,12 +274,11 @@ pub unsafe extern "C" fn fj_quantize_batch_async(
         }
         no_overlap_across(&mut spans)?;
         if let Some(gpu) = &c.gpu {
-            let launch: Vec<_> =
-                calls.iter().map(|q| (q.g, device::quant_ptrs(q.f.data, q.steps, q.o.symbols, q.o.recon, q.o.token_sse))).collect();
-            // SAFETY: every non-null array is device memory of the context's device with the
-            // sizes above (contract; checked with the driver inside); within an item no overlap
-            // but `recon == x`, across items and with the statistics none (checked).
-            return unsafe { gpu.quantize_batch_async(calls[0].f.dt, &launch, b, stats, per, stream) };
+            let calls: Vec<_> = calls.iter().map(|q| &q.call).collect();
+            // SAFETY: `stream` per the contract; the arrays stay valid until it has run
+            // (contract); within an item no overlap but `recon == x`, across items and with the
+            // statistics none (checked).
+            return Ok(unsafe { gpu.executor(stream)? }.quantize_batch_enqueue(&calls, &st, per)?);
         }
         // SAFETY: `stats` is non-null, aligned and holds `per · count` i64 of host memory (checked,
         // contract), overlapping nothing the items use (checked).
@@ -353,15 +352,11 @@ pub unsafe extern "C" fn fj_perturb_batch_async(
         spans.push(BatchSpan { item: None, span: st, write: true });
         no_overlap_across(&mut spans)?;
         if let Some(gpu) = &c.gpu {
-            let launch: Vec<_> = calls
-                .iter()
-                .map(|(pc, nrmse, out, off)| (device::perturb_ptrs(pc.dt, pc.x, pc.jnd, *out, pc.numel, pc.samples), *nrmse, pc.spec, *off))
-                .collect();
-            // SAFETY: every non-null array is device memory of the context's device with the
-            // sizes above (contract; checked with the driver inside); within an item `out` is `x`
-            // or overlaps neither input, across items and with the statistics nothing overlaps a
-            // written array (checked).
-            return unsafe { gpu.perturb_batch_async(calls[0].0.dt, &launch, stats, total, stream) };
+            let calls: Vec<_> = calls.iter().map(|(pc, _, _, off)| (&pc.call, *off)).collect();
+            // SAFETY: `stream` per the contract; the arrays stay valid until it has run
+            // (contract); within an item `out` is `x` or overlaps neither input, across items and
+            // with the statistics nothing overlaps a written array (checked).
+            return Ok(unsafe { gpu.executor(stream)? }.perturb_batch_enqueue(&calls, &st)?);
         }
         // SAFETY: `stats` is non-null, aligned and holds `total` i64 of host memory (checked,
         // contract), overlapping nothing the items use (checked).

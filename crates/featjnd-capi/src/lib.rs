@@ -851,10 +851,7 @@ pub unsafe extern "C" fn fj_quantize(
 struct QuantCall {
     call: QuantizeCall,
     f: Feat,
-    g: TokenGrid,
-    bits: Bits,
     o: FjQuantizeOptions,
-    steps: *const f32,
 }
 
 /// A C array as the core's view, in the context's memory (`None` for null).
@@ -911,7 +908,7 @@ unsafe fn quant_call(
         }
     };
     let call = args.validate_with(extra_in, extra_out)?;
-    Ok(QuantCall { call, f, g, bits, o, steps })
+    Ok(QuantCall { call, f, o })
 }
 
 /// The CPU quantization of a validated call, in the context's pool.
@@ -978,12 +975,7 @@ pub unsafe extern "C" fn fj_perturb(
 struct PerturbCall {
     call: CorePerturbCall,
     dt: Dtype,
-    x: *const c_void,
-    /// Null for J ≡ 1.
-    jnd: *const c_void,
-    numel: usize,
     samples: usize,
-    spec: NoiseSpec,
     o: FjPerturbOptions,
 }
 
@@ -1039,7 +1031,7 @@ unsafe fn perturb_call(
         }
     };
     let call = args.validate_with(extra_out)?;
-    Ok(PerturbCall { call, dt: f.dt, x: f.data, jnd: jd, numel: n, samples, spec, o })
+    Ok(PerturbCall { call, dt: f.dt, samples, o })
 }
 
 /// The CPU perturbation of a validated call, in the context's pool (the scales also go to
@@ -1184,11 +1176,8 @@ pub unsafe extern "C" fn fj_quantize_async(
             return fail(FJ_ERR_ARG, "opts->histogram must be null: the async call counts the histogram into stats");
         }
         if let Some(gpu) = &c.gpu {
-            let p = device::quant_ptrs(q.f.data, steps, q.o.symbols, q.o.recon, q.o.token_sse);
-            // SAFETY: every non-null array is device memory of the context's device with the
-            // sizes above (contract; checked with the driver inside); no overlap but `recon == x`
-            // (checked), the statistics included.
-            return unsafe { gpu.quantize_async(q.f.dt, &q.g, &p, q.bits, stats, slots, stream) };
+            // SAFETY: `stream` per the contract; the arrays stay valid until it has run (contract).
+            return Ok(unsafe { gpu.executor(stream)? }.quantize_enqueue(&q.call, &st)?);
         }
         let r = quantize_host(c, &q);
         // SAFETY: `stats` is non-null, aligned and holds `slots` i64 of host memory (checked,
@@ -1254,13 +1243,8 @@ pub unsafe extern "C" fn fj_quantize_with_jnd_async(
             return fail(FJ_ERR_ARG, "opts->histogram must be null: the async call counts the histogram into stats");
         }
         if let Some(gpu) = &c.gpu {
-            let p = device::quant_ptrs(q.f.data, steps_out, q.o.symbols, q.o.recon, q.o.token_sse);
-            // SAFETY: every non-null array is device memory of the context's device with the
-            // sizes above (contract; checked with the driver inside); no overlap but `recon == x`
-            // (checked), `steps_out` and the statistics included.
-            return unsafe {
-                gpu.quantize_with_jnd_async(&q.g, j.data, j.dt, reduce, budget, strategy, q.f.dt, &p, q.bits, stats, slots, stream)
-            };
+            // SAFETY: `stream` per the contract; the arrays stay valid until it has run (contract).
+            return Ok(unsafe { gpu.executor(stream)? }.quantize_with_jnd_enqueue(&q.call, &jb, reduce, budget, strategy, &st)?);
         }
         // SAFETY: `stats` is non-null, aligned and holds `slots` i64 of host memory (checked,
         // contract), overlapping nothing the op used (checked).
@@ -1317,11 +1301,8 @@ pub unsafe extern "C" fn fj_perturb_async(
             return fail(FJ_ERR_ARG, "opts->scales must be null: fj_perturb_decode gives the scales");
         }
         if let Some(gpu) = &c.gpu {
-            let p = device::perturb_ptrs(pc.dt, pc.x, pc.jnd, out, pc.numel, pc.samples);
-            // SAFETY: every non-null array is device memory of the context's device with the
-            // sizes above (contract; checked with the driver inside); `out` is `x` or overlaps
-            // neither input, the statistics overlap nothing (checked).
-            return unsafe { gpu.perturb_async(&p, nrmse, pc.spec, stats, slots, stream) };
+            // SAFETY: `stream` per the contract; the arrays stay valid until it has run (contract).
+            return Ok(unsafe { gpu.executor(stream)? }.perturb_enqueue(&pc.call, &st)?);
         }
         let r = perturb_host(c, &pc);
         // SAFETY: `stats` is non-null, aligned and holds `slots` i64 of host memory (checked,
