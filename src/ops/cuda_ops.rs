@@ -1,8 +1,9 @@
-//! The CUDA side of [`super`], a thin shell over [`crate::cuda::raw`]: outputs are torch tensors on
-//! the input's device (allocated with tch's fallible `f_*` calls), kernels run on torch's current
-//! stream, and the statistics buffer (layout in `raw`) is a torch i64 tensor: one memset before,
-//! one device-to-host copy after, so a single sync per op and none inside the fused
-//! J → j_t → Δ_t → quantize chain.
+//! The CUDA side of [`super`] that is not yet a `crate::call` (issue 24): the two synchronous
+//! fused chains, `quantize_with_jnd` (J → j_t → Δ_t → quantize without a host round trip) and
+//! `quantize_capped`, and the kernel step allocation they use. Outputs are torch tensors on the
+//! input's device (tch's fallible `f_*` calls), kernels run on torch's current stream, and the
+//! statistics buffer (layout in `raw`) is a torch i64 tensor: one memset before, one
+//! device-to-host copy after, so a single sync per op and none inside the chain.
 //!
 //! Soundness: every function here is called by [`super`] after its checks: tensors defined,
 //! contiguous, of the dtype passed in, on CUDA device `o`, shaped for the grid, and caller
