@@ -180,6 +180,26 @@ impl Buf {
         Ok(())
     }
 
+    /// The feature dtype of a float array (f32, f16, bf16), or `Error::Dtype` naming the array.
+    pub fn float_dtype(&self) -> Result<Dtype> {
+        self.elem.dtype().ok_or_else(|| Error::Dtype(format!("{} is {} (featjnd takes f32, f16 or bf16)", self.name, self.elem.name())))
+    }
+
+    /// `T` per-token f32 values (token tolerances, RMS values, caps): f32 (`Arg`), at least one
+    /// (`Empty(what)`), `len` values where given (`Shape`), aligned.
+    pub fn token_values(&self, what: &'static str, len: Option<usize>) -> Result<()> {
+        if self.elem != Elem::F32 {
+            return Err(Error::Arg(format!("{} must be f32, got {}", self.name, self.elem.name())));
+        }
+        if self.is_empty() {
+            return Err(Error::Empty(what));
+        }
+        if let Some(n) = len.filter(|&n| n != self.len) {
+            return Err(Error::Shape(format!("{} has {} values for {n} tokens", self.name, self.len)));
+        }
+        self.expect(Elem::F32, self.len, self.mem)
+    }
+
     /// The host executor's precondition: `Error::MixedDevices` unless the array is host memory.
     pub fn on_host(&self) -> Result<()> {
         if self.mem != Mem::Host {

@@ -9,20 +9,7 @@ use crate::steps::{self, Measured};
 use crate::with_elem;
 
 use super::buf::{no_overlap, Buf, Elem};
-
-/// `T` f32 token values (tolerances, RMS values, caps): f32, at least one, in `mem`.
-fn token_values(b: &Buf, what: &'static str, len: Option<usize>) -> Result<()> {
-    if b.elem() != Elem::F32 {
-        return Err(Error::Arg(format!("{} must be f32, got {}", b.name, b.elem().name())));
-    }
-    if b.is_empty() {
-        return Err(Error::Empty(what));
-    }
-    if let Some(n) = len.filter(|&n| n != b.len()) {
-        return Err(Error::Shape(format!("{} has {} values for {n} tokens", b.name, b.len())));
-    }
-    b.expect(Elem::F32, b.len(), b.mem())
-}
+use super::steps::measured_feature;
 
 /// Caps `c_t = κ·max(r_t, 2^-24·max_t r_t)` from token RMS values.
 #[derive(Debug, Clone, Copy)]
@@ -40,7 +27,7 @@ pub struct CapsCall {
 
 impl CapsArgs {
     pub fn validate(self) -> Result<CapsCall> {
-        token_values(&self.rms, "token RMS", None)?;
+        self.rms.token_values("token RMS", None)?;
         raw::check_kappa(self.kappa)?;
         self.out.expect_out(Elem::F32, self.rms.len(), self.rms.mem())?;
         no_overlap(&[self.rms], &[self.out], None)?;
@@ -85,8 +72,8 @@ impl CappedArgs {
     /// the aliasing rule. Their values are checked by the run (the solver), before any step is
     /// written.
     pub fn validate(self) -> Result<CappedCall> {
-        token_values(&self.token_tol, "token tolerances", None)?;
-        token_values(&self.caps, "caps", Some(self.token_tol.len()))?;
+        self.token_tol.token_values("token tolerances", None)?;
+        self.caps.token_values("caps", Some(self.token_tol.len()))?;
         if self.caps.mem() != self.token_tol.mem() {
             return Err(Error::MixedDevices(format!(
                 "{} is in {}, {} in {}",
@@ -140,16 +127,7 @@ pub struct CappedMeasuredCall {
 impl CappedMeasuredArgs {
     pub fn validate(self) -> Result<CappedMeasuredCall> {
         self.capped.validate()?;
-        let x = &self.x;
-        let dt =
-            x.elem().dtype().ok_or_else(|| Error::Dtype(format!("{} is {} (featjnd takes f32, f16 or bf16)", x.name, x.elem().name())))?;
-        let grid = TokenGrid::new(self.shape, self.patch)?;
-        x.expect(dt.into(), grid.numel(), self.capped.token_tol.mem())?;
-        let j = &self.capped.token_tol;
-        if j.len() != grid.tokens() {
-            return Err(Error::Shape(format!("{} has {} values, x has {} tokens", j.name, j.len(), grid.tokens())));
-        }
-        no_overlap(&[*x], &[self.capped.out], None)?;
+        let grid = measured_feature(&self.x, self.shape, self.patch, &self.capped.token_tol, &self.capped.out)?;
         Ok(CappedMeasuredCall { a: self, grid })
     }
 }
@@ -169,7 +147,7 @@ impl CappedMeasuredCall {
         // SAFETY: validated host inputs of `T` f32, only read; the output overlaps them nowhere.
         let (j, cp): (&[f32], &[f32]) = unsafe { (c.token_tol.slice(), c.caps.slice()) };
         let mut probe = vec![0f32; j.len()];
-        let dt = a.x.elem().dtype().expect("validated");
+        let dt = a.x.float_dtype()?;
         let m = with_elem!(dt, E => {
             // SAFETY: a validated host input of `numel` elements of `E`, only read.
             let xs: &[E] = unsafe { a.x.slice() };

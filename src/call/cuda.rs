@@ -133,22 +133,10 @@ impl Cuda {
     /// the same error and index.
     pub fn quantize(&self, c: &QuantizeCall) -> Result<QuantizeReport> {
         let (a, g) = (c.args(), c.grid());
-        let outs = [&a.symbols, &a.recon, &a.token_sse, &a.histogram_out];
-        let mut all = vec![&a.x, &a.steps];
-        all.extend(outs.iter().filter_map(|o| o.as_ref()));
-        self.check(&all)?;
+        self.quant_check(a)?;
         crate::cpu::check_steps_values(&self.f32_to_host(&a.steps)?)?;
-        let dt = a.x.elem().dtype().expect("validated");
-        fn out<T>(b: &Option<Buf>) -> DevPtrMut<T> {
-            b.map_or(DevPtrMut::null(), |b| DevPtrMut::from_addr(b.addr() as u64))
-        }
-        let p = QuantPtrs {
-            x: DevPtr::from_addr(a.x.addr() as u64),
-            steps: DevPtr::from_addr(a.steps.addr() as u64),
-            symbols: out(&a.symbols),
-            recon: out(&a.recon),
-            token_sse: out(&a.token_sse),
-        };
+        let dt = a.x.float_dtype()?;
+        let p = Self::quant_ptrs(a);
         let st = self.stats(raw::quantize_slots(a.bits, a.histogram))?;
         // SAFETY: every array is device memory of this device with the sizes the launch touches
         // (validated call; driver-checked where asked); outputs overlap no input and each other,
@@ -173,18 +161,9 @@ impl Cuda {
     /// intact even in place; a scale beyond f32 is `Error::Overflow` after the write (§7.4).
     pub fn perturb(&self, c: &PerturbCall) -> Result<PerturbReport> {
         let a = c.args();
-        let mut all = vec![&a.x, &a.out];
-        all.extend(a.jnd.iter().chain(a.scales_out.iter()));
-        self.check(&all)?;
-        let dt = a.x.elem().dtype().expect("validated");
-        let p = PerturbPtrs {
-            dt,
-            x: DevPtr::from_addr(a.x.addr() as u64),
-            jnd: a.jnd.map_or(DevPtr::null(), |j| DevPtr::from_addr(j.addr() as u64)),
-            out: DevPtrMut::from_addr(a.out.addr() as u64),
-            numel: a.x.len(),
-            samples: a.samples,
-        };
+        self.perturb_check(a)?;
+        let p = Self::perturb_ptrs(a)?;
+        let dt = p.dt;
         let st = self.stats(raw::perturb_slots(a.samples))?;
         // SAFETY: `x`, `J` and `out` are device memory of this device with `numel` elements of
         // `dt` (validated call; driver-checked where asked); `out` is `x` or overlaps neither
@@ -209,7 +188,7 @@ impl Cuda {
     pub fn token_stats(&self, c: &TokenStatsCall) -> Result<()> {
         let (a, g) = (c.args(), c.grid());
         self.check(&[&a.input, &a.out])?;
-        let dt = a.input.elem().dtype().expect("validated");
+        let dt = a.input.float_dtype()?;
         let input = Elems { ptr: DevPtr::from_addr(a.input.addr() as u64), dt };
         let out = DevPtrMut::from_addr(a.out.addr() as u64);
         match a.stat {
@@ -258,7 +237,7 @@ impl Cuda {
     pub fn allocate_measured(&self, c: &MeasuredCall) -> Result<Measured> {
         let (a, g) = (c.args(), c.grid());
         self.check(&[&a.alloc.token_tol, &a.alloc.out, &a.x])?;
-        let dt = a.x.elem().dtype().expect("validated");
+        let dt = a.x.float_dtype()?;
         let x = Elems { ptr: DevPtr::from_addr(a.x.addr() as u64), dt };
         let scratch = self.stream.alloc_zeros::<f32>(g.tokens()).map_err(cuda_err)?;
         let sp = scratch.device_ptr(&self.stream).0;
@@ -338,7 +317,7 @@ impl Cuda {
         let (a, g) = (call.args(), call.grid());
         self.check(&[&a.x])?;
         let (st, j, c) = self.capped_solve(&a.capped)?;
-        let x = Elems { ptr: DevPtr::from_addr(a.x.addr() as u64), dt: a.x.elem().dtype().expect("validated") };
+        let x = Elems { ptr: DevPtr::from_addr(a.x.addr() as u64), dt: a.x.float_dtype()? };
         let t = g.tokens();
         let scratch = self.stream.alloc_zeros::<f32>(t).map_err(cuda_err)?;
         let sp = scratch.device_ptr(&self.stream).0;
@@ -412,7 +391,7 @@ impl Cuda {
 
     fn perturb_ptrs(a: &PerturbArgs) -> Result<PerturbPtrs> {
         Ok(PerturbPtrs {
-            dt: a.x.elem().dtype().ok_or_else(|| Error::Dtype(a.x.elem().name().into()))?,
+            dt: a.x.float_dtype()?,
             x: DevPtr::from_addr(a.x.addr() as u64),
             jnd: a.jnd.map_or(DevPtr::null(), |j| DevPtr::from_addr(j.addr() as u64)),
             out: DevPtrMut::from_addr(a.out.addr() as u64),
@@ -433,7 +412,7 @@ impl Cuda {
         let (a, g) = (c.args(), c.grid());
         self.quant_check(a)?;
         let view = self.zeroed(stats)?;
-        let dt = a.x.elem().dtype().expect("validated");
+        let dt = a.x.float_dtype()?;
         // SAFETY: the call's arrays are device memory of this device with the sizes the kernel
         // touches (validated; driver-checked where asked), outputs overlapping nothing but
         // recon == x; the statistics were zeroed just above on the same stream.
@@ -457,8 +436,8 @@ impl Cuda {
         self.check(&[jnd])?;
         // The chain clears what it accumulates into itself (no memset of the caller's array).
         let ws = self.stats_view(stats)?;
-        let dt = a.x.elem().dtype().expect("validated");
-        let dj = jnd.elem().dtype().ok_or_else(|| Error::Dtype(format!("{} is {}", jnd.name, jnd.elem().name())))?;
+        let dt = a.x.float_dtype()?;
+        let dj = jnd.float_dtype()?;
         let j = Elems { ptr: DevPtr::from_addr(jnd.addr() as u64), dt: dj };
         let steps = DevPtrMut::from_addr(a.steps.addr() as u64);
         // SAFETY: every array is device memory of this device with the bytes the kernels touch
@@ -493,7 +472,7 @@ impl Cuda {
             .enumerate()
             .map(|(i, c)| Ok(raw::BatchItem { grid: *c.grid(), p: Self::quant_ptrs(c.args()), stats: view.sub(i * per, per)? }))
             .collect::<Result<Vec<_>>>()?;
-        let dt = first.args().x.elem().dtype().expect("validated");
+        let dt = first.args().x.float_dtype()?;
         // SAFETY: every item's arrays are device memory of this device (validated, checked above),
         // no output overlapping another item's arrays (the caller's rule); the statistics were
         // zeroed just above on the same stream, each item owning its slots.
@@ -521,7 +500,7 @@ impl Cuda {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let dt = first.args().x.elem().dtype().expect("validated");
+        let dt = first.args().x.float_dtype()?;
         // SAFETY: as `quantize_batch_enqueue`, with each item's statistics at its own offset.
         unsafe { raw::perturb_batch(self.launch(), dt, &items) }
     }

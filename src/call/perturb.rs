@@ -42,8 +42,7 @@ impl PerturbArgs {
     /// buffer): it joins the aliasing rule.
     pub fn validate_with(self, extra_out: &[Buf]) -> Result<PerturbCall> {
         let x = &self.x;
-        let dt =
-            x.elem().dtype().ok_or_else(|| Error::Dtype(format!("{} is {} (featjnd takes f32, f16 or bf16)", x.name, x.elem().name())))?;
+        let dt = x.float_dtype()?;
         let (n, mem) = (x.len(), x.mem());
         if n == 0 || self.samples == 0 {
             return Err(Error::Empty("feature"));
@@ -89,7 +88,7 @@ impl PerturbCall {
     pub(crate) fn run_host(&self) -> Result<PerturbReport> {
         let a = &self.a;
         a.x.on_host()?;
-        let dt = a.x.elem().dtype().expect("validated");
+        let dt = a.x.float_dtype()?;
         // Every slice below: host arrays of a validated call, live, aligned and as long as
         // viewed (`Buf::new`'s contract, `validate`'s checks); the output overlaps no input
         // unless it is `x` itself (checked), so each mutable slice is the only view of its

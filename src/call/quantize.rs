@@ -82,8 +82,7 @@ impl QuantizeArgs {
     /// `extra_out` (a fused chain's `J`, a statistics buffer): they join the aliasing rule.
     pub fn validate_with(self, extra_in: &[Buf], extra_out: &[Buf]) -> Result<QuantizeCall> {
         let x = &self.x;
-        let dt =
-            x.elem().dtype().ok_or_else(|| Error::Dtype(format!("{} is {} (featjnd takes f32, f16 or bf16)", x.name, x.elem().name())))?;
+        let dt = x.float_dtype()?;
         let grid = TokenGrid::new(self.shape, self.patch)?;
         let (n, t, mem) = (grid.numel(), grid.tokens(), x.mem());
         x.expect(dt.into(), n, mem)?;
@@ -148,7 +147,7 @@ impl QuantizeCall {
         };
         // SAFETY: see above.
         let token_sse = a.token_sse.map(|s| unsafe { s.slice_mut::<f32>() });
-        let dt = a.x.elem().dtype().expect("validated");
+        let dt = a.x.float_dtype()?;
         let stats: QuantStats = with_elem!(dt, E => {
             if self.in_place {
                 // SAFETY: see above.

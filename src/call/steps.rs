@@ -33,13 +33,7 @@ impl AllocateArgs {
     pub fn validate(self) -> Result<AllocateCall> {
         steps::check_budget(self.budget)?;
         let j = &self.token_tol;
-        if j.elem() != Elem::F32 {
-            return Err(Error::Arg(format!("{} must be f32, got {}", j.name, j.elem().name())));
-        }
-        if j.is_empty() {
-            return Err(Error::Empty("token tolerances"));
-        }
-        j.expect(Elem::F32, j.len(), j.mem())?;
+        j.token_values("token tolerances", None)?;
         self.out.expect_out(Elem::F32, j.len(), j.mem())?;
         no_overlap(&[*j], &[self.out], None)?;
         Ok(AllocateCall { a: self })
@@ -68,18 +62,23 @@ impl MeasuredArgs {
     /// The allocation's checks, then `x` (dtype, grid, length, memory) and the token count.
     pub fn validate(self) -> Result<MeasuredCall> {
         self.alloc.validate()?;
-        let x = &self.x;
-        let dt =
-            x.elem().dtype().ok_or_else(|| Error::Dtype(format!("{} is {} (featjnd takes f32, f16 or bf16)", x.name, x.elem().name())))?;
-        let grid = TokenGrid::new(self.shape, self.patch)?;
-        x.expect(dt.into(), grid.numel(), self.alloc.token_tol.mem())?;
-        let j = &self.alloc.token_tol;
-        if j.len() != grid.tokens() {
-            return Err(Error::Shape(format!("{} has {} values, x has {} tokens", j.name, j.len(), grid.tokens())));
-        }
-        no_overlap(&[*x], &[self.alloc.out], None)?;
+        let grid = measured_feature(&self.x, self.shape, self.patch, &self.alloc.token_tol, &self.alloc.out)?;
         Ok(MeasuredCall { a: self, grid })
     }
+}
+
+/// The checks a measured budget adds to its allocation (plain or capped): the feature `x` the
+/// probes quantize (dtype, grid, length, the token tolerances' memory), one token tolerance per
+/// token, and the steps output disjoint from `x`.
+pub(crate) fn measured_feature(x: &Buf, shape: FeatureShape, patch: usize, token_tol: &Buf, out: &Buf) -> Result<TokenGrid> {
+    let dt = x.float_dtype()?;
+    let grid = TokenGrid::new(shape, patch)?;
+    x.expect(dt.into(), grid.numel(), token_tol.mem())?;
+    if token_tol.len() != grid.tokens() {
+        return Err(Error::Shape(format!("{} has {} values, x has {} tokens", token_tol.name, token_tol.len(), grid.tokens())));
+    }
+    no_overlap(&[*x], &[*out], None)?;
+    Ok(grid)
 }
 
 impl AllocateCall {
@@ -130,7 +129,7 @@ impl MeasuredCall {
     pub(crate) fn run_host(&self) -> Result<Measured> {
         let (a, g) = (&self.a, &self.grid);
         a.x.on_host()?;
-        let dt = a.x.elem().dtype().expect("validated");
+        let dt = a.x.float_dtype()?;
         // SAFETY: a validated host input of `T` f32, only read; the output overlaps it nowhere.
         let jt: &[f32] = unsafe { a.alloc.token_tol.slice() };
         let (m, v) = with_elem!(dt, E => {

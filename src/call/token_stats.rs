@@ -38,8 +38,7 @@ impl TokenStatsArgs {
     /// alignment, then the aliasing rule.
     pub fn validate(self) -> Result<TokenStatsCall> {
         let i = &self.input;
-        let dt =
-            i.elem().dtype().ok_or_else(|| Error::Dtype(format!("{} is {} (featjnd takes f32, f16 or bf16)", i.name, i.elem().name())))?;
+        let dt = i.float_dtype()?;
         let grid = TokenGrid::new(self.shape, self.patch)?;
         i.expect(dt.into(), grid.numel(), i.mem())?;
         if self.out.len() != grid.tokens() {
@@ -63,7 +62,7 @@ impl TokenStatsCall {
     pub(crate) fn run_host(&self) -> Result<()> {
         let (a, g) = (&self.a, &self.grid);
         a.input.on_host()?;
-        let dt = a.input.elem().dtype().expect("validated");
+        let dt = a.input.float_dtype()?;
         let v = with_elem!(dt, E => {
             // SAFETY: a validated host input of `numel` elements of `E`, only read; the output
             // overlaps it nowhere (checked).
