@@ -421,12 +421,12 @@ fn quantize_impl(
     bufs: &QuantizeBuffers,
 ) -> Result<Quantized> {
     let _range = crate::nvtx::range("featjnd::quantize");
-    let dt = check_tensor(x, "x")?;
+    check_tensor(x, "x")?;
     check_device(x, "x")?;
     let grid = grid_of(x, layout, patch)?;
     check_steps_tensor(x, steps, &grid)?;
     let outs = prepare_outs(x, &[(steps, "steps")], &grid, opts, in_place, bufs)?;
-    on_device(x.device(), |ex| run_quantize(ex, x, dt, &grid, steps, opts, in_place, outs))
+    on_device(x.device(), |ex| run_quantize(ex, x, &grid, steps, opts, in_place, outs))
 }
 
 /// A tensor as the core's array view (`crate::call`): conversion only, the call's `validate`
@@ -485,11 +485,9 @@ pub(crate) fn quantize_call(
     .validate()
 }
 
-#[allow(clippy::too_many_arguments)]
 fn run_quantize(
     ex: &Executor,
     x: &Tensor,
-    _dt: Dtype,
     grid: &TokenGrid,
     steps: &Tensor,
     opts: &QuantizeOptions,
@@ -511,16 +509,8 @@ fn run_quantize(
 }
 
 /// The CPU quantization of checked tensors into made outputs (the core's host executor).
-fn quantize_cpu(
-    x: &Tensor,
-    dt: Dtype,
-    grid: &TokenGrid,
-    steps: &Tensor,
-    opts: &QuantizeOptions,
-    in_place: bool,
-    outs: Outs,
-) -> Result<Quantized> {
-    run_quantize(&Executor::Host(None), x, dt, grid, steps, opts, in_place, outs)
+fn quantize_cpu(x: &Tensor, grid: &TokenGrid, steps: &Tensor, opts: &QuantizeOptions, in_place: bool, outs: Outs) -> Result<Quantized> {
+    run_quantize(&Executor::Host(None), x, grid, steps, opts, in_place, outs)
 }
 
 /// Steps whose **measured** quantize–dequantize MSE equals `D` within 1e-3 relative (SPEC §3):
@@ -677,7 +667,6 @@ pub(crate) fn perturb_call(
 fn perturb_cpu(
     x: &Tensor,
     jnd: Option<&Tensor>,
-    _dt: Dtype,
     samples: usize,
     nrmse: f64,
     noise: NoiseSpec,

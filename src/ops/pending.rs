@@ -241,7 +241,7 @@ pub fn quantize_async<'a>(
     bufs: &QuantizeBuffers,
     stats: &'a Tensor,
 ) -> Result<PendingQuantize<'a>> {
-    let dt = check_tensor(x, "x")?;
+    check_tensor(x, "x")?;
     check_device(x, "x")?;
     let grid = grid_of(x, layout, patch)?;
     check_steps_tensor(x, steps, &grid)?;
@@ -255,7 +255,7 @@ pub fn quantize_async<'a>(
         Cuda::torch(o)?.quantize_enqueue(&quantize_call(x, &grid, steps, opts, false, &outs)?, &stats_buf(stats, slots)?)?;
         return Ok(pending);
     }
-    let r = quantize_cpu(x, dt, &grid, steps, opts, false, outs).map(|q| (q.clamped, q.total_sse, q.histogram));
+    let r = quantize_cpu(x, &grid, steps, opts, false, outs).map(|q| (q.clamped, q.total_sse, q.histogram));
     // SAFETY: `stats` was checked for `slots` on the CPU and is disjoint from everything else.
     record_quantize(unsafe { cpu_slots(stats, slots) }, r)?;
     Ok(pending)
@@ -279,7 +279,7 @@ pub fn quantize_with_jnd_async<'a>(
     steps_out: &Tensor,
     stats: &'a Tensor,
 ) -> Result<PendingQuantize<'a>> {
-    let (dt, dj) = (check_tensor(x, "x")?, check_tensor(jnd, "J")?);
+    let (_, dj) = (check_tensor(x, "x")?, check_tensor(jnd, "J")?);
     check_device(x, "x")?;
     same_device(x, "x", jnd, "J")?;
     if x.size() != jnd.size() {
@@ -321,7 +321,7 @@ pub fn quantize_with_jnd_async<'a>(
     // SAFETY: `st` is a checked contiguous f32 CPU tensor of `T` values, disjoint from every other
     // tensor of the call, viewed only here.
     steps::allocate_into(&jt, budget, strategy, 1.0, unsafe { slice_mut::<f32>(&st) })?;
-    let r = quantize_cpu(x, dt, &grid, &st, opts, false, outs).map(|q| (q.clamped, q.total_sse, q.histogram));
+    let r = quantize_cpu(x, &grid, &st, opts, false, outs).map(|q| (q.clamped, q.total_sse, q.histogram));
     record_quantize(s, r)?;
     Ok(pending)
 }
@@ -475,7 +475,7 @@ pub fn quantize_batch_async<'a>(items: &[QuantizeItem<'a>], opts: &QuantizeOptio
     // SAFETY: `stats` was checked for all items' slots on the CPU and is disjoint from every array.
     let all = unsafe { cpu_slots(stats, per * items.len()) };
     for ((it, (grid, outs)), s) in items.iter().zip(prepared).zip(all.chunks_mut(per)) {
-        let r = quantize_cpu(it.x, dt, &grid, it.steps, opts, false, outs).map(|q| (q.clamped, q.total_sse, q.histogram));
+        let r = quantize_cpu(it.x, &grid, it.steps, opts, false, outs).map(|q| (q.clamped, q.total_sse, q.histogram));
         record_quantize(s, r)?;
     }
     Ok(PendingBatch { items: pending })
@@ -569,7 +569,7 @@ pub fn perturb_batch_async<'a>(items: &[PerturbItem<'a>], stats: &'a Tensor) -> 
     let all = unsafe { cpu_slots(stats, total) };
     for (it, p) in items.iter().zip(&pending) {
         let s = &mut all[p.offset..p.offset + perturb_stats_slots(p.samples)];
-        match perturb_cpu(it.x, it.jnd, dt, p.samples, it.nrmse, it.noise, Some(it.out)) {
+        match perturb_cpu(it.x, it.jnd, p.samples, it.nrmse, it.noise, Some(it.out)) {
             Ok(rep) => raw::encode_perturb(s, None, &rep),
             Err(e) => match raw::bad_of_error(&e) {
                 Some(b) => raw::encode_perturb(s, Some(b), &PerturbReport { scales: vec![0.0; p.samples], zero_samples: vec![] }),
