@@ -3,19 +3,9 @@
 //! arguments the core checks (the CUDA executor runs under `tests/gpu.rs`'s capped tests).
 mod common;
 use common::*;
-use featjnd_kernels::call::{Buf, CappedArgs, CappedMeasuredArgs, CapsArgs, Elem, Executor, Mem};
+use featjnd_kernels::call::{CappedArgs, CappedMeasuredArgs, CapsArgs, Elem, Executor};
 use featjnd_kernels::cpu::{self, QuantOut};
 use featjnd_kernels::{steps, Bits, Error, FeatureShape, TokenGrid};
-
-fn host<T>(name: &'static str, v: &[T], elem: Elem) -> Buf {
-    // SAFETY: `v` outlives every call made from this view in these tests; nothing writes it.
-    unsafe { Buf::new(name, v.as_ptr() as usize, v.len(), elem, Mem::Host, false) }
-}
-
-fn host_mut<T>(name: &'static str, v: &mut [T], elem: Elem) -> Buf {
-    // SAFETY: `v` outlives every call made from this view; the test reads it only after the call.
-    unsafe { Buf::new(name, v.as_mut_ptr() as usize, v.len(), elem, Mem::Host, true) }
-}
 
 #[test]
 fn caps_and_capped_steps_match_the_slice_api() {

@@ -1,14 +1,11 @@
 //! The §5 noise as a validated call (`featjnd_kernels::call`, contract §9): the host executor
 //! writes exactly `philox::fill`'s values at every offset and length, and the bad arguments are
 //! refused (the CUDA executor runs under `tests/gpu.rs`'s `noise_gpu_matches_cpu`).
+mod common;
+use common::host_mut;
 use featjnd_kernels::call::{Buf, Elem, Executor, Mem, NoiseArgs};
 use featjnd_kernels::cpu::perturb::NoiseSpec;
 use featjnd_kernels::{philox, Error, NoiseKind};
-
-fn host_mut<T>(name: &'static str, v: &mut [T], elem: Elem) -> Buf {
-    // SAFETY: `v` outlives every call made from this view; the test reads it only after the call.
-    unsafe { Buf::new(name, v.as_mut_ptr() as usize, v.len(), elem, Mem::Host, true) }
-}
 
 #[test]
 fn host_executor_writes_the_generator_s_values() {

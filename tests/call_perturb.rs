@@ -9,18 +9,6 @@ use featjnd_kernels::cpu::perturb::NoiseSpec;
 use featjnd_kernels::{reference, Element, Error, NoiseKind};
 use half::{bf16, f16};
 
-/// A host array the call only reads.
-fn host<T>(name: &'static str, v: &[T], elem: Elem) -> Buf {
-    // SAFETY: `v` outlives every call made from this view in these tests; nothing writes it.
-    unsafe { Buf::new(name, v.as_ptr() as usize, v.len(), elem, Mem::Host, false) }
-}
-
-/// A host array the call may write.
-fn host_mut<T>(name: &'static str, v: &mut [T], elem: Elem) -> Buf {
-    // SAFETY: `v` outlives every call made from this view; the test reads it only after the call.
-    unsafe { Buf::new(name, v.as_mut_ptr() as usize, v.len(), elem, Mem::Host, true) }
-}
-
 fn case<E: Element>(samples: usize, len: usize, with_j: bool, kind: NoiseKind, seed: u64) {
     let n = samples * len;
     let x: Vec<E> = to(&randn(n, seed, 2.0));

@@ -8,19 +8,6 @@ use featjnd_kernels::call::{symbol_elem, Buf, Elem, Executor, Mem, QuantizeArgs}
 use featjnd_kernels::{reference, Bits, Element, Error, FeatureShape, Layout};
 use half::{bf16, f16};
 
-/// A host array the call only reads, as a `Buf` (the test owns it for the whole call).
-fn host<T>(name: &'static str, v: &[T], elem: Elem) -> Buf {
-    // SAFETY: `v` outlives every call made from this view in these tests; nothing writes it.
-    unsafe { Buf::new(name, v.as_ptr() as usize, v.len(), elem, Mem::Host, false) }
-}
-
-/// A host array the call may write, as a `Buf`.
-fn host_mut<T>(name: &'static str, v: &mut [T], elem: Elem) -> Buf {
-    // SAFETY: `v` outlives every call made from this view in these tests, and the test reads it
-    // only after the call returned.
-    unsafe { Buf::new(name, v.as_mut_ptr() as usize, v.len(), elem, Mem::Host, true) }
-}
-
 fn shape(layout: Layout, dims: [usize; 4]) -> FeatureShape {
     match layout {
         Layout::Nchw => FeatureShape::nchw(dims[0], dims[1], dims[2], dims[3]),

@@ -4,19 +4,9 @@
 //! executor runs under the tensor API's GPU tests, `tests/gpu.rs`).
 mod common;
 use common::*;
-use featjnd_kernels::call::{AllocateArgs, Buf, Elem, Executor, MeasuredArgs, Mem};
+use featjnd_kernels::call::{AllocateArgs, Elem, Executor, MeasuredArgs};
 use featjnd_kernels::cpu::{self, QuantOut};
 use featjnd_kernels::{steps, Bits, Error, FeatureShape, Strategy, TokenGrid};
-
-fn host<T>(name: &'static str, v: &[T], elem: Elem) -> Buf {
-    // SAFETY: `v` outlives every call made from this view in these tests; nothing writes it.
-    unsafe { Buf::new(name, v.as_ptr() as usize, v.len(), elem, Mem::Host, false) }
-}
-
-fn host_mut<T>(name: &'static str, v: &mut [T], elem: Elem) -> Buf {
-    // SAFETY: `v` outlives every call made from this view; the test reads it only after the call.
-    unsafe { Buf::new(name, v.as_mut_ptr() as usize, v.len(), elem, Mem::Host, true) }
-}
 
 #[test]
 fn allocation_matches_the_slice_api() {

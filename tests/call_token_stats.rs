@@ -8,16 +8,6 @@ use featjnd_kernels::call::{Buf, Elem, Executor, Mem, TokenStat, TokenStatsArgs}
 use featjnd_kernels::{reference, Element, Error, FeatureShape, Reduce, TokenGrid};
 use half::{bf16, f16};
 
-fn host<T>(name: &'static str, v: &[T], elem: Elem) -> Buf {
-    // SAFETY: `v` outlives every call made from this view in these tests; nothing writes it.
-    unsafe { Buf::new(name, v.as_ptr() as usize, v.len(), elem, Mem::Host, false) }
-}
-
-fn host_mut<T>(name: &'static str, v: &mut [T], elem: Elem) -> Buf {
-    // SAFETY: `v` outlives every call made from this view; the test reads it only after the call.
-    unsafe { Buf::new(name, v.as_mut_ptr() as usize, v.len(), elem, Mem::Host, true) }
-}
-
 fn case<E: Element>(shape: FeatureShape, patch: usize, seed: u64) {
     let g = TokenGrid::new(shape, patch).unwrap();
     let j: Vec<E> = to(&positive(g.numel(), seed, 0.05, 3.0));

@@ -45,3 +45,16 @@ macro_rules! for_dtypes {
 pub fn rel_close(a: f64, b: f64, rel: f64, abs: f64) -> bool {
     (a - b).abs() <= rel * b.abs() + abs
 }
+
+/// A host array a `featjnd_kernels::call` only reads, as its `Buf` (the test owns it for the
+/// whole call).
+pub fn host<T>(name: &'static str, v: &[T], elem: featjnd_kernels::call::Elem) -> featjnd_kernels::call::Buf {
+    // SAFETY: `v` outlives every call made from this view in these tests; nothing writes it.
+    unsafe { featjnd_kernels::call::Buf::new(name, v.as_ptr() as usize, v.len(), elem, featjnd_kernels::call::Mem::Host, false) }
+}
+
+/// A host array a `featjnd_kernels::call` may write, as its `Buf`.
+pub fn host_mut<T>(name: &'static str, v: &mut [T], elem: featjnd_kernels::call::Elem) -> featjnd_kernels::call::Buf {
+    // SAFETY: `v` outlives every call made from this view; the test reads it only after the call.
+    unsafe { featjnd_kernels::call::Buf::new(name, v.as_mut_ptr() as usize, v.len(), elem, featjnd_kernels::call::Mem::Host, true) }
+}

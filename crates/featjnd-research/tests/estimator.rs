@@ -57,15 +57,7 @@ fn estimator_checkpoint_round_trip() {
     let f = vec![Tensor::randn([1, 4, 6, 6], (Kind::Float, Device::Cpu))];
     let mut est = JndEstimator::new(config(vec![4]), Device::Cpu);
     est.calibrate(&f).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("e.safetensors");
-    let meta = featjnd_research::model::checkpoint::Meta::new(
-        featjnd_research::estimator::ARCH,
-        serde_json::to_value(&est.config).unwrap(),
-        vec!["s".into()],
-    );
-    est.save(&meta, &p).unwrap();
-    let (back, _) = JndEstimator::load(&p, Device::Cpu).unwrap();
+    let back = round_trip(&est);
     let d = (&est.forward(&f).unwrap()[0] - &back.forward(&f).unwrap()[0]).abs().max().double_value(&[]);
     assert_eq!(d, 0.0);
 }
@@ -294,19 +286,24 @@ fn context_branch_keeps_odd_shapes() {
                 assert!(g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{n} gets a gradient");
             }
             if (h, w) == (7, 5) {
-                let dir = tempfile::tempdir().unwrap();
-                let p = dir.path().join("e.safetensors");
-                let meta = featjnd_research::model::checkpoint::Meta::new(
-                    featjnd_research::estimator::ARCH,
-                    serde_json::to_value(&est.config).unwrap(),
-                    vec!["s".into()],
-                );
-                est.save(&meta, &p).unwrap();
-                let (back, _) = JndEstimator::load(&p, Device::Cpu).unwrap();
+                let back = round_trip(&est);
                 assert_eq!(back.config.context, k);
                 let d = (&est.forward(&f).unwrap()[0] - &back.forward(&f).unwrap()[0]).abs().max().double_value(&[]);
                 assert_eq!(d, 0.0);
             }
         }
     }
+}
+
+/// The estimator saved to a checkpoint and loaded back.
+fn round_trip(est: &JndEstimator) -> JndEstimator {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("e.safetensors");
+    let meta = featjnd_research::model::checkpoint::Meta::new(
+        featjnd_research::estimator::ARCH,
+        serde_json::to_value(&est.config).unwrap(),
+        vec!["s".into()],
+    );
+    est.save(&meta, &p).unwrap();
+    JndEstimator::load(&p, Device::Cpu).unwrap().0
 }
