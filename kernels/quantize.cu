@@ -5,7 +5,7 @@
 // NCHW: one thread per token (coalesced across neighbouring patches). NTC: one warp per token,
 // 16-byte vector loads when the row is aligned, scalar otherwise.
 //
-// Specialised at compile time (issue 15 §2): NVRTC builds this file once per (bits, histogram)
+// Specialised at compile time (src/cuda/compile.rs): NVRTC builds this file once per (bits, histogram)
 // pair, -DFJ_Q_BITS=8|16 -DFJ_Q_HIST=0|1 (the modules of src/cuda/compile.rs), so the inner loops
 // carry no run-time test of either and a kernel without a histogram reserves no shared memory for
 // one. The launcher picks the module from the call; every kernel name exists in every module.
@@ -138,7 +138,7 @@ __device__ void quantize_nchw(const FjQuantizeParams& p, u32 blk, const StepSrc&
         // FJ_QN_BATCH channels' loads are issued before any store: x and the outputs may alias
         // (in place), so without the batch the compiler must serialise load -> store -> load.
         // The patch row's first element, advanced by an addition (one u64 fewer live across the
-        // loops than base + r * w: ptxas spilled it on sm_90 before, issue 25 §2).
+        // loops than base + r * w: ptxas spilled it on sm_90 before, tests/ptxas.rs).
         u64 row = base;
         for (u32 r = 0; r < g.patch; ++r, row += g.w)
             for (u32 q = 0; q < g.patch; ++q) {

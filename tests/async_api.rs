@@ -1,4 +1,4 @@
-//! The sync-free calls (issue 15 §1, §3) on the CPU: they run synchronously there and write the
+//! The sync-free calls (contract §8) on the CPU: they run synchronously there and write the
 //! kernels' statistics layout, so `decode()` must give exactly what the synchronous calls give
 //! (bit for bit), the same typed errors for bad inputs, and clear errors for bad workspaces.
 //! The CUDA side (the same calls only enqueued, and captured into a graph) is in tests/gpu.rs.

@@ -185,7 +185,7 @@ fn index_past_2_pow_31() {
     let sym = q.symbols.unwrap();
     assert_eq!(sym.get(0).get(t - 1).get(k - 2).int64_value(&[]), -10); // -2.6/0.25 = -10.4
     assert_eq!(sym.get(0).get(t - 1).get(k - 1).int64_value(&[]), 5); // 1.3 (f16 1.2998) / 0.25 = 5.2
-    let h = q.histogram.unwrap();
+    let h = q.report.histogram.unwrap();
     assert_eq!(h.iter().sum::<u64>(), (t * k) as u64);
     drop(x);
     let x = Tensor::ones([1, t * k], (Kind::Half, d));
@@ -200,7 +200,7 @@ fn index_past_2_pow_31() {
     }
 }
 
-/// SPEC §7 mixed devices (only testable where a GPU exists). Added after the last GPU session:
+/// contract §7 mixed devices (only testable where a GPU exists). Added after the last GPU session:
 /// not yet run on a GPU.
 #[test]
 fn mixed_devices_are_a_typed_error() {
@@ -436,7 +436,7 @@ fn capped_gpu_errors_match_cpu() {
     assert!(matches!(ops::allocate_steps_capped(&jt.to_device(d), &caps, 0.1, 1.0), Err(Error::MixedDevices(_))));
 }
 
-// ---- the sync-free calls (issue 15 §1, §3): enqueue only, statistics in a caller workspace ----
+// ---- the sync-free calls (contract §8): enqueue only, statistics in a caller workspace ----
 
 /// Output buffers of a quantization on `dev`.
 fn outs_on(x: &Tensor, tokens: i64, dev: Device) -> [Tensor; 3] {

@@ -1,15 +1,17 @@
-//! One validated call per op (issue 24): every surface — the tch tensor API (`ops`), the C ABI
+//! One validated call per op (contract §9): every surface — the tch tensor API (`ops`), the C ABI
 //! and the Python package — describes its arrays as framework-free [`Buf`]s, fills in the op's
 //! `Args`, and calls `validate()`, which runs the contract's checks in the contract's order and
 //! returns a `Call`. Only a validated call runs, on an [`Executor`]: the host (a rayon pool) or
 //! one CUDA device and stream ([`Cuda`]). The result is finished (MSE, rate) in one place per op.
-//! Every synchronous op is a call; the sync-free enqueue (contract §8) is not yet.
+//! Every synchronous op is a call, the two fused chains included; the sync-free enqueue
+//! (contract §8) takes validated calls too.
 //!
 //! So a check, a default or a message is written once and every surface agrees on it; the
 //! surfaces keep only the conversion of their own types (tensors, `FjFeature`s, DLPack arrays)
 //! and of the errors (`FJ_ERR_*` codes, Python exceptions).
 pub mod buf;
 pub mod capped;
+pub mod chain;
 pub mod cuda;
 pub mod noise;
 pub mod perturb;
@@ -19,6 +21,7 @@ pub mod token_stats;
 
 pub use buf::{no_overlap, Buf, Elem, Mem};
 pub use capped::{CappedArgs, CappedCall, CappedMeasuredArgs, CappedMeasuredCall, CapsArgs, CapsCall};
+pub use chain::{CappedChainArgs, CappedChainCall, JndChainArgs, JndChainCall};
 pub use cuda::Cuda;
 pub use noise::{NoiseArgs, NoiseCall};
 pub use perturb::{PerturbArgs, PerturbCall};
@@ -83,3 +86,5 @@ call!(CapsCall => (), caps);
 call!(CappedCall => (), capped);
 call!(CappedMeasuredCall => Measured, capped_measured);
 call!(NoiseCall => (), noise);
+call!(JndChainCall => QuantizeReport, jnd_chain);
+call!(CappedChainCall => QuantizeReport, capped_chain);

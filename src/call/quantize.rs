@@ -54,10 +54,11 @@ pub struct QuantizeReport {
 }
 
 impl QuantizeReport {
-    /// The finishing of every path: MSE and rate from the raw statistics.
-    pub fn finish(grid: &TokenGrid, clamped: u64, total_sse: f64, histogram: Option<Vec<u64>>) -> QuantizeReport {
-        let rate = histogram.as_ref().map(|h| Rate::from_histogram(h, grid.tokens(), grid.k()));
-        QuantizeReport { clamped, total_sse, mse: total_sse / grid.numel() as f64, histogram, rate }
+    /// The finishing of every path: MSE and rate from the raw statistics (the CPU's, or the
+    /// kernels' as decoded by `raw::decode_quantize`).
+    pub fn finish(grid: &TokenGrid, s: QuantStats) -> QuantizeReport {
+        let rate = s.histogram.as_ref().map(|h| Rate::from_histogram(h, grid.tokens(), grid.k()));
+        QuantizeReport { clamped: s.clamped, total_sse: s.total_sse, mse: s.mse(grid.numel()), histogram: s.histogram, rate }
     }
 }
 
@@ -165,6 +166,6 @@ impl QuantizeCall {
             // SAFETY: see above (a validated output of `hist_bins == h.len()` u64).
             unsafe { out.slice_mut::<u64>() }.copy_from_slice(h);
         }
-        Ok(QuantizeReport::finish(g, stats.clamped, stats.total_sse, stats.histogram))
+        Ok(QuantizeReport::finish(g, stats))
     }
 }

@@ -1,4 +1,4 @@
-//! CPU fused quantize / dequantize (SPEC §4), bit-identical with `kernels/quantize.cu`.
+//! CPU fused quantize / dequantize (contract §4), bit-identical with `kernels/quantize.cu`.
 //!
 //! Per element: `q = rint(x · inv_t)` (ties to even), clamped to ±Q, `x̂ = q · Δ_t`, with
 //! `inv_t = 1/Δ_t` (one f32 division per token) and plain f32 multiplies (Rust never contracts to

@@ -4,7 +4,7 @@
 //!
 //! A [`Module`] is one kernel file with a fixed set of `-D` specialisations ([`MODULES`]): the
 //! quantizer per (bits, histogram), the single perturbation per (noise, J given), so the hot loops
-//! carry no run-time branch on those (issue 15 §2). A device compiles a module on its first use.
+//! carry no run-time branch on those. A device compiles a module on its first use.
 use std::ffi::{CStr, CString};
 
 use crate::error::{Error, Result};

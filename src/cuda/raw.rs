@@ -23,7 +23,7 @@ use cudarc::driver::{result as cu, CudaStream, DeviceRepr, LaunchConfig, PushKer
 
 use super::compile::{M_PERTURB, M_PERTURB_GENERIC, M_QUANTIZE, M_STEP_ALLOC, M_TOKEN_STATS};
 use super::{cuda_err, Device};
-use crate::cpu::{perturb::NoiseSpec, PerturbReport};
+use crate::cpu::{perturb::NoiseSpec, PerturbReport, QuantStats};
 use crate::element::{with_elem, Dtype, Element};
 use crate::error::{Error, Result};
 use crate::geom::{Bits, NoiseKind, Reduce, Strategy, TokenGrid};
@@ -941,25 +941,17 @@ fn quant_params(grid: &TokenGrid, p: &QuantPtrs, bits: Bits, histogram: bool, st
     })
 }
 
-/// A quantization's statistics, read back.
-#[derive(Clone, Debug, PartialEq)]
-pub struct QuantStats {
-    /// The first bad element: a bad J (the fused chain reduces J first, as the CPU path does)
-    /// before a bad x. Map it with [`check_bad`].
-    pub bad: Option<BadElement>,
-    pub clamped: u64,
-    pub total_sse: f64,
-    pub histogram: Option<Vec<u64>>,
-}
-
-pub fn decode_quantize(s: &[i64], bits: Bits, histogram: bool) -> QuantStats {
+/// A quantization's statistics, read back: the first bad element (a bad J — the fused chain
+/// reduces J first, as the CPU path does — before a bad x; map it with [`check_bad`]) and the
+/// statistics, the same [`QuantStats`] the CPU path returns.
+pub fn decode_quantize(s: &[i64], bits: Bits, histogram: bool) -> (Option<BadElement>, QuantStats) {
     let bad_x = bad_of(s[Q_BAD_X]).map(|index| BadElement { input: Input::X, index });
-    QuantStats {
-        bad: decode_token_stats(s).or(bad_x),
+    let stats = QuantStats {
         clamped: s[Q_CLAMP] as u64,
         total_sse: f64::from_bits(s[Q_SSE] as u64),
         histogram: histogram.then(|| s[Q_HIST..Q_HIST + bits.hist_bins()].iter().map(|&v| v as u64).collect()),
-    }
+    };
+    (decode_token_stats(s).or(bad_x), stats)
 }
 
 // ---- matched-NRMSE perturbation and noise ----
@@ -1160,7 +1152,7 @@ pub fn plan_noise(out: DevPtrMut<f32>, numel: usize, offset: u64, noise: NoiseSp
     Ok((NOISE, p, groups.div_ceil(BLOCK as u64)))
 }
 
-// ---- caller-owned statistics: the sync-free calls (issue 15 §1) and batches (§3) ----
+// ---- caller-owned statistics: the sync-free calls (contract §8) and batches (§3) ----
 
 /// Enqueues the zeroing of `stats` on the launch's stream: one memset node, which a CUDA graph
 /// capture records like a kernel (no host work, no sync).
@@ -1197,7 +1189,7 @@ fn chain_partials_at(bits: Bits, tokens: usize) -> usize {
 /// is refused here (the synchronous call has it).
 ///
 /// Two launches and no memset where the token-stats launch has at most [`FJ_CHAIN_MAX_PARTS`]
-/// blocks (issue 15 §2: up to 16 384 NCHW or 4 096 NTC tokens): its blocks leave per-block
+/// blocks (up to 16 384 NCHW or 4 096 NTC tokens): its blocks leave per-block
 /// partials instead of adding into zeroed cells and clear the quantizer's accumulators, and the
 /// quantizer (`fj_quantize_chain_*`) sums the partials, makes each token's step and writes it.
 /// Larger inputs take a memset and three launches (token stats, [`step_alloc`], [`quantize`]).
@@ -1486,11 +1478,11 @@ mod tests {
         let mut s = vec![0i64; quantize_slots(Bits::B8, true)];
         s[T_BAD_J] = !5;
         s[Q_BAD_X] = !7;
-        let q = decode_quantize(&s, Bits::B8, true);
-        assert_eq!(q.bad, Some(BadElement { input: Input::Jnd, index: 5 }));
+        let (bad, q) = decode_quantize(&s, Bits::B8, true);
+        assert_eq!(bad, Some(BadElement { input: Input::Jnd, index: 5 }));
         assert_eq!(q.histogram.unwrap().len(), 255);
         s[T_BAD_J] = 0;
-        assert_eq!(decode_quantize(&s, Bits::B8, false).bad, Some(BadElement { input: Input::X, index: 7 }));
+        assert_eq!(decode_quantize(&s, Bits::B8, false).0, Some(BadElement { input: Input::X, index: 7 }));
         let mut p = vec![0i64; perturb_slots(3)];
         p[P_BAD_J] = !1;
         p[p_scales(3) + 1] = 2.5f32.to_bits() as i64;
@@ -1505,11 +1497,11 @@ mod tests {
         let mut s = vec![7i64; quantize_slots(Bits::B8, true)];
         let h: Vec<u64> = (0..255).collect();
         encode_quantize(&mut s, Some(BadElement { input: Input::X, index: 12 }), 3, 1.5, Some(&h));
-        let q = decode_quantize(&s, Bits::B8, true);
-        assert_eq!((q.bad, q.clamped, q.total_sse), (Some(BadElement { input: Input::X, index: 12 }), 3, 1.5));
+        let (bad, q) = decode_quantize(&s, Bits::B8, true);
+        assert_eq!((bad, q.clamped, q.total_sse), (Some(BadElement { input: Input::X, index: 12 }), 3, 1.5));
         assert_eq!(q.histogram.unwrap(), h);
         encode_quantize(&mut s, bad_of_error(&Error::Jnd { index: 4, value: 0.0 }), 0, 0.0, None);
-        assert_eq!(decode_quantize(&s, Bits::B8, false).bad, Some(BadElement { input: Input::Jnd, index: 4 }));
+        assert_eq!(decode_quantize(&s, Bits::B8, false).0, Some(BadElement { input: Input::Jnd, index: 4 }));
         let rep = PerturbReport { scales: vec![0.5, 0.0, -2.0], zero_samples: vec![1] };
         let mut p = vec![-1i64; perturb_slots(3)];
         encode_perturb(&mut p, None, &rep);

@@ -1,4 +1,4 @@
-//! The sync-free calls (issue 15 §1, §3): the fused JND quantization, the quantization with given
+//! The sync-free calls (contract §8): the fused JND quantization, the quantization with given
 //! steps, the perturbation, and batches of quantizations or perturbations, each with its
 //! statistics in a caller-owned i64 tensor (the workspace, sized by the `*_stats_slots`
 //! functions, in the layout of `cuda::raw`) and its outputs in caller-owned tensors.
@@ -24,13 +24,12 @@ use super::{
     perturb_call, perturb_cpu, prepare_outs, quantize_call, quantize_cpu, same_device, slice, slice_mut, Outs, QuantizeBuffers,
     QuantizeOptions, Quantized,
 };
-use crate::call::{Buf, Cuda, Executor};
+use crate::call::{Buf, Cuda, Executor, QuantizeReport};
 use crate::cpu::{self, perturb::NoiseSpec, PerturbReport};
 use crate::cuda::raw::{self, BadElement, Input};
 use crate::element::with_elem;
 use crate::error::{Error, Result};
 use crate::geom::{Bits, Layout, Reduce, Strategy, TokenGrid};
-use crate::rate::Rate;
 use crate::steps;
 
 /// The first `slots` values of a checked workspace as the core's view (the enqueue zeroes exactly
@@ -129,9 +128,9 @@ unsafe fn cpu_slots(stats: &Tensor, slots: usize) -> &mut [i64] {
 
 /// Records a CPU quantization in the kernels' layout: its statistics, or the bad element of a
 /// `NonFinite`/`Jnd` error (any other error is the call's own).
-fn record_quantize(s: &mut [i64], r: Result<(u64, f64, Option<Vec<u64>>)>) -> Result<()> {
+fn record_quantize(s: &mut [i64], r: Result<QuantizeReport>) -> Result<()> {
     match r {
-        Ok((clamped, sse, hist)) => raw::encode_quantize(s, None, clamped, sse, hist.as_deref()),
+        Ok(q) => raw::encode_quantize(s, None, q.clamped, q.total_sse, q.histogram.as_deref()),
         Err(e) => match raw::bad_of_error(&e) {
             Some(b) => raw::encode_quantize(s, Some(b), 0, 0.0, None),
             None => return Err(e),
@@ -181,21 +180,11 @@ impl PendingQuantize<'_> {
 
     /// [`decode`](Self::decode) of this call's slots already on the host.
     fn decode_slots(&self, v: &[i64]) -> Result<Quantized> {
-        let s = raw::decode_quantize(v, self.bits, self.histogram);
-        if let Some(b) = s.bad {
+        let (bad, s) = raw::decode_quantize(v, self.bits, self.histogram);
+        if let Some(b) = bad {
             return Err(bad_error(b, self.x, self.jnd));
         }
-        let g = &self.grid;
-        Ok(Quantized {
-            symbols: None,
-            recon: None,
-            token_sse: None,
-            clamped: s.clamped,
-            total_sse: s.total_sse,
-            mse: s.total_sse / g.numel() as f64,
-            rate: s.histogram.as_ref().map(|h| Rate::from_histogram(h, g.tokens(), g.k())),
-            histogram: s.histogram,
-        })
+        Ok(Quantized { symbols: None, recon: None, token_sse: None, report: QuantizeReport::finish(&self.grid, s) })
     }
 }
 
@@ -255,7 +244,7 @@ pub fn quantize_async<'a>(
         Cuda::torch(o)?.quantize_enqueue(&quantize_call(x, &grid, steps, opts, false, &outs)?, &stats_buf(stats, slots)?)?;
         return Ok(pending);
     }
-    let r = quantize_cpu(x, &grid, steps, opts, false, outs).map(|q| (q.clamped, q.total_sse, q.histogram));
+    let r = quantize_cpu(x, &grid, steps, opts, false, outs).map(|q| q.report);
     // SAFETY: `stats` was checked for `slots` on the CPU and is disjoint from everything else.
     record_quantize(unsafe { cpu_slots(stats, slots) }, r)?;
     Ok(pending)
@@ -321,7 +310,7 @@ pub fn quantize_with_jnd_async<'a>(
     // SAFETY: `st` is a checked contiguous f32 CPU tensor of `T` values, disjoint from every other
     // tensor of the call, viewed only here.
     steps::allocate_into(&jt, budget, strategy, 1.0, unsafe { slice_mut::<f32>(&st) })?;
-    let r = quantize_cpu(x, &grid, &st, opts, false, outs).map(|q| (q.clamped, q.total_sse, q.histogram));
+    let r = quantize_cpu(x, &grid, &st, opts, false, outs).map(|q| q.report);
     record_quantize(s, r)?;
     Ok(pending)
 }
@@ -475,7 +464,7 @@ pub fn quantize_batch_async<'a>(items: &[QuantizeItem<'a>], opts: &QuantizeOptio
     // SAFETY: `stats` was checked for all items' slots on the CPU and is disjoint from every array.
     let all = unsafe { cpu_slots(stats, per * items.len()) };
     for ((it, (grid, outs)), s) in items.iter().zip(prepared).zip(all.chunks_mut(per)) {
-        let r = quantize_cpu(it.x, &grid, it.steps, opts, false, outs).map(|q| (q.clamped, q.total_sse, q.histogram));
+        let r = quantize_cpu(it.x, &grid, it.steps, opts, false, outs).map(|q| q.report);
         record_quantize(s, r)?;
     }
     Ok(PendingBatch { items: pending })

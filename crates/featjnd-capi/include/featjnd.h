@@ -490,7 +490,7 @@ int32_t fj_perturb_batch_stats_slots(const struct FjPerturbItem *items,
                                      uint64_t *out_slots,
                                      uint64_t *out_offsets);
 
-// `fj_quantize_async` on `count` independent features in one call (issue 15 §3): every item has
+// `fj_quantize_async` on `count` independent features in one call (contract §8): every item has
 // its own feature, patch, steps and outputs; all share the dtype (else `FJ_ERR_DTYPE`) and `bits`
 // (8 or 16; 0 = 8). Item `i`'s statistics go to the `fj_quantize_stats_slots(bits)` slots from
 // `stats + i · fj_quantize_stats_slots(bits)` (`stats_len` at least
@@ -518,7 +518,7 @@ int32_t fj_quantize_batch_async(const struct FjContext *ctx,
                                 uint64_t stats_len,
                                 void *stream);
 
-// `fj_perturb_async` on `count` independent features in one call (issue 15 §3): every item has
+// `fj_perturb_async` on `count` independent features in one call (contract §8): every item has
 // its own feature, J (or none), NRMSE, noise and output; all share the dtype (else
 // `FJ_ERR_DTYPE`). Item `i`'s statistics follow item `i − 1`'s in `stats`
 // (`fj_perturb_batch_stats_slots` gives the total and each item's offset `off[i]`); decode each

@@ -1040,7 +1040,7 @@ fn perturb_host(c: &FjContext, pc: &PerturbCall) -> Result<cpu::PerturbReport, E
     Executor::Host(c.pool.as_ref()).run(&pc.call)
 }
 
-// ---- the sync-free calls (issue 15 §1): statistics in caller memory, decoded later ----
+// ---- the sync-free calls (contract §8): statistics in caller memory, decoded later ----
 //
 // On a CUDA context an `_async` call checks its arguments and pointers, enqueues a memset of its
 // statistics and its kernels on `stream`, and returns: no allocation, no host read, no sync, so
@@ -1237,8 +1237,8 @@ pub unsafe extern "C" fn fj_quantize_with_jnd_async(
         let jb = unsafe { Buf::new("jnd->data", j.data as usize, g.numel(), j.dt.into(), c.mem(), false) };
         // SAFETY: `x` and `opts` are null or readable (contract).
         let q = unsafe { quant_call(c, x, steps_out, opts, true, Some(true), &[jb], &[st])? };
-        // The core reads the steps; here they are written while J is read.
-        no_overlap(&[jb], &[q.call.args().steps], None)?;
+        // The core reads the steps; here they are written while x and J are read.
+        no_overlap(&[q.call.args().x, jb], &[q.call.args().steps], None)?;
         if !q.o.histogram.is_null() {
             return fail(FJ_ERR_ARG, "opts->histogram must be null: the async call counts the histogram into stats");
         }
@@ -1390,14 +1390,14 @@ pub unsafe extern "C" fn fj_quantize_decode(
         }
         // SAFETY: by the contract.
         let v = unsafe { host_stats(c, stats, stats_len, raw::quantize_slots(bits, true), stream)? };
-        let q = raw::decode_quantize(&v, bits, true);
-        if let Some(b) = q.bad {
+        let (bad, q) = raw::decode_quantize(&v, bits, true);
+        if let Some(b) = bad {
             // SAFETY: the features as given to the async call (contract).
             return unsafe { bad_status(c, b, &f, jd, stream) };
         }
         // SAFETY: `hist_out` null or writable host memory for the bins, `result` null or writable
         // (contract).
-        unsafe { finish_quantize(&QuantizeReport::finish(&g, q.clamped, q.total_sse, q.histogram), hist_out, result) }
+        unsafe { finish_quantize(&QuantizeReport::finish(&g, q), hist_out, result) }
     })
 }
 

@@ -243,6 +243,15 @@ fn decode_gives_the_synchronous_status_and_bad_arguments_are_refused() {
         assert_eq!(rc, FJ_ERR_ARG);
         let rc = fj_quantize_with_jnd_async(c, &fx, &fj, FJ_MEAN, -1.0, FJ_JND, &o, steps.as_mut_ptr(), ws.as_mut_ptr(), slots, null_mut());
         assert_eq!(rc, FJ_ERR_BUDGET);
+        // The chain writes the steps while it reads x and J: steps over either are refused.
+        let over_x = x.as_mut_ptr().add(3);
+        let rc = fj_quantize_with_jnd_async(c, &fx, &fj, FJ_MEAN, 0.01, FJ_JND, &o, over_x, ws.as_mut_ptr(), slots, null_mut());
+        assert_eq!(rc, FJ_ERR_ARG);
+        assert!(err().contains("steps_out overlaps x"), "{}", err());
+        let over_j = j.as_mut_ptr().add(5);
+        let rc = fj_quantize_with_jnd_async(c, &fx, &fj, FJ_MEAN, 0.01, FJ_JND, &o, over_j, ws.as_mut_ptr(), slots, null_mut());
+        assert_eq!(rc, FJ_ERR_ARG);
+        assert!(err().contains("steps_out overlaps jnd"), "{}", err());
         let rc = fj_perturb_async(c, &fx, &fj, -0.5, null(), out.as_mut_ptr() as *mut c_void, pstats.as_mut_ptr(), ps, null_mut());
         assert_eq!(rc, FJ_ERR_BUDGET);
         let o4 = FjPerturbOptions {

@@ -1,4 +1,4 @@
-//! The CPU emulation tier (issue 25 §1): every kernel entry point of the NVRTC module list runs,
+//! The CPU emulation tier: every kernel entry point of the NVRTC module list runs,
 //! from the very `kernels/*.cu` sources, on the GPU tests' cases and more (odd sizes 1, 7, 17,
 //! 1025, 5137; the chain on both sides of its 512-block boundary; garbage workspaces; first bad
 //! index), and is compared with the CPU path: bit for bit where the contract says bit-identical,

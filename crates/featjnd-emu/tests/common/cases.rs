@@ -678,13 +678,13 @@ pub fn chain_planned<E: Element + featjnd_emu::Plain>(
         r.map_err(|e| format!("{what}: {e}"))?;
     }
     let cells: Vec<i64> = ws.as_slice()[..raw::quantize_slots(bits, true)].iter().map(|&v| v as i64).collect();
-    let st = raw::decode_quantize(&cells, bits, hist);
+    let (bad, st) = raw::decode_quantize(&cells, bits, hist);
     if let Some(i) = bad_j {
-        let b = st.bad.ok_or_else(|| format!("{what}: no bad element reported"))?;
+        let b = bad.ok_or_else(|| format!("{what}: no bad element reported"))?;
         ensure(b.index == i, || format!("{what}: bad element {b:?}, want J[{i}]"))?;
         return Ok(vec![b.index as u64]);
     }
-    ensure(st.bad.is_none(), || format!("{what}: bad element {:?} on valid input", st.bad))?;
+    ensure(bad.is_none(), || format!("{what}: bad element {bad:?} on valid input"))?;
     let cjt = cpu::token_stats::token_tolerance(&j, g, reduce).unwrap();
     close(
         steps.as_slice(),
@@ -766,8 +766,8 @@ pub fn quantize_planned<E: Element + featjnd_emu::Plain>(
         b.check(&what)?;
         stats.check_res("statistics").map_err(|e| format!("{what}: {e}"))?;
         let cells: Vec<i64> = stats.as_slice().iter().map(|&v| v as i64).collect();
-        let d = raw::decode_quantize(&cells, bits, hist);
-        ensure(d.bad.is_none(), || format!("{what}: bad {:?}", d.bad))?;
+        let (bad, d) = raw::decode_quantize(&cells, bits, hist);
+        ensure(bad.is_none(), || format!("{what}: bad {bad:?}"))?;
         let mut e = b.result(bits, false);
         (e.total, e.clamped, e.hist) = (d.total_sse, d.clamped, d.histogram.clone().unwrap_or_default());
         compare_quant(&e, &cpu_quantize(x, g, st, bits, hist)?, hist, &what)?;
