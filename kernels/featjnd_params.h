@@ -144,6 +144,8 @@ typedef struct FjQuantizeParams {
     uint64_t clamp_count;  /* unsigned long long*: += clamped elements */
     uint64_t histogram;    /* unsigned long long*: 255 bins (b=8) or 511 + 1 overflow (b=16) */
     uint64_t bad_index;    /* unsigned long long*: bad cell: first non-finite x */
+    uint64_t bad_step;     /* unsigned long long*: the first step (or chain j_t) the CPU would
+                              refuse, as a key (quantize.cu, bad_step_key); 0 = none */
     uint32_t bits;         /* 8 or 16 */
     uint32_t pad0;
 } FjQuantizeParams;

@@ -575,6 +575,37 @@ fn async_errors_on_gpu_decode_like_the_cpu() {
     assert!(matches!(e, Err(Error::Arg(_))), "{e:?}");
 }
 
+/// Contract §8: a bad step on CUDA is found by the quantization kernels (no host round trip) and
+/// decodes to the CPU's error, token and value; the chain's overflowing uniform step likewise.
+#[test]
+fn async_bad_steps_on_gpu_decode_like_the_cpu() {
+    let Some(d) = gpu() else { return };
+    let sizes = [2i64, 5, 3, 4];
+    let (x, j) = (feature(&sizes, Kind::Float, 1), jnd(&sizes, Kind::Float, 1));
+    let _ = x.view([-1]).get(37).fill_(f64::NAN);
+    let t = 2 * 3 * 4;
+    let q = QuantizeOptions::default();
+    let steps = jnd(&[t], Kind::Float, 3);
+    let _ = steps.get(7).fill_(0.0);
+    let _ = steps.get(9).fill_(f64::NAN);
+    let mut seen = Vec::new();
+    for dev in [Device::Cpu, d] {
+        let (xd, jd) = (x.to_device(dev), j.to_device(dev));
+        let o = outs_on(&xd, t, dev);
+        let st = Tensor::zeros([t], (Kind::Float, dev));
+        let ws = ops::stats_buffer(ops::quantize_with_jnd_stats_slots(Bits::B8, t as usize), dev).unwrap();
+        let e = ops::quantize_async(&xd, Layout::Nchw, 1, &steps.to_device(dev), &q, &bufs_of(&o), &ws).unwrap().decode().unwrap_err();
+        let c = ops::quantize_with_jnd_async(&xd, &jd, Layout::Nchw, 1, Reduce::Mean, 1e300, Strategy::Uniform, &q, &bufs_of(&o), &st, &ws)
+            .unwrap()
+            .decode()
+            .unwrap_err();
+        seen.push((format!("{e:?}"), format!("{c:?}")));
+    }
+    assert_eq!(seen[0], seen[1], "CPU and CUDA decode different errors");
+    assert!(seen[0].0.contains("step Δ[7] = 0 "), "{:?}", seen[0]);
+    assert!(seen[0].1.contains("step Δ[0] = inf"), "{:?}", seen[0]);
+}
+
 #[test]
 fn a_batch_on_gpu_equals_single_calls_and_the_cpu() {
     let Some(d) = gpu() else { return };

@@ -12,7 +12,8 @@ use crate::steps;
 use crate::with_elem;
 
 use super::buf::{no_overlap, Buf};
-use super::quantize::{QuantizeArgs, QuantizeCall, QuantizeReport};
+use super::quantize::{in_pool, record, QuantizeArgs, QuantizeCall, QuantizeReport};
+use crate::cuda::raw::{BadElement, Input};
 
 /// The steps a chain writes: `quantize.steps` must be a writable output here.
 fn check_chain(q: &QuantizeArgs, jnd: &Buf) -> Result<()> {
@@ -75,6 +76,26 @@ impl JndChainCall {
     }
     pub fn jnd(&self) -> &Buf {
         &self.jnd
+    }
+
+    /// The host run of the sync-free chain (contract §8) in `pool`, recorded in the statistics `s`
+    /// as the kernels would: a bad `J` element, else the first bad `j_t` (with its value), else
+    /// the quantization's ([`QuantizeCall::record_host`]); the steps are written unless `J` or a
+    /// `j_t` is bad. Other errors are returned.
+    pub fn record_host(&self, pool: Option<&rayon::ThreadPool>, s: &mut [i64]) -> Result<()> {
+        let a = self.q.args();
+        a.x.on_host()?;
+        let jt = match in_pool(pool, || token_tolerance(&self.jnd, &self.q, self.reduce)) {
+            Ok(jt) => jt,
+            Err(e) => return record(s, Err(e)),
+        };
+        if let Some(t) = jt.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
+            raw::encode_quantize(s, Some(BadElement { input: Input::TokenTol(jt[t].to_bits()), index: t }), 0, 0.0, None);
+            return Ok(());
+        }
+        // SAFETY: as in `run_host`.
+        steps::allocate_into(&jt, self.budget, self.strategy, 1.0, unsafe { a.steps.slice_mut::<f32>() })?;
+        self.q.record_host(pool, s)
     }
 
     pub(crate) fn run_host(&self) -> Result<QuantizeReport> {

@@ -30,7 +30,7 @@ use crate::cpu::PerturbReport;
 use crate::cuda::raw::{self, DevPtr, DevPtrMut, Elems, Launch, PerturbPtrs, QuantPtrs, StatsBuf, StepPtrs};
 use crate::cuda::{cuda_err, Device};
 use crate::error::{Error, Result};
-use crate::geom::{Bits, Reduce, Strategy, TokenGrid};
+use crate::geom::{Bits, Strategy, TokenGrid};
 use crate::steps::Measured;
 
 /// One device and one stream.
@@ -535,15 +535,8 @@ impl Cuda {
     /// The fused chain `J → j_t → Δ_t → quantize` of a validated call whose steps are the
     /// chain's output, enqueued only (`raw::quantize_with_jnd`; statistics and the scratch `j_t`
     /// in the caller's `stats`, `raw::jnd_chain_slots` long).
-    pub fn quantize_with_jnd_enqueue(
-        &self,
-        c: &QuantizeCall,
-        jnd: &Buf,
-        reduce: Reduce,
-        budget: f64,
-        strategy: Strategy,
-        stats: &Buf,
-    ) -> Result<()> {
+    pub fn quantize_with_jnd_enqueue(&self, chain: &JndChainCall, stats: &Buf) -> Result<()> {
+        let (c, jnd, reduce, budget, strategy) = (chain.quantize(), chain.jnd(), chain.reduce, chain.budget, chain.strategy);
         let (a, g) = (c.args(), c.grid());
         self.quant_check(a)?;
         self.check(&[jnd])?;

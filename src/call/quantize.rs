@@ -1,6 +1,7 @@
 //! Fused quantize / dequantize (contract §4) as one validated call: the arguments every surface
 //! fills in, their checks in the contract's order, the host run and the finishing (MSE, rate).
 use crate::cpu::{self, QuantOut, QuantStats, Symbols};
+use crate::cuda::raw::{self, BadElement, Input};
 use crate::error::{Error, Result};
 use crate::geom::{Bits, FeatureShape, TokenGrid};
 use crate::rate::Rate;
@@ -117,9 +118,47 @@ impl QuantizeArgs {
     }
 }
 
+/// Records a host quantization's outcome in the kernels' statistics layout
+/// (`raw::quantize_slots(bits, true)` slots): its statistics, or the bad element of a
+/// `NonFinite`/`Jnd` error; any other error is the call's own.
+pub(crate) fn record(s: &mut [i64], r: Result<QuantizeReport>) -> Result<()> {
+    match r {
+        Ok(q) => raw::encode_quantize(s, None, q.clamped, q.total_sse, q.histogram.as_deref()),
+        Err(e) => match raw::bad_of_error(&e) {
+            Some(b) => raw::encode_quantize(s, Some(b), 0, 0.0, None),
+            None => return Err(e),
+        },
+    }
+    Ok(())
+}
+
+/// `f` in `pool` (or rayon's global one).
+pub(crate) fn in_pool<T: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> T + Send) -> T {
+    match pool {
+        Some(p) => p.install(f),
+        None => f(),
+    }
+}
+
 impl QuantizeCall {
     pub fn args(&self) -> &QuantizeArgs {
         &self.a
+    }
+
+    /// The host run of a sync-free call (contract §8) in `pool`: the outcome goes to the
+    /// statistics `s` as the kernels would record it — a bad step (the first, with its value),
+    /// else a non-finite `x`, else the statistics — so one decoder serves the host and the device
+    /// and both report the same error with the same index. Other errors are returned.
+    pub fn record_host(&self, pool: Option<&rayon::ThreadPool>, s: &mut [i64]) -> Result<()> {
+        self.a.x.on_host()?;
+        // SAFETY: a validated host input of `T` f32 (the steps share `x`'s memory), only read.
+        let steps: &[f32] = unsafe { self.a.steps.slice() };
+        if let Some(t) = cpu::first_bad_step(steps) {
+            let b = BadElement { input: Input::Step(steps[t].to_bits()), index: t };
+            raw::encode_quantize(s, Some(b), 0, 0.0, None);
+            return Ok(());
+        }
+        record(s, in_pool(pool, || self.run_host()))
     }
     pub fn grid(&self) -> &TokenGrid {
         &self.grid

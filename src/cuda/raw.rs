@@ -361,6 +361,12 @@ pub enum Input {
     X,
     /// The tolerance map `J`: not finite or <= 0 ([`Error::Jnd`]).
     Jnd,
+    /// A token tolerance `j_t` of the fused chain: not finite or <= 0 ([`Error::Jnd`] naming the
+    /// token, as the CPU's allocation does), with the value's f32 bits.
+    TokenTol(u32),
+    /// A quantization step: not finite, <= 0 or with an infinite reciprocal ([`Error::Arg`], the
+    /// CPU's message), with the value's f32 bits.
+    Step(u32),
 }
 
 /// The first offending element an op's kernels reported.
@@ -377,6 +383,8 @@ impl BadElement {
         match self.input {
             Input::X => Error::NonFinite { index: self.index, value },
             Input::Jnd => Error::Jnd { index: self.index, value },
+            Input::TokenTol(v) => Error::Jnd { index: self.index, value: f32::from_bits(v) },
+            Input::Step(v) => crate::cpu::step_error(self.index, f32::from_bits(v)),
         }
     }
 }
@@ -396,6 +404,7 @@ pub unsafe fn check_bad(bad: Option<BadElement>, x: Source, jnd: Source, stream:
     let src = match b.input {
         Input::X => x,
         Input::Jnd => jnd,
+        Input::TokenTol(_) | Input::Step(_) => None,
     };
     // SAFETY: `src` holds element `b.index` by this function's contract.
     let value = src.map_or(f32::NAN, |e| unsafe { value_at(e, b.index, stream) });
@@ -860,9 +869,11 @@ pub unsafe fn check_capped(
 
 // Slots of a quantization's statistics, after the token-stats ones (bad J, Σ j²) of the fused chain.
 const Q_BAD_X: usize = 2;
-const Q_CLAMP: usize = 3;
-const Q_SSE: usize = 4;
-const Q_HIST: usize = 5;
+/// The bad-step cell: the largest `bad_step_key` of `kernels/quantize.cu` (0 = none).
+const Q_BAD_STEP: usize = 3;
+const Q_CLAMP: usize = 4;
+const Q_SSE: usize = 5;
+const Q_HIST: usize = 6;
 // The fused chain writes token stats into a quantization's buffer: the layouts must not collide.
 const _: () = assert!(T_BAD_J < TOKEN_STATS_SLOTS && T_SUM_SQ < TOKEN_STATS_SLOTS && Q_BAD_X == TOKEN_STATS_SLOTS);
 
@@ -936,6 +947,7 @@ fn quant_params(grid: &TokenGrid, p: &QuantPtrs, bits: Bits, histogram: bool, st
         clamp_count: stats.slot::<u64>(Q_CLAMP).addr(),
         histogram: if histogram { stats.slot::<u64>(Q_HIST).addr() } else { 0 },
         bad_index: stats.slot::<u64>(Q_BAD_X).addr(),
+        bad_step: stats.slot::<u64>(Q_BAD_STEP).addr(),
         bits: bits.bits(),
         pad0: 0,
     })
@@ -946,12 +958,35 @@ fn quant_params(grid: &TokenGrid, p: &QuantPtrs, bits: Bits, histogram: bool, st
 /// statistics, the same [`QuantStats`] the CPU path returns.
 pub fn decode_quantize(s: &[i64], bits: Bits, histogram: bool) -> (Option<BadElement>, QuantStats) {
     let bad_x = bad_of(s[Q_BAD_X]).map(|index| BadElement { input: Input::X, index });
+    let bad_step = decode_step_key(s[Q_BAD_STEP] as u64);
     let stats = QuantStats {
         clamped: s[Q_CLAMP] as u64,
         total_sse: f64::from_bits(s[Q_SSE] as u64),
         histogram: histogram.then(|| s[Q_HIST..Q_HIST + bits.hist_bins()].iter().map(|&v| v as u64).collect()),
     };
-    (decode_token_stats(s).or(bad_x), stats)
+    // The CPU's order: J (reduced first), the token tolerances and steps, then x.
+    (decode_token_stats(s).or(bad_step).or(bad_x), stats)
+}
+
+/// The bad-step cell's key (`bad_step_key` in `kernels/quantize.cu`): bit 63 for a token
+/// tolerance, then `0x7fffffff - t`, then the value's f32 bits; 0 is none.
+fn decode_step_key(k: u64) -> Option<BadElement> {
+    if k == 0 {
+        return None;
+    }
+    let index = (0x7fff_ffff - ((k >> 32) & 0x7fff_ffff)) as usize;
+    let bits = k as u32;
+    Some(BadElement { input: if k >> 63 == 1 { Input::TokenTol(bits) } else { Input::Step(bits) }, index })
+}
+
+/// The key of [`decode_step_key`] for a bad step or token tolerance (the CPU's encoding).
+fn step_key(b: BadElement) -> i64 {
+    let (jt, bits) = match b.input {
+        Input::TokenTol(v) => (1u64, v),
+        Input::Step(v) => (0, v),
+        Input::X | Input::Jnd => unreachable!("x and J have cells of their own"),
+    };
+    ((jt << 63) | ((0x7fff_ffff - b.index as u64) << 32) | bits as u64) as i64
 }
 
 // ---- matched-NRMSE perturbation and noise ----
@@ -1392,6 +1427,7 @@ pub fn encode_quantize(s: &mut [i64], bad: Option<BadElement>, clamped: u64, tot
     match bad {
         Some(BadElement { input: Input::X, index }) => s[Q_BAD_X] = !(index as u64) as i64,
         Some(BadElement { input: Input::Jnd, index }) => s[T_BAD_J] = !(index as u64) as i64,
+        Some(b) => s[Q_BAD_STEP] = step_key(b),
         None => {}
     }
     s[Q_CLAMP] = clamped as i64;
@@ -1409,7 +1445,8 @@ pub fn encode_perturb(s: &mut [i64], bad: Option<BadElement>, report: &PerturbRe
     match bad {
         Some(BadElement { input: Input::X, index }) => s[P_BAD_X] = !(index as u64) as i64,
         Some(BadElement { input: Input::Jnd, index }) => s[P_BAD_J] = !(index as u64) as i64,
-        None => {}
+        // A perturbation has no steps and no token tolerances (`bad_of_error` never makes them).
+        Some(_) | None => {}
     }
     let samples = report.scales.len();
     for n in 0..samples {
@@ -1490,6 +1527,32 @@ mod tests {
         assert_eq!(bad, Some(BadElement { input: Input::Jnd, index: 1 }));
         assert_eq!(rep.scales, vec![0.0, 0.0, 2.5]);
         assert_eq!(rep.zero_samples, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn bad_step_keys_decode_in_the_cpus_order() {
+        let mut s = vec![0i64; quantize_slots(Bits::B8, false)];
+        let step = BadElement { input: Input::Step((-1.5f32).to_bits()), index: 9 };
+        encode_quantize(&mut s, Some(step), 0, 0.0, None);
+        assert_eq!(decode_quantize(&s, Bits::B8, false).0, Some(step));
+        assert_eq!(step.error(f32::NAN).to_string(), crate::cpu::step_error(9, -1.5).to_string());
+        // A bad x as well: the step is reported (the CPU checks steps before any element).
+        s[Q_BAD_X] = !3;
+        assert_eq!(decode_quantize(&s, Bits::B8, false).0, Some(step));
+        // The kernels keep the largest key: a j_t outranks every step, the smaller token wins.
+        let key = |input, index| step_key(BadElement { input, index }) as u64;
+        let inf = f32::INFINITY.to_bits();
+        assert!(key(Input::TokenTol(0), 70) > key(Input::Step(inf), 0));
+        assert!(key(Input::Step(inf), 2) > key(Input::Step(0), 9));
+        assert!(key(Input::TokenTol(0), 0) > key(Input::TokenTol(0), 1));
+        assert!(key(Input::Step(0), i32::MAX as usize - 1) > 0, "a key is never the empty cell");
+        let jt = BadElement { input: Input::TokenTol(0f32.to_bits()), index: 70 };
+        s[Q_BAD_STEP] = step_key(jt);
+        assert_eq!(decode_quantize(&s, Bits::B8, false).0, Some(jt));
+        assert!(matches!(jt.error(f32::NAN), Error::Jnd { index: 70, value } if value == 0.0));
+        // A bad J is found first of all.
+        s[T_BAD_J] = !4;
+        assert_eq!(decode_quantize(&s, Bits::B8, false).0, Some(BadElement { input: Input::Jnd, index: 4 }));
     }
 
     #[test]

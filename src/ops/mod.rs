@@ -51,22 +51,11 @@ pub fn grid_of(x: &Tensor, layout: Layout, patch: usize) -> Result<TokenGrid> {
     TokenGrid::new(FeatureShape::from_sizes(layout, &x.size())?, patch)
 }
 
-/// A CPU tensor's data as a slice (zero-copy).
-///
-/// # Safety
-/// `t` is a defined, contiguous CPU tensor whose elements are `E`, and nothing writes to its
-/// storage (through any handle) while the slice lives.
-pub(crate) unsafe fn slice<E>(t: &Tensor) -> &[E] {
-    // SAFETY: the caller guarantees a contiguous CPU buffer of `numel` elements of type `E` that
-    // is not written while borrowed.
-    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const E, t.numel()) }
-}
-
 /// A CPU tensor's data as a mutable slice (zero-copy). `tch` tensors are shared handles, so the
 /// borrow checker cannot see exclusivity: the caller states it.
 ///
 /// # Safety
-/// As [`slice`], and no other reference to the storage (shared or mutable, through any tensor
+/// `t` is a defined, contiguous CPU tensor whose elements are `E`, and no other reference to the storage (shared or mutable, through any tensor
 /// handle) is used while this slice lives: the ops call it only on outputs they allocated or on
 /// caller buffers checked by [`check_disjoint`].
 #[allow(clippy::mut_from_ref)]
@@ -509,11 +498,6 @@ fn run_quantize(
 ) -> Result<Quantized> {
     let r = ex.run(&quantize_call(x, grid, steps, opts, in_place, &outs)?)?;
     Ok(Quantized::new(outs, r))
-}
-
-/// The CPU quantization of checked tensors into made outputs (the core's host executor).
-fn quantize_cpu(x: &Tensor, grid: &TokenGrid, steps: &Tensor, opts: &QuantizeOptions, in_place: bool, outs: Outs) -> Result<Quantized> {
-    run_quantize(&Executor::Host(None), x, grid, steps, opts, in_place, outs)
 }
 
 /// Steps whose **measured** quantize–dequantize MSE equals `D` within 1e-3 relative (contract §3):

@@ -21,13 +21,12 @@ use tch::{Device, Kind, Tensor};
 
 use super::{
     buf, byte_range, check_device, check_disjoint, check_perturb, check_steps_tensor, check_tensor, cuda_ordinal, grid_of, out_tensor,
-    perturb_call, perturb_cpu, prepare_outs, quantize_call, quantize_cpu, same_device, slice, slice_mut, Outs, QuantizeBuffers,
-    QuantizeOptions, Quantized,
+    perturb_call, perturb_cpu, prepare_outs, quantize_args, quantize_call, same_device, slice_mut, Outs, QuantizeBuffers, QuantizeOptions,
+    Quantized,
 };
-use crate::call::{Buf, Cuda, Executor, QuantizeReport};
-use crate::cpu::{self, perturb::NoiseSpec, PerturbReport};
+use crate::call::{Buf, Cuda, Executor, JndChainArgs, QuantizeReport};
+use crate::cpu::{perturb::NoiseSpec, PerturbReport};
 use crate::cuda::raw::{self, BadElement, Input};
-use crate::element::with_elem;
 use crate::error::{Error, Result};
 use crate::geom::{Bits, Layout, Reduce, Strategy, TokenGrid};
 use crate::steps;
@@ -126,19 +125,6 @@ unsafe fn cpu_slots(stats: &Tensor, slots: usize) -> &mut [i64] {
     unsafe { &mut slice_mut::<i64>(stats)[..slots] }
 }
 
-/// Records a CPU quantization in the kernels' layout: its statistics, or the bad element of a
-/// `NonFinite`/`Jnd` error (any other error is the call's own).
-fn record_quantize(s: &mut [i64], r: Result<QuantizeReport>) -> Result<()> {
-    match r {
-        Ok(q) => raw::encode_quantize(s, None, q.clamped, q.total_sse, q.histogram.as_deref()),
-        Err(e) => match raw::bad_of_error(&e) {
-            Some(b) => raw::encode_quantize(s, Some(b), 0, 0.0, None),
-            None => return Err(e),
-        },
-    }
-    Ok(())
-}
-
 /// The statistics of one call, copied to the host (on CUDA: after everything torch's current
 /// stream holds, i.e. the sync the caller chose).
 fn host_slots(stats: &Tensor, offset: usize, slots: usize) -> Result<Vec<i64>> {
@@ -151,6 +137,8 @@ fn bad_error(b: BadElement, x: &Tensor, jnd: Option<&Tensor>) -> Error {
     let src = match b.input {
         Input::X => Some(x),
         Input::Jnd => jnd,
+        // These cells carry their value.
+        Input::TokenTol(_) | Input::Step(_) => None,
     };
     let value = src.and_then(|t| t.f_view([-1]).ok()).and_then(|t| t.f_double_value(&[b.index as i64]).ok()).map_or(f32::NAN, |v| v as f32);
     b.error(value)
@@ -244,9 +232,8 @@ pub fn quantize_async<'a>(
         Cuda::torch(o)?.quantize_enqueue(&quantize_call(x, &grid, steps, opts, false, &outs)?, &stats_buf(stats, slots)?)?;
         return Ok(pending);
     }
-    let r = quantize_cpu(x, &grid, steps, opts, false, outs).map(|q| q.report);
     // SAFETY: `stats` was checked for `slots` on the CPU and is disjoint from everything else.
-    record_quantize(unsafe { cpu_slots(stats, slots) }, r)?;
+    quantize_call(x, &grid, steps, opts, false, &outs)?.record_host(None, unsafe { cpu_slots(stats, slots) })?;
     Ok(pending)
 }
 
@@ -268,7 +255,8 @@ pub fn quantize_with_jnd_async<'a>(
     steps_out: &Tensor,
     stats: &'a Tensor,
 ) -> Result<PendingQuantize<'a>> {
-    let (_, dj) = (check_tensor(x, "x")?, check_tensor(jnd, "J")?);
+    check_tensor(x, "x")?;
+    check_tensor(jnd, "J")?;
     check_device(x, "x")?;
     same_device(x, "x", jnd, "J")?;
     if x.size() != jnd.size() {
@@ -293,25 +281,15 @@ pub fn quantize_with_jnd_async<'a>(
     check_stats(stats, slots, x)?;
     stats_disjoint(stats, &[(x, "x"), (jnd, "J"), (&st, "steps")], &outs)?;
     let pending = PendingQuantize { stats, offset: 0, x, jnd: Some(jnd), grid, bits: opts.bits, histogram: opts.histogram };
+    let quantize = quantize_args(x, &grid, &st, opts, false, &outs)?;
+    let call = JndChainArgs { quantize, jnd: buf(jnd, "J")?, reduce, budget, strategy }.validate()?;
     if let Some(o) = cuda_ordinal(x.device()) {
-        let call = quantize_call(x, &grid, &st, opts, false, &outs)?;
-        Cuda::torch(o)?.quantize_with_jnd_enqueue(&call, &buf(jnd, "J")?, reduce, budget, strategy, &stats_buf(stats, slots)?)?;
+        Cuda::torch(o)?.quantize_with_jnd_enqueue(&call, &stats_buf(stats, slots)?)?;
         return Ok(pending);
     }
-    // The CPU chain of `quantize_with_jnd_into`: j_t, the steps (into the caller's tensor), the
-    // quantization. A bad J or x is recorded for decode(), as the kernels would.
+    // The CPU chain, recorded for decode() as the kernels would record it.
     // SAFETY: `stats` was checked for `slots` on the CPU and is disjoint from everything else.
-    let s = unsafe { cpu_slots(stats, quantize_stats_slots(opts.bits)) };
-    // SAFETY: `jnd` is a checked contiguous CPU tensor of `dj`'s element type, only read here.
-    let jt = match with_elem!(dj, E => cpu::token_tolerance::<E>(unsafe { slice(jnd) }, &grid, reduce)) {
-        Ok(jt) => jt,
-        Err(e) => return record_quantize(s, Err(e)).map(|()| pending),
-    };
-    // SAFETY: `st` is a checked contiguous f32 CPU tensor of `T` values, disjoint from every other
-    // tensor of the call, viewed only here.
-    steps::allocate_into(&jt, budget, strategy, 1.0, unsafe { slice_mut::<f32>(&st) })?;
-    let r = quantize_cpu(x, &grid, &st, opts, false, outs).map(|q| q.report);
-    record_quantize(s, r)?;
+    call.record_host(None, unsafe { cpu_slots(stats, quantize_stats_slots(opts.bits)) })?;
     Ok(pending)
 }
 
@@ -464,8 +442,7 @@ pub fn quantize_batch_async<'a>(items: &[QuantizeItem<'a>], opts: &QuantizeOptio
     // SAFETY: `stats` was checked for all items' slots on the CPU and is disjoint from every array.
     let all = unsafe { cpu_slots(stats, per * items.len()) };
     for ((it, (grid, outs)), s) in items.iter().zip(prepared).zip(all.chunks_mut(per)) {
-        let r = quantize_cpu(it.x, &grid, it.steps, opts, false, outs).map(|q| q.report);
-        record_quantize(s, r)?;
+        quantize_call(it.x, &grid, it.steps, opts, false, &outs)?.record_host(None, s)?;
     }
     Ok(PendingBatch { items: pending })
 }

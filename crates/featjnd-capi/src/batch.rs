@@ -285,7 +285,7 @@ pub unsafe extern "C" fn fj_quantize_batch_async(
         let all: &mut [i64] = unsafe { slice_mut(stats as *mut c_void, per * count as usize) };
         for (q, s) in calls.iter().zip(all.chunks_mut(per)) {
             // Validated by `quant_call`, disjoint from every other item's arrays and the statistics.
-            record_quantize(s, quantize_host(c, q))?;
+            q.call.record_host(c.pool.as_ref(), s)?;
         }
         Ok(())
     })
@@ -386,7 +386,7 @@ fn bad_code(b: raw::BadElement) -> i32 {
 /// Decodes every item of `fj_quantize_batch_async` (the same `items`, `count` and `bits`) with
 /// one copy of the statistics and, on a CUDA context, one sync of `stream`: `statuses[i]` (host,
 /// `int32_t[count]`, required) receives what `fj_quantize_decode` would return for item `i`
-/// (`FJ_OK`, `FJ_ERR_JND`, `FJ_ERR_NONFINITE`), `results[i]` (unless null) its result when
+/// (`FJ_OK`, `FJ_ERR_JND`, `FJ_ERR_ARG`, `FJ_ERR_NONFINITE`), `results[i]` (unless null) its result when
 /// `FJ_OK`, and `hists + i · bins` (unless null; `bins` = 255 for 8 bits, 512 for 16) its
 /// histogram. The call returns `FJ_OK` when it could decode every item, whatever their statuses;
 /// a bad argument is its own status and writes nothing. An item's message (with the offending

@@ -98,6 +98,7 @@ impl Gpu {
         let (x, j) = match b.input {
             raw::Input::X => (Some(e), None),
             raw::Input::Jnd => (None, Some(e)),
+            raw::Input::TokenTol(_) | raw::Input::Step(_) => (None, None),
         };
         // SAFETY: the array holds element `b.index` (contract).
         Ok(unsafe { raw::check_bad(Some(b), x, j, &s) }?)

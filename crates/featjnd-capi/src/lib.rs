@@ -35,7 +35,7 @@ use std::mem::size_of;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use featjnd_kernels::call::{
-    no_overlap, symbol_elem, AllocateArgs, Buf, CappedArgs, CapsArgs, Elem, Executor, Mem, PerturbArgs, PerturbCall as CorePerturbCall,
+    symbol_elem, AllocateArgs, Buf, CappedArgs, CapsArgs, Elem, Executor, JndChainArgs, Mem, PerturbArgs, PerturbCall as CorePerturbCall,
     QuantizeArgs, QuantizeCall, QuantizeReport, TokenStat, TokenStatsArgs,
 };
 use featjnd_kernels::cpu::{self, perturb::NoiseSpec};
@@ -471,14 +471,6 @@ unsafe fn ctx_ref<'a>(ctx: *const FjContext) -> R<&'a FjContext> {
     Ok(unsafe { &*ctx })
 }
 
-/// Runs `f` in the context's thread pool (or the global one).
-fn in_pool<T: Send>(ctx: &FjContext, f: impl FnOnce() -> T + Send) -> T {
-    match &ctx.pool {
-        Some(p) => p.install(f),
-        None => f(),
-    }
-}
-
 /// A CPU context takes no stream.
 fn check_stream(ctx: &FjContext, stream: *mut c_void) -> R<()> {
     if ctx.gpu.is_none() && !stream.is_null() {
@@ -911,11 +903,6 @@ unsafe fn quant_call(
     Ok(QuantCall { call, f, o })
 }
 
-/// The CPU quantization of a validated call, in the context's pool.
-fn quantize_host(c: &FjContext, q: &QuantCall) -> Result<QuantizeReport, Error> {
-    Executor::Host(c.pool.as_ref()).run(&q.call)
-}
-
 /// Fills the result struct (and copies the histogram to the host array `hist_out` when set).
 ///
 /// # Safety
@@ -1129,14 +1116,6 @@ fn record<T>(r: Result<T, Error>, write: impl FnOnce(Option<raw::BadElement>, Op
     Ok(())
 }
 
-/// [`record`] for a CPU quantization: its statistics, or the bad element it reported, into `s`.
-fn record_quantize(s: &mut [i64], r: Result<QuantizeReport, Error>) -> R<()> {
-    record(r, |bad, v| match v {
-        Some(v) => raw::encode_quantize(s, None, v.clamped, v.total_sse, v.histogram.as_deref()),
-        None => raw::encode_quantize(s, bad, 0, 0.0, None),
-    })
-}
-
 /// [`record`] for a CPU perturbation of `samples` samples: its report, or the bad element it
 /// reported (with zero scales), into `s`.
 fn record_perturb(s: &mut [i64], samples: usize, r: Result<cpu::PerturbReport, Error>) -> R<()> {
@@ -1179,11 +1158,10 @@ pub unsafe extern "C" fn fj_quantize_async(
             // SAFETY: `stream` per the contract; the arrays stay valid until it has run (contract).
             return Ok(unsafe { gpu.executor(stream)? }.quantize_enqueue(&q.call, &st)?);
         }
-        let r = quantize_host(c, &q);
         // SAFETY: `stats` is non-null, aligned and holds `slots` i64 of host memory (checked,
         // contract), overlapping nothing the op used (checked).
         let s: &mut [i64] = unsafe { slice_mut(stats as *mut c_void, slots) };
-        record_quantize(s, r)
+        Ok(q.call.record_host(c.pool.as_ref(), s)?)
     })
 }
 
@@ -1237,32 +1215,19 @@ pub unsafe extern "C" fn fj_quantize_with_jnd_async(
         let jb = unsafe { Buf::new("jnd->data", j.data as usize, g.numel(), j.dt.into(), c.mem(), false) };
         // SAFETY: `x` and `opts` are null or readable (contract).
         let q = unsafe { quant_call(c, x, steps_out, opts, true, Some(true), &[jb], &[st])? };
-        // The core reads the steps; here they are written while x and J are read.
-        no_overlap(&[q.call.args().x, jb], &[q.call.args().steps], None)?;
         if !q.o.histogram.is_null() {
             return fail(FJ_ERR_ARG, "opts->histogram must be null: the async call counts the histogram into stats");
         }
+        // The chain's own rules on top (the steps are written while x and J are read).
+        let chain = JndChainArgs { quantize: *q.call.args(), jnd: jb, reduce, budget, strategy }.validate()?;
         if let Some(gpu) = &c.gpu {
             // SAFETY: `stream` per the contract; the arrays stay valid until it has run (contract).
-            return Ok(unsafe { gpu.executor(stream)? }.quantize_with_jnd_enqueue(&q.call, &jb, reduce, budget, strategy, &st)?);
+            return Ok(unsafe { gpu.executor(stream)? }.quantize_with_jnd_enqueue(&chain, &st)?);
         }
         // SAFETY: `stats` is non-null, aligned and holds `slots` i64 of host memory (checked,
         // contract), overlapping nothing the op used (checked).
         let s: &mut [i64] = unsafe { slice_mut(stats as *mut c_void, raw::quantize_slots(bits, true)) };
-        let jt = with_elem!(j.dt, E => {
-            // SAFETY: `j.data` is non-null, aligned (checked by `feature`) and holds `g.numel()`
-            // elements (contract) that nothing writes during the call (checked: no output overlaps it).
-            let js: &[E] = unsafe { slice(j.data, g.numel()) };
-            in_pool(c, || cpu::token_tolerance::<E>(js, &g, reduce))
-        });
-        let jt = match jt {
-            Ok(v) => v,
-            Err(e) => return record_quantize(s, Err(e)),
-        };
-        // SAFETY: `steps_out` is non-null, aligned (checked) and writable for `tokens` floats
-        // (contract), overlapping nothing else (checked).
-        steps::allocate_into(&jt, budget, strategy, 1.0, unsafe { slice_mut::<f32>(steps_out as *mut c_void, g.tokens()) })?;
-        record_quantize(s, quantize_host(c, &q))
+        Ok(chain.record_host(c.pool.as_ref(), s)?)
     })
 }
 
@@ -1338,6 +1303,8 @@ unsafe fn bad_status(c: &FjContext, b: raw::BadElement, x: &Feat, jnd: *const c_
     let data = match b.input {
         raw::Input::X => x.data,
         raw::Input::Jnd => jnd,
+        // A bad step or token tolerance: the cell carries the value.
+        raw::Input::TokenTol(_) | raw::Input::Step(_) => return Err(b.error(f32::NAN).into()),
     };
     if data.is_null() || b.index >= x.shape.numel() {
         return Err(b.error(f32::NAN).into());
@@ -1354,7 +1321,7 @@ unsafe fn bad_status(c: &FjContext, b: raw::BadElement, x: &Feat, jnd: *const c_
 /// Decodes the statistics of `fj_quantize_async` or `fj_quantize_with_jnd_async` (same `x`,
 /// `patch` and `bits`; `jnd` as given to the fused call, else null) into `result` (and the
 /// histogram into the host array `hist_out`, 255 or 512 `uint64_t`, unless null), or the status
-/// the synchronous call would return (`FJ_ERR_JND` before `FJ_ERR_NONFINITE`; the message's value
+/// the synchronous call would return (`FJ_ERR_JND`, then `FJ_ERR_ARG` for a bad step, then `FJ_ERR_NONFINITE`; the message's value
 /// is read from `x` now, so after an in-place call it is what `x` holds then). On a CUDA context
 /// `stats` is device memory: it is copied on `stream` and the stream synchronized.
 ///

@@ -214,6 +214,17 @@ fn decode_gives_the_synchronous_status_and_bad_arguments_are_refused() {
         assert!(decoded.contains("29"), "{decoded}");
         assert_eq!(fj_quantize(c, &fx, st.as_ptr(), &o, &mut r, null_mut()), FJ_ERR_NONFINITE);
         assert_eq!(decoded, err());
+        // A bad step (ahead of the NaN x): taken by the async call, decoded as the synchronous
+        // call's FJ_ERR_ARG with the same token and value (the kernels check steps on the device).
+        let mut bad_steps = st.clone();
+        bad_steps[5] = -1.0;
+        bad_steps[8] = f32::NAN;
+        assert_eq!(fj_quantize_async(c, &fx, bad_steps.as_ptr(), &o, stats.as_mut_ptr(), qs, null_mut()), FJ_OK, "{}", err());
+        assert_eq!(fj_quantize_decode(c, &fx, null(), 1, 8, stats.as_ptr(), qs, null_mut(), &mut r, null_mut()), FJ_ERR_ARG);
+        let decoded = err();
+        assert!(decoded.contains("step Δ[5] = -1 "), "{decoded}");
+        assert_eq!(fj_quantize(c, &fx, bad_steps.as_ptr(), &o, &mut r, null_mut()), FJ_ERR_ARG);
+        assert_eq!(decoded, err());
         // Perturbation: a bad x before a bad J.
         let mut ps = 0u64;
         assert_eq!(fj_perturb_stats_slots(&fx, &mut ps), FJ_OK);
