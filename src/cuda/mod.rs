@@ -5,6 +5,7 @@
 //! [`Error::CudaUnavailable`] otherwise; nothing here panics on a machine without a GPU.
 
 pub mod compile;
+pub mod kernels;
 pub mod raw;
 
 pub use raw::{DevPtr, DevPtrMut};

@@ -21,12 +21,12 @@ use std::marker::PhantomData;
 
 use cudarc::driver::{result as cu, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 
-use super::compile::{M_PERTURB, M_PERTURB_GENERIC, M_QUANTIZE, M_STEP_ALLOC, M_TOKEN_STATS};
+use super::compile::{M_PERTURB_GENERIC, M_TOKEN_STATS};
 use super::{cuda_err, Device};
 use crate::cpu::{perturb::NoiseSpec, PerturbReport, QuantStats};
 use crate::element::{with_elem, Dtype, Element};
 use crate::error::{Error, Result};
-use crate::geom::{Bits, NoiseKind, Reduce, Strategy, TokenGrid};
+use crate::geom::{Bits, Reduce, Strategy, TokenGrid};
 use crate::params::*;
 
 // ---- typed device pointers ----
@@ -144,94 +144,10 @@ unsafe impl DeviceRepr for FjPerturbBatchParams {}
 // SAFETY: see above (an `FjQuantizeParams` followed by addresses, floats and counts).
 unsafe impl DeviceRepr for FjQuantizeChainParams {}
 
-// ---- kernels: static tables, picked per module, dtype and layout; nothing formatted on the launch path ----
+// ---- kernels: static tables (`super::kernels`), picked per module, dtype and layout ----
 
-/// A kernel as the launchers name it: its module (a slot of [`MODULES`]), its index in the
-/// device's handle table for that module, and its name. [`Device::kernel`] turns it into a cached
-/// handle with one table read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Kernel {
-    pub module: usize,
-    pub index: usize,
-    pub name: &'static str,
-}
-
-/// A kernel per dtype (f32, f16, bf16) at indices `first..first + 3` of its module's table.
-struct Family {
-    names: [&'static str; 3],
-    first: usize,
-}
-
-impl Family {
-    const fn at(&self, module: usize, dt: Dtype) -> Kernel {
-        Kernel { module, index: self.first + dt as usize, name: self.names[dt as usize] }
-    }
-}
-
-const fn single(module: usize, index: usize, name: &'static str) -> Kernel {
-    Kernel { module, index, name }
-}
-
-const TOKEN_STATS_NCHW: Family =
-    Family { names: ["fj_token_stats_nchw_f32", "fj_token_stats_nchw_f16", "fj_token_stats_nchw_bf16"], first: 0 };
-const TOKEN_STATS_NTC: Family = Family { names: ["fj_token_stats_ntc_f32", "fj_token_stats_ntc_f16", "fj_token_stats_ntc_bf16"], first: 3 };
-const STEP_ALLOC: Kernel = single(M_STEP_ALLOC, 0, "fj_step_alloc");
-const MAX_POS: Kernel = single(M_STEP_ALLOC, 1, "fj_max_pos");
-const CAPS: Kernel = single(M_STEP_ALLOC, 2, "fj_caps");
-const CAPPED_SOLVE: Kernel = single(M_STEP_ALLOC, 3, "fj_capped_solve");
-const CAPPED_STEPS: Kernel = single(M_STEP_ALLOC, 4, "fj_capped_steps");
-// In each of the four quantize.cu modules ([`quantize_module`]).
-const QUANTIZE_NCHW: Family = Family { names: ["fj_quantize_nchw_f32", "fj_quantize_nchw_f16", "fj_quantize_nchw_bf16"], first: 0 };
-const QUANTIZE_NTC: Family = Family { names: ["fj_quantize_ntc_f32", "fj_quantize_ntc_f16", "fj_quantize_ntc_bf16"], first: 3 };
-const QUANTIZE_BATCH: Family = Family { names: ["fj_quantize_batch_f32", "fj_quantize_batch_f16", "fj_quantize_batch_bf16"], first: 6 };
-const QUANTIZE_CHAIN_NCHW: Family =
-    Family { names: ["fj_quantize_chain_nchw_f32", "fj_quantize_chain_nchw_f16", "fj_quantize_chain_nchw_bf16"], first: 9 };
-const QUANTIZE_CHAIN_NTC: Family =
-    Family { names: ["fj_quantize_chain_ntc_f32", "fj_quantize_chain_ntc_f16", "fj_quantize_chain_ntc_bf16"], first: 12 };
-// In each of the four specialised perturb.cu modules ([`perturb_module`]).
-const PERTURB_NORMS: Family = Family { names: ["fj_perturb_norms_f32", "fj_perturb_norms_f16", "fj_perturb_norms_bf16"], first: 0 };
-const PERTURB_APPLY: Family = Family { names: ["fj_perturb_apply_f32", "fj_perturb_apply_f16", "fj_perturb_apply_bf16"], first: 3 };
-// In the generic perturb.cu module.
-const PERTURB_NORMS_BATCH: Family =
-    Family { names: ["fj_perturb_norms_batch_f32", "fj_perturb_norms_batch_f16", "fj_perturb_norms_batch_bf16"], first: 0 };
-const PERTURB_APPLY_BATCH: Family =
-    Family { names: ["fj_perturb_apply_batch_f32", "fj_perturb_apply_batch_f16", "fj_perturb_apply_batch_bf16"], first: 3 };
-const NOISE: Kernel = single(M_PERTURB_GENERIC, 6, "fj_noise");
-
-/// The quantize.cu module specialised for `bits` and a histogram or none.
-fn quantize_module(bits: Bits, histogram: bool) -> usize {
-    M_QUANTIZE + 2 * usize::from(bits == Bits::B16) + usize::from(histogram)
-}
-
-/// The perturb.cu module specialised for a noise kind and J given (or J == 1).
-fn perturb_module(noise: NoiseKind, jnd: bool) -> usize {
-    M_PERTURB + 2 * noise_code(noise) as usize + usize::from(jnd)
-}
-
-/// Every kernel the launchers may ask for, in every module (for tests against the compiled PTX).
-pub fn kernel_names() -> Vec<Kernel> {
-    let dts = [Dtype::F32, Dtype::F16, Dtype::Bf16];
-    let mut v = vec![STEP_ALLOC, MAX_POS, CAPS, CAPPED_SOLVE, CAPPED_STEPS, NOISE];
-    let mut fam = |f: &Family, m: usize| v.extend(dts.map(|dt| f.at(m, dt)));
-    fam(&TOKEN_STATS_NCHW, M_TOKEN_STATS);
-    fam(&TOKEN_STATS_NTC, M_TOKEN_STATS);
-    for bits in [Bits::B8, Bits::B16] {
-        for hist in [false, true] {
-            for f in [&QUANTIZE_NCHW, &QUANTIZE_NTC, &QUANTIZE_BATCH, &QUANTIZE_CHAIN_NCHW, &QUANTIZE_CHAIN_NTC] {
-                fam(f, quantize_module(bits, hist));
-            }
-        }
-    }
-    for noise in [NoiseKind::Gaussian, NoiseKind::Uniform] {
-        for jnd in [false, true] {
-            fam(&PERTURB_NORMS, perturb_module(noise, jnd));
-            fam(&PERTURB_APPLY, perturb_module(noise, jnd));
-        }
-    }
-    fam(&PERTURB_NORMS_BATCH, M_PERTURB_GENERIC);
-    fam(&PERTURB_APPLY_BATCH, M_PERTURB_GENERIC);
-    v
-}
+use super::kernels::*;
+pub use super::kernels::{kernel_names, Kernel};
 
 // ---- launching ----
 
@@ -991,13 +907,6 @@ fn step_key(b: BadElement) -> i64 {
 
 // ---- matched-NRMSE perturbation and noise ----
 
-fn noise_code(k: NoiseKind) -> u32 {
-    match k {
-        NoiseKind::Gaussian => FJ_NOISE_GAUSSIAN,
-        NoiseKind::Uniform => FJ_NOISE_UNIFORM,
-    }
-}
-
 // Slots: bad x, bad J, (Σx², Σ(Jξ)²) per sample, then the f32 scales packed two a slot.
 const P_BAD_X: usize = 0;
 const P_BAD_J: usize = 1;
@@ -1617,7 +1526,7 @@ mod tests {
         assert!(cfg(1 << 31).is_err());
         let mut g = FjTokenGeom { layout: FJ_LAYOUT_NCHW, tokens: 33, ..Default::default() };
         let m = quantize_module(Bits::B16, true);
-        assert_eq!(m, M_QUANTIZE + 3);
+        assert_eq!(m, super::super::compile::M_QUANTIZE + 3);
         assert_eq!(
             token_grid(&g, &QUANTIZE_NCHW, &QUANTIZE_NTC, m, Dtype::F16),
             (Kernel { module: m, index: 1, name: "fj_quantize_nchw_f16" }, 2)
@@ -1627,19 +1536,6 @@ mod tests {
             token_grid(&g, &QUANTIZE_NCHW, &QUANTIZE_NTC, m, Dtype::Bf16),
             (Kernel { module: m, index: 5, name: "fj_quantize_ntc_bf16" }, 5)
         );
-        assert_eq!(perturb_module(NoiseKind::Uniform, false), M_PERTURB + 2);
-        // step + noise, token stats, 4 quantize modules (single, batch, chain), 4 specialised perturb
-        // modules, the batch pair.
-        let all = kernel_names();
-        assert_eq!(all.len(), 6 + 6 + 4 * 15 + 4 * 6 + 6);
-        // One handle cell per (module, index): no two names share one, every index has room.
-        for (i, a) in all.iter().enumerate() {
-            assert!(a.module < super::super::compile::MODULES.len() && a.index < crate::cuda::MAX_KERNELS_PER_MODULE, "{a:?}");
-            for b in &all[i + 1..] {
-                assert!(!(a.module == b.module && a.index == b.index), "{a:?} and {b:?} share a handle cell");
-                assert!(a.module != b.module || a.name != b.name, "{a:?} listed twice");
-            }
-        }
     }
 
     #[test]
