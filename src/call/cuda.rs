@@ -21,6 +21,7 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use super::buf::{Buf, Elem, Mem};
 use super::capped::{CappedArgs, CappedCall, CappedMeasuredCall, CapsCall};
 use super::chain::{CappedChainCall, JndChainCall};
+use super::decode::{PerturbDecodeCall, QuantizeDecodeCall};
 use super::noise::NoiseCall;
 use super::perturb::{PerturbArgs, PerturbCall};
 use super::quantize::{QuantizeArgs, QuantizeCall, QuantizeReport};
@@ -446,6 +447,50 @@ impl Cuda {
             unsafe { cu::memcpy_htod_sync(o.addr() as u64, h) }.map_err(cuda_err)?;
         }
         Ok(())
+    }
+}
+
+impl Cuda {
+    /// A validated device statistics array, copied to the host (the stream is synchronized).
+    fn stats_to_host(&self, stats: &Buf) -> Result<Vec<i64>> {
+        self.check(&[stats])?;
+        // SAFETY: a validated device array of `len` i64 on this device, written by work the
+        // caller ordered before on this stream.
+        unsafe { raw::read_stats(StatsBuf::new(DevPtrMut::from_addr(stats.addr() as u64), stats.len()), &self.stream) }
+    }
+
+    /// The error of a bad element, its value copied from the device array it indexes.
+    fn device_error(&self, b: raw::BadElement, x: &Buf, jnd: &Option<Buf>) -> Error {
+        let src = match b.input {
+            raw::Input::X => Some(x),
+            raw::Input::Jnd => jnd.as_ref(),
+            raw::Input::TokenTol(_) | raw::Input::Step(_) => None,
+        };
+        // Statistics the caller mixed up may name any index: read only inside the array.
+        let e = src
+            .filter(|a| b.index < a.len())
+            .and_then(|a| a.elem().dtype().map(|dt| Elems { ptr: DevPtr::from_addr(a.addr() as u64), dt }));
+        let (xs, js) = if b.input == raw::Input::X { (e, None) } else { (None, e) };
+        // SAFETY: a source is a validated device array of this device holding element `b.index`
+        // (checked just above), and the stream was synchronized when the statistics were read.
+        let r = unsafe { raw::check_bad(Some(b), xs, js, &self.stream) };
+        r.err().unwrap_or_else(|| b.error(f32::NAN))
+    }
+
+    /// A quantization's statistics decoded on this device's stream (one copy, one sync).
+    pub fn quantize_decode(&self, c: &QuantizeDecodeCall) -> Result<QuantizeReport> {
+        let a = c.args();
+        self.check(&[&a.x])?;
+        let v = self.stats_to_host(&a.stats)?;
+        c.finish(&v, |b| self.device_error(b, &a.x, &a.jnd))
+    }
+
+    /// A perturbation's statistics decoded on this device's stream (one copy, one sync).
+    pub fn perturb_decode(&self, c: &PerturbDecodeCall) -> Result<PerturbReport> {
+        let a = c.args();
+        self.check(&[&a.x])?;
+        let v = self.stats_to_host(&a.stats)?;
+        c.finish(&v, |b| self.device_error(b, &a.x, &a.jnd))
     }
 }
 

@@ -36,15 +36,14 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use featjnd_kernels::call::{
     symbol_elem, AllocateArgs, Buf, CappedArgs, CapsArgs, Elem, Executor, JndChainArgs, Mem, PerturbArgs, PerturbCall as CorePerturbCall,
-    QuantizeArgs, QuantizeCall, QuantizeReport, TokenStat, TokenStatsArgs,
+    PerturbDecodeArgs, QuantizeArgs, QuantizeCall, QuantizeDecodeArgs, QuantizeReport, TokenStat, TokenStatsArgs,
 };
 use featjnd_kernels::cpu::{self, perturb::NoiseSpec};
 use featjnd_kernels::cuda::raw;
-use featjnd_kernels::element::with_elem;
 use featjnd_kernels::error::Error;
 use featjnd_kernels::geom::{Bits, FeatureShape, NoiseKind, Reduce, Strategy, TokenGrid};
 use featjnd_kernels::params;
-use featjnd_kernels::{steps, Dtype, Element};
+use featjnd_kernels::{steps, Dtype};
 
 mod batch;
 pub use batch::{
@@ -1293,29 +1292,17 @@ unsafe fn host_stats(c: &FjContext, stats: *const i64, stats_len: u64, slots: us
     Ok(unsafe { slice::<i64>(stats as *const c_void, slots) }.to_vec())
 }
 
-/// The typed error of a bad element, its value read from `x` or `J` (host memory on a CPU
-/// context, a small copy on a CUDA one).
+/// The `x` (and `J`, unless null) of a decode call as the core's read-only views.
 ///
 /// # Safety
-/// `x` and `jnd` (unless null) are validated features whose data holds their elements in the
-/// context's memory; `stream` as for the decode call.
-unsafe fn bad_status(c: &FjContext, b: raw::BadElement, x: &Feat, jnd: *const c_void, stream: *mut c_void) -> R<()> {
-    let data = match b.input {
-        raw::Input::X => x.data,
-        raw::Input::Jnd => jnd,
-        // A bad step or token tolerance: the cell carries the value.
-        raw::Input::TokenTol(_) | raw::Input::Step(_) => return Err(b.error(f32::NAN).into()),
-    };
-    if data.is_null() || b.index >= x.shape.numel() {
-        return Err(b.error(f32::NAN).into());
-    }
-    if let Some(gpu) = &c.gpu {
-        // SAFETY: by this function's contract (the index lies inside the array: checked).
-        return unsafe { gpu.bad_status(b, data, x.dt, stream) };
-    }
-    // SAFETY: host memory holding `numel > index` elements of `x.dt` (contract, checked).
-    let v = with_elem!(x.dt, E => unsafe { slice::<E>(data, x.shape.numel()) }[b.index].to_f32());
-    Err(b.error(v).into())
+/// `x.data` and `jnd` (unless null) hold `numel` elements of `x.dt` in the context's memory, as
+/// given to the async call, and stay valid for the decode call.
+unsafe fn decode_inputs(c: &FjContext, x: &Feat, jnd: *const c_void, numel: usize) -> (Buf, Option<Buf>) {
+    // SAFETY: this fn's contract.
+    let xb = unsafe { Buf::new("x->data", x.data as usize, numel, x.dt.into(), c.mem(), false) };
+    // SAFETY: this fn's contract.
+    let jb = (!jnd.is_null()).then(|| unsafe { Buf::new("jnd->data", jnd as usize, numel, x.dt.into(), c.mem(), false) });
+    (xb, jb)
 }
 
 /// Decodes the statistics of `fj_quantize_async` or `fj_quantize_with_jnd_async` (same `x`,
@@ -1355,16 +1342,15 @@ pub unsafe extern "C" fn fj_quantize_decode(
         if !hist_out.is_null() {
             aligned(hist_out as *const c_void, 8, "hist_out")?;
         }
-        // SAFETY: by the contract.
-        let v = unsafe { host_stats(c, stats, stats_len, raw::quantize_slots(bits, true), stream)? };
-        let (bad, q) = raw::decode_quantize(&v, bits, true);
-        if let Some(b) = bad {
-            // SAFETY: the features as given to the async call (contract).
-            return unsafe { bad_status(c, b, &f, jd, stream) };
-        }
+        let st = check_stats(c, stats as *mut i64, stats_len, raw::quantize_slots(bits, true))?;
+        // SAFETY: the features as given to the async call, their data still valid (contract).
+        let (xb, jb) = unsafe { decode_inputs(c, &f, jd, g.numel()) };
+        let call = QuantizeDecodeArgs { stats: st, x: xb, jnd: jb, shape: f.shape, patch: g.patch, bits }.validate()?;
+        // SAFETY: `stream` as for the async call (contract).
+        let r = unsafe { run_on(c, stream, |ex| ex.run(&call))? };
         // SAFETY: `hist_out` null or writable host memory for the bins, `result` null or writable
         // (contract).
-        unsafe { finish_quantize(&QuantizeReport::finish(&g, q), hist_out, result) }
+        unsafe { finish_quantize(&r, hist_out, result) }
     })
 }
 
@@ -1397,14 +1383,12 @@ pub unsafe extern "C" fn fj_perturb_decode(
         if !scales_out.is_null() {
             aligned(scales_out as *const c_void, 4, "scales_out")?;
         }
-        // SAFETY: by the contract.
-        let v = unsafe { host_stats(c, stats, stats_len, raw::perturb_slots(samples), stream)? };
-        let (bad, report) = raw::decode_perturb(&v, samples);
-        if let Some(b) = bad {
-            // SAFETY: the features as given to the async call (contract).
-            return unsafe { bad_status(c, b, &f, jd, stream) };
-        }
-        raw::check_scales(&report, nrmse)?;
+        let st = check_stats(c, stats as *mut i64, stats_len, raw::perturb_slots(samples))?;
+        // SAFETY: the features as given to the async call, their data still valid (contract).
+        let (xb, jb) = unsafe { decode_inputs(c, &f, jd, f.shape.numel()) };
+        let call = PerturbDecodeArgs { stats: st, x: xb, samples, jnd: jb, nrmse }.validate()?;
+        // SAFETY: `stream` as for the async call (contract).
+        let report = unsafe { run_on(c, stream, |ex| ex.run(&call))? };
         if !scales_out.is_null() {
             // SAFETY: writable host memory for N == report.scales.len() floats (contract), aligned
             // (checked), disjoint from the fresh Vec.
