@@ -645,18 +645,6 @@ pub(crate) fn perturb_call(
     .validate_with(extra_out)
 }
 
-/// The CPU perturbation of checked tensors (the core's host executor).
-fn perturb_cpu(
-    x: &Tensor,
-    jnd: Option<&Tensor>,
-    samples: usize,
-    nrmse: f64,
-    noise: NoiseSpec,
-    out: Option<&Tensor>,
-) -> Result<PerturbReport> {
-    Executor::Host(None).run(&perturb_call(x, jnd, samples, nrmse, noise, out, &[])?)
-}
-
 /// The noise `ξ` of flat elements `offset .. offset + numel` (contract §5) as an f32 tensor on `device`.
 pub fn noise(numel: usize, offset: u64, noise: NoiseSpec, device: Device) -> Result<Tensor> {
     let _range = crate::nvtx::range("featjnd::noise");

@@ -21,10 +21,9 @@ use tch::{Device, Kind, Tensor};
 
 use super::{
     buf, byte_range, check_device, check_disjoint, check_perturb, check_steps_tensor, check_tensor, cuda_ordinal, grid_of, out_tensor,
-    perturb_call, perturb_cpu, prepare_outs, quantize_args, quantize_call, same_device, slice_mut, Outs, QuantizeBuffers, QuantizeOptions,
-    Quantized,
+    perturb_call, prepare_outs, quantize_args, quantize_call, same_device, slice_mut, Outs, QuantizeBuffers, QuantizeOptions, Quantized,
 };
-use crate::call::{Buf, Cuda, Executor, JndChainArgs, QuantizeReport};
+use crate::call::{Buf, Cuda, JndChainArgs, QuantizeReport};
 use crate::cpu::{perturb::NoiseSpec, PerturbReport};
 use crate::cuda::raw::{self, BadElement, Input};
 use crate::error::{Error, Result};
@@ -318,14 +317,7 @@ pub fn perturb_async<'a>(
         return Ok(pending);
     }
     // SAFETY: `stats` was checked for `slots` on the CPU and is disjoint from everything else.
-    let s = unsafe { cpu_slots(stats, slots) };
-    match Executor::Host(None).run(&call) {
-        Ok(rep) => raw::encode_perturb(s, None, &rep),
-        Err(e) => match raw::bad_of_error(&e) {
-            Some(b) => raw::encode_perturb(s, Some(b), &PerturbReport { scales: vec![0.0; samples], zero_samples: vec![] }),
-            None => return Err(e),
-        },
-    }
+    call.record_host(None, unsafe { cpu_slots(stats, slots) })?;
     Ok(pending)
 }
 
@@ -535,13 +527,7 @@ pub fn perturb_batch_async<'a>(items: &[PerturbItem<'a>], stats: &'a Tensor) -> 
     let all = unsafe { cpu_slots(stats, total) };
     for (it, p) in items.iter().zip(&pending) {
         let s = &mut all[p.offset..p.offset + perturb_stats_slots(p.samples)];
-        match perturb_cpu(it.x, it.jnd, p.samples, it.nrmse, it.noise, Some(it.out)) {
-            Ok(rep) => raw::encode_perturb(s, None, &rep),
-            Err(e) => match raw::bad_of_error(&e) {
-                Some(b) => raw::encode_perturb(s, Some(b), &PerturbReport { scales: vec![0.0; p.samples], zero_samples: vec![] }),
-                None => return Err(e),
-            },
-        }
+        perturb_call(it.x, it.jnd, p.samples, it.nrmse, it.noise, Some(it.out), &[])?.record_host(None, s)?;
     }
     Ok(PendingPerturbBatch { items: pending })
 }

@@ -363,7 +363,7 @@ pub unsafe extern "C" fn fj_perturb_batch_async(
         let all: &mut [i64] = unsafe { slice_mut(stats as *mut c_void, total) };
         for (pc, _, _, off) in &calls {
             // Validated by `perturb_call`, disjoint from every other item's arrays and the statistics.
-            record_perturb(&mut all[*off..*off + raw::perturb_slots(pc.samples)], pc.samples, perturb_host(c, pc))?;
+            pc.call.record_host(c.pool.as_ref(), &mut all[*off..*off + raw::perturb_slots(pc.samples)])?;
         }
         Ok(())
     })

@@ -38,7 +38,7 @@ use featjnd_kernels::call::{
     symbol_elem, AllocateArgs, Buf, CappedArgs, CapsArgs, Elem, Executor, JndChainArgs, Mem, PerturbArgs, PerturbCall as CorePerturbCall,
     PerturbDecodeArgs, QuantizeArgs, QuantizeCall, QuantizeDecodeArgs, QuantizeReport, TokenStat, TokenStatsArgs,
 };
-use featjnd_kernels::cpu::{self, perturb::NoiseSpec};
+use featjnd_kernels::cpu::perturb::NoiseSpec;
 use featjnd_kernels::cuda::raw;
 use featjnd_kernels::error::Error;
 use featjnd_kernels::geom::{Bits, FeatureShape, NoiseKind, Reduce, Strategy, TokenGrid};
@@ -1020,12 +1020,6 @@ unsafe fn perturb_call(
     Ok(PerturbCall { call, dt: f.dt, samples, o })
 }
 
-/// The CPU perturbation of a validated call, in the context's pool (the scales also go to
-/// `opts->scales` when given).
-fn perturb_host(c: &FjContext, pc: &PerturbCall) -> Result<cpu::PerturbReport, Error> {
-    Executor::Host(c.pool.as_ref()).run(&pc.call)
-}
-
 // ---- the sync-free calls (contract §8): statistics in caller memory, decoded later ----
 //
 // On a CUDA context an `_async` call checks its arguments and pointers, enqueues a memset of its
@@ -1100,26 +1094,6 @@ fn check_stats(c: &FjContext, stats: *mut i64, stats_len: u64, slots: usize) -> 
     }
     // SAFETY: `stats_len >= slots` i64 in the context's memory (the pointer rules).
     Ok(unsafe { Buf::new("stats", stats as usize, slots, Elem::I64, c.mem(), true) })
-}
-
-/// Records a CPU op's outcome in its statistics: the stats, or the bad element of a
-/// `NonFinite`/`Jnd` error (any other error is the call's own status).
-fn record<T>(r: Result<T, Error>, write: impl FnOnce(Option<raw::BadElement>, Option<T>)) -> R<()> {
-    match r {
-        Ok(v) => write(None, Some(v)),
-        Err(e) => match raw::bad_of_error(&e) {
-            Some(b) => write(Some(b), None),
-            None => return Err(e.into()),
-        },
-    }
-    Ok(())
-}
-
-/// [`record`] for a CPU perturbation of `samples` samples: its report, or the bad element it
-/// reported (with zero scales), into `s`.
-fn record_perturb(s: &mut [i64], samples: usize, r: Result<cpu::PerturbReport, Error>) -> R<()> {
-    let empty = cpu::PerturbReport { scales: vec![0.0; samples], zero_samples: vec![] };
-    record(r, |bad, rep| raw::encode_perturb(s, bad, rep.as_ref().unwrap_or(&empty)))
 }
 
 /// `fj_quantize` without a sync or an allocation: the clamp count, total error, histogram (always
@@ -1268,11 +1242,10 @@ pub unsafe extern "C" fn fj_perturb_async(
             // SAFETY: `stream` per the contract; the arrays stay valid until it has run (contract).
             return Ok(unsafe { gpu.executor(stream)? }.perturb_enqueue(&pc.call, &st)?);
         }
-        let r = perturb_host(c, &pc);
         // SAFETY: `stats` is non-null, aligned and holds `slots` i64 of host memory (checked,
         // contract), overlapping nothing the op used (checked).
         let s: &mut [i64] = unsafe { slice_mut(stats as *mut c_void, slots) };
-        record_perturb(s, pc.samples, r)
+        Ok(pc.call.record_host(c.pool.as_ref(), s)?)
     })
 }
 
