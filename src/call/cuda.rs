@@ -342,17 +342,22 @@ impl Cuda {
         Ok((s, p))
     }
 
+    /// A chain's `x` and `J` as the launchers take them, after the device checks of every array.
+    fn chain_inputs(&self, q: &QuantizeCall, jnd: &Buf) -> Result<(Elems, Elems)> {
+        self.quant_check(q.args())?;
+        self.check(&[jnd])?;
+        let elems = |b: &Buf| -> Result<Elems> { Ok(Elems { ptr: DevPtr::from_addr(b.addr() as u64), dt: b.float_dtype()? }) };
+        Ok((elems(&q.args().x)?, elems(jnd)?))
+    }
+
     /// The JND-guided chain of a validated call: token stats of `J` (also reducing `Σ j²` into
     /// the statistics), the step allocation, the quantization; one sync at the end. The
     /// permutation of `Strategy::Permuted` is made on the host and uploaded once.
     pub fn jnd_chain(&self, c: &JndChainCall) -> Result<QuantizeReport> {
         let (q, g) = (c.quantize(), c.quantize().grid());
         let a = q.args();
-        self.quant_check(a)?;
-        self.check(&[c.jnd()])?;
-        let (dt, dj) = (a.x.float_dtype()?, c.jnd().float_dtype()?);
-        let (x, j) =
-            (Elems { ptr: DevPtr::from_addr(a.x.addr() as u64), dt }, Elems { ptr: DevPtr::from_addr(c.jnd().addr() as u64), dt: dj });
+        let (x, j) = self.chain_inputs(q, c.jnd())?;
+        let dt = x.dt;
         let t = g.tokens();
         // The token stats reduce `Σ j²` into a slot the histogram's room holds: always room for it.
         let st = self.stats(raw::quantize_slots(a.bits, true))?;
@@ -399,11 +404,8 @@ impl Cuda {
     pub fn capped_chain(&self, c: &CappedChainCall) -> Result<QuantizeReport> {
         let (q, g) = (c.quantize(), c.quantize().grid());
         let a = q.args();
-        self.quant_check(a)?;
-        self.check(&[c.jnd()])?;
-        let (dt, dj) = (a.x.float_dtype()?, c.jnd().float_dtype()?);
-        let (x, j) =
-            (Elems { ptr: DevPtr::from_addr(a.x.addr() as u64), dt }, Elems { ptr: DevPtr::from_addr(c.jnd().addr() as u64), dt: dj });
+        let (x, j) = self.chain_inputs(q, c.jnd())?;
+        let dt = x.dt;
         let t = g.tokens();
         // One buffer: the quantization's slots (J's token stats first), then the allocation's.
         let qslots = raw::quantize_slots(a.bits, a.histogram);

@@ -50,11 +50,7 @@ pub struct QuantizeDecodeArgs {
     pub bits: Bits,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct QuantizeDecodeCall {
-    pub(crate) a: QuantizeDecodeArgs,
-    pub(crate) grid: TokenGrid,
-}
+validated!(QuantizeDecodeCall(QuantizeDecodeArgs); ref grid: TokenGrid);
 
 impl QuantizeDecodeArgs {
     pub fn validate(self) -> Result<QuantizeDecodeCall> {
@@ -66,10 +62,6 @@ impl QuantizeDecodeArgs {
 }
 
 impl QuantizeDecodeCall {
-    pub fn args(&self) -> &QuantizeDecodeArgs {
-        &self.a
-    }
-
     /// The report, or the error of the first bad element the statistics name.
     pub(crate) fn finish(&self, v: &[i64], error: impl FnOnce(BadElement) -> Error) -> Result<QuantizeReport> {
         let (bad, s) = raw::decode_quantize(v, self.a.bits, true);
@@ -101,10 +93,7 @@ pub struct PerturbDecodeArgs {
     pub nrmse: f64,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct PerturbDecodeCall {
-    pub(crate) a: PerturbDecodeArgs,
-}
+validated!(PerturbDecodeCall(PerturbDecodeArgs));
 
 impl PerturbDecodeArgs {
     pub fn validate(self) -> Result<PerturbDecodeCall> {
@@ -118,10 +107,6 @@ impl PerturbDecodeArgs {
 }
 
 impl PerturbDecodeCall {
-    pub fn args(&self) -> &PerturbDecodeArgs {
-        &self.a
-    }
-
     /// The report (per-sample scales, zero samples), or the error of the first bad element, or a
     /// scale beyond f32.
     pub(crate) fn finish(&self, v: &[i64], error: impl FnOnce(BadElement) -> Error) -> Result<PerturbReport> {

@@ -9,6 +9,36 @@
 //! So a check, a default or a message is written once and every surface agrees on it; the
 //! surfaces keep only the conversion of their own types (tensors, `FjFeature`s, DLPack arrays)
 //! and of the errors (`FJ_ERR_*` codes, Python exceptions).
+/// The validated call type of an op: its arguments and what `validate` derived from them (the
+/// grid, in place or not), read-only; only the op's `validate` makes one.
+/// `validated!(QuantizeCall(QuantizeArgs); ref grid: TokenGrid; copy in_place: bool)`.
+macro_rules! validated {
+    ($(#[$doc:meta])* $call:ident($args:ty) $(; $kind:ident $field:ident: $ty:ty)*) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy)]
+        pub struct $call {
+            pub(crate) a: $args,
+            $(pub(crate) $field: $ty,)*
+        }
+        impl $call {
+            pub fn args(&self) -> &$args {
+                &self.a
+            }
+            $(validated!(@get $kind $field $ty);)*
+        }
+    };
+    (@get ref $field:ident $ty:ty) => {
+        pub fn $field(&self) -> &$ty {
+            &self.$field
+        }
+    };
+    (@get copy $field:ident $ty:ty) => {
+        pub fn $field(&self) -> $ty {
+            self.$field
+        }
+    };
+}
+
 pub mod buf;
 pub mod capped;
 pub mod chain;

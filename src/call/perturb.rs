@@ -24,12 +24,9 @@ pub struct PerturbArgs {
     pub scales_out: Option<Buf>,
 }
 
-/// A perturbation whose arguments passed every check that does not read element values.
-#[derive(Debug, Clone, Copy)]
-pub struct PerturbCall {
-    pub(crate) a: PerturbArgs,
-    pub(crate) in_place: bool,
-}
+validated!(
+    /// A perturbation whose arguments passed every check that does not read element values.
+    PerturbCall(PerturbArgs); copy in_place: bool);
 
 impl PerturbArgs {
     /// The checks of contract §6 and §7 before any element is read: `x`'s dtype and size, the
@@ -78,13 +75,6 @@ impl PerturbArgs {
 }
 
 impl PerturbCall {
-    pub fn args(&self) -> &PerturbArgs {
-        &self.a
-    }
-    pub fn in_place(&self) -> bool {
-        self.in_place
-    }
-
     /// The host run of a sync-free call (contract §8) in `pool`, recorded in the statistics `s`
     /// (`raw::perturb_slots(samples)` slots) as the kernels would: the report, or the first bad
     /// element (with zero scales). Other errors are returned.

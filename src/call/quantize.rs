@@ -32,13 +32,9 @@ pub struct QuantizeArgs {
     pub histogram_out: Option<Buf>,
 }
 
-/// A quantization whose arguments passed every check that does not read element values.
-#[derive(Debug, Clone, Copy)]
-pub struct QuantizeCall {
-    pub(crate) a: QuantizeArgs,
-    pub(crate) grid: TokenGrid,
-    pub(crate) in_place: bool,
-}
+validated!(
+    /// A quantization whose arguments passed every check that does not read element values.
+    QuantizeCall(QuantizeArgs); ref grid: TokenGrid; copy in_place: bool);
 
 /// The one result of a quantization, on every surface.
 #[derive(Debug, Clone, PartialEq)]
@@ -141,10 +137,6 @@ pub(crate) fn in_pool<T: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce(
 }
 
 impl QuantizeCall {
-    pub fn args(&self) -> &QuantizeArgs {
-        &self.a
-    }
-
     /// The host run of a sync-free call (contract §8) in `pool`: the outcome goes to the
     /// statistics `s` as the kernels would record it — a bad step (the first, with its value),
     /// else a non-finite `x`, else the statistics — so one decoder serves the host and the device
@@ -159,12 +151,6 @@ impl QuantizeCall {
             return Ok(());
         }
         record(s, in_pool(pool, || self.run_host()))
-    }
-    pub fn grid(&self) -> &TokenGrid {
-        &self.grid
-    }
-    pub fn in_place(&self) -> bool {
-        self.in_place
     }
 
     /// The CPU path (multi-threaded on the current rayon pool). The steps' values are checked
