@@ -1,4 +1,4 @@
-//! The two fused chains as validated calls (`featjnd_kernels::call::chain`, contract §9): on the
+//! The fused chains as one validated call (`featjnd_kernels::call::chain`, contract §9): on the
 //! host executor, the JND chain equals token tolerance → step allocation → quantization through
 //! the slice API bit for bit, and the capped chain equals token tolerance, token RMS, caps, capped
 //! allocation → quantization; every bad argument the chain adds to the quantization's (steps
@@ -7,7 +7,7 @@
 //! `ops::quantize_capped`).
 mod common;
 use common::*;
-use featjnd_kernels::call::{Buf, CappedChainArgs, Elem, Executor, JndChainArgs, QuantizeArgs};
+use featjnd_kernels::call::{Buf, ChainArgs, Elem, Executor, QuantizeArgs, StepRule};
 use featjnd_kernels::cpu::{self, QuantOut, Symbols};
 use featjnd_kernels::{steps, Bits, Element, Error, FeatureShape, Reduce, Strategy, TokenGrid};
 use half::{bf16, f16};
@@ -72,9 +72,15 @@ fn jnd_chain_case<E: Element>(g: &TokenGrid, seed: u64) {
         [(Reduce::Mean, Strategy::Jnd), (Reduce::Rms, Strategy::Uniform), (Reduce::Min, Strategy::Permuted { seed: 11 })]
     {
         let mut o = Outs::<E>::new(g);
-        let call = JndChainArgs { quantize: o.args(&x, g), jnd: host("J", &j, E::DTYPE.into()), reduce, budget: 0.02, strategy }
-            .validate()
-            .unwrap();
+        let call = ChainArgs {
+            quantize: o.args(&x, g),
+            jnd: host("J", &j, E::DTYPE.into()),
+            reduce,
+            budget: 0.02,
+            rule: StepRule::Strategy(strategy),
+        }
+        .validate()
+        .unwrap();
         let r = Executor::Host(None).run(&call).unwrap();
         let jt = cpu::token_tolerance(&j, g, reduce).unwrap();
         let label = format!("{:?} p={} {} {reduce:?} {strategy:?}", g.shape, g.patch, E::DTYPE.name());
@@ -86,10 +92,15 @@ fn capped_chain_case<E: Element>(g: &TokenGrid, seed: u64) {
     let x: Vec<E> = to(&randn(g.numel(), seed, 2.0));
     let j: Vec<E> = to(&positive(g.numel(), seed ^ 5, 0.05, 2.0));
     let mut o = Outs::<E>::new(g);
-    let call =
-        CappedChainArgs { quantize: o.args(&x, g), jnd: host("J", &j, E::DTYPE.into()), reduce: Reduce::Mean, kappa: 2.0, budget: 0.02 }
-            .validate()
-            .unwrap();
+    let call = ChainArgs {
+        quantize: o.args(&x, g),
+        jnd: host("J", &j, E::DTYPE.into()),
+        reduce: Reduce::Mean,
+        budget: 0.02,
+        rule: StepRule::Capped { kappa: 2.0 },
+    }
+    .validate()
+    .unwrap();
     let r = Executor::Host(None).run(&call).unwrap();
     let jt = cpu::token_tolerance(&j, g, Reduce::Mean).unwrap();
     let caps = steps::caps_from_rms(&cpu::token_rms(&x, g).unwrap(), 2.0).unwrap();
@@ -127,34 +138,37 @@ fn bad_arguments_are_refused() {
     let mut o = Outs::<f32>::new(&g);
     let q = o.args(&x, &g);
     let jb = host("J", &j, Elem::F32);
-    let ok = JndChainArgs { quantize: q, jnd: jb, reduce: Reduce::Mean, budget: 0.02, strategy: Strategy::Jnd };
+    let ok = ChainArgs { quantize: q, jnd: jb, reduce: Reduce::Mean, budget: 0.02, rule: StepRule::Strategy(Strategy::Jnd) };
     ok.validate().unwrap();
     // The chain writes the steps: read-only steps, or steps inside x or J, are refused.
     let ro = host("steps", &o.steps, Elem::F32);
     assert!(
-        matches!(err(JndChainArgs { quantize: QuantizeArgs { steps: ro, ..q }, ..ok }.validate()), Error::Arg(m) if m.contains("read-only"))
+        matches!(err(ChainArgs { quantize: QuantizeArgs { steps: ro, ..q }, ..ok }.validate()), Error::Arg(m) if m.contains("read-only"))
     );
     let x_buf = host("x", &x, Elem::F32);
     // Steps over x's own first six values.
     // SAFETY: never written (validation refuses the call).
     let over_x = unsafe { Buf::new("steps", x.as_ptr() as usize, 6, Elem::F32, featjnd_kernels::call::Mem::Host, true) };
-    let e = err(JndChainArgs { quantize: QuantizeArgs { x: x_buf, steps: over_x, ..q }, ..ok }.validate());
+    let e = err(ChainArgs { quantize: QuantizeArgs { x: x_buf, steps: over_x, ..q }, ..ok }.validate());
     assert!(matches!(&e, Error::Arg(m) if m.contains("steps overlaps x")), "{e}");
     // SAFETY: never written (validation refuses the call).
     let over_j = unsafe { Buf::new("steps", j.as_ptr() as usize + 8, 6, Elem::F32, featjnd_kernels::call::Mem::Host, true) };
-    let e = err(JndChainArgs { quantize: QuantizeArgs { steps: over_j, ..q }, ..ok }.validate());
+    let e = err(ChainArgs { quantize: QuantizeArgs { steps: over_j, ..q }, ..ok }.validate());
     assert!(matches!(&e, Error::Arg(m) if m.contains("steps overlaps J")), "{e}");
-    assert!(matches!(err(JndChainArgs { jnd: host("J", &j_short, Elem::F32), ..ok }.validate()), Error::Shape(_)));
-    assert!(matches!(err(JndChainArgs { jnd: host("J", &j, Elem::I8), ..ok }.validate()), Error::Dtype(_)));
+    assert!(matches!(err(ChainArgs { jnd: host("J", &j_short, Elem::F32), ..ok }.validate()), Error::Shape(_)));
+    assert!(matches!(err(ChainArgs { jnd: host("J", &j, Elem::I8), ..ok }.validate()), Error::Dtype(_)));
     for b in [0.0, -1.0, f64::NAN, f64::INFINITY] {
-        assert!(matches!(err(JndChainArgs { budget: b, ..ok }.validate()), Error::Budget(_)), "budget {b}");
+        assert!(matches!(err(ChainArgs { budget: b, ..ok }.validate()), Error::Budget(_)), "budget {b}");
     }
-    let capped = CappedChainArgs { quantize: q, jnd: jb, reduce: Reduce::Mean, kappa: 2.0, budget: 0.02 };
+    let capped = ChainArgs { quantize: q, jnd: jb, reduce: Reduce::Mean, budget: 0.02, rule: StepRule::Capped { kappa: 2.0 } };
     capped.validate().unwrap();
     for k in [0.0, -1.0, f32::NAN] {
-        assert!(matches!(err(CappedChainArgs { kappa: k, ..capped }.validate()), Error::Arg(_)), "kappa {k}");
+        assert!(matches!(err(ChainArgs { rule: StepRule::Capped { kappa: k }, ..capped }.validate()), Error::Arg(_)), "kappa {k}");
     }
-    assert!(matches!(err(CappedChainArgs { budget: 0.0, ..capped }.validate()), Error::Budget(_)));
+    assert!(matches!(err(ChainArgs { budget: 0.0, ..capped }.validate()), Error::Budget(_)));
+    // The capped rule has no sync-free form.
+    let mut stats = vec![0i64; 1024];
+    assert!(matches!(capped.validate().unwrap().record_host(None, &mut stats), Err(Error::Arg(m)) if m.contains("sync-free")));
 }
 
 #[test]
@@ -170,11 +184,16 @@ fn value_errors_come_in_the_cpus_order_before_any_step_is_written() {
         let q = o.args(&x, &g);
         let jb = host("J", &j, Elem::F32);
         let r = if capped {
-            Executor::Host(None)
-                .run(&CappedChainArgs { quantize: q, jnd: jb, reduce: Reduce::Mean, kappa: 2.0, budget: 0.02 }.validate().unwrap())
+            Executor::Host(None).run(
+                &ChainArgs { quantize: q, jnd: jb, reduce: Reduce::Mean, budget: 0.02, rule: StepRule::Capped { kappa: 2.0 } }
+                    .validate()
+                    .unwrap(),
+            )
         } else {
             Executor::Host(None).run(
-                &JndChainArgs { quantize: q, jnd: jb, reduce: Reduce::Mean, budget: 0.02, strategy: Strategy::Jnd }.validate().unwrap(),
+                &ChainArgs { quantize: q, jnd: jb, reduce: Reduce::Mean, budget: 0.02, rule: StepRule::Strategy(Strategy::Jnd) }
+                    .validate()
+                    .unwrap(),
             )
         };
         // J is reduced first: its bad element is reported before x's.
@@ -189,11 +208,16 @@ fn value_errors_come_in_the_cpus_order_before_any_step_is_written() {
         let q = o.args(&x, &g);
         let jb = host("J", &j, Elem::F32);
         let r = if capped {
-            Executor::Host(None)
-                .run(&CappedChainArgs { quantize: q, jnd: jb, reduce: Reduce::Mean, kappa: 2.0, budget: 0.02 }.validate().unwrap())
+            Executor::Host(None).run(
+                &ChainArgs { quantize: q, jnd: jb, reduce: Reduce::Mean, budget: 0.02, rule: StepRule::Capped { kappa: 2.0 } }
+                    .validate()
+                    .unwrap(),
+            )
         } else {
             Executor::Host(None).run(
-                &JndChainArgs { quantize: q, jnd: jb, reduce: Reduce::Mean, budget: 0.02, strategy: Strategy::Jnd }.validate().unwrap(),
+                &ChainArgs { quantize: q, jnd: jb, reduce: Reduce::Mean, budget: 0.02, rule: StepRule::Strategy(Strategy::Jnd) }
+                    .validate()
+                    .unwrap(),
             )
         };
         assert!(matches!(r, Err(Error::NonFinite { index: 13, .. })), "capped {capped}: {r:?}");
@@ -204,7 +228,15 @@ fn value_errors_come_in_the_cpus_order_before_any_step_is_written() {
     let mut o = Outs::<f32>::new(&g);
     let q = o.args(&zero, &g);
     let r = Executor::Host(None).run(
-        &CappedChainArgs { quantize: q, jnd: host("J", &j, Elem::F32), reduce: Reduce::Mean, kappa: 2.0, budget: 0.02 }.validate().unwrap(),
+        &ChainArgs {
+            quantize: q,
+            jnd: host("J", &j, Elem::F32),
+            reduce: Reduce::Mean,
+            budget: 0.02,
+            rule: StepRule::Capped { kappa: 2.0 },
+        }
+        .validate()
+        .unwrap(),
     );
     assert!(matches!(&r, Err(Error::Arg(m)) if m.contains("zero")), "a zero feature has no caps: {r:?}");
 }

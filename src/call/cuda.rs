@@ -20,7 +20,7 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 
 use super::buf::{Buf, Elem, Mem};
 use super::capped::{CappedArgs, CappedCall, CappedMeasuredCall, CapsCall};
-use super::chain::{CappedChainCall, JndChainCall};
+use super::chain::{ChainCall, StepRule};
 use super::decode::{PerturbDecodeCall, QuantizeDecodeCall};
 use super::noise::NoiseCall;
 use super::perturb::{PerturbArgs, PerturbCall};
@@ -342,6 +342,15 @@ impl Cuda {
         Ok((s, p))
     }
 
+    /// A fused chain of a validated call, by its step rule.
+    pub fn chain(&self, c: &ChainCall) -> Result<QuantizeReport> {
+        let (x, j) = self.chain_inputs(c.quantize(), &c.args().jnd)?;
+        match c.args().rule {
+            StepRule::Strategy(s) => self.strategy_chain(c, s, x, j),
+            StepRule::Capped { kappa } => self.capped_chain(c, kappa, x, j),
+        }
+    }
+
     /// A chain's `x` and `J` as the launchers take them, after the device checks of every array.
     fn chain_inputs(&self, q: &QuantizeCall, jnd: &Buf) -> Result<(Elems, Elems)> {
         self.quant_check(q.args())?;
@@ -353,16 +362,13 @@ impl Cuda {
     /// The JND-guided chain of a validated call: token stats of `J` (also reducing `Σ j²` into
     /// the statistics), the step allocation, the quantization; one sync at the end. The
     /// permutation of `Strategy::Permuted` is made on the host and uploaded once.
-    pub fn jnd_chain(&self, c: &JndChainCall) -> Result<QuantizeReport> {
-        let (q, g) = (c.quantize(), c.quantize().grid());
-        let a = q.args();
-        let (x, j) = self.chain_inputs(q, c.jnd())?;
-        let dt = x.dt;
+    fn strategy_chain(&self, c: &ChainCall, strategy: Strategy, x: Elems, j: Elems) -> Result<QuantizeReport> {
+        let (ca, a, g, dt) = (c.args(), c.quantize().args(), c.quantize().grid(), x.dt);
         let t = g.tokens();
         // The token stats reduce `Σ j²` into a slot the histogram's room holds: always room for it.
         let st = self.stats(raw::quantize_slots(a.bits, true))?;
         let (_jt, jt) = self.scratch::<f32>(t)?;
-        let perm = match c.strategy {
+        let perm = match strategy {
             Strategy::Permuted { seed } => {
                 let p = crate::philox::permutation(t, seed);
                 let (keep, addr) = self.scratch::<u32>(t)?;
@@ -386,8 +392,8 @@ impl Cuda {
         // zeroed statistics; every launch is on this stream, so each reads what the previous one
         // wrote, and the scratch arrays live past the sync in `read`.
         unsafe {
-            raw::token_stats(self.launch(), g, c.reduce, j, DevPtrMut::from_addr(jt), st.view, true)?;
-            raw::step_alloc(self.launch(), &sp, t, c.budget, c.strategy, 1.0)?;
+            raw::token_stats(self.launch(), g, ca.reduce, j, DevPtrMut::from_addr(jt), st.view, true)?;
+            raw::step_alloc(self.launch(), &sp, t, ca.budget, strategy, 1.0)?;
             raw::quantize(self.launch(), dt, g, &Self::quant_ptrs(a), a.bits, a.histogram, st.view)?;
         }
         let (bad, s) = raw::decode_quantize(&self.read(&st)?, a.bits, a.histogram);
@@ -401,11 +407,8 @@ impl Cuda {
     /// one-block solve, the steps, the quantization; one sync at the end, errors in the CPU's
     /// order (a bad `J`, a non-finite `x`, a zero feature, a bad `j_t` or cap, then the
     /// quantization's).
-    pub fn capped_chain(&self, c: &CappedChainCall) -> Result<QuantizeReport> {
-        let (q, g) = (c.quantize(), c.quantize().grid());
-        let a = q.args();
-        let (x, j) = self.chain_inputs(q, c.jnd())?;
-        let dt = x.dt;
+    fn capped_chain(&self, c: &ChainCall, kappa: f32, x: Elems, j: Elems) -> Result<QuantizeReport> {
+        let (ca, a, g, dt) = (c.args(), c.quantize().args(), c.quantize().grid(), x.dt);
         let t = g.tokens();
         // One buffer: the quantization's slots (J's token stats first), then the allocation's.
         let qslots = raw::quantize_slots(a.bits, a.histogram);
@@ -420,10 +423,10 @@ impl Cuda {
         // `qbuf` and `cbuf` are disjoint zeroed slots of one buffer; every launch is on this
         // stream, and the scratch lives past the sync in `read`.
         unsafe {
-            raw::token_stats(self.launch(), g, c.reduce, j, DevPtrMut::from_addr(jt), qbuf, false)?;
+            raw::token_stats(self.launch(), g, ca.reduce, j, DevPtrMut::from_addr(jt), qbuf, false)?;
             raw::token_rms(self.launch(), g, x, DevPtrMut::from_addr(rms), cbuf)?;
-            raw::capped_caps(self.launch(), DevPtr::from_addr(rms), t, c.kappa, true, DevPtrMut::from_addr(caps), cbuf)?;
-            raw::capped_solve(self.launch(), DevPtr::from_addr(jt), DevPtr::from_addr(caps), t, c.budget, cbuf)?;
+            raw::capped_caps(self.launch(), DevPtr::from_addr(rms), t, kappa, true, DevPtrMut::from_addr(caps), cbuf)?;
+            raw::capped_solve(self.launch(), DevPtr::from_addr(jt), DevPtr::from_addr(caps), t, ca.budget, cbuf)?;
             raw::capped_steps(self.launch(), DevPtr::from_addr(jt), DevPtr::from_addr(caps), t, 1.0, steps, cbuf)?;
             raw::quantize(self.launch(), dt, g, &Self::quant_ptrs(a), a.bits, a.histogram, qbuf)?;
         }
@@ -582,8 +585,12 @@ impl Cuda {
     /// The fused chain `J → j_t → Δ_t → quantize` of a validated call whose steps are the
     /// chain's output, enqueued only (`raw::quantize_with_jnd`; statistics and the scratch `j_t`
     /// in the caller's `stats`, `raw::jnd_chain_slots` long).
-    pub fn quantize_with_jnd_enqueue(&self, chain: &JndChainCall, stats: &Buf) -> Result<()> {
-        let (c, jnd, reduce, budget, strategy) = (chain.quantize(), chain.jnd(), chain.reduce, chain.budget, chain.strategy);
+    pub fn quantize_with_jnd_enqueue(&self, chain: &ChainCall, stats: &Buf) -> Result<()> {
+        let ca = chain.args();
+        let StepRule::Strategy(strategy) = ca.rule else {
+            return Err(Error::Arg("the capped chain has no sync-free form: use the synchronous call".into()));
+        };
+        let (c, jnd, reduce, budget) = (chain.quantize(), &ca.jnd, ca.reduce, ca.budget);
         let (a, g) = (c.args(), c.grid());
         self.quant_check(a)?;
         self.check(&[jnd])?;

@@ -52,7 +52,7 @@ pub mod token_stats;
 
 pub use buf::{no_overlap, Buf, Elem, Mem};
 pub use capped::{CappedArgs, CappedCall, CappedMeasuredArgs, CappedMeasuredCall, CapsArgs, CapsCall};
-pub use chain::{CappedChainArgs, CappedChainCall, JndChainArgs, JndChainCall};
+pub use chain::{ChainArgs, ChainCall, StepRule};
 pub use cuda::Cuda;
 pub use decode::{PerturbDecodeArgs, PerturbDecodeCall, QuantizeDecodeArgs, QuantizeDecodeCall};
 pub use noise::{NoiseArgs, NoiseCall};
@@ -118,7 +118,6 @@ call!(CapsCall => (), caps);
 call!(CappedCall => (), capped);
 call!(CappedMeasuredCall => Measured, capped_measured);
 call!(NoiseCall => (), noise);
-call!(JndChainCall => QuantizeReport, jnd_chain);
-call!(CappedChainCall => QuantizeReport, capped_chain);
+call!(ChainCall => QuantizeReport, chain);
 call!(QuantizeDecodeCall => QuantizeReport, quantize_decode);
 call!(PerturbDecodeCall => PerturbReport, perturb_decode);

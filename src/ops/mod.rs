@@ -7,8 +7,8 @@ mod pending;
 use tch::{Device, Kind, Tensor};
 
 use crate::call::{
-    no_overlap, AllocateArgs, Buf, CappedArgs, CappedChainArgs, CappedMeasuredArgs, CapsArgs, Cuda, Elem, Executor, JndChainArgs,
-    MeasuredArgs, Mem, NoiseArgs, PerturbArgs, PerturbCall, QuantizeArgs, QuantizeCall, QuantizeReport, TokenStat, TokenStatsArgs,
+    no_overlap, AllocateArgs, Buf, CappedArgs, CappedMeasuredArgs, CapsArgs, ChainArgs, Cuda, Elem, Executor, MeasuredArgs, Mem, NoiseArgs,
+    PerturbArgs, PerturbCall, QuantizeArgs, QuantizeCall, QuantizeReport, StepRule, TokenStat, TokenStatsArgs,
 };
 use crate::cpu::{perturb::NoiseSpec, PerturbReport};
 use crate::element::Dtype;
@@ -193,13 +193,10 @@ pub fn allocate_steps_capped_measured(
     bits: Bits,
 ) -> Result<(Tensor, Measured)> {
     let _range = crate::nvtx::range("featjnd::allocate_steps_capped_measured");
-    check_tensor(x, "x")?;
-    same_device(x, "x", jt, "token tolerances")?;
-    let grid = grid_of(x, layout, patch)?;
+    let (xb, shape) = measured_x(x, jt, layout, patch)?;
     let (capped, out, _inputs) = capped_args(jt, caps, budget, 1.0)?;
-    let call = CappedMeasuredArgs { capped, x: buf(x, "x")?, shape: grid.shape, patch, bits }.validate()?;
-    let m = on_device(x.device(), |ex| ex.run(&call))?;
-    Ok((out, m))
+    let call = CappedMeasuredArgs { capped, x: xb, shape, patch, bits }.validate()?;
+    Ok((out, on_device(x.device(), |ex| ex.run(&call))?))
 }
 
 /// The capped chain on one device (contract §3.5): `J → j_t`, `x → r_t → c_t = κ·max(r_t, …)`,
@@ -219,6 +216,23 @@ pub fn quantize_capped(
     opts: &QuantizeOptions,
 ) -> Result<(Tensor, Quantized)> {
     let _range = crate::nvtx::range("featjnd::quantize_capped");
+    run_chain(x, jnd, layout, patch, reduce, budget, StepRule::Capped { kappa }, opts, &QuantizeBuffers::default())
+}
+
+/// A fused chain on tensors: the tensor API's checks (x, J: same device and sizes), the outputs
+/// made or checked, the steps allocated, then the core's call on x's device.
+#[allow(clippy::too_many_arguments)]
+fn run_chain(
+    x: &Tensor,
+    jnd: &Tensor,
+    layout: Layout,
+    patch: usize,
+    reduce: Reduce,
+    budget: f64,
+    rule: StepRule,
+    opts: &QuantizeOptions,
+    bufs: &QuantizeBuffers,
+) -> Result<(Tensor, Quantized)> {
     check_tensor(x, "x")?;
     check_tensor(jnd, "J")?;
     check_device(x, "x")?;
@@ -226,13 +240,15 @@ pub fn quantize_capped(
     if x.size() != jnd.size() {
         return Err(Error::Shape(format!("x is {:?}, J is {:?}", x.size(), jnd.size())));
     }
-    crate::cuda::raw::check_kappa(kappa)?;
+    if let StepRule::Capped { kappa } = rule {
+        crate::cuda::raw::check_kappa(kappa)?;
+    }
     steps::check_budget(budget)?;
     let grid = grid_of(x, layout, patch)?;
-    let outs = prepare_outs(x, &[(jnd, "J")], &grid, opts, false, &QuantizeBuffers::default())?;
+    let outs = prepare_outs(x, &[(jnd, "J")], &grid, opts, false, bufs)?;
     let st = Tensor::f_empty([grid.tokens() as i64], (Kind::Float, x.device()))?;
     let quantize = quantize_args(x, &grid, &st, opts, false, &outs)?;
-    let call = CappedChainArgs { quantize, jnd: buf(jnd, "J")?, reduce, kappa, budget }.validate()?;
+    let call = ChainArgs { quantize, jnd: buf(jnd, "J")?, reduce, budget, rule }.validate()?;
     let r = on_device(x.device(), |ex| ex.run(&call))?;
     Ok((st, Quantized::new(outs, r)))
 }
@@ -512,13 +528,18 @@ pub fn allocate_steps_measured(
     bits: Bits,
 ) -> Result<(Tensor, Measured)> {
     let _range = crate::nvtx::range("featjnd::allocate_steps_measured");
+    let (xb, shape) = measured_x(x, jt, layout, patch)?;
+    let (alloc, out) = allocate_args(jt, budget, strategy, 1.0)?;
+    let call = MeasuredArgs { alloc, x: xb, shape, patch, bits }.validate()?;
+    Ok((out, on_device(x.device(), |ex| ex.run(&call))?))
+}
+
+/// The feature of a measured budget: checked, on the token tolerances' device, as the core's view
+/// with its shape.
+fn measured_x(x: &Tensor, jt: &Tensor, layout: Layout, patch: usize) -> Result<(Buf, FeatureShape)> {
     check_tensor(x, "x")?;
     same_device(x, "x", jt, "token tolerances")?;
-    let grid = grid_of(x, layout, patch)?;
-    let (alloc, out) = allocate_args(jt, budget, strategy, 1.0)?;
-    let call = MeasuredArgs { alloc, x: buf(x, "x")?, shape: grid.shape, patch, bits }.validate()?;
-    let m = on_device(x.device(), |ex| ex.run(&call))?;
-    Ok((out, m))
+    Ok((buf(x, "x")?, grid_of(x, layout, patch)?.shape))
 }
 
 /// The whole JND-guided chain on one device: `J → j_t → Δ_t → quantize`, fused so that on CUDA
@@ -551,20 +572,7 @@ pub fn quantize_with_jnd_into(
     bufs: &QuantizeBuffers,
 ) -> Result<(Tensor, Quantized)> {
     let _range = crate::nvtx::range("featjnd::quantize_with_jnd");
-    check_tensor(x, "x")?;
-    same_device(x, "x", jnd, "J")?;
-    if x.size() != jnd.size() {
-        return Err(Error::Shape(format!("x is {:?}, J is {:?}", x.size(), jnd.size())));
-    }
-    check_tensor(jnd, "J")?;
-    steps::check_budget(budget)?;
-    let grid = grid_of(x, layout, patch)?;
-    let outs = prepare_outs(x, &[(jnd, "J")], &grid, opts, false, bufs)?;
-    let st = Tensor::f_empty([grid.tokens() as i64], (Kind::Float, x.device()))?;
-    let quantize = quantize_args(x, &grid, &st, opts, false, &outs)?;
-    let call = JndChainArgs { quantize, jnd: buf(jnd, "J")?, reduce, budget, strategy }.validate()?;
-    let r = on_device(x.device(), |ex| ex.run(&call))?;
-    Ok((st, Quantized::new(outs, r)))
+    run_chain(x, jnd, layout, patch, reduce, budget, StepRule::Strategy(strategy), opts, bufs)
 }
 
 /// Perturbation at a matched per-sample NRMSE (contract §6): `x + s_n · J ⊙ ξ`, `J = None` for `J ≡ 1`.

@@ -23,7 +23,7 @@ use super::{
     buf, byte_range, check_device, check_disjoint, check_perturb, check_steps_tensor, check_tensor, cuda_ordinal, grid_of, out_tensor,
     perturb_call, prepare_outs, quantize_args, quantize_call, same_device, slice_mut, Outs, QuantizeBuffers, QuantizeOptions, Quantized,
 };
-use crate::call::{Buf, Cuda, JndChainArgs, QuantizeReport};
+use crate::call::{Buf, ChainArgs, Cuda, QuantizeReport, StepRule};
 use crate::cpu::{perturb::NoiseSpec, PerturbReport};
 use crate::cuda::raw::{self, BadElement, Input};
 use crate::error::{Error, Result};
@@ -281,7 +281,7 @@ pub fn quantize_with_jnd_async<'a>(
     stats_disjoint(stats, &[(x, "x"), (jnd, "J"), (&st, "steps")], &outs)?;
     let pending = PendingQuantize { stats, offset: 0, x, jnd: Some(jnd), grid, bits: opts.bits, histogram: opts.histogram };
     let quantize = quantize_args(x, &grid, &st, opts, false, &outs)?;
-    let call = JndChainArgs { quantize, jnd: buf(jnd, "J")?, reduce, budget, strategy }.validate()?;
+    let call = ChainArgs { quantize, jnd: buf(jnd, "J")?, reduce, budget, rule: StepRule::Strategy(strategy) }.validate()?;
     if let Some(o) = cuda_ordinal(x.device()) {
         Cuda::torch(o)?.quantize_with_jnd_enqueue(&call, &stats_buf(stats, slots)?)?;
         return Ok(pending);

@@ -35,8 +35,8 @@ use std::mem::size_of;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use featjnd_kernels::call::{
-    symbol_elem, AllocateArgs, Buf, CappedArgs, CapsArgs, Elem, Executor, JndChainArgs, Mem, PerturbArgs, PerturbCall as CorePerturbCall,
-    PerturbDecodeArgs, QuantizeArgs, QuantizeCall, QuantizeDecodeArgs, QuantizeReport, TokenStat, TokenStatsArgs,
+    symbol_elem, AllocateArgs, Buf, CappedArgs, CapsArgs, ChainArgs, Elem, Executor, Mem, PerturbArgs, PerturbCall as CorePerturbCall,
+    PerturbDecodeArgs, QuantizeArgs, QuantizeCall, QuantizeDecodeArgs, QuantizeReport, StepRule, TokenStat, TokenStatsArgs,
 };
 use featjnd_kernels::cpu::perturb::NoiseSpec;
 use featjnd_kernels::cuda::raw;
@@ -1192,7 +1192,7 @@ pub unsafe extern "C" fn fj_quantize_with_jnd_async(
             return fail(FJ_ERR_ARG, "opts->histogram must be null: the async call counts the histogram into stats");
         }
         // The chain's own rules on top (the steps are written while x and J are read).
-        let chain = JndChainArgs { quantize: *q.call.args(), jnd: jb, reduce, budget, strategy }.validate()?;
+        let chain = ChainArgs { quantize: *q.call.args(), jnd: jb, reduce, budget, rule: StepRule::Strategy(strategy) }.validate()?;
         if let Some(gpu) = &c.gpu {
             // SAFETY: `stream` per the contract; the arrays stay valid until it has run (contract).
             return Ok(unsafe { gpu.executor(stream)? }.quantize_with_jnd_enqueue(&chain, &st)?);

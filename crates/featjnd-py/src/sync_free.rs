@@ -3,7 +3,7 @@
 //! `quantize_decode` / `perturb_decode` (the one sync the caller chooses). On CUDA the calls are
 //! only enqueued on the caller's stream (`stream=`, as for every call of the package); on the CPU
 //! they run at once and record the same statistics, so decoding is the same on both.
-use featjnd_kernels::call::{no_overlap, Buf, Cuda, JndChainArgs, PerturbCall, PerturbDecodeArgs, QuantizeCall, QuantizeDecodeArgs};
+use featjnd_kernels::call::{no_overlap, Buf, ChainArgs, Cuda, PerturbCall, PerturbDecodeArgs, QuantizeCall, QuantizeDecodeArgs, StepRule};
 use featjnd_kernels::cuda::raw;
 use featjnd_kernels::geom::Strategy;
 use pyo3::prelude::*;
@@ -126,7 +126,7 @@ pub fn quantize_with_jnd_async(
         let st = stats_of(&sa, raw::jnd_chain_slots(args.bits, g.tokens()))?;
         // The statistics join the aliasing rule, then the chain's own rules.
         args.validate_with(&[ja.buf()], &[st])?;
-        let chain = JndChainArgs { quantize: args, jnd: ja.buf(), reduce, budget, strategy }.validate()?;
+        let chain = ChainArgs { quantize: args, jnd: ja.buf(), reduce, budget, rule: StepRule::Strategy(strategy) }.validate()?;
         match dev {
             Dev::Cuda(o) => cuda(o, stream)?.quantize_with_jnd_enqueue(&chain, &st)?,
             Dev::Cpu => {
