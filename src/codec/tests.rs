@@ -304,7 +304,7 @@ fn version_1_files_still_decode() {
     for (i, g) in grids().into_iter().enumerate() {
         let x = feature(g.numel(), i as u32);
         let st = steps_for(g.tokens(), i as u32);
-        let enc = encode_with(&x, &g, StepSpec::Token(&st), Bits::B8, StepCoding::F16).unwrap();
+        let enc = encode_with_format(&x, &g, StepSpec::Token(&st), Bits::B8, StepCoding::F16, &Format::v2()).unwrap();
         let v1 = to_v1(&enc.bytes);
         assert_eq!(v1.len(), enc.bytes.len() - (FIXED_HEADER - FIXED_HEADER_V1));
         let d = decode(&v1).unwrap();
@@ -341,6 +341,11 @@ fn io_err(b: &[u8]) -> String {
     }
 }
 
+/// A version 2 file (the container the tests below take apart by its offsets).
+fn encode_v2<E: Element>(x: &[E], g: &TokenGrid, spec: StepSpec, bits: Bits, coding: StepCoding) -> Result<Encoded<E>> {
+    encode_with_format(x, g, spec, bits, coding, &Format::v2())
+}
+
 #[test]
 fn corrupt_files_are_errors_not_panics() {
     let g = TokenGrid::new(FeatureShape::nchw(1, 3, 4, 4), 2).unwrap();
@@ -349,11 +354,11 @@ fn corrupt_files_are_errors_not_panics() {
     let st = steps_for(g.tokens(), 9);
     let cst = steps_for(3, 10);
     let files = [
-        encode_with(&x, &g, StepSpec::Tensor(0.05), Bits::B8, StepCoding::default()).unwrap().bytes,
-        encode_with(&x, &g, StepSpec::Token(&st), Bits::B8, StepCoding::default()).unwrap().bytes,
-        encode_with(&x, &g, StepSpec::Token(&st), Bits::B16, StepCoding::F16).unwrap().bytes,
-        encode_with(&x[..15], &gc, StepSpec::Channel(&cst), Bits::B8, StepCoding::default()).unwrap().bytes,
-        encode_with(&x[..15], &gc, StepSpec::Channel(&cst), Bits::B8, StepCoding::F16).unwrap().bytes,
+        encode_v2(&x, &g, StepSpec::Tensor(0.05), Bits::B8, StepCoding::default()).unwrap().bytes,
+        encode_v2(&x, &g, StepSpec::Token(&st), Bits::B8, StepCoding::default()).unwrap().bytes,
+        encode_v2(&x, &g, StepSpec::Token(&st), Bits::B16, StepCoding::F16).unwrap().bytes,
+        encode_v2(&x[..15], &gc, StepSpec::Channel(&cst), Bits::B8, StepCoding::default()).unwrap().bytes,
+        encode_v2(&x[..15], &gc, StepSpec::Channel(&cst), Bits::B8, StepCoding::F16).unwrap().bytes,
     ];
     for b in &files {
         for i in 0..b.len() {
@@ -388,8 +393,8 @@ fn corrupt_files_are_errors_not_panics() {
             }
         }
     }
-    // Version 3 and later, and version 0, are rejected.
-    for v in [0u16, 3, 4, 0xffff] {
+    // Version 4 and later, and version 0, are rejected.
+    for v in [0u16, 4, 0xffff] {
         let mut c = files[0].clone();
         c[4..6].copy_from_slice(&v.to_le_bytes());
         recrc(&mut c);

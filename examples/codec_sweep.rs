@@ -1,0 +1,61 @@
+//! Chooses version 3's chunk size and lane count by measurement: encodes and decodes the codec
+//! benchmark's synthetic feature (`benches/codec_feature.rs`) with every combination, best of
+//! three, and prints throughputs and the file size against version 2.
+//! `cargo run --release --example codec_sweep --no-default-features --features codec [MiB]`
+use featjnd_kernels::codec::{self, Format, StepCoding, StepSpec};
+use featjnd_kernels::geom::{FeatureShape, TokenGrid};
+use featjnd_kernels::Bits;
+use std::time::Instant;
+
+#[path = "../benches/support/codec_feature.rs"]
+mod codec_feature;
+
+fn best<T>(k: usize, mut f: impl FnMut() -> T) -> (f64, T) {
+    let mut t = f64::MAX;
+    let mut out = None;
+    for _ in 0..k {
+        let s = Instant::now();
+        let v = f();
+        t = t.min(s.elapsed().as_secs_f64());
+        out = Some(v);
+    }
+    (t, out.unwrap())
+}
+
+fn main() {
+    let mib: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(64);
+    let (x, [n, c, h, w], steps) = codec_feature::feature(mib, 7);
+    let grid = TokenGrid::new(FeatureShape::nchw(n, c, h, w), 1).unwrap();
+    let numel = x.len() as f64;
+    let spec = StepSpec::Token(&steps);
+    let coding = StepCoding::default();
+    let (t2, v2) = best(1, || codec::encode_with_format(&x, &grid, spec, Bits::B8, coding, &Format::v2()).unwrap());
+    let (td2, _) = best(1, || codec::decode(&v2.bytes).unwrap());
+    println!(
+        "{mib} MiB [{n},{c},{h},{w}] v2: {} bytes, {:.4} bits/elem, H = {:.4}; encode {:.0} M/s, decode {:.0} M/s",
+        v2.bytes.len(),
+        v2.rate.bits_per_element,
+        v2.rate.entropy_bits,
+        numel / t2 / 1e6,
+        numel / td2 / 1e6
+    );
+    let chunks: Vec<usize> = std::env::var("CHUNKS").map(|s| s.split(',').map(|v| v.parse().unwrap()).collect()).unwrap_or(vec![1 << 14, 1 << 16, 1 << 18]);
+    let lanes: Vec<usize> = std::env::var("LANES").map(|s| s.split(',').map(|v| v.parse().unwrap()).collect()).unwrap_or(vec![8, 16, 32]);
+    for &chunk in &chunks {
+        for &l in &lanes {
+            let f = Format { version: 3, chunk_symbols: chunk, lanes: l };
+            let (te, e) = best(3, || codec::encode_file(&x, &grid, spec, Bits::B8, coding, &f).unwrap());
+            let (td, d) = best(3, || codec::decode_recon(&e.bytes).unwrap());
+            let (tf, _) = best(1, || codec::decode(&e.bytes).unwrap());
+            assert_eq!(d.recon.len(), x.len());
+            println!(
+                "chunk {chunk:>7} lanes {l:>2}: {} bytes ({:+.3}% vs v2); encode {:.0} M/s, decode_recon {:.0} M/s, decode (full) {:.0} M/s",
+                e.bytes.len(),
+                100.0 * (e.bytes.len() as f64 / v2.bytes.len() as f64 - 1.0),
+                numel / te / 1e6,
+                numel / td / 1e6,
+                numel / tf / 1e6
+            );
+        }
+    }
+}
