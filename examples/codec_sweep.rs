@@ -29,6 +29,7 @@ fn main() {
     let numel = x.len() as f64;
     let spec = StepSpec::Token(&steps);
     let coding = StepCoding::default();
+    let reps: usize = std::env::var("REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     let (t2, v2) = best(1, || codec::encode_with_format(&x, &grid, spec, Bits::B8, coding, &Format::v2()).unwrap());
     let (td2, _) = best(1, || codec::decode(&v2.bytes).unwrap());
     println!(
@@ -44,8 +45,8 @@ fn main() {
     for &chunk in &chunks {
         for &l in &lanes {
             let f = Format { version: 3, chunk_symbols: chunk, lanes: l };
-            let (te, e) = best(3, || codec::encode_file(&x, &grid, spec, Bits::B8, coding, &f).unwrap());
-            let (td, d) = best(3, || codec::decode_recon(&e.bytes).unwrap());
+            let (te, e) = best(reps, || codec::encode_file(&x, &grid, spec, Bits::B8, coding, &f).unwrap());
+            let (td, d) = best(reps, || codec::decode_recon(&e.bytes).unwrap());
             let (tf, _) = best(1, || codec::decode(&e.bytes).unwrap());
             assert_eq!(d.recon.len(), x.len());
             println!(

@@ -93,7 +93,7 @@ pub(crate) fn histogram<E: Element>(x: &[E], steps: &Steps, qmax: f32, chunk: us
             |(mut hist, mut four, mut idx, mut sc, mut tot), c| {
                 let start = c * chunk;
                 let len = chunk.min(n - start);
-                let t = rows::quantize(steps, start, &x[start..start + len], qmax, &mut idx[..len], None, &mut sc);
+                let t = rows::quantize(steps, start, &x[start..start + len], qmax, &mut idx[..len], true, &mut sc);
                 tot.clamped += t.clamped;
                 tot.sse += t.sse;
                 if tot.first_bad.is_none() {

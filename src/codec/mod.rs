@@ -22,6 +22,8 @@ mod channel;
 mod chunks;
 pub mod entropy;
 pub mod rans;
+#[cfg(target_arch = "x86_64")]
+mod rans_avx2;
 mod rows;
 pub mod steps;
 mod v3;
@@ -361,6 +363,41 @@ impl<E: Element> From<Vec<E>> for ElemVec {
 fn zeroed<T: Clone + Default>(n: usize, what: &str) -> Result<Vec<T>> {
     filled(n, T::default(), what)
 }
+
+/// A vector of `n` zero values of a type for which all-zero bytes are a zero (the dtypes and the
+/// symbol types), allocated fallibly *and lazily*: fresh pages come zeroed from the allocator, so
+/// the first write of the decoder is the only pass over the memory.
+fn calloc<T: Zeroed>(n: usize, what: &str) -> Result<Vec<T>> {
+    if n == 0 || std::mem::size_of::<T>() == 0 {
+        return Ok(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<T>(n).map_err(|e| err(format!("cannot allocate the {what} ({n} values): {e}")))?;
+    // SAFETY: `layout` has a non-zero size (checked above).
+    let p = unsafe { std::alloc::alloc_zeroed(layout) } as *mut T;
+    if p.is_null() {
+        return Err(err(format!("cannot allocate the {what} ({n} values)")));
+    }
+    // SAFETY: `p` was allocated by the global allocator with the layout of `n` values of `T`
+    // (so capacity `n`), and all-zero bytes are a valid `T` (the `Zeroed` contract), so all `n`
+    // values are initialised.
+    Ok(unsafe { Vec::from_raw_parts(p, n, n) })
+}
+
+/// Types whose all-zero bit pattern is a valid value (zero).
+///
+/// # Safety
+/// Implement only for such types.
+unsafe trait Zeroed: Copy {}
+// SAFETY: all-zero bytes are 0 for the integers and +0.0 for the IEEE types.
+unsafe impl Zeroed for i8 {}
+// SAFETY: as above.
+unsafe impl Zeroed for i16 {}
+// SAFETY: as above.
+unsafe impl Zeroed for f32 {}
+// SAFETY: as above.
+unsafe impl Zeroed for f16 {}
+// SAFETY: as above.
+unsafe impl Zeroed for bf16 {}
 
 /// A vector of `n` copies of `v`, allocated fallibly (see [`zeroed`]).
 fn filled<T: Clone>(n: usize, v: T, what: &str) -> Result<Vec<T>> {

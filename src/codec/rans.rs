@@ -145,32 +145,39 @@ impl Encoder {
     /// the chunk (states, then words) to `out`. `words` is scratch.
     pub fn encode<const N: usize>(&self, idx: &[u16], words: &mut Vec<u16>, out: &mut Vec<u8>) {
         let mut x = [STATE_LOW; N];
+        // At most one word per symbol: the buffer is sized once, every step writes its word and
+        // keeps it only when it renormalises (no unpredictable branch).
         words.clear();
+        words.resize(idx.len() + 1, 0);
+        let mut len = 0usize;
         let r = self.precision;
-        let step = |xj: &mut u32, s: &EncSym, words: &mut Vec<u16>| {
-            let mut v = *xj;
-            if v >= s.x_max {
-                words.push(v as u16);
-                v >>= 16;
-            }
-            let q = ((v as u128 * s.rcp as u128) >> 63) as u32;
+        let syms = &self.syms[..];
+        let mut step = |xj: &mut u32, k: u16| {
+            let s = &syms[k as usize];
+            let v = *xj;
+            let big = v >= s.x_max;
+            words[len] = v as u16;
+            len += big as usize;
+            let v = if big { v >> 16 } else { v };
+            let q = ((v as u64 as u128 * s.rcp as u128) >> 63) as u32;
             *xj = (q << r) + (v - q * s.freq) + s.cum;
         };
         // Backwards: the tail (lanes 0..n mod N of the last group), then whole groups.
         let full = idx.len() / N * N;
         for (j, &k) in idx[full..].iter().enumerate().rev() {
-            step(&mut x[j], &self.syms[k as usize], words);
+            step(&mut x[j], k);
         }
         for g in idx[..full].chunks_exact(N).rev() {
+            let g: &[u16; N] = g.try_into().unwrap_or_else(|_| unreachable!());
             for j in (0..N).rev() {
-                step(&mut x[j], &self.syms[g[j] as usize], words);
+                step(&mut x[j], g[j]);
             }
         }
-        out.reserve(4 * N + 2 * words.len());
+        out.reserve(4 * N + 2 * len);
         for s in x {
             out.extend_from_slice(&s.to_le_bytes());
         }
-        for w in words.iter().rev() {
+        for w in words[..len].iter().rev() {
             out.extend_from_slice(&w.to_le_bytes());
         }
     }
@@ -190,6 +197,9 @@ struct Slot {
 pub struct Decoder {
     lut: Box<[Slot; 1 << 16]>,
     precision: u32,
+    /// The AVX2 loop's tables, where the CPU has AVX2 (and the model at least two symbols).
+    #[cfg(target_arch = "x86_64")]
+    simd: Option<super::rans_avx2::Tables>,
 }
 
 impl Decoder {
@@ -204,7 +214,14 @@ impl Decoder {
             }
             cum += f as usize;
         }
-        Decoder { lut, precision }
+        #[cfg(target_arch = "x86_64")]
+        let simd = (crate::cpu::has_avx2() && std::is_x86_feature_detected!("popcnt")).then(|| super::rans_avx2::Tables::new(table));
+        Decoder {
+            lut,
+            precision,
+            #[cfg(target_arch = "x86_64")]
+            simd,
+        }
     }
 
     /// Decodes `out.len()` symbols from one chunk coded with `N` lanes. `words` is scratch. An
@@ -233,7 +250,23 @@ impl Decoder {
         let n = out.len();
         let full = n / N * N;
         let (groups, tail) = out.split_at_mut(full);
-        for g in groups.chunks_exact_mut(N) {
+        #[allow(unused_mut)]
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = &self.simd {
+            use super::rans_avx2::decode_groups;
+            // SAFETY: `simd` exists only where AVX2 and POPCNT were detected; `x` has `N = 8·V`
+            // states; the tables were built from this model, whose precision is at most 16.
+            done = unsafe {
+                match N {
+                    8 => decode_groups::<1>(t, r, &mut x, words, &mut p, groups),
+                    16 => decode_groups::<2>(t, r, &mut x, words, &mut p, groups),
+                    32 => decode_groups::<4>(t, r, &mut x, words, &mut p, groups),
+                    _ => 0,
+                }
+            };
+        }
+        for g in groups[done..].chunks_exact_mut(N) {
             if let Some(w) = words.get(p..p + N) {
                 let w: &[u16; N] = w.try_into().unwrap_or_else(|_| unreachable!());
                 // At most one word per lane: reads stay within these N words, so no checks.

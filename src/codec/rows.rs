@@ -37,6 +37,7 @@ pub(crate) struct Scratch {
     inv: Vec<f32>,
     xf: Vec<f32>,
     yf: Vec<f32>,
+    ef: Vec<f32>,
 }
 
 /// The step of a segment.
@@ -117,39 +118,37 @@ pub(crate) struct QuantTotals {
 }
 
 /// Quantizes `x` (the elements `start..start + x.len()` of the feature) to symbol indices
-/// `q + Q` in `idx`, and `x̂` into `recon` when given.
-pub(crate) fn quantize<E: Element>(
-    steps: &Steps,
-    start: usize,
-    x: &[E],
-    qmax: f32,
-    idx: &mut [u16],
-    mut recon: Option<&mut [E]>,
-    sc: &mut Scratch,
-) -> QuantTotals {
+/// `q + Q` in `idx`. With `stats`, also counts the clamped elements, the squared error and the
+/// first non-finite element (otherwise the totals are zero: the caller already has them).
+pub(crate) fn quantize<E: Element>(steps: &Steps, start: usize, x: &[E], qmax: f32, idx: &mut [u16], stats: bool, sc: &mut Scratch) -> QuantTotals {
     let mut tot = QuantTotals::default();
-    let (mut xf, mut yf) = (std::mem::take(&mut sc.xf), std::mem::take(&mut sc.yf));
+    let (mut xf, mut yf, mut ef) = (std::mem::take(&mut sc.xf), std::mem::take(&mut sc.yf), std::mem::take(&mut sc.ef));
     steps.for_segments(start, start + x.len(), sc, |off, len, seg| {
         let xs = &x[off..off + len];
         if xf.len() < len {
             xf.resize(len, 0.0);
+        }
+        if stats && yf.len() < len {
             yf.resize(len, 0.0);
+            ef.resize(len, 0.0);
         }
         let xv = crate::cpu::widen(xs, &mut xf);
-        let (cl, bad, sse) = match seg {
-            Seg::One(s, i) => quant_best(xv, i, s, qmax, &mut idx[off..off + len], &mut yf[..len]),
-            Seg::Each(s, i) => quant_best(xv, i, s, qmax, &mut idx[off..off + len], &mut yf[..len]),
+        let ix = &mut idx[off..off + len];
+        let (cl, bad) = match (seg, stats) {
+            (Seg::One(s, i), true) => quant_best::<f32, true>(xv, i, s, qmax, ix, &mut yf, &mut ef),
+            (Seg::Each(s, i), true) => quant_best::<&[f32], true>(xv, i, s, qmax, ix, &mut yf, &mut ef),
+            (Seg::One(s, i), false) => quant_best::<f32, false>(xv, i, s, qmax, ix, &mut yf, &mut ef),
+            (Seg::Each(s, i), false) => quant_best::<&[f32], false>(xv, i, s, qmax, ix, &mut yf, &mut ef),
         };
-        tot.clamped += cl as u64;
-        tot.sse += sse as f64;
-        if bad > 0 && tot.first_bad.is_none() {
-            tot.first_bad = xv.iter().position(|v| !v.is_finite()).map(|p| off + p);
-        }
-        if let Some(r) = recon.as_deref_mut() {
-            E::narrow(&yf[..len], &mut r[off..off + len]);
+        if stats {
+            tot.clamped += cl as u64;
+            tot.sse += crate::cpu::sum_lanes(&ef[..len]) as f64;
+            if bad > 0 && tot.first_bad.is_none() {
+                tot.first_bad = xv.iter().position(|v| !v.is_finite()).map(|p| off + p);
+            }
         }
     });
-    (sc.xf, sc.yf) = (xf, yf);
+    (sc.xf, sc.yf, sc.ef) = (xf, yf, ef);
     tot
 }
 
@@ -205,46 +204,49 @@ impl StepAt for &[f32] {
     }
 }
 
-/// The element loop: indices `q + Q`, `x̂` into `y`; returns (clamped, non-finite, Σ(x − x̂)²).
+/// The element loop: indices `q + Q`; with `STATS`, also `x̂` into `y` and `(x − x̂)²` into `e`.
+/// Returns (clamped, non-finite). Plain per-element stores and integer counts only, so that it
+/// vectorises (a float sum here would not: its order is fixed).
 #[inline(always)]
-fn quant_seg<S: StepAt>(x: &[f32], inv: S, step: S, qmax: f32, idx: &mut [u16], y: &mut [f32]) -> (u32, u32, f32) {
+fn quant_seg<S: StepAt, const STATS: bool>(x: &[f32], inv: S, step: S, qmax: f32, idx: &mut [u16], y: &mut [f32], e: &mut [f32]) -> (u32, u32) {
     let n = x.len();
-    let (idx, y) = (&mut idx[..n], &mut y[..n]);
+    let idx = &mut idx[..n];
+    let (y, e) = if STATS { (&mut y[..n], &mut e[..n]) } else { (&mut y[..0], &mut e[..0]) };
     let (inv, step) = (inv.prefix(n), step.prefix(n));
     let (mut cl, mut nf) = (0u32, 0u32);
-    let mut acc = [0.0f32; 8];
     let qi = qmax as i32;
     for i in 0..n {
         let v = x[i];
         nf += !(v.abs() < f32::INFINITY) as u32;
         let s = (v * inv.at(i)).clamp(-(qmax + 1.0), qmax + 1.0);
         let t = s + ROUND_MAGIC;
-        let r = t - ROUND_MAGIC;
-        cl += (r.abs() > qmax) as u32;
-        let r = r.clamp(-qmax, qmax);
-        let yv = r * step.at(i);
         idx[i] = (((t.to_bits() as i32) - MAGIC_BITS).clamp(-qi, qi) + qi) as u16;
-        y[i] = yv;
-        let d = v - yv;
-        acc[i % 8] += d * d;
+        if STATS {
+            let r = t - ROUND_MAGIC;
+            cl += (r.abs() > qmax) as u32;
+            let yv = r.clamp(-qmax, qmax) * step.at(i);
+            y[i] = yv;
+            let d = v - yv;
+            e[i] = d * d;
+        }
     }
-    (cl, nf, acc.iter().sum())
+    (cl, nf)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn quant_seg_avx2<S: StepAt>(x: &[f32], inv: S, step: S, qmax: f32, idx: &mut [u16], y: &mut [f32]) -> (u32, u32, f32) {
-    quant_seg(x, inv, step, qmax, idx, y)
+fn quant_seg_avx2<S: StepAt, const STATS: bool>(x: &[f32], inv: S, step: S, qmax: f32, idx: &mut [u16], y: &mut [f32], e: &mut [f32]) -> (u32, u32) {
+    quant_seg::<S, STATS>(x, inv, step, qmax, idx, y, e)
 }
 
 #[inline]
-fn quant_best<S: StepAt>(x: &[f32], inv: S, step: S, qmax: f32, idx: &mut [u16], y: &mut [f32]) -> (u32, u32, f32) {
+fn quant_best<S: StepAt, const STATS: bool>(x: &[f32], inv: S, step: S, qmax: f32, idx: &mut [u16], y: &mut [f32], e: &mut [f32]) -> (u32, u32) {
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::has_avx2() {
         // SAFETY: `has_avx2` checked at run time that this CPU executes AVX2 instructions.
-        return unsafe { quant_seg_avx2(x, inv, step, qmax, idx, y) };
+        return unsafe { quant_seg_avx2::<S, STATS>(x, inv, step, qmax, idx, y, e) };
     }
-    quant_seg(x, inv, step, qmax, idx, y)
+    quant_seg::<S, STATS>(x, inv, step, qmax, idx, y, e)
 }
 
 #[inline(always)]

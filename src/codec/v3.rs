@@ -184,7 +184,7 @@ pub fn encode_file<E: Element>(x: &[E], grid: &TokenGrid, spec: StepSpec, bits: 
     }
     let pairs = histogram_pairs_from_bins(&bins, q as i32);
     let (b, table, precision, sections) = write(E::DTYPE, grid, bits, &plan, &pairs, format, |start, idx, sc| {
-        rows::quantize(&steps, start, &x[start..start + idx.len()], q, idx, None, sc);
+        rows::quantize(&steps, start, &x[start..start + idx.len()], q, idx, false, sc);
     })?;
     let counts: Vec<u64> = pairs.iter().map(|p| p.1).collect();
     let rate = RateReport::new(b.len(), grid, &table, precision, &counts, &sections);
@@ -243,8 +243,8 @@ fn decode_chunks(
     let steps = Steps::new(*grid, map);
     let mut sym_vec = match (symbols, bits) {
         (false, _) => None,
-        (true, Bits::B8) => Some(SymbolVec::I8(super::zeroed(n, "symbols")?)),
-        (true, Bits::B16) => Some(SymbolVec::I16(super::zeroed(n, "symbols")?)),
+        (true, Bits::B8) => Some(SymbolVec::I8(super::calloc(n, "symbols")?)),
+        (true, Bits::B16) => Some(SymbolVec::I16(super::calloc(n, "symbols")?)),
     };
     if table.len() == 1 {
         // Every symbol is the table's one: no chunks.
@@ -271,7 +271,7 @@ fn decode_chunks(
     };
     macro_rules! run {
         ($t:ty, $wrap:path) => {{
-            let mut r = filled(n, <$t>::from_f32(0.0), "reconstruction")?;
+            let mut r = super::calloc::<$t>(n, "reconstruction")?;
             let hist = chunks::decode(&dec, raw.payload, &index, chunk, lanes, q, &steps, &mut r, Extra { symbols: out_syms, histogram: symbols })?;
             ($wrap(r), hist)
         }};
