@@ -40,7 +40,8 @@ fn main() {
         numel / t2 / 1e6,
         numel / td2 / 1e6
     );
-    let chunks: Vec<usize> = std::env::var("CHUNKS").map(|s| s.split(',').map(|v| v.parse().unwrap()).collect()).unwrap_or(vec![1 << 14, 1 << 16, 1 << 18]);
+    let chunks: Vec<usize> =
+        std::env::var("CHUNKS").map(|s| s.split(',').map(|v| v.parse().unwrap()).collect()).unwrap_or(vec![1 << 14, 1 << 16, 1 << 18]);
     let lanes: Vec<usize> = std::env::var("LANES").map(|s| s.split(',').map(|v| v.parse().unwrap()).collect()).unwrap_or(vec![8, 16, 32]);
     for &chunk in &chunks {
         for &l in &lanes {

@@ -150,10 +150,7 @@ pub(crate) fn read_index(index: &[u8], m: usize, body: usize) -> Result<Index> {
         let crc = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
         let end = off + len;
         if end > body {
-            return Err(err(format!(
-                "truncated: chunk {c} of {m} ends {} bytes after the chunk area starts, which has {body} bytes",
-                end
-            )));
+            return Err(err(format!("truncated: chunk {c} of {m} ends {} bytes after the chunk area starts, which has {body} bytes", end)));
         }
         ranges.push((off, end, crc));
         off = end;

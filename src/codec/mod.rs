@@ -597,7 +597,14 @@ fn write_header(
 }
 
 /// A version 2 file: one constriction ANS stream of every symbol, the whole file under one CRC.
-fn write_v2(dtype: Dtype, grid: &TokenGrid, bits: Bits, plan: &StepPlan, pairs: &[(i32, u64)], sym: &SymSlice) -> Result<(Vec<u8>, Table, Sections)> {
+fn write_v2(
+    dtype: Dtype,
+    grid: &TokenGrid,
+    bits: Bits,
+    plan: &StepPlan,
+    pairs: &[(i32, u64)],
+    sym: &SymSlice,
+) -> Result<(Vec<u8>, Table, Sections)> {
     let n = grid.numel();
     let table = Table::from_counts(pairs)?;
     let table_bytes = table.to_bytes();
@@ -1244,3 +1251,5 @@ fn dequantize<E: Element>(sym: &SymSlice, grid: &TokenGrid, steps: PerStep, out:
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_v3;

@@ -147,8 +147,9 @@ impl Encoder {
         let mut x = [STATE_LOW; N];
         // At most one word per symbol: the buffer is sized once, every step writes its word and
         // keeps it only when it renormalises (no unpredictable branch).
-        words.clear();
-        words.resize(idx.len() + 1, 0);
+        if words.len() < idx.len() + 1 {
+            words.resize(idx.len() + 1, 0);
+        }
         let mut len = 0usize;
         let r = self.precision;
         let syms = &self.syms[..];

@@ -63,10 +63,10 @@ impl<'a> Steps<'a> {
         // Segment length: the run of elements sharing one step pattern.
         let (seg, kind) = match (self.map, nchw) {
             (StepMap::Tensor(_), _) => (end - start, 0),
-            (StepMap::Token(_), false) => (b, 1),     // NTC token row of C
-            (StepMap::Channel(_), false) => (b, 2),   // NTC row, per-channel steps
+            (StepMap::Token(_), false) => (b, 1),      // NTC token row of C
+            (StepMap::Channel(_), false) => (b, 2),    // NTC row, per-channel steps
             (StepMap::Channel(_), true) => (b * c, 3), // NCHW channel plane
-            (StepMap::Token(_), true) => (b * c, 4),  // NCHW plane, per-token steps
+            (StepMap::Token(_), true) => (b * c, 4),   // NCHW plane, per-token steps
         };
         if seg == 0 {
             return;
@@ -120,7 +120,15 @@ pub(crate) struct QuantTotals {
 /// Quantizes `x` (the elements `start..start + x.len()` of the feature) to symbol indices
 /// `q + Q` in `idx`. With `stats`, also counts the clamped elements, the squared error and the
 /// first non-finite element (otherwise the totals are zero: the caller already has them).
-pub(crate) fn quantize<E: Element>(steps: &Steps, start: usize, x: &[E], qmax: f32, idx: &mut [u16], stats: bool, sc: &mut Scratch) -> QuantTotals {
+pub(crate) fn quantize<E: Element>(
+    steps: &Steps,
+    start: usize,
+    x: &[E],
+    qmax: f32,
+    idx: &mut [u16],
+    stats: bool,
+    sc: &mut Scratch,
+) -> QuantTotals {
     let mut tot = QuantTotals::default();
     let (mut xf, mut yf, mut ef) = (std::mem::take(&mut sc.xf), std::mem::take(&mut sc.yf), std::mem::take(&mut sc.ef));
     steps.for_segments(start, start + x.len(), sc, |off, len, seg| {
@@ -208,7 +216,15 @@ impl StepAt for &[f32] {
 /// Returns (clamped, non-finite). Plain per-element stores and integer counts only, so that it
 /// vectorises (a float sum here would not: its order is fixed).
 #[inline(always)]
-fn quant_seg<S: StepAt, const STATS: bool>(x: &[f32], inv: S, step: S, qmax: f32, idx: &mut [u16], y: &mut [f32], e: &mut [f32]) -> (u32, u32) {
+fn quant_seg<S: StepAt, const STATS: bool>(
+    x: &[f32],
+    inv: S,
+    step: S,
+    qmax: f32,
+    idx: &mut [u16],
+    y: &mut [f32],
+    e: &mut [f32],
+) -> (u32, u32) {
     let n = x.len();
     let idx = &mut idx[..n];
     let (y, e) = if STATS { (&mut y[..n], &mut e[..n]) } else { (&mut y[..0], &mut e[..0]) };
@@ -235,12 +251,28 @@ fn quant_seg<S: StepAt, const STATS: bool>(x: &[f32], inv: S, step: S, qmax: f32
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn quant_seg_avx2<S: StepAt, const STATS: bool>(x: &[f32], inv: S, step: S, qmax: f32, idx: &mut [u16], y: &mut [f32], e: &mut [f32]) -> (u32, u32) {
+fn quant_seg_avx2<S: StepAt, const STATS: bool>(
+    x: &[f32],
+    inv: S,
+    step: S,
+    qmax: f32,
+    idx: &mut [u16],
+    y: &mut [f32],
+    e: &mut [f32],
+) -> (u32, u32) {
     quant_seg::<S, STATS>(x, inv, step, qmax, idx, y, e)
 }
 
 #[inline]
-fn quant_best<S: StepAt, const STATS: bool>(x: &[f32], inv: S, step: S, qmax: f32, idx: &mut [u16], y: &mut [f32], e: &mut [f32]) -> (u32, u32) {
+fn quant_best<S: StepAt, const STATS: bool>(
+    x: &[f32],
+    inv: S,
+    step: S,
+    qmax: f32,
+    idx: &mut [u16],
+    y: &mut [f32],
+    e: &mut [f32],
+) -> (u32, u32) {
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::has_avx2() {
         // SAFETY: `has_avx2` checked at run time that this CPU executes AVX2 instructions.

@@ -9,15 +9,15 @@ use super::chunks::{self, Extra, SymOut, LANE_COUNTS};
 use super::rans::{self, MAX_PRECISION};
 use super::rows::{self, StepMap, Steps};
 use super::{
-    err, filled, histogram_pairs_from_bins, plan_steps, qmax, step_map, stored_steps, validate, write_header, Dtype, ElemVec, Raw, RawV3,
-    RateReport, Sections, StepCoding, StepMode, StepPlan, StepSpec, SymbolVec, Table, CODER_FIELDS_V3, FIXED_HEADER,
+    err, filled, histogram_pairs_from_bins, plan_steps, qmax, step_map, stored_steps, validate, write_header, Dtype, ElemVec, RateReport,
+    Raw, RawV3, Sections, StepCoding, StepMode, StepPlan, StepSpec, SymbolVec, Table, CODER_FIELDS_V3, FIXED_HEADER,
 };
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::geom::{Bits, FeatureShape, Layout, TokenGrid};
 
 /// Symbols per chunk written by default (the last chunk may be shorter).
-pub const DEFAULT_CHUNK: usize = 1 << 16;
+pub const DEFAULT_CHUNK: usize = 1 << 17;
 /// Interleaved rANS lanes written by default (fewer for short features).
 pub const DEFAULT_LANES: usize = 32;
 /// The largest chunk a file may declare (`2^24` symbols).
@@ -149,7 +149,14 @@ pub(crate) fn write(
 /// each chunk is quantized twice (once for the histogram, once into the coder) and no symbol or
 /// reconstruction array of the whole tensor is made. A version 2 `format` goes through
 /// [`super::encode_with_format`].
-pub fn encode_file<E: Element>(x: &[E], grid: &TokenGrid, spec: StepSpec, bits: Bits, coding: StepCoding, format: &Format) -> Result<EncodedFile> {
+pub fn encode_file<E: Element>(
+    x: &[E],
+    grid: &TokenGrid,
+    spec: StepSpec,
+    bits: Bits,
+    coding: StepCoding,
+    format: &Format,
+) -> Result<EncodedFile> {
     format.check()?;
     if format.version == 2 {
         let e = super::encode_with_format(x, grid, spec, bits, coding, format)?;
@@ -272,7 +279,17 @@ fn decode_chunks(
     macro_rules! run {
         ($t:ty, $wrap:path) => {{
             let mut r = super::calloc::<$t>(n, "reconstruction")?;
-            let hist = chunks::decode(&dec, raw.payload, &index, chunk, lanes, q, &steps, &mut r, Extra { symbols: out_syms, histogram: symbols })?;
+            let hist = chunks::decode(
+                &dec,
+                raw.payload,
+                &index,
+                chunk,
+                lanes,
+                q,
+                &steps,
+                &mut r,
+                Extra { symbols: out_syms, histogram: symbols },
+            )?;
             ($wrap(r), hist)
         }};
     }
@@ -352,16 +369,5 @@ pub fn decode_recon(bytes: &[u8]) -> Result<Reconstruction> {
     let (steps, channel_steps) = stored_steps(&raw, step_mode, e, &grid)?;
     let map = step_map(step_mode, &steps, &channel_steps);
     let (_, recon, _) = decode_chunks(&raw, v, dtype, bits, &grid, map, &table, precision, false)?;
-    Ok(Reconstruction {
-        version: 3,
-        dtype,
-        layout,
-        shape: grid.shape,
-        patch: grid.patch,
-        bits,
-        step_mode,
-        recon,
-        steps,
-        channel_steps,
-    })
+    Ok(Reconstruction { version: 3, dtype, layout, shape: grid.shape, patch: grid.patch, bits, step_mode, recon, steps, channel_steps })
 }
