@@ -24,6 +24,8 @@ pub mod entropy;
 pub mod rans;
 #[cfg(target_arch = "x86_64")]
 mod rans_avx2;
+#[cfg(target_arch = "x86_64")]
+mod rans_avx2_enc;
 mod rows;
 pub mod steps;
 mod v3;
@@ -935,7 +937,7 @@ fn open(bytes: &[u8]) -> Result<Raw<'_>> {
         // The header checksum sits after the index, so the header is located first (every
         // length against the file's size, nothing allocated), then checked; each chunk has its own.
         let raw = locate(bytes, version).map_err(|e| {
-            let what = if e.short { "truncated file or damaged header" } else { "damaged header" };
+            let what = if e.short { "truncated file or inconsistent header" } else { "damaged or inconsistent header" };
             err(format!("{what}: {}", e.msg))
         })?;
         let v = raw.v3.as_ref().unwrap_or_else(|| unreachable!("version 3 has its coder fields"));

@@ -120,12 +120,26 @@ struct EncSym {
 pub struct Encoder {
     syms: Vec<EncSym>,
     precision: u32,
+    /// The AVX2 loop's tables, where the CPU has AVX2 and POPCNT.
+    #[cfg(target_arch = "x86_64")]
+    simd: Option<super::rans_avx2_enc::Tables>,
 }
 
 impl Encoder {
     /// `freqs[k]` is the frequency of symbol index `k` (0 for symbols that never occur); the
     /// non-zero ones sum to `2^precision` and there are at least two of them.
     pub fn new(freqs: &[u32], precision: u32) -> Encoder {
+        let mut e = Encoder::scalar(freqs, precision);
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::has_avx2() && std::is_x86_feature_detected!("popcnt") {
+            let (f, c): (Vec<u32>, Vec<u32>) = e.syms.iter().map(|s| (s.freq, s.cum)).unzip();
+            e.simd = Some(super::rans_avx2_enc::Tables::new(&f, &c));
+        }
+        e
+    }
+
+    /// The encoder without its SIMD loop (the tests compare the two).
+    pub(crate) fn scalar(freqs: &[u32], precision: u32) -> Encoder {
         let mut cum = 0u32;
         let syms = freqs
             .iter()
@@ -138,7 +152,12 @@ impl Encoder {
                 s
             })
             .collect();
-        Encoder { syms, precision }
+        Encoder {
+            syms,
+            precision,
+            #[cfg(target_arch = "x86_64")]
+            simd: None,
+        }
     }
 
     /// Codes the symbol indices `idx` (each with a non-zero frequency) with `N` lanes, appending
@@ -147,31 +166,41 @@ impl Encoder {
         let mut x = [STATE_LOW; N];
         // At most one word per symbol: the buffer is sized once, every step writes its word and
         // keeps it only when it renormalises (no unpredictable branch).
-        if words.len() < idx.len() + 1 {
-            words.resize(idx.len() + 1, 0);
+        if words.len() < idx.len() + 9 {
+            words.resize(idx.len() + 9, 0);
         }
         let mut len = 0usize;
         let r = self.precision;
         let syms = &self.syms[..];
-        let mut step = |xj: &mut u32, k: u16| {
-            let s = &syms[k as usize];
-            let v = *xj;
-            let big = v >= s.x_max;
-            words[len] = v as u16;
-            len += big as usize;
-            let v = if big { v >> 16 } else { v };
-            let q = ((v as u64 as u128 * s.rcp as u128) >> 63) as u32;
-            *xj = (q << r) + (v - q * s.freq) + s.cum;
-        };
         // Backwards: the tail (lanes 0..n mod N of the last group), then whole groups.
         let full = idx.len() / N * N;
         for (j, &k) in idx[full..].iter().enumerate().rev() {
-            step(&mut x[j], k);
+            enc_step(&syms[k as usize], r, &mut x[j], words, &mut len);
         }
-        for g in idx[..full].chunks_exact(N).rev() {
-            let g: &[u16; N] = g.try_into().unwrap_or_else(|_| unreachable!());
-            for j in (0..N).rev() {
-                step(&mut x[j], g[j]);
+        #[allow(unused_mut)]
+        let mut scalar_groups = true;
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(t), 8 | 16 | 32) = (&self.simd, N) {
+            use super::rans_avx2_enc::encode_groups;
+            // SAFETY: `simd` exists only where AVX2 and POPCNT were detected; `x` has `N = 8·V`
+            // states; `idx[..full]` is whole groups of indices of the model (the tables have an
+            // entry per index, the caller passes indices of symbols that occur); `1 ≤ R ≤ 16`
+            // for a model of two or more symbols; `words` has `idx.len() + 9` slots.
+            unsafe {
+                match N {
+                    8 => encode_groups::<1>(t, r, &mut x, &idx[..full], words, &mut len),
+                    16 => encode_groups::<2>(t, r, &mut x, &idx[..full], words, &mut len),
+                    _ => encode_groups::<4>(t, r, &mut x, &idx[..full], words, &mut len),
+                }
+            }
+            scalar_groups = false;
+        }
+        if scalar_groups {
+            for g in idx[..full].chunks_exact(N).rev() {
+                let g: &[u16; N] = g.try_into().unwrap_or_else(|_| unreachable!());
+                for j in (0..N).rev() {
+                    enc_step(&syms[g[j] as usize], r, &mut x[j], words, &mut len);
+                }
             }
         }
         out.reserve(4 * N + 2 * len);
@@ -182,6 +211,19 @@ impl Encoder {
             out.extend_from_slice(&w.to_le_bytes());
         }
     }
+}
+
+/// One encoder step: renormalise (every step writes its word, only a renormalising one keeps it:
+/// no unpredictable branch), then `x = ⌊x/f⌋·2^R + (x mod f) + cum`.
+#[inline(always)]
+fn enc_step(s: &EncSym, r: u32, xj: &mut u32, words: &mut [u16], len: &mut usize) {
+    let v = *xj;
+    let big = v >= s.x_max;
+    words[*len] = v as u16;
+    *len += big as usize;
+    let v = if big { v >> 16 } else { v };
+    let q = ((v as u64 as u128 * s.rcp as u128) >> 63) as u32;
+    *xj = (q << r) + (v - q * s.freq) + s.cum;
 }
 
 /// One slot of the decoder's table: the symbol `q` of the slot, its frequency, and `slot − cum`.
@@ -301,6 +343,16 @@ impl Decoder {
         Ok(())
     }
 
+    /// The decoder without its SIMD loop (the tests compare the two).
+    #[cfg(test)]
+    pub(crate) fn without_simd(mut self) -> Decoder {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self.simd = None;
+        }
+        self
+    }
+
     /// One symbol of one lane, with the stream checked.
     #[inline]
     fn step(&self, x: &mut u32, words: &[u16], p: &mut usize, mask: u32) -> Result<i16, String> {
@@ -368,11 +420,18 @@ mod tests {
         let idx: Vec<u16> = syms.iter().map(|&s| (s as i32 + q) as u16).collect();
         let (mut words, mut out) = (Vec::new(), Vec::new());
         enc.encode::<N>(&idx, &mut words, &mut out);
+        // The SIMD loop (where the CPU has one) writes exactly the scalar loop's chunk.
+        let mut scalar = Vec::new();
+        Encoder::scalar(&freqs, precision).encode::<N>(&idx, &mut words, &mut scalar);
+        assert_eq!(out, scalar, "N {N} R {precision} n {}", syms.len());
         let table: Vec<(i32, u32)> = counts.iter().map(|p| p.0).zip(f).collect();
         let dec = Decoder::new(&table, precision);
         let mut back = vec![0i16; syms.len()];
         dec.decode::<N>(&out, &mut words, &mut back).unwrap();
         assert_eq!(back, syms);
+        let mut back2 = vec![0i16; syms.len()];
+        Decoder::new(&table, precision).without_simd().decode::<N>(&out, &mut words, &mut back2).unwrap();
+        assert_eq!(back2, syms);
         // One symbol fewer or more is an error (states or words do not match).
         if !syms.is_empty() {
             let mut short = vec![0i16; syms.len() - 1];
@@ -391,8 +450,33 @@ mod tests {
             for r in [2u32, 8, 12, 16] {
                 round_trip::<1>(&syms, &counts, r);
                 round_trip::<4>(&syms, &counts, r);
+                round_trip::<8>(&syms, &counts, r);
+                round_trip::<16>(&syms, &counts, r);
                 round_trip::<32>(&syms, &counts, r);
             }
+        }
+    }
+
+    /// Every symbol of the 8-bit range with random counts, at every precision that fits them: the
+    /// SIMD and scalar loops agree on chunks with many renormalisations and rare symbols.
+    #[test]
+    fn wide_alphabets_round_trip() {
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let syms: Vec<i16> = (0..20_000).map(|_| ((next() % 255) as i16 - 127) / if next() % 3 == 0 { 1 } else { 9 }).collect();
+        let mut counts = std::collections::BTreeMap::new();
+        for &s in &syms {
+            *counts.entry(s as i32).or_insert(0u64) += 1;
+        }
+        let counts: Vec<(i32, u64)> = counts.into_iter().collect();
+        for r in 8..=16 {
+            round_trip::<8>(&syms, &counts, r);
+            round_trip::<32>(&syms, &counts, r);
         }
     }
 

@@ -385,7 +385,7 @@ fn corrupt_files_are_errors_not_panics() {
                 match i {
                     0..=3 => assert!(m.contains("bad magic"), "{i}: {m}"),
                     // 2 → 3 is another readable version, whose header then does not hold.
-                    4 | 5 => assert!(m.contains("version") || m.contains("damaged header"), "{i}: {m}"),
+                    4 | 5 => assert!(m.contains("version") || m.contains("inconsistent header"), "{i}: {m}"),
                     _ => assert!(m.contains("checksum mismatch"), "{i}: {m}"),
                 }
             }
