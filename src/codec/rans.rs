@@ -275,7 +275,7 @@ impl Decoder {
             return Err(format!("{} bytes cannot hold the {N} lane states", chunk.len()));
         }
         let (head, body) = chunk.split_at(4 * N);
-        if body.len() % 2 != 0 {
+        if !body.len().is_multiple_of(2) {
             return Err(format!("{} bytes of words is not a whole number of 16-bit words", body.len()));
         }
         let mut x = [0u32; N];

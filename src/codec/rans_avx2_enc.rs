@@ -61,7 +61,7 @@ pub(crate) unsafe fn encode_groups<const V: usize>(
     len: &mut usize,
 ) {
     let n = 8 * V;
-    assert!(x.len() == n && idx.len() % n == 0 && words.len() >= *len + idx.len() + 8 && (1..=16).contains(&precision));
+    assert!(x.len() == n && idx.len().is_multiple_of(n) && words.len() >= *len + idx.len() + 8 && (1..=16).contains(&precision));
     assert!(tables.fc.len() == 1 << 16 && tables.rcp.len() == 1 << 16);
     // SAFETY: AVX2 and POPCNT are available (the caller's contract). `x` holds `8·V` states
     // (asserted); the index loads read 8 values inside a group of `idx` (a multiple of `8·V`

@@ -78,7 +78,7 @@ fn check<E: Element>(n: usize, bits: Bits, scope: u8, dist: Dist, format: Format
         1 => StepSpec::Token(&st[..grid.tokens()]),
         _ => StepSpec::Channel(&st[..channel::channels(&grid)]),
     };
-    let coding = if seed % 2 == 0 { StepCoding::default() } else { StepCoding::F16 };
+    let coding = if seed.is_multiple_of(2) { StepCoding::default() } else { StepCoding::F16 };
     let v3 = encode_with_format(&x, &grid, spec, bits, coding, &format).unwrap_or_else(|e| panic!("{what}: {e}"));
     let v2 = encode_with_format(&x, &grid, spec, bits, coding, &Format::v2()).unwrap();
     assert_eq!(v3.symbols, v2.symbols, "{what}");
