@@ -5,6 +5,7 @@
 //!
 //! - `memcpy`: the byte floor, a copy of the feature's f32 bytes into a reused buffer;
 //! - `v3`: version 3 through the fused paths (`codec::encode_file`, `codec::decode_recon`);
+//! - `v3_into` (decode): `codec::decode_into` a reused buffer, as the floor's copy (no fresh pages);
 //! - `v3_full`: version 3 through `codec::encode_with` / `codec::decode` (symbols, x̂ and rate);
 //! - `v2`: version 2 (`Format::v2()`, constriction's ANS) through the same full paths.
 //!
@@ -76,6 +77,9 @@ fn bench(c: &mut Criterion) {
         g.throughput(Throughput::Elements(numel));
         g.bench_with_input(BenchmarkId::new("memcpy", mib), &mib, |b, _| b.iter(|| dst.copy_from_slice(black_box(&x))));
         g.bench_with_input(BenchmarkId::new("v3", mib), &mib, |b, _| b.iter(|| codec::decode_recon(black_box(&v3.bytes)).unwrap()));
+        g.bench_with_input(BenchmarkId::new("v3_into", mib), &mib, |b, _| {
+            b.iter(|| codec::decode_into(black_box(&v3.bytes), &mut dst).unwrap())
+        });
         g.bench_with_input(BenchmarkId::new("v3_full", mib), &mib, |b, _| b.iter(|| codec::decode(black_box(&v3.bytes)).unwrap()));
         if with_v2 {
             g.bench_with_input(BenchmarkId::new("v2", mib), &mib, |b, _| b.iter(|| codec::decode(black_box(&v2.bytes)).unwrap()));

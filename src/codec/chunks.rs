@@ -266,6 +266,14 @@ impl<'a> SymOut<'a> {
         }
     }
 
+    /// Sets every symbol to `s` (in range of the width).
+    pub(crate) fn fill(self, s: i16) {
+        match self {
+            SymOut::I8(v) => v.fill(s as i8),
+            SymOut::I16(v) => v.fill(s),
+        }
+    }
+
     /// Stores the chunk's symbols (in range of the width: they come from the checked table).
     fn put(self, q: &[i16]) {
         match self {

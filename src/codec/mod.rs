@@ -65,7 +65,9 @@ pub const CODER_FIELDS_V3: usize = 12;
 /// the header CRC, no chunks).
 const MIN_FILE_V3: usize = FIXED_HEADER + 3 * 8 + CODER_FIELDS_V3 + 4;
 
-pub use v3::{decode_recon, encode_file, EncodedFile, Format, Reconstruction, DEFAULT_CHUNK, DEFAULT_LANES, MAX_CHUNK};
+pub use v3::{
+    decode_into, decode_recon, encode_file, EncodedFile, FileInfo, Format, Reconstruction, DEFAULT_CHUNK, DEFAULT_LANES, MAX_CHUNK,
+};
 /// Bound on a per-token grid index difference: indices of normal f32 steps span at most
 /// `254·G ≤ 16256`.
 const DIFF_MAX: i32 = 1 << 15;

@@ -167,7 +167,16 @@ fn round_trip<E: Element>(grid: TokenGrid, bits: Bits, mode: StepMode, seed: u32
     let r = decode_recon(&enc.bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
     assert_eq!(r.recon, d.recon, "{what}: decode_recon");
     assert_eq!((r.version, r.dtype, r.shape, r.patch, r.bits, r.step_mode), (3, d.dtype, d.shape, d.patch, d.bits, d.step_mode));
-    assert_eq!((r.steps, r.channel_steps), (d.steps, d.channel_steps));
+    assert_eq!((&r.steps, &r.channel_steps), (&d.steps, &d.channel_steps));
+    // Into a reused buffer, from either version; a buffer of another size is refused.
+    for bytes in [&enc.bytes, &v2.bytes] {
+        let mut buf = vec![E::from_f32(1.0); grid.numel()];
+        let info = decode_into(bytes, &mut buf).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(ElemVec::from(buf), d.recon, "{what}: decode_into");
+        assert_eq!((info.shape, info.step_mode, info.steps), (d.shape, d.step_mode, d.steps.clone()), "{what}");
+    }
+    let mut short = vec![E::from_f32(0.0); grid.numel() + 1];
+    assert!(matches!(decode_into(&enc.bytes, &mut short), Err(Error::Arg(_))), "{what}");
 }
 
 fn grids() -> Vec<TokenGrid> {

@@ -9,8 +9,8 @@ use super::chunks::{self, Extra, SymOut, LANE_COUNTS};
 use super::rans::{self, MAX_PRECISION};
 use super::rows::{self, StepMap, Steps};
 use super::{
-    err, filled, histogram_pairs_from_bins, plan_steps, qmax, step_map, stored_steps, validate, write_header, Dtype, ElemVec, RateReport,
-    Raw, RawV3, Sections, StepCoding, StepMode, StepPlan, StepSpec, SymbolVec, Table, CODER_FIELDS_V3, FIXED_HEADER,
+    err, histogram_pairs_from_bins, plan_steps, qmax, step_map, stored_steps, validate, write_header, Dtype, ElemVec, RateReport, Raw,
+    RawV3, Sections, StepCoding, StepMode, StepPlan, StepSpec, SymbolVec, Table, CODER_FIELDS_V3, FIXED_HEADER,
 };
 use crate::element::Element;
 use crate::error::{Error, Result};
@@ -231,8 +231,50 @@ pub(crate) fn table(raw: &Raw, v: &RawV3, bits: Bits) -> Result<(Table, u32)> {
     Ok((table, p))
 }
 
-/// Decodes the chunks of a validated version 3 file: symbols (when `symbols`), reconstruction,
-/// and the count of every table symbol (when `symbols`).
+/// Decodes the chunks of a validated version 3 file (or its one symbol) into `out` (`T·K`
+/// elements), and `extra`'s symbols and histogram.
+#[allow(clippy::too_many_arguments)]
+fn decode_into_slice<E: Element>(
+    raw: &Raw,
+    v: &RawV3,
+    bits: Bits,
+    grid: &TokenGrid,
+    map: StepMap,
+    table: &Table,
+    precision: u32,
+    out: &mut [E],
+    extra: Extra,
+) -> Result<Option<Vec<u64>>> {
+    let n = grid.numel();
+    let q = qmax(bits);
+    let steps = Steps::new(*grid, map);
+    if table.len() == 1 {
+        // Every symbol is the table's one: no chunks.
+        let s = table.symbols[0];
+        if !raw.payload.is_empty() {
+            return Err(err(format!("a one-symbol alphabet has no chunks, found {} bytes after the header", raw.payload.len())));
+        }
+        if let Some(sym) = extra.symbols {
+            sym.fill(s as i16);
+        }
+        let block = vec![s as i16; n.min(1 << 16)];
+        let mut sc = rows::Scratch::default();
+        for (b, o) in out.chunks_mut(1 << 16).enumerate() {
+            rows::dequantize(&steps, b << 16, &block[..o.len()], o, &mut sc);
+        }
+        return Ok(extra.histogram.then(|| {
+            let mut h = vec![0u64; 2 * q as usize + 1];
+            h[(s + q) as usize] = n as u64;
+            h
+        }));
+    }
+    let index = chunks::read_index(v.index, v.count as usize, raw.payload.len())?;
+    let dec = chunks::decoder(&table.symbols, &table.freqs, precision);
+    chunks::decode(&dec, raw.payload, &index, v.chunk as usize, v.lanes as usize, q, &steps, out, extra)
+}
+
+/// Decodes a validated version 3 file: symbols (when `symbols`), reconstruction, and the count of
+/// every table symbol (when `symbols`).
 #[allow(clippy::too_many_arguments)]
 fn decode_chunks(
     raw: &Raw,
@@ -247,49 +289,21 @@ fn decode_chunks(
 ) -> Result<(Option<SymbolVec>, ElemVec, Vec<u64>)> {
     let n = grid.numel();
     let q = qmax(bits);
-    let steps = Steps::new(*grid, map);
     let mut sym_vec = match (symbols, bits) {
         (false, _) => None,
         (true, Bits::B8) => Some(SymbolVec::I8(super::calloc(n, "symbols")?)),
         (true, Bits::B16) => Some(SymbolVec::I16(super::calloc(n, "symbols")?)),
     };
-    if table.len() == 1 {
-        // Every symbol is the table's one: no chunks.
-        let s = table.symbols[0];
-        if !raw.payload.is_empty() {
-            return Err(err(format!("a one-symbol alphabet has no chunks, found {} bytes after the header", raw.payload.len())));
-        }
-        match sym_vec.as_mut() {
-            Some(SymbolVec::I8(v)) => v.fill(s as i8),
-            Some(SymbolVec::I16(v)) => v.fill(s as i16),
-            None => {}
-        }
-        let recon = dequantize_const(dtype, &steps, s as i16, n)?;
-        return Ok((sym_vec, recon, vec![n as u64]));
-    }
-    let index = chunks::read_index(v.index, v.count as usize, raw.payload.len())?;
-    let dec = chunks::decoder(&table.symbols, &table.freqs, precision);
-    let chunk = v.chunk as usize;
-    let lanes = v.lanes as usize;
     let out_syms = match sym_vec.as_mut() {
         Some(SymbolVec::I8(s)) => Some(SymOut::I8(s)),
         Some(SymbolVec::I16(s)) => Some(SymOut::I16(s)),
         None => None,
     };
+    let extra = Extra { symbols: out_syms, histogram: symbols };
     macro_rules! run {
         ($t:ty, $wrap:path) => {{
             let mut r = super::calloc::<$t>(n, "reconstruction")?;
-            let hist = chunks::decode(
-                &dec,
-                raw.payload,
-                &index,
-                chunk,
-                lanes,
-                q,
-                &steps,
-                &mut r,
-                Extra { symbols: out_syms, histogram: symbols },
-            )?;
+            let hist = decode_into_slice(raw, v, bits, grid, map, table, precision, &mut r, extra)?;
             ($wrap(r), hist)
         }};
     }
@@ -303,29 +317,6 @@ fn decode_chunks(
         None => Vec::new(),
     };
     Ok((sym_vec, recon, counts))
-}
-
-/// The reconstruction of a feature whose every symbol is `s`.
-fn dequantize_const(dtype: Dtype, steps: &Steps, s: i16, n: usize) -> Result<ElemVec> {
-    let q = filled(n, s, "symbols")?;
-    let mut sc = rows::Scratch::default();
-    Ok(match dtype {
-        Dtype::F32 => {
-            let mut r = filled(n, 0.0f32, "reconstruction")?;
-            rows::dequantize(steps, 0, &q, &mut r, &mut sc);
-            ElemVec::F32(r)
-        }
-        Dtype::F16 => {
-            let mut r = filled(n, f16::ZERO, "reconstruction")?;
-            rows::dequantize(steps, 0, &q, &mut r, &mut sc);
-            ElemVec::F16(r)
-        }
-        Dtype::Bf16 => {
-            let mut r = filled(n, bf16::ZERO, "reconstruction")?;
-            rows::dequantize(steps, 0, &q, &mut r, &mut sc);
-            ElemVec::Bf16(r)
-        }
-    })
 }
 
 /// [`super::decode`]'s version 3 part: symbols, reconstruction and the table symbols' counts.
@@ -370,4 +361,65 @@ pub fn decode_recon(bytes: &[u8]) -> Result<Reconstruction> {
     let map = step_map(step_mode, &steps, &channel_steps);
     let (_, recon, _) = decode_chunks(&raw, v, dtype, bits, &grid, map, &table, precision, false)?;
     Ok(Reconstruction { version: 3, dtype, layout, shape: grid.shape, patch: grid.patch, bits, step_mode, recon, steps, channel_steps })
+}
+
+/// What [`decode_into`] tells about the file it decoded (the reconstruction is the caller's).
+#[derive(Debug)]
+pub struct FileInfo {
+    pub version: u16,
+    pub dtype: Dtype,
+    pub layout: Layout,
+    pub shape: FeatureShape,
+    pub patch: usize,
+    pub bits: Bits,
+    pub step_mode: StepMode,
+    pub steps: Vec<f32>,
+    pub channel_steps: Vec<f32>,
+}
+
+/// Decodes a `.fjq` file's reconstruction into `out`, a buffer the caller reuses (no allocation of
+/// the feature, no fresh pages to fault in). `out` must have the file's dtype (`E`) and element
+/// count, else [`Error::Arg`]; a damaged file is an [`Error::Io`] as with [`super::decode`] (and
+/// `out` is then unspecified). Versions 1 and 2 go through [`super::decode`] and a copy.
+pub fn decode_into<E: Element>(bytes: &[u8], out: &mut [E]) -> Result<FileInfo> {
+    let raw = super::open(bytes)?;
+    let Some(v) = raw.v3.as_ref() else {
+        let d = super::decode(bytes)?;
+        if d.dtype != E::DTYPE || d.recon.len() != out.len() {
+            return Err(Error::Arg(format!(
+                "the file holds {} {:?} elements, the output {} {:?}",
+                d.recon.len(),
+                d.dtype,
+                out.len(),
+                E::DTYPE
+            )));
+        }
+        let mut f = vec![0.0f32; out.len()];
+        match &d.recon {
+            ElemVec::F32(r) => f.copy_from_slice(r),
+            ElemVec::F16(r) => f.iter_mut().zip(r).for_each(|(a, b)| *a = b.to_f32()),
+            ElemVec::Bf16(r) => f.iter_mut().zip(r).for_each(|(a, b)| *a = b.to_f32()),
+        }
+        E::narrow(&f, out); // exact: the values are of E's type already
+        return Ok(FileInfo {
+            version: d.version,
+            dtype: d.dtype,
+            layout: d.layout,
+            shape: d.shape,
+            patch: d.patch,
+            bits: d.bits,
+            step_mode: d.step_mode,
+            steps: d.steps,
+            channel_steps: d.channel_steps,
+        });
+    };
+    let (dtype, layout, bits, grid, e, step_mode) = validate(&raw)?;
+    if dtype != E::DTYPE || grid.numel() != out.len() {
+        return Err(Error::Arg(format!("the file holds {} {dtype:?} elements, the output {} {:?}", grid.numel(), out.len(), E::DTYPE)));
+    }
+    let (table, precision) = table(&raw, v, bits)?;
+    let (steps, channel_steps) = stored_steps(&raw, step_mode, e, &grid)?;
+    let map = step_map(step_mode, &steps, &channel_steps);
+    decode_into_slice(&raw, v, bits, &grid, map, &table, precision, out, Extra { symbols: None, histogram: false })?;
+    Ok(FileInfo { version: 3, dtype, layout, shape: grid.shape, patch: grid.patch, bits, step_mode, steps, channel_steps })
 }
