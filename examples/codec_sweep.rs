@@ -62,6 +62,7 @@ fn main() {
     let spec = StepSpec::Token(&steps);
     let coding = StepCoding::default();
     let reps: usize = std::env::var("REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let only_encode = std::env::var("ONLY").is_ok_and(|v| v == "encode");
     let (t2, v2) = best(1, || codec::encode_with_format(&x, &grid, spec, Bits::B8, coding, &Format::v2()).unwrap());
     let (td2, _) = best(1, || codec::decode(&v2.bytes).unwrap());
     let mib = x.len() as f64 * 4.0 / (1 << 20) as f64;
@@ -80,15 +81,22 @@ fn main() {
         for &l in &lanes {
             let f = Format { version: 3, chunk_symbols: chunk, lanes: l };
             let (te, e) = best(reps, || codec::encode_file(&x, &grid, spec, Bits::B8, coding, &f).unwrap());
+            if only_encode {
+                println!("chunk {chunk:>7} lanes {l:>2}: {} bytes; encode {:.0} M/s", e.bytes.len(), numel / te / 1e6);
+                continue;
+            }
             let (td, d) = best(reps, || codec::decode_recon(&e.bytes).unwrap());
             let (tf, _) = best(1, || codec::decode(&e.bytes).unwrap());
+            let mut buf = vec![0.0f32; x.len()];
+            let (ti, _) = best(reps, || codec::decode_into(&e.bytes, &mut buf).unwrap());
             assert_eq!(d.recon.len(), x.len());
             println!(
-                "chunk {chunk:>7} lanes {l:>2}: {} bytes ({:+.3}% vs v2); encode {:.0} M/s, decode_recon {:.0} M/s, decode (full) {:.0} M/s",
+                "chunk {chunk:>7} lanes {l:>2}: {} bytes ({:+.3}% vs v2); encode {:.0} M/s, decode_recon {:.0} M/s, decode_into {:.0} M/s, decode (full) {:.0} M/s",
                 e.bytes.len(),
                 100.0 * (e.bytes.len() as f64 / v2.bytes.len() as f64 - 1.0),
                 numel / te / 1e6,
                 numel / td / 1e6,
+                numel / ti / 1e6,
                 numel / tf / 1e6
             );
         }

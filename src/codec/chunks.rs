@@ -43,6 +43,13 @@ impl Coded {
     }
 }
 
+thread_local! {
+    /// Per worker thread, kept across chunks and calls: a chunk's symbol indices (encoder), the
+    /// coder's words, a chunk's symbols (decoder). Fresh buffers per rayon job would cost page
+    /// faults on every job.
+    static BUFFERS: std::cell::RefCell<(Vec<u16>, Vec<u16>, Vec<i16>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+}
+
 /// The encoder's model: per symbol index `q + Q` its frequency (0 for symbols that do not occur).
 pub(crate) fn encoder(symbols: &[i32], freqs: &[u32], qmax: i32, precision: u32) -> Encoder {
     let mut f = vec![0u32; 2 * qmax as usize + 1];
@@ -64,18 +71,20 @@ pub(crate) fn encode(
     let m = n.div_ceil(chunk);
     let chunks = (0..m)
         .into_par_iter()
-        .map_init(
-            || (vec![0u16; chunk.min(n)], Vec::new(), Scratch::default()),
-            |(idx, words, sc), c| {
-                let start = c * chunk;
-                let len = chunk.min(n - start);
+        .map_init(Scratch::default, |sc, c| {
+            let start = c * chunk;
+            let len = chunk.min(n - start);
+            BUFFERS.with_borrow_mut(|(idx, words, _)| {
+                if idx.len() < len {
+                    idx.resize(len, 0);
+                }
                 fill(start, &mut idx[..len], sc);
                 let mut out = Vec::new();
                 with_lanes!(lanes, N => enc.encode::<N>(&idx[..len], words, &mut out), _ => unreachable!("lane count checked"));
                 let crc = crc32fast::hash(&out);
                 (out, crc)
-            },
-        )
+            })
+        })
         .collect();
     Ok(Coded { chunks })
 }
@@ -184,7 +193,6 @@ pub(crate) fn decode<E: Element>(
     extra: Extra,
 ) -> Result<Option<Vec<u64>>> {
     let m = index.ranges.len();
-    let n = recon.len();
     let bins = 2 * qmax as usize + 1;
     let want_hist = extra.histogram;
     let mut sym_parts: Vec<Option<SymOut>> = match extra.symbols {
@@ -195,9 +203,11 @@ pub(crate) fn decode<E: Element>(
         .par_chunks_mut(chunk)
         .zip(sym_parts.par_iter_mut())
         .enumerate()
-        .map_init(
-            || (vec![0i16; chunk.min(n)], Vec::new(), Scratch::default()),
-            |(buf, words, sc), (c, (out, sym))| {
+        .map_init(Scratch::default, |sc, (c, (out, sym))| {
+            BUFFERS.with_borrow_mut(|(_, words, buf)| {
+                if buf.len() < out.len() {
+                    buf.resize(out.len(), 0);
+                }
                 let (a, b, crc) = index.ranges[c];
                 let bytes = &chunks[a..b];
                 let got = crc32fast::hash(bytes);
@@ -217,8 +227,8 @@ pub(crate) fn decode<E: Element>(
                     }
                     h
                 }))
-            },
-        )
+            })
+        })
         .collect();
     let mut hist = want_hist.then(|| vec![0u64; bins]);
     for (c, r) in results.into_iter().enumerate() {

@@ -391,7 +391,7 @@ fn calloc<T: Zeroed>(n: usize, what: &str) -> Result<Vec<T>> {
 ///
 /// # Safety
 /// Implement only for such types.
-unsafe trait Zeroed: Copy {}
+pub(crate) unsafe trait Zeroed: Copy {}
 // SAFETY: all-zero bytes are 0 for the integers and +0.0 for the IEEE types.
 unsafe impl Zeroed for i8 {}
 // SAFETY: as above.

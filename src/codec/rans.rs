@@ -229,11 +229,14 @@ fn enc_step(s: &EncSym, r: u32, xj: &mut u32, words: &mut [u16], len: &mut usize
 /// One slot of the decoder's table: the symbol `q` of the slot, its frequency, and `slot − cum`.
 #[derive(Clone, Copy, Default)]
 #[repr(C)]
-struct Slot {
+pub(crate) struct Slot {
     freq: u16,
     bias: u16,
     sym: i16,
 }
+
+// SAFETY: three integers: all-zero bytes are a valid (empty) slot.
+unsafe impl super::Zeroed for Slot {}
 
 /// The decoder of one model: a slot → symbol table of `2^16` entries (only the first `2^R` are
 /// used; the fixed size lets the hot loop index it without bounds checks).
@@ -249,7 +252,9 @@ impl Decoder {
     /// `table` lists `(q, f)` for the symbols that occur (at least two), the `f` summing to
     /// `2^precision` (checked by the caller).
     pub fn new(table: &[(i32, u32)], precision: u32) -> Decoder {
-        let mut lut: Box<[Slot; 1 << 16]> = vec![Slot::default(); 1 << 16].into_boxed_slice().try_into().unwrap_or_else(|_| unreachable!());
+        // Zeroed lazily (only the pages of the first 2^R slots are ever touched).
+        let lut = super::calloc::<Slot>(1 << 16, "slot table").unwrap_or_else(|_| vec![Slot::default(); 1 << 16]);
+        let mut lut: Box<[Slot; 1 << 16]> = lut.into_boxed_slice().try_into().unwrap_or_else(|_| unreachable!());
         let mut cum = 0usize;
         for &(q, f) in table {
             for (b, s) in lut[cum..cum + f as usize].iter_mut().enumerate() {
