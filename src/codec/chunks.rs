@@ -98,36 +98,41 @@ pub(crate) fn histogram<E: Element>(x: &[E], steps: &Steps, qmax: f32, chunk: us
     let fold = (0..m)
         .into_par_iter()
         .fold(
-            || (vec![0u64; bins], vec![[0u32; 4]; bins], vec![0u16; chunk.min(n)], Scratch::default(), QuantTotals::default()),
-            |(mut hist, mut four, mut idx, mut sc, mut tot), c| {
+            || (vec![0u64; bins], vec![[0u32; 4]; bins], Scratch::default(), QuantTotals::default()),
+            |(mut hist, mut four, mut sc, mut tot), c| {
                 let start = c * chunk;
                 let len = chunk.min(n - start);
-                let t = rows::quantize(steps, start, &x[start..start + len], qmax, &mut idx[..len], true, &mut sc);
-                tot.clamped += t.clamped;
-                tot.sse += t.sse;
-                if tot.first_bad.is_none() {
-                    tot.first_bad = t.first_bad.map(|o| start + o);
-                }
-                // Four interleaved counters per bin: neighbours rarely wait on one another. A
-                // chunk holds fewer than 2^32 symbols, so the u32 counters cannot overflow.
-                let mut quads = idx[..len].chunks_exact(4);
-                for q in &mut quads {
-                    four[q[0] as usize][0] += 1;
-                    four[q[1] as usize][1] += 1;
-                    four[q[2] as usize][2] += 1;
-                    four[q[3] as usize][3] += 1;
-                }
-                for &q in quads.remainder() {
-                    four[q as usize][0] += 1;
-                }
-                for (h, f) in hist.iter_mut().zip(four.iter_mut()) {
-                    *h += f.iter().map(|&v| v as u64).sum::<u64>();
-                    *f = [0; 4];
-                }
-                (hist, four, idx, sc, tot)
+                BUFFERS.with_borrow_mut(|(idx, _, _)| {
+                    if idx.len() < len {
+                        idx.resize(len, 0);
+                    }
+                    let t = rows::quantize(steps, start, &x[start..start + len], qmax, &mut idx[..len], true, &mut sc);
+                    tot.clamped += t.clamped;
+                    tot.sse += t.sse;
+                    if tot.first_bad.is_none() {
+                        tot.first_bad = t.first_bad.map(|o| start + o);
+                    }
+                    // Four interleaved counters per bin: neighbours rarely wait on one another. A
+                    // chunk holds fewer than 2^32 symbols, so the u32 counters cannot overflow.
+                    let mut quads = idx[..len].chunks_exact(4);
+                    for q in &mut quads {
+                        four[q[0] as usize][0] += 1;
+                        four[q[1] as usize][1] += 1;
+                        four[q[2] as usize][2] += 1;
+                        four[q[3] as usize][3] += 1;
+                    }
+                    for &q in quads.remainder() {
+                        four[q as usize][0] += 1;
+                    }
+                    for (h, f) in hist.iter_mut().zip(four.iter_mut()) {
+                        *h += f.iter().map(|&v| v as u64).sum::<u64>();
+                        *f = [0; 4];
+                    }
+                });
+                (hist, four, sc, tot)
             },
         )
-        .map(|(h, _, _, _, t)| (h, t))
+        .map(|(h, _, _, t)| (h, t))
         .collect::<Vec<_>>();
     let mut hist = vec![0u64; bins];
     let mut tot = QuantTotals::default();
