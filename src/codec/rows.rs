@@ -130,23 +130,22 @@ pub(crate) fn quantize<E: Element>(
     sc: &mut Scratch,
 ) -> QuantTotals {
     let mut tot = QuantTotals::default();
-    let (mut xf, mut yf, mut ef) = (std::mem::take(&mut sc.xf), std::mem::take(&mut sc.yf), std::mem::take(&mut sc.ef));
+    let (mut xf, mut ef) = (std::mem::take(&mut sc.xf), std::mem::take(&mut sc.ef));
     steps.for_segments(start, start + x.len(), sc, |off, len, seg| {
         let xs = &x[off..off + len];
         if xf.len() < len {
             xf.resize(len, 0.0);
         }
-        if stats && yf.len() < len {
-            yf.resize(len, 0.0);
+        if stats && ef.len() < len {
             ef.resize(len, 0.0);
         }
         let xv = crate::cpu::widen(xs, &mut xf);
         let ix = &mut idx[off..off + len];
         let (cl, bad) = match (seg, stats) {
-            (Seg::One(s, i), true) => quant_best::<f32, true>(xv, i, s, qmax, ix, &mut yf, &mut ef),
-            (Seg::Each(s, i), true) => quant_best::<&[f32], true>(xv, i, s, qmax, ix, &mut yf, &mut ef),
-            (Seg::One(s, i), false) => quant_best::<f32, false>(xv, i, s, qmax, ix, &mut yf, &mut ef),
-            (Seg::Each(s, i), false) => quant_best::<&[f32], false>(xv, i, s, qmax, ix, &mut yf, &mut ef),
+            (Seg::One(s, i), true) => quant_best::<f32, true>(xv, i, s, qmax, ix, &mut ef),
+            (Seg::Each(s, i), true) => quant_best::<&[f32], true>(xv, i, s, qmax, ix, &mut ef),
+            (Seg::One(s, i), false) => quant_best::<f32, false>(xv, i, s, qmax, ix, &mut ef),
+            (Seg::Each(s, i), false) => quant_best::<&[f32], false>(xv, i, s, qmax, ix, &mut ef),
         };
         if stats {
             tot.clamped += cl as u64;
@@ -156,7 +155,7 @@ pub(crate) fn quantize<E: Element>(
             }
         }
     });
-    (sc.xf, sc.yf, sc.ef) = (xf, yf, ef);
+    (sc.xf, sc.ef) = (xf, ef);
     tot
 }
 
@@ -212,22 +211,14 @@ impl StepAt for &[f32] {
     }
 }
 
-/// The element loop: indices `q + Q`; with `STATS`, also `x̂` into `y` and `(x − x̂)²` into `e`.
+/// The element loop: indices `q + Q`; with `STATS`, also `(x − x̂)²` into `e`.
 /// Returns (clamped, non-finite). Plain per-element stores and integer counts only, so that it
 /// vectorises (a float sum here would not: its order is fixed).
 #[inline(always)]
-fn quant_seg<S: StepAt, const STATS: bool>(
-    x: &[f32],
-    inv: S,
-    step: S,
-    qmax: f32,
-    idx: &mut [u16],
-    y: &mut [f32],
-    e: &mut [f32],
-) -> (u32, u32) {
+fn quant_seg<S: StepAt, const STATS: bool>(x: &[f32], inv: S, step: S, qmax: f32, idx: &mut [u16], e: &mut [f32]) -> (u32, u32) {
     let n = x.len();
     let idx = &mut idx[..n];
-    let (y, e) = if STATS { (&mut y[..n], &mut e[..n]) } else { (&mut y[..0], &mut e[..0]) };
+    let e = if STATS { &mut e[..n] } else { &mut e[..0] };
     let (inv, step) = (inv.prefix(n), step.prefix(n));
     let (mut cl, mut nf) = (0u32, 0u32);
     let qi = qmax as i32;
@@ -241,7 +232,6 @@ fn quant_seg<S: StepAt, const STATS: bool>(
             let r = t - ROUND_MAGIC;
             cl += (r.abs() > qmax) as u32;
             let yv = r.clamp(-qmax, qmax) * step.at(i);
-            y[i] = yv;
             let d = v - yv;
             e[i] = d * d;
         }
@@ -251,34 +241,18 @@ fn quant_seg<S: StepAt, const STATS: bool>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn quant_seg_avx2<S: StepAt, const STATS: bool>(
-    x: &[f32],
-    inv: S,
-    step: S,
-    qmax: f32,
-    idx: &mut [u16],
-    y: &mut [f32],
-    e: &mut [f32],
-) -> (u32, u32) {
-    quant_seg::<S, STATS>(x, inv, step, qmax, idx, y, e)
+fn quant_seg_avx2<S: StepAt, const STATS: bool>(x: &[f32], inv: S, step: S, qmax: f32, idx: &mut [u16], e: &mut [f32]) -> (u32, u32) {
+    quant_seg::<S, STATS>(x, inv, step, qmax, idx, e)
 }
 
 #[inline]
-fn quant_best<S: StepAt, const STATS: bool>(
-    x: &[f32],
-    inv: S,
-    step: S,
-    qmax: f32,
-    idx: &mut [u16],
-    y: &mut [f32],
-    e: &mut [f32],
-) -> (u32, u32) {
+fn quant_best<S: StepAt, const STATS: bool>(x: &[f32], inv: S, step: S, qmax: f32, idx: &mut [u16], e: &mut [f32]) -> (u32, u32) {
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::has_avx2() {
         // SAFETY: `has_avx2` checked at run time that this CPU executes AVX2 instructions.
-        return unsafe { quant_seg_avx2::<S, STATS>(x, inv, step, qmax, idx, y, e) };
+        return unsafe { quant_seg_avx2::<S, STATS>(x, inv, step, qmax, idx, e) };
     }
-    quant_seg::<S, STATS>(x, inv, step, qmax, idx, y, e)
+    quant_seg::<S, STATS>(x, inv, step, qmax, idx, e)
 }
 
 #[inline(always)]
