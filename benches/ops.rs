@@ -1,6 +1,6 @@
 //! Fused ops vs the same computation as eager tch ops vs a plain copy of the op's floor bytes,
 //! on CPU (always) and CUDA (where a GPU exists), for features of 1, 16 and 256 MiB (f32 NCHW
-//! [N, 256, 32, 32]). Throughput is reported against the op's byte floor (SPEC-level traffic), so
+//! [N, 256, 32, 32]). Throughput is reported against the op's byte floor (the contract's minimum traffic), so
 //! criterion's GB/s for the three variants compare directly; `scripts/bench-table.py` turns the
 //! results into the BENCHMARKS.md table with the two ratios.
 //!
@@ -9,7 +9,7 @@
 //! thread, f32 into a reused buffer; floor: 4 B written per element) beside torch's `normal_` /
 //! `uniform_` (all threads) and a copy of a buffer of the same size.
 //!
-//! `paths_*` (issue 15 §5, 1 and 16 MiB) times the pieces and variants of the chain one by one,
+//! `paths_*` (1 and 16 MiB) times the pieces and variants of the chain one by one,
 //! with 8-bit symbols, reconstruction and token errors reused: the token tolerance alone
 //! (`token_tolerance`), the quantizer with given steps in NCHW without and with its histogram
 //! (`quantize_nchw`, `quantize_nchw_hist`), with 16-bit symbols (`quantize_nchw_b16`), on the same
@@ -241,7 +241,7 @@ fn noise_bench(c: &mut Criterion, mib: usize, numel: usize) {
     g.finish();
 }
 
-/// The serving path (issue 15 §1, §3) at 1 and 16 MiB: the fused JND quantization as the
+/// The serving path (contract §8) at 1 and 16 MiB: the fused JND quantization as the
 /// synchronous call (`sync_call`), as the sync-free call with a decode (one sync) per call
 /// (`async_decode_each`), and as a loop of sync-free calls with one sync at the end
 /// (`async_loop`, the time per call); on CUDA also the same chain captured into a CUDA graph and

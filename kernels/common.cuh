@@ -5,7 +5,7 @@
 
 // FJ_BLOCK, FJ_WARPS and the other launch constants come from featjnd_params.h (prepended too).
 
-// Occupancy targets of the hot kernels' __launch_bounds__ (issue 25 §2, ptxas 13.0 on every module
+// Occupancy targets of the hot kernels' __launch_bounds__ (tests/ptxas.rs, ptxas 13.0 on every module
 // for sm_80 and sm_90, table in BENCHMARKS.md): with the default target ptxas capped the quantizers
 // at 48 registers and spilled 4-28 bytes on sm_90; asking for 4 blocks of FJ_BLOCK threads per SM
 // (at most 64 registers) removes every spill of quantize.cu. The single perturbation's apply pass

@@ -83,7 +83,7 @@ typedef struct FjTokenStatsParams {
                               0 = skip */
     uint32_t reduce;
     uint32_t check;        /* FJ_CHECK_* */
-    /* The two-launch chain (FjQuantizeChainParams, issue 15 §2). Where `partials` is set, block b
+    /* The two-launch chain (FjQuantizeChainParams). Where `partials` is set, block b
      * writes its own sum of j_t^2 to ((double*)partials)[b] and its first bad index (~0 = none) to
      * ((uint64_t*)partials)[gridDim.x + b] instead of adding into sum_sq and bad_index, so nothing
      * needs zeroing before; and block 0 sets the `zero_count` cells at `zero` to 0 (the
@@ -144,12 +144,14 @@ typedef struct FjQuantizeParams {
     uint64_t clamp_count;  /* unsigned long long*: += clamped elements */
     uint64_t histogram;    /* unsigned long long*: 255 bins (b=8) or 511 + 1 overflow (b=16) */
     uint64_t bad_index;    /* unsigned long long*: bad cell: first non-finite x */
+    uint64_t bad_step;     /* unsigned long long*: the first step (or chain j_t) the CPU would
+                              refuse, as a key (quantize.cu, bad_step_key); 0 = none */
     uint32_t bits;         /* 8 or 16 */
     uint32_t pad0;
 } FjQuantizeParams;
 
-/* quantize.cu: the second launch of the two-launch chain J -> j_t -> steps -> quantize (issue 15
- * §2; the first is token_stats.cu with `partials` set). Every block sums the first launch's
+/* quantize.cu: the second launch of the two-launch chain J -> j_t -> steps -> quantize (contract §8;
+ * the first is token_stats.cu with `partials` set). Every block sums the first launch's
  * per-block partials in one fixed order (so the chain needs no zeroed accumulator and no launch
  * between), computes the scale exactly as fj_step_alloc does, quantizes its tokens with
  * step_t = scale * j_t (Jnd) or scale (Uniform), and the owner of each token writes step_t to
@@ -169,7 +171,7 @@ typedef struct FjQuantizeChainParams {
     uint32_t strategy;     /* FJ_STRATEGY_UNIFORM or FJ_STRATEGY_JND */
 } FjQuantizeChainParams;
 
-/* quantize.cu: a batch of independent quantizations in one launch (issue 15 §3). Item i owns the
+/* quantize.cu: a batch of independent quantizations in one launch (contract §8). Item i owns the
  * grid blocks from block_start[i] up to the next item's start (the last item: to the grid's end)
  * and runs exactly the single-item kernel of its layout on them, with its own geometry, steps,
  * outputs and statistics cells. The table travels by value in the kernel's parameter space
@@ -203,7 +205,7 @@ typedef struct FjPerturbParams {
 } FjPerturbParams;
 
 /* perturb.cu: a batch of independent perturbations, two launches (norms, apply) over one table,
- * laid out and used as FjQuantizeBatchParams (issue 15 §3). */
+ * laid out and used as FjQuantizeBatchParams (contract §8). */
 typedef struct FjPerturbBatchParams {
     FjPerturbParams items[FJ_BATCH_MAX];
     uint32_t block_start[FJ_BATCH_MAX];    /* first grid block of each item (prefix sums) */

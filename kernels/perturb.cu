@@ -7,7 +7,7 @@
 // FJ_PT_ITEMS and FJ_PT_CHUNK (elements per block) are in featjnd_params.h: the launcher sizes the
 // grid from the same FJ_PT_CHUNK.
 //
-// Specialised at compile time (issue 15 §2): the single perturbation's kernels are built once per
+// Specialised at compile time (src/cuda/compile.rs): the single perturbation's kernels are built once per
 // (noise kind, J given or J == 1) with -DFJ_P_NOISE=0|1 -DFJ_P_JND=0|1, so their loops carry
 // neither the other noise's code nor a test for J; without J they load nothing for it. The module
 // without those defines holds what must decide at run time: the batch kernels (items may differ
@@ -63,7 +63,7 @@ struct Span {
 __device__ __forceinline__ Span span_of(const FjPerturbParams& p, u32 blk) {
     // Blocks per sample, in 32 bits: the launcher's grid (samples x bps blocks) is at most 2^31 - 1
     // blocks, so bps fits. A 64-bit division here was a call to ptxas's u64 division subroutine,
-    // whose calling convention made the f16/bf16 norms kernels spill on sm_90 (issue 25 §2).
+    // whose calling convention made the f16/bf16 norms kernels spill on sm_90 (tests/ptxas.rs).
     const u32 bps = (u32)((p.sample_len + FJ_PT_CHUNK - 1) / FJ_PT_CHUNK);
     Span s;
     s.n = blk / bps;

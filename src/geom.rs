@@ -1,4 +1,4 @@
-//! Shapes, layouts and tokens (SPEC §1) and the small enums of the ops.
+//! Shapes, layouts and tokens (contract §1) and the small enums of the ops.
 use crate::error::{Error, Result};
 use crate::params::{FjTokenGeom, FJ_LAYOUT_NCHW, FJ_LAYOUT_NTC};
 
@@ -59,7 +59,7 @@ impl FeatureShape {
     }
 }
 
-/// How a feature splits into tokens: one quantization step per token (SPEC §1).
+/// How a feature splits into tokens: one quantization step per token (contract §1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenGrid {
     pub shape: FeatureShape,
@@ -114,7 +114,7 @@ impl TokenGrid {
     pub fn numel(&self) -> usize {
         self.shape.numel()
     }
-    /// Token of the element with flat index `i` (row-major), straight from SPEC §1.
+    /// Token of the element with flat index `i` (row-major), straight from contract §1.
     pub fn token_of(&self, i: usize) -> usize {
         let [_, c, h, w] = self.shape.dims;
         match self.shape.layout {
@@ -148,7 +148,7 @@ impl TokenGrid {
     }
 }
 
-/// Token tolerance reduction (SPEC §2).
+/// Token tolerance reduction (contract §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Reduce {
@@ -158,7 +158,7 @@ pub enum Reduce {
     Min,
 }
 
-/// Step strategy (SPEC §3).
+/// Step strategy (contract §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Strategy {
     Uniform,
@@ -166,7 +166,7 @@ pub enum Strategy {
     Permuted { seed: u64 },
 }
 
-/// Noise of SPEC §5.
+/// Noise of contract §5.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum NoiseKind {

@@ -1,4 +1,4 @@
-//! Counter-based random numbers: Philox4x32-10 (SPEC §5), bit-identical with `kernels/common.cuh`.
+//! Counter-based random numbers: Philox4x32-10 (contract §5), bit-identical with `kernels/common.cuh`.
 use crate::geom::NoiseKind;
 
 const M0: u32 = 0xD251_1F53;
@@ -512,7 +512,7 @@ mod avx512 {
     }
 }
 
-/// Fisher–Yates permutation of `0..t` for the `Permuted{seed}` strategy (SPEC §3): for
+/// Fisher–Yates permutation of `0..t` for the `Permuted{seed}` strategy (contract §3): for
 /// `t = T−1 … 1` swap `t` with `floor(u·(t+1))`, `u` from Philox with counter `(t,0,0,0)`, lane 0.
 pub fn permutation(t: usize, seed: u64) -> Vec<u32> {
     let mut p: Vec<u32> = (0..t as u32).collect();

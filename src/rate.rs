@@ -1,4 +1,4 @@
-//! Rate estimate of SPEC §4: empirical entropy of the symbol histogram plus the per-token side
+//! Rate estimate of contract §4: empirical entropy of the symbol histogram plus the per-token side
 //! information (default 16 bits per token: Δ_t sent as f16).
 
 /// Bits of side information per token by default.

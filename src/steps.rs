@@ -1,4 +1,4 @@
-//! Step allocation under a noise budget (SPEC §3): the formulas shared by every path, the CPU
+//! Step allocation under a noise budget (contract §3): the formulas shared by every path, the CPU
 //! allocation, and the measured-budget bisection (which takes any "measure the MSE at β" function,
 //! so the CPU and CUDA paths share it).
 use crate::error::{Error, Result};
@@ -81,7 +81,7 @@ pub struct Measured {
     pub evaluations: u32,
 }
 
-/// Relative tolerance of the measured budget (SPEC §3).
+/// Relative tolerance of the measured budget (contract §3).
 pub const MEASURED_TOL: f64 = 1e-3;
 
 /// Finds `β` with `|measure(β)/D − 1| ≤ 1e-3` by bisection on `log β`, starting from the nominal

@@ -1,4 +1,4 @@
-//! The sync-free calls (issue 15 §1, §3) on the CPU: they run synchronously there and write the
+//! The sync-free calls (contract §8) on the CPU: they run synchronously there and write the
 //! kernels' statistics layout, so `decode()` must give exactly what the synchronous calls give
 //! (bit for bit), the same typed errors for bad inputs, and clear errors for bad workspaces.
 //! The CUDA side (the same calls only enqueued, and captured into a graph) is in tests/gpu.rs.
@@ -156,6 +156,45 @@ fn decode_reports_the_synchronous_calls_errors() {
     let e =
         ops::quantize_with_jnd_async(&x, &j, Layout::Nchw, 1, Reduce::Mean, 0.1, Strategy::Permuted { seed: 1 }, &q, &bufs(&o), &st, &ws);
     assert!(matches!(e, Err(Error::Arg(_))));
+}
+
+/// A bad step (contract §8): the sync-free call takes it (on CUDA the kernels check the steps
+/// where they use them, without a host round trip), and decode gives the synchronous call's error
+/// — the first bad token, its value in the message — ahead of a non-finite `x`; the same for a
+/// batch item, and for a fused chain whose steps overflow `f32`.
+#[test]
+fn decode_reports_a_bad_step_as_the_synchronous_call_does() {
+    let sizes = [2i64, 5, 3, 4];
+    let x = feature(&sizes, Kind::Float, 1);
+    let bad_x = x.copy();
+    let _ = bad_x.view([-1]).get(37).fill_(f64::NAN);
+    let t = tokens(&x, Layout::Nchw, 1);
+    let steps = jnd(&[t as i64], Kind::Float, 3);
+    let _ = steps.get(7).fill_(0.0);
+    let _ = steps.get(9).fill_(f64::NAN);
+    let q = opts(Bits::B8);
+    let o = outputs(&x, t, Bits::B8);
+    let ws = ops::stats_buffer(ops::quantize_with_jnd_stats_slots(Bits::B8, t), Device::Cpu).unwrap();
+    for xx in [&x, &bad_x] {
+        let sync = ops::quantize_into(xx, Layout::Nchw, 1, &steps, &q, &QuantizeBuffers::default()).unwrap_err();
+        let p = ops::quantize_async(xx, Layout::Nchw, 1, &steps, &q, &bufs(&o), &ws).unwrap();
+        assert_eq!(format!("{sync:?}"), format!("{:?}", p.decode().unwrap_err()));
+        assert!(matches!(&sync, Error::Arg(m) if m.contains("step Δ[7] = 0 ")), "{sync}");
+    }
+    let good = jnd(&[t as i64], Kind::Float, 4);
+    let (o1, o2) = (outputs(&x, t, Bits::B8), outputs(&x, t, Bits::B8));
+    let item = |steps, o| QuantizeItem { x: &x, layout: Layout::Nchw, patch: 1, steps, bufs: bufs(o) };
+    let bws = ops::stats_buffer(ops::quantize_batch_stats_slots(Bits::B8, 2), Device::Cpu).unwrap();
+    let got = ops::quantize_batch_async(&[item(&good, &o1), item(&steps, &o2)], &q, &bws).unwrap().decode();
+    assert!(got[0].is_ok());
+    assert!(matches!(&got[1], Err(Error::Arg(m)) if m.contains("step Δ[7] = 0 ")), "{:?}", got[1]);
+    // The chain: a uniform step for an absurd budget is +Inf in f32, token 0 first.
+    let j = jnd(&sizes, Kind::Float, 1);
+    let st = Tensor::zeros([t as i64], (Kind::Float, Device::Cpu));
+    let sync = ops::quantize_with_jnd(&x, &j, Layout::Nchw, 1, Reduce::Mean, 1e300, Strategy::Uniform, &q).unwrap_err();
+    let p = ops::quantize_with_jnd_async(&x, &j, Layout::Nchw, 1, Reduce::Mean, 1e300, Strategy::Uniform, &q, &bufs(&o), &st, &ws).unwrap();
+    assert_eq!(format!("{sync:?}"), format!("{:?}", p.decode().unwrap_err()));
+    assert!(matches!(&sync, Error::Arg(m) if m.contains("step Δ[0] = inf")), "{sync}");
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Every bad input of SPEC §7 gets its typed error, through the tensor API (one test each).
+//! Every bad input of contract §7 gets its typed error, through the tensor API (one test each).
 use featjnd_kernels::ops::{self, Noise, QuantizeOptions};
 use featjnd_kernels::{Error, Layout, Reduce, Strategy};
 use tch::{Device, Kind, Tensor};

@@ -185,7 +185,7 @@ fn index_past_2_pow_31() {
     let sym = q.symbols.unwrap();
     assert_eq!(sym.get(0).get(t - 1).get(k - 2).int64_value(&[]), -10); // -2.6/0.25 = -10.4
     assert_eq!(sym.get(0).get(t - 1).get(k - 1).int64_value(&[]), 5); // 1.3 (f16 1.2998) / 0.25 = 5.2
-    let h = q.histogram.unwrap();
+    let h = q.report.histogram.unwrap();
     assert_eq!(h.iter().sum::<u64>(), (t * k) as u64);
     drop(x);
     let x = Tensor::ones([1, t * k], (Kind::Half, d));
@@ -200,7 +200,7 @@ fn index_past_2_pow_31() {
     }
 }
 
-/// SPEC §7 mixed devices (only testable where a GPU exists). Added after the last GPU session:
+/// contract §7 mixed devices (only testable where a GPU exists). Added after the last GPU session:
 /// not yet run on a GPU.
 #[test]
 fn mixed_devices_are_a_typed_error() {
@@ -436,7 +436,7 @@ fn capped_gpu_errors_match_cpu() {
     assert!(matches!(ops::allocate_steps_capped(&jt.to_device(d), &caps, 0.1, 1.0), Err(Error::MixedDevices(_))));
 }
 
-// ---- the sync-free calls (issue 15 §1, §3): enqueue only, statistics in a caller workspace ----
+// ---- the sync-free calls (contract §8): enqueue only, statistics in a caller workspace ----
 
 /// Output buffers of a quantization on `dev`.
 fn outs_on(x: &Tensor, tokens: i64, dev: Device) -> [Tensor; 3] {
@@ -573,6 +573,37 @@ fn async_errors_on_gpu_decode_like_the_cpu() {
     let host_ws = ops::stats_buffer(ops::quantize_stats_slots(Bits::B8), Device::Cpu).unwrap();
     let e = ops::quantize_async(&xd, Layout::Nchw, 1, &steps.to_device(d), &q, &bufs_of(&o), &host_ws);
     assert!(matches!(e, Err(Error::Arg(_))), "{e:?}");
+}
+
+/// Contract §8: a bad step on CUDA is found by the quantization kernels (no host round trip) and
+/// decodes to the CPU's error, token and value; the chain's overflowing uniform step likewise.
+#[test]
+fn async_bad_steps_on_gpu_decode_like_the_cpu() {
+    let Some(d) = gpu() else { return };
+    let sizes = [2i64, 5, 3, 4];
+    let (x, j) = (feature(&sizes, Kind::Float, 1), jnd(&sizes, Kind::Float, 1));
+    let _ = x.view([-1]).get(37).fill_(f64::NAN);
+    let t = 2 * 3 * 4;
+    let q = QuantizeOptions::default();
+    let steps = jnd(&[t], Kind::Float, 3);
+    let _ = steps.get(7).fill_(0.0);
+    let _ = steps.get(9).fill_(f64::NAN);
+    let mut seen = Vec::new();
+    for dev in [Device::Cpu, d] {
+        let (xd, jd) = (x.to_device(dev), j.to_device(dev));
+        let o = outs_on(&xd, t, dev);
+        let st = Tensor::zeros([t], (Kind::Float, dev));
+        let ws = ops::stats_buffer(ops::quantize_with_jnd_stats_slots(Bits::B8, t as usize), dev).unwrap();
+        let e = ops::quantize_async(&xd, Layout::Nchw, 1, &steps.to_device(dev), &q, &bufs_of(&o), &ws).unwrap().decode().unwrap_err();
+        let c = ops::quantize_with_jnd_async(&xd, &jd, Layout::Nchw, 1, Reduce::Mean, 1e300, Strategy::Uniform, &q, &bufs_of(&o), &st, &ws)
+            .unwrap()
+            .decode()
+            .unwrap_err();
+        seen.push((format!("{e:?}"), format!("{c:?}")));
+    }
+    assert_eq!(seen[0], seen[1], "CPU and CUDA decode different errors");
+    assert!(seen[0].0.contains("step Δ[7] = 0 "), "{:?}", seen[0]);
+    assert!(seen[0].1.contains("step Δ[0] = inf"), "{:?}", seen[0]);
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Philox4x32-10 known answers (SPEC §5) and the counter/lane layout of the noise.
+//! Philox4x32-10 known answers (contract §5) and the counter/lane layout of the noise.
 use featjnd_kernels::philox::Isa;
 use featjnd_kernels::{philox, reference, NoiseKind};
 use proptest::prelude::*;

@@ -1,4 +1,4 @@
-//! Resource checks from the real assembler (issue 25 §2): every NVRTC module's PTX (the modules of
+//! Resource checks from the real assembler (tests/ptxas.rs): every NVRTC module's PTX (the modules of
 //! `compile::MODULES`, as `compile::compile_all` builds them) goes through `ptxas -v` for sm_80 and
 //! sm_90, and the test fails on any register spill, on static shared memory over the 48 KiB a block
 //! may declare statically, and on a kernel of the launchers' table that ptxas did not report.

@@ -1,4 +1,4 @@
-//! Fused quantize / dequantize (SPEC §4): fast CPU path vs reference (bit-identical symbols and
+//! Fused quantize / dequantize (contract §4): fast CPU path vs reference (bit-identical symbols and
 //! reconstructions), and the properties of a uniform scalar quantizer.
 mod common;
 use common::*;

@@ -1,4 +1,4 @@
-//! Step allocation (SPEC §3): nominal budget identity, Permuted is a permutation of Jnd, Uniform,
+//! Step allocation (contract §3): nominal budget identity, Permuted is a permutation of Jnd, Uniform,
 //! and the measured budget within 1e-3.
 mod common;
 use common::*;

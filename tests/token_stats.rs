@@ -1,4 +1,4 @@
-//! Token tolerance (SPEC §2): the fast CPU path against the reference over random grids and dtypes.
+//! Token tolerance (contract §2): the fast CPU path against the reference over random grids and dtypes.
 mod common;
 use common::*;
 use featjnd_kernels::{cpu, reference, Element, Reduce, TokenGrid};

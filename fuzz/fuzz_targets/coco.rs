@@ -1,15 +1,6 @@
-//! The COCO ground-truth and detection readers (JSON with RLE and polygon masks) and, when both
-//! parse, the evaluator on them.
+//! libFuzzer entry of `targets/coco.rs` (docs/fuzzing.md).
 #![no_main]
-use libfuzzer_sys::fuzz_target;
+#[path = "../targets/coco.rs"]
+mod body;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    // "<gt json>\0<dt json>": both halves are fuzzed; an input without the separator is a GT file.
-    let (gt, dt) = text.split_once('\0').unwrap_or((text, "[]"));
-    let Ok(gt) = featjnd_research::coco::parse_gt(gt) else { return };
-    let Ok(dt) = featjnd_research::coco::parse_dt(dt) else { return };
-    for iou in [featjnd_research::coco::IouType::Bbox, featjnd_research::coco::IouType::Segm] {
-        let _ = featjnd_research::coco::evaluate(&gt, &dt, iou);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| body::run(data));

@@ -128,6 +128,15 @@ impl Buf {
         self.len * self.elem.size()
     }
 
+    /// The first `n` elements (a caller's statistics array may be longer than a call needs), or
+    /// `Error::Shape` when there are fewer.
+    pub fn head(self, n: usize) -> Result<Buf> {
+        if self.len < n {
+            return Err(Error::Shape(format!("{} has {} values, the call needs {n}", self.name, self.len)));
+        }
+        Ok(Buf { len: n, ..self })
+    }
+
     /// The same array under another name (a batch item, an in-place output).
     pub fn named(self, name: &'static str) -> Buf {
         Buf { name, ..self }

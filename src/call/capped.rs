@@ -20,10 +20,7 @@ pub struct CapsArgs {
     pub out: Buf,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct CapsCall {
-    pub(crate) a: CapsArgs,
-}
+validated!(CapsCall(CapsArgs));
 
 impl CapsArgs {
     pub fn validate(self) -> Result<CapsCall> {
@@ -36,10 +33,6 @@ impl CapsArgs {
 }
 
 impl CapsCall {
-    pub fn args(&self) -> &CapsArgs {
-        &self.a
-    }
-
     pub(crate) fn run_host(&self) -> Result<()> {
         let a = &self.a;
         a.rms.on_host()?;
@@ -62,10 +55,7 @@ pub struct CappedArgs {
     pub out: Buf,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct CappedCall {
-    pub(crate) a: CappedArgs,
-}
+validated!(CappedCall(CappedArgs));
 
 impl CappedArgs {
     /// The token tolerances and caps (f32, `T` each, one memory), the budget, the output, then
@@ -91,10 +81,6 @@ impl CappedArgs {
 }
 
 impl CappedCall {
-    pub fn args(&self) -> &CappedArgs {
-        &self.a
-    }
-
     pub(crate) fn run_host(&self) -> Result<()> {
         let a = &self.a;
         a.token_tol.on_host()?;
@@ -118,11 +104,7 @@ pub struct CappedMeasuredArgs {
     pub bits: Bits,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct CappedMeasuredCall {
-    pub(crate) a: CappedMeasuredArgs,
-    pub(crate) grid: TokenGrid,
-}
+validated!(CappedMeasuredCall(CappedMeasuredArgs); ref grid: TokenGrid);
 
 impl CappedMeasuredArgs {
     pub fn validate(self) -> Result<CappedMeasuredCall> {
@@ -133,13 +115,6 @@ impl CappedMeasuredArgs {
 }
 
 impl CappedMeasuredCall {
-    pub fn args(&self) -> &CappedMeasuredArgs {
-        &self.a
-    }
-    pub fn grid(&self) -> &TokenGrid {
-        &self.grid
-    }
-
     pub(crate) fn run_host(&self) -> Result<Measured> {
         let (a, g) = (&self.a, &self.grid);
         a.x.on_host()?;

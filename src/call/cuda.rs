@@ -20,16 +20,18 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 
 use super::buf::{Buf, Elem, Mem};
 use super::capped::{CappedArgs, CappedCall, CappedMeasuredCall, CapsCall};
+use super::chain::{CappedChainCall, JndChainCall};
+use super::decode::{PerturbDecodeCall, QuantizeDecodeCall};
 use super::noise::NoiseCall;
 use super::perturb::{PerturbArgs, PerturbCall};
 use super::quantize::{QuantizeArgs, QuantizeCall, QuantizeReport};
 use super::steps::{AllocateCall, MeasuredCall};
 use super::token_stats::{TokenStat, TokenStatsCall};
 use crate::cpu::PerturbReport;
-use crate::cuda::raw::{self, DevPtr, DevPtrMut, Elems, Launch, PerturbPtrs, QuantPtrs, StatsBuf};
+use crate::cuda::raw::{self, DevPtr, DevPtrMut, Elems, Launch, PerturbPtrs, QuantPtrs, StatsBuf, StepPtrs};
 use crate::cuda::{cuda_err, Device};
 use crate::error::{Error, Result};
-use crate::geom::{Bits, Reduce, Strategy, TokenGrid};
+use crate::geom::{Bits, Strategy, TokenGrid};
 use crate::steps::Measured;
 
 /// One device and one stream.
@@ -142,17 +144,13 @@ impl Cuda {
         // (validated call; driver-checked where asked); outputs overlap no input and each other,
         // except recon == x in place (validated); fresh zeroed statistics on the same stream.
         unsafe { raw::quantize(self.launch(), dt, g, &p, a.bits, a.histogram, st.view)? };
-        let q = raw::decode_quantize(&self.read(&st)?, a.bits, a.histogram);
+        let (bad, q) = raw::decode_quantize(&self.read(&st)?, a.bits, a.histogram);
         // In place, x is overwritten: the message cannot show the bad value.
         let xs = (!c.in_place()).then(|| Elems { ptr: DevPtr::from_addr(a.x.addr() as u64), dt });
         // SAFETY: `x` holds every index the kernel can report; the stream was synced by `read`.
-        unsafe { raw::check_bad(q.bad, xs, None, &self.stream) }?;
-        if let (Some(o), Some(h)) = (&a.histogram_out, &q.histogram) {
-            // SAFETY: a validated device output of `hist_bins == h.len()` u64 that overlaps no
-            // other array; the copy is synchronous.
-            unsafe { cu::memcpy_htod_sync(o.addr() as u64, h) }.map_err(cuda_err)?;
-        }
-        Ok(QuantizeReport::finish(g, q.clamped, q.total_sse, q.histogram))
+        unsafe { raw::check_bad(bad, xs, None, &self.stream) }?;
+        self.copy_histogram(a, &q)?;
+        Ok(QuantizeReport::finish(g, q))
     }
 }
 
@@ -266,10 +264,10 @@ impl Cuda {
         // SAFETY: `x` is a validated device array of `numel` elements, the steps a device buffer
         // of `T` floats written before on the stream, no outputs; fresh zeroed statistics.
         unsafe { raw::quantize(self.launch(), x.dt, g, &p, bits, false, st.view)? };
-        let q = raw::decode_quantize(&self.read(&st)?, bits, false);
+        let (bad, q) = raw::decode_quantize(&self.read(&st)?, bits, false);
         // SAFETY: `x` holds every index the kernel can report; the stream was synced.
-        unsafe { raw::check_bad(q.bad, Some(x), None, &self.stream) }?;
-        Ok(q.total_sse / g.numel() as f64)
+        unsafe { raw::check_bad(bad, Some(x), None, &self.stream) }?;
+        Ok(q.mse(g.numel()))
     }
 
     /// Caps from device token RMS values.
@@ -333,6 +331,168 @@ impl Cuda {
         unsafe { raw::capped_steps(self.launch(), j, c, t, m.beta, out, st.view)? };
         self.stream.synchronize().map_err(cuda_err)?;
         Ok(m)
+    }
+}
+
+impl Cuda {
+    /// A device scratch array of `n` values of `T`, zeroed, on the stream, and its address.
+    fn scratch<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(&self, n: usize) -> Result<(CudaSlice<T>, u64)> {
+        let s = self.stream.alloc_zeros::<T>(n.max(1)).map_err(cuda_err)?;
+        let p = s.device_ptr(&self.stream).0;
+        Ok((s, p))
+    }
+
+    /// A chain's `x` and `J` as the launchers take them, after the device checks of every array.
+    fn chain_inputs(&self, q: &QuantizeCall, jnd: &Buf) -> Result<(Elems, Elems)> {
+        self.quant_check(q.args())?;
+        self.check(&[jnd])?;
+        let elems = |b: &Buf| -> Result<Elems> { Ok(Elems { ptr: DevPtr::from_addr(b.addr() as u64), dt: b.float_dtype()? }) };
+        Ok((elems(&q.args().x)?, elems(jnd)?))
+    }
+
+    /// The JND-guided chain of a validated call: token stats of `J` (also reducing `Σ j²` into
+    /// the statistics), the step allocation, the quantization; one sync at the end. The
+    /// permutation of `Strategy::Permuted` is made on the host and uploaded once.
+    pub fn jnd_chain(&self, c: &JndChainCall) -> Result<QuantizeReport> {
+        let (q, g) = (c.quantize(), c.quantize().grid());
+        let a = q.args();
+        let (x, j) = self.chain_inputs(q, c.jnd())?;
+        let dt = x.dt;
+        let t = g.tokens();
+        // The token stats reduce `Σ j²` into a slot the histogram's room holds: always room for it.
+        let st = self.stats(raw::quantize_slots(a.bits, true))?;
+        let (_jt, jt) = self.scratch::<f32>(t)?;
+        let perm = match c.strategy {
+            Strategy::Permuted { seed } => {
+                let p = crate::philox::permutation(t, seed);
+                let (keep, addr) = self.scratch::<u32>(t)?;
+                // SAFETY: `addr` holds `T == p.len()` u32 (just allocated); the sync completes the
+                // copy before `p` is dropped.
+                unsafe { cu::memcpy_htod_async(addr, &p, self.stream.cu_stream()) }.map_err(cuda_err)?;
+                self.stream.synchronize().map_err(cuda_err)?;
+                Some((keep, addr))
+            }
+            _ => None,
+        };
+        let sp = StepPtrs {
+            token_tol: DevPtr::from_addr(jt),
+            sum_sq: st.view.sum_sq(),
+            perm: perm.as_ref().map_or(DevPtr::null(), |p| DevPtr::from_addr(p.1)),
+            steps: DevPtrMut::from_addr(a.steps.addr() as u64),
+        };
+        // SAFETY: `J`, `x` and every output are device memory of this device with the sizes the
+        // kernels touch (validated; driver-checked where asked), the steps kept apart from `x`,
+        // `J` and the other outputs (validated); `jt` and `perm` are ours with `T` values; fresh
+        // zeroed statistics; every launch is on this stream, so each reads what the previous one
+        // wrote, and the scratch arrays live past the sync in `read`.
+        unsafe {
+            raw::token_stats(self.launch(), g, c.reduce, j, DevPtrMut::from_addr(jt), st.view, true)?;
+            raw::step_alloc(self.launch(), &sp, t, c.budget, c.strategy, 1.0)?;
+            raw::quantize(self.launch(), dt, g, &Self::quant_ptrs(a), a.bits, a.histogram, st.view)?;
+        }
+        let (bad, s) = raw::decode_quantize(&self.read(&st)?, a.bits, a.histogram);
+        // SAFETY: `x` and `J` hold every index the kernels can report; the stream was synced.
+        unsafe { raw::check_bad(bad, Some(x), Some(j), &self.stream) }?;
+        self.copy_histogram(a, &s)?;
+        Ok(QuantizeReport::finish(g, s))
+    }
+
+    /// The capped chain of a validated call: token stats of `J`, token RMS of `x`, the caps, the
+    /// one-block solve, the steps, the quantization; one sync at the end, errors in the CPU's
+    /// order (a bad `J`, a non-finite `x`, a zero feature, a bad `j_t` or cap, then the
+    /// quantization's).
+    pub fn capped_chain(&self, c: &CappedChainCall) -> Result<QuantizeReport> {
+        let (q, g) = (c.quantize(), c.quantize().grid());
+        let a = q.args();
+        let (x, j) = self.chain_inputs(q, c.jnd())?;
+        let dt = x.dt;
+        let t = g.tokens();
+        // One buffer: the quantization's slots (J's token stats first), then the allocation's.
+        let qslots = raw::quantize_slots(a.bits, a.histogram);
+        let st = self.stats(qslots + raw::CAPPED_SLOTS)?;
+        let (qbuf, cbuf) = (st.view.sub(0, qslots)?, st.view.sub(qslots, raw::CAPPED_SLOTS)?);
+        let (_s, scratch) = self.scratch::<f32>(3 * t)?;
+        let (jt, rms, caps) = (scratch, scratch + 4 * t as u64, scratch + 8 * t as u64);
+        let steps = DevPtrMut::from_addr(a.steps.addr() as u64);
+        // SAFETY: `J`, `x` and every output are device memory of this device with the sizes the
+        // kernels touch (validated; driver-checked where asked), the steps kept apart from the
+        // rest (validated); `jt`, `rms` and `caps` are disjoint thirds of our scratch array;
+        // `qbuf` and `cbuf` are disjoint zeroed slots of one buffer; every launch is on this
+        // stream, and the scratch lives past the sync in `read`.
+        unsafe {
+            raw::token_stats(self.launch(), g, c.reduce, j, DevPtrMut::from_addr(jt), qbuf, false)?;
+            raw::token_rms(self.launch(), g, x, DevPtrMut::from_addr(rms), cbuf)?;
+            raw::capped_caps(self.launch(), DevPtr::from_addr(rms), t, c.kappa, true, DevPtrMut::from_addr(caps), cbuf)?;
+            raw::capped_solve(self.launch(), DevPtr::from_addr(jt), DevPtr::from_addr(caps), t, c.budget, cbuf)?;
+            raw::capped_steps(self.launch(), DevPtr::from_addr(jt), DevPtr::from_addr(caps), t, 1.0, steps, cbuf)?;
+            raw::quantize(self.launch(), dt, g, &Self::quant_ptrs(a), a.bits, a.histogram, qbuf)?;
+        }
+        let v = self.read(&st)?;
+        let (bad, s) = raw::decode_quantize(&v[..qslots], a.bits, a.histogram);
+        let capped = raw::decode_capped(&v[qslots..]);
+        // SAFETY: `x`, `J`, `jt` and `caps` hold every index the kernels can report; the stream
+        // was synced by `read`, and nothing writes them any more.
+        unsafe {
+            raw::check_bad(raw::decode_token_stats(&v), None, Some(j), &self.stream)?;
+            raw::check_capped(capped.bad, Some(x), DevPtr::from_addr(jt), DevPtr::from_addr(caps), &self.stream)?;
+            raw::check_bad(bad, Some(x), Some(j), &self.stream)?;
+        }
+        self.copy_histogram(a, &s)?;
+        Ok(QuantizeReport::finish(g, s))
+    }
+
+    /// The histogram into the call's `histogram_out`, where one was given.
+    fn copy_histogram(&self, a: &QuantizeArgs, s: &crate::cpu::QuantStats) -> Result<()> {
+        if let (Some(o), Some(h)) = (&a.histogram_out, &s.histogram) {
+            // SAFETY: a validated device output of `hist_bins == h.len()` u64 that overlaps no
+            // other array; the copy is synchronous.
+            unsafe { cu::memcpy_htod_sync(o.addr() as u64, h) }.map_err(cuda_err)?;
+        }
+        Ok(())
+    }
+}
+
+impl Cuda {
+    /// A validated device statistics array, copied to the host (the stream is synchronized).
+    fn stats_to_host(&self, stats: &Buf) -> Result<Vec<i64>> {
+        self.check(&[stats])?;
+        // SAFETY: a validated device array of `len` i64 on this device, written by work the
+        // caller ordered before on this stream.
+        unsafe { raw::read_stats(StatsBuf::new(DevPtrMut::from_addr(stats.addr() as u64), stats.len()), &self.stream) }
+    }
+
+    /// The error of a bad element, its value copied from the device array it indexes.
+    fn device_error(&self, b: raw::BadElement, x: &Buf, jnd: &Option<Buf>) -> Error {
+        let src = match b.input {
+            raw::Input::X => Some(x),
+            raw::Input::Jnd => jnd.as_ref(),
+            raw::Input::TokenTol(_) | raw::Input::Step(_) => None,
+        };
+        // Statistics the caller mixed up may name any index: read only inside the array.
+        let e = src
+            .filter(|a| b.index < a.len())
+            .and_then(|a| a.elem().dtype().map(|dt| Elems { ptr: DevPtr::from_addr(a.addr() as u64), dt }));
+        let (xs, js) = if b.input == raw::Input::X { (e, None) } else { (None, e) };
+        // SAFETY: a source is a validated device array of this device holding element `b.index`
+        // (checked just above), and the stream was synchronized when the statistics were read.
+        let r = unsafe { raw::check_bad(Some(b), xs, js, &self.stream) };
+        r.err().unwrap_or_else(|| b.error(f32::NAN))
+    }
+
+    /// A quantization's statistics decoded on this device's stream (one copy, one sync).
+    pub fn quantize_decode(&self, c: &QuantizeDecodeCall) -> Result<QuantizeReport> {
+        let a = c.args();
+        self.check(&[&a.x])?;
+        let v = self.stats_to_host(&a.stats)?;
+        c.finish(&v, |b| self.device_error(b, &a.x, &a.jnd))
+    }
+
+    /// A perturbation's statistics decoded on this device's stream (one copy, one sync).
+    pub fn perturb_decode(&self, c: &PerturbDecodeCall) -> Result<PerturbReport> {
+        let a = c.args();
+        self.check(&[&a.x])?;
+        let v = self.stats_to_host(&a.stats)?;
+        c.finish(&v, |b| self.device_error(b, &a.x, &a.jnd))
     }
 }
 
@@ -422,15 +582,8 @@ impl Cuda {
     /// The fused chain `J → j_t → Δ_t → quantize` of a validated call whose steps are the
     /// chain's output, enqueued only (`raw::quantize_with_jnd`; statistics and the scratch `j_t`
     /// in the caller's `stats`, `raw::jnd_chain_slots` long).
-    pub fn quantize_with_jnd_enqueue(
-        &self,
-        c: &QuantizeCall,
-        jnd: &Buf,
-        reduce: Reduce,
-        budget: f64,
-        strategy: Strategy,
-        stats: &Buf,
-    ) -> Result<()> {
+    pub fn quantize_with_jnd_enqueue(&self, chain: &JndChainCall, stats: &Buf) -> Result<()> {
+        let (c, jnd, reduce, budget, strategy) = (chain.quantize(), chain.jnd(), chain.reduce, chain.budget, chain.strategy);
         let (a, g) = (c.args(), c.grid());
         self.quant_check(a)?;
         self.check(&[jnd])?;

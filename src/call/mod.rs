@@ -1,16 +1,49 @@
-//! One validated call per op (issue 24): every surface — the tch tensor API (`ops`), the C ABI
+//! One validated call per op (contract §9): every surface — the tch tensor API (`ops`), the C ABI
 //! and the Python package — describes its arrays as framework-free [`Buf`]s, fills in the op's
 //! `Args`, and calls `validate()`, which runs the contract's checks in the contract's order and
 //! returns a `Call`. Only a validated call runs, on an [`Executor`]: the host (a rayon pool) or
 //! one CUDA device and stream ([`Cuda`]). The result is finished (MSE, rate) in one place per op.
-//! Every synchronous op is a call; the sync-free enqueue (contract §8) is not yet.
+//! Every synchronous op is a call, the two fused chains included; the sync-free enqueue
+//! (contract §8) takes validated calls too.
 //!
 //! So a check, a default or a message is written once and every surface agrees on it; the
 //! surfaces keep only the conversion of their own types (tensors, `FjFeature`s, DLPack arrays)
 //! and of the errors (`FJ_ERR_*` codes, Python exceptions).
+/// The validated call type of an op: its arguments and what `validate` derived from them (the
+/// grid, in place or not), read-only; only the op's `validate` makes one.
+/// `validated!(QuantizeCall(QuantizeArgs); ref grid: TokenGrid; copy in_place: bool)`.
+macro_rules! validated {
+    ($(#[$doc:meta])* $call:ident($args:ty) $(; $kind:ident $field:ident: $ty:ty)*) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy)]
+        pub struct $call {
+            pub(crate) a: $args,
+            $(pub(crate) $field: $ty,)*
+        }
+        impl $call {
+            pub fn args(&self) -> &$args {
+                &self.a
+            }
+            $(validated!(@get $kind $field $ty);)*
+        }
+    };
+    (@get ref $field:ident $ty:ty) => {
+        pub fn $field(&self) -> &$ty {
+            &self.$field
+        }
+    };
+    (@get copy $field:ident $ty:ty) => {
+        pub fn $field(&self) -> $ty {
+            self.$field
+        }
+    };
+}
+
 pub mod buf;
 pub mod capped;
+pub mod chain;
 pub mod cuda;
+pub mod decode;
 pub mod noise;
 pub mod perturb;
 pub mod quantize;
@@ -19,7 +52,9 @@ pub mod token_stats;
 
 pub use buf::{no_overlap, Buf, Elem, Mem};
 pub use capped::{CappedArgs, CappedCall, CappedMeasuredArgs, CappedMeasuredCall, CapsArgs, CapsCall};
+pub use chain::{CappedChainArgs, CappedChainCall, JndChainArgs, JndChainCall};
 pub use cuda::Cuda;
+pub use decode::{PerturbDecodeArgs, PerturbDecodeCall, QuantizeDecodeArgs, QuantizeDecodeCall};
 pub use noise::{NoiseArgs, NoiseCall};
 pub use perturb::{PerturbArgs, PerturbCall};
 pub use quantize::{symbol_elem, QuantizeArgs, QuantizeCall, QuantizeReport};
@@ -83,3 +118,7 @@ call!(CapsCall => (), caps);
 call!(CappedCall => (), capped);
 call!(CappedMeasuredCall => Measured, capped_measured);
 call!(NoiseCall => (), noise);
+call!(JndChainCall => QuantizeReport, jnd_chain);
+call!(CappedChainCall => QuantizeReport, capped_chain);
+call!(QuantizeDecodeCall => QuantizeReport, quantize_decode);
+call!(PerturbDecodeCall => PerturbReport, perturb_decode);

@@ -13,10 +13,7 @@ pub struct NoiseArgs {
     pub noise: NoiseSpec,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct NoiseCall {
-    pub(crate) a: NoiseArgs,
-}
+validated!(NoiseCall(NoiseArgs));
 
 impl NoiseArgs {
     /// The output (f32, writable, aligned), then the counter range, which must not run past 2^64.
@@ -34,10 +31,6 @@ impl NoiseArgs {
 }
 
 impl NoiseCall {
-    pub fn args(&self) -> &NoiseArgs {
-        &self.a
-    }
-
     pub(crate) fn run_host(&self) -> Result<()> {
         let a = &self.a;
         a.out.on_host()?;

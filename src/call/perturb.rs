@@ -1,6 +1,7 @@
 //! Perturbation at a matched per-sample NRMSE (contract §6) as one validated call: the arguments
 //! every surface fills in, their checks in the contract's order, and the host run.
 use crate::cpu::{self, perturb::NoiseSpec, PerturbReport};
+use crate::cuda::raw;
 use crate::error::{Error, Result};
 use crate::with_elem;
 
@@ -23,12 +24,9 @@ pub struct PerturbArgs {
     pub scales_out: Option<Buf>,
 }
 
-/// A perturbation whose arguments passed every check that does not read element values.
-#[derive(Debug, Clone, Copy)]
-pub struct PerturbCall {
-    pub(crate) a: PerturbArgs,
-    pub(crate) in_place: bool,
-}
+validated!(
+    /// A perturbation whose arguments passed every check that does not read element values.
+    PerturbCall(PerturbArgs); copy in_place: bool);
 
 impl PerturbArgs {
     /// The checks of contract §6 and §7 before any element is read: `x`'s dtype and size, the
@@ -77,11 +75,18 @@ impl PerturbArgs {
 }
 
 impl PerturbCall {
-    pub fn args(&self) -> &PerturbArgs {
-        &self.a
-    }
-    pub fn in_place(&self) -> bool {
-        self.in_place
+    /// The host run of a sync-free call (contract §8) in `pool`, recorded in the statistics `s`
+    /// (`raw::perturb_slots(samples)` slots) as the kernels would: the report, or the first bad
+    /// element (with zero scales). Other errors are returned.
+    pub fn record_host(&self, pool: Option<&rayon::ThreadPool>, s: &mut [i64]) -> Result<()> {
+        match super::quantize::in_pool(pool, || self.run_host()) {
+            Ok(rep) => raw::encode_perturb(s, None, &rep),
+            Err(e) => match raw::bad_of_error(&e) {
+                Some(b) => raw::encode_perturb(s, Some(b), &PerturbReport { scales: vec![0.0; self.a.samples], zero_samples: vec![] }),
+                None => return Err(e),
+            },
+        }
+        Ok(())
     }
 
     /// The CPU path (multi-threaded on the current rayon pool).

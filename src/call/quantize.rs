@@ -1,6 +1,7 @@
 //! Fused quantize / dequantize (contract §4) as one validated call: the arguments every surface
 //! fills in, their checks in the contract's order, the host run and the finishing (MSE, rate).
 use crate::cpu::{self, QuantOut, QuantStats, Symbols};
+use crate::cuda::raw::{self, BadElement, Input};
 use crate::error::{Error, Result};
 use crate::geom::{Bits, FeatureShape, TokenGrid};
 use crate::rate::Rate;
@@ -31,13 +32,9 @@ pub struct QuantizeArgs {
     pub histogram_out: Option<Buf>,
 }
 
-/// A quantization whose arguments passed every check that does not read element values.
-#[derive(Debug, Clone, Copy)]
-pub struct QuantizeCall {
-    pub(crate) a: QuantizeArgs,
-    pub(crate) grid: TokenGrid,
-    pub(crate) in_place: bool,
-}
+validated!(
+    /// A quantization whose arguments passed every check that does not read element values.
+    QuantizeCall(QuantizeArgs); ref grid: TokenGrid; copy in_place: bool);
 
 /// The one result of a quantization, on every surface.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,10 +51,11 @@ pub struct QuantizeReport {
 }
 
 impl QuantizeReport {
-    /// The finishing of every path: MSE and rate from the raw statistics.
-    pub fn finish(grid: &TokenGrid, clamped: u64, total_sse: f64, histogram: Option<Vec<u64>>) -> QuantizeReport {
-        let rate = histogram.as_ref().map(|h| Rate::from_histogram(h, grid.tokens(), grid.k()));
-        QuantizeReport { clamped, total_sse, mse: total_sse / grid.numel() as f64, histogram, rate }
+    /// The finishing of every path: MSE and rate from the raw statistics (the CPU's, or the
+    /// kernels' as decoded by `raw::decode_quantize`).
+    pub fn finish(grid: &TokenGrid, s: QuantStats) -> QuantizeReport {
+        let rate = s.histogram.as_ref().map(|h| Rate::from_histogram(h, grid.tokens(), grid.k()));
+        QuantizeReport { clamped: s.clamped, total_sse: s.total_sse, mse: s.mse(grid.numel()), histogram: s.histogram, rate }
     }
 }
 
@@ -116,15 +114,43 @@ impl QuantizeArgs {
     }
 }
 
+/// Records a host quantization's outcome in the kernels' statistics layout
+/// (`raw::quantize_slots(bits, true)` slots): its statistics, or the bad element of a
+/// `NonFinite`/`Jnd` error; any other error is the call's own.
+pub(crate) fn record(s: &mut [i64], r: Result<QuantizeReport>) -> Result<()> {
+    match r {
+        Ok(q) => raw::encode_quantize(s, None, q.clamped, q.total_sse, q.histogram.as_deref()),
+        Err(e) => match raw::bad_of_error(&e) {
+            Some(b) => raw::encode_quantize(s, Some(b), 0, 0.0, None),
+            None => return Err(e),
+        },
+    }
+    Ok(())
+}
+
+/// `f` in `pool` (or rayon's global one).
+pub(crate) fn in_pool<T: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> T + Send) -> T {
+    match pool {
+        Some(p) => p.install(f),
+        None => f(),
+    }
+}
+
 impl QuantizeCall {
-    pub fn args(&self) -> &QuantizeArgs {
-        &self.a
-    }
-    pub fn grid(&self) -> &TokenGrid {
-        &self.grid
-    }
-    pub fn in_place(&self) -> bool {
-        self.in_place
+    /// The host run of a sync-free call (contract §8) in `pool`: the outcome goes to the
+    /// statistics `s` as the kernels would record it — a bad step (the first, with its value),
+    /// else a non-finite `x`, else the statistics — so one decoder serves the host and the device
+    /// and both report the same error with the same index. Other errors are returned.
+    pub fn record_host(&self, pool: Option<&rayon::ThreadPool>, s: &mut [i64]) -> Result<()> {
+        self.a.x.on_host()?;
+        // SAFETY: a validated host input of `T` f32 (the steps share `x`'s memory), only read.
+        let steps: &[f32] = unsafe { self.a.steps.slice() };
+        if let Some(t) = cpu::first_bad_step(steps) {
+            let b = BadElement { input: Input::Step(steps[t].to_bits()), index: t };
+            raw::encode_quantize(s, Some(b), 0, 0.0, None);
+            return Ok(());
+        }
+        record(s, in_pool(pool, || self.run_host()))
     }
 
     /// The CPU path (multi-threaded on the current rayon pool). The steps' values are checked
@@ -165,6 +191,6 @@ impl QuantizeCall {
             // SAFETY: see above (a validated output of `hist_bins == h.len()` u64).
             unsafe { out.slice_mut::<u64>() }.copy_from_slice(h);
         }
-        Ok(QuantizeReport::finish(g, stats.clamped, stats.total_sse, stats.histogram))
+        Ok(QuantizeReport::finish(g, stats))
     }
 }

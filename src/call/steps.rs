@@ -23,10 +23,7 @@ pub struct AllocateArgs {
     pub out: Buf,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct AllocateCall {
-    pub(crate) a: AllocateArgs,
-}
+validated!(AllocateCall(AllocateArgs));
 
 impl AllocateArgs {
     /// The budget, the token tolerances (f32, at least one), the output, then the aliasing rule.
@@ -52,11 +49,7 @@ pub struct MeasuredArgs {
     pub bits: Bits,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct MeasuredCall {
-    pub(crate) a: MeasuredArgs,
-    pub(crate) grid: TokenGrid,
-}
+validated!(MeasuredCall(MeasuredArgs); ref grid: TokenGrid);
 
 impl MeasuredArgs {
     /// The allocation's checks, then `x` (dtype, grid, length, memory) and the token count.
@@ -82,10 +75,6 @@ pub(crate) fn measured_feature(x: &Buf, shape: FeatureShape, patch: usize, token
 }
 
 impl AllocateCall {
-    pub fn args(&self) -> &AllocateArgs {
-        &self.a
-    }
-
     /// The steps from host token tolerances `jt` (a validated host input, or the device's copy).
     pub(crate) fn steps(&self, jt: &[f32]) -> Result<Vec<f32>> {
         let a = &self.a;
@@ -106,13 +95,6 @@ impl AllocateCall {
 }
 
 impl MeasuredCall {
-    pub fn args(&self) -> &MeasuredArgs {
-        &self.a
-    }
-    pub fn grid(&self) -> &TokenGrid {
-        &self.grid
-    }
-
     /// The bisection on `β` from host token tolerances, with `mse(steps)` measuring one probe;
     /// returns the match and the final steps.
     pub(crate) fn bisect(&self, jt: &[f32], mut mse: impl FnMut(&[f32]) -> Result<f64>) -> Result<(Measured, Vec<f32>)> {

@@ -27,11 +27,7 @@ pub struct TokenStatsArgs {
     pub out: Buf,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct TokenStatsCall {
-    pub(crate) a: TokenStatsArgs,
-    pub(crate) grid: TokenGrid,
-}
+validated!(TokenStatsCall(TokenStatsArgs); ref grid: TokenGrid);
 
 impl TokenStatsArgs {
     /// The input's dtype, the grid, the input's and the output's type, length, memory and
@@ -52,13 +48,6 @@ impl TokenStatsArgs {
 }
 
 impl TokenStatsCall {
-    pub fn args(&self) -> &TokenStatsArgs {
-        &self.a
-    }
-    pub fn grid(&self) -> &TokenGrid {
-        &self.grid
-    }
-
     pub(crate) fn run_host(&self) -> Result<()> {
         let (a, g) = (&self.a, &self.grid);
         a.input.on_host()?;

@@ -10,7 +10,7 @@ pub mod quantize;
 pub mod token_stats;
 
 pub use perturb::{perturb, perturb_in_place, PerturbReport};
-pub use quantize::{check_steps_values, quantize, quantize_in_place, QuantOut, QuantStats, Symbols};
+pub use quantize::{check_steps_values, first_bad_step, quantize, quantize_in_place, step_error, QuantOut, QuantStats, Symbols};
 pub use token_stats::{token_rms, token_tolerance};
 
 use crate::geom::{Layout, TokenGrid};

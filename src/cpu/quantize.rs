@@ -1,4 +1,4 @@
-//! CPU fused quantize / dequantize (SPEC §4), bit-identical with `kernels/quantize.cu`.
+//! CPU fused quantize / dequantize (contract §4), bit-identical with `kernels/quantize.cu`.
 //!
 //! Per element: `q = rint(x · inv_t)` (ties to even), clamped to ±Q, `x̂ = q · Δ_t`, with
 //! `inv_t = 1/Δ_t` (one f32 division per token) and plain f32 multiplies (Rust never contracts to
@@ -176,10 +176,21 @@ fn check_steps(steps: &[f32], grid: &TokenGrid) -> Result<()> {
 
 /// Contract §4.2: every step finite, > 0, with a finite reciprocal (the first bad one is named).
 pub fn check_steps_values(steps: &[f32]) -> Result<()> {
-    match steps.iter().position(|&d| !(d.is_finite() && d > 0.0 && (1.0 / d).is_finite())) {
-        Some(t) => Err(Error::Arg(format!("step Δ[{t}] = {} must be finite and > 0 (and 1/Δ finite)", steps[t]))),
+    match first_bad_step(steps) {
+        Some(t) => Err(step_error(t, steps[t])),
         None => Ok(()),
     }
+}
+
+/// The first step that is not finite, not > 0 or whose reciprocal is not finite (contract §4.2).
+pub fn first_bad_step(steps: &[f32]) -> Option<usize> {
+    steps.iter().position(|&d| !(d.is_finite() && d > 0.0 && (1.0 / d).is_finite()))
+}
+
+/// The error of a bad step `Δ[t] = value`, the same on every path (the kernels' bad-step cell
+/// decodes to it too).
+pub fn step_error(t: usize, value: f32) -> Error {
+    Error::Arg(format!("step Δ[{t}] = {value} must be finite and > 0 (and 1/Δ finite)"))
 }
 
 /// Out-of-place quantization: `x` is never written.

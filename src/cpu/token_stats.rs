@@ -1,4 +1,4 @@
-//! CPU token tolerance (SPEC §2), fused with the validation of J (finite, > 0), and the token RMS
+//! CPU token tolerance (contract §2), fused with the validation of J (finite, > 0), and the token RMS
 //! of a feature (contract §3.5's caps), fused with its finiteness check: one reduction, two checks.
 use rayon::prelude::*;
 

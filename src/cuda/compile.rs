@@ -4,7 +4,7 @@
 //!
 //! A [`Module`] is one kernel file with a fixed set of `-D` specialisations ([`MODULES`]): the
 //! quantizer per (bits, histogram), the single perturbation per (noise, J given), so the hot loops
-//! carry no run-time branch on those (issue 15 §2). A device compiles a module on its first use.
+//! carry no run-time branch on those. A device compiles a module on its first use.
 use std::ffi::{CStr, CString};
 
 use crate::error::{Error, Result};
@@ -44,19 +44,8 @@ impl Module {
     }
 }
 
-/// Slots of [`MODULES`] (the launchers in `raw` pick kernels by slot).
-pub const M_TOKEN_STATS: usize = 0;
-pub const M_STEP_ALLOC: usize = 1;
-/// `quantize.cu` for (8 bits, no histogram), (8, histogram), (16, none), (16, histogram): slot
-/// `M_QUANTIZE + 2 * (bits == 16) + histogram`.
-pub const M_QUANTIZE: usize = 2;
-/// `perturb.cu` for (Gaussian, J == 1), (Gaussian, J), (uniform, J == 1), (uniform, J): slot
-/// `M_PERTURB + 2 * noise code + J given`.
-pub const M_PERTURB: usize = 6;
-/// `perturb.cu` unspecialised: the batch kernels and `fj_noise`.
-pub const M_PERTURB_GENERIC: usize = 10;
-
-/// Every module the launchers use, by slot.
+/// Every module the launchers use; a module's slot is its position here, and the `M_*` slots
+/// below are found in this list (at compile time), not numbered by hand.
 pub const MODULES: [Module; 11] = [
     Module { file: "token_stats.cu", defines: &[] },
     Module { file: "step_alloc.cu", defines: &[] },
@@ -70,8 +59,66 @@ pub const MODULES: [Module; 11] = [
     Module { file: "perturb.cu", defines: &["FJ_P_NOISE=1", "FJ_P_JND=1"] },
     Module { file: "perturb.cu", defines: &[] },
 ];
-// The slot arithmetic above relies on the header's codes.
+
+pub const M_TOKEN_STATS: usize = slot("token_stats.cu", &[]);
+pub const M_STEP_ALLOC: usize = slot("step_alloc.cu", &[]);
+/// `quantize.cu` for (8 bits, no histogram), (8, histogram), (16, none), (16, histogram): slot
+/// `M_QUANTIZE + 2 * (bits == 16) + histogram` (`kernels::quantize_module`).
+pub const M_QUANTIZE: usize = slot("quantize.cu", &["FJ_Q_BITS=8", "FJ_Q_HIST=0"]);
+/// `perturb.cu` for (Gaussian, J == 1), (Gaussian, J), (uniform, J == 1), (uniform, J): slot
+/// `M_PERTURB + 2 * noise code + J given` (`kernels::perturb_module`).
+pub const M_PERTURB: usize = slot("perturb.cu", &["FJ_P_NOISE=0", "FJ_P_JND=0"]);
+/// `perturb.cu` unspecialised: the batch kernels and `fj_noise`.
+pub const M_PERTURB_GENERIC: usize = slot("perturb.cu", &[]);
+
+// The slot arithmetic of the specialised groups, checked against the list.
+const _: () = {
+    let q =
+        [["FJ_Q_BITS=8", "FJ_Q_HIST=0"], ["FJ_Q_BITS=8", "FJ_Q_HIST=1"], ["FJ_Q_BITS=16", "FJ_Q_HIST=0"], ["FJ_Q_BITS=16", "FJ_Q_HIST=1"]];
+    let p =
+        [["FJ_P_NOISE=0", "FJ_P_JND=0"], ["FJ_P_NOISE=0", "FJ_P_JND=1"], ["FJ_P_NOISE=1", "FJ_P_JND=0"], ["FJ_P_NOISE=1", "FJ_P_JND=1"]];
+    let mut i = 0;
+    while i < 4 {
+        assert!(slot("quantize.cu", &q[i]) == M_QUANTIZE + i && slot("perturb.cu", &p[i]) == M_PERTURB + i);
+        i += 1;
+    }
+};
+// The perturb slot arithmetic relies on the header's codes.
 const _: () = assert!(crate::params::FJ_NOISE_GAUSSIAN == 0 && crate::params::FJ_NOISE_UNIFORM == 1);
+
+/// The position in [`MODULES`] of `file` with exactly `defines` (a compile error when absent).
+const fn slot(file: &str, defines: &[&str]) -> usize {
+    let mut i = 0;
+    while i < MODULES.len() {
+        let m = &MODULES[i];
+        if str_eq(m.file, file) && m.defines.len() == defines.len() {
+            let mut j = 0;
+            while j < defines.len() && str_eq(m.defines[j], defines[j]) {
+                j += 1;
+            }
+            if j == defines.len() {
+                return i;
+            }
+        }
+        i += 1;
+    }
+    panic!("no such module in MODULES")
+}
+
+const fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
 
 /// One compiled module.
 #[derive(Debug, Clone)]

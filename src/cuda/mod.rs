@@ -5,6 +5,7 @@
 //! [`Error::CudaUnavailable`] otherwise; nothing here panics on a machine without a GPU.
 
 pub mod compile;
+pub mod kernels;
 pub mod raw;
 
 pub use raw::{DevPtr, DevPtrMut};
@@ -19,7 +20,7 @@ use cudarc::nvrtc::Ptx;
 use crate::error::{Error, Result};
 
 #[cfg(feature = "torch")]
-/// Loads libtorch's CUDA half so that tch sees CUDA (DESIGN §4). Fails cleanly where CUDA
+/// Loads libtorch's CUDA half so that tch sees CUDA (design §4). Fails cleanly where CUDA
 /// libraries are missing. Idempotent.
 pub fn load_torch_cuda() -> bool {
     static LOADED: OnceLock<bool> = OnceLock::new();
@@ -62,7 +63,7 @@ pub const MAX_KERNELS_PER_MODULE: usize = 16;
 /// One device: its context and its compiled kernels.
 ///
 /// The launch path reads kernel handles from a fixed table, one cell per (module, kernel index),
-/// filled once: no lock, no hashing, no formatting (issue 15 §2). Only a cell's first fill
+/// filled once: no lock, no hashing, no formatting. Only a cell's first fill
 /// (compiling its module, loading the function) takes the `cold` lock, which also keeps two
 /// threads from compiling the same module at once.
 pub struct Device {

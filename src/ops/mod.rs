@@ -2,20 +2,18 @@
 //! contiguous; zero-copy), dispatching on the tensor's device. CPU tensors run [`crate::cpu`];
 //! CUDA tensors run the NVRTC kernels on torch's current stream.
 
-mod cuda_ops;
 mod pending;
 
 use tch::{Device, Kind, Tensor};
 
 use crate::call::{
-    no_overlap, AllocateArgs, Buf, CappedArgs, CappedMeasuredArgs, CapsArgs, Cuda, Elem, Executor, MeasuredArgs, Mem, NoiseArgs,
-    PerturbArgs, PerturbCall, QuantizeArgs, QuantizeCall, TokenStat, TokenStatsArgs,
+    no_overlap, AllocateArgs, Buf, CappedArgs, CappedChainArgs, CappedMeasuredArgs, CapsArgs, Cuda, Elem, Executor, JndChainArgs,
+    MeasuredArgs, Mem, NoiseArgs, PerturbArgs, PerturbCall, QuantizeArgs, QuantizeCall, QuantizeReport, TokenStat, TokenStatsArgs,
 };
 use crate::cpu::{perturb::NoiseSpec, PerturbReport};
 use crate::element::Dtype;
 use crate::error::{Error, Result};
 use crate::geom::{Bits, FeatureShape, Layout, Reduce, Strategy, TokenGrid};
-use crate::rate::Rate;
 use crate::steps::{self, Measured};
 
 pub use crate::cpu::perturb::NoiseSpec as Noise;
@@ -53,22 +51,11 @@ pub fn grid_of(x: &Tensor, layout: Layout, patch: usize) -> Result<TokenGrid> {
     TokenGrid::new(FeatureShape::from_sizes(layout, &x.size())?, patch)
 }
 
-/// A CPU tensor's data as a slice (zero-copy).
-///
-/// # Safety
-/// `t` is a defined, contiguous CPU tensor whose elements are `E`, and nothing writes to its
-/// storage (through any handle) while the slice lives.
-pub(crate) unsafe fn slice<E>(t: &Tensor) -> &[E] {
-    // SAFETY: the caller guarantees a contiguous CPU buffer of `numel` elements of type `E` that
-    // is not written while borrowed.
-    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const E, t.numel()) }
-}
-
 /// A CPU tensor's data as a mutable slice (zero-copy). `tch` tensors are shared handles, so the
 /// borrow checker cannot see exclusivity: the caller states it.
 ///
 /// # Safety
-/// As [`slice`], and no other reference to the storage (shared or mutable, through any tensor
+/// `t` is a defined, contiguous CPU tensor whose elements are `E`, and no other reference to the storage (shared or mutable, through any tensor
 /// handle) is used while this slice lives: the ops call it only on outputs they allocated or on
 /// caller buffers checked by [`check_disjoint`].
 #[allow(clippy::mut_from_ref)]
@@ -115,7 +102,7 @@ fn check_device(t: &Tensor, name: &str) -> Result<()> {
     }
 }
 
-/// Token tolerance `j_t` (SPEC §2) of a tolerance map `J`: an f32 tensor of `T` values on `J`'s device.
+/// Token tolerance `j_t` (contract §2) of a tolerance map `J`: an f32 tensor of `T` values on `J`'s device.
 pub fn token_tolerance(jnd: &Tensor, layout: Layout, patch: usize, reduce: Reduce) -> Result<Tensor> {
     let _range = crate::nvtx::range("featjnd::token_tolerance");
     token_stat(jnd, "J", layout, patch, TokenStat::Tolerance(reduce))
@@ -232,7 +219,8 @@ pub fn quantize_capped(
     opts: &QuantizeOptions,
 ) -> Result<(Tensor, Quantized)> {
     let _range = crate::nvtx::range("featjnd::quantize_capped");
-    let (dt, dj) = (check_tensor(x, "x")?, check_tensor(jnd, "J")?);
+    check_tensor(x, "x")?;
+    check_tensor(jnd, "J")?;
     check_device(x, "x")?;
     same_device(x, "x", jnd, "J")?;
     if x.size() != jnd.size() {
@@ -241,21 +229,15 @@ pub fn quantize_capped(
     crate::cuda::raw::check_kappa(kappa)?;
     steps::check_budget(budget)?;
     let grid = grid_of(x, layout, patch)?;
-    if let Some(o) = cuda_ordinal(x.device()) {
-        let outs = prepare_outs(x, &[(jnd, "J")], &grid, opts, false, &QuantizeBuffers::default())?;
-        let (st, mut q) = cuda_ops::quantize_capped(o, x, dt, jnd, dj, &grid, reduce, kappa, budget, opts, outs)?;
-        q.mse = q.total_sse / grid.numel() as f64;
-        q.rate = q.histogram.as_ref().map(|h| Rate::from_histogram(h, grid.tokens(), grid.k()));
-        return Ok((st, q));
-    }
-    let jt = token_tolerance(jnd, layout, patch, reduce)?;
-    let caps = caps_from_rms(&token_rms(x, layout, patch)?, kappa)?;
-    let st = allocate_steps_capped(&jt, &caps, budget, 1.0)?;
-    let q = quantize(x, layout, patch, &st, opts)?;
-    Ok((st, q))
+    let outs = prepare_outs(x, &[(jnd, "J")], &grid, opts, false, &QuantizeBuffers::default())?;
+    let st = Tensor::f_empty([grid.tokens() as i64], (Kind::Float, x.device()))?;
+    let quantize = quantize_args(x, &grid, &st, opts, false, &outs)?;
+    let call = CappedChainArgs { quantize, jnd: buf(jnd, "J")?, reduce, kappa, budget }.validate()?;
+    let r = on_device(x.device(), |ex| ex.run(&call))?;
+    Ok((st, Quantized::new(outs, r)))
 }
 
-/// Nominal steps `Δ_t` for budget `D` from token tolerances (SPEC §3), on `jt`'s device.
+/// Nominal steps `Δ_t` for budget `D` from token tolerances (contract §3), on `jt`'s device.
 /// On CUDA the Jnd normaliser `Σ j²` is reduced on the device (no host round-trip).
 pub fn allocate_steps(jt: &Tensor, budget: f64, strategy: Strategy) -> Result<Tensor> {
     allocate_steps_scaled(jt, budget, strategy, 1.0)
@@ -296,7 +278,9 @@ impl Default for QuantizeOptions {
     }
 }
 
-/// Outputs of a quantization. Tensors live on the input's device.
+/// Outputs of a quantization: the output tensors (on the input's device) and the report every
+/// surface shares ([`QuantizeReport`]: clamp count, total error, MSE, histogram, rate), whose
+/// fields read through as `q.mse`, `q.clamped`, … .
 #[derive(Debug)]
 pub struct Quantized {
     /// `i8` (b = 8) or `i16` (b = 16), shape of `x`.
@@ -305,14 +289,21 @@ pub struct Quantized {
     pub recon: Option<Tensor>,
     /// Per-token squared error `e_t` (f32, `T` values).
     pub token_sse: Option<Tensor>,
-    pub clamped: u64,
-    /// `Σ e_t`.
-    pub total_sse: f64,
-    /// Measured MSE per element.
-    pub mse: f64,
-    pub histogram: Option<Vec<u64>>,
-    /// Entropy and bits per element (when the histogram was counted).
-    pub rate: Option<Rate>,
+    pub report: QuantizeReport,
+}
+
+impl Quantized {
+    fn new(outs: Outs, report: QuantizeReport) -> Quantized {
+        let Outs { symbols, recon, token_sse } = outs;
+        Quantized { symbols, recon, token_sse, report }
+    }
+}
+
+impl std::ops::Deref for Quantized {
+    type Target = QuantizeReport;
+    fn deref(&self) -> &QuantizeReport {
+        &self.report
+    }
 }
 
 fn check_steps_tensor(x: &Tensor, steps: &Tensor, grid: &TokenGrid) -> Result<()> {
@@ -388,7 +379,7 @@ fn prepare_outs(
     Ok(outs)
 }
 
-/// Fused quantize / dequantize of `x` with per-token steps (SPEC §4), out of place.
+/// Fused quantize / dequantize of `x` with per-token steps (contract §4), out of place.
 pub fn quantize(x: &Tensor, layout: Layout, patch: usize, steps: &Tensor, opts: &QuantizeOptions) -> Result<Quantized> {
     quantize_impl(x, layout, patch, steps, opts, false, &QuantizeBuffers::default())
 }
@@ -468,9 +459,21 @@ pub(crate) fn quantize_call(
     in_place: bool,
     outs: &Outs,
 ) -> Result<QuantizeCall> {
+    quantize_args(x, grid, steps, opts, in_place, outs)?.validate()
+}
+
+/// The core's quantization arguments for tensors already checked and outputs already made.
+fn quantize_args(
+    x: &Tensor,
+    grid: &TokenGrid,
+    steps: &Tensor,
+    opts: &QuantizeOptions,
+    in_place: bool,
+    outs: &Outs,
+) -> Result<QuantizeArgs> {
     let xb = buf(x, "x")?;
     let out = |t: &Option<Tensor>, name| t.as_ref().map(|t| buf(t, name)).transpose();
-    QuantizeArgs {
+    Ok(QuantizeArgs {
         x: xb,
         shape: grid.shape,
         patch: grid.patch,
@@ -481,8 +484,7 @@ pub(crate) fn quantize_call(
         token_sse: out(&outs.token_sse, "token_sse")?,
         histogram: opts.histogram,
         histogram_out: None,
-    }
-    .validate()
+    })
 }
 
 fn run_quantize(
@@ -495,25 +497,10 @@ fn run_quantize(
     outs: Outs,
 ) -> Result<Quantized> {
     let r = ex.run(&quantize_call(x, grid, steps, opts, in_place, &outs)?)?;
-    let Outs { symbols, recon, token_sse } = outs;
-    Ok(Quantized {
-        symbols,
-        recon,
-        token_sse,
-        clamped: r.clamped,
-        total_sse: r.total_sse,
-        mse: r.mse,
-        histogram: r.histogram,
-        rate: r.rate,
-    })
+    Ok(Quantized::new(outs, r))
 }
 
-/// The CPU quantization of checked tensors into made outputs (the core's host executor).
-fn quantize_cpu(x: &Tensor, grid: &TokenGrid, steps: &Tensor, opts: &QuantizeOptions, in_place: bool, outs: Outs) -> Result<Quantized> {
-    run_quantize(&Executor::Host(None), x, grid, steps, opts, in_place, outs)
-}
-
-/// Steps whose **measured** quantize–dequantize MSE equals `D` within 1e-3 relative (SPEC §3):
+/// Steps whose **measured** quantize–dequantize MSE equals `D` within 1e-3 relative (contract §3):
 /// the nominal steps times a common `β` found by bisection. Returns the steps and the match.
 pub fn allocate_steps_measured(
     x: &Tensor,
@@ -569,23 +556,18 @@ pub fn quantize_with_jnd_into(
     if x.size() != jnd.size() {
         return Err(Error::Shape(format!("x is {:?}, J is {:?}", x.size(), jnd.size())));
     }
-    if let Some(o) = cuda_ordinal(x.device()) {
-        let (dt, dj) = (check_tensor(x, "x")?, check_tensor(jnd, "J")?);
-        steps::check_budget(budget)?;
-        let grid = grid_of(x, layout, patch)?;
-        let outs = prepare_outs(x, &[(jnd, "J")], &grid, opts, false, bufs)?;
-        let (st, mut q) = cuda_ops::quantize_with_jnd(o, x, dt, jnd, dj, &grid, reduce, budget, strategy, opts, outs)?;
-        q.mse = q.total_sse / grid.numel() as f64;
-        q.rate = q.histogram.as_ref().map(|h| Rate::from_histogram(h, grid.tokens(), grid.k()));
-        return Ok((st, q));
-    }
-    let jt = token_tolerance(jnd, layout, patch, reduce)?;
-    let st = allocate_steps(&jt, budget, strategy)?;
-    let q = quantize_into(x, layout, patch, &st, opts, bufs)?;
-    Ok((st, q))
+    check_tensor(jnd, "J")?;
+    steps::check_budget(budget)?;
+    let grid = grid_of(x, layout, patch)?;
+    let outs = prepare_outs(x, &[(jnd, "J")], &grid, opts, false, bufs)?;
+    let st = Tensor::f_empty([grid.tokens() as i64], (Kind::Float, x.device()))?;
+    let quantize = quantize_args(x, &grid, &st, opts, false, &outs)?;
+    let call = JndChainArgs { quantize, jnd: buf(jnd, "J")?, reduce, budget, strategy }.validate()?;
+    let r = on_device(x.device(), |ex| ex.run(&call))?;
+    Ok((st, Quantized::new(outs, r)))
 }
 
-/// Perturbation at a matched per-sample NRMSE (SPEC §6): `x + s_n · J ⊙ ξ`, `J = None` for `J ≡ 1`.
+/// Perturbation at a matched per-sample NRMSE (contract §6): `x + s_n · J ⊙ ξ`, `J = None` for `J ≡ 1`.
 /// The sample axis is the first dimension.
 pub fn perturb(x: &Tensor, jnd: Option<&Tensor>, nrmse: f64, noise: NoiseSpec) -> Result<(Tensor, PerturbReport)> {
     check_tensor(x, "x")?;
@@ -663,19 +645,7 @@ pub(crate) fn perturb_call(
     .validate_with(extra_out)
 }
 
-/// The CPU perturbation of checked tensors (the core's host executor).
-fn perturb_cpu(
-    x: &Tensor,
-    jnd: Option<&Tensor>,
-    samples: usize,
-    nrmse: f64,
-    noise: NoiseSpec,
-    out: Option<&Tensor>,
-) -> Result<PerturbReport> {
-    Executor::Host(None).run(&perturb_call(x, jnd, samples, nrmse, noise, out, &[])?)
-}
-
-/// The noise `ξ` of flat elements `offset .. offset + numel` (SPEC §5) as an f32 tensor on `device`.
+/// The noise `ξ` of flat elements `offset .. offset + numel` (contract §5) as an f32 tensor on `device`.
 pub fn noise(numel: usize, offset: u64, noise: NoiseSpec, device: Device) -> Result<Tensor> {
     let _range = crate::nvtx::range("featjnd::noise");
     // An impossible size is an error, not an allocation failure deep in libtorch.

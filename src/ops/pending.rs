@@ -1,4 +1,4 @@
-//! The sync-free calls (issue 15 §1, §3): the fused JND quantization, the quantization with given
+//! The sync-free calls (contract §8): the fused JND quantization, the quantization with given
 //! steps, the perturbation, and batches of quantizations or perturbations, each with its
 //! statistics in a caller-owned i64 tensor (the workspace, sized by the `*_stats_slots`
 //! functions, in the layout of `cuda::raw`) and its outputs in caller-owned tensors.
@@ -21,16 +21,13 @@ use tch::{Device, Kind, Tensor};
 
 use super::{
     buf, byte_range, check_device, check_disjoint, check_perturb, check_steps_tensor, check_tensor, cuda_ordinal, grid_of, out_tensor,
-    perturb_call, perturb_cpu, prepare_outs, quantize_call, quantize_cpu, same_device, slice, slice_mut, Outs, QuantizeBuffers,
-    QuantizeOptions, Quantized,
+    perturb_call, prepare_outs, quantize_args, quantize_call, same_device, slice_mut, Outs, QuantizeBuffers, QuantizeOptions, Quantized,
 };
-use crate::call::{Buf, Cuda, Executor};
-use crate::cpu::{self, perturb::NoiseSpec, PerturbReport};
+use crate::call::{Buf, Cuda, JndChainArgs, QuantizeReport};
+use crate::cpu::{perturb::NoiseSpec, PerturbReport};
 use crate::cuda::raw::{self, BadElement, Input};
-use crate::element::with_elem;
 use crate::error::{Error, Result};
 use crate::geom::{Bits, Layout, Reduce, Strategy, TokenGrid};
-use crate::rate::Rate;
 use crate::steps;
 
 /// The first `slots` values of a checked workspace as the core's view (the enqueue zeroes exactly
@@ -127,19 +124,6 @@ unsafe fn cpu_slots(stats: &Tensor, slots: usize) -> &mut [i64] {
     unsafe { &mut slice_mut::<i64>(stats)[..slots] }
 }
 
-/// Records a CPU quantization in the kernels' layout: its statistics, or the bad element of a
-/// `NonFinite`/`Jnd` error (any other error is the call's own).
-fn record_quantize(s: &mut [i64], r: Result<(u64, f64, Option<Vec<u64>>)>) -> Result<()> {
-    match r {
-        Ok((clamped, sse, hist)) => raw::encode_quantize(s, None, clamped, sse, hist.as_deref()),
-        Err(e) => match raw::bad_of_error(&e) {
-            Some(b) => raw::encode_quantize(s, Some(b), 0, 0.0, None),
-            None => return Err(e),
-        },
-    }
-    Ok(())
-}
-
 /// The statistics of one call, copied to the host (on CUDA: after everything torch's current
 /// stream holds, i.e. the sync the caller chose).
 fn host_slots(stats: &Tensor, offset: usize, slots: usize) -> Result<Vec<i64>> {
@@ -152,6 +136,8 @@ fn bad_error(b: BadElement, x: &Tensor, jnd: Option<&Tensor>) -> Error {
     let src = match b.input {
         Input::X => Some(x),
         Input::Jnd => jnd,
+        // These cells carry their value.
+        Input::TokenTol(_) | Input::Step(_) => None,
     };
     let value = src.and_then(|t| t.f_view([-1]).ok()).and_then(|t| t.f_double_value(&[b.index as i64]).ok()).map_or(f32::NAN, |v| v as f32);
     b.error(value)
@@ -181,21 +167,11 @@ impl PendingQuantize<'_> {
 
     /// [`decode`](Self::decode) of this call's slots already on the host.
     fn decode_slots(&self, v: &[i64]) -> Result<Quantized> {
-        let s = raw::decode_quantize(v, self.bits, self.histogram);
-        if let Some(b) = s.bad {
+        let (bad, s) = raw::decode_quantize(v, self.bits, self.histogram);
+        if let Some(b) = bad {
             return Err(bad_error(b, self.x, self.jnd));
         }
-        let g = &self.grid;
-        Ok(Quantized {
-            symbols: None,
-            recon: None,
-            token_sse: None,
-            clamped: s.clamped,
-            total_sse: s.total_sse,
-            mse: s.total_sse / g.numel() as f64,
-            rate: s.histogram.as_ref().map(|h| Rate::from_histogram(h, g.tokens(), g.k())),
-            histogram: s.histogram,
-        })
+        Ok(Quantized { symbols: None, recon: None, token_sse: None, report: QuantizeReport::finish(&self.grid, s) })
     }
 }
 
@@ -255,9 +231,8 @@ pub fn quantize_async<'a>(
         Cuda::torch(o)?.quantize_enqueue(&quantize_call(x, &grid, steps, opts, false, &outs)?, &stats_buf(stats, slots)?)?;
         return Ok(pending);
     }
-    let r = quantize_cpu(x, &grid, steps, opts, false, outs).map(|q| (q.clamped, q.total_sse, q.histogram));
     // SAFETY: `stats` was checked for `slots` on the CPU and is disjoint from everything else.
-    record_quantize(unsafe { cpu_slots(stats, slots) }, r)?;
+    quantize_call(x, &grid, steps, opts, false, &outs)?.record_host(None, unsafe { cpu_slots(stats, slots) })?;
     Ok(pending)
 }
 
@@ -279,7 +254,8 @@ pub fn quantize_with_jnd_async<'a>(
     steps_out: &Tensor,
     stats: &'a Tensor,
 ) -> Result<PendingQuantize<'a>> {
-    let (_, dj) = (check_tensor(x, "x")?, check_tensor(jnd, "J")?);
+    check_tensor(x, "x")?;
+    check_tensor(jnd, "J")?;
     check_device(x, "x")?;
     same_device(x, "x", jnd, "J")?;
     if x.size() != jnd.size() {
@@ -304,25 +280,15 @@ pub fn quantize_with_jnd_async<'a>(
     check_stats(stats, slots, x)?;
     stats_disjoint(stats, &[(x, "x"), (jnd, "J"), (&st, "steps")], &outs)?;
     let pending = PendingQuantize { stats, offset: 0, x, jnd: Some(jnd), grid, bits: opts.bits, histogram: opts.histogram };
+    let quantize = quantize_args(x, &grid, &st, opts, false, &outs)?;
+    let call = JndChainArgs { quantize, jnd: buf(jnd, "J")?, reduce, budget, strategy }.validate()?;
     if let Some(o) = cuda_ordinal(x.device()) {
-        let call = quantize_call(x, &grid, &st, opts, false, &outs)?;
-        Cuda::torch(o)?.quantize_with_jnd_enqueue(&call, &buf(jnd, "J")?, reduce, budget, strategy, &stats_buf(stats, slots)?)?;
+        Cuda::torch(o)?.quantize_with_jnd_enqueue(&call, &stats_buf(stats, slots)?)?;
         return Ok(pending);
     }
-    // The CPU chain of `quantize_with_jnd_into`: j_t, the steps (into the caller's tensor), the
-    // quantization. A bad J or x is recorded for decode(), as the kernels would.
+    // The CPU chain, recorded for decode() as the kernels would record it.
     // SAFETY: `stats` was checked for `slots` on the CPU and is disjoint from everything else.
-    let s = unsafe { cpu_slots(stats, quantize_stats_slots(opts.bits)) };
-    // SAFETY: `jnd` is a checked contiguous CPU tensor of `dj`'s element type, only read here.
-    let jt = match with_elem!(dj, E => cpu::token_tolerance::<E>(unsafe { slice(jnd) }, &grid, reduce)) {
-        Ok(jt) => jt,
-        Err(e) => return record_quantize(s, Err(e)).map(|()| pending),
-    };
-    // SAFETY: `st` is a checked contiguous f32 CPU tensor of `T` values, disjoint from every other
-    // tensor of the call, viewed only here.
-    steps::allocate_into(&jt, budget, strategy, 1.0, unsafe { slice_mut::<f32>(&st) })?;
-    let r = quantize_cpu(x, &grid, &st, opts, false, outs).map(|q| (q.clamped, q.total_sse, q.histogram));
-    record_quantize(s, r)?;
+    call.record_host(None, unsafe { cpu_slots(stats, quantize_stats_slots(opts.bits)) })?;
     Ok(pending)
 }
 
@@ -351,14 +317,7 @@ pub fn perturb_async<'a>(
         return Ok(pending);
     }
     // SAFETY: `stats` was checked for `slots` on the CPU and is disjoint from everything else.
-    let s = unsafe { cpu_slots(stats, slots) };
-    match Executor::Host(None).run(&call) {
-        Ok(rep) => raw::encode_perturb(s, None, &rep),
-        Err(e) => match raw::bad_of_error(&e) {
-            Some(b) => raw::encode_perturb(s, Some(b), &PerturbReport { scales: vec![0.0; samples], zero_samples: vec![] }),
-            None => return Err(e),
-        },
-    }
+    call.record_host(None, unsafe { cpu_slots(stats, slots) })?;
     Ok(pending)
 }
 
@@ -475,8 +434,7 @@ pub fn quantize_batch_async<'a>(items: &[QuantizeItem<'a>], opts: &QuantizeOptio
     // SAFETY: `stats` was checked for all items' slots on the CPU and is disjoint from every array.
     let all = unsafe { cpu_slots(stats, per * items.len()) };
     for ((it, (grid, outs)), s) in items.iter().zip(prepared).zip(all.chunks_mut(per)) {
-        let r = quantize_cpu(it.x, &grid, it.steps, opts, false, outs).map(|q| (q.clamped, q.total_sse, q.histogram));
-        record_quantize(s, r)?;
+        quantize_call(it.x, &grid, it.steps, opts, false, &outs)?.record_host(None, s)?;
     }
     Ok(PendingBatch { items: pending })
 }
@@ -569,13 +527,7 @@ pub fn perturb_batch_async<'a>(items: &[PerturbItem<'a>], stats: &'a Tensor) -> 
     let all = unsafe { cpu_slots(stats, total) };
     for (it, p) in items.iter().zip(&pending) {
         let s = &mut all[p.offset..p.offset + perturb_stats_slots(p.samples)];
-        match perturb_cpu(it.x, it.jnd, p.samples, it.nrmse, it.noise, Some(it.out)) {
-            Ok(rep) => raw::encode_perturb(s, None, &rep),
-            Err(e) => match raw::bad_of_error(&e) {
-                Some(b) => raw::encode_perturb(s, Some(b), &PerturbReport { scales: vec![0.0; p.samples], zero_samples: vec![] }),
-                None => return Err(e),
-            },
-        }
+        perturb_call(it.x, it.jnd, p.samples, it.nrmse, it.noise, Some(it.out), &[])?.record_host(None, s)?;
     }
     Ok(PendingPerturbBatch { items: pending })
 }

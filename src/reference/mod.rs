@@ -3,7 +3,7 @@
 use crate::geom::{Bits, NoiseKind, Reduce, TokenGrid};
 use crate::{philox, Element};
 
-/// SPEC §2, token by token: every element of the tensor is assigned to its token by `token_of`.
+/// contract §2, token by token: every element of the tensor is assigned to its token by `token_of`.
 pub fn token_tolerance<E: Element>(jnd: &[E], grid: &TokenGrid, reduce: Reduce) -> Vec<f32> {
     let t = grid.tokens();
     let mut sum = vec![0.0f64; t];
@@ -33,7 +33,7 @@ pub struct RefQuant<E> {
     pub histogram: Vec<u64>,
 }
 
-/// SPEC §4 element by element, with `f32::round_ties_even` (the libm/IEEE rint).
+/// contract §4 element by element, with `f32::round_ties_even` (the libm/IEEE rint).
 pub fn quantize<E: Element>(x: &[E], grid: &TokenGrid, steps: &[f32], bits: Bits) -> RefQuant<E> {
     let qmax = bits.qmax();
     let mut out = RefQuant {
@@ -63,7 +63,7 @@ pub fn quantize<E: Element>(x: &[E], grid: &TokenGrid, steps: &[f32], bits: Bits
     out
 }
 
-/// SPEC §5: the noise of flat element `i`, one Philox call per element (no block reuse).
+/// contract §5: the noise of flat element `i`, one Philox call per element (no block reuse).
 pub fn noise_at(i: u64, seed: u64, subsequence: u32, kind: NoiseKind) -> f32 {
     let r = philox::philox4x32_10([(i / 4) as u32, ((i / 4) >> 32) as u32, subsequence, 0], philox::key_of(seed));
     let lane = (i % 4) as usize;
@@ -76,7 +76,7 @@ pub fn noise_at(i: u64, seed: u64, subsequence: u32, kind: NoiseKind) -> f32 {
             let pair = lane / 2;
             let u1 = (r[2 * pair] >> 8) as f32 / 16_777_216.0 + 1.0 / 33_554_432.0;
             let u2 = (r[2 * pair + 1] >> 8) as f32 / 16_777_216.0;
-            // The angle is the f32 product 2π·u2 (SPEC §5 computes it in f32); the rest in f64.
+            // The angle is the f32 product 2π·u2 (contract §5 computes it in f32); the rest in f64.
             let rad = (-2.0 * (u1 as f64).ln()).sqrt();
             let th = (std::f32::consts::TAU * u2) as f64;
             (if lane.is_multiple_of(2) { rad * th.cos() } else { rad * th.sin() }) as f32
@@ -84,7 +84,7 @@ pub fn noise_at(i: u64, seed: u64, subsequence: u32, kind: NoiseKind) -> f32 {
     }
 }
 
-/// SPEC §6 with f64 sums and the noise materialised: returns `x'` and the scales.
+/// contract §6 with f64 sums and the noise materialised: returns `x'` and the scales.
 pub fn perturb<E: Element>(
     x: &[E],
     jnd: Option<&[E]>,

@@ -434,7 +434,7 @@ int32_t fj_perturb_async(const struct FjContext *ctx,
 // Decodes the statistics of `fj_quantize_async` or `fj_quantize_with_jnd_async` (same `x`,
 // `patch` and `bits`; `jnd` as given to the fused call, else null) into `result` (and the
 // histogram into the host array `hist_out`, 255 or 512 `uint64_t`, unless null), or the status
-// the synchronous call would return (`FJ_ERR_JND` before `FJ_ERR_NONFINITE`; the message's value
+// the synchronous call would return (`FJ_ERR_JND`, then `FJ_ERR_ARG` for a bad step, then `FJ_ERR_NONFINITE`; the message's value
 // is read from `x` now, so after an in-place call it is what `x` holds then). On a CUDA context
 // `stats` is device memory: it is copied on `stream` and the stream synchronized.
 //
@@ -490,7 +490,7 @@ int32_t fj_perturb_batch_stats_slots(const struct FjPerturbItem *items,
                                      uint64_t *out_slots,
                                      uint64_t *out_offsets);
 
-// `fj_quantize_async` on `count` independent features in one call (issue 15 §3): every item has
+// `fj_quantize_async` on `count` independent features in one call (contract §8): every item has
 // its own feature, patch, steps and outputs; all share the dtype (else `FJ_ERR_DTYPE`) and `bits`
 // (8 or 16; 0 = 8). Item `i`'s statistics go to the `fj_quantize_stats_slots(bits)` slots from
 // `stats + i · fj_quantize_stats_slots(bits)` (`stats_len` at least
@@ -518,7 +518,7 @@ int32_t fj_quantize_batch_async(const struct FjContext *ctx,
                                 uint64_t stats_len,
                                 void *stream);
 
-// `fj_perturb_async` on `count` independent features in one call (issue 15 §3): every item has
+// `fj_perturb_async` on `count` independent features in one call (contract §8): every item has
 // its own feature, J (or none), NRMSE, noise and output; all share the dtype (else
 // `FJ_ERR_DTYPE`). Item `i`'s statistics follow item `i − 1`'s in `stats`
 // (`fj_perturb_batch_stats_slots` gives the total and each item's offset `off[i]`); decode each
@@ -541,7 +541,7 @@ int32_t fj_perturb_batch_async(const struct FjContext *ctx,
 // Decodes every item of `fj_quantize_batch_async` (the same `items`, `count` and `bits`) with
 // one copy of the statistics and, on a CUDA context, one sync of `stream`: `statuses[i]` (host,
 // `int32_t[count]`, required) receives what `fj_quantize_decode` would return for item `i`
-// (`FJ_OK`, `FJ_ERR_JND`, `FJ_ERR_NONFINITE`), `results[i]` (unless null) its result when
+// (`FJ_OK`, `FJ_ERR_JND`, `FJ_ERR_ARG`, `FJ_ERR_NONFINITE`), `results[i]` (unless null) its result when
 // `FJ_OK`, and `hists + i · bins` (unless null; `bins` = 255 for 8 bits, 512 for 16) its
 // histogram. The call returns `FJ_OK` when it could decode every item, whatever their statuses;
 // a bad argument is its own status and writes nothing. An item's message (with the offending

@@ -1,4 +1,4 @@
-//! The C ABI's batched sync-free calls (issue 15 §3): many independent features in one call, and
+//! The C ABI's batched sync-free calls (contract §8): many independent features in one call, and
 //! their decoding with one copy of the statistics. Split from `lib.rs`, whose helpers (argument
 //! reading, validation, the CPU paths, the statistics encoders) they share.
 use std::ffi::c_void;
@@ -10,7 +10,7 @@ use featjnd_kernels::Dtype;
 
 use super::*;
 
-// ---- batches (issue 15 §3): many independent features in one call ----
+// ---- batches (contract §8): many independent features in one call ----
 //
 // A batch call checks every item as its single async call would, then the aliasing rule across
 // the batch (no written array may overlap any other array of the batch or the statistics), all
@@ -209,7 +209,7 @@ unsafe fn perturb_offsets(items: *const FjPerturbItem, count: u32) -> R<Vec<u64>
     Ok(v)
 }
 
-/// `fj_quantize_async` on `count` independent features in one call (issue 15 §3): every item has
+/// `fj_quantize_async` on `count` independent features in one call (contract §8): every item has
 /// its own feature, patch, steps and outputs; all share the dtype (else `FJ_ERR_DTYPE`) and `bits`
 /// (8 or 16; 0 = 8). Item `i`'s statistics go to the `fj_quantize_stats_slots(bits)` slots from
 /// `stats + i · fj_quantize_stats_slots(bits)` (`stats_len` at least
@@ -285,13 +285,13 @@ pub unsafe extern "C" fn fj_quantize_batch_async(
         let all: &mut [i64] = unsafe { slice_mut(stats as *mut c_void, per * count as usize) };
         for (q, s) in calls.iter().zip(all.chunks_mut(per)) {
             // Validated by `quant_call`, disjoint from every other item's arrays and the statistics.
-            record_quantize(s, quantize_host(c, q))?;
+            q.call.record_host(c.pool.as_ref(), s)?;
         }
         Ok(())
     })
 }
 
-/// `fj_perturb_async` on `count` independent features in one call (issue 15 §3): every item has
+/// `fj_perturb_async` on `count` independent features in one call (contract §8): every item has
 /// its own feature, J (or none), NRMSE, noise and output; all share the dtype (else
 /// `FJ_ERR_DTYPE`). Item `i`'s statistics follow item `i − 1`'s in `stats`
 /// (`fj_perturb_batch_stats_slots` gives the total and each item's offset `off[i]`); decode each
@@ -363,7 +363,7 @@ pub unsafe extern "C" fn fj_perturb_batch_async(
         let all: &mut [i64] = unsafe { slice_mut(stats as *mut c_void, total) };
         for (pc, _, _, off) in &calls {
             // Validated by `perturb_call`, disjoint from every other item's arrays and the statistics.
-            record_perturb(&mut all[*off..*off + raw::perturb_slots(pc.samples)], pc.samples, perturb_host(c, pc))?;
+            pc.call.record_host(c.pool.as_ref(), &mut all[*off..*off + raw::perturb_slots(pc.samples)])?;
         }
         Ok(())
     })
@@ -386,7 +386,7 @@ fn bad_code(b: raw::BadElement) -> i32 {
 /// Decodes every item of `fj_quantize_batch_async` (the same `items`, `count` and `bits`) with
 /// one copy of the statistics and, on a CUDA context, one sync of `stream`: `statuses[i]` (host,
 /// `int32_t[count]`, required) receives what `fj_quantize_decode` would return for item `i`
-/// (`FJ_OK`, `FJ_ERR_JND`, `FJ_ERR_NONFINITE`), `results[i]` (unless null) its result when
+/// (`FJ_OK`, `FJ_ERR_JND`, `FJ_ERR_ARG`, `FJ_ERR_NONFINITE`), `results[i]` (unless null) its result when
 /// `FJ_OK`, and `hists + i · bins` (unless null; `bins` = 255 for 8 bits, 512 for 16) its
 /// histogram. The call returns `FJ_OK` when it could decode every item, whatever their statuses;
 /// a bad argument is its own status and writes nothing. An item's message (with the offending
@@ -444,15 +444,15 @@ pub unsafe extern "C" fn fj_quantize_batch_decode(
         // SAFETY: by the contract (one copy and one sync on CUDA).
         let v = unsafe { host_stats(c, stats, stats_len, per * count as usize, stream)? };
         for (i, (g, s)) in grids.iter().zip(v.chunks(per)).enumerate() {
-            let q = raw::decode_quantize(s, b, true);
-            let code = match q.bad {
+            let (bad, q) = raw::decode_quantize(s, b, true);
+            let code = match bad {
                 Some(bad) => bad_code(bad),
                 None => {
                     let r = if results.is_null() { std::ptr::null_mut() } else { results.wrapping_add(i) };
                     let h = if hists.is_null() { std::ptr::null_mut() } else { hists.wrapping_add(i * bins) };
                     // SAFETY: `r` and `h` are null or item `i`'s cells of the caller's host arrays
                     // (contract), aligned (checked).
-                    unsafe { finish_quantize(&QuantizeReport::finish(g, q.clamped, q.total_sse, q.histogram), h, r)? };
+                    unsafe { finish_quantize(&QuantizeReport::finish(g, q), h, r)? };
                     FJ_OK
                 }
             };

@@ -1,6 +1,6 @@
 //! The C ABI's CUDA context: its device, whether it trusts its caller's pointers, and the few
-//! things the C decoders need on it (reading a caller's statistics array on a stream, the value
-//! of a bad element). Every op runs through the kernel library's one CUDA executor
+//! thing the batch decoders need on it (reading a caller's statistics array on a stream; the single
+//! decoders are the core's decode calls). Every op runs through the kernel library's one CUDA executor
 //! (`featjnd_kernels::call::Cuda`, made per call by [`Gpu::executor`] on the caller's stream),
 //! whose driver pointer check (device or managed memory of this device, allocation long enough)
 //! makes a host pointer or a short buffer `FJ_ERR_ARG` instead of an illegal-address fault. That
@@ -15,9 +15,8 @@ use cudarc::driver::CudaStream;
 
 use super::{Fail, FJ_ERR_DEVICE, R};
 use featjnd_kernels::call::Cuda;
-use featjnd_kernels::cuda::raw::{self, DevPtr, DevPtrMut, Elems, StatsBuf};
+use featjnd_kernels::cuda::raw::{self, DevPtrMut, StatsBuf};
 use featjnd_kernels::cuda::Device;
-use featjnd_kernels::element::Dtype;
 use featjnd_kernels::error::Error;
 
 fn dev_err(e: impl std::fmt::Debug) -> Fail {
@@ -84,22 +83,5 @@ impl Gpu {
         let s = unsafe { self.stream(stream)? };
         // SAFETY: `slots` i64 of device memory of this device (contract, checked above).
         Ok(unsafe { raw::read_stats(StatsBuf::new(DevPtrMut::from_raw(stats as *mut i64), slots), &s) }?)
-    }
-
-    /// The typed error of a bad element, its value copied from the device array `data`.
-    ///
-    /// # Safety
-    /// `data` is device memory of this device holding element `b.index` of `dt`; `stream` null or
-    /// a live stream of this device.
-    pub unsafe fn bad_status(&self, b: raw::BadElement, data: *const c_void, dt: Dtype, stream: *mut c_void) -> R<()> {
-        // SAFETY: null or a live stream of this device (contract).
-        let s = unsafe { self.stream(stream)? };
-        let e = Elems { ptr: DevPtr::from_raw(data), dt };
-        let (x, j) = match b.input {
-            raw::Input::X => (Some(e), None),
-            raw::Input::Jnd => (None, Some(e)),
-        };
-        // SAFETY: the array holds element `b.index` (contract).
-        Ok(unsafe { raw::check_bad(Some(b), x, j, &s) }?)
     }
 }

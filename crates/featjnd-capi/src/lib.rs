@@ -35,16 +35,15 @@ use std::mem::size_of;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use featjnd_kernels::call::{
-    no_overlap, symbol_elem, AllocateArgs, Buf, CappedArgs, CapsArgs, Elem, Executor, Mem, PerturbArgs, PerturbCall as CorePerturbCall,
-    QuantizeArgs, QuantizeCall, QuantizeReport, TokenStat, TokenStatsArgs,
+    symbol_elem, AllocateArgs, Buf, CappedArgs, CapsArgs, Elem, Executor, JndChainArgs, Mem, PerturbArgs, PerturbCall as CorePerturbCall,
+    PerturbDecodeArgs, QuantizeArgs, QuantizeCall, QuantizeDecodeArgs, QuantizeReport, TokenStat, TokenStatsArgs,
 };
-use featjnd_kernels::cpu::{self, perturb::NoiseSpec};
+use featjnd_kernels::cpu::perturb::NoiseSpec;
 use featjnd_kernels::cuda::raw;
-use featjnd_kernels::element::with_elem;
 use featjnd_kernels::error::Error;
 use featjnd_kernels::geom::{Bits, FeatureShape, NoiseKind, Reduce, Strategy, TokenGrid};
 use featjnd_kernels::params;
-use featjnd_kernels::{steps, Dtype, Element};
+use featjnd_kernels::{steps, Dtype};
 
 mod batch;
 pub use batch::{
@@ -469,14 +468,6 @@ unsafe fn ctx_ref<'a>(ctx: *const FjContext) -> R<&'a FjContext> {
     // SAFETY: non-null (checked) and a live `Box<FjContext>` by the contract; contexts are
     // immutable after creation, so a shared reference is sound on any thread.
     Ok(unsafe { &*ctx })
-}
-
-/// Runs `f` in the context's thread pool (or the global one).
-fn in_pool<T: Send>(ctx: &FjContext, f: impl FnOnce() -> T + Send) -> T {
-    match &ctx.pool {
-        Some(p) => p.install(f),
-        None => f(),
-    }
 }
 
 /// A CPU context takes no stream.
@@ -911,11 +902,6 @@ unsafe fn quant_call(
     Ok(QuantCall { call, f, o })
 }
 
-/// The CPU quantization of a validated call, in the context's pool.
-fn quantize_host(c: &FjContext, q: &QuantCall) -> Result<QuantizeReport, Error> {
-    Executor::Host(c.pool.as_ref()).run(&q.call)
-}
-
 /// Fills the result struct (and copies the histogram to the host array `hist_out` when set).
 ///
 /// # Safety
@@ -1034,13 +1020,7 @@ unsafe fn perturb_call(
     Ok(PerturbCall { call, dt: f.dt, samples, o })
 }
 
-/// The CPU perturbation of a validated call, in the context's pool (the scales also go to
-/// `opts->scales` when given).
-fn perturb_host(c: &FjContext, pc: &PerturbCall) -> Result<cpu::PerturbReport, Error> {
-    Executor::Host(c.pool.as_ref()).run(&pc.call)
-}
-
-// ---- the sync-free calls (issue 15 §1): statistics in caller memory, decoded later ----
+// ---- the sync-free calls (contract §8): statistics in caller memory, decoded later ----
 //
 // On a CUDA context an `_async` call checks its arguments and pointers, enqueues a memset of its
 // statistics and its kernels on `stream`, and returns: no allocation, no host read, no sync, so
@@ -1116,34 +1096,6 @@ fn check_stats(c: &FjContext, stats: *mut i64, stats_len: u64, slots: usize) -> 
     Ok(unsafe { Buf::new("stats", stats as usize, slots, Elem::I64, c.mem(), true) })
 }
 
-/// Records a CPU op's outcome in its statistics: the stats, or the bad element of a
-/// `NonFinite`/`Jnd` error (any other error is the call's own status).
-fn record<T>(r: Result<T, Error>, write: impl FnOnce(Option<raw::BadElement>, Option<T>)) -> R<()> {
-    match r {
-        Ok(v) => write(None, Some(v)),
-        Err(e) => match raw::bad_of_error(&e) {
-            Some(b) => write(Some(b), None),
-            None => return Err(e.into()),
-        },
-    }
-    Ok(())
-}
-
-/// [`record`] for a CPU quantization: its statistics, or the bad element it reported, into `s`.
-fn record_quantize(s: &mut [i64], r: Result<QuantizeReport, Error>) -> R<()> {
-    record(r, |bad, v| match v {
-        Some(v) => raw::encode_quantize(s, None, v.clamped, v.total_sse, v.histogram.as_deref()),
-        None => raw::encode_quantize(s, bad, 0, 0.0, None),
-    })
-}
-
-/// [`record`] for a CPU perturbation of `samples` samples: its report, or the bad element it
-/// reported (with zero scales), into `s`.
-fn record_perturb(s: &mut [i64], samples: usize, r: Result<cpu::PerturbReport, Error>) -> R<()> {
-    let empty = cpu::PerturbReport { scales: vec![0.0; samples], zero_samples: vec![] };
-    record(r, |bad, rep| raw::encode_perturb(s, bad, rep.as_ref().unwrap_or(&empty)))
-}
-
 /// `fj_quantize` without a sync or an allocation: the clamp count, total error, histogram (always
 /// counted; `opts->histogram` must be null) and a bad x go to `stats[stats_len]`
 /// (`fj_quantize_stats_slots`), decoded by `fj_quantize_decode`. On a CPU context it runs
@@ -1179,11 +1131,10 @@ pub unsafe extern "C" fn fj_quantize_async(
             // SAFETY: `stream` per the contract; the arrays stay valid until it has run (contract).
             return Ok(unsafe { gpu.executor(stream)? }.quantize_enqueue(&q.call, &st)?);
         }
-        let r = quantize_host(c, &q);
         // SAFETY: `stats` is non-null, aligned and holds `slots` i64 of host memory (checked,
         // contract), overlapping nothing the op used (checked).
         let s: &mut [i64] = unsafe { slice_mut(stats as *mut c_void, slots) };
-        record_quantize(s, r)
+        Ok(q.call.record_host(c.pool.as_ref(), s)?)
     })
 }
 
@@ -1237,32 +1188,19 @@ pub unsafe extern "C" fn fj_quantize_with_jnd_async(
         let jb = unsafe { Buf::new("jnd->data", j.data as usize, g.numel(), j.dt.into(), c.mem(), false) };
         // SAFETY: `x` and `opts` are null or readable (contract).
         let q = unsafe { quant_call(c, x, steps_out, opts, true, Some(true), &[jb], &[st])? };
-        // The core reads the steps; here they are written while J is read.
-        no_overlap(&[jb], &[q.call.args().steps], None)?;
         if !q.o.histogram.is_null() {
             return fail(FJ_ERR_ARG, "opts->histogram must be null: the async call counts the histogram into stats");
         }
+        // The chain's own rules on top (the steps are written while x and J are read).
+        let chain = JndChainArgs { quantize: *q.call.args(), jnd: jb, reduce, budget, strategy }.validate()?;
         if let Some(gpu) = &c.gpu {
             // SAFETY: `stream` per the contract; the arrays stay valid until it has run (contract).
-            return Ok(unsafe { gpu.executor(stream)? }.quantize_with_jnd_enqueue(&q.call, &jb, reduce, budget, strategy, &st)?);
+            return Ok(unsafe { gpu.executor(stream)? }.quantize_with_jnd_enqueue(&chain, &st)?);
         }
         // SAFETY: `stats` is non-null, aligned and holds `slots` i64 of host memory (checked,
         // contract), overlapping nothing the op used (checked).
         let s: &mut [i64] = unsafe { slice_mut(stats as *mut c_void, raw::quantize_slots(bits, true)) };
-        let jt = with_elem!(j.dt, E => {
-            // SAFETY: `j.data` is non-null, aligned (checked by `feature`) and holds `g.numel()`
-            // elements (contract) that nothing writes during the call (checked: no output overlaps it).
-            let js: &[E] = unsafe { slice(j.data, g.numel()) };
-            in_pool(c, || cpu::token_tolerance::<E>(js, &g, reduce))
-        });
-        let jt = match jt {
-            Ok(v) => v,
-            Err(e) => return record_quantize(s, Err(e)),
-        };
-        // SAFETY: `steps_out` is non-null, aligned (checked) and writable for `tokens` floats
-        // (contract), overlapping nothing else (checked).
-        steps::allocate_into(&jt, budget, strategy, 1.0, unsafe { slice_mut::<f32>(steps_out as *mut c_void, g.tokens()) })?;
-        record_quantize(s, quantize_host(c, &q))
+        Ok(chain.record_host(c.pool.as_ref(), s)?)
     })
 }
 
@@ -1304,11 +1242,10 @@ pub unsafe extern "C" fn fj_perturb_async(
             // SAFETY: `stream` per the contract; the arrays stay valid until it has run (contract).
             return Ok(unsafe { gpu.executor(stream)? }.perturb_enqueue(&pc.call, &st)?);
         }
-        let r = perturb_host(c, &pc);
         // SAFETY: `stats` is non-null, aligned and holds `slots` i64 of host memory (checked,
         // contract), overlapping nothing the op used (checked).
         let s: &mut [i64] = unsafe { slice_mut(stats as *mut c_void, slots) };
-        record_perturb(s, pc.samples, r)
+        Ok(pc.call.record_host(c.pool.as_ref(), s)?)
     })
 }
 
@@ -1328,33 +1265,23 @@ unsafe fn host_stats(c: &FjContext, stats: *const i64, stats_len: u64, slots: us
     Ok(unsafe { slice::<i64>(stats as *const c_void, slots) }.to_vec())
 }
 
-/// The typed error of a bad element, its value read from `x` or `J` (host memory on a CPU
-/// context, a small copy on a CUDA one).
+/// The `x` (and `J`, unless null) of a decode call as the core's read-only views.
 ///
 /// # Safety
-/// `x` and `jnd` (unless null) are validated features whose data holds their elements in the
-/// context's memory; `stream` as for the decode call.
-unsafe fn bad_status(c: &FjContext, b: raw::BadElement, x: &Feat, jnd: *const c_void, stream: *mut c_void) -> R<()> {
-    let data = match b.input {
-        raw::Input::X => x.data,
-        raw::Input::Jnd => jnd,
-    };
-    if data.is_null() || b.index >= x.shape.numel() {
-        return Err(b.error(f32::NAN).into());
-    }
-    if let Some(gpu) = &c.gpu {
-        // SAFETY: by this function's contract (the index lies inside the array: checked).
-        return unsafe { gpu.bad_status(b, data, x.dt, stream) };
-    }
-    // SAFETY: host memory holding `numel > index` elements of `x.dt` (contract, checked).
-    let v = with_elem!(x.dt, E => unsafe { slice::<E>(data, x.shape.numel()) }[b.index].to_f32());
-    Err(b.error(v).into())
+/// `x.data` and `jnd` (unless null) hold `numel` elements of `x.dt` in the context's memory, as
+/// given to the async call, and stay valid for the decode call.
+unsafe fn decode_inputs(c: &FjContext, x: &Feat, jnd: *const c_void, numel: usize) -> (Buf, Option<Buf>) {
+    // SAFETY: this fn's contract.
+    let xb = unsafe { Buf::new("x->data", x.data as usize, numel, x.dt.into(), c.mem(), false) };
+    // SAFETY: this fn's contract.
+    let jb = (!jnd.is_null()).then(|| unsafe { Buf::new("jnd->data", jnd as usize, numel, x.dt.into(), c.mem(), false) });
+    (xb, jb)
 }
 
 /// Decodes the statistics of `fj_quantize_async` or `fj_quantize_with_jnd_async` (same `x`,
 /// `patch` and `bits`; `jnd` as given to the fused call, else null) into `result` (and the
 /// histogram into the host array `hist_out`, 255 or 512 `uint64_t`, unless null), or the status
-/// the synchronous call would return (`FJ_ERR_JND` before `FJ_ERR_NONFINITE`; the message's value
+/// the synchronous call would return (`FJ_ERR_JND`, then `FJ_ERR_ARG` for a bad step, then `FJ_ERR_NONFINITE`; the message's value
 /// is read from `x` now, so after an in-place call it is what `x` holds then). On a CUDA context
 /// `stats` is device memory: it is copied on `stream` and the stream synchronized.
 ///
@@ -1388,16 +1315,15 @@ pub unsafe extern "C" fn fj_quantize_decode(
         if !hist_out.is_null() {
             aligned(hist_out as *const c_void, 8, "hist_out")?;
         }
-        // SAFETY: by the contract.
-        let v = unsafe { host_stats(c, stats, stats_len, raw::quantize_slots(bits, true), stream)? };
-        let q = raw::decode_quantize(&v, bits, true);
-        if let Some(b) = q.bad {
-            // SAFETY: the features as given to the async call (contract).
-            return unsafe { bad_status(c, b, &f, jd, stream) };
-        }
+        let st = check_stats(c, stats as *mut i64, stats_len, raw::quantize_slots(bits, true))?;
+        // SAFETY: the features as given to the async call, their data still valid (contract).
+        let (xb, jb) = unsafe { decode_inputs(c, &f, jd, g.numel()) };
+        let call = QuantizeDecodeArgs { stats: st, x: xb, jnd: jb, shape: f.shape, patch: g.patch, bits }.validate()?;
+        // SAFETY: `stream` as for the async call (contract).
+        let r = unsafe { run_on(c, stream, |ex| ex.run(&call))? };
         // SAFETY: `hist_out` null or writable host memory for the bins, `result` null or writable
         // (contract).
-        unsafe { finish_quantize(&QuantizeReport::finish(&g, q.clamped, q.total_sse, q.histogram), hist_out, result) }
+        unsafe { finish_quantize(&r, hist_out, result) }
     })
 }
 
@@ -1430,14 +1356,12 @@ pub unsafe extern "C" fn fj_perturb_decode(
         if !scales_out.is_null() {
             aligned(scales_out as *const c_void, 4, "scales_out")?;
         }
-        // SAFETY: by the contract.
-        let v = unsafe { host_stats(c, stats, stats_len, raw::perturb_slots(samples), stream)? };
-        let (bad, report) = raw::decode_perturb(&v, samples);
-        if let Some(b) = bad {
-            // SAFETY: the features as given to the async call (contract).
-            return unsafe { bad_status(c, b, &f, jd, stream) };
-        }
-        raw::check_scales(&report, nrmse)?;
+        let st = check_stats(c, stats as *mut i64, stats_len, raw::perturb_slots(samples))?;
+        // SAFETY: the features as given to the async call, their data still valid (contract).
+        let (xb, jb) = unsafe { decode_inputs(c, &f, jd, f.shape.numel()) };
+        let call = PerturbDecodeArgs { stats: st, x: xb, samples, jnd: jb, nrmse }.validate()?;
+        // SAFETY: `stream` as for the async call (contract).
+        let report = unsafe { run_on(c, stream, |ex| ex.run(&call))? };
         if !scales_out.is_null() {
             // SAFETY: writable host memory for N == report.scales.len() floats (contract), aligned
             // (checked), disjoint from the fresh Vec.

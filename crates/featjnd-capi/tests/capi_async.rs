@@ -214,6 +214,17 @@ fn decode_gives_the_synchronous_status_and_bad_arguments_are_refused() {
         assert!(decoded.contains("29"), "{decoded}");
         assert_eq!(fj_quantize(c, &fx, st.as_ptr(), &o, &mut r, null_mut()), FJ_ERR_NONFINITE);
         assert_eq!(decoded, err());
+        // A bad step (ahead of the NaN x): taken by the async call, decoded as the synchronous
+        // call's FJ_ERR_ARG with the same token and value (the kernels check steps on the device).
+        let mut bad_steps = st.clone();
+        bad_steps[5] = -1.0;
+        bad_steps[8] = f32::NAN;
+        assert_eq!(fj_quantize_async(c, &fx, bad_steps.as_ptr(), &o, stats.as_mut_ptr(), qs, null_mut()), FJ_OK, "{}", err());
+        assert_eq!(fj_quantize_decode(c, &fx, null(), 1, 8, stats.as_ptr(), qs, null_mut(), &mut r, null_mut()), FJ_ERR_ARG);
+        let decoded = err();
+        assert!(decoded.contains("step Δ[5] = -1 "), "{decoded}");
+        assert_eq!(fj_quantize(c, &fx, bad_steps.as_ptr(), &o, &mut r, null_mut()), FJ_ERR_ARG);
+        assert_eq!(decoded, err());
         // Perturbation: a bad x before a bad J.
         let mut ps = 0u64;
         assert_eq!(fj_perturb_stats_slots(&fx, &mut ps), FJ_OK);
@@ -243,6 +254,15 @@ fn decode_gives_the_synchronous_status_and_bad_arguments_are_refused() {
         assert_eq!(rc, FJ_ERR_ARG);
         let rc = fj_quantize_with_jnd_async(c, &fx, &fj, FJ_MEAN, -1.0, FJ_JND, &o, steps.as_mut_ptr(), ws.as_mut_ptr(), slots, null_mut());
         assert_eq!(rc, FJ_ERR_BUDGET);
+        // The chain writes the steps while it reads x and J: steps over either are refused.
+        let over_x = x.as_mut_ptr().add(3);
+        let rc = fj_quantize_with_jnd_async(c, &fx, &fj, FJ_MEAN, 0.01, FJ_JND, &o, over_x, ws.as_mut_ptr(), slots, null_mut());
+        assert_eq!(rc, FJ_ERR_ARG);
+        assert!(err().contains("steps_out overlaps x"), "{}", err());
+        let over_j = j.as_mut_ptr().add(5);
+        let rc = fj_quantize_with_jnd_async(c, &fx, &fj, FJ_MEAN, 0.01, FJ_JND, &o, over_j, ws.as_mut_ptr(), slots, null_mut());
+        assert_eq!(rc, FJ_ERR_ARG);
+        assert!(err().contains("steps_out overlaps jnd"), "{}", err());
         let rc = fj_perturb_async(c, &fx, &fj, -0.5, null(), out.as_mut_ptr() as *mut c_void, pstats.as_mut_ptr(), ps, null_mut());
         assert_eq!(rc, FJ_ERR_BUDGET);
         let o4 = FjPerturbOptions {

@@ -506,7 +506,7 @@ mod capi_device {
             fj_context_destroy(gpu_ctx);
         }
     }
-    // ---- the batched calls (issue 15 §3) ----
+    // ---- the batched calls (contract §8) ----
 
     /// One batch item's inputs: the feature and its J (host tensors), layout, patch and the steps
     /// a CPU context allocated for it.

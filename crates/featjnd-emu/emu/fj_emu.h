@@ -1,4 +1,4 @@
-// The CUDA vocabulary of kernels/*.cu on the CPU (issue 25 §1): this header is compiled in front of
+// The CUDA vocabulary of kernels/*.cu on the CPU: this header is compiled in front of
 // featjnd_params.h, common.cuh and one kernel file, as C++17 with -ffp-contract=off, so the very
 // sources NVRTC compiles run here. The runtime it declares (fj_emu.cpp) runs each block's threads as
 // fibers on the calling OS thread, blocks one after another:

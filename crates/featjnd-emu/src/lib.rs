@@ -1,4 +1,4 @@
-//! The CPU emulation tier of the CUDA kernels (issue 25 §1): the same `kernels/*.cu` sources that
+//! The CPU emulation tier of the CUDA kernels: the same `kernels/*.cu` sources that
 //! NVRTC compiles, built as C++ by `build.rs` with `emu/fj_emu.h` (the CUDA vocabulary) and run by
 //! `emu/fj_emu.cpp` (each block's threads as fibers with real barriers and warp collectives). Test
 //! only: it launches a kernel of a module on host memory, so the tests in `tests/` can compare every

@@ -1,4 +1,4 @@
-//! The emulation tier catches broken kernels (issue 25 §1): build.rs compiles deliberately broken
+//! The emulation tier catches broken kernels: build.rs compiles deliberately broken
 //! copies of the kernel sources (`MUTANTS`: an off-by-one in a tail loop, a missing
 //! `__syncthreads`, a wrong partial index, a histogram that counts leaders instead of peers, a
 //! quantizer tail loop one element too far). Each test runs a case of the tier on the intact module

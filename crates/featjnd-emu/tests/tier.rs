@@ -1,4 +1,4 @@
-//! The CPU emulation tier (issue 25 §1): every kernel entry point of the NVRTC module list runs,
+//! The CPU emulation tier: every kernel entry point of the NVRTC module list runs,
 //! from the very `kernels/*.cu` sources, on the GPU tests' cases and more (odd sizes 1, 7, 17,
 //! 1025, 5137; the chain on both sides of its 512-block boundary; garbage workspaces; first bad
 //! index), and is compared with the CPU path: bit for bit where the contract says bit-identical,
@@ -7,6 +7,7 @@
 //! `__activemask`) must give the very same bits.
 #[path = "common/cases.rs"]
 mod cases;
+use cases::ChainBad;
 mod common;
 
 use common::*;
@@ -549,9 +550,36 @@ fn chain_as_the_launcher_plans_it() {
     for (i, (layout, s, patch)) in sizes.into_iter().enumerate() {
         let g = grid_of(layout, &s, patch);
         for (bits, hist) in [(Bits::B8, true), (Bits::B16, false)] {
-            both(&format!("{s:?}"), |sc| cases::chain_planned::<f32>(&g, Reduce::Mean, Strategy::Jnd, bits, hist, 40 + i as u64, None, sc));
-            one(|sc| cases::chain_planned::<bf16>(&g, Reduce::Rms, Strategy::Uniform, bits, hist, 40 + i as u64, None, sc));
-            one(|sc| cases::chain_planned::<f16>(&g, Reduce::Min, Strategy::Jnd, bits, hist, 40 + i as u64, Some(g.numel() / 2 + i), sc));
+            let seed = 40 + i as u64;
+            both(&format!("{s:?}"), |sc| {
+                cases::chain_planned::<f32>(&g, Reduce::Mean, Strategy::Jnd, bits, hist, seed, ChainBad::None, sc)
+            });
+            one(|sc| cases::chain_planned::<bf16>(&g, Reduce::Rms, Strategy::Uniform, bits, hist, seed, ChainBad::None, sc));
+            let bad_j = ChainBad::J(g.numel() / 2 + i);
+            one(|sc| cases::chain_planned::<f16>(&g, Reduce::Min, Strategy::Jnd, bits, hist, seed, bad_j, sc));
+            one(|sc| cases::chain_planned::<f32>(&g, Reduce::Mean, Strategy::Uniform, bits, hist, seed, ChainBad::HugeBudget, sc));
+        }
+    }
+}
+
+/// Bad steps on the device (contract §8: the sync-free calls check step values without a host
+/// round trip): the kernels' bad-step cell decodes to the CPU's error for the same steps — the
+/// first bad token, its value in the message — ahead of a non-finite x; single and batched, both
+/// layouts, many blocks, both bit widths, every schedule.
+#[test]
+fn bad_steps_are_reported_as_the_cpu_reports_them() {
+    let items = vec![
+        (grid_of(Layout::Nchw, &[1, 3, 5, 7], 1), vec![(20, 0.0), (30, f32::NAN)]),
+        (grid_of(Layout::Ntc, &[2, 17, 33], 1), vec![(3, f32::INFINITY), (1, -0.5)]),
+        // A subnormal step: > 0, but 1/Δ overflows; and a NaN after it in a later block.
+        (grid_of(Layout::Nchw, &[1, 2, 64, 64], 1), vec![(4000, 1e-40), (4095, f32::NAN)]),
+        (grid_of(Layout::Ntc, &[1, 1, 1], 1), vec![(0, f32::NEG_INFINITY)]),
+    ];
+    for bits in [Bits::B8, Bits::B16] {
+        for batched in [false, true] {
+            for s in [SCHEDS[0], SCHEDS[1], BACKWARD] {
+                cases::bad_steps_planned(&items, bits, batched, s).unwrap();
+            }
         }
     }
 }

@@ -27,6 +27,8 @@ pub enum Kind {
     Bf16,
     I8,
     I16,
+    /// The statistics of the sync-free calls.
+    I64,
 }
 
 impl Kind {
@@ -35,6 +37,7 @@ impl Kind {
             Kind::F32 => 4,
             Kind::F16 | Kind::Bf16 | Kind::I16 => 2,
             Kind::I8 => 1,
+            Kind::I64 => 8,
         }
     }
     pub fn name(self) -> &'static str {
@@ -44,6 +47,7 @@ impl Kind {
             Kind::Bf16 => "bfloat16",
             Kind::I8 => "int8",
             Kind::I16 => "int16",
+            Kind::I64 => "int64",
         }
     }
     /// The feature dtype, for the three float kinds.
@@ -52,7 +56,7 @@ impl Kind {
             Kind::F32 => Some(Dtype::F32),
             Kind::F16 => Some(Dtype::F16),
             Kind::Bf16 => Some(Dtype::Bf16),
-            Kind::I8 | Kind::I16 => None,
+            Kind::I8 | Kind::I16 | Kind::I64 => None,
         }
     }
 }
@@ -127,6 +131,7 @@ impl Array {
             Kind::Bf16 => call::Elem::Bf16,
             Kind::I8 => call::Elem::I8,
             Kind::I16 => call::Elem::I16,
+            Kind::I64 => call::Elem::I64,
         };
         let mem = match self.dev {
             Dev::Cpu => Mem::Host,
@@ -214,6 +219,7 @@ fn kind_of(code: DLDataTypeCode, bits: u8, lanes: u16) -> Option<Kind> {
         (DLDataTypeCode::BFLOAT, 16) => Some(Kind::Bf16),
         (DLDataTypeCode::INT, 8) => Some(Kind::I8),
         (DLDataTypeCode::INT, 16) => Some(Kind::I16),
+        (DLDataTypeCode::INT, 64) => Some(Kind::I64),
         _ => None,
     }
 }
@@ -321,6 +327,7 @@ fn from_array_interface(obj: &Bound<'_, PyAny>, name: &'static str) -> Result<Ar
         (_, "f2") => Some(Kind::F16),
         (_, "i1") => Some(Kind::I8),
         (_, "i2") => Some(Kind::I16),
+        (_, "i8") => Some(Kind::I64),
         _ => None,
     }
     .ok_or_else(|| {

@@ -14,8 +14,8 @@
 use std::panic::AssertUnwindSafe;
 
 use featjnd_kernels::call::{
-    AllocateArgs, CappedArgs, CappedMeasuredArgs, CapsArgs, Cuda, Executor, MeasuredArgs, NoiseArgs, PerturbArgs, QuantizeArgs, TokenStat,
-    TokenStatsArgs,
+    AllocateArgs, CappedArgs, CappedMeasuredArgs, CapsArgs, Cuda, Executor, MeasuredArgs, NoiseArgs, PerturbArgs, QuantizeArgs,
+    QuantizeReport, TokenStat, TokenStatsArgs,
 };
 use featjnd_kernels::cpu::perturb::NoiseSpec;
 use featjnd_kernels::geom::{Bits, FeatureShape, Layout, NoiseKind, Reduce, Strategy, TokenGrid};
@@ -24,6 +24,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict};
 
 mod array;
+mod sync_free;
 use array::{device_of, import, Array, Dev, Kind};
 
 /// The exception classes (`featjnd.Error` and its subclasses).
@@ -429,35 +430,77 @@ fn quantize<'py>(
     stream: usize,
 ) -> PyResult<Bound<'py, PyDict>> {
     let (r, g) = guard(py, || {
-        let (layout, bits) = (parse_layout(layout)?, parse_bits(bits)?);
-        let xa = import(x, "x", stream)?;
-        let sa = import(steps, "steps", stream)?;
-        let sym = symbols.map(|o| import(o, "symbols", stream)).transpose()?;
-        let rec = recon.map(|o| import(o, "recon", stream)).transpose()?;
-        let sse = token_sse.map(|o| import(o, "token_sse", stream)).transpose()?;
-        let all: Vec<&Array> = [Some(&xa), Some(&sa), sym.as_ref(), rec.as_ref(), sse.as_ref()].into_iter().flatten().collect();
-        let dev = device_of(&all)?;
-        let g = token_grid(&xa.shape, layout, patch)?;
-        f32_vector(&sa, Error::Shape)?;
-        for o in [&sym, &rec].into_iter().flatten() {
-            check_same_shape(o, &xa)?;
-        }
-        let call = QuantizeArgs {
-            x: xa.buf(),
-            shape: g.shape,
-            patch: g.patch,
-            steps: sa.buf(),
-            bits,
-            symbols: sym.as_ref().map(Array::buf),
-            recon: rec.as_ref().map(Array::buf),
-            token_sse: sse.as_ref().map(Array::buf),
-            histogram,
-            histogram_out: None,
-        }
-        .validate()?;
+        let q = QuantArrays::import(x, steps, symbols, recon, token_sse, stream)?;
+        let (args, g, dev) = q.args(layout, patch, bits, histogram)?;
+        let call = args.validate()?;
         let r = on_device(py, dev, stream, |ex| ex.run(&call))?;
         Ok((r, g))
     })?;
+    report_dict(py, &r, &g)
+}
+
+/// The arrays of one quantization, imported (they stay alive, and borrowed, while this lives).
+struct QuantArrays {
+    x: Array,
+    steps: Array,
+    symbols: Option<Array>,
+    recon: Option<Array>,
+    token_sse: Option<Array>,
+}
+
+impl QuantArrays {
+    fn import(
+        x: &Bound<'_, PyAny>,
+        steps: &Bound<'_, PyAny>,
+        symbols: Option<&Bound<'_, PyAny>>,
+        recon: Option<&Bound<'_, PyAny>>,
+        token_sse: Option<&Bound<'_, PyAny>>,
+        stream: usize,
+    ) -> R<QuantArrays> {
+        Ok(QuantArrays {
+            x: import(x, "x", stream)?,
+            steps: import(steps, "steps", stream)?,
+            symbols: symbols.map(|o| import(o, "symbols", stream)).transpose()?,
+            recon: recon.map(|o| import(o, "recon", stream)).transpose()?,
+            token_sse: token_sse.map(|o| import(o, "token_sse", stream)).transpose()?,
+        })
+    }
+
+    fn all(&self) -> Vec<&Array> {
+        [Some(&self.x), Some(&self.steps), self.symbols.as_ref(), self.recon.as_ref(), self.token_sse.as_ref()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// The core's arguments (the package's own rules first: 1-D f32 steps, outputs of x's shape),
+    /// the grid, and the one device of every array.
+    fn args(&self, layout: &str, patch: usize, bits: u32, histogram: bool) -> Result<(QuantizeArgs, TokenGrid, Dev), Error> {
+        let (layout, bits) = (parse_layout(layout)?, parse_bits(bits)?);
+        let dev = device_of(&self.all())?;
+        let g = token_grid(&self.x.shape, layout, patch)?;
+        f32_vector(&self.steps, Error::Shape)?;
+        for o in [&self.symbols, &self.recon].into_iter().flatten() {
+            check_same_shape(o, &self.x)?;
+        }
+        let args = QuantizeArgs {
+            x: self.x.buf(),
+            shape: g.shape,
+            patch: g.patch,
+            steps: self.steps.buf(),
+            bits,
+            symbols: self.symbols.as_ref().map(Array::buf),
+            recon: self.recon.as_ref().map(Array::buf),
+            token_sse: self.token_sse.as_ref().map(Array::buf),
+            histogram,
+            histogram_out: None,
+        };
+        Ok((args, g, dev))
+    }
+}
+
+/// A quantization's report as the package's dict.
+fn report_dict<'py>(py: Python<'py>, r: &QuantizeReport, g: &TokenGrid) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("clamped", r.clamped)?;
     d.set_item("total_sse", r.total_sse)?;
@@ -487,36 +530,62 @@ fn perturb(
     stream: usize,
 ) -> PyResult<(Vec<f32>, Vec<usize>)> {
     guard(py, || {
-        let spec = NoiseSpec { kind: parse_noise(noise)?, seed, subsequence };
-        let xa = import(x, "x", stream)?;
-        let ja = j.map(|j| import(j, "J", stream)).transpose()?;
-        let oa = import(out, "out", stream)?;
-        let all: Vec<&Array> = [Some(&xa), ja.as_ref(), Some(&oa)].into_iter().flatten().collect();
-        let dev = device_of(&all)?;
-        xa.float_dtype()?;
-        if xa.shape.is_empty() {
-            return Err(Error::Shape("x has no sample dimension (a 0-d array)".into()).into());
-        }
-        if let Some(j) = ja.as_ref().filter(|j| j.kind != xa.kind) {
-            // Said in numpy's names (the core would say "f16").
-            return Err(Error::Dtype(format!("J is {}, x is {}: perturb needs J in x's dtype", j.kind.name(), xa.kind.name())).into());
-        }
-        for a in [ja.as_ref(), Some(&oa)].into_iter().flatten() {
-            check_same_shape(a, &xa)?;
-        }
-        let call = PerturbArgs {
-            x: xa.buf(),
-            samples: xa.shape[0],
-            jnd: ja.as_ref().map(Array::buf),
-            out: oa.buf(),
-            nrmse,
-            noise: spec,
-            scales_out: None,
-        }
-        .validate()?;
+        let p = PerturbArrays::import(x, j, out, stream)?;
+        let (args, dev) = p.args(nrmse, noise, seed, subsequence)?;
+        let call = args.validate()?;
         let rep = on_device(py, dev, stream, |ex| ex.run(&call))?;
         Ok((rep.scales, rep.zero_samples))
     })
+}
+
+/// The arrays of one perturbation, imported.
+struct PerturbArrays {
+    x: Array,
+    j: Option<Array>,
+    out: Array,
+}
+
+impl PerturbArrays {
+    fn import(x: &Bound<'_, PyAny>, j: Option<&Bound<'_, PyAny>>, out: &Bound<'_, PyAny>, stream: usize) -> R<PerturbArrays> {
+        Ok(PerturbArrays {
+            x: import(x, "x", stream)?,
+            j: j.map(|j| import(j, "J", stream)).transpose()?,
+            out: import(out, "out", stream)?,
+        })
+    }
+
+    fn all(&self) -> Vec<&Array> {
+        [Some(&self.x), self.j.as_ref(), Some(&self.out)].into_iter().flatten().collect()
+    }
+
+    /// The core's arguments (the package's rules first: a sample dimension, J in x's dtype,
+    /// arrays of x's shape) and the one device of every array.
+    fn args(&self, nrmse: f64, noise: &str, seed: u64, subsequence: u32) -> Result<(PerturbArgs, Dev), Error> {
+        let spec = NoiseSpec { kind: parse_noise(noise)?, seed, subsequence };
+        let dev = device_of(&self.all())?;
+        let xa = &self.x;
+        xa.float_dtype()?;
+        if xa.shape.is_empty() {
+            return Err(Error::Shape("x has no sample dimension (a 0-d array)".into()));
+        }
+        if let Some(j) = self.j.as_ref().filter(|j| j.kind != xa.kind) {
+            // Said in numpy's names (the core would say "f16").
+            return Err(Error::Dtype(format!("J is {}, x is {}: perturb needs J in x's dtype", j.kind.name(), xa.kind.name())));
+        }
+        for a in [self.j.as_ref(), Some(&self.out)].into_iter().flatten() {
+            check_same_shape(a, xa)?;
+        }
+        let args = PerturbArgs {
+            x: xa.buf(),
+            samples: xa.shape[0],
+            jnd: self.j.as_ref().map(Array::buf),
+            out: self.out.buf(),
+            nrmse,
+            noise: spec,
+            scales_out: None,
+        };
+        Ok((args, dev))
+    }
 }
 
 /// The §5 noise of flat elements `offset .. offset + len(out)` into the float32 `out`.
@@ -783,6 +852,16 @@ fn _featjnd(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(permutation, m)?)?;
     m.add_function(wrap_pyfunction!(encode, m)?)?;
     m.add_function(wrap_pyfunction!(decode, m)?)?;
+    m.add_function(wrap_pyfunction!(sync_free::quantize_stats_slots, m)?)?;
+    m.add_function(wrap_pyfunction!(sync_free::quantize_with_jnd_stats_slots, m)?)?;
+    m.add_function(wrap_pyfunction!(sync_free::perturb_stats_slots, m)?)?;
+    m.add_function(wrap_pyfunction!(sync_free::quantize_async, m)?)?;
+    m.add_function(wrap_pyfunction!(sync_free::quantize_with_jnd_async, m)?)?;
+    m.add_function(wrap_pyfunction!(sync_free::perturb_async, m)?)?;
+    m.add_function(wrap_pyfunction!(sync_free::quantize_batch_async, m)?)?;
+    m.add_function(wrap_pyfunction!(sync_free::perturb_batch_async, m)?)?;
+    m.add_function(wrap_pyfunction!(sync_free::quantize_decode, m)?)?;
+    m.add_function(wrap_pyfunction!(sync_free::perturb_decode, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("CONTRACT_VERSION", 1)?;
     // The CUDA path is compiled in; it runs where a driver, a device and NVRTC exist.

@@ -152,7 +152,7 @@ def test_step_modes_of_the_extension(rng):
 
 
 def _channel_quantize(x, steps_c, layout, bits):
-    """SPEC §4 with the channel's step in place of the token's (docs/fjq-format.md): float32 ops."""
+    """contract §4 with the channel's step in place of the token's (docs/fjq-format.md): float32 ops."""
     qmax = np.float32(127 if bits == 8 else 32767)
     xf = x.astype(np.float32)
     shape = [1] * xf.ndim

@@ -194,3 +194,37 @@ def test_capped_gpu_errors_match_cpu(rng):
         featjnd.allocate_steps_capped(jt, caps, 0.0)
     with pytest.raises(featjnd.DeviceError):
         featjnd.allocate_steps_capped(jt, caps.cpu(), 0.01)
+
+
+def test_sync_free_calls_on_gpu_decode_like_the_cpu(rng):
+    """Contract 8 on the GPU: quantize_async, the async chain and perturb_async only enqueue;
+    decoding gives the CPU's statistics bit for bit, and a bad step the CPU's error."""
+    if not _gpu("test_sync_free_calls_on_gpu_decode_like_the_cpu"):
+        return
+    x = feature(rng, (2, 7, 5, 3), np.float32)
+    j = tolerance_map(rng, x.shape, np.float32)
+    t = 2 * 5 * 3
+    steps = rng.uniform(0.01, 0.5, t).astype(np.float32)
+    bad = steps.copy()
+    bad[4] = 0.0
+    seen = []
+    for dev in ["cpu", "cuda"]:
+        xd, jd = torch.from_numpy(x).to(dev), torch.from_numpy(j).to(dev)
+        sym = torch.zeros(x.shape, dtype=torch.int8, device=dev)
+        st = featjnd.stats_buffer(featjnd.quantize_with_jnd_stats_slots(t), xd)
+        featjnd.quantize_async(xd, torch.from_numpy(steps).to(dev), st, symbols=sym)
+        d = featjnd.quantize_decode(st, xd)
+        sym_bytes = sym.cpu().numpy().tobytes()
+        steps_out = torch.zeros(t, dtype=torch.float32, device=dev)
+        featjnd.quantize_with_jnd_async(xd, jd, steps_out, st, budget=0.02, symbols=sym)
+        c = featjnd.quantize_decode(st, xd, j=jd)
+        featjnd.quantize_async(xd, torch.from_numpy(bad).to(dev), st)
+        with pytest.raises(featjnd.ArgError) as e:
+            featjnd.quantize_decode(st, xd)
+        out = torch.zeros_like(xd)
+        pst = featjnd.stats_buffer(featjnd.perturb_stats_slots(2), xd)
+        featjnd.perturb_async(xd, jd, out, pst, nrmse=0.2, seed=1)
+        p = featjnd.perturb_decode(pst, xd, 0.2, j=jd)
+        seen.append(((d["clamped"], str(e.value), sym_bytes, p[1]), (d["total_sse"], c["total_sse"])))
+    assert seen[0][0] == seen[1][0]
+    np.testing.assert_allclose(seen[0][1], seen[1][1], rtol=1e-4)

@@ -1,4 +1,4 @@
-//! Known answers of the dense task's discrepancy and metrics (`study::dense`, issue 27).
+//! Known answers of the dense task's discrepancy and metrics (`study::dense`, docs/user-models.md).
 
 use featjnd_research::model::torchscript::OutputKind;
 use featjnd_research::study::dense::{discrepancy, metrics, per_image};

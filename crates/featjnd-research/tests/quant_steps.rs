@@ -1,4 +1,4 @@
-//! The quantization study's step rules against closed forms (issue 23): the oracle-steps control
+//! The quantization study's step rules against closed forms (docs/quantization.md §5): the oracle-steps control
 //! on a hand-computed case, and the rate-optimal allocation on a toy task whose per-token
 //! sensitivity is known, coded into real `.fjq` files.
 

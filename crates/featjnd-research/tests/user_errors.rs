@@ -1,4 +1,4 @@
-//! A user's model that does not fit, through the commands (issue 27): every case stops before any
+//! A user's model that does not fit, through the commands (docs/user-models.md): every case stops before any
 //! work with a non-zero exit, a one-line `error: …` on stderr, and no output written; and a
 //! dense-output model declared as such goes through every command. The pairs
 //! are tiny TorchScript modules written by `tests/data/user/bad_pairs.py` with Debian's

@@ -8,7 +8,7 @@ use featjnd_emu::{Guarded, Module, Sched, BLOCK};
 use featjnd_kernels::cpu::perturb::NoiseSpec;
 use featjnd_kernels::cpu::quantize::{QuantOut, Symbols};
 use featjnd_kernels::params::*;
-use featjnd_kernels::{cpu, philox, steps, Bits, Element, Layout, NoiseKind, Reduce, Strategy, TokenGrid};
+use featjnd_kernels::{cpu, philox, steps, Bits, Dtype, Element, Layout, NoiseKind, Reduce, Strategy, TokenGrid};
 
 use super::*;
 
@@ -116,6 +116,8 @@ pub struct QRun<E: Element> {
     pub clamped: u64,
     pub hist: Vec<u64>,
     pub bad: u64,
+    /// The bad-step cell (a key; 0 = none).
+    pub bad_step: u64,
 }
 
 /// Buffers of one quantization, laid out as the launchers do.
@@ -126,7 +128,7 @@ pub struct QBufs<E: Element + featjnd_emu::Plain> {
     pub sym16: Guarded<i16>,
     pub recon: Guarded<E>,
     pub sse: Guarded<f32>,
-    /// clamp count, total sse (f64 bits), first bad x, then the histogram
+    /// clamp count, total sse (f64 bits), first bad x, the bad-step key, then the histogram
     pub cells: Guarded<u64>,
     pub misalign: usize,
 }
@@ -143,7 +145,7 @@ impl<E: Element + featjnd_emu::Plain> QBufs<E> {
             sym16: Guarded::filled(if bits == Bits::B16 { n } else { 0 }, 0x5555),
             recon: Guarded::filled(n, E::from_f32(GARBAGE_F32)),
             sse: Guarded::filled(steps.len(), GARBAGE_F32),
-            cells: Guarded::new(&vec![0u64; 3 + bits.hist_bins()], 0),
+            cells: Guarded::new(&vec![0u64; 4 + bits.hist_bins()], 0),
             misalign,
         }
     }
@@ -161,8 +163,9 @@ impl<E: Element + featjnd_emu::Plain> QBufs<E> {
             token_sse: self.sse.addr(),
             total_sse: c + 8,
             clamp_count: c,
-            histogram: if hist { c + 24 } else { 0 },
+            histogram: if hist { c + 32 } else { 0 },
             bad_index: c + 16,
+            bad_step: c + 24,
             bits: bits.bits(),
             pad0: 0,
         }
@@ -193,8 +196,9 @@ impl<E: Element + featjnd_emu::Plain> QBufs<E> {
             sse: self.sse.as_slice().to_vec(),
             total: f64::from_bits(c[1]),
             clamped: c[0],
-            hist: c[3..].to_vec(),
+            hist: c[4..].to_vec(),
             bad: c[2],
+            bad_step: c[3],
         }
     }
 }
@@ -221,6 +225,7 @@ pub fn cpu_quantize<E: Element>(x: &[E], g: &TokenGrid, st: &[f32], bits: Bits, 
         clamped: stats.clamped,
         hist: stats.histogram.unwrap_or_default(),
         bad: 0,
+        bad_step: 0,
     })
 }
 
@@ -228,6 +233,7 @@ pub fn cpu_quantize<E: Element>(x: &[E], g: &TokenGrid, st: &[f32], bits: Bits, 
 /// bit, clamp count and histogram exact, errors within 1e-4).
 pub fn compare_quant<E: Element>(e: &QRun<E>, c: &QRun<E>, hist: bool, what: &str) -> Res {
     ensure(e.bad == 0, || format!("{what}: bad cell {:?} on finite input", bad_of(e.bad)))?;
+    ensure(e.bad_step == 0, || format!("{what}: bad-step cell {:#x} on valid steps", e.bad_step))?;
     ensure(e.symbols == c.symbols, || {
         let i = e.symbols.iter().zip(&c.symbols).position(|(a, b)| a != b).unwrap_or(0);
         format!("{what}: symbols differ first at {i}: {} vs {}", e.symbols[i], c.symbols[i])
@@ -250,7 +256,7 @@ pub fn qfp<E: Element>(r: &QRun<E>) -> Vec<u64> {
         .map(|&v| v as u64)
         .chain(bits_of(&r.recon).into_iter().map(|b| b as u64))
         .chain(fp_f32(&r.sse))
-        .chain([r.total.to_bits(), r.clamped, r.bad])
+        .chain([r.total.to_bits(), r.clamped, r.bad, r.bad_step])
         .chain(r.hist.iter().copied())
         .collect()
 }
@@ -593,6 +599,17 @@ pub fn noise(m: &Module, numel: usize, offset: u64, kind: NoiseKind, s: Sched) -
 
 // ---------------------------------------------------------------- the chain, as the launcher plans it
 
+/// What a planned chain is given wrong.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ChainBad {
+    None,
+    /// A NaN at this element of J.
+    J(usize),
+    /// A budget so large that the uniform step overflows f32 (every step +Inf): the bad-step cell
+    /// must give the CPU's error for token 0.
+    HugeBudget,
+}
+
 /// The fused chain through `raw::plan_quantize_with_jnd`, the very plan `raw::quantize_with_jnd`
 /// enqueues (workspace layout, partials, zeroed cells, kernels, grids), run on the emulator over a
 /// host workspace full of garbage and decoded with `raw::decode_quantize`.
@@ -604,12 +621,16 @@ pub fn chain_planned<E: Element + featjnd_emu::Plain>(
     bits: Bits,
     hist: bool,
     seed: u64,
-    bad_j: Option<usize>,
+    wrong: ChainBad,
     s: Sched,
 ) -> Out {
     use featjnd_kernels::cuda::raw::{self, ChainPlan, DevPtr, DevPtrMut, Elems, QuantPtrs, StatsBuf};
     let (n, t) = (g.numel(), g.tokens());
-    let budget = 0.01;
+    let budget = if wrong == ChainBad::HugeBudget { 1e300 } else { 0.01 };
+    let bad_j = match wrong {
+        ChainBad::J(i) => Some(i),
+        _ => None,
+    };
     let x: Vec<E> = narrow(&feature(n, seed));
     let mut jv = jnd(n, seed);
     if let Some(i) = bad_j {
@@ -648,7 +669,7 @@ pub fn chain_planned<E: Element + featjnd_emu::Plain>(
     )
     .map_err(|e| format!("plan: {e}"))?;
     let what =
-        format!("planned chain {:?} p{} {:?} {reduce:?} {strategy:?} {bits:?} hist={hist} bad={bad_j:?}", g.shape, g.patch, E::DTYPE);
+        format!("planned chain {:?} p{} {:?} {reduce:?} {strategy:?} {bits:?} hist={hist} wrong={wrong:?}", g.shape, g.patch, E::DTYPE);
     let go =
         |k: raw::Kernel, f: &dyn Fn(&featjnd_emu::Module, &str) -> Res| f(&module(k.module), k.name).map_err(|e| format!("{what}: {e}"));
     let two_launch = matches!(plan, ChainPlan::TwoLaunch { .. });
@@ -678,13 +699,20 @@ pub fn chain_planned<E: Element + featjnd_emu::Plain>(
         r.map_err(|e| format!("{what}: {e}"))?;
     }
     let cells: Vec<i64> = ws.as_slice()[..raw::quantize_slots(bits, true)].iter().map(|&v| v as i64).collect();
-    let st = raw::decode_quantize(&cells, bits, hist);
+    let (bad, st) = raw::decode_quantize(&cells, bits, hist);
     if let Some(i) = bad_j {
-        let b = st.bad.ok_or_else(|| format!("{what}: no bad element reported"))?;
+        let b = bad.ok_or_else(|| format!("{what}: no bad element reported"))?;
         ensure(b.index == i, || format!("{what}: bad element {b:?}, want J[{i}]"))?;
         return Ok(vec![b.index as u64]);
     }
-    ensure(st.bad.is_none(), || format!("{what}: bad element {:?} on valid input", st.bad))?;
+    if wrong == ChainBad::HugeBudget {
+        let got = bad.map(|b| b.error(f32::NAN).to_string());
+        let cjt = cpu::token_stats::token_tolerance(&j, g, reduce).unwrap();
+        let want = cpu::quantize::check_steps_values(&steps::allocate(&cjt, budget, strategy).unwrap()).err().map(|e| e.to_string());
+        ensure(want.is_some() && got == want, || format!("{what}: device says {got:?}, the CPU {want:?}"))?;
+        return Ok(vec![]);
+    }
+    ensure(bad.is_none(), || format!("{what}: bad element {bad:?} on valid input"))?;
     let cjt = cpu::token_stats::token_tolerance(&j, g, reduce).unwrap();
     close(
         steps.as_slice(),
@@ -702,6 +730,7 @@ pub fn chain_planned<E: Element + featjnd_emu::Plain>(
         clamped: st.clamped,
         hist: st.histogram.clone().unwrap_or_default(),
         bad: 0,
+        bad_step: 0,
     };
     compare_quant(&e, &c, hist, &what)?;
     Ok(qfp(&e))
@@ -766,11 +795,63 @@ pub fn quantize_planned<E: Element + featjnd_emu::Plain>(
         b.check(&what)?;
         stats.check_res("statistics").map_err(|e| format!("{what}: {e}"))?;
         let cells: Vec<i64> = stats.as_slice().iter().map(|&v| v as i64).collect();
-        let d = raw::decode_quantize(&cells, bits, hist);
-        ensure(d.bad.is_none(), || format!("{what}: bad {:?}", d.bad))?;
+        let (bad, d) = raw::decode_quantize(&cells, bits, hist);
+        ensure(bad.is_none(), || format!("{what}: bad {bad:?}"))?;
         let mut e = b.result(bits, false);
         (e.total, e.clamped, e.hist) = (d.total_sse, d.clamped, d.histogram.clone().unwrap_or_default());
         compare_quant(&e, &cpu_quantize(x, g, st, bits, hist)?, hist, &what)?;
+    }
+    Ok(())
+}
+
+/// Bad steps through `raw::plan_quantize` / `raw::plan_quantize_batch` (contract §4.2, §8): each
+/// item's steps get bad values at `bad` tokens (the first is the one to report) and its `x` a NaN
+/// as well; the kernels' bad-step cell must decode, through the launcher's own decoding, to the
+/// error the CPU gives for the same steps (variant, token and message), ahead of the bad `x`.
+pub fn bad_steps_planned(items: &[(TokenGrid, Vec<(usize, f32)>)], bits: Bits, batched: bool, s: Sched) -> Res {
+    use featjnd_kernels::cuda::raw::{self, BatchItem, QuantPtrs, StatsBuf};
+    let slots = raw::quantize_slots(bits, true);
+    let mut bufs = Vec::new();
+    for (i, (g, bad)) in items.iter().enumerate() {
+        let mut xv = feature(g.numel(), 300 + i as u64);
+        xv[g.numel() / 2] = f32::NAN;
+        let x: Vec<f32> = xv;
+        let mut st = vec![0.25f32; g.tokens()];
+        for &(t, v) in bad {
+            st[t] = v;
+        }
+        let b = QBufs::new(&x, &st, bits, 0);
+        bufs.push((g, st, b, Guarded::filled(slots, 0u64)));
+    }
+    let ptrs = |b: &QBufs<f32>| QuantPtrs {
+        x: ptr(b.x.addr()),
+        steps: ptr(b.steps.addr()),
+        symbols: ptr_mut(if bits == Bits::B8 { b.sym8.addr() } else { b.sym16.addr() }),
+        recon: ptr_mut(b.recon.addr()),
+        token_sse: ptr_mut(b.sse.addr()),
+    };
+    let what = format!("bad steps {bits:?} batched={batched}");
+    if batched {
+        let its: Vec<BatchItem> =
+            bufs.iter().map(|(g, _, b, st)| BatchItem { grid: **g, p: ptrs(b), stats: StatsBuf::new(ptr_mut(st.addr()), slots) }).collect();
+        for (k, t, blocks) in raw::plan_quantize_batch(Dtype::F32, &its, bits, true).map_err(|e| format!("{what}: plan: {e}"))? {
+            run(&module(k.module), k.name, &*t, blocks, s).map_err(|e| format!("{what}: {e}"))?;
+        }
+    } else {
+        for (g, _, b, st) in &bufs {
+            let (k, q, blocks) = raw::plan_quantize(Dtype::F32, g, &ptrs(b), bits, true, StatsBuf::new(ptr_mut(st.addr()), slots))
+                .map_err(|e| format!("{what}: plan: {e}"))?;
+            run(&module(k.module), k.name, &q, blocks, s).map_err(|e| format!("{what}: {e}"))?;
+        }
+    }
+    for (i, (g, st, _, stats)) in bufs.iter().enumerate() {
+        let what = format!("{what} item {i} {:?}", g.shape);
+        stats.check_res("statistics").map_err(|e| format!("{what}: {e}"))?;
+        let cells: Vec<i64> = stats.as_slice().iter().map(|&v| v as i64).collect();
+        let (bad, _) = raw::decode_quantize(&cells, bits, true);
+        let got = bad.ok_or_else(|| format!("{what}: no bad element reported"))?.error(f32::NAN).to_string();
+        let want = cpu::quantize::check_steps_values(st).expect_err("the steps are bad").to_string();
+        ensure(got == want, || format!("{what}: device says {got:?}, the CPU {want:?}"))?;
     }
     Ok(())
 }

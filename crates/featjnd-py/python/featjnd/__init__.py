@@ -13,6 +13,9 @@ torch tensors (any DLPack producer on the CPU), zero-copy:
   (contract 4);
 * :func:`perturb` -- perturbation at a matched per-sample NRMSE (contract 6);
 * :func:`noise` -- the Philox4x32-10 noise every op draws (contract 5);
+* :func:`quantize_async`, :func:`quantize_with_jnd_async`, :func:`perturb_async`, their batches
+  and :func:`quantize_decode` / :func:`perturb_decode` -- the same ops without a sync
+  (contract 8): statistics in a caller's int64 array, decoded when the caller chooses;
 * :func:`encode` / :func:`decode` -- the ``.fjq`` feature file (``docs/fjq-format.md``):
   quantized symbols entropy-coded with their steps (one per tensor, token or channel), decoded
   bit for bit.
@@ -71,9 +74,9 @@ from ._featjnd import (
 __version__: str = _featjnd.__version__
 
 __all__ = [
-    "CONTRACT_VERSION",
     "ArgError",
     "BudgetError",
+    "CONTRACT_VERSION",
     "CudaError",
     "Decoded",
     "DeviceError",
@@ -102,9 +105,20 @@ __all__ = [
     "noise",
     "permutation",
     "perturb",
+    "perturb_async",
+    "perturb_batch_async",
+    "perturb_decode",
+    "perturb_stats_slots",
     "quantize",
+    "quantize_async",
+    "quantize_batch_async",
     "quantize_capped",
+    "quantize_decode",
+    "quantize_stats_slots",
     "quantize_with_jnd",
+    "quantize_with_jnd_async",
+    "quantize_with_jnd_stats_slots",
+    "stats_buffer",
     "token_rms",
     "token_tolerance",
 ]
@@ -949,3 +963,163 @@ def decode(data: Union[bytes, bytearray, memoryview], *, like: Optional[Array] =
         channel_steps=_from_bytes(ch, "float32", (len(ch) // 4,), like),
         version=r["version"],
     )
+
+
+# ---- sync-free calls (contract 8) ----
+#
+# The same ops without a synchronisation: on CUDA they are only enqueued on ``stream`` (so they
+# can be captured into a CUDA graph), their statistics going to a caller's int64 array in x's
+# memory; ``quantize_decode`` / ``perturb_decode`` read it later (the one sync you choose) and
+# return what the synchronous call returns, or raise its error with the same index. On the CPU
+# they run at once and record the same statistics. Outputs are never allocated here: pass them.
+
+
+def stats_buffer(slots: int, like: Array) -> Array:
+    """A zeroed int64 statistics array of ``slots`` values in ``like``'s framework and memory."""
+    s = _empty(like, (int(slots),), "int64")
+    s[...] = 0
+    return s
+
+
+def quantize_stats_slots(bits: int = 8) -> int:
+    """Statistics slots of :func:`quantize_async` (and of each item of :func:`quantize_batch_async`)."""
+    return _featjnd.quantize_stats_slots(bits)
+
+
+def quantize_with_jnd_stats_slots(tokens: int, bits: int = 8) -> int:
+    """Statistics slots of :func:`quantize_with_jnd_async` for a feature of ``tokens`` tokens."""
+    return _featjnd.quantize_with_jnd_stats_slots(bits, tokens)
+
+
+def perturb_stats_slots(samples: int) -> int:
+    """Statistics slots of :func:`perturb_async` for ``samples`` samples."""
+    return _featjnd.perturb_stats_slots(samples)
+
+
+def quantize_async(
+    x: Array,
+    steps: Array,
+    stats: Array,
+    bits: int = 8,
+    patch: int = 1,
+    *,
+    layout: Optional[str] = None,
+    symbols: Optional[Array] = None,
+    recon: Optional[Array] = None,
+    token_sse: Optional[Array] = None,
+    stream: Any = None,
+) -> None:
+    """:func:`quantize` without a sync (``recon`` may be ``x``: in place); the statistics go to
+    ``stats`` (:func:`quantize_stats_slots`), read with :func:`quantize_decode`. A bad step or a
+    non-finite ``x`` is reported by the decode."""
+    x, steps = _input(x), _input(steps)
+    _featjnd.quantize_async(x, _layout(x, layout), patch, steps, bits, stats, symbols, recon, token_sse, _stream(x, stream))
+
+
+def quantize_with_jnd_async(
+    x: Array,
+    j: Array,
+    steps_out: Array,
+    stats: Array,
+    *,
+    budget: float,
+    bits: int = 8,
+    patch: int = 1,
+    layout: Optional[str] = None,
+    reduce: str = "mean",
+    strategy: str = "jnd",
+    symbols: Optional[Array] = None,
+    recon: Optional[Array] = None,
+    token_sse: Optional[Array] = None,
+    stream: Any = None,
+) -> None:
+    """:func:`quantize_with_jnd` without a sync or a host round trip: the steps go to
+    ``steps_out`` (float32, T), the statistics to ``stats`` (:func:`quantize_with_jnd_stats_slots`),
+    read with :func:`quantize_decode` (passing ``j``). ``strategy`` is ``"jnd"`` or ``"uniform"``
+    (the permuted one needs a permutation made on the host)."""
+    x, j = _input(x), _input(j)
+    _featjnd.quantize_with_jnd_async(
+        x, j, _layout(x, layout), patch, reduce, float(budget), strategy, bits, steps_out, stats, symbols, recon, token_sse, _stream(x, stream)
+    )
+
+
+def perturb_async(
+    x: Array,
+    j: Optional[Array],
+    out: Array,
+    stats: Array,
+    *,
+    nrmse: float,
+    noise: str = "gaussian",
+    seed: int = 0,
+    subsequence: int = 0,
+    stream: Any = None,
+) -> None:
+    """:func:`perturb` without a sync into ``out`` (not ``x``); the per-sample scales and errors go
+    to ``stats`` (:func:`perturb_stats_slots`), read with :func:`perturb_decode`."""
+    x = _input(x)
+    j = None if j is None else _input(j)
+    _featjnd.perturb_async(x, j, float(nrmse), noise, seed, subsequence, out, stats, _stream(x, stream))
+
+
+def quantize_batch_async(items: Any, stats: Array, bits: int = 8, *, stream: Any = None) -> None:
+    """Independent quantizations of one dtype and device in one call (one launch per 32 items on
+    CUDA). ``items``: dicts with ``x``, ``steps`` and optionally ``layout``, ``patch``,
+    ``symbols``, ``recon``, ``token_sse``. Item ``i``'s statistics are
+    ``stats[i*s:(i+1)*s]`` with ``s = quantize_stats_slots(bits)``: decode each with
+    :func:`quantize_decode` on that slice."""
+    its = []
+    for it in items:
+        x = _input(it["x"])
+        its.append(
+            (x, _layout(x, it.get("layout")), it.get("patch", 1), _input(it["steps"]), it.get("symbols"), it.get("recon"), it.get("token_sse"))
+        )
+    like = its[0][0] if its else stats
+    _featjnd.quantize_batch_async(its, bits, stats, _stream(like, stream))
+
+
+def perturb_batch_async(items: Any, stats: Array, *, stream: Any = None) -> Any:
+    """Independent perturbations of one dtype and device in one call. ``items``: dicts with
+    ``x``, ``out``, ``nrmse`` and optionally ``j``, ``noise``, ``seed``, ``subsequence``. Returns
+    each item's offset into ``stats`` (which needs ``sum(perturb_stats_slots(len(x_i)))``
+    slots): decode item ``i`` with :func:`perturb_decode` on ``stats[offsets[i]:]``."""
+    its = []
+    for it in items:
+        x = _input(it["x"])
+        j = it.get("j")
+        its.append(
+            (x, None if j is None else _input(j), float(it["nrmse"]), it.get("noise", "gaussian"), it.get("seed", 0), it.get("subsequence", 0), it["out"])
+        )
+    like = its[0][0] if its else stats
+    return _featjnd.perturb_batch_async(its, stats, _stream(like, stream))
+
+
+def quantize_decode(
+    stats: Array,
+    x: Array,
+    bits: int = 8,
+    patch: int = 1,
+    *,
+    layout: Optional[str] = None,
+    j: Optional[Array] = None,
+    stream: Any = None,
+) -> Dict[str, Any]:
+    """The statistics of :func:`quantize_async` / :func:`quantize_with_jnd_async` (same ``x``,
+    ``bits``, ``patch``; ``j`` as given to the chain) as a dict (``clamped``, ``total_sse``,
+    ``mse``, ``histogram``, ``entropy_bits``, ``bits_per_element``, ``tokens``, ``k``), or the
+    error the synchronous call would raise. On CUDA: one copy on ``stream`` and its sync."""
+    x = _input(x)
+    j = None if j is None else _input(j)
+    d = dict(_featjnd.quantize_decode(stats, x, _layout(x, layout), patch, bits, j, _stream(x, stream)))
+    if d["histogram"] is not None:
+        d["histogram"] = np.asarray(d["histogram"], dtype=np.int64)
+    return d
+
+
+def perturb_decode(stats: Array, x: Array, nrmse: float, *, j: Optional[Array] = None, stream: Any = None) -> Tuple[np.ndarray, list]:
+    """The statistics of :func:`perturb_async` (same ``x``, ``j``, ``nrmse``): ``(scales,
+    zero_samples)``, or the error the synchronous call would raise."""
+    x = _input(x)
+    j = None if j is None else _input(j)
+    scales, zero = _featjnd.perturb_decode(stats, x, float(nrmse), j, _stream(x, stream))
+    return np.asarray(scales, dtype=np.float32), list(zero)

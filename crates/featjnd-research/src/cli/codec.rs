@@ -1,5 +1,5 @@
 //! `featjnd encode` / `featjnd decode`: the feature codec (`crate::codec`) on files. Both print a
-//! JSON summary: file size, bits per element (real, from the file size) against SPEC §4's entropy
+//! JSON summary: file size, bits per element (real, from the file size) against contract §4's entropy
 //! estimate, the bits the steps' side information really takes, and the nominal/measured MSE.
 
 use std::path::{Path, PathBuf};

@@ -26,7 +26,7 @@ pub fn parse_device(s: &str) -> Result<Device> {
                     .ok_or_else(|| Error::Arg(format!("bad device {s:?}: use cpu, cuda or cuda:N")))?,
                 None => return Err(Error::Arg(format!("bad device {s:?}: use cpu, cuda or cuda:N"))),
             };
-            // tch sees CUDA only once libtorch_cuda.so is loaded (DESIGN §4).
+            // tch sees CUDA only once libtorch_cuda.so is loaded (design §4).
             crate::cuda::load_torch_cuda();
             if !tch::Cuda::is_available() {
                 return Err(Error::CudaUnavailable(format!("device {s} requested but libtorch sees no GPU")));

@@ -11,13 +11,13 @@ use crate::{io, steps, Bits, Error, Layout, NoiseKind, Reduce, Result, Strategy}
 
 #[derive(Subcommand)]
 pub enum Op {
-    /// Token tolerances j_t of a tolerance map J (SPEC §2) -> token_tol.npy, summary.json.
+    /// Token tolerances j_t of a tolerance map J (contract §2) -> token_tol.npy, summary.json.
     Tokens(TokensArgs),
-    /// Allocate steps under a budget and quantize x (SPEC §3-4) -> symbols, steps, recon, token_sse, summary.
+    /// Allocate steps under a budget and quantize x (contract §3-4) -> symbols, steps, recon, token_sse, summary.
     Quantize(QuantizeArgs),
-    /// Perturb x at a matched per-sample NRMSE (SPEC §6) -> perturbed.npy, summary.json.
+    /// Perturb x at a matched per-sample NRMSE (contract §6) -> perturbed.npy, summary.json.
     Perturb(PerturbArgs),
-    /// Write Philox noise (SPEC §5) for flat elements offset..offset+numel.
+    /// Write Philox noise (contract §5) for flat elements offset..offset+numel.
     Noise(NoiseArgs),
     /// Synthetic feature and tolerance map; compares the strategies. Needs no input files.
     Demo(DemoArgs),

@@ -4,7 +4,7 @@
 //! `codec` feature), which holds the format, the step rounding, the entropy coder ([`entropy`])
 //! and every check. [`encode_with`] takes one step for the tensor, one per token or one per
 //! channel ([`Steps`]) and a [`StepCoding`], rounds the steps to what the file stores, quantizes
-//! with the **rounded** steps (SPEC §4) and entropy-codes the symbols; [`encode`] is the
+//! with the **rounded** steps (contract §4) and entropy-codes the symbols; [`encode`] is the
 //! per-token form (the `tensor` mode when all steps are equal, else the `token` mode on the
 //! default log grid). [`decode`] rebuilds `x̂ = f32(q)·Δ`, narrowed to the original dtype,
 //! bit-identical to the encoder's reconstruction. The container is documented in
@@ -43,7 +43,7 @@ pub struct Encoded {
     pub recon: Tensor,
     /// Elements clamped to `±Q`.
     pub clamped: u64,
-    /// Measured MSE per element of `recon` against `x` (in f32, SPEC §4).
+    /// Measured MSE per element of `recon` against `x` (in f32, contract §4).
     pub mse: f64,
     pub sections: Sections,
     pub rate: RateReport,

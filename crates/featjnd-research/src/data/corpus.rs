@@ -1,4 +1,4 @@
-//! The real photo corpus of issue 12: 195 photographs gathered by `scripts/fetch-real.sh` into
+//! The real photo corpus (data/photos/README.md): 195 photographs gathered by `scripts/fetch-real.sh` into
 //! `.deps/data/photos/` ([`default_dir`]), described by the committed manifest
 //! `data/photos/manifest.tsv` (tab-separated, a header row; columns `name`, `source`, `member`,
 //! `sha256`, `split`, `kind`, `group`). The split is by photo group (`train` / `heldout`): the

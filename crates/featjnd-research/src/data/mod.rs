@@ -1,5 +1,5 @@
 //! Data for the task models: the procedural shapes scenes (detection and instance segmentation
-//! with exact boxes and masks) and the real sets available without internet (DESIGN §5).
+//! with exact boxes and masks) and the real sets available without internet (design §5).
 pub mod corpus;
 pub mod deepforest;
 pub mod fashion_mnist;

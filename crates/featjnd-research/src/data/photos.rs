@@ -1,6 +1,6 @@
 //! Real photographs without labels: the scikit-image sample photos (PyPI `scikit-image` 0.26.0,
 //! `skimage/data/*.png`), fetched by `scripts/setup.sh` into `.deps/data/skimage` — for label-free
-//! evaluation of ImageNet models (agreement with the clean prediction, DESIGN §5). Any directory
+//! evaluation of ImageNet models (agreement with the clean prediction, design §5). Any directory
 //! of PNGs works ([`load_dir`]).
 //!
 //! `setup.sh` extracts only the camera-acquired images (astronaut, brick, camera, cell, chelsea,

@@ -1,5 +1,5 @@
 //! Procedural shapes scenes: unlimited labelled data for detection and instance segmentation
-//! (DESIGN §5).
+//! (design §5).
 //!
 //! A scene is a background plus a few objects (polygons, ellipses, rings) with random colour,
 //! texture, size, rotation and placement. Shapes are rasterised by inside tests at pixel centres,

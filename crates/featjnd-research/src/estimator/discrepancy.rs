@@ -1,4 +1,4 @@
-//! Task discrepancies `D_t(h(f), h(f + δ))` per sample (DESIGN §1), differentiable in the
+//! Task discrepancies `D_t(h(f), h(f + δ))` per sample (design §1), differentiable in the
 //! perturbed outputs. Zero when the outputs are equal; about 1 when the task output is lost.
 
 use crate::model::TaskKind;

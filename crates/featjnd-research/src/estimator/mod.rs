@@ -1,16 +1,16 @@
-//! The FeatJND estimator `G_θ` (DESIGN §1): for each feature tensor of a split point, a small
+//! The FeatJND estimator `G_θ` (design §1): for each feature tensor of a split point, a small
 //! convolutional network on the channel-standardised feature whose output, through a softplus
 //! plus a floor, is the tolerance map `J > 0` of the same shape, in the feature's own units
 //! (multiplied by the channel's standard deviation).
 //!
 //! Per level: 1×1 conv `C → h`, ReLU, 3×3 conv `h → h`, ReLU, 1×1 conv `h → C`. With `h = 8`
 //! that is `2·C·h + 9·h²` multiply-adds per position, a few per cent of the backbones here
-//! (issue 4 asks for ≤ 10% of the forward time; `featjnd run` measures and reports it).
+//! (the goal is ≤ 10% of the forward time; `featjnd run` measures and reports it).
 //!
 //! The channel statistics are measured once on clean features before training and stored with
 //! the weights, so `J` is a function of the feature alone.
 //!
-//! Optional context branch (`EstimatorConfig::context = k > 0`, issue 22): the 3×3 receptive
+//! Optional context branch (`EstimatorConfig::context = k > 0`, docs/real-backbones.md §1): the 3×3 receptive
 //! field cannot tell where objects are on a fine grid (NanoDet `stage2`, stride 8). With it, the
 //! hidden map after c1's ReLU is also average-pooled by `k` (ceil mode: odd sizes keep their
 //! last partial cell), passed through 3×3 conv `h → h`, ReLU, 3×3 conv `h → h` on the coarse

@@ -1,4 +1,4 @@
-//! Training `G_θ` with the backbone frozen (DESIGN §1):
+//! Training `G_θ` with the backbone frozen (design §1):
 //! `L = λ · E[max(0, D_t − ε)] − E[mean(log J/std)]`, with `δ = J ⊙ ξ` and dual ascent
 //! `λ ← max(0, λ + η (E[max(0, D_t − ε)] − τ))` after every step.
 //!

@@ -1,5 +1,5 @@
 //! Split models: a network cut at a named *split point* into `head: image → feature(s)` and
-//! `tail: feature(s) → task output` (DESIGN §2). FeatJND, the perturbation study and the
+//! `tail: feature(s) → task output` (design §2). FeatJND, the perturbation study and the
 //! quantization study only ever see this interface.
 //!
 //! A split point may yield several tensors (an FPN level list); single-tensor splits yield one.

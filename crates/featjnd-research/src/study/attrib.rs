@@ -1,4 +1,4 @@
-//! Attribution pictures (issue 4): for a sample image, the gradient-based attributions (Grad-CAM
+//! Attribution pictures (design §1): for a sample image, the gradient-based attributions (Grad-CAM
 //! where the model says it is meaningful — the last convolution, a detector's head inputs —
 //! resized to the split's grid; |gradient × input| at the split point; both channel-aggregated), the channel-aggregated
 //! inverse tolerance `mean_c(std_c / J_c)` (high where FeatJND says the task is sensitive), and the

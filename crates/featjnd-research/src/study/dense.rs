@@ -1,4 +1,4 @@
-//! Dense-output user tasks (issue 27): a tail that returns maps `[B, C, H, W]` (semantic
+//! Dense-output user tasks (docs/user-models.md): a tail that returns maps `[B, C, H, W]` (semantic
 //! segmentation, heat-maps, depth), declared in split.json as `"task": "dense"` with one
 //! [`OutputKind`] per output.
 //!

@@ -1,4 +1,4 @@
-//! The studies of the mission: matched-NRMSE perturbation (issue 4), attribution pictures and
+//! The studies of the mission: matched-NRMSE perturbation (design §1), attribution pictures and
 //! FeatJND-guided token-wise quantization, on the bundled tasks; `featjnd run` drives them.
 
 pub mod attrib;

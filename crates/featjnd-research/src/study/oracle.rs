@@ -1,4 +1,4 @@
-//! The oracle control of the perturbation study (issue 12 §4): a per-image noise shape built from
+//! The oracle control of the perturbation study (docs/real-backbones.md, "The oracle control"): a per-image noise shape built from
 //! the task's own sensitivity at the split, measured on that very image. It cannot be deployed (it
 //! needs the tail's gradients on the image being coded), but it shows how much room a shaped
 //! noise has at each NRMSE: where even the oracle cannot keep the task at a Gaussian-breaking

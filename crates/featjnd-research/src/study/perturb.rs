@@ -1,9 +1,9 @@
-//! The matched-NRMSE study (DESIGN §1, SPEC §6): at each NRMSE `r`, every noise shape is scaled
+//! The matched-NRMSE study (design §1, contract §6): at each NRMSE `r`, every noise shape is scaled
 //! per sample (and per FPN level) by the kernel library's perturbation op to exactly `r`, the
 //! tail runs on the perturbed features and the task is scored on held-out data.
 //!
 //! Shapes: FeatJND `J ⊙ ξ`; Gaussian `ξ`; uniform (unit variance); magnitude-proportional
-//! `(|f| + 1e-6·mean|f|) ⊙ ξ` (the tiny offset keeps `J > 0` as SPEC §7 requires where a ReLU
+//! `(|f| + 1e-6·mean|f|) ⊙ ξ` (the tiny offset keeps `J > 0` as contract §7 requires where a ReLU
 //! feature is exactly 0; it changes nothing measurable); and the oracle control `J_o ⊙ ξ`, `J_o`
 //! from the task's gradients on the very image ([`super::oracle`]; not deployable, it bounds what
 //! a tolerance map can do).

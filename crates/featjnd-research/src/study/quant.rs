@@ -1,4 +1,4 @@
-//! The quantization study (issue 13): every held-out image's split-point feature is coded into a
+//! The quantization study (docs/quantization.md): every held-out image's split-point feature is coded into a
 //! real `.fjq` file (one per image and feature level) at a sweep of per-element MSE budgets, with
 //! the steps of each strategy, and the task runs on the decoded features.
 //!
@@ -153,7 +153,7 @@ pub const STEP_CODING: fjq::StepCoding = fjq::StepCoding::LogGrid { per_octave: 
 pub struct ImageCost {
     pub file_bits: f64,
     pub step_bits: f64,
-    /// SPEC §4's estimate (symbol entropy + 16 bits per token), for comparison.
+    /// contract §4's estimate (symbol entropy + 16 bits per token), for comparison.
     pub estimate_bits: f64,
     /// [`scale_class_bits`]: what a coder with one table per token scale class would need (an
     /// estimate, not a file).
@@ -189,7 +189,7 @@ pub struct QPoint {
     pub bits_per_element: f64,
     /// Of which the steps.
     pub step_bits_per_element: f64,
-    /// SPEC §4's estimate (entropy + 16 bits per token) per element.
+    /// contract §4's estimate (entropy + 16 bits per token) per element.
     pub estimate_bits_per_element: f64,
     /// The scale-class coder estimate ([`scale_class_bits`]) per element.
     pub context_bits_per_element: f64,

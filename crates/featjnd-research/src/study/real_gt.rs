@@ -1,4 +1,4 @@
-//! A sanity figure for the detector (issue 12 §1): NanoDet's clean detections scored against the
+//! A sanity figure for the detector: NanoDet's clean detections scored against the
 //! **real** boxes of the few held-out corpus photos that come with annotations
 //! (`<corpus>/annotations/<photo>.xml`, Pascal VOC: labelme's three VOC 2011 photos; or
 //! `<photo>.json`, COCO: sahi's `terrain2`). Far too few boxes for a benchmark; it shows that the

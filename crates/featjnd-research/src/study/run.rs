@@ -783,7 +783,7 @@ fn estimator_cost(task: &Task, split: &str, est: &JndEstimator) -> Result<(f64, 
 }
 
 /// The oracle steps' BD-rate saving from which the share the guided steps capture is reported
-/// (issue 23: where the oracle saves ≥ 15%, the guided steps should capture half of it).
+/// (docs/quantization.md §5: where the oracle saves ≥ 15%, the guided steps should capture half of it).
 const ORACLE_ROOM: f64 = 0.15;
 
 /// A BD-rate and its bootstrap interval (`None`: undefined, e.g. no shared metric range).

@@ -276,7 +276,7 @@ fn finite_float(t: &Tensor) -> Result<bool> {
 }
 
 /// Runs `pair` once on one mid-grey input of `size` and checks what comes out against the task
-/// its sidecar declares, before any photo is read or any work is done (issue 27): features and
+/// its sidecar declares, before any photo is read or any work is done (docs/user-models.md): features and
 /// outputs finite, a classification tail returning one `[1, classes]` tensor of logits, a
 /// detection tail returning torchvision's `(boxes [N, 4], labels [N], scores [N], masks,
 /// batch_index [N])`. The message names the shapes and the sidecar field to set.
