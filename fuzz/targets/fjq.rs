@@ -2,6 +2,9 @@
 //! made structure-aware: a small valid file is encoded from the input (dims, bits, patch, values),
 //! then bytes of it are overwritten from the input and the CRC is fixed up, so the header
 //! cross-checks, the frequency table, the steps and the ANS payload all see hostile values.
+//! Version 3 files (what `encode` writes) have a header checksum and one CRC per chunk instead of
+//! one CRC at the end: modes 4 and 5 fix those up after the mutations (mode 5 every chunk's CRC
+//! too), so the coder fields, the chunk index and the rANS chunks see hostile values.
 //! Invariant: an error or a decoded feature; never a panic, a hang or a huge allocation.
 //!
 //! Shared by the libFuzzer target (`fuzz/fuzz_targets/fjq.rs`) and the stable harness of the
@@ -9,10 +12,35 @@
 use featjnd_research::{Bits, Layout};
 use tch::Tensor;
 
+/// Version 3: recomputes the header checksum (and, with `chunks`, every chunk's CRC) from the
+/// file's own fields; leaves the file alone where they point outside it.
+fn fix_v3(b: &mut [u8], chunks: bool) {
+    let u32_at = |b: &[u8], o: usize| b.get(o..o + 4).map(|s| u32::from_le_bytes(s.try_into().unwrap()) as usize);
+    let (Some(nd), Some(steps)) = (b.get(9).map(|&d| d as usize), b.get(40..48).map(|s| u64::from_le_bytes(s.try_into().unwrap()))) else {
+        return;
+    };
+    let coder = 52 + 8 * nd;
+    let (Some(table), Some(m)) = (u32_at(b, 48), u32_at(b, coder + 8)) else { return };
+    let Some(index) = usize::try_from(steps).ok().and_then(|s| (coder + 12 + table).checked_add(s)) else { return };
+    let Some(hcrc) = m.checked_mul(8).and_then(|i| i.checked_add(index)).filter(|&h| h <= b.len().saturating_sub(4)) else { return };
+    if chunks {
+        let mut off = hcrc + 4;
+        for c in 0..m {
+            let len = u32_at(b, index + 8 * c).unwrap_or(0);
+            let Some(end) = off.checked_add(len).filter(|&e| e <= b.len()) else { break };
+            let crc = crc32fast::hash(&b[off..end]);
+            b[index + 8 * c + 4..index + 8 * c + 8].copy_from_slice(&crc.to_le_bytes());
+            off = end;
+        }
+    }
+    let crc = crc32fast::hash(&b[..hcrc]);
+    b[hcrc..hcrc + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// One input (the fuzz target's body; also run by the stable harness).
 pub fn run(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else { return };
-    match mode % 4 {
+    match mode % 6 {
         // Raw bytes, as read from disk.
         0 => drop(featjnd_research::codec::decode(rest)),
         // Raw bytes with a valid CRC appended.
@@ -41,15 +69,19 @@ pub fn run(data: &[u8]) {
                 let pos = u16::from_le_bytes([pair[0], pair[1]]) as usize % (b.len() - 4);
                 b[pos] ^= pair[2];
             }
-            if mode % 4 == 3 {
+            if mode % 6 == 3 {
                 // Also cut the file somewhere (before the fix-up, so the CRC still holds).
                 let cut = rest[5] as usize % (b.len() - 4);
                 b.truncate(b.len() - 4 - cut);
                 b.extend_from_slice(&[0; 4]);
             }
-            let body = b.len() - 4;
-            let crc = crc32fast::hash(&b[..body]);
-            b[body..].copy_from_slice(&crc.to_le_bytes());
+            if mode % 6 >= 4 {
+                fix_v3(&mut b, mode % 6 == 5);
+            } else {
+                let body = b.len() - 4;
+                let crc = crc32fast::hash(&b[..body]);
+                b[body..].copy_from_slice(&crc.to_le_bytes());
+            }
             drop(featjnd_research::codec::decode(&b));
         }
     }

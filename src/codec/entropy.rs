@@ -80,7 +80,13 @@ impl Table {
     /// Parses exactly `bytes` as a table of `entries` entries whose symbols lie in `-qmax..=qmax`,
     /// and checks the frequencies (each `≥ 1`, sum [`TOTAL`]).
     pub fn from_bytes(bytes: &[u8], entries: usize, qmax: i32) -> Result<Table> {
-        let max_entries = 2 * qmax as usize + 1;
+        Table::from_bytes_with_precision(bytes, entries, qmax, PRECISION)
+    }
+
+    /// As [`Table::from_bytes`] for frequencies summing to `2^precision` (version 3: `0..=16`).
+    pub fn from_bytes_with_precision(bytes: &[u8], entries: usize, qmax: i32, precision: u32) -> Result<Table> {
+        let total = 1u32 << precision;
+        let max_entries = (2 * qmax as usize + 1).min(total as usize);
         if entries == 0 || entries > max_entries {
             return Err(err(format!("alphabet of {entries} symbols (must be 1..={max_entries})")));
         }
@@ -98,8 +104,8 @@ impl Table {
                 return Err(err(format!("frequency table: symbol {s} outside -{qmax}..={qmax}")));
             }
             let f = get_varint(bytes, &mut pos, "frequency table")?;
-            if f == 0 || f > TOTAL || (entries > 1 && f == TOTAL) {
-                return Err(err(format!("frequency table: frequency {f} of symbol {s} (must be 1..{TOTAL})")));
+            if f == 0 || f > total || (entries > 1 && f == total) {
+                return Err(err(format!("frequency table: frequency {f} of symbol {s} (must be 1..{total})")));
             }
             sum += f as u64;
             symbols.push(s as i32);
@@ -108,8 +114,8 @@ impl Table {
         if pos != bytes.len() {
             return Err(err(format!("frequency table: {} trailing bytes", bytes.len() - pos)));
         }
-        if sum != TOTAL as u64 {
-            return Err(err(format!("frequency table: frequencies sum to {sum}, not 2^{PRECISION}")));
+        if sum != total as u64 {
+            return Err(err(format!("frequency table: frequencies sum to {sum}, not 2^{precision}")));
         }
         Ok(Table { symbols, freqs })
     }

@@ -19,8 +19,16 @@
 //! anything is allocated from them; the decoded vectors are allocated fallibly.
 
 mod channel;
+mod chunks;
 pub mod entropy;
+pub mod rans;
+#[cfg(target_arch = "x86_64")]
+mod rans_avx2;
+#[cfg(target_arch = "x86_64")]
+mod rans_avx2_enc;
+mod rows;
 pub mod steps;
+mod v3;
 
 use half::{bf16, f16};
 
@@ -38,8 +46,9 @@ pub use steps::{
 
 /// The first four bytes of every `.fjq` file.
 pub const MAGIC: [u8; 4] = *b"FJQ\0";
-/// The format version this build writes (it reads 1 and 2).
-pub const VERSION: u16 = 2;
+/// The format version this build writes by default (it reads 1, 2 and 3; [`Format`] can still
+/// write 2).
+pub const VERSION: u16 = 3;
 /// Bytes of version 2's fixed header before the dimensions.
 pub const FIXED_HEADER: usize = 52;
 /// Bytes of version 1's fixed header before the dimensions.
@@ -49,6 +58,16 @@ pub const FIXED_HEADER_V1: usize = 40;
 pub const MIN_FILE: usize = FIXED_HEADER_V1 + 3 * 8 + 8 + 4;
 /// Version 2's smallest file (fixed header, 3 dims, empty table and steps, payload length, CRC).
 const MIN_FILE_V2: usize = FIXED_HEADER + 3 * 8 + 8 + 4;
+/// Bytes of version 3's coder fields after the dimensions (precision, lanes, reserved, chunk
+/// size, chunk count).
+pub const CODER_FIELDS_V3: usize = 12;
+/// Version 3's smallest file (fixed header, 3 dims, coder fields, empty table, steps and index,
+/// the header CRC, no chunks).
+const MIN_FILE_V3: usize = FIXED_HEADER + 3 * 8 + CODER_FIELDS_V3 + 4;
+
+pub use v3::{
+    decode_into, decode_recon, encode_file, EncodedFile, FileInfo, Format, Reconstruction, DEFAULT_CHUNK, DEFAULT_LANES, MAX_CHUNK,
+};
 /// Bound on a per-token grid index difference: indices of normal f32 steps span at most
 /// `254·G ≤ 16256`.
 const DIFF_MAX: i32 = 1 << 15;
@@ -123,7 +142,8 @@ pub struct RateReport {
 }
 
 impl RateReport {
-    fn new(file_bytes: usize, grid: &TokenGrid, table: &Table, counts: &[u64], sections: &Sections) -> Self {
+    /// `precision`: the bits of the table's fixed point (24 for versions 1 and 2).
+    fn new(file_bytes: usize, grid: &TokenGrid, table: &Table, precision: u32, counts: &[u64], sections: &Sections) -> Self {
         let (elements, tokens) = (grid.numel(), grid.tokens());
         let h = rate::entropy_bits(counts);
         let est = rate::bits_per_element(h, tokens, grid.k(), rate::SIDE_BITS_PER_TOKEN);
@@ -139,7 +159,7 @@ impl RateReport {
             bits_per_element: bpe,
             estimate_bits_per_element: est,
             gap: bpe / est - 1.0,
-            model_bits: table.code_length_bits(counts) / elements as f64,
+            model_bits: rans::code_length_bits(counts, &table.freqs, precision) / elements as f64,
             step_bytes: sections.steps,
             step_bits_per_token: 8.0 * sections.steps as f64 / tokens as f64,
             step_bits_per_element: step_bpe,
@@ -179,7 +199,7 @@ pub struct Encoded<E> {
 /// The result of [`decode`].
 #[derive(Debug)]
 pub struct Decoded {
-    /// The file's format version (1 or 2).
+    /// The file's format version (1, 2 or 3).
     pub version: u16,
     pub dtype: Dtype,
     pub layout: Layout,
@@ -223,6 +243,11 @@ fn histogram(sym: &SymSlice) -> (Vec<u64>, Vec<(i32, u64)>) {
     }
     let pairs = h.iter().enumerate().filter(|(_, &c)| c > 0).map(|(i, &c)| (i as i32 - off, c)).collect();
     (h, pairs)
+}
+
+/// `(symbol, count)` of the bins of symbol indices `q + Q` that are not empty.
+fn histogram_pairs_from_bins(bins: &[u64], qmax: i32) -> Vec<(i32, u64)> {
+    bins.iter().enumerate().filter(|(_, &c)| c > 0).map(|(k, &c)| (k as i32 - qmax, c)).collect()
 }
 
 enum SymSlice<'a> {
@@ -342,6 +367,41 @@ impl<E: Element> From<Vec<E>> for ElemVec {
 fn zeroed<T: Clone + Default>(n: usize, what: &str) -> Result<Vec<T>> {
     filled(n, T::default(), what)
 }
+
+/// A vector of `n` zero values of a type for which all-zero bytes are a zero (the dtypes and the
+/// symbol types), allocated fallibly *and lazily*: fresh pages come zeroed from the allocator, so
+/// the first write of the decoder is the only pass over the memory.
+fn calloc<T: Zeroed>(n: usize, what: &str) -> Result<Vec<T>> {
+    if n == 0 || std::mem::size_of::<T>() == 0 {
+        return Ok(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<T>(n).map_err(|e| err(format!("cannot allocate the {what} ({n} values): {e}")))?;
+    // SAFETY: `layout` has a non-zero size (checked above).
+    let p = unsafe { std::alloc::alloc_zeroed(layout) } as *mut T;
+    if p.is_null() {
+        return Err(err(format!("cannot allocate the {what} ({n} values)")));
+    }
+    // SAFETY: `p` was allocated by the global allocator with the layout of `n` values of `T`
+    // (so capacity `n`), and all-zero bytes are a valid `T` (the `Zeroed` contract), so all `n`
+    // values are initialised.
+    Ok(unsafe { Vec::from_raw_parts(p, n, n) })
+}
+
+/// Types whose all-zero bit pattern is a valid value (zero).
+///
+/// # Safety
+/// Implement only for such types.
+pub(crate) unsafe trait Zeroed: Copy {}
+// SAFETY: all-zero bytes are 0 for the integers and +0.0 for the IEEE types.
+unsafe impl Zeroed for i8 {}
+// SAFETY: as above.
+unsafe impl Zeroed for i16 {}
+// SAFETY: as above.
+unsafe impl Zeroed for f32 {}
+// SAFETY: as above.
+unsafe impl Zeroed for f16 {}
+// SAFETY: as above.
+unsafe impl Zeroed for bf16 {}
 
 /// A vector of `n` copies of `v`, allocated fallibly (see [`zeroed`]).
 fn filled<T: Clone>(n: usize, v: T, what: &str) -> Result<Vec<T>> {
@@ -503,6 +563,77 @@ fn plan_steps(grid: &TokenGrid, spec: StepSpec, coding: StepCoding) -> Result<St
     }
 }
 
+/// Writes the fixed header (versions 2 and 3: offsets 0 to 51) and the dimensions.
+#[allow(clippy::too_many_arguments)]
+fn write_header(
+    b: &mut Vec<u8>,
+    version: u16,
+    dtype: Dtype,
+    grid: &TokenGrid,
+    bits: Bits,
+    plan: &StepPlan,
+    alphabet: usize,
+    table_len: usize,
+) {
+    let nd = ndim(grid.shape.layout);
+    let (scope, coding_code, per_octave) = mode_codes(plan.mode);
+    b.extend_from_slice(&MAGIC);
+    b.extend_from_slice(&version.to_le_bytes());
+    b.push(dtype_code(dtype));
+    b.push(layout_code(grid.shape.layout));
+    b.push(bits.bits() as u8);
+    b.push(nd as u8);
+    b.push(scope);
+    b.push(coding_code);
+    b.push(per_octave);
+    b.push(0); // reserved
+    b.extend_from_slice(&(plan.exp as i16).to_le_bytes());
+    b.extend_from_slice(&(grid.patch as u32).to_le_bytes());
+    b.extend_from_slice(&(alphabet as u32).to_le_bytes());
+    b.extend_from_slice(&(grid.tokens() as u64).to_le_bytes());
+    b.extend_from_slice(&(grid.numel() as u64).to_le_bytes());
+    b.extend_from_slice(&(plan.section.len() as u64).to_le_bytes());
+    b.extend_from_slice(&(table_len as u32).to_le_bytes());
+    debug_assert_eq!(b.len(), FIXED_HEADER);
+    for &d in &grid.shape.sizes() {
+        b.extend_from_slice(&(d as u64).to_le_bytes());
+    }
+}
+
+/// A version 2 file: one constriction ANS stream of every symbol, the whole file under one CRC.
+fn write_v2(
+    dtype: Dtype,
+    grid: &TokenGrid,
+    bits: Bits,
+    plan: &StepPlan,
+    pairs: &[(i32, u64)],
+    sym: &SymSlice,
+) -> Result<(Vec<u8>, Table, Sections)> {
+    let n = grid.numel();
+    let table = Table::from_counts(pairs)?;
+    let table_bytes = table.to_bytes();
+    // Model index of each symbol: its rank in the alphabet.
+    let off = 32768i32;
+    let mut index = vec![0u32; 65536];
+    for (i, &s) in table.symbols.iter().enumerate() {
+        index[(s + off) as usize] = i as u32;
+    }
+    let payload = entropy::encode(&table, n, |i| index[(sym.get(i) + off) as usize] as usize)?;
+    let nd = ndim(grid.shape.layout);
+    let mut b = Vec::with_capacity(FIXED_HEADER + 8 * nd + table_bytes.len() + plan.section.len() + 12 + payload.len());
+    write_header(&mut b, 2, dtype, grid, bits, plan, table.len(), table_bytes.len());
+    b.extend_from_slice(&table_bytes);
+    b.extend_from_slice(&plan.section);
+    b.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    b.extend_from_slice(&payload);
+    let crc = crc32fast::hash(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    let sections =
+        Sections { header: FIXED_HEADER + 8 * nd, table: table_bytes.len(), steps: plan.section.len(), payload: 8 + payload.len(), crc: 4 };
+    debug_assert_eq!(sections.total(), b.len());
+    Ok((b, table, sections))
+}
+
 /// Encodes `x` (flat, row-major, the layout and sizes of `grid`) with per-token steps `steps`
 /// (one per token, e.g. from [`crate::steps`]). When every step is the same f32 (bit for bit),
 /// the file stores that one step exactly (the `tensor` mode); otherwise the steps are rounded to
@@ -519,11 +650,24 @@ pub fn encode<E: Element>(x: &[E], grid: &TokenGrid, steps: &[f32], bits: Bits) 
 /// a tensor step is stored exactly and ignores `coding`), then `x` is quantized with the stored
 /// steps (per token: [`cpu::quantize`]; per channel: the same SPEC §4 arithmetic).
 pub fn encode_with<E: Element>(x: &[E], grid: &TokenGrid, spec: StepSpec, bits: Bits, coding: StepCoding) -> Result<Encoded<E>> {
+    encode_with_format(x, grid, spec, bits, coding, &Format::default())
+}
+
+/// [`encode_with`] into a chosen container ([`Format`]: version 2, or version 3 with a chunk size
+/// and a lane count). Whatever the container, the symbols and the reconstruction are the same.
+pub fn encode_with_format<E: Element>(
+    x: &[E],
+    grid: &TokenGrid,
+    spec: StepSpec,
+    bits: Bits,
+    coding: StepCoding,
+    format: &Format,
+) -> Result<Encoded<E>> {
+    format.check()?;
     if x.len() != grid.numel() {
         return Err(Error::Shape(format!("x has {} elements, the grid {}", x.len(), grid.numel())));
     }
     let plan = plan_steps(grid, spec, coding)?;
-    let layout = grid.shape.layout;
     let n = grid.numel();
     let (sym_vec, recon, clamped, total_sse) = if let StepMode::Channel(_) = plan.mode {
         let q = channel::quantize_channels(x, grid, &plan.values, bits)?;
@@ -549,52 +693,18 @@ pub fn encode_with<E: Element>(x: &[E], grid: &TokenGrid, spec: StepSpec, bits: 
     };
     let sym = sym_vec.as_slice();
     let (_, pairs) = histogram(&sym);
-    let table = Table::from_counts(&pairs)?;
-    let table_bytes = table.to_bytes();
-    // Model index of each symbol: its rank in the alphabet.
-    let off = 32768i32;
-    let mut index = vec![0u32; 65536];
-    for (i, &s) in table.symbols.iter().enumerate() {
-        index[(s + off) as usize] = i as u32;
-    }
-    let payload = entropy::encode(&table, n, |i| index[(sym.get(i) + off) as usize] as usize)?;
-
-    let nd = ndim(layout);
-    let (scope, coding_code, per_octave) = mode_codes(plan.mode);
-    let mut b = Vec::with_capacity(FIXED_HEADER + 8 * nd + table_bytes.len() + plan.section.len() + 12 + payload.len());
-    b.extend_from_slice(&MAGIC);
-    b.extend_from_slice(&VERSION.to_le_bytes());
-    b.push(dtype_code(E::DTYPE));
-    b.push(layout_code(layout));
-    b.push(bits.bits() as u8);
-    b.push(nd as u8);
-    b.push(scope);
-    b.push(coding_code);
-    b.push(per_octave);
-    b.push(0); // reserved
-    b.extend_from_slice(&(plan.exp as i16).to_le_bytes());
-    b.extend_from_slice(&(grid.patch as u32).to_le_bytes());
-    b.extend_from_slice(&(table.len() as u32).to_le_bytes());
-    b.extend_from_slice(&(grid.tokens() as u64).to_le_bytes());
-    b.extend_from_slice(&(n as u64).to_le_bytes());
-    b.extend_from_slice(&(plan.section.len() as u64).to_le_bytes());
-    b.extend_from_slice(&(table_bytes.len() as u32).to_le_bytes());
-    debug_assert_eq!(b.len(), FIXED_HEADER);
-    for &d in &grid.shape.sizes() {
-        b.extend_from_slice(&(d as u64).to_le_bytes());
-    }
-    b.extend_from_slice(&table_bytes);
-    b.extend_from_slice(&plan.section);
-    b.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    b.extend_from_slice(&payload);
-    let crc = crc32fast::hash(&b);
-    b.extend_from_slice(&crc.to_le_bytes());
-
-    let sections =
-        Sections { header: FIXED_HEADER + 8 * nd, table: table_bytes.len(), steps: plan.section.len(), payload: 8 + payload.len(), crc: 4 };
-    debug_assert_eq!(sections.total(), b.len());
+    let (b, table, precision, sections) = if format.version == 2 {
+        let (b, table, sections) = write_v2(E::DTYPE, grid, bits, &plan, &pairs, &sym)?;
+        (b, table, entropy::PRECISION, sections)
+    } else {
+        let q = qmax(bits);
+        v3::write(E::DTYPE, grid, bits, &plan, &pairs, format, |start, idx, _| match &sym {
+            SymSlice::I8(s) => idx.iter_mut().zip(&s[start..]).for_each(|(o, &v)| *o = (v as i32 + q) as u16),
+            SymSlice::I16(s) => idx.iter_mut().zip(&s[start..]).for_each(|(o, &v)| *o = (v as i32 + q) as u16),
+        })?
+    };
     let counts: Vec<u64> = pairs.iter().map(|p| p.1).collect();
-    let rate = RateReport::new(b.len(), grid, &table, &counts, &sections);
+    let rate = RateReport::new(b.len(), grid, &table, precision, &counts, &sections);
     let (steps, channel_steps) = match plan.mode {
         StepMode::Channel(_) => (Vec::new(), plan.values),
         _ => (plan.values, Vec::new()),
@@ -688,8 +798,24 @@ struct Raw<'a> {
     dims: Vec<u64>,
     table: &'a [u8],
     steps: &'a [u8],
+    /// Versions 1 and 2: the ANS stream. Version 3: the chunks, back to back.
     payload: &'a [u8],
     sections: Sections,
+    /// Version 3's coder fields, index and header checksum.
+    v3: Option<RawV3<'a>>,
+}
+
+/// Version 3's fields after the dimensions, its chunk index and its header checksum.
+struct RawV3<'a> {
+    precision: u8,
+    lanes: u8,
+    reserved: u16,
+    chunk: u32,
+    count: u32,
+    index: &'a [u8],
+    /// The stored header CRC and the number of bytes it covers.
+    header_crc: u32,
+    header_len: usize,
 }
 
 fn layout_of(r: &mut Reader) -> Located<Layout> {
@@ -743,15 +869,31 @@ fn locate(body: &[u8], version: u16) -> Located<Raw<'_>> {
         table_len = r.u32("table length")? as usize;
     }
     let dims = (0..nd).map(|_| r.u64("dimensions")).collect::<Located<Vec<_>>>()?;
+    let coder = if version == 3 {
+        Some((r.u8("precision")?, r.u8("lane count")?, r.u16("reserved field")?, r.u32("chunk size")?, r.u32("chunk count")?))
+    } else {
+        None
+    };
     let header = r.pos;
     let table = r.take(table_len, "frequency table")?;
     let steps = r.take(steps_len, "steps")?;
-    let payload_len = r.len("payload")?;
-    let payload = r.take(payload_len, "payload")?;
-    if r.pos != body.len() {
-        return Err(bad(format!("{} bytes after the payload", body.len() - r.pos)));
+    let (payload, sections, v3);
+    if let Some((precision, lanes, reserved, chunk, count)) = coder {
+        let index = r.take(8 * count as usize, "chunk index")?;
+        let header_len = r.pos;
+        let header_crc = r.u32("header checksum")?;
+        payload = &body[r.pos..];
+        sections = Sections { header, table: table_len, steps: steps_len, payload: index.len() + payload.len(), crc: 4 };
+        v3 = Some(RawV3 { precision, lanes, reserved, chunk, count, index, header_crc, header_len });
+    } else {
+        let payload_len = r.len("payload")?;
+        payload = r.take(payload_len, "payload")?;
+        if r.pos != body.len() {
+            return Err(bad(format!("{} bytes after the payload", body.len() - r.pos)));
+        }
+        sections = Sections { header, table: table_len, steps: steps_len, payload: 8 + payload_len, crc: 4 };
+        v3 = None;
     }
-    let sections = Sections { header, table: table_len, steps: steps_len, payload: 8 + payload_len, crc: 4 };
     Ok(Raw {
         version,
         dtype,
@@ -771,6 +913,7 @@ fn locate(body: &[u8], version: u16) -> Located<Raw<'_>> {
         steps,
         payload,
         sections,
+        v3,
     })
 }
 
@@ -788,9 +931,26 @@ fn open(bytes: &[u8]) -> Result<Raw<'_>> {
     if !(1..=VERSION).contains(&version) {
         return Err(err(format!("unsupported .fjq version {version} (this build reads versions 1 to {VERSION})")));
     }
-    let min = if version == 1 { MIN_FILE } else { MIN_FILE_V2 };
+    let min = [MIN_FILE, MIN_FILE_V2, MIN_FILE_V3][version as usize - 1];
     if bytes.len() < min {
         return Err(err(format!("truncated: {} bytes, the smallest version {version} .fjq file has {min}", bytes.len())));
+    }
+    if version == 3 {
+        // The header checksum sits after the index, so the header is located first (every
+        // length against the file's size, nothing allocated), then checked; each chunk has its own.
+        let raw = locate(bytes, version).map_err(|e| {
+            let what = if e.short { "truncated file or inconsistent header" } else { "damaged or inconsistent header" };
+            err(format!("{what}: {}", e.msg))
+        })?;
+        let v = raw.v3.as_ref().unwrap_or_else(|| unreachable!("version 3 has its coder fields"));
+        let computed = crc32fast::hash(&bytes[..v.header_len]);
+        if computed != v.header_crc {
+            return Err(err(format!(
+                "checksum mismatch in the header (stored {:08x}, computed {computed:08x}): the file is corrupted",
+                v.header_crc
+            )));
+        }
+        return Ok(raw);
     }
     let (body, tail) = bytes.split_at(bytes.len() - 4);
     let stored = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
@@ -957,49 +1117,67 @@ fn decode_steps(raw: &Raw, mode: StepMode, e: i32, n: usize) -> Result<Vec<f32>>
     }
 }
 
-/// Decodes a `.fjq` file (version 1 or 2).
+/// The stored steps of a validated file: `(per-token steps, per-channel steps)` (the tensor mode
+/// repeats its step for every token; the channel modes have no per-token steps).
+fn stored_steps(raw: &Raw, step_mode: StepMode, e: i32, grid: &TokenGrid) -> Result<(Vec<f32>, Vec<f32>)> {
+    Ok(match step_mode {
+        StepMode::Tensor => (filled(grid.tokens(), decode_steps(raw, step_mode, e, 1)?[0], "steps")?, Vec::new()),
+        StepMode::Token(_) => (decode_steps(raw, step_mode, e, grid.tokens())?, Vec::new()),
+        StepMode::Channel(_) => (Vec::new(), decode_steps(raw, step_mode, e, channel::channels(grid))?),
+    })
+}
+
+/// Which step each element uses, for the chunked coder.
+fn step_map<'a>(step_mode: StepMode, steps: &'a [f32], channel_steps: &'a [f32]) -> rows::StepMap<'a> {
+    match step_mode {
+        StepMode::Tensor => rows::StepMap::Tensor(steps[0]),
+        StepMode::Token(_) => rows::StepMap::Token(steps),
+        StepMode::Channel(_) => rows::StepMap::Channel(channel_steps),
+    }
+}
+
+/// Decodes a `.fjq` file (version 1, 2 or 3): the reconstruction, the symbols and the rate.
+/// [`decode_recon`] is the faster form that returns the reconstruction only.
 pub fn decode(bytes: &[u8]) -> Result<Decoded> {
     let raw = open(bytes)?;
     let (dtype, layout, bits, grid, e, step_mode) = validate(&raw)?;
-    let table = Table::from_bytes(raw.table, raw.alphabet as usize, qmax(bits))?;
-    let values = match step_mode {
-        StepMode::Tensor => decode_steps(&raw, step_mode, e, 1)?,
-        StepMode::Token(_) => decode_steps(&raw, step_mode, e, grid.tokens())?,
-        StepMode::Channel(_) => decode_steps(&raw, step_mode, e, channel::channels(&grid))?,
+    let (table, precision) = match &raw.v3 {
+        Some(v) => v3::table(&raw, v, bits)?,
+        None => (Table::from_bytes(raw.table, raw.alphabet as usize, qmax(bits))?, entropy::PRECISION),
     };
-
-    let n = grid.numel();
-    let sym_vec = match bits {
-        Bits::B8 => {
-            let mut s = zeroed::<i8>(n, "symbols")?;
-            entropy::decode(&table, raw.payload, n, |i, k| s[i] = table.symbols[k] as i8)?;
-            SymbolVec::I8(s)
-        }
-        Bits::B16 => {
-            let mut s = zeroed::<i16>(n, "symbols")?;
-            entropy::decode(&table, raw.payload, n, |i, k| s[i] = table.symbols[k] as i16)?;
-            SymbolVec::I16(s)
-        }
+    let (steps, channel_steps) = stored_steps(&raw, step_mode, e, &grid)?;
+    let map = step_map(step_mode, &steps, &channel_steps);
+    let (sym_vec, recon, counts) = if let Some(v) = &raw.v3 {
+        v3::decode_all(&raw, v, dtype, bits, &grid, map, &table, precision)?
+    } else {
+        let n = grid.numel();
+        let sym_vec = match bits {
+            Bits::B8 => {
+                let mut s = zeroed::<i8>(n, "symbols")?;
+                entropy::decode(&table, raw.payload, n, |i, k| s[i] = table.symbols[k] as i8)?;
+                SymbolVec::I8(s)
+            }
+            Bits::B16 => {
+                let mut s = zeroed::<i16>(n, "symbols")?;
+                entropy::decode(&table, raw.payload, n, |i, k| s[i] = table.symbols[k] as i16)?;
+                SymbolVec::I16(s)
+            }
+        };
+        let per = match step_mode {
+            StepMode::Channel(_) => PerStep::Channel(&channel_steps),
+            _ => PerStep::Token(&steps),
+        };
+        let sym = sym_vec.as_slice();
+        let recon = match dtype {
+            Dtype::F32 => ElemVec::F32(dequantized(&sym, &grid, per)?),
+            Dtype::F16 => ElemVec::F16(dequantized(&sym, &grid, per)?),
+            Dtype::Bf16 => ElemVec::Bf16(dequantized(&sym, &grid, per)?),
+        };
+        let (_, pairs) = histogram(&sym);
+        let counts: Vec<u64> = pairs.iter().map(|p| p.1).collect();
+        (sym_vec, recon, counts)
     };
-    let (steps, channel_steps) = match step_mode {
-        StepMode::Tensor => (filled(grid.tokens(), values[0], "steps")?, Vec::new()),
-        StepMode::Token(_) => (values, Vec::new()),
-        StepMode::Channel(_) => (Vec::new(), values),
-    };
-    let per = match step_mode {
-        StepMode::Channel(_) => PerStep::Channel(&channel_steps),
-        _ => PerStep::Token(&steps),
-    };
-    let sym = sym_vec.as_slice();
-    let recon = match dtype {
-        Dtype::F32 => ElemVec::F32(dequantized(&sym, &grid, per)?),
-        Dtype::F16 => ElemVec::F16(dequantized(&sym, &grid, per)?),
-        Dtype::Bf16 => ElemVec::Bf16(dequantized(&sym, &grid, per)?),
-    };
-
-    let (_, pairs) = histogram(&sym);
-    let counts: Vec<u64> = pairs.iter().map(|p| p.1).collect();
-    let rate = RateReport::new(bytes.len(), &grid, &table, &counts, &raw.sections);
+    let rate = RateReport::new(bytes.len(), &grid, &table, precision, &counts, &raw.sections);
     Ok(Decoded {
         version: raw.version,
         dtype,
@@ -1077,3 +1255,5 @@ fn dequantize<E: Element>(sym: &SymSlice, grid: &TokenGrid, steps: PerStep, out:
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_v3;

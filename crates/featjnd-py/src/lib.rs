@@ -781,7 +781,7 @@ fn encode<'py>(
     Ok(d)
 }
 
-/// Decodes a `.fjq` file (version 1 or 2). Returns a dict: version, dtype, layout, shape, patch,
+/// Decodes a `.fjq` file (version 1, 2 or 3). Returns a dict: version, dtype, layout, shape, patch,
 /// bits, step_mode, per_octave, and recon, symbols, steps and channel_steps as little-endian
 /// bytearrays (the file's dtype; int8/int16; float32 per-token steps, empty for the channel
 /// modes; float32 per-channel steps, empty otherwise), rate (a dict with `sections`). A malformed

@@ -114,12 +114,12 @@ fn round_trip_is_bit_exact_for_every_dtype_layout_and_width() {
 #[test]
 fn degenerate_and_wide_alphabets() {
     let _rng = common::rng_lock();
-    // All zeros: a one-symbol alphabet, no payload.
+    // All zeros: a one-symbol alphabet, no payload (version 3: no chunks, an empty index).
     let x = Tensor::zeros([1, 4, 3, 3], (Kind::Float, Device::Cpu));
     let steps = Tensor::ones([9], (Kind::Float, Device::Cpu));
     let enc = codec::encode(&x, &steps, Layout::Nchw, 1, Bits::B8).unwrap();
     assert_eq!(enc.rate.alphabet, 1);
-    assert_eq!(enc.sections.payload, 8);
+    assert_eq!(enc.sections.payload, 0);
     check_round_trip(&enc, &x, Layout::Nchw, 1, Bits::B8, "zeros");
     // 16-bit symbols over a wide range (thousands of distinct values).
     let (x, j) = feature(&[1, 64, 16, 16], Kind::Float, 99, false);
@@ -165,8 +165,25 @@ fn decode_err(b: &[u8]) -> String {
     }
 }
 
-/// Recomputes the CRC of a modified file (to reach the checks behind it).
+/// Recomputes the checksum of a modified file (to reach the checks behind it): version 3's header
+/// checksum (located from the file's own, possibly modified, fields; left alone when they point
+/// outside the file), or versions 1 and 2's CRC of the whole file.
 fn recrc(b: &mut [u8]) {
+    if b[4..6] == 3u16.to_le_bytes() {
+        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap()) as u64;
+        let nd = b[9] as u64;
+        let coder = 52 + 8 * nd;
+        if coder + 12 > b.len() as u64 {
+            return;
+        }
+        let steps = u64::from_le_bytes(b[40..48].try_into().unwrap());
+        let at = (coder + 12).saturating_add(u32_at(48)).saturating_add(steps).saturating_add(8 * u32_at(coder as usize + 8));
+        if let Some(at) = usize::try_from(at).ok().filter(|&a| a <= b.len().saturating_sub(4)) {
+            let c = crc32fast::hash(&b[..at]);
+            b[at..at + 4].copy_from_slice(&c.to_le_bytes());
+        }
+        return;
+    }
     let n = b.len() - 4;
     let c = crc32fast::hash(&b[..n]);
     b[n..].copy_from_slice(&c.to_le_bytes());
@@ -193,10 +210,11 @@ fn truncated_files_are_errors() {
             assert!(m.contains("truncated"), "cut {cut}: {m}");
         }
     }
-    // Extra bytes at the end: a checksum error too.
+    // Extra bytes at the end: an error too (version 3 has no checksum at the end: the chunk index
+    // says where the file ends).
     let mut longer = b.clone();
     longer.extend_from_slice(&[0, 0, 0, 0]);
-    assert!(decode_err(&longer).contains("checksum"));
+    assert!(decode_err(&longer).contains("after the last chunk"));
 }
 
 #[test]
@@ -209,10 +227,12 @@ fn every_flipped_byte_is_an_error() {
             let mut c = b.clone();
             c[i] ^= mask;
             let m = decode_err(&c);
+            // Version 3 → 2 is another readable version (whose whole-file CRC then fails); a header
+            // field that no longer locates the sections is named before the header checksum.
             match i {
                 0..=3 => assert!(m.contains("bad magic"), "{i}: {m}"),
-                4 | 5 => assert!(m.contains("unsupported .fjq version"), "{i}: {m}"),
-                _ => assert!(m.contains("checksum mismatch"), "{i}: {m}"),
+                4 | 5 => assert!(m.contains("unsupported .fjq version") || m.contains("checksum mismatch"), "{i}: {m}"),
+                _ => assert!(m.contains("checksum mismatch") || m.contains("inconsistent header"), "{i}: {m}"),
             }
         }
     }
@@ -220,9 +240,9 @@ fn every_flipped_byte_is_an_error() {
     c[..4].copy_from_slice(b"NPY\0");
     assert!(decode_err(&c).contains("not an .fjq file"));
     let mut c = b.clone();
-    c[4..6].copy_from_slice(&3u16.to_le_bytes());
+    c[4..6].copy_from_slice(&4u16.to_le_bytes());
     recrc(&mut c);
-    assert!(decode_err(&c).contains("version 3"));
+    assert!(decode_err(&c).contains("version 4"));
     for short in [&b""[..], &b"FJ"[..], &b"FJQ\0"[..], &b"FJQ\0\x01\x00"[..]] {
         decode_err(short);
     }
@@ -240,7 +260,7 @@ fn inconsistent_headers_are_errors() {
         recrc(&mut c);
         c
     };
-    // Version 2 offsets (docs/fjq-format.md).
+    // Version 2 offsets, which version 3 keeps (docs/fjq-format.md).
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (put(6, &[9]), "dtype"),
         (put(7, &[5]), "layout"),
@@ -456,7 +476,7 @@ fn cli_encode_decode_round_trip() {
         );
         let t = ok_json(d.path(), &["decode", &out, "-o", "m.npy"]);
         assert_eq!(t["step_mode"], s["step_mode"], "{mode}");
-        assert_eq!(t["version"], 2);
+        assert_eq!(t["version"], 3);
         assert_eq!(t["rate"]["step_bytes"], s["rate"]["step_bytes"], "{mode}");
         assert_eq!(t["nominal_mse"], s["nominal_mse"], "{mode}");
         let n = s["rate"]["step_bytes"].as_u64().unwrap();

@@ -924,7 +924,7 @@ def encode(
 
 
 def decode(data: Union[bytes, bytearray, memoryview], *, like: Optional[Array] = None) -> Decoded:
-    """Decodes a ``.fjq`` file (format version 1 or 2).
+    """Decodes a ``.fjq`` file (format version 1, 2 or 3).
 
     The reconstruction ``x_hat = f32(q) * Delta`` (the token's step, or the channel's in the
     channel modes), narrowed to the file's dtype, is bit-identical to what :func:`encode`
