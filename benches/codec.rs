@@ -1,4 +1,4 @@
-//! The `.fjq` codec (issue 26 §3): encode (quantization included) and decode of f32 features of
+//! The `.fjq` codec (docs/fjq-format.md): encode (quantization included) and decode of f32 features of
 //! 1, 16 and 256 MiB (`benches/support/codec_feature.rs`: NCHW `[N, 256, H, W]`, Gaussian values
 //! under a smooth per-token scale, per-token steps on the default log grid, 8-bit symbols, about
 //! 4.1 bits per element), in one run side by side:

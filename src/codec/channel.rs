@@ -1,4 +1,4 @@
-//! Quantization with one step per channel (the `channel` step mode): SPEC §4's arithmetic with
+//! Quantization with one step per channel (the `channel` step mode): contract §4's arithmetic with
 //! the step chosen by the element's channel instead of its token. `inv_c = 1.0f / Δ_c` (one f32
 //! division per channel), `q = rint_half_even(x · inv_c)` clamped to `±Q`, `x̂ = f32(q) · Δ_c`
 //! (one f32 multiply each, never fused). This is the conventional per-channel feature-coding

@@ -4,7 +4,7 @@
 //! [`encode_with`] takes the steps as one of three [`StepSpec`]s — one for the tensor, one per
 //! token, one per channel — and a [`StepCoding`] for the per-token/per-channel ones (a log grid
 //! of `G` points per octave, or version 1's f16). It rounds the steps to what the file stores
-//! ([`steps`]), quantizes with the **rounded** steps (per token: [`cpu::quantize`], SPEC §4; per
+//! ([`steps`]), quantizes with the **rounded** steps (per token: [`cpu::quantize`], contract §4; per
 //! channel: the same arithmetic with the channel's step), and entropy-codes the symbols
 //! ([`entropy`]: constriction's ANS with a static categorical model whose quantized frequency
 //! table is in the file); per-token grid indices are entropy-coded the same way, as differences.
@@ -106,7 +106,7 @@ impl Sections {
     }
 }
 
-/// Rate of a coded feature: the real one (file size), SPEC §4's estimate, and the split between
+/// Rate of a coded feature: the real one (file size), contract §4's estimate, and the split between
 /// the steps' side information and the symbols.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct RateReport {
@@ -119,7 +119,7 @@ pub struct RateReport {
     pub entropy_bits: f64,
     /// `8 · file_bytes / elements`.
     pub bits_per_element: f64,
-    /// SPEC §4: `(H·T·K + 16·T) / (T·K)` ([`crate::rate::bits_per_element`]), whatever the file
+    /// contract §4: `(H·T·K + 16·T) / (T·K)` ([`crate::rate::bits_per_element`]), whatever the file
     /// really spends on steps.
     pub estimate_bits_per_element: f64,
     /// `bits_per_element / estimate − 1`.
@@ -128,13 +128,13 @@ pub struct RateReport {
     pub model_bits: f64,
     /// Bytes of the step section ([`Sections::steps`]).
     pub step_bytes: usize,
-    /// `8 · step_bytes / T`: what the steps really cost per token (SPEC §4 assumes 16).
+    /// `8 · step_bytes / T`: what the steps really cost per token (contract §4 assumes 16).
     pub step_bits_per_token: f64,
     /// `8 · step_bytes / elements`.
     pub step_bits_per_element: f64,
     /// `8 · (table + payload sections) / elements`: what the symbols cost.
     pub symbol_bits_per_element: f64,
-    /// SPEC §4's estimate with the file's real side information: `H + step_bits_per_element`.
+    /// contract §4's estimate with the file's real side information: `H + step_bits_per_element`.
     pub coded_estimate_bits_per_element: f64,
     /// `bits_per_element / coded_estimate − 1`: the header, the table, the model's quantization
     /// and the coder's flush only.
@@ -190,7 +190,7 @@ pub struct Encoded<E> {
     pub recon: Vec<E>,
     /// Elements clamped to `±Q`.
     pub clamped: u64,
-    /// Measured MSE per element of `recon` against `x` (in f32, SPEC §4).
+    /// Measured MSE per element of `recon` against `x` (in f32, contract §4).
     pub mse: f64,
     pub sections: Sections,
     pub rate: RateReport,
@@ -648,7 +648,7 @@ pub fn encode<E: Element>(x: &[E], grid: &TokenGrid, steps: &[f32], bits: Bits) 
 /// Encodes `x` (flat, row-major, the layout and sizes of `grid`) with the steps of `spec`: the
 /// steps are first rounded to what the file stores (`coding` for per-token and per-channel steps;
 /// a tensor step is stored exactly and ignores `coding`), then `x` is quantized with the stored
-/// steps (per token: [`cpu::quantize`]; per channel: the same SPEC §4 arithmetic).
+/// steps (per token: [`cpu::quantize`]; per channel: the same contract §4 arithmetic).
 pub fn encode_with<E: Element>(x: &[E], grid: &TokenGrid, spec: StepSpec, bits: Bits, coding: StepCoding) -> Result<Encoded<E>> {
     encode_with_format(x, grid, spec, bits, coding, &Format::default())
 }
@@ -1208,7 +1208,7 @@ fn dequantized<E: Element>(sym: &SymSlice, grid: &TokenGrid, steps: PerStep) -> 
     Ok(r)
 }
 
-/// `x̂ = f32(q) · Δ` (one f32 multiply, as SPEC §4), narrowed row by row to `E`.
+/// `x̂ = f32(q) · Δ` (one f32 multiply, as contract §4), narrowed row by row to `E`.
 fn dequantize<E: Element>(sym: &SymSlice, grid: &TokenGrid, steps: PerStep, out: &mut [E]) {
     let [_, a, b, c] = grid.shape.dims;
     // Rows of contiguous elements that share a step pattern: NCHW rows of W, NTC rows of C.

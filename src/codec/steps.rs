@@ -43,7 +43,7 @@ impl Default for StepCoding {
 pub enum StepMode {
     /// One step for every element, stored as f32 bits.
     Tensor,
-    /// One step per token (SPEC §1).
+    /// One step per token (contract §1).
     Token(StepCoding),
     /// One step per channel: NCHW's `C`, NTC's columns; the same for every token.
     Channel(StepCoding),
@@ -78,7 +78,7 @@ impl StepMode {
 pub enum StepSpec<'a> {
     /// One step for the whole tensor.
     Tensor(f32),
-    /// One step per token (`T` values, token order of SPEC §1).
+    /// One step per token (`T` values, token order of contract §1).
     Token(&'a [f32]),
     /// One step per channel (`C` values).
     Channel(&'a [f32]),
@@ -89,7 +89,7 @@ pub(crate) fn pow2(e: i32) -> f64 {
     f64::from_bits(((e + 1023) as u64) << 52)
 }
 
-/// A step a file may hold: finite, normal, > 0, with a finite reciprocal (SPEC §4's `1/Δ`).
+/// A step a file may hold: finite, normal, > 0, with a finite reciprocal (contract §4's `1/Δ`).
 pub(crate) fn usable(s: f32) -> bool {
     s.is_normal() && s > 0.0 && (1.0 / s).is_finite()
 }

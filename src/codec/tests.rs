@@ -47,7 +47,7 @@ fn steps_for(n: usize, seed: u32) -> Vec<f32> {
     (0..n).map(|_| 0.02 * (1.0 + 3.0 * r.uniform())).collect()
 }
 
-/// Independent reference of the channel mode: SPEC §4's f32 operations, one element at a time.
+/// Independent reference of the channel mode: contract §4's f32 operations, one element at a time.
 fn channel_reference<E: Element>(x: &[E], g: &TokenGrid, steps: &[f32], bits: Bits) -> (Vec<i32>, Vec<E>) {
     let qmax = bits.qmax();
     let mut q = Vec::new();

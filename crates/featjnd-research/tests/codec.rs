@@ -1,5 +1,5 @@
 //! The feature codec (`featjnd_research::codec`, `featjnd encode/decode`): bit-exact round trips, corrupted
-//! files, the real size against SPEC §4's entropy estimate, and the CLI.
+//! files, the real size against contract §4's entropy estimate, and the CLI.
 mod common;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -59,7 +59,7 @@ fn check_round_trip(enc: &Encoded, x: &Tensor, layout: Layout, patch: usize, bit
     assert_eq!(raw_bytes(&d.symbols), raw_bytes(&enc.symbols), "{what}: symbols");
     assert_eq!(raw_bytes(&d.steps), raw_bytes(&enc.steps), "{what}: steps");
     assert_eq!(raw_bytes(&d.recon), raw_bytes(&enc.recon), "{what}: recon not bit-identical");
-    // The encoder's recon is ops::quantize's with the stored steps (SPEC §4).
+    // The encoder's recon is ops::quantize's with the stored steps (contract §4).
     let opts = ops::QuantizeOptions { bits, ..Default::default() };
     let q = ops::quantize(x, layout, patch, &enc.steps, &opts).unwrap();
     assert_eq!(raw_bytes(q.recon.as_ref().unwrap()), raw_bytes(&d.recon), "{what}: recon vs ops::quantize");
@@ -338,7 +338,7 @@ fn inconsistent_headers_are_errors() {
     assert!(errors > 0);
 }
 
-/// The file size against SPEC §4's estimate on a realistic 256×32×32 feature.
+/// The file size against contract §4's estimate on a realistic 256×32×32 feature.
 #[test]
 fn file_size_matches_the_entropy_estimate() {
     let _rng = common::rng_lock();
@@ -348,7 +348,7 @@ fn file_size_matches_the_entropy_estimate() {
         let enc = codec::encode(&x, &steps, Layout::Nchw, 1, bits).unwrap();
         let r = enc.rate;
         eprintln!(
-            "relu {relu} rel {rel} b{}: {} bytes, {:.4} bpe vs SPEC estimate {:.4} (gap {:+.3}%), vs H + real step bits {:.4} (gap {:+.3}%), steps {:.3} bits/token, H {:.3}, model {:.4}, A {}, sections {:?}",
+            "relu {relu} rel {rel} b{}: {} bytes, {:.4} bpe vs contract estimate {:.4} (gap {:+.3}%), vs H + real step bits {:.4} (gap {:+.3}%), steps {:.3} bits/token, H {:.3}, model {:.4}, A {}, sections {:?}",
             bits.bits(),
             r.file_bytes,
             r.bits_per_element,
@@ -366,7 +366,7 @@ fn file_size_matches_the_entropy_estimate() {
         assert!(r.entropy_bits > 1.0, "{r:?}");
         assert!(r.coded_gap.abs() < 0.02, "{r:?}");
         assert!(r.coded_gap > 0.0, "a static code cannot beat the empirical entropy: {r:?}");
-        // The log grid's steps cost far less than SPEC §4's 16 bits per token.
+        // The log grid's steps cost far less than contract §4's 16 bits per token.
         assert!(r.step_bits_per_token < 8.0 && r.bits_per_element < r.estimate_bits_per_element, "{r:?}");
         let d = codec::decode(&enc.bytes).unwrap();
         assert_eq!(raw_bytes(&d.recon), raw_bytes(&enc.recon));
