@@ -258,11 +258,18 @@ pub(crate) fn decoder(symbols: &[i32], freqs: &[u32], precision: u32) -> Decoder
 
 /// Lane count of a file: at most `lanes`, and fewer for short features so that every lane has
 /// some hundreds of symbols (each lane costs 4 bytes of state per chunk).
-pub(crate) fn lanes_for(n: usize, chunk: usize, lanes: usize) -> usize {
+pub(crate) fn lanes_for(n: usize, chunk: usize, lanes: usize, bits_per_symbol: f64) -> usize {
+    let pow2 = |v: usize| 1usize << (usize::BITS - 1 - v.max(1).leading_zeros());
     let per = (chunk.min(n) / 512).max(1);
-    let cap = 1usize << (usize::BITS - 1 - per.leading_zeros());
-    lanes.min(cap).max(1)
+    // The final lane states cost 32 bits each: at most LANE_SHARE of the chunk's payload (its
+    // entropy estimate), so that small or low-entropy features (one photo's feature in the
+    // quantization study) stay as small as version 2's files; large ones keep every lane.
+    let by_size = (chunk.min(n) as f64 * bits_per_symbol * LANE_SHARE / 32.0) as usize;
+    lanes.min(pow2(per)).min(pow2(by_size)).max(1)
 }
+
+/// The share of a chunk's payload its final lane states may cost (0.2%).
+const LANE_SHARE: f64 = 0.002;
 
 pub(crate) use rans::LANE_COUNTS;
 

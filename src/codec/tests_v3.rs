@@ -313,3 +313,32 @@ fn size_is_close_to_version_2() {
     );
     assert!(ratio < 1.005, "{ratio}");
 }
+
+/// The encoder spends at most 0.2% of a chunk's payload on its final lane states (32 bits a lane):
+/// one photo's small, low-entropy feature gets few lanes, so its file stays near version 2's
+/// size, while a large feature keeps all 32 lanes (the decoder's speed).
+#[test]
+fn lane_states_stay_a_small_share_of_the_payload() {
+    let lanes_of = |e: &EncodedFile| e.bytes[e.sections.header - 11] as usize;
+    for (c, h, w, dist) in [(320, 7, 7, Dist::Skewed), (32, 28, 28, Dist::Skewed), (64, 64, 64, Dist::Uniform)] {
+        let g = TokenGrid::new(FeatureShape::nchw(1, c, h, w), 1).unwrap();
+        let n = g.numel();
+        let x = values(n, dist, Bits::B8, 9);
+        let st = steps(g.tokens(), 9);
+        let v3 = encode_file(&x, &g, StepSpec::Token(&st), Bits::B8, StepCoding::default(), &Format::default()).unwrap();
+        let v2 = encode_with_format(&x, &g, StepSpec::Token(&st), Bits::B8, StepCoding::default(), &Format::v2()).unwrap();
+        let lanes = lanes_of(&v3);
+        let payload_bits = v3.rate.entropy_bits * n.min(DEFAULT_CHUNK) as f64;
+        let what = format!(
+            "[{c},{h},{w}] {dist:?}: {lanes} lanes, v3 {} vs v2 {} bytes, H {:.3}",
+            v3.bytes.len(),
+            v2.bytes.len(),
+            v3.rate.entropy_bits
+        );
+        eprintln!("{what}");
+        assert!(lanes == 1 || (lanes * 32) as f64 <= 0.002 * payload_bits, "{what}");
+        if n >= DEFAULT_CHUNK && v3.rate.entropy_bits > 4.0 {
+            assert_eq!(lanes, DEFAULT_LANES, "{what}");
+        }
+    }
+}

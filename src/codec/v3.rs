@@ -120,7 +120,9 @@ pub(crate) fn write(
     let table = Table { symbols, freqs };
     let table_bytes = table.to_bytes();
     let chunk = format.chunk_symbols.min(n.max(1));
-    let lanes = chunks::lanes_for(n, chunk, format.lanes);
+    let total = counts.iter().sum::<u64>().max(1) as f64;
+    let bits_per_symbol: f64 = counts.iter().filter(|&&c| c > 0).map(|&c| c as f64 / total * (total / c as f64).log2()).sum();
+    let lanes = chunks::lanes_for(n, chunk, format.lanes, bits_per_symbol);
     let coded = if table.len() == 1 {
         chunks::Coded { chunks: Vec::new() }
     } else {
