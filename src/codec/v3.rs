@@ -18,7 +18,8 @@ use crate::geom::{Bits, FeatureShape, Layout, TokenGrid};
 
 /// Symbols per chunk written by default (the last chunk may be shorter).
 pub const DEFAULT_CHUNK: usize = 1 << 17;
-/// Interleaved rANS lanes written by default (fewer for short features).
+/// Interleaved rANS lanes written by default (fewer for short or low-entropy chunks:
+/// `chunks::lanes_for`, docs/fjq-format.md).
 pub const DEFAULT_LANES: usize = 32;
 /// The largest chunk a file may declare (`2^24` symbols).
 pub const MAX_CHUNK: usize = 1 << 24;
@@ -32,7 +33,8 @@ pub struct Format {
     pub version: u16,
     /// Version 3: symbols per chunk, `1..=MAX_CHUNK`.
     pub chunk_symbols: usize,
-    /// Version 3: the most interleaved lanes (1, 2, 4, 8, 16 or 32); short features use fewer.
+    /// Version 3: the most interleaved lanes (1, 2, 4, 8, 16 or 32); short or low-entropy chunks
+    /// use fewer.
     pub lanes: usize,
 }
 
