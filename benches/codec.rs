@@ -12,7 +12,8 @@
 //! Throughput is in elements (= symbols). Env: FEATJND_BENCH_MAX_MIB caps the sizes (default 256),
 //! FEATJND_BENCH_V2=0 leaves out version 2 (slow at 256 MiB).
 //! `cargo bench -p featjnd-kernels --no-default-features --features codec --bench codec`
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput};
 use featjnd_kernels::codec::{self, Format, StepCoding, StepSpec};
 use featjnd_kernels::geom::{FeatureShape, TokenGrid};
 use featjnd_kernels::Bits;
@@ -25,6 +26,17 @@ mod codec_feature;
 fn sizes_mib() -> Vec<usize> {
     let max: usize = std::env::var("FEATJND_BENCH_MAX_MIB").ok().and_then(|s| s.parse().ok()).unwrap_or(256);
     [1usize, 16, 256].into_iter().filter(|&m| m <= max).collect()
+}
+
+/// A group of 10 flat samples over `numel` elements (longer for the 256 MiB feature).
+fn group<'a>(c: &'a mut Criterion, name: &str, big: bool, numel: u64) -> BenchmarkGroup<'a, WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(if big { 4 } else { 2 }));
+    g.throughput(Throughput::Elements(numel));
+    g
 }
 
 fn bench(c: &mut Criterion) {
@@ -49,12 +61,7 @@ fn bench(c: &mut Criterion) {
         );
         let mut dst = vec![0.0f32; x.len()];
 
-        let mut g = c.benchmark_group("codec_encode");
-        g.sample_size(10)
-            .sampling_mode(SamplingMode::Flat)
-            .warm_up_time(Duration::from_millis(300))
-            .measurement_time(Duration::from_secs(if big { 4 } else { 2 }));
-        g.throughput(Throughput::Elements(numel));
+        let mut g = group(c, "codec_encode", big, numel);
         g.bench_with_input(BenchmarkId::new("memcpy", mib), &mib, |b, _| b.iter(|| dst.copy_from_slice(black_box(&x))));
         g.bench_with_input(BenchmarkId::new("v3", mib), &mib, |b, _| {
             b.iter(|| codec::encode_file(black_box(&x), &grid, spec, Bits::B8, coding, &Format::default()).unwrap())
@@ -69,12 +76,7 @@ fn bench(c: &mut Criterion) {
         }
         g.finish();
 
-        let mut g = c.benchmark_group("codec_decode");
-        g.sample_size(10)
-            .sampling_mode(SamplingMode::Flat)
-            .warm_up_time(Duration::from_millis(300))
-            .measurement_time(Duration::from_secs(if big { 4 } else { 2 }));
-        g.throughput(Throughput::Elements(numel));
+        let mut g = group(c, "codec_decode", big, numel);
         g.bench_with_input(BenchmarkId::new("memcpy", mib), &mib, |b, _| b.iter(|| dst.copy_from_slice(black_box(&x))));
         g.bench_with_input(BenchmarkId::new("v3", mib), &mib, |b, _| b.iter(|| codec::decode_recon(black_box(&v3.bytes)).unwrap()));
         g.bench_with_input(BenchmarkId::new("v3_into", mib), &mib, |b, _| {

@@ -171,6 +171,12 @@ fn bad_arguments_are_refused() {
     assert!(matches!(capped.validate().unwrap().record_host(None, &mut stats), Err(Error::Arg(m)) if m.contains("sync-free")));
 }
 
+/// The capped chain (κ = 2) or the JND one, D = 0.02, on the host.
+fn run(quantize: QuantizeArgs, jnd: Buf, capped: bool) -> Result<featjnd_kernels::call::QuantizeReport, Error> {
+    let rule = if capped { StepRule::Capped { kappa: 2.0 } } else { StepRule::Strategy(Strategy::Jnd) };
+    Executor::Host(None).run(&ChainArgs { quantize, jnd, reduce: Reduce::Mean, budget: 0.02, rule }.validate().unwrap())
+}
+
 #[test]
 fn value_errors_come_in_the_cpus_order_before_any_step_is_written() {
     let g = TokenGrid::new(FeatureShape::ntc(1, 5, 4), 1).unwrap();
@@ -183,19 +189,7 @@ fn value_errors_come_in_the_cpus_order_before_any_step_is_written() {
         o.steps.fill(-7.0);
         let q = o.args(&x, &g);
         let jb = host("J", &j, Elem::F32);
-        let r = if capped {
-            Executor::Host(None).run(
-                &ChainArgs { quantize: q, jnd: jb, reduce: Reduce::Mean, budget: 0.02, rule: StepRule::Capped { kappa: 2.0 } }
-                    .validate()
-                    .unwrap(),
-            )
-        } else {
-            Executor::Host(None).run(
-                &ChainArgs { quantize: q, jnd: jb, reduce: Reduce::Mean, budget: 0.02, rule: StepRule::Strategy(Strategy::Jnd) }
-                    .validate()
-                    .unwrap(),
-            )
-        };
+        let r = run(q, jb, capped);
         // J is reduced first: its bad element is reported before x's.
         assert!(matches!(r, Err(Error::Jnd { index: 17, .. })), "capped {capped}: {r:?}");
         assert!(o.steps.iter().all(|&s| s == -7.0), "capped {capped}: steps written");
@@ -207,19 +201,7 @@ fn value_errors_come_in_the_cpus_order_before_any_step_is_written() {
         let mut o = Outs::<f32>::new(&g);
         let q = o.args(&x, &g);
         let jb = host("J", &j, Elem::F32);
-        let r = if capped {
-            Executor::Host(None).run(
-                &ChainArgs { quantize: q, jnd: jb, reduce: Reduce::Mean, budget: 0.02, rule: StepRule::Capped { kappa: 2.0 } }
-                    .validate()
-                    .unwrap(),
-            )
-        } else {
-            Executor::Host(None).run(
-                &ChainArgs { quantize: q, jnd: jb, reduce: Reduce::Mean, budget: 0.02, rule: StepRule::Strategy(Strategy::Jnd) }
-                    .validate()
-                    .unwrap(),
-            )
-        };
+        let r = run(q, jb, capped);
         assert!(matches!(r, Err(Error::NonFinite { index: 13, .. })), "capped {capped}: {r:?}");
     }
     x[13] = 0.0;
@@ -227,16 +209,6 @@ fn value_errors_come_in_the_cpus_order_before_any_step_is_written() {
     let zero = vec![0f32; 20];
     let mut o = Outs::<f32>::new(&g);
     let q = o.args(&zero, &g);
-    let r = Executor::Host(None).run(
-        &ChainArgs {
-            quantize: q,
-            jnd: host("J", &j, Elem::F32),
-            reduce: Reduce::Mean,
-            budget: 0.02,
-            rule: StepRule::Capped { kappa: 2.0 },
-        }
-        .validate()
-        .unwrap(),
-    );
+    let r = run(q, host("J", &j, Elem::F32), true);
     assert!(matches!(&r, Err(Error::Arg(m)) if m.contains("zero")), "a zero feature has no caps: {r:?}");
 }

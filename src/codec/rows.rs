@@ -8,6 +8,7 @@
 //! row, an NCHW channel plane) or a per-element pattern (an NCHW plane with per-token steps, an
 //! NTC row with per-channel steps).
 
+use crate::cpu::quantize::StepAt;
 use crate::element::Element;
 use crate::geom::{Layout, TokenGrid};
 
@@ -183,32 +184,6 @@ pub(crate) fn dequantize<E: Element>(steps: &Steps, start: usize, sym: &[i16], o
         }
     });
     sc.yf = yf;
-}
-
-/// A step for every element of a segment, or one for all.
-trait StepAt: Copy {
-    fn at(&self, i: usize) -> f32;
-    fn prefix(self, n: usize) -> Self;
-}
-impl StepAt for f32 {
-    #[inline(always)]
-    fn at(&self, _: usize) -> f32 {
-        *self
-    }
-    #[inline(always)]
-    fn prefix(self, _: usize) -> Self {
-        self
-    }
-}
-impl StepAt for &[f32] {
-    #[inline(always)]
-    fn at(&self, i: usize) -> f32 {
-        self[i]
-    }
-    #[inline(always)]
-    fn prefix(self, n: usize) -> Self {
-        &self[..n]
-    }
 }
 
 /// The element loop: indices `q + Q`; with `STATS`, also `(x − x̂)²` into `e`.

@@ -166,8 +166,9 @@ fn round_trip<E: Element>(grid: TokenGrid, bits: Bits, mode: StepMode, seed: u32
     assert!((ef.mse - enc.mse).abs() <= 1e-5 * enc.mse, "{what}: mse {} vs {}", ef.mse, enc.mse);
     let r = decode_recon(&enc.bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
     assert_eq!(r.recon, d.recon, "{what}: decode_recon");
-    assert_eq!((r.version, r.dtype, r.shape, r.patch, r.bits, r.step_mode), (3, d.dtype, d.shape, d.patch, d.bits, d.step_mode));
-    assert_eq!((&r.steps, &r.channel_steps), (&d.steps, &d.channel_steps));
+    let i = &r.info;
+    assert_eq!((i.version, i.dtype, i.shape, i.patch, i.bits, i.step_mode), (3, d.dtype, d.shape, d.patch, d.bits, d.step_mode));
+    assert_eq!((&i.steps, &i.channel_steps), (&d.steps, &d.channel_steps));
     // Into a reused buffer, from either version; a buffer of another size is refused.
     for bytes in [&enc.bytes, &v2.bytes] {
         let mut buf = vec![E::from_f32(1.0); grid.numel()];

@@ -85,17 +85,10 @@ pub struct EncodedFile {
 /// The result of [`decode_recon`].
 #[derive(Debug)]
 pub struct Reconstruction {
-    pub version: u16,
-    pub dtype: Dtype,
-    pub layout: Layout,
-    pub shape: FeatureShape,
-    pub patch: usize,
-    pub bits: Bits,
-    pub step_mode: StepMode,
+    /// What the file is (as [`decode_into`] tells it).
+    pub info: FileInfo,
     /// `x̂ = f32(q)·Δ` in the original dtype (flat, row-major), as [`super::Decoded::recon`].
     pub recon: ElemVec,
-    pub steps: Vec<f32>,
-    pub channel_steps: Vec<f32>,
 }
 
 /// Writes a version 3 file for the symbol histogram `pairs` (`(q, count)`, ascending), the symbol
@@ -345,26 +338,13 @@ pub(crate) fn decode_all(
 pub fn decode_recon(bytes: &[u8]) -> Result<Reconstruction> {
     let raw = super::open(bytes)?;
     let Some(v) = raw.v3.as_ref() else {
-        let d = super::decode(bytes)?;
-        return Ok(Reconstruction {
-            version: d.version,
-            dtype: d.dtype,
-            layout: d.layout,
-            shape: d.shape,
-            patch: d.patch,
-            bits: d.bits,
-            step_mode: d.step_mode,
-            recon: d.recon,
-            steps: d.steps,
-            channel_steps: d.channel_steps,
-        });
+        let (info, recon) = FileInfo::of(super::decode(bytes)?);
+        return Ok(Reconstruction { info, recon });
     };
-    let (dtype, layout, bits, grid, e, step_mode) = validate(&raw)?;
-    let (table, precision) = table(&raw, v, bits)?;
-    let (steps, channel_steps) = stored_steps(&raw, step_mode, e, &grid)?;
-    let map = step_map(step_mode, &steps, &channel_steps);
-    let (_, recon, _) = decode_chunks(&raw, v, dtype, bits, &grid, map, &table, precision, false)?;
-    Ok(Reconstruction { version: 3, dtype, layout, shape: grid.shape, patch: grid.patch, bits, step_mode, recon, steps, channel_steps })
+    let (info, grid, table, precision) = open_v3(&raw, v)?;
+    let map = step_map(info.step_mode, &info.steps, &info.channel_steps);
+    let (_, recon, _) = decode_chunks(&raw, v, info.dtype, info.bits, &grid, map, &table, precision, false)?;
+    Ok(Reconstruction { info, recon })
 }
 
 /// What [`decode_into`] tells about the file it decoded (the reconstruction is the caller's).
@@ -381,31 +361,10 @@ pub struct FileInfo {
     pub channel_steps: Vec<f32>,
 }
 
-/// Decodes a `.fjq` file's reconstruction into `out`, a buffer the caller reuses (no allocation of
-/// the feature, no fresh pages to fault in). `out` must have the file's dtype (`E`) and element
-/// count, else [`Error::Arg`]; a damaged file is an [`Error::Io`] as with [`super::decode`] (and
-/// `out` is then unspecified). Versions 1 and 2 go through [`super::decode`] and a copy.
-pub fn decode_into<E: Element>(bytes: &[u8], out: &mut [E]) -> Result<FileInfo> {
-    let raw = super::open(bytes)?;
-    let Some(v) = raw.v3.as_ref() else {
-        let d = super::decode(bytes)?;
-        if d.dtype != E::DTYPE || d.recon.len() != out.len() {
-            return Err(Error::Arg(format!(
-                "the file holds {} {:?} elements, the output {} {:?}",
-                d.recon.len(),
-                d.dtype,
-                out.len(),
-                E::DTYPE
-            )));
-        }
-        let mut f = vec![0.0f32; out.len()];
-        match &d.recon {
-            ElemVec::F32(r) => f.copy_from_slice(r),
-            ElemVec::F16(r) => f.iter_mut().zip(r).for_each(|(a, b)| *a = b.to_f32()),
-            ElemVec::Bf16(r) => f.iter_mut().zip(r).for_each(|(a, b)| *a = b.to_f32()),
-        }
-        E::narrow(&f, out); // exact: the values are of E's type already
-        return Ok(FileInfo {
+impl FileInfo {
+    /// The description of a fully decoded file, and its reconstruction.
+    fn of(d: super::Decoded) -> (FileInfo, ElemVec) {
+        let info = FileInfo {
             version: d.version,
             dtype: d.dtype,
             layout: d.layout,
@@ -415,15 +374,51 @@ pub fn decode_into<E: Element>(bytes: &[u8], out: &mut [E]) -> Result<FileInfo> 
             step_mode: d.step_mode,
             steps: d.steps,
             channel_steps: d.channel_steps,
-        });
-    };
-    let (dtype, layout, bits, grid, e, step_mode) = validate(&raw)?;
-    if dtype != E::DTYPE || grid.numel() != out.len() {
-        return Err(Error::Arg(format!("the file holds {} {dtype:?} elements, the output {} {:?}", grid.numel(), out.len(), E::DTYPE)));
+        };
+        (info, d.recon)
     }
-    let (table, precision) = table(&raw, v, bits)?;
-    let (steps, channel_steps) = stored_steps(&raw, step_mode, e, &grid)?;
-    let map = step_map(step_mode, &steps, &channel_steps);
-    decode_into_slice(&raw, v, bits, &grid, map, &table, precision, out, Extra { symbols: None, histogram: false })?;
-    Ok(FileInfo { version: 3, dtype, layout, shape: grid.shape, patch: grid.patch, bits, step_mode, steps, channel_steps })
+}
+
+/// A version 3 file's header, table and steps, validated: its description, grid, table and
+/// model precision (what every v3 decoder needs before the chunks).
+fn open_v3(raw: &Raw, v: &RawV3) -> Result<(FileInfo, TokenGrid, Table, u32)> {
+    let (dtype, layout, bits, grid, e, step_mode) = validate(raw)?;
+    let (table, precision) = table(raw, v, bits)?;
+    let (steps, channel_steps) = stored_steps(raw, step_mode, e, &grid)?;
+    let info = FileInfo { version: 3, dtype, layout, shape: grid.shape, patch: grid.patch, bits, step_mode, steps, channel_steps };
+    Ok((info, grid, table, precision))
+}
+
+/// Decodes a `.fjq` file's reconstruction into `out`, a buffer the caller reuses (no allocation of
+/// the feature, no fresh pages to fault in). `out` must have the file's dtype (`E`) and element
+/// count, else [`Error::Arg`]; a damaged file is an [`Error::Io`] as with [`super::decode`] (and
+/// `out` is then unspecified). Versions 1 and 2 go through [`super::decode`] and a copy.
+pub fn decode_into<E: Element>(bytes: &[u8], out: &mut [E]) -> Result<FileInfo> {
+    let raw = super::open(bytes)?;
+    let Some(v) = raw.v3.as_ref() else {
+        let (info, recon) = FileInfo::of(super::decode(bytes)?);
+        check_out::<E>(&info, out.len())?;
+        let mut f = vec![0.0f32; out.len()];
+        match &recon {
+            ElemVec::F32(r) => f.copy_from_slice(r),
+            ElemVec::F16(r) => f.iter_mut().zip(r).for_each(|(a, b)| *a = b.to_f32()),
+            ElemVec::Bf16(r) => f.iter_mut().zip(r).for_each(|(a, b)| *a = b.to_f32()),
+        }
+        E::narrow(&f, out); // exact: the values are of E's type already
+        return Ok(info);
+    };
+    let (info, grid, table, precision) = open_v3(&raw, v)?;
+    check_out::<E>(&info, out.len())?;
+    let map = step_map(info.step_mode, &info.steps, &info.channel_steps);
+    decode_into_slice(&raw, v, info.bits, &grid, map, &table, precision, out, Extra { symbols: None, histogram: false })?;
+    Ok(info)
+}
+
+/// `Error::Arg` unless a caller's output of `len` elements of `E` fits the file.
+fn check_out<E: Element>(info: &FileInfo, len: usize) -> Result<()> {
+    let n = info.shape.numel();
+    if info.dtype != E::DTYPE || n != len {
+        return Err(Error::Arg(format!("the file holds {n} {:?} elements, the output {len} {:?}", info.dtype, E::DTYPE)));
+    }
+    Ok(())
 }

@@ -57,7 +57,8 @@ const ROUND_MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
 const MAGIC_BITS: i32 = 0x4B40_0000; // bits of ROUND_MAGIC
 
 /// Step source of a row: one per element (NCHW rows cross tokens) or one for the row (NTC).
-trait StepAt: Copy {
+/// Also the codec's (`codec::rows`).
+pub(crate) trait StepAt: Copy {
     fn at(&self, i: usize) -> f32;
     /// Re-slices to exactly `n` (lets the compiler drop bounds checks and vectorise).
     fn prefix(self, n: usize) -> Self;
