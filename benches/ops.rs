@@ -338,7 +338,10 @@ fn graph_bench(
         unsafe {
             raw::zero_stats(on, wsb.sub(0, raw::quantize_slots(Bits::B8, true)).unwrap()).unwrap();
             let st = DevPtrMut::from_addr(steps.data_ptr() as u64);
-            raw::quantize_with_jnd(on, Dtype::F32, &grid, jnd, Reduce::Mean, BUDGET, Strategy::Jnd, &p, st, Bits::B8, false, wsb).unwrap();
+            raw::quantize_with_jnd(Dtype::F32, &grid, jnd, Reduce::Mean, BUDGET, Strategy::Jnd, &p, st, Bits::B8, false, wsb)
+                .unwrap()
+                .launch(on)
+                .unwrap();
         }
     };
     tch::Cuda::synchronize(o as i64);

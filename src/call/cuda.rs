@@ -143,7 +143,7 @@ impl Cuda {
         // SAFETY: every array is device memory of this device with the sizes the launch touches
         // (validated call; driver-checked where asked); outputs overlap no input and each other,
         // except recon == x in place (validated); fresh zeroed statistics on the same stream.
-        unsafe { raw::quantize(self.launch(), dt, g, &p, a.bits, a.histogram, st.view)? };
+        unsafe { raw::quantize(dt, g, &p, a.bits, a.histogram, st.view)?.launch(self.launch())? };
         let (bad, q) = raw::decode_quantize(&self.read(&st)?, a.bits, a.histogram);
         // In place, x is overwritten: the message cannot show the bad value.
         let xs = (!c.in_place()).then(|| Elems { ptr: DevPtr::from_addr(a.x.addr() as u64), dt });
@@ -166,7 +166,7 @@ impl Cuda {
         // SAFETY: `x`, `J` and `out` are device memory of this device with `numel` elements of
         // `dt` (validated call; driver-checked where asked); `out` is `x` or overlaps neither
         // input (validated); fresh zeroed statistics on the same stream.
-        unsafe { raw::perturb(self.launch(), &p, a.nrmse, a.noise, st.view)? };
+        unsafe { raw::perturb(&p, a.nrmse, a.noise, st.view)?.launch(self.launch())? };
         let (bad, report) = raw::decode_perturb(&self.read(&st)?, a.samples);
         let elems = |b: &Buf| Elems { ptr: DevPtr::from_addr(b.addr() as u64), dt };
         // SAFETY: `x` and `J` hold every index the kernels can report; the stream was synced.
@@ -195,7 +195,7 @@ impl Cuda {
                 // SAFETY: `J` and the output are device memory of this device with `numel`
                 // elements and `T` floats (validated; driver-checked where asked), disjoint;
                 // fresh zeroed statistics on the same stream.
-                unsafe { raw::token_stats(self.launch(), g, reduce, input, out, st.view, false)? };
+                unsafe { raw::token_stats(g, reduce, input, out, st.view, false)?.launch(self.launch())? };
                 let bad = raw::decode_token_stats(&self.read(&st)?);
                 // SAFETY: `J` holds every index the kernel can report; the stream was synced.
                 unsafe { raw::check_bad(bad, None, Some(input), &self.stream) }
@@ -203,7 +203,7 @@ impl Cuda {
             TokenStat::Rms => {
                 let st = self.stats(raw::TOKEN_RMS_SLOTS)?;
                 // SAFETY: as above, with `x` for `J`.
-                unsafe { raw::token_rms(self.launch(), g, input, out, st.view)? };
+                unsafe { raw::token_rms(g, input, out, st.view)?.launch(self.launch())? };
                 let s = raw::decode_capped(&self.read(&st)?);
                 // SAFETY: `x` holds every index the kernel can report; the stream was synced.
                 unsafe { raw::check_capped(s.bad, Some(input), DevPtr::null(), DevPtr::null(), &self.stream) }
@@ -263,7 +263,7 @@ impl Cuda {
         let st = self.stats(raw::quantize_slots(bits, false))?;
         // SAFETY: `x` is a validated device array of `numel` elements, the steps a device buffer
         // of `T` floats written before on the stream, no outputs; fresh zeroed statistics.
-        unsafe { raw::quantize(self.launch(), x.dt, g, &p, bits, false, st.view)? };
+        unsafe { raw::quantize(x.dt, g, &p, bits, false, st.view)?.launch(self.launch())? };
         let (bad, q) = raw::decode_quantize(&self.read(&st)?, bits, false);
         // SAFETY: `x` holds every index the kernel can report; the stream was synced.
         unsafe { raw::check_bad(bad, Some(x), None, &self.stream) }?;
@@ -278,7 +278,7 @@ impl Cuda {
         let (rms, out) = (DevPtr::from_addr(a.rms.addr() as u64), DevPtrMut::from_addr(a.out.addr() as u64));
         // SAFETY: validated device arrays of `T` floats each, disjoint; fresh zeroed statistics
         // on the same stream (the max kernel runs first: the maximum is not known).
-        unsafe { raw::capped_caps(self.launch(), rms, a.rms.len(), a.kappa, false, out, st.view)? };
+        unsafe { raw::capped_caps(rms, a.rms.len(), a.kappa, false, out, st.view)?.launch(self.launch())? };
         let s = raw::decode_capped(&self.read(&st)?);
         // SAFETY: no array is read back (only the zero-feature status can be set here).
         unsafe { raw::check_capped(s.bad, None, DevPtr::null(), DevPtr::null(), &self.stream) }
@@ -291,7 +291,7 @@ impl Cuda {
         let st = self.stats(raw::CAPPED_SLOTS)?;
         let (j, c) = (DevPtr::from_addr(a.token_tol.addr() as u64), DevPtr::from_addr(a.caps.addr() as u64));
         // SAFETY: validated device arrays of `T` floats each; fresh zeroed statistics.
-        unsafe { raw::capped_solve(self.launch(), j, c, a.token_tol.len(), a.budget, st.view)? };
+        unsafe { raw::capped_solve(j, c, a.token_tol.len(), a.budget, st.view)?.launch(self.launch())? };
         let s = raw::decode_capped(&self.read(&st)?);
         // SAFETY: `jt` and `caps` hold every index the solver can report; the stream is synced.
         unsafe { raw::check_capped(s.bad, None, j, c, &self.stream) }?;
@@ -305,7 +305,7 @@ impl Cuda {
         let out = DevPtrMut::from_addr(a.out.addr() as u64);
         // SAFETY: validated device arrays, the output disjoint from both inputs; `st` holds the
         // solved scales, ordered before this launch, and lives past the sync below.
-        unsafe { raw::capped_steps(self.launch(), j, c, a.token_tol.len(), a.beta, out, st.view)? };
+        unsafe { raw::capped_steps(j, c, a.token_tol.len(), a.beta, out, st.view)?.launch(self.launch())? };
         self.stream.synchronize().map_err(cuda_err)
     }
 
@@ -322,13 +322,13 @@ impl Cuda {
         let m = crate::steps::bisect_beta(a.capped.budget, |beta| {
             // SAFETY: `scratch` is ours with `T` floats; `st` holds the solved scales; the probe
             // reads the steps after this launch in stream order and syncs before the next.
-            unsafe { raw::capped_steps(self.launch(), j, c, t, beta, DevPtrMut::from_addr(sp), st.view)? };
+            unsafe { raw::capped_steps(j, c, t, beta, DevPtrMut::from_addr(sp), st.view)?.launch(self.launch())? };
             self.probe_mse(x, g, a.bits, sp)
         })?;
         let out = DevPtrMut::from_addr(a.capped.out.addr() as u64);
         // SAFETY: a validated device output of `T` floats, disjoint from the inputs; `st` and
         // `scratch` live past the sync below.
-        unsafe { raw::capped_steps(self.launch(), j, c, t, m.beta, out, st.view)? };
+        unsafe { raw::capped_steps(j, c, t, m.beta, out, st.view)?.launch(self.launch())? };
         self.stream.synchronize().map_err(cuda_err)?;
         Ok(m)
     }
@@ -392,9 +392,9 @@ impl Cuda {
         // zeroed statistics; every launch is on this stream, so each reads what the previous one
         // wrote, and the scratch arrays live past the sync in `read`.
         unsafe {
-            raw::token_stats(self.launch(), g, ca.reduce, j, DevPtrMut::from_addr(jt), st.view, true)?;
-            raw::step_alloc(self.launch(), &sp, t, ca.budget, strategy, 1.0)?;
-            raw::quantize(self.launch(), dt, g, &Self::quant_ptrs(a), a.bits, a.histogram, st.view)?;
+            raw::token_stats(g, ca.reduce, j, DevPtrMut::from_addr(jt), st.view, true)?.launch(self.launch())?;
+            raw::step_alloc(&sp, t, ca.budget, strategy, 1.0)?.launch(self.launch())?;
+            raw::quantize(dt, g, &Self::quant_ptrs(a), a.bits, a.histogram, st.view)?.launch(self.launch())?;
         }
         let (bad, s) = raw::decode_quantize(&self.read(&st)?, a.bits, a.histogram);
         // SAFETY: `x` and `J` hold every index the kernels can report; the stream was synced.
@@ -423,12 +423,12 @@ impl Cuda {
         // `qbuf` and `cbuf` are disjoint zeroed slots of one buffer; every launch is on this
         // stream, and the scratch lives past the sync in `read`.
         unsafe {
-            raw::token_stats(self.launch(), g, ca.reduce, j, DevPtrMut::from_addr(jt), qbuf, false)?;
-            raw::token_rms(self.launch(), g, x, DevPtrMut::from_addr(rms), cbuf)?;
-            raw::capped_caps(self.launch(), DevPtr::from_addr(rms), t, kappa, true, DevPtrMut::from_addr(caps), cbuf)?;
-            raw::capped_solve(self.launch(), DevPtr::from_addr(jt), DevPtr::from_addr(caps), t, ca.budget, cbuf)?;
-            raw::capped_steps(self.launch(), DevPtr::from_addr(jt), DevPtr::from_addr(caps), t, 1.0, steps, cbuf)?;
-            raw::quantize(self.launch(), dt, g, &Self::quant_ptrs(a), a.bits, a.histogram, qbuf)?;
+            raw::token_stats(g, ca.reduce, j, DevPtrMut::from_addr(jt), qbuf, false)?.launch(self.launch())?;
+            raw::token_rms(g, x, DevPtrMut::from_addr(rms), cbuf)?.launch(self.launch())?;
+            raw::capped_caps(DevPtr::from_addr(rms), t, kappa, true, DevPtrMut::from_addr(caps), cbuf)?.launch(self.launch())?;
+            raw::capped_solve(DevPtr::from_addr(jt), DevPtr::from_addr(caps), t, ca.budget, cbuf)?.launch(self.launch())?;
+            raw::capped_steps(DevPtr::from_addr(jt), DevPtr::from_addr(caps), t, 1.0, steps, cbuf)?.launch(self.launch())?;
+            raw::quantize(dt, g, &Self::quant_ptrs(a), a.bits, a.histogram, qbuf)?.launch(self.launch())?;
         }
         let v = self.read(&st)?;
         let (bad, s) = raw::decode_quantize(&v[..qslots], a.bits, a.histogram);
@@ -508,7 +508,7 @@ impl Cuda {
             return Ok(());
         }
         // SAFETY: a validated device array of `len` f32 on this device, the call's only array.
-        unsafe { raw::noise(self.launch(), DevPtrMut::from_addr(a.out.addr() as u64), a.out.len(), a.offset, a.noise) }
+        unsafe { raw::noise(DevPtrMut::from_addr(a.out.addr() as u64), a.out.len(), a.offset, a.noise)?.launch(self.launch()) }
     }
 }
 
@@ -579,7 +579,7 @@ impl Cuda {
         // SAFETY: the call's arrays are device memory of this device with the sizes the kernel
         // touches (validated; driver-checked where asked), outputs overlapping nothing but
         // recon == x; the statistics were zeroed just above on the same stream.
-        unsafe { raw::quantize(self.launch(), dt, g, &Self::quant_ptrs(a), a.bits, a.histogram, view) }
+        unsafe { raw::quantize(dt, g, &Self::quant_ptrs(a), a.bits, a.histogram, view)?.launch(self.launch()) }
     }
 
     /// The fused chain `J → j_t → Δ_t → quantize` of a validated call whose steps are the
@@ -604,7 +604,8 @@ impl Cuda {
         // (validated; driver-checked where asked); the aliasing rule (with J and the statistics)
         // was checked by the caller's `validate_with`.
         unsafe {
-            raw::quantize_with_jnd(self.launch(), dt, g, j, reduce, budget, strategy, &Self::quant_ptrs(a), steps, a.bits, a.histogram, ws)
+            raw::quantize_with_jnd(dt, g, j, reduce, budget, strategy, &Self::quant_ptrs(a), steps, a.bits, a.histogram, ws)?
+                .launch(self.launch())
         }
     }
 
@@ -615,7 +616,7 @@ impl Cuda {
         let view = self.zeroed(stats)?;
         // SAFETY: `x`, `J` and `out` are device memory of this device with `numel` elements
         // (validated); the statistics were zeroed just above on the same stream.
-        unsafe { raw::perturb(self.launch(), &Self::perturb_ptrs(a)?, a.nrmse, a.noise, view) }
+        unsafe { raw::perturb(&Self::perturb_ptrs(a)?, a.nrmse, a.noise, view)?.launch(self.launch()) }
     }
 
     /// A batch of validated quantizations of one dtype and `bits` (histograms counted), item `i`'s
@@ -636,7 +637,7 @@ impl Cuda {
         // SAFETY: every item's arrays are device memory of this device (validated, checked above),
         // no output overlapping another item's arrays (the caller's rule); the statistics were
         // zeroed just above on the same stream, each item owning its slots.
-        unsafe { raw::quantize_batch(self.launch(), dt, &items, first.args().bits, first.args().histogram) }
+        unsafe { raw::quantize_batch(dt, &items, first.args().bits, first.args().histogram)?.launch(self.launch()) }
     }
 
     /// A batch of validated perturbations of one dtype, item `i`'s statistics the
@@ -662,7 +663,7 @@ impl Cuda {
             .collect::<Result<Vec<_>>>()?;
         let dt = first.args().x.float_dtype()?;
         // SAFETY: as `quantize_batch_enqueue`, with each item's statistics at its own offset.
-        unsafe { raw::perturb_batch(self.launch(), dt, &items) }
+        unsafe { raw::perturb_batch(dt, &items)?.launch(self.launch()) }
     }
 }
 

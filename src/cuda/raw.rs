@@ -2,15 +2,16 @@
 //! kernel family. Per family it holds the parameter fill (from the structs of
 //! `kernels/featjnd_params.h`), the kernel names, the grid, the layout and decoding of the
 //! statistics buffer, and the mapping of what the kernels found to the op's typed error
-//! ([`check_bad`]). Two callers share it: the tensor API (`ops::cuda_ops`: torch's stream and
-//! allocator) and the C ABI (`featjnd-capi`'s device path: the caller's stream, cudarc
-//! allocations).
+//! ([`check_bad`]). Its one caller is the CUDA executor `call::Cuda`, which every surface (tensor
+//! API, C ABI, Python) goes through.
 //!
-//! The launchers are `unsafe fn`: a kernel reads and writes whatever its pointers say, and nothing
-//! on the host can prove a device address valid. The pointers are typed ([`DevPtr`] for what a
-//! kernel reads, [`DevPtrMut`] for what it writes) and become `u64` only inside the parameter
-//! structs. What each launcher can check (sizes, grid limits, statistics room) it checks and
-//! returns as an [`Error`] before enqueueing anything.
+//! Each op's function builds a [`Plan`]: the memsets and kernels it enqueues with their parameter
+//! structs and grids, made and checked without a device (sizes, grid limits, statistics room are
+//! an [`Error`] before anything runs). [`Plan::launch`] is the `unsafe` step: a kernel reads and
+//! writes whatever its pointers say, and nothing on the host can prove a device address valid.
+//! The pointers are typed ([`DevPtr`] for what a kernel reads, [`DevPtrMut`] for what it writes)
+//! and become `u64` only inside the parameter structs. The CPU emulation tier
+//! (`crates/featjnd-emu`) runs the same plans on the host.
 //!
 //! Every statistic an op returns to the host (first bad index, clamp count, error sums, histogram,
 //! norms, scales) lives in one zero-initialised buffer of 8-byte slots ([`StatsBuf`]): one memset
@@ -19,7 +20,9 @@ use std::ffi::c_void;
 use std::fmt;
 use std::marker::PhantomData;
 
-use cudarc::driver::{result as cu, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
+/// The bound of [`ParamsVisitor::visit`]: a struct a kernel can take by value.
+pub use cudarc::driver::DeviceRepr;
+use cudarc::driver::{result as cu, CudaStream, LaunchConfig, PushKernelArg};
 
 use super::compile::{M_PERTURB_GENERIC, M_TOKEN_STATS};
 use super::{cuda_err, Device};
@@ -33,7 +36,7 @@ use crate::params::*;
 
 /// A device address of `T`s that a kernel only reads (`const T*` on the device); null (0) where a
 /// parameter allows "absent". `T = c_void` for element arrays whose dtype is a run-time
-/// [`Dtype`]. Making one is safe; handing it to a launcher is the `unsafe` step.
+/// [`Dtype`]. Making one is safe; launching a [`Plan`] that holds it is the `unsafe` step.
 #[repr(transparent)]
 pub struct DevPtr<T>(u64, PhantomData<fn() -> T>);
 
@@ -112,7 +115,7 @@ const _: () = assert!(FJ_PT_CHUNK == FJ_BLOCK * FJ_PHILOX_LANES * FJ_PT_ITEMS);
 const _: () = assert!(FJ_HIST_BINS_B8 == 2 * FJ_QMAX_B8 + 1 && FJ_HIST_BINS_B16 == 2 * FJ_HIST_RANGE_B16 + 2);
 // The structs the kernels read by value: the fields added for the capped allocation sit where the
 // kernels expect them (bindgen's layout tests check the whole struct against the header; these
-// pin what the launchers below rely on, so a reordering in the header fails the build here).
+// pin what the plans below rely on, so a reordering in the header fails the build here).
 const _: () = assert!(std::mem::offset_of!(FjTokenStatsParams, max_out) == 32 + 4 * 8);
 const _: () = assert!(std::mem::offset_of!(FjTokenStatsParams, check) == std::mem::offset_of!(FjTokenStatsParams, reduce) + 4);
 const _: () = assert!(std::mem::size_of::<FjTokenStatsParams>() == 32 + 5 * 8 + 8 + 2 * 8 + 8);
@@ -176,7 +179,7 @@ fn cfg(blocks: u64) -> Result<LaunchConfig> {
 /// Enqueues kernel `k` with its parameter struct.
 ///
 /// # Safety
-/// Every address in `p` must be what the kernel expects (see the launcher that fills `p`), and
+/// Every address in `p` must be what the kernel expects (see the function that plans `p`), and
 /// `k` must be a kernel taking a `P` by value.
 unsafe fn go<P: DeviceRepr>(on: Launch, k: Kernel, p: &P, blocks: u64) -> Result<()> {
     let cfg = cfg(blocks)?;
@@ -187,6 +190,119 @@ unsafe fn go<P: DeviceRepr>(on: Launch, k: Kernel, p: &P, blocks: u64) -> Result
     // structs and the tables above match them, tests/nvrtc.rs checks the names); the addresses in
     // `p` are valid for what the kernel does with them by this function's contract.
     unsafe { b.launch(cfg) }.map(|_| ()).map_err(cuda_err)
+}
+
+// ---- plans: what an op enqueues, as data ----
+
+/// The parameter struct a kernel takes by value (the batch tables are large, so boxed).
+#[derive(Clone, Debug)]
+pub enum Params {
+    TokenStats(FjTokenStatsParams),
+    StepAlloc(FjStepAllocParams),
+    Capped(FjCappedParams),
+    Quantize(FjQuantizeParams),
+    Chain(FjQuantizeChainParams),
+    QuantizeBatch(Box<FjQuantizeBatchParams>),
+    Perturb(FjPerturbParams),
+    PerturbBatch(Box<FjPerturbBatchParams>),
+    Noise(FjNoiseParams),
+}
+
+/// What runs a kernel with its parameter struct: [`Plan::launch`] on a device, the CPU emulation
+/// tier (`crates/featjnd-emu`) on the host.
+pub trait ParamsVisitor {
+    type Out;
+    fn visit<P: DeviceRepr>(self, p: &P) -> Self::Out;
+}
+
+impl Params {
+    /// Calls `v` with the struct itself.
+    pub fn visit<V: ParamsVisitor>(&self, v: V) -> V::Out {
+        match self {
+            Params::TokenStats(p) => v.visit(p),
+            Params::StepAlloc(p) => v.visit(p),
+            Params::Capped(p) => v.visit(p),
+            Params::Quantize(p) => v.visit(p),
+            Params::Chain(p) => v.visit(p),
+            Params::QuantizeBatch(p) => v.visit(&**p),
+            Params::Perturb(p) => v.visit(p),
+            Params::PerturbBatch(p) => v.visit(&**p),
+            Params::Noise(p) => v.visit(p),
+        }
+    }
+}
+
+/// One step of a [`Plan`], in stream order.
+#[derive(Clone, Debug)]
+// A plan holds one to four steps, and boxing every kernel step would add an allocation per launch
+// to save a few hundred bytes on the rare memset step.
+#[allow(clippy::large_enum_variant)]
+pub enum Step {
+    /// Zero these statistics slots (one memset node).
+    Zero(StatsBuf),
+    /// Launch `kernel` over `blocks` blocks of [`BLOCK`] threads with `params`.
+    Kernel { kernel: Kernel, params: Params, blocks: u64 },
+}
+
+/// Everything an op enqueues — memsets, kernels, their parameters and grids — built and checked
+/// without a device by the functions of this module (every size, grid limit and statistics room
+/// they can check is an [`Error`] here, before anything runs). [`Plan::launch`] enqueues it on a
+/// stream; the CPU emulation tier runs the very same plan on the host, so what the tier checks is
+/// exactly what a GPU would be given.
+#[derive(Clone, Debug)]
+#[must_use = "a plan does nothing until it is launched"]
+pub struct Plan {
+    steps: Vec<Step>,
+}
+
+impl Plan {
+    fn new() -> Plan {
+        Plan { steps: Vec::new() }
+    }
+
+    fn one(kernel: Kernel, params: Params, blocks: u64) -> Plan {
+        Plan::new().then(kernel, params, blocks)
+    }
+
+    fn then(mut self, kernel: Kernel, params: Params, blocks: u64) -> Plan {
+        self.steps.push(Step::Kernel { kernel, params, blocks });
+        self
+    }
+
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+
+    /// Enqueues the steps in order on `on.stream` (each reads what the ones before it wrote).
+    ///
+    /// # Safety
+    /// On `on`'s device: every address in the plan must be what the function that made it says
+    /// (its "Launching" paragraph), and none of that memory may be used by other work until the
+    /// plan completes in stream order.
+    pub unsafe fn launch(&self, on: Launch) -> Result<()> {
+        struct Go<'a> {
+            on: Launch<'a>,
+            kernel: Kernel,
+            blocks: u64,
+        }
+        impl ParamsVisitor for Go<'_> {
+            type Out = Result<()>;
+            fn visit<P: DeviceRepr>(self, p: &P) -> Result<()> {
+                // SAFETY: the plan's builder paired `kernel` with its own parameter struct `P`
+                // (the kernel tables are typed by family) and checked the grid and the statistics
+                // room; the addresses are valid by `launch`'s contract.
+                unsafe { go(self.on, self.kernel, p, self.blocks) }
+            }
+        }
+        for s in &self.steps {
+            match s {
+                // SAFETY: the slots are device memory of the stream's context by the contract.
+                Step::Zero(b) => unsafe { zero_stats(on, *b)? },
+                Step::Kernel { kernel, params, blocks } => params.visit(Go { on, kernel: *kernel, blocks: *blocks })?,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Blocks of a token kernel (token stats, quantize) and the kernel of module `m` for the layout.
@@ -209,7 +325,7 @@ pub struct StatsBuf {
 }
 
 impl StatsBuf {
-    /// `len` slots at `base`. The launchers check `len` against what the op needs.
+    /// `len` slots at `base`. The plans check `len` against what the op needs.
     pub const fn new(base: DevPtrMut<i64>, len: usize) -> Self {
         StatsBuf { base, len }
     }
@@ -356,44 +472,19 @@ const T_SUM_SQ: usize = 1;
 /// Slots [`token_stats`] needs.
 pub const TOKEN_STATS_SLOTS: usize = 2;
 
-/// Enqueues the token-stats kernel: `j_t` of `jnd` into `token_tol[tokens]`, the first bad J into
+/// Plans the token-stats kernel: `j_t` of `jnd` into `token_tol[tokens]`, the first bad J into
 /// `stats`, and (with `sum_sq`) `Σ j_t²` into it for [`StatsBuf::sum_sq`]. A quantization's
 /// buffer ([`quantize_slots`]) has these slots too, so J's error surfaces in [`decode_quantize`]
 /// for the fused chain.
 ///
-/// # Safety
+/// # Launching
 /// On the launch's device: `jnd` must hold `grid.numel()` elements; `token_tol` room for
 /// `grid.tokens()` f32 not overlapping `jnd`; `stats` zeroed slots; none of them used by other
 /// work until this launch completes in stream order.
-pub unsafe fn token_stats(
-    on: Launch,
-    grid: &TokenGrid,
-    reduce: Reduce,
-    jnd: Elems,
-    token_tol: DevPtrMut<f32>,
-    stats: StatsBuf,
-    sum_sq: bool,
-) -> Result<()> {
-    let (k, p, blocks) = plan_token_stats(grid, reduce, jnd, token_tol, stats, sum_sq)?;
-    // SAFETY: the addresses in `p` are the caller's, valid by this function's contract; the
-    // statistics slots exist (checked by `token_stats_params`).
-    unsafe { go(on, k, &p, blocks) }
-}
-
-/// What [`token_stats`] launches, built without a device (for the CPU emulation tier,
-/// `crates/featjnd-emu`).
-#[doc(hidden)]
-pub fn plan_token_stats(
-    grid: &TokenGrid,
-    reduce: Reduce,
-    jnd: Elems,
-    token_tol: DevPtrMut<f32>,
-    stats: StatsBuf,
-    sum_sq: bool,
-) -> Result<(Kernel, FjTokenStatsParams, u64)> {
+pub fn token_stats(grid: &TokenGrid, reduce: Reduce, jnd: Elems, token_tol: DevPtrMut<f32>, stats: StatsBuf, sum_sq: bool) -> Result<Plan> {
     let p = token_stats_params(grid, reduce, jnd, token_tol, stats, sum_sq)?;
     let (k, blocks) = token_grid(&p.geom, &TOKEN_STATS_NCHW, &TOKEN_STATS_NTC, M_TOKEN_STATS, jnd.dt);
-    Ok((k, p, blocks))
+    Ok(Plan::one(k, Params::TokenStats(p), blocks))
 }
 
 /// The parameters of a token-stats launch over J, its statistics room checked.
@@ -443,28 +534,17 @@ pub struct StepPtrs {
     pub steps: DevPtrMut<f32>,
 }
 
-/// Enqueues the step allocation for budget `budget`, every step times `beta`.
+/// Plans the step allocation for budget `budget`, every step times `beta`.
 ///
-/// # Safety
+/// # Launching
 /// On the launch's device: every pointer of `p` the strategy reads must hold what its field says,
 /// `steps` must overlap none of them; all ordered before this launch on its stream.
-pub unsafe fn step_alloc(on: Launch, p: &StepPtrs, tokens: usize, budget: f64, strategy: Strategy, beta: f64) -> Result<()> {
-    let (k, p, blocks) = plan_step_alloc(p, tokens, budget, strategy, beta)?;
-    // SAFETY: the addresses in `p` are valid by this function's contract.
-    unsafe { go(on, k, &p, blocks) }
-}
-
-/// What [`step_alloc`] launches, built without a device (for the CPU emulation tier,
-/// `crates/featjnd-emu`).
-#[doc(hidden)]
-pub fn plan_step_alloc(
-    p: &StepPtrs,
-    tokens: usize,
-    budget: f64,
-    strategy: Strategy,
-    beta: f64,
-) -> Result<(Kernel, FjStepAllocParams, u64)> {
-    Ok((STEP_ALLOC, step_alloc_params(p, tokens, budget, strategy, beta)?, (tokens as u64).div_ceil(BLOCK as u64)))
+pub fn step_alloc(p: &StepPtrs, tokens: usize, budget: f64, strategy: Strategy, beta: f64) -> Result<Plan> {
+    Ok(Plan::one(
+        STEP_ALLOC,
+        Params::StepAlloc(step_alloc_params(p, tokens, budget, strategy, beta)?),
+        (tokens as u64).div_ceil(BLOCK as u64),
+    ))
 }
 
 /// The kernel parameters of one step allocation, checked.
@@ -506,26 +586,16 @@ const CA_SCALES: usize = 5;
 pub const CAPPED_SLOTS: usize = CA_SCALES + 2;
 const _: () = assert!(R_BAD_X < TOKEN_RMS_SLOTS && R_MAX < TOKEN_RMS_SLOTS && CA_STATUS == TOKEN_RMS_SLOTS);
 
-/// Enqueues the token RMS `r_t = sqrt(Σ x² / K)` of `x` into `rms[tokens]` (the token-stats kernel
+/// Plans the token RMS `r_t = sqrt(Σ x² / K)` of `x` into `rms[tokens]` (the token-stats kernel
 /// with `Reduce::Rms` and the "finite" check, so the summation order is §2's), the first
 /// non-finite x and `max_t r_t` into `stats` (the max is what [`capped_caps`] reads when told the
 /// maximum is known).
 ///
-/// # Safety
+/// # Launching
 /// On the launch's device: `x` must hold `grid.numel()` elements; `rms` room for `grid.tokens()`
 /// f32 not overlapping `x`; `stats` zeroed slots; none of them used by other work until this launch
 /// completes in stream order.
-pub unsafe fn token_rms(on: Launch, grid: &TokenGrid, x: Elems, rms: DevPtrMut<f32>, stats: StatsBuf) -> Result<()> {
-    let (k, p, blocks) = plan_token_rms(grid, x, rms, stats)?;
-    // SAFETY: the addresses in `p` are the caller's, valid by this function's contract; the
-    // statistics slots exist (checked by the plan).
-    unsafe { go(on, k, &p, blocks) }
-}
-
-/// What [`token_rms`] launches, built without a device (for the CPU emulation tier,
-/// `crates/featjnd-emu`).
-#[doc(hidden)]
-pub fn plan_token_rms(grid: &TokenGrid, x: Elems, rms: DevPtrMut<f32>, stats: StatsBuf) -> Result<(Kernel, FjTokenStatsParams, u64)> {
+pub fn token_rms(grid: &TokenGrid, x: Elems, rms: DevPtrMut<f32>, stats: StatsBuf) -> Result<Plan> {
     stats.need(TOKEN_RMS_SLOTS)?;
     let p = FjTokenStatsParams {
         geom: grid.to_params(),
@@ -539,7 +609,7 @@ pub fn plan_token_rms(grid: &TokenGrid, x: Elems, rms: DevPtrMut<f32>, stats: St
         ..Default::default()
     };
     let (k, blocks) = token_grid(&p.geom, &TOKEN_STATS_NCHW, &TOKEN_STATS_NTC, M_TOKEN_STATS, x.dt);
-    Ok((k, p, blocks))
+    Ok(Plan::one(k, Params::TokenStats(p), blocks))
 }
 
 fn tokens_u32(tokens: usize) -> Result<u32> {
@@ -559,46 +629,16 @@ pub fn check_kappa(kappa: f32) -> Result<()> {
     }
 }
 
-/// Enqueues the caps `c_t = κ·max(r_t, 2^-24·max_t r_t)` from `rms[tokens]` into `caps`. With
+/// Plans the caps `c_t = κ·max(r_t, 2^-24·max_t r_t)` from `rms[tokens]` into `caps`. With
 /// `max_known` the maximum is the one a [`token_rms`] launch left in `stats`; otherwise a max
 /// kernel reduces it from `rms` first (values > 0 only, as the CPU's fold from 0). A maximum that
 /// is not finite and > 0 (a zero feature) sets a status bit that [`decode_capped`] reports.
 ///
-/// # Safety
+/// # Launching
 /// On the launch's device: `rms` must hold `tokens` f32, `caps` room for as many, not overlapping
 /// `rms`; `stats` zeroed slots (or, with `max_known`, the slots of that earlier launch, ordered
 /// before this one); none used by other work until the launches complete in stream order.
-pub unsafe fn capped_caps(
-    on: Launch,
-    rms: DevPtr<f32>,
-    tokens: usize,
-    kappa: f32,
-    max_known: bool,
-    caps: DevPtrMut<f32>,
-    stats: StatsBuf,
-) -> Result<()> {
-    let (ks, p, blocks) = plan_capped_caps(rms, tokens, kappa, max_known, caps, stats)?;
-    // SAFETY: the addresses in `p` are valid by this function's contract; the max kernel (when
-    // planned) completes before the caps kernel reads the maximum (same stream).
-    unsafe {
-        for k in ks.into_iter().flatten() {
-            go(on, k, &p, blocks)?;
-        }
-    }
-    Ok(())
-}
-
-/// What [`capped_caps`] launches ([max kernel unless the max is known, caps kernel]), built
-/// without a device (for the CPU emulation tier, `crates/featjnd-emu`).
-#[doc(hidden)]
-pub fn plan_capped_caps(
-    rms: DevPtr<f32>,
-    tokens: usize,
-    kappa: f32,
-    max_known: bool,
-    caps: DevPtrMut<f32>,
-    stats: StatsBuf,
-) -> Result<([Option<Kernel>; 2], FjCappedParams, u64)> {
+pub fn capped_caps(rms: DevPtr<f32>, tokens: usize, kappa: f32, max_known: bool, caps: DevPtrMut<f32>, stats: StatsBuf) -> Result<Plan> {
     check_kappa(kappa)?;
     stats.need(CAPPED_SLOTS)?;
     let p = FjCappedParams {
@@ -611,40 +651,18 @@ pub fn plan_capped_caps(
         ..Default::default()
     };
     let blocks = (tokens as u64).div_ceil(BLOCK as u64);
-    Ok(([(!max_known).then_some(MAX_POS), Some(CAPS)], p, blocks))
+    let max = if max_known { Plan::new() } else { Plan::new().then(MAX_POS, Params::Capped(p), blocks) };
+    Ok(max.then(CAPS, Params::Capped(p), blocks))
 }
 
-/// Enqueues the one-block solver for the scales `(a, b)` of the capped allocation (into `stats`),
+/// Plans the one-block solver for the scales `(a, b)` of the capped allocation (into `stats`),
 /// which also validates `j_t` and `c_t`. Cost: about 64 passes over the `tokens` values on one
 /// multiprocessor (bisection; see `kernels/step_alloc.cu`).
 ///
-/// # Safety
+/// # Launching
 /// On the launch's device: `token_tol` and `caps` must hold `tokens` f32 each; `stats` zeroed
 /// slots (or those of [`capped_caps`] before it); all ordered before this launch on its stream.
-pub unsafe fn capped_solve(
-    on: Launch,
-    token_tol: DevPtr<f32>,
-    caps: DevPtr<f32>,
-    tokens: usize,
-    budget: f64,
-    stats: StatsBuf,
-) -> Result<()> {
-    let (k, p, blocks) = plan_capped_solve(token_tol, caps, tokens, budget, stats)?;
-    // SAFETY: the addresses in `p` are valid by this function's contract; one block, as the
-    // solver requires (it reduces over all tokens within the block).
-    unsafe { go(on, k, &p, blocks) }
-}
-
-/// What [`capped_solve`] launches (one block), built without a device (for the CPU emulation tier,
-/// `crates/featjnd-emu`).
-#[doc(hidden)]
-pub fn plan_capped_solve(
-    token_tol: DevPtr<f32>,
-    caps: DevPtr<f32>,
-    tokens: usize,
-    budget: f64,
-    stats: StatsBuf,
-) -> Result<(Kernel, FjCappedParams, u64)> {
+pub fn capped_solve(token_tol: DevPtr<f32>, caps: DevPtr<f32>, tokens: usize, budget: f64, stats: StatsBuf) -> Result<Plan> {
     crate::steps::check_budget(budget)?;
     stats.need(CAPPED_SLOTS)?;
     let p = FjCappedParams {
@@ -657,41 +675,24 @@ pub fn plan_capped_solve(
         tokens: tokens_u32(tokens)?,
         ..Default::default()
     };
-    Ok((CAPPED_SOLVE, p, 1))
+    Ok(Plan::one(CAPPED_SOLVE, Params::Capped(p), 1))
 }
 
-/// Enqueues `steps_t = min(f32(a·β)·j_t, f32(b·β)·c_t)` with the scales a [`capped_solve`] launch
+/// Plans `steps_t = min(f32(a·β)·j_t, f32(b·β)·c_t)` with the scales a [`capped_solve`] launch
 /// left in `stats` (any number of times, for any `β`: the measured budget solves once).
 ///
-/// # Safety
+/// # Launching
 /// On the launch's device: `token_tol` and `caps` must hold `tokens` f32 each, `steps` room for as
 /// many, overlapping neither; `stats` the slots of that solve, ordered before this launch on its
 /// stream; none used by other work until the launch completes.
-pub unsafe fn capped_steps(
-    on: Launch,
+pub fn capped_steps(
     token_tol: DevPtr<f32>,
     caps: DevPtr<f32>,
     tokens: usize,
     beta: f64,
     steps: DevPtrMut<f32>,
     stats: StatsBuf,
-) -> Result<()> {
-    let (k, p, blocks) = plan_capped_steps(token_tol, caps, tokens, beta, steps, stats)?;
-    // SAFETY: the addresses in `p` are valid by this function's contract.
-    unsafe { go(on, k, &p, blocks) }
-}
-
-/// What [`capped_steps`] launches, built without a device (for the CPU emulation tier,
-/// `crates/featjnd-emu`).
-#[doc(hidden)]
-pub fn plan_capped_steps(
-    token_tol: DevPtr<f32>,
-    caps: DevPtr<f32>,
-    tokens: usize,
-    beta: f64,
-    steps: DevPtrMut<f32>,
-    stats: StatsBuf,
-) -> Result<(Kernel, FjCappedParams, u64)> {
+) -> Result<Plan> {
     stats.need(CAPPED_SLOTS)?;
     let p = FjCappedParams {
         token_tol: token_tol.addr(),
@@ -702,7 +703,7 @@ pub fn plan_capped_steps(
         tokens: tokens_u32(tokens)?,
         ..Default::default()
     };
-    Ok((CAPPED_STEPS, p, (tokens as u64).div_ceil(BLOCK as u64)))
+    Ok(Plan::one(CAPPED_STEPS, Params::Capped(p), (tokens as u64).div_ceil(BLOCK as u64)))
 }
 
 /// What went wrong in a capped allocation, in the order the CPU path checks it.
@@ -814,35 +815,17 @@ pub struct QuantPtrs {
     pub token_sse: DevPtrMut<f32>,
 }
 
-/// Enqueues the fused quantize kernel with its statistics in `stats` (a histogram of
+/// Plans the fused quantize kernel with its statistics in `stats` (a histogram of
 /// `bits.hist_bins()` bins when `histogram`).
 ///
-/// # Safety
+/// # Launching
 /// On the launch's device: every non-null pointer of `p` must hold what its field says, the
 /// outputs must overlap neither each other nor the inputs except `recon == x` exactly, `stats`
 /// must be zeroed slots; none used by other work until this launch completes in stream order.
-pub unsafe fn quantize(on: Launch, dt: Dtype, grid: &TokenGrid, p: &QuantPtrs, bits: Bits, histogram: bool, stats: StatsBuf) -> Result<()> {
-    let (k, q, blocks) = plan_quantize(dt, grid, p, bits, histogram, stats)?;
-    // SAFETY: the addresses in `q` are the caller's, valid by this function's contract; the
-    // statistics slots exist (checked by `quant_params`); the module is specialised for exactly
-    // these bits and histogram (`quant_params` sets the histogram pointer iff `histogram`).
-    unsafe { go(on, k, &q, blocks) }
-}
-
-/// What [`quantize`] launches (kernel, parameters, blocks), built without a device (for the CPU emulation tier,
-/// `crates/featjnd-emu`).
-#[doc(hidden)]
-pub fn plan_quantize(
-    dt: Dtype,
-    grid: &TokenGrid,
-    p: &QuantPtrs,
-    bits: Bits,
-    histogram: bool,
-    stats: StatsBuf,
-) -> Result<(Kernel, FjQuantizeParams, u64)> {
+pub fn quantize(dt: Dtype, grid: &TokenGrid, p: &QuantPtrs, bits: Bits, histogram: bool, stats: StatsBuf) -> Result<Plan> {
     let q = quant_params(grid, p, bits, histogram, stats)?;
     let (k, blocks) = token_grid(&q.geom, &QUANTIZE_NCHW, &QUANTIZE_NTC, quantize_module(bits, histogram), dt);
-    Ok((k, q, blocks))
+    Ok(Plan::one(k, Params::Quantize(q), blocks))
 }
 
 /// The kernel parameters of one quantization (single or an item of a batch), its statistics room
@@ -933,31 +916,17 @@ pub struct PerturbPtrs {
     pub samples: usize,
 }
 
-/// Enqueues the two perturbation kernels (norms, then apply) with statistics in `stats`. A bad
+/// Plans the two perturbation kernels (norms, then apply) with statistics in `stats`. A bad
 /// NRMSE or sample split is an error before anything is enqueued.
 ///
-/// # Safety
+/// # Launching
 /// On the launch's device: `x` must hold `numel` elements of `dt`, `jnd` (unless null) and `out`
 /// as many; `out` must not overlap `jnd`, and must equal `x` or not overlap it; `stats` zeroed
 /// slots; none used by other work until the launches complete in stream order.
-pub unsafe fn perturb(on: Launch, a: &PerturbPtrs, nrmse: f64, noise: NoiseSpec, stats: StatsBuf) -> Result<()> {
-    let ([norms, apply], p, blocks) = plan_perturb(a, nrmse, noise, stats)?;
-    // SAFETY: the addresses in `p` are the caller's, valid by this function's contract; the
-    // statistics slots exist (checked by `perturb_params`). The two launches are ordered on
-    // `stream`: apply reads the norms that the first one completed.
-    unsafe {
-        go(on, norms, &p, blocks)?;
-        go(on, apply, &p, blocks)
-    }
-}
-
-/// What [`perturb`] launches ([norms, apply] kernels, parameters, blocks), built without a device (for the CPU emulation tier,
-/// `crates/featjnd-emu`).
-#[doc(hidden)]
-pub fn plan_perturb(a: &PerturbPtrs, nrmse: f64, noise: NoiseSpec, stats: StatsBuf) -> Result<([Kernel; 2], FjPerturbParams, u64)> {
+pub fn perturb(a: &PerturbPtrs, nrmse: f64, noise: NoiseSpec, stats: StatsBuf) -> Result<Plan> {
     let (p, blocks) = perturb_params(a, nrmse, noise, stats)?;
     let m = perturb_module(noise.kind, !a.jnd.is_null());
-    Ok(([PERTURB_NORMS.at(m, a.dt), PERTURB_APPLY.at(m, a.dt)], p, blocks))
+    Ok(Plan::one(PERTURB_NORMS.at(m, a.dt), Params::Perturb(p), blocks).then(PERTURB_APPLY.at(m, a.dt), Params::Perturb(p), blocks))
 }
 
 /// The kernel parameters and grid of one perturbation (single or an item of a batch); a bad
@@ -1001,31 +970,15 @@ pub struct PerturbItem {
     pub stats: StatsBuf,
 }
 
-/// Enqueues a batch of independent perturbations of one dtype (`items[..].a.dt`): per
+/// Plans a batch of independent perturbations of one dtype (`items[..].a.dt`): per
 /// [`FJ_BATCH_MAX`] items, one norms launch and one apply launch over a descriptor table passed by
 /// value. Each item's results are those of its own [`perturb`].
 ///
-/// # Safety
+/// # Launching
 /// For every item, what [`perturb`] requires of its arrays and statistics.
-pub unsafe fn perturb_batch(on: Launch, dt: Dtype, items: &[PerturbItem]) -> Result<()> {
-    for ([norms, apply], b, blocks) in plan_perturb_batch(dt, items)? {
-        // SAFETY: every item's addresses are valid by this function's contract; the statistics
-        // slots exist (checked by `perturb_params`); apply follows norms on the stream.
-        unsafe {
-            go(on, norms, &*b, blocks)?;
-            go(on, apply, &*b, blocks)?;
-        }
-    }
-    Ok(())
-}
-
-/// What [`perturb_batch`] launches: per [`FJ_BATCH_MAX`] items, the [norms, apply] kernels, the
-/// table and the blocks, every item checked before the first launch (for the CPU emulation tier,
-/// `crates/featjnd-emu`).
-#[doc(hidden)]
 #[allow(clippy::type_complexity)]
-pub fn plan_perturb_batch(dt: Dtype, items: &[PerturbItem]) -> Result<Vec<([Kernel; 2], Box<FjPerturbBatchParams>, u64)>> {
-    let mut plan = Vec::new();
+pub fn perturb_batch(dt: Dtype, items: &[PerturbItem]) -> Result<Plan> {
+    let mut plan = Plan::new();
     for chunk in items.chunks(FJ_BATCH_MAX as usize) {
         let mut b = Box::new(FjPerturbBatchParams { count: chunk.len() as u32, ..Default::default() });
         let mut blocks = 0u64;
@@ -1039,7 +992,11 @@ pub fn plan_perturb_batch(dt: Dtype, items: &[PerturbItem]) -> Result<Vec<([Kern
             b.block_start[i] = u32::try_from(blocks).unwrap_or(u32::MAX);
             blocks += n;
         }
-        plan.push(([PERTURB_NORMS_BATCH.at(M_PERTURB_GENERIC, dt), PERTURB_APPLY_BATCH.at(M_PERTURB_GENERIC, dt)], b, blocks));
+        plan = plan.then(PERTURB_NORMS_BATCH.at(M_PERTURB_GENERIC, dt), Params::PerturbBatch(b.clone()), blocks).then(
+            PERTURB_APPLY_BATCH.at(M_PERTURB_GENERIC, dt),
+            Params::PerturbBatch(b),
+            blocks,
+        );
     }
     Ok(plan)
 }
@@ -1066,22 +1023,12 @@ pub fn check_scales(report: &PerturbReport, nrmse: f64) -> Result<()> {
     }
 }
 
-/// Enqueues the noise kernel: `numel` f32 values of `ξ` from flat index `offset` into `out`.
+/// Plans the noise kernel: `numel` f32 values of `ξ` from flat index `offset` into `out`.
 ///
-/// # Safety
+/// # Launching
 /// `out` must be device memory of the launch's device with room for `numel` f32, not used by other
 /// work until the launch completes in stream order.
-pub unsafe fn noise(on: Launch, out: DevPtrMut<f32>, numel: usize, offset: u64, noise: NoiseSpec) -> Result<()> {
-    let (k, p, blocks) = plan_noise(out, numel, offset, noise)?;
-    // SAFETY: `out` is valid for `numel` f32 by this function's contract; the kernel writes only
-    // indices below `numel`.
-    unsafe { go(on, k, &p, blocks) }
-}
-
-/// What [`noise`] launches, built without a device (for the CPU emulation tier,
-/// `crates/featjnd-emu`).
-#[doc(hidden)]
-pub fn plan_noise(out: DevPtrMut<f32>, numel: usize, offset: u64, noise: NoiseSpec) -> Result<(Kernel, FjNoiseParams, u64)> {
+pub fn noise(out: DevPtrMut<f32>, numel: usize, offset: u64, noise: NoiseSpec) -> Result<Plan> {
     let end = offset.checked_add(numel as u64).ok_or_else(|| Error::Arg(format!("noise offset {offset} + {numel} overflows")))?;
     let p = FjNoiseParams {
         out: out.addr(),
@@ -1093,7 +1040,7 @@ pub fn plan_noise(out: DevPtrMut<f32>, numel: usize, offset: u64, noise: NoiseSp
     };
     let lanes = FJ_PHILOX_LANES as u64;
     let groups = end.div_ceil(lanes) - offset / lanes;
-    Ok((NOISE, p, groups.div_ceil(BLOCK as u64)))
+    Ok(Plan::one(NOISE, Params::Noise(p), groups.div_ceil(BLOCK as u64)))
 }
 
 // ---- caller-owned statistics: the sync-free calls (contract §8) and batches (§3) ----
@@ -1126,7 +1073,7 @@ fn chain_partials_at(bits: Bits, tokens: usize) -> usize {
     quantize_slots(bits, true) + tokens.div_ceil(2)
 }
 
-/// Enqueues the fused chain on device memory only: token stats of `jnd` (its `j_t` into the
+/// Plans the fused chain on device memory only: token stats of `jnd` (its `j_t` into the
 /// scratch tail of `ws`), the steps into `steps`, and the quantization of `p` (whose `steps` must
 /// be `steps`); nothing on the host, no allocation; the statistics decode with
 /// [`decode_quantize`]. The permuted strategy needs a device permutation made on the host, so it
@@ -1139,14 +1086,13 @@ fn chain_partials_at(bits: Bits, tokens: usize) -> usize {
 /// Larger inputs take a memset and three launches (token stats, [`step_alloc`], [`quantize`]).
 /// The two forms compute the same values (`Σ j_t²` summed in another order, in f64).
 ///
-/// # Safety
+/// # Launching
 /// As [`token_stats`], [`step_alloc`] and [`quantize`] together: `jnd` and `x` hold
 /// `grid.numel()` elements, `steps` room for `grid.tokens()` f32, the outputs of `p` what its
 /// fields say, nothing overlapping but `recon == x`; `ws` (any contents) not used by other work
 /// until the launches complete in stream order.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn quantize_with_jnd(
-    on: Launch,
+pub fn quantize_with_jnd(
     dt: Dtype,
     grid: &TokenGrid,
     jnd: Elems,
@@ -1158,67 +1104,7 @@ pub unsafe fn quantize_with_jnd(
     bits: Bits,
     histogram: bool,
     ws: StatsBuf,
-) -> Result<()> {
-    match plan_quantize_with_jnd(dt, grid, jnd, reduce, budget, strategy, p, steps, bits, histogram, ws)? {
-        // SAFETY: by this function's contract (the scratch `j_t` lies in `ws` past the statistics
-        // and overlaps nothing else); the memset and the three launches are ordered on one stream,
-        // each reading what the one before wrote.
-        ChainPlan::Fallback { zero, ts, tp, parts, sa, sa_blocks, qk, q, q_blocks } => unsafe {
-            zero_stats(on, zero)?;
-            go(on, ts, &tp, parts)?;
-            go(on, STEP_ALLOC, &sa, sa_blocks)?;
-            go(on, qk, &q, q_blocks)
-        },
-        // SAFETY: by this function's contract: `j_t`, the partials (`2 * parts` slots, room checked
-        // by the plan since `parts <= FJ_CHAIN_MAX_PARTS`) and the statistics lie in `ws` apart
-        // from each other and from every other array; the second launch reads what the first
-        // wrote, in stream order, and writes `steps` (= `p.steps`) for every token.
-        ChainPlan::TwoLaunch { ts, tp, parts, qk, c, blocks } => unsafe {
-            go(on, ts, &tp, parts)?;
-            go(on, qk, &c, blocks)
-        },
-    }
-}
-
-/// The launches [`quantize_with_jnd`] enqueues, as data: every check and every parameter is made
-/// here, without a device, so the CPU emulation tier (`crates/featjnd-emu`) runs exactly what the
-/// launcher would.
-#[doc(hidden)]
-#[derive(Clone, Copy, Debug)]
-pub enum ChainPlan {
-    /// Up to [`FJ_CHAIN_MAX_PARTS`] token-stats blocks: token stats leaving per-block partials,
-    /// then the chain quantizer over the same number of blocks.
-    TwoLaunch { ts: Kernel, tp: FjTokenStatsParams, parts: u64, qk: Kernel, c: FjQuantizeChainParams, blocks: u64 },
-    /// More: zero `zero`, then token stats, [`step_alloc`] and [`quantize`].
-    Fallback {
-        zero: StatsBuf,
-        ts: Kernel,
-        tp: FjTokenStatsParams,
-        parts: u64,
-        sa: FjStepAllocParams,
-        sa_blocks: u64,
-        qk: Kernel,
-        q: FjQuantizeParams,
-        q_blocks: u64,
-    },
-}
-
-/// The plan of [`quantize_with_jnd`] (same arguments, no launch).
-#[doc(hidden)]
-#[allow(clippy::too_many_arguments)]
-pub fn plan_quantize_with_jnd(
-    dt: Dtype,
-    grid: &TokenGrid,
-    jnd: Elems,
-    reduce: Reduce,
-    budget: f64,
-    strategy: Strategy,
-    p: &QuantPtrs,
-    steps: DevPtrMut<f32>,
-    bits: Bits,
-    histogram: bool,
-    ws: StatsBuf,
-) -> Result<ChainPlan> {
+) -> Result<Plan> {
     crate::steps::check_budget(budget)?;
     if matches!(strategy, Strategy::Permuted { .. }) {
         return Err(Error::Arg("the permuted strategy needs a permutation made on the host: use the synchronous call".into()));
@@ -1237,7 +1123,12 @@ pub fn plan_quantize_with_jnd(
         let q = quant_params(grid, p, bits, histogram, stats)?;
         let (qk, q_blocks) = token_grid(&q.geom, &QUANTIZE_NCHW, &QUANTIZE_NTC, quantize_module(bits, histogram), dt);
         let sa_blocks = (grid.tokens() as u64).div_ceil(BLOCK as u64);
-        return Ok(ChainPlan::Fallback { zero: stats, ts, tp, parts, sa, sa_blocks, qk, q, q_blocks });
+        let zero = Plan { steps: vec![Step::Zero(stats)] };
+        return Ok(zero.then(ts, Params::TokenStats(tp), parts).then(STEP_ALLOC, Params::StepAlloc(sa), sa_blocks).then(
+            qk,
+            Params::Quantize(q),
+            q_blocks,
+        ));
     }
     let partials = ws.slot::<f64>(chain_partials_at(bits, grid.tokens()));
     // The token-stats launch writes its partials (two slots a block) instead of accumulating, and
@@ -1267,7 +1158,7 @@ pub fn plan_quantize_with_jnd(
     let (qk, blocks) = token_grid(&q.geom, &QUANTIZE_CHAIN_NCHW, &QUANTIZE_CHAIN_NTC, m, dt);
     // The quantizer's grid is the token-stats grid (same tokens per block for each layout).
     debug_assert_eq!(blocks, parts);
-    Ok(ChainPlan::TwoLaunch { ts, tp, parts, qk, c, blocks })
+    Ok(Plan::one(ts, Params::TokenStats(tp), parts).then(qk, Params::Chain(c), blocks))
 }
 
 /// One item of a batched quantization: its grid, pointers and its own statistics slots.
@@ -1278,32 +1169,15 @@ pub struct BatchItem {
     pub stats: StatsBuf,
 }
 
-/// Enqueues a batch of independent quantizations of one dtype and `bits`: one launch per
+/// Plans a batch of independent quantizations of one dtype and `bits`: one launch per
 /// [`FJ_BATCH_MAX`] items, the descriptor table passed by value (no upload, capturable). Each
 /// item's results (outputs and statistics) are those of its own [`quantize`] bit for bit.
 ///
-/// # Safety
+/// # Launching
 /// For every item, what [`quantize`] requires of its pointers and statistics.
-pub unsafe fn quantize_batch(on: Launch, dt: Dtype, items: &[BatchItem], bits: Bits, histogram: bool) -> Result<()> {
-    for (k, b, blocks) in plan_quantize_batch(dt, items, bits, histogram)? {
-        // SAFETY: every item's addresses are valid by this function's contract; the statistics
-        // slots exist (checked by `quant_params`); the grid covers exactly the items' blocks.
-        unsafe { go(on, k, &*b, blocks)? };
-    }
-    Ok(())
-}
-
-/// What [`quantize_batch`] launches: one (kernel, table, blocks) per [`FJ_BATCH_MAX`] items, every
-/// item checked before the first launch (for the CPU emulation tier, `crates/featjnd-emu`).
-#[doc(hidden)]
-pub fn plan_quantize_batch(
-    dt: Dtype,
-    items: &[BatchItem],
-    bits: Bits,
-    histogram: bool,
-) -> Result<Vec<(Kernel, Box<FjQuantizeBatchParams>, u64)>> {
+pub fn quantize_batch(dt: Dtype, items: &[BatchItem], bits: Bits, histogram: bool) -> Result<Plan> {
     let m = quantize_module(bits, histogram);
-    let mut plan = Vec::new();
+    let mut plan = Plan::new();
     for chunk in items.chunks(FJ_BATCH_MAX as usize) {
         let mut b = Box::new(FjQuantizeBatchParams { count: chunk.len() as u32, ..Default::default() });
         let mut blocks = 0u64;
@@ -1314,7 +1188,7 @@ pub fn plan_quantize_batch(
             b.block_start[i] = u32::try_from(blocks).unwrap_or(u32::MAX);
             blocks += token_grid(&b.items[i].geom, &QUANTIZE_NCHW, &QUANTIZE_NTC, m, dt).1;
         }
-        plan.push((QUANTIZE_BATCH.at(m, dt), b, blocks));
+        plan = plan.then(QUANTIZE_BATCH.at(m, dt), Params::QuantizeBatch(b), blocks);
     }
     Ok(plan)
 }

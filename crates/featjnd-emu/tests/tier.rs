@@ -584,11 +584,11 @@ fn bad_steps_are_reported_as_the_cpu_reports_them() {
     }
 }
 
-/// Single and batched quantizations and perturbations exactly as `raw::plan_quantize`,
-/// `raw::plan_quantize_batch`, `raw::plan_perturb` and `raw::plan_perturb_batch` build them (the
-/// launchers enqueue those plans), statistics decoded by the launchers' own decoders.
+/// Single and batched quantizations and perturbations exactly as `raw::quantize`,
+/// `raw::quantize_batch`, `raw::perturb` and `raw::perturb_batch` plan them (the plans a device
+/// is given, run by `run_plan`), statistics decoded by `raw`'s own decoders.
 #[test]
-fn quantize_and_perturb_as_the_launchers_plan_them() {
+fn quantize_and_perturb_as_planned() {
     let q: Vec<(featjnd_kernels::TokenGrid, u64)> = [
         (Layout::Nchw, vec![2, 7, 5, 3], 1),
         (Layout::Ntc, vec![3, 33, 1025], 1),
@@ -619,11 +619,10 @@ fn quantize_and_perturb_as_the_launchers_plan_them() {
     }
 }
 
-/// Token stats, step allocation, noise and the capped allocation exactly as the launchers plan
-/// them (`raw::plan_token_stats`, `plan_step_alloc`, `plan_noise`, `plan_token_rms`,
-/// `plan_capped_caps`, `plan_capped_solve`, `plan_capped_steps`), decoded by their decoders.
+/// Token stats, step allocation, noise and the capped allocation exactly as planned (`raw::token_stats`, `step_alloc`, `noise`, `token_rms`,
+/// `capped_caps`, `capped_solve`, `capped_steps`), decoded by their decoders.
 #[test]
-fn stats_steps_capped_and_noise_as_the_launchers_plan_them() {
+fn stats_steps_capped_and_noise_as_planned() {
     let grids = [
         grid_of(Layout::Nchw, &[2, 7, 5, 3], 1),
         grid_of(Layout::Ntc, &[1, 3, 5137], 1),

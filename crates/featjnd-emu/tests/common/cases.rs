@@ -610,7 +610,7 @@ pub enum ChainBad {
     HugeBudget,
 }
 
-/// The fused chain through `raw::plan_quantize_with_jnd`, the very plan `raw::quantize_with_jnd`
+/// The fused chain through `raw::quantize_with_jnd`, the very plan `raw::quantize_with_jnd`
 /// enqueues (workspace layout, partials, zeroed cells, kernels, grids), run on the emulator over a
 /// host workspace full of garbage and decoded with `raw::decode_quantize`.
 #[allow(clippy::too_many_arguments)]
@@ -624,7 +624,7 @@ pub fn chain_planned<E: Element + featjnd_emu::Plain>(
     wrong: ChainBad,
     s: Sched,
 ) -> Out {
-    use featjnd_kernels::cuda::raw::{self, ChainPlan, DevPtr, DevPtrMut, Elems, QuantPtrs, StatsBuf};
+    use featjnd_kernels::cuda::raw::{self, DevPtr, DevPtrMut, Elems, QuantPtrs, StatsBuf};
     let (n, t) = (g.numel(), g.tokens());
     let budget = if wrong == ChainBad::HugeBudget { 1e300 } else { 0.01 };
     let bad_j = match wrong {
@@ -645,7 +645,7 @@ pub fn chain_planned<E: Element + featjnd_emu::Plain>(
     let recon = Guarded::filled(n, E::from_f32(GARBAGE_F32));
     let sse = Guarded::filled(t, GARBAGE_F32);
     let slots = raw::jnd_chain_slots(bits, t);
-    let mut ws = Guarded::filled(slots, GARBAGE_U64);
+    let ws = Guarded::filled(slots, GARBAGE_U64);
     let p = QuantPtrs {
         x: DevPtr::from_addr(xb.addr()),
         steps: DevPtr::from_addr(steps.addr()),
@@ -654,7 +654,7 @@ pub fn chain_planned<E: Element + featjnd_emu::Plain>(
         token_sse: DevPtrMut::from_addr(sse.addr()),
     };
     let jnd_e = Elems { ptr: DevPtr::from_addr(jb.addr()), dt: E::DTYPE };
-    let plan = raw::plan_quantize_with_jnd(
+    let plan = raw::quantize_with_jnd(
         E::DTYPE,
         g,
         jnd_e,
@@ -670,22 +670,7 @@ pub fn chain_planned<E: Element + featjnd_emu::Plain>(
     .map_err(|e| format!("plan: {e}"))?;
     let what =
         format!("planned chain {:?} p{} {:?} {reduce:?} {strategy:?} {bits:?} hist={hist} wrong={wrong:?}", g.shape, g.patch, E::DTYPE);
-    let go =
-        |k: raw::Kernel, f: &dyn Fn(&featjnd_emu::Module, &str) -> Res| f(&module(k.module), k.name).map_err(|e| format!("{what}: {e}"));
-    let two_launch = matches!(plan, ChainPlan::TwoLaunch { .. });
-    match plan {
-        ChainPlan::TwoLaunch { ts, tp, parts, qk, c, blocks } => {
-            go(ts, &|m, name| run(m, name, &tp, parts, s))?;
-            go(qk, &|m, name| run(m, name, &c, blocks, s))?;
-        }
-        ChainPlan::Fallback { zero, ts, tp, parts, sa, sa_blocks, qk, q, q_blocks } => {
-            let at = ((zero.base().addr() - ws.addr()) / 8) as usize;
-            ws.as_mut_slice()[at..at + zero.len()].fill(0);
-            go(ts, &|m, name| run(m, name, &tp, parts, s))?;
-            go(raw::kernel_names().into_iter().find(|k| k.name == "fj_step_alloc").unwrap(), &|m, name| run(m, name, &sa, sa_blocks, s))?;
-            go(qk, &|m, name| run(m, name, &q, q_blocks, s))?;
-        }
-    }
+    let two_launch = !run_plan(&plan, s).map_err(|e| format!("{what}: {e}"))?;
     for r in [
         xb.check_res("x"),
         jb.check_res("J"),
@@ -745,7 +730,7 @@ fn ptr_mut<T>(addr: u64) -> featjnd_kernels::cuda::raw::DevPtrMut<T> {
     featjnd_kernels::cuda::raw::DevPtrMut::from_addr(addr)
 }
 
-/// Quantizations through `raw::plan_quantize` (one item) or `raw::plan_quantize_batch` (all of
+/// Quantizations through `raw::quantize` (one item) or `raw::quantize_batch` (all of
 /// them), statistics in the launcher's slots (zeroed, as its contract asks) decoded by
 /// `raw::decode_quantize`, each item against the CPU.
 pub fn quantize_planned<E: Element + featjnd_emu::Plain>(
@@ -780,14 +765,13 @@ pub fn quantize_planned<E: Element + featjnd_emu::Plain>(
             .iter()
             .map(|(g, _, _, b, st)| BatchItem { grid: **g, p: ptrs(b), stats: StatsBuf::new(ptr_mut(st.addr()), slots) })
             .collect();
-        for (k, t, blocks) in raw::plan_quantize_batch(E::DTYPE, &its, bits, hist).map_err(|e| format!("{what}: plan: {e}"))? {
-            run(&module(k.module), k.name, &*t, blocks, s).map_err(|e| format!("{what}: {e}"))?;
-        }
+        let plan = raw::quantize_batch(E::DTYPE, &its, bits, hist).map_err(|e| format!("{what}: plan: {e}"))?;
+        run_plan(&plan, s).map_err(|e| format!("{what}: {e}"))?;
     } else {
         for (g, _, _, b, st) in &bufs {
-            let (k, q, blocks) = raw::plan_quantize(E::DTYPE, g, &ptrs(b), bits, hist, StatsBuf::new(ptr_mut(st.addr()), slots))
+            let plan = raw::quantize(E::DTYPE, g, &ptrs(b), bits, hist, StatsBuf::new(ptr_mut(st.addr()), slots))
                 .map_err(|e| format!("{what}: plan: {e}"))?;
-            run(&module(k.module), k.name, &q, blocks, s).map_err(|e| format!("{what}: {e}"))?;
+            run_plan(&plan, s).map_err(|e| format!("{what}: {e}"))?;
         }
     }
     for (i, (g, x, st, b, stats)) in bufs.iter().enumerate() {
@@ -804,7 +788,7 @@ pub fn quantize_planned<E: Element + featjnd_emu::Plain>(
     Ok(())
 }
 
-/// Bad steps through `raw::plan_quantize` / `raw::plan_quantize_batch` (contract §4.2, §8): each
+/// Bad steps through `raw::quantize` / `raw::quantize_batch` (contract §4.2, §8): each
 /// item's steps get bad values at `bad` tokens (the first is the one to report) and its `x` a NaN
 /// as well; the kernels' bad-step cell must decode, through the launcher's own decoding, to the
 /// error the CPU gives for the same steps (variant, token and message), ahead of the bad `x`.
@@ -834,14 +818,13 @@ pub fn bad_steps_planned(items: &[(TokenGrid, Vec<(usize, f32)>)], bits: Bits, b
     if batched {
         let its: Vec<BatchItem> =
             bufs.iter().map(|(g, _, b, st)| BatchItem { grid: **g, p: ptrs(b), stats: StatsBuf::new(ptr_mut(st.addr()), slots) }).collect();
-        for (k, t, blocks) in raw::plan_quantize_batch(Dtype::F32, &its, bits, true).map_err(|e| format!("{what}: plan: {e}"))? {
-            run(&module(k.module), k.name, &*t, blocks, s).map_err(|e| format!("{what}: {e}"))?;
-        }
+        let plan = raw::quantize_batch(Dtype::F32, &its, bits, true).map_err(|e| format!("{what}: plan: {e}"))?;
+        run_plan(&plan, s).map_err(|e| format!("{what}: {e}"))?;
     } else {
         for (g, _, b, st) in &bufs {
-            let (k, q, blocks) = raw::plan_quantize(Dtype::F32, g, &ptrs(b), bits, true, StatsBuf::new(ptr_mut(st.addr()), slots))
+            let plan = raw::quantize(Dtype::F32, g, &ptrs(b), bits, true, StatsBuf::new(ptr_mut(st.addr()), slots))
                 .map_err(|e| format!("{what}: plan: {e}"))?;
-            run(&module(k.module), k.name, &q, blocks, s).map_err(|e| format!("{what}: {e}"))?;
+            run_plan(&plan, s).map_err(|e| format!("{what}: {e}"))?;
         }
     }
     for (i, (g, st, _, stats)) in bufs.iter().enumerate() {
@@ -856,7 +839,7 @@ pub fn bad_steps_planned(items: &[(TokenGrid, Vec<(usize, f32)>)], bits: Bits, b
     Ok(())
 }
 
-/// Perturbations through `raw::plan_perturb` / `raw::plan_perturb_batch`, statistics in the
+/// Perturbations through `raw::perturb` / `raw::perturb_batch`, statistics in the
 /// launcher's slots decoded by `raw::decode_perturb`, each against the CPU; `bad` puts a NaN into
 /// the first item's x.
 pub fn perturb_planned<E: Element + featjnd_emu::Plain>(
@@ -897,18 +880,13 @@ pub fn perturb_planned<E: Element + featjnd_emu::Plain>(
             stats: StatsBuf::new(ptr_mut(st.addr()), raw::perturb_slots(n)),
         })
         .collect();
-    if batched {
-        for ([norms, apply], t, blocks) in raw::plan_perturb_batch(E::DTYPE, &its).map_err(|e| format!("{what}: plan: {e}"))? {
-            run(&module(norms.module), norms.name, &*t, blocks, s).map_err(|e| format!("{what}: {e}"))?;
-            run(&module(apply.module), apply.name, &*t, blocks, s).map_err(|e| format!("{what}: {e}"))?;
-        }
+    let plans = if batched {
+        vec![raw::perturb_batch(E::DTYPE, &its)]
     } else {
-        for it in &its {
-            let ([norms, apply], p, blocks) =
-                raw::plan_perturb(&it.a, it.nrmse, it.noise, it.stats).map_err(|e| format!("{what}: plan: {e}"))?;
-            run(&module(norms.module), norms.name, &p, blocks, s).map_err(|e| format!("{what}: {e}"))?;
-            run(&module(apply.module), apply.name, &p, blocks, s).map_err(|e| format!("{what}: {e}"))?;
-        }
+        its.iter().map(|it| raw::perturb(&it.a, it.nrmse, it.noise, it.stats)).collect()
+    };
+    for plan in plans {
+        run_plan(&plan.map_err(|e| format!("{what}: plan: {e}"))?, s).map_err(|e| format!("{what}: {e}"))?;
     }
     for (i, ((x, j, spec, b, stats), &(n, len, noise, with_j))) in bufs.iter().zip(items).enumerate() {
         let what = format!("{what} item {i} {n}x{len} {noise:?} J={with_j}");
@@ -937,8 +915,8 @@ pub fn perturb_planned<E: Element + featjnd_emu::Plain>(
 
 // ---------------------------------------------------------------- token stats, steps, capped allocation and noise, as planned
 
-/// J -> j_t (`raw::plan_token_stats`, with Σj²) -> steps (`raw::plan_step_alloc` reading that
-/// device Σj²), and noise (`raw::plan_noise`): decoded by `raw::decode_token_stats`.
+/// J -> j_t (`raw::token_stats`, with Σj²) -> steps (`raw::step_alloc` reading that
+/// device Σj²), and noise (`raw::noise`): decoded by `raw::decode_token_stats`.
 pub fn stats_steps_noise_planned<E: Element + featjnd_emu::Plain>(
     g: &TokenGrid,
     reduce: Reduce,
@@ -958,9 +936,9 @@ pub fn stats_steps_noise_planned<E: Element + featjnd_emu::Plain>(
     let jt = Guarded::filled(t, GARBAGE_F32);
     let stats = Guarded::filled(raw::TOKEN_STATS_SLOTS, 0u64);
     let sb = StatsBuf::new(ptr_mut(stats.addr()), raw::TOKEN_STATS_SLOTS);
-    let (k, p, blocks) = raw::plan_token_stats(g, reduce, Elems { ptr: ptr(jb.addr()), dt: E::DTYPE }, ptr_mut(jt.addr()), sb, true)
+    let plan = raw::token_stats(g, reduce, Elems { ptr: ptr(jb.addr()), dt: E::DTYPE }, ptr_mut(jt.addr()), sb, true)
         .map_err(|e| format!("{what}: {e}"))?;
-    run(&module(k.module), k.name, &p, blocks, s).map_err(|e| format!("{what}: {e}"))?;
+    run_plan(&plan, s).map_err(|e| format!("{what}: {e}"))?;
     let cells: Vec<i64> = stats.as_slice().iter().map(|&v| v as i64).collect();
     let decoded = raw::decode_token_stats(&cells);
     if let Some(i) = bad {
@@ -979,8 +957,8 @@ pub fn stats_steps_noise_planned<E: Element + featjnd_emu::Plain>(
         perm: if matches!(strategy, Strategy::Permuted { .. }) { ptr(pb.addr()) } else { ptr(0) },
         steps: ptr_mut(steps.addr()),
     };
-    let (k, p, blocks) = raw::plan_step_alloc(&sp, t, 0.03, strategy, 0.9).map_err(|e| format!("{what}: {e}"))?;
-    run(&module(k.module), k.name, &p, blocks, s).map_err(|e| format!("{what}: {e}"))?;
+    let plan = raw::step_alloc(&sp, t, 0.03, strategy, 0.9).map_err(|e| format!("{what}: {e}"))?;
+    run_plan(&plan, s).map_err(|e| format!("{what}: {e}"))?;
     let mut want = vec![0.0f32; t];
     steps::allocate_into(jt.as_slice(), 0.03, strategy, 0.9, &mut want).unwrap();
     let strategy_seed_5 = match strategy {
@@ -996,17 +974,17 @@ pub fn stats_steps_noise_planned<E: Element + featjnd_emu::Plain>(
     // Noise over the same number of elements, at an odd offset.
     let out = Guarded::filled(n, GARBAGE_F32);
     let spec = NoiseSpec { kind: NoiseKind::Uniform, seed: 77, subsequence: 4 };
-    let (k, p, blocks) = raw::plan_noise(ptr_mut(out.addr()), n, 13, spec).map_err(|e| format!("{what}: {e}"))?;
-    run(&module(k.module), k.name, &p, blocks, s).map_err(|e| format!("{what}: {e}"))?;
+    let plan = raw::noise(ptr_mut(out.addr()), n, 13, spec).map_err(|e| format!("{what}: {e}"))?;
+    run_plan(&plan, s).map_err(|e| format!("{what}: {e}"))?;
     let mut want = vec![0.0f32; n];
     philox::fill(&mut want, 13, 77, 4, NoiseKind::Uniform);
     bits_eq(out.as_slice(), &want, &format!("{what}: noise"))?;
     out.check_res("noise").map_err(|e| format!("{what}: {e}"))
 }
 
-/// x -> r_t (`raw::plan_token_rms`) -> caps (`raw::plan_capped_caps`, max from the RMS launch or
-/// from its own max kernel) -> (a, b) (`raw::plan_capped_solve`) -> steps
-/// (`raw::plan_capped_steps`), decoded by `raw::decode_capped`, against the CPU.
+/// x -> r_t (`raw::token_rms`) -> caps (`raw::capped_caps`, max from the RMS launch or
+/// from its own max kernel) -> (a, b) (`raw::capped_solve`) -> steps
+/// (`raw::capped_steps`), decoded by `raw::decode_capped`, against the CPU.
 pub fn capped_planned<E: Element + featjnd_emu::Plain>(
     g: &TokenGrid,
     kappa: f32,
@@ -1033,16 +1011,14 @@ pub fn capped_planned<E: Element + featjnd_emu::Plain>(
     let stats = Guarded::filled(raw::CAPPED_SLOTS, 0u64);
     let sb = StatsBuf::new(ptr_mut(stats.addr()), raw::CAPPED_SLOTS);
     let e = |e: featjnd_kernels::Error| format!("{what}: plan: {e}");
-    let (k, p, b) = raw::plan_token_rms(g, Elems { ptr: ptr(xb.addr()), dt: E::DTYPE }, ptr_mut(rms.addr()), sb).map_err(e)?;
-    run(&module(k.module), k.name, &p, b, s).map_err(|e| format!("{what}: {e}"))?;
-    let (ks, p, b) = raw::plan_capped_caps(ptr(rms.addr()), t, kappa, max_known, ptr_mut(caps.addr()), sb).map_err(e)?;
-    for k in ks.into_iter().flatten() {
-        run(&module(k.module), k.name, &p, b, s).map_err(|e| format!("{what}: {e}"))?;
+    for plan in [
+        raw::token_rms(g, Elems { ptr: ptr(xb.addr()), dt: E::DTYPE }, ptr_mut(rms.addr()), sb).map_err(e)?,
+        raw::capped_caps(ptr(rms.addr()), t, kappa, max_known, ptr_mut(caps.addr()), sb).map_err(e)?,
+        raw::capped_solve(ptr(jt.addr()), ptr(caps.addr()), t, budget, sb).map_err(e)?,
+        raw::capped_steps(ptr(jt.addr()), ptr(caps.addr()), t, 1.0, ptr_mut(steps.addr()), sb).map_err(e)?,
+    ] {
+        run_plan(&plan, s).map_err(|e| format!("{what}: {e}"))?;
     }
-    let (k, p, b) = raw::plan_capped_solve(ptr(jt.addr()), ptr(caps.addr()), t, budget, sb).map_err(e)?;
-    run(&module(k.module), k.name, &p, b, s).map_err(|e| format!("{what}: {e}"))?;
-    let (k, p, b) = raw::plan_capped_steps(ptr(jt.addr()), ptr(caps.addr()), t, 1.0, ptr_mut(steps.addr()), sb).map_err(e)?;
-    run(&module(k.module), k.name, &p, b, s).map_err(|e| format!("{what}: {e}"))?;
     for r in [
         xb.check_res("x"),
         jt.check_res("j_t"),

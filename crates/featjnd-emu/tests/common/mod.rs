@@ -20,6 +20,40 @@ pub fn run<P>(m: &Module, name: &str, p: &P, grid: u64, s: Sched) -> Res {
     unsafe { emu::launch(m.kernel(name), p, grid, s) }.map_err(|e| format!("emulator: {e}"))
 }
 
+/// Runs a plan of `featjnd_kernels::cuda::raw` — the very steps `Plan::launch` enqueues on a
+/// device — on the emulator: a memset step zeroes its host slots, a kernel step runs its module's
+/// kernel with the planned parameters and grid. Returns whether the plan zeroed anything first
+/// (the chain's fallback form).
+pub fn run_plan(plan: &featjnd_kernels::cuda::raw::Plan, s: Sched) -> Result<bool, String> {
+    use featjnd_kernels::cuda::raw::{ParamsVisitor, Step};
+    struct Emu {
+        kernel: featjnd_kernels::cuda::raw::Kernel,
+        blocks: u64,
+        s: Sched,
+    }
+    impl ParamsVisitor for Emu {
+        type Out = Res;
+        fn visit<P: featjnd_kernels::cuda::raw::DeviceRepr>(self, p: &P) -> Res {
+            run(&module(self.kernel.module), self.kernel.name, p, self.blocks, self.s)
+        }
+    }
+    let mut zeroed = false;
+    for step in plan.steps() {
+        match step {
+            Step::Zero(b) => {
+                // SAFETY: the tests plan with `StatsBuf`s over live host `Guarded` buffers of at
+                // least `b.len()` slots, so the addresses are host memory of that size.
+                unsafe { std::ptr::write_bytes(b.base().addr() as *mut u64, 0, b.len()) };
+                zeroed = true;
+            }
+            Step::Kernel { kernel, params, blocks } => {
+                params.visit(Emu { kernel: *kernel, blocks: *blocks, s })?;
+            }
+        }
+    }
+    Ok(zeroed)
+}
+
 include!("../../../../tests/common/shapes.rs");
 
 /// The GPU tests' shapes ([`SHAPES`], the kernel crate's `tests/common/shapes.rs`): (layout,
