@@ -65,9 +65,7 @@ pub const CODER_FIELDS_V3: usize = 12;
 /// the header CRC, no chunks).
 const MIN_FILE_V3: usize = FIXED_HEADER + 3 * 8 + CODER_FIELDS_V3 + 4;
 
-pub use v3::{
-    decode_into, decode_recon, encode_file, EncodedFile, FileInfo, Format, Reconstruction, DEFAULT_CHUNK, DEFAULT_LANES, MAX_CHUNK,
-};
+pub use v3::{decode_into, decode_recon, encode_file, EncodedFile, Format, Reconstruction, DEFAULT_CHUNK, DEFAULT_LANES, MAX_CHUNK};
 /// Bound on a per-token grid index difference: indices of normal f32 steps span at most
 /// `254·G ≤ 16256`.
 const DIFF_MAX: i32 = 1 << 15;
@@ -196,9 +194,10 @@ pub struct Encoded<E> {
     pub rate: RateReport,
 }
 
-/// The result of [`decode`].
+/// What a file says about its feature (every version): the description [`decode`],
+/// [`decode_recon`] and [`decode_into`] return beside the reconstruction.
 #[derive(Debug)]
-pub struct Decoded {
+pub struct FileInfo {
     /// The file's format version (1, 2 or 3).
     pub version: u16,
     pub dtype: Dtype,
@@ -209,23 +208,37 @@ pub struct Decoded {
     pub bits: Bits,
     /// How the file stores its steps (version 1: `Token(F16)`).
     pub step_mode: StepMode,
-    /// Reconstruction `x̂ = f32(q)·Δ` in the original dtype (flat, row-major).
-    pub recon: ElemVec,
     /// The stored per-token steps as f32 (`T` values; the `tensor` mode repeats its one step).
     /// Empty in the channel modes.
     pub steps: Vec<f32>,
     /// The stored per-channel steps (`C` values) in the channel modes; empty otherwise.
     pub channel_steps: Vec<f32>,
+}
+
+impl FileInfo {
+    /// The token grid of the feature.
+    pub fn grid(&self) -> TokenGrid {
+        TokenGrid { shape: self.shape, patch: self.patch }
+    }
+}
+
+/// The result of [`decode`]: the file's description (read through: `d.dtype`), the
+/// reconstruction, the symbols and the rate.
+#[derive(Debug)]
+pub struct Decoded {
+    pub info: FileInfo,
+    /// Reconstruction `x̂ = f32(q)·Δ` in the original dtype (flat, row-major).
+    pub recon: ElemVec,
     /// Symbols (flat, `i8` / `i16` by the width).
     pub symbols: SymbolVec,
     pub sections: Sections,
     pub rate: RateReport,
 }
 
-impl Decoded {
-    /// The token grid of the feature.
-    pub fn grid(&self) -> TokenGrid {
-        TokenGrid { shape: self.shape, patch: self.patch }
+impl std::ops::Deref for Decoded {
+    type Target = FileInfo;
+    fn deref(&self) -> &FileInfo {
+        &self.info
     }
 }
 
@@ -1148,7 +1161,8 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded> {
     let (steps, channel_steps) = stored_steps(&raw, step_mode, e, &grid)?;
     let map = step_map(step_mode, &steps, &channel_steps);
     let (sym_vec, recon, counts) = if let Some(v) = &raw.v3 {
-        v3::decode_all(&raw, v, dtype, bits, &grid, map, &table, precision)?
+        let (sym_vec, recon, counts) = v3::decode_chunks(&raw, v, dtype, bits, &grid, map, &table, precision, true)?;
+        (sym_vec.unwrap_or_else(|| unreachable!("symbols were asked for")), recon, counts)
     } else {
         let n = grid.numel();
         let sym_vec = match bits {
@@ -1178,21 +1192,9 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded> {
         (sym_vec, recon, counts)
     };
     let rate = RateReport::new(bytes.len(), &grid, &table, precision, &counts, &raw.sections);
-    Ok(Decoded {
-        version: raw.version,
-        dtype,
-        layout,
-        shape: grid.shape,
-        patch: grid.patch,
-        bits,
-        step_mode,
-        recon,
-        steps,
-        channel_steps,
-        symbols: sym_vec,
-        sections: raw.sections,
-        rate,
-    })
+    let info =
+        FileInfo { version: raw.version, dtype, layout, shape: grid.shape, patch: grid.patch, bits, step_mode, steps, channel_steps };
+    Ok(Decoded { info, recon, symbols: sym_vec, sections: raw.sections, rate })
 }
 
 /// Which steps an element's reconstruction uses.

@@ -9,12 +9,12 @@ use super::chunks::{self, Extra, SymOut, LANE_COUNTS};
 use super::rans::{self, MAX_PRECISION};
 use super::rows::{self, StepMap, Steps};
 use super::{
-    err, histogram_pairs_from_bins, plan_steps, qmax, step_map, stored_steps, validate, write_header, Dtype, ElemVec, RateReport, Raw,
-    RawV3, Sections, StepCoding, StepMode, StepPlan, StepSpec, SymbolVec, Table, CODER_FIELDS_V3, FIXED_HEADER,
+    err, histogram_pairs_from_bins, plan_steps, qmax, step_map, stored_steps, validate, write_header, Dtype, ElemVec, FileInfo, RateReport,
+    Raw, RawV3, Sections, StepCoding, StepMode, StepPlan, StepSpec, SymbolVec, Table, CODER_FIELDS_V3, FIXED_HEADER,
 };
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::geom::{Bits, FeatureShape, Layout, TokenGrid};
+use crate::geom::{Bits, TokenGrid};
 
 /// Symbols per chunk written by default (the last chunk may be shorter).
 pub const DEFAULT_CHUNK: usize = 1 << 17;
@@ -273,7 +273,7 @@ fn decode_into_slice<E: Element>(
 /// Decodes a validated version 3 file: symbols (when `symbols`), reconstruction, and the count of
 /// every table symbol (when `symbols`).
 #[allow(clippy::too_many_arguments)]
-fn decode_chunks(
+pub(crate) fn decode_chunks(
     raw: &Raw,
     v: &RawV3,
     dtype: Dtype,
@@ -316,67 +316,19 @@ fn decode_chunks(
     Ok((sym_vec, recon, counts))
 }
 
-/// [`super::decode`]'s version 3 part: symbols, reconstruction and the table symbols' counts.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn decode_all(
-    raw: &Raw,
-    v: &RawV3,
-    dtype: Dtype,
-    bits: Bits,
-    grid: &TokenGrid,
-    map: StepMap,
-    table: &Table,
-    precision: u32,
-) -> Result<(SymbolVec, ElemVec, Vec<u64>)> {
-    let (s, r, c) = decode_chunks(raw, v, dtype, bits, grid, map, table, precision, true)?;
-    Ok((s.unwrap_or_else(|| unreachable!("symbols were asked for")), r, c))
-}
-
 /// Decodes a `.fjq` file to its reconstruction only (no symbols, no rate): for version 3 the
 /// chunks are decoded in parallel straight into `x̂`. Versions 1 and 2 go through
 /// [`super::decode`]. Same checks and errors as [`super::decode`].
 pub fn decode_recon(bytes: &[u8]) -> Result<Reconstruction> {
     let raw = super::open(bytes)?;
     let Some(v) = raw.v3.as_ref() else {
-        let (info, recon) = FileInfo::of(super::decode(bytes)?);
+        let super::Decoded { info, recon, .. } = super::decode(bytes)?;
         return Ok(Reconstruction { info, recon });
     };
     let (info, grid, table, precision) = open_v3(&raw, v)?;
     let map = step_map(info.step_mode, &info.steps, &info.channel_steps);
     let (_, recon, _) = decode_chunks(&raw, v, info.dtype, info.bits, &grid, map, &table, precision, false)?;
     Ok(Reconstruction { info, recon })
-}
-
-/// What [`decode_into`] tells about the file it decoded (the reconstruction is the caller's).
-#[derive(Debug)]
-pub struct FileInfo {
-    pub version: u16,
-    pub dtype: Dtype,
-    pub layout: Layout,
-    pub shape: FeatureShape,
-    pub patch: usize,
-    pub bits: Bits,
-    pub step_mode: StepMode,
-    pub steps: Vec<f32>,
-    pub channel_steps: Vec<f32>,
-}
-
-impl FileInfo {
-    /// The description of a fully decoded file, and its reconstruction.
-    fn of(d: super::Decoded) -> (FileInfo, ElemVec) {
-        let info = FileInfo {
-            version: d.version,
-            dtype: d.dtype,
-            layout: d.layout,
-            shape: d.shape,
-            patch: d.patch,
-            bits: d.bits,
-            step_mode: d.step_mode,
-            steps: d.steps,
-            channel_steps: d.channel_steps,
-        };
-        (info, d.recon)
-    }
 }
 
 /// A version 3 file's header, table and steps, validated: its description, grid, table and
@@ -396,7 +348,7 @@ fn open_v3(raw: &Raw, v: &RawV3) -> Result<(FileInfo, TokenGrid, Table, u32)> {
 pub fn decode_into<E: Element>(bytes: &[u8], out: &mut [E]) -> Result<FileInfo> {
     let raw = super::open(bytes)?;
     let Some(v) = raw.v3.as_ref() else {
-        let (info, recon) = FileInfo::of(super::decode(bytes)?);
+        let super::Decoded { info, recon, .. } = super::decode(bytes)?;
         check_out::<E>(&info, out.len())?;
         let mut f = vec![0.0f32; out.len()];
         match &recon {
