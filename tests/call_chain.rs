@@ -1,13 +1,13 @@
-//! The fused chains as one validated call (`featjnd_kernels::call::chain`, contract §9): on the
-//! host executor, the JND chain equals token tolerance → step allocation → quantization through
-//! the slice API bit for bit, and the capped chain equals token tolerance, token RMS, caps, capped
-//! allocation → quantization; every bad argument the chain adds to the quantization's (steps
-//! read-only or overlapping `x` or `J`, `J`'s length, the budget, `κ`) and the CPU's order of
-//! value errors. The CUDA executor runs the same calls under `tests/gpu.rs` (`ops::quantize_with_jnd`,
-//! `ops::quantize_capped`).
+//! The fused chains as one validated call (`featjnd_kernels::call::chain`, contract §9): on every
+//! executor (`common::exec`: the host, and CUDA where present), the JND chain equals token
+//! tolerance → step allocation → quantization through the slice API bit for bit, and the capped
+//! chain equals token tolerance, token RMS, caps, capped allocation → quantization; the CPU's
+//! order of value errors on every executor; every bad argument the chain adds to the
+//! quantization's (steps read-only or overlapping `x` or `J`, `J`'s length, the budget, `κ`).
 mod common;
+use common::exec::{each, Exec};
 use common::*;
-use featjnd_kernels::call::{Buf, ChainArgs, Elem, Executor, QuantizeArgs, StepRule};
+use featjnd_kernels::call::{Buf, ChainArgs, Elem, QuantizeArgs, StepRule};
 use featjnd_kernels::cpu::{self, QuantOut, Symbols};
 use featjnd_kernels::{steps, Bits, Element, Error, FeatureShape, Reduce, Strategy, TokenGrid};
 use half::{bf16, f16};
@@ -24,16 +24,16 @@ impl<E: Element> Outs<E> {
     fn new(g: &TokenGrid) -> Self {
         Outs { steps: vec![0.0; g.tokens()], sym: vec![0; g.numel()], recon: vec![E::from_f32(0.0); g.numel()], sse: vec![0.0; g.tokens()] }
     }
-    fn args(&mut self, x: &[E], g: &TokenGrid) -> QuantizeArgs {
+    fn args(&mut self, ex: &Exec, x: &[E], g: &TokenGrid) -> QuantizeArgs {
         QuantizeArgs {
-            x: host("x", x, E::DTYPE.into()),
+            x: ex.input("x", x, E::DTYPE.into()),
             shape: g.shape,
             patch: g.patch,
-            steps: host_mut("steps", &mut self.steps, Elem::F32),
+            steps: ex.output("steps", &mut self.steps, Elem::F32),
             bits: Bits::B8,
-            symbols: Some(host_mut("symbols", &mut self.sym, Elem::I8)),
-            recon: Some(host_mut("recon", &mut self.recon, E::DTYPE.into())),
-            token_sse: Some(host_mut("token_sse", &mut self.sse, Elem::F32)),
+            symbols: Some(ex.output("symbols", &mut self.sym, Elem::I8)),
+            recon: Some(ex.output("recon", &mut self.recon, E::DTYPE.into())),
+            token_sse: Some(ex.output("token_sse", &mut self.sse, Elem::F32)),
             histogram: true,
             histogram_out: None,
         }
@@ -65,7 +65,7 @@ fn grids() -> Vec<TokenGrid> {
     .collect()
 }
 
-fn jnd_chain_case<E: Element>(g: &TokenGrid, seed: u64) {
+fn jnd_chain_case<E: Element>(ex: &Exec, g: &TokenGrid, seed: u64) {
     let x: Vec<E> = to(&randn(g.numel(), seed, 2.0));
     let j: Vec<E> = to(&positive(g.numel(), seed ^ 5, 0.05, 2.0));
     for (reduce, strategy) in
@@ -73,35 +73,35 @@ fn jnd_chain_case<E: Element>(g: &TokenGrid, seed: u64) {
     {
         let mut o = Outs::<E>::new(g);
         let call = ChainArgs {
-            quantize: o.args(&x, g),
-            jnd: host("J", &j, E::DTYPE.into()),
+            quantize: o.args(ex, &x, g),
+            jnd: ex.input("J", &j, E::DTYPE.into()),
             reduce,
             budget: 0.02,
             rule: StepRule::Strategy(strategy),
         }
         .validate()
         .unwrap();
-        let r = Executor::Host(None).run(&call).unwrap();
+        let r = ex.run(&call).unwrap();
         let jt = cpu::token_tolerance(&j, g, reduce).unwrap();
         let label = format!("{:?} p={} {} {reduce:?} {strategy:?}", g.shape, g.patch, E::DTYPE.name());
         o.check(&x, g, &steps::allocate(&jt, 0.02, strategy).unwrap(), &r, &label);
     }
 }
 
-fn capped_chain_case<E: Element>(g: &TokenGrid, seed: u64) {
+fn capped_chain_case<E: Element>(ex: &Exec, g: &TokenGrid, seed: u64) {
     let x: Vec<E> = to(&randn(g.numel(), seed, 2.0));
     let j: Vec<E> = to(&positive(g.numel(), seed ^ 5, 0.05, 2.0));
     let mut o = Outs::<E>::new(g);
     let call = ChainArgs {
-        quantize: o.args(&x, g),
-        jnd: host("J", &j, E::DTYPE.into()),
+        quantize: o.args(ex, &x, g),
+        jnd: ex.input("J", &j, E::DTYPE.into()),
         reduce: Reduce::Mean,
         budget: 0.02,
         rule: StepRule::Capped { kappa: 2.0 },
     }
     .validate()
     .unwrap();
-    let r = Executor::Host(None).run(&call).unwrap();
+    let r = ex.run(&call).unwrap();
     let jt = cpu::token_tolerance(&j, g, Reduce::Mean).unwrap();
     let caps = steps::caps_from_rms(&cpu::token_rms(&x, g).unwrap(), 2.0).unwrap();
     let label = format!("capped {:?} p={} {}", g.shape, g.patch, E::DTYPE.name());
@@ -110,20 +110,24 @@ fn capped_chain_case<E: Element>(g: &TokenGrid, seed: u64) {
 
 #[test]
 fn the_jnd_chain_equals_its_ops_in_sequence() {
-    for (i, g) in grids().iter().enumerate() {
-        jnd_chain_case::<f32>(g, 40 + i as u64);
-        jnd_chain_case::<f16>(g, 50 + i as u64);
-        jnd_chain_case::<bf16>(g, 60 + i as u64);
-    }
+    each(|ex| {
+        for (i, g) in grids().iter().enumerate() {
+            jnd_chain_case::<f32>(ex, g, 40 + i as u64);
+            jnd_chain_case::<f16>(ex, g, 50 + i as u64);
+            jnd_chain_case::<bf16>(ex, g, 60 + i as u64);
+        }
+    });
 }
 
 #[test]
 fn the_capped_chain_equals_its_ops_in_sequence() {
-    for (i, g) in grids().iter().enumerate() {
-        capped_chain_case::<f32>(g, 70 + i as u64);
-        capped_chain_case::<f16>(g, 80 + i as u64);
-        capped_chain_case::<bf16>(g, 90 + i as u64);
-    }
+    each(|ex| {
+        for (i, g) in grids().iter().enumerate() {
+            capped_chain_case::<f32>(ex, g, 70 + i as u64);
+            capped_chain_case::<f16>(ex, g, 80 + i as u64);
+            capped_chain_case::<bf16>(ex, g, 90 + i as u64);
+        }
+    });
 }
 
 #[test]
@@ -131,12 +135,13 @@ fn bad_arguments_are_refused() {
     fn err<T>(r: Result<T, Error>) -> Error {
         r.map(|_| ()).unwrap_err()
     }
+    let ex = &Exec::host();
     let g = TokenGrid::new(FeatureShape::ntc(1, 6, 4), 1).unwrap();
     let x = randn(24, 1, 1.0);
     let j = vec![0.5f32; 24];
     let j_short = vec![0.5f32; 23];
     let mut o = Outs::<f32>::new(&g);
-    let q = o.args(&x, &g);
+    let q = o.args(ex, &x, &g);
     let jb = host("J", &j, Elem::F32);
     let ok = ChainArgs { quantize: q, jnd: jb, reduce: Reduce::Mean, budget: 0.02, rule: StepRule::Strategy(Strategy::Jnd) };
     ok.validate().unwrap();
@@ -172,43 +177,48 @@ fn bad_arguments_are_refused() {
 }
 
 /// The capped chain (κ = 2) or the JND one, D = 0.02, on the host.
-fn run(quantize: QuantizeArgs, jnd: Buf, capped: bool) -> Result<featjnd_kernels::call::QuantizeReport, Error> {
+fn run(ex: &Exec, quantize: QuantizeArgs, jnd: Buf, capped: bool) -> Result<featjnd_kernels::call::QuantizeReport, Error> {
     let rule = if capped { StepRule::Capped { kappa: 2.0 } } else { StepRule::Strategy(Strategy::Jnd) };
-    Executor::Host(None).run(&ChainArgs { quantize, jnd, reduce: Reduce::Mean, budget: 0.02, rule }.validate().unwrap())
+    ex.run(&ChainArgs { quantize, jnd, reduce: Reduce::Mean, budget: 0.02, rule }.validate().unwrap())
 }
 
 #[test]
 fn value_errors_come_in_the_cpus_order_before_any_step_is_written() {
-    let g = TokenGrid::new(FeatureShape::ntc(1, 5, 4), 1).unwrap();
-    let mut x = randn(20, 3, 1.0);
-    let mut j = vec![0.5f32; 20];
-    x[13] = f32::NAN;
-    j[17] = 0.0;
-    for capped in [false, true] {
+    each(|ex| {
+        let g = TokenGrid::new(FeatureShape::ntc(1, 5, 4), 1).unwrap();
+        let mut x = randn(20, 3, 1.0);
+        let mut j = vec![0.5f32; 20];
+        x[13] = f32::NAN;
+        j[17] = 0.0;
+        for capped in [false, true] {
+            let mut o = Outs::<f32>::new(&g);
+            o.steps.fill(-7.0);
+            let q = o.args(ex, &x, &g);
+            let jb = ex.input("J", &j, Elem::F32);
+            let r = run(ex, q, jb, capped);
+            // J is reduced first: its bad element is reported before x's.
+            assert!(matches!(r, Err(Error::Jnd { index: 17, .. })), "capped {capped}: {r:?}");
+            // On the host nothing is written; on a device the outputs are unspecified (contract §7.2).
+            if ex.name() == "host" {
+                assert!(o.steps.iter().all(|&s| s == -7.0), "capped {capped}: steps written");
+            }
+        }
+        // With J valid, x's NaN: the capped chain finds it in the token RMS, the JND chain in the
+        // quantization; both name element 13.
+        j[17] = 0.5;
+        for capped in [false, true] {
+            let mut o = Outs::<f32>::new(&g);
+            let q = o.args(ex, &x, &g);
+            let jb = ex.input("J", &j, Elem::F32);
+            let r = run(ex, q, jb, capped);
+            assert!(matches!(r, Err(Error::NonFinite { index: 13, .. })), "capped {capped}: {r:?}");
+        }
+        x[13] = 0.0;
+        // A zero feature: no cap exists (the capped chain), the JND chain quantizes it.
+        let zero = vec![0f32; 20];
         let mut o = Outs::<f32>::new(&g);
-        o.steps.fill(-7.0);
-        let q = o.args(&x, &g);
-        let jb = host("J", &j, Elem::F32);
-        let r = run(q, jb, capped);
-        // J is reduced first: its bad element is reported before x's.
-        assert!(matches!(r, Err(Error::Jnd { index: 17, .. })), "capped {capped}: {r:?}");
-        assert!(o.steps.iter().all(|&s| s == -7.0), "capped {capped}: steps written");
-    }
-    // With J valid, x's NaN: the capped chain finds it in the token RMS, the JND chain in the
-    // quantization; both name element 13.
-    j[17] = 0.5;
-    for capped in [false, true] {
-        let mut o = Outs::<f32>::new(&g);
-        let q = o.args(&x, &g);
-        let jb = host("J", &j, Elem::F32);
-        let r = run(q, jb, capped);
-        assert!(matches!(r, Err(Error::NonFinite { index: 13, .. })), "capped {capped}: {r:?}");
-    }
-    x[13] = 0.0;
-    // A zero feature: no cap exists (the capped chain), the JND chain quantizes it.
-    let zero = vec![0f32; 20];
-    let mut o = Outs::<f32>::new(&g);
-    let q = o.args(&zero, &g);
-    let r = run(q, host("J", &j, Elem::F32), true);
-    assert!(matches!(&r, Err(Error::Arg(m)) if m.contains("zero")), "a zero feature has no caps: {r:?}");
+        let q = o.args(ex, &zero, &g);
+        let r = run(ex, q, ex.input("J", &j, Elem::F32), true);
+        assert!(matches!(&r, Err(Error::Arg(m)) if m.contains("zero")), "a zero feature has no caps: {r:?}");
+    });
 }

@@ -1,25 +1,28 @@
-//! The §5 noise as a validated call (`featjnd_kernels::call`, contract §9): the host executor
-//! writes exactly `philox::fill`'s values at every offset and length, and the bad arguments are
-//! refused (the CUDA executor runs under `tests/gpu.rs`'s `noise_gpu_matches_cpu`).
+//! The §5 noise as a validated call (`featjnd_kernels::call`, contract §9): every executor (the
+//! host; CUDA where present) writes exactly `philox::fill`'s values at every offset and length,
+//! and the bad arguments are refused.
 mod common;
+use common::exec::each;
 use common::host_mut;
-use featjnd_kernels::call::{Buf, Elem, Executor, Mem, NoiseArgs};
+use featjnd_kernels::call::{Buf, Elem, Mem, NoiseArgs};
 use featjnd_kernels::cpu::perturb::NoiseSpec;
 use featjnd_kernels::{philox, Error, NoiseKind};
 
 #[test]
-fn host_executor_writes_the_generator_s_values() {
-    for (len, offset) in [(0usize, 0u64), (1, 0), (7, 3), (17, 1 << 40), (1025, 5), (5137, u64::MAX - 6000)] {
-        for kind in [NoiseKind::Gaussian, NoiseKind::Uniform] {
-            let noise = NoiseSpec { kind, seed: 42, subsequence: 3 };
-            let mut out = vec![f32::NAN; len];
-            let call = NoiseArgs { out: host_mut("out", &mut out, Elem::F32), offset, noise }.validate().unwrap();
-            Executor::Host(None).run(&call).unwrap();
-            let mut want = vec![0f32; len];
-            philox::fill(&mut want, offset, 42, 3, kind);
-            assert_eq!(out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+fn every_executor_writes_the_generator_s_values() {
+    each(|ex| {
+        for (len, offset) in [(0usize, 0u64), (1, 0), (7, 3), (17, 1 << 40), (1025, 5), (5137, u64::MAX - 6000)] {
+            for kind in [NoiseKind::Gaussian, NoiseKind::Uniform] {
+                let noise = NoiseSpec { kind, seed: 42, subsequence: 3 };
+                let mut out = vec![f32::NAN; len];
+                let call = NoiseArgs { out: ex.output("out", &mut out, Elem::F32), offset, noise }.validate().unwrap();
+                ex.run(&call).unwrap();
+                let mut want = vec![0f32; len];
+                philox::fill(&mut want, offset, 42, 3, kind);
+                assert_eq!(out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+            }
         }
-    }
+    });
 }
 
 #[test]

@@ -1,15 +1,16 @@
 //! The perturbation as one validated call (`featjnd_kernels::call`, contract §9): each case is
-//! defined once and run on the host executor against the reference (the CUDA executor runs under
-//! the GPU tests of the tensor API, `tests/gpu.rs`, which go through `call::Cuda`), in place and
-//! out of place; and every bad argument the core checks, which every surface now shares.
+//! defined once and run on every executor (`common::exec`: the host, and CUDA where present)
+//! against the reference, in place and out of place; a bad element by index on every executor;
+//! and every bad argument the core checks, which every surface shares.
 mod common;
+use common::exec::{each, Exec};
 use common::*;
-use featjnd_kernels::call::{Buf, Elem, Executor, Mem, PerturbArgs};
+use featjnd_kernels::call::{Buf, Elem, Mem, PerturbArgs};
 use featjnd_kernels::cpu::perturb::NoiseSpec;
 use featjnd_kernels::{reference, Element, Error, NoiseKind};
 use half::{bf16, f16};
 
-fn case<E: Element>(samples: usize, len: usize, with_j: bool, kind: NoiseKind, seed: u64) {
+fn case<E: Element>(ex: &Exec, samples: usize, len: usize, with_j: bool, kind: NoiseKind, seed: u64) {
     let n = samples * len;
     let x: Vec<E> = to(&randn(n, seed, 2.0));
     let j: Vec<E> = to(&positive(n, seed ^ 3, 0.1, 2.0));
@@ -20,17 +21,17 @@ fn case<E: Element>(samples: usize, len: usize, with_j: bool, kind: NoiseKind, s
     let mut out = vec![E::from_f32(0.0); n];
     let mut scales = vec![0f32; samples];
     let args = PerturbArgs {
-        x: host("x", &x, dt),
+        x: ex.input("x", &x, dt),
         samples,
-        jnd: with_j.then(|| host("J", &j, dt)),
-        out: host_mut("out", &mut out, dt),
+        jnd: with_j.then(|| ex.input("J", &j, dt)),
+        out: ex.output("out", &mut out, dt),
         nrmse: r,
         noise: NoiseSpec { kind, seed, subsequence: 5 },
-        scales_out: Some(host_mut("scales", &mut scales, Elem::F32)),
+        scales_out: Some(ex.output("scales", &mut scales, Elem::F32)),
     };
     let call = args.validate().unwrap();
     assert!(!call.in_place());
-    let rep = Executor::Host(None).run(&call).unwrap();
+    let rep = ex.run(&call).unwrap();
     // f16/bf16 round each element once more than the f64 reference.
     let tol = if E::DTYPE == featjnd_kernels::Dtype::F32 { 1e-5 } else { 1e-2 };
     for (i, (a, b)) in out.iter().zip(&want).enumerate() {
@@ -43,23 +44,25 @@ fn case<E: Element>(samples: usize, len: usize, with_j: bool, kind: NoiseKind, s
     assert_eq!(scales, rep.scales, "{label}: scales_out");
     // In place: the same bits as out of place.
     let mut xi = x.clone();
-    let xb = host_mut("x", &mut xi, dt);
+    let xb = ex.output("x", &mut xi, dt);
     let call = PerturbArgs { x: xb, out: xb, scales_out: None, ..args }.validate().unwrap();
     assert!(call.in_place());
-    Executor::Host(None).run(&call).unwrap();
+    ex.run(&call).unwrap();
     assert!(xi == out, "{label}: in place differs from out of place");
 }
 
 #[test]
-fn host_executor_matches_the_reference() {
-    for (i, &(samples, len)) in [(1usize, 1usize), (1, 7), (3, 17), (2, 1025), (1, 5137)].iter().enumerate() {
-        for (with_j, kind) in [(true, NoiseKind::Gaussian), (false, NoiseKind::Uniform)] {
-            let seed = 40 + i as u64;
-            case::<f32>(samples, len, with_j, kind, seed);
-            case::<f16>(samples, len, with_j, kind, seed);
-            case::<bf16>(samples, len, with_j, kind, seed);
+fn every_executor_matches_the_reference() {
+    each(|ex| {
+        for (i, &(samples, len)) in [(1usize, 1usize), (1, 7), (3, 17), (2, 1025), (1, 5137)].iter().enumerate() {
+            for (with_j, kind) in [(true, NoiseKind::Gaussian), (false, NoiseKind::Uniform)] {
+                let seed = 40 + i as u64;
+                case::<f32>(ex, samples, len, with_j, kind, seed);
+                case::<f16>(ex, samples, len, with_j, kind, seed);
+                case::<bf16>(ex, samples, len, with_j, kind, seed);
+            }
         }
-    }
+    });
 }
 
 #[test]
@@ -110,13 +113,32 @@ fn every_bad_argument_is_refused_before_anything_runs() {
     let xb = host_mut("x", &mut xm, Elem::F32);
     let e = err(PerturbArgs { x: xb, out: xb, jnd: Some(host("J", &xm, Elem::F32)), ..ok });
     assert!(matches!(&e, Error::Arg(m) if m.contains("x overlaps J")), "{e}");
-    // A bad element is found before anything is written (contract §7.2).
-    let mut bad = x.clone();
-    bad[13] = f32::NAN;
-    let mut o2 = vec![7f32; 24];
-    let call = PerturbArgs { x: host("x", &bad, Elem::F32), jnd: None, out: host_mut("out", &mut o2, Elem::F32), scales_out: None, ..ok }
-        .validate()
-        .unwrap();
-    let e = Executor::Host(None).run(&call).unwrap_err();
-    assert!(matches!(e, Error::NonFinite { index: 13, .. }), "{e}");
+}
+
+/// A bad element is found before `x` is written, in place included (contract §7.2), with its
+/// index, on every executor.
+#[test]
+fn a_bad_element_names_its_index_on_every_executor() {
+    each(|ex| {
+        let mut bad = vec![1f32; 24];
+        bad[13] = f32::NAN;
+        let mut o = vec![7f32; 24];
+        let noise = NoiseSpec { kind: NoiseKind::Gaussian, seed: 1, subsequence: 0 };
+        let a = PerturbArgs {
+            x: ex.input("x", &bad, Elem::F32),
+            samples: 2,
+            jnd: None,
+            out: ex.output("out", &mut o, Elem::F32),
+            nrmse: 0.5,
+            noise,
+            scales_out: None,
+        };
+        let e = ex.run(&a.validate().unwrap()).unwrap_err();
+        assert!(matches!(e, Error::NonFinite { index: 13, .. }), "{}: {e}", ex.name());
+        let mut xi = bad.clone();
+        let xb = ex.output("x", &mut xi, Elem::F32);
+        let e = ex.run(&PerturbArgs { x: xb, out: xb, ..a }.validate().unwrap()).unwrap_err();
+        assert!(matches!(e, Error::NonFinite { index: 13, .. }), "{}: in place: {e}", ex.name());
+        assert!(xi.iter().zip(&bad).all(|(a, b)| a.to_bits() == b.to_bits()), "{}: x written", ex.name());
+    });
 }

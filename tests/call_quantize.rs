@@ -1,10 +1,12 @@
 //! The quantization as one validated call (`featjnd_kernels::call`, contract §9): each case is
-//! defined once and run on the host executor against the reference (the CUDA executor runs under
-//! the tensor API's GPU tests, `tests/gpu.rs`, which go through `call::Cuda`); and every bad argument the core checks, with the
-//! error kind and the name it reports, which every surface (tensor API, C, Python) now shares.
+//! defined once and run on every executor (`common::exec`: the host, and CUDA where present)
+//! against the reference; bad step values on every executor; and every bad argument the core
+//! checks, with the error kind and the name it reports, which every surface (tensor API, C,
+//! Python) shares.
 mod common;
+use common::exec::{each, Exec};
 use common::*;
-use featjnd_kernels::call::{symbol_elem, Buf, Elem, Executor, Mem, QuantizeArgs};
+use featjnd_kernels::call::{symbol_elem, Buf, Elem, Mem, QuantizeArgs};
 use featjnd_kernels::{reference, Bits, Element, Error, FeatureShape, Layout};
 use half::{bf16, f16};
 
@@ -16,7 +18,7 @@ fn shape(layout: Layout, dims: [usize; 4]) -> FeatureShape {
 }
 
 /// One case on the host executor, out of place and in place, against the reference.
-fn case<E: Element>(layout: Layout, dims: [usize; 4], patch: usize, bits: Bits, seed: u64) {
+fn case<E: Element>(ex: &Exec, layout: Layout, dims: [usize; 4], patch: usize, bits: Bits, seed: u64) {
     let sh = shape(layout, dims);
     let grid = featjnd_kernels::TokenGrid::new(sh, patch).unwrap();
     let x: Vec<E> = to(&randn(grid.numel(), seed, 3.0));
@@ -27,25 +29,25 @@ fn case<E: Element>(layout: Layout, dims: [usize; 4], patch: usize, bits: Bits, 
     let mut sse = vec![0f32; grid.tokens()];
     let (mut s8, mut s16) = (vec![0i8; n], vec![0i16; n]);
     let sym = match bits {
-        Bits::B8 => host_mut("symbols", &mut s8, Elem::I8),
-        Bits::B16 => host_mut("symbols", &mut s16, Elem::I16),
+        Bits::B8 => ex.output("symbols", &mut s8, Elem::I8),
+        Bits::B16 => ex.output("symbols", &mut s16, Elem::I16),
     };
     let mut hist = vec![0u64; bits.hist_bins()];
     let args = QuantizeArgs {
-        x: host("x", &x, E::DTYPE.into()),
+        x: ex.input("x", &x, E::DTYPE.into()),
         shape: sh,
         patch,
-        steps: host("steps", &steps, Elem::F32),
+        steps: ex.input("steps", &steps, Elem::F32),
         bits,
         symbols: Some(sym),
-        recon: Some(host_mut("recon", &mut recon, E::DTYPE.into())),
-        token_sse: Some(host_mut("token_sse", &mut sse, Elem::F32)),
+        recon: Some(ex.output("recon", &mut recon, E::DTYPE.into())),
+        token_sse: Some(ex.output("token_sse", &mut sse, Elem::F32)),
         histogram: true,
-        histogram_out: Some(host_mut("histogram", &mut hist, Elem::U64)),
+        histogram_out: Some(ex.output("histogram", &mut hist, Elem::U64)),
     };
     let call = args.validate().unwrap();
     assert!(!call.in_place());
-    let r = Executor::Host(None).run(&call).unwrap();
+    let r = ex.run(&call).unwrap();
     let label = format!("{layout:?} {dims:?} p={patch} {bits:?} {}", E::DTYPE.name());
     let syms: Vec<i32> = match bits {
         Bits::B8 => s8.iter().map(|&v| v as i32).collect(),
@@ -66,45 +68,47 @@ fn case<E: Element>(layout: Layout, dims: [usize; 4], patch: usize, bits: Bits, 
     }
     // In place: x itself is the reconstruction (the same array as `recon`).
     let mut xi = x.clone();
-    let xb = host_mut("x", &mut xi, E::DTYPE.into());
+    let xb = ex.output("x", &mut xi, E::DTYPE.into());
     let args = QuantizeArgs { x: xb, recon: Some(xb.named("recon")), symbols: None, token_sse: None, histogram_out: None, ..args };
     let call = args.validate().unwrap();
     assert!(call.in_place());
-    let ri = Executor::Host(None).run(&call).unwrap();
+    let ri = ex.run(&call).unwrap();
     assert!(xi == want.recon, "{label}: in place");
     assert_eq!(ri.histogram, r.histogram, "{label}: in place histogram");
 }
 
 #[test]
-fn host_executor_matches_the_reference_on_awkward_shapes() {
-    let cases: &[(Layout, [usize; 4], usize)] = &[
-        (Layout::Nchw, [1, 1, 1, 1], 1),
-        (Layout::Nchw, [1, 7, 17, 3], 1),
-        (Layout::Nchw, [2, 3, 14, 7], 7),
-        (Layout::Ntc, [3, 17, 1025, 1], 1),
-        (Layout::Ntc, [1, 1, 5137, 1], 1),
-    ];
-    for (i, &(layout, dims, patch)) in cases.iter().enumerate() {
-        for bits in [Bits::B8, Bits::B16] {
-            let seed = 100 + i as u64;
-            case::<f32>(layout, dims, patch, bits, seed);
-            case::<f16>(layout, dims, patch, bits, seed);
-            case::<bf16>(layout, dims, patch, bits, seed);
+fn every_executor_matches_the_reference_on_awkward_shapes() {
+    each(|ex| {
+        let cases: &[(Layout, [usize; 4], usize)] = &[
+            (Layout::Nchw, [1, 1, 1, 1], 1),
+            (Layout::Nchw, [1, 7, 17, 3], 1),
+            (Layout::Nchw, [2, 3, 14, 7], 7),
+            (Layout::Ntc, [3, 17, 1025, 1], 1),
+            (Layout::Ntc, [1, 1, 5137, 1], 1),
+        ];
+        for (i, &(layout, dims, patch)) in cases.iter().enumerate() {
+            for bits in [Bits::B8, Bits::B16] {
+                let seed = 100 + i as u64;
+                case::<f32>(ex, layout, dims, patch, bits, seed);
+                case::<f16>(ex, layout, dims, patch, bits, seed);
+                case::<bf16>(ex, layout, dims, patch, bits, seed);
+            }
         }
-    }
+    });
 }
 
 /// A valid 1×2×4×4 f32 call (8 tokens of patch 2 → 4 tokens) over the given arrays.
-fn args(x: &[f32], steps: &[f32], sse: &mut [f32]) -> QuantizeArgs {
+fn args(ex: &Exec, x: &[f32], steps: &[f32], sse: &mut [f32]) -> QuantizeArgs {
     QuantizeArgs {
-        x: host("x", x, Elem::F32),
+        x: ex.input("x", x, Elem::F32),
         shape: FeatureShape::nchw(1, 2, 4, 4),
         patch: 2,
-        steps: host("steps", steps, Elem::F32),
+        steps: ex.input("steps", steps, Elem::F32),
         bits: Bits::B8,
         symbols: None,
         recon: None,
-        token_sse: Some(host_mut("token_sse", sse, Elem::F32)),
+        token_sse: Some(ex.output("token_sse", sse, Elem::F32)),
         histogram: false,
         histogram_out: None,
     }
@@ -115,7 +119,7 @@ fn every_bad_argument_is_refused_before_anything_runs() {
     let mut x = vec![1f32; 32];
     let mut steps = vec![0.5f32; 4];
     let mut sse = vec![0f32; 4];
-    let ok = args(&x, &steps, &mut sse);
+    let ok = args(&Exec::host(), &x, &steps, &mut sse);
     ok.validate().unwrap();
     let err = |a: QuantizeArgs| a.validate().expect_err("refused");
     // dtype of x
@@ -163,12 +167,21 @@ fn every_bad_argument_is_refused_before_anything_runs() {
     assert!(matches!(&e, Error::Arg(m) if m.contains("token_sse overlaps recon")), "{e}");
     let e = err(QuantizeArgs { recon: Some(host_mut("x", &mut x, Elem::F32)), ..ok });
     assert!(matches!(&e, Error::Arg(m) if m.contains("read-only (in place)")), "{e}");
-    // step values are checked when the call runs, before anything is written (contract §4.2)
-    let bad = vec![0.5f32, 0.5, f32::NAN, 0.5];
-    let call = args(&x, &bad, &mut sse).validate().unwrap();
-    let e = Executor::Host(None).run(&call).err().unwrap();
-    assert!(matches!(&e, Error::Arg(m) if m.contains("Δ[2]")), "{e}");
-    assert!(sse.iter().all(|&v| v == 0.0));
+}
+
+/// Step values are checked when the call runs, before anything is written (contract §4.2): the
+/// same error on every executor.
+#[test]
+fn bad_step_values_are_refused_before_anything_is_written() {
+    each(|ex| {
+        let x = vec![1f32; 32];
+        let mut sse = vec![0f32; 4];
+        let bad = vec![0.5f32, 0.5, f32::NAN, 0.5];
+        let call = args(ex, &x, &bad, &mut sse).validate().unwrap();
+        let e = ex.run(&call).err().unwrap();
+        assert!(matches!(&e, Error::Arg(m) if m.contains("Δ[2]")), "{}: {e}", ex.name());
+        assert!(sse.iter().all(|&v| v == 0.0), "{}", ex.name());
+    });
 }
 
 #[test]

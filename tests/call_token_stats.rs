@@ -1,14 +1,15 @@
 //! Per-token statistics as one validated call (`featjnd_kernels::call`, contract §9): the token
-//! tolerance and the token RMS on the host executor against the reference, on every dtype,
-//! layout and reduction, and every bad argument the core checks (the CUDA executor runs under the
-//! tensor API's GPU tests, `tests/gpu.rs`).
+//! tolerance and the token RMS on every executor (`common::exec`: the host, and CUDA where
+//! present) against the reference, on every dtype, layout and reduction; bad values by index on
+//! every executor; and every bad argument the core checks.
 mod common;
+use common::exec::{each, Exec};
 use common::*;
-use featjnd_kernels::call::{Buf, Elem, Executor, Mem, TokenStat, TokenStatsArgs};
+use featjnd_kernels::call::{Buf, Elem, Mem, TokenStat, TokenStatsArgs};
 use featjnd_kernels::{reference, Element, Error, FeatureShape, Reduce, TokenGrid};
 use half::{bf16, f16};
 
-fn case<E: Element>(shape: FeatureShape, patch: usize, seed: u64) {
+fn case<E: Element>(ex: &Exec, shape: FeatureShape, patch: usize, seed: u64) {
     let g = TokenGrid::new(shape, patch).unwrap();
     let j: Vec<E> = to(&positive(g.numel(), seed, 0.05, 3.0));
     let x: Vec<E> = to(&randn(g.numel(), seed ^ 1, 2.0));
@@ -17,38 +18,41 @@ fn case<E: Element>(shape: FeatureShape, patch: usize, seed: u64) {
     let mut out = vec![0f32; g.tokens()];
     for reduce in [Reduce::Mean, Reduce::Rms, Reduce::Min] {
         let args = TokenStatsArgs {
-            input: host("J", &j, dt),
+            input: ex.input("J", &j, dt),
             shape,
             patch,
             stat: TokenStat::Tolerance(reduce),
-            out: host_mut("out", &mut out, Elem::F32),
+            out: ex.output("out", &mut out, Elem::F32),
         };
-        Executor::Host(None).run(&args.validate().unwrap()).unwrap();
+        ex.run(&args.validate().unwrap()).unwrap();
         for (a, b) in out.iter().zip(reference::token_tolerance(&j, &g, reduce)) {
             assert!(rel_close(*a as f64, b as f64, 1e-5, 0.0), "{label} {reduce:?}: {a} vs {b}");
         }
     }
-    let args = TokenStatsArgs { input: host("x", &x, dt), shape, patch, stat: TokenStat::Rms, out: host_mut("out", &mut out, Elem::F32) };
-    Executor::Host(None).run(&args.validate().unwrap()).unwrap();
+    let args =
+        TokenStatsArgs { input: ex.input("x", &x, dt), shape, patch, stat: TokenStat::Rms, out: ex.output("out", &mut out, Elem::F32) };
+    ex.run(&args.validate().unwrap()).unwrap();
     for (a, b) in out.iter().zip(reference::token_rms(&x, &g)) {
         assert!(rel_close(*a as f64, b as f64, 1e-5, 1e-30), "{label} rms: {a} vs {b}");
     }
 }
 
 #[test]
-fn host_executor_matches_the_reference() {
-    let shapes = [
-        (FeatureShape::nchw(1, 1, 1, 1), 1),
-        (FeatureShape::nchw(2, 7, 17, 3), 1),
-        (FeatureShape::nchw(1, 3, 14, 7), 7),
-        (FeatureShape::ntc(3, 17, 1025), 1),
-        (FeatureShape::ntc(1, 1, 5137), 1),
-    ];
-    for (i, &(shape, patch)) in shapes.iter().enumerate() {
-        case::<f32>(shape, patch, i as u64);
-        case::<f16>(shape, patch, i as u64);
-        case::<bf16>(shape, patch, i as u64);
-    }
+fn every_executor_matches_the_reference() {
+    each(|ex| {
+        let shapes = [
+            (FeatureShape::nchw(1, 1, 1, 1), 1),
+            (FeatureShape::nchw(2, 7, 17, 3), 1),
+            (FeatureShape::nchw(1, 3, 14, 7), 7),
+            (FeatureShape::ntc(3, 17, 1025), 1),
+            (FeatureShape::ntc(1, 1, 5137), 1),
+        ];
+        for (i, &(shape, patch)) in shapes.iter().enumerate() {
+            case::<f32>(ex, shape, patch, i as u64);
+            case::<f16>(ex, shape, patch, i as u64);
+            case::<bf16>(ex, shape, patch, i as u64);
+        }
+    });
 }
 
 #[test]
@@ -78,12 +82,30 @@ fn every_bad_argument_is_refused_and_bad_values_name_their_index() {
     // SAFETY: never dereferenced: the call is refused.
     let dev = unsafe { Buf::new("out", out.as_ptr() as usize, 16, Elem::F32, Mem::Cuda(0), true) };
     assert!(matches!(err(TokenStatsArgs { out: dev, ..ok }), Error::MixedDevices(_)));
-    // Values: J ≤ 0 and a non-finite x are found by the run, by flat index.
-    let mut bad = vec![1f32; 32];
-    bad[21] = 0.0;
-    let call = TokenStatsArgs { input: host("J", &bad, Elem::F32), ..ok }.validate().unwrap();
-    assert!(matches!(Executor::Host(None).run(&call), Err(Error::Jnd { index: 21, .. })));
-    bad[21] = f32::INFINITY;
-    let call = TokenStatsArgs { input: host("x", &bad, Elem::F32), stat: TokenStat::Rms, ..ok }.validate().unwrap();
-    assert!(matches!(Executor::Host(None).run(&call), Err(Error::NonFinite { index: 21, .. })));
+}
+
+/// Values: J ≤ 0 and a non-finite x are found by the run, by flat index, on every executor.
+#[test]
+fn bad_values_name_their_index_on_every_executor() {
+    each(|ex| {
+        let shape = FeatureShape::nchw(1, 2, 4, 4);
+        let mut bad = vec![1f32; 32];
+        bad[21] = 0.0;
+        let mut out = vec![0f32; 16];
+        let a = TokenStatsArgs {
+            input: ex.input("J", &bad, Elem::F32),
+            shape,
+            patch: 1,
+            stat: TokenStat::Tolerance(Reduce::Mean),
+            out: ex.output("out", &mut out, Elem::F32),
+        };
+        let r = ex.run(&a.validate().unwrap());
+        assert!(matches!(r, Err(Error::Jnd { index: 21, .. })), "{}: {r:?}", ex.name());
+        bad[21] = f32::INFINITY;
+        let mut out = vec![0f32; 16];
+        let a =
+            TokenStatsArgs { input: ex.input("x", &bad, Elem::F32), stat: TokenStat::Rms, out: ex.output("out", &mut out, Elem::F32), ..a };
+        let r = ex.run(&a.validate().unwrap());
+        assert!(matches!(r, Err(Error::NonFinite { index: 21, .. })), "{}: {r:?}", ex.name());
+    });
 }

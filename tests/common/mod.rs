@@ -1,5 +1,7 @@
 //! Shared test helpers: random features from fresh seeds, awkward shapes, dtype sweeps.
 #![allow(dead_code)]
+pub mod exec;
+
 use featjnd_kernels::{philox, Element, FeatureShape, NoiseKind, TokenGrid};
 use proptest::prelude::*;
 
