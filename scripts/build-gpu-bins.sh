@@ -13,6 +13,12 @@ t=$(cargo test --release --no-run -p featjnd-kernels --test gpu --message-format
 c=$(cargo test --release --no-run -p featjnd-capi --features torch-tests --test gpu --message-format=json 2>/dev/null | grep '"name":"gpu"' | exe)
 b=$(cargo bench --no-run -p featjnd-kernels --bench ops --message-format=json 2>/dev/null | grep '"name":"ops"' | exe)
 cp "$t" .gpu/gpu-tests; cp "$c" .gpu/capi-gpu-tests; cp "$b" .gpu/ops-bench
+# The conformance cases (tests/call_*.rs): the same cases on the host and on call::Cuda.
+for f in tests/call_*.rs; do
+  n=$(basename "$f" .rs)
+  e=$(cargo test --release --no-run -p featjnd-kernels --test "$n" --message-format=json 2>/dev/null | grep "\"name\":\"$n\"" | exe)
+  cp "$e" ".gpu/$n" && strip ".gpu/$n"
+done
 cargo build --release -p featjnd-research --bin featjnd 2>/dev/null && cp target/release/featjnd .gpu/featjnd
 strip .gpu/gpu-tests .gpu/capi-gpu-tests .gpu/ops-bench .gpu/featjnd
 # The font of the plots (the device image has none); gpu-pipeline.sh sets FEATJND_FONT to it.

@@ -12,6 +12,10 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 echo "== GPU tests"; start=$(date +%s)
 .gpu/gpu-tests --test-threads=1 --nocapture 2>&1 | tee "$OUT/gpu-tests.log" | grep -E "^test |test result|SKIP|panicked" ; tr=${PIPESTATUS[0]}
 .gpu/capi-gpu-tests --test-threads=1 --nocapture 2>&1 | tee "$OUT/capi-gpu-tests.log" | grep -E "^test |test result|SKIP|panicked" ; [ "${PIPESTATUS[0]}" = 0 ] || tr=1
+# The conformance cases on both executors (host and call::Cuda), one binary per op.
+for c in .gpu/call_*; do
+  "$c" --test-threads=1 2>&1 | tee -a "$OUT/conformance.log" | grep -E "test result|SKIP|panicked" ; [ "${PIPESTATUS[0]}" = 0 ] || tr=1
+done
 echo "gpu tests: rc=$tr in $(( $(date +%s) - start )) s"
 # Issue 15: the sync-free calls, the CUDA-graph capture/replay and the batched launch (tensor API
 # and C ABI), picked out of the two logs above so the note can quote them.
