@@ -38,31 +38,31 @@ mod exc {
         PyValueError,
         "Base class of every featjnd error (a ValueError). `.kind` names the contract's error variant (docs/contract.md §7)."
     );
-    create_exception!(featjnd, ShapeError, Error, "Wrong rank for the layout, sizes that differ, or an output of the wrong size.");
-    create_exception!(featjnd, DtypeError, Error, "A dtype other than float32/float16/bfloat16, or J's dtype differs from x's in perturb.");
-    create_exception!(featjnd, DeviceError, Error, "Inputs or outputs on different devices.");
-    create_exception!(
-        featjnd,
-        NonContiguousError,
-        Error,
-        "A non-contiguous array (featjnd never copies: call .contiguous() / np.ascontiguousarray first)."
-    );
-    create_exception!(featjnd, PatchError, Error, "The patch size does not divide H and W.");
-    create_exception!(featjnd, EmptyError, Error, "An array with no elements, no token tolerances or no samples.");
-    create_exception!(featjnd, BudgetError, Error, "A budget D that is not finite and > 0.");
-    create_exception!(featjnd, NrmseError, Error, "An NRMSE r that is not finite and >= 0.");
-    create_exception!(
-        featjnd,
-        JndError,
-        Error,
-        "An element of J (or of the token tolerances) not finite or <= 0: `.index` (flat) and `.value`."
-    );
-    create_exception!(featjnd, NonFiniteError, Error, "A NaN or infinity in x: `.index` (flat) and `.value`.");
-    create_exception!(featjnd, ArgError, Error, "An invalid argument: patch 0, a bad step, overlapping buffers, a bad option name, ...");
-    create_exception!(featjnd, UnreachableError, Error, "The measured budget cannot be matched (`.budget`).");
-    create_exception!(featjnd, ResultOverflowError, Error, "A perturbation whose result would not be finite in the output dtype.");
-    create_exception!(featjnd, CudaError, Error, "The CUDA path is unavailable, or a CUDA/NVRTC call failed.");
-    create_exception!(featjnd, InternalError, Error, "A bug in featjnd (a caught Rust panic): please report it.");
+
+    /// One subclass of `Error` per variant of the contract's error (its docstring second).
+    macro_rules! subclasses {
+        ($($name:ident: $doc:literal,)*) => {
+            $(create_exception!(featjnd, $name, Error, $doc);)*
+        };
+    }
+
+    subclasses! {
+        ShapeError: "Wrong rank for the layout, sizes that differ, or an output of the wrong size.",
+        DtypeError: "A dtype other than float32/float16/bfloat16, or J's dtype differs from x's in perturb.",
+        DeviceError: "Inputs or outputs on different devices.",
+        NonContiguousError: "A non-contiguous array (featjnd never copies: call .contiguous() / np.ascontiguousarray first).",
+        PatchError: "The patch size does not divide H and W.",
+        EmptyError: "An array with no elements, no token tolerances or no samples.",
+        BudgetError: "A budget D that is not finite and > 0.",
+        NrmseError: "An NRMSE r that is not finite and >= 0.",
+        JndError: "An element of J (or of the token tolerances) not finite or <= 0: `.index` (flat) and `.value`.",
+        NonFiniteError: "A NaN or infinity in x: `.index` (flat) and `.value`.",
+        ArgError: "An invalid argument: patch 0, a bad step, overlapping buffers, a bad option name, ...",
+        UnreachableError: "The measured budget cannot be matched (`.budget`).",
+        ResultOverflowError: "A perturbation whose result would not be finite in the output dtype.",
+        CudaError: "The CUDA path is unavailable, or a CUDA/NVRTC call failed.",
+        InternalError: "A bug in featjnd (a caught Rust panic): please report it.",
+    }
 }
 use exc::*;
 
