@@ -174,6 +174,10 @@ pub struct TrainJndArgs {
     /// (default 32; more where the hinge of a batch is heavy-tailed).
     #[arg(long, requires = "recalibrate", value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub calibration_batches: Option<u32>,
+    /// With --recalibrate: the exponent of the learned shape, `J = s·std·u^A` (the estimator
+    /// module's `sharpen`; 1 = as trained), set before the scale is found again.
+    #[arg(long, requires = "recalibrate")]
+    pub sharpen: Option<f64>,
 }
 
 impl TrainJndArgs {
@@ -210,7 +214,11 @@ pub fn train(a: &TrainJndArgs) -> Result<serde_json::Value> {
     let out = a.out.clone().unwrap_or_else(|| estimator_path(&a.models, task, &split));
     if a.recalibrate {
         let n = a.calibration_batches.map_or(crate::estimator::sensitivity::CALIBRATION_BATCHES, |n| n as usize);
-        let meta = crate::study::run::recalibrate_jnd(task, &split, &a.models, &out, &t, n, super::parse_device(&a.device)?)?;
+        if let Some(s) = a.sharpen.filter(|s| !(s.is_finite() && *s > 0.0 && *s <= 16.0)) {
+            return Err(Error::Arg(format!("--sharpen {s}: must be finite, > 0 and ≤ 16")));
+        }
+        let device = super::parse_device(&a.device)?;
+        let meta = crate::study::run::recalibrate_jnd(task, &split, &a.models, &out, &t, n, a.sharpen, device)?;
         return Ok(serde_json::json!({"checkpoint": out, "metrics": meta.metrics}));
     }
     if a.distill_oracle {

@@ -59,10 +59,21 @@ pub struct EstimatorConfig {
     /// checkpoints written before it existed). Not written when 0, so those configs stay as they were.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub context: i64,
+    /// The exponent `a` of the learned shape: `J = s·std_c·u^a` with `u` the network's unit map
+    /// (docs/real-backbones.md §1, "Sharpening"). Regressing a noisy per-image teacher shrinks
+    /// the predicted log-shape towards its mean; `a > 1` re-expands it. Set after training
+    /// (`train-jnd --recalibrate --sharpen A`, which then sets the scale again) and chosen on
+    /// validation photos; 1 (not written) in every checkpoint trained without it.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub sharpen: f64,
 }
 
 fn one() -> f64 {
     1.0
+}
+
+fn is_one(a: &f64) -> bool {
+    *a == 1.0
 }
 
 fn is_zero(k: &i64) -> bool {
@@ -182,7 +193,9 @@ impl JndEstimator {
                     }
                 };
                 let z = y.relu().apply(&l.c3);
-                let unit = (z.softplus() + self.config.floor) * self.config.scale;
+                let unit = z.softplus() + self.config.floor;
+                let unit = if self.config.sharpen == 1.0 { unit } else { unit.pow_tensor_scalar(self.config.sharpen) };
+                let unit = unit * self.config.scale;
                 (&unit * &s, unit.log())
             })
             .collect())
@@ -202,6 +215,9 @@ impl JndEstimator {
         let (_, config): (_, EstimatorConfig) = checkpoint::read_config(path)?;
         if config.context < 0 {
             return Err(Error::Model(format!("{}: estimator context {} < 0", path.display(), config.context)));
+        }
+        if !(config.sharpen.is_finite() && config.sharpen > 0.0) {
+            return Err(Error::Model(format!("{}: estimator sharpen {} must be finite and > 0", path.display(), config.sharpen)));
         }
         let mut est = JndEstimator::new(config, device);
         let meta = checkpoint::load(&mut est.vs, ARCH, path)?;

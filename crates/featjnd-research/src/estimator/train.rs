@@ -151,6 +151,7 @@ pub(super) fn new_estimator(model: &dyn SplitModel, split: &str, x0: &Tensor, cf
         scale: 1.0,
         objective: cfg.objective.name(),
         context: cfg.context,
+        sharpen: 1.0,
     };
     tch::manual_seed(cfg.seed as i64);
     let mut est = JndEstimator::new(config.clone(), x0.device());

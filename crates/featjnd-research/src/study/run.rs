@@ -1088,7 +1088,17 @@ pub fn train_jnd(id: TaskId, split: &str, models: &Path, out: &Path, t: &JndTrai
 /// `out` again on fresh training batches (`estimator::sensitivity::calibrate_scale`) and
 /// rewrites it; its shape is unchanged. `n` batches for the bisection and `n` others for the
 /// measurement. The checkpoint's command records both steps.
-pub fn recalibrate_jnd(id: TaskId, split: &str, models: &Path, out: &Path, t: &JndTrain, n: usize, device: Device) -> Result<Meta> {
+#[allow(clippy::too_many_arguments)]
+pub fn recalibrate_jnd(
+    id: TaskId,
+    split: &str,
+    models: &Path,
+    out: &Path,
+    t: &JndTrain,
+    n: usize,
+    sharpen: Option<f64>,
+    device: Device,
+) -> Result<Meta> {
     let mut task = build(id, models, Sizes::QUICK, device)?;
     let (mut est, mut meta) = JndEstimator::load(out, device)?;
     if est.config.split != split || !est.config.objective.starts_with("sensitivity") {
@@ -1098,6 +1108,10 @@ pub fn recalibrate_jnd(id: TaskId, split: &str, models: &Path, out: &Path, t: &J
             est.config.split,
             est.config.objective
         )));
+    }
+    if let Some(a) = sharpen {
+        est.config.sharpen = a;
+        meta.metrics.insert("sharpen".into(), a);
     }
     let disc = super::oracle::task_disc(&task, 0);
     let first = meta.metrics.get("steps").copied().unwrap_or(0.0) as usize;
