@@ -19,8 +19,9 @@ use crate::steps::{self, Measured};
 pub use crate::cpu::perturb::NoiseSpec as Noise;
 pub use pending::{
     perturb_async, perturb_batch_async, perturb_batch_stats_slots, perturb_stats_slots, quantize_async, quantize_batch_async,
-    quantize_batch_stats_slots, quantize_stats_slots, quantize_with_jnd_async, quantize_with_jnd_stats_slots, stats_buffer, PendingBatch,
-    PendingPerturb, PendingPerturbBatch, PendingQuantize, PerturbItem, QuantizeItem,
+    quantize_batch_stats_slots, quantize_stats_slots, quantize_with_jnd_async, quantize_with_jnd_stats_slots, stats_buffer, Pending,
+    PendingBatch, PendingItems, PendingPerturb, PendingPerturbBatch, PendingQuantize, PerturbItem, PerturbSlots, QuantizeItem,
+    QuantizeSlots, Slots,
 };
 
 /// Checks a tensor is usable as feature data (defined, f32/f16/bf16, contiguous, non-empty) and

@@ -143,65 +143,121 @@ fn bad_error(b: BadElement, x: &Tensor, jnd: Option<&Tensor>) -> Error {
     b.error(value)
 }
 
-/// A quantization enqueued by [`quantize_async`] or [`quantize_with_jnd_async`] (or one item of
-/// a batch): what [`decode`](Self::decode) needs.
+/// A call enqueued by one of the sync-free functions (or one item of a batch): where its
+/// statistics are and what [`decode`](Self::decode) needs. `K` says what the slots hold
+/// ([`QuantizeSlots`] or [`PerturbSlots`]).
 #[derive(Clone, Copy, Debug)]
 #[must_use = "the statistics (and any error the kernels found) are only seen through decode()"]
-pub struct PendingQuantize<'a> {
+pub struct Pending<'a, K> {
     stats: &'a Tensor,
     offset: usize,
     x: &'a Tensor,
     jnd: Option<&'a Tensor>,
+    kind: K,
+}
+
+/// A quantization enqueued by [`quantize_async`] or [`quantize_with_jnd_async`]: its decode
+/// gives what the synchronous call returns (clamp count, total error, MSE, histogram and rate;
+/// the output tensors are the caller's, so `symbols`, `recon` and `token_sse` are `None`) or its
+/// typed error for a bad J, step or x.
+pub type PendingQuantize<'a> = Pending<'a, QuantizeSlots>;
+/// A perturbation enqueued by [`perturb_async`]: its decode gives the synchronous call's report
+/// or its typed error (bad x, bad J, a scale beyond f32).
+pub type PendingPerturb<'a> = Pending<'a, PerturbSlots>;
+
+/// What a pending call's statistics slots hold.
+pub trait Slots: Copy {
+    type Output;
+    /// How many slots the call owns.
+    fn count(&self) -> usize;
+    /// The result, or the bad element the kernels found.
+    fn finish(&self, v: &[i64]) -> Result<std::result::Result<Self::Output, BadElement>>;
+}
+
+/// A quantization's slots.
+#[derive(Clone, Copy, Debug)]
+pub struct QuantizeSlots {
     grid: TokenGrid,
     bits: Bits,
     histogram: bool,
 }
 
-impl PendingQuantize<'_> {
-    /// Reads the statistics (a sync on CUDA) and gives what the synchronous call returns: the
-    /// clamp count, total error, MSE, histogram and rate (the output tensors are the caller's, so
-    /// `symbols`, `recon` and `token_sse` are `None`), or its typed error for a bad J or x.
-    pub fn decode(&self) -> Result<Quantized> {
-        self.decode_slots(&host_slots(self.stats, self.offset, quantize_stats_slots(self.bits))?)
+impl Slots for QuantizeSlots {
+    type Output = Quantized;
+    fn count(&self) -> usize {
+        quantize_stats_slots(self.bits)
     }
-
-    /// [`decode`](Self::decode) of this call's slots already on the host.
-    fn decode_slots(&self, v: &[i64]) -> Result<Quantized> {
+    fn finish(&self, v: &[i64]) -> Result<std::result::Result<Quantized, BadElement>> {
         let (bad, s) = raw::decode_quantize(v, self.bits, self.histogram);
-        if let Some(b) = bad {
-            return Err(bad_error(b, self.x, self.jnd));
-        }
-        Ok(Quantized { symbols: None, recon: None, token_sse: None, report: QuantizeReport::finish(&self.grid, s) })
+        Ok(match bad {
+            Some(b) => Err(b),
+            None => Ok(Quantized { symbols: None, recon: None, token_sse: None, report: QuantizeReport::finish(&self.grid, s) }),
+        })
     }
 }
 
-/// A perturbation enqueued by [`perturb_async`].
+/// A perturbation's slots.
 #[derive(Clone, Copy, Debug)]
-#[must_use = "the statistics (and any error the kernels found) are only seen through decode()"]
-pub struct PendingPerturb<'a> {
-    stats: &'a Tensor,
-    offset: usize,
-    x: &'a Tensor,
-    jnd: Option<&'a Tensor>,
+pub struct PerturbSlots {
     samples: usize,
     nrmse: f64,
 }
 
-impl PendingPerturb<'_> {
-    /// Reads the statistics (a sync on CUDA) and gives the synchronous call's report or its typed
-    /// error (bad x, bad J, a scale beyond f32).
-    pub fn decode(&self) -> Result<PerturbReport> {
-        self.decode_slots(&host_slots(self.stats, self.offset, perturb_stats_slots(self.samples))?)
+impl Slots for PerturbSlots {
+    type Output = PerturbReport;
+    fn count(&self) -> usize {
+        perturb_stats_slots(self.samples)
+    }
+    fn finish(&self, v: &[i64]) -> Result<std::result::Result<PerturbReport, BadElement>> {
+        let (bad, report) = raw::decode_perturb(v, self.samples);
+        if let Some(b) = bad {
+            return Ok(Err(b));
+        }
+        raw::check_scales(&report, self.nrmse)?;
+        Ok(Ok(report))
+    }
+}
+
+impl<K: Slots> Pending<'_, K> {
+    /// Reads the statistics (a sync on CUDA) and gives the synchronous call's result or its typed
+    /// error.
+    pub fn decode(&self) -> Result<K::Output> {
+        self.decode_slots(&host_slots(self.stats, self.offset, self.kind.count())?)
     }
 
     /// [`decode`](Self::decode) of this call's slots already on the host.
-    fn decode_slots(&self, v: &[i64]) -> Result<PerturbReport> {
-        let (bad, report) = raw::decode_perturb(v, self.samples);
-        if let Some(b) = bad {
-            return Err(bad_error(b, self.x, self.jnd));
-        }
-        raw::check_scales(&report, self.nrmse)?;
-        Ok(report)
+    fn decode_slots(&self, v: &[i64]) -> Result<K::Output> {
+        self.kind.finish(v)?.map_err(|b| bad_error(b, self.x, self.jnd))
+    }
+}
+
+/// A batch enqueued by [`quantize_batch_async`] or [`perturb_batch_async`]: its items' statistics
+/// follow each other from the workspace's first slot.
+#[must_use = "the statistics (and any error the kernels found) are only seen through decode()"]
+pub struct PendingItems<'a, K> {
+    items: Vec<Pending<'a, K>>,
+}
+
+/// A batch of quantizations ([`quantize_batch_async`]).
+pub type PendingBatch<'a> = PendingItems<'a, QuantizeSlots>;
+/// A batch of perturbations ([`perturb_batch_async`]).
+pub type PendingPerturbBatch<'a> = PendingItems<'a, PerturbSlots>;
+
+impl<K: Slots> PendingItems<'_, K> {
+    /// One sync, then each item's result as its own [`Pending::decode`] gives it.
+    pub fn decode(&self) -> Vec<Result<K::Output>> {
+        let Some(last) = self.items.last() else { return Vec::new() };
+        // One copy for the whole batch; each item then decodes its own slice on the host.
+        let all = match host_slots(last.stats, 0, last.offset + last.kind.count()) {
+            Ok(v) => v,
+            Err(e) => return self.items.iter().map(|_| Err(e.clone())).collect(),
+        };
+        self.items.iter().map(|p| p.decode_slots(&all[p.offset..p.offset + p.kind.count()])).collect()
+    }
+
+    /// The enqueued items (each can also be decoded alone).
+    pub fn items(&self) -> &[Pending<'_, K>] {
+        &self.items
     }
 }
 
@@ -226,7 +282,7 @@ pub fn quantize_async<'a>(
     let slots = quantize_stats_slots(opts.bits);
     check_stats(stats, slots, x)?;
     stats_disjoint(stats, &[(x, "x"), (steps, "steps")], &outs)?;
-    let pending = PendingQuantize { stats, offset: 0, x, jnd: None, grid, bits: opts.bits, histogram: opts.histogram };
+    let pending = Pending { stats, offset: 0, x, jnd: None, kind: QuantizeSlots { grid, bits: opts.bits, histogram: opts.histogram } };
     if let Some(o) = cuda_ordinal(x.device()) {
         Cuda::torch(o)?.quantize_enqueue(&quantize_call(x, &grid, steps, opts, false, &outs)?, &stats_buf(stats, slots)?)?;
         return Ok(pending);
@@ -279,7 +335,7 @@ pub fn quantize_with_jnd_async<'a>(
     let slots = quantize_with_jnd_stats_slots(opts.bits, grid.tokens());
     check_stats(stats, slots, x)?;
     stats_disjoint(stats, &[(x, "x"), (jnd, "J"), (&st, "steps")], &outs)?;
-    let pending = PendingQuantize { stats, offset: 0, x, jnd: Some(jnd), grid, bits: opts.bits, histogram: opts.histogram };
+    let pending = Pending { stats, offset: 0, x, jnd: Some(jnd), kind: QuantizeSlots { grid, bits: opts.bits, histogram: opts.histogram } };
     let quantize = quantize_args(x, &grid, &st, opts, false, &outs)?;
     let call = ChainArgs { quantize, jnd: buf(jnd, "J")?, reduce, budget, rule: StepRule::Strategy(strategy) }.validate()?;
     if let Some(o) = cuda_ordinal(x.device()) {
@@ -311,7 +367,7 @@ pub fn perturb_async<'a>(
     check_stats(stats, slots, x)?;
     // The core's checks, the workspace joining the aliasing rule.
     let call = perturb_call(x, jnd, samples, nrmse, noise, Some(&out), &[buf(stats, "statistics workspace")?])?;
-    let pending = PendingPerturb { stats, offset: 0, x, jnd, samples, nrmse };
+    let pending = Pending { stats, offset: 0, x, jnd, kind: PerturbSlots { samples, nrmse } };
     if let Some(o) = cuda_ordinal(x.device()) {
         Cuda::torch(o)?.perturb_enqueue(&call, &stats_buf(stats, slots)?)?;
         return Ok(pending);
@@ -351,31 +407,6 @@ pub struct QuantizeItem<'a> {
     pub bufs: QuantizeBuffers<'a>,
 }
 
-/// A batch enqueued by [`quantize_batch_async`].
-#[must_use = "the statistics (and any error the kernels found) are only seen through decode()"]
-pub struct PendingBatch<'a> {
-    items: Vec<PendingQuantize<'a>>,
-}
-
-impl PendingBatch<'_> {
-    /// One sync, then each item's result as [`PendingQuantize::decode`] gives it.
-    pub fn decode(&self) -> Vec<Result<Quantized>> {
-        let Some(first) = self.items.first() else { return Vec::new() };
-        let per = quantize_stats_slots(first.bits);
-        // One copy for the whole batch; each item then decodes its own slice on the host.
-        let all = match host_slots(first.stats, 0, per * self.items.len()) {
-            Ok(v) => v,
-            Err(e) => return self.items.iter().map(|_| Err(e.clone())).collect(),
-        };
-        self.items.iter().zip(all.chunks(per)).map(|(p, v)| p.decode_slots(v)).collect()
-    }
-
-    /// The enqueued items (each can also be decoded alone).
-    pub fn items(&self) -> &[PendingQuantize<'_>] {
-        &self.items
-    }
-}
-
 /// Quantizes independent features of one dtype and device, each with its own steps and outputs,
 /// in one call: on CUDA one kernel launch for up to 32 items (the descriptor table travels in the
 /// kernel's parameters), on the CPU a loop. Item `i`'s statistics are slots `i·s .. (i+1)·s` of
@@ -412,14 +443,12 @@ pub fn quantize_batch_async<'a>(items: &[QuantizeItem<'a>], opts: &QuantizeOptio
         .iter()
         .zip(&prepared)
         .enumerate()
-        .map(|(i, (it, (grid, _)))| PendingQuantize {
+        .map(|(i, (it, (grid, _)))| Pending {
             stats,
             offset: i * per,
             x: it.x,
             jnd: None,
-            grid: *grid,
-            bits: opts.bits,
-            histogram: opts.histogram,
+            kind: QuantizeSlots { grid: *grid, bits: opts.bits, histogram: opts.histogram },
         })
         .collect();
     if let Some(o) = cuda_ordinal(first.x.device()) {
@@ -460,25 +489,6 @@ pub fn perturb_batch_stats_slots(items: &[PerturbItem]) -> usize {
     items.iter().map(|it| perturb_stats_slots(item_samples(it))).sum()
 }
 
-/// A batch enqueued by [`perturb_batch_async`].
-#[must_use = "the statistics (and any error the kernels found) are only seen through decode()"]
-pub struct PendingPerturbBatch<'a> {
-    items: Vec<PendingPerturb<'a>>,
-}
-
-impl PendingPerturbBatch<'_> {
-    /// One sync, then each item's result as [`PendingPerturb::decode`] gives it.
-    pub fn decode(&self) -> Vec<Result<PerturbReport>> {
-        let Some(first) = self.items.first() else { return Vec::new() };
-        let total: usize = self.items.iter().map(|p| perturb_stats_slots(p.samples)).sum();
-        let all = match host_slots(first.stats, 0, total) {
-            Ok(v) => v,
-            Err(e) => return self.items.iter().map(|_| Err(e.clone())).collect(),
-        };
-        self.items.iter().map(|p| p.decode_slots(&all[p.offset..p.offset + perturb_stats_slots(p.samples)])).collect()
-    }
-}
-
 /// Perturbs independent features of one dtype and device, each with its own J, NRMSE, noise and
 /// output, in one call: on CUDA two launches (norms, apply) for up to 32 items, on the CPU a loop.
 /// Item `i`'s statistics follow item `i − 1`'s in `stats` ([`perturb_batch_stats_slots`]); its
@@ -510,7 +520,7 @@ pub fn perturb_batch_async<'a>(items: &[PerturbItem<'a>], stats: &'a Tensor) -> 
             let (lo, hi) = byte_range(t);
             ranges.push((lo, hi, w));
         }
-        pending.push(PendingPerturb { stats, offset, x: it.x, jnd: it.jnd, samples, nrmse: it.nrmse });
+        pending.push(Pending { stats, offset, x: it.x, jnd: it.jnd, kind: PerturbSlots { samples, nrmse: it.nrmse } });
         offset += perturb_stats_slots(samples);
     }
     no_write_overlaps(&mut ranges)?;
@@ -518,18 +528,18 @@ pub fn perturb_batch_async<'a>(items: &[PerturbItem<'a>], stats: &'a Tensor) -> 
         let calls = items
             .iter()
             .zip(&pending)
-            .map(|(it, p)| Ok((perturb_call(it.x, it.jnd, p.samples, it.nrmse, it.noise, Some(it.out), &[])?, p.offset)))
+            .map(|(it, p)| Ok((perturb_call(it.x, it.jnd, p.kind.samples, it.nrmse, it.noise, Some(it.out), &[])?, p.offset)))
             .collect::<Result<Vec<_>>>()?;
         Cuda::torch(o)?.perturb_batch_enqueue(&calls.iter().map(|(c, off)| (c, *off)).collect::<Vec<_>>(), &stats_buf(stats, total)?)?;
-        return Ok(PendingPerturbBatch { items: pending });
+        return Ok(PendingItems { items: pending });
     }
     // SAFETY: `stats` was checked for all items' slots on the CPU and is disjoint from every array.
     let all = unsafe { cpu_slots(stats, total) };
     for (it, p) in items.iter().zip(&pending) {
-        let s = &mut all[p.offset..p.offset + perturb_stats_slots(p.samples)];
-        perturb_call(it.x, it.jnd, p.samples, it.nrmse, it.noise, Some(it.out), &[])?.record_host(None, s)?;
+        let s = &mut all[p.offset..p.offset + p.kind.count()];
+        perturb_call(it.x, it.jnd, p.kind.samples, it.nrmse, it.noise, Some(it.out), &[])?.record_host(None, s)?;
     }
-    Ok(PendingPerturbBatch { items: pending })
+    Ok(PendingItems { items: pending })
 }
 
 #[cfg(test)]
