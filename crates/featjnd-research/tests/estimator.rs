@@ -227,14 +227,7 @@ fn context_zero_is_the_original_network() {
         ]
     );
     // Give the weights some structure (they start near zero).
-    tch::no_grad(|| {
-        for (n, t) in est.vs.variables() {
-            if n.ends_with("weight") || n.ends_with("bias") {
-                let mut t = t;
-                let _ = t.normal_(0.0, 0.3);
-            }
-        }
-    });
+    randomize(&est);
     let v = est.vs.variables();
     let conv = |x: &Tensor, n: &str, pad: i64| {
         x.conv2d(&v[&format!("level.0.{n}.weight")], Some(&v[&format!("level.0.{n}.bias")]), [1, 1], [pad, pad], [1, 1], 1)
@@ -296,8 +289,26 @@ fn context_branch_keeps_odd_shapes() {
     }
 }
 
+/// Normal(0, 0.3) weights and biases (a fresh estimator's start near zero), from torch's RNG
+/// (the caller holds `common::rng_lock`).
+fn randomize(est: &JndEstimator) {
+    tch::no_grad(|| {
+        for (n, t) in est.vs.variables() {
+            if n.ends_with("weight") || n.ends_with("bias") {
+                let mut t = t;
+                let _ = t.normal_(0.0, 0.3);
+            }
+        }
+    });
+}
+
 /// The estimator saved to a checkpoint and loaded back.
 fn round_trip(est: &JndEstimator) -> JndEstimator {
+    reload(est).unwrap()
+}
+
+/// The estimator saved to a checkpoint and loaded back, or the load's error.
+fn reload(est: &JndEstimator) -> featjnd_research::Result<JndEstimator> {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("e.safetensors");
     let meta = featjnd_research::model::checkpoint::Meta::new(
@@ -306,7 +317,7 @@ fn round_trip(est: &JndEstimator) -> JndEstimator {
         vec!["s".into()],
     );
     est.save(&meta, &p).unwrap();
-    JndEstimator::load(&p, Device::Cpu).unwrap().0
+    Ok(JndEstimator::load(&p, Device::Cpu)?.0)
 }
 
 /// The sharpening exponent (docs/real-backbones.md §1): `J = s·std·u^a`, known answer against the
@@ -324,14 +335,7 @@ fn sharpen_is_a_power_of_the_unit_map() {
     let f = vec![Tensor::randn([2, 6, 9, 7], (Kind::Float, Device::Cpu)) * 2.0 + 0.5];
     let mut est = JndEstimator::new(EstimatorConfig { scale: 1.7, ..config(vec![6]) }, Device::Cpu);
     est.calibrate(&f).unwrap();
-    tch::no_grad(|| {
-        for (n, t) in est.vs.variables() {
-            if n.ends_with("weight") || n.ends_with("bias") {
-                let mut t = t;
-                let _ = t.normal_(0.0, 0.3);
-            }
-        }
-    });
+    randomize(&est);
     let std = est.vs.variables()["level.0.std"].view([1, -1, 1, 1]);
     let j1 = est.forward(&f).unwrap().remove(0);
     let unit = &j1 / (&std * 1.7);
@@ -347,15 +351,7 @@ fn sharpen_is_a_power_of_the_unit_map() {
     }
     for bad in [0.0, -1.0] {
         est.config.sharpen = bad;
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("e.safetensors");
-        let meta = featjnd_research::model::checkpoint::Meta::new(
-            featjnd_research::estimator::ARCH,
-            serde_json::to_value(&est.config).unwrap(),
-            vec!["s".into()],
-        );
-        est.save(&meta, &p).unwrap();
-        let e = JndEstimator::load(&p, Device::Cpu).err().expect("refused");
+        let e = reload(&est).err().expect("refused");
         assert!(e.to_string().contains("sharpen"), "{e}");
     }
 }
