@@ -23,6 +23,7 @@ use super::*;
 /// `size = sizeof(FjEncodeOptions)`; a null pointer means all zero (8 bits, patch 1, automatic
 /// step mode, the log grid of 16 points per octave, the default chunk size).
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct FjEncodeOptions {
     pub size: u32,
     /// 8 or 16 (0 means 8).

@@ -51,7 +51,9 @@ pub use batch::{
     fj_quantize_batch_stats_slots,
 };
 mod codec;
-pub use codec::{fj_decode, fj_decode_async, fj_decode_info, fj_encode, fj_encode_async, fj_encode_bound, fj_round_steps};
+pub use codec::{
+    fj_decode, fj_decode_async, fj_decode_info, fj_encode, fj_encode_async, fj_encode_bound, fj_round_steps, FjEncodeOptions, FjFileInfo,
+};
 mod device;
 
 /// Success.
