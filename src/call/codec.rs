@@ -175,6 +175,10 @@ impl EncodeCall {
     /// Stages through the host: `x` and the steps copied down, the CPU encoder, `steps_out` up.
     fn run_cuda(&self, g: &Cuda) -> Result<EncodedFile> {
         let a = &self.a;
+        // Every device array before anything is copied (the driver's check, as every op's).
+        let mut arrays = vec![&a.x, &a.steps];
+        arrays.extend(a.steps_out.as_ref());
+        g.check(&arrays)?;
         let steps: Vec<f32> = g.download(&a.steps, 0.0f32)?;
         let dt = a.x.float_dtype()?;
         let f = with_elem!(dt, E => {
@@ -272,6 +276,7 @@ impl DecodeCall {
 
     /// Stages through the host: the CPU decoder into host memory, then one copy up.
     fn run_cuda(&self, g: &Cuda) -> Result<Header> {
+        g.check(&[&self.a.out])?;
         let n = self.header.shape.numel();
         with_elem!(self.header.dtype, E => {
             let mut v: Vec<E> = vec![E::from_f32(0.0); n];

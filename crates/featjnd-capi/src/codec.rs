@@ -119,7 +119,12 @@ unsafe fn settings(opts: *const FjEncodeOptions) -> R<(Settings, FjEncodeOptions
         FJ_STEPS_TENSOR => StepLayout::Tensor,
         FJ_STEPS_TOKEN => StepLayout::Token,
         FJ_STEPS_CHANNEL => StepLayout::Channel,
-        m => return fail(FJ_ERR_ARG, format!("opts->step_mode {m} (use FJ_STEPS_AUTO, FJ_STEPS_TENSOR, FJ_STEPS_TOKEN or FJ_STEPS_CHANNEL)")),
+        m => {
+            return fail(
+                FJ_ERR_ARG,
+                format!("opts->step_mode {m} (use FJ_STEPS_AUTO, FJ_STEPS_TENSOR, FJ_STEPS_TOKEN or FJ_STEPS_CHANNEL)"),
+            )
+        }
     };
     let coding = match (o.step_coding, o.per_octave) {
         (FJ_CODING_GRID, 0) => StepCoding::LogGrid { per_octave: DEFAULT_PER_OCTAVE },
@@ -233,7 +238,12 @@ unsafe fn encode(
     // SAFETY: non-null (checked) and writable (contract).
     unsafe { put(out_len, len as u64) };
     if len as u64 > out_cap {
-        return fail(FJ_ERR_SPACE, format!("the file takes {len} bytes, out_cap is {out_cap} (*out_len holds the size; fj_encode_bound gives a size that always fits)"));
+        return fail(
+            FJ_ERR_SPACE,
+            format!(
+                "the file takes {len} bytes, out_cap is {out_cap} (*out_len holds the size; fj_encode_bound gives a size that always fits)"
+            ),
+        );
     }
     Ok(())
 }

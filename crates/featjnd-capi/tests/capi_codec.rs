@@ -153,7 +153,14 @@ fn null_pointers_and_bad_options_are_refused() {
     let mut out = vec![0u8; 4096];
     let mut len = 7u64;
     let o = opts(8, 1, FJ_STEPS_TOKEN, FJ_CODING_GRID);
-    let enc = |cx: *const FjContext, fx: *const FjFeature, s: *const f32, n: u64, oo: *const FjEncodeOptions, ob: *mut u8, cap: u64, l: *mut u64| {
+    let enc = |cx: *const FjContext,
+               fx: *const FjFeature,
+               s: *const f32,
+               n: u64,
+               oo: *const FjEncodeOptions,
+               ob: *mut u8,
+               cap: u64,
+               l: *mut u64| {
         // SAFETY: live buffers of the documented sizes, or null pointers the call must refuse.
         unsafe { fj_encode(cx, fx, s, n, oo, ob, cap, l, null_mut()) }
     };
@@ -338,7 +345,10 @@ fn damaged_files_name_the_chunk_or_the_header() {
         (FjFeature { dtype: 9, ..feat_mut(FJ_NTC, [1, 1025, 3, 0], &mut other) }, FJ_ERR_DTYPE),
         // Misaligned (two bytes in).
         (
-            FjFeature { data: (other.as_mut_ptr() as *const u8).wrapping_add(2) as *const _, ..feat_mut(FJ_NTC, [1, 1025, 2, 0], &mut other) },
+            FjFeature {
+                data: (other.as_mut_ptr() as *const u8).wrapping_add(2) as *const _,
+                ..feat_mut(FJ_NTC, [1, 1025, 2, 0], &mut other)
+            },
             FJ_ERR_ALIGN,
         ),
     ];
