@@ -180,6 +180,7 @@ pub fn run(data: &[u8]) {
 /// The codec's part of one input: encode `f` (the bound holds), damage the file, decode it. `c` is
 /// a live context; `f` describes a live buffer of `CAP` elements (any bits); `steps` and `out` hold
 /// `CAP` values.
+#[allow(clippy::too_many_arguments)]
 fn codec(c: *const FjContext, f: &FjFeature, steps: &[f32], seed: u64, size: u32, bits: u32, patch: u32, out: &mut [u32]) {
     let mut tokens = 3u64;
     // SAFETY: a readable descriptor (its data is not read) and a writable counter.

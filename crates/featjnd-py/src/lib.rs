@@ -19,7 +19,7 @@ use featjnd_kernels::call::{
 };
 use featjnd_kernels::cpu::perturb::NoiseSpec;
 use featjnd_kernels::geom::{Bits, FeatureShape, Layout, NoiseKind, Reduce, Strategy, TokenGrid};
-use featjnd_kernels::{codec, philox, with_elem, Dtype, Error};
+use featjnd_kernels::{codec, philox, Dtype, Error};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict};
 
