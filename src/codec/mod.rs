@@ -397,6 +397,10 @@ unsafe impl Zeroed for i8 {}
 // SAFETY: as above.
 unsafe impl Zeroed for i16 {}
 // SAFETY: as above.
+unsafe impl Zeroed for u8 {}
+// SAFETY: as above.
+unsafe impl Zeroed for u16 {}
+// SAFETY: as above.
 unsafe impl Zeroed for f32 {}
 // SAFETY: as above.
 unsafe impl Zeroed for f16 {}
