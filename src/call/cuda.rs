@@ -130,6 +130,38 @@ impl Cuda {
         Ok(v)
     }
 
+    /// A device array of a validated call, checked as every array of this executor is, copied
+    /// to the host (ordered on the stream, then synced). `T` is the Rust type of its elements;
+    /// `fill` only sizes the host copy.
+    #[cfg(feature = "codec")]
+    pub(crate) fn download<T: Clone>(&self, b: &Buf, fill: T) -> Result<Vec<T>> {
+        self.check(&[b])?;
+        debug_assert_eq!(size_of::<T>(), b.elem().size());
+        let mut v = vec![fill; b.len()];
+        // SAFETY: a checked array of `len` elements of `T`'s size on this device (validated call,
+        // the driver's check); `v` has room for them; the synchronize below completes the copy
+        // before `v` is used or dropped.
+        unsafe { cu::memcpy_dtoh_async(&mut v, b.addr() as u64, self.stream.cu_stream()) }.map_err(cuda_err)?;
+        self.stream.synchronize().map_err(cuda_err)?;
+        Ok(v)
+    }
+
+    /// Host values copied into a writable device array of a validated call (ordered on the
+    /// stream, then synced, so `v` may be dropped after).
+    #[cfg(feature = "codec")]
+    pub(crate) fn upload<T>(&self, b: &Buf, v: &[T]) -> Result<()> {
+        self.check(&[b])?;
+        if !b.writable() || v.len() != b.len() || size_of::<T>() != b.elem().size() {
+            return Err(Error::Arg(format!("{}: {} values cannot be copied into it", b.name, v.len())));
+        }
+        // SAFETY: a checked writable array of `len` elements of `T`'s size on this device
+        // (validated call, the driver's check), nothing else writing it (the call's contract);
+        // the synchronize completes the copy before `v` can be dropped.
+        unsafe { cu::memcpy_htod_async(b.addr() as u64, v, self.stream.cu_stream()) }.map_err(cuda_err)?;
+        self.stream.synchronize().map_err(cuda_err)?;
+        Ok(())
+    }
+
     /// The quantization of a validated call. The `T` steps make one trip to the host first, where
     /// they are checked as on the CPU (contract §4.2), so every surface refuses a bad step with
     /// the same error and index.

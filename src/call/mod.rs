@@ -42,6 +42,8 @@ macro_rules! validated {
 pub mod buf;
 pub mod capped;
 pub mod chain;
+#[cfg(feature = "codec")]
+pub mod codec;
 pub mod cuda;
 pub mod decode;
 pub mod noise;
@@ -53,6 +55,8 @@ pub mod token_stats;
 pub use buf::{no_overlap, Buf, Elem, Mem};
 pub use capped::{CappedArgs, CappedCall, CappedMeasuredArgs, CappedMeasuredCall, CapsArgs, CapsCall};
 pub use chain::{ChainArgs, ChainCall, StepRule};
+#[cfg(feature = "codec")]
+pub use codec::{DecodeArgs, DecodeCall, EncodeArgs, EncodeCall};
 pub use cuda::Cuda;
 pub use decode::{PerturbDecodeArgs, PerturbDecodeCall, QuantizeDecodeArgs, QuantizeDecodeCall};
 pub use noise::{NoiseArgs, NoiseCall};

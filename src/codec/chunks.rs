@@ -89,17 +89,95 @@ pub(crate) fn encode(
     Ok(Coded { chunks })
 }
 
+/// Where pass 1 keeps the symbol indices `q + Q` of the whole feature for pass 2: one byte each
+/// for 8-bit symbols (`2Q + 1 = 255` indices), two for 16-bit ones.
+pub(crate) enum IndexStore {
+    U8(Vec<u8>),
+    U16(Vec<u16>),
+}
+
+/// The last encode's store, kept for the next one (up to [`STORE_KEEP`] bytes): a fresh store's
+/// pages fault in on first touch, which costs about as much as the second quantization pass the
+/// store saves.
+static STORE: std::sync::Mutex<Option<IndexStore>> = std::sync::Mutex::new(None);
+/// The largest store kept between encodes (the indices of a 1 GiB 8-bit f32 feature).
+const STORE_KEEP: usize = 256 << 20;
+
+impl IndexStore {
+    /// A store for `n` indices of the symbols of `qmax`: the kept one when it is large enough,
+    /// else a fresh one (allocated fallibly).
+    pub fn take(n: usize, qmax: f32) -> Result<IndexStore> {
+        let kept = STORE.lock().ok().and_then(|mut s| s.take());
+        Ok(match (kept, qmax <= 127.0) {
+            (Some(IndexStore::U8(v)), true) if v.len() >= n => IndexStore::U8(v),
+            (Some(IndexStore::U16(v)), false) if v.len() >= n => IndexStore::U16(v),
+            (_, true) => IndexStore::U8(super::calloc(n, "symbol indices")?),
+            (_, false) => IndexStore::U16(super::calloc(n, "symbol indices")?),
+        })
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            IndexStore::U8(v) => v.len(),
+            IndexStore::U16(v) => 2 * v.len(),
+        }
+    }
+
+    /// Keeps the store for the next encode (the larger of it and the kept one, up to
+    /// [`STORE_KEEP`] bytes).
+    pub fn give_back(self) {
+        if self.bytes() > STORE_KEEP {
+            return;
+        }
+        if let Ok(mut s) = STORE.lock() {
+            if s.as_ref().is_none_or(|k| k.bytes() <= self.bytes()) {
+                *s = Some(self);
+            }
+        }
+    }
+
+    /// Copies the indices `start..start + idx.len()` into `idx` (pass 2's fill).
+    pub fn fill(&self, start: usize, idx: &mut [u16]) {
+        let end = start + idx.len();
+        match self {
+            IndexStore::U8(s) => idx.iter_mut().zip(&s[start..end]).for_each(|(o, &v)| *o = v as u16),
+            IndexStore::U16(s) => idx.copy_from_slice(&s[start..end]),
+        }
+    }
+}
+
+/// One chunk's slice of an [`IndexStore`].
+enum StoreChunk<'a> {
+    U8(&'a mut [u8]),
+    U16(&'a mut [u16]),
+}
+
+impl StoreChunk<'_> {
+    fn put(self, idx: &[u16]) {
+        match self {
+            // Indices of 8-bit symbols are at most 254.
+            StoreChunk::U8(s) => s.iter_mut().zip(idx).for_each(|(o, &v)| *o = v as u8),
+            StoreChunk::U16(s) => s.copy_from_slice(idx),
+        }
+    }
+}
+
 /// Pass 1 of the fused encoder: the histogram of the symbol indices (`2Q + 1` bins) and the
-/// quantization's totals, chunk by chunk in parallel (nothing is stored).
-pub(crate) fn histogram<E: Element>(x: &[E], steps: &Steps, qmax: f32, chunk: usize) -> (Vec<u64>, QuantTotals) {
+/// quantization's totals, chunk by chunk in parallel; the indices go to `store` (`x.len()` of
+/// them), so that pass 2 codes them without quantizing again.
+pub(crate) fn histogram<E: Element>(x: &[E], steps: &Steps, qmax: f32, chunk: usize, store: &mut IndexStore) -> (Vec<u64>, QuantTotals) {
     let n = x.len();
     let bins = 2 * qmax as usize + 1;
-    let m = n.div_ceil(chunk);
-    let fold = (0..m)
+    let parts: Vec<StoreChunk> = match store {
+        IndexStore::U8(s) => s[..n].chunks_mut(chunk).map(StoreChunk::U8).collect(),
+        IndexStore::U16(s) => s[..n].chunks_mut(chunk).map(StoreChunk::U16).collect(),
+    };
+    let fold = parts
         .into_par_iter()
+        .enumerate()
         .fold(
             || (vec![0u64; bins], vec![[0u32; 4]; bins], Scratch::default(), QuantTotals::default()),
-            |(mut hist, mut four, mut sc, mut tot), c| {
+            |(mut hist, mut four, mut sc, mut tot), (c, part)| {
                 let start = c * chunk;
                 let len = chunk.min(n - start);
                 BUFFERS.with_borrow_mut(|(idx, _, _)| {
@@ -128,6 +206,7 @@ pub(crate) fn histogram<E: Element>(x: &[E], steps: &Steps, qmax: f32, chunk: us
                         *h += f.iter().map(|&v| v as u64).sum::<u64>();
                         *f = [0; 4];
                     }
+                    part.put(&idx[..len]);
                 });
                 (hist, four, sc, tot)
             },

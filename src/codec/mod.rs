@@ -410,6 +410,10 @@ unsafe impl Zeroed for i8 {}
 // SAFETY: as above.
 unsafe impl Zeroed for i16 {}
 // SAFETY: as above.
+unsafe impl Zeroed for u8 {}
+// SAFETY: as above.
+unsafe impl Zeroed for u16 {}
+// SAFETY: as above.
 unsafe impl Zeroed for f32 {}
 // SAFETY: as above.
 unsafe impl Zeroed for f16 {}
@@ -1147,6 +1151,101 @@ fn step_map<'a>(step_mode: StepMode, steps: &'a [f32], channel_steps: &'a [f32])
         StepMode::Token(_) => rows::StepMap::Token(steps),
         StepMode::Channel(_) => rows::StepMap::Channel(channel_steps),
     }
+}
+
+/// What a file's header says: all a caller needs to allocate the output before decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The format version (1, 2 or 3).
+    pub version: u16,
+    pub dtype: Dtype,
+    /// The feature's layout and dimensions.
+    pub shape: FeatureShape,
+    pub patch: usize,
+    pub bits: Bits,
+    pub step_mode: StepMode,
+    /// Bytes of the file the header describes.
+    pub file_bytes: usize,
+}
+
+impl Header {
+    /// The token grid of the feature.
+    pub fn grid(&self) -> TokenGrid {
+        TokenGrid { shape: self.shape, patch: self.patch }
+    }
+}
+
+/// Reads and checks a file's header without decoding its steps or its symbols: the magic, the
+/// version, the header's checksum (version 3; versions 1 and 2 have one checksum over the whole
+/// file, which is checked), and every header field against the others and the file's size.
+/// Errors are [`decode`]'s (`Error::Io`, message `fjq: ...` naming the field); a file whose
+/// header passes can still fail in [`decode`] (a damaged step section or chunk).
+pub fn header(bytes: &[u8]) -> Result<Header> {
+    let raw = open(bytes)?;
+    let (dtype, _, bits, grid, _, step_mode) = validate(&raw)?;
+    if let Some(v) = &raw.v3 {
+        v3::table(&raw, v, bits)?;
+    }
+    Ok(Header { version: raw.version, dtype, shape: grid.shape, patch: grid.patch, bits, step_mode, file_bytes: bytes.len() })
+}
+
+/// How [`encode_bound`] is told the steps will be stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepLayout {
+    /// [`encode`]'s choice: the `tensor` mode when every step is the same f32, else per token.
+    Auto,
+    Tensor,
+    Token,
+    Channel,
+}
+
+/// Bytes of a varint of any `u32` (the most [`entropy::put_varint`] writes).
+const VARINT_MAX: usize = 5;
+
+/// The most bytes a file of `grid`'s feature can take, whatever its values, with the steps laid
+/// out as `layout` and coded as `coding` in the container `format`: a buffer of this size always
+/// holds what [`v3::encode_file`] (or [`encode_with_format`]) writes.
+///
+/// Every section is bounded from what the encoder can write: the fixed header and dimensions;
+/// the symbol table (at most `min(2Q + 1, numel, 2^16)` entries of two varints); the steps
+/// (tensor: 4 bytes; f16: 2 per step; channel grid: one varint per channel; token grid: an
+/// 8-byte header, a table of at most `min(T, 2^16 + 1)` entries and constriction's ANS stream,
+/// at most 24 bits per token plus rounding, its 64-bit state and a word of slack); version 3's chunk index
+/// and header checksum (`8·M + 4`) and chunks (the rANS coder emits at most one 16-bit word per
+/// symbol, plus 4 bytes of state per lane); version 2's one stream (at most 24 bits per symbol
+/// plus state) with its length and checksum.
+pub fn encode_bound(grid: &TokenGrid, bits: Bits, layout: StepLayout, coding: StepCoding, format: &Format) -> Result<usize> {
+    format.check()?;
+    let (n, t) = (grid.numel(), grid.tokens());
+    // constriction's ANS at 24-bit precision: at most 24 bits per symbol, plus under 0.006 bits
+    // per symbol of rounding (its state stays at or above 2^32), its 64-bit state and a word.
+    let ans24 = |symbols: usize| 3 * symbols + symbols.div_ceil(64) + 12;
+    let alphabet = (2 * bits.qmax() as usize + 1).min(n).min(1 << 16);
+    let header = FIXED_HEADER + 8 * ndim(grid.shape.layout) + if format.version == 3 { CODER_FIELDS_V3 } else { 0 };
+    let table = 2 * VARINT_MAX * alphabet;
+    let token_grid = 8 + 2 * VARINT_MAX * t.min(2 * DIFF_MAX as usize + 1) + ans24(t);
+    let per_token = match coding {
+        StepCoding::LogGrid { .. } => token_grid,
+        StepCoding::F16 => 2 * t,
+    };
+    let channels = channel::channels(grid);
+    let steps = match layout {
+        StepLayout::Tensor => 4,
+        StepLayout::Token => per_token,
+        StepLayout::Auto => per_token.max(4),
+        StepLayout::Channel => match coding {
+            StepCoding::LogGrid { .. } => VARINT_MAX * channels,
+            StepCoding::F16 => 2 * channels,
+        },
+    };
+    let payload = if format.version == 3 {
+        let chunk = format.chunk_symbols.min(n.max(1));
+        let m = n.div_ceil(chunk);
+        8 * m + 4 + 4 * format.lanes * m + 2 * n
+    } else {
+        8 + ans24(n) + 4
+    };
+    Ok(header + table + steps + payload)
 }
 
 /// Decodes a `.fjq` file (version 1, 2 or 3): the reconstruction, the symbols and the rate.

@@ -93,6 +93,15 @@ fn check<E: Element>(n: usize, bits: Bits, scope: u8, dist: Dist, format: Format
     assert_eq!(d3.rate, v3.rate, "{what}");
     let fused = encode_file(&x, &grid, spec, bits, coding, &format).unwrap();
     assert_eq!(fused.bytes, v3.bytes, "{what}: fused encoder");
+    // The size bound of both containers, and the header alone.
+    let layout = [StepLayout::Tensor, StepLayout::Token, StepLayout::Channel][scope as usize];
+    for (f, len) in [(format, v3.bytes.len()), (Format::v2(), v2.bytes.len())] {
+        let bound = encode_bound(&grid, bits, layout, coding, &f).unwrap();
+        assert!(len <= bound, "{what}: {len} bytes, bound {bound} ({f:?})");
+    }
+    let h = header(&v3.bytes).unwrap();
+    assert_eq!((h.version, h.dtype, h.shape, h.patch, h.bits, h.step_mode), (3, E::DTYPE, grid.shape, grid.patch, bits, v3.step_mode));
+    assert_eq!(h.file_bytes, v3.bytes.len());
     assert_eq!(decode_recon(&v3.bytes).unwrap().recon, d3.recon, "{what}: decode_recon");
     let chunks = v3.bytes[v3.sections.header - 4..v3.sections.header].to_vec();
     let m = u32::from_le_bytes(chunks.try_into().unwrap()) as usize;

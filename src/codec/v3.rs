@@ -143,8 +143,9 @@ pub(crate) fn write(
 }
 
 /// Encodes `x` like [`super::encode_with_format`] into the same file, bit for bit, but fused:
-/// each chunk is quantized twice (once for the histogram, once into the coder) and no symbol or
-/// reconstruction array of the whole tensor is made. A version 2 `format` goes through
+/// pass 1 quantizes chunk by chunk (in parallel) into the histogram and a store of the symbol
+/// indices (one byte per element for 8-bit symbols, two for 16-bit ones), pass 2 codes the stored
+/// indices chunk by chunk; no reconstruction array is made. A version 2 `format` goes through
 /// [`super::encode_with_format`].
 pub fn encode_file<E: Element>(
     x: &[E],
@@ -182,14 +183,16 @@ pub fn encode_file<E: Element>(
     let n = grid.numel();
     let q = bits.qmax();
     let chunk = format.chunk_symbols.min(n.max(1));
-    let (bins, tot) = chunks::histogram(x, &steps, q, chunk);
+    let mut store = chunks::IndexStore::take(n, q)?;
+    let (bins, tot) = chunks::histogram(x, &steps, q, chunk, &mut store);
     if let Some(i) = tot.first_bad {
+        store.give_back();
         return Err(Error::NonFinite { index: i, value: x[i].to_f32() });
     }
     let pairs = histogram_pairs_from_bins(&bins, q as i32);
-    let (b, table, precision, sections) = write(E::DTYPE, grid, bits, &plan, &pairs, format, |start, idx, sc| {
-        rows::quantize(&steps, start, &x[start..start + idx.len()], q, idx, false, sc);
-    })?;
+    let written = write(E::DTYPE, grid, bits, &plan, &pairs, format, |start, idx, _| store.fill(start, idx));
+    store.give_back();
+    let (b, table, precision, sections) = written?;
     let counts: Vec<u64> = pairs.iter().map(|p| p.1).collect();
     let rate = RateReport::new(b.len(), grid, &table, precision, &counts, &sections);
     let (steps, channel_steps) = match plan.mode {

@@ -58,6 +58,16 @@
 // A Rust panic was caught (a bug: please report it with the message).
 #define FJ_ERR_PANIC 11
 
+// The bytes given to `fj_decode` / `fj_decode_info` are not a valid `.fjq` file: bad magic, an
+// unsupported version, a checksum mismatch, a truncated file, a header field that contradicts
+// the others, or a damaged chunk. The message starts with `fjq:` and names the field or the
+// chunk (`fjq: chunk 3 of 17: ...`).
+#define FJ_ERR_FORMAT 12
+
+// An output buffer is too small for what the call produced (`fj_encode`: the file); the call's
+// size out-pointer holds the bytes needed.
+#define FJ_ERR_SPACE 13
+
 // Dtype codes (as in `kernels/featjnd_params.h`).
 #define FJ_F32 0
 
@@ -88,6 +98,30 @@
 #define FJ_GAUSSIAN 0
 
 #define FJ_UNIFORM_NOISE 1
+
+// `FjEncodeOptions::step_mode`, `FjFileInfo::step_mode`: how a `.fjq` file stores the steps
+// (docs/fjq-format.md, *Steps*). Auto (options only): `FJ_STEPS_TENSOR` when every step is the
+// same float, bit for bit, else `FJ_STEPS_TOKEN`; the steps are one per token.
+#define FJ_STEPS_AUTO 0
+
+// One step for the whole tensor, stored exactly (one step in `steps`).
+#define FJ_STEPS_TENSOR 1
+
+// One step per token (`tokens` steps), rounded to `step_coding`.
+#define FJ_STEPS_TOKEN 2
+
+// One step per channel (NCHW's `C`, NTC's `C`), rounded to `step_coding`.
+#define FJ_STEPS_CHANNEL 3
+
+// `FjEncodeOptions::step_coding`: a log grid of `per_octave` points per octave (0 means 16).
+#define FJ_CODING_GRID 0
+
+// `FjEncodeOptions::step_coding`: f16 mantissas under a common power-of-two scale.
+#define FJ_CODING_F16 1
+
+// `FjFileInfo::step_coding` of a `FJ_STEPS_TENSOR` file (its one step is an exact float); in
+// `FjEncodeOptions` it is accepted with `FJ_STEPS_TENSOR` only.
+#define FJ_CODING_F32 2
 
 // `FjContextOptions::pointer_checks`: ask the driver about every device pointer of every call
 // (its memory type, device and allocation size; the default).
@@ -210,6 +244,64 @@ typedef struct FjQuantizeItem {
   // `float[tokens]`: per-token squared error.
   float *token_sse;
 } FjQuantizeItem;
+
+// Options of `fj_encode`, `fj_encode_bound` and `fj_round_steps`. Zero-initialise, set
+// `size = sizeof(FjEncodeOptions)`; a null pointer means all zero (8 bits, patch 1, automatic
+// step mode, the log grid of 16 points per octave, the default chunk size).
+typedef struct FjEncodeOptions {
+  uint32_t size;
+  // 8 or 16 (0 means 8).
+  uint32_t bits;
+  // Patch size for NCHW tokens (0 means 1).
+  uint32_t patch;
+  // `FJ_STEPS_AUTO` (0), `FJ_STEPS_TENSOR`, `FJ_STEPS_TOKEN` or `FJ_STEPS_CHANNEL`.
+  uint32_t step_mode;
+  // `FJ_CODING_GRID` (0) or `FJ_CODING_F16` (`FJ_CODING_F32` with `FJ_STEPS_TENSOR` only; the
+  // tensor mode stores its step exactly whatever this says).
+  uint32_t step_coding;
+  // Log-grid points per octave: 1, 2, 4, ..., 64 (0 means 16); 0 with `FJ_CODING_F16`.
+  uint32_t per_octave;
+  // Symbols per chunk of the file, 1 to 2^24 (0 means 2^17): smaller chunks decode with more
+  // parallelism and cost a few bytes each.
+  uint32_t chunk_symbols;
+  uint32_t pad0;
+  // Optional (`fj_encode`): receives the steps the file stores, rounded as the file holds them
+  // (as many floats as `steps_len`, in the context's memory; may be `steps` itself).
+  // Quantizing `x` with these steps (`fj_quantize`) gives exactly the reconstruction
+  // `fj_decode` returns.
+  float *steps_out;
+} FjEncodeOptions;
+
+// What `fj_decode_info` reads from a file's header. Set `size = sizeof(FjFileInfo)`; the call
+// writes the fields that fit in `size` bytes (a caller built against an older, shorter struct
+// gets the fields it knows).
+typedef struct FjFileInfo {
+  uint32_t size;
+  // The format version (1, 2 or 3).
+  uint32_t version;
+  // `FJ_F32`, `FJ_F16` or `FJ_BF16`: the dtype `fj_decode`'s output must have.
+  uint32_t dtype;
+  // `FJ_NCHW` or `FJ_NTC`.
+  uint32_t layout;
+  // N, C, H, W (NCHW) or N, T, C, 0 (NTC): an `FjFeature` with this dtype, layout and dims is
+  // what `fj_decode` writes.
+  uint64_t dims[4];
+  uint32_t patch;
+  // 8 or 16.
+  uint32_t bits;
+  // `FJ_STEPS_TENSOR`, `FJ_STEPS_TOKEN` or `FJ_STEPS_CHANNEL`.
+  uint32_t step_mode;
+  // `FJ_CODING_GRID`, `FJ_CODING_F16`, or `FJ_CODING_F32` (the tensor mode).
+  uint32_t step_coding;
+  // Log-grid points per octave (0 unless `FJ_CODING_GRID`).
+  uint32_t per_octave;
+  uint32_t pad0;
+  uint64_t tokens;
+  // Elements of the feature (`fj_decode` writes as many).
+  uint64_t elements;
+  // Bytes of the file the header describes.
+  uint64_t file_bytes;
+} FjFileInfo;
 
 #ifdef __cplusplus
 extern "C" {
@@ -582,6 +674,136 @@ int32_t fj_perturb_batch_decode(const struct FjContext *ctx,
                                 void *stream,
                                 int32_t *statuses,
                                 float *scales);
+
+// The most bytes `fj_encode` can write for feature `x` (its data is not read) with `opts`,
+// whatever the values: a buffer of `*out_bound` bytes always holds the file, so one call
+// suffices. The bound is the sum of every section's worst case (docs/fjq-format.md): about
+// 2 bytes per element plus the header, the tables and the steps, so the file itself (usually
+// far smaller: an 8-bit feature codes at its entropy) should be sent with the length
+// `fj_encode` reports. The exact size needs the encode itself (see `fj_encode`'s
+// `FJ_ERR_SPACE`).
+//
+// # Safety
+// `x` is null or a readable `FjFeature`; `opts` null or readable for its declared size;
+// `out_bound` null or writable for one `uint64_t`.
+int32_t fj_encode_bound(const struct FjFeature *x,
+                        const struct FjEncodeOptions *opts,
+                        uint64_t *out_bound);
+
+// Encodes feature `x` with `steps[steps_len]` into a `.fjq` file (docs/fjq-format.md) in the host
+// buffer `out[out_cap]`, and its length into `*out_len`. The steps are one per token
+// (`FJ_STEPS_AUTO`, `FJ_STEPS_TOKEN`: `fj_token_count`), one (`FJ_STEPS_TENSOR`) or one per
+// channel (`FJ_STEPS_CHANNEL`), each finite and > 0 (`FJ_ERR_SHAPE` for another count); the
+// file stores them rounded (`opts->step_coding`; the tensor mode exactly) and `x` is quantized
+// with the rounded steps (docs/contract.md §4), so `fj_quantize` with the same steps rounded by
+// `fj_round_steps` (or with `opts->steps_out`) gives exactly the reconstruction `fj_decode`
+// returns, and the symbols are the ones the file holds. `opts` may be null (the defaults).
+//
+// Output size: `fj_encode_bound` gives a size that always fits. With a smaller `out_cap` (0 and a
+// null `out` included), a file that does not fit is `FJ_ERR_SPACE` with `*out_len` = the bytes
+// needed, nothing written to `out` (the encode then runs again with a large enough buffer).
+// `opts->steps_out` is written either way. Other errors: `FJ_ERR_NONFINITE` for a NaN or ±Inf in
+// `x` (the message names the first index), `FJ_ERR_ARG` for a step that cannot be stored, the
+// usual argument statuses; nothing is written then.
+//
+// On a CUDA context `x`, `steps` and `opts->steps_out` are device memory (`out` is host memory):
+// they are copied to the host on `stream`, which is synchronized, encoded on the CPU, and
+// `steps_out` copied back (synchronized again). No GPU codec kernels exist yet; this staging has
+// not been run on a GPU.
+//
+// # Safety
+// `ctx` is a live context; `x` a readable `FjFeature` whose data holds its elements; `steps`
+// readable for `steps_len` floats; `opts` null or a readable `FjEncodeOptions` of at least its
+// `size` bytes whose `steps_out` is null or writable for `steps_len` floats; those arrays in the
+// context's memory; `out` null or writable for `out_cap` bytes of host memory; `out_len`
+// writable for one `uint64_t`; `stream` null or a CUDA stream of a CUDA context's device.
+int32_t fj_encode(const struct FjContext *ctx,
+                  const struct FjFeature *x,
+                  const float *steps,
+                  uint64_t steps_len,
+                  const struct FjEncodeOptions *opts,
+                  uint8_t *out,
+                  uint64_t out_cap,
+                  uint64_t *out_len,
+                  void *stream);
+
+// `fj_encode` without a synchronization. On a CPU context it runs synchronously (as every
+// `_async` call there) and is `fj_encode`. On a CUDA context it is `FJ_ERR_DEVICE` for now:
+// there are no GPU codec kernels, and staging through the host needs a sync (use `fj_encode`).
+//
+// # Safety
+// As `fj_encode`.
+int32_t fj_encode_async(const struct FjContext *ctx,
+                        const struct FjFeature *x,
+                        const float *steps,
+                        uint64_t steps_len,
+                        const struct FjEncodeOptions *opts,
+                        uint8_t *out,
+                        uint64_t out_cap,
+                        uint64_t *out_len,
+                        void *stream);
+
+// Reads and checks the header of the `.fjq` file `bytes[len]` (host memory) into `*info`:
+// dtype, layout, dims, bits, step mode, element count. Everything `fj_decode` needs to size its
+// output, without decoding the steps or the symbols. A malformed header is `FJ_ERR_FORMAT`
+// (the message names the field); a file whose header passes can still be damaged further on
+// (`fj_decode` finds it). Versions 1 and 2 have one checksum over the whole file, checked here.
+//
+// # Safety
+// `bytes` null or readable for `len` bytes; `info` null or writable for the `size` bytes its
+// leading `uint32_t` declares (at least 4).
+int32_t fj_decode_info(const uint8_t *bytes, uint64_t len, struct FjFileInfo *info);
+
+// Decodes the `.fjq` file `bytes[len]` (host memory; versions 1, 2 and 3) into the feature
+// buffer `out`: `out->data` receives the reconstruction `x̂ = f32(q)·Δ` narrowed to the file's
+// dtype, bit for bit what `fj_quantize` gives with the file's stored steps. `out`'s dtype must be
+// the file's (`FJ_ERR_DTYPE`) and its layout and dims the file's (`FJ_ERR_SHAPE`); read them
+// with `fj_decode_info` first. A malformed file is `FJ_ERR_FORMAT`, its message naming the
+// field or the chunk (`fjq: chunk 3 of 17: checksum mismatch ...`); `out->data` is then
+// unspecified where a damaged chunk was found (the header is checked before anything is
+// written). Chunks decode in parallel on the context's threads.
+//
+// On a CUDA context `out->data` is device memory: the file is decoded on the host and copied up
+// on `stream`, which is synchronized (no GPU codec kernels yet; not run on a GPU).
+//
+// # Safety
+// `ctx` is a live context; `bytes` readable for `len` bytes of host memory; `out` a readable
+// `FjFeature` whose data is writable for its elements in the context's memory (it is written
+// although the struct's pointer is `const`); `stream` null or a CUDA stream of a CUDA context's
+// device.
+int32_t fj_decode(const struct FjContext *ctx,
+                  const uint8_t *bytes,
+                  uint64_t len,
+                  const struct FjFeature *out,
+                  void *stream);
+
+// `fj_decode` without a synchronization. On a CPU context it runs synchronously and is
+// `fj_decode`. On a CUDA context it is `FJ_ERR_DEVICE` for now (no GPU codec kernels; use
+// `fj_decode`, which stages through the host and synchronizes `stream`).
+//
+// # Safety
+// As `fj_decode`.
+int32_t fj_decode_async(const struct FjContext *ctx,
+                        const uint8_t *bytes,
+                        uint64_t len,
+                        const struct FjFeature *out,
+                        void *stream);
+
+// Rounds `steps[count]` (host memory) as a file with `opts` stores them (`opts->step_coding`,
+// `opts->per_octave`; null `opts`: the log grid of 16 points per octave) into
+// `steps_out[count]` (host memory; may be `steps`, in place). Quantizing with the rounded steps
+// gives exactly the symbols and the reconstruction of the file `fj_encode` writes with them
+// (rounding is idempotent: `fj_encode` keeps rounded steps as they are). `FJ_STEPS_TENSOR` and
+// `FJ_CODING_F32` keep the steps as they are. A step that is not finite and > 0, or cannot be
+// stored, is `FJ_ERR_ARG` naming the first; `count` 0 is `FJ_ERR_SHAPE`.
+//
+// # Safety
+// `steps` null or readable, `steps_out` null or writable, for `count` floats of host memory
+// (equal or disjoint); `opts` null or readable for its declared size.
+int32_t fj_round_steps(const float *steps,
+                       uint64_t count,
+                       const struct FjEncodeOptions *opts,
+                       float *steps_out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -50,6 +50,10 @@ pub use batch::{
     fj_perturb_batch_async, fj_perturb_batch_decode, fj_perturb_batch_stats_slots, fj_quantize_batch_async, fj_quantize_batch_decode,
     fj_quantize_batch_stats_slots,
 };
+mod codec;
+pub use codec::{
+    fj_decode, fj_decode_async, fj_decode_info, fj_encode, fj_encode_async, fj_encode_bound, fj_round_steps, FjEncodeOptions, FjFileInfo,
+};
 mod device;
 
 /// Success.
@@ -78,6 +82,14 @@ pub const FJ_ERR_UNREACHABLE: i32 = 9;
 pub const FJ_ERR_DEVICE: i32 = 10;
 /// A Rust panic was caught (a bug: please report it with the message).
 pub const FJ_ERR_PANIC: i32 = 11;
+/// The bytes given to `fj_decode` / `fj_decode_info` are not a valid `.fjq` file: bad magic, an
+/// unsupported version, a checksum mismatch, a truncated file, a header field that contradicts
+/// the others, or a damaged chunk. The message starts with `fjq:` and names the field or the
+/// chunk (`fjq: chunk 3 of 17: ...`).
+pub const FJ_ERR_FORMAT: i32 = 12;
+/// An output buffer is too small for what the call produced (`fj_encode`: the file); the call's
+/// size out-pointer holds the bytes needed.
+pub const FJ_ERR_SPACE: i32 = 13;
 
 /// Dtype codes (as in `kernels/featjnd_params.h`).
 pub const FJ_F32: u32 = 0;
@@ -97,6 +109,23 @@ pub const FJ_PERMUTED: u32 = 2;
 /// Noise kinds.
 pub const FJ_GAUSSIAN: u32 = 0;
 pub const FJ_UNIFORM_NOISE: u32 = 1;
+/// `FjEncodeOptions::step_mode`, `FjFileInfo::step_mode`: how a `.fjq` file stores the steps
+/// (docs/fjq-format.md, *Steps*). Auto (options only): `FJ_STEPS_TENSOR` when every step is the
+/// same float, bit for bit, else `FJ_STEPS_TOKEN`; the steps are one per token.
+pub const FJ_STEPS_AUTO: u32 = 0;
+/// One step for the whole tensor, stored exactly (one step in `steps`).
+pub const FJ_STEPS_TENSOR: u32 = 1;
+/// One step per token (`tokens` steps), rounded to `step_coding`.
+pub const FJ_STEPS_TOKEN: u32 = 2;
+/// One step per channel (NCHW's `C`, NTC's `C`), rounded to `step_coding`.
+pub const FJ_STEPS_CHANNEL: u32 = 3;
+/// `FjEncodeOptions::step_coding`: a log grid of `per_octave` points per octave (0 means 16).
+pub const FJ_CODING_GRID: u32 = 0;
+/// `FjEncodeOptions::step_coding`: f16 mantissas under a common power-of-two scale.
+pub const FJ_CODING_F16: u32 = 1;
+/// `FjFileInfo::step_coding` of a `FJ_STEPS_TENSOR` file (its one step is an exact float); in
+/// `FjEncodeOptions` it is accepted with `FJ_STEPS_TENSOR` only.
+pub const FJ_CODING_F32: u32 = 2;
 /// `FjContextOptions::pointer_checks`: ask the driver about every device pointer of every call
 /// (its memory type, device and allocation size; the default).
 pub const FJ_POINTERS_CHECKED: u32 = 0;
@@ -271,6 +300,8 @@ impl From<Error> for Fail {
             Error::NonFinite { .. } => FJ_ERR_NONFINITE,
             Error::Unreachable { .. } => FJ_ERR_UNREACHABLE,
             Error::CudaUnavailable(_) | Error::Cuda(_) | Error::Nvrtc { .. } | Error::MixedDevices(_) => FJ_ERR_DEVICE,
+            // The codec's errors for a malformed file are `Io` messages starting with "fjq:".
+            Error::Io(m) if m.starts_with("fjq:") => FJ_ERR_FORMAT,
             Error::NonContiguous(_) | Error::Arg(_) | Error::Io(_) => FJ_ERR_ARG,
             Error::Align(_) => FJ_ERR_ALIGN,
             // Errors of code this crate never calls: the research pipeline (checkpoints, models)

@@ -48,13 +48,15 @@ fn build_lib() -> PathBuf {
     lib_dir()
 }
 
-/// Compiles examples/c/quantize.c with `link` arguments, runs it and checks its output.
-fn build_and_run_example(link: &[String]) {
+/// Compiles examples/c/`name`.c with `-std=c99 -Wall -Werror` and the `link` arguments, runs it
+/// with `args` and returns its standard output (the run must succeed).
+fn build_and_run(name: &str, link: &[String], args: &[&str]) -> String {
     let tmp = tempfile::tempdir().unwrap();
-    let exe = tmp.path().join("quantize");
+    let exe = tmp.path().join(name);
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let src = format!("examples/c/{name}.c");
     let st = std::process::Command::new(&cc)
-        .arg(manifest().join("examples/c/quantize.c"))
+        .arg(manifest().join(&src))
         .args(["-std=c99", "-Wall", "-Werror"])
         .arg(format!("-I{}", manifest().join("include").display()))
         .args(link)
@@ -62,16 +64,24 @@ fn build_and_run_example(link: &[String]) {
         .arg(&exe)
         .status()
         .expect("running the C compiler");
-    assert!(
-        st.success(),
-        "{cc} failed to build examples/c/quantize.c with {link:?} (if FEATJND_BLESS was set, the header was being rewritten: run again)"
-    );
-    let out = std::process::Command::new(&exe).arg("0.02").output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "the C example failed: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(st.success(), "{cc} failed to build {src} with {link:?} (if FEATJND_BLESS was set, the header was being rewritten: run again)");
+    let out = std::process::Command::new(&exe).args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{src} failed: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+/// Builds and runs the C examples with `link` arguments and checks their output: quantize.c (the
+/// op calls) and codec.c (fj_quantize → fj_encode → fj_decode bit for bit, over dtypes, layouts,
+/// odd sizes, widths and step modes, and the codec's errors).
+fn build_and_run_example(link: &[String]) {
+    let text = build_and_run("quantize", link, &["0.02"]);
     assert!(text.contains(" 0 mismatches"), "{text}");
     assert!(text.contains("batch: 2 items ok, 0 batch mismatches"), "{text}");
     assert!(text.contains("null feature -> status 1: x is null"), "{text}");
+    let text = build_and_run("codec", link, &[]);
+    assert!(text.contains("codec: 360 cases, 0 mismatches"), "{text}");
+    assert!(text.contains(&format!("flipped byte -> status {FJ_ERR_FORMAT}: fjq: chunk 16 of 17")), "{text}");
 }
 
 /// Libraries that must never be needed by the C ABI: libtorch and what the research crate pulls in.

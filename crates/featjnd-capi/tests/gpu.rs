@@ -836,4 +836,74 @@ mod capi_device {
             fj_context_destroy(gpu_ctx);
         }
     }
+
+    /// The codec on a CUDA context (contract §10): `fj_encode` / `fj_decode` stage through host
+    /// memory on the caller's stream and must give the CPU context's file and reconstruction bit
+    /// for bit; `opts->steps_out` lands in device memory; the `_async` forms are `FJ_ERR_DEVICE`
+    /// there (no GPU codec kernels yet), and a host feature given to the device context is refused.
+    #[test]
+    fn c_abi_codec_on_a_device_context_stages_through_the_host() {
+        let Some(d) = gpu() else { return };
+        let (cpu, gpu_ctx) = (context(-1), context(0));
+        let dev = featjnd_kernels::cuda::Device::get(0).unwrap();
+        let own = dev.ctx.new_stream().unwrap();
+        let s = own.cu_stream() as *mut c_void;
+        for (i, (layout, sizes, patch)) in shapes().into_iter().enumerate() {
+            for kind in KINDS {
+                let x = feature(&sizes, kind, 950 + i as i64);
+                let xd = x.to_device(d);
+                let (fx, fxd) = (feat(&x, layout), feat(&xd, layout));
+                let mut t = 0u64;
+                // SAFETY: a readable feature, a writable counter.
+                unsafe { assert_eq!(fj_token_count(&fx, patch as u32, &mut t), FJ_OK) };
+                let steps = jnd(&[t as i64], Kind::Float, 960 + i as i64) * 0.05;
+                let steps_d = steps.to_device(d);
+                let (stored, stored_d) = (steps.zeros_like(), steps_d.zeros_like());
+                let mut o = FjEncodeOptions {
+                    size: std::mem::size_of::<FjEncodeOptions>() as u32,
+                    bits: 8,
+                    patch: patch as u32,
+                    step_mode: FJ_STEPS_TOKEN,
+                    step_coding: FJ_CODING_GRID,
+                    per_octave: 0,
+                    chunk_symbols: 4096,
+                    pad0: 0,
+                    steps_out: p(&stored),
+                };
+                let mut bound = 0u64;
+                // SAFETY: live tensors (device or host, as the context takes) of the documented
+                // sizes, synchronized with torch's stream; host byte buffers.
+                unsafe {
+                    assert_eq!(fj_encode_bound(&fx, &o, &mut bound), FJ_OK, "{}", err());
+                    let (mut fc, mut fg) = (vec![0u8; bound as usize], vec![1u8; bound as usize]);
+                    let (mut lc, mut lg) = (0u64, 0u64);
+                    assert_eq!(fj_encode(cpu, &fx, p(&steps), t, &o, fc.as_mut_ptr(), bound, &mut lc, null_mut()), FJ_OK, "{}", err());
+                    o.steps_out = p(&stored_d);
+                    tch::Cuda::synchronize(0);
+                    assert_eq!(fj_encode(gpu_ctx, &fxd, p(&steps_d), t, &o, fg.as_mut_ptr(), bound, &mut lg, s), FJ_OK, "{}", err());
+                    assert_eq!(fc[..lc as usize], fg[..lg as usize], "{layout:?} {sizes:?} {kind:?}: the files differ");
+                    bits_eq(&stored_d.to_device(Device::Cpu), &stored, "steps_out");
+                    let (rc, rg) = (x.zeros_like(), xd.zeros_like());
+                    tch::Cuda::synchronize(0);
+                    assert_eq!(fj_decode(cpu, fc.as_ptr(), lc, &feat(&rc, layout), null_mut()), FJ_OK, "{}", err());
+                    assert_eq!(fj_decode(gpu_ctx, fg.as_ptr(), lg, &feat(&rg, layout), s), FJ_OK, "{}", err());
+                    bits_eq(&rg.to_device(Device::Cpu), &rc, "reconstruction");
+                    // Not yet on a device context: the sync-free forms.
+                    let st = fj_encode_async(gpu_ctx, &fxd, p(&steps_d), t, &o, fg.as_mut_ptr(), bound, &mut lg, s);
+                    assert_eq!(st, FJ_ERR_DEVICE, "{}", err());
+                    assert_eq!(fj_decode_async(gpu_ctx, fg.as_ptr(), lg, &feat(&rg, layout), s), FJ_ERR_DEVICE, "{}", err());
+                    // Host memory given to the device context.
+                    o.steps_out = null_mut();
+                    let st = fj_encode(gpu_ctx, &fx, p(&steps_d), t, &o, fg.as_mut_ptr(), bound, &mut lg, s);
+                    assert_eq!(st, FJ_ERR_ARG, "{}", err());
+                    assert!(err().contains("not CUDA device memory"), "{}", err());
+                }
+            }
+        }
+        // SAFETY: live contexts, used by no one after this.
+        unsafe {
+            fj_context_destroy(cpu);
+            fj_context_destroy(gpu_ctx);
+        }
+    }
 }

@@ -12,7 +12,6 @@ use dlpark::python::ImportedDlpack;
 use dlpark::DlpackFlags;
 use featjnd_kernels::call::{self, Buf, Mem};
 use featjnd_kernels::{Dtype, Error};
-use half::{bf16, f16};
 use pyo3::exceptions::{PyBufferError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -59,26 +58,6 @@ impl Kind {
             Kind::I8 | Kind::I16 | Kind::I64 => None,
         }
     }
-}
-
-/// Rust element types with their [`Kind`].
-pub trait Elem: Copy + Send + Sync + 'static {
-    const KIND: Kind;
-}
-impl Elem for f32 {
-    const KIND: Kind = Kind::F32;
-}
-impl Elem for f16 {
-    const KIND: Kind = Kind::F16;
-}
-impl Elem for bf16 {
-    const KIND: Kind = Kind::Bf16;
-}
-impl Elem for i8 {
-    const KIND: Kind = Kind::I8;
-}
-impl Elem for i16 {
-    const KIND: Kind = Kind::I16;
 }
 
 /// Where an array lives.
@@ -148,44 +127,6 @@ impl Array {
         self.kind
             .dtype()
             .ok_or_else(|| Error::Dtype(format!("{} is {} (featjnd takes float32, float16 or bfloat16)", self.name, self.kind.name())))
-    }
-
-    /// Checks that the array can be viewed as CPU elements of `E`.
-    fn check_view<E: Elem>(&self) -> Result<(), Error> {
-        if self.kind != E::KIND {
-            return Err(Error::Dtype(format!("{} is {}, expected {}", self.name, self.kind.name(), E::KIND.name())));
-        }
-        if self.dev != Dev::Cpu {
-            return Err(Error::MixedDevices(format!("{} is on {}, expected a CPU array", self.name, self.dev)));
-        }
-        if self.numel() > 0 && (self.addr == 0 || !self.addr.is_multiple_of(std::mem::align_of::<E>())) {
-            return Err(Error::Arg(format!(
-                "{} is not aligned to {} bytes (address {:#x})",
-                self.name,
-                std::mem::align_of::<E>(),
-                self.addr
-            )));
-        }
-        Ok(())
-    }
-
-    /// The elements as a slice.
-    ///
-    /// # Safety
-    /// No one writes the array's memory while the slice lives (the Python-side contract of every
-    /// op: arrays are not mutated from other threads during a call), and no `&mut` view of
-    /// overlapping memory exists meanwhile (the ops check that outputs overlap no input).
-    pub unsafe fn as_slice<E: Elem>(&self) -> Result<&[E], Error> {
-        self.check_view::<E>()?;
-        let n = self.numel();
-        if n == 0 {
-            return Ok(&[]);
-        }
-        // SAFETY: `check_view` checked kind (so `n` elements of `E` are `self.bytes()` bytes),
-        // device (CPU memory), non-null and alignment; the producer guarantees the `n` elements
-        // from `addr` are one live allocation while `self._owner` lives (the borrow of `self`);
-        // nobody writes them meanwhile (this fn's contract).
-        Ok(unsafe { std::slice::from_raw_parts(self.addr as *const E, n) })
     }
 }
 

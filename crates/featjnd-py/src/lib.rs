@@ -14,12 +14,12 @@
 use std::panic::AssertUnwindSafe;
 
 use featjnd_kernels::call::{
-    AllocateArgs, CappedArgs, CappedMeasuredArgs, CapsArgs, Cuda, Executor, MeasuredArgs, NoiseArgs, PerturbArgs, QuantizeArgs,
+    AllocateArgs, CappedArgs, CappedMeasuredArgs, CapsArgs, Cuda, EncodeArgs, Executor, MeasuredArgs, NoiseArgs, PerturbArgs, QuantizeArgs,
     QuantizeReport, TokenStat, TokenStatsArgs,
 };
 use featjnd_kernels::cpu::perturb::NoiseSpec;
 use featjnd_kernels::geom::{Bits, FeatureShape, Layout, NoiseKind, Reduce, Strategy, TokenGrid};
-use featjnd_kernels::{codec, philox, with_elem, Dtype, Error};
+use featjnd_kernels::{codec, philox, Dtype, Error};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict};
 
@@ -182,13 +182,6 @@ fn parse_bits(b: u32) -> Result<Bits, Error> {
 fn token_grid(shape: &[usize], layout: Layout, patch: usize) -> Result<TokenGrid, Error> {
     let sizes: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
     TokenGrid::new(FeatureShape::from_sizes(layout, &sizes)?, patch)
-}
-
-fn check_numel(a: &Array, want: usize, what: &str) -> Result<(), Error> {
-    if a.numel() != want {
-        return Err(Error::Shape(format!("{} has {} elements, {what} needs {want}", a.name, a.numel())));
-    }
-    Ok(())
 }
 
 fn check_same_shape(a: &Array, b: &Array) -> Result<(), Error> {
@@ -722,7 +715,7 @@ fn encode<'py>(
     step_mode: Option<&str>,
     grid: Option<u32>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let (bytes, mode, st, cst, clamped, mse, rate, sections) = guard(py, || {
+    let f = guard(py, || {
         let (layout, bits) = (parse_layout(layout)?, parse_bits(bits)?);
         let how = parse_step_mode(step_mode, grid)?;
         let xa = import(x, "x", 0)?;
@@ -730,46 +723,36 @@ fn encode<'py>(
         if device_of(&[&xa, &sa])? != Dev::Cpu {
             return Err(Error::Arg("encode runs on the CPU: copy x and steps to the host first".into()).into());
         }
-        let g = token_grid(&xa.shape, layout, patch)?;
-        let dt = xa.float_dtype()?;
+        xa.float_dtype()?;
         f32_vector(&sa, Error::Shape)?;
-        let channels = match layout {
-            Layout::Nchw => g.shape.dims[1],
-            Layout::Ntc => g.shape.dims[2],
+        let g = token_grid(&xa.shape, layout, patch)?;
+        let (step_layout, coding) = match how {
+            PyStepMode::Auto => {
+                (codec::StepLayout::Auto, codec::StepCoding::LogGrid { per_octave: grid.unwrap_or(codec::DEFAULT_PER_OCTAVE) })
+            }
+            PyStepMode::Tensor => (codec::StepLayout::Tensor, codec::StepCoding::default()),
+            PyStepMode::Token(c) => (codec::StepLayout::Token, c),
+            PyStepMode::Channel(c) => (codec::StepLayout::Channel, c),
         };
-        match how {
-            PyStepMode::Tensor => check_numel(&sa, 1, "the tensor step mode")?,
-            PyStepMode::Channel(_) => check_numel(&sa, channels, "x's channels")?,
-            _ => check_numel(&sa, g.tokens(), "x's token grid")?,
+        // The core's one encode call (the C ABI's `fj_encode` too): it checks the step count for
+        // the mode, the coding and the container, and runs the fused encoder.
+        let call = EncodeArgs {
+            x: xa.buf(),
+            shape: g.shape,
+            patch,
+            steps: sa.buf(),
+            layout: step_layout,
+            coding,
+            bits,
+            format: codec::Format::default(),
+            steps_out: None,
+            out: None,
         }
-        // SAFETY: only read (encode writes nothing the caller passed).
-        let ss = unsafe { sa.as_slice::<f32>() }?;
-        let r = with_elem!(dt, E => {
-            // SAFETY: only read, as above.
-            let xs = unsafe { xa.as_slice::<E>() }?;
-            py.detach(|| {
-                let enc = match how {
-                    PyStepMode::Auto => match grid {
-                        None => codec::encode(xs, &g, ss, bits),
-                        Some(per_octave) => {
-                            // As codec::encode, at another grid size.
-                            let coding = codec::StepCoding::LogGrid { per_octave };
-                            if ss.iter().all(|s| s.to_bits() == ss[0].to_bits()) {
-                                codec::encode_with(xs, &g, codec::StepSpec::Tensor(ss[0]), bits, coding)
-                            } else {
-                                codec::encode_with(xs, &g, codec::StepSpec::Token(ss), bits, coding)
-                            }
-                        }
-                    },
-                    PyStepMode::Tensor => codec::encode_with(xs, &g, codec::StepSpec::Tensor(ss[0]), bits, codec::StepCoding::default()),
-                    PyStepMode::Token(c) => codec::encode_with(xs, &g, codec::StepSpec::Token(ss), bits, c),
-                    PyStepMode::Channel(c) => codec::encode_with(xs, &g, codec::StepSpec::Channel(ss), bits, c),
-                };
-                enc.map(|e| (e.bytes, e.step_mode, e.steps, e.channel_steps, e.clamped, e.mse, e.rate, e.sections))
-            })?
-        });
-        Ok(r)
+        .validate()?;
+        on_device(py, Dev::Cpu, 0, |ex| ex.run(&call))
     })?;
+    let (bytes, mode, st, cst, clamped, mse, rate, sections) =
+        (f.bytes, f.step_mode, f.steps, f.channel_steps, f.clamped, f.mse, f.rate, f.sections);
     let d = PyDict::new(py);
     d.set_item("bytes", PyBytes::new(py, &bytes))?;
     d.set_item("steps", PyByteArray::new(py, &f32_bytes(&st)))?;

@@ -44,7 +44,9 @@ def test_round_trip_is_bit_exact(rng, shape, layout, patch, dtype, bits):
     assert _raw(dec.recon) == _raw(q.recon), "recon differs from featjnd.quantize with the stored steps"
     assert _raw(dec.symbols) == _raw(q.symbols)
     assert enc.clamped == q.clamped
-    assert enc.mse == pytest.approx(q.mse, rel=1e-12)
+    # The fused encoder (the C ABI's too) sums the errors per chunk segment in f32, featjnd.quantize
+    # per token: equal within f32 summation error (contract §4.3).
+    assert enc.mse == pytest.approx(q.mse, rel=1e-6)
 
 
 def test_layout_argument_and_files(rng, tmp_path):
