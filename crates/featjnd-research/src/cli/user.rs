@@ -325,7 +325,7 @@ pub fn encode(a: &EncodeModelArgs) -> Result<Value> {
         let x = user::image_tensor(&user::load_image(path)?, size).unsqueeze(0).to_device(device);
         let (feats, maps) = tch::no_grad(|| -> Result<_> {
             let f = pair.head(&x, &split)?;
-            let j = est.as_ref().map(|e| e.forward(&f)).transpose()?;
+            let j = est.as_ref().map(|e| e.forward_for_steps(&f)).transpose()?;
             Ok((f, j))
         })?;
         let patch = a.patch.unwrap_or_else(|| crate::study::quant::choose_patch(&feats.iter().map(|f| f.size()).collect::<Vec<_>>()));

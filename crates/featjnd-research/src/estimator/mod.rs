@@ -175,6 +175,12 @@ impl JndEstimator {
     /// `(J, log(J / std_c))` per level. The second is the reward term of the loss (unit-free, so
     /// levels and channels of different scales count alike).
     pub fn forward_log(&self, feats: &[Tensor]) -> Result<Vec<(Tensor, Tensor)>> {
+        self.forward_log_at(feats, self.config.sharpen)
+    }
+
+    /// [`forward_log`](Self::forward_log) with the shape raised to `sharpen` instead of the
+    /// config's.
+    fn forward_log_at(&self, feats: &[Tensor], sharpen: f64) -> Result<Vec<(Tensor, Tensor)>> {
         self.check(feats)?;
         Ok(self
             .levels
@@ -194,7 +200,7 @@ impl JndEstimator {
                 };
                 let z = y.relu().apply(&l.c3);
                 let unit = z.softplus() + self.config.floor;
-                let unit = if self.config.sharpen == 1.0 { unit } else { unit.pow_tensor_scalar(self.config.sharpen) };
+                let unit = if sharpen == 1.0 { unit } else { unit.pow_tensor_scalar(sharpen) };
                 let unit = unit * self.config.scale;
                 (&unit * &s, unit.log())
             })
@@ -204,6 +210,14 @@ impl JndEstimator {
     /// The tolerance maps `J` (same shapes as `feats`).
     pub fn forward(&self, feats: &[Tensor]) -> Result<Vec<Tensor>> {
         Ok(self.forward_log(feats)?.into_iter().map(|(j, _)| j).collect())
+    }
+
+    /// The maps the quantization rules use: `J` with the trained shape (`sharpen` = 1, same
+    /// scale). The rule `Δ_t ∝ j_t^γ` was chosen on validation photos for these maps; a sharpened
+    /// shape (chosen for the matched-NRMSE study) concentrates the steps too (docs/quantization.md
+    /// §5). Equal to [`forward`](Self::forward) where `sharpen` is 1.
+    pub fn forward_for_steps(&self, feats: &[Tensor]) -> Result<Vec<Tensor>> {
+        Ok(self.forward_log_at(feats, 1.0)?.into_iter().map(|(j, _)| j).collect())
     }
 
     pub fn save(&self, meta: &Meta, path: &Path) -> Result<()> {

@@ -27,6 +27,9 @@ use tch::Tensor;
 pub struct HeldOut {
     pub feats: Vec<Vec<Tensor>>,
     pub jnds: Vec<Vec<Tensor>>,
+    /// The maps of the quantization rules ([`JndEstimator::forward_for_steps`]: the trained
+    /// shape); the same tensors as `jnds` where the estimator is not sharpened.
+    pub step_jnds: Vec<Vec<Tensor>>,
     pub clean: Vec<Vec<Tensor>>,
     sensitivity: OnceCell<Vec<Vec<Tensor>>>,
 }
@@ -36,14 +39,20 @@ impl HeldOut {
     pub fn new(task: &tasks::Task, split: &str, est: &JndEstimator) -> Result<HeldOut> {
         let model = task.model.as_ref();
         tch::no_grad(|| {
-            let (mut feats, mut jnds, mut clean) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut feats, mut jnds, mut step_jnds, mut clean) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for x in &task.eval {
                 let f = model.head(x, split)?;
-                jnds.push(est.forward(&f)?);
+                let j = est.forward(&f)?;
+                step_jnds.push(if est.config.sharpen == 1.0 {
+                    j.iter().map(Tensor::shallow_clone).collect()
+                } else {
+                    est.forward_for_steps(&f)?
+                });
+                jnds.push(j);
                 clean.push(model.tail(&f, split)?);
                 feats.push(f);
             }
-            Ok(HeldOut { feats, jnds, clean, sensitivity: OnceCell::new() })
+            Ok(HeldOut { feats, jnds, step_jnds, clean, sensitivity: OnceCell::new() })
         })
     }
 

@@ -443,7 +443,7 @@ pub fn run_split(
     quiet: bool,
 ) -> Result<SplitQuant> {
     let model = task.model.as_ref();
-    let (feats, jnds, clean) = (&held.feats, &held.jnds, &held.clean);
+    let (feats, jnds, clean) = (&held.feats, &held.step_jnds, &held.clean);
     let clean_metrics = task.scorer.score(clean, clean)?;
     let headline = task.id.metrics()[0];
     let patch = choose_patch(&feats[0].iter().map(|f| f.size()).collect::<Vec<_>>());
