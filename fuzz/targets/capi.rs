@@ -12,6 +12,9 @@
 use featjnd::*;
 use std::ptr::{null, null_mut};
 
+#[path = "v3_checksums.rs"]
+mod v3_checksums;
+
 /// Elements in every buffer: more than any descriptor below can address (5^4 = 625).
 const CAP: usize = 640;
 const STATUSES: [i32; 13] = [
@@ -40,30 +43,6 @@ fn crc32(b: &[u8]) -> u32 {
         }
     }
     !c
-}
-
-/// Version 3: recomputes the header checksum (and, with `chunks`, every chunk's CRC) from the
-/// file's own fields; leaves the file alone where they point outside it.
-fn fix_v3(b: &mut [u8], chunks: bool) {
-    let u32_at = |b: &[u8], o: usize| b.get(o..o + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize);
-    let (Some(nd), Some(steps)) = (b.get(9).map(|&d| d as usize), b.get(40..48)) else { return };
-    let steps = u64::from_le_bytes([steps[0], steps[1], steps[2], steps[3], steps[4], steps[5], steps[6], steps[7]]);
-    let coder = 52 + 8 * nd;
-    let (Some(table), Some(m)) = (u32_at(b, 48), u32_at(b, coder + 8)) else { return };
-    let Some(index) = usize::try_from(steps).ok().and_then(|s| (coder + 12 + table).checked_add(s)) else { return };
-    let Some(hcrc) = m.checked_mul(8).and_then(|i| i.checked_add(index)).filter(|&h| h <= b.len().saturating_sub(4)) else { return };
-    if chunks {
-        let mut off = hcrc + 4;
-        for c in 0..m {
-            let len = u32_at(b, index + 8 * c).unwrap_or(0);
-            let Some(end) = off.checked_add(len).filter(|&e| e <= b.len()) else { break };
-            let crc = crc32(&b[off..end]);
-            b[index + 8 * c + 4..index + 8 * c + 8].copy_from_slice(&crc.to_le_bytes());
-            off = end;
-        }
-    }
-    let crc = crc32(&b[..hcrc]);
-    b[hcrc..hcrc + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
 struct Bytes<'a>(&'a [u8]);
@@ -265,8 +244,8 @@ fn codec(c: *const FjContext, f: &FjFeature, steps: &[f32], seed: u64, size: u32
             file[at] ^= 1 << pick(37 + k as u32, 8);
         }
         match pick(41, 4) {
-            0 => fix_v3(&mut file, false),
-            1 => fix_v3(&mut file, true),
+            0 => v3_checksums::fix_v3(&mut file, false, crc32),
+            1 => v3_checksums::fix_v3(&mut file, true, crc32),
             2 => file.truncate(pick(43, file.len() as u64)),
             _ => {}
         }
