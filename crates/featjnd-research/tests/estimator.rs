@@ -347,6 +347,9 @@ fn sharpen_is_a_power_of_the_unit_map() {
         assert!(rel < 1e-5, "a = {a}: relative error {rel}");
         // The quantization rules' maps keep the trained shape at the same scale.
         assert_eq!((est.forward_for_steps(&f).unwrap().remove(0) - &j1).abs().max().double_value(&[]), 0.0);
+        let (mut both, mut steps) = est.forward_and_steps(&f).unwrap();
+        assert_eq!((both.remove(0) - &got).abs().max().double_value(&[]), 0.0);
+        assert_eq!((steps.remove(0) - &j1).abs().max().double_value(&[]), 0.0);
         let back = round_trip(&est);
         assert_eq!(back.config.sharpen, a);
         assert_eq!((back.forward(&f).unwrap().remove(0) - &got).abs().max().double_value(&[]), 0.0);

@@ -175,12 +175,12 @@ impl JndEstimator {
     /// `(J, log(J / std_c))` per level. The second is the reward term of the loss (unit-free, so
     /// levels and channels of different scales count alike).
     pub fn forward_log(&self, feats: &[Tensor]) -> Result<Vec<(Tensor, Tensor)>> {
-        self.forward_log_at(feats, self.config.sharpen)
+        Ok(self.units(feats)?.iter().map(|(u, s)| self.scaled(u, s, self.config.sharpen)).collect())
     }
 
-    /// [`forward_log`](Self::forward_log) with the shape raised to `sharpen` instead of the
-    /// config's.
-    fn forward_log_at(&self, feats: &[Tensor], sharpen: f64) -> Result<Vec<(Tensor, Tensor)>> {
+    /// Per level, the network's unit map `u` (softplus plus the floor, before the shape's power
+    /// and the scale) and the channel standard deviations as `[1, C, 1, 1]`.
+    fn units(&self, feats: &[Tensor]) -> Result<Vec<(Tensor, Tensor)>> {
         self.check(feats)?;
         Ok(self
             .levels
@@ -199,12 +199,16 @@ impl JndEstimator {
                     }
                 };
                 let z = y.relu().apply(&l.c3);
-                let unit = z.softplus() + self.config.floor;
-                let unit = if sharpen == 1.0 { unit } else { unit.pow_tensor_scalar(sharpen) };
-                let unit = unit * self.config.scale;
-                (&unit * &s, unit.log())
+                (z.softplus() + self.config.floor, s)
             })
             .collect())
+    }
+
+    /// `(J, log(J / std_c))` of one level from its unit map, the shape raised to `sharpen`.
+    fn scaled(&self, u: &Tensor, s: &Tensor, sharpen: f64) -> (Tensor, Tensor) {
+        let unit = if sharpen == 1.0 { u.shallow_clone() } else { u.pow_tensor_scalar(sharpen) };
+        let unit = unit * self.config.scale;
+        (&unit * s, unit.log())
     }
 
     /// The tolerance maps `J` (same shapes as `feats`).
@@ -217,7 +221,22 @@ impl JndEstimator {
     /// shape (chosen for the matched-NRMSE study) concentrates the steps too (docs/quantization.md
     /// §5). Equal to [`forward`](Self::forward) where `sharpen` is 1.
     pub fn forward_for_steps(&self, feats: &[Tensor]) -> Result<Vec<Tensor>> {
-        Ok(self.forward_log_at(feats, 1.0)?.into_iter().map(|(j, _)| j).collect())
+        Ok(self.units(feats)?.iter().map(|(u, s)| self.scaled(u, s, 1.0).0).collect())
+    }
+
+    /// [`forward`](Self::forward) and [`forward_for_steps`](Self::forward_for_steps) from one pass
+    /// of the network (the second shares the first's tensors where `sharpen` is 1).
+    pub fn forward_and_steps(&self, feats: &[Tensor]) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+        let a = self.config.sharpen;
+        Ok(self
+            .units(feats)?
+            .iter()
+            .map(|(u, s)| {
+                let j = self.scaled(u, s, a).0;
+                let steps = if a == 1.0 { j.shallow_clone() } else { self.scaled(u, s, 1.0).0 };
+                (j, steps)
+            })
+            .unzip())
     }
 
     pub fn save(&self, meta: &Meta, path: &Path) -> Result<()> {

@@ -42,13 +42,9 @@ impl HeldOut {
             let (mut feats, mut jnds, mut step_jnds, mut clean) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for x in &task.eval {
                 let f = model.head(x, split)?;
-                let j = est.forward(&f)?;
-                step_jnds.push(if est.config.sharpen == 1.0 {
-                    j.iter().map(Tensor::shallow_clone).collect()
-                } else {
-                    est.forward_for_steps(&f)?
-                });
+                let (j, steps) = est.forward_and_steps(&f)?;
                 jnds.push(j);
+                step_jnds.push(steps);
                 clean.push(model.tail(&f, split)?);
                 feats.push(f);
             }
