@@ -15,7 +15,7 @@ use crate::geom::{Bits, FeatureShape, TokenGrid};
 use crate::with_elem;
 
 use super::buf::{no_overlap, Buf, Elem, Mem};
-use super::{Call, Cuda};
+use super::Cuda;
 
 /// What an encode reads and writes.
 #[derive(Debug, Clone, Copy)]
@@ -150,7 +150,7 @@ impl EncodeCall {
         &v[..step_count(&self.grid, self.a.layout)]
     }
 
-    fn run_host(&self) -> Result<EncodedFile> {
+    pub(crate) fn run_host(&self) -> Result<EncodedFile> {
         let a = &self.a;
         a.x.on_host()?;
         // SAFETY: host arrays of a validated call (live, aligned, as long as viewed: `Buf::new`'s
@@ -171,35 +171,28 @@ impl EncodeCall {
         self.deliver(&f);
         Ok(f)
     }
+}
 
-    /// Stages through the host: `x` and the steps copied down, the CPU encoder, `steps_out` up.
-    fn run_cuda(&self, g: &Cuda) -> Result<EncodedFile> {
-        let a = &self.a;
+impl Cuda {
+    /// An encode call staged through the host: `x` and the steps copied down, the CPU encoder,
+    /// `steps_out` up.
+    pub(crate) fn encode_file(&self, c: &EncodeCall) -> Result<EncodedFile> {
+        let a = &c.a;
         // Every device array before anything is copied (the driver's check, as every op's).
         let mut arrays = vec![&a.x, &a.steps];
         arrays.extend(a.steps_out.as_ref());
-        g.check(&arrays)?;
-        let steps: Vec<f32> = g.download(&a.steps, 0.0f32)?;
+        self.check(&arrays)?;
+        let steps: Vec<f32> = self.download(&a.steps, 0.0f32)?;
         let dt = a.x.float_dtype()?;
         let f = with_elem!(dt, E => {
-            let xs: Vec<E> = g.download(&a.x, E::from_f32(0.0))?;
-            self.encode(&xs, &steps)?
+            let xs: Vec<E> = self.download(&a.x, E::from_f32(0.0))?;
+            c.encode(&xs, &steps)?
         });
         if let Some(o) = &a.steps_out {
-            g.upload(o, self.stored(&f))?;
+            self.upload(o, c.stored(&f))?;
         }
-        self.deliver(&f);
+        c.deliver(&f);
         Ok(f)
-    }
-}
-
-impl Call for EncodeCall {
-    type Output = EncodedFile;
-    fn run_host(&self) -> Result<EncodedFile> {
-        EncodeCall::run_host(self)
-    }
-    fn run_cuda(&self, g: &Cuda) -> Result<EncodedFile> {
-        EncodeCall::run_cuda(self, g)
     }
 }
 
@@ -262,7 +255,7 @@ impl DecodeCall {
         unsafe { self.a.file.slice() }
     }
 
-    fn run_host(&self) -> Result<Header> {
+    pub(crate) fn run_host(&self) -> Result<Header> {
         let o = &self.a.out;
         o.on_host()?;
         with_elem!(self.header.dtype, E => {
@@ -273,26 +266,18 @@ impl DecodeCall {
         });
         Ok(self.header)
     }
-
-    /// Stages through the host: the CPU decoder into host memory, then one copy up.
-    fn run_cuda(&self, g: &Cuda) -> Result<Header> {
-        g.check(&[&self.a.out])?;
-        let n = self.header.shape.numel();
-        with_elem!(self.header.dtype, E => {
-            let mut v: Vec<E> = vec![E::from_f32(0.0); n];
-            codec::decode_into::<E>(self.bytes(), &mut v)?;
-            g.upload(&self.a.out, &v)?;
-        });
-        Ok(self.header)
-    }
 }
 
-impl Call for DecodeCall {
-    type Output = Header;
-    fn run_host(&self) -> Result<Header> {
-        DecodeCall::run_host(self)
-    }
-    fn run_cuda(&self, g: &Cuda) -> Result<Header> {
-        DecodeCall::run_cuda(self, g)
+impl Cuda {
+    /// A decode call staged through the host: the CPU decoder into host memory, then one copy up.
+    pub(crate) fn decode_file(&self, c: &DecodeCall) -> Result<Header> {
+        self.check(&[&c.a.out])?;
+        let n = c.header.shape.numel();
+        with_elem!(c.header.dtype, E => {
+            let mut v: Vec<E> = vec![E::from_f32(0.0); n];
+            codec::decode_into::<E>(c.bytes(), &mut v)?;
+            self.upload(&c.a.out, &v)?;
+        });
+        Ok(c.header)
     }
 }
