@@ -134,6 +134,17 @@ pub struct QBufs<E: Element + featjnd_emu::Plain> {
 }
 
 impl<E: Element + featjnd_emu::Plain> QBufs<E> {
+    /// The buffers as a quantization plan's pointers (the symbols of `bits`' width).
+    pub fn ptrs(&self, bits: Bits) -> featjnd_kernels::cuda::raw::QuantPtrs {
+        featjnd_kernels::cuda::raw::QuantPtrs {
+            x: ptr(self.x.addr()),
+            steps: ptr(self.steps.addr()),
+            symbols: ptr_mut(if bits == Bits::B8 { self.sym8.addr() } else { self.sym16.addr() }),
+            recon: ptr_mut(self.recon.addr()),
+            token_sse: ptr_mut(self.sse.addr()),
+        }
+    }
+
     pub fn new(x: &[E], steps: &[f32], bits: Bits, misalign: usize) -> Self {
         let mut xs = vec![E::from_f32(0.0); misalign];
         xs.extend_from_slice(x);
@@ -740,7 +751,7 @@ pub fn quantize_planned<E: Element + featjnd_emu::Plain>(
     batched: bool,
     s: Sched,
 ) -> Res {
-    use featjnd_kernels::cuda::raw::{self, BatchItem, QuantPtrs, StatsBuf};
+    use featjnd_kernels::cuda::raw::{self, BatchItem, StatsBuf};
     let slots = raw::quantize_slots(bits, hist);
     let mut bufs = Vec::new();
     for (g, seed) in items {
@@ -752,24 +763,17 @@ pub fn quantize_planned<E: Element + featjnd_emu::Plain>(
         let stats = Guarded::filled(slots, 0u64);
         bufs.push((g, x, st, b, stats));
     }
-    let ptrs = |b: &QBufs<E>| QuantPtrs {
-        x: ptr(b.x.addr()),
-        steps: ptr(b.steps.addr()),
-        symbols: ptr_mut(if bits == Bits::B8 { b.sym8.addr() } else { b.sym16.addr() }),
-        recon: ptr_mut(b.recon.addr()),
-        token_sse: ptr_mut(b.sse.addr()),
-    };
     let what = format!("planned quantize {:?} {bits:?} hist={hist} batched={batched}", E::DTYPE);
     if batched {
         let its: Vec<BatchItem> = bufs
             .iter()
-            .map(|(g, _, _, b, st)| BatchItem { grid: **g, p: ptrs(b), stats: StatsBuf::new(ptr_mut(st.addr()), slots) })
+            .map(|(g, _, _, b, st)| BatchItem { grid: **g, p: b.ptrs(bits), stats: StatsBuf::new(ptr_mut(st.addr()), slots) })
             .collect();
         let plan = raw::quantize_batch(E::DTYPE, &its, bits, hist).map_err(|e| format!("{what}: plan: {e}"))?;
         run_plan(&plan, s).map_err(|e| format!("{what}: {e}"))?;
     } else {
         for (g, _, _, b, st) in &bufs {
-            let plan = raw::quantize(E::DTYPE, g, &ptrs(b), bits, hist, StatsBuf::new(ptr_mut(st.addr()), slots))
+            let plan = raw::quantize(E::DTYPE, g, &b.ptrs(bits), bits, hist, StatsBuf::new(ptr_mut(st.addr()), slots))
                 .map_err(|e| format!("{what}: plan: {e}"))?;
             run_plan(&plan, s).map_err(|e| format!("{what}: {e}"))?;
         }
@@ -793,7 +797,7 @@ pub fn quantize_planned<E: Element + featjnd_emu::Plain>(
 /// as well; the kernels' bad-step cell must decode, through the launcher's own decoding, to the
 /// error the CPU gives for the same steps (variant, token and message), ahead of the bad `x`.
 pub fn bad_steps_planned(items: &[(TokenGrid, Vec<(usize, f32)>)], bits: Bits, batched: bool, s: Sched) -> Res {
-    use featjnd_kernels::cuda::raw::{self, BatchItem, QuantPtrs, StatsBuf};
+    use featjnd_kernels::cuda::raw::{self, BatchItem, StatsBuf};
     let slots = raw::quantize_slots(bits, true);
     let mut bufs = Vec::new();
     for (i, (g, bad)) in items.iter().enumerate() {
@@ -807,22 +811,17 @@ pub fn bad_steps_planned(items: &[(TokenGrid, Vec<(usize, f32)>)], bits: Bits, b
         let b = QBufs::new(&x, &st, bits, 0);
         bufs.push((g, st, b, Guarded::filled(slots, 0u64)));
     }
-    let ptrs = |b: &QBufs<f32>| QuantPtrs {
-        x: ptr(b.x.addr()),
-        steps: ptr(b.steps.addr()),
-        symbols: ptr_mut(if bits == Bits::B8 { b.sym8.addr() } else { b.sym16.addr() }),
-        recon: ptr_mut(b.recon.addr()),
-        token_sse: ptr_mut(b.sse.addr()),
-    };
     let what = format!("bad steps {bits:?} batched={batched}");
     if batched {
-        let its: Vec<BatchItem> =
-            bufs.iter().map(|(g, _, b, st)| BatchItem { grid: **g, p: ptrs(b), stats: StatsBuf::new(ptr_mut(st.addr()), slots) }).collect();
+        let its: Vec<BatchItem> = bufs
+            .iter()
+            .map(|(g, _, b, st)| BatchItem { grid: **g, p: b.ptrs(bits), stats: StatsBuf::new(ptr_mut(st.addr()), slots) })
+            .collect();
         let plan = raw::quantize_batch(Dtype::F32, &its, bits, true).map_err(|e| format!("{what}: plan: {e}"))?;
         run_plan(&plan, s).map_err(|e| format!("{what}: {e}"))?;
     } else {
         for (g, _, b, st) in &bufs {
-            let plan = raw::quantize(Dtype::F32, g, &ptrs(b), bits, true, StatsBuf::new(ptr_mut(st.addr()), slots))
+            let plan = raw::quantize(Dtype::F32, g, &b.ptrs(bits), bits, true, StatsBuf::new(ptr_mut(st.addr()), slots))
                 .map_err(|e| format!("{what}: plan: {e}"))?;
             run_plan(&plan, s).map_err(|e| format!("{what}: {e}"))?;
         }
